@@ -1,0 +1,204 @@
+"""
+Backend connections: byte streams reached through Twisted client endpoint
+strings (``tcp:``, ``tls:``, ``unix:`` and any endpoint plugin).
+
+A backend counts as connected once it can carry bytes: for ``tls:`` that is
+after its TLS handshake (and certificate check) has completed, so a client's
+WebSocket handshake is never answered for a backend that then fails.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Any, Callable, Optional, Protocol as TypingProtocol
+
+from OpenSSL import SSL
+from twisted.internet import defer, error
+from twisted.internet.endpoints import clientFromString
+from twisted.internet.interfaces import (
+    IHandshakeListener,
+    IReactorTime,
+    ISSLTransport,
+    IStreamClientEndpoint,
+)
+from twisted.internet.protocol import Factory, Protocol
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from tunnelgw.relay import BACKEND_CLOSE_GRACE, ConnectFailure
+
+__all__ = ["BackendConnection", "BackendSink", "BackendUnavailable", "TcpBackends"]
+
+
+class BackendUnavailable(Exception):
+    """A backend could not be connected; ``failure`` says how, ``detail`` says more."""
+
+    def __init__(self, failure: ConnectFailure, detail: str) -> None:
+        super().__init__(f"{failure.value}: {detail}")
+        self.failure = failure
+        self.detail = detail
+
+
+class BackendSink(TypingProtocol):
+    """What a backend connection reports to: its session."""
+
+    def backend_data(self, data: bytes) -> None:
+        """Bytes arrived from the backend."""
+
+    def backend_lost(self, clean: bool, detail: str) -> None:
+        """The backend connection ended; clean is False for resets and errors."""
+
+
+def _describe(reason: BaseException) -> str:
+    """A short human description of a connection error."""
+    if isinstance(reason, SSL.Error):
+        parts = [p for arg in reason.args for p in (arg if isinstance(arg, list) else [arg])]
+        return "; ".join(str(p[-1]) if isinstance(p, tuple) else str(p) for p in parts) or "TLS error"
+    text = str(reason).strip()
+    return text or type(reason).__name__
+
+
+def _classify(reason: BaseException, timeout: float) -> BackendUnavailable:
+    """Turn a connect error into the failure kind the relay policy understands."""
+    if isinstance(reason, (defer.TimeoutError, error.TimeoutError, defer.CancelledError)):
+        return BackendUnavailable(ConnectFailure.TIMEOUT, f"{timeout:g} s")
+    if isinstance(reason, error.ConnectionRefusedError):
+        return BackendUnavailable(ConnectFailure.REFUSED, "connection refused")
+    if isinstance(reason, SSL.Error):
+        return BackendUnavailable(ConnectFailure.TLS, _describe(reason))
+    if isinstance(reason, error.DNSLookupError):
+        return BackendUnavailable(ConnectFailure.UNREACHABLE, "host name not found")
+    return BackendUnavailable(ConnectFailure.UNREACHABLE, _describe(reason))
+
+
+@implementer(IHandshakeListener)
+class BackendConnection(Protocol):
+    """
+    One byte-stream connection to a backend, owned by one session.
+
+    Bytes that arrive before the session attaches are held (and the backend
+    paused) so nothing is lost between connect and the client's 101.
+    """
+
+    def __init__(self, reactor: IReactorTime) -> None:
+        self._reactor = reactor
+        self._sink: Optional[BackendSink] = None
+        self._early: list[bytes] = []
+        self._lost: Optional[tuple[bool, str]] = None
+        self._abort_call: Any = None
+        self.ready: defer.Deferred[BackendConnection] = defer.Deferred(self._cancel)
+
+    def _cancel(self, _: object) -> None:
+        if self.transport is not None:
+            self.transport.abortConnection()
+
+    def connectionMade(self) -> None:
+        """Plain streams are ready now; TLS ones after :meth:`handshakeCompleted`."""
+        if not ISSLTransport.providedBy(self.transport):
+            self.ready.callback(self)
+
+    def handshakeCompleted(self) -> None:
+        """The backend's TLS handshake, certificate check included, succeeded."""
+        if not self.ready.called:
+            self.ready.callback(self)
+
+    def dataReceived(self, data: bytes) -> None:
+        """Pass bytes to the session, or hold them until it attaches."""
+        if self._sink is not None:
+            self._sink.backend_data(data)
+        else:
+            self._early.append(data)
+            self.transport.pauseProducing()
+
+    def connectionLost(self, reason: Failure = error.ConnectionDone()) -> None:  # type: ignore[assignment]
+        """Report the end to the session, or fail the pending connect."""
+        if self._abort_call is not None and self._abort_call.active():
+            self._abort_call.cancel()
+        if not self.ready.called:
+            self.ready.errback(reason)
+            return
+        clean = reason.check(error.ConnectionDone) is not None
+        self._lost = (clean, _describe(reason.value))
+        if self._sink is not None:
+            self._sink.backend_lost(*self._lost)
+
+    def attach(self, sink: BackendSink) -> None:
+        """Start relaying to sink, first what arrived early."""
+        self._sink = sink
+        early, self._early = self._early, []
+        for chunk in early:
+            sink.backend_data(chunk)
+        if self._lost is not None:
+            sink.backend_lost(*self._lost)
+        elif early:
+            self.transport.resumeProducing()
+
+    def write(self, data: bytes) -> None:
+        """Send bytes to the backend."""
+        self.transport.write(data)
+
+    def close(self, grace: float = BACKEND_CLOSE_GRACE) -> None:
+        """
+        Close after queued bytes are written; abort if the backend has not taken
+        them within grace seconds, so a stalled backend cannot keep us open.
+        """
+        self._sink = None
+        if self._lost is not None or self.transport is None:
+            return
+        self.transport.unregisterProducer()
+        self.transport.loseConnection()
+        if self._abort_call is None:
+            self._abort_call = self._reactor.callLater(grace, self.transport.abortConnection)
+
+
+class TcpBackends:
+    """
+    Connects sessions to byte-stream backends named by endpoint strings.
+
+    Parsed endpoints are kept (up to ``cache_size``) so that a ``tls:`` target's
+    trust roots are read once, not once per session.
+    """
+
+    def __init__(self, reactor: Any, cache_size: int = 1024,
+                 parse: Callable[[Any, str], IStreamClientEndpoint] = clientFromString) -> None:
+        self._reactor = reactor
+        self._parse = parse
+        self._cache: OrderedDict[str, IStreamClientEndpoint] = OrderedDict()
+        self._cache_size = cache_size
+
+    def endpoint(self, target: str) -> IStreamClientEndpoint:
+        """The client endpoint for a target string, parsed once."""
+        endpoint = self._cache.get(target)
+        if endpoint is None:
+            endpoint = self._parse(self._reactor, target)
+            self._cache[target] = endpoint
+            if len(self._cache) > self._cache_size:
+                self._cache.popitem(last=False)
+        else:
+            self._cache.move_to_end(target)
+        return endpoint
+
+    def connect(self, target: str, timeout: float) -> "defer.Deferred[BackendConnection]":
+        """
+        Connect to target; the Deferred fires with a ready
+        :class:`BackendConnection`, or fails with :class:`BackendUnavailable`
+        (also after timeout seconds).  Cancelling it abandons the attempt.
+        """
+        try:
+            endpoint = self.endpoint(target)
+        except Exception as e:
+            return defer.fail(BackendUnavailable(ConnectFailure.UNREACHABLE, f"bad target: {_describe(e)}"))
+        connection = BackendConnection(self._reactor)
+        factory = Factory.forProtocol(lambda: connection)
+        factory.noisy = False
+        d = endpoint.connect(factory)
+        d.addCallback(lambda _: connection.ready)
+        d.addTimeout(timeout, self._reactor)
+
+        def failed(failure: Failure) -> Failure:
+            if failure.check(BackendUnavailable):
+                return failure
+            return Failure(_classify(failure.value, timeout))
+
+        d.addErrback(failed)
+        return d

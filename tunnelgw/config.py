@@ -1,0 +1,351 @@
+"""
+Parse tunnelgw's Apache-flavoured configuration text into frozen values.
+
+This module is pure: it reads text and returns a :class:`Config`, or raises
+:class:`ConfigError` naming every problem as ``FILE:LINE: what is wrong``.  It
+checks syntax, numbers, regular expressions and duplicates; endpoint strings
+are checked against Twisted by :mod:`tunnelgw.endpoints`, which adds its
+problems to the same error type.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Callable, Iterator, Union
+
+__all__ = [
+    "DEFAULT_CONFIG",
+    "DEFAULT_CONNECT_TIMEOUT",
+    "Config",
+    "ConfigError",
+    "DemoBackend",
+    "Listener",
+    "Location",
+    "PatternRule",
+    "PrefixRule",
+    "Problem",
+    "RouteOptions",
+    "Rule",
+    "parse_config",
+]
+
+#: Seconds allowed for a backend connection (TCP and, for ``tls:``, the TLS
+#: handshake) before the client is answered 504.
+DEFAULT_CONNECT_TIMEOUT = 10.0
+
+#: The configuration used when ``twistd tunnelgw`` is started without
+#: ``--config``: a loopback listener, the built-in echo backend, a page to try it.
+DEFAULT_CONFIG = """\
+# tunnelgw's embedded default configuration.
+# A WebSocket listener on loopback port 8080.
+Listen tcp:port=8080:interface=127.0.0.1
+# The built-in demo backend: a TCP echo service on loopback port 8081.
+DemoBackend echo tcp:port=8081:interface=127.0.0.1
+# ws://127.0.0.1:8080/echo is relayed to that echo service.
+ProxyPass /echo tcp:host=127.0.0.1:port=8081 connecttimeout=5
+# http://127.0.0.1:8080/ serves a page that opens a session to /echo.
+DemoPage / /echo
+"""
+
+_DEMO_KINDS = ("echo",)
+
+
+@dataclass(frozen=True)
+class Location:
+    """Where a directive was written: a file name and a 1-based line number."""
+
+    file: str
+    line: int
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}"
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with a configuration, at a :class:`Location`."""
+
+    where: Location
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.where}: {self.message}"
+
+
+class ConfigError(Exception):
+    """
+    A configuration was refused; ``problems`` lists every reason found.
+
+    ``str()`` gives one ``FILE:LINE: what is wrong`` line per problem.
+    """
+
+    def __init__(self, problems: list[Problem] | tuple[Problem, ...]) -> None:
+        self.problems = tuple(problems)
+        super().__init__("\n".join(str(p) for p in self.problems))
+
+
+@dataclass(frozen=True)
+class RouteOptions:
+    """Per-route settings given as ``key=value`` after a target."""
+
+    connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
+
+
+@dataclass(frozen=True)
+class PrefixRule:
+    """``ProxyPass PATH TARGET``: requests at PATH or below it go to TARGET."""
+
+    path: str
+    target: str
+    options: RouteOptions
+    where: Location
+
+
+@dataclass(frozen=True)
+class PatternRule:
+    """``ProxyPassMatch REGEX TARGET``: ``$N`` in TARGET takes group N of the match."""
+
+    pattern: "re.Pattern[str]"
+    target: str
+    options: RouteOptions
+    where: Location
+
+
+Rule = Union[PrefixRule, PatternRule]
+
+
+@dataclass(frozen=True)
+class Listener:
+    """``Listen ENDPOINT``: a Twisted server endpoint string to accept clients on."""
+
+    endpoint: str
+    where: Location
+
+
+@dataclass(frozen=True)
+class DemoBackend:
+    """``DemoBackend KIND ENDPOINT``: a built-in service (``echo``) for trying the gateway."""
+
+    kind: str
+    endpoint: str
+    where: Location
+
+
+@dataclass(frozen=True)
+class DemoPage:
+    """``DemoPage PATH WSPATH``: a page at PATH that opens a session to WSPATH."""
+
+    path: str
+    websocket_path: str
+    where: Location
+
+
+@dataclass(frozen=True)
+class Config:
+    """A whole validated configuration: listeners, rules and demo services."""
+
+    source: str
+    listeners: tuple[Listener, ...] = ()
+    prefix_rules: tuple[PrefixRule, ...] = ()
+    pattern_rules: tuple[PatternRule, ...] = ()
+    demo_backends: tuple[DemoBackend, ...] = ()
+    demo_pages: tuple[DemoPage, ...] = field(default=())
+
+    @property
+    def rules(self) -> tuple[Rule, ...]:
+        """Every routing rule, prefix rules first, in file order within each kind."""
+        return (*self.prefix_rules, *self.pattern_rules)
+
+
+_SUBSTITUTION = re.compile(r"\$(\d)")
+
+
+def _tokens(text: str) -> list[str]:
+    """
+    Split a directive line into words: white space separates, double quotes
+    group (``\\"`` inside quotes is a quote), ``#`` outside quotes starts a comment.
+
+    :raises ValueError: on an unterminated quote.
+    """
+    words: list[str] = []
+    i, n = 0, len(text)
+    while i < n:
+        c = text[i]
+        if c.isspace():
+            i += 1
+        elif c == "#":
+            break
+        elif c == '"':
+            j, word = i + 1, []
+            while j < n and text[j] != '"':
+                if text[j] == "\\" and j + 1 < n and text[j + 1] == '"':
+                    j += 1
+                word.append(text[j])
+                j += 1
+            if j >= n:
+                raise ValueError("unterminated double quote")
+            words.append("".join(word))
+            i = j + 1
+        else:
+            j = i
+            while j < n and not text[j].isspace():
+                j += 1
+            words.append(text[i:j])
+            i = j
+    return words
+
+
+def _is_safe_path(path: str) -> bool:
+    """A rule path is absolute, printable and free of dot segments and empty segments."""
+    if not path.startswith("/") or any(not c.isprintable() or c.isspace() for c in path):
+        return False
+    if path == "/":
+        return True
+    segments = path.rstrip("/").split("/")[1:]
+    return all(s not in ("", ".", "..") for s in segments) and "?" not in path and "#" not in path
+
+
+def _route_options(words: list[str], problem: Callable[[str], None]) -> RouteOptions:
+    """Read ``key=value`` words after a target; report unknown keys and bad values."""
+    connect_timeout = DEFAULT_CONNECT_TIMEOUT
+    for word in words:
+        key, eq, value = word.partition("=")
+        key = key.lower()
+        if not eq:
+            problem(f"expected key=value after the target, got {word!r}")
+        elif key == "connecttimeout":
+            try:
+                connect_timeout = float(value)
+            except ValueError:
+                problem(f"connecttimeout must be a number of seconds, got {value!r}")
+                continue
+            if not 0 < connect_timeout <= 3600:
+                problem(f"connecttimeout must be more than 0 and at most 3600 seconds, got {value!r}")
+        else:
+            problem(f"unknown route option {key!r} (known: connecttimeout)")
+    return RouteOptions(connect_timeout=connect_timeout)
+
+
+def _lines(text: str) -> Iterator[tuple[int, str]]:
+    """Yield (line number, line) pairs, joining lines that end in a backslash."""
+    pending: list[str] = []
+    start = 0
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not pending:
+            start = number
+        if line.endswith("\\"):
+            pending.append(line[:-1])
+            continue
+        pending.append(line)
+        yield start, " ".join(pending)
+        pending = []
+    if pending:
+        yield start, " ".join(pending)
+
+
+def parse_config(text: str, filename: str = "<config>") -> Config:
+    """
+    Parse configuration text into a :class:`Config`.
+
+    :param text: the whole file's text.
+    :param filename: the name used in problem messages.
+    :raises ConfigError: with one :class:`Problem` per mistake found; parsing goes
+        on after a mistake so that a user sees all of them at once.
+    """
+    problems: list[Problem] = []
+    listeners: list[Listener] = []
+    prefix_rules: list[PrefixRule] = []
+    pattern_rules: list[PatternRule] = []
+    demo_backends: list[DemoBackend] = []
+    demo_pages: list[DemoPage] = []
+    seen_paths: dict[str, Location] = {}
+    last_line = 1
+
+    for number, line in _lines(text):
+        last_line = number
+        where = Location(filename, number)
+
+        def problem(message: str, where: Location = where) -> None:
+            problems.append(Problem(where, message))
+
+        if "\x00" in line:
+            problem("NUL character in line")
+            continue
+        try:
+            words = _tokens(line)
+        except ValueError as e:
+            problem(str(e))
+            continue
+        if not words:
+            continue
+        directive, args = words[0], words[1:]
+        name = directive.lower()
+
+        if name == "listen":
+            if len(args) != 1:
+                problem("Listen takes one server endpoint string, e.g. Listen tcp:port=8080:interface=127.0.0.1")
+            else:
+                listeners.append(Listener(args[0], where))
+
+        elif name in ("proxypass", "proxypassmatch"):
+            if len(args) < 2:
+                problem(f"{directive} takes a {'path' if name == 'proxypass' else 'regular expression'} "
+                        "and a target, then optional key=value options")
+                continue
+            match_text, target, extra = args[0], args[1], args[2:]
+            options = _route_options(extra, problem)
+            if name == "proxypass":
+                path = match_text if match_text == "/" else match_text.rstrip("/")
+                if not _is_safe_path(match_text):
+                    problem(f"ProxyPass path must be an absolute URL path without '.', '..', "
+                            f"empty segments, spaces, '?' or '#', got {match_text!r}")
+                elif _SUBSTITUTION.search(target):
+                    problem("$N substitutions need ProxyPassMatch; ProxyPass has no groups")
+                elif path in seen_paths:
+                    problem(f"duplicate ProxyPass path {path!r} (first at {seen_paths[path]})")
+                else:
+                    seen_paths[path] = where
+                    prefix_rules.append(PrefixRule(path, target, options, where))
+            else:
+                try:
+                    pattern = re.compile(match_text)
+                except (re.error, RecursionError, OverflowError, ValueError) as e:
+                    problem(f"bad regular expression {match_text!r}: {e}")
+                    continue
+                groups = {int(g) for g in _SUBSTITUTION.findall(target)}
+                missing = sorted(g for g in groups if g > pattern.groups or g == 0)
+                if missing:
+                    problem(f"target uses ${missing[0]} but the expression has "
+                            f"{pattern.groups} group(s); use $1..${max(pattern.groups, 1)}")
+                else:
+                    pattern_rules.append(PatternRule(pattern, target, options, where))
+
+        elif name == "demobackend":
+            if len(args) != 2 or args[0] not in _DEMO_KINDS:
+                problem(f"DemoBackend takes a kind ({', '.join(_DEMO_KINDS)}) and a server endpoint string")
+            else:
+                demo_backends.append(DemoBackend(args[0], args[1], where))
+
+        elif name == "demopage":
+            if len(args) != 2 or not all(_is_safe_path(a) for a in args):
+                problem("DemoPage takes the page's path and the WebSocket path it opens, e.g. DemoPage / /echo")
+            else:
+                demo_pages.append(DemoPage(args[0], args[1], where))
+
+        else:
+            problem(f"unknown directive {directive!r} (known: Listen, ProxyPass, ProxyPassMatch, "
+                    "DemoBackend, DemoPage)")
+
+    if not listeners and not problems:
+        problems.append(Problem(Location(filename, last_line), "no Listen directive: the gateway would accept nothing"))
+    if problems:
+        raise ConfigError(problems)
+    return Config(
+        source=filename,
+        listeners=tuple(listeners),
+        prefix_rules=tuple(prefix_rules),
+        pattern_rules=tuple(pattern_rules),
+        demo_backends=tuple(demo_backends),
+        demo_pages=tuple(demo_pages),
+    )

@@ -1,0 +1,194 @@
+"""
+Per-session relay policy, free of I/O: subprotocols, payload codecs, the
+statuses and close codes a session ends with, and what a log line reports.
+
+The Twisted/Autobahn glue in :mod:`tunnelgw.protocol` feeds events in and
+carries the answers out; nothing here knows about sockets or the clock
+(time is passed in as ``now``).
+"""
+
+from __future__ import annotations
+
+import binascii
+import enum
+from dataclasses import dataclass, field
+from typing import Optional, Sequence, Union
+
+from tunnelgw.routing import Reject
+
+__all__ = [
+    "BACKEND_CLOSE_GRACE",
+    "CLOSE_BACKEND_FAILED",
+    "CLOSE_NORMAL",
+    "CLOSE_GOING_AWAY",
+    "Base64Decoder",
+    "Close",
+    "ConnectFailure",
+    "SessionRecord",
+    "backend_ended",
+    "choose_subprotocol",
+    "close_reason",
+    "connect_rejection",
+]
+
+#: Seconds a backend gets to take the bytes still queued for it after the
+#: client has gone, before its connection is aborted.  A backend that stops
+#: reading can therefore never hold a session (or its memory) open.
+BACKEND_CLOSE_GRACE = 5.0
+
+CLOSE_NORMAL = 1000
+CLOSE_GOING_AWAY = 1001
+CLOSE_INVALID_PAYLOAD = 1007
+CLOSE_BACKEND_FAILED = 1011
+CLOSE_BAD_GATEWAY = 1014
+
+# WebSocket close frames carry at most 125 bytes: 2 for the code, 123 for the reason.
+_MAX_REASON_BYTES = 123
+
+#: Subprotocols of TCP routes, in order of preference: ``binary`` relays bytes
+#: as binary messages; ``base64`` (websockify's convention for old clients)
+#: relays them as base64 text both ways.
+TCP_SUBPROTOCOLS = ("binary", "base64")
+
+
+@dataclass(frozen=True)
+class Close:
+    """A WebSocket close to send: code and a reason of at most 123 UTF-8 bytes."""
+
+    code: int
+    reason: str
+
+
+def close_reason(text: str) -> str:
+    """Shorten text to fit a WebSocket close frame, on a UTF-8 character boundary."""
+    data = text.encode("utf-8")
+    if len(data) <= _MAX_REASON_BYTES:
+        return text
+    return data[: _MAX_REASON_BYTES - 3].decode("utf-8", "ignore") + "..."
+
+
+def choose_subprotocol(offered: Sequence[str]) -> Union[Optional[str], Reject]:
+    """
+    Pick the subprotocol a TCP route speaks with a client.
+
+    No offer means plain binary messages (``None``).  Otherwise the first of
+    :data:`TCP_SUBPROTOCOLS` the client offered; a client that offers only
+    others gets a 400 naming what is spoken here.
+    """
+    if not offered:
+        return None
+    for name in TCP_SUBPROTOCOLS:
+        if name in offered:
+            return name
+    return Reject(400, "unsupported WebSocket subprotocol; this route speaks 'binary' or 'base64'")
+
+
+class Base64Decoder:
+    """
+    Decode base64 text messages as they stream in, frame by frame.
+
+    Each message is a whole base64 text; its frames may split it anywhere.
+    Up to three characters are carried between chunks, so memory stays
+    constant however large the message.
+    """
+
+    def __init__(self) -> None:
+        self._carry = b""
+
+    def feed(self, chunk: bytes) -> bytes:
+        """Decode what can be decoded of chunk; keep the rest for later.
+
+        :raises ValueError: on characters that are not base64.
+        """
+        data = self._carry + chunk.translate(None, b" \t\r\n")
+        usable = len(data) - len(data) % 4
+        self._carry = data[usable:]
+        try:
+            return binascii.a2b_base64(data[:usable], strict_mode=True)
+        except binascii.Error as e:
+            raise ValueError(f"invalid base64 payload: {e}") from None
+
+    def end_message(self) -> None:
+        """Close a message.
+
+        :raises ValueError: when the message's length was not a multiple of 4.
+        """
+        if self._carry:
+            self._carry = b""
+            raise ValueError("base64 message ended with a partial quantum")
+
+
+class ConnectFailure(enum.Enum):
+    """Why a backend connection could not be made, as the glue classified it."""
+
+    REFUSED = "refused"
+    UNREACHABLE = "unreachable"
+    TIMEOUT = "timeout"
+    TLS = "tls"
+
+
+def connect_rejection(failure: ConnectFailure, detail: str) -> Reject:
+    """
+    The HTTP answer to a client whose backend could not be reached: 504 for a
+    connect timeout, 502 for everything else, with the detail in the reason.
+    """
+    if failure is ConnectFailure.TIMEOUT:
+        return Reject(504, f"backend connect timed out ({detail})")
+    if failure is ConnectFailure.REFUSED:
+        return Reject(502, f"backend refused the connection ({detail})")
+    if failure is ConnectFailure.TLS:
+        return Reject(502, f"backend TLS handshake failed ({detail})")
+    return Reject(502, f"backend unreachable ({detail})")
+
+
+def backend_ended(clean: bool, detail: str) -> Close:
+    """
+    The close a client is sent when its backend connection ends: 1000 when the
+    backend closed it in order, 1011 when it broke (reset, error).
+    """
+    if clean:
+        return Close(CLOSE_NORMAL, "backend closed the connection")
+    return Close(CLOSE_BACKEND_FAILED, close_reason(f"backend connection lost: {detail}"))
+
+
+@dataclass
+class SessionRecord:
+    """
+    What a session's log lines report; counters are updated by the glue.
+
+    :ivar bytes_up: payload bytes relayed client -> backend.
+    :ivar bytes_down: payload bytes relayed backend -> client.
+    """
+
+    session_id: str
+    client: str
+    path: str
+    backend: str
+    started: float
+    bytes_up: int = 0
+    bytes_down: int = 0
+    close_code: Optional[int] = None
+    close_reason: str = ""
+    ended: Optional[float] = field(default=None)
+
+    def end(self, now: float, code: Optional[int], reason: str) -> None:
+        """Record the end of the session once; later calls change nothing."""
+        if self.ended is None:
+            self.ended = now
+            self.close_code = code
+            self.close_reason = reason
+
+    def fields(self, now: float) -> dict[str, object]:
+        """The record as flat key/value pairs for a structured log line."""
+        end = self.ended if self.ended is not None else now
+        return {
+            "session": self.session_id,
+            "client": self.client,
+            "path": self.path,
+            "backend": self.backend,
+            "bytes_up": self.bytes_up,
+            "bytes_down": self.bytes_down,
+            "duration": round(end - self.started, 3),
+            "close_code": self.close_code,
+            "close_reason": self.close_reason,
+        }

@@ -1,0 +1,195 @@
+"""
+Build the gateway for ``twistd`` or for embedding in another Twisted program.
+
+- :func:`load_config` / :func:`parse_config` read a configuration.
+- :func:`build_resource` gives a twisted.web resource to mount in a Site.
+- :func:`make_service` gives an :class:`~twisted.application.service.IService`
+  that listens on every ``Listen`` endpoint and runs the demo backends.
+
+Endpoint strings are checked here against Twisted's parsers, so that a bad
+one is reported as ``FILE:LINE`` before anything listens.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Optional, Union
+
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred, gatherResults
+from twisted.internet.endpoints import clientFromString, serverFromString
+from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.server import Site
+
+from tunnelgw.backends import TcpBackends
+from tunnelgw.config import Config, ConfigError, Location, Problem, parse_config
+from tunnelgw.demo import demo_factory, demo_page
+from tunnelgw.protocol import GatewayFactory
+from tunnelgw.routing import RuleSet
+from tunnelgw.web import GatewayResource
+
+__all__ = [
+    "GatewayService",
+    "ListenError",
+    "build_resource",
+    "check_config",
+    "load_config",
+    "make_service",
+    "parse_config",
+]
+
+_log = Logger(namespace="tunnelgw")
+_SUBSTITUTION = re.compile(r"\$\d")
+
+
+class ListenError(Exception):
+    """A listener could not start (port in use, permission...); str() names FILE:LINE."""
+
+
+def load_config(path: str) -> Config:
+    """Read and parse a configuration file.
+
+    :raises ConfigError: when it cannot be read or has mistakes.
+    """
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError([Problem(Location(path, 0), f"cannot read the configuration: {e}")]) from None
+    return parse_config(text, path)
+
+
+def _explain(e: BaseException) -> str:
+    if isinstance(e, KeyError):
+        return f"missing parameter {e.args[0]!r}"
+    return str(e) or type(e).__name__
+
+
+def check_config(config: Config, reactor: Any) -> list[tuple[Location, str, IStreamServerEndpoint]]:
+    """
+    Check every endpoint string against Twisted's parsers.
+
+    ``ProxyPassMatch`` targets are checked with each ``$N`` replaced by ``1``.
+    Certificate and key files of ``ssl:`` listeners are loaded here.
+
+    :returns: (where, description, endpoint) for each listener, then each demo backend.
+    :raises ConfigError: naming each bad endpoint string at its line.
+    """
+    problems: list[Problem] = []
+    servers: list[tuple[Location, str, IStreamServerEndpoint]] = []
+    for where, kind, description in [(l.where, "Listen", l.endpoint) for l in config.listeners] + [
+        (d.where, "DemoBackend", d.endpoint) for d in config.demo_backends
+    ]:
+        try:
+            servers.append((where, description, serverFromString(reactor, description)))
+        except Exception as e:
+            problems.append(Problem(where, f"bad {kind} endpoint {description!r}: {_explain(e)}"))
+    for rule in config.rules:
+        target = _SUBSTITUTION.sub("1", rule.target)
+        if target.startswith(("ws://", "wss://")):
+            problems.append(Problem(rule.where, "WebSocket (ws://, wss://) backends are not supported yet"))
+            continue
+        try:
+            clientFromString(reactor, target)
+        except Exception as e:
+            problems.append(Problem(rule.where, f"bad backend endpoint {rule.target!r}: {_explain(e)}"))
+    if problems:
+        raise ConfigError(problems)
+    return servers
+
+
+def build_resource(config: Config, reactor: Any) -> GatewayResource:
+    """
+    A twisted.web resource serving config's routes (and demo pages), for
+    mounting in an existing Site.  Rules match the full request path.
+
+    :raises ConfigError: when an endpoint string is bad.
+    """
+    check_config(config, reactor)
+    return _resource(config, reactor)
+
+
+def _resource(config: Config, reactor: Any) -> GatewayResource:
+    factory = GatewayFactory(RuleSet(config), reactor, TcpBackends(reactor))
+    pages = {p.path: demo_page(p.websocket_path) for p in config.demo_pages}
+    return GatewayResource(factory, pages)
+
+
+class GatewayService(Service):
+    """
+    Listens on every ``Listen`` endpoint with one Site serving the gateway
+    resource, and runs the configured demo backends.
+
+    Listening happens in :meth:`privilegedStartService` (before twistd drops
+    privileges) and a failure raises :class:`ListenError` there.
+    """
+
+    def __init__(self, config: Config, reactor: Any) -> None:
+        self.config = config
+        self._reactor = reactor
+        self._servers = check_config(config, reactor)
+        self.resource = _resource(config, reactor)
+        self.site = Site(self.resource)
+        self.site.displayTracebacks = False
+        self.ports: list[IListeningPort] = []
+
+    _listening = False
+
+    def privilegedStartService(self) -> None:
+        """Start listening; raise :class:`ListenError` if any endpoint fails."""
+        super().privilegedStartService()
+        self._listen()
+
+    def startService(self) -> None:
+        """Start the service, listening first if twistd did not already."""
+        if not self._listening:
+            self._listen()
+        super().startService()
+
+    def _listen(self) -> None:
+        self._listening = True
+        demo_kinds = {d.where: d.kind for d in self.config.demo_backends}
+        for where, description, endpoint in self._servers:
+            factory = demo_factory(demo_kinds[where]) if where in demo_kinds else self.site
+            result: list[Union[IListeningPort, Failure]] = []
+            d: Deferred[IListeningPort] = endpoint.listen(factory)
+            d.addBoth(result.append)
+            if not result:
+                d.addCallback(self.ports.append)
+                d.addErrback(lambda f, w=where, e=description: _log.failure(
+                    "{where}: cannot listen on {endpoint}", f, where=w, endpoint=e))
+                continue
+            if isinstance(result[0], Failure):
+                for port in self.ports:
+                    port.stopListening()
+                self.ports = []
+                raise ListenError(f"{where}: cannot listen on {description!r}: {_explain(result[0].value)}")
+            self.ports.append(result[0])
+            _log.info("{where}: listening on {endpoint} ({address})", where=where, endpoint=description,
+                      address=result[0].getHost())
+
+    def stopService(self) -> Optional[Deferred[None]]:
+        """Stop listening; live sessions are left to the reactor's shutdown."""
+        super().stopService()
+        ports, self.ports = self.ports, []
+        self._listening = False
+        return gatherResults([d for d in (p.stopListening() for p in ports) if d is not None]).addCallback(
+            lambda _: None)
+
+
+def make_service(config: Union[Config, str], reactor: Any = None) -> GatewayService:
+    """
+    The gateway as a service, from a :class:`Config` or configuration text.
+
+    :param reactor: the reactor to use; the global one when None.
+    :raises ConfigError: for mistakes in the configuration.
+    """
+    if reactor is None:
+        from twisted.internet import reactor as global_reactor
+
+        reactor = global_reactor
+    if isinstance(config, str):
+        config = parse_config(config, "<text>")
+    return GatewayService(config, reactor)
