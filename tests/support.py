@@ -1,0 +1,335 @@
+"""
+Test harness: a real gateway process, real loopback backends, TLS material.
+
+- :class:`GatewayProcess` runs ``twistd -n tunnelgw`` from this working tree
+  (PYTHONPATH points at it, so the plugin in ``twisted/plugins`` is found) with
+  a config written to a temporary folder; listeners use port 0 and the real
+  ports are read from the gateway's log.
+- :class:`TcpServer` runs a threaded loopback server with one handler call
+  per connection: echo, sink, flood, close... as the test needs.
+- :func:`make_pki` writes a CA, an intermediate and a server certificate.
+
+Every wait is bounded; every process and thread is stopped on exit.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator, Optional
+
+REPO = Path(__file__).resolve().parent.parent
+
+__all__ = ["GatewayProcess", "Pki", "TcpServer", "make_pki", "require_tool", "rss_bytes", "wait_until", "REPO"]
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float = 10.0, interval: float = 0.02) -> bool:
+    """Poll predicate until it is true or timeout seconds pass; return its last value."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if predicate():
+            return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(interval)
+
+
+def rss_bytes(pid: int) -> int:
+    """Resident set size of a process, from /proc."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmRSS")
+
+
+def subprocess_env() -> dict[str, str]:
+    """The environment for gateway processes: this tree first on the path."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def twistd_command(*args: str) -> list[str]:
+    """``twistd`` run by this interpreter (so it sees the same packages)."""
+    return [sys.executable, "-c", "import sys; from twisted.scripts.twistd import run; sys.exit(run())", *args]
+
+
+_LISTENING = re.compile(r"(\S+):(\d+): listening on .* port=(\d+)\)")
+
+
+class GatewayProcess:
+    """
+    ``twistd -n tunnelgw --config FILE`` as a child process.
+
+    :param config: configuration text; ``{tmp}`` is replaced by the folder.
+    :ivar ports: {config line number: bound port}, read from the log.
+    """
+
+    def __init__(self, config: str, tmp: Path, name: str = "gw", args: tuple[str, ...] = ()) -> None:
+        self.tmp = tmp
+        self.config_path = tmp / f"{name}.conf"
+        self.config_path.write_text(config.replace("{tmp}", str(tmp)))
+        self.log_path = tmp / f"{name}.log"
+        self.args = args
+        self.ports: dict[int, int] = {}
+        self.proc: Optional[subprocess.Popen[bytes]] = None
+
+    def start(self, timeout: float = 20.0) -> "GatewayProcess":
+        """Start and wait until every Listen line reports its port."""
+        expected = sum(1 for line in self.config_path.read_text().splitlines()
+                       if line.strip().lower().startswith(("listen ", "demobackend ")))
+        self._log = open(self.log_path, "wb")
+        self.proc = subprocess.Popen(
+            twistd_command("-n", "--pidfile=", "tunnelgw", "--config", str(self.config_path), *self.args),
+            stdout=self._log, stderr=subprocess.STDOUT, env=subprocess_env(), cwd=self.tmp,
+        )
+
+        def ready() -> bool:
+            self.ports = {int(m.group(2)): int(m.group(3)) for m in _LISTENING.finditer(self.log())}
+            return len(self.ports) >= expected or self.proc.poll() is not None  # type: ignore[union-attr]
+
+        if not wait_until(ready, timeout) or self.proc.poll() is not None:
+            self.stop()
+            raise RuntimeError(f"gateway did not start:\n{self.log()}")
+        return self
+
+    def port(self, index: int = 0) -> int:
+        """The port of the index-th listener, in config order."""
+        return [self.ports[k] for k in sorted(self.ports)][index]
+
+    def log(self) -> str:
+        """Everything the gateway has logged so far."""
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def wait_log(self, pattern: str, timeout: float = 10.0) -> re.Match[str]:
+        """Wait for a log line matching a regular expression."""
+        found: list[re.Match[str]] = []
+
+        def seen() -> bool:
+            m = re.search(pattern, self.log())
+            if m:
+                found.append(m)
+            return bool(m)
+
+        if not wait_until(seen, timeout):
+            raise AssertionError(f"no log line matching {pattern!r} in:\n{self.log()[-4000:]}")
+        return found[0]
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int:
+        """Stop the gateway (SIGTERM, then SIGKILL); return its exit status."""
+        if self.proc is None:
+            return 0
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self._log.close()
+        return self.proc.returncode
+
+    def __enter__(self) -> "GatewayProcess":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+Handler = Callable[[socket.socket], None]
+
+
+class TcpServer:
+    """
+    A threaded loopback TCP server calling handler(conn) for each connection.
+
+    :ivar connections: accepted sockets (closed on :meth:`stop`).
+    :ivar open_count: connections whose handler has not returned yet.
+    """
+
+    def __init__(self, handler: Handler, host: str = "127.0.0.1", backlog: int = 64) -> None:
+        self.handler = handler
+        self.sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind((host, 0))
+        self.sock.listen(backlog)
+        self.sock.settimeout(0.2)
+        self.host, self.port = self.sock.getsockname()[:2]
+        self.connections: list[socket.socket] = []
+        self.accepted = 0
+        self.open_count = 0
+        self._lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    @property
+    def endpoint(self) -> str:
+        """A Twisted client endpoint string for this server."""
+        return f"tcp:host={self.host}:port={self.port}"
+
+    def _serve(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except (socket.timeout, OSError):
+                continue
+            conn.settimeout(30)
+            with self._lock:
+                self.connections.append(conn)
+                self.accepted += 1
+                self.open_count += 1
+            threading.Thread(target=self._run, args=(conn,), daemon=True).start()
+
+    def _run(self, conn: socket.socket) -> None:
+        try:
+            self.handler(conn)
+        except OSError:
+            pass
+        finally:
+            with self._lock:
+                self.open_count -= 1
+
+    def stop(self) -> None:
+        """Stop accepting, close every connection, join the accept thread."""
+        self._stopping.set()
+        self._thread.join(5)
+        self.sock.close()
+        for conn in self.connections:
+            try:
+                conn.close()
+            except OSError:
+                pass
+
+    def __enter__(self) -> "TcpServer":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def echo(conn: socket.socket) -> None:
+    """Handler: send back what arrives until EOF, then close."""
+    while True:
+        data = conn.recv(65536)
+        if not data:
+            break
+        conn.sendall(data)
+    conn.close()
+
+
+@dataclass
+class Sink:
+    """Handler state: count what arrives until EOF; ``eof`` is set at EOF."""
+
+    received: int = 0
+
+    def __post_init__(self) -> None:
+        self.eof = threading.Event()
+        self.data = bytearray()
+        self.keep = False
+
+    def __call__(self, conn: socket.socket) -> None:
+        while True:
+            data = conn.recv(65536)
+            if not data:
+                break
+            self.received += len(data)
+            if self.keep:
+                self.data += data
+        self.eof.set()
+        conn.close()
+
+
+@dataclass
+class Pki:
+    """Paths of generated TLS material."""
+
+    ca_cert: Path
+    chain: Path  # the intermediate certificate
+    server_cert: Path
+    server_key: Path
+
+
+def make_pki(folder: Path, names: Iterator[str] | list[str] = ("localhost",),
+             ips: list[str] = ["127.0.0.1"]) -> Pki:
+    """
+    Write a root CA, an intermediate CA and a server certificate it signs
+    (for the given DNS names and IP addresses) into folder.
+    """
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = datetime.datetime.now(datetime.timezone.utc)
+
+    def cert(subject: str, key: ec.EllipticCurvePrivateKey, issuer: Optional[tuple[x509.Certificate, ec.EllipticCurvePrivateKey]],
+             ca: bool, sans: list[x509.GeneralName] = []) -> x509.Certificate:
+        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)])
+        builder = (x509.CertificateBuilder().subject_name(name)
+                   .issuer_name(issuer[0].subject if issuer else name)
+                   .public_key(key.public_key()).serial_number(x509.random_serial_number())
+                   .not_valid_before(now - datetime.timedelta(days=1))
+                   .not_valid_after(now + datetime.timedelta(days=30))
+                   .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
+        if ca:
+            builder = builder.add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True)
+        if sans:
+            builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
+        return builder.sign(issuer[1] if issuer else key, hashes.SHA256())
+
+    root_key, mid_key, leaf_key = (ec.generate_private_key(ec.SECP256R1()) for _ in range(3))
+    root = cert("tunnelgw test root", root_key, None, True)
+    mid = cert("tunnelgw test intermediate", mid_key, (root, root_key), True)
+    sans: list[x509.GeneralName] = [x509.DNSName(n) for n in names]
+    sans += [x509.IPAddress(ipaddress.ip_address(i)) for i in ips]
+    leaf = cert(list(names)[0] if names else "server", leaf_key, (mid, mid_key), False, sans)
+
+    def pem(c: x509.Certificate) -> bytes:
+        return c.public_bytes(serialization.Encoding.PEM)
+
+    folder.mkdir(parents=True, exist_ok=True)
+    pki = Pki(folder / "ca.pem", folder / "chain.pem", folder / "server.pem", folder / "server.key")
+    pki.ca_cert.write_bytes(pem(root))
+    pki.chain.write_bytes(pem(mid))
+    pki.server_cert.write_bytes(pem(leaf))
+    pki.server_key.write_bytes(leaf_key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                      serialization.NoEncryption()))
+    return pki
+
+
+def require_tool(path_or_name: str) -> str:
+    """
+    The full path of an external program the test needs.  Missing, it skips
+    the test, except under CI=true where a missing tool is a failure.
+    """
+    import shutil
+
+    import pytest
+
+    found = shutil.which(path_or_name)
+    if found:
+        return found
+    message = f"{path_or_name} is not installed (.ci/run installs it from .ci/apt-packages.txt)"
+    if os.environ.get("CI") == "true":
+        pytest.fail(message)
+    pytest.skip(message)
