@@ -16,6 +16,7 @@ from typing import Callable, Iterator, Union
 
 __all__ = [
     "DEFAULT_CONFIG",
+    "Alias",
     "DEFAULT_CONNECT_TIMEOUT",
     "Config",
     "ConfigError",
@@ -142,6 +143,16 @@ class DemoPage:
 
 
 @dataclass(frozen=True)
+class Alias:
+    """``Alias URL-PATH FOLDER``: plain GET/HEAD requests at URL-PATH or below it
+    are served files from FOLDER (an absolute path; see :mod:`tunnelgw.files`)."""
+
+    path: str
+    folder: str
+    where: Location
+
+
+@dataclass(frozen=True)
 class Config:
     """A whole validated configuration: listeners, rules and demo services."""
 
@@ -151,6 +162,7 @@ class Config:
     pattern_rules: tuple[PatternRule, ...] = ()
     demo_backends: tuple[DemoBackend, ...] = ()
     demo_pages: tuple[DemoPage, ...] = field(default=())
+    aliases: tuple[Alias, ...] = ()
 
     @property
     def rules(self) -> tuple[Rule, ...]:
@@ -259,6 +271,7 @@ def parse_config(text: str, filename: str = "<config>") -> Config:
     pattern_rules: list[PatternRule] = []
     demo_backends: list[DemoBackend] = []
     demo_pages: list[DemoPage] = []
+    aliases: list[Alias] = []
     seen_paths: dict[str, Location] = {}
     last_line = 1
 
@@ -333,10 +346,30 @@ def parse_config(text: str, filename: str = "<config>") -> Config:
             else:
                 demo_pages.append(DemoPage(args[0], args[1], where))
 
+        elif name == "alias":
+            if len(args) != 2:
+                problem("Alias takes a URL path and an absolute folder, e.g. Alias /novnc /usr/share/novnc")
+            elif not _is_safe_path(args[0]):
+                problem(f"Alias path must be an absolute URL path without '.', '..', "
+                        f"empty segments, spaces, '?' or '#', got {args[0]!r}")
+            elif not args[1].startswith("/"):
+                problem(f"Alias folder must be an absolute path, got {args[1]!r}")
+            else:
+                alias_path = args[0] if args[0] == "/" else args[0].rstrip("/")
+                earlier = [a for a in aliases if a.path == alias_path]
+                if earlier:
+                    problem(f"duplicate Alias path {alias_path!r} (first at {earlier[0].where})")
+                else:
+                    aliases.append(Alias(alias_path, args[1], where))
+
         else:
             problem(f"unknown directive {directive!r} (known: Listen, ProxyPass, ProxyPassMatch, "
-                    "DemoBackend, DemoPage)")
+                    "DemoBackend, DemoPage, Alias)")
 
+    for alias in aliases:
+        if alias.path in seen_paths:
+            problems.append(Problem(alias.where, f"Alias path {alias.path!r} is also a ProxyPass path "
+                                                 f"(at {seen_paths[alias.path]}); give each its own path"))
     if not listeners and not problems:
         problems.append(Problem(Location(filename, last_line), "no Listen directive: the gateway would accept nothing"))
     if problems:
@@ -348,4 +381,5 @@ def parse_config(text: str, filename: str = "<config>") -> Config:
         pattern_rules=tuple(pattern_rules),
         demo_backends=tuple(demo_backends),
         demo_pages=tuple(demo_pages),
+        aliases=tuple(aliases),
     )

@@ -12,6 +12,7 @@ one is reported as ``FILE:LINE`` before anything listens.
 
 from __future__ import annotations
 
+import os
 import re
 from typing import Any, Optional, Union
 
@@ -72,7 +73,8 @@ def check_config(config: Config, reactor: Any) -> list[tuple[Location, str, IStr
     Check every endpoint string against Twisted's parsers.
 
     ``ProxyPassMatch`` targets are checked with each ``$N`` replaced by ``1``.
-    Certificate and key files of ``ssl:`` listeners are loaded here.
+    Certificate and key files of ``ssl:`` listeners are loaded here, and
+    ``Alias`` folders must exist.
 
     :returns: (where, description, endpoint) for each listener, then each demo backend.
     :raises ConfigError: naming each bad endpoint string at its line.
@@ -95,6 +97,9 @@ def check_config(config: Config, reactor: Any) -> list[tuple[Location, str, IStr
             clientFromString(reactor, target)
         except Exception as e:
             problems.append(Problem(rule.where, f"bad backend endpoint {rule.target!r}: {_explain(e)}"))
+    for alias in config.aliases:
+        if not os.path.isdir(alias.folder):
+            problems.append(Problem(alias.where, f"Alias folder {alias.folder!r} is not an existing folder"))
     if problems:
         raise ConfigError(problems)
     return servers
@@ -114,7 +119,7 @@ def build_resource(config: Config, reactor: Any) -> GatewayResource:
 def _resource(config: Config, reactor: Any) -> GatewayResource:
     factory = GatewayFactory(RuleSet(config), reactor, TcpBackends(reactor))
     pages = {p.path: demo_page(p.websocket_path) for p in config.demo_pages}
-    return GatewayResource(factory, pages)
+    return GatewayResource(factory, pages, aliases=config.aliases)
 
 
 class GatewayService(Service):

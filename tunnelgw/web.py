@@ -6,20 +6,29 @@ It can be the root of the gateway's own :class:`~twisted.web.server.Site` or be
 mounted in another application's Site.  Rules always match the full request
 path.  Requests that are not WebSocket upgrades get a plain answer: 404 where
 no rule matches, 426 on a WebSocket path, the demo page where configured.
+
+Static files (``Alias``, see :mod:`tunnelgw.files`) share the path space with
+the rules.  A WebSocket upgrade is only ever routed by the rules.  A plain
+request is answered, in this order: by a demo page at exactly its path; by
+the ``Alias`` with the longest matching path, unless a ``ProxyPass`` path
+that matches is longer (then 426 as for any WebSocket path);
+``ProxyPassMatch`` expressions never take plain requests from an alias.
 """
 
 from __future__ import annotations
 
 from http.client import responses
-from typing import Mapping
+from typing import Mapping, Sequence
 
 from twisted.logger import Logger
 from twisted.protocols.policies import ProtocolWrapper
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
+from tunnelgw.config import Alias, PrefixRule
+from tunnelgw.files import choose_alias, serve
 from tunnelgw.protocol import GatewayFactory, format_address
-from tunnelgw.routing import Reject
+from tunnelgw.routing import Reject, Route, normalise_path
 
 __all__ = ["GatewayResource"]
 
@@ -38,14 +47,17 @@ class GatewayResource(Resource):
 
     :param factory: builds the sessions and holds the rules.
     :param pages: extra plain pages, path -> HTML, served to GET requests.
+    :param aliases: URL paths served from folders (``Alias``).
     """
 
     isLeaf = True
 
-    def __init__(self, factory: GatewayFactory, pages: Mapping[str, bytes] = {}) -> None:
+    def __init__(self, factory: GatewayFactory, pages: Mapping[str, bytes] = {},
+                 aliases: Sequence[Alias] = ()) -> None:
         super().__init__()
         self._factory = factory
         self._pages = dict(pages)
+        self._aliases = tuple(aliases)
 
     def render(self, request: Request) -> bytes | int:
         """Answer one request: a session, a page, or a status with its reason."""
@@ -61,10 +73,29 @@ class GatewayResource(Resource):
             request.setHeader(b"content-type", b"text/html; charset=utf-8")
             request.setHeader(b"cache-control", b"no-cache")
             return page
+        served = self._serve_file(request, route)
+        if served is not None:
+            return served  # type: ignore[return-value]
         if isinstance(route, Reject):
             return self._refuse(request, route)
         request.setHeader(b"upgrade", b"websocket")
         return self._refuse(request, Reject(426, "this path is a WebSocket endpoint; open it with a WebSocket client"))
+
+    def _serve_file(self, request: Request, route: object) -> object:
+        """A file from the longest matching ``Alias``, or None when no alias takes the path."""
+        if not self._aliases:
+            return None
+        path = normalise_path(request.path)
+        if isinstance(path, Reject):
+            return None
+        chosen = choose_alias(self._aliases, path)
+        if chosen is None:
+            return None
+        alias, segments = chosen
+        if (isinstance(route, Route) and isinstance(route.rule, PrefixRule)
+                and len(route.rule.path) > len(alias.path)):
+            return None
+        return serve(alias, segments, request)
 
     def _refuse(self, request: Request, reject: Reject) -> bytes:
         _log.info("request refused client={client} path={path!r} status={status} reason={reason!r}",
