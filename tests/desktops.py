@@ -1,0 +1,381 @@
+"""
+Real desktops and real browsers for the end-to-end tests: TigerVNC's Xvnc
+with a known picture and a key recorder, GTK's broadwayd, headless Chromium
+driven by Playwright, nginx and Apache httpd as front proxies.
+
+Each is a child process started on loopback (or a UNIX socket) in a temporary
+folder; every wait is bounded and :meth:`stop` kills whatever is left, so a
+failing test still cleans up.  Screenshots go to :data:`SCREENSHOTS`.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import select
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+from support import REPO, require_tool, wait_until
+
+__all__ = [
+    "APACHE_MODULES",
+    "SCREENSHOTS",
+    "Apache",
+    "Browser",
+    "Broadway",
+    "Nginx",
+    "Xvnc",
+    "free_port",
+    "spki_hash",
+]
+
+#: Where browser tests save their screenshots (ignored by git).
+SCREENSHOTS = REPO / "tests" / "artifacts" / "screenshots"
+
+#: Folder of Debian's Apache modules.
+APACHE_MODULES = Path("/usr/lib/apache2/modules")
+
+#: The desktop's background, drawn by ``xsetroot``.
+BACKGROUND = (0xFF, 0x80, 0x00)
+#: The key recorder's window colour (an xterm at the top-left corner).
+RECORDER = (0x00, 0x40, 0xFF)
+
+
+def free_port() -> int:
+    """A loopback TCP port that was free a moment ago (for servers that cannot take port 0)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def spki_hash(cert_pem: Path) -> str:
+    """Base64 SHA-256 of a certificate's public key, as Chromium's
+    ``--ignore-certificate-errors-spki-list`` takes it."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    cert = x509.load_pem_x509_certificate(cert_pem.read_bytes())
+    spki = cert.public_key().public_bytes(serialization.Encoding.DER,
+                                          serialization.PublicFormat.SubjectPublicKeyInfo)
+    return base64.b64encode(hashlib.sha256(spki).digest()).decode("ascii")
+
+
+def _stop(proc: Optional[subprocess.Popen[bytes]], timeout: float = 5.0) -> None:
+    """Terminate a child (SIGTERM, then SIGKILL) and reap it."""
+    if proc is None or proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout)
+
+
+class Xvnc:
+    """
+    A TigerVNC desktop on a free display, without authentication, serving RFB
+    on a UNIX socket only (no TCP at all), with an orange background and an
+    xterm at the top-left whose shell writes the first typed line to
+    :attr:`typed_path` (and then stays, showing it, until stopped).
+    """
+
+    def __init__(self, tmp: Path, geometry: str = "640x480") -> None:
+        self.tmp = tmp
+        self.geometry = geometry
+        self.socket_path = tmp / "vnc.sock"
+        self.typed_path = tmp / "typed.txt"
+        self.display = ""
+        self._procs: list[subprocess.Popen[bytes]] = []
+
+    @property
+    def endpoint(self) -> str:
+        """The gateway's client endpoint string for this desktop."""
+        return f"unix:path={self.socket_path}:timeout=5"
+
+    def start(self, timeout: float = 15.0) -> "Xvnc":
+        """Start the server and the picture; return once the display answers."""
+        xvnc = require_tool("Xvnc")
+        xsetroot = require_tool("xsetroot")
+        xterm = require_tool("xterm")
+        log = open(self.tmp / "xvnc.log", "wb")
+        read_fd, write_fd = os.pipe()
+        try:
+            self._procs.append(subprocess.Popen(
+                [xvnc, "-displayfd", str(write_fd), "-geometry", self.geometry, "-depth", "24",
+                 "-SecurityTypes", "None", "-rfbport", "-1", "-rfbunixpath", str(self.socket_path),
+                 "-nolisten", "tcp", "-desktop", "tunnelgw-test", "-AlwaysShared"],
+                pass_fds=(write_fd,), stdout=log, stderr=subprocess.STDOUT))
+            os.close(write_fd)
+            # Xvnc writes the number and the newline separately; closing the
+            # pipe before the newline makes it exit (EPIPE).
+            answer = b""
+            deadline = time.monotonic() + timeout
+            while not answer.endswith(b"\n") and time.monotonic() < deadline:
+                ready, _, _ = select.select([read_fd], [], [], max(0.0, deadline - time.monotonic()))
+                chunk = os.read(read_fd, 32) if ready else b""
+                if not chunk:
+                    break
+                answer += chunk
+            number = answer.decode().strip()
+        finally:
+            os.close(read_fd)
+            log.close()
+        if not number.isdigit():
+            self.stop()
+            raise RuntimeError(f"Xvnc did not report a display:\n{(self.tmp / 'xvnc.log').read_text()}")
+        self.display = f":{number}"
+        env = {**os.environ, "DISPLAY": self.display}
+        subprocess.run([xsetroot, "-solid", "#%02x%02x%02x" % BACKGROUND], env=env, check=True, timeout=10)
+        self._procs.append(subprocess.Popen(
+            [xterm, "-geometry", "40x8+0+0", "-bg", "#%02x%02x%02x" % RECORDER, "-fg", "white",
+             "-e", "sh", "-c", 'read line; printf %s "$line" > "$0"; exec sleep 600', str(self.typed_path)],
+            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        return self
+
+    def typed(self) -> str:
+        """The line typed into the recorder so far ("" before Enter)."""
+        return self.typed_path.read_text() if self.typed_path.exists() else ""
+
+    def stop(self) -> None:
+        """Stop the xterm and the server."""
+        for proc in reversed(self._procs):
+            _stop(proc)
+        self._procs = []
+
+    def __enter__(self) -> "Xvnc":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+class Broadway:
+    """
+    GTK's Broadway display server on a free display (HTTP and WebSocket on a
+    loopback port) running a GTK application.
+    """
+
+    def __init__(self, tmp: Path, app: list[str]) -> None:
+        self.tmp = tmp
+        self.app = app
+        self.port = 0
+        self.display = ""
+        self._procs: list[subprocess.Popen[bytes]] = []
+
+    def start(self, timeout: float = 15.0) -> "Broadway":
+        """Start broadwayd and the application; return once the port answers."""
+        broadwayd = require_tool("broadwayd")
+        require_tool(self.app[0])
+        log = open(self.tmp / "broadwayd.log", "wb")
+        for attempt in range(5):
+            number = 40 + (os.getpid() + attempt * 7) % 50
+            self.port = 8080 + number
+            proc = subprocess.Popen([broadwayd, "--address", "127.0.0.1", "--port", str(self.port), f":{number}"],
+                                    stdout=log, stderr=subprocess.STDOUT)
+
+            def listening() -> bool:
+                try:
+                    socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                    return True
+                except OSError:
+                    return proc.poll() is not None
+
+            wait_until(listening, timeout)
+            if proc.poll() is None:
+                self._procs.append(proc)
+                self.display = f":{number}"
+                break
+        log.close()
+        if not self.display:
+            raise RuntimeError(f"broadwayd did not start:\n{(self.tmp / 'broadwayd.log').read_text()}")
+        env = {**os.environ, "GDK_BACKEND": "broadway", "BROADWAY_DISPLAY": self.display}
+        self._procs.append(subprocess.Popen(self.app, env=env, stdout=open(self.tmp / "app.log", "wb"),
+                                            stderr=subprocess.STDOUT))
+        return self
+
+    def stop(self) -> None:
+        """Stop the application and broadwayd."""
+        for proc in reversed(self._procs):
+            _stop(proc)
+        self._procs = []
+
+
+class Browser:
+    """
+    Headless Chromium (Debian's ``/usr/bin/chromium``) driven by Playwright,
+    with a fresh profile; :meth:`page` opens a page, closed with the browser.
+
+    :param trusted_spki: base64 SHA-256 public key hashes whose certificates
+        Chromium accepts without a trusted chain (the tests' own server keys).
+    """
+
+    def __init__(self, tmp: Path, trusted_spki: tuple[str, ...] = ()) -> None:
+        self.tmp = tmp
+        self.trusted_spki = trusted_spki
+        self._playwright: Any = None
+        self._context: Any = None
+
+    def start(self, timeout: float = 30.0) -> "Browser":
+        """Launch Chromium; fails with the browser's reason after timeout seconds."""
+        import pytest
+
+        chromium = require_tool("/usr/bin/chromium")
+        try:
+            from playwright.sync_api import sync_playwright
+        except ImportError:
+            if os.environ.get("CI") == "true":
+                pytest.fail("playwright is not installed (pip install '.[test]')")
+            pytest.skip("playwright is not installed (pip install '.[test]')")
+        args = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                "--disable-dev-shm-usage", "--password-store=basic"]
+        if self.trusted_spki:
+            args.append("--ignore-certificate-errors-spki-list=" + ",".join(self.trusted_spki))
+        self._playwright = sync_playwright().start()
+        try:
+            self._context = self._playwright.chromium.launch_persistent_context(
+                tempfile.mkdtemp(prefix="chromium-", dir=self.tmp), executable_path=chromium, headless=True,
+                args=args, viewport={"width": 900, "height": 700}, timeout=timeout * 1000)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def page(self) -> Any:
+        """A new tab."""
+        return self._context.new_page()
+
+    def stop(self) -> None:
+        """Close the browser (its processes with it) and Playwright's driver."""
+        if self._context is not None:
+            try:
+                self._context.close()
+            except Exception:
+                pass
+            self._context = None
+        if self._playwright is not None:
+            self._playwright.stop()
+            self._playwright = None
+
+
+def _front_proxy(tmp: Path, name: str, command: list[str], port: int, timeout: float) -> subprocess.Popen[bytes]:
+    """Start a front proxy and wait until it accepts on port."""
+    log = open(tmp / f"{name}.out", "wb")
+    proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=tmp)
+    log.close()
+
+    def accepting() -> bool:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return True
+        except OSError:
+            return proc.poll() is not None
+
+    if not wait_until(accepting, timeout) or proc.poll() is not None:
+        _stop(proc)
+        logs = "\n".join(p.read_text(errors="replace") for p in sorted(tmp.glob("*.log")) + [tmp / f"{name}.out"]
+                         if p.exists())
+        raise RuntimeError(f"{name} did not start:\n{logs}")
+    return proc
+
+
+class Nginx:
+    """
+    nginx in the foreground with its own prefix, pid file and logs in tmp,
+    serving ``server_block`` (http context text) on loopback.
+    """
+
+    def __init__(self, tmp: Path, server_block: str, port: int) -> None:
+        self.tmp = tmp
+        self.port = port
+        self.conf = tmp / "nginx.conf"
+        self.conf.write_text(f"""
+daemon off;
+master_process on;
+worker_processes 1;
+user root root;
+pid {tmp}/nginx.pid;
+error_log {tmp}/nginx-error.log info;
+events {{ worker_connections 64; }}
+http {{
+    access_log {tmp}/nginx-access.log;
+    client_body_temp_path {tmp}/nginx-body;
+    proxy_temp_path {tmp}/nginx-proxy;
+    fastcgi_temp_path {tmp}/nginx-fastcgi;
+    uwsgi_temp_path {tmp}/nginx-uwsgi;
+    scgi_temp_path {tmp}/nginx-scgi;
+{server_block}
+}}
+""")
+        self._proc: Optional[subprocess.Popen[bytes]] = None
+
+    def start(self, timeout: float = 10.0) -> "Nginx":
+        """Start nginx and wait for its port."""
+        nginx = require_tool("nginx")
+        self._proc = _front_proxy(self.tmp, "nginx", [nginx, "-p", str(self.tmp), "-c", str(self.conf),
+                                                      "-e", str(self.tmp / "nginx-error.log")], self.port, timeout)
+        return self
+
+    def stop(self) -> None:
+        """Stop nginx (its workers follow the master)."""
+        _stop(self._proc)
+        self._proc = None
+
+
+class Apache:
+    """
+    Apache httpd 2.4 (Debian's ``apache2`` binary) in the foreground with a
+    generated configuration in tmp, serving ``site`` (server context text).
+    """
+
+    MODULES = ("mpm_event", "authz_core", "proxy", "proxy_http", "proxy_wstunnel", "socache_shmcb", "ssl")
+
+    def __init__(self, tmp: Path, site: str, port: int) -> None:
+        self.tmp = tmp
+        self.port = port
+        self.conf = tmp / "apache2.conf"
+        modules = "\n".join(f"LoadModule {m}_module {APACHE_MODULES}/mod_{m}.so" for m in self.MODULES)
+        self.conf.write_text(f"""
+ServerRoot {tmp}
+ServerName localhost
+PidFile {tmp}/apache2.pid
+DefaultRuntimeDir {tmp}
+Mutex file:{tmp} default
+ErrorLog {tmp}/apache2-error.log
+LogLevel warn proxy:info
+User www-data
+Group www-data
+{modules}
+SSLSessionCache shmcb:{tmp}/ssl_scache(512000)
+{site}
+""")
+        self._proc: Optional[subprocess.Popen[bytes]] = None
+
+    def start(self, timeout: float = 10.0) -> "Apache":
+        """Start httpd and wait for its port."""
+        apache2 = require_tool("/usr/sbin/apache2")
+        self._proc = _front_proxy(self.tmp, "apache2", [apache2, "-f", str(self.conf), "-DFOREGROUND"],
+                                  self.port, timeout)
+        return self
+
+    def stop(self) -> None:
+        """Stop httpd (SIGTERM to the parent stops its children)."""
+        _stop(self._proc, timeout=10)
+        self._proc = None
+
+
+def wait_for(predicate: Any, timeout: float, what: str) -> None:
+    """Poll predicate (bounded); fail with what when it stays false."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+        time.sleep(0.1)

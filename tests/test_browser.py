@@ -1,0 +1,169 @@
+"""
+A desktop in a real browser through the gateway: headless Chromium opens
+noVNC's page served by the gateway itself (``Alias``), connects through a
+``ProxyPass`` route to a real TigerVNC Xvnc, shows the desktop's known colours
+on its canvas and types a line that reaches an xterm on the desktop; directly
+over ws:// and wss://, and behind nginx and Apache httpd with TLS, configured
+from the snippets in examples/front-proxies/ that docs/front-proxies.rst shows.
+
+Screenshots are saved in tests/artifacts/screenshots/.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+
+from desktops import BACKGROUND, RECORDER, SCREENSHOTS, Apache, Browser, Nginx, Xvnc, free_port, spki_hash, wait_for
+from support import REPO, GatewayProcess, Pki, make_pki
+
+NOVNC = Path("/usr/share/novnc")
+EXAMPLES = REPO / "examples" / "front-proxies"
+
+pytestmark = pytest.mark.timeout(90)
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    return make_pki(tmp_path_factory.mktemp("pki"))
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory: pytest.TempPathFactory, pki: Pki) -> Iterator[Browser]:
+    b = Browser(tmp_path_factory.mktemp("chromium"), trusted_spki=(spki_hash(pki.server_cert),))
+    try:
+        yield b.start()
+    finally:
+        b.stop()
+
+
+@pytest.fixture
+def desktop(tmp_path: Path) -> Iterator[Xvnc]:
+    with Xvnc(tmp_path) as x:
+        yield x
+
+
+@pytest.fixture
+def gateway(tmp_path: Path, desktop: Xvnc, pki: Pki) -> Iterator[GatewayProcess]:
+    if not (NOVNC / "vnc_lite.html").exists():
+        from support import require_tool
+
+        require_tool("novnc")  # Debian's novnc package installs the files and this command
+    config = f"""
+Listen tcp:port=0:interface=127.0.0.1
+Listen ssl:port=0:interface=127.0.0.1:privateKey={pki.server_key}:certKey={pki.server_cert}:extraCertChain={pki.chain}
+Alias /novnc {NOVNC}
+ProxyPass /websockify {desktop.endpoint}
+"""
+    with GatewayProcess(config, tmp_path) as gw:
+        yield gw
+
+
+def _pixel(page: Any, x: int, y: int) -> tuple[int, int, int]:
+    """The RGB colour of the noVNC canvas at (x, y), read back with getImageData."""
+    rgba = page.evaluate("([x, y]) => Array.from(document.querySelector('#screen canvas')"
+                         ".getContext('2d').getImageData(x, y, 1, 1).data)", [x, y])
+    return (rgba[0], rgba[1], rgba[2])
+
+
+_TEXT_SHOWN = """() => {
+    const d = document.querySelector('#screen canvas').getContext('2d').getImageData(40, 0, 60, 16).data;
+    for (let i = 0; i < d.length; i += 4) { if (d[i] > 200 && d[i + 1] > 200 && d[i + 2] > 200) return true; }
+    return false;
+}"""
+
+
+def use_desktop(browser: Browser, url: str, desktop: Xvnc, name: str) -> None:
+    """
+    Open noVNC at url; check it connects, shows the desktop's colours, and
+    that a typed line reaches the desktop's xterm; save a screenshot as name.
+    """
+    page = browser.page()
+    try:
+        page.goto(url, timeout=15000)
+        status = page.locator("#status")
+        wait_for(lambda: (status.text_content() or "").startswith("Connected"), 20,
+                 f"noVNC to connect (status: {status.text_content()!r})")
+        wait_for(lambda: _pixel(page, 600, 440) == BACKGROUND and _pixel(page, 2, 2) == RECORDER, 15,
+                 "the desktop's orange background and the blue xterm on the canvas")
+        canvas = page.locator("#screen canvas")
+        box = canvas.bounding_box()
+        assert box is not None and (box["width"], box["height"]) == (640, 480)
+        # No window manager: keys go to the window under the pointer.
+        page.mouse.click(box["x"] + 60, box["y"] + 40)
+        page.keyboard.type("tunnelgw 7")
+        page.keyboard.press("Enter")
+        wait_for(lambda: desktop.typed() == "tunnelgw 7", 15,
+                 f"the typed line on the desktop (got {desktop.typed()!r})")
+        # The echoed text, white on blue, right of where the cursor started.
+        wait_for(lambda: page.evaluate(_TEXT_SHOWN), 10, "the typed text echoed in the xterm on the canvas")
+        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(SCREENSHOTS / f"{name}.png"))
+    finally:
+        page.close()
+
+
+def test_novnc_over_ws(browser: Browser, gateway: GatewayProcess, desktop: Xvnc) -> None:
+    """noVNC served by the gateway over http:// reaches Xvnc over ws://: pixels and keys."""
+    use_desktop(browser, f"http://127.0.0.1:{gateway.port(0)}/novnc/vnc_lite.html", desktop, "novnc-ws")
+    gateway.wait_log(r"session end .*path=/websockify")
+
+
+def test_novnc_over_wss(browser: Browser, gateway: GatewayProcess, desktop: Xvnc) -> None:
+    """noVNC served by the gateway over https:// reaches Xvnc over wss://: pixels and keys."""
+    use_desktop(browser, f"https://127.0.0.1:{gateway.port(1)}/novnc/vnc_lite.html", desktop, "novnc-wss")
+
+
+def _example(name: str, replacements: dict[str, str]) -> str:
+    """An example front-proxy snippet with its addresses and paths replaced; each must occur."""
+    text = (EXAMPLES / name).read_text()
+    for old, new in replacements.items():
+        assert old in text, f"{old!r} not in examples/front-proxies/{name}"
+        text = text.replace(old, new)
+    return text
+
+
+def _fullchain(tmp: Path, pki: Pki) -> Path:
+    path = tmp / "fullchain.pem"
+    path.write_bytes(pki.server_cert.read_bytes() + pki.chain.read_bytes())
+    (tmp / "server.key").write_bytes(pki.server_key.read_bytes())
+    return path
+
+
+def test_novnc_behind_nginx(browser: Browser, gateway: GatewayProcess, desktop: Xvnc, pki: Pki,
+                            tmp_path: Path) -> None:
+    """noVNC through nginx with TLS (examples/front-proxies/nginx.conf) to the gateway's ws:// listener."""
+    front = tmp_path / "nginx"
+    front.mkdir()
+    _fullchain(front, pki)
+    port = free_port()
+    server = _example("nginx.conf", {"127.0.0.1:8443": f"127.0.0.1:{port}", "/etc/ssl/tunnelgw": str(front),
+                                     "127.0.0.1:8080": f"127.0.0.1:{gateway.port(0)}"})
+    nginx = Nginx(front, server, port)
+    try:
+        nginx.start()
+        use_desktop(browser, f"https://127.0.0.1:{port}/novnc/vnc_lite.html", desktop, "novnc-nginx")
+    finally:
+        nginx.stop()
+    gateway.wait_log(r"session end .*path=/websockify")
+
+
+def test_novnc_behind_apache(browser: Browser, gateway: GatewayProcess, desktop: Xvnc, pki: Pki,
+                             tmp_path: Path) -> None:
+    """noVNC through Apache httpd 2.4 with TLS and mod_proxy_wstunnel (examples/front-proxies/apache.conf)."""
+    front = tmp_path / "apache"
+    front.mkdir()
+    front.chmod(0o755)
+    _fullchain(front, pki)
+    port = free_port()
+    site = _example("apache.conf", {"127.0.0.1:8443": f"127.0.0.1:{port}", "/etc/ssl/tunnelgw": str(front),
+                                    "127.0.0.1:8080": f"127.0.0.1:{gateway.port(0)}"})
+    apache = Apache(front, site, port)
+    try:
+        apache.start()
+        use_desktop(browser, f"https://127.0.0.1:{port}/novnc/vnc_lite.html", desktop, "novnc-apache")
+    finally:
+        apache.stop()
+    gateway.wait_log(r"session end .*path=/websockify")
