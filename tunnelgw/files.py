@@ -23,7 +23,7 @@ from __future__ import annotations
 import os
 from typing import Optional, Sequence
 
-from twisted.web import http
+from twisted.web import http, pages
 from twisted.web.resource import IResource
 from twisted.web.server import Request
 from twisted.web.static import File
@@ -83,6 +83,8 @@ class StaticFolder(File):
 
     contentTypes = {**File.contentTypes, **CONTENT_TYPES}
     indexNames = ["index.html"]
+    childNotFound = pages.notFound("Not Found", "No such file.")
+    forbidden = pages.forbidden("Forbidden", "Folders are not listed.")
     processors: dict = {}  # type: ignore[type-arg]
 
     def __init__(self, path: str, defaultType: str = "application/octet-stream",
