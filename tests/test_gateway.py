@@ -306,8 +306,9 @@ def test_flow_control_client_never_reads(tmp_path: Path) -> None:
         assert stalled.wait(60), f"backend never stalled after {sent[0]} bytes"
         grown = rss_bytes(gw.pid) - before
         held = sent[0]
-        assert held < 48 * MiB, f"backend could send {held} bytes to a client that reads nothing"
-        assert grown < 24 * MiB, f"gateway grew by {grown} bytes"
+        print(f"client never reads: backend sent {held / MiB:.1f} MiB before stalling, gateway RSS +{grown / MiB:.1f} MiB")
+        assert held < 16 * MiB, f"backend could send {held} bytes to a client that reads nothing"
+        assert grown < 8 * MiB, f"gateway grew by {grown} bytes"
         received = client.receive_payload(held, timeout=30)
         assert len(received) >= held
         assert received[:held] == (chunk * (held // len(chunk) + 1))[:held]
@@ -335,8 +336,9 @@ def test_flow_control_backend_never_reads(tmp_path: Path) -> None:
                 client.send_binary(message)
                 sent += len(message)
         grown = rss_bytes(gw.pid) - before
-        assert sent < 48 * MiB, f"client could send {sent} bytes to a backend that reads nothing"
-        assert grown < 24 * MiB, f"gateway grew by {grown} bytes"
+        print(f"backend never reads: client sent {sent / MiB:.1f} MiB before stalling, gateway RSS +{grown / MiB:.1f} MiB")
+        assert sent < 16 * MiB, f"client could send {sent} bytes to a backend that reads nothing"
+        assert grown < 8 * MiB, f"gateway grew by {grown} bytes"
         sink.keep = False
         release.set()
         client.sock.settimeout(30)
