@@ -29,7 +29,7 @@ from typing import Callable, Iterator, Optional
 
 REPO = Path(__file__).resolve().parent.parent
 
-__all__ = ["GatewayProcess", "Pki", "TcpServer", "make_pki", "require_tool", "rss_bytes", "wait_until", "REPO"]
+__all__ = ["GatewayProcess", "Pki", "RawClient", "TcpServer", "make_pki", "require_tool", "rss_bytes", "wait_until", "REPO"]
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float = 10.0, interval: float = 0.02) -> bool:
@@ -333,3 +333,73 @@ def require_tool(path_or_name: str) -> str:
     if os.environ.get("CI") == "true":
         pytest.fail(message)
     pytest.skip(message)
+
+
+class RawClient:
+    """
+    A WebSocket client over a plain socket using the ``websockets`` library's
+    sans-IO protocol, for tests that need control the sync client does not
+    give: never reading, vanishing without a close frame.
+    """
+
+    def __init__(self, url: str, subprotocols: Optional[list[str]] = None, timeout: float = 10.0) -> None:
+        from websockets.client import ClientProtocol
+        from websockets.uri import parse_uri
+
+        uri = parse_uri(url)
+        self.protocol = ClientProtocol(uri, subprotocols=subprotocols, max_size=None)  # type: ignore[arg-type]
+        self.sock = socket.create_connection((uri.host, uri.port), timeout=timeout)
+        request = self.protocol.connect()
+        self.protocol.send_request(request)
+        self.flush()
+        deadline = time.monotonic() + timeout
+        while self.protocol.handshake_exc is None and self.protocol.state.name == "CONNECTING":
+            if time.monotonic() > deadline:
+                raise TimeoutError("no handshake answer")
+            data = self.sock.recv(65536)
+            if not data:
+                break
+            self.protocol.receive_data(data)
+        self.events = list(self.protocol.events_received())
+        if self.protocol.handshake_exc is not None:
+            raise self.protocol.handshake_exc
+
+    def flush(self) -> None:
+        """Send what the protocol has queued."""
+        for chunk in self.protocol.data_to_send():
+            if chunk:
+                self.sock.sendall(chunk)
+
+    def send_binary(self, data: bytes) -> None:
+        """Send one binary message (blocking until the kernel takes it)."""
+        self.protocol.send_binary(data)
+        self.flush()
+
+    def receive_payload(self, limit: int, timeout: float = 10.0) -> bytes:
+        """Read messages until limit payload bytes arrived (or timeout); return them."""
+        from websockets.frames import Opcode
+
+        out = bytearray()
+        deadline = time.monotonic() + timeout
+        self.sock.settimeout(1.0)
+        while len(out) < limit and time.monotonic() < deadline:
+            for event in self.events:
+                if getattr(event, "opcode", None) in (Opcode.BINARY, Opcode.TEXT, Opcode.CONT):
+                    out += event.data
+            self.events = []
+            if len(out) >= limit:
+                break
+            try:
+                data = self.sock.recv(1 << 20)
+            except socket.timeout:
+                continue
+            if not data:
+                break
+            self.protocol.receive_data(data)
+            self.events = list(self.protocol.events_received())
+            self.flush()
+        return bytes(out)
+
+    def close(self) -> None:
+        """Drop the socket without a close frame."""
+        self.sock.close()

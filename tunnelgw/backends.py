@@ -60,7 +60,8 @@ def _describe(reason: BaseException) -> str:
 
 def _classify(reason: BaseException, timeout: float) -> BackendUnavailable:
     """Turn a connect error into the failure kind the relay policy understands."""
-    if isinstance(reason, (defer.TimeoutError, error.TimeoutError, defer.CancelledError)):
+    if isinstance(reason, (defer.TimeoutError, error.TimeoutError, defer.CancelledError,
+                           error.ConnectingCancelledError)):
         return BackendUnavailable(ConnectFailure.TIMEOUT, f"{timeout:g} s")
     if isinstance(reason, error.ConnectionRefusedError):
         return BackendUnavailable(ConnectFailure.REFUSED, "connection refused")

@@ -256,12 +256,14 @@ def _lines(text: str) -> Iterator[tuple[int, str]]:
         yield start, " ".join(pending)
 
 
-def parse_config(text: str, filename: str = "<config>") -> Config:
+def parse_config(text: str, filename: str = "<config>", require_listeners: bool = True) -> Config:
     """
     Parse configuration text into a :class:`Config`.
 
     :param text: the whole file's text.
     :param filename: the name used in problem messages.
+    :param require_listeners: refuse a configuration without ``Listen`` (not
+        needed for rules given to :func:`tunnelgw.service.build_resource`).
     :raises ConfigError: with one :class:`Problem` per mistake found; parsing goes
         on after a mistake so that a user sees all of them at once.
     """
@@ -370,7 +372,7 @@ def parse_config(text: str, filename: str = "<config>") -> Config:
         if alias.path in seen_paths:
             problems.append(Problem(alias.where, f"Alias path {alias.path!r} is also a ProxyPass path "
                                                  f"(at {seen_paths[alias.path]}); give each its own path"))
-    if not listeners and not problems:
+    if require_listeners and not listeners and not problems:
         problems.append(Problem(Location(filename, last_line), "no Listen directive: the gateway would accept nothing"))
     if problems:
         raise ConfigError(problems)

@@ -167,7 +167,16 @@ class GatewayProtocol(WebSocketServerProtocol):
 
     def _bad_payload(self, reason: str) -> None:
         self._close_backend()
-        self.sendClose(CLOSE_INVALID_PAYLOAD, close_reason(reason))
+        self.close_session(CLOSE_INVALID_PAYLOAD, reason)
+
+    def close_session(self, code: int, reason: str) -> None:
+        """
+        Start the closing handshake with any valid code (Autobahn's
+        ``sendClose`` accepts only 1000 and 3000-4999; a gateway also needs
+        1001, 1007, 1009, 1011, 1014).
+        """
+        if self.state == self.STATE_OPEN:
+            self.sendCloseFrame(code=code, reasonUtf8=close_reason(reason).encode("utf-8"), isReply=False)
 
     # Backend -> client.
 
@@ -187,8 +196,7 @@ class GatewayProtocol(WebSocketServerProtocol):
         # read again so that its close reply arrives.
         self.transport.resumeProducing()
         close = backend_ended(clean, detail)
-        if self.state == self.STATE_OPEN:
-            self.sendClose(close.code, close.reason)
+        self.close_session(close.code, close.reason)
         if self._record is not None:
             self._record.end(self.factory.reactor.seconds(), close.code, close.reason)
 
@@ -230,6 +238,8 @@ class GatewayFactory(WebSocketServerFactory):
             # The handshake is parsed at once (twisted.web read it) and the wait
             # for the backend is bounded by the route's connect timeout.
             openHandshakeTimeout=0,
+            # txaio batches timers to whole seconds: 3 s is at least 2 s.
+            closeHandshakeTimeout=3,
             webStatus=False,
         )
 

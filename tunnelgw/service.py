@@ -65,6 +65,9 @@ def load_config(path: str) -> Config:
 def _explain(e: BaseException) -> str:
     if isinstance(e, KeyError):
         return f"missing parameter {e.args[0]!r}"
+    missing = re.search(r"missing \d+ required (?:positional|keyword-only) arguments?: (.*)", str(e))
+    if isinstance(e, TypeError) and missing:
+        return f"missing parameter {missing.group(1)}"
     return str(e) or type(e).__name__
 
 

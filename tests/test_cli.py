@@ -1,0 +1,81 @@
+"""The newcomer's paths: the embedded default, the example config, the embedding example."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from websockets.sync.client import connect
+
+from support import REPO, GatewayProcess, subprocess_env, twistd_command, wait_until
+
+
+def port_free(port: int) -> bool:
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def test_embedded_default_works(tmp_path: Path) -> None:
+    """`twistd -n tunnelgw` with no config serves the demo page and relays ws://127.0.0.1:8080/echo."""
+    assert port_free(8080) and port_free(8081), "the embedded default needs loopback ports 8080 and 8081 free"
+    log = open(tmp_path / "default.log", "wb")
+    proc = subprocess.Popen(twistd_command("-n", "--pidfile=", "tunnelgw"), stdout=log, stderr=subprocess.STDOUT,
+                            env=subprocess_env(), cwd=tmp_path)
+    try:
+        assert wait_until(lambda: "port=8081))" in (tmp_path / "default.log").read_text(), 20), \
+            (tmp_path / "default.log").read_text()
+        import urllib.request
+
+        page = urllib.request.urlopen("http://127.0.0.1:8080/", timeout=5).read().decode()
+        assert "tunnelgw demo" in page and '"/echo"' in page
+        with connect("ws://127.0.0.1:8080/echo", subprotocols=["binary"], open_timeout=5) as ws:
+            ws.send(b"hello, desktop")
+            assert ws.recv(timeout=5) == b"hello, desktop"
+    finally:
+        proc.terminate()
+        proc.wait(15)
+        log.close()
+
+
+def test_example_config_starts_and_relays(tmp_path: Path) -> None:
+    """examples/tunnelgw.conf is valid and its echo route relays (its ports moved to free ones)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        echo_port = s.getsockname()[1]
+    text = (REPO / "examples" / "tunnelgw.conf").read_text()
+    assert text.count("8081") == 3  # the comment, DemoBackend and ProxyPass
+    text = text.replace("tcp:port=8080:", "tcp:port=0:").replace("8081", str(echo_port))
+    with GatewayProcess(text, tmp_path) as gw:
+        with connect(f"ws://127.0.0.1:{gw.port()}/echo", open_timeout=5) as ws:
+            ws.send(b"example")
+            assert ws.recv(timeout=5) == b"example"
+
+
+def test_embedding_example(tmp_path: Path) -> None:
+    """examples/embed.py serves its own page and relays sessions through the mounted gateway resource."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    log = open(tmp_path / "embed.log", "wb")
+    proc = subprocess.Popen([sys.executable, str(REPO / "examples" / "embed.py"), str(port)], stdout=log,
+                            stderr=subprocess.STDOUT, env=subprocess_env(), cwd=tmp_path)
+    try:
+        assert wait_until(lambda: "application listening" in (tmp_path / "embed.log").read_text(), 20)
+        import urllib.request
+
+        assert b"My application" in urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5).read()
+        with connect(f"ws://127.0.0.1:{port}/desktops/echo", open_timeout=5) as ws:
+            ws.send(b"embedded")
+            assert ws.recv(timeout=5) == b"embedded"
+    finally:
+        proc.terminate()
+        proc.wait(15)
+        log.close()
