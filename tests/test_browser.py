@@ -17,7 +17,7 @@ from typing import Any, Iterator
 import pytest
 
 from desktops import BACKGROUND, RECORDER, SCREENSHOTS, Apache, Browser, Nginx, Xvnc, free_port, spki_hash, wait_for
-from support import REPO, GatewayProcess, Pki, make_pki
+from support import REPO, GatewayProcess, Pki, make_pki, require_tool
 
 NOVNC = Path("/usr/share/novnc")
 EXAMPLES = REPO / "examples" / "front-proxies"
@@ -167,3 +167,62 @@ def test_novnc_behind_apache(browser: Browser, gateway: GatewayProcess, desktop:
     finally:
         apache.stop()
     gateway.wait_log(r"session end .*path=/websockify")
+
+
+def test_novnc_example_script(tmp_path: Path) -> None:
+    """examples/novnc/run.sh serves noVNC over https and wss to its own Xvnc; Chromium shows its desktop."""
+    import os
+    import signal
+    import ssl
+    import subprocess
+
+    from websockets.sync.client import connect
+
+    for tool in ("Xvnc", "xsetroot", "xterm", "openssl"):
+        require_tool(tool)
+    port = free_port()
+    log = open(tmp_path / "run.log", "wb")
+    proc = subprocess.Popen(["bash", str(REPO / "examples" / "novnc" / "run.sh")], stdout=log, stderr=subprocess.STDOUT,
+                            env={**os.environ, "PORT": str(port), "WORKDIR": str(tmp_path), "GEOMETRY": "800x600"},
+                            start_new_session=True)
+    browser = None
+    try:
+        context = ssl.create_default_context(cafile=None)
+
+        def serving() -> bool:
+            if proc.poll() is not None:
+                raise AssertionError((tmp_path / "run.log").read_text())
+            if not (tmp_path / "cert.pem").exists():
+                return False
+            try:
+                context.load_verify_locations(str(tmp_path / "cert.pem"))
+                with connect(f"wss://localhost:{port}/websockify", ssl=context, open_timeout=3) as ws:
+                    greeting.append(ws.recv(timeout=5))
+                return True
+            except (OSError, ssl.SSLError, Exception):
+                return False
+
+        greeting: list[object] = []
+        wait_for(serving, 20, "the example's gateway to relay a session")
+        assert greeting[0] == b"RFB 003.008\n"
+        browser = Browser(tmp_path, trusted_spki=(spki_hash(tmp_path / "cert.pem"),)).start()
+        page = browser.page()
+        page.goto(f"https://localhost:{port}/novnc/vnc.html?autoconnect=true&resize=scale", timeout=15000)
+        wait_for(lambda: page.evaluate("document.documentElement.classList.contains('noVNC_connected')"), 20,
+                 "noVNC's full client to connect")
+        wait_for(lambda: page.evaluate("""() => { const c = document.querySelector('#noVNC_container canvas');
+            const d = c.getContext('2d').getImageData(2, c.height - 3, 1, 1).data;
+            return d[0] === 0x2e && d[1] === 0x5e && d[2] === 0x8e; }"""), 15, "the example desktop's background")
+        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(SCREENSHOTS / "novnc-example.png"))
+    finally:
+        if browser is not None:
+            browser.stop()
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(5)
+        log.close()
