@@ -226,3 +226,12 @@ def test_novnc_example_script(tmp_path: Path) -> None:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait(5)
         log.close()
+
+
+def test_front_proxy_docs_match_examples() -> None:
+    """docs/front-proxies.rst shows the tested nginx and Apache files verbatim (as literal blocks)."""
+    doc = (REPO / "docs" / "front-proxies.rst").read_text()
+    for name in ("nginx.conf", "apache.conf"):
+        text = (EXAMPLES / name).read_text()
+        indented = "\n".join(("    " + line) if line else "" for line in text.splitlines())
+        assert indented in doc, f"docs/front-proxies.rst no longer shows examples/front-proxies/{name}"
