@@ -305,6 +305,7 @@ async def _idle(target: dict[str, Any], count: int, concurrency: int = 64) -> di
     await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
     for w in writers:
         w.close()
+    await asyncio.wait_for(asyncio.gather(*(w.wait_closed() for w in writers), return_exceptions=True), 30)
     return {"closed": len(writers)}
 
 

@@ -80,7 +80,7 @@ class Backends:
 
     def __init__(self) -> None:
         self.proc = subprocess.Popen([sys.executable, "-m", "bench.servers"], stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, env=_env(), cwd=REPO)
+                                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=_env(), cwd=REPO)
         line = self.proc.stdout.readline()  # type: ignore[union-attr]
         if not line:
             raise RuntimeError("the backends did not start")

@@ -43,8 +43,9 @@ class Counts:
     idle_websockify: int  # idle websockify sessions (a process each)
 
 
-QUICK = Counts(big=400, small=8000, repeats=1, rtt=500, sessions=400, session_seconds=5, idle=1000, idle_websockify=50)
-FULL = Counts(big=3000, small=100_000, repeats=3, rtt=5000, sessions=4000, session_seconds=15, idle=10_000,
+QUICK = Counts(big=2000, small=30_000, repeats=1, rtt=3000, sessions=2000, session_seconds=5, idle=3000,
+               idle_websockify=100)
+FULL = Counts(big=5000, small=100_000, repeats=3, rtt=10_000, sessions=5000, session_seconds=20, idle=10_000,
               idle_websockify=200)
 #: Tiny counts for the test that keeps the suite from rotting.
 SMOKE = Counts(big=20, small=200, repeats=1, rtt=50, sessions=20, session_seconds=5, idle=20, idle_websockify=4)
