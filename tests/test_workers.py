@@ -1,0 +1,124 @@
+"""
+tunnelgw.workers: the pure planning/rewriting, and a real launcher with two
+``twistd`` workers sharing one listening port.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from websockets.sync.client import connect
+
+from support import TcpServer, echo, subprocess_env, wait_until
+from tunnelgw.config import ConfigError, parse_config
+from tunnelgw.workers import InheritedSocket, child_config, plan_sockets
+
+CONFIG = """\
+# two server endpoints
+Listen tcp:port=0:interface=127.0.0.1
+DemoBackend echo tcp:port=0:interface=127.0.0.1
+ProxyPass /echo tcp:host=127.0.0.1:port={port}
+"""
+
+
+def test_plan_lists_listeners_and_demo_backends_in_order() -> None:
+    """Listen and DemoBackend endpoints are planned in line order, named by line."""
+    plan = plan_sockets(parse_config(CONFIG.format(port=1), "c.conf"))
+    assert [(s.where.line, s.endpoint, s.name) for s in plan] == [
+        (2, "tcp:port=0:interface=127.0.0.1", "line2"), (3, "tcp:port=0:interface=127.0.0.1", "line3")]
+
+def test_ssl_listener_is_refused_with_its_line() -> None:
+    """An ssl: listener cannot be shared: ConfigError names FILE:LINE."""
+    with pytest.raises(ConfigError, match=r"c\.conf:1: ssl: listeners cannot be shared"):
+        plan_sockets(parse_config("Listen ssl:port=0:privateKey=k.pem\n", "c.conf"))
+
+def test_child_config_replaces_only_planned_endpoints() -> None:
+    """The workers' copy keeps every line but swaps planned endpoints for systemd: ones."""
+    text = CONFIG.format(port=1)
+    plan = plan_sockets(parse_config(text, "c.conf"))
+    out = child_config(text, plan, ["INET", "INET6"]).splitlines()
+    assert out[0] == "# two server endpoints"
+    assert out[1] == "Listen systemd:domain=INET:name=line2"
+    assert out[2] == "DemoBackend echo systemd:domain=INET6:name=line3"
+    assert out[3] == "ProxyPass /echo tcp:host=127.0.0.1:port=1"
+
+def test_child_config_refuses_a_line_without_its_endpoint() -> None:
+    """A plan that does not match the text is an error, not a silent copy."""
+    with pytest.raises(ValueError, match="not found"):
+        child_config("Listen tcp:port=1\n", [InheritedSocket(parse_config("Listen tcp:port=2\n", "c").listeners[0].where,
+                                                             "tcp:port=2")], ["INET"])
+
+
+def test_two_workers_share_one_port(tmp_path: Path) -> None:
+    """Two workers accept on one port: sessions are served by both pids, and SIGTERM stops all."""
+    with TcpServer(echo) as backend:
+        config = tmp_path / "gw.conf"
+        config.write_text(CONFIG.format(port=backend.port))
+        log_path = tmp_path / "workers.log"
+        with open(log_path, "wb") as log:
+            proc = subprocess.Popen([sys.executable, "-m", "tunnelgw.workers", "-n", "2", "--config", str(config)],
+                                    stdout=log, stderr=subprocess.STDOUT, env=subprocess_env(), cwd=tmp_path)
+            try:
+                def started() -> bool:
+                    return log_path.read_text().count("name=line2 (") >= 2 or proc.poll() is not None
+
+                assert wait_until(started, 30), log_path.read_text()
+                assert proc.poll() is None, log_path.read_text()
+                port = int(re.search(r"name=line2 \(.*port=(\d+)\)", log_path.read_text()).group(1))
+                children = _worker_pids(proc.pid)
+                assert len(children) == 2
+                # Hold batches of live sessions until both workers carry some (bounded).
+                busy: set[int] = set()
+                for _ in range(5):
+                    with contextlib.ExitStack() as stack:
+                        sockets = [stack.enter_context(connect(f"ws://127.0.0.1:{port}/echo", open_timeout=10))
+                                   for _ in range(16)]
+                        for ws in sockets:
+                            ws.send(b"ping")
+                            assert ws.recv(timeout=10) == b"ping"
+                        busy |= {pid for pid in children if _established(pid) > 0}
+                    if busy == set(children):
+                        break
+                assert busy == set(children)
+                proc.send_signal(signal.SIGTERM)
+                assert proc.wait(20) == 0
+                assert all(not os.path.exists(f"/proc/{pid}") or _is_zombie(pid) for pid in children)
+            finally:
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait(5)
+
+
+def _worker_pids(pid: int) -> list[int]:
+    with open(f"/proc/{pid}/task/{pid}/children") as f:
+        return [int(x) for x in f.read().split()]
+
+
+def _established(pid: int) -> int:
+    """Established TCP connections held by pid (its sockets that are in /proc/net/tcp state 01)."""
+    inodes = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[8:-1])
+    with open("/proc/net/tcp") as f:
+        rows = [line.split() for line in f.readlines()[1:]]
+    return sum(1 for row in rows if row[3] == "01" and row[9] in inodes)
+
+
+def _is_zombie(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] == "Z"
+    except OSError:
+        return True
