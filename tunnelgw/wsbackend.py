@@ -359,7 +359,7 @@ class BackendWebSocket(_RelayedHop, WebSocketClientProtocol):
 class _BackendFactory(WebSocketClientFactory):
     """Makes the one :class:`BackendWebSocket` of one session."""
 
-    protocol = BackendWebSocket
+    protocol = BackendWebSocket  # type: ignore[assignment]
 
     def __init__(self, reactor: Any, request: ConnectingRequest, timeout: float) -> None:
         super().__init__(reactor=reactor, useragent=None)
@@ -393,7 +393,7 @@ class WebSocketBackends:
     def endpoint(self, target: WebSocketTarget, options: RouteOptions) -> IStreamClientEndpoint:
         """The client endpoint for a backend: TCP, wrapped in TLS for ``wss://``."""
         key = (target.secure, target.host, target.port, options.connect_timeout, options.cafile, options.verify)
-        endpoint = self._endpoints.get(key)
+        endpoint: Any = self._endpoints.get(key)
         if endpoint is not None:
             self._endpoints.move_to_end(key)
             return endpoint
@@ -425,14 +425,14 @@ class WebSocketBackends:
         (502, or 504 after the route's connect timeout).  Cancel it to give up.
         """
         try:
-            endpoint = self.endpoint(target, options)
+            endpoint: Any = self.endpoint(target, options)
         except ValueError as e:
             return defer.fail(BackendRefusal(Reject(502, f"backend TLS settings: {e}")))
         host = f"[{target.host}]" if ":" in target.host else target.host
         request = ConnectingRequest(host=host, port=target.port, resource=target.resource, headers=headers,
                                     origin=origin, protocols=list(protocols))
         timeout = options.connect_timeout
-        d = endpoint.connect(_BackendFactory(self._reactor, request, timeout))
+        d: Any = endpoint.connect(_BackendFactory(self._reactor, request, timeout))
         d.addCallback(lambda backend: backend.opened)
         d.addTimeout(timeout, self._reactor)
         d.addErrback(self._refusal, timeout)
@@ -452,11 +452,15 @@ class WebSocketBackends:
                                   incoming.get("host"), incoming)
         headers.update({name.lower().encode("latin-1"): value.encode("latin-1") for name, value in extra.items()})
         headers[b"host"] = target.authority.encode("ascii")
-        request.content.seek(0, 0)
+        body = b""
+        if request.content is not None:
+            request.content.seek(0, 0)
+            body = request.content.read()
         factory = proxy.ProxyClientFactory(request.method, target.resource.encode("ascii"), request.clientproto,
-                                           headers, request.content.read(), request)
+                                           headers, body, request)
         timeout = options.connect_timeout
-        d = self.endpoint(target, options).connect(factory)
+        endpoint: Any = self.endpoint(target, options)
+        d = endpoint.connect(factory)
         d.addTimeout(timeout, self._reactor)
         connected: list[Any] = []
 
