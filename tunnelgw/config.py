@@ -12,12 +12,16 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Callable, Iterator, Union
+from typing import Callable, Iterator, Optional, Union
+
+from tunnelgw.wsurl import is_websocket_target, parse_websocket_url
 
 __all__ = [
     "DEFAULT_CONFIG",
     "Alias",
     "DEFAULT_CONNECT_TIMEOUT",
+    "DEFAULT_FORWARD",
+    "FORWARD_CHOICES",
     "Config",
     "ConfigError",
     "DemoBackend",
@@ -50,6 +54,12 @@ DemoPage / /echo
 """
 
 _DEMO_KINDS = ("echo",)
+
+#: What a WebSocket route may forward to its backend (``forward=``):
+#: X-Forwarded-For, X-Forwarded-Proto, Forwarded (RFC 7239), Origin, Cookie.
+FORWARD_CHOICES = ("xff", "proto", "forwarded", "origin", "cookie")
+#: WebSocket routes forward all of :data:`FORWARD_CHOICES` unless told otherwise.
+DEFAULT_FORWARD = frozenset(FORWARD_CHOICES)
 
 
 @dataclass(frozen=True)
@@ -88,9 +98,21 @@ class ConfigError(Exception):
 
 @dataclass(frozen=True)
 class RouteOptions:
-    """Per-route settings given as ``key=value`` after a target."""
+    """
+    Per-route settings given as ``key=value`` after a target.
+
+    :ivar forward: for ws:// and wss:// targets, the headers sent on behalf of
+        the client (see :data:`FORWARD_CHOICES`).
+    :ivar cafile: for wss:// targets, a PEM file of trusted CA certificates
+        instead of the platform's trust store.
+    :ivar verify: for wss:// targets, False only with ``verify=off``: no
+        certificate or host name check.
+    """
 
     connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
+    forward: frozenset[str] = DEFAULT_FORWARD
+    cafile: Optional[str] = None
+    verify: bool = True
 
 
 @dataclass(frozen=True)
@@ -221,6 +243,7 @@ def _is_safe_path(path: str) -> bool:
 def _route_options(words: list[str], problem: Callable[[str], None]) -> RouteOptions:
     """Read ``key=value`` words after a target; report unknown keys and bad values."""
     connect_timeout = DEFAULT_CONNECT_TIMEOUT
+    forward, cafile, verify = DEFAULT_FORWARD, None, True
     for word in words:
         key, eq, value = word.partition("=")
         key = key.lower()
@@ -234,9 +257,49 @@ def _route_options(words: list[str], problem: Callable[[str], None]) -> RouteOpt
                 continue
             if not 0 < connect_timeout <= 3600:
                 problem(f"connecttimeout must be more than 0 and at most 3600 seconds, got {value!r}")
+        elif key == "forward":
+            names = [n.strip().lower() for n in value.split(",")]
+            if names == ["none"]:
+                forward = frozenset()
+            elif not all(n in FORWARD_CHOICES for n in names):
+                problem(f"forward takes 'none' or a comma-separated list of {', '.join(FORWARD_CHOICES)}, "
+                        f"got {value!r}")
+            else:
+                forward = frozenset(names)
+        elif key == "cafile":
+            if not value or any(not c.isprintable() for c in value):
+                problem(f"cafile must name a PEM file of CA certificates, got {value!r}")
+            cafile = value
+        elif key == "verify":
+            if value.lower() not in ("on", "off"):
+                problem(f"verify must be 'on' or 'off', got {value!r}")
+            verify = value.lower() != "off"
         else:
-            problem(f"unknown route option {key!r} (known: connecttimeout)")
-    return RouteOptions(connect_timeout=connect_timeout)
+            problem(f"unknown route option {key!r} (known: connecttimeout, forward, cafile, verify)")
+    return RouteOptions(connect_timeout=connect_timeout, forward=forward, cafile=cafile, verify=verify)
+
+
+def _check_target_options(target: str, words: list[str], options: RouteOptions,
+                          problem: Callable[[str], None]) -> None:
+    """
+    Check a ws:// or wss:// target URL (with each ``$N`` standing for ``1``)
+    and that options meant for WebSocket targets are not given to others.
+    """
+    keys = {w.partition("=")[0].lower() for w in words}
+    if not is_websocket_target(target):
+        for key in sorted(keys & {"forward", "cafile", "verify"}):
+            problem(f"{key}= applies to ws:// and wss:// targets only")
+        return
+    try:
+        url = parse_websocket_url(_SUBSTITUTION.sub("1", target))
+    except ValueError as e:
+        problem(f"bad WebSocket backend URL {target!r}: {e}")
+        return
+    if not url.secure:
+        for key in sorted(keys & {"cafile", "verify"}):
+            problem(f"{key}= applies to wss:// targets only")
+    elif options.cafile is not None and not options.verify:
+        problem("cafile= and verify=off contradict each other: with verify=off nothing is checked")
 
 
 def _lines(text: str) -> Iterator[tuple[int, str]]:
@@ -310,6 +373,7 @@ def parse_config(text: str, filename: str = "<config>", require_listeners: bool 
                 continue
             match_text, target, extra = args[0], args[1], args[2:]
             options = _route_options(extra, problem)
+            _check_target_options(target, extra, options, problem)
             if name == "proxypass":
                 path = match_text if match_text == "/" else match_text.rstrip("/")
                 if not _is_safe_path(match_text):

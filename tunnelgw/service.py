@@ -30,6 +30,8 @@ from tunnelgw.demo import demo_factory, demo_page
 from tunnelgw.protocol import GatewayFactory
 from tunnelgw.routing import RuleSet
 from tunnelgw.web import GatewayResource
+from tunnelgw.wsbackend import load_trust_root
+from tunnelgw.wsurl import is_websocket_target
 
 __all__ = [
     "GatewayService",
@@ -76,8 +78,8 @@ def check_config(config: Config, reactor: Any) -> list[tuple[Location, str, IStr
     Check every endpoint string against Twisted's parsers.
 
     ``ProxyPassMatch`` targets are checked with each ``$N`` replaced by ``1``.
-    Certificate and key files of ``ssl:`` listeners are loaded here, and
-    ``Alias`` folders must exist.
+    Certificate and key files of ``ssl:`` listeners, and ``cafile=`` trust
+    roots of ``wss://`` routes, are loaded here; ``Alias`` folders must exist.
 
     :returns: (where, description, endpoint) for each listener, then each demo backend.
     :raises ConfigError: naming each bad endpoint string at its line.
@@ -93,8 +95,13 @@ def check_config(config: Config, reactor: Any) -> list[tuple[Location, str, IStr
             problems.append(Problem(where, f"bad {kind} endpoint {description!r}: {_explain(e)}"))
     for rule in config.rules:
         target = _SUBSTITUTION.sub("1", rule.target)
-        if target.startswith(("ws://", "wss://")):
-            problems.append(Problem(rule.where, "WebSocket (ws://, wss://) backends are not supported yet"))
+        if is_websocket_target(target):
+            # The URL was checked by the parser; what is left is the trust root.
+            if rule.options.cafile is not None:
+                try:
+                    load_trust_root(rule.options.cafile)
+                except ValueError as e:
+                    problems.append(Problem(rule.where, str(e)))
             continue
         try:
             clientFromString(reactor, target)

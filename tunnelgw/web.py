@@ -5,7 +5,8 @@ request and hands WebSocket upgrades to a :class:`GatewayProtocol`.
 It can be the root of the gateway's own :class:`~twisted.web.server.Site` or be
 mounted in another application's Site.  Rules always match the full request
 path.  Requests that are not WebSocket upgrades get a plain answer: 404 where
-no rule matches, 426 on a WebSocket path, the demo page where configured.
+no rule matches, 426 on a WebSocket path, the demo page where configured; on a
+route to a ws:// or wss:// backend they are reverse-proxied to its http(s):// URL.
 
 Static files (``Alias``, see :mod:`tunnelgw.files`) share the path space with
 the rules.  A WebSocket upgrade is only ever routed by the rules.  A plain
@@ -29,6 +30,8 @@ from tunnelgw.config import Alias, PrefixRule
 from tunnelgw.files import choose_alias, serve
 from tunnelgw.protocol import GatewayFactory, format_address
 from tunnelgw.routing import Reject, Route, normalise_path
+from tunnelgw.wsbackend import WebSocketSessionFactory
+from tunnelgw.wsurl import is_websocket_target
 
 __all__ = ["GatewayResource"]
 
@@ -58,6 +61,8 @@ class GatewayResource(Resource):
         self._factory = factory
         self._pages = dict(pages)
         self._aliases = tuple(aliases)
+        # Sessions of routes to ws:// and wss:// backends.
+        self._ws_factory = WebSocketSessionFactory(factory.rules, factory.reactor)
 
     def render(self, request: Request) -> bytes | int:
         """Answer one request: a session, a page, or a status with its reason."""
@@ -78,6 +83,9 @@ class GatewayResource(Resource):
             return served  # type: ignore[return-value]
         if isinstance(route, Reject):
             return self._refuse(request, route)
+        if is_websocket_target(route.target):
+            outcome = self._ws_factory.proxy_http(request, route)
+            return self._refuse(request, outcome) if isinstance(outcome, Reject) else outcome
         request.setHeader(b"upgrade", b"websocket")
         return self._refuse(request, Reject(426, "this path is a WebSocket endpoint; open it with a WebSocket client"))
 
@@ -105,14 +113,15 @@ class GatewayResource(Resource):
         request.setHeader(b"content-type", b"text/plain; charset=utf-8")
         return f"{reject.status} {reject.reason}\n".encode("utf-8")
 
-    def _upgrade(self, request: Request, route: object) -> int:
+    def _upgrade(self, request: Request, route: Route) -> int:
         """
         Take the connection away from twisted.web and give it to a session,
         replaying the request to Autobahn, which answers the handshake.
         """
         channel = request.channel
         transport = channel.transport
-        protocol = self._factory.buildProtocol(transport.getPeer())
+        factory = self._ws_factory if is_websocket_target(route.target) else self._factory
+        protocol = factory.buildProtocol(transport.getPeer())
         protocol.route = route
         # twisted.web's channel must let go of the connection entirely: its idle
         # timer would otherwise cut a long session, and it is registered as the
