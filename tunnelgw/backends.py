@@ -27,7 +27,7 @@ from zope.interface import implementer
 
 from tunnelgw.relay import BACKEND_CLOSE_GRACE, ConnectFailure
 
-__all__ = ["BackendConnection", "BackendSink", "BackendUnavailable", "TcpBackends"]
+__all__ = ["BackendConnection", "BackendSink", "BackendUnavailable", "TcpBackends", "classify_connect_error"]
 
 
 class BackendUnavailable(Exception):
@@ -58,7 +58,7 @@ def _describe(reason: BaseException) -> str:
     return text or type(reason).__name__
 
 
-def _classify(reason: BaseException, timeout: float) -> BackendUnavailable:
+def classify_connect_error(reason: BaseException, timeout: float) -> BackendUnavailable:
     """Turn a connect error into the failure kind the relay policy understands."""
     if isinstance(reason, (defer.TimeoutError, error.TimeoutError, defer.CancelledError,
                            error.ConnectingCancelledError)):
@@ -199,7 +199,7 @@ class TcpBackends:
         def failed(failure: Failure) -> Failure:
             if failure.check(BackendUnavailable):
                 return failure
-            return Failure(_classify(failure.value, timeout))
+            return Failure(classify_connect_error(failure.value, timeout))
 
         d.addErrback(failed)
         return d

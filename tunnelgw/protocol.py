@@ -33,7 +33,7 @@ from tunnelgw.relay import (
 )
 from tunnelgw.routing import Reject, Route, RuleSet, choose_route
 
-__all__ = ["GatewayFactory", "GatewayProtocol", "format_address"]
+__all__ = ["GatewayFactory", "GatewayProtocol", "format_address", "format_fields"]
 
 _log = Logger(namespace="tunnelgw")
 
@@ -55,7 +55,7 @@ def _binary_frame_header(length: int) -> bytes:
     return struct.pack("!BBQ", 0x82, 127, length)
 
 
-def _fields(values: dict[str, object]) -> str:
+def format_fields(values: dict[str, object]) -> str:
     """Render key=value pairs for one log line, quoting values with spaces."""
     return " ".join(f"{k}={v!r}" if isinstance(v, str) and (" " in v or not v) else f"{k}={v}"
                     for k, v in values.items())
@@ -112,7 +112,7 @@ class GatewayProtocol(WebSocketServerProtocol):
         return self._connecting.addCallbacks(connected, failed)
 
     def _log_rejection(self, path: str, reject: Reject) -> None:
-        _log.info("handshake refused {details}", details=_fields({
+        _log.info("handshake refused {details}", details=format_fields({
             "session": self._record.session_id if self._record else "-",
             "client": format_address(self.transport.getPeer()),
             "path": path,
@@ -142,7 +142,7 @@ class GatewayProtocol(WebSocketServerProtocol):
         self._decoder = Base64Decoder() if self._base64 else None
         self._started = True
         start = self._record.fields(self.factory.reactor.seconds())
-        _log.info("session start {details}", details=_fields(
+        _log.info("session start {details}", details=format_fields(
             {k: start[k] for k in ("session", "client", "path", "backend")} | {"subprotocol": self.websocket_protocol_in_use}))
         self.transport.registerProducer(backend.transport, True)
         backend.transport.registerProducer(self.transport, True)
@@ -232,9 +232,9 @@ class GatewayProtocol(WebSocketServerProtocol):
         now = self.factory.reactor.seconds()
         record.end(now, code, reason or ("" if wasClean else "client connection lost"))
         if connecting is not None:
-            _log.info("handshake abandoned {details}", details=_fields(record.fields(now)))
+            _log.info("handshake abandoned {details}", details=format_fields(record.fields(now)))
         elif self._started:
-            _log.info("session end {details}", details=_fields(record.fields(now)))
+            _log.info("session end {details}", details=format_fields(record.fields(now)))
 
 
 class GatewayFactory(WebSocketServerFactory):

@@ -44,9 +44,9 @@ from twisted.web import proxy
 from twisted.web.server import NOT_DONE_YET, Request
 from zope.interface import implementer
 
-from tunnelgw.backends import _classify as classify_connect_error
+from tunnelgw.backends import classify_connect_error
 from tunnelgw.config import RouteOptions
-from tunnelgw.protocol import GatewayFactory, GatewayProtocol, format_address
+from tunnelgw.protocol import GatewayFactory, GatewayProtocol, format_address, format_fields
 from tunnelgw.relay import SessionRecord, connect_rejection
 from tunnelgw.routing import Reject, Route, RuleSet
 from tunnelgw.wsrelay import backend_target, forwarded_headers, frame_header, handshake_refusal, lost_close
@@ -487,12 +487,6 @@ class WebSocketBackends:
         return NOT_DONE_YET
 
 
-def _fields(values: dict[str, object]) -> str:
-    """Render key=value pairs for one log line, quoting values with spaces."""
-    return " ".join(f"{k}={v!r}" if isinstance(v, str) and (" " in v or not v) else f"{k}={v}"
-                    for k, v in values.items())
-
-
 class WebSocketSession(_RelayedHop, WebSocketServerProtocol):
     """
     One client session on a WebSocket route.  :attr:`route` is set (by the
@@ -551,7 +545,7 @@ class WebSocketSession(_RelayedHop, WebSocketServerProtocol):
         return self._connecting.addCallbacks(connected, failed)
 
     def _log_rejection(self, path: str, reject: Reject) -> None:
-        _log.info("handshake refused {details}", details=_fields({
+        _log.info("handshake refused {details}", details=format_fields({
             "session": self._record.session_id if self._record else "-",
             "client": format_address(self.transport.getPeer()),
             "path": path,
@@ -569,7 +563,7 @@ class WebSocketSession(_RelayedHop, WebSocketServerProtocol):
             return
         self._started = True
         start = self._record.fields(self.factory.reactor.seconds())
-        _log.info("session start {details}", details=_fields(
+        _log.info("session start {details}", details=format_fields(
             {k: start[k] for k in ("session", "client", "path", "backend")}
             | {"subprotocol": self.websocket_protocol_in_use}))
         self.transport.registerProducer(backend.transport, True)
@@ -593,9 +587,9 @@ class WebSocketSession(_RelayedHop, WebSocketServerProtocol):
         record.bytes_up, record.bytes_down = self.bytes_in, self.bytes_out
         record.end(now, code, reason or ("" if wasClean else "client connection lost"))
         if connecting is not None:
-            _log.info("handshake abandoned {details}", details=_fields(record.fields(now)))
+            _log.info("handshake abandoned {details}", details=format_fields(record.fields(now)))
         elif self._started:
-            _log.info("session end {details}", details=_fields(record.fields(now)))
+            _log.info("session end {details}", details=format_fields(record.fields(now)))
 
 
 class WebSocketSessionFactory(GatewayFactory):
