@@ -14,6 +14,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Callable, Iterator, Union
 
+from tunnelgw.topoconfig import TOPOLOGY_DIRECTIVES, TopologyConfig, TopologyParser
+
 __all__ = [
     "DEFAULT_CONFIG",
     "DEFAULT_CONNECT_TIMEOUT",
@@ -151,6 +153,7 @@ class Config:
     pattern_rules: tuple[PatternRule, ...] = ()
     demo_backends: tuple[DemoBackend, ...] = ()
     demo_pages: tuple[DemoPage, ...] = field(default=())
+    topology: TopologyConfig = field(default=TopologyConfig())
 
     @property
     def rules(self) -> tuple[Rule, ...]:
@@ -262,6 +265,7 @@ def parse_config(text: str, filename: str = "<config>", require_listeners: bool 
     demo_backends: list[DemoBackend] = []
     demo_pages: list[DemoPage] = []
     seen_paths: dict[str, Location] = {}
+    topology = TopologyParser()
     last_line = 1
 
     for number, line in _lines(text):
@@ -335,10 +339,15 @@ def parse_config(text: str, filename: str = "<config>", require_listeners: bool 
             else:
                 demo_pages.append(DemoPage(args[0], args[1], where))
 
+        elif name in TOPOLOGY_DIRECTIVES:
+            topology.directive(name, args, where, problem, _is_safe_path)
+
         else:
             problem(f"unknown directive {directive!r} (known: Listen, ProxyPass, ProxyPassMatch, "
                     "DemoBackend, DemoPage)")
 
+    topology_config = topology.finish([(r.target, r.where) for r in (*prefix_rules, *pattern_rules)],
+                                      lambda w, m: problems.append(Problem(w, m)))  # type: ignore[arg-type]
     if require_listeners and not listeners and not problems:
         problems.append(Problem(Location(filename, last_line), "no Listen directive: the gateway would accept nothing"))
     if problems:
@@ -350,4 +359,5 @@ def parse_config(text: str, filename: str = "<config>", require_listeners: bool 
         pattern_rules=tuple(pattern_rules),
         demo_backends=tuple(demo_backends),
         demo_pages=tuple(demo_pages),
+        topology=topology_config,
     )

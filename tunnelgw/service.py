@@ -28,6 +28,7 @@ from tunnelgw.config import Config, ConfigError, Location, Problem, parse_config
 from tunnelgw.demo import demo_factory, demo_page
 from tunnelgw.protocol import GatewayFactory
 from tunnelgw.routing import RuleSet
+from tunnelgw.topology import Topology, check_topology
 from tunnelgw.web import GatewayResource
 
 __all__ = [
@@ -89,8 +90,11 @@ def check_config(config: Config, reactor: Any) -> list[tuple[Location, str, IStr
             servers.append((where, description, serverFromString(reactor, description)))
         except Exception as e:
             problems.append(Problem(where, f"bad {kind} endpoint {description!r}: {_explain(e)}"))
+    problems += check_topology(config.topology, reactor)
     for rule in config.rules:
         target = _SUBSTITUTION.sub("1", rule.target)
+        if target.startswith("balancer://"):
+            continue
         if target.startswith(("ws://", "wss://")):
             problems.append(Problem(rule.where, "WebSocket (ws://, wss://) backends are not supported yet"))
             continue
@@ -116,6 +120,7 @@ def build_resource(config: Config, reactor: Any) -> GatewayResource:
 
 def _resource(config: Config, reactor: Any) -> GatewayResource:
     factory = GatewayFactory(RuleSet(config), reactor, TcpBackends(reactor))
+    factory.topology = Topology(config.topology, reactor, factory.backends)
     pages = {p.path: demo_page(p.websocket_path) for p in config.demo_pages}
     return GatewayResource(factory, pages)
 
