@@ -287,6 +287,9 @@ def parse_config(text: str, filename: str = "<config>", require_listeners: bool 
             continue
         directive, args = words[0], words[1:]
         name = directive.lower()
+        if topology.in_block or name in TOPOLOGY_DIRECTIVES:
+            topology.directive(name, args, where, problem, _is_safe_path)
+            continue
 
         if name == "listen":
             if len(args) != 1:
@@ -338,9 +341,6 @@ def parse_config(text: str, filename: str = "<config>", require_listeners: bool 
                 problem("DemoPage takes the page's path and the WebSocket path it opens, e.g. DemoPage / /echo")
             else:
                 demo_pages.append(DemoPage(args[0], args[1], where))
-
-        elif name in TOPOLOGY_DIRECTIVES:
-            topology.directive(name, args, where, problem, _is_safe_path)
 
         else:
             problem(f"unknown directive {directive!r} (known: Listen, ProxyPass, ProxyPassMatch, "

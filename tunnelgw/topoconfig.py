@@ -216,6 +216,11 @@ class TopologyParser:
     origins: list[OriginRule] = field(default_factory=list)
     _block: Optional[tuple[str, object, list[BalancerMemberSpec], dict[str, str]]] = None
 
+    @property
+    def in_block(self) -> bool:
+        """True between ``<Proxy ...>`` and ``</Proxy>``."""
+        return self._block is not None
+
     def directive(self, name: str, args: list[str], where: object, problem: Callable[[str], None],
                   is_safe_path: Callable[[str], bool]) -> None:
         """Parse one directive (``name`` lower-cased), reporting mistakes through problem."""
