@@ -49,6 +49,11 @@ class GatewayResource(Resource):
         self._factory = factory
         self._pages = dict(pages)
 
+    @property
+    def factory(self) -> GatewayFactory:
+        """The factory whose rules and topology this resource applies."""
+        return self._factory
+
     def render(self, request: Request) -> bytes | int:
         """Answer one request: a session, a page, or a status with its reason."""
         topology = self._factory.topology
