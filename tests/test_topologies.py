@@ -26,7 +26,7 @@ from websockets.exceptions import InvalidStatus
 from websockets.sync.client import ClientConnection, connect
 
 from fronts import apache_config, free_port, haproxy_config, nginx_config
-from support import GatewayProcess, TcpServer, subprocess_env, twistd_command, wait_until
+from support import REPO, GatewayProcess, TcpServer, subprocess_env, twistd_command, wait_until
 
 SECRET = b"topology-test-secret-0123456789abcdef"
 HOSTS = ("127.0.0.2", "127.0.0.3")
@@ -384,3 +384,60 @@ def test_check_validates_offline(tmp_path: Path) -> None:
     lines = failed.stderr.strip().splitlines()
     assert lines[0].startswith(f"{bad}:3: bad BalancerMember endpoint 'nosuch:endpoint'")
     assert lines[1].startswith(f"{bad}:5: cannot read the token secret")
+
+
+EXAMPLES = REPO / "examples" / "topologies"
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in (REPO / "examples" / "topologies").glob("*.conf")))
+def test_example_configs_are_valid(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each example gateway configuration passes the offline check from the repository root."""
+    from twisted.internet.testing import MemoryReactor
+
+    from tunnelgw.service import check_config, load_config
+
+    monkeypatch.chdir(REPO)
+    check_config(load_config(f"examples/topologies/{name}"), MemoryReactor())
+
+
+@pytest.mark.parametrize("name", ["2-haproxy-redirect.cfg", "4-haproxy-source.cfg"])
+def test_example_haproxy_configs_are_valid(name: str) -> None:
+    """HAProxy accepts the example balancer configurations (haproxy -c)."""
+    from support import require_tool
+
+    result = subprocess.run([require_tool("haproxy"), "-c", "-f", str(EXAMPLES / name)], capture_output=True,
+                            text=True, timeout=30)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_example_single_gateway_runs(tmp_path: Path) -> None:
+    """examples/topologies/3-single-hijack.conf runs as written (ports moved to free ones): tokens and the pool relay."""
+    gw_port = free_port("127.0.0.4")
+    for _ in range(20):  # one port free on both desktop hosts
+        desk = free_port("127.0.0.2")
+        if _free("127.0.0.3", desk):
+            break
+    tokens = tmp_path / "tokens"
+    tokens.write_text((EXAMPLES / "tokens").read_text().replace("5901", str(desk)))
+    text = ((EXAMPLES / "3-single-hijack.conf").read_text().replace("5901", str(desk)).replace("8080", str(gw_port))
+            .replace("examples/topologies/tokens", str(tokens)).replace("5900-5999", "1024-65535"))
+    gw = GatewayProcess(text, tmp_path)
+    gw.start()
+    try:
+        base = f"ws://127.0.0.4:{gw_port}"
+        for url in (f"{base}/vnc?token=desk2", f"{base}/desk/desk3", f"{base}/pool"):
+            with open_ws(url, origin=f"http://127.0.0.4:{gw_port}") as ws:  # type: ignore[arg-type]
+                ws.send(b"hello")
+                assert ws.recv(timeout=10) == b"hello"
+    finally:
+        gw.stop()
+
+
+def _free(host: str, port: int) -> bool:
+    """True when port can be bound on host now."""
+    with socket.socket() as s:
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
