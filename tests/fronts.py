@@ -41,9 +41,9 @@ class FrontProcess:
     def start(self, timeout: float = 15.0) -> "FrontProcess":
         """Start and wait until the listening port accepts connections."""
         self._log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen(self.argv, stdout=self._log, stderr=subprocess.STDOUT)
-        if not wait_until(lambda: self.proc.poll() is not None or _accepting(self.host, self.port), timeout) \
-                or self.proc.poll() is not None:
+        proc = self.proc = subprocess.Popen(self.argv, stdout=self._log, stderr=subprocess.STDOUT)
+        if not wait_until(lambda: proc.poll() is not None or _accepting(self.host, self.port), timeout) \
+                or proc.poll() is not None:
             self.stop()
             raise RuntimeError(f"{self.argv[0]} did not start:\n{self.log()}")
         return self

@@ -61,7 +61,7 @@ def open_ws(url: str, source: Optional[str] = None, **kwargs: object) -> ClientC
     if source:
         sock.bind((source, 0))
     sock.connect(connect_to)  # type: ignore[arg-type]
-    return connect(url, sock=sock, open_timeout=10, close_timeout=3, **kwargs)  # type: ignore[arg-type]
+    return connect(url, sock=sock, open_timeout=10, close_timeout=3, **kwargs)  # type: ignore[call-overload]
 
 
 def greeting(url: str, source: Optional[str] = None, **kwargs: object) -> str:

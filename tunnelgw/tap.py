@@ -85,7 +85,8 @@ def makeService(options: Any) -> IService:
     if options["config"] is not None:
         from tunnelgw.reload import install_reload_signal
 
-        reactor.addSystemEventTrigger("after", "startup", install_reload_signal, gateway, options["config"], reactor)
+        reactor.addSystemEventTrigger("after", "startup",  # type: ignore[arg-type]
+                                      install_reload_signal, gateway, options["config"], reactor)
     top = _CommandLineService()
     gateway.setServiceParent(top)
     return top

@@ -112,7 +112,7 @@ class Topology:
             kept = old_sources.get(spec.name)
             self.sources[spec.name] = kept if kept is not None and kept.spec == spec else make_token_source(spec, secret)
         old_pools = previous.pools if previous else {}
-        self.pools = {b.name: Pool.from_spec(b, old_pools.get(b.name)) for b in config.balancers}
+        self.pools: dict[str, Pool] = {b.name: Pool.from_spec(b, old_pools.get(b.name)) for b in config.balancers}
 
     # The client address.
 
@@ -139,12 +139,14 @@ class Topology:
         for lookup in self.config.token_lookups:
             if path == lookup.path.rstrip("/") or path == lookup.path:
                 return self._lookup(lookup.route_path, query, request, client)
+        route_spec = self._token_route(path)
         if not upgrade:
-            return None
+            if route_spec is None:
+                return None
+            return Reject(426, "this path is a WebSocket endpoint; open it with a WebSocket client")
         refused = self._check_origin(path, _header(request, b"origin"))
         if refused is not None:
             return refused
-        route_spec = self._token_route(path)
         if route_spec is None:
             return None
         target = self._resolve(route_spec, path, query, request, client)
