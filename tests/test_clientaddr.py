@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import ipaddress
 
+from hypothesis import given
+from hypothesis import strategies as st
+
 from tunnelgw.clientaddr import client_address, forwarded_chain
 
 TRUSTED = (ipaddress.ip_network("127.0.0.1/32"), ipaddress.ip_network("10.0.0.0/8"))
@@ -38,3 +41,12 @@ def test_trusted_peer_without_headers_or_garbage() -> None:
 def test_all_trusted_chain_gives_leftmost() -> None:
     """A chain of trusted proxies only yields its leftmost address."""
     assert client_address("127.0.0.1", TRUSTED, {"x-forwarded-for": ["10.0.0.9, 10.0.0.5"]}) == "10.0.0.9"
+
+
+@given(st.ip_addresses().map(str), st.lists(st.text(max_size=30), max_size=4))
+def test_untrusted_peer_is_always_the_client(peer: str, values: list[str]) -> None:
+    """Whatever forwarding headers say, an untrusted peer's own address is the client."""
+    if any(ipaddress.ip_address(peer) in net for net in TRUSTED):
+        return
+    headers = {"x-forwarded-for": values, "forwarded": values}
+    assert client_address(peer, TRUSTED, headers) == peer

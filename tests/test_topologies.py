@@ -15,6 +15,7 @@ import socket
 import subprocess
 import time
 import json
+import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Iterator, Optional
@@ -132,11 +133,15 @@ def test_token_file_routing_origins_and_rejections(tmp_path: Path, desktops: dic
         assert refusal(f"{base}/desk/bad%21token")[:2] == (403, "403 malformed token\n")
         assert refusal(f"{base}/vnc?token=desk2", origin="http://evil.example")[0] == 403
         assert refusal(f"{base}/vnc?token=desk2")[0] == 403  # no Origin at all
+        with pytest.raises(urllib.error.HTTPError) as plain:
+            urllib.request.urlopen(f"http://127.0.0.4:{gw.port()}/vnc?token=desk2", timeout=10)
+        assert plain.value.code == 426
         log = gw.log()
         for reason in ("missing token", "unknown token", "token target 10.9.9.9:", "token target 127.0.0.2:22 ",
                        "malformed token", "origin 'http://evil.example' is not allowed", "origin '(none)'"):
             assert f"reason='{reason}" in log or reason in log, reason
         assert len(re.findall(r"request refused .* status=40[34]", log)) == 7
+        assert "status=426" in log
 
 
 # Topologies 1 and 2: a gateway on each desktop host; redirect to the owner.
@@ -180,17 +185,20 @@ def test_redirect_mode_direct_lookup_and_behind_balancer(tmp_path: Path, desktop
         front = free_port("127.0.0.5")
         servers = [(f"gw{h[-1]}", f"{h}:{gws[h].port()}", "") for h in HOSTS]
         with haproxy_config(tmp_path, f"127.0.0.5:{front}", servers, "roundrobin"):
-            redirected = 0
-            for _ in range(2):
+            ways = []
+            for _ in range(6):  # round-robin: both gateways answer within a few connections
                 url = f"ws://127.0.0.5:{front}/vnc?token=desk3"
                 try:
                     reached = greeting(url)
+                    ways.append("direct")
                 except ValueError as e:
                     assert isinstance(e.__cause__, InvalidStatus) and e.__cause__.response.status_code == 307
-                    redirected += 1
+                    ways.append("redirected")
                     reached = greeting(e.__cause__.response.headers["Location"])
                 assert reached == "desk 127.0.0.3"
-            assert redirected == 1
+                if set(ways) == {"direct", "redirected"}:
+                    break
+            assert set(ways) == {"direct", "redirected"}, ways
     finally:
         for gw in gws.values():
             gw.stop()
@@ -216,7 +224,11 @@ POOLS = """Listen tcp:port=0:interface=127.0.0.4
   BalancerMember tcp:host=127.0.0.3:port={p3}
   ProxySet lbmethod=bysource
 </Proxy>
+<Proxy balancer://dead>
+  BalancerMember tcp:host=127.0.0.6:port={refused}
+</Proxy>
 ProxyPass /rr balancer://rr
+ProxyPass /dead balancer://dead
 ProxyPass /busy balancer://busy
 ProxyPass /src balancer://src
 """
@@ -242,6 +254,10 @@ def test_balancer_pools_failover_stickiness_drain_and_reload(tmp_path: Path, des
         assert set(seen) == {"desk 127.0.0.2", "desk 127.0.0.3"}
         downs = re.findall(r"balancer member down pool=rr member=(\S+)", gw.log())
         assert downs == [f"tcp:host=127.0.0.6:port={refused_port}"]  # marked down once, skipped after
+        status, body, _ = refusal(f"{base}/dead")
+        assert status == 502 and "no member of balancer://dead is available (tried tcp:host=127.0.0.6" in body
+        status, body, _ = refusal(f"{base}/dead")
+        assert status == 502 and body.endswith("(no member of balancer://dead is available)\n")  # down: not even tried
 
         # Least busy: with one session open, the next goes to the other member.
         with open_ws(f"{base}/busy") as first:

@@ -223,6 +223,9 @@ class Topology:
             current[0].addCallbacks(lambda c: won(member, c), lambda f: lost(member, index, f))
 
         def won(member: Member, connection: BackendConnection) -> None:
+            if result.called:  # the session gave up meanwhile
+                connection.close()
+                return
             pool.mark_up(member)
             pool.acquire(member)
             released = [False]
