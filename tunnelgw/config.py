@@ -16,6 +16,8 @@ from typing import Callable, Iterator, Optional, Union
 
 from tunnelgw.wsurl import is_websocket_target, parse_websocket_url
 
+from tunnelgw.topoconfig import TOPOLOGY_DIRECTIVES, TopologyConfig, TopologyParser
+
 __all__ = [
     "DEFAULT_CONFIG",
     "Alias",
@@ -185,6 +187,7 @@ class Config:
     demo_backends: tuple[DemoBackend, ...] = ()
     demo_pages: tuple[DemoPage, ...] = field(default=())
     aliases: tuple[Alias, ...] = ()
+    topology: TopologyConfig = field(default=TopologyConfig())
 
     @property
     def rules(self) -> tuple[Rule, ...]:
@@ -338,6 +341,7 @@ def parse_config(text: str, filename: str = "<config>", require_listeners: bool 
     demo_pages: list[DemoPage] = []
     aliases: list[Alias] = []
     seen_paths: dict[str, Location] = {}
+    topology = TopologyParser()
     last_line = 1
 
     for number, line in _lines(text):
@@ -359,6 +363,9 @@ def parse_config(text: str, filename: str = "<config>", require_listeners: bool 
             continue
         directive, args = words[0], words[1:]
         name = directive.lower()
+        if topology.in_block or name in TOPOLOGY_DIRECTIVES:
+            topology.directive(name, args, where, problem, _is_safe_path)
+            continue
 
         if name == "listen":
             if len(args) != 1:
@@ -436,6 +443,8 @@ def parse_config(text: str, filename: str = "<config>", require_listeners: bool 
         if alias.path in seen_paths:
             problems.append(Problem(alias.where, f"Alias path {alias.path!r} is also a ProxyPass path "
                                                  f"(at {seen_paths[alias.path]}); give each its own path"))
+    topology_config = topology.finish([(r.target, r.where) for r in (*prefix_rules, *pattern_rules)],
+                                      lambda w, m: problems.append(Problem(w, m)))  # type: ignore[arg-type]
     if require_listeners and not listeners and not problems:
         problems.append(Problem(Location(filename, last_line), "no Listen directive: the gateway would accept nothing"))
     if problems:
@@ -448,4 +457,5 @@ def parse_config(text: str, filename: str = "<config>", require_listeners: bool 
         demo_backends=tuple(demo_backends),
         demo_pages=tuple(demo_pages),
         aliases=tuple(aliases),
+        topology=topology_config,
     )

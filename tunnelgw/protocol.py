@@ -69,6 +69,10 @@ class GatewayProtocol(WebSocketServerProtocol):
 
     factory: "GatewayFactory"
     route: Optional[Route] = None
+    #: The real client address (set by the resource from trusted forwarding
+    #: headers or the PROXY protocol); None means the transport's peer.
+    client_address: Optional[str] = None
+    _release: Any = None
 
     _backend: Optional[BackendConnection] = None
     _connecting: Any = None
@@ -90,12 +94,12 @@ class GatewayProtocol(WebSocketServerProtocol):
         reactor = self.factory.reactor
         self._record = SessionRecord(
             session_id=uuid.uuid4().hex[:12],
-            client=format_address(self.transport.getPeer()),
+            client=self.client_address or format_address(self.transport.getPeer()),
             path=request.path,
             backend=route.target,
             started=reactor.seconds(),
         )
-        self._connecting = self.factory.backends.connect(route.target, route.options.connect_timeout)
+        self._connecting = self._connect_backend(route)
 
         def connected(backend: BackendConnection) -> Optional[str]:
             self._connecting = None
@@ -111,10 +115,22 @@ class GatewayProtocol(WebSocketServerProtocol):
 
         return self._connecting.addCallbacks(connected, failed)
 
+    def _connect_backend(self, route: Route) -> Any:
+        """Connect the route's backend: a balancer pool's member, or its endpoint."""
+        topology = self.factory.topology
+        if topology is not None and route.target.startswith("balancer://"):
+            def started(member: str, release: Any) -> None:
+                self._release = release
+                if self._record is not None:
+                    self._record.backend = f"{route.target}/{member}"
+            client = self.client_address or getattr(self.transport.getPeer(), "host", "")
+            return topology.connect_pool(route, client, started)
+        return self.factory.backends.connect(route.target, route.options.connect_timeout)
+
     def _log_rejection(self, path: str, reject: Reject) -> None:
         _log.info("handshake refused {details}", details=format_fields({
             "session": self._record.session_id if self._record else "-",
-            "client": format_address(self.transport.getPeer()),
+            "client": self.client_address or format_address(self.transport.getPeer()),
             "path": path,
             "status": reject.status,
             "reason": reject.reason,
@@ -226,6 +242,9 @@ class GatewayProtocol(WebSocketServerProtocol):
         if connecting is not None:
             connecting.cancel()
         self._close_backend()
+        release, self._release = self._release, None
+        if release is not None:
+            release()
         record, self._record = self._record, None
         if record is None:
             return
@@ -244,6 +263,8 @@ class GatewayFactory(WebSocketServerFactory):
     """
 
     protocol = GatewayProtocol
+    #: Token routes, pools, redirects (:class:`tunnelgw.topology.Topology`), set by the service.
+    topology: Any = None
 
     def __init__(self, rules: RuleSet, reactor: Any, backends: Optional[TcpBackends] = None) -> None:
         super().__init__(server="tunnelgw", reactor=reactor)

@@ -29,6 +29,7 @@ from tunnelgw.config import Config, ConfigError, Location, Problem, parse_config
 from tunnelgw.demo import demo_factory, demo_page
 from tunnelgw.protocol import GatewayFactory
 from tunnelgw.routing import RuleSet
+from tunnelgw.topology import Topology, check_topology
 from tunnelgw.web import GatewayResource
 from tunnelgw.wsbackend import load_trust_root
 from tunnelgw.wsurl import is_websocket_target
@@ -93,8 +94,11 @@ def check_config(config: Config, reactor: Any) -> list[tuple[Location, str, IStr
             servers.append((where, description, serverFromString(reactor, description)))
         except Exception as e:
             problems.append(Problem(where, f"bad {kind} endpoint {description!r}: {_explain(e)}"))
+    problems += check_topology(config.topology, reactor)
     for rule in config.rules:
         target = _SUBSTITUTION.sub("1", rule.target)
+        if target.startswith("balancer://"):
+            continue
         if is_websocket_target(target):
             # The URL was checked by the parser; what is left is the trust root.
             if rule.options.cafile is not None:
@@ -128,6 +132,7 @@ def build_resource(config: Config, reactor: Any) -> GatewayResource:
 
 def _resource(config: Config, reactor: Any) -> GatewayResource:
     factory = GatewayFactory(RuleSet(config), reactor, TcpBackends(reactor))
+    factory.topology = Topology(config.topology, reactor, factory.backends)
     pages = {p.path: demo_page(p.websocket_path) for p in config.demo_pages}
     return GatewayResource(factory, pages, aliases=config.aliases)
 

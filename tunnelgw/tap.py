@@ -25,6 +25,10 @@ class Options(usage.Options):
     optParameters = [
         ["config", "c", None, "configuration file (default: the embedded default, see README.rst)"],
     ]
+    optFlags = [
+        ["check", None, "check the configuration (endpoints and secrets too), print the verdict and exit "
+                        "(status 0 when it is valid, 1 with FILE:LINE problems otherwise)"],
+    ]
 
     def opt_version(self) -> None:
         """Print tunnelgw's version and exit."""
@@ -52,6 +56,19 @@ def read_options_config(path: Optional[str]) -> Config:
     return load_config(path)
 
 
+def check_only(path: Optional[str], reactor: Any) -> None:
+    """Validate a configuration offline and exit: 0 when valid, 1 with its problems."""
+    from tunnelgw.service import check_config
+
+    try:
+        config = read_options_config(path)
+        check_config(config, reactor)
+    except ConfigError as e:
+        raise SystemExit(str(e)) from None
+    print(f"{config.source}: configuration OK")
+    raise SystemExit(0)
+
+
 def makeService(options: Any) -> IService:
     """
     Make the gateway service; a bad configuration exits with status 1 and one
@@ -59,10 +76,17 @@ def makeService(options: Any) -> IService:
     """
     from twisted.internet import reactor
 
+    if options["check"]:
+        check_only(options["config"], reactor)
     try:
         gateway = make_service(read_options_config(options["config"]), reactor)
     except ConfigError as e:
         raise SystemExit(str(e)) from None
+    if options["config"] is not None:
+        from tunnelgw.reload import install_reload_signal
+
+        reactor.addSystemEventTrigger("after", "startup",  # type: ignore[arg-type]
+                                      install_reload_signal, gateway, options["config"], reactor)
     top = _CommandLineService()
     gateway.setServiceParent(top)
     return top

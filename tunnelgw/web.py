@@ -19,7 +19,8 @@ that matches is longer (then 426 as for any WebSocket path);
 from __future__ import annotations
 
 from http.client import responses
-from typing import Mapping, Sequence
+import json
+from typing import Any, Mapping, Sequence
 
 from twisted.logger import Logger
 from twisted.protocols.policies import ProtocolWrapper
@@ -32,6 +33,7 @@ from tunnelgw.protocol import GatewayFactory, format_address
 from tunnelgw.routing import Reject, Route, normalise_path
 from tunnelgw.wsbackend import WebSocketSessionFactory
 from tunnelgw.wsurl import is_websocket_target
+from tunnelgw.topology import JsonAnswer, Redirect
 
 __all__ = ["GatewayResource"]
 
@@ -64,8 +66,18 @@ class GatewayResource(Resource):
         # Sessions of routes to ws:// and wss:// backends.
         self._ws_factory = WebSocketSessionFactory(factory.rules, factory.reactor)
 
+    @property
+    def factory(self) -> GatewayFactory:
+        """The factory whose rules and topology this resource applies."""
+        return self._factory
+
     def render(self, request: Request) -> bytes | int:
         """Answer one request: a session, a page, or a status with its reason."""
+        topology = self._factory.topology
+        if topology is not None:
+            answer = self._screen(request, topology)
+            if answer is not None:
+                return answer
         route = self._factory.route(request.path)
         if _is_upgrade(request):
             if isinstance(route, Reject):
@@ -105,9 +117,36 @@ class GatewayResource(Resource):
             return None
         return serve(alias, segments, request)
 
+    def _screen(self, request: Request, topology: Any) -> bytes | int | None:
+        """Apply the topology (origins, token routes, redirects, lookups); None passes on."""
+        client = topology.client_of(request)
+        peer = getattr(request.getClientAddress(), "host", None)
+        request.tunnelgw_client = client if client != peer else None  # type: ignore[attr-defined]
+        decision = topology.screen(request, client, _is_upgrade(request))
+        if decision is None:
+            return None
+        if isinstance(decision, Reject):
+            return self._refuse(request, decision)
+        if isinstance(decision, Redirect):
+            _log.info("redirected client={client} path={path!r} location={location} reason={reason!r}",
+                      client=client, path=request.path.decode("latin-1"), location=decision.location,
+                      reason=decision.reason)
+            request.setResponseCode(307)
+            request.setHeader(b"location", decision.location.encode("utf-8"))
+            request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+            return f"307 {decision.reason}\n".encode("utf-8")
+        if isinstance(decision, JsonAnswer):
+            request.setHeader(b"content-type", b"application/json")
+            request.setHeader(b"cache-control", b"no-store")
+            return json.dumps(decision.body).encode("utf-8")
+        if request.method != b"GET":
+            return self._refuse(request, Reject(405, "WebSocket handshakes use GET"))
+        return self._upgrade(request, decision)
+
     def _refuse(self, request: Request, reject: Reject) -> bytes:
+        client = getattr(request, "tunnelgw_client", None) or format_address(request.getClientAddress())
         _log.info("request refused client={client} path={path!r} status={status} reason={reason!r}",
-                  client=format_address(request.getClientAddress()), path=request.path.decode("latin-1"),
+                  client=client, path=request.path.decode("latin-1"),
                   status=reject.status, reason=reject.reason)
         request.setResponseCode(reject.status, responses.get(reject.status, "Error").encode("ascii"))
         request.setHeader(b"content-type", b"text/plain; charset=utf-8")
@@ -123,6 +162,7 @@ class GatewayResource(Resource):
         factory = self._ws_factory if is_websocket_target(route.target) else self._factory
         protocol = factory.buildProtocol(transport.getPeer())
         protocol.route = route
+        protocol.client_address = getattr(request, "tunnelgw_client", None)
         # twisted.web's channel must let go of the connection entirely: its idle
         # timer would otherwise cut a long session, and it is registered as the
         # transport's producer, which our relay needs to be instead.

@@ -1,0 +1,239 @@
+"""
+Token routing: take a token from the request, look it up, and check that the
+desktop it names is one the configuration allows.
+
+Pure logic: file access is injected (``read`` and ``stamp`` callables) and
+time is passed in as ``now``.  Token sources are
+
+- a token file or a directory of them, in websockify's format (one
+  ``token: host:port`` per line, ``#`` comments), re-read when its
+  modification stamp changes, checked at most every ``reload`` seconds;
+- signed tokens: JWTs (HS256, PyJWT) whose ``host`` and ``port`` claims name
+  the desktop, with a required ``exp`` and, when the source binds tokens to
+  addresses, an ``addr`` claim that must equal the client address.  Any
+  gateway holding the secret can check them: a pool shares no state.
+
+A target is never used as given: its host must be a plain name or address
+and match an ``allow=HOSTGLOB:PORTS`` of its source, so a token can never turn
+the gateway into an open proxy nor add parameters to an endpoint string.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+from dataclasses import dataclass
+from typing import Callable, Hashable, Optional, Sequence, Union
+from urllib.parse import parse_qs, unquote
+
+import jwt
+
+from tunnelgw.redirect import host_matches
+from tunnelgw.routing import Reject
+from tunnelgw.topoconfig import AllowedTarget, TokenSourceSpec
+
+__all__ = [
+    "FileTokens",
+    "SignedTokens",
+    "TargetAddress",
+    "check_target",
+    "extract_token",
+    "parse_target",
+    "parse_token_text",
+    "make_token_source",
+]
+
+_HOST = re.compile(r"[A-Za-z0-9]([A-Za-z0-9.-]{0,252})")
+_TOKEN = re.compile(r"[A-Za-z0-9._~+/=-]{1,4096}")
+
+MISSING = Reject(403, "missing token")
+UNKNOWN = Reject(404, "unknown token")
+EXPIRED = Reject(403, "token expired")
+
+
+@dataclass(frozen=True)
+class TargetAddress:
+    """A desktop's address: a host name or IP address, and a TCP port."""
+
+    host: str
+    port: int
+
+    @property
+    def endpoint(self) -> str:
+        """The Twisted client endpoint string for this address (IPv6 colons escaped)."""
+        return f"tcp:host={self.host.replace(':', chr(92) + ':')}:port={self.port}"
+
+
+def parse_target(text: str) -> Optional[TargetAddress]:
+    """``host:port`` or ``[v6]:port`` as a :class:`TargetAddress`, or None when malformed."""
+    text = text.strip()
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        if not rest.startswith(":"):
+            return None
+        port_text = rest[1:]
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            return None
+    else:
+        host, _, port_text = text.rpartition(":")
+        if not _HOST.fullmatch(host) or ".." in host:
+            return None
+    if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
+        return None
+    return TargetAddress(host.lower(), int(port_text))
+
+
+def check_target(target: TargetAddress, allow: Sequence[AllowedTarget]) -> Optional[Reject]:
+    """None when some allow entry covers the target's host and port, else a 403."""
+    for entry in allow:
+        if entry.low <= target.port <= entry.high and host_matches(target.host, entry.host_glob):
+            return None
+    return Reject(403, f"token target {target.host}:{target.port} is not allowed by the token source")
+
+
+def parse_token_text(text: str) -> dict[str, str]:
+    """``token: host:port`` lines into {token: target text}; other lines are ignored."""
+    table: dict[str, str] = {}
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        token, colon, target = line.partition(":")
+        if colon and token.strip():
+            table[token.strip()] = target.strip()
+    return table
+
+
+def extract_token(origin: str, param: str, remainder: str, query: str, host: str) -> Union[str, Reject]:
+    """
+    The token of a request, or 403 when it carries none (or a malformed one).
+
+    :param origin: ``query`` (``?param=``), ``path`` (first segment after the
+        route's path) or ``host`` (first label of the Host header).
+    :param remainder: the normalised path after the route's path.
+    :param query: the raw query string (no ``?``).
+    """
+    if origin == "query":
+        values = parse_qs(query, keep_blank_values=True).get(param, [])
+        token = values[0] if values else ""
+    elif origin == "path":
+        token = unquote(remainder.lstrip("/").split("/")[0])
+    else:
+        name = host.strip()
+        name = name[1:name.find("]")] if name.startswith("[") else name.rsplit(":", 1)[0] if name.count(":") == 1 else name
+        token = name.split(".")[0]
+    if not token:
+        return MISSING
+    if not _TOKEN.fullmatch(token):
+        return Reject(403, "malformed token")
+    return token
+
+
+def _file_stamp(path: str) -> Hashable:
+    """A value that changes when a token file, or any file in a token folder, changes."""
+    try:
+        if os.path.isdir(path):
+            return tuple(sorted((e.name, e.stat().st_mtime_ns, e.stat().st_size) for e in os.scandir(path)
+                                if e.is_file()))
+        info = os.stat(path)
+        return (info.st_mtime_ns, info.st_size)
+    except OSError:
+        return None
+
+
+def _file_read(path: str) -> dict[str, str]:
+    """Read a token file or every file in a token folder (later files win)."""
+    names = sorted(os.path.join(path, n) for n in os.listdir(path)) if os.path.isdir(path) else [path]
+    table: dict[str, str] = {}
+    for name in names:
+        try:
+            with open(name, encoding="utf-8", errors="replace") as f:
+                table.update(parse_token_text(f.read()))
+        except OSError:
+            continue
+    return table
+
+
+class FileTokens:
+    """
+    Tokens from a file or folder, re-read when its stamp changes; the stamp is
+    checked at most once every ``reload`` seconds, so lookups stay cheap.
+    """
+
+    def __init__(self, spec: TokenSourceSpec, read: Callable[[str], dict[str, str]] = _file_read,
+                 stamp: Callable[[str], Hashable] = _file_stamp) -> None:
+        self.spec = spec
+        self._read = read
+        self._stamp = stamp
+        self._table: dict[str, str] = {}
+        self._seen: Hashable = object()
+        self._checked: Optional[float] = None
+        self.reloads = 0
+
+    def _refresh(self, now: float) -> None:
+        if self._checked is not None and now - self._checked < self.spec.reload:
+            return
+        self._checked = now
+        stamp = self._stamp(self.spec.path)
+        if stamp != self._seen:
+            self._seen = stamp
+            self._table = self._read(self.spec.path) if stamp is not None else {}
+            self.reloads += 1
+
+    def lookup(self, token: str, now: float, client: str) -> Union[TargetAddress, Reject]:
+        """The allowed target of token, or 404 (unknown) / 403 (bad target)."""
+        self._refresh(now)
+        text = self._table.get(token)
+        if text is None:
+            return UNKNOWN
+        target = parse_target(text)
+        if target is None:
+            return Reject(403, "token names a malformed target (expected host:port)")
+        return check_target(target, self.spec.allow) or target
+
+
+class SignedTokens:
+    """HS256 JWTs with ``host``, ``port`` and ``exp`` claims (and ``addr`` when bound)."""
+
+    def __init__(self, spec: TokenSourceSpec, secret: bytes) -> None:
+        self.spec = spec
+        self._secret = secret
+
+    def lookup(self, token: str, now: float, client: str) -> Union[TargetAddress, Reject]:
+        """The allowed target a valid token names, or 403 with why it is refused."""
+        try:
+            claims = jwt.decode(token, self._secret, algorithms=["HS256"], options={
+                "require": ["exp"], "verify_exp": False, "verify_nbf": False})
+        except jwt.InvalidSignatureError:
+            return Reject(403, "token signature is not valid")
+        except jwt.MissingRequiredClaimError:
+            return Reject(403, "token has no expiry (exp)")
+        except jwt.InvalidTokenError as e:
+            return Reject(403, f"malformed token ({e})")
+        # Expiry is checked against the injected time, not the system clock.
+        exp, nbf = claims.get("exp"), claims.get("nbf")
+        if not isinstance(exp, (int, float)) or (nbf is not None and not isinstance(nbf, (int, float))):
+            return Reject(403, "token has a malformed exp or nbf claim")
+        if now >= exp:
+            return EXPIRED
+        if nbf is not None and now < nbf:
+            return Reject(403, "token not valid yet")
+        if self.spec.bind_address and claims.get("addr") != client:
+            return Reject(403, "token is bound to another client address")
+        host, port = claims.get("host"), claims.get("port")
+        if not isinstance(host, str) or not isinstance(port, (int, str)):
+            return Reject(403, "token has no host and port claims")
+        target = parse_target(f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
+        if target is None:
+            return Reject(403, "token names a malformed target")
+        return check_target(target, self.spec.allow) or target
+
+
+def make_token_source(spec: TokenSourceSpec, read_secret: Callable[[str], bytes]) -> Union[FileTokens, SignedTokens]:
+    """The lookup object for a source; jwt sources read their secret through read_secret."""
+    if spec.kind == "jwt":
+        return SignedTokens(spec, read_secret(spec.path))
+    return FileTokens(spec)

@@ -1,0 +1,413 @@
+"""
+The deployment-topology directives of the configuration file, parsed into
+frozen values (pure: no Twisted, no I/O).
+
+:mod:`tunnelgw.config` hands every directive named in
+:data:`TOPOLOGY_DIRECTIVES` to :meth:`TopologyParser.directive` and calls
+:meth:`TopologyParser.finish` at the end, which reports unclosed blocks and
+references to undefined names as ``FILE:LINE`` problems.
+
+Directives::
+
+    TokenSource NAME file|dir|jwt PATH allow=HOSTGLOB:PORTS ... [reload=S] [bind=address]
+    TokenRoute PATH SOURCE [from=query|path|host] [param=token] [connecttimeout=S]
+    TokenLookup PATH TOKENROUTEPATH
+    <Proxy balancer://NAME>
+      BalancerMember ENDPOINT [status=drain]
+      ProxySet lbmethod=byrequests|bybusyness|bysource retry=S
+    </Proxy>
+    GatewayURL URL
+    GatewayOwner URL HOSTGLOB ...
+    TrustedProxy ADDRESS-OR-NETWORK ...
+    OriginAllow PATH ORIGIN ...
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from dataclasses import dataclass, field
+from typing import Callable, Optional, Union
+from urllib.parse import urlsplit
+
+__all__ = [
+    "TOPOLOGY_DIRECTIVES",
+    "AllowedTarget",
+    "BalancerMemberSpec",
+    "BalancerSpec",
+    "GatewayOwner",
+    "OriginRule",
+    "TokenLookupSpec",
+    "TokenRouteSpec",
+    "TokenSourceSpec",
+    "TopologyConfig",
+    "TopologyParser",
+]
+
+#: Lower-cased directive names this module owns.
+TOPOLOGY_DIRECTIVES = frozenset({
+    "tokensource", "tokenroute", "tokenlookup", "<proxy", "</proxy>", "balancermember", "proxyset",
+    "gatewayurl", "gatewayowner", "trustedproxy", "originallow",
+})
+
+LB_METHODS = ("byrequests", "bybusyness", "bysource")
+TOKEN_KINDS = ("file", "dir", "jwt")
+TOKEN_FROM = ("query", "path", "host")
+DEFAULT_RETRY = 60.0
+DEFAULT_TOKEN_RELOAD = 2.0
+
+Network = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
+_HOSTGLOB = re.compile(r"[A-Za-z0-9.*?:\[\]-]+")
+_NAME = re.compile(r"[A-Za-z0-9_.-]+")
+
+
+@dataclass(frozen=True)
+class AllowedTarget:
+    """``allow=HOSTGLOB:LO-HI``: token targets may name these hosts and ports only."""
+
+    host_glob: str
+    low: int
+    high: int
+
+
+@dataclass(frozen=True)
+class TokenSourceSpec:
+    """``TokenSource``: where tokens are looked up and which targets they may name."""
+
+    name: str
+    kind: str
+    path: str
+    allow: tuple[AllowedTarget, ...]
+    reload: float
+    bind_address: bool
+    where: object
+
+
+@dataclass(frozen=True)
+class TokenRouteSpec:
+    """``TokenRoute``: requests at PATH (or below) go where their token says."""
+
+    path: str
+    source: str
+    origin: str
+    param: str
+    connect_timeout: float
+    where: object
+
+
+@dataclass(frozen=True)
+class TokenLookupSpec:
+    """``TokenLookup``: a JSON endpoint at PATH answering a token route's gateway URL."""
+
+    path: str
+    route_path: str
+    where: object
+
+
+@dataclass(frozen=True)
+class BalancerMemberSpec:
+    """``BalancerMember``: one backend of a pool; drained members take no new sessions."""
+
+    endpoint: str
+    drain: bool
+    where: object
+
+
+@dataclass(frozen=True)
+class BalancerSpec:
+    """``<Proxy balancer://NAME>``: a named pool of members and how to choose among them."""
+
+    name: str
+    members: tuple[BalancerMemberSpec, ...]
+    method: str
+    retry: float
+    where: object
+
+
+@dataclass(frozen=True)
+class GatewayOwner:
+    """``GatewayOwner``: the gateway at URL serves the desktop hosts matching these globs."""
+
+    url: str
+    host_globs: tuple[str, ...]
+    where: object
+
+
+@dataclass(frozen=True)
+class OriginRule:
+    """``OriginAllow``: WebSocket handshakes at PATH (or below) need one of these Origins."""
+
+    path: str
+    origins: tuple[str, ...]
+    where: object
+
+
+@dataclass(frozen=True)
+class TopologyConfig:
+    """Everything the topology directives configured; empty by default."""
+
+    token_sources: tuple[TokenSourceSpec, ...] = ()
+    token_routes: tuple[TokenRouteSpec, ...] = ()
+    token_lookups: tuple[TokenLookupSpec, ...] = ()
+    balancers: tuple[BalancerSpec, ...] = ()
+    gateway_url: Optional[str] = None
+    owners: tuple[GatewayOwner, ...] = ()
+    trusted_proxies: tuple[Network, ...] = ()
+    origins: tuple[OriginRule, ...] = ()
+
+
+def _ports(text: str) -> Optional[tuple[int, int]]:
+    """``5900`` or ``5900-5999`` as an inclusive range, or None when invalid."""
+    low_text, dash, high_text = text.partition("-")
+    if not low_text.isdigit() or (dash and not high_text.isdigit()):
+        return None
+    low = int(low_text)
+    high = int(high_text) if dash else low
+    return (low, high) if 1 <= low <= high <= 65535 else None
+
+
+def _options(words: list[str], known: tuple[str, ...], problem: Callable[[str], None]) -> list[tuple[str, str]]:
+    """Split ``key=value`` words, reporting unknown keys; keys are lower-cased."""
+    out = []
+    for word in words:
+        key, eq, value = word.partition("=")
+        key = key.lower()
+        if not eq:
+            problem(f"expected key=value, got {word!r}")
+        elif key not in known:
+            problem(f"unknown option {key!r} (known: {', '.join(known)})")
+        else:
+            out.append((key, value))
+    return out
+
+
+def _seconds(value: str, key: str, problem: Callable[[str], None], default: float) -> float:
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = -1.0
+    if not 0 <= seconds <= 86400:
+        problem(f"{key} must be a number of seconds from 0 to 86400, got {value!r}")
+        return default
+    return seconds
+
+
+def _is_ws_url(url: str) -> bool:
+    try:
+        parts = urlsplit(url)
+        parts.port
+    except ValueError:
+        return False
+    return parts.scheme in ("ws", "wss", "http", "https") and bool(parts.hostname) and parts.path in ("", "/") \
+        and not parts.query and not parts.fragment
+
+
+@dataclass
+class TopologyParser:
+    """Collects topology directives line by line; :meth:`finish` gives the value."""
+
+    token_sources: list[TokenSourceSpec] = field(default_factory=list)
+    token_routes: list[TokenRouteSpec] = field(default_factory=list)
+    token_lookups: list[TokenLookupSpec] = field(default_factory=list)
+    balancers: list[BalancerSpec] = field(default_factory=list)
+    gateway_url: Optional[str] = None
+    owners: list[GatewayOwner] = field(default_factory=list)
+    trusted: list[Network] = field(default_factory=list)
+    origins: list[OriginRule] = field(default_factory=list)
+    _block: Optional[tuple[str, object, list[BalancerMemberSpec], dict[str, str]]] = None
+
+    @property
+    def in_block(self) -> bool:
+        """True between ``<Proxy ...>`` and ``</Proxy>``."""
+        return self._block is not None
+
+    def directive(self, name: str, args: list[str], where: object, problem: Callable[[str], None],
+                  is_safe_path: Callable[[str], bool]) -> None:
+        """Parse one directive (``name`` lower-cased), reporting mistakes through problem."""
+        if self._block is not None and name not in ("balancermember", "proxyset", "</proxy>"):
+            problem(f"{name!r} is not allowed inside <Proxy> (only BalancerMember and ProxySet); "
+                    f"missing </Proxy>?")
+            return
+        getattr(self, "_" + name.strip("<>/").lower() + ("_end" if name.startswith("</") else ""))(
+            args, where, problem, is_safe_path)
+
+    def _tokensource(self, args: list[str], where: object, problem: Callable[[str], None], _: object) -> None:
+        if len(args) < 3 or args[1] not in TOKEN_KINDS or not _NAME.fullmatch(args[0]):
+            problem("TokenSource takes a name, a kind (file, dir, jwt), a path (for jwt: a file "
+                    "holding the secret) and allow=HOSTGLOB:PORTS options")
+            return
+        name, kind, path = args[:3]
+        if any(s.name == name for s in self.token_sources):
+            problem(f"duplicate TokenSource {name!r}")
+            return
+        allow: list[AllowedTarget] = []
+        reload, bind = DEFAULT_TOKEN_RELOAD, False
+        for key, value in _options(args[3:], ("allow", "reload", "bind"), problem):
+            if key == "allow":
+                host, _, ports = value.rpartition(":")
+                span = _ports(ports)
+                if not host or not _HOSTGLOB.fullmatch(host) or span is None:
+                    problem(f"allow takes HOSTGLOB:PORT or HOSTGLOB:LOW-HIGH, e.g. 10.0.*:5900-5999, got {value!r}")
+                else:
+                    allow.append(AllowedTarget(host.lower(), *span))
+            elif key == "reload":
+                reload = _seconds(value, "reload", problem, DEFAULT_TOKEN_RELOAD)
+            elif value not in ("address", "none"):
+                problem(f"bind takes 'address' or 'none', got {value!r}")
+            else:
+                bind = value == "address"
+        if not allow:
+            problem("TokenSource needs at least one allow=HOSTGLOB:PORTS: tokens may not name any host")
+            return
+        if bind and kind != "jwt":
+            problem("bind=address needs signed tokens (kind jwt)")
+        self.token_sources.append(TokenSourceSpec(name, kind, path, tuple(allow), reload, bind, where))
+
+    def _tokenroute(self, args: list[str], where: object, problem: Callable[[str], None],
+                    is_safe_path: Callable[[str], bool]) -> None:
+        if len(args) < 2 or not is_safe_path(args[0]):
+            problem("TokenRoute takes an absolute path and a TokenSource name, then from=query|path|host, "
+                    "param=NAME, connecttimeout=S")
+            return
+        origin, param, timeout = "query", "token", 10.0
+        for key, value in _options(args[2:], ("from", "param", "connecttimeout"), problem):
+            if key == "from":
+                if value not in TOKEN_FROM:
+                    problem(f"from takes one of {', '.join(TOKEN_FROM)}, got {value!r}")
+                origin = value
+            elif key == "param":
+                if not _NAME.fullmatch(value):
+                    problem(f"param must be a plain name, got {value!r}")
+                param = value
+            else:
+                timeout = _seconds(value, "connecttimeout", problem, 10.0)
+                if timeout <= 0:
+                    problem("connecttimeout must be more than 0")
+        path = args[0] if args[0] == "/" else args[0].rstrip("/")
+        if any(r.path == path for r in self.token_routes):
+            problem(f"duplicate TokenRoute path {path!r}")
+            return
+        self.token_routes.append(TokenRouteSpec(path, args[1], origin, param, timeout, where))
+
+    def _tokenlookup(self, args: list[str], where: object, problem: Callable[[str], None],
+                     is_safe_path: Callable[[str], bool]) -> None:
+        if len(args) != 2 or not all(is_safe_path(a) for a in args):
+            problem("TokenLookup takes the lookup's path and a TokenRoute path, e.g. TokenLookup /lookup /vnc")
+            return
+        self.token_lookups.append(TokenLookupSpec(args[0], args[1].rstrip("/") or "/", where))
+
+    def _proxy(self, args: list[str], where: object, problem: Callable[[str], None], _: object) -> None:
+        text = " ".join(args)
+        if not text.endswith(">"):
+            problem("a block opens with <Proxy balancer://NAME>")
+            return
+        url = text[:-1].strip()
+        name = url[len("balancer://"):] if url.startswith("balancer://") else ""
+        if not _NAME.fullmatch(name):
+            problem(f"<Proxy> takes balancer://NAME with a plain NAME, got {url!r}")
+            name = "-"
+        elif any(b.name == name for b in self.balancers):
+            problem(f"duplicate balancer {name!r}")
+        self._block = (name, where, [], {})
+
+    def _proxy_end(self, args: list[str], where: object, problem: Callable[[str], None], _: object) -> None:
+        if self._block is None:
+            problem("</Proxy> without <Proxy balancer://NAME>")
+            return
+        name, opened, members, settings = self._block
+        self._block = None
+        if not members:
+            problem(f"balancer {name!r} has no BalancerMember")
+            return
+        method = settings.get("lbmethod", "byrequests")
+        retry = _seconds(settings.get("retry", str(DEFAULT_RETRY)), "retry", problem, DEFAULT_RETRY)
+        self.balancers.append(BalancerSpec(name, tuple(members), method, retry, opened))
+
+    def _balancermember(self, args: list[str], where: object, problem: Callable[[str], None], _: object) -> None:
+        if self._block is None:
+            problem("BalancerMember belongs inside <Proxy balancer://NAME> ... </Proxy>")
+            return
+        if not args:
+            problem("BalancerMember takes a client endpoint string, then optional status=drain")
+            return
+        drain = False
+        for key, value in _options(args[1:], ("status",), problem):
+            if value.lower() not in ("drain", "+n", "active"):
+                problem(f"status takes 'drain' or 'active', got {value!r}")
+            drain = value.lower() in ("drain", "+n")
+        if any(m.endpoint == args[0] for m in self._block[2]):
+            problem(f"duplicate BalancerMember {args[0]!r}")
+            return
+        self._block[2].append(BalancerMemberSpec(args[0], drain, where))
+
+    def _proxyset(self, args: list[str], where: object, problem: Callable[[str], None], _: object) -> None:
+        if self._block is None:
+            problem("ProxySet belongs inside <Proxy balancer://NAME> ... </Proxy>")
+            return
+        for key, value in _options(args, ("lbmethod", "retry"), problem):
+            if key == "lbmethod" and value not in LB_METHODS:
+                problem(f"lbmethod takes one of {', '.join(LB_METHODS)}, got {value!r}")
+                continue
+            self._block[3][key] = value
+
+    def _gatewayurl(self, args: list[str], where: object, problem: Callable[[str], None], _: object) -> None:
+        if len(args) != 1 or not _is_ws_url(args[0]):
+            problem("GatewayURL takes this gateway's base URL, e.g. wss://host1.example:8443")
+            return
+        self.gateway_url = args[0].rstrip("/")
+
+    def _gatewayowner(self, args: list[str], where: object, problem: Callable[[str], None], _: object) -> None:
+        if len(args) < 2 or not _is_ws_url(args[0]) or not all(_HOSTGLOB.fullmatch(g) for g in args[1:]):
+            problem("GatewayOwner takes a gateway's base URL and the desktop host globs it serves")
+            return
+        self.owners.append(GatewayOwner(args[0].rstrip("/"), tuple(g.lower() for g in args[1:]), where))
+
+    def _trustedproxy(self, args: list[str], where: object, problem: Callable[[str], None], _: object) -> None:
+        if not args:
+            problem("TrustedProxy takes addresses or networks, e.g. TrustedProxy 127.0.0.1 10.1.0.0/16")
+        for arg in args:
+            try:
+                self.trusted.append(ipaddress.ip_network(arg, strict=False))
+            except ValueError:
+                problem(f"TrustedProxy takes IP addresses or networks, got {arg!r}")
+
+    def _originallow(self, args: list[str], where: object, problem: Callable[[str], None],
+                     is_safe_path: Callable[[str], bool]) -> None:
+        if len(args) < 2 or not is_safe_path(args[0]):
+            problem("OriginAllow takes a path and the allowed origins, e.g. OriginAllow /vnc https://vdi.example")
+            return
+        self.origins.append(OriginRule(args[0].rstrip("/") or "/", tuple(o.rstrip("/").lower() for o in args[1:]),
+                                       where))
+
+    def finish(self, targets: list[tuple[str, object]], problem_at: Callable[[object, str], None]) -> TopologyConfig:
+        """
+        Check cross references and close the parse.
+
+        :param targets: (target, where) of every ProxyPass/ProxyPassMatch rule,
+            so that ``balancer://NAME`` targets name a defined pool.
+        """
+        if self._block is not None:
+            problem_at(self._block[1], "<Proxy> block is not closed (missing </Proxy>)")
+        names = {b.name for b in self.balancers}
+        for target, where in targets:
+            if target.startswith("balancer://") and target[len("balancer://"):] not in names:
+                problem_at(where, f"no <Proxy {target}> block defines this balancer")
+        sources = {s.name for s in self.token_sources}
+        for route in self.token_routes:
+            if route.source not in sources:
+                problem_at(route.where, f"no TokenSource named {route.source!r}")
+        for lookup in self.token_lookups:
+            if not any(r.path == lookup.route_path for r in self.token_routes):
+                problem_at(lookup.where, f"no TokenRoute at {lookup.route_path!r}")
+        if self.owners and self.gateway_url is None:
+            problem_at(self.owners[0].where, "GatewayOwner needs GatewayURL (this gateway's own URL)")
+        return TopologyConfig(
+            token_sources=tuple(self.token_sources),
+            token_routes=tuple(self.token_routes),
+            token_lookups=tuple(self.token_lookups),
+            balancers=tuple(self.balancers),
+            gateway_url=self.gateway_url,
+            owners=tuple(self.owners),
+            trusted_proxies=tuple(self.trusted),
+            origins=tuple(self.origins),
+        )

@@ -1,0 +1,254 @@
+"""
+Glue for deployment topologies: token routes, redirect mode, origin checks,
+the real client address, and balancer pools, applied to twisted.web requests
+and gateway sessions.  The decisions live in the pure modules
+:mod:`tunnelgw.tokens`, :mod:`tunnelgw.balancer`, :mod:`tunnelgw.redirect`
+and :mod:`tunnelgw.clientaddr`; this module reads requests, files and the
+reactor's clock and carries the answers out.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from typing import Any, Callable, Optional, Union
+
+from twisted.internet import defer
+from twisted.internet.endpoints import clientFromString
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from tunnelgw.backends import BackendConnection, BackendUnavailable
+from tunnelgw.balancer import Member, Pool
+from tunnelgw.clientaddr import client_address
+from tunnelgw.config import Location, Problem, RouteOptions
+from tunnelgw.redirect import lookup_answer, owner_of, redirect_location
+from tunnelgw.relay import ConnectFailure
+from tunnelgw.routing import Reject, Route, normalise_path
+from tunnelgw.tokens import FileTokens, SignedTokens, TargetAddress, extract_token, make_token_source
+from tunnelgw.topoconfig import OriginRule, TokenRouteSpec, TokenSourceSpec, TopologyConfig
+
+__all__ = ["JsonAnswer", "Redirect", "Topology", "check_topology", "read_secret"]
+
+_log = Logger(namespace="tunnelgw")
+BALANCER = "balancer://"
+
+
+@dataclass(frozen=True)
+class Redirect:
+    """Answer 307 with this Location: another gateway owns the desktop."""
+
+    location: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class JsonAnswer:
+    """Answer 200 with this JSON body (the token lookup)."""
+
+    body: dict[str, str]
+
+
+Decision = Union[None, Reject, Route, Redirect, JsonAnswer]
+
+
+def read_secret(path: str) -> bytes:
+    """A signing secret from a file, surrounding white space removed.
+
+    :raises ValueError: when the file cannot be read or is too short.
+    """
+    try:
+        with open(path, "rb") as f:
+            secret = f.read().strip()
+    except OSError as e:
+        raise ValueError(f"cannot read the token secret: {e}") from None
+    if len(secret) < 16:
+        raise ValueError("the token secret must hold at least 16 bytes")
+    return secret
+
+
+def check_topology(config: TopologyConfig, reactor: Any) -> list[Problem]:
+    """Problems Twisted or the file system find: bad member endpoints, unreadable secrets."""
+    problems: list[Problem] = []
+    for pool in config.balancers:
+        for member in pool.members:
+            try:
+                clientFromString(reactor, member.endpoint)
+            except Exception as e:
+                problems.append(Problem(member.where, f"bad BalancerMember endpoint {member.endpoint!r}: {e}"))  # type: ignore[arg-type]
+    for source in config.token_sources:
+        if source.kind == "jwt":
+            try:
+                read_secret(source.path)
+            except ValueError as e:
+                problems.append(Problem(source.where, str(e)))  # type: ignore[arg-type]
+    return problems
+
+
+def _under(path: str, prefix: str) -> bool:
+    return prefix == "/" or path == prefix or path.startswith(prefix + "/")
+
+
+def _header(request: Any, name: bytes) -> str:
+    return (request.getHeader(name) or b"").decode("latin-1")
+
+
+class Topology:
+    """
+    The live topology state of one configuration: token sources, pools and
+    rules.  A reload builds a new one from the old, keeping pool state.
+    """
+
+    def __init__(self, config: TopologyConfig, reactor: Any, backends: Any,
+                 previous: Optional["Topology"] = None,
+                 secret: Callable[[str], bytes] = read_secret) -> None:
+        self.config = config
+        self._reactor = reactor
+        self._backends = backends
+        old_sources = previous.sources if previous else {}
+        self.sources: dict[str, Union[FileTokens, SignedTokens]] = {}
+        for spec in config.token_sources:
+            kept = old_sources.get(spec.name)
+            self.sources[spec.name] = kept if kept is not None and kept.spec == spec else make_token_source(spec, secret)
+        old_pools = previous.pools if previous else {}
+        self.pools: dict[str, Pool] = {b.name: Pool.from_spec(b, old_pools.get(b.name)) for b in config.balancers}
+
+    # The client address.
+
+    def client_of(self, request: Any) -> str:
+        """The real client address of a request (see :func:`tunnelgw.clientaddr.client_address`)."""
+        peer = request.getClientAddress()
+        host = getattr(peer, "host", None) or str(getattr(peer, "name", "") or peer)
+        headers = {name.decode("latin-1").lower(): [v.decode("latin-1") for v in values]
+                   for name, values in request.requestHeaders.getAllRawHeaders()
+                   if name.lower() in (b"forwarded", b"x-forwarded-for")}
+        return client_address(host, self.config.trusted_proxies, headers)
+
+    # Requests.
+
+    def screen(self, request: Any, client: str, upgrade: bool) -> Decision:
+        """
+        What the topology says about a request before the ordinary rules:
+        None (not ours), a refusal, a token route, a redirect or a JSON answer.
+        """
+        path = normalise_path(request.path)
+        if isinstance(path, Reject):
+            return None
+        query = request.uri.partition(b"?")[2].decode("latin-1")
+        for lookup in self.config.token_lookups:
+            if path == lookup.path.rstrip("/") or path == lookup.path:
+                return self._lookup(lookup.route_path, query, request, client)
+        route_spec = self._token_route(path)
+        if not upgrade:
+            if route_spec is None:
+                return None
+            return Reject(426, "this path is a WebSocket endpoint; open it with a WebSocket client")
+        refused = self._check_origin(path, _header(request, b"origin"))
+        if refused is not None:
+            return refused
+        if route_spec is None:
+            return None
+        target = self._resolve(route_spec, path, query, request, client)
+        if not isinstance(target, TargetAddress):
+            return target
+        owner = owner_of(target.host, self.config.owners)
+        if owner is not None and owner != self.config.gateway_url:
+            return Redirect(redirect_location(owner, request.uri.decode("latin-1")),
+                            f"desktop host {target.host} is served by {owner}")
+        return Route(route_spec, target.endpoint, RouteOptions(connect_timeout=route_spec.connect_timeout))  # type: ignore[arg-type]
+
+    def _token_route(self, path: str) -> Optional[TokenRouteSpec]:
+        found = [r for r in self.config.token_routes if _under(path, r.path)]
+        return max(found, key=lambda r: len(r.path)) if found else None
+
+    def _check_origin(self, path: str, origin: str) -> Optional[Reject]:
+        rules: list[OriginRule] = [r for r in self.config.origins if _under(path, r.path)]
+        if not rules:
+            return None
+        rule = max(rules, key=lambda r: len(r.path))
+        if origin.rstrip("/").lower() in rule.origins:
+            return None
+        return Reject(403, f"origin {origin or '(none)'!r} is not allowed here")
+
+    def _resolve(self, spec: TokenRouteSpec, path: str, query: str, request: Any,
+                 client: str) -> Union[TargetAddress, Reject]:
+        remainder = path[len(spec.path):] if spec.path != "/" else path
+        token = extract_token(spec.origin, spec.param, remainder, query, _header(request, b"host"))
+        if isinstance(token, Reject):
+            return token
+        return self.sources[spec.source].lookup(token, self._reactor.seconds(), client)
+
+    def _lookup(self, route_path: str, query: str, request: Any, client: str) -> Union[Reject, JsonAnswer]:
+        spec = next(r for r in self.config.token_routes if r.path == route_path)
+        token = extract_token("query", "token", "", query, "")
+        if isinstance(token, Reject):
+            return token
+        target = self.sources[spec.source].lookup(token, self._reactor.seconds(), client)
+        if isinstance(target, Reject):
+            return target
+        owner = owner_of(target.host, self.config.owners) or self.config.gateway_url
+        if owner is None:
+            return Reject(404, "no GatewayURL is configured to answer lookups with")
+        return JsonAnswer({"url": lookup_answer(owner, spec.path, spec.origin, spec.param, token),
+                           "gateway": owner})
+
+    # Pools.
+
+    def connect_pool(self, route: Route, client: str,
+                     started: Callable[[str, Callable[[], None]], None]) -> "defer.Deferred[BackendConnection]":
+        """
+        Connect a session to a member of the route's pool, trying the next
+        member when one fails (and marking it down for the retry interval).
+
+        :param started: called with the member's endpoint and a release
+            callable (to call once when the session ends) on success.
+        """
+        pool = self.pools.get(route.target[len(BALANCER):])
+        if pool is None:
+            return defer.fail(BackendUnavailable(ConnectFailure.UNREACHABLE, f"no balancer {route.target}"))
+        candidates = pool.order(client, self._reactor.seconds())
+        current: list[Any] = [None]
+        result: defer.Deferred[BackendConnection] = defer.Deferred(lambda _: current[0] and current[0].cancel())
+        tried: list[str] = []
+
+        def attempt(index: int) -> None:
+            if index >= len(candidates):
+                detail = f"no member of {route.target} is available" + (
+                    f" (tried {', '.join(tried)})" if tried else "")
+                result.errback(BackendUnavailable(ConnectFailure.UNREACHABLE, detail))
+                return
+            member = candidates[index]
+            current[0] = self._backends.connect(member.endpoint, route.options.connect_timeout)
+            current[0].addCallbacks(lambda c: won(member, c), lambda f: lost(member, index, f))
+
+        def won(member: Member, connection: BackendConnection) -> None:
+            if result.called:  # the session gave up meanwhile
+                connection.close()
+                return
+            pool.mark_up(member)
+            pool.acquire(member)
+            released = [False]
+
+            def release() -> None:
+                if not released[0]:
+                    released[0] = True
+                    pool.release(member)
+
+            started(member.endpoint, release)
+            result.callback(connection)
+
+        def lost(member: Member, index: int, failure: Failure) -> None:
+            if result.called:
+                return
+            if failure.check(defer.CancelledError):
+                return
+            pool.mark_down(member, self._reactor.seconds())
+            tried.append(member.endpoint)
+            _log.info("balancer member down pool={pool} member={member} retry={retry} reason={reason!r}",
+                      pool=pool.name, member=member.endpoint, retry=pool.retry,
+                      reason=str(failure.value))
+            attempt(index + 1)
+
+        attempt(0)
+        return result
