@@ -18,12 +18,14 @@ on :class:`twisted.web.client.Agent` over the route's own client endpoint (so
 from __future__ import annotations
 
 from http.client import responses
+import re
 from typing import Any, Optional
 
 from twisted.internet import defer, error
 from twisted.internet.interfaces import IPushProducer, IStreamClientEndpoint
 from twisted.internet.protocol import Protocol
 from twisted.internet.task import Cooperator
+from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.client import (
@@ -35,7 +37,7 @@ from twisted.web.client import (
     ResponseFailed,
     ResponseNeverReceived,
 )
-from twisted.web.http import PotentialDataLoss
+from twisted.web.http import NO_BODY_CODES, PotentialDataLoss
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgentEndpointFactory
 from twisted.web.server import NOT_DONE_YET, Request
@@ -44,7 +46,7 @@ from zope.interface import implementer
 from tunnelgw.backends import classify_connect_error
 from tunnelgw.config import RouteOptions
 from tunnelgw.protocol import format_address
-from tunnelgw.proxyheaders import backend_request_headers, client_response_headers
+from tunnelgw.proxyheaders import backend_request_headers, client_response_headers, head_connection_names
 from tunnelgw.relay import connect_rejection
 from tunnelgw.routing import Reject
 from tunnelgw.wsrelay import forwarded_headers
@@ -56,11 +58,64 @@ _log = Logger(namespace="tunnelgw")
 _WRAPPED = (ResponseNeverReceived, RequestTransmissionFailed, RequestGenerationFailed, ResponseFailed)
 
 
+#: How much of a response head is searched for its Connection header.
+_HEAD_LIMIT = 64 * 1024
+_HEAD_END = re.compile(rb"\r?\n\r?\n")
+
+
+class _HeadSniffer(ProtocolWrapper):
+    """
+    Passes a backend's bytes to the Agent's protocol, noting on the way the
+    names its response head lists in Connection, which Twisted's HTTP client
+    keeps to itself (1xx interim heads are skipped).
+    """
+
+    connection_names: frozenset[bytes] = frozenset()
+    _head: Optional[bytes] = b""
+
+    def dataReceived(self, data: bytes) -> None:
+        """Look for the end of the response head, then pass the bytes on."""
+        head = self._head
+        while head is not None:
+            head += data
+            end = _HEAD_END.search(head)
+            if end is None:
+                head = head if len(head) <= _HEAD_LIMIT else None
+                break
+            if re.match(rb"HTTP/\d\.\d 1\d\d", head):
+                head, data = b"", head[end.end():]
+                continue
+            self.connection_names = head_connection_names(head[:end.start()])
+            head = None
+        self._head = head
+        super().dataReceived(data)
+
+
+@implementer(IStreamClientEndpoint)
+class _SniffingEndpoint:
+    """The route's endpoint, each connection seen through a :class:`_HeadSniffer`."""
+
+    def __init__(self, endpoint: IStreamClientEndpoint) -> None:
+        self._endpoint = endpoint
+        self.sniffers: list[_HeadSniffer] = []
+
+    def connect(self, protocolFactory: Any) -> "defer.Deferred[Any]":
+        """Connect, giving the caller its own protocol (the sniffer sits below it)."""
+        factory = WrappingFactory(protocolFactory)
+        factory.protocol = _HeadSniffer  # type: ignore[assignment]
+
+        def connected(sniffer: _HeadSniffer) -> Any:
+            self.sniffers.append(sniffer)
+            return sniffer.wrappedProtocol
+
+        return self._endpoint.connect(factory).addCallback(connected)  # type: ignore[no-any-return]
+
+
 @implementer(IAgentEndpointFactory)
 class _RouteEndpoint:
     """Gives the Agent the route's endpoint, whatever the URL says."""
 
-    def __init__(self, endpoint: IStreamClientEndpoint) -> None:
+    def __init__(self, endpoint: _SniffingEndpoint) -> None:
         self._endpoint = endpoint
 
     def endpointForURI(self, uri: Any) -> IStreamClientEndpoint:
@@ -190,7 +245,8 @@ def proxy_request(reactor: Any, request: Request, target: WebSocketTarget, optio
                                                 target.authority, forwarded.items()):
         headers.setRawHeaders(name, values)
     timeout = options.connect_timeout
-    agent = Agent.usingEndpointFactory(reactor, _RouteEndpoint(endpoint))
+    sniffing = _SniffingEndpoint(endpoint)
+    agent = Agent.usingEndpointFactory(reactor, _RouteEndpoint(sniffing))
     try:
         d = agent.request(request.method, target.http_url.encode("ascii"), headers, _body(reactor, request))
     except ValueError as e:
@@ -209,8 +265,13 @@ def proxy_request(reactor: Any, request: Request, target: WebSocketTarget, optio
         request.setResponseCode(response.code, response.phrase)
         # The backend's headers replace twisted.web's defaults (Server, Date, Content-Type).
         request.defaultContentType = None
-        for name, values in client_response_headers(list(response.headers.getAllRawHeaders())):
+        named = sniffing.sniffers[-1].connection_names if sniffing.sniffers else frozenset()
+        for name, values in client_response_headers(list(response.headers.getAllRawHeaders()), named):
             request.responseHeaders.setRawHeaders(name, values)
+        # Twisted's client keeps Content-Length to itself (except for HEAD).
+        if (isinstance(response.length, int) and request.method != b"HEAD"
+                and response.code not in NO_BODY_CODES):
+            request.responseHeaders.setRawHeaders(b"content-length", [b"%d" % response.length])
         response.deliverBody(relay)
 
     def failed(failure: Failure) -> None:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Iterable, Sequence
 
-__all__ = ["HOP_BY_HOP", "backend_request_headers", "client_response_headers", "end_to_end"]
+__all__ = ["HOP_BY_HOP", "backend_request_headers", "client_response_headers", "end_to_end", "head_connection_names"]
 
 #: Headers that concern one connection only (RFC 9110 section 7.6.1).
 HOP_BY_HOP = frozenset({
@@ -42,9 +42,24 @@ def _connection_names(headers: RawHeaders) -> frozenset[bytes]:
     )
 
 
-def end_to_end(headers: RawHeaders) -> list[tuple[bytes, list[bytes]]]:
-    """The headers without the hop-by-hop ones, names in lower case, all values kept."""
-    named = _connection_names(headers)
+def head_connection_names(head: bytes) -> frozenset[bytes]:
+    """
+    The header names listed in the Connection header(s) of a raw HTTP/1.x
+    message head (start line and header lines, CRLF or LF line ends).
+    """
+    lines = head.split(b"\n")[1:]
+    pairs = [line.partition(b":") for line in lines]
+    return _connection_names([(name.strip(), [value.strip()]) for name, colon, value in pairs if colon])
+
+
+def end_to_end(headers: RawHeaders, named: frozenset[bytes] = frozenset()) -> list[tuple[bytes, list[bytes]]]:
+    """
+    The headers without the hop-by-hop ones, names in lower case, all values kept.
+
+    :param named: more names to drop: those of a Connection header seen
+        elsewhere (Twisted's HTTP client keeps Connection to itself).
+    """
+    named = named | _connection_names(headers)
     out: dict[bytes, list[bytes]] = {}
     for name, values in headers:
         lower = name.lower()
@@ -68,6 +83,10 @@ def backend_request_headers(headers: RawHeaders, authority: str,
     return out
 
 
-def client_response_headers(headers: RawHeaders) -> list[tuple[bytes, list[bytes]]]:
-    """What a client is sent for a backend's response headers: the end-to-end ones."""
-    return end_to_end(headers)
+def client_response_headers(headers: RawHeaders,
+                            named: frozenset[bytes] = frozenset()) -> list[tuple[bytes, list[bytes]]]:
+    """
+    What a client is sent for a backend's response headers: the end-to-end
+    ones, without those named (the backend's Connection header tokens).
+    """
+    return end_to_end(headers, named)
