@@ -14,7 +14,7 @@ over a Twisted endpoint (TCP, or TLS with certificate and host name checks).
   connection without a close makes the other side get 1001 or 1011.
 - The two transports are each other's producers (flow control both ways).
 - Plain HTTP requests on such a route are reverse-proxied to the matching
-  ``http://`` or ``https://`` URL with :mod:`twisted.web.proxy`, so that a
+  ``http://`` or ``https://`` URL (:mod:`tunnelgw.httpproxy`), so that a
   backend's page and scripts load through the gateway.
 
 Decisions come from :mod:`tunnelgw.wsrelay`; this module moves events.
@@ -26,7 +26,6 @@ import os
 import re
 import uuid
 from collections import OrderedDict
-from http.client import responses
 from typing import Any, Optional, Sequence, Union
 
 from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol, WebSocketServerProtocol
@@ -40,12 +39,12 @@ from twisted.internet.interfaces import IOpenSSLClientConnectionCreator, ISSLTra
 from twisted.internet.ssl import Certificate, CertificateOptions, optionsForClientTLS, trustRootFromCertificates
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web import proxy
-from twisted.web.server import NOT_DONE_YET, Request
+from twisted.web.server import Request
 from zope.interface import implementer
 
 from tunnelgw.backends import classify_connect_error
 from tunnelgw.config import RouteOptions
+from tunnelgw.httpproxy import proxy_request
 from tunnelgw.protocol import GatewayFactory, GatewayProtocol, format_address, format_fields
 from tunnelgw.relay import SessionRecord, connect_rejection
 from tunnelgw.routing import Reject, Route, RuleSet
@@ -438,53 +437,18 @@ class WebSocketBackends:
         d.addErrback(self._refusal, timeout)
         return d
 
-    def proxy_http(self, request: Request, target: WebSocketTarget, options: RouteOptions) -> int:
+    def proxy_http(self, request: Request, target: WebSocketTarget, options: RouteOptions) -> Union[int, Reject]:
         """
         Reverse-proxy a plain HTTP request to the backend's ``http(s)://`` URL
-        with :mod:`twisted.web.proxy`; connect failures answer 502 or 504.
+        over the same endpoint as the route's WebSockets
+        (:func:`tunnelgw.httpproxy.proxy_request`); connect failures answer
+        502 or 504, bad TLS settings 502.
         """
-        incoming = {name.decode("latin-1").lower(): ", ".join(v.decode("latin-1") for v in values)
-                    for name, values in request.requestHeaders.getAllRawHeaders()}
-        headers = {name: value for name, value in request.getAllHeaders().items()
-                   if name not in (b"origin", b"cookie", b"x-forwarded-for", b"x-forwarded-proto", b"forwarded")}
-        client = request.getClientAddress()
-        extra = forwarded_headers(options.forward, getattr(client, "host", None) or str(client), request.isSecure(),
-                                  incoming.get("host"), incoming)
-        headers.update({name.lower().encode("latin-1"): value.encode("latin-1") for name, value in extra.items()})
-        headers[b"host"] = target.authority.encode("ascii")
-        body = b""
-        if request.content is not None:
-            request.content.seek(0, 0)
-            body = request.content.read()
-        factory = proxy.ProxyClientFactory(request.method, target.resource.encode("ascii"), request.clientproto,
-                                           headers, body, request)
-        timeout = options.connect_timeout
-        endpoint: Any = self.endpoint(target, options)
-        d = endpoint.connect(factory)
-        d.addTimeout(timeout, self._reactor)
-        connected: list[Any] = []
-
-        def failed(failure: Failure) -> None:
-            reject = self._refusal(failure, timeout).value.reject
-            if request.finished or getattr(request, "_disconnected", False):
-                return
-            _log.info("request refused client={client} path={path!r} status={status} reason={reason!r}",
-                      client=format_address(client), path=request.path.decode("latin-1"),
-                      status=reject.status, reason=reject.reason)
-            request.setResponseCode(reject.status, responses.get(reject.status, "Error").encode("ascii"))
-            request.setHeader(b"content-type", b"text/plain; charset=utf-8")
-            request.write(f"{reject.status} {reject.reason}\n".encode("utf-8"))
-            request.finish()
-
-        def client_gone(_: Failure) -> None:
-            d.cancel()
-            for backend in connected:
-                if backend.transport is not None:
-                    backend.transport.abortConnection()
-
-        d.addCallbacks(connected.append, failed)
-        request.notifyFinish().addErrback(client_gone)
-        return NOT_DONE_YET
+        try:
+            endpoint = self.endpoint(target, options)
+        except ValueError as e:
+            return Reject(502, f"backend TLS settings: {e}")
+        return proxy_request(self._reactor, request, target, options, endpoint)
 
 
 class WebSocketSession(_RelayedHop, WebSocketServerProtocol):
