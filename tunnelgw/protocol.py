@@ -21,9 +21,16 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from tunnelgw.backends import BackendConnection, BackendUnavailable, TcpBackends
+from tunnelgw.config import Config
+from tunnelgw.limits import Admission, HandshakeRate, SessionCounts
+from tunnelgw.metrics import GatewayMetrics, route_label
 from tunnelgw.relay import (
     CLOSE_INVALID_PAYLOAD,
     Base64Decoder,
+    Close,
+    Heartbeat,
+    IdleWatch,
+    idle_close,
     SessionRecord,
     backend_ended,
     choose_subprotocol,
@@ -31,6 +38,7 @@ from tunnelgw.relay import (
     connect_rejection,
 )
 from tunnelgw.routing import Reject, Route, RuleSet, choose_route
+from tunnelgw.sockopts import set_tcp_keepalive
 
 __all__ = ["GatewayFactory", "GatewayProtocol", "format_address"]
 
@@ -74,7 +82,7 @@ class GatewayProtocol(WebSocketServerProtocol):
             raise ConnectionDeny(404, "no route for this path")
         subprotocol = choose_subprotocol(request.protocols)
         if isinstance(subprotocol, Reject):
-            self._log_rejection(request.path, subprotocol)
+            self._log_rejection(request.path, subprotocol, "subprotocol")
             raise ConnectionDeny(subprotocol.status, subprotocol.reason)
         self._base64 = subprotocol == "base64"
         reactor = self.factory.reactor
@@ -85,30 +93,152 @@ class GatewayProtocol(WebSocketServerProtocol):
             backend=route.target,
             started=reactor.seconds(),
         )
+        refused = self._admit(route, request.path)
+        if refused is not None:
+            raise ConnectionDeny(refused.status, refused.reason)
+        connect_started = reactor.seconds()
         self._connecting = self.factory.backends.connect(route.target, route.options.connect_timeout)
 
         def connected(backend: BackendConnection) -> Optional[str]:
             self._connecting = None
             self._backend = backend
+            self.factory.metrics.connected(route_label(route), reactor.seconds() - connect_started)
             return subprotocol
 
         def failed(failure: Failure) -> None:
             self._connecting = None
             failure.trap(BackendUnavailable)
             reject = connect_rejection(failure.value.failure, failure.value.detail)
-            self._log_rejection(request.path, reject)
+            self._log_rejection(request.path, reject, f"backend_{failure.value.failure.value}")
             raise ConnectionDeny(reject.status, reject.reason)
 
         return self._connecting.addCallbacks(connected, failed)
 
-    def _log_rejection(self, path: str, reject: Reject) -> None:
-        _log.info("handshake refused {details}", details=_fields({
+    def _log_rejection(self, path: str, reject: Reject, kind: str = "refused") -> None:
+        values: dict[str, object] = {
             "session": self._record.session_id if self._record else "-",
             "client": format_address(self.transport.getPeer()),
             "path": path,
             "status": reject.status,
             "reason": reject.reason,
-        }))
+        }
+        self.factory.metrics.handshake_failed(route_label(self.route) if self.route else "", kind, reject.status)
+        _log.info("handshake refused {details}", details=_fields(values), fields=values)
+
+    # Hardening: admission, keepalive, idle timeout, closing on demand.
+
+    _admission: Optional[Admission] = None
+    _heartbeat: Optional[Heartbeat] = None
+    _idle: Optional[IdleWatch] = None
+    _ping_call: Any = None
+    _idle_call: Any = None
+
+    def _admit(self, route: Route, path: str) -> Optional[Reject]:
+        """Apply the handshake rate and session limits; keep the slot granted."""
+        factory = self.factory
+        client = getattr(self.transport.getPeer(), "host", None) or format_address(self.transport.getPeer())
+        refused = factory.handshake_rate.allow(client, factory.reactor.seconds())
+        if refused is not None:
+            self._log_rejection(path, refused, "rate")
+            return refused
+        admission = factory.session_counts.admit(route_label(route), route.options.max_sessions, client)
+        if isinstance(admission, Reject):
+            self._log_rejection(path, admission, "limit")
+            return admission
+        self._admission = admission
+        return None
+
+    def _start_watches(self) -> None:
+        """Start the idle timer and client pings; turn on TCP keepalive to the backend."""
+        factory, reactor = self.factory, self.factory.reactor
+        keepalive = factory.config.keepalive
+        if self._backend is not None and keepalive.tcp_idle:
+            set_tcp_keepalive(self._backend.transport, keepalive.tcp_idle, keepalive.tcp_interval,
+                              keepalive.tcp_count)
+        idle = self.route.options.idle_timeout if self.route and self.route.options.idle_timeout is not None \
+            else factory.config.timeouts.idle
+        if idle:
+            self._idle = IdleWatch(idle, reactor.seconds())
+            self._idle_call = reactor.callLater(idle, self._check_idle)
+        if keepalive.ping:
+            self._heartbeat = Heartbeat(keepalive.ping, keepalive.pong)
+            self._ping_call = reactor.callLater(keepalive.ping, self._send_ping)
+
+    def _check_idle(self) -> None:
+        record, idle = self._record, self._idle
+        self._idle_call = None
+        if record is None or idle is None:
+            return
+        wait = idle.check(record.bytes_up + record.bytes_down, self.factory.reactor.seconds())
+        if wait is None:
+            _log.info("session idle timeout session={session} seconds={seconds:g}",
+                      session=record.session_id, seconds=idle.timeout)
+            self.close_session(idle_close(idle.timeout))
+        else:
+            self._idle_call = self.factory.reactor.callLater(wait, self._check_idle)
+
+    def _send_ping(self) -> None:
+        self._ping_call = None
+        if self._heartbeat is None or self.state != self.STATE_OPEN:
+            return
+        self._heartbeat.ping_sent(self.factory.reactor.seconds())
+        self.sendPing(b"tunnelgw")
+        self._ping_call = self.factory.reactor.callLater(self._heartbeat.deadline, self._pong_due)
+
+    def _pong_due(self) -> None:
+        self._ping_call = None
+        heartbeat, record = self._heartbeat, self._record
+        if heartbeat is None or record is None:
+            return
+        backend = self._backend
+        paused = bool(backend is not None and getattr(backend.transport, "producerPaused", False))
+        wait = heartbeat.verdict(self.factory.reactor.seconds(), paused)
+        if wait is None:
+            _log.info("session ping timeout session={session} client={client} seconds={seconds:g}",
+                      session=record.session_id, client=record.client, seconds=heartbeat.deadline)
+            record.end(self.factory.reactor.seconds(), None, "ping timeout: the client did not answer")
+            self._close_backend()
+            self.dropConnection(abort=True)
+        elif wait == 0.0:
+            self._ping_call = self.factory.reactor.callLater(
+                max(0.0, heartbeat.interval - heartbeat.deadline), self._send_ping)
+        else:
+            self._ping_call = self.factory.reactor.callLater(wait, self._pong_due)
+
+    def onPong(self, payload: bytes) -> None:
+        """Any pong proves the client still reads."""
+        if self._heartbeat is not None:
+            self._heartbeat.pong_received()
+
+    def _stop_watches(self) -> None:
+        for name in ("_idle_call", "_ping_call"):
+            call = getattr(self, name)
+            if call is not None and call.active():
+                call.cancel()
+            setattr(self, name, None)
+
+    @property
+    def session_id(self) -> Optional[str]:
+        """This session's id (None before its handshake started)."""
+        return self._record.session_id if self._record else None
+
+    def describe(self) -> dict[str, object]:
+        """The live session's record as key/value pairs (for the admin listener)."""
+        assert self._record is not None
+        return self._record.fields(self.factory.reactor.seconds()) | {
+            "route": route_label(self.route) if self.route else ""}
+
+    def close_session(self, close: Close) -> None:
+        """Close the session from the gateway's side: the client gets close, the backend EOF."""
+        self._close_backend()
+        if self._record is not None:
+            self._record.end(self.factory.reactor.seconds(), close.code, close.reason)
+        # Read again so that the client's close reply can arrive.
+        self.transport.resumeProducing()
+        if self.state == self.STATE_OPEN:
+            self.sendClose(close.code, close.reason)
+        elif self.state != self.STATE_CLOSED:
+            self.dropConnection(abort=True)
 
     def sendHttpErrorResponse(self, code: int, reason: str, responseHeaders: Any = None) -> None:
         """Answer a refused handshake with a status, a plain-text body and no keep-alive."""
@@ -132,8 +262,11 @@ class GatewayProtocol(WebSocketServerProtocol):
         self._decoder = Base64Decoder() if self._base64 else None
         self._started = True
         start = self._record.fields(self.factory.reactor.seconds())
-        _log.info("session start {details}", details=_fields(
-            {k: start[k] for k in ("session", "client", "path", "backend")} | {"subprotocol": self.websocket_protocol_in_use}))
+        start_fields = {k: start[k] for k in ("session", "client", "path", "backend")} | {
+            "subprotocol": self.websocket_protocol_in_use}
+        _log.info("session start {details}", details=_fields(start_fields), fields=start_fields)
+        self.factory.session_opened(self)
+        self._start_watches()
         self.transport.registerProducer(backend.transport, True)
         backend.transport.registerProducer(self.transport, True)
         backend.attach(self)
@@ -203,15 +336,20 @@ class GatewayProtocol(WebSocketServerProtocol):
         if connecting is not None:
             connecting.cancel()
         self._close_backend()
+        self._stop_watches()
+        admission, self._admission = self._admission, None
+        if admission is not None:
+            self.factory.session_counts.release(admission)
         record, self._record = self._record, None
         if record is None:
             return
         now = self.factory.reactor.seconds()
-        record.end(now, code, reason or ("" if wasClean else "client connection lost"))
+        record.end(now, code, reason or ("" if wasClean else (self.wasNotCleanReason or "client connection lost")))
         if connecting is not None:
-            _log.info("handshake abandoned {details}", details=_fields(record.fields(now)))
+            _log.info("handshake abandoned {details}", details=_fields(record.fields(now)), fields=record.fields(now))
         elif self._started:
-            _log.info("session end {details}", details=_fields(record.fields(now)))
+            self.factory.session_closed(self, record)
+            _log.info("session end {details}", details=_fields(record.fields(now)), fields=record.fields(now))
 
 
 class GatewayFactory(WebSocketServerFactory):
@@ -232,6 +370,34 @@ class GatewayFactory(WebSocketServerFactory):
             openHandshakeTimeout=0,
             webStatus=False,
         )
+        self.harden(Config(source="<defaults>"))
+
+    def harden(self, config: Config, metrics: Optional[GatewayMetrics] = None) -> None:
+        """Apply config's limits and keepalive settings; count into metrics (or a private registry)."""
+        self.config = config
+        self.metrics = metrics if metrics is not None else GatewayMetrics()
+        self.sessions: dict[str, GatewayProtocol] = {}
+        self.session_counts = SessionCounts(config.limits.sessions, config.limits.per_client)
+        self.handshake_rate = HandshakeRate(config.limits.rate)
+        self.metrics.watch(self)
+        self.setProtocolOptions(maxFramePayloadSize=config.limits.frame,
+                                maxMessagePayloadSize=config.limits.message)
+
+    def session_opened(self, session: GatewayProtocol) -> None:
+        """A session's handshake completed: list it and count it."""
+        assert session.session_id is not None and session.route is not None
+        self.sessions[session.session_id] = session
+        self.metrics.session_opened(route_label(session.route))
+
+    def session_closed(self, session: GatewayProtocol, record: SessionRecord) -> None:
+        """A listed session ended: unlist it, keep its byte counts."""
+        self.sessions.pop(record.session_id, None)
+        self.metrics.session_closed(route_label(session.route) if session.route else "", record)
+
+    def close_all(self, close: Close) -> None:
+        """Close every live session with close (shutdown)."""
+        for session in list(self.sessions.values()):
+            session.close_session(close)
 
     def route(self, raw_path: bytes) -> Union[Route, Reject]:
         """Route a raw request path (see :mod:`tunnelgw.routing`)."""

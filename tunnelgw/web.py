@@ -81,6 +81,10 @@ class GatewayResource(Resource):
         """
         channel = request.channel
         transport = channel.transport
+        # A handshake deadline (tunnelgw.front) ends here: the head was read.
+        request_read = getattr(transport, "request_read", None)
+        if request_read is not None:
+            request_read()
         protocol = self._factory.buildProtocol(transport.getPeer())
         protocol.route = route
         # twisted.web's channel must let go of the connection entirely: its idle
