@@ -460,7 +460,7 @@ def parse_config(text: str, filename: str = "<config>") -> Config:
             timeouts = replace(timeouts, **found)
 
         elif name == "keepalive":
-            found = _settings(directive, args, {"ping": (0, 86400, False), "pong": (1, 3600, False),
+            found = _settings(directive, args, {"ping": (0, 86400, False), "pong": (0.1, 3600, False),
                                                 "tcpidle": (0, 86400, True), "tcpinterval": (1, 3600, True),
                                                 "tcpcount": (1, 100, True)}, problem)
             keepalive = replace(keepalive, **{{"tcpidle": "tcp_idle", "tcpinterval": "tcp_interval",

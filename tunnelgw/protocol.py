@@ -236,9 +236,16 @@ class GatewayProtocol(WebSocketServerProtocol):
         # Read again so that the client's close reply can arrive.
         self.transport.resumeProducing()
         if self.state == self.STATE_OPEN:
-            self.sendClose(close.code, close.reason)
+            self.send_close(close)
         elif self.state != self.STATE_CLOSED:
             self.dropConnection(abort=True)
+
+    def send_close(self, close: Close) -> None:
+        """
+        Send a close frame with any code the gateway uses (Autobahn's
+        ``sendClose`` only allows 1000 and 3000-4999 from applications).
+        """
+        self.sendCloseFrame(close.code, close_reason(close.reason).encode("utf-8"))
 
     def sendHttpErrorResponse(self, code: int, reason: str, responseHeaders: Any = None) -> None:
         """Answer a refused handshake with a status, a plain-text body and no keep-alive."""
@@ -300,7 +307,7 @@ class GatewayProtocol(WebSocketServerProtocol):
 
     def _bad_payload(self, reason: str) -> None:
         self._close_backend()
-        self.sendClose(CLOSE_INVALID_PAYLOAD, close_reason(reason))
+        self.send_close(Close(CLOSE_INVALID_PAYLOAD, reason))
 
     # Backend -> client.
 
@@ -321,7 +328,7 @@ class GatewayProtocol(WebSocketServerProtocol):
         self.transport.resumeProducing()
         close = backend_ended(clean, detail)
         if self.state == self.STATE_OPEN:
-            self.sendClose(close.code, close.reason)
+            self.send_close(close)
         if self._record is not None:
             self._record.end(self.factory.reactor.seconds(), close.code, close.reason)
 
