@@ -387,8 +387,10 @@ class GatewayFactory(WebSocketServerFactory):
         self.session_counts = SessionCounts(config.limits.sessions, config.limits.per_client)
         self.handshake_rate = HandshakeRate(config.limits.rate)
         self.metrics.watch(self)
+        # failByDrop=False: a client breaking a rule gets a close frame with
+        # the code (1009, 1002, 1007) and reason before the connection ends.
         self.setProtocolOptions(maxFramePayloadSize=config.limits.frame,
-                                maxMessagePayloadSize=config.limits.message)
+                                maxMessagePayloadSize=config.limits.message, failByDrop=False)
 
     def session_opened(self, session: GatewayProtocol) -> None:
         """A session's handshake completed: list it and count it."""
