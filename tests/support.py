@@ -88,7 +88,7 @@ class GatewayProcess:
     def start(self, timeout: float = 20.0) -> "GatewayProcess":
         """Start and wait until every Listen line reports its port."""
         expected = sum(1 for line in self.config_path.read_text().splitlines()
-                       if line.strip().lower().startswith(("listen ", "demobackend ")))
+                       if line.strip().lower().startswith(("listen ", "demobackend ", "adminlisten ")))
         self._log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(
             twistd_command("-n", "--pidfile=", "tunnelgw", "--config", str(self.config_path), *self.args),
