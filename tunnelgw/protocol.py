@@ -59,6 +59,28 @@ def _fields(values: dict[str, object]) -> str:
                     for k, v in values.items())
 
 
+class _SessionLog:
+    """Autobahn's logger for one session: every line it writes names the session."""
+
+    _LEVELS = frozenset(("critical", "error", "warn", "info", "debug", "trace", "failure"))
+
+    def __init__(self, log: Any, session: str) -> None:
+        self._log = log
+        self._session = session
+
+    def __getattr__(self, name: str) -> Any:
+        attribute = getattr(self._log, name)
+        if name not in self._LEVELS:
+            return attribute
+
+        def named(format: Any = None, *args: Any, **kwargs: Any) -> Any:
+            if isinstance(format, str):
+                format = "session={tunnelgw_session} " + format
+            return attribute(format, *args, tunnelgw_session=self._session, **kwargs)
+
+        return named
+
+
 class GatewayProtocol(WebSocketServerProtocol):
     """
     One client session.  :attr:`route` is set (by the resource) before the
@@ -93,6 +115,7 @@ class GatewayProtocol(WebSocketServerProtocol):
             backend=route.target,
             started=reactor.seconds(),
         )
+        self.log = _SessionLog(self.log, self._record.session_id)
         refused = self._admit(route, request.path)
         if refused is not None:
             raise ConnectionDeny(refused.status, refused.reason)
@@ -122,8 +145,15 @@ class GatewayProtocol(WebSocketServerProtocol):
             "status": reject.status,
             "reason": reject.reason,
         }
-        self.factory.metrics.handshake_failed(route_label(self.route) if self.route else "", kind, reject.status)
+        self._failure_kind = kind
         _log.info("handshake refused {details}", details=_fields(values), fields=values)
+
+    _failure_kind = "websocket"
+
+    def failHandshake(self, reason: str, code: int = 400, responseHeaders: Any = None) -> None:
+        """Count every refused handshake (ours and Autobahn's own checks) by reason and status."""
+        self.factory.metrics.handshake_failed(route_label(self.route) if self.route else "", self._failure_kind, code)
+        super().failHandshake(reason, code, responseHeaders)
 
     # Hardening: admission, keepalive, idle timeout, closing on demand.
 
@@ -313,6 +343,11 @@ class GatewayProtocol(WebSocketServerProtocol):
 
     def backend_data(self, data: bytes) -> None:
         """Send backend bytes to the client as one message."""
+        if self.state != self.STATE_OPEN:
+            # The client broke a rule (Autobahn is failing the connection) or
+            # is closing: nothing more goes to it, and the backend may go.
+            self._close_backend()
+            return
         self._record.bytes_down += len(data)  # type: ignore[union-attr]
         if self._base64:
             self.sendMessage(base64.b64encode(data), isBinary=False)

@@ -102,6 +102,10 @@ class GatewayResource(Resource):
         protocol.makeConnection(transport)
         # twisted.web pauses reading while it handles a request; resume for the session.
         transport.resumeProducing()
+        # Bytes the client sent right after its request head (frames sent before
+        # the 101) were read with it; twisted.web hands them to rawDataReceived
+        # once render returns, and from then on they belong to the session.
+        channel.rawDataReceived = protocol.dataReceived
         head = [request.method + b" " + request.uri + b" HTTP/1.1"]
         head += [name + b": " + b", ".join(values) for name, values in request.requestHeaders.getAllRawHeaders()]
         protocol.dataReceived(b"\r\n".join(head) + b"\r\n\r\n")
