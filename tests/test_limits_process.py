@@ -108,3 +108,11 @@ def test_frame_and_message_too_big_close_1009(gateway: GatewayProcess) -> None:
             while True:
                 ws.recv(timeout=5)
         assert ws.close_code == 1009
+
+
+def test_request_body_too_large_answers_413(gateway: GatewayProcess) -> None:
+    """A request announcing a body over 64 KiB gets 413 before the body is read."""
+    with socket.create_connection(("127.0.0.1", gateway.port()), timeout=5) as s:
+        s.sendall(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 10000000\r\n\r\n")
+        answer = s.recv(4096)
+    assert answer.startswith(b"HTTP/1.1 413 "), answer

@@ -8,7 +8,8 @@ sessions yet:
   a time would never meet it).  A connection that stays plain HTTP lives at
   most that long.
 - :class:`BoundedChannel` answers 431 to a request line plus headers larger
-  than a limit (twisted.web would answer a bare 400), before reading more.
+  than a limit (twisted.web would answer a bare 400), and 413 to a request
+  announcing a body over :data:`MAX_BODY`, before reading more.
 """
 
 from __future__ import annotations
@@ -95,6 +96,16 @@ class HandshakeDeadline(WrappingFactory):
             protocol.abortConnection()
 
 
+#: Largest request body accepted (the gateway's own requests have none).
+MAX_BODY = 65536
+
+
+def _too_long_body(value: bytes) -> bool:
+    """True when a Content-Length value announces more than :data:`MAX_BODY` bytes."""
+    value = value.strip()
+    return value.isdigit() and int(value) > MAX_BODY
+
+
 class BoundedChannel(HTTPChannel):
     """An HTTPChannel that answers 431 when a request head exceeds ``site.max_head`` bytes."""
 
@@ -121,6 +132,9 @@ class BoundedChannel(HTTPChannel):
             return
         if not line:
             self._head = 0
+        elif line[:15].lower() == b"content-length:" and _too_long_body(line[15:]):
+            self._refuse(b"413 Content Too Large", b"413 request body too large for this gateway\n")
+            return
         super().lineReceived(line)
 
     def lineLengthExceeded(self, line: bytes) -> None:
@@ -128,18 +142,20 @@ class BoundedChannel(HTTPChannel):
         self._too_large()
 
     def _too_large(self) -> None:
+        on_too_large = getattr(self.site, "on_too_large", None)
+        if on_too_large is not None and not self._refused:
+            on_too_large()
+        self._refuse(b"431 Request Header Fields Too Large",
+                     b"431 request head (request line and headers) too large\n")
+
+    def _refuse(self, status: bytes, body: bytes) -> None:
         if self._refused:
             return
         self._refused = True
-        on_too_large = getattr(self.site, "on_too_large", None)
-        if on_too_large is not None:
-            on_too_large()
         peer = self.transport.getPeer()
-        _log.info("request refused client={client} status=431 reason='request head too large'",
-                  client=getattr(peer, "host", peer))
-        body = b"431 request head (request line and headers) too large\n"
-        self.transport.write(b"HTTP/1.1 431 Request Header Fields Too Large\r\n"
-                             b"Content-Type: text/plain; charset=utf-8\r\n"
+        _log.info("request refused client={client} status={status}", client=getattr(peer, "host", peer),
+                  status=status.decode())
+        self.transport.write(b"HTTP/1.1 " + status + b"\r\nContent-Type: text/plain; charset=utf-8\r\n"
                              b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(body), body))
         self.transport.loseConnection()
 
