@@ -170,3 +170,31 @@ ProxyPass /echo {backend.endpoint}
             for s in slow:
                 s.close()
             assert gw.log().count("handshake timed out") == len(slow)
+
+
+def test_backend_connections_carry_tcp_keepalive(tmp: Path) -> None:
+    """The gateway's socket to a TCP backend runs a keepalive timer with the configured idle time (seen by ss)."""
+    import subprocess
+
+    from support import require_tool
+
+    ss = require_tool("ss")
+    with TcpServer(echo) as backend:
+        config = f"""
+Listen tcp:port=0:interface=127.0.0.1
+KeepAlive tcpidle=77 tcpinterval=5 tcpcount=2
+ProxyPass /echo {backend.endpoint}
+"""
+        with GatewayProcess(config, tmp) as gw:
+            with connect(f"ws://127.0.0.1:{gw.port()}/echo", open_timeout=5) as ws:
+                ws.send(b"x")
+                assert ws.recv(timeout=5) == b"x"
+                out = subprocess.run([ss, "-tnoH", "state", "established", f"dport = :{backend.port}"],
+                                     capture_output=True, text=True, timeout=10).stdout
+            assert "timer:(keepalive," in out, out
+            import re
+
+            timer = re.search(r"timer:\(keepalive,(?:(\d+)min)?([\d.]+)sec", out)
+            assert timer, out
+            seconds = int(timer.group(1) or 0) * 60 + float(timer.group(2))
+            assert 60 < seconds <= 77, out

@@ -463,16 +463,16 @@ def parse_config(text: str, filename: str = "<config>") -> Config:
             found = _settings(directive, args, {"ping": (0, 86400, False), "pong": (0.1, 3600, False),
                                                 "tcpidle": (0, 86400, True), "tcpinterval": (1, 3600, True),
                                                 "tcpcount": (1, 100, True)}, problem)
-            keepalive = replace(keepalive, **{{"tcpidle": "tcp_idle", "tcpinterval": "tcp_interval",
-                                               "tcpcount": "tcp_count"}.get(k, k): int(v) if k.startswith("tcp") else v
+            names = {"tcpidle": "tcp_idle", "tcpinterval": "tcp_interval", "tcpcount": "tcp_count"}
+            keepalive = replace(keepalive, **{names.get(k, k): int(v) if k in names else v  # type: ignore[arg-type]
                                               for k, v in found.items()})
 
         elif name == "limit":
             found = _settings(directive, args, {"sessions": (0, 10**7, True), "perclient": (0, 10**7, True),
                                                 "rate": (0, 10**6, False), "headers": (1024, 1 << 20, True),
                                                 "frame": (0, 1 << 40, True), "message": (0, 1 << 50, True)}, problem)
-            limits = replace(limits, **{("per_client" if k == "perclient" else k): (v if k == "rate" else int(v))
-                                        for k, v in found.items()})
+            limits = replace(limits, **{("per_client" if k == "perclient" else k):  # type: ignore[arg-type]
+                                        (v if k == "rate" else int(v)) for k, v in found.items()})
 
         elif name == "shutdowntimeout":
             value = _number("ShutdownTimeout", args[0], 0, 86400, problem) if len(args) == 1 else None
