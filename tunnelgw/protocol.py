@@ -31,7 +31,6 @@ from tunnelgw.relay import (
     SessionRecord,
     backend_ended,
     choose_subprotocol,
-    close_reason,
     connect_rejection,
 )
 from tunnelgw.routing import Reject, Route, RuleSet, choose_route
