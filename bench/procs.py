@@ -113,6 +113,10 @@ class Gateway:
         if tls:
             lines.append(f"Listen ssl:port=0:interface=127.0.0.1:backlog=4096:certKey={cert[0]}:privateKey={cert[1]}")
         lines += [f"ProxyPass /{name} tcp:host=127.0.0.1:port={port}" for name, port in backends.items()]
+        # A load generator is one client hammering from a few addresses: the
+        # per-client limits and handshake rate that protect a real gateway
+        # would measure themselves, so they are off; frames up to 16 MiB.
+        lines.append("Limit sessions=0 perclient=0 rate=0 frame=16777216")
         lines.append(extra_rules)
         self.config = tmp / f"tunnelgw-{workers}.conf"
         self.config.write_text("\n".join(lines) + "\n")

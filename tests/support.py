@@ -72,14 +72,19 @@ class GatewayProcess:
     """
     ``twistd -n tunnelgw --config FILE`` as a child process.
 
-    :param config: configuration text; ``{tmp}`` is replaced by the folder.
+    :param config: configuration text; ``{tmp}`` is replaced by the folder, and
+        ``ShutdownTimeout 1`` is appended unless the text sets its own.
     :ivar ports: {config line number: bound port}, read from the log.
     """
 
     def __init__(self, config: str, tmp: Path, name: str = "gw", args: tuple[str, ...] = ()) -> None:
         self.tmp = tmp
         self.config_path = tmp / f"{name}.conf"
-        self.config_path.write_text(config.replace("{tmp}", str(tmp)))
+        text = config.replace("{tmp}", str(tmp))
+        if "shutdowntimeout" not in text.lower():
+            # Tests stop gateways with sessions still open: drain for 1 s, not the 30 s default.
+            text = text.rstrip("\n") + "\nShutdownTimeout 1\n"
+        self.config_path.write_text(text)
         self.log_path = tmp / f"{name}.log"
         self.args = args
         self.ports: dict[int, int] = {}
@@ -88,7 +93,7 @@ class GatewayProcess:
     def start(self, timeout: float = 20.0) -> "GatewayProcess":
         """Start and wait until every Listen line reports its port."""
         expected = sum(1 for line in self.config_path.read_text().splitlines()
-                       if line.strip().lower().startswith(("listen ", "demobackend ")))
+                       if line.strip().lower().startswith(("listen ", "demobackend ", "adminlisten ")))
         self._log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(
             twistd_command("-n", "--pidfile=", "tunnelgw", "--config", str(self.config_path), *self.args),

@@ -352,6 +352,7 @@ def test_tls_listener_with_chain(tmp_path: Path, servers: dict[str, TcpServer]) 
     config = (f"Listen ssl:port=0:interface=127.0.0.1:privateKey={pki.server_key}:certKey={pki.server_cert}"
               f":extraCertChain={pki.chain}\nProxyPass /echo {servers['echo'].endpoint}\n")
     context = ssl.create_default_context(cafile=str(pki.ca_cert))
+    context.set_alpn_protocols(["h2", "http/1.1"])  # as browsers do
     with GatewayProcess(config, tmp_path) as gw:
         with connect(f"wss://localhost:{gw.port()}/echo", ssl=context, open_timeout=5) as ws:
             ws.send(b"secret")

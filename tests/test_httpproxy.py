@@ -255,13 +255,15 @@ def test_forward_none(gateway: GatewayProcess) -> None:
 
 
 def test_post_body_passed(gateway: GatewayProcess) -> None:
-    """A 3 MiB POST body reaches the backend whole, with its Content-Type."""
-    body = os.urandom(3 * MiB)
+    """A POST body up to the gateway's body limit (64 KiB) reaches the backend whole, with its Content-Type."""
+    body = os.urandom(60 * 1024)
     response, answer = _get(gateway, "/app/echo", "POST", body, {"Content-Type": "application/x-test"})
     info = json.loads(answer)
     assert (response.status, info["method"], info["length"]) == (200, "POST", len(body))
     assert info["sha256"] == hashlib.sha256(body).hexdigest()
     assert ["content-type", "application/x-test"] in info["headers"]
+    response, answer = _get(gateway, "/app/echo", "POST", os.urandom(3 * MiB), {"Content-Type": "application/x-test"})
+    assert response.status == 413 and b"too large" in answer
 
 
 def test_status_reason_and_chunked_body(gateway: GatewayProcess) -> None:

@@ -12,10 +12,19 @@ import ipaddress
 import re
 from typing import Mapping, Optional, Sequence, Union
 
-__all__ = ["client_address", "forwarded_chain"]
+__all__ = ["client_address", "format_address", "forwarded_chain"]
 
 Network = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
 _FOR = re.compile(r'(?:^|;)\s*for\s*=\s*("([^"]*)"|[^;,\s]+)', re.IGNORECASE)
+
+
+def format_address(address: object) -> str:
+    """``host:port`` for an IP address object (``[v6]:port``), the path for a UNIX one."""
+    host = getattr(address, "host", None)
+    if host is not None:
+        port = getattr(address, "port", None)
+        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return str(getattr(address, "name", None) or address)
 
 
 def _ip(text: str) -> Optional[Union[ipaddress.IPv4Address, ipaddress.IPv6Address]]:

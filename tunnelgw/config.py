@@ -11,7 +11,7 @@ problems to the same error type.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable, Iterator, Optional, Union
 
 from tunnelgw.wsurl import is_websocket_target, parse_websocket_url
@@ -27,6 +27,8 @@ __all__ = [
     "Config",
     "ConfigError",
     "DemoBackend",
+    "KeepAlive",
+    "Limits",
     "Listener",
     "Location",
     "PatternRule",
@@ -34,6 +36,7 @@ __all__ = [
     "Problem",
     "RouteOptions",
     "Rule",
+    "Timeouts",
     "parse_config",
 ]
 
@@ -109,12 +112,65 @@ class RouteOptions:
         instead of the platform's trust store.
     :ivar verify: for wss:// targets, False only with ``verify=off``: no
         certificate or host name check.
+    :ivar idle_timeout: seconds without payload either way before the session
+        is closed (0: never); None takes ``Timeout idle=``.
+    :ivar max_sessions: concurrent sessions on this route; None: no own limit.
     """
 
     connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
     forward: frozenset[str] = DEFAULT_FORWARD
     cafile: Optional[str] = None
     verify: bool = True
+    idle_timeout: Optional[float] = None
+    max_sessions: Optional[int] = None
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    """``Timeout handshake=S connect=S idle=S``: global timeouts in seconds (idle 0: off).
+
+    :ivar handshake: from accepting a connection until its request head has
+        been read in full (slow clients, slowloris); plain HTTP connections
+        live at most this long.
+    """
+
+    handshake: float = 10.0
+    connect: float = DEFAULT_CONNECT_TIMEOUT
+    idle: float = 3600.0
+
+
+@dataclass(frozen=True)
+class KeepAlive:
+    """``KeepAlive ping=S pong=S tcpidle=S tcpinterval=S tcpcount=N``: orphan detection.
+
+    WebSocket pings go to clients every ``ping`` seconds and a pong must come
+    back within ``pong`` seconds (0: no pings).  Backend sockets get TCP
+    keepalive probes after ``tcpidle`` idle seconds, every ``tcpinterval``
+    seconds, ``tcpcount`` times (tcpidle 0: off).
+    """
+
+    ping: float = 30.0
+    pong: float = 15.0
+    tcp_idle: int = 60
+    tcp_interval: int = 15
+    tcp_count: int = 4
+
+
+@dataclass(frozen=True)
+class Limits:
+    """``Limit sessions=N perclient=N rate=N/s headers=B frame=B message=B`` (0: no limit).
+
+    :ivar rate: handshakes per second allowed to one client address (a token
+        bucket holding ``max(rate, 1)`` tokens).
+    :ivar headers: bytes of request line plus headers.
+    """
+
+    sessions: int = 10000
+    per_client: int = 100
+    rate: float = 20.0
+    headers: int = 16384
+    frame: int = 1048576
+    message: int = 0
 
 
 @dataclass(frozen=True)
@@ -188,6 +244,12 @@ class Config:
     demo_pages: tuple[DemoPage, ...] = field(default=())
     aliases: tuple[Alias, ...] = ()
     topology: TopologyConfig = field(default=TopologyConfig())
+    timeouts: Timeouts = Timeouts()
+    keepalive: KeepAlive = KeepAlive()
+    limits: Limits = Limits()
+    shutdown_timeout: float = 30.0
+    admin_listeners: tuple[Listener, ...] = ()
+    log_format: str = "text"
 
     @property
     def rules(self) -> tuple[Rule, ...]:
@@ -247,6 +309,8 @@ def _route_options(words: list[str], problem: Callable[[str], None]) -> RouteOpt
     """Read ``key=value`` words after a target; report unknown keys and bad values."""
     connect_timeout = DEFAULT_CONNECT_TIMEOUT
     forward, cafile, verify = DEFAULT_FORWARD, None, True
+    idle_timeout: Optional[float] = None
+    max_sessions: Optional[int] = None
     for word in words:
         key, eq, value = word.partition("=")
         key = key.lower()
@@ -277,9 +341,16 @@ def _route_options(words: list[str], problem: Callable[[str], None]) -> RouteOpt
             if value.lower() not in ("on", "off"):
                 problem(f"verify must be 'on' or 'off', got {value!r}")
             verify = value.lower() != "off"
+        elif key == "idletimeout":
+            idle_timeout = _number(key, value, 0, 7 * 86400, problem)
+        elif key == "maxsessions":
+            found = _number(key, value, 1, 10**7, problem, integer=True)
+            max_sessions = None if found is None else int(found)
         else:
-            problem(f"unknown route option {key!r} (known: connecttimeout, forward, cafile, verify)")
-    return RouteOptions(connect_timeout=connect_timeout, forward=forward, cafile=cafile, verify=verify)
+            problem(f"unknown route option {key!r} (known: connecttimeout, idletimeout, maxsessions, "
+                    "forward, cafile, verify)")
+    return RouteOptions(connect_timeout=connect_timeout, forward=forward, cafile=cafile, verify=verify,
+                        idle_timeout=idle_timeout, max_sessions=max_sessions)
 
 
 def _check_target_options(target: str, words: list[str], options: RouteOptions,
@@ -303,6 +374,48 @@ def _check_target_options(target: str, words: list[str], options: RouteOptions,
             problem(f"{key}= applies to wss:// targets only")
     elif options.cafile is not None and not options.verify:
         problem("cafile= and verify=off contradict each other: with verify=off nothing is checked")
+
+
+def _number(key: str, value: str, low: float, high: float, problem: Callable[[str], None],
+            integer: bool = False) -> Optional[float]:
+    """Read value as a number within [low, high]; report and return None otherwise."""
+    try:
+        number = float(int(value)) if integer else float(value)
+    except ValueError:
+        problem(f"{key} must be {'a whole number' if integer else 'a number'}, got {value!r}")
+        return None
+    if not low <= number <= high:
+        problem(f"{key} must be from {low:g} to {high:g}, got {value!r}")
+        return None
+    return number
+
+
+def _settings(directive: str, args: list[str], ranges: dict[str, tuple[float, float, bool]],
+              problem: Callable[[str], None]) -> dict[str, float]:
+    """
+    Read ``key=value`` words of a global directive against ranges
+    (key -> (low, high, whole number)); report unknown keys and bad values.
+    """
+    found: dict[str, float] = {}
+    if not args:
+        problem(f"{directive} takes key=value settings (known: {', '.join(ranges)})")
+    for word in args:
+        key, eq, value = word.partition("=")
+        key = key.lower()
+        if not eq or key not in ranges:
+            problem(f"{directive}: expected one of {', '.join(k + '=' for k in ranges)} got {word!r}")
+            continue
+        if key == "rate" and value.lower().endswith(("/s", "/m")):
+            per_minute = value.lower().endswith("/m")
+            number = _number(key, value[:-2], 0, 10**6, problem)
+            if number is not None:
+                found[key] = number / 60 if per_minute else number
+            continue
+        low, high, integer = ranges[key]
+        number = _number(key, value, low, high, problem, integer)
+        if number is not None:
+            found[key] = number
+    return found
 
 
 def _lines(text: str) -> Iterator[tuple[int, str]]:
@@ -343,6 +456,12 @@ def parse_config(text: str, filename: str = "<config>", require_listeners: bool 
     seen_paths: dict[str, Location] = {}
     topology = TopologyParser()
     last_line = 1
+    timeouts, keepalive, limits = Timeouts(), KeepAlive(), Limits()
+    shutdown_timeout = 30.0
+    admin_listeners: list[Listener] = []
+    log_format = "text"
+    # Rules that set connecttimeout themselves; the others take Timeout connect=.
+    own_connect_timeout: set[Location] = set()
 
     for number, line in _lines(text):
         last_line = number
@@ -381,6 +500,8 @@ def parse_config(text: str, filename: str = "<config>", require_listeners: bool 
             match_text, target, extra = args[0], args[1], args[2:]
             options = _route_options(extra, problem)
             _check_target_options(target, extra, options, problem)
+            if any(w.lower().startswith("connecttimeout=") for w in extra):
+                own_connect_timeout.add(where)
             if name == "proxypass":
                 path = match_text if match_text == "/" else match_text.rstrip("/")
                 if not _is_safe_path(match_text):
@@ -435,9 +556,51 @@ def parse_config(text: str, filename: str = "<config>", require_listeners: bool 
                 else:
                     aliases.append(Alias(alias_path, args[1], where))
 
+        elif name == "timeout":
+            found = _settings(directive, args, {"handshake": (0.5, 3600, False), "connect": (0.1, 3600, False),
+                                                "idle": (0, 7 * 86400, False)}, problem)
+            timeouts = replace(timeouts, **found)
+
+        elif name == "keepalive":
+            found = _settings(directive, args, {"ping": (0, 86400, False), "pong": (0.1, 3600, False),
+                                                "tcpidle": (0, 86400, True), "tcpinterval": (1, 3600, True),
+                                                "tcpcount": (1, 100, True)}, problem)
+            names = {"tcpidle": "tcp_idle", "tcpinterval": "tcp_interval", "tcpcount": "tcp_count"}
+            keepalive = replace(keepalive, **{names.get(k, k): int(v) if k in names else v  # type: ignore[arg-type]
+                                              for k, v in found.items()})
+
+        elif name == "limit":
+            found = _settings(directive, args, {"sessions": (0, 10**7, True), "perclient": (0, 10**7, True),
+                                                "rate": (0, 10**6, False), "headers": (1024, 1 << 20, True),
+                                                "frame": (0, 1 << 40, True), "message": (0, 1 << 50, True)}, problem)
+            limits = replace(limits, **{("per_client" if k == "perclient" else k):  # type: ignore[arg-type]
+                                        (v if k == "rate" else int(v)) for k, v in found.items()})
+
+        elif name == "shutdowntimeout":
+            value = _number("ShutdownTimeout", args[0], 0, 86400, problem) if len(args) == 1 else None
+            if len(args) != 1:
+                problem("ShutdownTimeout takes the seconds live sessions may run after SIGTERM, e.g. ShutdownTimeout 30")
+            elif value is not None:
+                shutdown_timeout = value
+
+        elif name == "adminlisten":
+            if len(args) != 1:
+                problem("AdminListen takes one server endpoint string, e.g. AdminListen tcp:port=9090:interface=127.0.0.1")
+            else:
+                admin_listeners.append(Listener(args[0], where))
+
+        elif name == "logformat":
+            if len(args) != 1 or args[0].lower() not in ("text", "json"):
+                problem("LogFormat takes text or json")
+            else:
+                log_format = args[0].lower()
+
         else:
-            problem(f"unknown directive {directive!r} (known: Listen, ProxyPass, ProxyPassMatch, "
-                    "DemoBackend, DemoPage, Alias)")
+            known = ["Listen", "ProxyPass", "ProxyPassMatch", "DemoBackend", "DemoPage", "Alias", "Timeout",
+                     "KeepAlive", "Limit", "ShutdownTimeout", "AdminListen", "LogFormat", "TokenSource",
+                     "TokenRoute", "TokenLookup", "<Proxy>", "BalancerMember", "ProxySet", "GatewayURL",
+                     "GatewayOwner", "TrustedProxy", "OriginAllow"]
+            problem(f"unknown directive {directive!r} (known: {', '.join(known)})")
 
     for alias in aliases:
         if alias.path in seen_paths:
@@ -447,8 +610,18 @@ def parse_config(text: str, filename: str = "<config>", require_listeners: bool 
                                       lambda w, m: problems.append(Problem(w, m)))  # type: ignore[arg-type]
     if require_listeners and not listeners and not problems:
         problems.append(Problem(Location(filename, last_line), "no Listen directive: the gateway would accept nothing"))
+    if keepalive.ping and keepalive.pong >= keepalive.ping and not problems:
+        problems.append(Problem(Location(filename, last_line), "KeepAlive pong must be shorter than ping"))
     if problems:
         raise ConfigError(problems)
+
+    def inherit(rule: Rule) -> Rule:
+        if rule.where in own_connect_timeout:
+            return rule
+        return replace(rule, options=replace(rule.options, connect_timeout=timeouts.connect))
+
+    prefix_rules = [inherit(r) for r in prefix_rules]  # type: ignore[misc]
+    pattern_rules = [inherit(r) for r in pattern_rules]  # type: ignore[misc]
     return Config(
         source=filename,
         listeners=tuple(listeners),
@@ -458,4 +631,10 @@ def parse_config(text: str, filename: str = "<config>", require_listeners: bool 
         demo_pages=tuple(demo_pages),
         aliases=tuple(aliases),
         topology=topology_config,
+        timeouts=timeouts,
+        keepalive=keepalive,
+        limits=limits,
+        shutdown_timeout=shutdown_timeout,
+        admin_listeners=tuple(admin_listeners),
+        log_format=log_format,
     )

@@ -22,28 +22,26 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from tunnelgw.backends import BackendConnection, BackendUnavailable, TcpBackends
+from tunnelgw.clientaddr import format_address
+from tunnelgw.config import Config
+from tunnelgw.guards import FactoryGuards, SessionGuards, SessionLog
+from tunnelgw.metrics import route_label
 from tunnelgw.relay import (
     CLOSE_INVALID_PAYLOAD,
     Base64Decoder,
+    Close,
     SessionRecord,
     backend_ended,
     choose_subprotocol,
-    close_reason,
     connect_rejection,
 )
 from tunnelgw.routing import Reject, Route, RuleSet, choose_route
 
-__all__ = ["GatewayFactory", "GatewayProtocol", "format_address", "format_fields"]
+__all__ = ["GatewayFactory", "GatewayProtocol", "GatewaySession", "format_address", "format_fields"]
 
 _log = Logger(namespace="tunnelgw")
 
 
-def format_address(address: Any) -> str:
-    """``host:port`` for IP addresses (``[v6]:port``), the path for UNIX ones."""
-    host = getattr(address, "host", None)
-    if host is not None:
-        return f"[{host}]:{address.port}" if ":" in host else f"{host}:{address.port}"
-    return str(getattr(address, "name", None) or address)
 
 
 def _binary_frame_header(length: int) -> bytes:
@@ -61,56 +59,148 @@ def format_fields(values: dict[str, object]) -> str:
                     for k, v in values.items())
 
 
-class GatewayProtocol(WebSocketServerProtocol):
+class GatewaySession(SessionGuards, WebSocketServerProtocol):
     """
-    One client session.  :attr:`route` is set (by the resource) before the
-    handshake is parsed; the handshake is answered once the backend is up.
+    What every session does, whatever its backend: its record and log lines,
+    admission (limits and handshake rate), metrics, the idle timer and pings
+    (:class:`~tunnelgw.guards.SessionGuards`), a balancer member's release,
+    and the end of the session.  :attr:`route` and :attr:`client_address`
+    are set by the resource before the handshake is parsed.
     """
 
     factory: "GatewayFactory"
     route: Optional[Route] = None
-    #: The real client address (set by the resource from trusted forwarding
-    #: headers or the PROXY protocol); None means the transport's peer.
+    #: The client's real address from a trusted front proxy; None: the peer's.
     client_address: Optional[str] = None
+
+    _connecting: Any = None
+    _record: Optional[SessionRecord] = None
+    _started = False
     _release: Any = None
+    _failure_kind = "websocket"
+
+    def client_host(self) -> str:
+        """The client's address without port: limits, source hashing and tokens use it."""
+        peer = self.transport.getPeer()
+        return self.client_address or getattr(peer, "host", None) or format_address(peer)
+
+    def _begin(self, route: Route, path: str, backend: str) -> Optional[Reject]:
+        """Open the session's record and apply admission; a Reject says why not."""
+        peer = format_address(self.transport.getPeer())
+        self._record = SessionRecord(
+            session_id=uuid.uuid4().hex[:12],
+            client=self.client_address or peer,
+            path=path,
+            backend=backend,
+            started=self.factory.reactor.seconds(),
+        )
+        self.log = SessionLog(self.log, self._record.session_id)
+        return self._admit(route, path)
+
+    def _log_rejection(self, path: str, reject: Reject, kind: str = "refused") -> None:
+        values: dict[str, object] = {
+            "session": self._record.session_id if self._record else "-",
+            "client": self._record.client if self._record else format_address(self.transport.getPeer()),
+            "path": path,
+            "status": reject.status,
+            "reason": reject.reason,
+        }
+        self._failure_kind = kind
+        _log.info("handshake refused {details}", details=format_fields(values), fields=values)
+
+    def failHandshake(self, reason: str, code: int = 400, responseHeaders: Any = None) -> None:
+        """Count every refused handshake (ours and Autobahn's own checks) by reason and status."""
+        self.factory.metrics.handshake_failed(route_label(self.route) if self.route else "", self._failure_kind, code)
+        super().failHandshake(reason, code, responseHeaders)
+
+    def sendHttpErrorResponse(self, code: int, reason: str, responseHeaders: Any = None) -> None:
+        """Answer a refused handshake with a status, a plain-text body and no keep-alive."""
+        body = f"{code} {reason}\n".encode("utf-8")
+        head = [f"HTTP/1.1 {code} {reason.encode('ascii', 'replace').decode()}",
+                "Content-Type: text/plain; charset=utf-8",
+                f"Content-Length: {len(body)}",
+                "Connection: close"]
+        head += [f"{name}: {value}" for name, value in (responseHeaders or [])]
+        self.sendData(("\r\n".join(head) + "\r\n\r\n").encode("latin-1", "replace") + body)
+
+    def _open(self, backend_transport: Any) -> None:
+        """The handshake completed: log, list and watch the session; wire producers both ways."""
+        assert self._record is not None
+        self._started = True
+        start = self._record.fields(self.factory.reactor.seconds())
+        start_fields = {k: start[k] for k in ("session", "client", "path", "backend")} | {
+            "subprotocol": self.websocket_protocol_in_use}
+        _log.info("session start {details}", details=format_fields(start_fields), fields=start_fields)
+        self.factory.session_opened(self)
+        self._start_watches()
+        self.transport.registerProducer(backend_transport, True)
+        backend_transport.registerProducer(self.transport, True)
+
+    def _end(self, wasClean: bool, code: Optional[int], reason: Optional[str], abandoned: bool) -> None:
+        """After the backend side is closed: free the slots, log and count the session's end."""
+        self._stop_watches()
+        admission, self._admission = self._admission, None
+        if admission is not None:
+            self.factory.session_counts.release(admission)
+        release, self._release = self._release, None
+        if release is not None:
+            release()
+        record, self._record = self._record, None
+        if record is None:
+            return
+        now = self.factory.reactor.seconds()
+        self._update_counts(record)
+        record.end(now, code, reason or ("" if wasClean else (self.wasNotCleanReason or "client connection lost")))
+        fields = record.fields(now)
+        if abandoned:
+            _log.info("handshake abandoned {details}", details=format_fields(fields), fields=fields)
+        elif self._started:
+            self.factory.session_closed(self, record)
+            _log.info("session end {details}", details=format_fields(fields), fields=fields)
+
+    def _update_counts(self, record: SessionRecord) -> None:
+        """Bring the record's byte counts up to date (sessions that count elsewhere override)."""
+
+
+class GatewayProtocol(GatewaySession):
+    """
+    A session to a byte-stream backend (``tcp:``, ``tls:``, ``unix:``, a
+    balancer pool): client frames are streamed to the backend, backend bytes
+    sent as binary (or base64 text) messages.
+    """
 
     _backend: Optional[BackendConnection] = None
-    _connecting: Any = None
     _decoder: Optional[Base64Decoder] = None
     _base64 = False
-    _started = False
-    _record: Optional[SessionRecord] = None
 
     def onConnect(self, request: ConnectionRequest) -> Any:
-        """Check the offer, then connect the backend; the 101 waits for it."""
+        """Check the offer and the limits, then connect the backend; the 101 waits for it."""
         route = self.route
         if route is None:
             raise ConnectionDeny(404, "no route for this path")
         subprotocol = choose_subprotocol(request.protocols)
         if isinstance(subprotocol, Reject):
-            self._log_rejection(request.path, subprotocol)
+            self._log_rejection(request.path, subprotocol, "subprotocol")
             raise ConnectionDeny(subprotocol.status, subprotocol.reason)
         self._base64 = subprotocol == "base64"
+        refused = self._begin(route, request.path, route.target)
+        if refused is not None:
+            raise ConnectionDeny(refused.status, refused.reason)
         reactor = self.factory.reactor
-        self._record = SessionRecord(
-            session_id=uuid.uuid4().hex[:12],
-            client=self.client_address or format_address(self.transport.getPeer()),
-            path=request.path,
-            backend=route.target,
-            started=reactor.seconds(),
-        )
+        connect_started = reactor.seconds()
         self._connecting = self._connect_backend(route)
 
         def connected(backend: BackendConnection) -> Optional[str]:
             self._connecting = None
             self._backend = backend
+            self.factory.metrics.connected(route_label(route), reactor.seconds() - connect_started)
             return subprotocol
 
         def failed(failure: Failure) -> None:
             self._connecting = None
             failure.trap(BackendUnavailable)
             reject = connect_rejection(failure.value.failure, failure.value.detail)
-            self._log_rejection(request.path, reject)
+            self._log_rejection(request.path, reject, f"backend_{failure.value.failure.value}")
             raise ConnectionDeny(reject.status, reject.reason)
 
         return self._connecting.addCallbacks(connected, failed)
@@ -123,46 +213,23 @@ class GatewayProtocol(WebSocketServerProtocol):
                 self._release = release
                 if self._record is not None:
                     self._record.backend = f"{route.target}/{member}"
-            client = self.client_address or getattr(self.transport.getPeer(), "host", "")
-            return topology.connect_pool(route, client, started)
+            return topology.connect_pool(route, self.client_host(), started)
         return self.factory.backends.connect(route.target, route.options.connect_timeout)
 
-    def _log_rejection(self, path: str, reject: Reject) -> None:
-        _log.info("handshake refused {details}", details=format_fields({
-            "session": self._record.session_id if self._record else "-",
-            "client": self.client_address or format_address(self.transport.getPeer()),
-            "path": path,
-            "status": reject.status,
-            "reason": reject.reason,
-        }))
-
-    def sendHttpErrorResponse(self, code: int, reason: str, responseHeaders: Any = None) -> None:
-        """Answer a refused handshake with a status, a plain-text body and no keep-alive."""
-        body = f"{code} {reason}\n".encode("utf-8")
-        head = [f"HTTP/1.1 {code} {reason.encode('ascii', 'replace').decode()}",
-                "Content-Type: text/plain; charset=utf-8",
-                f"Content-Length: {len(body)}",
-                "Connection: close"]
-        head += [f"{name}: {value}" for name, value in (responseHeaders or [])]
-        self.sendData(("\r\n".join(head) + "\r\n\r\n").encode("latin-1", "replace") + body)
-
     def onOpen(self) -> None:
-        """Wire the two transports as each other's producers and start relaying."""
+        """Start relaying: the backend's early bytes first."""
         backend = self._backend
         if backend is None or self._record is None:
             return
         if self.state != self.STATE_OPEN:
-            backend.close()
-            self._backend = None
+            self._close_backend()
             return
         self._decoder = Base64Decoder() if self._base64 else None
-        self._started = True
-        start = self._record.fields(self.factory.reactor.seconds())
-        _log.info("session start {details}", details=format_fields(
-            {k: start[k] for k in ("session", "client", "path", "backend")} | {"subprotocol": self.websocket_protocol_in_use}))
-        self.transport.registerProducer(backend.transport, True)
-        backend.transport.registerProducer(self.transport, True)
+        self._open(backend.transport)
         backend.attach(self)
+
+    def _backend_transport(self) -> Any:
+        return self._backend.transport if self._backend is not None else None
 
     # Client -> backend: stream each frame's payload as it arrives.
 
@@ -193,25 +260,21 @@ class GatewayProtocol(WebSocketServerProtocol):
 
     def _bad_payload(self, reason: str) -> None:
         self._close_backend()
-        self.close_session(CLOSE_INVALID_PAYLOAD, reason)
-
-    def close_session(self, code: int, reason: str) -> None:
-        """
-        Start the closing handshake with any valid code (Autobahn's
-        ``sendClose`` accepts only 1000 and 3000-4999; a gateway also needs
-        1001, 1007, 1009, 1011, 1014).
-        """
-        if self.state == self.STATE_OPEN:
-            self.sendCloseFrame(code=code, reasonUtf8=close_reason(reason).encode("utf-8"), isReply=False)
+        self.send_close(Close(CLOSE_INVALID_PAYLOAD, reason))
 
     # Backend -> client.
 
     def backend_data(self, data: bytes) -> None:
         """Send backend bytes to the client as one message."""
+        if self.state != self.STATE_OPEN:
+            # The client broke a rule (Autobahn is failing the connection) or
+            # is closing: nothing more goes to it, and the backend may go.
+            self._close_backend()
+            return
         self._record.bytes_down += len(data)  # type: ignore[union-attr]
         if self._base64:
             self.sendMessage(base64.b64encode(data), isBinary=False)
-        elif self.state == self.STATE_OPEN and not self.send_queue and self._perMessageCompress is None:
+        elif not self.send_queue and self._perMessageCompress is None:
             # Hot path (profiled): Autobahn's sendMessage copies the payload into
             # one frame and formats a debug log record for every write; a binary
             # frame needs only a header, written ahead of the payload as is.
@@ -227,7 +290,8 @@ class GatewayProtocol(WebSocketServerProtocol):
         # read again so that its close reply arrives.
         self.transport.resumeProducing()
         close = backend_ended(clean, detail)
-        self.close_session(close.code, close.reason)
+        if self.state == self.STATE_OPEN:
+            self.send_close(close)
         if self._record is not None:
             self._record.end(self.factory.reactor.seconds(), close.code, close.reason)
 
@@ -242,21 +306,10 @@ class GatewayProtocol(WebSocketServerProtocol):
         if connecting is not None:
             connecting.cancel()
         self._close_backend()
-        release, self._release = self._release, None
-        if release is not None:
-            release()
-        record, self._record = self._record, None
-        if record is None:
-            return
-        now = self.factory.reactor.seconds()
-        record.end(now, code, reason or ("" if wasClean else "client connection lost"))
-        if connecting is not None:
-            _log.info("handshake abandoned {details}", details=format_fields(record.fields(now)))
-        elif self._started:
-            _log.info("session end {details}", details=format_fields(record.fields(now)))
+        self._end(wasClean, code, reason, abandoned=connecting is not None)
 
 
-class GatewayFactory(WebSocketServerFactory):
+class GatewayFactory(FactoryGuards, WebSocketServerFactory):
     """
     Builds :class:`GatewayProtocol` sessions; holds the rules, the backend
     connector and the reactor they use.
@@ -278,6 +331,7 @@ class GatewayFactory(WebSocketServerFactory):
             closeHandshakeTimeout=3,
             webStatus=False,
         )
+        self.harden(Config(source="<defaults>"))
 
     def route(self, raw_path: bytes) -> Union[Route, Reject]:
         """Route a raw request path (see :mod:`tunnelgw.routing`)."""

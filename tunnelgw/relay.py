@@ -21,7 +21,11 @@ __all__ = [
     "CLOSE_BACKEND_FAILED",
     "CLOSE_NORMAL",
     "CLOSE_GOING_AWAY",
+    "CLOSE_POLICY",
+    "CLOSE_TOO_BIG",
     "Base64Decoder",
+    "Heartbeat",
+    "IdleWatch",
     "Close",
     "ConnectFailure",
     "SessionRecord",
@@ -29,6 +33,7 @@ __all__ = [
     "choose_subprotocol",
     "close_reason",
     "connect_rejection",
+    "idle_close",
 ]
 
 #: Seconds a backend gets to take the bytes still queued for it after the
@@ -39,6 +44,8 @@ BACKEND_CLOSE_GRACE = 5.0
 CLOSE_NORMAL = 1000
 CLOSE_GOING_AWAY = 1001
 CLOSE_INVALID_PAYLOAD = 1007
+CLOSE_POLICY = 1008
+CLOSE_TOO_BIG = 1009
 CLOSE_BACKEND_FAILED = 1011
 CLOSE_BAD_GATEWAY = 1014
 
@@ -192,3 +199,68 @@ class SessionRecord:
             "close_code": self.close_code,
             "close_reason": self.close_reason,
         }
+
+
+class IdleWatch:
+    """
+    Decide when a session has carried no payload either way for ``timeout``
+    seconds, from its byte counters sampled now and then (the hot path
+    carries no timer work).  A session is closed between ``timeout`` and
+    ``1.25 * timeout`` seconds after its last byte.
+    """
+
+    def __init__(self, timeout: float, now: float) -> None:
+        self.timeout = timeout
+        self._seen = 0
+        self._since = now
+
+    def check(self, total_bytes: int, now: float) -> Optional[float]:
+        """None when idle too long; otherwise the seconds to wait before checking again."""
+        if total_bytes != self._seen:
+            self._seen = total_bytes
+            self._since = now
+        left = self._since + self.timeout - now
+        if left <= 0:
+            return None
+        return min(left, max(self.timeout / 4, 0.05))
+
+
+def idle_close(timeout: float) -> Close:
+    """The close sent to a client whose session was idle too long (1001)."""
+    return Close(CLOSE_GOING_AWAY, f"idle timeout: no data either way for {timeout:g} s")
+
+
+class Heartbeat:
+    """
+    WebSocket ping policy towards a client: a ping every ``interval`` seconds,
+    and a pong due within ``deadline`` seconds of it.  While the gateway has
+    paused reading from the client (its backend is not taking data) a pong
+    cannot be read, so the deadline starts over instead of condemning it.
+    """
+
+    def __init__(self, interval: float, deadline: float) -> None:
+        self.interval = interval
+        self.deadline = deadline
+        self.awaiting: Optional[float] = None
+
+    def ping_sent(self, now: float) -> None:
+        """A ping went out at now."""
+        self.awaiting = now
+
+    def pong_received(self) -> None:
+        """The client answered (any pong will do: it proves the peer reads)."""
+        self.awaiting = None
+
+    def verdict(self, now: float, reading_paused: bool) -> Optional[float]:
+        """
+        At a deadline check: None when the client is dead (drop it); 0.0 when
+        all is well (next ping after the interval); else seconds to wait
+        before checking again.
+        """
+        if self.awaiting is None:
+            return 0.0
+        if reading_paused:
+            self.awaiting = now
+            return self.deadline
+        left = self.awaiting + self.deadline - now
+        return None if left <= 0 else left

@@ -17,7 +17,8 @@ import re
 from typing import Any, Optional, Union
 
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred, gatherResults
+from twisted.internet.defer import Deferred, ensureDeferred, gatherResults
+from twisted.internet.task import deferLater
 from twisted.internet.endpoints import clientFromString, serverFromString
 from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
 from twisted.logger import Logger
@@ -27,7 +28,10 @@ from twisted.web.server import Site
 from tunnelgw.backends import TcpBackends
 from tunnelgw.config import Config, ConfigError, Location, Problem, parse_config
 from tunnelgw.demo import demo_factory, demo_page
+from tunnelgw.front import GatewaySite, HandshakeDeadline
+from tunnelgw.metrics import GatewayMetrics
 from tunnelgw.protocol import GatewayFactory
+from tunnelgw.relay import CLOSE_GOING_AWAY, Close
 from tunnelgw.routing import RuleSet
 from tunnelgw.topology import Topology, check_topology
 from tunnelgw.web import GatewayResource
@@ -82,14 +86,15 @@ def check_config(config: Config, reactor: Any) -> list[tuple[Location, str, IStr
     Certificate and key files of ``ssl:`` listeners, and ``cafile=`` trust
     roots of ``wss://`` routes, are loaded here; ``Alias`` folders must exist.
 
-    :returns: (where, description, endpoint) for each listener, then each demo backend.
+    :returns: (where, description, endpoint) for each listener, then each demo
+        backend, then each admin listener.
     :raises ConfigError: naming each bad endpoint string at its line.
     """
     problems: list[Problem] = []
     servers: list[tuple[Location, str, IStreamServerEndpoint]] = []
     for where, kind, description in [(l.where, "Listen", l.endpoint) for l in config.listeners] + [
         (d.where, "DemoBackend", d.endpoint) for d in config.demo_backends
-    ]:
+    ] + [(a.where, "AdminListen", a.endpoint) for a in config.admin_listeners]:
         try:
             servers.append((where, description, serverFromString(reactor, description)))
         except Exception as e:
@@ -133,6 +138,7 @@ def build_resource(config: Config, reactor: Any) -> GatewayResource:
 def _resource(config: Config, reactor: Any) -> GatewayResource:
     factory = GatewayFactory(RuleSet(config), reactor, TcpBackends(reactor))
     factory.topology = Topology(config.topology, reactor, factory.backends)
+    factory.harden(config, GatewayMetrics())
     pages = {p.path: demo_page(p.websocket_path) for p in config.demo_pages}
     return GatewayResource(factory, pages, aliases=config.aliases)
 
@@ -151,9 +157,16 @@ class GatewayService(Service):
         self._reactor = reactor
         self._servers = check_config(config, reactor)
         self.resource = _resource(config, reactor)
-        self.site = Site(self.resource)
-        self.site.displayTracebacks = False
+        self.factory: GatewayFactory = self.resource._factory
+        metrics = self.factory.metrics
+        self.site = GatewaySite(self.resource, max_head=config.limits.headers, timeout=config.timeouts.handshake,
+                                on_too_large=lambda: metrics.handshake_failed("", "headers", 431))
+        # Connections meet the handshake deadline before twisted.web sees them.
+        self.front = HandshakeDeadline(self.site, reactor, config.timeouts.handshake,
+                                       on_timeout=lambda: metrics.handshake_failed("", "handshake_timeout", None))
+        self.draining = False
         self.ports: list[IListeningPort] = []
+        self.admin_ports: list[IListeningPort] = []
 
     _listening = False
 
@@ -171,32 +184,63 @@ class GatewayService(Service):
     def _listen(self) -> None:
         self._listening = True
         demo_kinds = {d.where: d.kind for d in self.config.demo_backends}
+        admin_places = {a.where for a in self.config.admin_listeners}
         for where, description, endpoint in self._servers:
-            factory = demo_factory(demo_kinds[where]) if where in demo_kinds else self.site
+            if where in admin_places:
+                from tunnelgw.admin import admin_site
+
+                factory = admin_site(self.factory, lambda: self.draining)
+            else:
+                factory = demo_factory(demo_kinds[where]) if where in demo_kinds else self.front
             result: list[Union[IListeningPort, Failure]] = []
             d: Deferred[IListeningPort] = endpoint.listen(factory)
             d.addBoth(result.append)
             if not result:
-                d.addCallback(self.ports.append)
+                d.addCallback((self.admin_ports if where in admin_places else self.ports).append)
                 d.addErrback(lambda f, w=where, e=description: _log.failure(
                     "{where}: cannot listen on {endpoint}", f, where=w, endpoint=e))
                 continue
             if isinstance(result[0], Failure):
-                for port in self.ports:
+                for port in self.ports + self.admin_ports:
                     port.stopListening()
-                self.ports = []
+                self.ports, self.admin_ports = [], []
                 raise ListenError(f"{where}: cannot listen on {description!r}: {_explain(result[0].value)}")
-            self.ports.append(result[0])
+            (self.admin_ports if where in admin_places else self.ports).append(result[0])
             _log.info("{where}: listening on {endpoint} ({address})", where=where, endpoint=description,
                       address=result[0].getHost())
 
     def stopService(self) -> Optional[Deferred[None]]:
-        """Stop listening; live sessions are left to the reactor's shutdown."""
+        """
+        Drain: stop listening, let live sessions run up to ``ShutdownTimeout``
+        seconds, then close those left with 1001.  The admin listener (with
+        /healthz answering 503) stays up until the end.
+        """
         super().stopService()
-        ports, self.ports = self.ports, []
         self._listening = False
-        return gatherResults([d for d in (p.stopListening() for p in ports) if d is not None]).addCallback(
-            lambda _: None)
+        return ensureDeferred(self._drain())
+
+    async def _drain(self) -> None:
+        self.draining = True
+        ports, self.ports = self.ports, []
+        await gatherResults([d for d in (p.stopListening() for p in ports) if d is not None])
+        self.front.abort_pending()
+        counts = self.factory.session_counts
+        timeout = self.config.shutdown_timeout
+        if counts.live:
+            _log.info("shutting down: draining {count} session(s) for up to {timeout:g} s",
+                      count=counts.live, timeout=timeout)
+        deadline = self._reactor.seconds() + timeout
+        while counts.live and self._reactor.seconds() < deadline:
+            await deferLater(self._reactor, min(0.1, timeout), lambda: None)
+        if counts.live:
+            _log.info("shutting down: closing {count} session(s) with 1001", count=counts.live)
+            self.factory.close_all(Close(CLOSE_GOING_AWAY, "the gateway is shutting down"))
+            # Autobahn drops a client that does not answer the close within ~2 s.
+            give_up = self._reactor.seconds() + 5
+            while counts.live and self._reactor.seconds() < give_up:
+                await deferLater(self._reactor, 0.05, lambda: None)
+        admin, self.admin_ports = self.admin_ports, []
+        await gatherResults([d for d in (p.stopListening() for p in admin) if d is not None])
 
 
 def make_service(config: Union[Config, str], reactor: Any = None) -> GatewayService:

@@ -41,6 +41,20 @@ class Options(usage.Options):
 class _CommandLineService(MultiService):
     """Reports a listener that cannot start as one line on stderr and exit status 1."""
 
+    log_format = "text"
+
+    def setServiceParent(self, parent: Any) -> Any:
+        """Under twistd, ``LogFormat json`` makes the application log JSON lines to stdout."""
+        if self.log_format == "json" and hasattr(parent, "setComponent"):
+            import sys
+
+            from twisted.logger import ILogObserver
+
+            from tunnelgw.logs import json_lines_observer
+
+            parent.setComponent(ILogObserver, json_lines_observer(sys.stdout))
+        return super().setServiceParent(parent)
+
     def privilegedStartService(self) -> None:
         """Start listening, turning :class:`ListenError` into a clean exit."""
         try:
@@ -88,5 +102,6 @@ def makeService(options: Any) -> IService:
         reactor.addSystemEventTrigger("after", "startup",  # type: ignore[arg-type]
                                       install_reload_signal, gateway, options["config"], reactor)
     top = _CommandLineService()
+    top.log_format = gateway.config.log_format
     gateway.setServiceParent(top)
     return top

@@ -29,9 +29,10 @@ from twisted.web.server import NOT_DONE_YET, Request
 
 from tunnelgw.config import Alias, PrefixRule
 from tunnelgw.files import choose_alias, serve
-from tunnelgw.protocol import GatewayFactory, format_address
+from tunnelgw.front import HandshakeDeadlineProtocol
+from tunnelgw.protocol import GatewayFactory, GatewayProtocol, format_address
 from tunnelgw.routing import Reject, Route, normalise_path
-from tunnelgw.wsbackend import WebSocketSessionFactory
+from tunnelgw.wsbackend import WebSocketSession, proxy_http
 from tunnelgw.wsurl import is_websocket_target
 from tunnelgw.topology import JsonAnswer, Redirect
 
@@ -63,8 +64,6 @@ class GatewayResource(Resource):
         self._factory = factory
         self._pages = dict(pages)
         self._aliases = tuple(aliases)
-        # Sessions of routes to ws:// and wss:// backends.
-        self._ws_factory = WebSocketSessionFactory(factory.rules, factory.reactor)
 
     @property
     def factory(self) -> GatewayFactory:
@@ -96,7 +95,7 @@ class GatewayResource(Resource):
         if isinstance(route, Reject):
             return self._refuse(request, route)
         if is_websocket_target(route.target):
-            outcome = self._ws_factory.proxy_http(request, route)
+            outcome = proxy_http(self._factory, request, route)
             return self._refuse(request, outcome) if isinstance(outcome, Reject) else outcome
         request.setHeader(b"upgrade", b"websocket")
         return self._refuse(request, Reject(426, "this path is a WebSocket endpoint; open it with a WebSocket client"))
@@ -159,8 +158,13 @@ class GatewayResource(Resource):
         """
         channel = request.channel
         transport = channel.transport
-        factory = self._ws_factory if is_websocket_target(route.target) else self._factory
-        protocol = factory.buildProtocol(transport.getPeer())
+        if isinstance(transport, HandshakeDeadlineProtocol):
+            # The handshake deadline ends here (the head was read) and its guard
+            # steps out: the session sits right on the real (TCP or TLS) transport.
+            transport.request_read()
+            transport = transport.transport
+        protocol = WebSocketSession() if is_websocket_target(route.target) else GatewayProtocol()
+        protocol.factory = self._factory
         protocol.route = route
         protocol.client_address = getattr(request, "tunnelgw_client", None)
         # twisted.web's channel must let go of the connection entirely: its idle
@@ -178,6 +182,10 @@ class GatewayResource(Resource):
         protocol.makeConnection(transport)
         # twisted.web pauses reading while it handles a request; resume for the session.
         transport.resumeProducing()
+        # Bytes the client sent right after its request head (frames sent before
+        # the 101) were read with it; twisted.web hands them to rawDataReceived
+        # once render returns, and from then on they belong to the session.
+        channel.rawDataReceived = protocol.dataReceived
         head = [request.method + b" " + request.uri + b" HTTP/1.1"]
         head += [name + b": " + b", ".join(values) for name, values in request.requestHeaders.getAllRawHeaders()]
         protocol.dataReceived(b"\r\n".join(head) + b"\r\n\r\n")

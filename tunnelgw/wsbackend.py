@@ -45,8 +45,9 @@ from zope.interface import implementer
 from tunnelgw.backends import classify_connect_error
 from tunnelgw.config import RouteOptions
 from tunnelgw.httpproxy import proxy_request
-from tunnelgw.protocol import GatewayFactory, GatewayProtocol, format_address, format_fields
-from tunnelgw.relay import SessionRecord, connect_rejection
+from tunnelgw.metrics import route_label
+from tunnelgw.protocol import GatewayFactory, GatewaySession
+from tunnelgw.relay import CLOSE_GOING_AWAY, SessionRecord, connect_rejection
 from tunnelgw.routing import Reject, Route, RuleSet
 from tunnelgw.wsrelay import backend_target, forwarded_headers, frame_header, handshake_refusal, lost_close
 from tunnelgw.wsurl import WebSocketTarget
@@ -56,7 +57,8 @@ __all__ = [
     "BackendWebSocket",
     "WebSocketBackends",
     "WebSocketSession",
-    "WebSocketSessionFactory",
+    "proxy_http",
+    "websocket_backends",
     "load_trust_root",
 ]
 
@@ -451,89 +453,84 @@ class WebSocketBackends:
         return proxy_request(self._reactor, request, target, options, endpoint)
 
 
-class WebSocketSession(_RelayedHop, WebSocketServerProtocol):
+class WebSocketSession(_RelayedHop, GatewaySession):
     """
-    One client session on a WebSocket route.  :attr:`route` is set (by the
-    resource) before the handshake is parsed; the handshake is answered once
-    the backend's has succeeded.
+    One client session on a WebSocket route: its own WebSocket connection to
+    the backend, frames relayed one by one both ways.  The handshake is
+    answered once the backend's has succeeded.  Limits, timers, logs and
+    metrics are the gateway's, as for every session (:class:`GatewaySession`).
     """
 
-    factory: "WebSocketSessionFactory"
-    route: Optional[Route] = None
     _from_client = True
-    _connecting: Any = None
     _backend: Optional[BackendWebSocket] = None
-    _record: Optional[SessionRecord] = None
-    _started = False
-
-    sendHttpErrorResponse = GatewayProtocol.sendHttpErrorResponse
 
     def onConnect(self, request: ConnectionRequest) -> Any:
         """Open the backend with the client's subprotocols; the 101 waits for it."""
         route = self.route
         if route is None:
             raise ConnectionDeny(404, "no route for this path")
+        # A close's code and reason are echoed to its sender, as most peers do.
+        self.echoCloseCodeReason = True
         query = self.http_request_uri.partition("?")[2]
         target = backend_target(route, query.encode("latin-1", "replace"))
         if isinstance(target, Reject):
             self._log_rejection(request.path, target)
             raise ConnectionDeny(target.status, target.reason)
-        peer = self.transport.getPeer()
-        headers = forwarded_headers(route.options.forward, getattr(peer, "host", None) or format_address(peer),
+        refused = self._begin(route, request.path, target.url)
+        if refused is not None:
+            raise ConnectionDeny(refused.status, refused.reason)
+        headers = forwarded_headers(route.options.forward, self.client_host(),
                                     ISSLTransport.providedBy(self.transport), request.headers.get("host"),
                                     request.headers)
         origin = headers.pop("Origin", None)
         reactor = self.factory.reactor
-        self._record = SessionRecord(
-            session_id=uuid.uuid4().hex[:12],
-            client=format_address(peer),
-            path=request.path,
-            backend=target.url,
-            started=reactor.seconds(),
-        )
-        self._connecting = self.factory.websocket_backends.connect(
+        connect_started = reactor.seconds()
+        self._connecting = websocket_backends(self.factory).connect(
             target, route.options, request.protocols, headers, origin)
 
         def connected(backend: BackendWebSocket) -> Optional[str]:
             self._connecting = None
             self._backend = backend
+            self.factory.metrics.connected(route_label(route), reactor.seconds() - connect_started)
             return backend.websocket_protocol_in_use  # type: ignore[no-any-return]
 
         def failed(failure: Failure) -> None:
             self._connecting = None
             failure.trap(BackendRefusal)
             reject = failure.value.reject
-            self._log_rejection(request.path, reject)
+            self._log_rejection(request.path, reject, "backend")
             raise ConnectionDeny(reject.status, reject.reason)
 
         return self._connecting.addCallbacks(connected, failed)
 
-    def _log_rejection(self, path: str, reject: Reject) -> None:
-        _log.info("handshake refused {details}", details=format_fields({
-            "session": self._record.session_id if self._record else "-",
-            "client": format_address(self.transport.getPeer()),
-            "path": path,
-            "status": reject.status,
-            "reason": reject.reason,
-        }))
-
     def onOpen(self) -> None:
-        """Wire the two transports as each other's producers and start relaying."""
+        """Start relaying frames between the client and the backend."""
         backend, self._backend = self._backend, None
         if backend is None or self._record is None:
             return
         if self.state != self.STATE_OPEN:
             backend.dropConnection(abort=True)
             return
-        self._started = True
-        start = self._record.fields(self.factory.reactor.seconds())
-        _log.info("session start {details}", details=format_fields(
-            {k: start[k] for k in ("session", "client", "path", "backend")}
-            | {"subprotocol": self.websocket_protocol_in_use}))
-        self.transport.registerProducer(backend.transport, True)
-        backend.transport.registerProducer(self.transport, True)
         self._peer = backend
+        self._open(backend.transport)
         backend.attach(self)
+
+    def _backend_transport(self) -> Any:
+        peer = self._peer
+        return peer.transport if peer is not None else None
+
+    def _update_counts(self, record: SessionRecord) -> None:
+        record.bytes_up, record.bytes_down = self.bytes_in, self.bytes_out
+
+    def _close_backend(self) -> None:
+        backend, self._backend = self._backend, None
+        if backend is not None:
+            backend.dropConnection(abort=True)
+        peer = self._peer
+        if peer is not None:
+            # The backend gets a proper close; its connection goes when it answers
+            # (or after Autobahn's close handshake timeout).
+            peer.relay_close(CLOSE_GOING_AWAY, "session closed by the gateway")
 
     def onClose(self, wasClean: bool, code: Optional[int], reason: Optional[str]) -> None:
         """The client left (or was closed): end the backend side, log the session."""
@@ -544,35 +541,20 @@ class WebSocketSession(_RelayedHop, WebSocketServerProtocol):
         if backend is not None:
             backend.dropConnection(abort=True)
         super().onClose(wasClean, code, reason)
-        record, self._record = self._record, None
-        if record is None:
-            return
-        now = self.factory.reactor.seconds()
-        record.bytes_up, record.bytes_down = self.bytes_in, self.bytes_out
-        record.end(now, code, reason or ("" if wasClean else "client connection lost"))
-        if connecting is not None:
-            _log.info("handshake abandoned {details}", details=format_fields(record.fields(now)))
-        elif self._started:
-            _log.info("session end {details}", details=format_fields(record.fields(now)))
+        self._end(wasClean, code, reason, abandoned=connecting is not None)
 
 
-class WebSocketSessionFactory(GatewayFactory):
-    """
-    Builds :class:`WebSocketSession` sessions for ws:// and wss:// routes,
-    with the gateway factory's settings; also proxies their plain HTTP.
-    """
+def websocket_backends(factory: GatewayFactory) -> WebSocketBackends:
+    """The gateway factory's connector to WebSocket backends, made on first use."""
+    backends = getattr(factory, "websocket_backends", None)
+    if backends is None:
+        backends = factory.websocket_backends = WebSocketBackends(factory.reactor)  # type: ignore[attr-defined]
+    return backends
 
-    protocol = WebSocketSession  # type: ignore[assignment]
 
-    def __init__(self, rules: RuleSet, reactor: Any, websocket_backends: Optional[WebSocketBackends] = None) -> None:
-        super().__init__(rules, reactor)
-        self.websocket_backends = websocket_backends if websocket_backends is not None else WebSocketBackends(reactor)
-        # A close's code and reason are echoed to its sender, as most peers do.
-        self.setProtocolOptions(echoCloseCodeReason=True)
-
-    def proxy_http(self, request: Request, route: Route) -> Union[int, Reject]:
-        """Reverse-proxy a plain HTTP request on a WebSocket route, or say why not."""
-        target = backend_target(route, request.uri.partition(b"?")[2])
-        if isinstance(target, Reject):
-            return target
-        return self.websocket_backends.proxy_http(request, target, route.options)
+def proxy_http(factory: GatewayFactory, request: Request, route: Route) -> Union[int, Reject]:
+    """Reverse-proxy a plain HTTP request on a WebSocket route, or say why not."""
+    target = backend_target(route, request.uri.partition(b"?")[2])
+    if isinstance(target, Reject):
+        return target
+    return websocket_backends(factory).proxy_http(request, target, route.options)

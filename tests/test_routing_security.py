@@ -1,0 +1,84 @@
+"""
+Security of routing (tunnelgw.routing): never an open proxy, paths
+normalised before matching, no escape above the root.
+"""
+
+from __future__ import annotations
+
+import re
+from urllib.parse import quote
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tunnelgw.config import parse_config
+from tunnelgw.routing import Reject, Route, RuleSet, choose_route, normalise_path
+
+_CONFIG = parse_config("""Listen tcp:0
+ProxyPass /vnc tcp:host=10.0.0.1:port=5900
+ProxyPassMatch ^/host/([^/]+)/(\\d+)$ tcp:host=$1.desktops.internal:port=$2
+ProxyPassMatch ^/any/(.*)$ unix:path=/run/desktops/$1.sock
+""")
+_RULES = RuleSet(_CONFIG)
+_SAFE = re.compile(r"[A-Za-z0-9._~-]*")
+
+
+@settings(max_examples=500)
+@given(st.binary(max_size=80).map(lambda b: b"/" + b))
+def test_normalised_paths_are_canonical_and_idempotent(raw: bytes) -> None:
+    """A normalised path starts with '/', holds no '.', '..' or empty segments, and normalises to itself."""
+    path = normalise_path(raw)
+    if isinstance(path, Reject):
+        assert path.status in (400, 404)
+        return
+    assert path.startswith("/") and "//" not in path
+    assert all(s not in (".", "..") for s in path.split("/"))
+    assert normalise_path(quote(path, safe="/\\").encode()) == path
+
+
+@settings(max_examples=300)
+@given(st.lists(st.sampled_from(["..", ".", "", "a", "%2e%2e", "%2E", "vnc", "%2f", "%5c"]), max_size=10))
+def test_dot_segments_never_climb_above_the_root(segments: list[str]) -> None:
+    """Encoded or plain dot segments are resolved or refused; the result never holds '..'."""
+    path = normalise_path(("/" + "/".join(segments)).encode())
+    if isinstance(path, Reject):
+        assert path.status in (400, 404)
+    else:
+        assert ".." not in path.split("/")
+
+
+def test_equivalent_spellings_reach_the_same_rule() -> None:
+    """/vnc, //vnc, /a/../vnc and /%76nc all reach the same rule."""
+    routes = [choose_route(_RULES, p) for p in (b"/vnc", b"//vnc", b"/a/../vnc", b"/%76nc", b"/./vnc/")]
+    assert all(isinstance(r, Route) and r.target == "tcp:host=10.0.0.1:port=5900" for r in routes)
+
+
+@settings(max_examples=500)
+@given(st.binary(max_size=60).map(lambda b: b"/host/" + b), st.binary(max_size=60).map(lambda b: b"/any/" + b))
+def test_captured_values_cannot_reach_an_unconfigured_target(host_path: bytes, any_path: bytes) -> None:
+    """Whatever the path, a substituted target only varies inside the configured shape: never an open proxy."""
+    for raw in (host_path, any_path):
+        route = choose_route(_RULES, raw)
+        if isinstance(route, Reject):
+            assert route.status in (400, 404)
+            continue
+        host = re.fullmatch(r"tcp:host=(.*)\.desktops\.internal:port=(\d+)", route.target)
+        sock = re.fullmatch(r"unix:path=/run/desktops/(.*)\.sock", route.target)
+        assert host or sock, route.target
+        for value in (host.groups() if host else sock.groups()):  # type: ignore[union-attr]
+            assert _SAFE.fullmatch(value) and value not in (".", "..")
+
+
+def test_endpoint_syntax_in_captures_is_refused() -> None:
+    """Captures holding ':', '=', '\\\\', '/' or '..' are refused with 400 (or 404 for encoded '/')."""
+    for raw in (b"/host/evil:port=22/1", b"/host/a=b/1", b"/any/..", b"/any/a%2fb", b"/any/x:path=/etc",
+                b"/host/10.0.0.1%3a22/1", b"/any/a%5cb"):
+        route = choose_route(_RULES, raw)
+        assert isinstance(route, Reject) and route.status in (400, 404), (raw, route)
+
+
+def test_unrouted_paths_are_404() -> None:
+    """A path no rule matches is 404, never a guess."""
+    for raw in (b"/", b"/vncx", b"/host/x", b"/etc/passwd", b"/%2e%2e/etc/passwd"):
+        route = choose_route(_RULES, raw)
+        assert isinstance(route, Reject) and route.status in (400, 404)

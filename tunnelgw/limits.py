@@ -1,0 +1,114 @@
+"""
+Admission policy for new sessions: concurrent session counts (global, per
+route, per client address) and a handshake rate per client address.
+
+Pure and clock-free: callers pass ``now``.  Memory is bounded: counters
+disappear when they drop to zero and rate buckets are dropped once full
+again (an address that stopped knocking is forgotten), with a hard cap on
+how many addresses are tracked at once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Union
+
+from tunnelgw.routing import Reject
+
+__all__ = ["Admission", "HandshakeRate", "SessionCounts"]
+
+
+@dataclass(frozen=True)
+class Admission:
+    """A granted session slot; give it back with :meth:`SessionCounts.release`."""
+
+    route: str
+    client: str
+
+
+class SessionCounts:
+    """
+    Concurrent sessions, counted globally, per route and per client address.
+
+    :param total: global limit (0: none).
+    :param per_client: limit per client address (0: none).
+    """
+
+    def __init__(self, total: int, per_client: int) -> None:
+        self.total_limit = total
+        self.per_client_limit = per_client
+        self.live = 0
+        self._routes: dict[str, int] = {}
+        self._clients: dict[str, int] = {}
+
+    def admit(self, route: str, route_limit: Optional[int], client: str) -> Union[Admission, Reject]:
+        """Take a slot for a session of client on route, or say which limit refuses it (503)."""
+        if self.total_limit and self.live >= self.total_limit:
+            return Reject(503, "the gateway is at its session limit")
+        if route_limit and self._routes.get(route, 0) >= route_limit:
+            return Reject(503, "this route is at its session limit")
+        if self.per_client_limit and self._clients.get(client, 0) >= self.per_client_limit:
+            return Reject(503, "too many sessions from this client address")
+        self.live += 1
+        self._routes[route] = self._routes.get(route, 0) + 1
+        self._clients[client] = self._clients.get(client, 0) + 1
+        return Admission(route, client)
+
+    def release(self, admission: Admission) -> None:
+        """Give a slot back (once per admission)."""
+        self.live -= 1
+        for counts, key in ((self._routes, admission.route), (self._clients, admission.client)):
+            left = counts[key] - 1
+            if left:
+                counts[key] = left
+            else:
+                del counts[key]
+
+    def route_count(self, route: str) -> int:
+        """Live sessions on route."""
+        return self._routes.get(route, 0)
+
+    def client_count(self, client: str) -> int:
+        """Live sessions from client."""
+        return self._clients.get(client, 0)
+
+
+class HandshakeRate:
+    """
+    Handshakes per second per client address, as token buckets holding
+    ``max(rate, 1)`` tokens and refilled at ``rate`` per second.
+
+    :param rate: handshakes per second (0: no limit).
+    :param max_clients: addresses tracked at once; beyond it, the fullest
+        (least recently limited) buckets are forgotten first.
+    """
+
+    def __init__(self, rate: float, max_clients: int = 65536) -> None:
+        self.rate = rate
+        self.capacity = max(rate, 1.0)
+        self.max_clients = max_clients
+        self._buckets: dict[str, tuple[float, float]] = {}  # client -> (tokens, at)
+
+    def allow(self, client: str, now: float) -> Optional[Reject]:
+        """Spend a token for one handshake from client; a 429 when none is left."""
+        if not self.rate:
+            return None
+        tokens, at = self._buckets.pop(client, (self.capacity, now))
+        tokens = min(self.capacity, tokens + max(0.0, now - at) * self.rate)
+        if tokens < 1.0:
+            self._buckets[client] = (tokens, now)
+            return Reject(429, "too many handshakes from this client address; slow down")
+        self._buckets[client] = (tokens - 1.0, now)
+        if len(self._buckets) > self.max_clients:
+            self.prune(now)
+        return None
+
+    def prune(self, now: float) -> None:
+        """Forget buckets that are full again; then the oldest ones, down to max_clients."""
+        refill = self.capacity / self.rate
+        self._buckets = {c: (t, at) for c, (t, at) in self._buckets.items() if now - at < refill}
+        while len(self._buckets) > self.max_clients:
+            del self._buckets[next(iter(self._buckets))]
+
+    def __len__(self) -> int:
+        return len(self._buckets)

@@ -1,0 +1,117 @@
+"""
+Prometheus metrics of one gateway, in its own
+:class:`~prometheus_client.CollectorRegistry` (never the process-global one,
+so that several gateways in one program, or tests, do not mix counts).
+
+Live values (sessions, bytes of sessions still running) are read when
+scraped, so the relay's hot path does no metric work.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any, Iterator, Optional, Protocol
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from tunnelgw.relay import SessionRecord
+
+__all__ = ["GatewayMetrics", "route_label"]
+
+_CONNECT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+def route_label(route: Any) -> str:
+    """A route's label: the ``ProxyPass`` path or the ``ProxyPassMatch`` expression."""
+    rule = getattr(route, "rule", None)
+    path = getattr(rule, "path", None)
+    if path is not None:
+        return str(path)
+    pattern = getattr(rule, "pattern", None)
+    return str(getattr(pattern, "pattern", "")) if pattern is not None else ""
+
+
+class _LiveSession(Protocol):
+    route: Any
+    _record: Optional[SessionRecord]
+
+
+class _Sessions(Protocol):
+    sessions: dict[str, Any]
+
+
+class _LiveCollector(Collector):
+    """Live sessions and bytes per route: ended sessions' totals plus running ones."""
+
+    def __init__(self, metrics: "GatewayMetrics", source: _Sessions) -> None:
+        self._metrics = metrics
+        self._source = source
+
+    def collect(self) -> Iterator[Metric]:
+        live: dict[str, int] = defaultdict(int)
+        up, down = defaultdict(int, self._metrics.bytes_up), defaultdict(int, self._metrics.bytes_down)
+        for session in list(self._source.sessions.values()):
+            label = route_label(session.route)
+            live[label] += 1
+            record = session._record
+            if record is not None:
+                up[label] += record.bytes_up
+                down[label] += record.bytes_down
+        gauge = GaugeMetricFamily("tunnelgw_sessions_live", "Sessions open now", labels=["route"])
+        for label in set(live) | set(self._metrics.routes_seen):
+            gauge.add_metric([label], live.get(label, 0))
+        yield gauge
+        relayed = CounterMetricFamily("tunnelgw_bytes", "Payload bytes relayed",
+                                      labels=["route", "direction"])
+        for label in set(up) | set(down):
+            relayed.add_metric([label, "up"], up.get(label, 0))
+            relayed.add_metric([label, "down"], down.get(label, 0))
+        yield relayed
+
+
+class GatewayMetrics:
+    """
+    The gateway's metrics and the registry that exposes them.
+
+    ``up`` is client -> backend, ``down`` backend -> client.
+    """
+
+    def __init__(self, registry: Optional[CollectorRegistry] = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        self.bytes_up: dict[str, int] = {}
+        self.bytes_down: dict[str, int] = {}
+        self.routes_seen: set[str] = set()
+        self._collector: Optional[_LiveCollector] = None
+        self.sessions_total = Counter("tunnelgw_sessions", "Sessions opened (handshake completed)",
+                                      ["route"], registry=self.registry)
+        self.handshake_failures = Counter("tunnelgw_handshake_failures", "Handshakes refused or abandoned",
+                                          ["route", "reason", "status"], registry=self.registry)
+        self.connect_seconds = Histogram("tunnelgw_backend_connect_seconds", "Backend connect latency",
+                                         ["route"], buckets=_CONNECT_BUCKETS, registry=self.registry)
+
+    def watch(self, source: _Sessions) -> None:
+        """Report the live sessions of source (a gateway factory) when scraped."""
+        if self._collector is not None:
+            self.registry.unregister(self._collector)
+        self._collector = _LiveCollector(self, source)
+        self.registry.register(self._collector)
+
+    def connected(self, route: str, seconds: float) -> None:
+        """A backend connection for route was made in seconds."""
+        self.connect_seconds.labels(route).observe(seconds)
+
+    def handshake_failed(self, route: str, reason: str, status: Optional[int]) -> None:
+        """A handshake was refused (status) or abandoned (None) for a reason."""
+        self.handshake_failures.labels(route, reason, str(status) if status else "none").inc()
+
+    def session_opened(self, route: str) -> None:
+        """A session on route completed its handshake."""
+        self.routes_seen.add(route)
+        self.sessions_total.labels(route).inc()
+
+    def session_closed(self, route: str, record: SessionRecord) -> None:
+        """A session ended: keep its byte counts."""
+        self.bytes_up[route] = self.bytes_up.get(route, 0) + record.bytes_up
+        self.bytes_down[route] = self.bytes_down.get(route, 0) + record.bytes_down
