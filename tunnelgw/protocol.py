@@ -22,6 +22,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from tunnelgw.backends import BackendConnection, BackendUnavailable, TcpBackends
+from tunnelgw.fastpath import DirectBinaryFrames
 from tunnelgw.relay import (
     CLOSE_INVALID_PAYLOAD,
     Base64Decoder,
@@ -61,7 +62,7 @@ def _fields(values: dict[str, object]) -> str:
                     for k, v in values.items())
 
 
-class GatewayProtocol(WebSocketServerProtocol):
+class GatewayProtocol(DirectBinaryFrames, WebSocketServerProtocol):
     """
     One client session.  :attr:`route` is set (by the resource) before the
     handshake is parsed; the handshake is answered once the backend is up.
@@ -147,6 +148,8 @@ class GatewayProtocol(WebSocketServerProtocol):
         self.transport.registerProducer(backend.transport, True)
         backend.transport.registerProducer(self.transport, True)
         backend.attach(self)
+        if not self._base64:
+            self.start_direct_frames()
 
     # Client -> backend: stream each frame's payload as it arrives.
 
@@ -163,6 +166,14 @@ class GatewayProtocol(WebSocketServerProtocol):
                 return
         self._record.bytes_up += len(payload)  # type: ignore[union-attr]
         backend.transport.write(payload)
+
+    def relay_up(self, payloads: list[bytes]) -> None:
+        """Forward the payloads of directly read binary frames in one write."""
+        backend = self._backend
+        if backend is None:
+            return
+        self._record.bytes_up += sum(map(len, payloads))  # type: ignore[union-attr]
+        backend.transport.writeSequence(payloads)
 
     def onMessageFrameEnd(self) -> None:
         """Nothing to do: frames were forwarded as they streamed in."""
