@@ -25,6 +25,7 @@ from tunnelgw.backends import BackendConnection, BackendUnavailable, TcpBackends
 from tunnelgw.fastpath import DirectBinaryFrames
 from tunnelgw.relay import (
     CLOSE_INVALID_PAYLOAD,
+    RELAY_WINDOW,
     Base64Decoder,
     SessionRecord,
     backend_ended,
@@ -148,6 +149,9 @@ class GatewayProtocol(DirectBinaryFrames, WebSocketServerProtocol):
         self.transport.registerProducer(backend.transport, True)
         backend.transport.registerProducer(self.transport, True)
         backend.attach(self)
+        # Read more per call and queue more before pausing the other side
+        # (Twisted's default is 64 KiB): fewer frames, wakeups and pauses.
+        backend.transport.bufferSize = self.transport.bufferSize = RELAY_WINDOW
         if not self._base64:
             self.start_direct_frames()
 
