@@ -40,7 +40,7 @@ BACKEND_CLOSE_GRACE = 5.0
 #: Bytes a session reads from one side at once, and queues for the other
 #: side before it pauses the reading side (per direction; Twisted's default
 #: is 64 KiB).  Larger reads mean fewer frames and fewer reactor turns.
-RELAY_WINDOW = 256 * 1024
+RELAY_WINDOW = 128 * 1024
 
 CLOSE_NORMAL = 1000
 CLOSE_GOING_AWAY = 1001
