@@ -25,6 +25,8 @@ CONFIG = """\
 Listen tcp:port=0:interface=127.0.0.1
 DemoBackend echo tcp:port=0:interface=127.0.0.1
 ProxyPass /echo tcp:host=127.0.0.1:port={port}
+# the test opens batches of 16 sessions at once from one address
+Limit rate=0
 """
 
 

@@ -25,9 +25,11 @@ from tunnelgw.backends import BackendConnection, BackendUnavailable, TcpBackends
 from tunnelgw.clientaddr import format_address
 from tunnelgw.config import Config
 from tunnelgw.guards import FactoryGuards, SessionGuards, SessionLog
+from tunnelgw.fastpath import DirectBinaryFrames
 from tunnelgw.metrics import route_label
 from tunnelgw.relay import (
     CLOSE_INVALID_PAYLOAD,
+    RELAY_WINDOW,
     Base64Decoder,
     Close,
     SessionRecord,
@@ -162,7 +164,7 @@ class GatewaySession(SessionGuards, WebSocketServerProtocol):
         """Bring the record's byte counts up to date (sessions that count elsewhere override)."""
 
 
-class GatewayProtocol(GatewaySession):
+class GatewayProtocol(DirectBinaryFrames, GatewaySession):
     """
     A session to a byte-stream backend (``tcp:``, ``tls:``, ``unix:``, a
     balancer pool): client frames are streamed to the backend, backend bytes
@@ -227,6 +229,11 @@ class GatewayProtocol(GatewaySession):
         self._decoder = Base64Decoder() if self._base64 else None
         self._open(backend.transport)
         backend.attach(self)
+        # Read more per call and queue more before pausing the other side
+        # (Twisted's default is 64 KiB): fewer frames, wakeups and pauses.
+        backend.transport.bufferSize = self.transport.bufferSize = RELAY_WINDOW
+        if not self._base64:
+            self.start_direct_frames()
 
     def _backend_transport(self) -> Any:
         return self._backend.transport if self._backend is not None else None
@@ -236,7 +243,9 @@ class GatewayProtocol(GatewaySession):
     def onMessageFrameData(self, payload: bytes) -> None:
         """Forward a piece of a client frame to the backend (decoding base64)."""
         backend = self._backend
-        if backend is None:
+        if backend is None or self.state != self.STATE_OPEN:
+            # Failing (a protocol violation: Autobahn parses on to find the close
+            # reply) or closing: nothing more from the client reaches the backend.
             return
         if self._decoder is not None:
             try:
@@ -246,6 +255,14 @@ class GatewayProtocol(GatewaySession):
                 return
         self._record.bytes_up += len(payload)  # type: ignore[union-attr]
         backend.transport.write(payload)
+
+    def relay_up(self, payloads: list[bytes]) -> None:
+        """Forward the payloads of directly read binary frames in one write."""
+        backend = self._backend
+        if backend is None:
+            return
+        self._record.bytes_up += sum(map(len, payloads))  # type: ignore[union-attr]
+        backend.transport.writeSequence(payloads)
 
     def onMessageFrameEnd(self) -> None:
         """Nothing to do: frames were forwarded as they streamed in."""

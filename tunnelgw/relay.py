@@ -23,6 +23,7 @@ __all__ = [
     "CLOSE_GOING_AWAY",
     "CLOSE_POLICY",
     "CLOSE_TOO_BIG",
+    "RELAY_WINDOW",
     "Base64Decoder",
     "Heartbeat",
     "IdleWatch",
@@ -40,6 +41,11 @@ __all__ = [
 #: client has gone, before its connection is aborted.  A backend that stops
 #: reading can therefore never hold a session (or its memory) open.
 BACKEND_CLOSE_GRACE = 5.0
+
+#: Bytes a session reads from one side at once, and queues for the other
+#: side before it pauses the reading side (per direction; Twisted's default
+#: is 64 KiB).  Larger reads mean fewer frames and fewer reactor turns.
+RELAY_WINDOW = 128 * 1024
 
 CLOSE_NORMAL = 1000
 CLOSE_GOING_AWAY = 1001

@@ -1,0 +1,123 @@
+"""
+A sans-IO reader for the common case of a client's WebSocket stream: final,
+masked, binary frames, as noVNC and most remote-desktop clients send them.
+
+:class:`BinaryFrameReader` takes the bytes a client sent and returns the
+unmasked payloads of the frames it recognises, streamed (a frame split over
+reads comes out in pieces, never reassembled) and without copying the input
+(payloads are unmasked straight out of the received buffer).  At the first
+frame that is anything else (a control frame, a text or fragmented message,
+reserved bits, an unmasked frame, a non-minimal length, a payload above the
+limit) it stops and hands back the rest of the stream untouched, from that
+frame's first byte, so that a full WebSocket implementation can take over.
+
+Nothing here does I/O; the unmasking function is passed in (websockets' C
+``apply_mask`` or an equivalent).
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Optional, Union
+
+__all__ = ["BinaryFrameReader", "Unmask"]
+
+#: ``unmask(data, mask) -> bytes``: XOR data with the 4-byte mask repeated
+#: (data may be a memoryview).
+Unmask = Callable[[Union[bytes, memoryview], bytes], bytes]
+
+# Byte 0 of the one kind of frame the reader takes: FIN, no RSV bits, opcode 2.
+_FINAL_BINARY = 0x82
+_MASKED = 0x80
+
+
+class BinaryFrameReader:
+    """
+    Stream the payloads of final, masked binary client frames.
+
+    :param unmask: the XOR function (see :data:`Unmask`).
+    :param max_payload: frames with a longer payload are not taken (0: no limit).
+    """
+
+    def __init__(self, unmask: Unmask, max_payload: int = 0) -> None:
+        self._unmask = unmask
+        self._max = max_payload
+        self._carry = b""  # the start of a frame header split over reads
+        self._need = 0  # payload bytes still to come in the current frame
+        self._mask = b""  # the current frame's mask, rotated to where its payload resumes
+
+    @property
+    def at_boundary(self) -> bool:
+        """True between frames (no header or payload half-read)."""
+        return not self._need and not self._carry
+
+    def feed(self, data: bytes) -> tuple[list[bytes], Optional[bytes]]:
+        """
+        Read data: return the payload pieces it carries, and either ``None``
+        (all taken) or the bytes from the first frame not taken onward (after
+        which this reader must not be fed again).
+        """
+        if self._carry:
+            data = self._carry + data
+            self._carry = b""
+        chunks: list[bytes] = []
+        end = len(data)
+        view = memoryview(data)
+        unmask = self._unmask
+        pos = 0
+        need = self._need
+        if need:
+            take = need if need <= end else end
+            chunks.append(unmask(view[:take], self._mask))
+            need -= take
+            pos = take
+            if need:
+                self._need = need
+                shift = take & 3
+                self._mask = self._mask[shift:] + self._mask[:shift]
+                return chunks, None
+            self._need = 0
+        limit = self._max
+        while pos < end:
+            if data[pos] != _FINAL_BINARY:
+                return chunks, data[pos:]
+            if end - pos < 2:
+                break
+            length = data[pos + 1]
+            if not length & _MASKED:
+                return chunks, data[pos:]
+            length &= 0x7F
+            if length < 126:
+                head = pos + 6
+            elif length == 126:
+                head = pos + 8
+                if end < head:
+                    break
+                length = int.from_bytes(data[pos + 2:pos + 4], "big")
+                if length < 126:
+                    return chunks, data[pos:]
+            else:
+                head = pos + 14
+                if end < head:
+                    break
+                length = int.from_bytes(data[pos + 2:pos + 10], "big")
+                if length < 65536 or length >> 63:
+                    return chunks, data[pos:]
+            if limit and length > limit:
+                return chunks, data[pos:]
+            if end < head:
+                break
+            mask = data[head - 4:head]
+            stop = head + length
+            if stop <= end:
+                if length:
+                    chunks.append(unmask(view[head:stop], mask))
+                pos = stop
+            else:
+                chunks.append(unmask(view[head:end], mask))
+                taken = end - head
+                self._need = length - taken
+                shift = taken & 3
+                self._mask = mask[shift:] + mask[:shift]
+                return chunks, None
+        self._carry = data[pos:]
+        return chunks, None
