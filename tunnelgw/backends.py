@@ -81,6 +81,8 @@ class BackendConnection(Protocol):
     paused) so nothing is lost between connect and the client's 101.
     """
 
+    transport: Any  # a TCP or TLS transport: producer, consumer, abortConnection
+
     def __init__(self, reactor: IReactorTime) -> None:
         self._reactor = reactor
         self._sink: Optional[BackendSink] = None
@@ -202,4 +204,4 @@ class TcpBackends:
             return Failure(classify_connect_error(failure.value, timeout))
 
         d.addErrback(failed)
-        return d
+        return d  # type: ignore[return-value]

@@ -606,7 +606,8 @@ def parse_config(text: str, filename: str = "<config>", require_listeners: bool 
         if alias.path in seen_paths:
             problems.append(Problem(alias.where, f"Alias path {alias.path!r} is also a ProxyPass path "
                                                  f"(at {seen_paths[alias.path]}); give each its own path"))
-    topology_config = topology.finish([(r.target, r.where) for r in (*prefix_rules, *pattern_rules)],
+    rules: list[Rule] = [*prefix_rules, *pattern_rules]
+    topology_config = topology.finish([(r.target, r.where) for r in rules],
                                       lambda w, m: problems.append(Problem(w, m)))  # type: ignore[arg-type]
     if require_listeners and not listeners and not problems:
         problems.append(Problem(Location(filename, last_line), "no Listen directive: the gateway would accept nothing"))

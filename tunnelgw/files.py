@@ -83,8 +83,8 @@ class StaticFolder(File):
 
     contentTypes = {**File.contentTypes, **CONTENT_TYPES}
     indexNames = ["index.html"]
-    childNotFound = pages.notFound("Not Found", "No such file.")
-    forbidden = pages.forbidden("Forbidden", "Folders are not listed.")
+    childNotFound = pages.notFound("Not Found", "No such file.")  # type: ignore[assignment]
+    forbidden = pages.forbidden("Forbidden", "Folders are not listed.")  # type: ignore[assignment]
     processors: dict = {}  # type: ignore[type-arg]
 
     def __init__(self, path: str, defaultType: str = "application/octet-stream",

@@ -56,7 +56,7 @@ class HandshakeDeadlineProtocol(ProtocolWrapper):
             self.factory.on_timeout()
         self.abortConnection()
 
-    def connectionLost(self, reason: Any) -> None:
+    def connectionLost(self, reason: Any = None) -> None:
         """Disarm and forget the connection."""
         if self._deadline is not None and self._deadline.active():
             self._deadline.cancel()
@@ -114,6 +114,9 @@ def _too_long_body(value: bytes) -> bool:
 
 class BoundedChannel(HTTPChannel):
     """An HTTPChannel that answers 431 when a request head exceeds ``site.max_head`` bytes."""
+
+    site: Any
+    transport: Any
 
     _head = 0
     _refused = False

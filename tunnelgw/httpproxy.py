@@ -108,7 +108,8 @@ class _SniffingEndpoint:
             self.sniffers.append(sniffer)
             return sniffer.wrappedProtocol
 
-        return self._endpoint.connect(factory).addCallback(connected)  # type: ignore[no-any-return]
+        connecting: Any = self._endpoint.connect(factory)
+        return connecting.addCallback(connected)  # type: ignore[no-any-return]
 
 
 @implementer(IAgentEndpointFactory)
@@ -160,8 +161,9 @@ class _ResponseRelay(Protocol):
         _log.info("proxied response cut client={client} path={path!r} reason={reason!r}",
                   client=format_address(request.getClientAddress()), path=request.path.decode("latin-1"),
                   reason=_describe(reason.value))
-        if request.channel is not None and request.channel.transport is not None:
-            request.channel.transport.abortConnection()
+        transport: Any = request.channel.transport if request.channel is not None else None
+        if transport is not None:
+            transport.abortConnection()
 
     def pauseProducing(self) -> None:
         """The client is full: stop reading the backend."""

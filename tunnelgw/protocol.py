@@ -61,7 +61,7 @@ def format_fields(values: dict[str, object]) -> str:
                     for k, v in values.items())
 
 
-class GatewaySession(SessionGuards, WebSocketServerProtocol):
+class GatewaySession(SessionGuards, WebSocketServerProtocol):  # type: ignore[misc]  # Autobahn's own bases disagree
     """
     What every session does, whatever its backend: its record and log lines,
     admission (limits and handshake rate), metrics, the idle timer and pings
@@ -69,6 +69,8 @@ class GatewaySession(SessionGuards, WebSocketServerProtocol):
     and the end of the session.  :attr:`route` and :attr:`client_address`
     are set by the resource before the handshake is parsed.
     """
+
+    transport: Any  # the client's TCP or TLS transport
 
     factory: "GatewayFactory"
     route: Optional[Route] = None
@@ -164,7 +166,7 @@ class GatewaySession(SessionGuards, WebSocketServerProtocol):
         """Bring the record's byte counts up to date (sessions that count elsewhere override)."""
 
 
-class GatewayProtocol(DirectBinaryFrames, GatewaySession):
+class GatewayProtocol(DirectBinaryFrames, GatewaySession):  # type: ignore[misc]
     """
     A session to a byte-stream backend (``tcp:``, ``tls:``, ``unix:``, a
     balancer pool): client frames are streamed to the backend, backend bytes
@@ -332,7 +334,7 @@ class GatewayFactory(FactoryGuards, WebSocketServerFactory):
     connector and the reactor they use.
     """
 
-    protocol = GatewayProtocol
+    protocol = GatewayProtocol  # type: ignore[assignment]
     #: Token routes, pools, redirects (:class:`tunnelgw.topology.Topology`), set by the service.
     topology: Any = None
 

@@ -189,23 +189,26 @@ class GatewayService(Service):
             if where in admin_places:
                 from tunnelgw.admin import admin_site
 
-                factory = admin_site(self.factory, lambda: self.draining)
+                factory: Any = admin_site(self.factory, lambda: self.draining)
             else:
                 factory = demo_factory(demo_kinds[where]) if where in demo_kinds else self.front
-            result: list[Union[IListeningPort, Failure]] = []
+            ports = self.admin_ports if where in admin_places else self.ports
             d: Deferred[IListeningPort] = endpoint.listen(factory)
-            d.addBoth(result.append)
-            if not result:
-                d.addCallback((self.admin_ports if where in admin_places else self.ports).append)
-                d.addErrback(lambda f, w=where, e=description: _log.failure(
-                    "{where}: cannot listen on {endpoint}", f, where=w, endpoint=e))
+            if not d.called:
+                # An endpoint that listens later: keep the port when it comes.
+                def failed(f: Failure, where: Location = where, description: str = description) -> None:
+                    _log.failure("{where}: cannot listen on {endpoint}", f, where=where, endpoint=description)
+
+                d.addCallbacks(ports.append, failed)
                 continue
+            result: list[Union[IListeningPort, Failure]] = []
+            d.addBoth(result.append)
             if isinstance(result[0], Failure):
                 for port in self.ports + self.admin_ports:
                     port.stopListening()
                 self.ports, self.admin_ports = [], []
                 raise ListenError(f"{where}: cannot listen on {description!r}: {_explain(result[0].value)}")
-            (self.admin_ports if where in admin_places else self.ports).append(result[0])
+            ports.append(result[0])
             _log.info("{where}: listening on {endpoint} ({address})", where=where, endpoint=description,
                       address=result[0].getHost())
 

@@ -157,7 +157,7 @@ class GatewayResource(Resource):
         replaying the request to Autobahn, which answers the handshake.
         """
         channel = request.channel
-        transport = channel.transport
+        transport: Any = channel.transport
         if isinstance(transport, HandshakeDeadlineProtocol):
             # The handshake deadline ends here (the head was read) and its guard
             # steps out: the session sits right on the real (TCP or TLS) transport.
@@ -185,7 +185,7 @@ class GatewayResource(Resource):
         # Bytes the client sent right after its request head (frames sent before
         # the 101) were read with it; twisted.web hands them to rawDataReceived
         # once render returns, and from then on they belong to the session.
-        channel.rawDataReceived = protocol.dataReceived
+        channel.rawDataReceived = protocol.dataReceived  # type: ignore[method-assign]
         head = [request.method + b" " + request.uri + b" HTTP/1.1"]
         head += [name + b": " + b", ".join(values) for name, values in request.requestHeaders.getAllRawHeaders()]
         protocol.dataReceived(b"\r\n".join(head) + b"\r\n\r\n")

@@ -291,7 +291,7 @@ class _RelayedHop:
         self.relay_close(close.code, close.reason)
 
 
-class BackendWebSocket(_RelayedHop, WebSocketClientProtocol):
+class BackendWebSocket(_RelayedHop, WebSocketClientProtocol):  # type: ignore[misc]
     """
     The gateway's WebSocket connection to a backend, owned by one session.
 
@@ -453,7 +453,7 @@ class WebSocketBackends:
         return proxy_request(self._reactor, request, target, options, endpoint)
 
 
-class WebSocketSession(_RelayedHop, GatewaySession):
+class WebSocketSession(_RelayedHop, GatewaySession):  # type: ignore[misc]
     """
     One client session on a WebSocket route: its own WebSocket connection to
     the backend, frames relayed one by one both ways.  The handshake is
