@@ -22,10 +22,10 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
-from support import REPO, require_tool, wait_until
+from fronts import apache_main, apache_process, nginx_main, nginx_process
+from support import REPO, free_port, require_tool, wait_until
 
 __all__ = [
-    "APACHE_MODULES",
     "SCREENSHOTS",
     "Apache",
     "Browser",
@@ -40,19 +40,11 @@ __all__ = [
 SCREENSHOTS = REPO / "tests" / "artifacts" / "screenshots"
 
 #: Folder of Debian's Apache modules.
-APACHE_MODULES = Path("/usr/lib/apache2/modules")
 
 #: The desktop's background, drawn by ``xsetroot``.
 BACKGROUND = (0xFF, 0x80, 0x00)
 #: The key recorder's window colour (an xterm at the top-left corner).
 RECORDER = (0x00, 0x40, 0xFF)
-
-
-def free_port() -> int:
-    """A loopback TCP port that was free a moment ago (for servers that cannot take port 0)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def spki_hash(cert_pem: Path) -> str:
@@ -266,27 +258,6 @@ class Browser:
             self._playwright = None
 
 
-def _front_proxy(tmp: Path, name: str, command: list[str], port: int, timeout: float) -> subprocess.Popen[bytes]:
-    """Start a front proxy and wait until it accepts on port."""
-    log = open(tmp / f"{name}.out", "wb")
-    proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=tmp)
-    log.close()
-
-    def accepting() -> bool:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return True
-        except OSError:
-            return proc.poll() is not None
-
-    if not wait_until(accepting, timeout) or proc.poll() is not None:
-        _stop(proc)
-        logs = "\n".join(p.read_text(errors="replace") for p in sorted(tmp.glob("*.log")) + [tmp / f"{name}.out"]
-                         if p.exists())
-        raise RuntimeError(f"{name} did not start:\n{logs}")
-    return proc
-
-
 class Nginx:
     """
     nginx in the foreground with its own prefix, pid file and logs in tmp,
@@ -294,40 +265,18 @@ class Nginx:
     """
 
     def __init__(self, tmp: Path, server_block: str, port: int) -> None:
-        self.tmp = tmp
         self.port = port
-        self.conf = tmp / "nginx.conf"
-        self.conf.write_text(f"""
-daemon off;
-master_process on;
-worker_processes 1;
-user root root;
-pid {tmp}/nginx.pid;
-error_log {tmp}/nginx-error.log info;
-events {{ worker_connections 64; }}
-http {{
-    access_log {tmp}/nginx-access.log;
-    client_body_temp_path {tmp}/nginx-body;
-    proxy_temp_path {tmp}/nginx-proxy;
-    fastcgi_temp_path {tmp}/nginx-fastcgi;
-    uwsgi_temp_path {tmp}/nginx-uwsgi;
-    scgi_temp_path {tmp}/nginx-scgi;
-{server_block}
-}}
-""")
-        self._proc: Optional[subprocess.Popen[bytes]] = None
+        self.conf = nginx_main(tmp, server_block, master_process=True)
+        self._process = nginx_process(tmp, self.conf, "127.0.0.1", port)
 
     def start(self, timeout: float = 10.0) -> "Nginx":
         """Start nginx and wait for its port."""
-        nginx = require_tool("nginx")
-        self._proc = _front_proxy(self.tmp, "nginx", [nginx, "-p", str(self.tmp), "-c", str(self.conf),
-                                                      "-e", str(self.tmp / "nginx-error.log")], self.port, timeout)
+        self._process.start(timeout)
         return self
 
     def stop(self) -> None:
         """Stop nginx (its workers follow the master)."""
-        _stop(self._proc)
-        self._proc = None
+        self._process.stop()
 
 
 class Apache:
@@ -339,37 +288,18 @@ class Apache:
     MODULES = ("mpm_event", "authz_core", "proxy", "proxy_http", "proxy_wstunnel", "socache_shmcb", "ssl")
 
     def __init__(self, tmp: Path, site: str, port: int) -> None:
-        self.tmp = tmp
         self.port = port
-        self.conf = tmp / "apache2.conf"
-        modules = "\n".join(f"LoadModule {m}_module {APACHE_MODULES}/mod_{m}.so" for m in self.MODULES)
-        self.conf.write_text(f"""
-ServerRoot {tmp}
-ServerName localhost
-PidFile {tmp}/apache2.pid
-DefaultRuntimeDir {tmp}
-Mutex file:{tmp} default
-ErrorLog {tmp}/apache2-error.log
-LogLevel warn proxy:info
-User www-data
-Group www-data
-{modules}
-SSLSessionCache shmcb:{tmp}/ssl_scache(512000)
-{site}
-""")
-        self._proc: Optional[subprocess.Popen[bytes]] = None
+        self.conf = apache_main(tmp, f"SSLSessionCache shmcb:{tmp}/ssl_scache(512000)\n{site}", self.MODULES)
+        self._process = apache_process(tmp, self.conf, "127.0.0.1", port)
 
     def start(self, timeout: float = 10.0) -> "Apache":
         """Start httpd and wait for its port."""
-        apache2 = require_tool("/usr/sbin/apache2")
-        self._proc = _front_proxy(self.tmp, "apache2", [apache2, "-f", str(self.conf), "-DFOREGROUND"],
-                                  self.port, timeout)
+        self._process.start(timeout)
         return self
 
     def stop(self) -> None:
         """Stop httpd (SIGTERM to the parent stops its children)."""
-        _stop(self._proc, timeout=10)
-        self._proc = None
+        self._process.stop()
 
 
 def wait_for(predicate: Any, timeout: float, what: str) -> None:

@@ -1,7 +1,14 @@
 """
-Real front proxies for topology tests: nginx, Apache httpd and HAProxy from
+Real front proxies for the tests: nginx, Apache httpd and HAProxy from
 Debian, each run in the foreground as a child process with a configuration
 generated in a temporary folder, started within a bound and killed at exit.
+
+:func:`nginx_main` and :func:`apache_main` write the server-wide part of a
+configuration (pid, logs, temporary folders, modules) around the part a test
+cares about; :class:`FrontProcess` runs the server.  The topology tests use
+the ready-made :func:`nginx_config`, :func:`apache_config`,
+:func:`haproxy_config`; the browser tests (tests/desktops.py) wrap the
+documented recipes of examples/front-proxies/ with the same two builders.
 """
 
 from __future__ import annotations
@@ -11,16 +18,12 @@ import subprocess
 from pathlib import Path
 from typing import Optional
 
-from support import require_tool, wait_until
+from support import free_port, require_tool, wait_until
 
-__all__ = ["FrontProcess", "apache_config", "free_port", "haproxy_config", "nginx_config"]
+__all__ = ["APACHE_MODULES", "FrontProcess", "apache_config", "apache_main", "free_port", "haproxy_config",
+           "nginx_config", "nginx_main"]
 
-
-def free_port(host: str) -> int:
-    """A port free on host right now (distinct loopback addresses make reuse races unlikely)."""
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
+APACHE_MODULES = Path("/usr/lib/apache2/modules")
 
 
 def _accepting(host: str, port: int) -> bool:
@@ -71,15 +74,14 @@ class FrontProcess:
         self.stop()
 
 
-def nginx_config(tmp: Path, listen: str, upstream: str) -> FrontProcess:
-    """nginx proxying WebSocket upgrades to upstream (host:port), setting X-Forwarded-For."""
-    binary = require_tool("nginx")
-    host, port = listen.rsplit(":", 1)
+def nginx_main(tmp: Path, http: str, master_process: bool = False) -> Path:
+    """Write nginx.conf in tmp: pid, logs and temporary folders there, then the http-context text."""
     conf = tmp / "nginx.conf"
     conf.write_text(f"""
 daemon off;
-master_process off;
+master_process {'on' if master_process else 'off'};
 worker_processes 1;
+{'user root root;' if master_process else ''}
 pid {tmp}/nginx.pid;
 error_log {tmp}/nginx-error.log info;
 events {{ worker_connections 64; }}
@@ -90,6 +92,22 @@ http {{
   fastcgi_temp_path {tmp}/nginx-fcgi;
   uwsgi_temp_path {tmp}/nginx-uwsgi;
   scgi_temp_path {tmp}/nginx-scgi;
+{http}
+}}
+""")
+    return conf
+
+
+def nginx_process(tmp: Path, conf: Path, host: str, port: int) -> FrontProcess:
+    """nginx in the foreground with tmp as its prefix."""
+    return FrontProcess([require_tool("nginx"), "-p", str(tmp), "-c", str(conf), "-e", str(tmp / "nginx-error.log")],
+                        host, port, tmp / "nginx.out")
+
+
+def nginx_config(tmp: Path, listen: str, upstream: str) -> FrontProcess:
+    """nginx proxying WebSocket upgrades to upstream (host:port), setting X-Forwarded-For."""
+    host, port = listen.rsplit(":", 1)
+    conf = nginx_main(tmp, f"""
   map $http_upgrade $connection_upgrade {{ default upgrade; '' close; }}
   server {{
     listen {listen};
@@ -103,35 +121,45 @@ http {{
       proxy_read_timeout 1h;
     }}
   }}
-}}
 """)
-    return FrontProcess([binary, "-p", str(tmp), "-c", str(conf)], host, int(port), tmp / "nginx.out")
+    return nginx_process(tmp, conf, host, int(port))
+
+
+def apache_main(tmp: Path, site: str, modules: tuple[str, ...], server_name: str = "localhost") -> Path:
+    """Write httpd.conf in tmp: pid, logs, runtime files there, the modules loaded, then the site text."""
+    loads = "\n".join(f"LoadModule {m}_module {APACHE_MODULES}/mod_{m}.so" for m in modules)
+    conf = tmp / "httpd.conf"
+    conf.write_text(f"""
+ServerRoot {tmp}
+ServerName {server_name}
+PidFile {tmp}/httpd.pid
+DefaultRuntimeDir {tmp}
+Mutex file:{tmp} default
+ErrorLog {tmp}/httpd-error.log
+LogLevel warn proxy:info
+User www-data
+Group www-data
+{loads}
+{site}
+""")
+    return conf
+
+
+def apache_process(tmp: Path, conf: Path, host: str, port: int) -> FrontProcess:
+    """Apache httpd (Debian's apache2 binary) in the foreground."""
+    return FrontProcess([require_tool("/usr/sbin/apache2"), "-f", str(conf), "-DFOREGROUND"], host, port,
+                        tmp / "httpd.out")
 
 
 def apache_config(tmp: Path, listen: str, upstream: str, path: str) -> FrontProcess:
     """Apache httpd with mod_proxy_wstunnel relaying path to ws://upstream/path (adds X-Forwarded-For)."""
-    binary = require_tool("apache2")
     host, port = listen.rsplit(":", 1)
-    modules = "/usr/lib/apache2/modules"
-    conf = tmp / "httpd.conf"
-    conf.write_text(f"""
-ServerRoot {tmp}
-ServerName {host}
+    conf = apache_main(tmp, f"""
 Listen {listen}
-PidFile {tmp}/httpd.pid
-ErrorLog {tmp}/httpd-error.log
-LogLevel warn proxy:info
-LoadModule mpm_event_module {modules}/mod_mpm_event.so
-LoadModule authz_core_module {modules}/mod_authz_core.so
-LoadModule proxy_module {modules}/mod_proxy.so
-LoadModule proxy_http_module {modules}/mod_proxy_http.so
-LoadModule proxy_wstunnel_module {modules}/mod_proxy_wstunnel.so
-User www-data
-Group www-data
 ProxyRequests Off
 ProxyPass {path} ws://{upstream}{path}
-""")
-    return FrontProcess([binary, "-X", "-f", str(conf)], host, int(port), tmp / "httpd.out")
+""", ("mpm_event", "authz_core", "proxy", "proxy_http", "proxy_wstunnel"), server_name=host)
+    return apache_process(tmp, conf, host, int(port))
 
 
 def haproxy_config(tmp: Path, listen: str, servers: list[tuple[str, str, str]], balance: str) -> FrontProcess:

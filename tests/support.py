@@ -29,7 +29,7 @@ from typing import Callable, Iterator, Optional
 
 REPO = Path(__file__).resolve().parent.parent
 
-__all__ = ["GatewayProcess", "Pki", "RawClient", "TcpServer", "make_pki", "require_tool", "rss_bytes", "wait_until", "REPO"]
+__all__ = ["GatewayProcess", "Pki", "RawClient", "free_port", "silent", "TcpServer", "make_pki", "require_tool", "rss_bytes", "wait_until", "REPO"]
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float = 10.0, interval: float = 0.02) -> bool:
@@ -227,6 +227,19 @@ class TcpServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port with nothing listening on host right now (bound, then released)."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def silent(conn: socket.socket) -> None:
+    """Handler: accept and say nothing until the peer goes away."""
+    while conn.recv(65536):
+        pass
 
 
 def echo(conn: socket.socket) -> None:

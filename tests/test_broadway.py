@@ -18,7 +18,7 @@ from typing import Iterator
 import pytest
 from websockets.sync.client import connect
 
-from support import GatewayProcess, require_tool, wait_until
+from support import GatewayProcess, free_port, require_tool, wait_until
 
 # A GTK 3 window with a label, closing itself after a while (python3-gi, gir1.2-gtk-3.0).
 _APP = """
@@ -36,13 +36,6 @@ Gtk.main()
 
 #: Broadway's first byte of a "new surface" command (BROADWAY_OP_NEW_SURFACE).
 _NEW_SURFACE = ord("s")
-
-
-def _free_port() -> int:
-    """A loopback port with nothing listening on it (bound, then released)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _accepts(port: int) -> bool:
@@ -79,7 +72,7 @@ def _gtk_python() -> str:
 def broadway(tmp_path: Path) -> Iterator[tuple[int, dict[str, str]]]:
     """broadwayd on a throwaway display and loopback port; yields the port and the environment for apps."""
     daemon = require_tool("broadwayd")
-    port = _free_port()
+    port = free_port()
     display = f":{200 + port % 500}"
     runtime = tmp_path / "xdg"
     runtime.mkdir(mode=0o700)

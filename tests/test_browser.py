@@ -17,7 +17,7 @@ from typing import Any, Iterator
 import pytest
 
 from desktops import BACKGROUND, RECORDER, SCREENSHOTS, Apache, Browser, Nginx, Xvnc, free_port, spki_hash, wait_for
-from support import wait_until, REPO, GatewayProcess, Pki, make_pki, require_tool
+from support import REPO, GatewayProcess, Pki, make_pki, require_tool, wait_until
 
 NOVNC = Path("/usr/share/novnc")
 EXAMPLES = REPO / "examples" / "front-proxies"

@@ -7,7 +7,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 from websockets.sync.client import connect
 
 from support import REPO, GatewayProcess, subprocess_env, twistd_command, wait_until

@@ -19,7 +19,7 @@ import pytest
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect
 
-from support import (GatewayProcess, RawClient, Sink, TcpServer, echo, make_pki, rss_bytes, subprocess_env,
+from support import (GatewayProcess, RawClient, Sink, TcpServer, echo, make_pki, silent, rss_bytes, subprocess_env,
                      twistd_command, wait_until)
 
 MiB = 1 << 20
@@ -38,12 +38,6 @@ def reset(conn: socket.socket) -> None:
     conn.recv(16)
     conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     conn.close()
-
-
-def silent(conn: socket.socket) -> None:
-    """Backend handler: accept and say nothing until the peer goes away."""
-    while conn.recv(65536):
-        pass
 
 
 @pytest.fixture(scope="module")

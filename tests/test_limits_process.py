@@ -8,7 +8,6 @@ messages too large.  Client addresses are distinct loopback addresses.
 from __future__ import annotations
 
 import socket
-from pathlib import Path
 from typing import Any, Iterator
 
 import pytest

@@ -148,7 +148,7 @@ ProxyPass /echo {backend.endpoint}
 """
     gw = GatewayProcess(config, tmp_path).start()
     try:
-        with connect(f"ws://127.0.0.1:{gw.port()}/echo", open_timeout=5) as ws:
+        with connect(f"ws://127.0.0.1:{gw.port()}/echo", open_timeout=5):
             gw.proc.send_signal(signal.SIGTERM)  # type: ignore[union-attr]
             gw.wait_log("draining 1 session")
         started = time.monotonic()

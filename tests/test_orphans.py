@@ -7,10 +7,8 @@ backend side too: its connection must end (EOF or reset) within the interval.
 from __future__ import annotations
 
 import socket
-import threading
 import time
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 from websockets.sync.client import connect

@@ -121,7 +121,7 @@ def test_token_file_routing_origins_and_rejections(tmp_path: Path, desktops: dic
         ok = {"origin": "http://vdi.example"}
         assert greeting(f"{base}/vnc?token=desk2", **ok) == "desk 127.0.0.2"  # type: ignore[arg-type]
         assert greeting(f"{base}/desk/desk2") == "desk 127.0.0.2"
-        assert greeting(f"ws://desk2.vdi.example/byhost", connect_to=("127.0.0.4", gw.port())) == "desk 127.0.0.2"
+        assert greeting("ws://desk2.vdi.example/byhost", connect_to=("127.0.0.4", gw.port())) == "desk 127.0.0.2"
         # The file changes: a new token works without a restart.
         tokens.write_text(tokens.read_text() + f"desk3: 127.0.0.3:{p3}\n")
         assert greeting(f"{base}/vnc?token=desk3", **ok) == "desk 127.0.0.3"  # type: ignore[arg-type]

@@ -8,13 +8,11 @@ from __future__ import annotations
 
 import json
 import queue
-import socket
 import ssl
 import threading
 import urllib.error
 import urllib.request
 from http import HTTPStatus
-from pathlib import Path
 from typing import Any, Iterator, Optional
 from urllib.parse import parse_qs, urlsplit
 
@@ -23,7 +21,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect
 from websockets.sync.server import Server, ServerConnection, serve
 
-from support import GatewayProcess, TcpServer, make_pki, rss_bytes, wait_until
+from support import GatewayProcess, TcpServer, free_port, make_pki, silent, rss_bytes
 
 MiB = 1024 * 1024
 
@@ -98,19 +96,6 @@ class Backend:
         self._thread.join(5)
 
 
-def _free_port() -> int:
-    """A loopback port with nothing listening on it (bound, then released)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _silent(conn: socket.socket) -> None:
-    """Accept a connection and never answer (a backend that hangs in its handshake)."""
-    while conn.recv(65536):
-        pass
-
-
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> Any:
     folder = tmp_path_factory.mktemp("pki")
@@ -124,13 +109,13 @@ def backends(pki: Any) -> Iterator[dict[str, Any]]:
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.load_cert_chain(pki.server_cert.parent / "fullchain.pem", pki.server_key)
     plain, tls, tls_other = Backend(), Backend(tls=context), Backend("127.0.0.2", tls=context)
-    silent = TcpServer(_silent)
+    quiet = TcpServer(silent)
     try:
-        yield {"plain": plain, "tls": tls, "tls_other": tls_other, "silent": silent}
+        yield {"plain": plain, "tls": tls, "tls_other": tls_other, "silent": quiet}
     finally:
         for backend in (plain, tls, tls_other):
             backend.stop()
-        silent.stop()
+        quiet.stop()
 
 
 @pytest.fixture(scope="module")
@@ -140,7 +125,7 @@ def gateway(tmp_path_factory: pytest.TempPathFactory, backends: dict[str, Any], 
 Listen tcp:port=0:interface=127.0.0.1
 ProxyPass /ws ws://127.0.0.1:{plain}
 ProxyPass /nofwd ws://127.0.0.1:{plain}/info forward=none
-ProxyPass /dead ws://127.0.0.1:{_free_port()}/ connecttimeout=3
+ProxyPass /dead ws://127.0.0.1:{free_port()}/ connecttimeout=3
 ProxyPass /hang ws://127.0.0.1:{backends['silent'].port}/ connecttimeout=3
 ProxyPassMatch ^/n/(\\d+)/(\\w+)$ ws://127.0.0.1:$1/$2
 ProxyPass /tls wss://127.0.0.1:{tls}/ cafile={pki.ca_cert}

@@ -5,7 +5,7 @@ appended to them (pure; plain asserts and hypothesis).
 
 from __future__ import annotations
 
-from urllib.parse import unquote, urlsplit
+from urllib.parse import unquote
 
 import pytest
 from hypothesis import given, strategies as st

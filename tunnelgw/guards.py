@@ -19,7 +19,6 @@ from typing import Any, Optional
 
 from twisted.logger import Logger
 
-from tunnelgw.clientaddr import format_address
 from tunnelgw.config import Config
 from tunnelgw.limits import Admission, HandshakeRate, SessionCounts
 from tunnelgw.metrics import GatewayMetrics, route_label

@@ -23,7 +23,6 @@ from twisted.internet.endpoints import clientFromString, serverFromString
 from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.server import Site
 
 from tunnelgw.backends import TcpBackends
 from tunnelgw.config import Config, ConfigError, Location, Problem, parse_config

@@ -9,8 +9,6 @@ reactor's clock and carries the answers out.
 
 from __future__ import annotations
 
-import json
-import re
 from dataclasses import dataclass
 from typing import Any, Callable, Optional, Union
 
@@ -22,12 +20,12 @@ from twisted.python.failure import Failure
 from tunnelgw.backends import BackendConnection, BackendUnavailable
 from tunnelgw.balancer import Member, Pool
 from tunnelgw.clientaddr import client_address
-from tunnelgw.config import Location, Problem, RouteOptions
+from tunnelgw.config import Problem, RouteOptions
 from tunnelgw.redirect import lookup_answer, owner_of, redirect_location
 from tunnelgw.relay import ConnectFailure
 from tunnelgw.routing import Reject, Route, normalise_path
 from tunnelgw.tokens import FileTokens, SignedTokens, TargetAddress, extract_token, make_token_source
-from tunnelgw.topoconfig import OriginRule, TokenRouteSpec, TokenSourceSpec, TopologyConfig
+from tunnelgw.topoconfig import OriginRule, TokenRouteSpec, TopologyConfig
 
 __all__ = ["JsonAnswer", "Redirect", "Topology", "check_topology", "read_secret"]
 

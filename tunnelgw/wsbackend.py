@@ -24,11 +24,10 @@ from __future__ import annotations
 
 import os
 import re
-import uuid
 from collections import OrderedDict
 from typing import Any, Optional, Sequence, Union
 
-from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol, WebSocketServerProtocol
+from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
 from autobahn.websocket.types import ConnectingRequest, ConnectionDeny, ConnectionRequest
 from autobahn.websocket.xormasker import create_xor_masker
 from OpenSSL import SSL
@@ -48,7 +47,7 @@ from tunnelgw.httpproxy import proxy_request
 from tunnelgw.metrics import route_label
 from tunnelgw.protocol import GatewayFactory, GatewaySession
 from tunnelgw.relay import CLOSE_GOING_AWAY, SessionRecord, connect_rejection
-from tunnelgw.routing import Reject, Route, RuleSet
+from tunnelgw.routing import Reject, Route
 from tunnelgw.wsrelay import backend_target, forwarded_headers, frame_header, handshake_refusal, lost_close
 from tunnelgw.wsurl import WebSocketTarget
 
