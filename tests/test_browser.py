@@ -234,12 +234,13 @@ def test_novnc_example_script(browser: Browser, tmp_path: Path) -> None:
 
 
 def test_front_proxy_docs_match_examples() -> None:
-    """docs/front-proxies.rst shows the tested nginx and Apache files verbatim (as literal blocks)."""
-    doc = (REPO / "docs" / "front-proxies.rst").read_text()
-    for name in ("nginx.conf", "apache.conf"):
-        text = (EXAMPLES / name).read_text()
-        indented = "\n".join(("    " + line) if line else "" for line in text.splitlines())
-        assert indented in doc, f"docs/front-proxies.rst no longer shows examples/front-proxies/{name}"
+    """docs/front-proxies.rst shows the tested nginx and Apache files verbatim, and README.rst the nginx one."""
+    for doc, names in (("docs/front-proxies.rst", ("nginx.conf", "apache.conf")), ("README.rst", ("nginx.conf",))):
+        text = (REPO / doc).read_text()
+        for name in names:
+            example = (EXAMPLES / name).read_text()
+            indented = "\n".join(("    " + line) if line else "" for line in example.splitlines())
+            assert indented in text, f"{doc} no longer shows examples/front-proxies/{name}"
 
 
 def test_broadway_through_gateway(browser: Browser, tmp_path: Path) -> None:
