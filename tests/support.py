@@ -283,6 +283,7 @@ class Pki:
     chain: Path  # the intermediate certificate
     server_cert: Path
     server_key: Path
+    fullchain: Path  # the server certificate followed by the intermediate
 
 
 def make_pki(folder: Path, names: Iterator[str] | list[str] = ("localhost",),
@@ -326,10 +327,12 @@ def make_pki(folder: Path, names: Iterator[str] | list[str] = ("localhost",),
         return c.public_bytes(serialization.Encoding.PEM)
 
     folder.mkdir(parents=True, exist_ok=True)
-    pki = Pki(folder / "ca.pem", folder / "chain.pem", folder / "server.pem", folder / "server.key")
+    pki = Pki(folder / "ca.pem", folder / "chain.pem", folder / "server.pem", folder / "server.key",
+              folder / "fullchain.pem")
     pki.ca_cert.write_bytes(pem(root))
     pki.chain.write_bytes(pem(mid))
     pki.server_cert.write_bytes(pem(leaf))
+    pki.fullchain.write_bytes(pem(leaf) + pem(mid))
     pki.server_key.write_bytes(leaf_key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                                       serialization.NoEncryption()))
     return pki

@@ -125,21 +125,14 @@ def _example(name: str, replacements: dict[str, str]) -> str:
     return text
 
 
-def _fullchain(tmp: Path, pki: Pki) -> Path:
-    path = tmp / "fullchain.pem"
-    path.write_bytes(pki.server_cert.read_bytes() + pki.chain.read_bytes())
-    (tmp / "server.key").write_bytes(pki.server_key.read_bytes())
-    return path
-
-
 def test_novnc_behind_nginx(browser: Browser, gateway: GatewayProcess, desktop: Xvnc, pki: Pki,
                             tmp_path: Path) -> None:
     """noVNC through nginx with TLS (examples/front-proxies/nginx.conf) to the gateway's ws:// listener."""
     front = tmp_path / "nginx"
     front.mkdir()
-    _fullchain(front, pki)
     port = free_port()
-    server = _example("nginx.conf", {"127.0.0.1:8443": f"127.0.0.1:{port}", "/etc/ssl/tunnelgw": str(front),
+    # The recipe's certificate folder holds fullchain.pem and server.key, as make_pki writes them.
+    server = _example("nginx.conf", {"127.0.0.1:8443": f"127.0.0.1:{port}", "/etc/ssl/tunnelgw": str(pki.fullchain.parent),
                                      "127.0.0.1:8080": f"127.0.0.1:{gateway.port(0)}"})
     nginx = Nginx(front, server, port)
     try:
@@ -156,9 +149,8 @@ def test_novnc_behind_apache(browser: Browser, gateway: GatewayProcess, desktop:
     front = tmp_path / "apache"
     front.mkdir()
     front.chmod(0o755)
-    _fullchain(front, pki)
     port = free_port()
-    site = _example("apache.conf", {"127.0.0.1:8443": f"127.0.0.1:{port}", "/etc/ssl/tunnelgw": str(front),
+    site = _example("apache.conf", {"127.0.0.1:8443": f"127.0.0.1:{port}", "/etc/ssl/tunnelgw": str(pki.fullchain.parent),
                                     "127.0.0.1:8080": f"127.0.0.1:{gateway.port(0)}"})
     apache = Apache(front, site, port)
     try:

@@ -98,16 +98,13 @@ class Backend:
 
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> Any:
-    folder = tmp_path_factory.mktemp("pki")
-    pki = make_pki(folder, names=["localhost"], ips=["127.0.0.1"])
-    (folder / "fullchain.pem").write_bytes(pki.server_cert.read_bytes() + pki.chain.read_bytes())
-    return pki
+    return make_pki(tmp_path_factory.mktemp("pki"), names=["localhost"], ips=["127.0.0.1"])
 
 
 @pytest.fixture(scope="module")
 def backends(pki: Any) -> Iterator[dict[str, Any]]:
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.load_cert_chain(pki.server_cert.parent / "fullchain.pem", pki.server_key)
+    context.load_cert_chain(pki.fullchain, pki.server_key)
     plain, tls, tls_other = Backend(), Backend(tls=context), Backend("127.0.0.2", tls=context)
     quiet = TcpServer(silent)
     try:
