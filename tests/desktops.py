@@ -14,16 +14,15 @@ import base64
 import hashlib
 import os
 import select
-import signal
 import socket
 import subprocess
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from fronts import apache_main, apache_process, nginx_main, nginx_process
-from support import REPO, free_port, require_tool, wait_until
+from support import REPO, free_port, require_module, require_tool, stop_process, wait_until
 
 __all__ = [
     "SCREENSHOTS",
@@ -57,18 +56,6 @@ def spki_hash(cert_pem: Path) -> str:
     spki = cert.public_key().public_bytes(serialization.Encoding.DER,
                                           serialization.PublicFormat.SubjectPublicKeyInfo)
     return base64.b64encode(hashlib.sha256(spki).digest()).decode("ascii")
-
-
-def _stop(proc: Optional[subprocess.Popen[bytes]], timeout: float = 5.0) -> None:
-    """Terminate a child (SIGTERM, then SIGKILL) and reap it."""
-    if proc is None or proc.poll() is not None:
-        return
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(timeout)
 
 
 class Xvnc:
@@ -139,7 +126,7 @@ class Xvnc:
     def stop(self) -> None:
         """Stop the xterm and the server."""
         for proc in reversed(self._procs):
-            _stop(proc)
+            stop_process(proc, timeout=5)
         self._procs = []
 
     def __enter__(self) -> "Xvnc":
@@ -196,7 +183,7 @@ class Broadway:
     def stop(self) -> None:
         """Stop the application and broadwayd."""
         for proc in reversed(self._procs):
-            _stop(proc)
+            stop_process(proc, timeout=5)
         self._procs = []
 
 
@@ -217,15 +204,8 @@ class Browser:
 
     def start(self, timeout: float = 30.0) -> "Browser":
         """Launch Chromium; fails with the browser's reason after timeout seconds."""
-        import pytest
-
         chromium = require_tool("/usr/bin/chromium")
-        try:
-            from playwright.sync_api import sync_playwright
-        except ImportError:
-            if os.environ.get("CI") == "true":
-                pytest.fail("playwright is not installed (pip install '.[test]')")
-            pytest.skip("playwright is not installed (pip install '.[test]')")
+        sync_playwright = require_module("playwright.sync_api").sync_playwright  # type: ignore[attr-defined]
         args = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
                 "--disable-dev-shm-usage", "--password-store=basic"]

@@ -18,7 +18,7 @@ import subprocess
 from pathlib import Path
 from typing import Optional
 
-from support import free_port, require_tool, wait_until
+from support import free_port, require_tool, stop_process, wait_until
 
 __all__ = ["APACHE_MODULES", "FrontProcess", "apache_config", "apache_main", "free_port", "haproxy_config",
            "nginx_config", "nginx_main"]
@@ -57,13 +57,7 @@ class FrontProcess:
 
     def stop(self) -> None:
         """Terminate (then kill) the process."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        stop_process(self.proc)
         if self.proc is not None:
             self._log.close()
 

@@ -29,7 +29,19 @@ from typing import Callable, Iterator, Optional
 
 REPO = Path(__file__).resolve().parent.parent
 
-__all__ = ["GatewayProcess", "Pki", "RawClient", "free_port", "silent", "TcpServer", "make_pki", "require_tool", "rss_bytes", "wait_until", "REPO"]
+__all__ = ["GatewayProcess", "Pki", "RawClient", "free_port", "require_module", "silent", "stop_process", "TcpServer", "make_pki", "require_tool", "rss_bytes", "wait_until", "REPO"]
+
+
+def stop_process(proc: Optional["subprocess.Popen[bytes]"], sig: int = signal.SIGTERM, timeout: float = 10.0) -> None:
+    """Signal a child (SIGTERM by default), kill it if it has not exited within timeout, and reap it."""
+    if proc is None or proc.poll() is not None:
+        return
+    proc.send_signal(sig)
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(5)
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float = 10.0, interval: float = 0.02) -> bool:
@@ -140,13 +152,7 @@ class GatewayProcess:
         """Stop the gateway (SIGTERM, then SIGKILL); return its exit status."""
         if self.proc is None:
             return 0
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        stop_process(self.proc, sig, timeout)
         self._log.close()
         return self.proc.returncode
 
@@ -336,6 +342,24 @@ def make_pki(folder: Path, names: Iterator[str] | list[str] = ("localhost",),
     pki.server_key.write_bytes(leaf_key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                                       serialization.NoEncryption()))
     return pki
+
+
+def require_module(name: str) -> object:
+    """
+    Import a Python module the test needs.  Missing, it skips the test, except
+    under CI=true where a missing module is a failure (.ci/run installs the extras).
+    """
+    import importlib
+
+    import pytest
+
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        message = f"Python module {name} is not installed (pip install '.[test,bench]')"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
 
 
 def require_tool(path_or_name: str) -> str:

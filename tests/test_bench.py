@@ -9,14 +9,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pytest
 
-from support import require_tool
+from support import require_module, require_tool
 
 
 def test_bench_smoke_writes_every_figure(tmp_path: Path) -> None:
     """A tiny run measures every figure for tunnelgw and websockify and writes the table, JSON and plot."""
-    pytest.importorskip("matplotlib")
+    require_module("matplotlib")
     require_tool("websockify")
     from bench.run import SMOKE, main
 

@@ -125,39 +125,29 @@ def _example(name: str, replacements: dict[str, str]) -> str:
     return text
 
 
-def test_novnc_behind_nginx(browser: Browser, gateway: GatewayProcess, desktop: Xvnc, pki: Pki,
-                            tmp_path: Path) -> None:
-    """noVNC through nginx with TLS (examples/front-proxies/nginx.conf) to the gateway's ws:// listener."""
-    front = tmp_path / "nginx"
+@pytest.mark.parametrize("front_proxy", [Nginx, Apache], ids=["nginx", "apache"])
+def test_novnc_behind_front_proxy(browser: Browser, gateway: GatewayProcess, desktop: Xvnc, pki: Pki,
+                                  tmp_path: Path, front_proxy: Any) -> None:
+    """
+    noVNC through a TLS front proxy to the gateway's ws:// listener, configured
+    by the documented recipe: nginx (examples/front-proxies/nginx.conf) or
+    Apache httpd 2.4 with mod_proxy_wstunnel (examples/front-proxies/apache.conf).
+    """
+    name = front_proxy.__name__.lower()
+    front = tmp_path / name
     front.mkdir()
+    front.chmod(0o755)  # httpd's children run as www-data
     port = free_port()
     # The recipe's certificate folder holds fullchain.pem and server.key, as make_pki writes them.
-    server = _example("nginx.conf", {"127.0.0.1:8443": f"127.0.0.1:{port}", "/etc/ssl/tunnelgw": str(pki.fullchain.parent),
-                                     "127.0.0.1:8080": f"127.0.0.1:{gateway.port(0)}"})
-    nginx = Nginx(front, server, port)
+    recipe = _example(f"{name}.conf", {"127.0.0.1:8443": f"127.0.0.1:{port}",
+                                        "/etc/ssl/tunnelgw": str(pki.fullchain.parent),
+                                        "127.0.0.1:8080": f"127.0.0.1:{gateway.port(0)}"})
+    proxy = front_proxy(front, recipe, port)
     try:
-        nginx.start()
-        use_desktop(browser, f"https://127.0.0.1:{port}/novnc/vnc_lite.html", desktop, "novnc-nginx")
+        proxy.start()
+        use_desktop(browser, f"https://127.0.0.1:{port}/novnc/vnc_lite.html", desktop, f"novnc-{name}")
     finally:
-        nginx.stop()
-    gateway.wait_log(r"session end .*path=/websockify")
-
-
-def test_novnc_behind_apache(browser: Browser, gateway: GatewayProcess, desktop: Xvnc, pki: Pki,
-                             tmp_path: Path) -> None:
-    """noVNC through Apache httpd 2.4 with TLS and mod_proxy_wstunnel (examples/front-proxies/apache.conf)."""
-    front = tmp_path / "apache"
-    front.mkdir()
-    front.chmod(0o755)
-    port = free_port()
-    site = _example("apache.conf", {"127.0.0.1:8443": f"127.0.0.1:{port}", "/etc/ssl/tunnelgw": str(pki.fullchain.parent),
-                                    "127.0.0.1:8080": f"127.0.0.1:{gateway.port(0)}"})
-    apache = Apache(front, site, port)
-    try:
-        apache.start()
-        use_desktop(browser, f"https://127.0.0.1:{port}/novnc/vnc_lite.html", desktop, "novnc-apache")
-    finally:
-        apache.stop()
+        proxy.stop()
     gateway.wait_log(r"session end .*path=/websockify")
 
 

@@ -36,6 +36,7 @@ __all__ = [
     "Problem",
     "RouteOptions",
     "Rule",
+    "SUBSTITUTION",
     "Timeouts",
     "parse_config",
 ]
@@ -257,7 +258,8 @@ class Config:
         return (*self.prefix_rules, *self.pattern_rules)
 
 
-_SUBSTITUTION = re.compile(r"\$(\d)")
+#: ``$1``..``$9`` in a ProxyPassMatch target: group N of the match.
+SUBSTITUTION = re.compile(r"\$(\d)")
 
 
 def _tokens(text: str) -> list[str]:
@@ -365,7 +367,7 @@ def _check_target_options(target: str, words: list[str], options: RouteOptions,
             problem(f"{key}= applies to ws:// and wss:// targets only")
         return
     try:
-        url = parse_websocket_url(_SUBSTITUTION.sub("1", target))
+        url = parse_websocket_url(SUBSTITUTION.sub("1", target))
     except ValueError as e:
         problem(f"bad WebSocket backend URL {target!r}: {e}")
         return
@@ -507,7 +509,7 @@ def parse_config(text: str, filename: str = "<config>", require_listeners: bool 
                 if not _is_safe_path(match_text):
                     problem(f"ProxyPass path must be an absolute URL path without '.', '..', "
                             f"empty segments, spaces, '?' or '#', got {match_text!r}")
-                elif _SUBSTITUTION.search(target):
+                elif SUBSTITUTION.search(target):
                     problem("$N substitutions need ProxyPassMatch; ProxyPass has no groups")
                 elif path in seen_paths:
                     problem(f"duplicate ProxyPass path {path!r} (first at {seen_paths[path]})")
@@ -520,7 +522,7 @@ def parse_config(text: str, filename: str = "<config>", require_listeners: bool 
                 except (re.error, RecursionError, OverflowError, ValueError) as e:
                     problem(f"bad regular expression {match_text!r}: {e}")
                     continue
-                groups = {int(g) for g in _SUBSTITUTION.findall(target)}
+                groups = {int(g) for g in SUBSTITUTION.findall(target)}
                 missing = sorted(g for g in groups if g > pattern.groups or g == 0)
                 if missing:
                     problem(f"target uses ${missing[0]} but the expression has "
@@ -608,7 +610,7 @@ def parse_config(text: str, filename: str = "<config>", require_listeners: bool 
                                                  f"(at {seen_paths[alias.path]}); give each its own path"))
     rules: list[Rule] = [*prefix_rules, *pattern_rules]
     topology_config = topology.finish([(r.target, r.where) for r in rules],
-                                      lambda w, m: problems.append(Problem(w, m)))  # type: ignore[arg-type]
+                                      lambda w, m: problems.append(Problem(w, m)))
     if require_listeners and not listeners and not problems:
         problems.append(Problem(Location(filename, last_line), "no Listen directive: the gateway would accept nothing"))
     if keepalive.ping and keepalive.pong >= keepalive.ping and not problems:

@@ -92,7 +92,3 @@ class DirectBinaryFrames:
         if rest is not None:
             self._direct = False
             super().dataReceived(rest)  # type: ignore[misc]
-
-    def stop_direct_frames(self) -> None:
-        """Leave all further reads to Autobahn (the session is ending)."""
-        self._frame_reader = None

@@ -33,11 +33,6 @@ def route_label(route: Any) -> str:
     return str(getattr(pattern, "pattern", "")) if pattern is not None else ""
 
 
-class _LiveSession(Protocol):
-    route: Any
-    _record: Optional[SessionRecord]
-
-
 class _Sessions(Protocol):
     sessions: dict[str, Any]
 

@@ -337,6 +337,9 @@ class GatewayFactory(FactoryGuards, WebSocketServerFactory):
     protocol = GatewayProtocol  # type: ignore[assignment]
     #: Token routes, pools, redirects (:class:`tunnelgw.topology.Topology`), set by the service.
     topology: Any = None
+    #: The connector to ws:// and wss:// backends (:func:`tunnelgw.wsbackend.websocket_backends`
+    #: makes it on first use: this module cannot import that one).
+    websocket_backends: Any = None
 
     def __init__(self, rules: RuleSet, reactor: Any, backends: Optional[TcpBackends] = None) -> None:
         super().__init__(server="tunnelgw", reactor=reactor)

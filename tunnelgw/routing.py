@@ -15,7 +15,7 @@ import re
 from dataclasses import dataclass
 from typing import Union
 
-from tunnelgw.config import Config, PatternRule, PrefixRule, RouteOptions, Rule
+from tunnelgw.config import SUBSTITUTION, Config, PatternRule, PrefixRule, RouteOptions, Rule
 
 __all__ = ["Reject", "Route", "RuleSet", "choose_route", "normalise_path"]
 
@@ -47,7 +47,6 @@ class Reject:
 # request path can never add parameters to an endpoint string (":" and "=" are
 # its separators, "\" its escape) nor reach a different host than configured.
 _SAFE_CAPTURE = re.compile(r"[A-Za-z0-9._~-]*")
-_SUBSTITUTION = re.compile(r"\$(\d)")
 _HEX = frozenset("0123456789abcdefABCDEF")
 
 
@@ -76,7 +75,7 @@ class RuleSet:
             for value in captured.values():
                 if not _SAFE_CAPTURE.fullmatch(value) or value in (".", ".."):
                     return Reject(400, f"the path holds a value that may not be put in a backend address: {value!r}")
-            target = _SUBSTITUTION.sub(lambda m: captured[m.group(1)], pattern_rule.target)
+            target = SUBSTITUTION.sub(lambda m: captured[m.group(1)], pattern_rule.target)
             return Route(pattern_rule, target, pattern_rule.options)
         return Reject(404, "no route for this path")
 

@@ -25,7 +25,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from tunnelgw.backends import TcpBackends
-from tunnelgw.config import Config, ConfigError, Location, Problem, parse_config
+from tunnelgw.config import SUBSTITUTION, Config, ConfigError, Location, Problem, parse_config
 from tunnelgw.demo import demo_factory, demo_page
 from tunnelgw.front import GatewaySite, HandshakeDeadline
 from tunnelgw.metrics import GatewayMetrics
@@ -48,7 +48,6 @@ __all__ = [
 ]
 
 _log = Logger(namespace="tunnelgw")
-_SUBSTITUTION = re.compile(r"\$\d")
 
 
 class ListenError(Exception):
@@ -100,7 +99,7 @@ def check_config(config: Config, reactor: Any) -> list[tuple[Location, str, IStr
             problems.append(Problem(where, f"bad {kind} endpoint {description!r}: {_explain(e)}"))
     problems += check_topology(config.topology, reactor)
     for rule in config.rules:
-        target = _SUBSTITUTION.sub("1", rule.target)
+        target = SUBSTITUTION.sub("1", rule.target)
         if target.startswith("balancer://"):
             continue
         if is_websocket_target(target):

@@ -27,8 +27,11 @@ from __future__ import annotations
 import ipaddress
 import re
 from dataclasses import dataclass, field
-from typing import Callable, Optional, Union
+from typing import TYPE_CHECKING, Callable, Optional, Union
 from urllib.parse import urlsplit
+
+if TYPE_CHECKING:  # config imports this module; the dependency is for annotations only
+    from tunnelgw.config import Location
 
 __all__ = [
     "TOPOLOGY_DIRECTIVES",
@@ -80,7 +83,7 @@ class TokenSourceSpec:
     allow: tuple[AllowedTarget, ...]
     reload: float
     bind_address: bool
-    where: object
+    where: Location
 
 
 @dataclass(frozen=True)
@@ -92,7 +95,7 @@ class TokenRouteSpec:
     origin: str
     param: str
     connect_timeout: float
-    where: object
+    where: Location
 
 
 @dataclass(frozen=True)
@@ -101,7 +104,7 @@ class TokenLookupSpec:
 
     path: str
     route_path: str
-    where: object
+    where: Location
 
 
 @dataclass(frozen=True)
@@ -110,7 +113,7 @@ class BalancerMemberSpec:
 
     endpoint: str
     drain: bool
-    where: object
+    where: Location
 
 
 @dataclass(frozen=True)
@@ -121,7 +124,7 @@ class BalancerSpec:
     members: tuple[BalancerMemberSpec, ...]
     method: str
     retry: float
-    where: object
+    where: Location
 
 
 @dataclass(frozen=True)
@@ -130,7 +133,7 @@ class GatewayOwner:
 
     url: str
     host_globs: tuple[str, ...]
-    where: object
+    where: Location
 
 
 @dataclass(frozen=True)
@@ -139,7 +142,7 @@ class OriginRule:
 
     path: str
     origins: tuple[str, ...]
-    where: object
+    where: Location
 
 
 @dataclass(frozen=True)
@@ -214,14 +217,14 @@ class TopologyParser:
     owners: list[GatewayOwner] = field(default_factory=list)
     trusted: list[Network] = field(default_factory=list)
     origins: list[OriginRule] = field(default_factory=list)
-    _block: Optional[tuple[str, object, list[BalancerMemberSpec], dict[str, str]]] = None
+    _block: Optional[tuple[str, Location, list[BalancerMemberSpec], dict[str, str]]] = None
 
     @property
     def in_block(self) -> bool:
         """True between ``<Proxy ...>`` and ``</Proxy>``."""
         return self._block is not None
 
-    def directive(self, name: str, args: list[str], where: object, problem: Callable[[str], None],
+    def directive(self, name: str, args: list[str], where: Location, problem: Callable[[str], None],
                   is_safe_path: Callable[[str], bool]) -> None:
         """Parse one directive (``name`` lower-cased), reporting mistakes through problem."""
         if self._block is not None and name not in ("balancermember", "proxyset", "</proxy>"):
@@ -231,7 +234,7 @@ class TopologyParser:
         getattr(self, "_" + name.strip("<>/").lower() + ("_end" if name.startswith("</") else ""))(
             args, where, problem, is_safe_path)
 
-    def _tokensource(self, args: list[str], where: object, problem: Callable[[str], None], _: object) -> None:
+    def _tokensource(self, args: list[str], where: Location, problem: Callable[[str], None], _: object) -> None:
         if len(args) < 3 or args[1] not in TOKEN_KINDS or not _NAME.fullmatch(args[0]):
             problem("TokenSource takes a name, a kind (file, dir, jwt), a path (for jwt: a file "
                     "holding the secret) and allow=HOSTGLOB:PORTS options")
@@ -263,7 +266,7 @@ class TopologyParser:
             problem("bind=address needs signed tokens (kind jwt)")
         self.token_sources.append(TokenSourceSpec(name, kind, path, tuple(allow), reload, bind, where))
 
-    def _tokenroute(self, args: list[str], where: object, problem: Callable[[str], None],
+    def _tokenroute(self, args: list[str], where: Location, problem: Callable[[str], None],
                     is_safe_path: Callable[[str], bool]) -> None:
         if len(args) < 2 or not is_safe_path(args[0]):
             problem("TokenRoute takes an absolute path and a TokenSource name, then from=query|path|host, "
@@ -289,14 +292,14 @@ class TopologyParser:
             return
         self.token_routes.append(TokenRouteSpec(path, args[1], origin, param, timeout, where))
 
-    def _tokenlookup(self, args: list[str], where: object, problem: Callable[[str], None],
+    def _tokenlookup(self, args: list[str], where: Location, problem: Callable[[str], None],
                      is_safe_path: Callable[[str], bool]) -> None:
         if len(args) != 2 or not all(is_safe_path(a) for a in args):
             problem("TokenLookup takes the lookup's path and a TokenRoute path, e.g. TokenLookup /lookup /vnc")
             return
         self.token_lookups.append(TokenLookupSpec(args[0], args[1].rstrip("/") or "/", where))
 
-    def _proxy(self, args: list[str], where: object, problem: Callable[[str], None], _: object) -> None:
+    def _proxy(self, args: list[str], where: Location, problem: Callable[[str], None], _: object) -> None:
         text = " ".join(args)
         if not text.endswith(">"):
             problem("a block opens with <Proxy balancer://NAME>")
@@ -310,7 +313,7 @@ class TopologyParser:
             problem(f"duplicate balancer {name!r}")
         self._block = (name, where, [], {})
 
-    def _proxy_end(self, args: list[str], where: object, problem: Callable[[str], None], _: object) -> None:
+    def _proxy_end(self, args: list[str], where: Location, problem: Callable[[str], None], _: object) -> None:
         if self._block is None:
             problem("</Proxy> without <Proxy balancer://NAME>")
             return
@@ -323,7 +326,7 @@ class TopologyParser:
         retry = _seconds(settings.get("retry", str(DEFAULT_RETRY)), "retry", problem, DEFAULT_RETRY)
         self.balancers.append(BalancerSpec(name, tuple(members), method, retry, opened))
 
-    def _balancermember(self, args: list[str], where: object, problem: Callable[[str], None], _: object) -> None:
+    def _balancermember(self, args: list[str], where: Location, problem: Callable[[str], None], _: object) -> None:
         if self._block is None:
             problem("BalancerMember belongs inside <Proxy balancer://NAME> ... </Proxy>")
             return
@@ -340,7 +343,7 @@ class TopologyParser:
             return
         self._block[2].append(BalancerMemberSpec(args[0], drain, where))
 
-    def _proxyset(self, args: list[str], where: object, problem: Callable[[str], None], _: object) -> None:
+    def _proxyset(self, args: list[str], where: Location, problem: Callable[[str], None], _: object) -> None:
         if self._block is None:
             problem("ProxySet belongs inside <Proxy balancer://NAME> ... </Proxy>")
             return
@@ -350,19 +353,19 @@ class TopologyParser:
                 continue
             self._block[3][key] = value
 
-    def _gatewayurl(self, args: list[str], where: object, problem: Callable[[str], None], _: object) -> None:
+    def _gatewayurl(self, args: list[str], where: Location, problem: Callable[[str], None], _: object) -> None:
         if len(args) != 1 or not _is_ws_url(args[0]):
             problem("GatewayURL takes this gateway's base URL, e.g. wss://host1.example:8443")
             return
         self.gateway_url = args[0].rstrip("/")
 
-    def _gatewayowner(self, args: list[str], where: object, problem: Callable[[str], None], _: object) -> None:
+    def _gatewayowner(self, args: list[str], where: Location, problem: Callable[[str], None], _: object) -> None:
         if len(args) < 2 or not _is_ws_url(args[0]) or not all(_HOSTGLOB.fullmatch(g) for g in args[1:]):
             problem("GatewayOwner takes a gateway's base URL and the desktop host globs it serves")
             return
         self.owners.append(GatewayOwner(args[0].rstrip("/"), tuple(g.lower() for g in args[1:]), where))
 
-    def _trustedproxy(self, args: list[str], where: object, problem: Callable[[str], None], _: object) -> None:
+    def _trustedproxy(self, args: list[str], where: Location, problem: Callable[[str], None], _: object) -> None:
         if not args:
             problem("TrustedProxy takes addresses or networks, e.g. TrustedProxy 127.0.0.1 10.1.0.0/16")
         for arg in args:
@@ -371,7 +374,7 @@ class TopologyParser:
             except ValueError:
                 problem(f"TrustedProxy takes IP addresses or networks, got {arg!r}")
 
-    def _originallow(self, args: list[str], where: object, problem: Callable[[str], None],
+    def _originallow(self, args: list[str], where: Location, problem: Callable[[str], None],
                      is_safe_path: Callable[[str], bool]) -> None:
         if len(args) < 2 or not is_safe_path(args[0]):
             problem("OriginAllow takes a path and the allowed origins, e.g. OriginAllow /vnc https://vdi.example")
@@ -379,7 +382,7 @@ class TopologyParser:
         self.origins.append(OriginRule(args[0].rstrip("/") or "/", tuple(o.rstrip("/").lower() for o in args[1:]),
                                        where))
 
-    def finish(self, targets: list[tuple[str, object]], problem_at: Callable[[object, str], None]) -> TopologyConfig:
+    def finish(self, targets: list[tuple[str, Location]], problem_at: Callable[[Location, str], None]) -> TopologyConfig:
         """
         Check cross references and close the parse.
 

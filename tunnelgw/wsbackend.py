@@ -545,9 +545,9 @@ class WebSocketSession(_RelayedHop, GatewaySession):  # type: ignore[misc]
 
 def websocket_backends(factory: GatewayFactory) -> WebSocketBackends:
     """The gateway factory's connector to WebSocket backends, made on first use."""
-    backends = getattr(factory, "websocket_backends", None)
-    if backends is None:
-        backends = factory.websocket_backends = WebSocketBackends(factory.reactor)  # type: ignore[attr-defined]
+    if factory.websocket_backends is None:
+        factory.websocket_backends = WebSocketBackends(factory.reactor)
+    backends: WebSocketBackends = factory.websocket_backends
     return backends
 
 
