@@ -55,7 +55,7 @@ def ws_backends_supported() -> bool:
     """Whether this tree's tunnelgw accepts ``ws://`` backend targets."""
     from twisted.internet.testing import MemoryReactor
 
-    from tunnelgw.config import ConfigError, parse_config
+    from tunnelgw.core.config import ConfigError, parse_config
     from tunnelgw.service import check_config
 
     try:

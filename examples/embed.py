@@ -21,7 +21,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import Site
 from twisted.web.static import Data
 
-from tunnelgw.config import parse_config
+from tunnelgw.core.config import parse_config
 from tunnelgw.service import build_resource
 
 PORT = int(sys.argv[1]) if len(sys.argv) > 1 else 8090
@@ -40,7 +40,7 @@ def main() -> None:
     root = Resource()
     root.putChild(b"", Data(b"<h1>My application</h1><p>Desktops at ws://host/desktops/echo</p>", "text/html"))
     # build_resource checks the rules (endpoint strings included) and raises
-    # tunnelgw.config.ConfigError with FILE:LINE messages when they are wrong.
+    # tunnelgw.core.config.ConfigError with FILE:LINE messages when they are wrong.
     root.putChild(b"desktops", build_resource(parse_config(rules, "embed.py:RULES", require_listeners=False), reactor))
     serverFromString(reactor, f"tcp:port={PORT}:interface=127.0.0.1").listen(Site(root))
     print(f"application listening on http://127.0.0.1:{PORT}/", flush=True)

@@ -1,12 +1,12 @@
-"""Tests for tunnelgw.balancer: member order by method, down marks, drain, reload."""
+"""Tests for tunnelgw.core.balancer: member order by method, down marks, drain, reload."""
 
 from __future__ import annotations
 
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tunnelgw.balancer import Pool
-from tunnelgw.topoconfig import BalancerMemberSpec, BalancerSpec
+from tunnelgw.core.balancer import Pool
+from tunnelgw.core.topoconfig import BalancerMemberSpec, BalancerSpec
 
 
 def pool(method: str, drain: tuple[bool, ...] = (False, False, False), retry: float = 30.0) -> Pool:

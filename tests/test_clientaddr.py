@@ -1,4 +1,4 @@
-"""Tests for tunnelgw.clientaddr: forwarding headers count only from trusted peers."""
+"""Tests for tunnelgw.core.clientaddr: forwarding headers count only from trusted peers."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import ipaddress
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tunnelgw.clientaddr import client_address, forwarded_chain
+from tunnelgw.core.clientaddr import client_address, forwarded_chain
 
 TRUSTED = (ipaddress.ip_network("127.0.0.1/32"), ipaddress.ip_network("10.0.0.0/8"))
 

@@ -1,4 +1,4 @@
-"""Tests for tunnelgw.config: directives, options, and FILE:LINE errors."""
+"""Tests for tunnelgw.core.config: directives, options, and FILE:LINE errors."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tunnelgw.config import DEFAULT_CONFIG, ConfigError, PrefixRule, parse_config
+from tunnelgw.core.config import DEFAULT_CONFIG, ConfigError, PrefixRule, parse_config
 
 
 def problems(text: str) -> list[str]:

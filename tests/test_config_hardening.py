@@ -1,10 +1,10 @@
-"""Hardening directives of the configuration (tunnelgw.config): values, defaults and FILE:LINE errors."""
+"""Hardening directives of the configuration (tunnelgw.core.config): values, defaults and FILE:LINE errors."""
 
 from __future__ import annotations
 
 import pytest
 
-from tunnelgw.config import ConfigError, KeepAlive, Limits, Timeouts, parse_config
+from tunnelgw.core.config import ConfigError, KeepAlive, Limits, Timeouts, parse_config
 
 
 def test_defaults_are_documented_values() -> None:

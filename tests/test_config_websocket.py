@@ -12,7 +12,7 @@ import pytest
 from twisted.internet.testing import MemoryReactorClock
 
 from support import make_pki
-from tunnelgw.config import DEFAULT_FORWARD, ConfigError, RouteOptions, parse_config
+from tunnelgw.core.config import DEFAULT_FORWARD, ConfigError, RouteOptions, parse_config
 from tunnelgw.service import check_config
 
 LISTEN = "Listen tcp:port=8080:interface=127.0.0.1\n"

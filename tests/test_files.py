@@ -18,9 +18,9 @@ from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 
 from support import GatewayProcess, TcpServer, echo
-from tunnelgw.config import Alias, ConfigError, Location, parse_config
+from tunnelgw.core.config import Alias, ConfigError, Location, parse_config
 from tunnelgw.files import choose_alias
-from tunnelgw.routing import Reject, normalise_path
+from tunnelgw.core.routing import Reject, normalise_path
 from tunnelgw.service import check_config
 
 HERE = Location("t", 1)

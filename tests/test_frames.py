@@ -1,5 +1,5 @@
 """
-Tests for :mod:`tunnelgw.frames`: the direct binary frame reader, checked
+Tests for :mod:`tunnelgw.core.frames`: the direct binary frame reader, checked
 against frames serialised by the ``websockets`` library.
 """
 
@@ -11,7 +11,7 @@ from hypothesis import given, settings, strategies as st
 from websockets.frames import Close, Frame, Opcode
 from websockets.speedups import apply_mask  # type: ignore[import-not-found]
 
-from tunnelgw.frames import BinaryFrameReader
+from tunnelgw.core.frames import BinaryFrameReader
 
 
 def _binary(payload: bytes) -> bytes:

@@ -394,7 +394,7 @@ def test_no_twisted_web_proxy_deprecation() -> None:
         "import sys, warnings\n"
         "with warnings.catch_warnings(record=True) as seen:\n"
         "    warnings.simplefilter('always')\n"
-        "    import tunnelgw.web, tunnelgw.service, tunnelgw.httpproxy\n"
+        "    import tunnelgw.web, tunnelgw.service, tunnelgw.backends.http\n"
         "print('proxy loaded' if 'twisted.web.proxy' in sys.modules else 'proxy not loaded')\n"
         "print('\\n'.join(str(w.message) for w in seen))\n"
     )

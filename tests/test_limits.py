@@ -1,12 +1,12 @@
-"""Admission policy (tunnelgw.limits): session counts and handshake rates, as plain values."""
+"""Admission policy (tunnelgw.core.limits): session counts and handshake rates, as plain values."""
 
 from __future__ import annotations
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tunnelgw.limits import Admission, HandshakeRate, SessionCounts
-from tunnelgw.routing import Reject
+from tunnelgw.core.limits import Admission, HandshakeRate, SessionCounts
+from tunnelgw.core.routing import Reject
 
 
 def test_each_session_limit_refuses_with_503_and_says_which() -> None:

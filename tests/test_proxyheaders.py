@@ -1,10 +1,10 @@
-"""Header policy of the HTTP reverse proxy (:mod:`tunnelgw.proxyheaders`), pure: plain asserts and hypothesis."""
+"""Header policy of the HTTP reverse proxy (:mod:`tunnelgw.core.proxyheaders`), pure: plain asserts and hypothesis."""
 
 from __future__ import annotations
 
 from hypothesis import given, strategies as st
 
-from tunnelgw.proxyheaders import (
+from tunnelgw.core.proxyheaders import (
     HOP_BY_HOP,
     backend_request_headers,
     client_response_headers,

@@ -1,4 +1,4 @@
-"""Tests for tunnelgw.relay: subprotocols, base64 streaming, statuses and close codes."""
+"""Tests for tunnelgw.core.relay: subprotocols, base64 streaming, statuses and close codes."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tunnelgw.relay import (Base64Decoder, Close, ConnectFailure, SessionRecord, backend_ended,
+from tunnelgw.core.relay import (Base64Decoder, Close, ConnectFailure, SessionRecord, backend_ended,
                             choose_subprotocol, close_reason, connect_rejection)
-from tunnelgw.routing import Reject
+from tunnelgw.core.routing import Reject
 
 
 def test_subprotocol_choice() -> None:

@@ -1,11 +1,11 @@
-"""Idle and heartbeat policy (tunnelgw.relay), with time passed in."""
+"""Idle and heartbeat policy (tunnelgw.core.relay), with time passed in."""
 
 from __future__ import annotations
 
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tunnelgw.relay import CLOSE_GOING_AWAY, Heartbeat, IdleWatch, idle_close
+from tunnelgw.core.relay import CLOSE_GOING_AWAY, Heartbeat, IdleWatch, idle_close
 
 
 def test_idle_watch_expires_only_after_timeout_without_bytes() -> None:

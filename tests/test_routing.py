@@ -1,12 +1,12 @@
-"""Tests for tunnelgw.routing: longest prefix, patterns, normalisation, refusals."""
+"""Tests for tunnelgw.core.routing: longest prefix, patterns, normalisation, refusals."""
 
 from __future__ import annotations
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tunnelgw.config import parse_config
-from tunnelgw.routing import Reject, Route, RuleSet, choose_route, normalise_path
+from tunnelgw.core.config import parse_config
+from tunnelgw.core.routing import Reject, Route, RuleSet, choose_route, normalise_path
 
 RULES = RuleSet(parse_config(
     "Listen tcp:port=1\n"

@@ -1,5 +1,5 @@
 """
-Security of routing (tunnelgw.routing): never an open proxy, paths
+Security of routing (tunnelgw.core.routing): never an open proxy, paths
 normalised before matching, no escape above the root.
 """
 
@@ -11,8 +11,8 @@ from urllib.parse import quote
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tunnelgw.config import parse_config
-from tunnelgw.routing import Reject, Route, RuleSet, choose_route, normalise_path
+from tunnelgw.core.config import parse_config
+from tunnelgw.core.routing import Reject, Route, RuleSet, choose_route, normalise_path
 
 _CONFIG = parse_config("""Listen tcp:0
 ProxyPass /vnc tcp:host=10.0.0.1:port=5900

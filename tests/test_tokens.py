@@ -1,4 +1,4 @@
-"""Tests for tunnelgw.tokens: extraction, token files, signed tokens, target checks."""
+"""Tests for tunnelgw.core.tokens: extraction, token files, signed tokens, target checks."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ import jwt
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tunnelgw.routing import Reject
-from tunnelgw.tokens import (FileTokens, SignedTokens, TargetAddress, check_target, extract_token, parse_target,
+from tunnelgw.core.routing import Reject
+from tunnelgw.core.tokens import (FileTokens, SignedTokens, TargetAddress, check_target, extract_token, parse_target,
                              parse_token_text)
-from tunnelgw.topoconfig import AllowedTarget, TokenSourceSpec
+from tunnelgw.core.topoconfig import AllowedTarget, TokenSourceSpec
 
 ALLOW = (AllowedTarget("127.0.0.*", 5900, 5999), AllowedTarget("desk?.example", 5901, 5901))
 SECRET = b"0123456789abcdef0123456789abcdef"

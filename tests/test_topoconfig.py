@@ -1,4 +1,4 @@
-"""Tests for the topology directives of the configuration (tunnelgw.topoconfig via parse_config)."""
+"""Tests for the topology directives of the configuration (tunnelgw.core.topoconfig via parse_config)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import ipaddress
 
 import pytest
 
-from tunnelgw.config import ConfigError, parse_config
+from tunnelgw.core.config import ConfigError, parse_config
 
 HEAD = "Listen tcp:port=0\n"
 

@@ -17,7 +17,7 @@ import pytest
 from websockets.sync.client import connect
 
 from support import TcpServer, echo, subprocess_env, wait_until
-from tunnelgw.config import ConfigError, parse_config
+from tunnelgw.core.config import ConfigError, parse_config
 from tunnelgw.workers import InheritedSocket, child_config, plan_sockets
 
 CONFIG = """\

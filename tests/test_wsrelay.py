@@ -10,9 +10,9 @@ from typing import Generator
 from hypothesis import given, settings, strategies as st
 from websockets.frames import Frame, Opcode
 
-from tunnelgw.config import DEFAULT_FORWARD, parse_config
-from tunnelgw.routing import Reject, RuleSet, choose_route
-from tunnelgw.wsrelay import backend_target, forwarded_headers, frame_header, handshake_refusal, lost_close
+from tunnelgw.core.config import DEFAULT_FORWARD, parse_config
+from tunnelgw.core.routing import Reject, RuleSet, choose_route
+from tunnelgw.core.wsrelay import backend_target, forwarded_headers, frame_header, handshake_refusal, lost_close
 
 
 def _parse(data: bytes, mask: bool) -> Frame:

@@ -10,7 +10,7 @@ from urllib.parse import unquote
 import pytest
 from hypothesis import given, strategies as st
 
-from tunnelgw.wsurl import WebSocketTarget, is_websocket_target, parse_websocket_url
+from tunnelgw.core.wsurl import WebSocketTarget, is_websocket_target, parse_websocket_url
 
 
 @pytest.mark.parametrize("text, expected", [

@@ -19,7 +19,7 @@ from typing import Any, Callable
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
-from tunnelgw.relay import CLOSE_POLICY, Close
+from tunnelgw.core.relay import CLOSE_POLICY, Close
 
 __all__ = ["ADMIN_CLOSE", "AdminResource", "admin_site"]
 

@@ -3,7 +3,7 @@ The data phase of a binary TCP session without Autobahn's per-frame Python
 work: a mixin for the Autobahn server protocol.
 
 Once a session is open, what the client sends goes first to a
-:class:`tunnelgw.frames.BinaryFrameReader`; the payloads of all the frames in
+:class:`tunnelgw.core.frames.BinaryFrameReader`; the payloads of all the frames in
 one read are handed to :meth:`relay_up` in one call (one ``writeSequence`` to
 the backend).  Everything else -- control frames (ping, pong, close), text or
 fragmented messages, protocol errors, frames over the size limits -- is
@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
-from tunnelgw.frames import BinaryFrameReader, Unmask
+from tunnelgw.core.frames import BinaryFrameReader, Unmask
 
 __all__ = ["DirectBinaryFrames", "unmask"]
 

@@ -12,7 +12,7 @@ sends validators (``Last-Modified``, ``ETag``) with ``Cache-Control: no-cache``,
 so browsers revalidate and get ``304 Not Modified`` until the files change.
 
 Traversal is impossible by construction: the request path is normalised first
-(:func:`tunnelgw.routing.normalise_path` decodes ``%2e``, removes dot segments,
+(:func:`tunnelgw.core.routing.normalise_path` decodes ``%2e``, removes dot segments,
 refuses encoded slashes and climbing above the root), and every remaining
 segment goes through :meth:`twisted.python.filepath.FilePath.child`, which
 refuses ``..`` and separators.
@@ -28,7 +28,7 @@ from twisted.web.resource import IResource
 from twisted.web.server import Request
 from twisted.web.static import File
 
-from tunnelgw.config import Alias
+from tunnelgw.core.config import Alias
 
 __all__ = ["CONTENT_TYPES", "StaticFolder", "choose_alias", "serve"]
 
@@ -61,7 +61,7 @@ def choose_alias(aliases: Sequence[Alias], path: str) -> Optional[tuple[Alias, l
     the path segments below it (``[]`` for the alias itself, a final ``""``
     for a trailing slash); None when no alias applies.
 
-    :param path: a normalised request path (see :func:`tunnelgw.routing.normalise_path`).
+    :param path: a normalised request path (see :func:`tunnelgw.core.routing.normalise_path`).
     """
     best: Optional[Alias] = None
     for alias in aliases:

@@ -9,7 +9,7 @@ into the Autobahn glue of :mod:`tunnelgw.protocol`.
 - :class:`FactoryGuards` (factory side): the limits, metrics and the table of
   live sessions of one gateway.
 
-Decisions come from :mod:`tunnelgw.limits` and :mod:`tunnelgw.relay`; this
+Decisions come from :mod:`tunnelgw.core.limits` and :mod:`tunnelgw.core.relay`; this
 module only keeps timers and state.
 """
 
@@ -19,11 +19,11 @@ from typing import Any, Optional
 
 from twisted.logger import Logger
 
-from tunnelgw.config import Config
-from tunnelgw.limits import Admission, HandshakeRate, SessionCounts
+from tunnelgw.core.config import Config
+from tunnelgw.core.limits import Admission, HandshakeRate, SessionCounts
 from tunnelgw.metrics import GatewayMetrics, route_label
-from tunnelgw.relay import Close, Heartbeat, IdleWatch, SessionRecord, close_reason, idle_close
-from tunnelgw.routing import Reject, Route
+from tunnelgw.core.relay import Close, Heartbeat, IdleWatch, SessionRecord, close_reason, idle_close
+from tunnelgw.core.routing import Reject, Route
 from tunnelgw.sockopts import set_tcp_keepalive
 
 __all__ = ["FactoryGuards", "SessionGuards", "SessionLog"]

@@ -16,7 +16,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from tunnelgw.relay import SessionRecord
+from tunnelgw.core.relay import SessionRecord
 
 __all__ = ["GatewayMetrics", "route_label"]
 

@@ -2,7 +2,7 @@
 The Autobahn side of a session: glue between a client's WebSocket and its
 backend connection.
 
-Decisions (subprotocol, statuses, close codes) come from :mod:`tunnelgw.relay`;
+Decisions (subprotocol, statuses, close codes) come from :mod:`tunnelgw.core.relay`;
 this module only moves events and bytes.  Client frames are streamed to the
 backend as their payload arrives, never reassembled, and the two transports
 are each other's producers, so either side stalling stalls the other and a
@@ -21,13 +21,13 @@ from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from tunnelgw.backends import BackendConnection, BackendUnavailable, TcpBackends
-from tunnelgw.clientaddr import format_address
-from tunnelgw.config import Config
+from tunnelgw.backends.tcp import BackendConnection, BackendUnavailable, TcpBackends
+from tunnelgw.core.clientaddr import format_address
+from tunnelgw.core.config import Config
 from tunnelgw.guards import FactoryGuards, SessionGuards, SessionLog
 from tunnelgw.fastpath import DirectBinaryFrames
 from tunnelgw.metrics import route_label
-from tunnelgw.relay import (
+from tunnelgw.core.relay import (
     CLOSE_INVALID_PAYLOAD,
     RELAY_WINDOW,
     Base64Decoder,
@@ -37,7 +37,7 @@ from tunnelgw.relay import (
     choose_subprotocol,
     connect_rejection,
 )
-from tunnelgw.routing import Reject, Route, RuleSet, choose_route
+from tunnelgw.core.routing import Reject, Route, RuleSet, choose_route
 
 __all__ = ["GatewayFactory", "GatewayProtocol", "GatewaySession", "format_address", "format_fields"]
 
@@ -337,7 +337,7 @@ class GatewayFactory(FactoryGuards, WebSocketServerFactory):
     protocol = GatewayProtocol  # type: ignore[assignment]
     #: Token routes, pools, redirects (:class:`tunnelgw.topology.Topology`), set by the service.
     topology: Any = None
-    #: The connector to ws:// and wss:// backends (:func:`tunnelgw.wsbackend.websocket_backends`
+    #: The connector to ws:// and wss:// backends (:func:`tunnelgw.backends.websocket.websocket_backends`
     #: makes it on first use: this module cannot import that one).
     websocket_backends: Any = None
 
@@ -356,5 +356,5 @@ class GatewayFactory(FactoryGuards, WebSocketServerFactory):
         self.harden(Config(source="<defaults>"))
 
     def route(self, raw_path: bytes) -> Union[Route, Reject]:
-        """Route a raw request path (see :mod:`tunnelgw.routing`)."""
+        """Route a raw request path (see :mod:`tunnelgw.core.routing`)."""
         return choose_route(self.rules, raw_path)

@@ -15,8 +15,8 @@ from typing import Any, Callable, Optional
 
 from twisted.logger import Logger
 
-from tunnelgw.config import Config, ConfigError
-from tunnelgw.routing import RuleSet
+from tunnelgw.core.config import Config, ConfigError
+from tunnelgw.core.routing import RuleSet
 from tunnelgw.service import GatewayService, check_config, load_config
 from tunnelgw.topology import Topology
 

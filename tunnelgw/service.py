@@ -24,18 +24,18 @@ from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from tunnelgw.backends import TcpBackends
-from tunnelgw.config import SUBSTITUTION, Config, ConfigError, Location, Problem, parse_config
+from tunnelgw.backends.tcp import TcpBackends
+from tunnelgw.core.config import SUBSTITUTION, Config, ConfigError, Location, Problem, parse_config
 from tunnelgw.demo import demo_factory, demo_page
 from tunnelgw.front import GatewaySite, HandshakeDeadline
 from tunnelgw.metrics import GatewayMetrics
 from tunnelgw.protocol import GatewayFactory
-from tunnelgw.relay import CLOSE_GOING_AWAY, Close
-from tunnelgw.routing import RuleSet
+from tunnelgw.core.relay import CLOSE_GOING_AWAY, Close
+from tunnelgw.core.routing import RuleSet
 from tunnelgw.topology import Topology, check_topology
 from tunnelgw.web import GatewayResource
-from tunnelgw.wsbackend import load_trust_root
-from tunnelgw.wsurl import is_websocket_target
+from tunnelgw.backends.websocket import load_trust_root
+from tunnelgw.core.wsurl import is_websocket_target
 
 __all__ = [
     "GatewayService",

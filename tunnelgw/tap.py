@@ -9,7 +9,7 @@ from typing import Any, Optional
 from twisted.application.service import IService, MultiService
 from twisted.python import usage
 
-from tunnelgw.config import DEFAULT_CONFIG, Config, ConfigError, parse_config
+from tunnelgw.core.config import DEFAULT_CONFIG, Config, ConfigError, parse_config
 from tunnelgw.service import ListenError, load_config, make_service
 
 __all__ = ["Options", "makeService"]

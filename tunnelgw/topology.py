@@ -2,8 +2,8 @@
 Glue for deployment topologies: token routes, redirect mode, origin checks,
 the real client address, and balancer pools, applied to twisted.web requests
 and gateway sessions.  The decisions live in the pure modules
-:mod:`tunnelgw.tokens`, :mod:`tunnelgw.balancer`, :mod:`tunnelgw.redirect`
-and :mod:`tunnelgw.clientaddr`; this module reads requests, files and the
+:mod:`tunnelgw.core.tokens`, :mod:`tunnelgw.core.balancer`, :mod:`tunnelgw.core.redirect`
+and :mod:`tunnelgw.core.clientaddr`; this module reads requests, files and the
 reactor's clock and carries the answers out.
 """
 
@@ -17,15 +17,15 @@ from twisted.internet.endpoints import clientFromString
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from tunnelgw.backends import BackendConnection, BackendUnavailable
-from tunnelgw.balancer import Member, Pool
-from tunnelgw.clientaddr import client_address
-from tunnelgw.config import Problem, RouteOptions
-from tunnelgw.redirect import lookup_answer, owner_of, redirect_location
-from tunnelgw.relay import ConnectFailure
-from tunnelgw.routing import Reject, Route, normalise_path
-from tunnelgw.tokens import FileTokens, SignedTokens, TargetAddress, extract_token, make_token_source
-from tunnelgw.topoconfig import OriginRule, TokenRouteSpec, TopologyConfig
+from tunnelgw.backends.tcp import BackendConnection, BackendUnavailable
+from tunnelgw.core.balancer import Member, Pool
+from tunnelgw.core.clientaddr import client_address
+from tunnelgw.core.config import Problem, RouteOptions
+from tunnelgw.core.redirect import lookup_answer, owner_of, redirect_location
+from tunnelgw.core.relay import ConnectFailure
+from tunnelgw.core.routing import Reject, Route, normalise_path
+from tunnelgw.core.tokens import FileTokens, SignedTokens, TargetAddress, extract_token, make_token_source
+from tunnelgw.core.topoconfig import OriginRule, TokenRouteSpec, TopologyConfig
 
 __all__ = ["JsonAnswer", "Redirect", "Topology", "check_topology", "read_secret"]
 
@@ -115,7 +115,7 @@ class Topology:
     # The client address.
 
     def client_of(self, request: Any) -> str:
-        """The real client address of a request (see :func:`tunnelgw.clientaddr.client_address`)."""
+        """The real client address of a request (see :func:`tunnelgw.core.clientaddr.client_address`)."""
         peer = request.getClientAddress()
         host = getattr(peer, "host", None) or str(getattr(peer, "name", "") or peer)
         headers = {name.decode("latin-1").lower(): [v.decode("latin-1") for v in values]

@@ -27,13 +27,13 @@ from twisted.protocols.policies import ProtocolWrapper
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
-from tunnelgw.config import Alias, PrefixRule
+from tunnelgw.core.config import Alias, PrefixRule
 from tunnelgw.files import choose_alias, serve
 from tunnelgw.front import HandshakeDeadlineProtocol
 from tunnelgw.protocol import GatewayFactory, GatewayProtocol, format_address
-from tunnelgw.routing import Reject, Route, normalise_path
-from tunnelgw.wsbackend import WebSocketSession, proxy_http
-from tunnelgw.wsurl import is_websocket_target
+from tunnelgw.core.routing import Reject, Route, normalise_path
+from tunnelgw.backends.websocket import WebSocketSession, proxy_http
+from tunnelgw.core.wsurl import is_websocket_target
 from tunnelgw.topology import JsonAnswer, Redirect
 
 __all__ = ["GatewayResource"]

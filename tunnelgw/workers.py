@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from tunnelgw.config import Config, ConfigError, Location, Problem
+from tunnelgw.core.config import Config, ConfigError, Location, Problem
 
 __all__ = ["InheritedSocket", "child_config", "main", "plan_sockets", "run_workers"]
 

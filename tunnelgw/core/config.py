@@ -14,9 +14,9 @@ import re
 from dataclasses import dataclass, field, replace
 from typing import Callable, Iterator, Optional, Union
 
-from tunnelgw.wsurl import is_websocket_target, parse_websocket_url
-
-from tunnelgw.topoconfig import TOPOLOGY_DIRECTIVES, TopologyConfig, TopologyParser
+from tunnelgw.core.errors import ConfigError, Location, Problem
+from tunnelgw.core.wsurl import is_websocket_target, parse_websocket_url
+from tunnelgw.core.topoconfig import TOPOLOGY_DIRECTIVES, TopologyConfig, TopologyParser
 
 __all__ = [
     "DEFAULT_CONFIG",
@@ -66,40 +66,6 @@ _DEMO_KINDS = ("echo",)
 FORWARD_CHOICES = ("xff", "proto", "forwarded", "origin", "cookie")
 #: WebSocket routes forward all of :data:`FORWARD_CHOICES` unless told otherwise.
 DEFAULT_FORWARD = frozenset(FORWARD_CHOICES)
-
-
-@dataclass(frozen=True)
-class Location:
-    """Where a directive was written: a file name and a 1-based line number."""
-
-    file: str
-    line: int
-
-    def __str__(self) -> str:
-        return f"{self.file}:{self.line}"
-
-
-@dataclass(frozen=True)
-class Problem:
-    """One thing wrong with a configuration, at a :class:`Location`."""
-
-    where: Location
-    message: str
-
-    def __str__(self) -> str:
-        return f"{self.where}: {self.message}"
-
-
-class ConfigError(Exception):
-    """
-    A configuration was refused; ``problems`` lists every reason found.
-
-    ``str()`` gives one ``FILE:LINE: what is wrong`` line per problem.
-    """
-
-    def __init__(self, problems: list[Problem] | tuple[Problem, ...]) -> None:
-        self.problems = tuple(problems)
-        super().__init__("\n".join(str(p) for p in self.problems))
 
 
 @dataclass(frozen=True)

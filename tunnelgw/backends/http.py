@@ -8,7 +8,7 @@ on :class:`twisted.web.client.Agent` over the route's own client endpoint (so
   backend connection is paused while the client's transport is full, so a
   slow client never makes the gateway hold a whole response.
 - Hop-by-hop headers are dropped both ways and every value of a repeated
-  header is kept (:mod:`tunnelgw.proxyheaders`); the backend's status code
+  header is kept (:mod:`tunnelgw.core.proxyheaders`); the backend's status code
   and reason reach the client.
 - The route's connect timeout bounds everything up to the backend's response
   head: a backend that cannot be reached gives 502, one that does not answer
@@ -43,14 +43,14 @@ from twisted.web.iweb import IAgentEndpointFactory
 from twisted.web.server import NOT_DONE_YET, Request
 from zope.interface import implementer
 
-from tunnelgw.backends import classify_connect_error
-from tunnelgw.config import RouteOptions
+from tunnelgw.backends.tcp import classify_connect_error
+from tunnelgw.core.config import RouteOptions
 from tunnelgw.protocol import format_address
-from tunnelgw.proxyheaders import backend_request_headers, client_response_headers, head_connection_names
-from tunnelgw.relay import connect_rejection
-from tunnelgw.routing import Reject
-from tunnelgw.wsrelay import forwarded_headers
-from tunnelgw.wsurl import WebSocketTarget
+from tunnelgw.core.proxyheaders import backend_request_headers, client_response_headers, head_connection_names
+from tunnelgw.core.relay import connect_rejection
+from tunnelgw.core.routing import Reject
+from tunnelgw.core.wsrelay import forwarded_headers
+from tunnelgw.core.wsurl import WebSocketTarget
 
 __all__ = ["proxy_request"]
 

@@ -9,7 +9,7 @@ import fnmatch
 from typing import Optional, Sequence
 from urllib.parse import quote
 
-from tunnelgw.topoconfig import GatewayOwner
+from tunnelgw.core.topoconfig import GatewayOwner
 
 __all__ = ["host_matches", "lookup_answer", "owner_of", "redirect_location"]
 

@@ -29,9 +29,9 @@ from urllib.parse import parse_qs, unquote
 
 import jwt
 
-from tunnelgw.redirect import host_matches
-from tunnelgw.routing import Reject
-from tunnelgw.topoconfig import AllowedTarget, TokenSourceSpec
+from tunnelgw.core.redirect import host_matches
+from tunnelgw.core.routing import Reject
+from tunnelgw.core.topoconfig import AllowedTarget, TokenSourceSpec
 
 __all__ = [
     "FileTokens",

@@ -75,7 +75,7 @@ def backend_request_headers(headers: RawHeaders, authority: str,
     What a backend is sent for a client's request headers: the end-to-end
     ones, minus those the gateway sets itself, plus ``Host`` (the backend's
     authority) and the forwarded headers chosen by the route
-    (:func:`tunnelgw.wsrelay.forwarded_headers`).
+    (:func:`tunnelgw.core.wsrelay.forwarded_headers`).
     """
     out = [(name, values) for name, values in end_to_end(headers) if name not in _SET_BY_GATEWAY]
     out.append((b"host", [authority.encode("ascii")]))

@@ -15,7 +15,7 @@ import re
 from dataclasses import dataclass
 from typing import Union
 
-from tunnelgw.config import SUBSTITUTION, Config, PatternRule, PrefixRule, RouteOptions, Rule
+from tunnelgw.core.config import SUBSTITUTION, Config, PatternRule, PrefixRule, RouteOptions, Rule
 
 __all__ = ["Reject", "Route", "RuleSet", "choose_route", "normalise_path"]
 

@@ -15,7 +15,7 @@ import hashlib
 from dataclasses import dataclass, field
 from typing import Optional
 
-from tunnelgw.topoconfig import BalancerSpec
+from tunnelgw.core.topoconfig import BalancerSpec
 
 __all__ = ["Member", "Pool"]
 

@@ -4,7 +4,7 @@ of a request, the headers forwarded to the backend, the answer to a backend
 that refuses, the close passed on when one side ends, and the header of each
 relayed frame.
 
-The Twisted/Autobahn glue in :mod:`tunnelgw.wsbackend` feeds facts in and
+The Twisted/Autobahn glue in :mod:`tunnelgw.backends.websocket` feeds facts in and
 carries the answers out.
 """
 
@@ -13,9 +13,9 @@ from __future__ import annotations
 import struct
 from typing import Mapping, Optional, Union
 
-from tunnelgw.relay import CLOSE_BACKEND_FAILED, CLOSE_GOING_AWAY, Close, close_reason
-from tunnelgw.routing import Reject, Route
-from tunnelgw.wsurl import WebSocketTarget, parse_websocket_url
+from tunnelgw.core.relay import CLOSE_BACKEND_FAILED, CLOSE_GOING_AWAY, Close, close_reason
+from tunnelgw.core.routing import Reject, Route
+from tunnelgw.core.wsurl import WebSocketTarget, parse_websocket_url
 
 __all__ = [
     "backend_target",

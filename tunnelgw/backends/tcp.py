@@ -25,7 +25,7 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from tunnelgw.relay import BACKEND_CLOSE_GRACE, ConnectFailure
+from tunnelgw.core.relay import BACKEND_CLOSE_GRACE, ConnectFailure
 
 __all__ = ["BackendConnection", "BackendSink", "BackendUnavailable", "TcpBackends", "classify_connect_error"]
 

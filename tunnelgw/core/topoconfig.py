@@ -2,7 +2,7 @@
 The deployment-topology directives of the configuration file, parsed into
 frozen values (pure: no Twisted, no I/O).
 
-:mod:`tunnelgw.config` hands every directive named in
+:mod:`tunnelgw.core.config` hands every directive named in
 :data:`TOPOLOGY_DIRECTIVES` to :meth:`TopologyParser.directive` and calls
 :meth:`TopologyParser.finish` at the end, which reports unclosed blocks and
 references to undefined names as ``FILE:LINE`` problems.
@@ -27,11 +27,10 @@ from __future__ import annotations
 import ipaddress
 import re
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable, Optional, Union
+from typing import Callable, Optional, Union
 from urllib.parse import urlsplit
 
-if TYPE_CHECKING:  # config imports this module; the dependency is for annotations only
-    from tunnelgw.config import Location
+from tunnelgw.core.errors import Location
 
 __all__ = [
     "TOPOLOGY_DIRECTIVES",

@@ -14,7 +14,7 @@ import enum
 from dataclasses import dataclass, field
 from typing import Optional, Sequence, Union
 
-from tunnelgw.routing import Reject
+from tunnelgw.core.routing import Reject
 
 __all__ = [
     "BACKEND_CLOSE_GRACE",

@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional, Union
 
-from tunnelgw.routing import Reject
+from tunnelgw.core.routing import Reject
 
 __all__ = ["Admission", "HandshakeRate", "SessionCounts"]
 

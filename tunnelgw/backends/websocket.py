@@ -14,10 +14,10 @@ over a Twisted endpoint (TCP, or TLS with certificate and host name checks).
   connection without a close makes the other side get 1001 or 1011.
 - The two transports are each other's producers (flow control both ways).
 - Plain HTTP requests on such a route are reverse-proxied to the matching
-  ``http://`` or ``https://`` URL (:mod:`tunnelgw.httpproxy`), so that a
+  ``http://`` or ``https://`` URL (:mod:`tunnelgw.backends.http`), so that a
   backend's page and scripts load through the gateway.
 
-Decisions come from :mod:`tunnelgw.wsrelay`; this module moves events.
+Decisions come from :mod:`tunnelgw.core.wsrelay`; this module moves events.
 """
 
 from __future__ import annotations
@@ -41,15 +41,15 @@ from twisted.python.failure import Failure
 from twisted.web.server import Request
 from zope.interface import implementer
 
-from tunnelgw.backends import classify_connect_error
-from tunnelgw.config import RouteOptions
-from tunnelgw.httpproxy import proxy_request
+from tunnelgw.backends.tcp import classify_connect_error
+from tunnelgw.core.config import RouteOptions
+from tunnelgw.backends.http import proxy_request
 from tunnelgw.metrics import route_label
 from tunnelgw.protocol import GatewayFactory, GatewaySession
-from tunnelgw.relay import CLOSE_GOING_AWAY, SessionRecord, connect_rejection
-from tunnelgw.routing import Reject, Route
-from tunnelgw.wsrelay import backend_target, forwarded_headers, frame_header, handshake_refusal, lost_close
-from tunnelgw.wsurl import WebSocketTarget
+from tunnelgw.core.relay import CLOSE_GOING_AWAY, SessionRecord, connect_rejection
+from tunnelgw.core.routing import Reject, Route
+from tunnelgw.core.wsrelay import backend_target, forwarded_headers, frame_header, handshake_refusal, lost_close
+from tunnelgw.core.wsurl import WebSocketTarget
 
 __all__ = [
     "BackendRefusal",
@@ -442,7 +442,7 @@ class WebSocketBackends:
         """
         Reverse-proxy a plain HTTP request to the backend's ``http(s)://`` URL
         over the same endpoint as the route's WebSockets
-        (:func:`tunnelgw.httpproxy.proxy_request`); connect failures answer
+        (:func:`tunnelgw.backends.http.proxy_request`); connect failures answer
         502 or 504, bad TLS settings 502.
         """
         try:
