@@ -27,14 +27,14 @@ from twisted.python.failure import Failure
 from tunnelgw.backends.tcp import TcpBackends
 from tunnelgw.core.config import SUBSTITUTION, Config, ConfigError, Location, Problem, parse_config
 from tunnelgw.demo import demo_factory, demo_page
-from tunnelgw.front import GatewaySite, HandshakeDeadline
+from tunnelgw.front import FrontFactory, GatewaySite
 from tunnelgw.metrics import GatewayMetrics
-from tunnelgw.protocol import GatewayFactory
+from tunnelgw.gateway import GatewayFactory
 from tunnelgw.core.relay import CLOSE_GOING_AWAY, Close
 from tunnelgw.core.routing import RuleSet
 from tunnelgw.topology import Topology, check_topology
 from tunnelgw.web import GatewayResource
-from tunnelgw.backends.websocket import load_trust_root
+from tunnelgw.backends.tls import load_trust_root
 from tunnelgw.core.wsurl import is_websocket_target
 
 __all__ = [
@@ -134,9 +134,8 @@ def build_resource(config: Config, reactor: Any) -> GatewayResource:
 
 
 def _resource(config: Config, reactor: Any) -> GatewayResource:
-    factory = GatewayFactory(RuleSet(config), reactor, TcpBackends(reactor))
+    factory = GatewayFactory(RuleSet(config), reactor, TcpBackends(reactor), config, GatewayMetrics())
     factory.topology = Topology(config.topology, reactor, factory.backends)
-    factory.harden(config, GatewayMetrics())
     pages = {p.path: demo_page(p.websocket_path) for p in config.demo_pages}
     return GatewayResource(factory, pages, aliases=config.aliases)
 
@@ -158,10 +157,11 @@ class GatewayService(Service):
         self.factory: GatewayFactory = self.resource._factory
         metrics = self.factory.metrics
         self.site = GatewaySite(self.resource, max_head=config.limits.headers, timeout=config.timeouts.handshake,
-                                on_too_large=lambda: metrics.handshake_failed("", "headers", 431))
-        # Connections meet the handshake deadline before twisted.web sees them.
-        self.front = HandshakeDeadline(self.site, reactor, config.timeouts.handshake,
-                                       on_timeout=lambda: metrics.handshake_failed("", "handshake_timeout", None))
+                                on_too_large=lambda: metrics.handshake_failed("", "headers", 431), reactor=reactor)
+        # Every connection's first request head is read (once) by the front.
+        self.front = FrontFactory(self.factory, self.site, reactor, config.timeouts.handshake, config.limits.headers,
+                                  on_timeout=lambda: metrics.handshake_failed("", "handshake_timeout", None),
+                                  on_too_large=lambda: metrics.handshake_failed("", "headers", 431))
         self.draining = False
         self.ports: list[IListeningPort] = []
         self.admin_ports: list[IListeningPort] = []

@@ -17,9 +17,10 @@ Nothing here does I/O; the unmasking function is passed in (websockets' C
 
 from __future__ import annotations
 
+import struct
 from typing import Callable, Optional, Union
 
-__all__ = ["BinaryFrameReader", "Unmask"]
+__all__ = ["BinaryFrameReader", "Unmask", "frame_header"]
 
 #: ``unmask(data, mask) -> bytes``: XOR data with the 4-byte mask repeated
 #: (data may be a memoryview).
@@ -121,3 +122,22 @@ class BinaryFrameReader:
                 return chunks, None
         self._carry = data[pos:]
         return chunks, None
+
+
+def frame_header(opcode: int, fin: bool, length: int, mask: bytes = b"") -> bytes:
+    """
+    The header of a WebSocket frame (RFC 6455 section 5.2) without extension bits.
+
+    :param mask: four masking bytes for client-to-server frames, else empty.
+    """
+    if not 0 <= opcode <= 15 or length < 0 or length > 0x7FFFFFFFFFFFFFFF or len(mask) not in (0, 4):
+        raise ValueError("bad frame header fields")
+    first = (0x80 if fin else 0) | opcode
+    masked = 0x80 if mask else 0
+    if length <= 125:
+        head = struct.pack("!BB", first, masked | length)
+    elif length <= 0xFFFF:
+        head = struct.pack("!BBH", first, masked | 126, length)
+    else:
+        head = struct.pack("!BBQ", first, masked | 127, length)
+    return head + mask
