@@ -44,6 +44,7 @@ class GatewayFront(Protocol):
     """One accepted connection until its first request head is read."""
 
     factory: "FrontFactory"
+    transport: Any
 
     def __init__(self) -> None:
         self._buffer = b""
@@ -111,7 +112,7 @@ class FrontFactory(Factory):
     :ivar pending: transports that are not sessions (yet), for shutdown.
     """
 
-    protocol = GatewayFront
+    protocol = GatewayFront  # type: ignore[assignment]
     noisy = False
 
     def __init__(self, gateway: GatewayFactory, site: "GatewaySite", reactor: Any, timeout: float, max_head: int,

@@ -200,15 +200,18 @@ class GatewayFactory(WebSocketServerFactory):
         label = client if client != getattr(peer, "host", None) else format_address(peer)
         handshake = check_handshake(head)
         if isinstance(handshake, Reject):
-            return self._answer(transport, label, path, handshake, "handshake")
+            self._answer(transport, label, path, handshake, "handshake")
+            return None
         decision = self.decide(request, client)
         if isinstance(decision, Reject):
             kind = "rate" if decision.status == 429 else "route"
-            return self._answer(transport, label, path, decision, kind)
+            self._answer(transport, label, path, decision, kind)
+            return None
         if not isinstance(decision, Route):  # a redirect (JSON answers are for plain requests)
             location = getattr(decision, "location", None)
             if location is None:
-                return self._answer(transport, label, path, Reject(400, "not a WebSocket endpoint"), "route")
+                self._answer(transport, label, path, Reject(400, "not a WebSocket endpoint"), "route")
+                return None
             _log.info("redirected client={client} path={path!r} location={location} reason={reason!r}",
                       client=label, path=path, location=location, reason=decision.reason)
             refuse_connection(self.reactor, transport, Reject(307, decision.reason), [("Location", location)])
@@ -224,7 +227,6 @@ class GatewayFactory(WebSocketServerFactory):
         log_refusal(client, path, reject, kind)
         self.metrics.handshake_failed("", kind, reject.status)
         refuse_connection(self.reactor, transport, reject)
-        return None
 
     def link_for(self, route: Route, head: RequestHead, client: str, secure: bool) -> BackendLink:
         """The backend link for a route: a pool member, a WebSocket hop or a byte stream."""

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import base64
 import uuid
-from typing import TYPE_CHECKING, Any, Optional
+from typing import Any, Optional
 
 from autobahn.twisted.websocket import WebSocketServerProtocol
 from twisted.internet import defer
@@ -66,9 +66,6 @@ from tunnelgw.logs import format_fields
 from tunnelgw.metrics import route_label
 from tunnelgw.sockopts import set_tcp_keepalive
 from tunnelgw.watch import SessionWatch
-
-if TYPE_CHECKING:
-    from tunnelgw.gateway import GatewayFactory
 
 __all__ = ["GatewaySession", "http_error", "log_refusal"]
 
@@ -126,8 +123,11 @@ class GatewaySession(WebSocketServerProtocol):  # type: ignore[misc]  # Autobahn
     """
 
     transport: Any
+    factory: Any  # a tunnelgw.gateway.GatewayFactory (which imports this module)
+    maxFramePayloadSize: int
+    maxMessagePayloadSize: int
 
-    def __init__(self, factory: "GatewayFactory", route: Route, head: RequestHead, handshake: Handshake,
+    def __init__(self, factory: Any, route: Route, head: RequestHead, handshake: Handshake,
                  client: str, link: BackendLink) -> None:
         super().__init__()
         self.factory = factory
@@ -170,7 +170,7 @@ class GatewaySession(WebSocketServerProtocol):  # type: ignore[misc]  # Autobahn
         self.http_request_host = handshake.host
         self.http_request_params = {}
         self.websocket_version = 13
-        self.websocket_origin = handshake.origin
+        self.websocket_origin = handshake.origin  # type: ignore[assignment]  # None when not sent
         self.websocket_protocols = list(handshake.protocols)
         self.websocket_extensions = []
         self._wskey = handshake.key
@@ -472,7 +472,7 @@ class GatewaySession(WebSocketServerProtocol):  # type: ignore[misc]  # Autobahn
             self.wasClean = True
             self.dropConnection(abort=False)
             return True
-        return super().onCloseFrame(code, reasonRaw)  # type: ignore[no-any-return]
+        return super().onCloseFrame(code, reasonRaw)  # type: ignore[no-any-return, arg-type]
 
     def sendCloseFrame(self, code: Optional[int] = None, reasonUtf8: Optional[bytes] = None,
                        isReply: bool = False) -> None:

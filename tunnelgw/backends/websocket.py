@@ -62,6 +62,9 @@ class BackendWebSocket(WebSocketClientProtocol):  # type: ignore[misc]
     """
 
     factory: "_BackendFactory"
+    transport: Any
+    maxFramePayloadSize: int
+    maxMessagePayloadSize: int
 
     def __init__(self) -> None:
         super().__init__()
@@ -158,7 +161,7 @@ class BackendWebSocket(WebSocketClientProtocol):  # type: ignore[misc]
             self.dropConnection(abort=True)
             self._to_owner("backend_close", code, reasonRaw.decode("utf-8", "replace") if reasonRaw else None)
             return True
-        result = super().onCloseFrame(code, reasonRaw)
+        result = super().onCloseFrame(code, reasonRaw)  # type: ignore[arg-type]
         if was_open and not self.failedByMe:
             self._to_owner("backend_close", self.remoteCloseCode, self.remoteCloseReason)
         return result  # type: ignore[no-any-return]
@@ -239,7 +242,7 @@ class BackendWebSocket(WebSocketClientProtocol):  # type: ignore[misc]
 class _BackendFactory(WebSocketClientFactory):
     """Makes the one :class:`BackendWebSocket` of one session."""
 
-    protocol = BackendWebSocket
+    protocol = BackendWebSocket  # type: ignore[assignment]
 
     def __init__(self, reactor: Any, request: ConnectingRequest, timeout: float) -> None:
         super().__init__(reactor=reactor, useragent=None)
@@ -423,7 +426,7 @@ class WebSocketLink:
         if backend.state == backend.STATE_OPEN:
             close = close if close is not None else Close(CLOSE_GOING_AWAY, "session closed by the gateway")
             backend.relay_close(close.code, close.reason)
-        transport = backend.transport
+        transport: Any = backend.transport
         if transport is not None and backend.state != backend.STATE_CLOSED:
             transport.unregisterProducer()
             reactor = self._backends._reactor
