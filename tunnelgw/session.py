@@ -170,7 +170,7 @@ class GatewaySession(WebSocketServerProtocol):  # type: ignore[misc]  # Autobahn
             if not hasattr(self, name):
                 setattr(self, name, getattr(self.factory, name))
         self._perMessageCompress = None
-        self.trackedTimings = None
+        self.trackedTimings = None  # type: ignore[assignment]
         self.setTrackTimings(self.trackTimings)
         self.trafficStats = TrafficStats()
         self.state = self.STATE_CONNECTING
@@ -185,7 +185,7 @@ class GatewaySession(WebSocketServerProtocol):  # type: ignore[misc]  # Autobahn
         self.failedByMe = False
         self.droppedByMe = False
         self.wasClean = False
-        self.wasNotCleanReason = None
+        self.wasNotCleanReason = None  # type: ignore[assignment]
         self.wasServerConnectionDropTimeout = False
         self.wasOpenHandshakeTimeout = False
         self.wasCloseHandshakeTimeout = False
