@@ -6,6 +6,7 @@ tunnelgw.workers: the pure planning/rewriting, and a real launcher with two
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import signal
@@ -18,7 +19,8 @@ from websockets.sync.client import connect
 
 from support import TcpServer, echo, subprocess_env, wait_until
 from tunnelgw.core.config import ConfigError, parse_config
-from tunnelgw.workers import InheritedSocket, child_config, plan_sockets
+from tunnelgw.service import inherit_listeners
+from tunnelgw.workers import plan_sockets
 
 CONFIG = """\
 # two server endpoints
@@ -41,21 +43,17 @@ def test_ssl_listener_is_refused_with_its_line() -> None:
     with pytest.raises(ConfigError, match=r"c\.conf:1: ssl: listeners cannot be shared"):
         plan_sockets(parse_config("Listen ssl:port=0:privateKey=k.pem\n", "c.conf"))
 
-def test_child_config_replaces_only_planned_endpoints() -> None:
-    """The workers' copy keeps every line but swaps planned endpoints for systemd: ones."""
+def test_workers_read_the_real_file_with_inherited_sockets() -> None:
+    """A worker's configuration is the real file's, its planned endpoints mapped to inherited systemd: sockets."""
     text = CONFIG.format(port=1)
-    plan = plan_sockets(parse_config(text, "c.conf"))
-    out = child_config(text, plan, ["INET", "INET6"]).splitlines()
-    assert out[0] == "# two server endpoints"
-    assert out[1] == "Listen systemd:domain=INET:name=line2"
-    assert out[2] == "DemoBackend echo systemd:domain=INET6:name=line3"
-    assert out[3] == "ProxyPass /echo tcp:host=127.0.0.1:port=1"
-
-def test_child_config_refuses_a_line_without_its_endpoint() -> None:
-    """A plan that does not match the text is an error, not a silent copy."""
-    with pytest.raises(ValueError, match="not found"):
-        child_config("Listen tcp:port=1\n", [InheritedSocket(parse_config("Listen tcp:port=2\n", "c").listeners[0].where,
-                                                             "tcp:port=2")], ["INET"])
+    config = parse_config(text, "/etc/tunnelgw/gw.conf")
+    mapping = json.dumps({"2": "systemd:domain=INET:name=line2", "3": "systemd:domain=INET6:name=line3"})
+    inherited = inherit_listeners(config, mapping)
+    assert [l.endpoint for l in inherited.listeners] == ["systemd:domain=INET:name=line2"]
+    assert [d.endpoint for d in inherited.demo_backends] == ["systemd:domain=INET6:name=line3"]
+    assert inherited.listeners[0].where == config.listeners[0].where
+    assert inherited.rules == config.rules
+    assert inherit_listeners(config, None) is config
 
 
 def test_two_workers_share_one_port(tmp_path: Path) -> None:

@@ -12,8 +12,10 @@ one is reported as ``FILE:LINE`` before anything listens.
 
 from __future__ import annotations
 
+import json
 import os
 import re
+from dataclasses import replace
 from typing import Any, Optional, Union
 
 from twisted.application.service import Service
@@ -42,6 +44,7 @@ __all__ = [
     "ListenError",
     "build_resource",
     "check_config",
+    "inherit_listeners",
     "load_config",
     "make_service",
     "parse_config",
@@ -64,7 +67,25 @@ def load_config(path: str) -> Config:
             text = f.read()
     except (OSError, UnicodeDecodeError) as e:
         raise ConfigError([Problem(Location(path, 0), f"cannot read the configuration: {e}")]) from None
-    return parse_config(text, path)
+    return inherit_listeners(parse_config(text, path), os.environ.get(INHERITED_ENV))
+
+
+#: Set by :mod:`tunnelgw.workers` for its children: a JSON object mapping the
+#: line number of each ``Listen``/``DemoBackend`` directive to the ``systemd:``
+#: endpoint of the socket the worker inherited for it.
+INHERITED_ENV = "TUNNELGW_INHERITED_SOCKETS"
+
+
+def inherit_listeners(config: Config, mapping: Optional[str]) -> Config:
+    """config with its listeners on inherited sockets (see :data:`INHERITED_ENV`); as is without a mapping."""
+    if not mapping:
+        return config
+    inherited: dict[str, str] = json.loads(mapping)
+    return replace(config,
+                   listeners=tuple(replace(l, endpoint=inherited.get(str(l.where.line), l.endpoint))
+                                   for l in config.listeners),
+                   demo_backends=tuple(replace(d, endpoint=inherited.get(str(d.where.line), d.endpoint))
+                                       for d in config.demo_backends))
 
 
 def _explain(e: BaseException) -> str:

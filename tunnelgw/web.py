@@ -66,6 +66,11 @@ class GatewayResource(Resource):
         self._pages = dict(pages)
         self._aliases = tuple(aliases)
 
+    def reconfigure(self, pages: Mapping[str, bytes], aliases: Sequence[Alias]) -> None:
+        """Serve new demo pages and Alias folders from now on (reload)."""
+        self._pages = dict(pages)
+        self._aliases = tuple(aliases)
+
     @property
     def factory(self) -> GatewayFactory:
         """The factory whose rules and topology this resource applies."""
