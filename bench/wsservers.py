@@ -26,6 +26,7 @@ from typing import Optional
 
 from websockets.speedups import apply_mask  # type: ignore[import-not-found]
 
+from bench.client import frame_head
 from bench.servers import raise_nofile
 
 __all__ = ["WsBackend", "main", "server_frame"]
@@ -113,20 +114,10 @@ class WsBackend(asyncio.Protocol):
         pos, end = 0, len(buf)
         while True:
             if not self.in_frame:
-                if end - pos < 2:
+                parsed = frame_head(buf, pos, end)
+                if parsed is None:
                     break
-                b0, b1 = buf[pos], buf[pos + 1]
-                length, head = b1 & 0x7F, 2
-                if length == 126:
-                    head = 4
-                    if end - pos < head:
-                        break
-                    length = struct.unpack_from("!H", buf, pos + 2)[0]
-                elif length == 127:
-                    head = 10
-                    if end - pos < head:
-                        break
-                    length = struct.unpack_from("!Q", buf, pos + 2)[0]
+                b0, b1, length, head = parsed
                 masked = b1 & 0x80
                 if end - pos < head + (4 if masked else 0):
                     break

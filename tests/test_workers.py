@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from websockets.sync.client import connect
 
-from support import TcpServer, echo, subprocess_env, wait_until
+from support import TcpServer, echo, wait_until, worker_group
 from tunnelgw.core.config import ConfigError, parse_config
 from tunnelgw.service import inherit_listeners
 from tunnelgw.workers import plan_sockets
@@ -61,39 +61,28 @@ def test_two_workers_share_one_port(tmp_path: Path) -> None:
     with TcpServer(echo) as backend:
         config = tmp_path / "gw.conf"
         config.write_text(CONFIG.format(port=backend.port))
-        log_path = tmp_path / "workers.log"
-        with open(log_path, "wb") as log:
-            proc = subprocess.Popen([sys.executable, "-m", "tunnelgw.workers", "-n", "2", "--config", str(config)],
-                                    stdout=log, stderr=subprocess.STDOUT, env=subprocess_env(), cwd=tmp_path)
-            try:
-                def started() -> bool:
-                    return log_path.read_text().count("name=line2 (") >= 2 or proc.poll() is not None
-
-                assert wait_until(started, 30), log_path.read_text()
-                assert proc.poll() is None, log_path.read_text()
-                port = int(re.search(r"name=line2 \(.*port=(\d+)\)", log_path.read_text()).group(1))
-                children = _worker_pids(proc.pid)
-                assert len(children) == 2
-                # Hold batches of live sessions until both workers carry some (bounded).
-                busy: set[int] = set()
-                for _ in range(5):
-                    with contextlib.ExitStack() as stack:
-                        sockets = [stack.enter_context(connect(f"ws://127.0.0.1:{port}/echo", open_timeout=10))
-                                   for _ in range(16)]
-                        for ws in sockets:
-                            ws.send(b"ping")
-                            assert ws.recv(timeout=10) == b"ping"
-                        busy |= {pid for pid in children if _established(pid) > 0}
-                    if busy == set(children):
-                        break
-                assert busy == set(children)
-                proc.send_signal(signal.SIGTERM)
-                assert proc.wait(20) == 0
-                assert all(not os.path.exists(f"/proc/{pid}") or _is_zombie(pid) for pid in children)
-            finally:
-                if proc.poll() is None:
-                    proc.kill()
-                    proc.wait(5)
+        with worker_group(config) as (proc, read):
+            assert wait_until(lambda: read().count("name=line2 (") >= 2 or proc.poll() is not None, 30), read()
+            assert proc.poll() is None, read()
+            port = int(re.search(r"name=line2 \(.*port=(\d+)\)", read()).group(1))  # type: ignore[union-attr]
+            children = _worker_pids(proc.pid)
+            assert len(children) == 2
+            # Hold batches of live sessions until both workers carry some (bounded).
+            busy: set[int] = set()
+            for _ in range(5):
+                with contextlib.ExitStack() as stack:
+                    sockets = [stack.enter_context(connect(f"ws://127.0.0.1:{port}/echo", open_timeout=10))
+                               for _ in range(16)]
+                    for ws in sockets:
+                        ws.send(b"ping")
+                        assert ws.recv(timeout=10) == b"ping"
+                    busy |= {pid for pid in children if _established(pid) > 0}
+                if busy == set(children):
+                    break
+            assert busy == set(children)
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(20) == 0
+            assert all(not os.path.exists(f"/proc/{pid}") or _is_zombie(pid) for pid in children)
 
 
 def _worker_pids(pid: int) -> list[int]:

@@ -32,7 +32,7 @@ from tunnelgw.core.relay import CLOSE_TIMEOUT, Close
 from tunnelgw.core.routing import Reject, Route, RuleSet, choose_route
 from tunnelgw.core.wsurl import is_websocket_target
 from tunnelgw.metrics import GatewayMetrics
-from tunnelgw.session import GatewaySession, http_error, log_refusal
+from tunnelgw.session import GatewaySession, client_label, http_error, log_refusal
 
 __all__ = ["GatewayFactory", "HeadRequest", "hand_over", "refuse_connection"]
 
@@ -152,13 +152,6 @@ class GatewayFactory(WebSocketServerFactory):
             maxMessagePayloadSize=config.limits.message,
         )
 
-    def harden(self, config: Config, metrics: Optional[GatewayMetrics] = None) -> None:
-        """Use config (see :meth:`reconfigure`) and count into metrics."""
-        if metrics is not None and metrics is not self.metrics:
-            self.metrics = metrics
-            self.metrics.watch(self)
-        self.reconfigure(config)
-
     def route(self, raw_path: bytes) -> Union[Route, Reject]:
         """Route a raw request path (see :mod:`tunnelgw.core.routing`)."""
         return choose_route(self.rules, raw_path)
@@ -196,8 +189,7 @@ class GatewayFactory(WebSocketServerFactory):
         request = request if request is not None else HeadRequest(head, transport)
         client = self.client_of(request)
         path = head.path.decode("latin-1")
-        peer = transport.getPeer()
-        label = client if client != getattr(peer, "host", None) else format_address(peer)
+        label = client_label(client, transport)
         handshake = check_handshake(head)
         if isinstance(handshake, Reject):
             self._answer(transport, label, path, handshake, "handshake")

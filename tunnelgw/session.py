@@ -47,7 +47,7 @@ from zope.interface import implementer
 
 from tunnelgw.backends import BackendLink, BackendRefused
 from tunnelgw.core.clientaddr import format_address
-from tunnelgw.core.frames import BinaryFrameReader, frame_header
+from tunnelgw.core.frames import BinaryFrameReader, frame_header, size_violation
 from tunnelgw.core.handshake import Handshake
 from tunnelgw.core.http import EARLY_DATA_LIMIT, RequestHead
 from tunnelgw.core.relay import (
@@ -70,10 +70,16 @@ from tunnelgw.metrics import route_label
 from tunnelgw.sockopts import set_tcp_keepalive
 from tunnelgw.watch import SessionWatch
 
-__all__ = ["GatewaySession", "http_error", "log_refusal"]
+__all__ = ["GatewaySession", "client_label", "http_error", "log_refusal"]
 
 _log = Logger(namespace="tunnelgw")
 _OPCODE_BINARY = 2
+
+
+def client_label(client: str, transport: Any) -> str:
+    """A client as the logs name it: the real address from a front proxy, else the peer's host:port."""
+    peer = transport.getPeer()
+    return client if client != getattr(peer, "host", None) else format_address(peer)
 
 
 def log_refusal(client: str, path: str, reject: Reject, kind: str, session: str = "-") -> None:
@@ -224,11 +230,10 @@ class GatewaySession(WebSocketServerProtocol):  # type: ignore[misc]  # Autobahn
         self._wskey = handshake.key
         self.data = early
         path = self.http_request_path
-        self._record = SessionRecord(session_id=uuid.uuid4().hex[:12], client=self.client_label(), path=path,
+        self._record = SessionRecord(session_id=uuid.uuid4().hex[:12], client=client_label(self._client, self.transport), path=path,
                                      backend=self._link.description, started=factory.reactor.seconds())
-        if len(early) > EARLY_DATA_LIMIT:
-            self._refuse(Reject(400, f"more than {EARLY_DATA_LIMIT} bytes sent before the handshake completed"),
-                         "early_data")
+        self.processHandshake()
+        if self._outcome == "refused":
             return
         refused = self._link.check(handshake)
         if refused is not None:
@@ -243,11 +248,6 @@ class GatewaySession(WebSocketServerProtocol):  # type: ignore[misc]  # Autobahn
         self._connecting = self._link.connect()
         self._connecting.addCallbacks(self._backend_up, self._backend_failed, callbackArgs=(started,))
 
-    def client_label(self) -> str:
-        """The client as the logs name it: the real address from a front proxy, else host:port."""
-        peer = self.transport.getPeer()
-        host = getattr(peer, "host", None)
-        return self._client if self._client != host else format_address(peer)
 
     def client_host(self) -> str:
         """The client's address without port: limits, source hashing and tokens use it."""
@@ -255,7 +255,7 @@ class GatewaySession(WebSocketServerProtocol):  # type: ignore[misc]  # Autobahn
 
     def processHandshake(self) -> None:
         """Bytes arrived before the 101: hold them (bounded), never parse them as a request."""
-        if len(self.data) > EARLY_DATA_LIMIT and not self._finished and self.state == self.STATE_CONNECTING:
+        if len(self.data) > EARLY_DATA_LIMIT and self._outcome != "refused" and self.state == self.STATE_CONNECTING:
             self._refuse(Reject(400, f"more than {EARLY_DATA_LIMIT} bytes sent before the handshake completed"),
                          "early_data")
 
@@ -361,14 +361,9 @@ class GatewaySession(WebSocketServerProtocol):  # type: ignore[misc]  # Autobahn
     def onMessageFrameBegin(self, length: int) -> None:
         """Apply the frame and message limits Autobahn's default would, then start the frame on the link."""
         self._received += length
-        limit = self.maxMessagePayloadSize
-        if 0 < limit < self._received:
-            self._max_message_size_exceeded(self._received, limit,
-                                            f"message of {self._received} bytes exceeds the limit of {limit}")
-            return
-        limit = self.maxFramePayloadSize
-        if 0 < limit < length:
-            self._max_message_size_exceeded(length, limit, f"frame of {length} bytes exceeds the limit of {limit}")
+        too_big = size_violation(length, self._received, self.maxFramePayloadSize, self.maxMessagePayloadSize)
+        if too_big is not None:
+            self._max_message_size_exceeded(self._received, self.maxMessagePayloadSize, too_big)
             return
         if self.state == self.STATE_OPEN:
             self._link.client_frame_begin(self.current_frame.opcode, self.current_frame.fin, length)

@@ -40,7 +40,7 @@ from tunnelgw.backends.http import proxy_request
 from tunnelgw.backends.tcp import EndpointCache, classify_connect_error
 from tunnelgw.backends.tls import UnverifiedTLS, load_trust_root
 from tunnelgw.core.config import RouteOptions
-from tunnelgw.core.frames import frame_header
+from tunnelgw.core.frames import frame_header, size_violation
 from tunnelgw.core.handshake import Handshake
 from tunnelgw.core.relay import BACKEND_CLOSE_GRACE, CLOSE_GOING_AWAY, Close, connect_rejection
 from tunnelgw.core.routing import Reject, Route
@@ -129,14 +129,9 @@ class BackendWebSocket(WebSocketClientProtocol):  # type: ignore[misc]
     def onMessageFrameBegin(self, length: int) -> None:
         """Check the limits Autobahn would, then start the same frame towards the client."""
         self._received += length
-        limit = self.maxMessagePayloadSize
-        if 0 < limit < self._received:
-            self._max_message_size_exceeded(self._received, limit,
-                                            f"message of {self._received} bytes exceeds the limit of {limit}")
-            return
-        limit = self.maxFramePayloadSize
-        if 0 < limit < length:
-            self._max_message_size_exceeded(length, limit, f"frame of {length} bytes exceeds the limit of {limit}")
+        too_big = size_violation(length, self._received, self.maxFramePayloadSize, self.maxMessagePayloadSize)
+        if too_big is not None:
+            self._max_message_size_exceeded(self._received, self.maxMessagePayloadSize, too_big)
             return
         self._to_owner("backend_frame_begin", self.current_frame.opcode, self.current_frame.fin, length)
 

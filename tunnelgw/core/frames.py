@@ -20,7 +20,7 @@ from __future__ import annotations
 import struct
 from typing import Callable, Optional, Union
 
-__all__ = ["BinaryFrameReader", "Unmask", "frame_header"]
+__all__ = ["BinaryFrameReader", "Unmask", "frame_header", "size_violation"]
 
 #: ``unmask(data, mask) -> bytes``: XOR data with the 4-byte mask repeated
 #: (data may be a memoryview).
@@ -141,3 +141,18 @@ def frame_header(opcode: int, fin: bool, length: int, mask: bytes = b"") -> byte
     else:
         head = struct.pack("!BBQ", first, masked | 127, length)
     return head + mask
+
+
+def size_violation(frame_length: int, message_so_far: int, max_frame: int, max_message: int) -> Optional[str]:
+    """
+    Why a frame breaks the size limits, or None: the checks that Autobahn's
+    default frame handler makes, for handlers that stream frames.
+
+    :param message_so_far: the message's payload length with this frame.
+    :param max_frame: the frame limit (0: none); max_message likewise.
+    """
+    if 0 < max_message < message_so_far:
+        return f"message of {message_so_far} bytes exceeds the limit of {max_message}"
+    if 0 < max_frame < frame_length:
+        return f"frame of {frame_length} bytes exceeds the limit of {max_frame}"
+    return None
