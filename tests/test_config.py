@@ -63,7 +63,7 @@ def test_trailing_slash_is_the_same_path() -> None:
     ("ProxyPass /a tcp:host=a:port=$1", "$N substitutions need ProxyPassMatch"),
     ("ProxyPass /a tcp:host=a:port=1 connecttimeout=soon", "connecttimeout must be a number"),
     ("ProxyPass /a tcp:host=a:port=1 connecttimeout=0", "connecttimeout must be more than 0"),
-    ("ProxyPass /a tcp:host=a:port=1 colour=blue", "unknown route option 'colour'"),
+    ("ProxyPass /a tcp:host=a:port=1 colour=blue", "ProxyPass: unknown option 'colour'"),
     ("ProxyPass /a tcp:host=a:port=1 stray", "expected key=value"),
     ("ProxyPassMatch ^/(x$ tcp:host=a:port=1", "bad regular expression"),
     ("ProxyPassMatch ^/x$ tcp:host=a:port=$1", "target uses $1 but the expression has 0 group(s)"),

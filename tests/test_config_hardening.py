@@ -40,7 +40,7 @@ ProxyPass /b tcp:host=h:port=1 connecttimeout=2
 
 @pytest.mark.parametrize("line, message", [
     ("Timeout handshake=x", "gw.conf:2: handshake must be a number, got 'x'"),
-    ("Timeout foo=1", "gw.conf:2: Timeout: expected one of handshake=, connect=, idle= got 'foo=1'"),
+    ("Timeout foo=1", "gw.conf:2: Timeout: unknown option 'foo' (known: handshake=, connect=, idle=)"),
     ("Timeout", "gw.conf:2: Timeout takes key=value settings"),
     ("Limit rate=5/h", "gw.conf:2: rate must be a number, got '5/h'"),
     ("Limit headers=10", "gw.conf:2: headers must be from 1024 to"),

@@ -45,7 +45,7 @@ def test_websocket_routes_and_options() -> None:
     ("ProxyPass /a ws://h/a#b", "gw.conf:2: bad WebSocket backend URL 'ws://h/a#b': a backend URL may not have a #fragment"),
     ("ProxyPassMatch ^/(x)$ ws://h/$2", "gw.conf:2: target uses $2 but the expression has 1 group(s)"),
     ("ProxyPass /a ws://h/ forward=xff,bogus", "gw.conf:2: forward takes 'none' or a comma-separated list"),
-    ("ProxyPass /a wss://h/ verify=maybe", "gw.conf:2: verify must be 'on' or 'off', got 'maybe'"),
+    ("ProxyPass /a wss://h/ verify=maybe", "gw.conf:2: verify takes one of on, off, got 'maybe'"),
     ("ProxyPass /a wss://h/ cafile=", "gw.conf:2: cafile must name a PEM file"),
     ("ProxyPass /a ws://h/ cafile=/ca.pem", "gw.conf:2: cafile= applies to wss:// targets only"),
     ("ProxyPass /a ws://h/ verify=off", "gw.conf:2: verify= applies to wss:// targets only"),

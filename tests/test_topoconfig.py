@@ -75,8 +75,8 @@ def test_block_mistakes() -> None:
     assert found == [
         "gw.conf:2: </Proxy> without <Proxy balancer://NAME>",
         "gw.conf:3: BalancerMember belongs inside <Proxy balancer://NAME> ... </Proxy>",
-        "gw.conf:5: 'proxypass' is not allowed inside <Proxy> (only BalancerMember and ProxySet); missing </Proxy>?",
-        "gw.conf:6: status takes 'drain' or 'active', got 'sleepy'",
+        "gw.conf:5: ProxyPass is not allowed inside <Proxy> (only BalancerMember and ProxySet); missing </Proxy>?",
+        "gw.conf:6: status takes one of drain, +n, active, got 'sleepy'",
         "gw.conf:7: lbmethod takes one of byrequests, bybusyness, bysource, got 'random'",
         "gw.conf:10: balancer 'empty' has no BalancerMember",
         "gw.conf:11: <Proxy> takes balancer://NAME with a plain NAME, got 'http://x'",

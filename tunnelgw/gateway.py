@@ -30,14 +30,13 @@ from tunnelgw.core.http import RequestHead
 from tunnelgw.core.limits import HandshakeRate, SessionCounts
 from tunnelgw.core.relay import CLOSE_TIMEOUT, Close
 from tunnelgw.core.routing import Reject, Route, RuleSet, choose_route
-from tunnelgw.core.wsurl import is_websocket_target
+from tunnelgw.core.targets import PoolTarget, WebSocketURL
 from tunnelgw.metrics import GatewayMetrics
 from tunnelgw.session import GatewaySession, client_label, http_error, log_refusal
 
 __all__ = ["GatewayFactory", "HeadRequest", "hand_over", "refuse_connection"]
 
 _log = Logger(namespace="tunnelgw")
-_BALANCER = "balancer://"
 
 
 def hand_over(transport: Any, protocol: Any) -> None:
@@ -222,17 +221,19 @@ class GatewayFactory(WebSocketServerFactory):
 
     def link_for(self, route: Route, head: RequestHead, client: str, secure: bool) -> BackendLink:
         """The backend link for a route: a pool member, a WebSocket hop or a byte stream."""
-        target = route.target
-        if target.startswith(_BALANCER) and self.topology is not None:
-            link = TcpLink(lambda: self.topology.connect_pool(route, client, chosen), target)
+        backend = route.backend
+        if isinstance(backend, PoolTarget):
+            topology = self.topology
+            assert topology is not None, "the parser refuses balancer:// without a <Proxy> block"
+            link = TcpLink(lambda: topology.connect_pool(route, backend, client, chosen), backend.text)
 
             def chosen(member: str, release: Any) -> None:
-                link.description = f"{target}/{member}"
+                link.description = f"{backend.text}/{member}"
                 link.release = release
 
             return link
-        if is_websocket_target(target):
+        if isinstance(backend, WebSocketURL):
             headers = {name.decode("latin-1"): value.decode("latin-1") for name, value in head.headers}
             return WebSocketLink(self.websocket_backends, route, head.query, client, secure, headers)
-        timeout = route.options.connect_timeout
-        return TcpLink(lambda: self.backends.connect(target, timeout), target)
+        endpoint, timeout = backend.endpoint, route.options.connect_timeout
+        return TcpLink(lambda: self.backends.connect(endpoint, timeout), endpoint)

@@ -24,13 +24,8 @@ _CONNECT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0
 
 
 def route_label(route: Any) -> str:
-    """A route's label: the ``ProxyPass`` path or the ``ProxyPassMatch`` expression."""
-    rule = getattr(route, "rule", None)
-    path = getattr(rule, "path", None)
-    if path is not None:
-        return str(path)
-    pattern = getattr(rule, "pattern", None)
-    return str(getattr(pattern, "pattern", "")) if pattern is not None else ""
+    """A route's label: its ``name=``, else the ``ProxyPass`` path or the ``ProxyPassMatch`` expression."""
+    return str(route.label) if route is not None else ""
 
 
 class _Sessions(Protocol):

@@ -27,7 +27,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from tunnelgw.backends.tcp import TcpBackends
-from tunnelgw.core.config import SUBSTITUTION, Config, ConfigError, Location, Problem, parse_config
+from tunnelgw.core.config import Config, ConfigError, Location, Problem, parse_config
 from tunnelgw.demo import demo_factory, demo_page
 from tunnelgw.front import FrontFactory, GatewaySite
 from tunnelgw.metrics import GatewayMetrics
@@ -37,7 +37,7 @@ from tunnelgw.core.routing import RuleSet
 from tunnelgw.topology import Topology, check_topology
 from tunnelgw.web import GatewayResource
 from tunnelgw.backends.tls import load_trust_root
-from tunnelgw.core.wsurl import is_websocket_target
+from tunnelgw.core.targets import SUBSTITUTION, EndpointTarget, WebSocketURL
 
 __all__ = [
     "GatewayService",
@@ -120,21 +120,19 @@ def check_config(config: Config, reactor: Any) -> list[tuple[Location, str, IStr
             problems.append(Problem(where, f"bad {kind} endpoint {description!r}: {_explain(e)}"))
     problems += check_topology(config.topology, reactor)
     for rule in config.rules:
-        target = SUBSTITUTION.sub("1", rule.target)
-        if target.startswith("balancer://"):
-            continue
-        if is_websocket_target(target):
+        backend = rule.backend
+        if isinstance(backend, WebSocketURL):
             # The URL was checked by the parser; what is left is the trust root.
             if rule.options.cafile is not None:
                 try:
                     load_trust_root(rule.options.cafile)
                 except ValueError as e:
                     problems.append(Problem(rule.where, str(e)))
-            continue
-        try:
-            clientFromString(reactor, target)
-        except Exception as e:
-            problems.append(Problem(rule.where, f"bad backend endpoint {rule.target!r}: {_explain(e)}"))
+        elif isinstance(backend, EndpointTarget):
+            try:
+                clientFromString(reactor, SUBSTITUTION.sub("1", backend.endpoint))
+            except Exception as e:
+                problems.append(Problem(rule.where, f"bad backend endpoint {rule.target!r}: {_explain(e)}"))
     for alias in config.aliases:
         if not os.path.isdir(alias.folder):
             problems.append(Problem(alias.where, f"Alias folder {alias.folder!r} is not an existing folder"))

@@ -24,13 +24,13 @@ from tunnelgw.core.config import Problem, RouteOptions
 from tunnelgw.core.redirect import lookup_answer, owner_of, redirect_location
 from tunnelgw.core.relay import ConnectFailure
 from tunnelgw.core.routing import Reject, Route, normalise_path
+from tunnelgw.core.targets import EndpointTarget, PoolTarget
 from tunnelgw.core.tokens import FileTokens, SignedTokens, TargetAddress, extract_token, make_token_source
 from tunnelgw.core.topoconfig import OriginRule, TokenRouteSpec, TopologyConfig
 
 __all__ = ["JsonAnswer", "Redirect", "Topology", "check_topology", "read_secret"]
 
 _log = Logger(namespace="tunnelgw")
-BALANCER = "balancer://"
 
 
 @dataclass(frozen=True)
@@ -154,7 +154,7 @@ class Topology:
         if owner is not None and owner != self.config.gateway_url:
             return Redirect(redirect_location(owner, request.uri.decode("latin-1")),
                             f"desktop host {target.host} is served by {owner}")
-        return Route(route_spec, target.endpoint, RouteOptions(connect_timeout=route_spec.connect_timeout))  # type: ignore[arg-type]
+        return Route(route_spec, EndpointTarget(target.endpoint), RouteOptions(connect_timeout=route_spec.connect_timeout))
 
     def _token_route(self, path: str) -> Optional[TokenRouteSpec]:
         found = [r for r in self.config.token_routes if _under(path, r.path)]
@@ -193,7 +193,7 @@ class Topology:
 
     # Pools.
 
-    def connect_pool(self, route: Route, client: str,
+    def connect_pool(self, route: Route, target: PoolTarget, client: str,
                      started: Callable[[str, Callable[[], None]], None]) -> "defer.Deferred[BackendConnection]":
         """
         Connect a session to a member of the route's pool, trying the next
@@ -202,9 +202,9 @@ class Topology:
         :param started: called with the member's endpoint and a release
             callable (to call once when the session ends) on success.
         """
-        pool = self.pools.get(route.target[len(BALANCER):])
+        pool = self.pools.get(target.name)
         if pool is None:
-            return defer.fail(BackendUnavailable(ConnectFailure.UNREACHABLE, f"no balancer {route.target}"))
+            return defer.fail(BackendUnavailable(ConnectFailure.UNREACHABLE, f"no balancer {target.text}"))
         candidates = pool.order(client, self._reactor.seconds())
         current: list[Any] = [None]
         result: defer.Deferred[BackendConnection] = defer.Deferred(lambda _: current[0] and current[0].cancel())
@@ -212,7 +212,7 @@ class Topology:
 
         def attempt(index: int) -> None:
             if index >= len(candidates):
-                detail = f"no member of {route.target} is available" + (
+                detail = f"no member of {target.text} is available" + (
                     f" (tried {', '.join(tried)})" if tried else "")
                 result.errback(BackendUnavailable(ConnectFailure.UNREACHABLE, detail))
                 return

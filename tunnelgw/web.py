@@ -31,7 +31,7 @@ from tunnelgw.core.clientaddr import format_address
 from tunnelgw.core.config import Alias, PrefixRule
 from tunnelgw.core.http import RequestHead
 from tunnelgw.core.routing import Reject, Route, normalise_path
-from tunnelgw.core.wsurl import is_websocket_target
+from tunnelgw.core.targets import WebSocketURL
 from tunnelgw.files import choose_alias, serve
 from tunnelgw.gateway import GatewayFactory
 from tunnelgw.session import log_refusal
@@ -96,7 +96,7 @@ class GatewayResource(Resource):
             return served  # type: ignore[return-value]
         if isinstance(route, Reject):
             return self._refuse(request, route)
-        if is_websocket_target(route.target):
+        if isinstance(route.backend, WebSocketURL):
             outcome = self._factory.websocket_backends.proxy_http(request, route)
             return self._refuse(request, outcome) if isinstance(outcome, Reject) else outcome
         request.setHeader(b"upgrade", b"websocket")

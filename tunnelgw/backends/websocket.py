@@ -319,8 +319,6 @@ class WebSocketBackends:
         (:func:`tunnelgw.backends.http.proxy_request`), or say why not.
         """
         target = backend_target(route, request.uri.partition(b"?")[2])
-        if isinstance(target, Reject):
-            return target
         try:
             endpoint = self.endpoint(target, route.options)
         except ValueError as e:
@@ -358,10 +356,8 @@ class WebSocketLink:
         self._abort_call: Any = None
 
     def check(self, handshake: Handshake) -> Optional[Reject]:
-        """Resolve the backend URL (with the client's query); refuse a bad one."""
+        """Resolve the backend URL with the client's path remainder and query (routing checked it)."""
         target = backend_target(self._route, self._query)
-        if isinstance(target, Reject):
-            return target
         self._target = target
         self.description = target.url
         self._protocols = handshake.protocols

@@ -4,29 +4,38 @@ Parse tunnelgw's Apache-flavoured configuration text into frozen values.
 This module is pure: it reads text and returns a :class:`Config`, or raises
 :class:`ConfigError` naming every problem as ``FILE:LINE: what is wrong``.  It
 checks syntax, numbers, regular expressions and duplicates; endpoint strings
-are checked against Twisted by :mod:`tunnelgw.endpoints`, which adds its
-problems to the same error type.
+are checked against Twisted by :func:`tunnelgw.service.check_config`, which
+adds its problems to the same error type.
+
+The parser is one table, :data:`DIRECTIVES`: each entry names a directive,
+its syntax, a line of help and the function that reads it (topology
+directives included).  ``twistd tunnelgw --directives``, the example
+configuration and the docs are kept in step with this table by tests.
+Route targets are typed here (:mod:`tunnelgw.core.targets`), once.
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field, replace
-from typing import Callable, Iterator, Optional, Union
+from typing import Any, Callable, Iterator, Optional, Union
 
 from tunnelgw.core.errors import ConfigError, Location, Problem
-from tunnelgw.core.wsurl import is_websocket_target, parse_websocket_url
-from tunnelgw.core.topoconfig import TOPOLOGY_DIRECTIVES, TopologyConfig, TopologyParser
+from tunnelgw.core.options import Reader, choice, matching, number, read_options, whole
+from tunnelgw.core.targets import SUBSTITUTION, BackendTarget, PoolTarget, WebSocketURL, parse_target
+from tunnelgw.core.topoconfig import TopologyConfig, TopologyParser
 
 __all__ = [
     "DEFAULT_CONFIG",
     "Alias",
     "DEFAULT_CONNECT_TIMEOUT",
     "DEFAULT_FORWARD",
+    "DIRECTIVES",
     "FORWARD_CHOICES",
     "Config",
     "ConfigError",
     "DemoBackend",
+    "Directive",
     "KeepAlive",
     "Limits",
     "Listener",
@@ -82,6 +91,8 @@ class RouteOptions:
     :ivar idle_timeout: seconds without payload either way before the session
         is closed (0: never); None takes ``Timeout idle=``.
     :ivar max_sessions: concurrent sessions on this route; None: no own limit.
+    :ivar name: the route's name in metrics, logs and the admin list
+        (``name=``); None: its path or expression.
     """
 
     connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
@@ -90,6 +101,7 @@ class RouteOptions:
     verify: bool = True
     idle_timeout: Optional[float] = None
     max_sessions: Optional[int] = None
+    name: Optional[str] = None
 
 
 @dataclass(frozen=True)
@@ -142,12 +154,21 @@ class Limits:
 
 @dataclass(frozen=True)
 class PrefixRule:
-    """``ProxyPass PATH TARGET``: requests at PATH or below it go to TARGET."""
+    """``ProxyPass PATH TARGET``: requests at PATH or below it go to TARGET.
+
+    :ivar target: the target as written; :ivar backend: the same, typed.
+    """
 
     path: str
     target: str
     options: RouteOptions
     where: Location
+    backend: BackendTarget
+
+    @property
+    def label(self) -> str:
+        """The route's name: ``name=``, else its path."""
+        return self.options.name or self.path
 
 
 @dataclass(frozen=True)
@@ -158,6 +179,12 @@ class PatternRule:
     target: str
     options: RouteOptions
     where: Location
+    backend: BackendTarget
+
+    @property
+    def label(self) -> str:
+        """The route's name: ``name=``, else its expression."""
+        return self.options.name or self.pattern.pattern
 
 
 Rule = Union[PrefixRule, PatternRule]
@@ -224,10 +251,6 @@ class Config:
         return (*self.prefix_rules, *self.pattern_rules)
 
 
-#: ``$1``..``$9`` in a ProxyPassMatch target: group N of the match.
-SUBSTITUTION = re.compile(r"\$(\d)")
-
-
 def _tokens(text: str) -> list[str]:
     """
     Split a directive line into words: white space separates, double quotes
@@ -273,126 +296,13 @@ def _is_safe_path(path: str) -> bool:
     return all(s not in ("", ".", "..") for s in segments) and "?" not in path and "#" not in path
 
 
-def _route_options(words: list[str], problem: Callable[[str], None]) -> RouteOptions:
-    """Read ``key=value`` words after a target; report unknown keys and bad values."""
-    connect_timeout = DEFAULT_CONNECT_TIMEOUT
-    forward, cafile, verify = DEFAULT_FORWARD, None, True
-    idle_timeout: Optional[float] = None
-    max_sessions: Optional[int] = None
-    for word in words:
-        key, eq, value = word.partition("=")
-        key = key.lower()
-        if not eq:
-            problem(f"expected key=value after the target, got {word!r}")
-        elif key == "connecttimeout":
-            try:
-                connect_timeout = float(value)
-            except ValueError:
-                problem(f"connecttimeout must be a number of seconds, got {value!r}")
-                continue
-            if not 0 < connect_timeout <= 3600:
-                problem(f"connecttimeout must be more than 0 and at most 3600 seconds, got {value!r}")
-        elif key == "forward":
-            names = [n.strip().lower() for n in value.split(",")]
-            if names == ["none"]:
-                forward = frozenset()
-            elif not all(n in FORWARD_CHOICES for n in names):
-                problem(f"forward takes 'none' or a comma-separated list of {', '.join(FORWARD_CHOICES)}, "
-                        f"got {value!r}")
-            else:
-                forward = frozenset(names)
-        elif key == "cafile":
-            if not value or any(not c.isprintable() for c in value):
-                problem(f"cafile must name a PEM file of CA certificates, got {value!r}")
-            cafile = value
-        elif key == "verify":
-            if value.lower() not in ("on", "off"):
-                problem(f"verify must be 'on' or 'off', got {value!r}")
-            verify = value.lower() != "off"
-        elif key == "idletimeout":
-            idle_timeout = _number(key, value, 0, 7 * 86400, problem)
-        elif key == "maxsessions":
-            found = _number(key, value, 1, 10**7, problem, integer=True)
-            max_sessions = None if found is None else int(found)
-        else:
-            problem(f"unknown route option {key!r} (known: connecttimeout, idletimeout, maxsessions, "
-                    "forward, cafile, verify)")
-    return RouteOptions(connect_timeout=connect_timeout, forward=forward, cafile=cafile, verify=verify,
-                        idle_timeout=idle_timeout, max_sessions=max_sessions)
-
-
-def _check_target_options(target: str, words: list[str], options: RouteOptions,
-                          problem: Callable[[str], None]) -> None:
-    """
-    Check a ws:// or wss:// target URL (with each ``$N`` standing for ``1``)
-    and that options meant for WebSocket targets are not given to others.
-    """
-    keys = {w.partition("=")[0].lower() for w in words}
-    if not is_websocket_target(target):
-        for key in sorted(keys & {"forward", "cafile", "verify"}):
-            problem(f"{key}= applies to ws:// and wss:// targets only")
-        return
-    try:
-        url = parse_websocket_url(SUBSTITUTION.sub("1", target))
-    except ValueError as e:
-        problem(f"bad WebSocket backend URL {target!r}: {e}")
-        return
-    if not url.secure:
-        for key in sorted(keys & {"cafile", "verify"}):
-            problem(f"{key}= applies to wss:// targets only")
-    elif options.cafile is not None and not options.verify:
-        problem("cafile= and verify=off contradict each other: with verify=off nothing is checked")
-
-
-def _number(key: str, value: str, low: float, high: float, problem: Callable[[str], None],
-            integer: bool = False) -> Optional[float]:
-    """Read value as a number within [low, high]; report and return None otherwise."""
-    try:
-        number = float(int(value)) if integer else float(value)
-    except ValueError:
-        problem(f"{key} must be {'a whole number' if integer else 'a number'}, got {value!r}")
-        return None
-    if not low <= number <= high:
-        problem(f"{key} must be from {low:g} to {high:g}, got {value!r}")
-        return None
-    return number
-
-
-def _settings(directive: str, args: list[str], ranges: dict[str, tuple[float, float, bool]],
-              problem: Callable[[str], None]) -> dict[str, float]:
-    """
-    Read ``key=value`` words of a global directive against ranges
-    (key -> (low, high, whole number)); report unknown keys and bad values.
-    """
-    found: dict[str, float] = {}
-    if not args:
-        problem(f"{directive} takes key=value settings (known: {', '.join(ranges)})")
-    for word in args:
-        key, eq, value = word.partition("=")
-        key = key.lower()
-        if not eq or key not in ranges:
-            problem(f"{directive}: expected one of {', '.join(k + '=' for k in ranges)} got {word!r}")
-            continue
-        if key == "rate" and value.lower().endswith(("/s", "/m")):
-            per_minute = value.lower().endswith("/m")
-            number = _number(key, value[:-2], 0, 10**6, problem)
-            if number is not None:
-                found[key] = number / 60 if per_minute else number
-            continue
-        low, high, integer = ranges[key]
-        number = _number(key, value, low, high, problem, integer)
-        if number is not None:
-            found[key] = number
-    return found
-
-
 def _lines(text: str) -> Iterator[tuple[int, str]]:
     """Yield (line number, line) pairs, joining lines that end in a backslash."""
     pending: list[str] = []
     start = 0
-    for number, line in enumerate(text.splitlines(), start=1):
+    for number_, line in enumerate(text.splitlines(), start=1):
         if not pending:
-            start = number
+            start = number_
         if line.endswith("\\"):
             pending.append(line[:-1])
             continue
@@ -401,6 +311,316 @@ def _lines(text: str) -> Iterator[tuple[int, str]]:
         pending = []
     if pending:
         yield start, " ".join(pending)
+
+
+# Value readers of route options and global settings.
+
+def _forward(value: str) -> frozenset[str]:
+    names = [n.strip().lower() for n in value.split(",")]
+    if names == ["none"]:
+        return frozenset()
+    if not all(n in FORWARD_CHOICES for n in names):
+        raise ValueError(f"takes 'none' or a comma-separated list of {', '.join(FORWARD_CHOICES)}, got {value!r}")
+    return frozenset(names)
+
+
+def _file_name(value: str) -> str:
+    if not value or any(not c.isprintable() for c in value):
+        raise ValueError(f"must name a PEM file of CA certificates, got {value!r}")
+    return value
+
+
+def _rate(value: str) -> float:
+    """``N``, ``N/s`` or ``N/m``: handshakes per second."""
+    per_minute = value.lower().endswith("/m")
+    text = value[:-2] if value.lower().endswith(("/s", "/m")) else value
+    found: float = number(0, 10**6)(text)
+    return found / 60 if per_minute else found
+
+
+#: Options after a ProxyPass/ProxyPassMatch target.
+ROUTE_OPTIONS: dict[str, Reader] = {
+    "connecttimeout": number(0, 3600, above_low=True),
+    "idletimeout": number(0, 7 * 86400),
+    "maxsessions": whole(1, 10**7),
+    "name": matching(r"[A-Za-z0-9_.:/-]{1,64}", "1 to 64 letters, digits or _.:/-"),
+    "forward": _forward,
+    "cafile": _file_name,
+    "verify": choice("on", "off"),
+}
+_WEBSOCKET_ONLY = ("forward", "cafile", "verify")
+_SECURE_ONLY = ("cafile", "verify")
+
+_TIMEOUT_SETTINGS: dict[str, Reader] = {
+    "handshake": number(0.5, 3600), "connect": number(0.1, 3600), "idle": number(0, 7 * 86400)}
+_KEEPALIVE_SETTINGS: dict[str, Reader] = {
+    "ping": number(0, 86400), "pong": number(0.1, 3600), "tcpidle": whole(0, 86400),
+    "tcpinterval": whole(1, 3600), "tcpcount": whole(1, 100)}
+_LIMIT_SETTINGS: dict[str, Reader] = {
+    "sessions": whole(0, 10**7), "perclient": whole(0, 10**7), "rate": _rate, "headers": whole(1024, 1 << 20),
+    "frame": whole(0, 1 << 40), "message": whole(0, 1 << 50)}
+#: Option and setting keys whose dataclass field is spelt otherwise.
+_FIELD_NAMES = {"connecttimeout": "connect_timeout", "idletimeout": "idle_timeout", "maxsessions": "max_sessions",
+                "tcpidle": "tcp_idle", "tcpinterval": "tcp_interval", "tcpcount": "tcp_count",
+                "perclient": "per_client"}
+
+
+@dataclass
+class _Parse:
+    """What the directives of one file have said so far."""
+
+    filename: str
+    problems: list[Problem] = field(default_factory=list)
+    listeners: list[Listener] = field(default_factory=list)
+    admin_listeners: list[Listener] = field(default_factory=list)
+    prefix_rules: list[PrefixRule] = field(default_factory=list)
+    pattern_rules: list[PatternRule] = field(default_factory=list)
+    demo_backends: list[DemoBackend] = field(default_factory=list)
+    demo_pages: list[DemoPage] = field(default_factory=list)
+    aliases: list[Alias] = field(default_factory=list)
+    seen_paths: dict[str, Location] = field(default_factory=dict)
+    names: dict[str, Location] = field(default_factory=dict)
+    topology: TopologyParser = field(default_factory=TopologyParser)
+    timeouts: Timeouts = Timeouts()
+    keepalive: KeepAlive = KeepAlive()
+    limits: Limits = Limits()
+    shutdown_timeout: float = 30.0
+    log_format: str = "text"
+    # Rules that set connecttimeout themselves; the others take Timeout connect=.
+    own_connect_timeout: set[Location] = field(default_factory=set)
+
+
+Problems = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class Directive:
+    """
+    One entry of the directive table.
+
+    :ivar name: as written in files and docs (matched in any letter case).
+    :ivar syntax: its arguments, for the reference.
+    :ivar help: one line saying what it does.
+    :ivar read: reads the words after the name into the parse.
+    :ivar in_pool: allowed inside ``<Proxy>`` (and only there when the
+        reader says so).
+    """
+
+    name: str
+    syntax: str
+    help: str
+    read: Callable[[_Parse, list[str], Location, Problems], None]
+    in_pool: bool = False
+
+
+def _listen(p: _Parse, args: list[str], where: Location, problem: Problems) -> None:
+    if len(args) != 1:
+        problem("Listen takes one server endpoint string, e.g. Listen tcp:port=8080:interface=127.0.0.1")
+    else:
+        p.listeners.append(Listener(args[0], where))
+
+
+def _admin_listen(p: _Parse, args: list[str], where: Location, problem: Problems) -> None:
+    if len(args) != 1:
+        problem("AdminListen takes one server endpoint string, e.g. AdminListen tcp:port=9090:interface=127.0.0.1")
+    else:
+        p.admin_listeners.append(Listener(args[0], where))
+
+
+def _rule_parts(directive: str, args: list[str], problem: Problems) -> Optional[tuple[BackendTarget, RouteOptions]]:
+    """The typed target and options of a rule, or None when they are wrong."""
+    target, extra = args[1], args[2:]
+    try:
+        backend = parse_target(target)
+    except ValueError as e:
+        problem(str(e))
+        return None
+    found = read_options(extra, ROUTE_OPTIONS, problem, directive)
+    if "verify" in found:
+        found["verify"] = found["verify"] == "on"
+    secure = isinstance(backend, WebSocketURL) and backend.secure
+    for key in sorted(found):
+        if key in _WEBSOCKET_ONLY and not isinstance(backend, WebSocketURL):
+            problem(f"{key}= applies to ws:// and wss:// targets only")
+        elif key in _SECURE_ONLY and not secure:
+            problem(f"{key}= applies to wss:// targets only")
+    if found.get("cafile") is not None and found.get("verify") is False:
+        problem("cafile= and verify=off contradict each other: with verify=off nothing is checked")
+    return backend, RouteOptions(**{_FIELD_NAMES.get(k, k): v for k, v in found.items()})
+
+
+def _rule(p: _Parse, directive: str, args: list[str], where: Location, problem: Problems) -> None:
+    match_text = args[0]
+    parts = _rule_parts(directive, args, problem)
+    if parts is None:
+        return
+    backend, options = parts
+    if any(w.lower().startswith("connecttimeout=") for w in args[2:]):
+        p.own_connect_timeout.add(where)
+    if options.name is not None:
+        if options.name in p.names:
+            problem(f"duplicate route name {options.name!r} (first at {p.names[options.name]})")
+            return
+        p.names[options.name] = where
+    target = args[1]
+    if directive == "ProxyPass":
+        path = match_text if match_text == "/" else match_text.rstrip("/")
+        if not _is_safe_path(match_text):
+            problem(f"ProxyPass path must be an absolute URL path without '.', '..', "
+                    f"empty segments, spaces, '?' or '#', got {match_text!r}")
+        elif SUBSTITUTION.search(target):
+            problem("$N substitutions need ProxyPassMatch; ProxyPass has no groups")
+        elif path in p.seen_paths:
+            problem(f"duplicate ProxyPass path {path!r} (first at {p.seen_paths[path]})")
+        else:
+            p.seen_paths[path] = where
+            p.prefix_rules.append(PrefixRule(path, target, options, where, backend))
+        return
+    try:
+        pattern = re.compile(match_text)
+    except (re.error, RecursionError, OverflowError, ValueError) as e:
+        problem(f"bad regular expression {match_text!r}: {e}")
+        return
+    groups = {int(g) for g in SUBSTITUTION.findall(target)}
+    missing = sorted(g for g in groups if g > pattern.groups or g == 0)
+    if missing:
+        problem(f"target uses ${missing[0]} but the expression has "
+                f"{pattern.groups} group(s); use $1..${max(pattern.groups, 1)}")
+    else:
+        p.pattern_rules.append(PatternRule(pattern, target, options, where, backend))
+
+
+def _rule_reader(directive: str, what: str) -> Callable[[_Parse, list[str], Location, Problems], None]:
+    def read(p: _Parse, args: list[str], where: Location, problem: Problems) -> None:
+        if len(args) < 2:
+            problem(f"{directive} takes a {what} and a target, then optional key=value options")
+        else:
+            _rule(p, directive, args, where, problem)
+    return read
+
+
+def _demo_backend(p: _Parse, args: list[str], where: Location, problem: Problems) -> None:
+    if len(args) != 2 or args[0] not in _DEMO_KINDS:
+        problem(f"DemoBackend takes a kind ({', '.join(_DEMO_KINDS)}) and a server endpoint string")
+    else:
+        p.demo_backends.append(DemoBackend(args[0], args[1], where))
+
+
+def _demo_page(p: _Parse, args: list[str], where: Location, problem: Problems) -> None:
+    if len(args) != 2 or not all(_is_safe_path(a) for a in args):
+        problem("DemoPage takes the page's path and the WebSocket path it opens, e.g. DemoPage / /echo")
+    else:
+        p.demo_pages.append(DemoPage(args[0], args[1], where))
+
+
+def _alias(p: _Parse, args: list[str], where: Location, problem: Problems) -> None:
+    if len(args) != 2:
+        problem("Alias takes a URL path and an absolute folder, e.g. Alias /novnc /usr/share/novnc")
+    elif not _is_safe_path(args[0]):
+        problem(f"Alias path must be an absolute URL path without '.', '..', "
+                f"empty segments, spaces, '?' or '#', got {args[0]!r}")
+    elif not args[1].startswith("/"):
+        problem(f"Alias folder must be an absolute path, got {args[1]!r}")
+    else:
+        alias_path = args[0] if args[0] == "/" else args[0].rstrip("/")
+        earlier = [a for a in p.aliases if a.path == alias_path]
+        if earlier:
+            problem(f"duplicate Alias path {alias_path!r} (first at {earlier[0].where})")
+        else:
+            p.aliases.append(Alias(alias_path, args[1], where))
+
+
+def _settings(directive: str, readers: dict[str, Reader], args: list[str], problem: Problems) -> dict[str, Any]:
+    """A global directive's ``key=value`` settings, keyed by field name."""
+    if not args:
+        problem(f"{directive} takes key=value settings (known: {', '.join(readers)})")
+    found = read_options(args, readers, problem, directive)
+    return {_FIELD_NAMES.get(k, k): v for k, v in found.items()}
+
+
+def _timeout(p: _Parse, args: list[str], where: Location, problem: Problems) -> None:
+    p.timeouts = replace(p.timeouts, **_settings("Timeout", _TIMEOUT_SETTINGS, args, problem))
+
+
+def _keepalive(p: _Parse, args: list[str], where: Location, problem: Problems) -> None:
+    p.keepalive = replace(p.keepalive, **_settings("KeepAlive", _KEEPALIVE_SETTINGS, args, problem))
+
+
+def _limit(p: _Parse, args: list[str], where: Location, problem: Problems) -> None:
+    p.limits = replace(p.limits, **_settings("Limit", _LIMIT_SETTINGS, args, problem))
+
+
+def _shutdown_timeout(p: _Parse, args: list[str], where: Location, problem: Problems) -> None:
+    if len(args) != 1:
+        problem("ShutdownTimeout takes the seconds live sessions may run after SIGTERM, e.g. ShutdownTimeout 30")
+        return
+    try:
+        p.shutdown_timeout = number(0, 86400)(args[0])
+    except ValueError as e:
+        problem(f"ShutdownTimeout {e}")
+
+
+def _log_format(p: _Parse, args: list[str], where: Location, problem: Problems) -> None:
+    if len(args) != 1 or args[0].lower() not in ("text", "json"):
+        problem("LogFormat takes text or json")
+    else:
+        p.log_format = args[0].lower()
+
+
+def _topology(method: Callable[[TopologyParser, list[str], Location, Problems, Callable[[str], bool]], None]
+              ) -> Callable[[_Parse, list[str], Location, Problems], None]:
+    """A reader that hands the words to one of the topology parser's readers."""
+    def read(p: _Parse, args: list[str], where: Location, problem: Problems) -> None:
+        method(p.topology, args, where, problem, _is_safe_path)
+    return read
+
+
+#: Every directive, in the order the reference lists them.
+DIRECTIVES: tuple[Directive, ...] = (
+    Directive("Listen", "ENDPOINT",
+              "a server endpoint string to accept clients on (tcp:, ssl:, unix:, systemd:, haproxy:)", _listen),
+    Directive("ProxyPass", "PATH TARGET [OPTIONS]",
+              "sessions at PATH relayed to a tcp:/tls:/unix: endpoint, ws:// URL or balancer://",
+              _rule_reader("ProxyPass", "path")),
+    Directive("ProxyPassMatch", "REGEX TARGET [OPTIONS]",
+              "like ProxyPass for paths matching REGEX; $1..$9 in TARGET",
+              _rule_reader("ProxyPassMatch", "regular expression")),
+    Directive("DemoBackend", "echo ENDPOINT", "run the built-in echo service on ENDPOINT", _demo_backend),
+    Directive("DemoPage", "PATH WSPATH", "serve the demo page at PATH, opening a session to WSPATH", _demo_page),
+    Directive("Alias", "PATH FOLDER", "serve the files of an absolute FOLDER at PATH", _alias),
+    Directive("Timeout", "handshake=S connect=S idle=S", "request head, backend connect and idle deadlines",
+              _timeout),
+    Directive("KeepAlive", "ping=S pong=S tcpidle=S tcpinterval=S tcpcount=N",
+              "WebSocket pings to clients, TCP keepalive to backends", _keepalive),
+    Directive("Limit", "sessions=N perclient=N rate=N/s headers=B frame=B message=B",
+              "bounds on sessions, per client, new sessions and sizes", _limit),
+    Directive("ShutdownTimeout", "SECONDS", "how long a drain lets live sessions run (default 30)",
+              _shutdown_timeout),
+    Directive("AdminListen", "ENDPOINT", "/healthz, /metrics and /sessions on an endpoint of their own",
+              _admin_listen),
+    Directive("LogFormat", "text|json", "log text lines or JSON lines (where twistd logs)", _log_format),
+    Directive("TokenSource", "NAME file|dir|jwt PATH allow=HOST:PORTS ... [reload=S] [bind=address]",
+              "where tokens name their desktops", _topology(TopologyParser.read_token_source)),
+    Directive("TokenRoute", "PATH SOURCE [from=query|path|host] [param=NAME] [connecttimeout=S]",
+              "sessions at PATH go where their token says", _topology(TopologyParser.read_token_route)),
+    Directive("TokenLookup", "PATH ROUTEPATH", "answer which gateway owns a token, as JSON",
+              _topology(TopologyParser.read_token_lookup)),
+    Directive("<Proxy", "balancer://NAME> ... </Proxy>",
+              "a pool of backends, with BalancerMember and ProxySet inside", _topology(TopologyParser.read_proxy)),
+    Directive("</Proxy>", "", "ends a <Proxy> block", _topology(TopologyParser.read_proxy_end), in_pool=True),
+    Directive("BalancerMember", "ENDPOINT [status=drain]", "one member of a <Proxy> pool",
+              _topology(TopologyParser.read_balancer_member), in_pool=True),
+    Directive("ProxySet", "lbmethod=byrequests|bybusyness|bysource retry=S",
+              "the pool's balancing method and retry time", _topology(TopologyParser.read_proxy_set), in_pool=True),
+    Directive("GatewayURL", "URL", "this gateway's own URL, for redirects between gateways",
+              _topology(TopologyParser.read_gateway_url)),
+    Directive("GatewayOwner", "URL HOST...", "the gateway that owns desktops on HOST", _topology(TopologyParser.read_gateway_owner)),
+    Directive("TrustedProxy", "ADDRESS...", "front proxies whose forwarded client address is believed",
+              _topology(TopologyParser.read_trusted_proxy)),
+    Directive("OriginAllow", "PATH ORIGIN...", "browser Origins allowed to open sessions on PATH",
+              _topology(TopologyParser.read_origin_allow)),
+)
+_BY_NAME = {d.name.lower(): d for d in DIRECTIVES}
 
 
 def parse_config(text: str, filename: str = "<config>", require_listeners: bool = True) -> Config:
@@ -414,29 +634,14 @@ def parse_config(text: str, filename: str = "<config>", require_listeners: bool 
     :raises ConfigError: with one :class:`Problem` per mistake found; parsing goes
         on after a mistake so that a user sees all of them at once.
     """
-    problems: list[Problem] = []
-    listeners: list[Listener] = []
-    prefix_rules: list[PrefixRule] = []
-    pattern_rules: list[PatternRule] = []
-    demo_backends: list[DemoBackend] = []
-    demo_pages: list[DemoPage] = []
-    aliases: list[Alias] = []
-    seen_paths: dict[str, Location] = {}
-    topology = TopologyParser()
+    p = _Parse(filename)
     last_line = 1
-    timeouts, keepalive, limits = Timeouts(), KeepAlive(), Limits()
-    shutdown_timeout = 30.0
-    admin_listeners: list[Listener] = []
-    log_format = "text"
-    # Rules that set connecttimeout themselves; the others take Timeout connect=.
-    own_connect_timeout: set[Location] = set()
-
-    for number, line in _lines(text):
-        last_line = number
-        where = Location(filename, number)
+    for line_number, line in _lines(text):
+        last_line = line_number
+        where = Location(filename, line_number)
 
         def problem(message: str, where: Location = where) -> None:
-            problems.append(Problem(where, message))
+            p.problems.append(Problem(where, message))
 
         if "\x00" in line:
             problem("NUL character in line")
@@ -448,162 +653,53 @@ def parse_config(text: str, filename: str = "<config>", require_listeners: bool 
             continue
         if not words:
             continue
-        directive, args = words[0], words[1:]
-        name = directive.lower()
-        if topology.in_block or name in TOPOLOGY_DIRECTIVES:
-            topology.directive(name, args, where, problem, _is_safe_path)
-            continue
-
-        if name == "listen":
-            if len(args) != 1:
-                problem("Listen takes one server endpoint string, e.g. Listen tcp:port=8080:interface=127.0.0.1")
-            else:
-                listeners.append(Listener(args[0], where))
-
-        elif name in ("proxypass", "proxypassmatch"):
-            if len(args) < 2:
-                problem(f"{directive} takes a {'path' if name == 'proxypass' else 'regular expression'} "
-                        "and a target, then optional key=value options")
-                continue
-            match_text, target, extra = args[0], args[1], args[2:]
-            options = _route_options(extra, problem)
-            _check_target_options(target, extra, options, problem)
-            if any(w.lower().startswith("connecttimeout=") for w in extra):
-                own_connect_timeout.add(where)
-            if name == "proxypass":
-                path = match_text if match_text == "/" else match_text.rstrip("/")
-                if not _is_safe_path(match_text):
-                    problem(f"ProxyPass path must be an absolute URL path without '.', '..', "
-                            f"empty segments, spaces, '?' or '#', got {match_text!r}")
-                elif SUBSTITUTION.search(target):
-                    problem("$N substitutions need ProxyPassMatch; ProxyPass has no groups")
-                elif path in seen_paths:
-                    problem(f"duplicate ProxyPass path {path!r} (first at {seen_paths[path]})")
-                else:
-                    seen_paths[path] = where
-                    prefix_rules.append(PrefixRule(path, target, options, where))
-            else:
-                try:
-                    pattern = re.compile(match_text)
-                except (re.error, RecursionError, OverflowError, ValueError) as e:
-                    problem(f"bad regular expression {match_text!r}: {e}")
-                    continue
-                groups = {int(g) for g in SUBSTITUTION.findall(target)}
-                missing = sorted(g for g in groups if g > pattern.groups or g == 0)
-                if missing:
-                    problem(f"target uses ${missing[0]} but the expression has "
-                            f"{pattern.groups} group(s); use $1..${max(pattern.groups, 1)}")
-                else:
-                    pattern_rules.append(PatternRule(pattern, target, options, where))
-
-        elif name == "demobackend":
-            if len(args) != 2 or args[0] not in _DEMO_KINDS:
-                problem(f"DemoBackend takes a kind ({', '.join(_DEMO_KINDS)}) and a server endpoint string")
-            else:
-                demo_backends.append(DemoBackend(args[0], args[1], where))
-
-        elif name == "demopage":
-            if len(args) != 2 or not all(_is_safe_path(a) for a in args):
-                problem("DemoPage takes the page's path and the WebSocket path it opens, e.g. DemoPage / /echo")
-            else:
-                demo_pages.append(DemoPage(args[0], args[1], where))
-
-        elif name == "alias":
-            if len(args) != 2:
-                problem("Alias takes a URL path and an absolute folder, e.g. Alias /novnc /usr/share/novnc")
-            elif not _is_safe_path(args[0]):
-                problem(f"Alias path must be an absolute URL path without '.', '..', "
-                        f"empty segments, spaces, '?' or '#', got {args[0]!r}")
-            elif not args[1].startswith("/"):
-                problem(f"Alias folder must be an absolute path, got {args[1]!r}")
-            else:
-                alias_path = args[0] if args[0] == "/" else args[0].rstrip("/")
-                earlier = [a for a in aliases if a.path == alias_path]
-                if earlier:
-                    problem(f"duplicate Alias path {alias_path!r} (first at {earlier[0].where})")
-                else:
-                    aliases.append(Alias(alias_path, args[1], where))
-
-        elif name == "timeout":
-            found = _settings(directive, args, {"handshake": (0.5, 3600, False), "connect": (0.1, 3600, False),
-                                                "idle": (0, 7 * 86400, False)}, problem)
-            timeouts = replace(timeouts, **found)
-
-        elif name == "keepalive":
-            found = _settings(directive, args, {"ping": (0, 86400, False), "pong": (0.1, 3600, False),
-                                                "tcpidle": (0, 86400, True), "tcpinterval": (1, 3600, True),
-                                                "tcpcount": (1, 100, True)}, problem)
-            names = {"tcpidle": "tcp_idle", "tcpinterval": "tcp_interval", "tcpcount": "tcp_count"}
-            keepalive = replace(keepalive, **{names.get(k, k): int(v) if k in names else v  # type: ignore[arg-type]
-                                              for k, v in found.items()})
-
-        elif name == "limit":
-            found = _settings(directive, args, {"sessions": (0, 10**7, True), "perclient": (0, 10**7, True),
-                                                "rate": (0, 10**6, False), "headers": (1024, 1 << 20, True),
-                                                "frame": (0, 1 << 40, True), "message": (0, 1 << 50, True)}, problem)
-            limits = replace(limits, **{("per_client" if k == "perclient" else k):  # type: ignore[arg-type]
-                                        (v if k == "rate" else int(v)) for k, v in found.items()})
-
-        elif name == "shutdowntimeout":
-            value = _number("ShutdownTimeout", args[0], 0, 86400, problem) if len(args) == 1 else None
-            if len(args) != 1:
-                problem("ShutdownTimeout takes the seconds live sessions may run after SIGTERM, e.g. ShutdownTimeout 30")
-            elif value is not None:
-                shutdown_timeout = value
-
-        elif name == "adminlisten":
-            if len(args) != 1:
-                problem("AdminListen takes one server endpoint string, e.g. AdminListen tcp:port=9090:interface=127.0.0.1")
-            else:
-                admin_listeners.append(Listener(args[0], where))
-
-        elif name == "logformat":
-            if len(args) != 1 or args[0].lower() not in ("text", "json"):
-                problem("LogFormat takes text or json")
-            else:
-                log_format = args[0].lower()
-
+        directive = _BY_NAME.get(words[0].lower())
+        if directive is None:
+            problem(f"unknown directive {words[0]!r} (known: {', '.join(d.name for d in DIRECTIVES)})")
+        elif p.topology.in_block and not directive.in_pool:
+            problem(f"{directive.name} is not allowed inside <Proxy> (only BalancerMember and ProxySet); "
+                    f"missing </Proxy>?")
         else:
-            known = ["Listen", "ProxyPass", "ProxyPassMatch", "DemoBackend", "DemoPage", "Alias", "Timeout",
-                     "KeepAlive", "Limit", "ShutdownTimeout", "AdminListen", "LogFormat", "TokenSource",
-                     "TokenRoute", "TokenLookup", "<Proxy>", "BalancerMember", "ProxySet", "GatewayURL",
-                     "GatewayOwner", "TrustedProxy", "OriginAllow"]
-            problem(f"unknown directive {directive!r} (known: {', '.join(known)})")
+            directive.read(p, words[1:], where, problem)
+    return _finish(p, last_line, require_listeners)
 
-    for alias in aliases:
-        if alias.path in seen_paths:
+
+def _finish(p: _Parse, last_line: int, require_listeners: bool) -> Config:
+    """Cross-checks over the whole file, then the value."""
+    problems = p.problems
+    for alias in p.aliases:
+        if alias.path in p.seen_paths:
             problems.append(Problem(alias.where, f"Alias path {alias.path!r} is also a ProxyPass path "
-                                                 f"(at {seen_paths[alias.path]}); give each its own path"))
-    rules: list[Rule] = [*prefix_rules, *pattern_rules]
-    topology_config = topology.finish([(r.target, r.where) for r in rules],
-                                      lambda w, m: problems.append(Problem(w, m)))
-    if require_listeners and not listeners and not problems:
-        problems.append(Problem(Location(filename, last_line), "no Listen directive: the gateway would accept nothing"))
-    if keepalive.ping and keepalive.pong >= keepalive.ping and not problems:
-        problems.append(Problem(Location(filename, last_line), "KeepAlive pong must be shorter than ping"))
+                                                 f"(at {p.seen_paths[alias.path]}); give each its own path"))
+    rules: list[Rule] = [*p.prefix_rules, *p.pattern_rules]
+    topology_config = p.topology.finish([(r.backend.name, r.where) for r in rules if isinstance(r.backend, PoolTarget)],
+                                        lambda w, m: problems.append(Problem(w, m)))
+    end = Location(p.filename, last_line)
+    if require_listeners and not p.listeners and not problems:
+        problems.append(Problem(end, "no Listen directive: the gateway would accept nothing"))
+    if p.keepalive.ping and p.keepalive.pong >= p.keepalive.ping and not problems:
+        problems.append(Problem(end, "KeepAlive pong must be shorter than ping"))
     if problems:
         raise ConfigError(problems)
 
-    def inherit(rule: Rule) -> Rule:
-        if rule.where in own_connect_timeout:
+    def inherit(rule: Any) -> Any:
+        if rule.where in p.own_connect_timeout:
             return rule
-        return replace(rule, options=replace(rule.options, connect_timeout=timeouts.connect))
+        return replace(rule, options=replace(rule.options, connect_timeout=p.timeouts.connect))
 
-    prefix_rules = [inherit(r) for r in prefix_rules]  # type: ignore[misc]
-    pattern_rules = [inherit(r) for r in pattern_rules]  # type: ignore[misc]
     return Config(
-        source=filename,
-        listeners=tuple(listeners),
-        prefix_rules=tuple(prefix_rules),
-        pattern_rules=tuple(pattern_rules),
-        demo_backends=tuple(demo_backends),
-        demo_pages=tuple(demo_pages),
-        aliases=tuple(aliases),
+        source=p.filename,
+        listeners=tuple(p.listeners),
+        prefix_rules=tuple(inherit(r) for r in p.prefix_rules),
+        pattern_rules=tuple(inherit(r) for r in p.pattern_rules),
+        demo_backends=tuple(p.demo_backends),
+        demo_pages=tuple(p.demo_pages),
+        aliases=tuple(p.aliases),
         topology=topology_config,
-        timeouts=timeouts,
-        keepalive=keepalive,
-        limits=limits,
-        shutdown_timeout=shutdown_timeout,
-        admin_listeners=tuple(admin_listeners),
-        log_format=log_format,
+        timeouts=p.timeouts,
+        keepalive=p.keepalive,
+        limits=p.limits,
+        shutdown_timeout=p.shutdown_timeout,
+        admin_listeners=tuple(p.admin_listeners),
+        log_format=p.log_format,
     )

@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Union
+from typing import Any, Union
 
-from tunnelgw.core.config import SUBSTITUTION, Config, PatternRule, PrefixRule, RouteOptions, Rule
+from tunnelgw.core.config import Config, PatternRule, PrefixRule, RouteOptions
+from tunnelgw.core.targets import BackendTarget, substitute
 
 __all__ = ["Reject", "Route", "RuleSet", "choose_route", "normalise_path"]
 
@@ -25,14 +26,25 @@ class Route:
     """
     The outcome of routing: where to connect and with which options.
 
-    :ivar target: the backend, ``$N`` already substituted.
+    :ivar rule: the rule that matched (a ``TokenRoute`` for token routes).
+    :ivar backend: the typed backend, ``$N`` already substituted.
     :ivar remainder: what follows the matched prefix (``""`` for pattern rules).
     """
 
-    rule: Rule
-    target: str
+    rule: Any
+    backend: BackendTarget
     options: RouteOptions
     remainder: str = ""
+
+    @property
+    def target(self) -> str:
+        """The backend as text, for logs."""
+        return self.backend.text
+
+    @property
+    def label(self) -> str:
+        """The route's name in metrics, logs and the admin list."""
+        return str(self.rule.label)
 
 
 @dataclass(frozen=True)
@@ -63,7 +75,7 @@ class RuleSet:
         while True:
             rule = self._prefixes.get(probe or "/")
             if rule is not None:
-                return Route(rule, rule.target, rule.options, path[len(probe):])
+                return Route(rule, rule.backend, rule.options, path[len(probe):])
             if not probe or probe == "/":
                 break
             probe = probe[: probe.rfind("/")]
@@ -75,8 +87,10 @@ class RuleSet:
             for value in captured.values():
                 if not _SAFE_CAPTURE.fullmatch(value) or value in (".", ".."):
                     return Reject(400, f"the path holds a value that may not be put in a backend address: {value!r}")
-            target = SUBSTITUTION.sub(lambda m: captured[m.group(1)], pattern_rule.target)
-            return Route(pattern_rule, target, pattern_rule.options)
+            backend = substitute(pattern_rule.backend, captured)
+            if isinstance(backend, str):
+                return Reject(400, backend)
+            return Route(pattern_rule, backend, pattern_rule.options)
         return Reject(404, "no route for this path")
 
 

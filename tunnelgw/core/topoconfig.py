@@ -2,8 +2,8 @@
 The deployment-topology directives of the configuration file, parsed into
 frozen values (pure: no Twisted, no I/O).
 
-:mod:`tunnelgw.core.config` hands every directive named in
-:data:`TOPOLOGY_DIRECTIVES` to :meth:`TopologyParser.directive` and calls
+The directive table of :mod:`tunnelgw.core.config` hands each of these
+directives to its ``read_*`` method of :class:`TopologyParser` and calls
 :meth:`TopologyParser.finish` at the end, which reports unclosed blocks and
 references to undefined names as ``FILE:LINE`` problems.
 
@@ -27,13 +27,13 @@ from __future__ import annotations
 import ipaddress
 import re
 from dataclasses import dataclass, field
-from typing import Callable, Optional, Union
+from typing import Any, Callable, Optional, Union
 from urllib.parse import urlsplit
 
 from tunnelgw.core.errors import Location
+from tunnelgw.core.options import choice, matching, number, read_options
 
 __all__ = [
-    "TOPOLOGY_DIRECTIVES",
     "AllowedTarget",
     "BalancerMemberSpec",
     "BalancerSpec",
@@ -45,12 +45,6 @@ __all__ = [
     "TopologyConfig",
     "TopologyParser",
 ]
-
-#: Lower-cased directive names this module owns.
-TOPOLOGY_DIRECTIVES = frozenset({
-    "tokensource", "tokenroute", "tokenlookup", "<proxy", "</proxy>", "balancermember", "proxyset",
-    "gatewayurl", "gatewayowner", "trustedproxy", "originallow",
-})
 
 LB_METHODS = ("byrequests", "bybusyness", "bysource")
 TOKEN_KINDS = ("file", "dir", "jwt")
@@ -95,6 +89,11 @@ class TokenRouteSpec:
     param: str
     connect_timeout: float
     where: Location
+
+    @property
+    def label(self) -> str:
+        """The route's name in metrics and logs: its path."""
+        return self.path
 
 
 @dataclass(frozen=True)
@@ -168,30 +167,20 @@ def _ports(text: str) -> Optional[tuple[int, int]]:
     return (low, high) if 1 <= low <= high <= 65535 else None
 
 
-def _options(words: list[str], known: tuple[str, ...], problem: Callable[[str], None]) -> list[tuple[str, str]]:
-    """Split ``key=value`` words, reporting unknown keys; keys are lower-cased."""
-    out = []
-    for word in words:
-        key, eq, value = word.partition("=")
-        key = key.lower()
-        if not eq:
-            problem(f"expected key=value, got {word!r}")
-        elif key not in known:
-            problem(f"unknown option {key!r} (known: {', '.join(known)})")
-        else:
-            out.append((key, value))
-    return out
+def _allow(value: str) -> AllowedTarget:
+    host, _, ports = value.rpartition(":")
+    span = _ports(ports)
+    if not host or not _HOSTGLOB.fullmatch(host) or span is None:
+        raise ValueError(f"takes HOSTGLOB:PORT or HOSTGLOB:LOW-HIGH, e.g. 10.0.*:5900-5999, got {value!r}")
+    return AllowedTarget(host.lower(), *span)
 
 
-def _seconds(value: str, key: str, problem: Callable[[str], None], default: float) -> float:
-    try:
-        seconds = float(value)
-    except ValueError:
-        seconds = -1.0
-    if not 0 <= seconds <= 86400:
-        problem(f"{key} must be a number of seconds from 0 to 86400, got {value!r}")
-        return default
-    return seconds
+_SECONDS = number(0, 86400)
+_TOKEN_SOURCE_OPTIONS = {"allow": _allow, "reload": _SECONDS, "bind": choice("address", "none")}
+_TOKEN_ROUTE_OPTIONS = {"from": choice(*TOKEN_FROM), "param": matching(_NAME.pattern, "a plain name"),
+                        "connecttimeout": number(0, 86400, above_low=True)}
+_MEMBER_OPTIONS = {"status": choice("drain", "+n", "active")}
+_POOL_OPTIONS = {"lbmethod": choice(*LB_METHODS), "retry": _SECONDS}
 
 
 def _is_ws_url(url: str) -> bool:
@@ -216,24 +205,14 @@ class TopologyParser:
     owners: list[GatewayOwner] = field(default_factory=list)
     trusted: list[Network] = field(default_factory=list)
     origins: list[OriginRule] = field(default_factory=list)
-    _block: Optional[tuple[str, Location, list[BalancerMemberSpec], dict[str, str]]] = None
+    _block: Optional[tuple[str, Location, list[BalancerMemberSpec], dict[str, Any]]] = None
 
     @property
     def in_block(self) -> bool:
         """True between ``<Proxy ...>`` and ``</Proxy>``."""
         return self._block is not None
 
-    def directive(self, name: str, args: list[str], where: Location, problem: Callable[[str], None],
-                  is_safe_path: Callable[[str], bool]) -> None:
-        """Parse one directive (``name`` lower-cased), reporting mistakes through problem."""
-        if self._block is not None and name not in ("balancermember", "proxyset", "</proxy>"):
-            problem(f"{name!r} is not allowed inside <Proxy> (only BalancerMember and ProxySet); "
-                    f"missing </Proxy>?")
-            return
-        getattr(self, "_" + name.strip("<>/").lower() + ("_end" if name.startswith("</") else ""))(
-            args, where, problem, is_safe_path)
-
-    def _tokensource(self, args: list[str], where: Location, problem: Callable[[str], None], _: object) -> None:
+    def read_token_source(self, args: list[str], where: Location, problem: Callable[[str], None], _: object) -> None:
         if len(args) < 3 or args[1] not in TOKEN_KINDS or not _NAME.fullmatch(args[0]):
             problem("TokenSource takes a name, a kind (file, dir, jwt), a path (for jwt: a file "
                     "holding the secret) and allow=HOSTGLOB:PORTS options")
@@ -242,22 +221,10 @@ class TopologyParser:
         if any(s.name == name for s in self.token_sources):
             problem(f"duplicate TokenSource {name!r}")
             return
-        allow: list[AllowedTarget] = []
-        reload, bind = DEFAULT_TOKEN_RELOAD, False
-        for key, value in _options(args[3:], ("allow", "reload", "bind"), problem):
-            if key == "allow":
-                host, _, ports = value.rpartition(":")
-                span = _ports(ports)
-                if not host or not _HOSTGLOB.fullmatch(host) or span is None:
-                    problem(f"allow takes HOSTGLOB:PORT or HOSTGLOB:LOW-HIGH, e.g. 10.0.*:5900-5999, got {value!r}")
-                else:
-                    allow.append(AllowedTarget(host.lower(), *span))
-            elif key == "reload":
-                reload = _seconds(value, "reload", problem, DEFAULT_TOKEN_RELOAD)
-            elif value not in ("address", "none"):
-                problem(f"bind takes 'address' or 'none', got {value!r}")
-            else:
-                bind = value == "address"
+        found = read_options(args[3:], _TOKEN_SOURCE_OPTIONS, problem, "TokenSource", repeatable=("allow",))
+        allow: list[AllowedTarget] = found.get("allow", [])
+        reload = found.get("reload", DEFAULT_TOKEN_RELOAD)
+        bind = found.get("bind") == "address"
         if not allow:
             problem("TokenSource needs at least one allow=HOSTGLOB:PORTS: tokens may not name any host")
             return
@@ -265,40 +232,29 @@ class TopologyParser:
             problem("bind=address needs signed tokens (kind jwt)")
         self.token_sources.append(TokenSourceSpec(name, kind, path, tuple(allow), reload, bind, where))
 
-    def _tokenroute(self, args: list[str], where: Location, problem: Callable[[str], None],
+    def read_token_route(self, args: list[str], where: Location, problem: Callable[[str], None],
                     is_safe_path: Callable[[str], bool]) -> None:
         if len(args) < 2 or not is_safe_path(args[0]):
             problem("TokenRoute takes an absolute path and a TokenSource name, then from=query|path|host, "
                     "param=NAME, connecttimeout=S")
             return
-        origin, param, timeout = "query", "token", 10.0
-        for key, value in _options(args[2:], ("from", "param", "connecttimeout"), problem):
-            if key == "from":
-                if value not in TOKEN_FROM:
-                    problem(f"from takes one of {', '.join(TOKEN_FROM)}, got {value!r}")
-                origin = value
-            elif key == "param":
-                if not _NAME.fullmatch(value):
-                    problem(f"param must be a plain name, got {value!r}")
-                param = value
-            else:
-                timeout = _seconds(value, "connecttimeout", problem, 10.0)
-                if timeout <= 0:
-                    problem("connecttimeout must be more than 0")
+        found = read_options(args[2:], _TOKEN_ROUTE_OPTIONS, problem, "TokenRoute")
+        origin, param = found.get("from", "query"), found.get("param", "token")
+        timeout = found.get("connecttimeout", 10.0)
         path = args[0] if args[0] == "/" else args[0].rstrip("/")
         if any(r.path == path for r in self.token_routes):
             problem(f"duplicate TokenRoute path {path!r}")
             return
         self.token_routes.append(TokenRouteSpec(path, args[1], origin, param, timeout, where))
 
-    def _tokenlookup(self, args: list[str], where: Location, problem: Callable[[str], None],
+    def read_token_lookup(self, args: list[str], where: Location, problem: Callable[[str], None],
                      is_safe_path: Callable[[str], bool]) -> None:
         if len(args) != 2 or not all(is_safe_path(a) for a in args):
             problem("TokenLookup takes the lookup's path and a TokenRoute path, e.g. TokenLookup /lookup /vnc")
             return
         self.token_lookups.append(TokenLookupSpec(args[0], args[1].rstrip("/") or "/", where))
 
-    def _proxy(self, args: list[str], where: Location, problem: Callable[[str], None], _: object) -> None:
+    def read_proxy(self, args: list[str], where: Location, problem: Callable[[str], None], _: object) -> None:
         text = " ".join(args)
         if not text.endswith(">"):
             problem("a block opens with <Proxy balancer://NAME>")
@@ -312,7 +268,7 @@ class TopologyParser:
             problem(f"duplicate balancer {name!r}")
         self._block = (name, where, [], {})
 
-    def _proxy_end(self, args: list[str], where: Location, problem: Callable[[str], None], _: object) -> None:
+    def read_proxy_end(self, args: list[str], where: Location, problem: Callable[[str], None], _: object) -> None:
         if self._block is None:
             problem("</Proxy> without <Proxy balancer://NAME>")
             return
@@ -322,49 +278,41 @@ class TopologyParser:
             problem(f"balancer {name!r} has no BalancerMember")
             return
         method = settings.get("lbmethod", "byrequests")
-        retry = _seconds(settings.get("retry", str(DEFAULT_RETRY)), "retry", problem, DEFAULT_RETRY)
+        retry = settings.get("retry", DEFAULT_RETRY)
         self.balancers.append(BalancerSpec(name, tuple(members), method, retry, opened))
 
-    def _balancermember(self, args: list[str], where: Location, problem: Callable[[str], None], _: object) -> None:
+    def read_balancer_member(self, args: list[str], where: Location, problem: Callable[[str], None], _: object) -> None:
         if self._block is None:
             problem("BalancerMember belongs inside <Proxy balancer://NAME> ... </Proxy>")
             return
         if not args:
             problem("BalancerMember takes a client endpoint string, then optional status=drain")
             return
-        drain = False
-        for key, value in _options(args[1:], ("status",), problem):
-            if value.lower() not in ("drain", "+n", "active"):
-                problem(f"status takes 'drain' or 'active', got {value!r}")
-            drain = value.lower() in ("drain", "+n")
+        drain = read_options(args[1:], _MEMBER_OPTIONS, problem, "BalancerMember").get("status") in ("drain", "+n")
         if any(m.endpoint == args[0] for m in self._block[2]):
             problem(f"duplicate BalancerMember {args[0]!r}")
             return
         self._block[2].append(BalancerMemberSpec(args[0], drain, where))
 
-    def _proxyset(self, args: list[str], where: Location, problem: Callable[[str], None], _: object) -> None:
+    def read_proxy_set(self, args: list[str], where: Location, problem: Callable[[str], None], _: object) -> None:
         if self._block is None:
             problem("ProxySet belongs inside <Proxy balancer://NAME> ... </Proxy>")
             return
-        for key, value in _options(args, ("lbmethod", "retry"), problem):
-            if key == "lbmethod" and value not in LB_METHODS:
-                problem(f"lbmethod takes one of {', '.join(LB_METHODS)}, got {value!r}")
-                continue
-            self._block[3][key] = value
+        self._block[3].update(read_options(args, _POOL_OPTIONS, problem, "ProxySet"))
 
-    def _gatewayurl(self, args: list[str], where: Location, problem: Callable[[str], None], _: object) -> None:
+    def read_gateway_url(self, args: list[str], where: Location, problem: Callable[[str], None], _: object) -> None:
         if len(args) != 1 or not _is_ws_url(args[0]):
             problem("GatewayURL takes this gateway's base URL, e.g. wss://host1.example:8443")
             return
         self.gateway_url = args[0].rstrip("/")
 
-    def _gatewayowner(self, args: list[str], where: Location, problem: Callable[[str], None], _: object) -> None:
+    def read_gateway_owner(self, args: list[str], where: Location, problem: Callable[[str], None], _: object) -> None:
         if len(args) < 2 or not _is_ws_url(args[0]) or not all(_HOSTGLOB.fullmatch(g) for g in args[1:]):
             problem("GatewayOwner takes a gateway's base URL and the desktop host globs it serves")
             return
         self.owners.append(GatewayOwner(args[0].rstrip("/"), tuple(g.lower() for g in args[1:]), where))
 
-    def _trustedproxy(self, args: list[str], where: Location, problem: Callable[[str], None], _: object) -> None:
+    def read_trusted_proxy(self, args: list[str], where: Location, problem: Callable[[str], None], _: object) -> None:
         if not args:
             problem("TrustedProxy takes addresses or networks, e.g. TrustedProxy 127.0.0.1 10.1.0.0/16")
         for arg in args:
@@ -373,7 +321,7 @@ class TopologyParser:
             except ValueError:
                 problem(f"TrustedProxy takes IP addresses or networks, got {arg!r}")
 
-    def _originallow(self, args: list[str], where: Location, problem: Callable[[str], None],
+    def read_origin_allow(self, args: list[str], where: Location, problem: Callable[[str], None],
                      is_safe_path: Callable[[str], bool]) -> None:
         if len(args) < 2 or not is_safe_path(args[0]):
             problem("OriginAllow takes a path and the allowed origins, e.g. OriginAllow /vnc https://vdi.example")
@@ -381,19 +329,19 @@ class TopologyParser:
         self.origins.append(OriginRule(args[0].rstrip("/") or "/", tuple(o.rstrip("/").lower() for o in args[1:]),
                                        where))
 
-    def finish(self, targets: list[tuple[str, Location]], problem_at: Callable[[Location, str], None]) -> TopologyConfig:
+    def finish(self, pools: list[tuple[str, Location]], problem_at: Callable[[Location, str], None]) -> TopologyConfig:
         """
         Check cross references and close the parse.
 
-        :param targets: (target, where) of every ProxyPass/ProxyPassMatch rule,
-            so that ``balancer://NAME`` targets name a defined pool.
+        :param pools: (name, where) of every rule whose target is
+            ``balancer://NAME``, so that each names a defined pool.
         """
         if self._block is not None:
             problem_at(self._block[1], "<Proxy> block is not closed (missing </Proxy>)")
         names = {b.name for b in self.balancers}
-        for target, where in targets:
-            if target.startswith("balancer://") and target[len("balancer://"):] not in names:
-                problem_at(where, f"no <Proxy {target}> block defines this balancer")
+        for name, where in pools:
+            if name not in names:
+                problem_at(where, f"no <Proxy balancer://{name}> block defines this balancer")
         sources = {s.name for s in self.token_sources}
         for route in self.token_routes:
             if route.source not in sources:

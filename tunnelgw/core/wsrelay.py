@@ -10,11 +10,12 @@ carries the answers out.
 
 from __future__ import annotations
 
-from typing import Mapping, Optional, Union
+from typing import Mapping, Optional
 
 from tunnelgw.core.relay import CLOSE_BACKEND_FAILED, CLOSE_GOING_AWAY, Close, close_reason
 from tunnelgw.core.routing import Reject, Route
-from tunnelgw.core.wsurl import WebSocketTarget, parse_websocket_url
+from tunnelgw.core.targets import WebSocketURL
+from tunnelgw.core.wsurl import WebSocketTarget
 
 __all__ = [
     "backend_target",
@@ -24,19 +25,16 @@ __all__ = [
 ]
 
 
-def backend_target(route: Route, raw_query: bytes) -> Union[WebSocketTarget, Reject]:
+def backend_target(route: Route, raw_query: bytes) -> WebSocketTarget:
     """
     The backend address of a request on a WebSocket route: the route's URL
-    (``$N`` already substituted) with the path remainder and the query appended.
-
-    A URL that ``$N`` substitution made invalid (say, an empty host) is the
-    request's fault: 400.
+    (checked, ``$N`` substituted by routing) with the path remainder and the
+    query appended.
     """
-    try:
-        target = parse_websocket_url(route.target)
-    except ValueError as e:
-        return Reject(400, f"the path gives no valid backend address: {e}")
-    return target.joined(route.remainder, raw_query.decode("latin-1"))
+    backend = route.backend
+    if not isinstance(backend, WebSocketURL) or backend.url is None:
+        raise TypeError(f"not a routed WebSocket backend: {backend!r}")
+    return backend.url.joined(route.remainder, raw_query.decode("latin-1"))
 
 
 def _clean(value: str) -> bool:
