@@ -395,3 +395,33 @@ class SessionCoreTests(TestCase):
         lose(first)
         lose(second)
         gw.assert_released(self)
+
+
+class RouteNameTests(TestCase):
+    """A route's name= is its label in the session record, the admin list and the metrics."""
+
+    def setUp(self) -> None:
+        self.patch(txaio.config, "loop", MemoryReactorClock())
+
+    def test_name_labels_record_admin_list_and_metrics(self) -> None:
+        from prometheus_client import generate_latest
+        from twisted.logger import globalLogPublisher
+
+        seen: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(seen.append)
+        self.addCleanup(globalLogPublisher.removeObserver, seen.append)
+        gw = Gateway("ProxyPassMatch ^/desk/(\\d+)$ tcp:host=10.0.0.1:port=59$1 name=desktops\n")
+        _, client = gw.client()
+        client.protocol.dataReceived(handshake(b"/desk/01"))
+        gw.connect_backend()
+        [session] = gw.factory.sessions.values()
+        self.assertEqual(session.describe()["route"], "desktops")
+        self.assertEqual(session.describe()["backend"], "tcp:host=10.0.0.1:port=5901")
+        lose(client)
+        gw.assert_released(self)
+        starts = [e["fields"] for e in seen if e.get("log_format", "").startswith("session start")]
+        ends = [e["fields"] for e in seen if e.get("log_format", "").startswith("session end")]
+        self.assertEqual([f["route"] for f in starts + ends], ["desktops", "desktops"])
+        scraped = generate_latest(gw.factory.metrics.registry).decode()
+        self.assertIn('tunnelgw_sessions_total{route="desktops"} 1.0', scraped)
+        self.assertNotIn("\\d", scraped)

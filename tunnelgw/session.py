@@ -231,7 +231,8 @@ class GatewaySession(WebSocketServerProtocol):  # type: ignore[misc]  # Autobahn
         self.data = early
         path = self.http_request_path
         self._record = SessionRecord(session_id=uuid.uuid4().hex[:12], client=client_label(self._client, self.transport), path=path,
-                                     backend=self._link.description, started=factory.reactor.seconds())
+                                     backend=self._link.description, started=factory.reactor.seconds(),
+                                     route=self._label)
         self.processHandshake()
         if self._outcome == "refused":
             return
@@ -303,7 +304,7 @@ class GatewaySession(WebSocketServerProtocol):  # type: ignore[misc]  # Autobahn
         self._outcome = "ended"
         transport = link.transport
         start_fields = {"session": record.session_id, "client": record.client, "path": record.path,
-                        "backend": link.description, "subprotocol": self.websocket_protocol_in_use}
+                        "route": record.route, "backend": link.description, "subprotocol": self.websocket_protocol_in_use}
         record.backend = link.description
         _log.info("session start {details}", details=format_fields(start_fields), fields=start_fields)
         factory.sessions[record.session_id] = self
@@ -577,7 +578,7 @@ class GatewaySession(WebSocketServerProtocol):  # type: ignore[misc]  # Autobahn
     def describe(self) -> dict[str, object]:
         """The live session's record as key/value pairs (for the admin listener)."""
         assert self._record is not None
-        return self._record.fields(self.factory.reactor.seconds()) | {"route": self._label}
+        return self._record.fields(self.factory.reactor.seconds())
 
     def close_session(self, close: Close) -> None:
         """Close from the gateway's side: the client gets close, the backend its end."""

@@ -200,6 +200,7 @@ class SessionRecord:
     """
     What a session's log lines report; counters are updated by the glue.
 
+    :ivar route: the route's name (``name=``, else its path or expression).
     :ivar bytes_up: payload bytes relayed client -> backend.
     :ivar bytes_down: payload bytes relayed backend -> client.
     """
@@ -209,6 +210,7 @@ class SessionRecord:
     path: str
     backend: str
     started: float
+    route: str = ""
     bytes_up: int = 0
     bytes_down: int = 0
     close_code: Optional[int] = None
@@ -229,6 +231,7 @@ class SessionRecord:
             "session": self.session_id,
             "client": self.client,
             "path": self.path,
+            "route": self.route,
             "backend": self.backend,
             "bytes_up": self.bytes_up,
             "bytes_down": self.bytes_down,
