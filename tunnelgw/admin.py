@@ -16,12 +16,17 @@ from __future__ import annotations
 import json
 from typing import Any, Callable
 
+from twisted.logger import Logger
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
 from tunnelgw.core.relay import CLOSE_POLICY, Close
+from tunnelgw.logs import format_fields
+from tunnelgw.core.clientaddr import format_address
 
 __all__ = ["ADMIN_CLOSE", "AdminResource", "admin_site"]
+
+_log = Logger(namespace="tunnelgw")
 
 #: The close a session gets when an operator closes it.
 ADMIN_CLOSE = Close(CLOSE_POLICY, "closed by the gateway administrator")
@@ -73,6 +78,10 @@ class AdminResource(Resource):
             session = self._factory.sessions.get(parts[1].decode("latin-1"))
             if session is None:
                 return _plain(request, 404, "no such live session")
+            described = session.describe()
+            fields = {"session": described["session"], "client": described["client"], "route": described["route"],
+                      "path": described["path"], "admin": format_address(request.getClientAddress())}
+            _log.info("admin close {details}", details=format_fields(fields), fields=fields, audit="admin.close")
             session.close_session(ADMIN_CLOSE)
             return _plain(request, 200, f"closing session {session.session_id}")
         return _plain(request, 404, "not found (see /healthz, /metrics, /sessions)")

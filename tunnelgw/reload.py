@@ -5,7 +5,7 @@ configuration file on SIGHUP.
 Every directive but the listeners (``Listen``, ``AdminListen``,
 ``DemoBackend``: sockets are bound once) applies at once to new requests and
 sessions: rules, token sources, pools, redirects, trusted proxies, limits,
-timeouts, keepalive, request bounds, Alias folders and demo pages.  Live
+timeouts, keepalive, request bounds, Alias folders, demo pages and audit sinks.  Live
 sessions keep their backend connections, slots and timers.  A configuration
 with mistakes is refused with its ``FILE:LINE`` problems and the running one
 stays in force; a changed listener is named in the reload's log line.
@@ -52,6 +52,7 @@ def apply_config(service: GatewayService, config: Config, reactor: Any) -> list[
     service.resource.reconfigure(pages, config.aliases)
     service.front.timeout = service.site.timeOut = config.timeouts.handshake
     service.front.max_head = service.site.max_head = config.limits.headers
+    service.audit.reconfigure(config.audit_logs)
     service.config = config
     needs_restart = [name for name, before, after in (
         ("Listen", old.listeners, config.listeners),

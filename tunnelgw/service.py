@@ -37,6 +37,7 @@ from tunnelgw.core.routing import RuleSet
 from tunnelgw.topology import Topology, check_topology
 from tunnelgw.web import GatewayResource
 from tunnelgw.backends.tls import load_trust_root
+from tunnelgw.audit import AuditTrail
 from tunnelgw.core.targets import SUBSTITUTION, EndpointTarget, WebSocketURL
 
 __all__ = [
@@ -181,6 +182,7 @@ class GatewayService(Service):
         self.front = FrontFactory(self.factory, self.site, reactor, config.timeouts.handshake, config.limits.headers,
                                   on_timeout=lambda: metrics.handshake_failed("", "handshake_timeout", None),
                                   on_too_large=lambda: metrics.handshake_failed("", "headers", 431))
+        self.audit = AuditTrail(reactor, config.audit_logs, metrics.registry)
         self.draining = False
         self.ports: list[IListeningPort] = []
         self.admin_ports: list[IListeningPort] = []
@@ -196,6 +198,7 @@ class GatewayService(Service):
         """Start the service, listening first if twistd did not already."""
         if not self._listening:
             self._listen()
+        self.audit.start()
         super().startService()
 
     def _listen(self) -> None:
@@ -261,6 +264,7 @@ class GatewayService(Service):
                 await deferLater(self._reactor, 0.05, lambda: None)
         admin, self.admin_ports = self.admin_ports, []
         await gatherResults([d for d in (p.stopListening() for p in admin) if d is not None])
+        self.audit.stop()
 
 
 def make_service(config: Union[Config, str], reactor: Any = None) -> GatewayService:

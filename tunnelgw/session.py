@@ -89,9 +89,11 @@ def log_refusal(client: str, path: str, reject: Reject, kind: str, session: str 
     if session == "-":
         # No session was started (no route, a bad head, a limit before the handshake).
         _log.info("request refused client={client} path={path!r} status={status} reason={reason!r} kind={kind}",
-                  client=client, path=path, status=reject.status, reason=reject.reason, kind=kind, fields=values)
+                  client=client, path=path, status=reject.status, reason=reject.reason, kind=kind, fields=values,
+                  audit="request.refused")
     else:
-        _log.info("handshake refused {details}", details=format_fields(values), fields=values)
+        _log.info("handshake refused {details}", details=format_fields(values), fields=values,
+                  audit="session.refused")
 
 
 @implementer(IPushProducer)
@@ -306,7 +308,8 @@ class GatewaySession(WebSocketServerProtocol):  # type: ignore[misc]  # Autobahn
         start_fields = {"session": record.session_id, "client": record.client, "path": record.path,
                         "route": record.route, "backend": link.description, "subprotocol": self.websocket_protocol_in_use}
         record.backend = link.description
-        _log.info("session start {details}", details=format_fields(start_fields), fields=start_fields)
+        _log.info("session start {details}", details=format_fields(start_fields), fields=start_fields,
+                  audit="session.start")
         factory.sessions[record.session_id] = self
         self._listed = True
         factory.metrics.session_opened(self._label)
@@ -628,7 +631,7 @@ class GatewaySession(WebSocketServerProtocol):  # type: ignore[misc]  # Autobahn
             self._listed = False
             factory.sessions.pop(record.session_id, None)
             factory.metrics.session_closed(self._label, record)
-            _log.info("session end {details}", details=format_fields(fields), fields=fields)
+            _log.info("session end {details}", details=format_fields(fields), fields=fields, audit="session.end")
         elif self._outcome == "abandoned":
             factory.metrics.handshake_failed(self._label, "abandoned", None)
             _log.info("handshake abandoned {details}", details=format_fields(fields), fields=fields)

@@ -16,10 +16,12 @@ Route targets are typed here (:mod:`tunnelgw.core.targets`), once.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Iterator, Optional, Union
 
+from tunnelgw.core.audit import FACILITIES
 from tunnelgw.core.errors import ConfigError, Location, Problem
 from tunnelgw.core.options import Reader, choice, matching, number, read_options, whole
 from tunnelgw.core.targets import SUBSTITUTION, BackendTarget, PoolTarget, WebSocketURL, parse_target
@@ -28,6 +30,7 @@ from tunnelgw.core.topoconfig import TopologyConfig, TopologyParser
 __all__ = [
     "DEFAULT_CONFIG",
     "Alias",
+    "AuditLog",
     "DEFAULT_CONNECT_TIMEOUT",
     "DEFAULT_FORWARD",
     "DIRECTIVES",
@@ -227,6 +230,29 @@ class Alias:
 
 
 @dataclass(frozen=True)
+class AuditLog:
+    """
+    ``AuditLog syslog ADDRESS [facility=F] [app=NAME] [sdid=ID]`` or ``AuditLog json FILE``:
+    where audit events go (see :mod:`tunnelgw.core.audit`).
+
+    :ivar kind: ``syslog`` or ``json``.
+    :ivar transport: for syslog: ``udp``, ``tcp`` or ``unix``; for json: ``file``.
+    :ivar host: for udp and tcp; :ivar port: likewise.
+    :ivar path: the unix socket (``/dev/log``) or the JSON lines file.
+    """
+
+    kind: str
+    transport: str
+    host: str
+    port: int
+    path: str
+    facility: int
+    app: str
+    sdid: str
+    where: Location
+
+
+@dataclass(frozen=True)
 class Config:
     """A whole validated configuration: listeners, rules and demo services."""
 
@@ -244,6 +270,7 @@ class Config:
     shutdown_timeout: float = 30.0
     admin_listeners: tuple[Listener, ...] = ()
     log_format: str = "text"
+    audit_logs: tuple[AuditLog, ...] = ()
 
     @property
     def rules(self) -> tuple[Rule, ...]:
@@ -386,6 +413,7 @@ class _Parse:
     limits: Limits = Limits()
     shutdown_timeout: float = 30.0
     log_format: str = "text"
+    audit_logs: list[AuditLog] = field(default_factory=list)
     # Rules that set connecttimeout themselves; the others take Timeout connect=.
     own_connect_timeout: set[Location] = field(default_factory=set)
 
@@ -567,6 +595,51 @@ def _log_format(p: _Parse, args: list[str], where: Location, problem: Problems) 
         p.log_format = args[0].lower()
 
 
+_AUDIT_OPTIONS: dict[str, Reader] = {
+    "facility": choice(*FACILITIES), "app": matching(r"[!-~]{1,48}", "1 to 48 printable characters"),
+    "sdid": matching(r"[!-<>-Z\\^-~]{1,32}", "an SD-ID such as tunnelgw@32473 (no space, '=', ']' or '\"')"),
+}
+
+
+def _audit_address(text: str) -> tuple[str, str, int, str]:
+    """``udp://HOST:PORT``, ``tcp://HOST:PORT`` or ``unix:///PATH`` -> (transport, host, port, path)."""
+    scheme, sep, rest = text.partition("://")
+    if scheme == "unix" and sep and rest.startswith("/"):
+        return "unix", "", 0, rest
+    if scheme in ("udp", "tcp") and sep:
+        host, colon, port = rest.rpartition(":")
+        host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+        try:
+            address = str(ipaddress.ip_address(host))
+        except ValueError:
+            address = ""
+        if colon and address and port.isascii() and port.isdigit() and 0 < int(port) < 65536:
+            return scheme, address, int(port), ""
+    raise ValueError(f"a syslog address is udp://IP:PORT, tcp://IP:PORT (an IP address, no DNS name) "
+                     f"or unix:///PATH, got {text!r}")
+
+
+def _audit_log(p: _Parse, args: list[str], where: Location, problem: Problems) -> None:
+    if len(args) < 2 or args[0].lower() not in ("syslog", "json"):
+        problem("AuditLog takes syslog ADDRESS [facility=local0] [app=tunnelgw] [sdid=ID], or json FILE")
+        return
+    kind = args[0].lower()
+    if kind == "json":
+        if len(args) != 2 or not args[1].startswith("/"):
+            problem(f"AuditLog json takes one absolute file name, got {' '.join(args[1:])!r}")
+        else:
+            p.audit_logs.append(AuditLog("json", "file", "", 0, args[1], 0, "", "", where))
+        return
+    try:
+        transport, host, port, path = _audit_address(args[1])
+    except ValueError as e:
+        problem(str(e))
+        return
+    found = read_options(args[2:], _AUDIT_OPTIONS, problem, "AuditLog")
+    p.audit_logs.append(AuditLog("syslog", transport, host, port, path, FACILITIES[found.get("facility", "local0")],
+                                 found.get("app", "tunnelgw"), found.get("sdid", "tunnelgw@32473"), where))
+
+
 def _topology(method: Callable[[TopologyParser, list[str], Location, Problems, Callable[[str], bool]], None]
               ) -> Callable[[_Parse, list[str], Location, Problems], None]:
     """A reader that hands the words to one of the topology parser's readers."""
@@ -599,6 +672,9 @@ DIRECTIVES: tuple[Directive, ...] = (
     Directive("AdminListen", "ENDPOINT", "/healthz, /metrics and /sessions on an endpoint of their own",
               _admin_listen),
     Directive("LogFormat", "text|json", "log text lines or JSON lines (where twistd logs)", _log_format),
+    Directive("AuditLog", "syslog udp://H:P|tcp://H:P|unix:///PATH [facility=F] [app=A] [sdid=ID] | json FILE",
+              "send audit events (sessions, refusals, admin actions) to syslog (RFC 5424) or a JSON lines file",
+              _audit_log),
     Directive("TokenSource", "NAME file|dir|jwt PATH allow=HOST:PORTS ... [reload=S] [bind=address]",
               "where tokens name their desktops", _topology(TopologyParser.read_token_source)),
     Directive("TokenRoute", "PATH SOURCE [from=query|path|host] [param=NAME] [connecttimeout=S]",
@@ -702,4 +778,5 @@ def _finish(p: _Parse, last_line: int, require_listeners: bool) -> Config:
         shutdown_timeout=p.shutdown_timeout,
         admin_listeners=tuple(p.admin_listeners),
         log_format=p.log_format,
+        audit_logs=tuple(p.audit_logs),
     )
