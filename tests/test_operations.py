@@ -63,7 +63,8 @@ ProxyPass /echo {backend.endpoint}
     with GatewayProcess(config, tmp_path) as gw:
         admin = gw.port(1)
         assert http(admin, "/healthz") == (200, "ok\n")
-        assert http(admin, "/")[0] == 404
+        assert http(admin, "/")[0] == 200
+        assert http(admin, "/nothing")[0] == 404
         assert http(admin, "/../../etc/passwd")[0] == 404
         with pytest.raises(InvalidStatus):
             connect(f"ws://127.0.0.1:{gw.port()}/echo", subprotocols=["nope"], open_timeout=5)

@@ -2,11 +2,14 @@
 The admin listener (``AdminListen ENDPOINT``, off by default): health,
 Prometheus metrics and the live sessions, for operators only.
 
+- ``GET /``: the operator's page: live sessions with a close button each
+  (see :mod:`tunnelgw.core.adminpage` for its guard against other sites).
 - ``GET /healthz``: 200 ``ok``, or 503 ``draining`` once shutdown began.
 - ``GET /metrics``: Prometheus text, through prometheus_client's Twisted
   resource over the gateway's own registry.
 - ``GET /sessions``: the live sessions as JSON.
-- ``POST /sessions/ID/close``: close one (the client gets 1008, the backend EOF).
+- ``POST /sessions/ID/close``: close one (the client gets 1008, the backend EOF);
+  from the page's form the answer is a 303 back to the page.
 
 Nothing else is served: every other path is 404; no file is ever read.
 """
@@ -14,6 +17,7 @@ Nothing else is served: every other path is 404; no file is ever read.
 from __future__ import annotations
 
 import json
+import os
 from typing import Any, Callable
 
 from twisted.logger import Logger
@@ -22,11 +26,14 @@ from twisted.web.server import Request, Site
 
 from tunnelgw.core.relay import CLOSE_POLICY, Close
 from tunnelgw.logs import format_fields
+from tunnelgw.core.adminpage import PAGE_HEADERS, csrf_refusal, render_page
 from tunnelgw.core.clientaddr import format_address
 
 __all__ = ["ADMIN_CLOSE", "AdminResource", "admin_site"]
 
 _log = Logger(namespace="tunnelgw")
+#: Bytes of a close request's form body read (the page's form sends about 40).
+_MAX_FORM = 4096
 
 #: The close a session gets when an operator closes it.
 ADMIN_CLOSE = Close(CLOSE_POLICY, "closed by the gateway administrator")
@@ -53,6 +60,7 @@ class AdminResource(Resource):
         super().__init__()
         self._factory = factory
         self._draining = draining
+        self._secret = os.urandom(32)
         from prometheus_client.twisted import MetricsResource
 
         self._metrics = MetricsResource(registry=factory.metrics.registry)
@@ -61,6 +69,8 @@ class AdminResource(Resource):
         """Dispatch on the exact path; everything unknown is 404."""
         parts = request.path.split(b"/")[1:]
         method = request.method
+        if parts == [b""] and method in (b"GET", b"HEAD"):
+            return self._page(request)
         if parts == [b"healthz"] and method in (b"GET", b"HEAD"):
             return _plain(request, 503, "draining") if self._draining() else _plain(request, 200, "ok")
         if parts == [b"metrics"] and method in (b"GET", b"HEAD"):
@@ -75,7 +85,16 @@ class AdminResource(Resource):
             if method != b"POST":
                 request.setHeader(b"allow", b"POST")
                 return _plain(request, 405, "use POST to close a session")
-            session = self._factory.sessions.get(parts[1].decode("latin-1"))
+            session_id = parts[1].decode("latin-1")
+            headers = {k.decode("latin-1").lower(): v[-1].decode("latin-1")
+                       for k, v in request.requestHeaders.getAllRawHeaders()}
+            scheme = "https" if request.isSecure() else "http"
+            host = headers.get("host", "")
+            body = request.content.read(_MAX_FORM) if request.content is not None else b""
+            refused = csrf_refusal(self._secret, session_id, headers, body, [f"{scheme}://{host}"])
+            if refused is not None:
+                return _plain(request, 403, refused)
+            session = self._factory.sessions.get(session_id)
             if session is None:
                 return _plain(request, 404, "no such live session")
             described = session.describe()
@@ -83,8 +102,21 @@ class AdminResource(Resource):
                       "path": described["path"], "admin": format_address(request.getClientAddress())}
             _log.info("admin close {details}", details=format_fields(fields), fields=fields, audit="admin.close")
             session.close_session(ADMIN_CLOSE)
+            if "csrf=" in body.decode("latin-1"):  # the page's form: back to the page
+                request.setResponseCode(303)
+                request.setHeader(b"location", b"/?closed=" + session_id.encode("latin-1"))
+                return b""
             return _plain(request, 200, f"closing session {session.session_id}")
-        return _plain(request, 404, "not found (see /healthz, /metrics, /sessions)")
+        return _plain(request, 404, "not found (see /, /healthz, /metrics, /sessions)")
+
+    def _page(self, request: Request) -> bytes:
+        args: dict[bytes, list[bytes]] = request.args or {}
+        closed = args.get(b"closed", [b""])[0].decode("latin-1")
+        sessions = [s.describe() for s in list(self._factory.sessions.values())]
+        for name, value in PAGE_HEADERS:
+            request.setHeader(name.encode(), value.encode())
+        notice = f"closing session {closed}" if closed else ""
+        return render_page(sessions, self._secret, self._draining(), notice).encode("utf-8")
 
 
 def admin_site(factory: Any, draining: Callable[[], bool]) -> Site:

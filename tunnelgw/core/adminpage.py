@@ -1,0 +1,88 @@
+"""
+The operator's page of the admin listener: live sessions as server-rendered
+HTML with a close button each, and the guard that keeps other sites from
+pressing those buttons (pure: values in, text out).
+
+Cross-site request forgery: a close is a POST.  A request that comes from a
+browser (it has ``Origin`` or ``Sec-Fetch-Site``, or a form's content type)
+must carry the ``csrf`` field the page put in that session's form (an HMAC
+of the session id under a secret of this process) and, when it has
+``Origin``, come from the admin listener's own origin.  Scripts (``curl -X
+POST`` with no body) send none of these and are let through as before.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from html import escape
+from typing import Mapping, Optional, Sequence
+from urllib.parse import parse_qs
+
+__all__ = ["PAGE_HEADERS", "csrf_refusal", "csrf_token", "render_page"]
+
+#: Headers of the page: nothing from elsewhere, no framing (clickjacking), no caching.
+PAGE_HEADERS = (
+    ("content-type", "text/html; charset=utf-8"),
+    ("content-security-policy", "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; "
+                                "frame-ancestors 'none'; base-uri 'none'"),
+    ("x-frame-options", "DENY"),
+    ("cache-control", "no-store"),
+    ("referrer-policy", "same-origin"),  # "no-referrer" makes Chromium send "Origin: null" on the forms
+)
+_FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data", "text/plain")
+_COLUMNS = (("session", "session"), ("client", "client"), ("route", "route"), ("path", "path"),
+            ("backend", "backend"), ("duration", "seconds"), ("bytes_up", "bytes up"),
+            ("bytes_down", "bytes down"))
+
+
+def csrf_token(secret: bytes, session_id: str) -> str:
+    """The form token for closing one session."""
+    return hmac.new(secret, b"close:" + session_id.encode("utf-8"), hashlib.sha256).hexdigest()[:32]
+
+
+def csrf_refusal(secret: bytes, session_id: str, headers: Mapping[str, str], body: bytes,
+                 own_origins: Sequence[str]) -> Optional[str]:
+    """
+    Why a close request must be refused (403), or None.
+
+    :param headers: request headers, names lower-cased.
+    :param own_origins: the admin listener's origins as the browser sees
+        them (``http://HOST`` for the request's Host).
+    """
+    origin = headers.get("origin")
+    content_type = headers.get("content-type", "").split(";")[0].strip().lower()
+    from_browser = origin is not None or "sec-fetch-site" in headers or content_type in _FORM_TYPES
+    if not from_browser:
+        return None
+    if origin is not None and origin.lower() not in (o.lower() for o in own_origins):
+        return "cross-site request refused"
+    sent = parse_qs(body.decode("latin-1"), max_num_fields=4).get("csrf", [""])[0] \
+        if content_type == "application/x-www-form-urlencoded" else ""
+    if not hmac.compare_digest(sent, csrf_token(secret, session_id)):
+        return "missing or wrong csrf token (use the page's form, or POST without a body from a script)"
+    return None
+
+
+def render_page(sessions: Sequence[Mapping[str, object]], secret: bytes, draining: bool, notice: str = "") -> str:
+    """The whole page: a table of the live sessions, each with its close form."""
+    rows = []
+    for session in sessions:
+        sid = str(session.get("session", ""))
+        cells = "".join(f"<td>{escape(str(session.get(key, '')))}</td>" for key, _ in _COLUMNS)
+        form = (f'<form method="post" action="/sessions/{escape(sid)}/close">'
+                f'<input type="hidden" name="csrf" value="{csrf_token(secret, sid)}">'
+                f'<button type="submit" name="close" value="{escape(sid)}">Close</button></form>')
+        rows.append(f'<tr id="session-{escape(sid)}">{cells}<td>{form}</td></tr>')
+    head = "".join(f"<th>{escape(title)}</th>" for _, title in _COLUMNS)
+    body = "".join(rows) or f'<tr><td colspan="{len(_COLUMNS) + 1}">no live session</td></tr>'
+    state = "draining: no new sessions" if draining else "serving"
+    shown = f'<p class="notice">{escape(notice)}</p>' if notice else ""
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>tunnelgw: live sessions</title>
+<meta http-equiv="refresh" content="10">
+<style>body{{font-family:sans-serif;margin:1em}}table{{border-collapse:collapse}}
+td,th{{border:1px solid #bbb;padding:.2em .5em;text-align:left}}.notice{{background:#ffd}}</style></head>
+<body><h1>Live sessions: <span id="count">{len(sessions)}</span></h1><p>Gateway {state}.</p>{shown}
+<table id="sessions"><thead><tr>{head}<th></th></tr></thead><tbody>{body}</tbody></table></body></html>
+"""
