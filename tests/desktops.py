@@ -289,3 +289,18 @@ def wait_for(predicate: Any, timeout: float, what: str) -> None:
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
         time.sleep(0.1)
+
+
+def canvas_pixel(page: Any, x: int, y: int) -> tuple[int, int, int]:
+    """The RGB colour of the noVNC canvas at (x, y), read back with getImageData."""
+    rgba = page.evaluate("([x, y]) => Array.from(document.querySelector('#screen canvas')"
+                         ".getContext('2d').getImageData(x, y, 1, 1).data)", [x, y])
+    return (rgba[0], rgba[1], rgba[2])
+
+
+#: True once white text (the xterm's echo of a typed line) is on the canvas, right of the cursor's start.
+TEXT_SHOWN = """() => {
+    const d = document.querySelector('#screen canvas').getContext('2d').getImageData(40, 0, 60, 16).data;
+    for (let i = 0; i < d.length; i += 4) { if (d[i] > 200 && d[i + 1] > 200 && d[i + 2] > 200) return true; }
+    return false;
+}"""

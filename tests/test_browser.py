@@ -16,7 +16,8 @@ from typing import Any, Iterator
 
 import pytest
 
-from desktops import BACKGROUND, RECORDER, SCREENSHOTS, Apache, Browser, Nginx, Xvnc, free_port, spki_hash, wait_for
+from desktops import (BACKGROUND, RECORDER, SCREENSHOTS, TEXT_SHOWN, Apache, Browser, Nginx, Xvnc, canvas_pixel,
+                      free_port, spki_hash, wait_for)
 from support import REPO, GatewayProcess, Pki, make_pki, require_tool, wait_until
 
 NOVNC = Path("/usr/share/novnc")
@@ -61,20 +62,6 @@ ProxyPass /websockify {desktop.endpoint}
         yield gw
 
 
-def _pixel(page: Any, x: int, y: int) -> tuple[int, int, int]:
-    """The RGB colour of the noVNC canvas at (x, y), read back with getImageData."""
-    rgba = page.evaluate("([x, y]) => Array.from(document.querySelector('#screen canvas')"
-                         ".getContext('2d').getImageData(x, y, 1, 1).data)", [x, y])
-    return (rgba[0], rgba[1], rgba[2])
-
-
-_TEXT_SHOWN = """() => {
-    const d = document.querySelector('#screen canvas').getContext('2d').getImageData(40, 0, 60, 16).data;
-    for (let i = 0; i < d.length; i += 4) { if (d[i] > 200 && d[i + 1] > 200 && d[i + 2] > 200) return true; }
-    return false;
-}"""
-
-
 def use_desktop(browser: Browser, url: str, desktop: Xvnc, name: str) -> None:
     """
     Open noVNC at url; check it connects, shows the desktop's colours, and
@@ -86,7 +73,7 @@ def use_desktop(browser: Browser, url: str, desktop: Xvnc, name: str) -> None:
         status = page.locator("#status")
         wait_for(lambda: (status.text_content() or "").startswith("Connected"), 20,
                  f"noVNC to connect (status: {status.text_content()!r})")
-        wait_for(lambda: _pixel(page, 600, 440) == BACKGROUND and _pixel(page, 2, 2) == RECORDER, 15,
+        wait_for(lambda: canvas_pixel(page, 600, 440) == BACKGROUND and canvas_pixel(page, 2, 2) == RECORDER, 15,
                  "the desktop's orange background and the blue xterm on the canvas")
         canvas = page.locator("#screen canvas")
         box = canvas.bounding_box()
@@ -98,7 +85,7 @@ def use_desktop(browser: Browser, url: str, desktop: Xvnc, name: str) -> None:
         wait_for(lambda: desktop.typed() == "tunnelgw 7", 15,
                  f"the typed line on the desktop (got {desktop.typed()!r})")
         # The echoed text, white on blue, right of where the cursor started.
-        wait_for(lambda: page.evaluate(_TEXT_SHOWN), 10, "the typed text echoed in the xterm on the canvas")
+        wait_for(lambda: page.evaluate(TEXT_SHOWN), 10, "the typed text echoed in the xterm on the canvas")
         SCREENSHOTS.mkdir(parents=True, exist_ok=True)
         page.screenshot(path=str(SCREENSHOTS / f"{name}.png"))
     finally:

@@ -31,8 +31,8 @@ def backend() -> Iterator[TcpServer]:
 
 def http(port: int, path: str, method: str = "GET") -> tuple[int, str]:
     """Status and body of a plain HTTP request to the admin listener."""
-    request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", method=method,
-                                     data=b"" if method == "POST" else None)
+    # A script's POST has no body (a form body is what browsers send: it needs the page's token).
+    request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", method=method)
     try:
         with urllib.request.urlopen(request, timeout=5) as response:
             return response.status, response.read().decode()

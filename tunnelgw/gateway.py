@@ -13,6 +13,7 @@ and either answers it (a refusal or a redirect) or starts a
 
 from __future__ import annotations
 
+import uuid
 from typing import Any, Optional, Union
 
 from autobahn.twisted.websocket import WebSocketServerFactory
@@ -21,17 +22,19 @@ from twisted.logger import Logger
 from twisted.protocols.policies import ProtocolWrapper
 
 from tunnelgw.backends import BackendLink
+from tunnelgw.backends.replay import ReplayLink
 from tunnelgw.backends.tcp import TcpBackends, TcpLink
 from tunnelgw.backends.websocket import WebSocketBackends, WebSocketLink
-from tunnelgw.core.clientaddr import format_address
+from tunnelgw.core.clientaddr import format_address, in_networks
 from tunnelgw.core.config import Config
 from tunnelgw.core.handshake import check_handshake
 from tunnelgw.core.http import RequestHead
 from tunnelgw.core.limits import HandshakeRate, SessionCounts
 from tunnelgw.core.relay import CLOSE_TIMEOUT, Close
 from tunnelgw.core.routing import Reject, Route, RuleSet, choose_route
-from tunnelgw.core.targets import PoolTarget, WebSocketURL
+from tunnelgw.core.targets import PoolTarget, ReplayTarget, WebSocketURL
 from tunnelgw.metrics import GatewayMetrics
+from tunnelgw.recording import Recordings
 from tunnelgw.session import GatewaySession, client_label, http_error, log_refusal
 
 __all__ = ["GatewayFactory", "HeadRequest", "hand_over", "refuse_connection"]
@@ -122,6 +125,7 @@ class GatewayFactory(WebSocketServerFactory):
         self.metrics = metrics if metrics is not None else GatewayMetrics()
         self.metrics.watch(self)
         config = config if config is not None else Config(source="<defaults>")
+        self.recordings = Recordings(reactor, config.recording, self.metrics.registry)
         self.session_counts = SessionCounts(config.limits.sessions, config.limits.per_client)
         self.handshake_rate = HandshakeRate(config.limits.rate)
         self.reconfigure(config)
@@ -132,6 +136,7 @@ class GatewayFactory(WebSocketServerFactory):
         sessions and their slots are kept.
         """
         self.config = config
+        self.recordings.reconfigure(config.recording)
         self.session_counts.total_limit = config.limits.sessions
         self.session_counts.per_client_limit = config.limits.per_client
         if config.limits.rate != self.handshake_rate.rate:
@@ -178,7 +183,11 @@ class GatewayFactory(WebSocketServerFactory):
             decision = self.topology.screen(request, client, True)
             if decision is not None:
                 return decision
-        return self.route(request.path)
+        decision = self.route(request.path)
+        if isinstance(decision, Route) and decision.options.allow_clients and not in_networks(
+                client, decision.options.allow_clients):
+            return Reject(403, "this route does not admit your address")
+        return decision
 
     def upgrade(self, transport: Any, head: RequestHead, early: bytes, request: Any = None) -> Optional[GatewaySession]:
         """
@@ -207,8 +216,13 @@ class GatewayFactory(WebSocketServerFactory):
                       client=label, path=path, location=location, reason=decision.reason)
             refuse_connection(self.reactor, transport, Reject(307, decision.reason), [("Location", location)])
             return None
-        session = GatewaySession(self, decision, head, handshake, client,
-                                 self.link_for(decision, head, client, ISSLTransport.providedBy(transport)))
+        session_id = uuid.uuid4().hex[:12]
+        link = self.link_for(decision, head, client, ISSLTransport.providedBy(transport))
+        recording = ""
+        if decision.options.record and self.recordings.spec is not None:
+            recorded = self.recordings.link(link, session_id)
+            link, recording = recorded, recorded.recording
+        session = GatewaySession(self, decision, head, handshake, client, link, session_id, recording)
         hand_over(transport, session)
         session.makeConnection(transport)
         session.begin(early)
@@ -220,8 +234,10 @@ class GatewayFactory(WebSocketServerFactory):
         refuse_connection(self.reactor, transport, reject)
 
     def link_for(self, route: Route, head: RequestHead, client: str, secure: bool) -> BackendLink:
-        """The backend link for a route: a pool member, a WebSocket hop or a byte stream."""
+        """The backend link for a route: a pool member, a WebSocket hop, a replay or a byte stream."""
         backend = route.backend
+        if isinstance(backend, ReplayTarget):
+            return ReplayLink(self.reactor, backend.folder, route.remainder, route.options.speed)
         if isinstance(backend, PoolTarget):
             topology = self.topology
             assert topology is not None, "the parser refuses balancer:// without a <Proxy> block"

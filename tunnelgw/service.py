@@ -38,7 +38,7 @@ from tunnelgw.topology import Topology, check_topology
 from tunnelgw.web import GatewayResource
 from tunnelgw.backends.tls import load_trust_root
 from tunnelgw.audit import AuditTrail
-from tunnelgw.core.targets import SUBSTITUTION, EndpointTarget, WebSocketURL
+from tunnelgw.core.targets import SUBSTITUTION, EndpointTarget, ReplayTarget, WebSocketURL
 
 __all__ = [
     "GatewayService",
@@ -129,11 +129,17 @@ def check_config(config: Config, reactor: Any) -> list[tuple[Location, str, IStr
                     load_trust_root(rule.options.cafile)
                 except ValueError as e:
                     problems.append(Problem(rule.where, str(e)))
+        elif isinstance(backend, ReplayTarget):
+            if not os.path.isdir(backend.folder):
+                problems.append(Problem(rule.where, f"replay folder {backend.folder!r} is not an existing folder"))
         elif isinstance(backend, EndpointTarget):
             try:
                 clientFromString(reactor, SUBSTITUTION.sub("1", backend.endpoint))
             except Exception as e:
                 problems.append(Problem(rule.where, f"bad backend endpoint {rule.target!r}: {_explain(e)}"))
+    if config.recording is not None and not os.path.isdir(config.recording.folder):
+        problems.append(Problem(config.recording.where,
+                                f"Recording folder {config.recording.folder!r} is not an existing folder"))
     for alias in config.aliases:
         if not os.path.isdir(alias.folder):
             problems.append(Problem(alias.where, f"Alias folder {alias.folder!r} is not an existing folder"))
@@ -199,6 +205,7 @@ class GatewayService(Service):
         if not self._listening:
             self._listen()
         self.audit.start()
+        self.factory.recordings.start()
         super().startService()
 
     def _listen(self) -> None:
@@ -264,6 +271,7 @@ class GatewayService(Service):
                 await deferLater(self._reactor, 0.05, lambda: None)
         admin, self.admin_ports = self.admin_ports, []
         await gatherResults([d for d in (p.stopListening() for p in admin) if d is not None])
+        self.factory.recordings.stop()
         self.audit.stop()
 
 

@@ -32,7 +32,6 @@ in :meth:`GatewaySession._finish`, which runs once, from Autobahn's
 from __future__ import annotations
 
 import base64
-import uuid
 from collections import deque
 from typing import Any, Optional
 
@@ -139,8 +138,10 @@ class GatewaySession(WebSocketServerProtocol):  # type: ignore[misc]  # Autobahn
     maxMessagePayloadSize: int
 
     def __init__(self, factory: Any, route: Route, head: RequestHead, handshake: Handshake,
-                 client: str, link: BackendLink) -> None:
+                 client: str, link: BackendLink, session_id: str, recording: str = "") -> None:
         super().__init__()
+        self._session_id = session_id
+        self._recording = recording
         self.factory = factory
         self.route = route
         self._head = head
@@ -232,9 +233,9 @@ class GatewaySession(WebSocketServerProtocol):  # type: ignore[misc]  # Autobahn
         self._wskey = handshake.key
         self.data = early
         path = self.http_request_path
-        self._record = SessionRecord(session_id=uuid.uuid4().hex[:12], client=client_label(self._client, self.transport), path=path,
-                                     backend=self._link.description, started=factory.reactor.seconds(),
-                                     route=self._label)
+        self._record = SessionRecord(session_id=self._session_id, client=client_label(self._client, self.transport),
+                                     path=path, backend=self._link.description, started=factory.reactor.seconds(),
+                                     route=self._label, recording=self._recording)
         self.processHandshake()
         if self._outcome == "refused":
             return
@@ -308,6 +309,8 @@ class GatewaySession(WebSocketServerProtocol):  # type: ignore[misc]  # Autobahn
         start_fields = {"session": record.session_id, "client": record.client, "path": record.path,
                         "route": record.route, "backend": link.description, "subprotocol": self.websocket_protocol_in_use}
         record.backend = link.description
+        if record.recording:
+            start_fields["recording"] = record.recording
         _log.info("session start {details}", details=format_fields(start_fields), fields=start_fields,
                   audit="session.start")
         factory.sessions[record.session_id] = self

@@ -61,8 +61,14 @@ class BackendLink(Protocol):
         binary-frame reader and handed over as payloads.
     """
 
-    transport: Any
-    description: str
+    @property
+    def transport(self) -> Any:
+        """The backend's transport once connected."""
+
+    @property
+    def description(self) -> str:
+        """The backend as log lines name it."""
+
     byte_stream: bool
 
     def check(self, handshake: Handshake) -> Optional[Reject]:

@@ -33,7 +33,7 @@ PAGE_HEADERS = (
 _FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data", "text/plain")
 _COLUMNS = (("session", "session"), ("client", "client"), ("route", "route"), ("path", "path"),
             ("backend", "backend"), ("duration", "seconds"), ("bytes_up", "bytes up"),
-            ("bytes_down", "bytes down"))
+            ("bytes_down", "bytes down"), ("recording", "recording"))
 
 
 def csrf_token(secret: bytes, session_id: str) -> str:
@@ -64,12 +64,21 @@ def csrf_refusal(secret: bytes, session_id: str, headers: Mapping[str, str], bod
     return None
 
 
-def render_page(sessions: Sequence[Mapping[str, object]], secret: bytes, draining: bool, notice: str = "") -> str:
-    """The whole page: a table of the live sessions, each with its close form."""
+def render_page(sessions: Sequence[Mapping[str, object]], secret: bytes, draining: bool, notice: str = "",
+                replay_path: str = "") -> str:
+    """
+    The whole page: a table of the live sessions, each with its close form.
+
+    :param replay_path: the path of a ``replay:`` route over the recording
+        folder; a recorded session's row then names where to replay it.
+    """
     rows = []
     for session in sessions:
         sid = str(session.get("session", ""))
-        cells = "".join(f"<td>{escape(str(session.get(key, '')))}</td>" for key, _ in _COLUMNS)
+        values = dict(session)
+        if session.get("recording") and replay_path:
+            values["recording"] = f"{session['recording']} (replay: {replay_path.rstrip('/')}/{sid})"
+        cells = "".join(f"<td>{escape(str(values.get(key, '')))}</td>" for key, _ in _COLUMNS)
         form = (f'<form method="post" action="/sessions/{escape(sid)}/close">'
                 f'<input type="hidden" name="csrf" value="{csrf_token(secret, sid)}">'
                 f'<button type="submit" name="close" value="{escape(sid)}">Close</button></form>')

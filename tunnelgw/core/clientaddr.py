@@ -12,7 +12,7 @@ import ipaddress
 import re
 from typing import Mapping, Optional, Sequence, Union
 
-__all__ = ["client_address", "format_address", "forwarded_chain"]
+__all__ = ["client_address", "format_address", "forwarded_chain", "in_networks"]
 
 Network = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
 _FOR = re.compile(r'(?:^|;)\s*for\s*=\s*("([^"]*)"|[^;,\s]+)', re.IGNORECASE)
@@ -64,6 +64,11 @@ def forwarded_chain(headers: Mapping[str, Sequence[str]]) -> list[str]:
 def _trusted(address: str, trusted: Sequence[Network]) -> bool:
     ip = _ip(address)
     return ip is not None and any(ip in net for net in trusted)
+
+
+def in_networks(address: str, networks: Sequence[Network]) -> bool:
+    """Whether an address (bare, bracketed or with a port) lies in one of networks (``allowclients=``)."""
+    return _trusted(address, networks)
 
 
 def client_address(peer: str, trusted: Sequence[Network], headers: Mapping[str, Sequence[str]]) -> str:

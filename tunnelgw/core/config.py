@@ -24,8 +24,8 @@ from typing import Any, Callable, Iterator, Optional, Union
 from tunnelgw.core.audit import FACILITIES
 from tunnelgw.core.errors import ConfigError, Location, Problem
 from tunnelgw.core.options import Reader, choice, matching, number, read_options, whole
-from tunnelgw.core.targets import SUBSTITUTION, BackendTarget, PoolTarget, WebSocketURL, parse_target
-from tunnelgw.core.topoconfig import TopologyConfig, TopologyParser
+from tunnelgw.core.targets import SUBSTITUTION, BackendTarget, PoolTarget, ReplayTarget, WebSocketURL, parse_target
+from tunnelgw.core.topoconfig import Network, TopologyConfig, TopologyParser
 
 __all__ = [
     "DEFAULT_CONFIG",
@@ -46,6 +46,7 @@ __all__ = [
     "PatternRule",
     "PrefixRule",
     "Problem",
+    "Recording",
     "RouteOptions",
     "Rule",
     "SUBSTITUTION",
@@ -96,6 +97,10 @@ class RouteOptions:
     :ivar max_sessions: concurrent sessions on this route; None: no own limit.
     :ivar name: the route's name in metrics, logs and the admin list
         (``name=``); None: its path or expression.
+    :ivar record: record this route's sessions (``record=on``, needs ``Recording``).
+    :ivar speed: for ``replay:`` targets, the playback speed factor.
+    :ivar allow_clients: client networks admitted on this route
+        (``allowclients=CIDR,...``); empty: every client.
     """
 
     connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
@@ -105,6 +110,9 @@ class RouteOptions:
     idle_timeout: Optional[float] = None
     max_sessions: Optional[int] = None
     name: Optional[str] = None
+    record: bool = False
+    speed: float = 1.0
+    allow_clients: tuple[Network, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -230,6 +238,24 @@ class Alias:
 
 
 @dataclass(frozen=True)
+class Recording:
+    """
+    ``Recording FOLDER [maxbytes=B] [maxseconds=S] [keepdays=D]``: where
+    ``record=on`` routes write their sessions (see :mod:`tunnelgw.recording`).
+
+    :ivar max_bytes: a recording stops (the session goes on) after this many
+        recorded payload bytes; :ivar max_seconds: likewise after this long.
+    :ivar keep_days: recordings older than this are deleted (0: kept).
+    """
+
+    folder: str
+    max_bytes: int
+    max_seconds: float
+    keep_days: float
+    where: Location
+
+
+@dataclass(frozen=True)
 class AuditLog:
     """
     ``AuditLog syslog ADDRESS [facility=F] [app=NAME] [sdid=ID]`` or ``AuditLog json FILE``:
@@ -271,6 +297,7 @@ class Config:
     admin_listeners: tuple[Listener, ...] = ()
     log_format: str = "text"
     audit_logs: tuple[AuditLog, ...] = ()
+    recording: Optional[Recording] = None
 
     @property
     def rules(self) -> tuple[Rule, ...]:
@@ -351,6 +378,13 @@ def _forward(value: str) -> frozenset[str]:
     return frozenset(names)
 
 
+def _networks(value: str) -> tuple[Network, ...]:
+    try:
+        return tuple(ipaddress.ip_network(n.strip(), strict=False) for n in value.split(","))
+    except ValueError:
+        raise ValueError(f"takes comma-separated IP addresses or networks, got {value!r}") from None
+
+
 def _file_name(value: str) -> str:
     if not value or any(not c.isprintable() for c in value):
         raise ValueError(f"must name a PEM file of CA certificates, got {value!r}")
@@ -374,6 +408,9 @@ ROUTE_OPTIONS: dict[str, Reader] = {
     "forward": _forward,
     "cafile": _file_name,
     "verify": choice("on", "off"),
+    "record": choice("on", "off"),
+    "speed": number(0.01, 100),
+    "allowclients": _networks,
 }
 _WEBSOCKET_ONLY = ("forward", "cafile", "verify")
 _SECURE_ONLY = ("cafile", "verify")
@@ -388,6 +425,7 @@ _LIMIT_SETTINGS: dict[str, Reader] = {
     "frame": whole(0, 1 << 40), "message": whole(0, 1 << 50)}
 #: Option and setting keys whose dataclass field is spelt otherwise.
 _FIELD_NAMES = {"connecttimeout": "connect_timeout", "idletimeout": "idle_timeout", "maxsessions": "max_sessions",
+                "allowclients": "allow_clients",
                 "tcpidle": "tcp_idle", "tcpinterval": "tcp_interval", "tcpcount": "tcp_count",
                 "perclient": "per_client"}
 
@@ -414,6 +452,7 @@ class _Parse:
     shutdown_timeout: float = 30.0
     log_format: str = "text"
     audit_logs: list[AuditLog] = field(default_factory=list)
+    recording: Optional[Recording] = None
     # Rules that set connecttimeout themselves; the others take Timeout connect=.
     own_connect_timeout: set[Location] = field(default_factory=set)
 
@@ -464,8 +503,13 @@ def _rule_parts(directive: str, args: list[str], problem: Problems) -> Optional[
         problem(str(e))
         return None
     found = read_options(extra, ROUTE_OPTIONS, problem, directive)
-    if "verify" in found:
-        found["verify"] = found["verify"] == "on"
+    for flag in ("verify", "record"):
+        if flag in found:
+            found[flag] = found[flag] == "on"
+    if "speed" in found and not isinstance(backend, ReplayTarget):
+        problem("speed= applies to replay: targets only")
+    if found.get("record") and isinstance(backend, ReplayTarget):
+        problem("record=on would record a replay; replay: routes are not recorded")
     secure = isinstance(backend, WebSocketURL) and backend.secure
     for key in sorted(found):
         if key in _WEBSOCKET_ONLY and not isinstance(backend, WebSocketURL):
@@ -595,6 +639,22 @@ def _log_format(p: _Parse, args: list[str], where: Location, problem: Problems) 
         p.log_format = args[0].lower()
 
 
+_RECORDING_OPTIONS: dict[str, Reader] = {
+    "maxbytes": whole(1024, 1 << 50), "maxseconds": number(1, 365 * 86400), "keepdays": number(0, 36500)}
+
+
+def _recording(p: _Parse, args: list[str], where: Location, problem: Problems) -> None:
+    if not args or not args[0].startswith("/"):
+        problem("Recording takes an absolute folder, then maxbytes=B maxseconds=S keepdays=D")
+        return
+    if p.recording is not None:
+        problem(f"Recording is given twice (first at {p.recording.where})")
+        return
+    found = read_options(args[1:], _RECORDING_OPTIONS, problem, "Recording")
+    p.recording = Recording(args[0], found.get("maxbytes", 256 << 20), found.get("maxseconds", 86400.0),
+                            found.get("keepdays", 30.0), where)
+
+
 _AUDIT_OPTIONS: dict[str, Reader] = {
     "facility": choice(*FACILITIES), "app": matching(r"[!-~]{1,48}", "1 to 48 printable characters"),
     "sdid": matching(r"[!-<>-Z\\^-~]{1,32}", "an SD-ID such as tunnelgw@32473 (no space, '=', ']' or '\"')"),
@@ -672,6 +732,8 @@ DIRECTIVES: tuple[Directive, ...] = (
     Directive("AdminListen", "ENDPOINT", "/healthz, /metrics and /sessions on an endpoint of their own",
               _admin_listen),
     Directive("LogFormat", "text|json", "log text lines or JSON lines (where twistd logs)", _log_format),
+    Directive("Recording", "FOLDER [maxbytes=B] [maxseconds=S] [keepdays=D]",
+              "where record=on routes write their sessions, with size, age and retention limits", _recording),
     Directive("AuditLog", "syslog udp://H:P|tcp://H:P|unix:///PATH [facility=F] [app=A] [sdid=ID] | json FILE",
               "send audit events (sessions, refusals, admin actions) to syslog (RFC 5424) or a JSON lines file",
               _audit_log),
@@ -751,6 +813,10 @@ def _finish(p: _Parse, last_line: int, require_listeners: bool) -> Config:
     topology_config = p.topology.finish([(r.backend.name, r.where) for r in rules if isinstance(r.backend, PoolTarget)],
                                         lambda w, m: problems.append(Problem(w, m)))
     end = Location(p.filename, last_line)
+    if p.recording is None:
+        for rule in rules:
+            if rule.options.record:
+                problems.append(Problem(rule.where, "record=on needs a Recording directive (the folder to write to)"))
     if require_listeners and not p.listeners and not problems:
         problems.append(Problem(end, "no Listen directive: the gateway would accept nothing"))
     if p.keepalive.ping and p.keepalive.pong >= p.keepalive.ping and not problems:
@@ -779,4 +845,5 @@ def _finish(p: _Parse, last_line: int, require_listeners: bool) -> Config:
         admin_listeners=tuple(p.admin_listeners),
         log_format=p.log_format,
         audit_logs=tuple(p.audit_logs),
+        recording=p.recording,
     )

@@ -211,6 +211,7 @@ class SessionRecord:
     backend: str
     started: float
     route: str = ""
+    recording: str = ""
     bytes_up: int = 0
     bytes_down: int = 0
     close_code: Optional[int] = None
@@ -238,6 +239,7 @@ class SessionRecord:
             "duration": round(end - self.started, 3),
             "close_code": self.close_code,
             "close_reason": self.close_reason,
+            **({"recording": self.recording} if self.recording else {}),
         }
 
 

@@ -1,10 +1,11 @@
 """
 Backend targets, typed once when the configuration is read.
 
-A ``ProxyPass``/``ProxyPassMatch`` target is one of three kinds, told apart
+A ``ProxyPass``/``ProxyPassMatch`` target is one of four kinds, told apart
 here and nowhere else: a Twisted client endpoint string (``tcp:``, ``tls:``,
 ``unix:`` ...) for a byte-stream desktop service, a ``ws://``/``wss://`` URL
-for a service that speaks WebSocket itself, or ``balancer://NAME`` for a pool.
+for a service that speaks WebSocket itself, ``balancer://NAME`` for a pool,
+or ``replay:FOLDER`` for the recordings in a folder played back as desktops.
 The glue picks a backend link by the target's type, never by looking at text.
 
 ``$1``..``$9`` in a ``ProxyPassMatch`` target take the groups of the match;
@@ -19,13 +20,16 @@ from typing import Mapping, Optional, Union
 
 from tunnelgw.core.wsurl import WebSocketTarget, is_websocket_target, parse_websocket_url
 
-__all__ = ["BALANCER", "SUBSTITUTION", "BackendTarget", "EndpointTarget", "PoolTarget", "WebSocketURL",
+__all__ = ["BALANCER", "REPLAY", "SUBSTITUTION", "BackendTarget", "EndpointTarget", "PoolTarget", "ReplayTarget",
+           "WebSocketURL",
            "parse_target", "substitute"]
 
 #: ``$1``..``$9`` in a ProxyPassMatch target: group N of the match.
 SUBSTITUTION = re.compile(r"\$(\d)")
 #: The scheme of pool targets, as in Apache's ``balancer://NAME``.
 BALANCER = "balancer://"
+#: The scheme of replay targets: ``replay:/var/lib/tunnelgw/recordings``.
+REPLAY = "replay:"
 _POOL_NAME = re.compile(r"[A-Za-z0-9_.-]+")
 
 
@@ -73,7 +77,18 @@ class PoolTarget:
         return BALANCER + self.name
 
 
-BackendTarget = Union[EndpointTarget, WebSocketURL, PoolTarget]
+@dataclass(frozen=True)
+class ReplayTarget:
+    """``replay:FOLDER``: ``PATH/ID`` plays the recording of session ID back, as if it were the desktop."""
+
+    folder: str
+
+    @property
+    def text(self) -> str:
+        return REPLAY + self.folder
+
+
+BackendTarget = Union[EndpointTarget, WebSocketURL, PoolTarget, ReplayTarget]
 
 
 def parse_target(text: str) -> BackendTarget:
@@ -88,6 +103,11 @@ def parse_target(text: str) -> BackendTarget:
         if not _POOL_NAME.fullmatch(name):
             raise ValueError(f"balancer://NAME takes a plain NAME (letters, digits, '_', '.', '-'), got {text!r}")
         return PoolTarget(name)
+    if text.startswith(REPLAY):
+        folder = text[len(REPLAY):]
+        if not folder.startswith("/") or SUBSTITUTION.search(folder) or not folder.isprintable():
+            raise ValueError(f"replay: takes an absolute folder of recordings (no $N), got {text!r}")
+        return ReplayTarget(folder.rstrip("/") or "/")
     if is_websocket_target(text):
         try:
             url = parse_websocket_url(SUBSTITUTION.sub("1", text))

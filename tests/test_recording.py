@@ -1,0 +1,273 @@
+"""
+Session recording and replay (tunnelgw.core.recording, tunnelgw.recording,
+tunnelgw.backends.replay): the file format noVNC's playback reads, limits that
+stop a recording and never a session, and a real noVNC session to Xvnc
+recorded and replayed through the gateway in Chromium.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import urllib.request
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from prometheus_client import CollectorRegistry
+from twisted.internet.testing import MemoryReactorClock
+from websockets.sync.client import connect
+
+from desktops import BACKGROUND, RECORDER, TEXT_SHOWN, Browser, Xvnc, canvas_pixel, wait_for
+from support import GatewayProcess, TcpServer, echo, require_tool, wait_until
+from tunnelgw.core.config import Recording
+from tunnelgw.core.errors import Location
+from tunnelgw.core.recording import FOOTER, HEADER, Frame, encode_frame, parse_recording
+from tunnelgw.recording import FLUSH_BYTES, MAX_PENDING, Recordings
+
+NOVNC = Path("/usr/share/novnc")
+
+frames = st.lists(st.builds(Frame, st.booleans(), st.integers(0, 10**9), st.binary(max_size=300)), max_size=20)
+
+
+@given(frames)
+@settings(max_examples=200, deadline=None)
+def test_format_round_trip(recorded: list[Frame]) -> None:
+    text = HEADER + "".join(encode_frame(f) for f in recorded) + FOOTER
+    assert list(parse_recording(text.splitlines(True))) == recorded
+
+
+def test_javascript_reads_the_same_bytes(tmp_path: Path) -> None:
+    """The file is JavaScript: node evaluates it and each frame's char codes are the recorded bytes (as noVNC reads them)."""
+    node = require_tool("node")
+    recorded = [Frame(True, 0, bytes(range(256))), Frame(False, 7, b"it's \\ 'quoted'\n"), Frame(True, 9, b"\x00'\\")]
+    path = tmp_path / "r.js"
+    path.write_text(HEADER + "".join(encode_frame(f) for f in recorded) + FOOTER)
+    script = (f"const fs = require('fs'); eval(fs.readFileSync({json.dumps(str(path))}, 'ascii') + "
+              "'; globalThis.d = VNC_frame_data; globalThis.e = VNC_frame_encoding;');"
+              "console.log(JSON.stringify({e, d: d.map(f => Array.from(f, c => c.charCodeAt(0)))}));")
+    out = json.loads(subprocess.run([node, "-e", script], capture_output=True, check=True, timeout=30).stdout)
+    assert out["e"] == "binary" and out["d"][-1] == [ord(c) for c in "EOF"]
+    for line, frame in zip(out["d"], recorded):
+        mark = "{" if frame.to_client else "}"
+        head = f"{mark}{frame.ms}{mark}"
+        assert bytes(line[len(head):]) == frame.data and bytes(line[:len(head)]).decode() == head
+
+
+# The recorder in memory (the writer thread is a direct call, or a queue the test empties).
+
+
+def recordings(folder: Path, max_bytes: int = 1 << 30, run: Callable[..., None] | None = None
+               ) -> tuple[Recordings, MemoryReactorClock, CollectorRegistry]:
+    reactor, registry = MemoryReactorClock(), CollectorRegistry()
+    spec = Recording(str(folder), max_bytes, 3600, 30, Location("t", 1))
+    direct: Callable[..., None] = lambda work, *args: work(*args)
+    rec = Recordings(reactor, spec, registry, run_in_thread=run or direct, call_from_thread=direct)
+    return rec, reactor, registry
+
+
+class _Link:
+    """A byte-stream link standing in for the backend side (its owner is what the test checks)."""
+
+    byte_stream = True
+    transport = None
+    description = "tcp:host=10.0.0.1:port=5900"
+
+    def __init__(self) -> None:
+        self.sent: list[bytes] = []
+        self.owner: Any = None
+        self.closed = False
+
+    def start(self, owner: Any) -> None:
+        self.owner = owner
+
+    def client_payloads(self, payloads: list[bytes]) -> None:
+        self.sent += payloads
+
+    def client_frame_data(self, payload: bytes) -> None:
+        self.sent.append(payload)
+
+    def close(self, close: Any = None) -> None:
+        self.closed = True
+
+
+class _Owner:
+    def __init__(self) -> None:
+        self.got: list[bytes] = []
+
+    def backend_data(self, data: bytes) -> None:
+        self.got.append(data)
+
+
+def test_size_limit_stops_the_recording_not_the_session(tmp_path: Path) -> None:
+    rec, reactor, registry = recordings(tmp_path, max_bytes=4096)
+    inner, owner = _Link(), _Owner()
+    link = rec.link(inner, "0123456789ab")  # type: ignore[arg-type]
+    link.start(owner)  # type: ignore[arg-type]
+    for i in range(10):
+        reactor.advance(0.01)
+        inner.owner.backend_data(b"d" * 1000)
+        link.client_payloads([b"k%d" % i])
+    assert len(owner.got) == 10 and len(inner.sent) == 10  # everything relayed
+    reactor.advance(1)
+    assert link.recorder.outcome == "size_limit"
+    text = (tmp_path / "0123456789ab.js").read_text()
+    assert text.startswith(HEADER) and text.endswith(FOOTER)
+    kept = list(parse_recording(text.splitlines(True)))
+    assert sum(len(f.data) for f in kept) <= 4096 and kept[0] == Frame(True, 10, b"d" * 1000)
+    assert stat_mode(tmp_path / "0123456789ab.js") == 0o600
+    link.close()
+    assert registry.get_sample_value("tunnelgw_recordings_total", {"outcome": "size_limit"}) == 1
+    assert registry.get_sample_value("tunnelgw_recordings_total", {"outcome": "complete"}) is None
+
+
+def stat_mode(path: Path) -> int:
+    return os.stat(path).st_mode & 0o777
+
+
+def test_unwritable_folder_and_slow_disk_drop_the_recording(tmp_path: Path) -> None:
+    """A folder that is gone: outcome error; a disk that does not keep up: too_slow; relaying goes on."""
+    rec, reactor, registry = recordings(tmp_path / "gone")
+    inner, owner = _Link(), _Owner()
+    link = rec.link(inner, "aaaaaaaaaaaa")  # type: ignore[arg-type]
+    link.start(owner)  # type: ignore[arg-type]
+    inner.owner.backend_data(b"x" * FLUSH_BYTES)
+    inner.owner.backend_data(b"y")
+    assert link.recorder.outcome == "error" and owner.got[-1] == b"y"
+    queued: list[Any] = []
+    rec, reactor, registry = recordings(tmp_path, run=lambda work, *args: queued.append((work, args)))
+    inner, owner = _Link(), _Owner()
+    link = rec.link(inner, "bbbbbbbbbbbb")  # type: ignore[arg-type]
+    link.start(owner)  # type: ignore[arg-type]
+    for _ in range(MAX_PENDING // FLUSH_BYTES + 2):
+        inner.owner.backend_data(b"z" * FLUSH_BYTES)
+    assert link.recorder.outcome == "too_slow" and len(owner.got) == MAX_PENDING // FLUSH_BYTES + 2
+    for work, args in queued:
+        work(*args)
+    assert (tmp_path / "bbbbbbbbbbbb.js").read_text().endswith(FOOTER)
+    assert registry.get_sample_value("tunnelgw_recordings_total", {"outcome": "too_slow"}) == 1
+
+
+def test_refused_session_leaves_no_file(tmp_path: Path) -> None:
+    rec, _, registry = recordings(tmp_path)
+    link = rec.link(_Link(), "cccccccccccc")  # type: ignore[arg-type]
+    link.close()
+    assert list(tmp_path.iterdir()) == []
+    assert registry.get_sample_value("tunnelgw_recordings_total", {"outcome": "complete"}) is None
+
+
+# Real processes.
+
+
+@pytest.fixture
+def backend() -> Iterator[TcpServer]:
+    with TcpServer(echo) as server:
+        yield server
+
+
+def test_recording_folder_gone_never_ends_a_session(tmp_path: Path, backend: TcpServer) -> None:
+    folder = tmp_path / "recordings"
+    folder.mkdir()
+    config = f"""
+Listen tcp:port=0:interface=127.0.0.1
+Recording {folder}
+ProxyPass /echo {backend.endpoint} record=on
+"""
+    with GatewayProcess(config, tmp_path) as gw:
+        shutil.rmtree(folder)
+        with connect(f"ws://127.0.0.1:{gw.port()}/echo", open_timeout=5) as ws:
+            for i in range(20):
+                ws.send(b"%d" % i * 20000)
+                assert ws.recv(timeout=5) == b"%d" % i * 20000
+        gw.wait_log(r"recording stopped session=\w+ .*outcome=error")
+        gw.wait_log(r"session end .*bytes_up=\d+ .*close_code=1000 .*recording=\w+\.js")
+
+
+def test_novnc_session_recorded_and_replayed_in_chromium(tmp_path: Path) -> None:
+    """A noVNC session to Xvnc is recorded (keys included); replayed through the gateway it ends on the same canvas."""
+    if not (NOVNC / "vnc_lite.html").exists():
+        require_tool("novnc")
+    folder = tmp_path / "recordings"
+    folder.mkdir()
+    (tmp_path / "chromium").mkdir()
+    browser = Browser(tmp_path / "chromium").start()
+    try:
+        with Xvnc(tmp_path) as desktop:
+            replay_after_recording(tmp_path, folder, desktop, browser)
+    finally:
+        browser.stop()
+
+
+def replay_after_recording(tmp_path: Path, folder: Path, desktop: Xvnc, browser: Browser) -> None:
+    """Record a typed line through the gateway, then replay the recording."""
+    config = f"""
+Listen tcp:port=0:interface=127.0.0.1
+AdminListen tcp:port=0:interface=127.0.0.1
+Alias /novnc {NOVNC}
+Recording {folder}
+ProxyPass /websockify {desktop.endpoint} record=on
+ProxyPass /replay replay:{folder} speed=4 allowclients=127.0.0.0/8
+"""
+    with GatewayProcess(config, tmp_path) as gw:
+        base = f"http://127.0.0.1:{gw.port()}/novnc/vnc_lite.html"
+        page = browser.page()
+        page.goto(base + "?path=websockify", timeout=15000)
+        wait_for(lambda: (page.text_content("#status") or "").startswith("Connected"), 20, "noVNC to connect")
+        wait_for(lambda: canvas_pixel(page, 600, 440) == BACKGROUND and canvas_pixel(page, 2, 2) == RECORDER, 15,
+                 "the desktop's colours")
+        box = page.locator("#screen canvas").bounding_box()
+        page.mouse.click(box["x"] + 60, box["y"] + 40)
+        page.keyboard.type("tunnelgw 7")
+        page.keyboard.press("Enter")
+        wait_for(lambda: desktop.typed() == "tunnelgw 7", 15, "the typed line on the desktop")
+        wait_for(lambda: page.evaluate(TEXT_SHOWN), 10, "the typed text on the canvas")
+        digests: list[int] = []
+
+        def steady() -> bool:
+            digests.append(page.evaluate(_DIGEST))
+            return len(digests) > 3 and len(set(digests[-3:])) == 1
+
+        assert wait_until(steady, 10, interval=0.3)
+        live = digests[-1]
+        admin = f"http://127.0.0.1:{gw.port(1)}"
+        [listed] = json.loads(urllib.request.urlopen(admin + "/sessions", timeout=5).read())["sessions"]
+        assert listed["recording"] == f"{listed['session']}.js"
+        operator_page = urllib.request.urlopen(admin + "/", timeout=5).read().decode()
+        assert f"{listed['session']}.js (replay: /replay/{listed['session']})" in operator_page
+        page.close()
+        found = gw.wait_log(r"session end session=(\w+) .*path=/websockify .*recording=(\w+\.js)")
+        session, name = found.group(1), found.group(2)
+        assert name == f"{session}.js"
+        path = folder / name
+        assert wait_until(lambda: path.read_text().endswith(FOOTER), 10)
+        assert stat_mode(path) == 0o600
+        recorded = list(parse_recording(path.read_text().splitlines(True)))
+        typed = b"".join(f.data for f in recorded if not f.to_client)
+        for key in b"tunnelgw 7":  # a key press: RFB KeyEvent (4) or QEMU's extended key event (255, 0)
+            assert bytes([4, 1, 0, 0, 0, 0, 0, key]) in typed or bytes([255, 0, 0, 1, 0, 0, 0, key]) in typed
+
+        replay = browser.page()
+        replay.goto(base + f"?path=replay/{session}", timeout=15000)
+        wait_for(lambda: replay.evaluate(_DIGEST) == live, 30, "the replayed canvas to end as the live one did")
+        assert canvas_pixel(replay, 600, 440) == BACKGROUND and replay.evaluate(TEXT_SHOWN)
+        gw.wait_log(r"replay finished: the last screen stays")
+        assert (replay.text_content("#status") or "").startswith("Connected")  # the last screen stays
+        replay.close()
+        gw.wait_log(rf"session end .*path=/replay/{session} .*close_code=1001")
+        missing = browser.page()
+        missing.goto(base + "?path=replay/0000000000ff", timeout=15000)
+        gw.wait_log(r"path=/replay/0000000000ff status=404 reason='no such recording'")
+
+
+_DIGEST = """() => {
+    const c = document.querySelector('#screen canvas');
+    if (!c || !c.width || !c.height) return 0;
+    const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+    let h = c.width * 65536 + c.height;
+    for (let i = 0; i < d.length; i++) { h = (Math.imul(h, 31) + d[i]) >>> 0; }
+    return h;
+}"""

@@ -1,0 +1,312 @@
+"""
+Session recording (``Recording FOLDER ...`` and ``record=on`` on a route).
+
+A recorded session's backend link is wrapped in a :class:`RecordingLink`:
+what the client sends and what the backend sends pass through it to a
+:class:`Recorder`, which timestamps the chunks and hands them in batches to
+one writer thread (a Twisted :class:`~twisted.python.threadpool.ThreadPool`
+of one).  The relay never waits for the disk: a batch is submitted every
+:data:`FLUSH_BYTES` or :data:`FLUSH_SECONDS`; when more than
+:data:`MAX_PENDING` bytes are waiting for the disk, or a write fails (disk
+full, folder gone), the *recording* stops, the session goes on, and the log
+and ``tunnelgw_recordings_total{outcome}`` say why.  Recordings stop cleanly
+(a valid file) at ``maxbytes`` or ``maxseconds``.  Files are
+``FOLDER/SESSIONID.js``, created mode 0600 (never over an existing file), in
+websockify's record format (:mod:`tunnelgw.core.recording`).  Files older
+than ``keepdays`` are deleted at start and every hour.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any, Callable, Optional
+
+from prometheus_client import CollectorRegistry, Counter
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+from twisted.python.threadpool import ThreadPool
+
+from tunnelgw.backends import BackendLink, LinkOwner
+from tunnelgw.core.config import Recording
+from tunnelgw.core.handshake import Handshake
+from tunnelgw.core.recording import FOOTER, HEADER, Frame, encode_frame, recording_name
+from tunnelgw.core.relay import Close
+from tunnelgw.core.routing import Reject
+
+__all__ = ["FLUSH_BYTES", "FLUSH_SECONDS", "MAX_PENDING", "Recorder", "Recordings", "RecordingLink"]
+
+_log = Logger(namespace="tunnelgw")
+#: A recorder submits its buffered chunks once this many bytes wait...
+FLUSH_BYTES = 256 * 1024
+#: ...or this many seconds after the first of them.
+FLUSH_SECONDS = 0.5
+#: Bytes of one recording submitted to the writer and not yet written; beyond it the recording stops.
+MAX_PENDING = 16 * 1024 * 1024
+
+
+class Recordings:
+    """
+    The recordings of one gateway: the writer thread, retention and metrics.
+
+    :param run_in_thread: how work reaches the writer (tests pass a direct call).
+    """
+
+    def __init__(self, reactor: Any, spec: Optional[Recording], registry: CollectorRegistry,
+                 run_in_thread: Optional[Callable[..., None]] = None,
+                 call_from_thread: Optional[Callable[..., None]] = None) -> None:
+        self.reactor = reactor
+        self.spec = spec
+        self.outcomes = Counter("tunnelgw_recordings", "Recordings ended, by how", ["outcome"], registry=registry)
+        self._pool: Optional[ThreadPool] = None
+        self._run = run_in_thread
+        self._call_from_thread = call_from_thread
+        self._retention: Optional[LoopingCall] = None
+
+    def start(self) -> None:
+        """Start the writer thread and the retention sweep."""
+        if self._run is None:
+            self._pool = ThreadPool(minthreads=1, maxthreads=1, name="tunnelgw-recordings")
+            self._pool.start()
+        self._retention = LoopingCall(lambda: self.run(self._sweep, self.spec))
+        self._retention.clock = self.reactor
+        self._retention.start(3600, now=True)
+
+    def stop(self) -> None:
+        """Write what is queued, then stop the thread (called after the sessions ended)."""
+        if self._retention is not None and self._retention.running:
+            self._retention.stop()
+        if self._pool is not None:
+            self._pool.stop()
+            self._pool = None
+
+    def reconfigure(self, spec: Optional[Recording]) -> None:
+        """New recordings follow spec (reload); recordings under way keep their limits."""
+        self.spec = spec
+
+    def call_from_thread(self, work: Callable[..., None], *args: Any) -> None:
+        """From the writer thread: run work on the reactor thread."""
+        (self._call_from_thread or self.reactor.callFromThread)(work, *args)
+
+    def run(self, work: Callable[..., None], *args: Any) -> None:
+        """Run work on the writer thread, in submission order."""
+        if self._run is not None:
+            self._run(work, *args)
+        elif self._pool is not None:
+            self._pool.callInThread(work, *args)
+
+    def _sweep(self, spec: Optional[Recording]) -> None:
+        """In the writer thread: delete recordings older than ``keepdays``."""
+        if spec is None or not spec.keep_days:
+            return
+        cutoff = time.time() - spec.keep_days * 86400
+        try:
+            entries = list(os.scandir(spec.folder))
+        except OSError:
+            return
+        for entry in entries:
+            try:
+                if entry.name.endswith(".js") and entry.is_file(follow_symlinks=False) \
+                        and entry.stat(follow_symlinks=False).st_mtime < cutoff:
+                    os.unlink(entry.path)
+            except OSError:
+                continue
+
+    def link(self, inner: BackendLink, session_id: str) -> "RecordingLink":
+        """inner, recorded as session session_id."""
+        assert self.spec is not None, "the parser refuses record=on without Recording"
+        return RecordingLink(inner, Recorder(self, self.spec, session_id))
+
+
+class Recorder:
+    """
+    One session's recording.
+
+    :ivar outcome: None while recording; then ``complete``, ``size_limit``,
+        ``age_limit``, ``too_slow`` or ``error``.
+    """
+
+    def __init__(self, recordings: Recordings, spec: Recording, session_id: str) -> None:
+        self._recordings = recordings
+        self._reactor = recordings.reactor
+        self._spec = spec
+        self.session_id = session_id
+        self.name = recording_name(session_id)
+        self.path = os.path.join(spec.folder, self.name)
+        self.outcome: Optional[str] = None
+        self._start = self._reactor.seconds()
+        self._frames: list[Frame] = []
+        self._buffered = 0
+        self._pending = 0
+        self._total = 0
+        self._timer: Any = None
+        # Used on the writer thread only.
+        self._file: Any = None
+        self._broken = False
+
+    def add(self, to_client: bool, data: bytes) -> None:
+        """A chunk relayed now, to the client (from the backend) or from it."""
+        if self.outcome is not None or not data:
+            return
+        elapsed = self._reactor.seconds() - self._start
+        if elapsed > self._spec.max_seconds:
+            self.stop("age_limit")
+            return
+        if self._total + len(data) > self._spec.max_bytes:
+            self.stop("size_limit")
+            return
+        self._frames.append(Frame(to_client, int(elapsed * 1000), bytes(data)))
+        self._total += len(data)
+        self._buffered += len(data)
+        if self._buffered >= FLUSH_BYTES:
+            self._flush()
+        elif self._timer is None:
+            self._timer = self._reactor.callLater(FLUSH_SECONDS, self._flush)
+
+    def _flush(self) -> None:
+        if self._timer is not None:
+            if self._timer.active():
+                self._timer.cancel()
+            self._timer = None
+        frames, size = self._frames, self._buffered
+        self._frames, self._buffered = [], 0
+        if not frames:
+            return
+        if self._pending + size > MAX_PENDING:
+            self.stop("too_slow", f"more than {MAX_PENDING} bytes wait for the disk")
+            return
+        self._pending += size
+        self._recordings.run(self._write, frames, size)
+
+    def _write(self, frames: list[Frame], size: int) -> None:
+        """On the writer thread: append frames (creating the file first)."""
+        try:
+            if not self._broken:
+                if self._file is None:
+                    fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+                    self._file = os.fdopen(fd, "w", encoding="ascii")
+                    self._file.write(HEADER)
+                self._file.write("".join(encode_frame(f) for f in frames))
+                self._file.flush()
+        except (OSError, ValueError) as e:
+            self._broken = True
+            self._close_file()
+            self._recordings.call_from_thread(self.stop, "error", str(e))
+        finally:
+            self._recordings.call_from_thread(self._written, size)
+
+    def _written(self, size: int) -> None:
+        self._pending -= size
+
+    def _finish(self) -> None:
+        """On the writer thread: end the JavaScript array and close the file."""
+        if self._file is not None and not self._broken:
+            try:
+                self._file.write(FOOTER)
+            except (OSError, ValueError):
+                pass
+        self._close_file()
+
+    def _close_file(self) -> None:
+        file, self._file = self._file, None
+        if file is not None:
+            try:
+                file.close()
+            except OSError:
+                pass
+
+    def stop(self, outcome: str, why: str = "") -> None:
+        """End the recording (the session goes on); the first outcome counts."""
+        if self.outcome is not None:
+            return
+        if outcome == "complete" and self._total == 0:
+            self.outcome = outcome  # nothing was relayed (a refused handshake): no file, nothing to count
+            return
+        if outcome in ("complete", "size_limit", "age_limit"):
+            self._flush()
+        self.outcome = outcome
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+        self._frames, self._buffered = [], 0
+        self._recordings.run(self._finish)
+        self._recordings.outcomes.labels(outcome).inc()
+        if outcome != "complete":
+            level = _log.info if outcome in ("size_limit", "age_limit") else _log.warn
+            level("recording stopped session={session} file={file} outcome={outcome} {why}", session=self.session_id,
+                  file=self.path, outcome=outcome, why=why or "(the session goes on)")
+
+
+class _RecordingOwner:
+    """Between a link and its session: records what the backend sends, passes everything on."""
+
+    def __init__(self, owner: LinkOwner, recorder: Recorder) -> None:
+        self._owner = owner
+        self._recorder = recorder
+
+    def backend_data(self, data: bytes) -> None:
+        self._recorder.add(True, data)
+        self._owner.backend_data(data)
+
+    def backend_frame_begin(self, opcode: int, fin: bool, length: int) -> None:
+        self._owner.backend_frame_begin(opcode, fin, length)
+
+    def backend_frame_data(self, payload: bytes) -> None:
+        self._recorder.add(True, payload)
+        self._owner.backend_frame_data(payload)
+
+    def backend_close(self, code: Optional[int], reason: Optional[str]) -> None:
+        self._owner.backend_close(code, reason)
+
+    def backend_lost(self, close: Close) -> None:
+        self._owner.backend_lost(close)
+
+
+class RecordingLink:
+    """A backend link whose traffic both ways is recorded; the link itself is unchanged."""
+
+    def __init__(self, inner: BackendLink, recorder: Recorder) -> None:
+        self._inner = inner
+        self.recorder = recorder
+        self.byte_stream = inner.byte_stream
+
+    @property
+    def recording(self) -> str:
+        """The recording's file name, for the session's log lines and the admin list."""
+        return self.recorder.name
+
+    @property
+    def transport(self) -> Any:
+        return self._inner.transport
+
+    @property
+    def description(self) -> str:
+        return self._inner.description
+
+    def check(self, handshake: Handshake) -> Optional[Reject]:
+        return self._inner.check(handshake)
+
+    def connect(self) -> Any:
+        return self._inner.connect()
+
+    def start(self, owner: LinkOwner) -> None:
+        self._inner.start(_RecordingOwner(owner, self.recorder))
+
+    def client_frame_begin(self, opcode: int, fin: bool, length: int) -> None:
+        self._inner.client_frame_begin(opcode, fin, length)
+
+    def client_frame_data(self, payload: bytes) -> None:
+        self.recorder.add(False, payload)
+        self._inner.client_frame_data(payload)
+
+    def client_payloads(self, payloads: list[bytes]) -> None:
+        for payload in payloads:
+            self.recorder.add(False, payload)
+        self._inner.client_payloads(payloads)
+
+    def client_close(self, code: Optional[int], reason: Optional[str]) -> None:
+        self._inner.client_close(code, reason)
+
+    def close(self, close: Optional[Close] = None) -> None:
+        self.recorder.stop("complete")
+        self._inner.close(close)
