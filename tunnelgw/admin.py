@@ -22,7 +22,7 @@ from typing import Any, Callable
 
 from twisted.logger import Logger
 from twisted.web.resource import Resource
-from twisted.web.server import Request, Site
+from twisted.web.server import NOT_DONE_YET, Request, Site
 
 from tunnelgw.core.relay import CLOSE_POLICY, Close
 from tunnelgw.logs import format_fields
@@ -82,6 +82,8 @@ class AdminResource(Resource):
             request.setHeader(b"content-type", b"application/json")
             request.setHeader(b"cache-control", b"no-store")
             return json.dumps({"sessions": sessions}).encode("utf-8") + b"\n"
+        if parts[:2] == [b"pool", b"sessions"]:
+            return self._pool(request, parts[2:])
         if len(parts) == 3 and parts[0] == b"sessions" and parts[2] == b"close":
             if method != b"POST":
                 request.setHeader(b"allow", b"POST")
@@ -109,6 +111,35 @@ class AdminResource(Resource):
                 return b""
             return _plain(request, 200, f"closing session {session.session_id}")
         return _plain(request, 404, "not found (see /, /healthz, /metrics, /sessions)")
+
+    def _pool(self, request: Request, rest: list[bytes]) -> Any:
+        """``GET /pool/sessions`` and ``POST /pool/sessions/ID/close``, answered when Redis has."""
+        pool = self._factory.pool
+        if pool is None:
+            return _plain(request, 404, "no Pool is configured")
+        if rest == [] and request.method in (b"GET", b"HEAD"):
+            d = pool.list_sessions()
+
+            def listed(sessions: list[dict[str, Any]]) -> None:
+                request.setHeader(b"content-type", b"application/json")
+                request.setHeader(b"cache-control", b"no-store")
+                request.write(json.dumps({"sessions": sessions}).encode("utf-8") + b"\n")
+        elif len(rest) == 2 and rest[1] == b"close" and request.method == b"POST":
+            session_id = rest[0].decode("latin-1")
+            d = pool.request_close(session_id)
+
+            def listed(found: bool) -> None:  # type: ignore[misc]
+                request.write(_plain(request, 202, f"closing session {session_id}") if found
+                              else _plain(request, 404, "no such session in the pool"))
+        else:
+            return _plain(request, 405 if rest else 404, "GET /pool/sessions or POST /pool/sessions/ID/close")
+
+        def failed(failure: Any) -> None:
+            request.write(_plain(request, 503, f"the pool registry is unavailable: {failure.value}"))
+
+        d.addCallbacks(listed, failed)
+        d.addBoth(lambda _: request.finish() if not request.finished and not request._disconnected else None)
+        return NOT_DONE_YET
 
     def _page(self, request: Request) -> bytes:
         args: dict[bytes, list[bytes]] = request.args or {}

@@ -113,6 +113,8 @@ class GatewayFactory(WebSocketServerFactory):
 
     #: Token routes, pools, redirects (:class:`tunnelgw.topology.Topology`), set by the service.
     topology: Any = None
+    #: The pool's shared session registry (:class:`tunnelgw.pool.PoolRegistry`), set by the service.
+    pool: Any = None
 
     def __init__(self, rules: RuleSet, reactor: Any, backends: Optional[TcpBackends] = None,
                  config: Optional[Config] = None, metrics: Optional[GatewayMetrics] = None) -> None:

@@ -59,6 +59,8 @@ def apply_config(service: GatewayService, config: Config, reactor: Any) -> list[
         ("AdminListen", old.admin_listeners, config.admin_listeners),
         ("DemoBackend", old.demo_backends, config.demo_backends))
         if [x.endpoint for x in before] != [x.endpoint for x in after]]
+    if old.pool != config.pool:
+        needs_restart.append("Pool")
     if old.log_format != config.log_format:
         # The log observer is chosen once, when twistd starts logging.
         needs_restart.append("LogFormat")

@@ -189,6 +189,10 @@ class GatewayService(Service):
                                   on_timeout=lambda: metrics.handshake_failed("", "handshake_timeout", None),
                                   on_too_large=lambda: metrics.handshake_failed("", "headers", 431))
         self.audit = AuditTrail(reactor, config.audit_logs, metrics.registry)
+        if config.pool is not None:
+            from tunnelgw.pool import PoolRegistry
+
+            self.factory.pool = PoolRegistry(reactor, config.pool, self.factory.sessions, metrics.registry)
         self.draining = False
         self.ports: list[IListeningPort] = []
         self.admin_ports: list[IListeningPort] = []
@@ -206,6 +210,8 @@ class GatewayService(Service):
             self._listen()
         self.audit.start()
         self.factory.recordings.start()
+        if self.factory.pool is not None:
+            self.factory.pool.start()
         super().startService()
 
     def _listen(self) -> None:
@@ -271,6 +277,8 @@ class GatewayService(Service):
                 await deferLater(self._reactor, 0.05, lambda: None)
         admin, self.admin_ports = self.admin_ports, []
         await gatherResults([d for d in (p.stopListening() for p in admin) if d is not None])
+        if self.factory.pool is not None:
+            await self.factory.pool.stop()
         self.factory.recordings.stop()
         self.audit.stop()
 

@@ -45,6 +45,7 @@ __all__ = [
     "Location",
     "PatternRule",
     "PrefixRule",
+    "PoolSpec",
     "Problem",
     "Recording",
     "RouteOptions",
@@ -256,6 +257,27 @@ class Recording:
 
 
 @dataclass(frozen=True)
+class PoolSpec:
+    """
+    ``Pool redis://HOST:PORT/DB name=GATEWAY [ttl=S] [refresh=S] [timeout=S]
+    [namespace=NS] [passwordfile=FILE]`` (``rediss://`` for TLS): the shared
+    registry of a pool of gateways (see :mod:`tunnelgw.pool`).
+    """
+
+    host: str
+    port: int
+    db: int
+    tls: bool
+    name: str
+    ttl: float
+    refresh: float
+    timeout: float
+    namespace: str
+    password_file: Optional[str]
+    where: Location
+
+
+@dataclass(frozen=True)
 class AuditLog:
     """
     ``AuditLog syslog ADDRESS [facility=F] [app=NAME] [sdid=ID]`` or ``AuditLog json FILE``:
@@ -298,6 +320,7 @@ class Config:
     log_format: str = "text"
     audit_logs: tuple[AuditLog, ...] = ()
     recording: Optional[Recording] = None
+    pool: Optional[PoolSpec] = None
 
     @property
     def rules(self) -> tuple[Rule, ...]:
@@ -453,6 +476,7 @@ class _Parse:
     log_format: str = "text"
     audit_logs: list[AuditLog] = field(default_factory=list)
     recording: Optional[Recording] = None
+    pool: Optional[PoolSpec] = None
     # Rules that set connecttimeout themselves; the others take Timeout connect=.
     own_connect_timeout: set[Location] = field(default_factory=set)
 
@@ -655,6 +679,42 @@ def _recording(p: _Parse, args: list[str], where: Location, problem: Problems) -
                             found.get("keepdays", 30.0), where)
 
 
+_POOL_OPTIONS: dict[str, Reader] = {
+    "name": matching(r"[A-Za-z0-9_.-]{1,64}", "1 to 64 letters, digits or _.-"),
+    "ttl": number(2, 3600), "refresh": number(0.1, 600), "timeout": number(0.05, 60),
+    "namespace": matching(r"[A-Za-z0-9_.-]{1,64}", "1 to 64 letters, digits or _.-"),
+    "passwordfile": matching(r"/.+", "an absolute file name"),
+}
+
+
+def _pool(p: _Parse, args: list[str], where: Location, problem: Problems) -> None:
+    from urllib.parse import urlsplit
+
+    if p.pool is not None:
+        problem(f"Pool is given twice (first at {p.pool.where})")
+        return
+    try:
+        url = urlsplit(args[0]) if args else None
+        port = url.port if url is not None else None
+    except ValueError:
+        url, port = None, None
+    if url is None or url.scheme not in ("redis", "rediss") or not url.hostname or url.username or url.password \
+            or url.query or url.path.strip("/") not in ("", *map(str, range(16))):
+        problem("Pool takes redis://HOST:PORT/DB (rediss:// for TLS; no password in the URL: passwordfile=), "
+                "then name=GATEWAY ttl=S refresh=S timeout=S namespace=NS")
+        return
+    found = read_options(args[1:], _POOL_OPTIONS, problem, "Pool")
+    if "name" not in found:
+        problem("Pool needs name=GATEWAY: this gateway's name in the pool")
+        return
+    ttl, refresh = found.get("ttl", 10.0), found.get("refresh", 2.0)
+    if refresh * 2 > ttl:
+        problem(f"Pool refresh= ({refresh:g}) must be at most half of ttl= ({ttl:g}), or live sessions expire")
+    p.pool = PoolSpec(url.hostname, port or 6379, int(url.path.strip("/") or 0), url.scheme == "rediss",
+                      found["name"], ttl, refresh, found.get("timeout", 1.0), found.get("namespace", "tunnelgw"),
+                      found.get("passwordfile"), where)
+
+
 _AUDIT_OPTIONS: dict[str, Reader] = {
     "facility": choice(*FACILITIES), "app": matching(r"[!-~]{1,48}", "1 to 48 printable characters"),
     "sdid": matching(r"[!-<>-Z\\^-~]{1,32}", "an SD-ID such as tunnelgw@32473 (no space, '=', ']' or '\"')"),
@@ -734,6 +794,8 @@ DIRECTIVES: tuple[Directive, ...] = (
     Directive("LogFormat", "text|json", "log text lines or JSON lines (where twistd logs)", _log_format),
     Directive("Recording", "FOLDER [maxbytes=B] [maxseconds=S] [keepdays=D]",
               "where record=on routes write their sessions, with size, age and retention limits", _recording),
+    Directive("Pool", "redis://HOST:PORT/DB name=GATEWAY [ttl=S] [refresh=S] [timeout=S] [namespace=NS]",
+              "share the live-session list with a pool of gateways through Redis", _pool),
     Directive("AuditLog", "syslog udp://H:P|tcp://H:P|unix:///PATH [facility=F] [app=A] [sdid=ID] | json FILE",
               "send audit events (sessions, refusals, admin actions) to syslog (RFC 5424) or a JSON lines file",
               _audit_log),
@@ -846,4 +908,5 @@ def _finish(p: _Parse, last_line: int, require_listeners: bool) -> Config:
         log_format=p.log_format,
         audit_logs=tuple(p.audit_logs),
         recording=p.recording,
+        pool=p.pool,
     )

@@ -1,0 +1,151 @@
+"""
+A pool of three gateways (127.0.0.2-4) sharing one live-session list through a
+real redis-server: pool-wide list, a close issued on one gateway ending a
+session held by another, a SIGKILLed gateway leaving no ghosts after its TTL,
+and Redis going away and coming back without a session being cut.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any, Iterator, Optional
+
+import pytest
+from websockets.exceptions import ConnectionClosed
+from websockets.sync.client import connect
+
+from support import GatewayProcess, TcpServer, echo, free_port, require_tool, stop_process, wait_until
+from tunnelgw.core.config import ConfigError, parse_config
+
+pytestmark = pytest.mark.timeout(120)
+
+
+class RedisServer:
+    """redis-server on loopback with its own port and data folder, no persistence."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        folder.mkdir(exist_ok=True)
+        self.port = free_port()
+        self.proc: Optional[subprocess.Popen[bytes]] = None
+
+    def start(self) -> "RedisServer":
+        self.proc = subprocess.Popen(
+            [require_tool("redis-server"), "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.folder),
+             "--save", "", "--appendonly", "no", "--daemonize", "no", "--protected-mode", "yes"],
+            stdout=open(self.folder / "redis.log", "ab"), stderr=subprocess.STDOUT)
+        import redis
+
+        client = redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=1, socket_connect_timeout=1)
+
+        def up() -> bool:
+            try:
+                return bool(client.ping())
+            except redis.RedisError:
+                return self.proc is not None and self.proc.poll() is not None
+
+        assert wait_until(up, 10) and self.proc.poll() is None, (self.folder / "redis.log").read_text()
+        return self
+
+    def stop(self) -> None:
+        stop_process(self.proc)
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path / "redis").start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def backend() -> Iterator[TcpServer]:
+    with TcpServer(echo) as server:
+        yield server
+
+
+def admin(gw: GatewayProcess, path: str, method: str = "GET") -> tuple[int, Any]:
+    """Status and body (JSON decoded) of a request to gw's admin listener (on gw's own 127.0.0.N)."""
+    host = "127.0.0." + gw.config_path.stem[2:]
+    request = urllib.request.Request(f"http://{host}:{gw.port(1)}{path}", method=method)
+    try:
+        with urllib.request.urlopen(request, timeout=5) as answer:
+            body = answer.read().decode()
+            return answer.status, json.loads(body) if body.startswith("{") else body
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+
+
+def pool_ids(gw: GatewayProcess) -> Optional[dict[str, str]]:
+    """session id -> gateway name, as the pool lists them (None when the list is unavailable)."""
+    status, body = admin(gw, "/pool/sessions")
+    return {s["session"]: s["gateway"] for s in body["sessions"]} if status == 200 else None
+
+
+def test_pool_mistakes() -> None:
+    for line, message in [("Pool redis://127.0.0.1:6379/0", "Pool needs name=GATEWAY"),
+                          ("Pool http://127.0.0.1:6379 name=a", "Pool takes redis://HOST:PORT/DB"),
+                          ("Pool redis://u:secret@127.0.0.1:6379 name=a", "Pool takes redis://HOST:PORT/DB"),
+                          ("Pool redis://127.0.0.1 name=a ttl=4 refresh=3", "Pool refresh= (3) must be at most half")]:
+        with pytest.raises(ConfigError) as caught:
+            parse_config(f"Listen tcp:port=1\n{line}\n", "gw.conf")
+        assert str(caught.value).startswith("gw.conf:2: " + message), str(caught.value)
+
+
+def test_three_gateways_share_one_session_list(tmp_path: Path, redis_server: RedisServer,
+                                               backend: TcpServer) -> None:
+    gateways = []
+    try:
+        for n in (2, 3, 4):
+            config = f"""
+Listen tcp:port=0:interface=127.0.0.{n}
+AdminListen tcp:port=0:interface=127.0.0.{n}
+ProxyPass /echo {backend.endpoint}
+Pool redis://127.0.0.1:{redis_server.port}/0 name=gw{n} ttl=3 refresh=0.5
+"""
+            gateways.append(GatewayProcess(config, tmp_path, name=f"gw{n}").start())
+        gw2, gw3, gw4 = gateways
+        with connect(f"ws://127.0.0.3:{gw3.port()}/echo", open_timeout=5) as on3, \
+                connect(f"ws://127.0.0.4:{gw4.port()}/echo", open_timeout=5) as on4:
+            on3.send(b"three")
+            assert on3.recv(timeout=5) == b"three"
+            on4.send(b"four")
+            assert on4.recv(timeout=5) == b"four"
+            assert wait_until(lambda: sorted((pool_ids(gw2) or {}).values()) == ["gw3", "gw4"], 10)
+            listed = pool_ids(gw2) or {}
+            held_by_3 = next(sid for sid, name in listed.items() if name == "gw3")
+            held_by_4 = next(sid for sid, name in listed.items() if name == "gw4")
+            assert {s["session"] for s in admin(gw3, "/sessions")[1]["sessions"]} == {held_by_3}
+
+            # A close issued on gw2 ends the session gw3 holds.
+            assert admin(gw2, f"/pool/sessions/{held_by_3}/close", "POST")[0] == 202
+            with pytest.raises(ConnectionClosed):
+                on3.recv(timeout=5)
+            assert on3.close_code == 1008
+            assert admin(gw2, "/pool/sessions/nosuchsession/close", "POST")[0] == 404
+            assert wait_until(lambda: list((pool_ids(gw2) or {"x": ""}).values()) == ["gw4"], 10)
+
+            # Redis goes away: sessions go on, the pool list is 503; back, it is whole again.
+            redis_server.stop()
+            on4.send(b"still")
+            assert on4.recv(timeout=5) == b"still"
+            assert wait_until(lambda: admin(gw2, "/pool/sessions")[0] == 503, 10)
+            assert wait_until(lambda: "tunnelgw_pool_degraded 1.0" in admin(gw4, "/metrics")[1], 10)
+            on4.send(b"and still")
+            assert on4.recv(timeout=5) == b"and still"
+            redis_server.start()
+            assert wait_until(lambda: pool_ids(gw2) == {held_by_4: "gw4"}, 15)
+            assert wait_until(lambda: "tunnelgw_pool_degraded 0.0" in admin(gw4, "/metrics")[1], 10)
+            assert "pool registry degraded" in gw4.log() and "Redis reachable again" in gw4.log()
+
+            # gw4 killed outright: its session leaves the list within its TTL.
+            gw4.stop(signal.SIGKILL)
+            assert wait_until(lambda: pool_ids(gw2) == {}, 3 + 5)
+    finally:
+        for gw in gateways:
+            gw.stop()

@@ -1,0 +1,220 @@
+"""
+One live-session registry for a pool of gateways, in Redis
+(``Pool redis://HOST:PORT/DB name=GATEWAY ...``).
+
+Every ``refresh`` seconds each gateway writes its live sessions, one key
+each (``NS:session:ID``, a JSON object: gateway, client, route, path,
+backend, started, bytes), with a time to live of ``ttl`` seconds, deletes
+the keys of sessions that ended, and writes its own ``NS:gateway:NAME``.
+A gateway that dies leaves nothing behind after ``ttl``.  The admin listener
+of any gateway lists the pool's sessions (``GET /pool/sessions``) and closes
+any of them (``POST /pool/sessions/ID/close``): the close is published on
+``NS:close`` and the gateway holding the session closes it (1008) as soon as
+the message arrives.
+
+Redis is reached with redis-py (the maintained client: connection pooling,
+reconnection, TLS, Sentinel) on a thread pool of its own, never on the
+reactor thread; every call has a socket timeout of ``timeout`` seconds.
+When Redis is unreachable the gateway keeps serving: live sessions are never
+cut, the registry is *degraded* (``tunnelgw_pool_degraded`` 1, one warning,
+``tunnelgw_pool_errors_total``), the pool list answers 503, and everything
+is written again by the next refresh once Redis is back.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any, Callable, Optional
+
+from prometheus_client import CollectorRegistry, Counter, Gauge
+from twisted.internet import defer
+from twisted.internet.task import LoopingCall
+from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
+from twisted.python.threadpool import ThreadPool
+
+from tunnelgw.core.config import PoolSpec
+from tunnelgw.core.relay import CLOSE_POLICY, Close
+
+__all__ = ["MAX_LISTED", "POOL_CLOSE", "PoolRegistry"]
+
+_log = Logger(namespace="tunnelgw")
+#: At most this many sessions are listed from the pool.
+MAX_LISTED = 10000
+#: The close a session gets when an operator closes it from another gateway.
+POOL_CLOSE = Close(CLOSE_POLICY, "closed by the pool administrator")
+
+
+class PoolRegistry:
+    """
+    A gateway's part in the pool's registry.
+
+    :param sessions: the gateway's live sessions by id (objects with
+        ``describe()`` and ``close_session(close)``).
+    :param client: a redis-py client (tests may pass another address); made
+        from the spec when None.
+    """
+
+    def __init__(self, reactor: Any, spec: PoolSpec, sessions: dict[str, Any], registry: CollectorRegistry,
+                 client: Any = None) -> None:
+        import redis
+
+        self._reactor = reactor
+        self.spec = spec
+        self._sessions = sessions
+        password = None
+        if spec.password_file:
+            with open(spec.password_file, encoding="utf-8") as f:
+                password = f.read().strip()
+        self._redis = client if client is not None else redis.Redis(
+            host=spec.host, port=spec.port, db=spec.db, password=password, ssl=spec.tls,
+            socket_timeout=spec.timeout, socket_connect_timeout=spec.timeout, health_check_interval=30)
+        self._errors = (redis.RedisError, OSError)
+        self._threads = ThreadPool(minthreads=1, maxthreads=2, name="tunnelgw-pool")
+        self._written: set[str] = set()
+        self._busy = False
+        self._degraded = False
+        self._heartbeat: Optional[LoopingCall] = None
+        self._listener: Any = None
+        self.errors = Counter("tunnelgw_pool_errors", "Redis calls of the pool registry that failed", ["call"],
+                              registry=registry)
+        self.degraded = Gauge("tunnelgw_pool_degraded", "1 while the pool registry cannot reach Redis",
+                              registry=registry)
+        self.latency = Gauge("tunnelgw_pool_refresh_seconds", "Time of the last registry refresh", registry=registry)
+
+    def _key(self, *parts: str) -> str:
+        return ":".join((self.spec.namespace, *parts))
+
+    def _call(self, work: Callable[..., Any], *args: Any) -> "defer.Deferred[Any]":
+        return deferToThreadPool(self._reactor, self._threads, work, *args)
+
+    def start(self) -> None:
+        """Start refreshing and listening for closes."""
+        self._threads.start()
+        self._heartbeat = LoopingCall(self.refresh)
+        self._heartbeat.clock = self._reactor
+        self._heartbeat.start(self.spec.refresh, now=True)
+        self._call(self._subscribe).addErrback(lambda f: self._failed("subscribe", f.value))
+
+    def stop(self) -> "defer.Deferred[None]":
+        """Remove this gateway's keys (best effort, bounded by the timeout) and stop."""
+        if self._heartbeat is not None and self._heartbeat.running:
+            self._heartbeat.stop()
+        keys = [self._key("session", sid) for sid in self._written] + [self._key("gateway", self.spec.name)]
+
+        def cleanup() -> None:
+            if self._listener is not None:
+                self._listener.stop()
+            self._redis.delete(*keys)
+
+        def done(_: object) -> None:
+            self._threads.stop()
+
+        return self._call(cleanup).addErrback(lambda f: None).addBoth(done)  # type: ignore[no-any-return]
+
+    # Refresh.
+
+    def refresh(self) -> None:
+        """Write the live sessions with their TTL, delete the ended ones (one call in flight at most)."""
+        if self._busy:
+            return
+        self._busy = True
+        now = time.time()
+        live = {}
+        for sid, session in list(self._sessions.items()):
+            fields = session.describe()
+            live[sid] = json.dumps({**fields, "gateway": self.spec.name, "seen": now}, default=str)
+        ended = self._written - set(live)
+        started = self._reactor.seconds()
+
+        def write() -> None:
+            pipe = self._redis.pipeline(transaction=False)
+            ttl = int(max(1, round(self.spec.ttl)))
+            for sid, value in live.items():
+                pipe.set(self._key("session", sid), value, ex=ttl)
+            if ended:
+                pipe.delete(*(self._key("session", sid) for sid in ended))
+            pipe.set(self._key("gateway", self.spec.name), json.dumps({"name": self.spec.name, "sessions": len(live),
+                                                                       "seen": now}), ex=ttl)
+            pipe.execute()
+
+        def written(_: object) -> None:
+            self._written = set(live)
+            self.latency.set(self._reactor.seconds() - started)
+            if self._degraded:
+                self._degraded = False
+                self.degraded.set(0)
+                _log.info("pool registry: Redis reachable again, {count} session(s) registered", count=len(live))
+
+        d = self._call(write)
+        d.addCallbacks(written, lambda f: self._failed("refresh", f.value))
+        d.addBoth(self._idle)
+
+    def _idle(self, _: object) -> None:
+        self._busy = False
+
+    def _failed(self, call: str, error: object) -> None:
+        self.errors.labels(call).inc()
+        if not self._degraded:
+            self._degraded = True
+            self.degraded.set(1)
+            _log.warn("pool registry degraded: Redis at {host}:{port} unreachable ({error}); sessions go on, "
+                      "the pool list is unavailable until it is back", host=self.spec.host, port=self.spec.port,
+                      error=str(error))
+
+    def _noted(self, failure: Any, call: str) -> Any:
+        """Count a failed call and pass the failure on (the admin answers 503)."""
+        self._failed(call, failure.value)
+        return failure
+
+    # Pool-wide views and closes.
+
+    def list_sessions(self) -> "defer.Deferred[list[dict[str, Any]]]":
+        """Every session registered in the pool (at most MAX_LISTED)."""
+        def read() -> list[dict[str, Any]]:
+            keys: list[bytes] = []
+            for key in self._redis.scan_iter(match=self._key("session", "*"), count=1000):
+                keys.append(key)
+                if len(keys) >= MAX_LISTED:
+                    break
+            values = self._redis.mget(keys) if keys else []
+            return [json.loads(v) for v in values if v is not None]
+
+        d = self._call(read)
+        d.addErrback(self._noted, "list")
+        return d
+
+    def request_close(self, session_id: str) -> "defer.Deferred[bool]":
+        """Ask the pool to close a session; fires True when some gateway has it registered."""
+        def publish() -> bool:
+            if not self._redis.exists(self._key("session", session_id)):
+                return False
+            self._redis.publish(self._key("close"), session_id.encode("utf-8"))
+            return True
+
+        d = self._call(publish)
+        d.addErrback(self._noted, "close")
+        return d
+
+    def _subscribe(self) -> None:
+        """In a pool thread: listen for closes (redis-py's thread re-subscribes after a reconnect)."""
+        pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
+        pubsub.subscribe(**{self._key("close"): self._close_message})
+        self._listener = pubsub.run_in_thread(sleep_time=self.spec.timeout, daemon=True,
+                                              exception_handler=self._listener_error)
+
+    def _listener_error(self, error: BaseException, pubsub: Any, thread: Any) -> None:
+        self._reactor.callFromThread(self._failed, "subscribe", error)
+        time.sleep(self.spec.timeout)  # redis-py's listener thread: back off before it reconnects
+
+    def _close_message(self, message: dict[str, Any]) -> None:
+        data = message.get("data")
+        if isinstance(data, bytes):
+            self._reactor.callFromThread(self._close_local, data.decode("utf-8", "replace"))
+
+    def _close_local(self, session_id: str) -> None:
+        session = self._sessions.get(session_id)
+        if session is not None:
+            _log.info("pool close session={session} (asked through the pool)", session=session_id)
+            session.close_session(POOL_CLOSE)
