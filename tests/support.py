@@ -465,3 +465,10 @@ class RawClient:
     def close(self) -> None:
         """Drop the socket without a close frame."""
         self.sock.close()
+
+
+@pytest.fixture
+def backend() -> Iterator[TcpServer]:
+    """An echo server on loopback: the byte-stream backend of a test (import this fixture to use it)."""
+    with TcpServer(echo) as server:
+        yield server

@@ -13,7 +13,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
 from desktops import Browser
-from support import GatewayProcess, TcpServer, echo, wait_until
+from support import GatewayProcess, TcpServer, backend, wait_until
 from tunnelgw.core.adminpage import csrf_refusal, csrf_token, render_page
 
 SECRET = b"k" * 32
@@ -44,12 +44,6 @@ def test_page_escapes_everything() -> None:
     assert "<script>x" not in page and "&lt;script&gt;" in page and "/a&quot;b" in page
     assert f'value="{csrf_token(SECRET, "s1")}"' in page
     assert "no live session" in render_page([], SECRET, True) and "draining" in render_page([], SECRET, True)
-
-
-@pytest.fixture
-def backend() -> Iterator[TcpServer]:
-    with TcpServer(echo) as server:
-        yield server
 
 
 @pytest.fixture

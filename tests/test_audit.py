@@ -18,7 +18,7 @@ from twisted.logger import LogPublisher, Logger
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect
 
-from support import GatewayProcess, TcpServer, echo, free_port, require_tool, stop_process, wait_until
+from support import GatewayProcess, TcpServer, backend, free_port, require_tool, stop_process, wait_until
 from tunnelgw.audit import TCP_QUEUE, AuditTrail
 from tunnelgw.core.audit import AuditEvent, json_record, octet_counted, rfc5424
 from tunnelgw.core.config import ConfigError, parse_config
@@ -151,12 +151,6 @@ def rsyslog(tmp_path: Path) -> Iterator[Rsyslog]:
     server = Rsyslog(tmp_path / "rsyslog").start()
     yield server
     server.stop()
-
-
-@pytest.fixture
-def backend() -> Iterator[TcpServer]:
-    with TcpServer(echo) as server:
-        yield server
 
 
 def admin_post(port: int, path: str) -> int:

@@ -19,7 +19,7 @@ import pytest
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
-from support import GatewayProcess, TcpServer, echo, free_port, require_tool, stop_process, wait_until
+from support import GatewayProcess, TcpServer, backend, free_port, require_tool, stop_process, wait_until
 from tunnelgw.core.config import ConfigError, parse_config
 
 pytestmark = pytest.mark.timeout(120)
@@ -61,12 +61,6 @@ def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
     server = RedisServer(tmp_path / "redis").start()
     yield server
     server.stop()
-
-
-@pytest.fixture
-def backend() -> Iterator[TcpServer]:
-    with TcpServer(echo) as server:
-        yield server
 
 
 def admin(gw: GatewayProcess, path: str, method: str = "GET") -> tuple[int, Any]:

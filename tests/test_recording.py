@@ -23,7 +23,7 @@ from twisted.internet.testing import MemoryReactorClock
 from websockets.sync.client import connect
 
 from desktops import BACKGROUND, RECORDER, TEXT_SHOWN, Browser, Xvnc, canvas_pixel, wait_for
-from support import GatewayProcess, TcpServer, echo, require_tool, wait_until
+from support import GatewayProcess, TcpServer, backend, require_tool, wait_until
 from tunnelgw.core.config import Recording
 from tunnelgw.core.errors import Location
 from tunnelgw.core.recording import FOOTER, HEADER, Frame, encode_frame, parse_recording
@@ -161,12 +161,6 @@ def test_refused_session_leaves_no_file(tmp_path: Path) -> None:
 
 
 # Real processes.
-
-
-@pytest.fixture
-def backend() -> Iterator[TcpServer]:
-    with TcpServer(echo) as server:
-        yield server
 
 
 def test_recording_folder_gone_never_ends_a_session(tmp_path: Path, backend: TcpServer) -> None:
