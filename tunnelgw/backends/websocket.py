@@ -26,10 +26,12 @@ import os
 from typing import Any, Optional, Union
 
 from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
+from autobahn.websocket.protocol import WebSocketProtocol
 from autobahn.websocket.types import ConnectingRequest
 from autobahn.websocket.xormasker import create_xor_masker
 from twisted.internet import defer, error
-from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
+from twisted.internet.abstract import isIPAddress, isIPv6Address
+from twisted.internet.endpoints import HostnameEndpoint, TCP4ClientEndpoint, TCP6ClientEndpoint, wrapClientTLS
 from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.internet.ssl import optionsForClientTLS
 from twisted.python.failure import Failure
@@ -46,11 +48,12 @@ from tunnelgw.core.relay import BACKEND_CLOSE_GRACE, CLOSE_GOING_AWAY, Close, co
 from tunnelgw.core.routing import Reject, Route
 from tunnelgw.core.wsrelay import backend_target, forwarded_headers, handshake_refusal, lost_close
 from tunnelgw.core.wsurl import WebSocketTarget
+from tunnelgw.wsstate import QuietAdapter, open_state
 
 __all__ = ["BackendWebSocket", "WebSocketBackends", "WebSocketLink", "load_trust_root"]
 
 
-class BackendWebSocket(WebSocketClientProtocol):  # type: ignore[misc]
+class BackendWebSocket(QuietAdapter, WebSocketClientProtocol):  # type: ignore[misc]
     """
     The gateway's WebSocket connection to a backend, owned by one
     :class:`WebSocketLink`.  Received frames stream to the link's owner as
@@ -86,6 +89,15 @@ class BackendWebSocket(WebSocketClientProtocol):  # type: ignore[misc]
             self.transport.abortConnection()
 
     # Opening.
+
+    def _connectionMade(self) -> None:
+        """Set up the WebSocket state and send the handshake request (no proxy, no Deferred, no debug formatting)."""
+        open_state(self)
+        self._actuallyStartHandshake(self.onConnecting(self._transport_details))
+
+    def _connectionLost(self, reason: Any) -> None:
+        """Autobahn's tear-down (which calls :meth:`onClose`), without its debug formatting."""
+        WebSocketProtocol._connectionLost(self, reason)
 
     def onConnecting(self, transport_details: Any) -> ConnectingRequest:
         """The handshake request: this session's path, subprotocols and forwarded headers."""
@@ -269,7 +281,15 @@ class WebSocketBackends:
 
     def _make_endpoint(self, key: tuple[Any, ...]) -> IStreamClientEndpoint:
         secure, host, port, timeout, cafile, verify = key
-        endpoint: Any = HostnameEndpoint(self._reactor, host, port, timeout=timeout)
+        endpoint: Any
+        # An address needs no name resolution (HostnameEndpoint would ask a
+        # thread for getaddrinfo on every connect).
+        if isIPAddress(host):
+            endpoint = TCP4ClientEndpoint(self._reactor, host, port, timeout=timeout)
+        elif isIPv6Address(host):
+            endpoint = TCP6ClientEndpoint(self._reactor, host, port, timeout=timeout)
+        else:
+            endpoint = HostnameEndpoint(self._reactor, host, port, timeout=timeout)
         if secure:
             creator: Any
             if not verify:
