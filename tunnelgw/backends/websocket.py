@@ -101,7 +101,12 @@ class BackendWebSocket(QuietAdapter, WebSocketClientProtocol):  # type: ignore[m
 
     def onConnecting(self, transport_details: Any) -> ConnectingRequest:
         """The handshake request: this session's path, subprotocols and forwarded headers."""
+        assert self.factory.request is not None
         return self.factory.request
+
+    def _onConnect(self, response: Any) -> Any:
+        """The backend's 101 is read: Autobahn's ``onConnect`` (without its debug formatting)."""
+        return self.onConnect(response)
 
     def failHandshake(self, reason: str) -> None:
         """Remember why the backend's handshake failed (its HTTP status, if any)."""
@@ -247,15 +252,18 @@ class BackendWebSocket(QuietAdapter, WebSocketClientProtocol):  # type: ignore[m
 
 
 class _BackendFactory(WebSocketClientFactory):
-    """Makes the one :class:`BackendWebSocket` of one session."""
+    """
+    Makes the one :class:`BackendWebSocket` of one session: a configured
+    factory per connect timeout is made once (Autobahn's factory set-up
+    seeds the random module, makes a timer and parses a URL), and
+    :meth:`for_request` copies it for each session's handshake request.
+    """
 
     protocol = BackendWebSocket  # type: ignore[assignment]
 
-    def __init__(self, reactor: Any, request: ConnectingRequest, timeout: float) -> None:
+    def __init__(self, reactor: Any, timeout: float) -> None:
         super().__init__(reactor=reactor, useragent=None)
-        self.request = request
-        # Autobahn checks the backend's subprotocol choice against this list.
-        self.protocols = list(request.protocols)
+        self.request: Optional[ConnectingRequest] = None
         self.timeout = timeout
         self.noisy = False
         self.setProtocolOptions(
@@ -265,6 +273,15 @@ class _BackendFactory(WebSocketClientFactory):
             echoCloseCodeReason=True,
             closeHandshakeTimeout=BACKEND_CLOSE_GRACE,
         )
+
+    def for_request(self, request: ConnectingRequest) -> "_BackendFactory":
+        """A copy of this factory (options and all) for one session's handshake request."""
+        one: _BackendFactory = object.__new__(type(self))
+        one.__dict__.update(self.__dict__)
+        one.request = request
+        # Autobahn checks the backend's subprotocol choice against this list.
+        one.protocols = list(request.protocols)
+        return one
 
 
 class WebSocketBackends:
@@ -278,6 +295,8 @@ class WebSocketBackends:
     def __init__(self, reactor: Any, cache_size: int = 256) -> None:
         self._reactor = reactor
         self._endpoints: EndpointCache[tuple[Any, ...]] = EndpointCache(self._make_endpoint, cache_size)
+        # One per connect timeout in the configuration (few).
+        self._factories: dict[float, _BackendFactory] = {}
 
     def _make_endpoint(self, key: tuple[Any, ...]) -> IStreamClientEndpoint:
         secure, host, port, timeout, cafile, verify = key
@@ -319,7 +338,10 @@ class WebSocketBackends:
         request = ConnectingRequest(host=host, port=target.port, resource=target.resource, headers=headers,
                                     origin=origin, protocols=list(protocols))
         timeout = options.connect_timeout
-        d: Any = endpoint.connect(_BackendFactory(self._reactor, request, timeout))
+        factory = self._factories.get(timeout)
+        if factory is None:
+            factory = self._factories[timeout] = _BackendFactory(self._reactor, timeout)
+        d: Any = endpoint.connect(factory.for_request(request))
         d.addCallback(lambda backend: backend.opened)
         d.addTimeout(timeout, self._reactor)
 

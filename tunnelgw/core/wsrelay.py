@@ -10,6 +10,7 @@ carries the answers out.
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Mapping, Optional, Union
 
 from tunnelgw.core.relay import CLOSE_BACKEND_FAILED, CLOSE_GOING_AWAY, Close, close_reason
@@ -24,6 +25,11 @@ __all__ = [
 ]
 
 
+#: A route's backend URL parsed once, not per session (``$N`` routes make one URL per
+#: value seen: bounded; a URL that fails to parse is parsed again each time).
+_parse_target = lru_cache(maxsize=1024)(parse_websocket_url)
+
+
 def backend_target(route: Route, raw_query: bytes) -> Union[WebSocketTarget, Reject]:
     """
     The backend address of a request on a WebSocket route: the route's URL
@@ -33,7 +39,7 @@ def backend_target(route: Route, raw_query: bytes) -> Union[WebSocketTarget, Rej
     request's fault: 400.
     """
     try:
-        target = parse_websocket_url(route.target)
+        target = _parse_target(route.target)
     except ValueError as e:
         return Reject(400, f"the path gives no valid backend address: {e}")
     return target.joined(route.remainder, raw_query.decode("latin-1"))
