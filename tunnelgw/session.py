@@ -32,7 +32,7 @@ in :meth:`GatewaySession._finish`, which runs once, from Autobahn's
 from __future__ import annotations
 
 import base64
-import uuid
+import os
 from typing import Any, Optional
 
 from autobahn.twisted.websocket import WebSocketServerProtocol
@@ -194,7 +194,7 @@ class GatewaySession(QuietAdapter, WebSocketServerProtocol):  # type: ignore[mis
         self._wskey = handshake.key
         self.data = early
         path = self.http_request_path
-        self._record = SessionRecord(session_id=uuid.uuid4().hex[:12], client=client_label(self._client, self.transport), path=path,
+        self._record = SessionRecord(session_id=os.urandom(6).hex(), client=client_label(self._client, self.transport), path=path,
                                      backend=self._link.description, started=factory.reactor.seconds())
         self.processHandshake()
         if self._outcome == "refused":
