@@ -255,16 +255,18 @@ class Suite:
             self.log(f"workers {n}: {total:.0f} MB/s")
 
 
-def one_run(counts: Counts, folder: Path, log: Callable[[str], None]) -> list[Row]:
-    """Start every process, measure every figure, stop every process; return the rows."""
+#: The figures of one run, in order, by the name ``--only`` takes.
+FIGURES = ("throughput", "round_trip", "sessions", "ws_backend", "memory", "workers")
+
+
+def one_run(counts: Counts, folder: Path, log: Callable[[str], None],
+            figures: tuple[str, ...] = FIGURES) -> list[Row]:
+    """Start every process, measure the figures named (all by default), stop every process; return the rows."""
     with contextlib.ExitStack() as stack:
         suite = Suite(counts, folder, stack, log)
-        suite.throughput()
-        suite.round_trip()
-        suite.sessions()
-        suite.ws_backend()
-        suite.memory()
-        suite.workers()
+        for name in FIGURES:
+            if name in figures:
+                getattr(suite, name)()
         return suite.rows
 
 
@@ -290,11 +292,15 @@ def main(argv: Optional[list[str]] = None, counts: Optional[Counts] = None) -> i
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="small counts (well under two minutes a run)")
     parser.add_argument("--runs", type=int, default=1, help="make the whole run N times; report medians and per-run ratios")
-    parser.add_argument("--out", type=Path, default=REPO / "bench" / "results", help="where to write latest.*")
+    parser.add_argument("--out", type=Path, help="where to write latest.* (default: bench/results)")
     parser.add_argument("--idle-sessions", type=int, help="idle tunnelgw sessions for the memory figure")
+    parser.add_argument("--only", action="append", choices=FIGURES, metavar="FIGURE",
+                        help=f"measure only this figure (repeatable; one of {', '.join(FIGURES)}); "
+                             "the results go to --out only if it is given, else the table is only printed")
     args = parser.parse_args(argv)
     if args.runs < 1:
         parser.error("--runs must be at least 1")
+    figures = tuple(args.only) if args.only else FIGURES
     if counts is None:
         counts = QUICK if args.quick else FULL
     if args.idle_sessions:
@@ -314,14 +320,24 @@ def main(argv: Optional[list[str]] = None, counts: Optional[Counts] = None) -> i
             run_started = time.monotonic()
             run_folder = Path(folder) / f"run-{i}"
             run_folder.mkdir()
-            runs.append(one_run(counts, run_folder, log))
+            runs.append(one_run(counts, run_folder, log, figures))
             run_seconds.append(round(time.monotonic() - run_started, 1))
     meta: dict[str, object] = {"mode": "quick" if counts == QUICK else ("full" if counts == FULL else "custom"),
             "counts": counts.__dict__, "autobahn NVX": USES_NVX, "ws:// backend figures": ws_backends_supported(),
             "nginx": "1 worker, master_process off, proxy_buffer_size 64k" if nginx_path() else "not installed",
             "tree": str(REPO), "cores": os.cpu_count(), "seconds per run": run_seconds,
             "seconds": round(time.monotonic() - started, 1)}
-    print(write_results(runs, args.out, meta))
+    if args.only:
+        meta["figures"] = ", ".join(figures)
+    out = args.out
+    if out is None and not args.only:
+        out = REPO / "bench" / "results"
+    if out is None:
+        # A subset must not overwrite the full results the README links: write to a scratch folder, print the table.
+        with tempfile.TemporaryDirectory(prefix="tunnelgw-bench-only-") as scratch:
+            print(write_results(runs, Path(scratch), meta))
+    else:
+        print(write_results(runs, out, meta))
     return 0
 
 

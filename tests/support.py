@@ -28,6 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Optional
 
+import pytest
+
 REPO = Path(__file__).resolve().parent.parent
 
 __all__ = ["GatewayProcess", "Pki", "RawClient", "free_port", "require_module", "silent", "stop_process", "TcpServer", "make_pki", "require_tool", "rss_bytes", "wait_until", "REPO"]

@@ -13,7 +13,7 @@ and either answers it (a refusal or a redirect) or starts a
 
 from __future__ import annotations
 
-import uuid
+import os
 from typing import Any, Optional, Union
 
 from autobahn.twisted.websocket import WebSocketServerFactory
@@ -218,7 +218,7 @@ class GatewayFactory(WebSocketServerFactory):
                       client=label, path=path, location=location, reason=decision.reason)
             refuse_connection(self.reactor, transport, Reject(307, decision.reason), [("Location", location)])
             return None
-        session_id = uuid.uuid4().hex[:12]
+        session_id = os.urandom(6).hex()
         link = self.link_for(decision, head, client, ISSLTransport.providedBy(transport))
         recording = ""
         if decision.options.record and self.recordings.spec is not None:

@@ -80,6 +80,12 @@ class GatewayMetrics:
                                           ["route", "reason", "status"], registry=self.registry)
         self.connect_seconds = Histogram("tunnelgw_backend_connect_seconds", "Backend connect latency",
                                          ["route"], buckets=_CONNECT_BUCKETS, registry=self.registry)
+        # Labelled children by label values, looked up once each: prometheus_client's
+        # labels() checks and joins the values under a lock on every call.  Bounded:
+        # routes come from the configuration, reasons and statuses from the code.
+        self._opened: dict[str, Any] = {}
+        self._connected: dict[str, Any] = {}
+        self._failed: dict[tuple[str, str, Optional[int]], Any] = {}
 
     def watch(self, source: _Sessions) -> None:
         """Report the live sessions of source (a gateway factory) when scraped."""
@@ -90,16 +96,26 @@ class GatewayMetrics:
 
     def connected(self, route: str, seconds: float) -> None:
         """A backend connection for route was made in seconds."""
-        self.connect_seconds.labels(route).observe(seconds)
+        child = self._connected.get(route)
+        if child is None:
+            child = self._connected[route] = self.connect_seconds.labels(route)
+        child.observe(seconds)
 
     def handshake_failed(self, route: str, reason: str, status: Optional[int]) -> None:
         """A handshake was refused (status) or abandoned (None) for a reason."""
-        self.handshake_failures.labels(route, reason, str(status) if status else "none").inc()
+        key = (route, reason, status)
+        child = self._failed.get(key)
+        if child is None:
+            child = self._failed[key] = self.handshake_failures.labels(route, reason, str(status) if status else "none")
+        child.inc()
 
     def session_opened(self, route: str) -> None:
         """A session on route completed its handshake."""
-        self.routes_seen.add(route)
-        self.sessions_total.labels(route).inc()
+        child = self._opened.get(route)
+        if child is None:
+            self.routes_seen.add(route)
+            child = self._opened[route] = self.sessions_total.labels(route)
+        child.inc()
 
     def session_closed(self, route: str, record: SessionRecord) -> None:
         """A session ended: keep its byte counts."""

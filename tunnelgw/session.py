@@ -36,8 +36,7 @@ from collections import deque
 from typing import Any, Optional
 
 from autobahn.twisted.websocket import WebSocketServerProtocol
-from autobahn.websocket.protocol import TrafficStats
-from autobahn.websocket.utf8validator import Utf8Validator
+from autobahn.websocket.protocol import WebSocketProtocol
 from twisted.internet import defer
 from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
@@ -68,6 +67,7 @@ from tunnelgw.logs import format_fields
 from tunnelgw.metrics import route_label
 from tunnelgw.sockopts import set_tcp_keepalive
 from tunnelgw.watch import SessionWatch
+from tunnelgw.wsstate import QuietAdapter, open_state
 
 __all__ = ["GatewaySession", "client_label", "http_error", "log_refusal"]
 
@@ -126,7 +126,7 @@ class _ClientWriteGate:
         """The client connection is gone; :meth:`GatewaySession._finish` ends the rest."""
 
 
-class GatewaySession(WebSocketServerProtocol):  # type: ignore[misc]  # Autobahn's bases are untyped
+class GatewaySession(QuietAdapter, WebSocketServerProtocol):  # type: ignore[misc]  # Autobahn's bases are untyped
     """
     One client session.  Built by :class:`tunnelgw.gateway.GatewayFactory`
     for a routed upgrade request; :meth:`begin` takes it from the parsed head.
@@ -168,49 +168,14 @@ class GatewaySession(WebSocketServerProtocol):  # type: ignore[misc]  # Autobahn
         self._received = 0
 
     def _connectionMade(self) -> None:
-        """
-        Autobahn's set-up of a new connection's state, without the
-        ``pformat`` of every protocol option that it builds for a debug line
-        even when debug logging is off (measured: about 40 % of a session's
-        set-up CPU).  Kept in step with autobahn 26.x
-        (``WebSocketProtocol._connectionMade`` and the server's).
-        """
-        for name in self.CONFIG_ATTRS:
-            if not hasattr(self, name):
-                setattr(self, name, getattr(self.factory, name))
-        self._perMessageCompress = None
-        self.trackedTimings = None  # type: ignore[assignment]
-        self.setTrackTimings(self.trackTimings)
-        self.trafficStats = TrafficStats()
-        self.state = self.STATE_CONNECTING
-        self.send_state = self.SEND_STATE_GROUND
-        self.data = b""
-        self.send_queue = deque()
-        self.triggered = False
-        self.utf8validator = Utf8Validator()
-        self.wasMaxFramePayloadSizeExceeded = False
-        self.wasMaxMessagePayloadSizeExceeded = False
-        self.closedByMe = False
-        self.failedByMe = False
-        self.droppedByMe = False
-        self.wasClean = False
-        self.wasNotCleanReason = None  # type: ignore[assignment]
-        self.wasServerConnectionDropTimeout = False
-        self.wasOpenHandshakeTimeout = False
-        self.wasCloseHandshakeTimeout = False
-        self.wasServingFlashSocketPolicyFile = False
-        self.localCloseCode = None
-        self.localCloseReason = None
-        self.remoteCloseCode = None
-        self.remoteCloseReason = None
-        self.openHandshakeTimeoutCall = None
-        self.closeHandshakeTimeoutCall = None
-        self.autoPingTimeoutCall = None
-        self.autoPingPending = None
-        self.autoPingPendingCall = None
-        self.autoPingPendingSeq = 0
-        self.autoPingPendingSent = None
+        """Autobahn's set-up of a server connection's state (:func:`tunnelgw.wsstate.open_state`)."""
+        open_state(self)
         self.factory.countConnections += 1
+
+    def _connectionLost(self, reason: Any) -> None:
+        """Autobahn's tear-down (which calls :meth:`onClose`), without its debug formatting."""
+        WebSocketProtocol._connectionLost(self, reason)
+        self.factory.countConnections -= 1
 
     # The handshake, from the front's parse (Autobahn parses nothing).
 
@@ -344,13 +309,13 @@ class GatewaySession(WebSocketServerProtocol):  # type: ignore[misc]  # Autobahn
         """Read final binary frames directly while possible; the rest is Autobahn's."""
         reader = self._reader
         if reader is None or self.state != self.STATE_OPEN:
-            super().dataReceived(data)
+            self._dataReceived(data)
             return
         if not self._direct:
             # The reader takes over only where Autobahn holds nothing.
             if reader.at_boundary and not (self.current_frame is None and not self.inside_message
                                            and not self.data):
-                super().dataReceived(data)
+                self._dataReceived(data)
                 return
             self._direct = True
         payloads, rest = reader.feed(data)
@@ -359,7 +324,7 @@ class GatewaySession(WebSocketServerProtocol):  # type: ignore[misc]  # Autobahn
             self._link.client_payloads(payloads)
         if rest is not None:
             self._direct = False
-            super().dataReceived(rest)
+            self._dataReceived(rest)
 
     def onMessageBegin(self, isBinary: bool) -> None:
         """A message starts: count its size afresh (nothing is buffered)."""

@@ -26,10 +26,12 @@ import os
 from typing import Any, Optional, Union
 
 from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
+from autobahn.websocket.protocol import WebSocketProtocol
 from autobahn.websocket.types import ConnectingRequest
 from autobahn.websocket.xormasker import create_xor_masker
 from twisted.internet import defer, error
-from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
+from twisted.internet.abstract import isIPAddress, isIPv6Address
+from twisted.internet.endpoints import HostnameEndpoint, TCP4ClientEndpoint, TCP6ClientEndpoint, wrapClientTLS
 from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.internet.ssl import optionsForClientTLS
 from twisted.python.failure import Failure
@@ -46,11 +48,12 @@ from tunnelgw.core.relay import BACKEND_CLOSE_GRACE, CLOSE_GOING_AWAY, Close, co
 from tunnelgw.core.routing import Reject, Route
 from tunnelgw.core.wsrelay import backend_target, forwarded_headers, handshake_refusal, lost_close
 from tunnelgw.core.wsurl import WebSocketTarget
+from tunnelgw.wsstate import QuietAdapter, open_state
 
 __all__ = ["BackendWebSocket", "WebSocketBackends", "WebSocketLink", "load_trust_root"]
 
 
-class BackendWebSocket(WebSocketClientProtocol):  # type: ignore[misc]
+class BackendWebSocket(QuietAdapter, WebSocketClientProtocol):  # type: ignore[misc]
     """
     The gateway's WebSocket connection to a backend, owned by one
     :class:`WebSocketLink`.  Received frames stream to the link's owner as
@@ -87,9 +90,23 @@ class BackendWebSocket(WebSocketClientProtocol):  # type: ignore[misc]
 
     # Opening.
 
+    def _connectionMade(self) -> None:
+        """Set up the WebSocket state and send the handshake request (no proxy, no Deferred, no debug formatting)."""
+        open_state(self)
+        self._actuallyStartHandshake(self.onConnecting(self._transport_details))
+
+    def _connectionLost(self, reason: Any) -> None:
+        """Autobahn's tear-down (which calls :meth:`onClose`), without its debug formatting."""
+        WebSocketProtocol._connectionLost(self, reason)
+
     def onConnecting(self, transport_details: Any) -> ConnectingRequest:
         """The handshake request: this session's path, subprotocols and forwarded headers."""
+        assert self.factory.request is not None
         return self.factory.request
+
+    def _onConnect(self, response: Any) -> Any:
+        """The backend's 101 is read: Autobahn's ``onConnect`` (without its debug formatting)."""
+        return self.onConnect(response)
 
     def failHandshake(self, reason: str) -> None:
         """Remember why the backend's handshake failed (its HTTP status, if any)."""
@@ -235,15 +252,18 @@ class BackendWebSocket(WebSocketClientProtocol):  # type: ignore[misc]
 
 
 class _BackendFactory(WebSocketClientFactory):
-    """Makes the one :class:`BackendWebSocket` of one session."""
+    """
+    Makes the one :class:`BackendWebSocket` of one session: a configured
+    factory per connect timeout is made once (Autobahn's factory set-up
+    seeds the random module, makes a timer and parses a URL), and
+    :meth:`for_request` copies it for each session's handshake request.
+    """
 
     protocol = BackendWebSocket  # type: ignore[assignment]
 
-    def __init__(self, reactor: Any, request: ConnectingRequest, timeout: float) -> None:
+    def __init__(self, reactor: Any, timeout: float) -> None:
         super().__init__(reactor=reactor, useragent=None)
-        self.request = request
-        # Autobahn checks the backend's subprotocol choice against this list.
-        self.protocols = list(request.protocols)
+        self.request: Optional[ConnectingRequest] = None
         self.timeout = timeout
         self.noisy = False
         self.setProtocolOptions(
@@ -253,6 +273,15 @@ class _BackendFactory(WebSocketClientFactory):
             echoCloseCodeReason=True,
             closeHandshakeTimeout=BACKEND_CLOSE_GRACE,
         )
+
+    def for_request(self, request: ConnectingRequest) -> "_BackendFactory":
+        """A copy of this factory (options and all) for one session's handshake request."""
+        one: _BackendFactory = object.__new__(type(self))
+        one.__dict__.update(self.__dict__)
+        one.request = request
+        # Autobahn checks the backend's subprotocol choice against this list.
+        one.protocols = list(request.protocols)
+        return one
 
 
 class WebSocketBackends:
@@ -266,10 +295,20 @@ class WebSocketBackends:
     def __init__(self, reactor: Any, cache_size: int = 256) -> None:
         self._reactor = reactor
         self._endpoints: EndpointCache[tuple[Any, ...]] = EndpointCache(self._make_endpoint, cache_size)
+        # One per connect timeout in the configuration (few).
+        self._factories: dict[float, _BackendFactory] = {}
 
     def _make_endpoint(self, key: tuple[Any, ...]) -> IStreamClientEndpoint:
         secure, host, port, timeout, cafile, verify = key
-        endpoint: Any = HostnameEndpoint(self._reactor, host, port, timeout=timeout)
+        endpoint: Any
+        # An address needs no name resolution (HostnameEndpoint would ask a
+        # thread for getaddrinfo on every connect).
+        if isIPAddress(host):
+            endpoint = TCP4ClientEndpoint(self._reactor, host, port, timeout=timeout)
+        elif isIPv6Address(host):
+            endpoint = TCP6ClientEndpoint(self._reactor, host, port, timeout=timeout)
+        else:
+            endpoint = HostnameEndpoint(self._reactor, host, port, timeout=timeout)
         if secure:
             creator: Any
             if not verify:
@@ -299,7 +338,10 @@ class WebSocketBackends:
         request = ConnectingRequest(host=host, port=target.port, resource=target.resource, headers=headers,
                                     origin=origin, protocols=list(protocols))
         timeout = options.connect_timeout
-        d: Any = endpoint.connect(_BackendFactory(self._reactor, request, timeout))
+        factory = self._factories.get(timeout)
+        if factory is None:
+            factory = self._factories[timeout] = _BackendFactory(self._reactor, timeout)
+        d: Any = endpoint.connect(factory.for_request(request))
         d.addCallback(lambda backend: backend.opened)
         d.addTimeout(timeout, self._reactor)
 
