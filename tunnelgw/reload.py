@@ -33,7 +33,8 @@ def apply_config(service: GatewayService, config: Config, reactor: Any) -> None:
     """
     check_config(config, reactor)
     factory = service.resource.factory
-    topology = Topology(config.topology, reactor, factory.backends, previous=factory.topology)
+    topology = Topology(config.topology, reactor, factory.backends, previous=factory.topology,
+                        rate=config.limits.rate)
     factory.rules = RuleSet(config)
     factory.topology = topology
     if [l.endpoint for l in config.listeners] != [l.endpoint for l in service.config.listeners]:

@@ -135,7 +135,7 @@ def build_resource(config: Config, reactor: Any) -> GatewayResource:
 
 def _resource(config: Config, reactor: Any) -> GatewayResource:
     factory = GatewayFactory(RuleSet(config), reactor, TcpBackends(reactor))
-    factory.topology = Topology(config.topology, reactor, factory.backends)
+    factory.topology = Topology(config.topology, reactor, factory.backends, rate=config.limits.rate)
     factory.harden(config, GatewayMetrics())
     pages = {p.path: demo_page(p.websocket_path) for p in config.demo_pages}
     return GatewayResource(factory, pages, aliases=config.aliases)

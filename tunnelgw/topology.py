@@ -21,10 +21,12 @@ from tunnelgw.backends.tcp import BackendConnection, BackendUnavailable
 from tunnelgw.core.balancer import Member, Pool
 from tunnelgw.core.clientaddr import client_address
 from tunnelgw.core.config import Problem, RouteOptions
+from tunnelgw.core.limits import HandshakeRate
+from tunnelgw.core.redact import TokenPlace, fingerprint, redact_uri, redact_url
 from tunnelgw.core.redirect import lookup_answer, owner_of, redirect_location
 from tunnelgw.core.relay import ConnectFailure
 from tunnelgw.core.routing import Reject, Route, normalise_path
-from tunnelgw.core.tokens import FileTokens, SignedTokens, TargetAddress, extract_token, make_token_source
+from tunnelgw.core.tokens import MIN_SECRET_BYTES, FileTokens, SignedTokens, TargetAddress, extract_token, make_token_source
 from tunnelgw.core.topoconfig import OriginRule, TokenRouteSpec, TopologyConfig
 
 __all__ = ["JsonAnswer", "Redirect", "Topology", "check_topology", "read_secret"]
@@ -61,8 +63,8 @@ def read_secret(path: str) -> bytes:
             secret = f.read().strip()
     except OSError as e:
         raise ValueError(f"cannot read the token secret: {e}") from None
-    if len(secret) < 16:
-        raise ValueError("the token secret must hold at least 16 bytes")
+    if len(secret) < MIN_SECRET_BYTES:
+        raise ValueError(f"the token secret must hold at least {MIN_SECRET_BYTES} bytes (RFC 7518 section 3.2)")
     return secret
 
 
@@ -100,7 +102,7 @@ class Topology:
 
     def __init__(self, config: TopologyConfig, reactor: Any, backends: Any,
                  previous: Optional["Topology"] = None,
-                 secret: Callable[[str], bytes] = read_secret) -> None:
+                 secret: Callable[[str], bytes] = read_secret, rate: float = 0.0) -> None:
         self.config = config
         self._reactor = reactor
         self._backends = backends
@@ -111,6 +113,15 @@ class Topology:
             self.sources[spec.name] = kept if kept is not None and kept.spec == spec else make_token_source(spec, secret)
         old_pools = previous.pools if previous else {}
         self.pools: dict[str, Pool] = {b.name: Pool.from_spec(b, old_pools.get(b.name)) for b in config.balancers}
+        # Every token resolution (route or lookup) spends from a per-client bucket first, so
+        # a prober pays the handshake rate for each guess.
+        kept_rate = previous.token_rate if previous else None
+        self.token_rate = kept_rate if kept_rate is not None and kept_rate.rate == rate else HandshakeRate(rate)
+        self.token_places = tuple(TokenPlace(r.path, r.origin, r.param) for r in config.token_routes)
+
+    def redact(self, uri: str) -> str:
+        """A request URI or URL with every token this topology knows how to find fingerprinted."""
+        return redact_url(uri, self.token_places) if "://" in uri else redact_uri(uri, self.token_places)
 
     # The client address.
 
@@ -136,7 +147,7 @@ class Topology:
         query = request.uri.partition(b"?")[2].decode("latin-1")
         for lookup in self.config.token_lookups:
             if path == lookup.path.rstrip("/") or path == lookup.path:
-                return self._lookup(lookup.route_path, query, request, client)
+                return self._charge(client) or self._lookup(lookup.route_path, query, request, client)
         route_spec = self._token_route(path)
         if not upgrade:
             if route_spec is None:
@@ -147,6 +158,9 @@ class Topology:
             return refused
         if route_spec is None:
             return None
+        refused = self._charge(client)
+        if refused is not None:
+            return refused
         target = self._resolve(route_spec, path, query, request, client)
         if not isinstance(target, TargetAddress):
             return target
@@ -169,22 +183,37 @@ class Topology:
             return None
         return Reject(403, f"origin {origin or '(none)'!r} is not allowed here")
 
+    def _charge(self, client: str) -> Optional[Reject]:
+        refused = self.token_rate.allow(client, self._reactor.seconds())
+        if refused is not None:
+            _log.info("token refused client={client} status={status} detail={detail!r}",
+                      client=client, status=refused.status, detail="handshake rate exceeded before token lookup")
+        return refused
+
+    def _refused_token(self, refused: Reject, client: str, token: str) -> Reject:
+        """Log why a token was refused (the answer itself says only 'invalid token')."""
+        _log.info("token refused client={client} token={token} status={status} detail={detail!r}",
+                  client=client, token=fingerprint(token) if token else "-", status=refused.status,
+                  detail=refused.detail or refused.reason)
+        return refused
+
     def _resolve(self, spec: TokenRouteSpec, path: str, query: str, request: Any,
                  client: str) -> Union[TargetAddress, Reject]:
         remainder = path[len(spec.path):] if spec.path != "/" else path
         token = extract_token(spec.origin, spec.param, remainder, query, _header(request, b"host"))
         if isinstance(token, Reject):
-            return token
-        return self.sources[spec.source].lookup(token, self._reactor.seconds(), client)
+            return self._refused_token(token, client, "")
+        found = self.sources[spec.source].lookup(token, self._reactor.seconds(), client)
+        return self._refused_token(found, client, token) if isinstance(found, Reject) else found
 
     def _lookup(self, route_path: str, query: str, request: Any, client: str) -> Union[Reject, JsonAnswer]:
         spec = next(r for r in self.config.token_routes if r.path == route_path)
         token = extract_token("query", "token", "", query, "")
         if isinstance(token, Reject):
-            return token
+            return self._refused_token(token, client, "")
         target = self.sources[spec.source].lookup(token, self._reactor.seconds(), client)
         if isinstance(target, Reject):
-            return target
+            return self._refused_token(target, client, token)
         owner = owner_of(target.host, self.config.owners) or self.config.gateway_url
         if owner is None:
             return Reject(404, "no GatewayURL is configured to answer lookups with")

@@ -12,7 +12,7 @@ order whose expression is found in the path.  Paths are normalised first
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Union
 
 from tunnelgw.core.config import SUBSTITUTION, Config, PatternRule, PrefixRule, RouteOptions, Rule
@@ -41,6 +41,8 @@ class Reject:
 
     status: int
     reason: str
+    #: for the operator's log only, never sent: why exactly (the reason may be deliberately vague).
+    detail: str = field(default="", compare=False)
 
 
 # Values captured by ProxyPassMatch may only hold these characters, so that a

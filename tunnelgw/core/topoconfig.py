@@ -9,7 +9,7 @@ references to undefined names as ``FILE:LINE`` problems.
 
 Directives::
 
-    TokenSource NAME file|dir|jwt PATH allow=HOSTGLOB:PORTS ... [reload=S] [bind=address]
+    TokenSource NAME file|dir|jwt PATH allow=HOST:PORTS ... [reload=S] [bind=address]
     TokenRoute PATH SOURCE [from=query|path|host] [param=token] [connecttimeout=S]
     TokenLookup PATH TOKENROUTEPATH
     <Proxy balancer://NAME>
@@ -17,7 +17,7 @@ Directives::
       ProxySet lbmethod=byrequests|bybusyness|bysource retry=S
     </Proxy>
     GatewayURL URL
-    GatewayOwner URL HOSTGLOB ...
+    GatewayOwner URL HOST (CIDR block, address or exact name) ...
     TrustedProxy ADDRESS-OR-NETWORK ...
     OriginAllow PATH ORIGIN ...
 """
@@ -31,6 +31,7 @@ from typing import Callable, Optional, Union
 from urllib.parse import urlsplit
 
 from tunnelgw.core.errors import Location
+from tunnelgw.core.hostpattern import host_pattern_problem
 
 __all__ = [
     "TOPOLOGY_DIRECTIVES",
@@ -59,13 +60,12 @@ DEFAULT_RETRY = 60.0
 DEFAULT_TOKEN_RELOAD = 2.0
 
 Network = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
-_HOSTGLOB = re.compile(r"[A-Za-z0-9.*?:\[\]-]+")
 _NAME = re.compile(r"[A-Za-z0-9_.-]+")
 
 
 @dataclass(frozen=True)
 class AllowedTarget:
-    """``allow=HOSTGLOB:LO-HI``: token targets may name these hosts and ports only."""
+    """``allow=HOST:LO-HI``: token targets may name these hosts and ports only."""
 
     host_glob: str
     low: int
@@ -128,7 +128,7 @@ class BalancerSpec:
 
 @dataclass(frozen=True)
 class GatewayOwner:
-    """``GatewayOwner``: the gateway at URL serves the desktop hosts matching these globs."""
+    """``GatewayOwner``: the gateway at URL serves the desktop hosts these patterns name."""
 
     url: str
     host_globs: tuple[str, ...]
@@ -236,7 +236,7 @@ class TopologyParser:
     def _tokensource(self, args: list[str], where: Location, problem: Callable[[str], None], _: object) -> None:
         if len(args) < 3 or args[1] not in TOKEN_KINDS or not _NAME.fullmatch(args[0]):
             problem("TokenSource takes a name, a kind (file, dir, jwt), a path (for jwt: a file "
-                    "holding the secret) and allow=HOSTGLOB:PORTS options")
+                    "holding the secret) and allow=HOST:PORTS options")
             return
         name, kind, path = args[:3]
         if any(s.name == name for s in self.token_sources):
@@ -248,8 +248,9 @@ class TopologyParser:
             if key == "allow":
                 host, _, ports = value.rpartition(":")
                 span = _ports(ports)
-                if not host or not _HOSTGLOB.fullmatch(host) or span is None:
-                    problem(f"allow takes HOSTGLOB:PORT or HOSTGLOB:LOW-HIGH, e.g. 10.0.*:5900-5999, got {value!r}")
+                if not host or host_pattern_problem(host) or span is None:
+                    problem(f"allow takes HOST:PORT or HOST:LOW-HIGH with HOST a CIDR block, address or "
+                            f"exact name, e.g. 10.0.0.0/16:5900-5999, got {value!r}")
                 else:
                     allow.append(AllowedTarget(host.lower(), *span))
             elif key == "reload":
@@ -259,7 +260,7 @@ class TopologyParser:
             else:
                 bind = value == "address"
         if not allow:
-            problem("TokenSource needs at least one allow=HOSTGLOB:PORTS: tokens may not name any host")
+            problem("TokenSource needs at least one allow=HOST:PORTS: tokens may not name any host")
             return
         if bind and kind != "jwt":
             problem("bind=address needs signed tokens (kind jwt)")
@@ -359,8 +360,9 @@ class TopologyParser:
         self.gateway_url = args[0].rstrip("/")
 
     def _gatewayowner(self, args: list[str], where: Location, problem: Callable[[str], None], _: object) -> None:
-        if len(args) < 2 or not _is_ws_url(args[0]) or not all(_HOSTGLOB.fullmatch(g) for g in args[1:]):
-            problem("GatewayOwner takes a gateway's base URL and the desktop host globs it serves")
+        if len(args) < 2 or not _is_ws_url(args[0]) or any(host_pattern_problem(g) for g in args[1:]):
+            problem("GatewayOwner takes a gateway's base URL and the desktop hosts it serves "
+                    "(CIDR blocks, addresses or exact names, no globs)")
             return
         self.owners.append(GatewayOwner(args[0].rstrip("/"), tuple(g.lower() for g in args[1:]), where))
 
