@@ -102,7 +102,7 @@ class Topology:
 
     def __init__(self, config: TopologyConfig, reactor: Any, backends: Any,
                  previous: Optional["Topology"] = None,
-                 secret: Callable[[str], bytes] = read_secret, rate: float = 0.0) -> None:
+                 secret: Callable[[str], bytes] = read_secret) -> None:
         self.config = config
         self._reactor = reactor
         self._backends = backends
@@ -113,10 +113,6 @@ class Topology:
             self.sources[spec.name] = kept if kept is not None and kept.spec == spec else make_token_source(spec, secret)
         old_pools = previous.pools if previous else {}
         self.pools: dict[str, Pool] = {b.name: Pool.from_spec(b, old_pools.get(b.name)) for b in config.balancers}
-        # Every token resolution (route or lookup) spends from a per-client bucket first, so
-        # a prober pays the handshake rate for each guess.
-        kept_rate = previous.token_rate if previous else None
-        self.token_rate = kept_rate if kept_rate is not None and kept_rate.rate == rate else HandshakeRate(rate)
         self.token_places = tuple(TokenPlace(r.path, r.origin, r.param) for r in config.token_routes)
 
     def redact(self, uri: str) -> str:
@@ -136,10 +132,16 @@ class Topology:
 
     # Requests.
 
-    def screen(self, request: Any, client: str, upgrade: bool) -> Decision:
+    def screen(self, request: Any, client: str, upgrade: bool,
+               rate: Optional[HandshakeRate] = None) -> Decision:
         """
         What the topology says about a request before the ordinary rules:
         None (not ours), a refusal, a token route, a redirect or a JSON answer.
+
+        :param rate: the gateway's per-client handshake bucket, charged before
+            a token lookup answers a plain request, so that a prober pays for
+            every guess.  Upgrades are charged once, by
+            :meth:`tunnelgw.gateway.GatewayFactory.decide`, before this is called.
         """
         path = normalise_path(request.path)
         if isinstance(path, Reject):
@@ -147,7 +149,7 @@ class Topology:
         query = request.uri.partition(b"?")[2].decode("latin-1")
         for lookup in self.config.token_lookups:
             if path == lookup.path.rstrip("/") or path == lookup.path:
-                return self._charge(client) or self._lookup(lookup.route_path, query, request, client)
+                return self._charge(rate, client) or self._lookup(lookup.route_path, query, request, client)
         route_spec = self._token_route(path)
         if not upgrade:
             if route_spec is None:
@@ -158,9 +160,6 @@ class Topology:
             return refused
         if route_spec is None:
             return None
-        refused = self._charge(client)
-        if refused is not None:
-            return refused
         target = self._resolve(route_spec, path, query, request, client)
         if not isinstance(target, TargetAddress):
             return target
@@ -183,8 +182,8 @@ class Topology:
             return None
         return Reject(403, f"origin {origin or '(none)'!r} is not allowed here")
 
-    def _charge(self, client: str) -> Optional[Reject]:
-        refused = self.token_rate.allow(client, self._reactor.seconds())
+    def _charge(self, rate: Optional[HandshakeRate], client: str) -> Optional[Reject]:
+        refused = rate.allow(client, self._reactor.seconds()) if rate is not None else None
         if refused is not None:
             _log.info("token refused client={client} status={status} detail={detail!r}",
                       client=client, status=refused.status, detail="handshake rate exceeded before token lookup")

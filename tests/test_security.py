@@ -1,0 +1,69 @@
+"""
+Secure defaults (issue 11) at the glue points, in memory: a gateway service
+on a ``MemoryReactorClock`` with clients on ``StringTransport`` (see
+:mod:`test_session`).  Each test tries the attack and the honest case.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import txaio
+from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.trial.unittest import TestCase
+
+from test_session import Gateway, handshake
+
+txaio.use_twisted()
+
+
+def status_of(client: StringTransport) -> int:
+    """The status code of the answer written to client."""
+    return int(client.value().split(b" ", 2)[1])
+
+
+def ask(gw: Gateway, request: bytes) -> StringTransport:
+    """A new client connection that sent request."""
+    _, client = gw.client()
+    client.protocol.dataReceived(request)
+    return client
+
+
+def plain(path: bytes, extra: bytes = b"") -> bytes:
+    """A plain GET for path."""
+    return b"GET " + path + b" HTTP/1.1\r\nHost: gw\r\n" + extra + b"\r\n"
+
+
+class HandshakeRateTests(TestCase):
+    """Token resolution sits behind the gateway's one per-client handshake bucket, charged once."""
+
+    def setUp(self) -> None:
+        self.patch(txaio.config, "loop", MemoryReactorClock())
+        tokens = Path(self.mktemp())
+        tokens.write_text("desk1: 127.0.0.2:5901\n")
+        self.gw = Gateway(f"Limit rate=3\nTokenSource files file {tokens} allow=127.0.0.2:5901 reload=0\n"
+                          "TokenRoute /vnc files\nTokenLookup /lookup /vnc\nGatewayURL ws://gw\n")
+
+    def test_token_handshake_spends_one_token(self) -> None:
+        """With rate=3, three token handshakes at one instant are admitted (one charge each), the fourth gets 429."""
+        answers = [ask(self.gw, handshake(b"/vnc?token=desk1")) for _ in range(4)]
+        self.assertEqual(len(self.gw.reactor.tcpClients), 3)
+        self.assertEqual(status_of(answers[3]), 429)
+
+    def test_probes_pay_before_any_lookup(self) -> None:
+        """Unknown tokens, lookups and handshakes spend from the same bucket; past it, 429 and no lookup."""
+        self.assertEqual(status_of(ask(self.gw, handshake(b"/vnc?token=guess1"))), 403)
+        self.assertEqual(status_of(ask(self.gw, plain(b"/lookup?token=guess2"))), 403)
+        self.assertEqual(status_of(ask(self.gw, plain(b"/lookup?token=desk1"))), 200)
+        self.assertEqual(status_of(ask(self.gw, plain(b"/lookup?token=desk1"))), 429)
+        self.assertEqual(status_of(ask(self.gw, handshake(b"/vnc?token=desk1"))), 429)
+        self.assertEqual(self.gw.reactor.tcpClients, [])
+        self.gw.reactor.advance(1.0)
+        self.assertEqual(status_of(ask(self.gw, plain(b"/lookup?token=desk1"))), 200)
+
+    def test_plain_pages_are_not_charged(self) -> None:
+        """Requests that resolve no token (a 404 here) never spend from the bucket."""
+        for _ in range(5):
+            self.assertEqual(status_of(ask(self.gw, plain(b"/other"))), 404)
+        self.assertEqual(status_of(ask(self.gw, plain(b"/lookup?token=desk1"))), 200)
