@@ -67,3 +67,45 @@ class HandshakeRateTests(TestCase):
         for _ in range(5):
             self.assertEqual(status_of(ask(self.gw, plain(b"/other"))), 404)
         self.assertEqual(status_of(ask(self.gw, plain(b"/lookup?token=desk1"))), 200)
+
+
+class SameOriginTests(TestCase):
+    """With no OriginAllow, a browser handshake from another site is refused; non-browser clients pass."""
+
+    def setUp(self) -> None:
+        self.patch(txaio.config, "loop", MemoryReactorClock())
+
+    def opened(self, config: str, extra: bytes) -> StringTransport:
+        """A client that sent a handshake for /echo with the extra headers."""
+        gw = Gateway(config + "ProxyPass /echo tcp:host=10.0.0.1:port=5900\n")
+        self.gw = gw
+        return ask(gw, handshake(b"/echo", extra))
+
+    def test_cross_site_page_refused(self) -> None:
+        """Origin: http://evil.example gets 403 with the reason and no backend connection."""
+        client = self.opened("", b"Origin: http://evil.example\r\n")
+        self.assertEqual(status_of(client), 403)
+        self.assertIn(b"not this gateway's own (http://gw)", client.value())
+        self.assertEqual(self.gw.reactor.tcpClients, [])
+
+    def test_own_page_and_non_browser_pass(self) -> None:
+        """The gateway's own origin (from Host) and a request without Origin reach the backend."""
+        self.opened("", b"Origin: http://GW:80\r\n")
+        self.assertEqual(len(self.gw.reactor.tcpClients), 1)
+        self.opened("", b"")
+        self.assertEqual(len(self.gw.reactor.tcpClients), 1)
+
+    def test_origin_allow_any_restores_every_origin(self) -> None:
+        """``OriginAllow / *`` admits a page anywhere."""
+        self.opened("OriginAllow / *\n", b"Origin: http://elsewhere.example\r\n")
+        self.assertEqual(len(self.gw.reactor.tcpClients), 1)
+
+    def test_forwarded_scheme_and_host_only_from_a_trusted_proxy(self) -> None:
+        """X-Forwarded-Proto/Host describe the client's view only when the peer is a TrustedProxy."""
+        front = b"Origin: https://vdi.example\r\nX-Forwarded-Proto: https\r\nX-Forwarded-Host: vdi.example\r\n"
+        self.assertEqual(status_of(self.opened("", front)), 403)
+        self.opened("TrustedProxy 127.0.0.1\n", front)
+        self.assertEqual(len(self.gw.reactor.tcpClients), 1)
+        # The front says the client used http: an https page is another origin.
+        mixed = b"Origin: https://gw\r\nX-Forwarded-Proto: http\r\n"
+        self.assertEqual(status_of(self.opened("TrustedProxy 127.0.0.1\n", mixed)), 403)

@@ -19,9 +19,10 @@ from twisted.python.failure import Failure
 
 from tunnelgw.backends.tcp import BackendConnection, BackendUnavailable
 from tunnelgw.core.balancer import Member, Pool
-from tunnelgw.core.clientaddr import client_address
+from tunnelgw.core.clientaddr import client_address, is_trusted
 from tunnelgw.core.config import Problem, RouteOptions
 from tunnelgw.core.limits import HandshakeRate
+from tunnelgw.core.origin import origin_refusal
 from tunnelgw.core.redact import TokenPlace, fingerprint, redact_uri, redact_url
 from tunnelgw.core.redirect import lookup_answer, owner_of, redirect_location
 from tunnelgw.core.relay import ConnectFailure
@@ -155,7 +156,7 @@ class Topology:
             if route_spec is None:
                 return None
             return Reject(426, "this path is a WebSocket endpoint; open it with a WebSocket client")
-        refused = self._check_origin(path, _header(request, b"origin"))
+        refused = self._check_origin(path, request)
         if refused is not None:
             return refused
         if route_spec is None:
@@ -173,14 +174,29 @@ class Topology:
         found = [r for r in self.config.token_routes if _under(path, r.path)]
         return max(found, key=lambda r: len(r.path)) if found else None
 
-    def _check_origin(self, path: str, origin: str) -> Optional[Reject]:
+    def _check_origin(self, path: str, request: Any) -> Optional[Reject]:
+        """The longest ``OriginAllow`` rule over path decides; without one, only the gateway's own origin."""
         rules: list[OriginRule] = [r for r in self.config.origins if _under(path, r.path)]
-        if not rules:
-            return None
-        rule = max(rules, key=lambda r: len(r.path))
-        if origin.rstrip("/").lower() in rule.origins:
-            return None
-        return Reject(403, f"origin {origin or '(none)'!r} is not allowed here")
+        allowed = max(rules, key=lambda r: len(r.path)).origins if rules else None
+        origin = request.getHeader(b"origin")
+        host, secure = self._seen_by_client(request)
+        why = origin_refusal(None if origin is None else origin.decode("latin-1"), host, secure, allowed)
+        return Reject(403, why) if why is not None else None
+
+    def _seen_by_client(self, request: Any) -> tuple[str, bool]:
+        """
+        The Host the client asked for and whether its connection was TLS: ours,
+        or, from a TrustedProxy peer only, X-Forwarded-Host and X-Forwarded-Proto
+        (their last element: the one our peer wrote; Apache appends to a client's).
+        """
+        host, secure = _header(request, b"host"), bool(request.isSecure())
+        peer = getattr(request.getClientAddress(), "host", None) or ""
+        if is_trusted(peer, self.config.trusted_proxies):
+            forwarded_host = _header(request, b"x-forwarded-host").split(",")[-1].strip()
+            proto = _header(request, b"x-forwarded-proto").split(",")[-1].strip().lower()
+            host = forwarded_host or host
+            secure = proto in ("https", "wss") if proto else secure
+        return host, secure
 
     def _charge(self, rate: Optional[HandshakeRate], client: str) -> Optional[Reject]:
         refused = rate.allow(client, self._reactor.seconds()) if rate is not None else None

@@ -12,7 +12,7 @@ import ipaddress
 import re
 from typing import Mapping, Optional, Sequence, Union
 
-__all__ = ["client_address", "format_address", "forwarded_chain"]
+__all__ = ["client_address", "format_address", "forwarded_chain", "is_trusted"]
 
 Network = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
 _FOR = re.compile(r'(?:^|;)\s*for\s*=\s*("([^"]*)"|[^;,\s]+)', re.IGNORECASE)
@@ -61,7 +61,8 @@ def forwarded_chain(headers: Mapping[str, Sequence[str]]) -> list[str]:
     return chain
 
 
-def _trusted(address: str, trusted: Sequence[Network]) -> bool:
+def is_trusted(address: str, trusted: Sequence[Network]) -> bool:
+    """Whether a peer address is in one of the trusted networks."""
     ip = _ip(address)
     return ip is not None and any(ip in net for net in trusted)
 
@@ -76,7 +77,7 @@ def client_address(peer: str, trusted: Sequence[Network], headers: Mapping[str, 
     IP address stops the walk: the peer is kept, as nothing after it can be
     trusted to name the client.
     """
-    if not trusted or not _trusted(peer, trusted):
+    if not trusted or not is_trusted(peer, trusted):
         return peer
     current = peer
     for hop in reversed(forwarded_chain(headers)):
