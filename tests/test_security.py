@@ -11,6 +11,7 @@ from typing import Any
 
 import txaio
 from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial.unittest import TestCase
 
 from test_session import Gateway, handshake
@@ -28,6 +29,18 @@ def ask(gw: Gateway, request: bytes) -> StringTransport:
     _, client = gw.client()
     client.protocol.dataReceived(request)
     return client
+
+
+def capture_log(case: TestCase) -> list[str]:
+    """The text of every log event from now until the end of the test."""
+    lines: list[str] = []
+
+    def observer(event: Any) -> None:
+        lines.append(formatEvent(event))
+
+    globalLogPublisher.addObserver(observer)
+    case.addCleanup(globalLogPublisher.removeObserver, observer)
+    return lines
 
 
 def plain(path: bytes, extra: bytes = b"") -> bytes:
@@ -109,3 +122,36 @@ class SameOriginTests(TestCase):
         # The front says the client used http: an https page is another origin.
         mixed = b"Origin: https://gw\r\nX-Forwarded-Proto: http\r\n"
         self.assertEqual(status_of(self.opened("TrustedProxy 127.0.0.1\n", mixed)), 403)
+
+
+class ClientAddressTests(TestCase):
+    """The client address comes only from the header TrustedProxy names, as a plain IP literal."""
+
+    def setUp(self) -> None:
+        self.patch(txaio.config, "loop", MemoryReactorClock())
+        self.log = capture_log(self)
+
+    def client_of_session(self, config: str, extra: bytes) -> str:
+        """The client= of the session started by a handshake from the trusted peer 127.0.0.1."""
+        gw = Gateway(config + "ProxyPass /echo tcp:host=10.0.0.1:port=5900\n")
+        ask(gw, handshake(b"/echo", extra))
+        gw.connect_backend()
+        (started,) = [line for line in self.log if line.startswith("session start")]
+        return started.split("client=", 1)[1].split()[0]
+
+    def test_client_forwarded_does_not_beat_the_proxy_xff(self) -> None:
+        """X-Forwarded-For from the proxy names the client; the client's own Forwarded is not read."""
+        both = b"X-Forwarded-For: 203.0.113.9\r\nForwarded: for=198.51.100.7\r\n"
+        self.assertEqual(self.client_of_session("TrustedProxy 127.0.0.1\n", both), "203.0.113.9")
+
+    def test_header_forwarded_reads_only_forwarded(self) -> None:
+        """With header=forwarded the roles swap: a client's X-Forwarded-For is not read."""
+        both = b"Forwarded: for=203.0.113.9\r\nX-Forwarded-For: 198.51.100.7\r\n"
+        self.assertEqual(self.client_of_session("TrustedProxy 127.0.0.1 header=forwarded\n", both), "203.0.113.9")
+
+    def test_scope_id_injection_gives_the_peer_and_a_log_line(self) -> None:
+        """A scope id with spaces (log-field injection) is not an address: the peer is the client, and it is logged."""
+        forged = b'Forwarded: for="[fe80::1%x y status=200]"\r\n'
+        client = self.client_of_session("TrustedProxy 127.0.0.1 header=forwarded\n", forged)
+        self.assertTrue(client.startswith("127.0.0.1"), client)
+        self.assertTrue([line for line in self.log if "is not an IP address" in line and "peer=127.0.0.1" in line])

@@ -112,3 +112,17 @@ def test_token_mistakes() -> None:
         "gw.conf:7: no TokenRoute at '/nothere'",
         "gw.conf:8: GatewayOwner needs GatewayURL (this gateway's own URL)",
     ]
+
+
+def test_trusted_proxy_header() -> None:
+    """TrustedProxy header= names the one header the client address is read from (X-Forwarded-For by default)."""
+    assert parse_config(HEAD + "TrustedProxy 127.0.0.1\n", "gw.conf").topology.proxy_header == "x-forwarded-for"
+    topo = parse_config(HEAD + "TrustedProxy 127.0.0.2 header=Forwarded\nTrustedProxy 10.0.0.0/8\n", "gw.conf").topology
+    assert (topo.proxy_header, len(topo.trusted_proxies)) == ("forwarded", 2)
+    assert problems("TrustedProxy 127.0.0.1 header=x-real-ip\nTrustedProxy 127.0.0.2 header=forwarded\n"
+                    "TrustedProxy 127.0.0.3 header=x-forwarded-for\nTrustedProxy header=forwarded\n") == [
+        "gw.conf:2: TrustedProxy header= takes one of x-forwarded-for, forwarded, got 'x-real-ip'",
+        "gw.conf:4: TrustedProxy header=x-forwarded-for contradicts header=forwarded at gw.conf:3: "
+        "the client address comes from one header",
+        "gw.conf:5: TrustedProxy takes addresses or networks, e.g. TrustedProxy 127.0.0.1 10.1.0.0/16",
+    ]

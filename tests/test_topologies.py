@@ -358,8 +358,8 @@ def test_gateway_pool_behind_haproxy_source_balance(tmp_path: Path, desktops: di
 @pytest.mark.parametrize("front", ["nginx", "apache"])
 def test_reverse_proxy_in_front_passes_client_address(tmp_path: Path, desktops: dict[str, TcpServer],
                                                       front: str) -> None:
-    """Behind a trusted nginx or Apache (mod_proxy_wstunnel) the client address comes from X-Forwarded-For;
-    the same header from an untrusted peer is ignored."""
+    """Behind a trusted nginx or Apache (mod_proxy_wstunnel) the client address comes from X-Forwarded-For,
+    never from a client-sent Forwarded; the same header from an untrusted peer is ignored."""
     secret = tmp_path / "secret"
     secret.write_bytes(SECRET)
     p3 = desktops["127.0.0.3"].port
@@ -372,12 +372,15 @@ def test_reverse_proxy_in_front_passes_client_address(tmp_path: Path, desktops: 
                  else apache_config(tmp_path, f"127.0.0.8:{port}", upstream, "/vnc"))
         with proxy:
             token = sign("127.0.0.3", p3, addr="127.0.0.23")
-            with open_ws(f"ws://127.0.0.8:{port}/vnc?token={token}", "127.0.0.23") as ws:
+            # A client-sent Forwarded naming another address is not believed (only X-Forwarded-For is read).
+            with open_ws(f"ws://127.0.0.8:{port}/vnc?token={token}", "127.0.0.23",
+                         additional_headers={"Forwarded": "for=127.0.0.24"}) as ws:
                 assert ws.recv(timeout=10) == b"desk 127.0.0.3"
                 ws.send(b"through the front")
                 assert ws.recv(timeout=10) == b"through the front"
             assert re.search(r"session start .*client=127\.0\.0\.23 ", gw.log()), gw.log()[-2000:]
-            status, body, _ = refusal(f"ws://127.0.0.8:{port}/vnc?token={token}", "127.0.0.24")
+            status, body, _ = refusal(f"ws://127.0.0.8:{port}/vnc?token={token}", "127.0.0.24",
+                                      additional_headers={"Forwarded": "for=127.0.0.23"})
             assert (status, body) == (403, "403 invalid token\n")
             assert re.search(r"token refused client=127\.0\.0\.24 .*bound to another client address", gw.log())
         # Directly, from an untrusted peer, the header is not believed.

@@ -19,7 +19,7 @@ from twisted.python.failure import Failure
 
 from tunnelgw.backends.tcp import BackendConnection, BackendUnavailable
 from tunnelgw.core.balancer import Member, Pool
-from tunnelgw.core.clientaddr import client_address, is_trusted
+from tunnelgw.core.clientaddr import is_trusted, resolve_client
 from tunnelgw.core.config import Problem, RouteOptions
 from tunnelgw.core.limits import HandshakeRate
 from tunnelgw.core.origin import origin_refusal
@@ -123,13 +123,21 @@ class Topology:
     # The client address.
 
     def client_of(self, request: Any) -> str:
-        """The real client address of a request (see :func:`tunnelgw.core.clientaddr.client_address`)."""
+        """
+        The real client address of a request (see
+        :func:`tunnelgw.core.clientaddr.resolve_client`); a trusted proxy's
+        header that names no IP address is logged and the peer is used.
+        """
         peer = request.getClientAddress()
         host = getattr(peer, "host", None) or str(getattr(peer, "name", "") or peer)
-        headers = {name.decode("latin-1").lower(): [v.decode("latin-1") for v in values]
-                   for name, values in request.requestHeaders.getAllRawHeaders()
-                   if name.lower() in (b"forwarded", b"x-forwarded-for")}
-        return client_address(host, self.config.trusted_proxies, headers)
+        header = self.config.proxy_header
+        values = [v.decode("latin-1") for name, vs in request.requestHeaders.getAllRawHeaders()
+                  if name.lower() == header.encode("ascii") for v in vs]
+        client, problem = resolve_client(host, self.config.trusted_proxies, {header: values}, header)
+        if problem is not None:
+            _log.info("client address from peer={peer} path={path!r}: {problem}",
+                      peer=host, path=request.path.decode("latin-1"), problem=problem)
+        return client
 
     # Requests.
 

@@ -18,7 +18,7 @@ Directives::
     </Proxy>
     GatewayURL URL
     GatewayOwner URL HOST (CIDR block, address or exact name) ...
-    TrustedProxy ADDRESS-OR-NETWORK ...
+    TrustedProxy ADDRESS-OR-NETWORK ... [header=x-forwarded-for|forwarded]
     OriginAllow PATH ORIGIN ...
 """
 
@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Optional, Union
 from urllib.parse import urlsplit
 
+from tunnelgw.core.clientaddr import PROXY_HEADERS, XFF
 from tunnelgw.core.errors import Location
 from tunnelgw.core.hostpattern import host_pattern_problem
 
@@ -155,6 +156,8 @@ class TopologyConfig:
     gateway_url: Optional[str] = None
     owners: tuple[GatewayOwner, ...] = ()
     trusted_proxies: tuple[Network, ...] = ()
+    #: The header the trusted proxies name the client in (``TrustedProxy ... header=``).
+    proxy_header: str = XFF
     origins: tuple[OriginRule, ...] = ()
 
 
@@ -215,6 +218,8 @@ class TopologyParser:
     gateway_url: Optional[str] = None
     owners: list[GatewayOwner] = field(default_factory=list)
     trusted: list[Network] = field(default_factory=list)
+    proxy_header: str = XFF
+    proxy_header_where: Optional[Location] = None
     origins: list[OriginRule] = field(default_factory=list)
     _block: Optional[tuple[str, Location, list[BalancerMemberSpec], dict[str, str]]] = None
 
@@ -367,13 +372,22 @@ class TopologyParser:
         self.owners.append(GatewayOwner(args[0].rstrip("/"), tuple(g.lower() for g in args[1:]), where))
 
     def _trustedproxy(self, args: list[str], where: Location, problem: Callable[[str], None], _: object) -> None:
-        if not args:
+        addresses = [a for a in args if "=" not in a]
+        if not addresses:
             problem("TrustedProxy takes addresses or networks, e.g. TrustedProxy 127.0.0.1 10.1.0.0/16")
-        for arg in args:
+        for arg in addresses:
             try:
                 self.trusted.append(ipaddress.ip_network(arg, strict=False))
             except ValueError:
                 problem(f"TrustedProxy takes IP addresses or networks, got {arg!r}")
+        for _key, value in _options([a for a in args if "=" in a], ("header",), problem):
+            if value.lower() not in PROXY_HEADERS:
+                problem(f"TrustedProxy header= takes one of {', '.join(PROXY_HEADERS)}, got {value!r}")
+            elif self.proxy_header_where is not None and value.lower() != self.proxy_header:
+                problem(f"TrustedProxy header={value} contradicts header={self.proxy_header} at "
+                        f"{self.proxy_header_where}: the client address comes from one header")
+            else:
+                self.proxy_header, self.proxy_header_where = value.lower(), where
 
     def _originallow(self, args: list[str], where: Location, problem: Callable[[str], None],
                      is_safe_path: Callable[[str], bool]) -> None:
@@ -413,5 +427,6 @@ class TopologyParser:
             gateway_url=self.gateway_url,
             owners=tuple(self.owners),
             trusted_proxies=tuple(self.trusted),
+            proxy_header=self.proxy_header,
             origins=tuple(self.origins),
         )
