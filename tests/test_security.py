@@ -155,3 +155,19 @@ class ClientAddressTests(TestCase):
         client = self.client_of_session("TrustedProxy 127.0.0.1 header=forwarded\n", forged)
         self.assertTrue(client.startswith("127.0.0.1"), client)
         self.assertTrue([line for line in self.log if "is not an IP address" in line and "peer=127.0.0.1" in line])
+
+
+class HostCaptureTests(TestCase):
+    """A ProxyPassMatch capture in a target's host never makes a DNS name the client chose."""
+
+    def setUp(self) -> None:
+        self.patch(txaio.config, "loop", MemoryReactorClock())
+
+    def test_dns_suffix_capture_refused_before_any_connection(self) -> None:
+        """``/vm/5.attacker.example`` gets 404 and nothing is connected or resolved; ``/vm/5`` connects."""
+        gw = Gateway("ProxyPassMatch ^/vm/([^/]+)$ tcp:host=10.0.0.$1:port=5700\n")
+        refused = ask(gw, handshake(b"/vm/5.attacker.example"))
+        self.assertEqual(status_of(refused), 404)
+        self.assertEqual(gw.reactor.tcpClients, [])
+        ask(gw, handshake(b"/vm/5"))
+        self.assertEqual([(host, port) for host, port, *_ in gw.reactor.tcpClients], [("10.0.0.5", 5700)])

@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Union
+from typing import Optional, Union
 
 from tunnelgw.core.config import SUBSTITUTION, Config, PatternRule, PrefixRule, RouteOptions, Rule
+from tunnelgw.core.hostpattern import substituted_host_problem, target_host
 
 __all__ = ["Reject", "Route", "RuleSet", "choose_route", "normalise_path"]
 
@@ -58,6 +59,11 @@ class RuleSet:
     def __init__(self, config: Config) -> None:
         self._prefixes: dict[str, PrefixRule] = {r.path: r for r in config.prefix_rules}
         self._patterns: tuple[PatternRule, ...] = config.pattern_rules
+        # The host part of each pattern rule's target and the groups it takes.
+        self._hosts: dict[int, tuple[Optional[str], tuple[str, ...]]] = {}
+        for rule in self._patterns:
+            host = target_host(rule.target)
+            self._hosts[id(rule)] = (host, tuple(SUBSTITUTION.findall(host or "")))
 
     def choose(self, path: str) -> Union[Route, Reject]:
         """Route a normalised path; see :func:`choose_route`."""
@@ -78,6 +84,11 @@ class RuleSet:
                 if not _SAFE_CAPTURE.fullmatch(value) or value in (".", ".."):
                     return Reject(400, f"the path holds a value that may not be put in a backend address: {value!r}")
             target = SUBSTITUTION.sub(lambda m: captured[m.group(1)], pattern_rule.target)
+            template, groups = self._hosts[id(pattern_rule)]
+            problem = substituted_host_problem(template, target_host(target), [captured[g] for g in groups])
+            if problem is not None:
+                # A capture must never let the request choose the host (its DNS could name any address).
+                return Reject(404, "no route for this path: its value may not choose the backend host", problem)
             return Route(pattern_rule, target, pattern_rule.options)
         return Reject(404, "no route for this path")
 
