@@ -14,7 +14,11 @@ from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial.unittest import TestCase
 
-from test_session import Gateway, handshake
+from twisted.web.test.requesthelper import DummyRequest
+
+from test_session import Gateway, handshake, lose
+from tunnelgw.core.redact import fingerprint
+from tunnelgw.web import access_log_formatter
 
 txaio.use_twisted()
 
@@ -171,3 +175,56 @@ class HostCaptureTests(TestCase):
         self.assertEqual(gw.reactor.tcpClients, [])
         ask(gw, handshake(b"/vm/5"))
         self.assertEqual([(host, port) for host, port, *_ in gw.reactor.tcpClients], [("10.0.0.5", 5700)])
+
+
+class RedactionTests(TestCase):
+    """Tokens never reach session lines, refusal and redirect lines, the access log or the admin list."""
+
+    def setUp(self) -> None:
+        self.patch(txaio.config, "loop", MemoryReactorClock())
+        self.log = capture_log(self)
+        tokens = Path(self.mktemp())
+        tokens.write_text("secretdesk1: 127.0.0.2:5901\nsecretremote: 127.0.0.3:5901\n")
+        self.gw = Gateway(f"TokenSource files file {tokens} allow=127.0.0.0/8:5901 reload=0\n"
+                          "TokenRoute /vnc files\nTokenRoute /desk files from=path\n"
+                          "GatewayURL ws://gw2\nGatewayOwner ws://gw3 127.0.0.3\n")
+
+    def assert_no_token(self, text: str) -> None:
+        self.assertNotIn("secretdesk1", text)
+        self.assertNotIn("secretremote", text)
+
+    def test_path_token_in_session_lines_and_admin_list(self) -> None:
+        """A from=path token shows as its fingerprint in session start/end lines and in the admin list."""
+        client = ask(self.gw, handshake(b"/desk/secretdesk1"))
+        self.gw.connect_backend()
+        self.assertTrue(client.value().startswith(b"HTTP/1.1 101 "))
+        (session,) = self.gw.factory.sessions.values()
+        listed = repr(session.describe())
+        self.assertIn(fingerprint("secretdesk1"), listed)
+        self.assert_no_token(listed)
+        lose(client)
+        lines = "\n".join(self.log)
+        self.assertRegex(lines, rf"session start .*path=/desk/{fingerprint('secretdesk1')}")
+        self.assertIn("session end", lines)
+        self.assert_no_token(lines)
+
+    def test_redirect_and_refusal_lines(self) -> None:
+        """The redirect's Location (sent whole to the client) is logged with the token fingerprinted; so are refusals."""
+        client = ask(self.gw, handshake(b"/vnc?token=secretremote"))
+        self.assertIn(b"Location: ws://gw3/vnc?token=secretremote", client.value())
+        ask(self.gw, plain(b"/desk/secretdesk1"))  # a plain request on a token route: refused, path logged
+        ask(self.gw, handshake(b"/desk/secretdesk1/x", b"Origin: http://evil.example\r\n"))
+        lines = "\n".join(self.log)
+        self.assertIn(f"location=ws://gw3/vnc?token={fingerprint('secretremote')}", lines)
+        self.assertEqual(len([line for line in self.log if line.startswith("request refused")]), 2)
+        self.assert_no_token(lines)
+
+    def test_access_log_line(self) -> None:
+        """The access-log formatter the gateway's Site uses fingerprints the URI's and the Referer's tokens."""
+        request = DummyRequest([b""])
+        request.uri = b"/desk/secretdesk1/app.js?token=secretremote&x=1"
+        request.code, request.clientproto, request.sentLength = 200, b"HTTP/1.1", 10  # type: ignore[attr-defined]
+        request.requestHeaders.setRawHeaders(b"referer", [b"https://gw/desk/secretdesk1?token=secretremote"])
+        line = access_log_formatter(self.gw.factory.redact)("[ts]", request)  # type: ignore[arg-type]
+        self.assertIn(f"/desk/{fingerprint('secretdesk1')}/app.js?token={fingerprint('secretremote')}&x=1", line)
+        self.assert_no_token(line)

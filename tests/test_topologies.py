@@ -465,3 +465,26 @@ def _free(host: str, port: int) -> bool:
         except OSError:
             return False
     return True
+
+
+def test_tokens_never_reach_the_log(tmp_path: Path, desktops: dict[str, TcpServer]) -> None:
+    """Query and path tokens, a lookup and a redirect: the gateway's log shows their fingerprints only."""
+    p2 = desktops["127.0.0.2"].port
+    tokens = tmp_path / "tokens"
+    tokens.write_text(f"qsecret2: 127.0.0.2:{p2}\npsecret2: 127.0.0.2:{p2}\nrsecret3: 127.0.0.3:{p2}\n")
+    config = ("Listen tcp:port=0:interface=127.0.0.4\n"
+              f"TokenSource files file {tokens} allow=127.0.0.0/8:{p2}\n"
+              "TokenRoute /vnc files\nTokenRoute /desk files from=path\nTokenLookup /lookup /vnc\n"
+              "GatewayURL ws://gw.example\nGatewayOwner ws://other.example 127.0.0.3\n")
+    with GatewayProcess(config, tmp_path) as gw:
+        base = f"ws://127.0.0.4:{gw.port()}"
+        assert greeting(f"{base}/vnc?token=qsecret2") == "desk 127.0.0.2"
+        assert greeting(f"{base}/desk/psecret2") == "desk 127.0.0.2"
+        assert refusal(f"{base}/vnc?token=rsecret3")[2]["Location"] == "ws://other.example/vnc?token=rsecret3"
+        assert refusal(f"{base}/desk/unknownsecret")[:2] == (403, "403 invalid token\n")
+        http = base.replace("ws://", "http://")
+        with urllib.request.urlopen(f"{http}/lookup?token=qsecret2", timeout=10) as answer:
+            assert json.load(answer)["url"] == "ws://gw.example/vnc?token=qsecret2"
+        gw.wait_log(r"session end .*path=/desk/tok:")
+        gw.wait_log(r"redirected .*location=ws://other\.example/vnc\?token=tok:")
+        assert "secret" not in gw.log(), gw.log()[-3000:]

@@ -229,7 +229,7 @@ class GatewaySession(WebSocketServerProtocol):  # type: ignore[misc]  # Autobahn
         self.websocket_extensions = []
         self._wskey = handshake.key
         self.data = early
-        path = self.http_request_path
+        path = factory.redact(self.http_request_path)  # logs and the admin list never show a token
         self._record = SessionRecord(session_id=uuid.uuid4().hex[:12], client=client_label(self._client, self.transport), path=path,
                                      backend=self._link.description, started=factory.reactor.seconds())
         self.processHandshake()
