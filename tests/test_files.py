@@ -97,6 +97,11 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[GatewayProc
     for name in ("ui.js", "mod.mjs", "code.wasm", "logo.svg", "data.json", "blob.unknownext", "script.rpy"):
         (root / "app" / name).write_bytes(b"x" * 10)
     (tmp / "secret.txt").write_text("secret")
+    (root / "link").symlink_to(tmp)  # a link out of the folder
+    (root / "app" / "same.js").symlink_to(root / "app" / "ui.js")  # a link inside it
+    (root / ".env").write_text("secret")
+    (root / ".git").mkdir()
+    (root / ".git" / "config").write_text("secret")
     with TcpServer(echo) as backend:
         config = f"""
 Listen tcp:port=0:interface=127.0.0.1
@@ -175,3 +180,16 @@ def test_precedence_with_routes(site: tuple[GatewayProcess, Path]) -> None:
     with pytest.raises(InvalidStatus) as e:
         connect(f"ws://127.0.0.1:{site[0].port()}/web/index.html", open_timeout=5)
     assert e.value.response.status_code == 404
+
+
+@pytest.mark.parametrize("path", ["/web/link/secret.txt", "/web/link/", "/web/.env", "/web/.git/config",
+                                  "/web/.git/", "/web/%2eenv", "/web/app/sub/../../.env"])
+def test_links_out_and_dot_files_refused(site: tuple[GatewayProcess, Path], path: str) -> None:
+    """A symbolic link leading outside the folder and dot-files or dot-folders are 404, never served."""
+    got, _, body = get(site[0], path)
+    assert (got, b"secret" in body) == (404, False)
+
+
+def test_links_inside_the_folder_served(site: tuple[GatewayProcess, Path]) -> None:
+    """A symbolic link that stays inside the folder is served like the file it names."""
+    assert get(site[0], "/web/app/same.js")[::2] == (200, b"x" * 10)
