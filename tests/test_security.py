@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import txaio
+from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial.unittest import TestCase
@@ -17,6 +18,7 @@ from twisted.trial.unittest import TestCase
 from twisted.web.test.requesthelper import DummyRequest
 
 from test_session import Gateway, handshake, lose
+from tunnelgw.admin import is_own_host
 from tunnelgw.core.redact import fingerprint
 from tunnelgw.web import access_log_formatter
 
@@ -228,3 +230,19 @@ class RedactionTests(TestCase):
         line = access_log_formatter(self.gw.factory.redact)("[ts]", request)  # type: ignore[arg-type]
         self.assertIn(f"/desk/{fingerprint('secretdesk1')}/app.js?token={fingerprint('secretremote')}&x=1", line)
         self.assert_no_token(line)
+
+
+class AdminHostTests(TestCase):
+    """The admin listener answers only requests whose Host is its own address."""
+
+    def test_own_addresses_and_rebinding(self) -> None:
+        """ip:port and localhost:port on loopback pass; another name, a missing Host or another port do not."""
+        local = IPv4Address("TCP", "127.0.0.1", 9090)
+        for host in (b"127.0.0.1:9090", b"localhost:9090", b"LOCALHOST:9090"):
+            self.assertTrue(is_own_host(host, local), host)
+        for host in (b"rebind.example:9090", b"127.0.0.1:9091", b"127.0.0.1", None, b"localhost"):
+            self.assertFalse(is_own_host(host, local), host)
+        self.assertFalse(is_own_host(b"localhost:9090", IPv4Address("TCP", "192.0.2.1", 9090)))
+        self.assertTrue(is_own_host(b"[::1]:9090", IPv6Address("TCP", "::1", 9090)))
+        self.assertTrue(is_own_host(b"192.0.2.1", IPv4Address("TCP", "192.0.2.1", 80)))
+        self.assertTrue(is_own_host(b"anything", UNIXAddress(b"/run/admin.sock")))
