@@ -246,3 +246,23 @@ class AdminHostTests(TestCase):
         self.assertTrue(is_own_host(b"[::1]:9090", IPv6Address("TCP", "::1", 9090)))
         self.assertTrue(is_own_host(b"192.0.2.1", IPv4Address("TCP", "192.0.2.1", 80)))
         self.assertTrue(is_own_host(b"anything", UNIXAddress(b"/run/admin.sock")))
+
+
+class ChunkedBodyTests(TestCase):
+    """A chunked request body is counted as it arrives: past the bound, 413 and the connection ends."""
+
+    def setUp(self) -> None:
+        self.patch(txaio.config, "loop", MemoryReactorClock())
+
+    def test_chunked_body_over_the_bound_is_413(self) -> None:
+        """80 KiB sent in 1 KiB chunks (no Content-Length) gets 413; a small chunked body does not."""
+        gw = Gateway("ProxyPass /echo tcp:host=10.0.0.1:port=5900\n")
+        head = b"POST /other HTTP/1.1\r\nHost: gw\r\nTransfer-Encoding: chunked\r\n\r\n"
+        small = ask(gw, head + b"5\r\nhello\r\n0\r\n\r\n")
+        self.assertEqual(status_of(small), 404)
+        _, big = gw.client()
+        big.protocol.dataReceived(head)
+        for _ in range(80):
+            big.protocol.dataReceived(b"400\r\n" + b"x" * 1024 + b"\r\n")
+        self.assertEqual(status_of(big), 413)
+        self.assertTrue(big.disconnecting)
