@@ -90,7 +90,9 @@ def test_backend_target_substitution() -> None:
     assert not isinstance(route, Reject)
     target = backend_target(route, b"a=1")
     assert not isinstance(target, Reject) and target.url == "ws://desk7.vms.example:5901/?a=1"
-    route = choose_route(rules, b"/vm/-5901")
+    route = choose_route(rules, b"/vm/desk7-99999")  # a port out of range
     assert not isinstance(route, Reject)
     refused = backend_target(route, b"")
     assert isinstance(refused, Reject) and refused.status == 400
+    # An empty label would change the host: refused by routing already.
+    assert choose_route(rules, b"/vm/-5901") == Reject(404, "no route for this path: its value may not choose the backend host")
