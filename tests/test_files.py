@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Iterator
 
 import pytest
-from hypothesis import given
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from twisted.internet.testing import MemoryReactor
 from websockets.exceptions import InvalidStatus
@@ -193,3 +193,12 @@ def test_links_out_and_dot_files_refused(site: tuple[GatewayProcess, Path], path
 def test_links_inside_the_folder_served(site: tuple[GatewayProcess, Path]) -> None:
     """A symbolic link that stays inside the folder is served like the file it names."""
     assert get(site[0], "/web/app/same.js")[::2] == (200, b"x" * 10)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.sampled_from(["link", ".env", ".git", "config", "secret.txt", "app", "..", ".", "%2e%2e",
+                                 "%2eenv", "ui.js", "same.js", "", "%2f", "sub"]), min_size=1, max_size=5))
+def test_free_form_alias_paths_never_leak(site: tuple[GatewayProcess, Path], segments: list[str]) -> None:
+    """Whatever the path below an alias, nothing outside its folder nor any dot-file is ever sent."""
+    got, _, body = get(site[0], "/web/" + "/".join(segments))
+    assert b"secret" not in body, (segments, got)

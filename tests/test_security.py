@@ -114,6 +114,17 @@ class SameOriginTests(TestCase):
         self.opened("", b"")
         self.assertEqual(len(self.gw.reactor.tcpClients), 1)
 
+    def test_upgrade_on_a_kept_alive_connection_is_checked_too(self) -> None:
+        """An upgrade after a plain request (parsed by twisted.web) meets the same Origin check."""
+        gw = Gateway("ProxyPass /echo tcp:host=10.0.0.1:port=5900\n")
+        _, client = gw.client()
+        client.protocol.dataReceived(plain(b"/other"))
+        self.assertEqual(status_of(client), 404)
+        client.clear()
+        client.protocol.dataReceived(handshake(b"/echo", b"Origin: http://evil.example\r\n"))
+        self.assertEqual(status_of(client), 403)
+        self.assertEqual(gw.reactor.tcpClients, [])
+
     def test_origin_allow_any_restores_every_origin(self) -> None:
         """``OriginAllow / *`` admits a page anywhere."""
         self.opened("OriginAllow / *\n", b"Origin: http://elsewhere.example\r\n")
