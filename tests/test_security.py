@@ -18,7 +18,9 @@ from twisted.trial.unittest import TestCase
 from twisted.web.test.requesthelper import DummyRequest
 
 from test_session import Gateway, handshake, lose
-from tunnelgw.admin import is_own_host
+from tunnelgw.admin import admin_site, is_own_host
+from tunnelgw.core.config import ConfigError, parse_config
+from tunnelgw.service import GatewayService
 from tunnelgw.core.redact import fingerprint
 from tunnelgw.web import access_log_formatter
 
@@ -277,3 +279,23 @@ class ChunkedBodyTests(TestCase):
             big.protocol.dataReceived(b"400\r\n" + b"x" * 1024 + b"\r\n")
         self.assertEqual(status_of(big), 413)
         self.assertTrue(big.disconnecting)
+
+
+class AdminListenTests(TestCase):
+    """An AdminListen other hosts can reach needs the word ``public``; loopback and UNIX sockets do not."""
+
+    def test_non_loopback_needs_public(self) -> None:
+        """tcp:port=9090 (every interface) is a FILE:LINE problem; with ``public`` it is accepted (and warned about)."""
+        with self.assertRaises(ConfigError) as raised:
+            parse_config("Listen tcp:port=0\nAdminListen tcp:port=9090\n", "gw.conf")
+        self.assertIn("gw.conf:2: AdminListen tcp:port=9090 is reachable from other hosts", str(raised.exception))
+        with self.assertRaises(ConfigError):
+            parse_config("Listen tcp:port=0\nAdminListen tcp:port=9090:interface=0.0.0.0 publik\n", "gw.conf")
+        config = parse_config("Listen tcp:port=0\nAdminListen tcp:port=9090 public\n"
+                              "AdminListen tcp:port=9091:interface=127.0.0.1\nAdminListen unix:/run/a.sock\n", "gw.conf")
+        self.assertEqual([a.endpoint for a in config.admin_listeners],
+                         ["tcp:port=9090", "tcp:port=9091:interface=127.0.0.1", "unix:/run/a.sock"])
+        log = capture_log(self)
+        admin_site(GatewayService(config, MemoryReactorClock()).factory, lambda: False, "tcp:port=9090")
+        admin_site(GatewayService(config, MemoryReactorClock()).factory, lambda: False, "unix:/run/a.sock")
+        self.assertEqual(len([line for line in log if "serves the session list and close to the network" in line]), 1)

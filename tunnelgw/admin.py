@@ -21,12 +21,16 @@ import ipaddress
 import json
 from typing import Any, Callable, Optional
 
+from twisted.logger import Logger
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
+from tunnelgw.core.hostpattern import listener_is_local
 from tunnelgw.core.relay import CLOSE_POLICY, Close
 
 __all__ = ["ADMIN_CLOSE", "AdminResource", "admin_site", "is_own_host"]
+
+_log = Logger(namespace="tunnelgw")
 
 #: The close a session gets when an operator closes it.
 ADMIN_CLOSE = Close(CLOSE_POLICY, "closed by the gateway administrator")
@@ -106,8 +110,11 @@ class AdminResource(Resource):
         return _plain(request, 404, "not found (see /healthz, /metrics, /sessions)")
 
 
-def admin_site(factory: Any, draining: Callable[[], bool]) -> Site:
-    """A Site serving :class:`AdminResource`."""
+def admin_site(factory: Any, draining: Callable[[], bool], endpoint: str = "") -> Site:
+    """A Site serving :class:`AdminResource` on endpoint; a warning when other hosts can reach it."""
+    if endpoint and not listener_is_local(endpoint):
+        _log.warn("AdminListen {endpoint} serves the session list and close to the network (written 'public')",
+                  endpoint=endpoint)
     site = Site(AdminResource(factory, draining), timeout=60)
     site.displayTracebacks = False
     return site

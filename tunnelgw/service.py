@@ -209,7 +209,7 @@ class GatewayService(Service):
             if where in admin_places:
                 from tunnelgw.admin import admin_site
 
-                factory: Any = admin_site(self.factory, lambda: self.draining)
+                factory: Any = admin_site(self.factory, lambda: self.draining, description)
             else:
                 factory = demo_factory(demo_kinds[where]) if where in demo_kinds else self.front
             ports = self.admin_ports if where in admin_places else self.ports

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, replace
 from typing import Callable, Iterator, Optional, Union
 
 from tunnelgw.core.errors import ConfigError, Location, Problem
+from tunnelgw.core.hostpattern import listener_is_local
 from tunnelgw.core.wsurl import is_websocket_target, parse_websocket_url
 from tunnelgw.core.topoconfig import TOPOLOGY_DIRECTIVES, TopologyConfig, TopologyParser
 
@@ -552,8 +553,13 @@ def parse_config(text: str, filename: str = "<config>", require_listeners: bool 
                 shutdown_timeout = value
 
         elif name == "adminlisten":
-            if len(args) != 1:
+            # Issue 11: the admin API (session list, close) leaves the host only when the operator says so.
+            public = args[1:] == ["public"]
+            if not 1 <= len(args) <= 2 or (len(args) == 2 and not public):
                 problem("AdminListen takes one server endpoint string, e.g. AdminListen tcp:port=9090:interface=127.0.0.1")
+            elif not public and not listener_is_local(args[0]):
+                problem(f"AdminListen {args[0]} is reachable from other hosts (not loopback nor a UNIX socket); "
+                        "write 'public' after it to serve the session list and close to the network")
             else:
                 admin_listeners.append(Listener(args[0], where))
 

@@ -10,8 +10,8 @@ import ipaddress
 import re
 from typing import Optional, Sequence
 
-__all__ = ["capture_may_change_host", "host_matches", "host_pattern_problem", "substituted_host_problem",
-           "target_host"]
+__all__ = ["capture_may_change_host", "host_matches", "host_pattern_problem", "listener_is_local",
+           "substituted_host_problem", "target_host"]
 
 _NAME = re.compile(r"(?=.{1,253}\Z)[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*")
 # What a capture substituted into a host may contain without changing which host is meant:
@@ -121,3 +121,28 @@ def substituted_host_problem(template: Optional[str], host: Optional[str], piece
     if address_shaped and not _is_ip_literal(host):
         return f"{host!r} is not an IP address (the host {template!r} takes addresses only)"
     return None
+
+
+def listener_is_local(endpoint: str) -> bool:
+    """
+    Whether a server endpoint string listens only where this host alone can
+    connect: a UNIX socket, or tcp/ssl with a loopback ``interface=`` (no
+    interface: every one).  ``systemd:`` sockets are the unit's to place and
+    count as local; ``haproxy:`` is judged by the endpoint it wraps.
+    """
+    kind, _, rest = endpoint.partition(":")
+    kind = kind.lower()
+    if kind == "haproxy":
+        return listener_is_local(rest)
+    if kind in ("unix", "systemd"):
+        return True
+    if kind not in ("tcp", "tcp6", "ssl"):
+        return False
+    for word in re.split(r"(?<!\\):", rest):
+        key, eq, value = word.partition("=")
+        if eq and key.lower() == "interface":
+            try:
+                return ipaddress.ip_address(value.replace("\\:", ":")).is_loopback
+            except ValueError:
+                return False
+    return False
