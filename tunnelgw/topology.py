@@ -136,7 +136,7 @@ class Topology:
         client, problem = resolve_client(host, self.config.trusted_proxies, {header: values}, header)
         if problem is not None:
             _log.info("client address from peer={peer} path={path!r}: {problem}",
-                      peer=host, path=request.path.decode("latin-1"), problem=problem)
+                      peer=host, path=self.redact(request.path.decode("latin-1")), problem=problem)
         return client
 
     # Requests.
