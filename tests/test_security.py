@@ -6,6 +6,8 @@ on a ``MemoryReactorClock`` with clients on ``StringTransport`` (see
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +41,13 @@ def ask(gw: Gateway, request: bytes) -> StringTransport:
     return client
 
 
+def temporary_file(case: TestCase) -> Path:
+    """A path in a fresh temporary folder, removed after the test (trial's mktemp writes below the working directory)."""
+    folder = Path(tempfile.mkdtemp(prefix="tunnelgw-security-"))
+    case.addCleanup(shutil.rmtree, folder, True)
+    return folder / "tokens"
+
+
 def capture_log(case: TestCase) -> list[str]:
     """The text of every log event from now until the end of the test."""
     lines: list[str] = []
@@ -61,7 +70,7 @@ class HandshakeRateTests(TestCase):
 
     def setUp(self) -> None:
         self.patch(txaio.config, "loop", MemoryReactorClock())
-        tokens = Path(self.mktemp())
+        tokens = temporary_file(self)
         tokens.write_text("desk1: 127.0.0.2:5901\n")
         self.gw = Gateway(f"Limit rate=3\nTokenSource files file {tokens} allow=127.0.0.2:5901 reload=0\n"
                           "TokenRoute /vnc files\nTokenLookup /lookup /vnc\nGatewayURL ws://gw\n")
@@ -198,7 +207,7 @@ class RedactionTests(TestCase):
     def setUp(self) -> None:
         self.patch(txaio.config, "loop", MemoryReactorClock())
         self.log = capture_log(self)
-        tokens = Path(self.mktemp())
+        tokens = temporary_file(self)
         tokens.write_text("secretdesk1: 127.0.0.2:5901\nsecretremote: 127.0.0.3:5901\n")
         self.gw = Gateway(f"TokenSource files file {tokens} allow=127.0.0.0/8:5901 reload=0\n"
                           "TokenRoute /vnc files\nTokenRoute /desk files from=path\n"
