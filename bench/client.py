@@ -69,12 +69,13 @@ def client_frame(payload: bytes, opcode: int = 2, mask: bytes = _MASK) -> bytes:
     return head + mask + apply_mask(payload, mask)
 
 
-def handshake_request(host: str, port: int, path: str) -> bytes:
-    """An opening handshake offering the ``binary`` subprotocol."""
+def handshake_request(host: str, port: int, path: str, secure: bool = False) -> bytes:
+    """An opening handshake offering the ``binary`` subprotocol, from a page of the server's own origin."""
     key = base64.b64encode(os.urandom(16)).decode()
+    scheme = "https" if secure else "http"
     return (f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\n"
             f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
-            f"Sec-WebSocket-Protocol: binary\r\nOrigin: http://{host}:{port}\r\n\r\n").encode()
+            f"Sec-WebSocket-Protocol: binary\r\nOrigin: {scheme}://{host}:{port}\r\n\r\n").encode()
 
 
 def _tls_context() -> ssl.SSLContext:
@@ -104,7 +105,8 @@ class Connection:
         self.data_frame = True
         self.closed = False
         if self.ws:
-            sock.sendall(handshake_request(target["host"], target["port"], target.get("path", "/")))
+            sock.sendall(handshake_request(target["host"], target["port"], target.get("path", "/"),
+                                           self.kind == "wss"))
             while b"\r\n\r\n" not in self.buf:
                 chunk = sock.recv(65536)
                 if not chunk:

@@ -265,7 +265,7 @@ class Apache:
     generated configuration in tmp, serving ``site`` (server context text).
     """
 
-    MODULES = ("mpm_event", "authz_core", "proxy", "proxy_http", "proxy_wstunnel", "socache_shmcb", "ssl")
+    MODULES = ("mpm_event", "authz_core", "headers", "proxy", "proxy_http", "proxy_wstunnel", "socache_shmcb", "ssl")
 
     def __init__(self, tmp: Path, site: str, port: int) -> None:
         self.port = port

@@ -55,6 +55,7 @@ def gateway(tmp_path: Path, desktop: Xvnc, pki: Pki) -> Iterator[GatewayProcess]
     config = f"""
 Listen tcp:port=0:interface=127.0.0.1
 Listen ssl:port=0:interface=127.0.0.1:privateKey={pki.server_key}:certKey={pki.server_cert}:extraCertChain={pki.chain}
+TrustedProxy 127.0.0.1
 Alias /novnc {NOVNC}
 ProxyPass /websockify {desktop.endpoint}
 """

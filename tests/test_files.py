@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Iterator
 
 import pytest
-from hypothesis import given
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from twisted.internet.testing import MemoryReactor
 from websockets.exceptions import InvalidStatus
@@ -97,6 +97,11 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[GatewayProc
     for name in ("ui.js", "mod.mjs", "code.wasm", "logo.svg", "data.json", "blob.unknownext", "script.rpy"):
         (root / "app" / name).write_bytes(b"x" * 10)
     (tmp / "secret.txt").write_text("secret")
+    (root / "link").symlink_to(tmp)  # a link out of the folder
+    (root / "app" / "same.js").symlink_to(root / "app" / "ui.js")  # a link inside it
+    (root / ".env").write_text("secret")
+    (root / ".git").mkdir()
+    (root / ".git" / "config").write_text("secret")
     with TcpServer(echo) as backend:
         config = f"""
 Listen tcp:port=0:interface=127.0.0.1
@@ -175,3 +180,25 @@ def test_precedence_with_routes(site: tuple[GatewayProcess, Path]) -> None:
     with pytest.raises(InvalidStatus) as e:
         connect(f"ws://127.0.0.1:{site[0].port()}/web/index.html", open_timeout=5)
     assert e.value.response.status_code == 404
+
+
+@pytest.mark.parametrize("path", ["/web/link/secret.txt", "/web/link/", "/web/.env", "/web/.git/config",
+                                  "/web/.git/", "/web/%2eenv", "/web/app/sub/../../.env"])
+def test_links_out_and_dot_files_refused(site: tuple[GatewayProcess, Path], path: str) -> None:
+    """A symbolic link leading outside the folder and dot-files or dot-folders are 404, never served."""
+    got, _, body = get(site[0], path)
+    assert (got, b"secret" in body) == (404, False)
+
+
+def test_links_inside_the_folder_served(site: tuple[GatewayProcess, Path]) -> None:
+    """A symbolic link that stays inside the folder is served like the file it names."""
+    assert get(site[0], "/web/app/same.js")[::2] == (200, b"x" * 10)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.sampled_from(["link", ".env", ".git", "config", "secret.txt", "app", "..", ".", "%2e%2e",
+                                 "%2eenv", "ui.js", "same.js", "", "%2f", "sub"]), min_size=1, max_size=5))
+def test_free_form_alias_paths_never_leak(site: tuple[GatewayProcess, Path], segments: list[str]) -> None:
+    """Whatever the path below an alias, nothing outside its folder nor any dot-file is ever sent."""
+    got, _, body = get(site[0], "/web/" + "/".join(segments))
+    assert b"secret" not in body, (segments, got)

@@ -6,6 +6,7 @@ a graceful drain on SIGTERM.
 
 from __future__ import annotations
 
+import http.client as http_client
 import json
 import re
 import signal
@@ -66,6 +67,11 @@ ProxyPass /echo {backend.endpoint}
         assert http(admin, "/")[0] == 200
         assert http(admin, "/nothing")[0] == 404
         assert http(admin, "/../../etc/passwd")[0] == 404
+        # DNS rebinding: a page at rebind.example:PORT reaching the admin listener is refused.
+        conn = http_client.HTTPConnection("127.0.0.1", admin, timeout=5)
+        conn.request("GET", "/sessions", headers={"Host": f"rebind.example:{admin}"})
+        assert conn.getresponse().status == 403
+        conn.close()
         with pytest.raises(InvalidStatus):
             connect(f"ws://127.0.0.1:{gw.port()}/echo", subprotocols=["nope"], open_timeout=5)
         with connect(f"ws://127.0.0.1:{gw.port()}/echo", open_timeout=5) as ws:

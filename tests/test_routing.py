@@ -52,7 +52,10 @@ def test_captured_values_cannot_inject_endpoint_parameters() -> None:
     """A captured value with ':' or '=' is refused: a path never adds endpoint parameters or hosts."""
     refused = choose_route(RULES, b"/h/evil:port=22")
     assert isinstance(refused, Reject) and refused.status == 400
-    assert target(b"/h/desk-3.example") == "tcp:host=desk-3.example:port=5900"
+    assert target(b"/h/192.0.2.3") == "tcp:host=192.0.2.3:port=5900"
+    # A whole-host capture takes addresses only: a name would let the client's DNS choose.
+    assert choose_route(RULES, b"/h/desk-3.example") == Reject(404, "no route for this path: its value may not "
+                                                                     "choose the backend host")
     assert isinstance(choose_route(RULES, b"/h/.."), Reject)
 
 

@@ -67,6 +67,8 @@ def test_captured_values_cannot_reach_an_unconfigured_target(host_path: bytes, a
         assert host or sock, route.target
         for value in (host.groups() if host else sock.groups()):  # type: ignore[union-attr]
             assert _SAFE.fullmatch(value) and value not in (".", "..")
+        if host:  # a name template: the capture stays one label inside the operator's zone
+            assert "." not in host.group(1)
 
 
 def test_endpoint_syntax_in_captures_is_refused() -> None:
@@ -82,3 +84,36 @@ def test_unrouted_paths_are_404() -> None:
     for raw in (b"/", b"/vncx", b"/host/x", b"/etc/passwd", b"/%2e%2e/etc/passwd"):
         route = choose_route(_RULES, raw)
         assert isinstance(route, Reject) and route.status in (400, 404)
+
+
+_ADDRESS_RULES = RuleSet(parse_config("""Listen tcp:0
+ProxyPassMatch ^/vm/([^/]+)$ ws://10.0.0.$1:5700/
+ProxyPassMatch ^/tcp/([^/]+)$ tcp:10.1.0.$1:5900
+ProxyPassMatch ^/ip/([^/]+)$ tcp:host=$1:port=5900
+ProxyPassMatch ^/v6/([^/]+)$ wss://[fd00::$1]:5700/
+"""))
+
+
+def test_capture_in_an_address_cannot_become_a_dns_name() -> None:
+    """``/vm/5.attacker.example`` would reach ``10.0.0.5.attacker.example`` (the attacker's DNS): 404."""
+    assert choose_route(_ADDRESS_RULES, b"/vm/5").target == "ws://10.0.0.5:5700/"  # type: ignore[union-attr]
+    assert choose_route(_ADDRESS_RULES, b"/tcp/7").target == "tcp:10.1.0.7:5900"  # type: ignore[union-attr]
+    assert choose_route(_ADDRESS_RULES, b"/ip/192.0.2.5").target == "tcp:host=192.0.2.5:port=5900"  # type: ignore[union-attr]
+    assert choose_route(_ADDRESS_RULES, b"/v6/1a").target == "wss://[fd00::1a]:5700/"  # type: ignore[union-attr]
+    for raw in (b"/vm/5.attacker.example", b"/vm/0.5", b"/vm/999", b"/vm/x", b"/tcp/5.evil.example",
+                b"/ip/attacker.example", b"/ip/localhost", b"/v6/zz", b"/vm/5%2eattacker.example"):
+        route = choose_route(_ADDRESS_RULES, raw)
+        assert isinstance(route, Reject) and route.status == 404, (raw, route)
+
+
+@settings(max_examples=300)
+@given(st.text(alphabet="0123456789abcdefxyz.-", min_size=1, max_size=24))
+def test_address_templates_yield_only_ip_literals(value: str) -> None:
+    """For any captured value, an address-shaped target is routed only to an IP literal."""
+    import ipaddress
+
+    for prefix in (b"/vm/", b"/ip/", b"/tcp/"):
+        route = choose_route(_ADDRESS_RULES, prefix + value.encode())
+        if isinstance(route, Route):
+            host = re.split(r"[:/]+", route.target.replace("host=", ""))[1]
+            ipaddress.ip_address(host)

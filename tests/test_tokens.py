@@ -13,7 +13,7 @@ from tunnelgw.core.tokens import (FileTokens, SignedTokens, TargetAddress, check
                              parse_token_text)
 from tunnelgw.core.topoconfig import AllowedTarget, TokenSourceSpec
 
-ALLOW = (AllowedTarget("127.0.0.*", 5900, 5999), AllowedTarget("desk?.example", 5901, 5901))
+ALLOW = (AllowedTarget("127.0.0.0/24", 5900, 5999), AllowedTarget("desk1.example", 5901, 5901))
 SECRET = b"0123456789abcdef0123456789abcdef"
 
 
@@ -68,7 +68,7 @@ def test_extract_token_from_query_path_and_host() -> None:
     assert extract_token("host", "token", "", "", "desk1.vdi.example:8443") == "desk1"
     assert extract_token("query", "token", "", "other=1", "") == Reject(403, "missing token")
     assert extract_token("path", "token", "", "", "") == Reject(403, "missing token")
-    assert extract_token("query", "token", "", "token=a%00b", "") == Reject(403, "malformed token")
+    assert extract_token("query", "token", "", "token=a%00b", "") == Reject(403, "invalid token")
 
 
 class Files:
@@ -85,11 +85,11 @@ class Files:
 
 
 def test_file_tokens_lookup_unknown_and_bad_target() -> None:
-    """Known tokens give their target; unknown ones 404; forbidden targets 403."""
+    """Known tokens give their target; unknown ones and forbidden targets the uniform 403."""
     files = Files("a: 127.0.0.2:5901\nb: 10.1.1.1:5901\nc: garbage\n")
     source = FileTokens(spec(), files.read, lambda p: files.stamp)
     assert source.lookup("a", 0.0, "c") == TargetAddress("127.0.0.2", 5901)
-    assert source.lookup("zz", 0.0, "c") == Reject(404, "unknown token")
+    assert source.lookup("zz", 0.0, "c") == Reject(403, "invalid token")
     assert source.lookup("b", 0.0, "c").status == 403  # type: ignore[union-attr]
     assert source.lookup("c", 0.0, "c").status == 403  # type: ignore[union-attr]
 
@@ -113,7 +113,7 @@ def test_file_tokens_missing_file_means_no_tokens() -> None:
     source = FileTokens(spec(reload=0), files.read, lambda p: files.stamp)
     assert isinstance(source.lookup("a", 0.0, "c"), TargetAddress)
     files.stamp = None
-    assert source.lookup("a", 1.0, "c") == Reject(404, "unknown token")
+    assert source.lookup("a", 1.0, "c") == Reject(403, "invalid token")
 
 
 def sign(claims: dict[str, object], secret: bytes = SECRET) -> str:
@@ -126,10 +126,10 @@ def test_signed_tokens_every_refusal() -> None:
     source = SignedTokens(spec("jwt"), SECRET)
     good = {"host": "127.0.0.2", "port": 5901, "exp": 200}
     assert source.lookup(sign(good), 100.0, "127.0.0.9") == TargetAddress("127.0.0.2", 5901)
-    assert source.lookup(sign(good, b"x" * 32), 100.0, "c").reason == "token signature is not valid"  # type: ignore[union-attr]
-    assert source.lookup(sign({"host": "127.0.0.2", "port": 5901}), 100.0, "c").reason == "token has no expiry (exp)"  # type: ignore[union-attr]
-    assert source.lookup(sign(good), 200.0, "c") == Reject(403, "token expired")
-    assert source.lookup(sign(good | {"nbf": 150}), 100.0, "c").reason == "token not valid yet"  # type: ignore[union-attr]
+    assert source.lookup(sign(good, b"x" * 32), 100.0, "c").detail == "token signature is not valid"  # type: ignore[union-attr]
+    assert source.lookup(sign({"host": "127.0.0.2", "port": 5901}), 100.0, "c").detail == "token has no expiry (exp)"  # type: ignore[union-attr]
+    assert source.lookup(sign(good), 200.0, "c").detail == "token expired"  # type: ignore[union-attr]
+    assert source.lookup(sign(good | {"nbf": 150}), 100.0, "c").detail == "token not valid yet"  # type: ignore[union-attr]
     assert source.lookup(sign(good | {"port": 22}), 100.0, "c").status == 403  # type: ignore[union-attr]
     assert source.lookup(sign(good | {"host": "a=b"}), 100.0, "c").status == 403  # type: ignore[union-attr]
     assert source.lookup("not.a.token", 100.0, "c").status == 403  # type: ignore[union-attr]
@@ -142,4 +142,46 @@ def test_signed_tokens_bound_to_address() -> None:
     source = SignedTokens(spec("jwt", bind=True), SECRET)
     token = sign({"host": "127.0.0.2", "port": 5901, "exp": 200, "addr": "127.0.0.9"})
     assert source.lookup(token, 100.0, "127.0.0.9") == TargetAddress("127.0.0.2", 5901)
-    assert source.lookup(token, 100.0, "127.0.0.8") == Reject(403, "token is bound to another client address")
+    refused = source.lookup(token, 100.0, "127.0.0.8")
+    assert refused == Reject(403, "invalid token") and refused.detail == "token is bound to another client address"  # type: ignore[union-attr]
+
+
+def test_signed_tokens_refuse_non_finite_times_and_odd_ports() -> None:
+    """exp NaN/Infinity, boolean exp, a port of '²' or ' 5901' are the uniform 403; a digit string port works."""
+    source = SignedTokens(spec("jwt"), SECRET)
+    good = {"host": "127.0.0.2", "port": 5901, "exp": 200}
+    assert source.lookup(sign(good | {"port": "5901"}), 100.0, "c") == TargetAddress("127.0.0.2", 5901)
+    for bad in ({"exp": float("nan")}, {"exp": float("inf")}, {"exp": True}, {"nbf": float("-inf")},
+                {"nbf": float("nan")}, {"port": "²"}, {"port": "٥٩٠١"}, {"port": " 5901"}, {"port": True},
+                {"port": 0}, {"port": "65536"}):
+        assert source.lookup(sign(good | bad), 100.0, "c") == Reject(403, "invalid token"), bad
+
+
+def test_unknown_expired_and_malformed_tokens_answer_alike() -> None:
+    """Unknown, expired, malformed and forbidden-target tokens give the same status and reason (body)."""
+    files = Files("a: 127.0.0.2:5901\nb: 10.1.1.1:5901\n")
+    file_source = FileTokens(spec(), files.read, lambda p: files.stamp)
+    jwt_source = SignedTokens(spec("jwt"), SECRET)
+    answers = {(r.status, r.reason) for r in (  # type: ignore[union-attr]
+        file_source.lookup("zz", 0.0, "c"), file_source.lookup("b", 0.0, "c"),
+        extract_token("query", "token", "", "token=a%00b", ""),
+        jwt_source.lookup(sign({"host": "127.0.0.2", "port": 5901, "exp": 1}), 100.0, "c"),
+        jwt_source.lookup("not.a.token", 100.0, "c"), jwt_source.lookup(sign({"host": "x"}, b"y" * 32), 0.0, "c"))}
+    assert answers == {(403, "invalid token")}
+
+
+@given(st.text(max_size=60))
+def test_any_token_text_gets_a_target_or_the_uniform_answer(token: str) -> None:
+    """Whatever a client sends as a token, lookup never raises and refuses with the one answer."""
+    source = SignedTokens(spec("jwt"), SECRET)
+    answer = source.lookup(token, 100.0, "c")
+    assert isinstance(answer, TargetAddress) or (answer.status, answer.reason) == (403, "invalid token")
+
+
+def test_short_hs256_secret_refused() -> None:
+    """A 16-byte secret is refused when the source is built; 32 bytes work."""
+    import pytest
+    from tunnelgw.core.tokens import make_token_source
+    with pytest.raises(ValueError, match="32 bytes"):
+        make_token_source(spec("jwt"), lambda p: b"x" * 16)
+    assert isinstance(make_token_source(spec("jwt"), lambda p: b"x" * 32), SignedTokens)

@@ -27,13 +27,13 @@ def test_full_topology_parses() -> None:
         "  ProxySet lbmethod=bybusyness retry=5\n"
         "</Proxy>\n"
         "ProxyPass /pool balancer://desks\n"
-        "TokenSource files dir /etc/tokens allow=127.0.0.*:5900-5999 reload=1\n"
-        "TokenSource signed jwt /etc/secret allow=desk*.example:5901 bind=address\n"
+        "TokenSource files dir /etc/tokens allow=127.0.0.0/8:5900-5999 reload=1\n"
+        "TokenSource signed jwt /etc/secret allow=desk1.example:5901 bind=address\n"
         "TokenRoute /vnc files\n"
         "TokenRoute /desk signed from=path connecttimeout=3\n"
         "TokenLookup /lookup /vnc\n"
         "GatewayURL ws://127.0.0.2:8080\n"
-        "GatewayOwner ws://127.0.0.3:8080 127.0.0.3 desk3.*\n"
+        "GatewayOwner ws://127.0.0.3:8080 127.0.0.3 desk3.example\n"
         "TrustedProxy 127.0.0.1 10.0.0.0/8\n"
         "OriginAllow /vnc https://vdi.example http://localhost:8000/\n"), "gw.conf")
     topo = config.topology
@@ -46,7 +46,7 @@ def test_full_topology_parses() -> None:
     assert [(r.path, r.origin, r.connect_timeout) for r in topo.token_routes] == [("/vnc", "query", 10.0),
                                                                                   ("/desk", "path", 3.0)]
     assert topo.gateway_url == "ws://127.0.0.2:8080"
-    assert topo.owners[0].host_globs == ("127.0.0.3", "desk3.*")
+    assert topo.owners[0].host_globs == ("127.0.0.3", "desk3.example")
     assert topo.trusted_proxies == (ipaddress.ip_network("127.0.0.1/32"), ipaddress.ip_network("10.0.0.0/8"))
     assert topo.origins[0].origins == ("https://vdi.example", "http://localhost:8000")
 
@@ -98,16 +98,31 @@ def test_token_mistakes() -> None:
         "TrustedProxy 127.0.0.1 nothost\n"
         "OriginAllow vnc https://x\n")
     assert found == [
-        "gw.conf:2: TokenSource needs at least one allow=HOSTGLOB:PORTS: tokens may not name any host",
-        "gw.conf:3: allow takes HOSTGLOB:PORT or HOSTGLOB:LOW-HIGH, e.g. 10.0.*:5900-5999, got '*:0'",
-        "gw.conf:3: TokenSource needs at least one allow=HOSTGLOB:PORTS: tokens may not name any host",
+        "gw.conf:2: TokenSource needs at least one allow=HOST:PORTS: tokens may not name any host",
+        "gw.conf:3: allow takes HOST:PORT or HOST:LOW-HIGH with HOST a CIDR block, address or exact name, "
+            "e.g. 10.0.0.0/16:5900-5999, got '*:0'",
+        "gw.conf:3: TokenSource needs at least one allow=HOST:PORTS: tokens may not name any host",
         "gw.conf:4: bind=address needs signed tokens (kind jwt)",
         "gw.conf:5: TokenSource takes a name, a kind (file, dir, jwt), a path (for jwt: a file holding the secret) "
-        "and allow=HOSTGLOB:PORTS options",
+        "and allow=HOST:PORTS options",
         "gw.conf:6: from takes one of query, path, host, got 'cookie'",
         "gw.conf:9: TrustedProxy takes IP addresses or networks, got 'nothost'",
         "gw.conf:10: OriginAllow takes a path and the allowed origins, e.g. OriginAllow /vnc https://vdi.example",
         "gw.conf:6: no TokenSource named 'nosuch'",
         "gw.conf:7: no TokenRoute at '/nothere'",
         "gw.conf:8: GatewayOwner needs GatewayURL (this gateway's own URL)",
+    ]
+
+
+def test_trusted_proxy_header() -> None:
+    """TrustedProxy header= names the one header the client address is read from (X-Forwarded-For by default)."""
+    assert parse_config(HEAD + "TrustedProxy 127.0.0.1\n", "gw.conf").topology.proxy_header == "x-forwarded-for"
+    topo = parse_config(HEAD + "TrustedProxy 127.0.0.2 header=Forwarded\nTrustedProxy 10.0.0.0/8\n", "gw.conf").topology
+    assert (topo.proxy_header, len(topo.trusted_proxies)) == ("forwarded", 2)
+    assert problems("TrustedProxy 127.0.0.1 header=x-real-ip\nTrustedProxy 127.0.0.2 header=forwarded\n"
+                    "TrustedProxy 127.0.0.3 header=x-forwarded-for\nTrustedProxy header=forwarded\n") == [
+        "gw.conf:2: header takes one of x-forwarded-for, forwarded, got 'x-real-ip'",
+        "gw.conf:4: TrustedProxy header=x-forwarded-for contradicts header=forwarded at gw.conf:3: "
+        "the client address comes from one header",
+        "gw.conf:5: TrustedProxy takes addresses or networks, e.g. TrustedProxy 127.0.0.1 10.1.0.0/16",
     ]

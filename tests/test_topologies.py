@@ -28,6 +28,7 @@ from websockets.sync.client import ClientConnection, connect
 
 from fronts import apache_config, free_port, haproxy_config, nginx_config
 from support import REPO, GatewayProcess, TcpServer, subprocess_env, twistd_command, wait_until
+from tunnelgw.core.redact import fingerprint
 
 SECRET = b"topology-test-secret-0123456789abcdef"
 HOSTS = ("127.0.0.2", "127.0.0.3")
@@ -111,7 +112,7 @@ def test_token_file_routing_origins_and_rejections(tmp_path: Path, desktops: dic
     tokens = tmp_path / "tokens"
     tokens.write_text(f"# websockify format\ndesk2: 127.0.0.2:{p2}\nfar: 10.9.9.9:{p2}\nssh: 127.0.0.2:22\n")
     config = (f"Listen tcp:port=0:interface=127.0.0.4\n"
-              f"TokenSource files file {tokens} allow=127.0.0.*:1024-65535 reload=0\n"
+              f"TokenSource files file {tokens} allow=127.0.0.0/8:1024-65535 reload=0\n"
               f"TokenRoute /vnc files\n"
               f"TokenRoute /desk files from=path\n"
               f"TokenRoute /byhost files from=host\n"
@@ -127,10 +128,12 @@ def test_token_file_routing_origins_and_rejections(tmp_path: Path, desktops: dic
         assert greeting(f"{base}/vnc?token=desk3", **ok) == "desk 127.0.0.3"  # type: ignore[arg-type]
 
         assert refusal(f"{base}/vnc", **ok)[:2] == (403, "403 missing token\n")  # type: ignore[arg-type]
-        assert refusal(f"{base}/vnc?token=nope", **ok)[:2] == (404, "404 unknown token\n")  # type: ignore[arg-type]
-        assert refusal(f"{base}/vnc?token=far", **ok)[0] == 403  # type: ignore[arg-type]
-        assert refusal(f"{base}/desk/ssh")[0] == 403
-        assert refusal(f"{base}/desk/bad%21token")[:2] == (403, "403 malformed token\n")
+        # Unknown, forbidden and malformed tokens get one answer, so probing tells nothing.
+        same = (403, "403 invalid token\n")
+        assert refusal(f"{base}/vnc?token=nope", **ok)[:2] == same  # type: ignore[arg-type]
+        assert refusal(f"{base}/vnc?token=far", **ok)[:2] == same  # type: ignore[arg-type]
+        assert refusal(f"{base}/desk/ssh")[:2] == same
+        assert refusal(f"{base}/desk/bad%21token")[:2] == same
         assert refusal(f"{base}/vnc?token=desk2", origin="http://evil.example")[0] == 403
         assert refusal(f"{base}/vnc?token=desk2")[0] == 403  # no Origin at all
         with pytest.raises(urllib.error.HTTPError) as plain:
@@ -141,6 +144,8 @@ def test_token_file_routing_origins_and_rejections(tmp_path: Path, desktops: dic
                        "malformed token", "origin 'http://evil.example' is not allowed", "origin '(none)'"):
             assert f"reason='{reason}" in log or reason in log, reason
         assert len(re.findall(r"request refused .* status=40[34]", log)) == 7
+        # The operator's why names a token by its fingerprint only.
+        assert re.search(rf"token refused .*token={fingerprint('nope')} .*detail='unknown token'", log)
         assert "status=426" in log
 
 
@@ -179,7 +184,7 @@ def test_redirect_mode_direct_lookup_and_behind_balancer(tmp_path: Path, desktop
             assert json.load(answer) == {"url": f"{urls['127.0.0.2']}/vnc?token=desk2", "gateway": urls["127.0.0.2"]}
         with pytest.raises(urllib.error.HTTPError) as raised:
             urllib.request.urlopen(f"{http}/lookup?token=nope", timeout=10)
-        assert raised.value.code == 404
+        assert (raised.value.code, raised.value.read()) == (403, b"403 invalid token\n")
 
         # Topology 2: HAProxy spreads first connections round-robin; redirects do the rest.
         front = free_port("127.0.0.5")
@@ -312,7 +317,7 @@ def test_gateway_pool_behind_haproxy_source_balance(tmp_path: Path, desktops: di
     secret = tmp_path / "secret"
     secret.write_bytes(SECRET)
     p2 = desktops["127.0.0.2"].port
-    common = (f"TokenSource signed jwt {secret} allow=127.0.0.*:1024-65535 bind=address\n"
+    common = (f"TokenSource signed jwt {secret} allow=127.0.0.0/8:1024-65535 bind=address\n"
               "TokenRoute /vnc signed\n")
     gws = {host: GatewayProcess(f"Listen haproxy:tcp:port=0:interface={host}\n" + common, tmp_path,
                                 f"gw{host[-1]}") for host in HOSTS}
@@ -335,13 +340,12 @@ def test_gateway_pool_behind_haproxy_source_balance(tmp_path: Path, desktops: di
             assert served["127.0.0.2"] | served["127.0.0.3"] == {f"127.0.0.{i}" for i in range(20, 30)}
 
             bound = sign("127.0.0.2", p2, addr="127.0.0.20")
-            assert refusal(f"{base}?token={bound}", "127.0.0.21")[:2] == (
-                403, "403 token is bound to another client address\n")
-            assert refusal(f"{base}?token={sign('127.0.0.2', p2, -5, addr='127.0.0.20')}", "127.0.0.20")[:2] == (
-                403, "403 token expired\n")
+            same = (403, "403 invalid token\n")
+            assert refusal(f"{base}?token={bound}", "127.0.0.21")[:2] == same
+            assert refusal(f"{base}?token={sign('127.0.0.2', p2, -5, addr='127.0.0.20')}", "127.0.0.20")[:2] == same
             forged = jwt.encode({"host": "127.0.0.2", "port": p2, "exp": int(time.time()) + 60, "addr": "127.0.0.20"},
                                 b"another-secret-0123456789abcdefghijk", algorithm="HS256")
-            assert refusal(f"{base}?token={forged}", "127.0.0.20")[:2] == (403, "403 token signature is not valid\n")
+            assert refusal(f"{base}?token={forged}", "127.0.0.20")[:2] == same
             assert refusal(f"{base}?token={sign('127.0.0.2', 22, addr='127.0.0.20')}", "127.0.0.20")[0] == 403
     finally:
         for gw in gws.values():
@@ -354,8 +358,8 @@ def test_gateway_pool_behind_haproxy_source_balance(tmp_path: Path, desktops: di
 @pytest.mark.parametrize("front", ["nginx", "apache"])
 def test_reverse_proxy_in_front_passes_client_address(tmp_path: Path, desktops: dict[str, TcpServer],
                                                       front: str) -> None:
-    """Behind a trusted nginx or Apache (mod_proxy_wstunnel) the client address comes from X-Forwarded-For;
-    the same header from an untrusted peer is ignored."""
+    """Behind a trusted nginx or Apache (mod_proxy_wstunnel) the client address comes from X-Forwarded-For,
+    never from a client-sent Forwarded; the same header from an untrusted peer is ignored."""
     secret = tmp_path / "secret"
     secret.write_bytes(SECRET)
     p3 = desktops["127.0.0.3"].port
@@ -368,13 +372,17 @@ def test_reverse_proxy_in_front_passes_client_address(tmp_path: Path, desktops: 
                  else apache_config(tmp_path, f"127.0.0.8:{port}", upstream, "/vnc"))
         with proxy:
             token = sign("127.0.0.3", p3, addr="127.0.0.23")
-            with open_ws(f"ws://127.0.0.8:{port}/vnc?token={token}", "127.0.0.23") as ws:
+            # A client-sent Forwarded naming another address is not believed (only X-Forwarded-For is read).
+            with open_ws(f"ws://127.0.0.8:{port}/vnc?token={token}", "127.0.0.23",
+                         additional_headers={"Forwarded": "for=127.0.0.24"}) as ws:
                 assert ws.recv(timeout=10) == b"desk 127.0.0.3"
                 ws.send(b"through the front")
                 assert ws.recv(timeout=10) == b"through the front"
             assert re.search(r"session start .*client=127\.0\.0\.23 ", gw.log()), gw.log()[-2000:]
-            status, body, _ = refusal(f"ws://127.0.0.8:{port}/vnc?token={token}", "127.0.0.24")
-            assert (status, body) == (403, "403 token is bound to another client address\n")
+            status, body, _ = refusal(f"ws://127.0.0.8:{port}/vnc?token={token}", "127.0.0.24",
+                                      additional_headers={"Forwarded": "for=127.0.0.23"})
+            assert (status, body) == (403, "403 invalid token\n")
+            assert re.search(r"token refused client=127\.0\.0\.24 .*bound to another client address", gw.log())
         # Directly, from an untrusted peer, the header is not believed.
         assert refusal(f"ws://{upstream}/vnc?token={token}", "127.0.0.24",
                        additional_headers={"X-Forwarded-For": "127.0.0.23"})[0] == 403
@@ -457,3 +465,26 @@ def _free(host: str, port: int) -> bool:
         except OSError:
             return False
     return True
+
+
+def test_tokens_never_reach_the_log(tmp_path: Path, desktops: dict[str, TcpServer]) -> None:
+    """Query and path tokens, a lookup and a redirect: the gateway's log shows their fingerprints only."""
+    p2 = desktops["127.0.0.2"].port
+    tokens = tmp_path / "tokens"
+    tokens.write_text(f"qsecret2: 127.0.0.2:{p2}\npsecret2: 127.0.0.2:{p2}\nrsecret3: 127.0.0.3:{p2}\n")
+    config = ("Listen tcp:port=0:interface=127.0.0.4\n"
+              f"TokenSource files file {tokens} allow=127.0.0.0/8:{p2}\n"
+              "TokenRoute /vnc files\nTokenRoute /desk files from=path\nTokenLookup /lookup /vnc\n"
+              "GatewayURL ws://gw.example\nGatewayOwner ws://other.example 127.0.0.3\n")
+    with GatewayProcess(config, tmp_path) as gw:
+        base = f"ws://127.0.0.4:{gw.port()}"
+        assert greeting(f"{base}/vnc?token=qsecret2") == "desk 127.0.0.2"
+        assert greeting(f"{base}/desk/psecret2") == "desk 127.0.0.2"
+        assert refusal(f"{base}/vnc?token=rsecret3")[2]["Location"] == "ws://other.example/vnc?token=rsecret3"
+        assert refusal(f"{base}/desk/unknownsecret")[:2] == (403, "403 invalid token\n")
+        http = base.replace("ws://", "http://")
+        with urllib.request.urlopen(f"{http}/lookup?token=qsecret2", timeout=10) as answer:
+            assert json.load(answer)["url"] == "ws://gw.example/vnc?token=qsecret2"
+        gw.wait_log(r"session end .*path=/desk/tok:")
+        gw.wait_log(r"redirected .*location=ws://other\.example/vnc\?token=tok:")
+        assert "secret" not in gw.log(), gw.log()[-3000:]

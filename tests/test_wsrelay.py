@@ -89,5 +89,7 @@ def test_backend_target_substitution() -> None:
     route = choose_route(rules, b"/vm/desk7-5901")
     assert not isinstance(route, Reject)
     assert backend_target(route, b"a=1").url == "ws://desk7.vms.example:5901/?a=1"
-    refused = choose_route(rules, b"/vm/-5901")
+    refused = choose_route(rules, b"/vm/desk7-99999")  # a port out of range
     assert isinstance(refused, Reject) and refused.status == 400
+    # An empty label would change the host: refused by routing too.
+    assert isinstance(choose_route(rules, b"/vm/-5901"), Reject)

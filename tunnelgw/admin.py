@@ -12,25 +12,33 @@ Prometheus metrics and the live sessions, for operators only.
   from the page's form the answer is a 303 back to the page.
 
 Nothing else is served: every other path is 404; no file is ever read.
+A request whose ``Host`` is not the listener's own address (the address the
+connection reached, or ``localhost`` on loopback) is refused 403 before
+anything else, so that a web page using DNS rebinding cannot read
+``/sessions`` or close a session from an operator's browser.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 from twisted.logger import Logger
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
+from tunnelgw.core.hostpattern import listener_is_local
 from tunnelgw.core.relay import CLOSE_POLICY, Close
 from tunnelgw.logs import format_fields
 from tunnelgw.core.adminpage import PAGE_HEADERS, csrf_refusal, render_page
 from tunnelgw.core.clientaddr import format_address
 from tunnelgw.core.targets import ReplayTarget
 
-__all__ = ["ADMIN_CLOSE", "AdminResource", "admin_site"]
+__all__ = ["ADMIN_CLOSE", "AdminResource", "admin_site", "is_own_host"]
+
+_log = Logger(namespace="tunnelgw")
 
 _log = Logger(namespace="tunnelgw")
 #: Bytes of a close request's form body read (the page's form sends about 40).
@@ -38,6 +46,27 @@ _MAX_FORM = 4096
 
 #: The close a session gets when an operator closes it.
 ADMIN_CLOSE = Close(CLOSE_POLICY, "closed by the gateway administrator")
+
+
+def is_own_host(host: Optional[bytes], local: Any) -> bool:
+    """
+    Whether a request's Host names the admin listener itself: the local
+    address the connection reached (``ip:port``, ``[v6]:port``; the port may
+    be left out only when it is 80), or ``localhost`` when that address is
+    loopback.  Any Host passes on a UNIX socket (no browser reaches one).
+    """
+    ip, port = getattr(local, "host", None), getattr(local, "port", None)
+    if ip is None:
+        return True
+    if host is None:
+        return False
+    try:
+        loopback = ipaddress.ip_address(ip).is_loopback
+    except ValueError:
+        loopback = False
+    names = {f"[{ip}]" if ":" in ip else ip} | ({"localhost"} if loopback else set())
+    allowed = {f"{name}:{port}" for name in names} | (names if port == 80 else set())
+    return host.decode("latin-1").strip().lower() in allowed
 
 
 def _plain(request: Request, status: int, text: str) -> bytes:
@@ -67,7 +96,9 @@ class AdminResource(Resource):
         self._metrics = MetricsResource(registry=factory.metrics.registry)
 
     def render(self, request: Request) -> Any:
-        """Dispatch on the exact path; everything unknown is 404."""
+        """Dispatch on the exact path; everything unknown is 404, a foreign Host 403."""
+        if not is_own_host(request.getHeader(b"host"), request.getHost()):
+            return _plain(request, 403, "Host is not this admin listener's address")
         parts = request.path.split(b"/")[1:]
         method = request.method
         if parts == [b""] and method in (b"GET", b"HEAD"):
@@ -155,8 +186,11 @@ class AdminResource(Resource):
                            replay[0] if replay else "").encode("utf-8")
 
 
-def admin_site(factory: Any, draining: Callable[[], bool]) -> Site:
-    """A Site serving :class:`AdminResource`."""
+def admin_site(factory: Any, draining: Callable[[], bool], endpoint: str = "") -> Site:
+    """A Site serving :class:`AdminResource` on endpoint; a warning when other hosts can reach it."""
+    if endpoint and not listener_is_local(endpoint):
+        _log.warn("AdminListen {endpoint} serves the session list and close to the network (written 'public')",
+                  endpoint=endpoint)
     site = Site(AdminResource(factory, draining), timeout=60)
     site.displayTracebacks = False
     return site

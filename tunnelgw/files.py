@@ -15,7 +15,9 @@ Traversal is impossible by construction: the request path is normalised first
 (:func:`tunnelgw.core.routing.normalise_path` decodes ``%2e``, removes dot segments,
 refuses encoded slashes and climbing above the root), and every remaining
 segment goes through :meth:`twisted.python.filepath.FilePath.child`, which
-refuses ``..`` and separators.
+refuses ``..`` and separators.  Symbolic links are followed only while they
+stay inside the folder (the resolved path is checked), and dot-files and
+dot-folders (``.env``, ``.git/``) are never served.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from twisted.web.static import File
 
 from tunnelgw.core.config import Alias
 
-__all__ = ["CONTENT_TYPES", "StaticFolder", "choose_alias", "serve"]
+__all__ = ["CONTENT_TYPES", "StaticFolder", "choose_alias", "hidden", "serve"]
 
 #: Content types by extension, on top of the system's ``mime.types``; text
 #: types name UTF-8 so that browsers never guess.
@@ -110,14 +112,32 @@ class StaticFolder(File):
     render_HEAD = render_GET
 
 
+def hidden(segments: Sequence[str]) -> bool:
+    """True when a path names a dot-file or dot-folder (``.env``, ``.git/config``): never served."""
+    return any(segment.startswith(".") for segment in segments)
+
+
+def _inside(path: str, folder: str) -> bool:
+    """True when path, symbolic links resolved, is folder or below it (folder's own links resolved too)."""
+    root = os.path.realpath(folder)
+    real = os.path.realpath(path)
+    return real == root or real.startswith(root.rstrip(os.sep) + os.sep)
+
+
 def serve(alias: Alias, segments: list[str], request: Request) -> object:
     """
     Render the file below ``alias`` named by ``segments`` for request: the
     file, a redirect adding a slash to a folder, its ``index.html``, 403 or 404.
+    Dot-files and dot-folders, and anything a symbolic link leads to outside
+    the alias's folder, are 404.
     """
+    if hidden(segments):
+        return StaticFolder.childNotFound.render(request)
     resource: IResource = StaticFolder(alias.folder)
     for segment in segments:
         if not isinstance(resource, StaticFolder):
             break
         resource = resource.getChild(segment.encode("utf-8"), request)
+        if isinstance(resource, File) and not _inside(resource.path, alias.folder):
+            return StaticFolder.childNotFound.render(request)
     return resource.render(request)

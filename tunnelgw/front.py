@@ -254,8 +254,9 @@ class GatewaySite(Site):
     protocol = BoundedChannel  # type: ignore[assignment]
 
     def __init__(self, resource: Any, max_head: int, timeout: float,
-                 on_too_large: Optional[Callable[[], None]] = None, reactor: Any = None) -> None:
-        super().__init__(resource, timeout=timeout, reactor=reactor)
+                 on_too_large: Optional[Callable[[], None]] = None, reactor: Any = None,
+                 log_formatter: Optional[Callable[[str, Any], str]] = None) -> None:
+        super().__init__(resource, timeout=timeout, reactor=reactor, logFormatter=log_formatter)
         self.max_head = max_head
         self.on_too_large = on_too_large
         self.displayTracebacks = False

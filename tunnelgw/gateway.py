@@ -25,11 +25,12 @@ from tunnelgw.backends import BackendLink
 from tunnelgw.backends.replay import ReplayLink
 from tunnelgw.backends.tcp import TcpBackends, TcpLink
 from tunnelgw.backends.websocket import WebSocketBackends, WebSocketLink
-from tunnelgw.core.clientaddr import format_address, in_networks
+from tunnelgw.core.clientaddr import format_address, is_trusted
 from tunnelgw.core.config import Config
 from tunnelgw.core.handshake import check_handshake
 from tunnelgw.core.http import RequestHead
 from tunnelgw.core.limits import HandshakeRate, SessionCounts
+from tunnelgw.core.redact import redact_uri, redact_url
 from tunnelgw.core.relay import CLOSE_TIMEOUT, Close
 from tunnelgw.core.routing import Reject, Route, RuleSet, choose_route
 from tunnelgw.core.targets import PoolTarget, ReplayTarget, WebSocketURL
@@ -176,6 +177,15 @@ class GatewayFactory(WebSocketServerFactory):
         peer = request.getClientAddress()
         return getattr(peer, "host", None) or format_address(peer)
 
+    def redact(self, text: str) -> str:
+        """
+        A request path, URI or URL with its tokens (query, path segment, JWT)
+        replaced by fingerprints: what logs and the admin list may show.
+        """
+        if self.topology is not None:
+            return str(self.topology.redact(text))
+        return redact_url(text) if "://" in text else redact_uri(text)
+
     def decide(self, request: Any, client: str) -> Any:
         """The topology's and the rules' answer for an upgrade request: a Route, Reject or Redirect."""
         refused = self.handshake_rate.allow(client, self.reactor.seconds())
@@ -186,7 +196,7 @@ class GatewayFactory(WebSocketServerFactory):
             if decision is not None:
                 return decision
         decision = self.route(request.path)
-        if isinstance(decision, Route) and decision.options.allow_clients and not in_networks(
+        if isinstance(decision, Route) and decision.options.allow_clients and not is_trusted(
                 client, decision.options.allow_clients):
             return Reject(403, "this route does not admit your address")
         return decision
@@ -198,7 +208,7 @@ class GatewayFactory(WebSocketServerFactory):
         """
         request = request if request is not None else HeadRequest(head, transport)
         client = self.client_of(request)
-        path = head.path.decode("latin-1")
+        path = self.redact(head.path.decode("latin-1"))
         label = client_label(client, transport)
         handshake = check_handshake(head)
         if isinstance(handshake, Reject):
@@ -215,7 +225,7 @@ class GatewayFactory(WebSocketServerFactory):
                 self._answer(transport, label, path, Reject(400, "not a WebSocket endpoint"), "route")
                 return None
             _log.info("redirected client={client} path={path!r} location={location} reason={reason!r}",
-                      client=label, path=path, location=location, reason=decision.reason)
+                      client=label, path=path, location=self.redact(location), reason=decision.reason)
             refuse_connection(self.reactor, transport, Reject(307, decision.reason), [("Location", location)])
             return None
         session_id = os.urandom(6).hex()

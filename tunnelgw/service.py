@@ -35,7 +35,7 @@ from tunnelgw.gateway import GatewayFactory
 from tunnelgw.core.relay import CLOSE_GOING_AWAY, Close
 from tunnelgw.core.routing import RuleSet
 from tunnelgw.topology import Topology, check_topology
-from tunnelgw.web import GatewayResource
+from tunnelgw.web import GatewayResource, access_log_formatter
 from tunnelgw.backends.tls import load_trust_root
 from tunnelgw.audit import AuditTrail
 from tunnelgw.core.targets import SUBSTITUTION, EndpointTarget, ReplayTarget, WebSocketURL
@@ -183,7 +183,8 @@ class GatewayService(Service):
         self.factory: GatewayFactory = self.resource._factory
         metrics = self.factory.metrics
         self.site = GatewaySite(self.resource, max_head=config.limits.headers, timeout=config.timeouts.handshake,
-                                on_too_large=lambda: metrics.handshake_failed("", "headers", 431), reactor=reactor)
+                                on_too_large=lambda: metrics.handshake_failed("", "headers", 431), reactor=reactor,
+                                log_formatter=access_log_formatter(self.factory.redact))
         # Every connection's first request head is read (once) by the front.
         self.front = FrontFactory(self.factory, self.site, reactor, config.timeouts.handshake, config.limits.headers,
                                   on_timeout=lambda: metrics.handshake_failed("", "handshake_timeout", None),
@@ -222,7 +223,7 @@ class GatewayService(Service):
             if where in admin_places:
                 from tunnelgw.admin import admin_site
 
-                factory: Any = admin_site(self.factory, lambda: self.draining)
+                factory: Any = admin_site(self.factory, lambda: self.draining, description)
             else:
                 factory = demo_factory(demo_kinds[where]) if where in demo_kinds else self.front
             ports = self.admin_ports if where in admin_places else self.ports

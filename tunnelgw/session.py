@@ -197,7 +197,7 @@ class GatewaySession(QuietAdapter, WebSocketServerProtocol):  # type: ignore[mis
         self.websocket_extensions = []
         self._wskey = handshake.key
         self.data = early
-        path = self.http_request_path
+        path = factory.redact(self.http_request_path)  # logs and the admin list never show a token
         self._record = SessionRecord(session_id=self._session_id, client=client_label(self._client, self.transport),
                                      path=path, backend=self._link.description, started=factory.reactor.seconds(),
                                      route=self._label, recording=self._recording)

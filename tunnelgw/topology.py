@@ -19,13 +19,16 @@ from twisted.python.failure import Failure
 
 from tunnelgw.backends.tcp import BackendConnection, BackendUnavailable
 from tunnelgw.core.balancer import Member, Pool
-from tunnelgw.core.clientaddr import client_address
+from tunnelgw.core.clientaddr import is_trusted, resolve_client
 from tunnelgw.core.config import Problem, RouteOptions
+from tunnelgw.core.limits import HandshakeRate
+from tunnelgw.core.origin import origin_refusal
+from tunnelgw.core.redact import TokenPlace, fingerprint, redact_uri, redact_url
 from tunnelgw.core.redirect import lookup_answer, owner_of, redirect_location
 from tunnelgw.core.relay import ConnectFailure
 from tunnelgw.core.routing import Reject, Route, normalise_path
 from tunnelgw.core.targets import EndpointTarget, PoolTarget
-from tunnelgw.core.tokens import FileTokens, SignedTokens, TargetAddress, extract_token, make_token_source
+from tunnelgw.core.tokens import MIN_SECRET_BYTES, FileTokens, SignedTokens, TargetAddress, extract_token, make_token_source
 from tunnelgw.core.topoconfig import OriginRule, TokenRouteSpec, TopologyConfig
 
 __all__ = ["JsonAnswer", "Redirect", "Topology", "check_topology", "read_secret"]
@@ -61,8 +64,8 @@ def read_secret(path: str) -> bytes:
             secret = f.read().strip()
     except OSError as e:
         raise ValueError(f"cannot read the token secret: {e}") from None
-    if len(secret) < 16:
-        raise ValueError("the token secret must hold at least 16 bytes")
+    if len(secret) < MIN_SECRET_BYTES:
+        raise ValueError(f"the token secret must hold at least {MIN_SECRET_BYTES} bytes (RFC 7518 section 3.2)")
     return secret
 
 
@@ -111,24 +114,43 @@ class Topology:
             self.sources[spec.name] = kept if kept is not None and kept.spec == spec else make_token_source(spec, secret)
         old_pools = previous.pools if previous else {}
         self.pools: dict[str, Pool] = {b.name: Pool.from_spec(b, old_pools.get(b.name)) for b in config.balancers}
+        self.token_places = tuple(TokenPlace(r.path, r.origin, r.param) for r in config.token_routes)
+
+    def redact(self, uri: str) -> str:
+        """A request URI or URL with every token this topology knows how to find fingerprinted."""
+        return redact_url(uri, self.token_places) if "://" in uri else redact_uri(uri, self.token_places)
 
     # The client address.
 
     def client_of(self, request: Any) -> str:
-        """The real client address of a request (see :func:`tunnelgw.core.clientaddr.client_address`)."""
+        """
+        The real client address of a request (see
+        :func:`tunnelgw.core.clientaddr.resolve_client`); a trusted proxy's
+        header that names no IP address is logged and the peer is used.
+        """
         peer = request.getClientAddress()
         host = getattr(peer, "host", None) or str(getattr(peer, "name", "") or peer)
-        headers = {name.decode("latin-1").lower(): [v.decode("latin-1") for v in values]
-                   for name, values in request.requestHeaders.getAllRawHeaders()
-                   if name.lower() in (b"forwarded", b"x-forwarded-for")}
-        return client_address(host, self.config.trusted_proxies, headers)
+        header = self.config.proxy_header
+        values = [v.decode("latin-1") for name, vs in request.requestHeaders.getAllRawHeaders()
+                  if name.lower() == header.encode("ascii") for v in vs]
+        client, problem = resolve_client(host, self.config.trusted_proxies, {header: values}, header)
+        if problem is not None:
+            _log.info("client address from peer={peer} path={path!r}: {problem}",
+                      peer=host, path=self.redact(request.path.decode("latin-1")), problem=problem)
+        return client
 
     # Requests.
 
-    def screen(self, request: Any, client: str, upgrade: bool) -> Decision:
+    def screen(self, request: Any, client: str, upgrade: bool,
+               rate: Optional[HandshakeRate] = None) -> Decision:
         """
         What the topology says about a request before the ordinary rules:
         None (not ours), a refusal, a token route, a redirect or a JSON answer.
+
+        :param rate: the gateway's per-client handshake bucket, charged before
+            a token lookup answers a plain request, so that a prober pays for
+            every guess.  Upgrades are charged once, by
+            :meth:`tunnelgw.gateway.GatewayFactory.decide`, before this is called.
         """
         path = normalise_path(request.path)
         if isinstance(path, Reject):
@@ -136,13 +158,13 @@ class Topology:
         query = request.uri.partition(b"?")[2].decode("latin-1")
         for lookup in self.config.token_lookups:
             if path == lookup.path.rstrip("/") or path == lookup.path:
-                return self._lookup(lookup.route_path, query, request, client)
+                return self._charge(rate, client) or self._lookup(lookup.route_path, query, request, client)
         route_spec = self._token_route(path)
         if not upgrade:
             if route_spec is None:
                 return None
             return Reject(426, "this path is a WebSocket endpoint; open it with a WebSocket client")
-        refused = self._check_origin(path, _header(request, b"origin"))
+        refused = self._check_origin(path, request)
         if refused is not None:
             return refused
         if route_spec is None:
@@ -160,31 +182,61 @@ class Topology:
         found = [r for r in self.config.token_routes if _under(path, r.path)]
         return max(found, key=lambda r: len(r.path)) if found else None
 
-    def _check_origin(self, path: str, origin: str) -> Optional[Reject]:
+    def _check_origin(self, path: str, request: Any) -> Optional[Reject]:
+        """The longest ``OriginAllow`` rule over path decides; without one, only the gateway's own origin."""
         rules: list[OriginRule] = [r for r in self.config.origins if _under(path, r.path)]
-        if not rules:
-            return None
-        rule = max(rules, key=lambda r: len(r.path))
-        if origin.rstrip("/").lower() in rule.origins:
-            return None
-        return Reject(403, f"origin {origin or '(none)'!r} is not allowed here")
+        allowed = max(rules, key=lambda r: len(r.path)).origins if rules else None
+        origin = request.getHeader(b"origin")
+        host, secure = self._seen_by_client(request)
+        why = origin_refusal(None if origin is None else origin.decode("latin-1"), host, secure, allowed)
+        return Reject(403, why) if why is not None else None
+
+    def _seen_by_client(self, request: Any) -> tuple[str, bool]:
+        """
+        The Host the client asked for and whether its connection was TLS: ours,
+        or, from a TrustedProxy peer only, X-Forwarded-Host and X-Forwarded-Proto
+        (their last element: the one our peer wrote; Apache appends to a client's).
+        """
+        host, secure = _header(request, b"host"), bool(request.isSecure())
+        peer = getattr(request.getClientAddress(), "host", None) or ""
+        if is_trusted(peer, self.config.trusted_proxies):
+            forwarded_host = _header(request, b"x-forwarded-host").split(",")[-1].strip()
+            proto = _header(request, b"x-forwarded-proto").split(",")[-1].strip().lower()
+            host = forwarded_host or host
+            secure = proto in ("https", "wss") if proto else secure
+        return host, secure
+
+    def _charge(self, rate: Optional[HandshakeRate], client: str) -> Optional[Reject]:
+        refused = rate.allow(client, self._reactor.seconds()) if rate is not None else None
+        if refused is not None:
+            _log.info("token refused client={client} status={status} detail={detail!r}",
+                      client=client, status=refused.status, detail="handshake rate exceeded before token lookup")
+        return refused
+
+    def _refused_token(self, refused: Reject, client: str, token: str) -> Reject:
+        """Log why a token was refused (the answer itself says only 'invalid token')."""
+        _log.info("token refused client={client} token={token} status={status} detail={detail!r}",
+                  client=client, token=fingerprint(token) if token else "-", status=refused.status,
+                  detail=refused.detail or refused.reason)
+        return refused
 
     def _resolve(self, spec: TokenRouteSpec, path: str, query: str, request: Any,
                  client: str) -> Union[TargetAddress, Reject]:
         remainder = path[len(spec.path):] if spec.path != "/" else path
         token = extract_token(spec.origin, spec.param, remainder, query, _header(request, b"host"))
         if isinstance(token, Reject):
-            return token
-        return self.sources[spec.source].lookup(token, self._reactor.seconds(), client)
+            return self._refused_token(token, client, "")
+        found = self.sources[spec.source].lookup(token, self._reactor.seconds(), client)
+        return self._refused_token(found, client, token) if isinstance(found, Reject) else found
 
     def _lookup(self, route_path: str, query: str, request: Any, client: str) -> Union[Reject, JsonAnswer]:
         spec = next(r for r in self.config.token_routes if r.path == route_path)
         token = extract_token("query", "token", "", query, "")
         if isinstance(token, Reject):
-            return token
+            return self._refused_token(token, client, "")
         target = self.sources[spec.source].lookup(token, self._reactor.seconds(), client)
         if isinstance(target, Reject):
-            return target
+            return self._refused_token(target, client, token)
         owner = owner_of(target.host, self.config.owners) or self.config.gateway_url
         if owner is None:
             return Reject(404, "no GatewayURL is configured to answer lookups with")

@@ -21,9 +21,10 @@ from __future__ import annotations
 
 from http.client import responses
 import json
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 from twisted.logger import Logger
+from twisted.web.http import combinedLogFormatter
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
@@ -37,9 +38,37 @@ from tunnelgw.gateway import GatewayFactory
 from tunnelgw.session import log_refusal
 from tunnelgw.topology import JsonAnswer, Redirect
 
-__all__ = ["GatewayResource"]
+__all__ = ["GatewayResource", "access_log_formatter"]
 
 _log = Logger(namespace="tunnelgw")
+
+
+class _RedactedRequest:
+    """A request as the access log sees it: URI and Referer with their tokens fingerprinted."""
+
+    def __init__(self, request: Request, redact: Callable[[str], str]) -> None:
+        self._request = request
+        self._redact = redact
+        self.uri = redact(request.uri.decode("latin-1")).encode("latin-1")
+
+    def getHeader(self, name: bytes) -> Optional[bytes]:
+        """A header's value; the Referer (a page URL that may hold a token) redacted."""
+        value = self._request.getHeader(name)
+        if value is not None and name.lower() == b"referer":
+            return self._redact(value.decode("latin-1")).encode("latin-1")
+        return value
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._request, name)
+
+
+def access_log_formatter(redact: Callable[[str], str]) -> Callable[[str, Request], str]:
+    """twisted.web's combined access-log format, with tokens in the URI and Referer fingerprinted."""
+
+    def formatter(timestamp: str, request: Request) -> str:
+        return str(combinedLogFormatter(timestamp, _RedactedRequest(request, redact)))
+
+    return formatter
 
 
 def _is_upgrade(request: Request) -> bool:
@@ -123,7 +152,7 @@ class GatewayResource(Resource):
         client = topology.client_of(request)
         peer = getattr(request.getClientAddress(), "host", None)
         request.tunnelgw_client = client if client != peer else None  # type: ignore[attr-defined]
-        decision = topology.screen(request, client, False)
+        decision = topology.screen(request, client, False, self._factory.handshake_rate)
         if decision is None:
             return None
         if isinstance(decision, Reject):
@@ -141,7 +170,7 @@ class GatewayResource(Resource):
 
     def _refuse(self, request: Request, reject: Reject) -> bytes:
         client = getattr(request, "tunnelgw_client", None) or format_address(request.getClientAddress())
-        log_refusal(client, request.path.decode("latin-1"), reject, "request")
+        log_refusal(client, self._factory.redact(request.path.decode("latin-1")), reject, "request")
         request.setResponseCode(reject.status, responses.get(reject.status, "Error").encode("ascii"))
         request.setHeader(b"content-type", b"text/plain; charset=utf-8")
         return f"{reject.status} {reject.reason}\n".encode("utf-8")

@@ -51,6 +51,7 @@ from tunnelgw.core.relay import connect_rejection
 from tunnelgw.core.routing import Reject
 from tunnelgw.core.wsrelay import forwarded_headers
 from tunnelgw.core.wsurl import WebSocketTarget
+from tunnelgw.core.redact import redact_path
 
 __all__ = ["proxy_request"]
 
@@ -159,7 +160,7 @@ class _ResponseRelay(Protocol):
             request.finish()
             return
         _log.info("proxied response cut client={client} path={path!r} reason={reason!r}",
-                  client=format_address(request.getClientAddress()), path=request.path.decode("latin-1"),
+                  client=format_address(request.getClientAddress()), path=redact_path(request.path.decode("latin-1")),
                   reason=_describe(reason.value))
         transport: Any = request.channel.transport if request.channel is not None else None
         if transport is not None:
@@ -207,7 +208,7 @@ def _rejection(reason: BaseException, timeout: float) -> Reject:
 def _refuse(request: Request, reject: Reject) -> None:
     """Answer a waiting request with a status and a text body, and log it."""
     _log.info("request refused client={client} path={path!r} status={status} reason={reason!r}",
-              client=format_address(request.getClientAddress()), path=request.path.decode("latin-1"),
+              client=format_address(request.getClientAddress()), path=redact_path(request.path.decode("latin-1")),
               status=reject.status, reason=reject.reason)
     request.setResponseCode(reject.status, responses.get(reject.status, "Error").encode("ascii"))
     request.setHeader(b"content-type", b"text/plain; charset=utf-8")

@@ -1,6 +1,7 @@
 """
 The real client address of a request, from the transport peer and, only when
-that peer is a trusted front proxy, from ``Forwarded`` / ``X-Forwarded-For``.
+that peer is a trusted front proxy, from the one header the operator named
+for it (``X-Forwarded-For`` by default, or ``Forwarded``).
 
 Pure: the caller passes the peer's host (already the PROXY-protocol source
 when the listener is ``haproxy:``), the trusted networks and the headers.
@@ -12,9 +13,14 @@ import ipaddress
 import re
 from typing import Mapping, Optional, Sequence, Union
 
-__all__ = ["client_address", "format_address", "forwarded_chain", "in_networks"]
+__all__ = ["FORWARDED", "PROXY_HEADERS", "XFF", "client_address", "format_address", "forwarded_chain",
+           "is_trusted", "resolve_client"]
 
 Network = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
+XFF = "x-forwarded-for"
+FORWARDED = "forwarded"
+#: The headers ``TrustedProxy ... header=`` may name (lower case).
+PROXY_HEADERS = (XFF, FORWARDED)
 _FOR = re.compile(r'(?:^|;)\s*for\s*=\s*("([^"]*)"|[^;,\s]+)', re.IGNORECASE)
 
 
@@ -28,67 +34,89 @@ def format_address(address: object) -> str:
 
 
 def _ip(text: str) -> Optional[Union[ipaddress.IPv4Address, ipaddress.IPv6Address]]:
-    """Parse an address as written in a forwarding header (brackets, ports, quotes allowed)."""
-    text = text.strip().strip('"')
+    """
+    An address as written in a forwarding header (``1.2.3.4``, ``1.2.3.4:80``,
+    ``[v6]``, ``"[v6]:80"``), or None: anything else, IPv6 scope ids
+    (``fe80::1%eth0``) and text around the address included.
+    """
+    text = text.strip()
+    if len(text) >= 2 and text[0] == text[-1] == '"':
+        text = text[1:-1]
+    port = ""
     if text.startswith("["):
-        text = text[1:text.find("]")] if "]" in text else ""
+        text, bracket, port = text[1:].partition("]")
+        if not bracket or (port and not port.startswith(":")):
+            return None
+        port = port[1:] if port else ""
     elif text.count(":") == 1:
-        text = text.split(":")[0]
+        text, _, port = text.partition(":")
+    if port and not (port.isascii() and port.isdigit()):
+        return None
+    if not text.isascii() or "%" in text or any(c.isspace() for c in text):
+        return None
     try:
         return ipaddress.ip_address(text)
     except ValueError:
         return None
 
 
-def forwarded_chain(headers: Mapping[str, Sequence[str]]) -> list[str]:
+def forwarded_chain(headers: Mapping[str, Sequence[str]], header: str = XFF) -> list[str]:
     """
-    The client-to-proxy address chain the headers claim, leftmost first:
-    RFC 7239 ``Forwarded`` when present, else ``X-Forwarded-For``.
-    Unparseable elements (``unknown``, obfuscated names) are kept as written.
+    The client-to-proxy address chain one header claims, leftmost first:
+    ``X-Forwarded-For`` by default, or RFC 7239 ``Forwarded`` (its ``for=``
+    values).  No other header is read.  Unparseable elements (``unknown``,
+    obfuscated names) are kept as written.
 
     :param headers: lower-cased header name -> every value received.
+    :param header: the lower-cased name of the header the trusted proxy sets
+        (one of :data:`PROXY_HEADERS`).
     """
     chain: list[str] = []
-    forwarded = headers.get("forwarded", ())
-    if forwarded:
-        for value in forwarded:
+    if header == FORWARDED:
+        for value in headers.get(FORWARDED, ()):
             for element in value.split(","):
                 found = _FOR.search(element)
                 chain.append((found.group(2) if found.group(2) is not None else found.group(1)) if found else "unknown")
         return chain
-    for value in headers.get("x-forwarded-for", ()):
+    for value in headers.get(header, ()):
         chain += [part.strip() for part in value.split(",") if part.strip()]
     return chain
 
 
-def _trusted(address: str, trusted: Sequence[Network]) -> bool:
+def is_trusted(address: str, trusted: Sequence[Network]) -> bool:
+    """Whether a peer address is in one of the trusted networks."""
     ip = _ip(address)
     return ip is not None and any(ip in net for net in trusted)
 
 
-def in_networks(address: str, networks: Sequence[Network]) -> bool:
-    """Whether an address (bare, bracketed or with a port) lies in one of networks (``allowclients=``)."""
-    return _trusted(address, networks)
+def client_address(peer: str, trusted: Sequence[Network], headers: Mapping[str, Sequence[str]],
+                   header: str = XFF) -> str:
+    """The address to log, limit, hash and bind tokens to (see :func:`resolve_client`)."""
+    return resolve_client(peer, trusted, headers, header)[0]
 
 
-def client_address(peer: str, trusted: Sequence[Network], headers: Mapping[str, Sequence[str]]) -> str:
+def resolve_client(peer: str, trusted: Sequence[Network], headers: Mapping[str, Sequence[str]],
+                   header: str = XFF) -> tuple[str, Optional[str]]:
     """
-    The address to log, limit, hash and bind tokens to.
+    The client address, and what was wrong with the forwarding header (None
+    when nothing was).
 
-    The peer itself unless it is in ``trusted``; then the forwarding chain is
-    walked from the right (the hop nearest us), skipping trusted proxies, and
-    the first untrusted address is the client.  A chain element that is not an
-    IP address stops the walk: the peer is kept, as nothing after it can be
-    trusted to name the client.
+    The peer itself unless it is in ``trusted``; then the chain of the one
+    header the operator named (``TrustedProxy ... header=``) is walked from the
+    right (the hop nearest us), skipping trusted proxies, and the first
+    untrusted address is the client.  A chain element that is not an IP
+    literal (a name, ``unknown``, a scope id, text around it) ends the walk
+    with the peer's own address, as nothing left of it can be trusted to name
+    the client.
     """
-    if not trusted or not _trusted(peer, trusted):
-        return peer
+    if not trusted or not is_trusted(peer, trusted):
+        return peer, None
     current = peer
-    for hop in reversed(forwarded_chain(headers)):
+    for hop in reversed(forwarded_chain(headers, header)):
         ip = _ip(hop)
         if ip is None:
-            return current
+            return peer, f"{header} element {hop[:64]!r} is not an IP address"
         current = str(ip)
         if not any(ip in net for net in trusted):
-            return current
-    return current
+            return current, None
+    return current, None

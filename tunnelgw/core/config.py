@@ -23,6 +23,7 @@ from typing import Any, Callable, Iterator, Optional, Union
 
 from tunnelgw.core.audit import FACILITIES
 from tunnelgw.core.errors import ConfigError, Location, Problem
+from tunnelgw.core.hostpattern import listener_is_local
 from tunnelgw.core.options import Reader, choice, matching, number, read_options, whole
 from tunnelgw.core.targets import SUBSTITUTION, BackendTarget, PoolTarget, ReplayTarget, WebSocketURL, parse_target
 from tunnelgw.core.topoconfig import Network, TopologyConfig, TopologyParser
@@ -512,8 +513,13 @@ def _listen(p: _Parse, args: list[str], where: Location, problem: Problems) -> N
 
 
 def _admin_listen(p: _Parse, args: list[str], where: Location, problem: Problems) -> None:
-    if len(args) != 1:
+    # The admin API (session list, close) leaves the host only when the operator says so.
+    public = args[1:] == ["public"]
+    if not 1 <= len(args) <= 2 or (len(args) == 2 and not public):
         problem("AdminListen takes one server endpoint string, e.g. AdminListen tcp:port=9090:interface=127.0.0.1")
+    elif not public and not listener_is_local(args[0]):
+        problem(f"AdminListen {args[0]} is reachable from other hosts (not loopback nor a UNIX socket); "
+                "write 'public' after it to serve the session list and close to the network")
     else:
         p.admin_listeners.append(Listener(args[0], where))
 
@@ -789,7 +795,7 @@ DIRECTIVES: tuple[Directive, ...] = (
               "bounds on sessions, per client, new sessions and sizes", _limit),
     Directive("ShutdownTimeout", "SECONDS", "how long a drain lets live sessions run (default 30)",
               _shutdown_timeout),
-    Directive("AdminListen", "ENDPOINT", "/healthz, /metrics and /sessions on an endpoint of their own",
+    Directive("AdminListen", "ENDPOINT [public]", "/healthz, /metrics and /sessions on an endpoint of their own",
               _admin_listen),
     Directive("LogFormat", "text|json", "log text lines or JSON lines (where twistd logs)", _log_format),
     Directive("Recording", "FOLDER [maxbytes=B] [maxseconds=S] [keepdays=D]",

@@ -5,18 +5,13 @@ whose desktop another gateway serves.  Pure functions over values.
 
 from __future__ import annotations
 
-import fnmatch
 from typing import Optional, Sequence
 from urllib.parse import quote
 
+from tunnelgw.core.hostpattern import host_matches
 from tunnelgw.core.topoconfig import GatewayOwner
 
 __all__ = ["host_matches", "lookup_answer", "owner_of", "redirect_location"]
-
-
-def host_matches(host: str, glob: str) -> bool:
-    """True when a host name or address matches a shell-style glob (case-insensitive)."""
-    return fnmatch.fnmatchcase(host.lower(), glob)
 
 
 def owner_of(host: str, owners: Sequence[GatewayOwner]) -> Optional[str]:

@@ -12,11 +12,12 @@ order whose expression is found in the path.  Paths are normalised first
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
-from typing import Any, Union
+from dataclasses import dataclass, field
+from typing import Any, Optional, Union
 
 from tunnelgw.core.config import Config, PatternRule, PrefixRule, RouteOptions
-from tunnelgw.core.targets import BackendTarget, substitute
+from tunnelgw.core.hostpattern import substituted_host_problem, target_host
+from tunnelgw.core.targets import SUBSTITUTION, BackendTarget, substitute
 
 __all__ = ["Reject", "Route", "RuleSet", "choose_route", "normalise_path"]
 
@@ -53,6 +54,8 @@ class Reject:
 
     status: int
     reason: str
+    #: for the operator's log only, never sent: why exactly (the reason may be deliberately vague).
+    detail: str = field(default="", compare=False)
 
 
 # Values captured by ProxyPassMatch may only hold these characters, so that a
@@ -68,6 +71,11 @@ class RuleSet:
     def __init__(self, config: Config) -> None:
         self._prefixes: dict[str, PrefixRule] = {r.path: r for r in config.prefix_rules}
         self._patterns: tuple[PatternRule, ...] = config.pattern_rules
+        # The host part of each pattern rule's target and the groups it takes.
+        self._hosts: dict[int, tuple[Optional[str], tuple[str, ...]]] = {}
+        for rule in self._patterns:
+            host = target_host(rule.target)
+            self._hosts[id(rule)] = (host, tuple(SUBSTITUTION.findall(host or "")))
 
     def choose(self, path: str) -> Union[Route, Reject]:
         """Route a normalised path; see :func:`choose_route`."""
@@ -87,6 +95,13 @@ class RuleSet:
             for value in captured.values():
                 if not _SAFE_CAPTURE.fullmatch(value) or value in (".", ".."):
                     return Reject(400, f"the path holds a value that may not be put in a backend address: {value!r}")
+            template, groups = self._hosts[id(pattern_rule)]
+            if template is not None and groups:
+                filled = SUBSTITUTION.sub(lambda m: captured[m.group(1)], pattern_rule.target)
+                problem = substituted_host_problem(template, target_host(filled), [captured[g] for g in groups])
+                if problem is not None:
+                    # A capture must never let the request choose the host (its DNS could name any address).
+                    return Reject(404, "no route for this path: its value may not choose the backend host", problem)
             backend = substitute(pattern_rule.backend, captured)
             if isinstance(backend, str):
                 return Reject(400, backend)

@@ -14,13 +14,15 @@ time is passed in as ``now``.  Token sources are
   gateway holding the secret can check them: a pool shares no state.
 
 A target is never used as given: its host must be a plain name or address
-and match an ``allow=HOSTGLOB:PORTS`` of its source, so a token can never turn
+and match an ``allow=HOST:PORTS`` of its source (a CIDR block, an address or an
+exact name, see :mod:`tunnelgw.core.hostpattern`), so a token can never turn
 the gateway into an open proxy nor add parameters to an endpoint string.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import math
 import os
 import re
 from dataclasses import dataclass
@@ -29,16 +31,19 @@ from urllib.parse import parse_qs, unquote
 
 import jwt
 
-from tunnelgw.core.redirect import host_matches
+from tunnelgw.core.hostpattern import host_matches
 from tunnelgw.core.routing import Reject
 from tunnelgw.core.topoconfig import AllowedTarget, TokenSourceSpec
 
 __all__ = [
+    "INVALID_REASON",
+    "MIN_SECRET_BYTES",
     "FileTokens",
     "SignedTokens",
     "TargetAddress",
     "check_target",
     "extract_token",
+    "invalid",
     "parse_target",
     "parse_token_text",
     "make_token_source",
@@ -48,8 +53,35 @@ _HOST = re.compile(r"[A-Za-z0-9]([A-Za-z0-9.-]{0,252})")
 _TOKEN = re.compile(r"[A-Za-z0-9._~+/=-]{1,4096}")
 
 MISSING = Reject(403, "missing token")
-UNKNOWN = Reject(404, "unknown token")
-EXPIRED = Reject(403, "token expired")
+#: The one answer for a token that does not open a desktop: unknown, expired, malformed,
+#: badly signed or naming a forbidden target all look alike, so answers tell a prober nothing.
+INVALID_REASON = "invalid token"
+MIN_SECRET_BYTES = 32  # RFC 7518 section 3.2: an HS256 key at least as long as the hash
+
+
+def invalid(detail: str) -> Reject:
+    """The uniform refusal of a token, with the operator-only detail of why."""
+    return Reject(403, INVALID_REASON, detail)
+
+
+UNKNOWN = invalid("unknown token")
+EXPIRED = invalid("token expired")
+
+
+def _finite_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _port(value: object) -> Optional[int]:
+    """A port claim as an int: an int, or a string of ASCII digits; None otherwise."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value if 1 <= value <= 65535 else None
+    if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= 5:
+        number = int(value)
+        return number if 1 <= number <= 65535 else None
+    return None
 
 
 @dataclass(frozen=True)
@@ -81,9 +113,10 @@ def parse_target(text: str) -> Optional[TargetAddress]:
         host, _, port_text = text.rpartition(":")
         if not _HOST.fullmatch(host) or ".." in host:
             return None
-    if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
+    port = _port(port_text)
+    if port is None:
         return None
-    return TargetAddress(host.lower(), int(port_text))
+    return TargetAddress(host.lower(), port)
 
 
 def check_target(target: TargetAddress, allow: Sequence[AllowedTarget]) -> Optional[Reject]:
@@ -91,7 +124,7 @@ def check_target(target: TargetAddress, allow: Sequence[AllowedTarget]) -> Optio
     for entry in allow:
         if entry.low <= target.port <= entry.high and host_matches(target.host, entry.host_glob):
             return None
-    return Reject(403, f"token target {target.host}:{target.port} is not allowed by the token source")
+    return invalid(f"token target {target.host}:{target.port} is not allowed by the token source")
 
 
 def parse_token_text(text: str) -> dict[str, str]:
@@ -128,7 +161,7 @@ def extract_token(origin: str, param: str, remainder: str, query: str, host: str
     if not token:
         return MISSING
     if not _TOKEN.fullmatch(token):
-        return Reject(403, "malformed token")
+        return invalid("malformed token")
     return token
 
 
@@ -184,14 +217,14 @@ class FileTokens:
             self.reloads += 1
 
     def lookup(self, token: str, now: float, client: str) -> Union[TargetAddress, Reject]:
-        """The allowed target of token, or 404 (unknown) / 403 (bad target)."""
+        """The allowed target of token, or the uniform 403 (:func:`invalid`)."""
         self._refresh(now)
         text = self._table.get(token)
         if text is None:
             return UNKNOWN
         target = parse_target(text)
         if target is None:
-            return Reject(403, "token names a malformed target (expected host:port)")
+            return invalid("token names a malformed target (expected host:port)")
         return check_target(target, self.spec.allow) or target
 
 
@@ -208,32 +241,38 @@ class SignedTokens:
             claims = jwt.decode(token, self._secret, algorithms=["HS256"], options={
                 "require": ["exp"], "verify_exp": False, "verify_nbf": False})
         except jwt.InvalidSignatureError:
-            return Reject(403, "token signature is not valid")
+            return invalid("token signature is not valid")
         except jwt.MissingRequiredClaimError:
-            return Reject(403, "token has no expiry (exp)")
-        except jwt.InvalidTokenError as e:
-            return Reject(403, f"malformed token ({e})")
-        # Expiry is checked against the injected time, not the system clock.
+            return invalid("token has no expiry (exp)")
+        except (jwt.InvalidTokenError, ValueError, TypeError, OverflowError) as e:
+            return invalid(f"malformed token ({type(e).__name__})")
+        if not isinstance(claims, dict):
+            return invalid("malformed token (claims are not an object)")
+        # Expiry is checked against the injected time, not the system clock; NaN and
+        # Infinity would never expire, so only finite numbers are accepted.
         exp, nbf = claims.get("exp"), claims.get("nbf")
-        if not isinstance(exp, (int, float)) or (nbf is not None and not isinstance(nbf, (int, float))):
-            return Reject(403, "token has a malformed exp or nbf claim")
-        if now >= exp:
+        if not _finite_number(exp) or (nbf is not None and not _finite_number(nbf)):
+            return invalid("token has a malformed exp or nbf claim")
+        if now >= exp:  # type: ignore[operator]
             return EXPIRED
         if nbf is not None and now < nbf:
-            return Reject(403, "token not valid yet")
+            return invalid("token not valid yet")
         if self.spec.bind_address and claims.get("addr") != client:
-            return Reject(403, "token is bound to another client address")
-        host, port = claims.get("host"), claims.get("port")
-        if not isinstance(host, str) or not isinstance(port, (int, str)):
-            return Reject(403, "token has no host and port claims")
+            return invalid("token is bound to another client address")
+        host, port = claims.get("host"), _port(claims.get("port"))
+        if not isinstance(host, str) or port is None:
+            return invalid("token has no valid host and port claims")
         target = parse_target(f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
         if target is None:
-            return Reject(403, "token names a malformed target")
+            return invalid("token names a malformed target")
         return check_target(target, self.spec.allow) or target
 
 
 def make_token_source(spec: TokenSourceSpec, read_secret: Callable[[str], bytes]) -> Union[FileTokens, SignedTokens]:
     """The lookup object for a source; jwt sources read their secret through read_secret."""
     if spec.kind == "jwt":
-        return SignedTokens(spec, read_secret(spec.path))
+        secret = read_secret(spec.path)
+        if len(secret) < MIN_SECRET_BYTES:
+            raise ValueError(f"the token secret must hold at least {MIN_SECRET_BYTES} bytes (RFC 7518)")
+        return SignedTokens(spec, secret)
     return FileTokens(spec)

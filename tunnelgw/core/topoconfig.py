@@ -9,7 +9,7 @@ references to undefined names as ``FILE:LINE`` problems.
 
 Directives::
 
-    TokenSource NAME file|dir|jwt PATH allow=HOSTGLOB:PORTS ... [reload=S] [bind=address]
+    TokenSource NAME file|dir|jwt PATH allow=HOST:PORTS ... [reload=S] [bind=address]
     TokenRoute PATH SOURCE [from=query|path|host] [param=token] [connecttimeout=S]
     TokenLookup PATH TOKENROUTEPATH
     <Proxy balancer://NAME>
@@ -17,8 +17,8 @@ Directives::
       ProxySet lbmethod=byrequests|bybusyness|bysource retry=S
     </Proxy>
     GatewayURL URL
-    GatewayOwner URL HOSTGLOB ...
-    TrustedProxy ADDRESS-OR-NETWORK ...
+    GatewayOwner URL HOST (CIDR block, address or exact name) ...
+    TrustedProxy ADDRESS-OR-NETWORK ... [header=x-forwarded-for|forwarded]
     OriginAllow PATH ORIGIN ...
 """
 
@@ -30,7 +30,9 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Union
 from urllib.parse import urlsplit
 
+from tunnelgw.core.clientaddr import PROXY_HEADERS, XFF
 from tunnelgw.core.errors import Location
+from tunnelgw.core.hostpattern import host_pattern_problem
 from tunnelgw.core.options import choice, matching, number, read_options
 
 __all__ = [
@@ -53,13 +55,12 @@ DEFAULT_RETRY = 60.0
 DEFAULT_TOKEN_RELOAD = 2.0
 
 Network = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
-_HOSTGLOB = re.compile(r"[A-Za-z0-9.*?:\[\]-]+")
 _NAME = re.compile(r"[A-Za-z0-9_.-]+")
 
 
 @dataclass(frozen=True)
 class AllowedTarget:
-    """``allow=HOSTGLOB:LO-HI``: token targets may name these hosts and ports only."""
+    """``allow=HOST:LO-HI``: token targets may name these hosts and ports only."""
 
     host_glob: str
     low: int
@@ -127,7 +128,7 @@ class BalancerSpec:
 
 @dataclass(frozen=True)
 class GatewayOwner:
-    """``GatewayOwner``: the gateway at URL serves the desktop hosts matching these globs."""
+    """``GatewayOwner``: the gateway at URL serves the desktop hosts these patterns name."""
 
     url: str
     host_globs: tuple[str, ...]
@@ -154,6 +155,8 @@ class TopologyConfig:
     gateway_url: Optional[str] = None
     owners: tuple[GatewayOwner, ...] = ()
     trusted_proxies: tuple[Network, ...] = ()
+    #: The header the trusted proxies name the client in (``TrustedProxy ... header=``).
+    proxy_header: str = XFF
     origins: tuple[OriginRule, ...] = ()
 
 
@@ -170,8 +173,9 @@ def _ports(text: str) -> Optional[tuple[int, int]]:
 def _allow(value: str) -> AllowedTarget:
     host, _, ports = value.rpartition(":")
     span = _ports(ports)
-    if not host or not _HOSTGLOB.fullmatch(host) or span is None:
-        raise ValueError(f"takes HOSTGLOB:PORT or HOSTGLOB:LOW-HIGH, e.g. 10.0.*:5900-5999, got {value!r}")
+    if not host or host_pattern_problem(host) or span is None:
+        raise ValueError(f"takes HOST:PORT or HOST:LOW-HIGH with HOST a CIDR block, address or exact name, "
+                         f"e.g. 10.0.0.0/16:5900-5999, got {value!r}")
     return AllowedTarget(host.lower(), *span)
 
 
@@ -181,6 +185,7 @@ _TOKEN_ROUTE_OPTIONS = {"from": choice(*TOKEN_FROM), "param": matching(_NAME.pat
                         "connecttimeout": number(0, 86400, above_low=True)}
 _MEMBER_OPTIONS = {"status": choice("drain", "+n", "active")}
 _POOL_OPTIONS = {"lbmethod": choice(*LB_METHODS), "retry": _SECONDS}
+_TRUSTED_PROXY_OPTIONS = {"header": choice(*PROXY_HEADERS)}
 
 
 def _is_ws_url(url: str) -> bool:
@@ -204,6 +209,8 @@ class TopologyParser:
     gateway_url: Optional[str] = None
     owners: list[GatewayOwner] = field(default_factory=list)
     trusted: list[Network] = field(default_factory=list)
+    proxy_header: str = XFF
+    proxy_header_where: Optional[Location] = None
     origins: list[OriginRule] = field(default_factory=list)
     _block: Optional[tuple[str, Location, list[BalancerMemberSpec], dict[str, Any]]] = None
 
@@ -215,7 +222,7 @@ class TopologyParser:
     def read_token_source(self, args: list[str], where: Location, problem: Callable[[str], None], _: object) -> None:
         if len(args) < 3 or args[1] not in TOKEN_KINDS or not _NAME.fullmatch(args[0]):
             problem("TokenSource takes a name, a kind (file, dir, jwt), a path (for jwt: a file "
-                    "holding the secret) and allow=HOSTGLOB:PORTS options")
+                    "holding the secret) and allow=HOST:PORTS options")
             return
         name, kind, path = args[:3]
         if any(s.name == name for s in self.token_sources):
@@ -226,7 +233,7 @@ class TopologyParser:
         reload = found.get("reload", DEFAULT_TOKEN_RELOAD)
         bind = found.get("bind") == "address"
         if not allow:
-            problem("TokenSource needs at least one allow=HOSTGLOB:PORTS: tokens may not name any host")
+            problem("TokenSource needs at least one allow=HOST:PORTS: tokens may not name any host")
             return
         if bind and kind != "jwt":
             problem("bind=address needs signed tokens (kind jwt)")
@@ -307,19 +314,28 @@ class TopologyParser:
         self.gateway_url = args[0].rstrip("/")
 
     def read_gateway_owner(self, args: list[str], where: Location, problem: Callable[[str], None], _: object) -> None:
-        if len(args) < 2 or not _is_ws_url(args[0]) or not all(_HOSTGLOB.fullmatch(g) for g in args[1:]):
-            problem("GatewayOwner takes a gateway's base URL and the desktop host globs it serves")
+        if len(args) < 2 or not _is_ws_url(args[0]) or any(host_pattern_problem(g) for g in args[1:]):
+            problem("GatewayOwner takes a gateway's base URL and the desktop hosts it serves "
+                    "(CIDR blocks, addresses or exact names, no globs)")
             return
         self.owners.append(GatewayOwner(args[0].rstrip("/"), tuple(g.lower() for g in args[1:]), where))
 
     def read_trusted_proxy(self, args: list[str], where: Location, problem: Callable[[str], None], _: object) -> None:
-        if not args:
+        addresses = [a for a in args if "=" not in a]
+        if not addresses:
             problem("TrustedProxy takes addresses or networks, e.g. TrustedProxy 127.0.0.1 10.1.0.0/16")
-        for arg in args:
+        for arg in addresses:
             try:
                 self.trusted.append(ipaddress.ip_network(arg, strict=False))
             except ValueError:
                 problem(f"TrustedProxy takes IP addresses or networks, got {arg!r}")
+        value = read_options([a for a in args if "=" in a], _TRUSTED_PROXY_OPTIONS, problem, "TrustedProxy").get("header")
+        if value is not None:
+            if self.proxy_header_where is not None and value != self.proxy_header:
+                problem(f"TrustedProxy header={value} contradicts header={self.proxy_header} at "
+                        f"{self.proxy_header_where}: the client address comes from one header")
+            else:
+                self.proxy_header, self.proxy_header_where = value, where
 
     def read_origin_allow(self, args: list[str], where: Location, problem: Callable[[str], None],
                      is_safe_path: Callable[[str], bool]) -> None:
@@ -359,5 +375,6 @@ class TopologyParser:
             gateway_url=self.gateway_url,
             owners=tuple(self.owners),
             trusted_proxies=tuple(self.trusted),
+            proxy_header=self.proxy_header,
             origins=tuple(self.origins),
         )
