@@ -474,3 +474,41 @@ def backend() -> Iterator[TcpServer]:
     """An echo server on loopback: the byte-stream backend of a test (import this fixture to use it)."""
     with TcpServer(echo) as server:
         yield server
+
+
+class RedisServer:
+    """redis-server on loopback with its own port and data folder, no persistence."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        folder.mkdir(exist_ok=True)
+        self.port = free_port()
+        self.proc: Optional[subprocess.Popen[bytes]] = None
+
+    def start(self) -> "RedisServer":
+        self.proc = subprocess.Popen(
+            [require_tool("redis-server"), "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.folder),
+             "--save", "", "--appendonly", "no", "--daemonize", "no", "--protected-mode", "yes"],
+            stdout=open(self.folder / "redis.log", "ab"), stderr=subprocess.STDOUT)
+        import redis
+
+        client = redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=1, socket_connect_timeout=1)
+
+        def up() -> bool:
+            try:
+                return bool(client.ping())
+            except redis.RedisError:
+                return self.proc is not None and self.proc.poll() is not None
+
+        assert wait_until(up, 10) and self.proc.poll() is None, (self.folder / "redis.log").read_text()
+        return self
+
+    def stop(self) -> None:
+        stop_process(self.proc)
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path / "redis").start()
+    yield server
+    server.stop()

@@ -9,58 +9,19 @@ from __future__ import annotations
 
 import json
 import signal
-import subprocess
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Optional
 
 import pytest
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
-from support import GatewayProcess, TcpServer, backend, free_port, require_tool, stop_process, wait_until
+from support import GatewayProcess, RedisServer, TcpServer, backend, redis_server, wait_until
 from tunnelgw.core.config import ConfigError, parse_config
 
 pytestmark = pytest.mark.timeout(120)
-
-
-class RedisServer:
-    """redis-server on loopback with its own port and data folder, no persistence."""
-
-    def __init__(self, folder: Path) -> None:
-        self.folder = folder
-        folder.mkdir(exist_ok=True)
-        self.port = free_port()
-        self.proc: Optional[subprocess.Popen[bytes]] = None
-
-    def start(self) -> "RedisServer":
-        self.proc = subprocess.Popen(
-            [require_tool("redis-server"), "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.folder),
-             "--save", "", "--appendonly", "no", "--daemonize", "no", "--protected-mode", "yes"],
-            stdout=open(self.folder / "redis.log", "ab"), stderr=subprocess.STDOUT)
-        import redis
-
-        client = redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=1, socket_connect_timeout=1)
-
-        def up() -> bool:
-            try:
-                return bool(client.ping())
-            except redis.RedisError:
-                return self.proc is not None and self.proc.poll() is not None
-
-        assert wait_until(up, 10) and self.proc.poll() is None, (self.folder / "redis.log").read_text()
-        return self
-
-    def stop(self) -> None:
-        stop_process(self.proc)
-
-
-@pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path / "redis").start()
-    yield server
-    server.stop()
 
 
 def admin(gw: GatewayProcess, path: str, method: str = "GET") -> tuple[int, Any]:

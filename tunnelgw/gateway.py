@@ -33,7 +33,7 @@ from tunnelgw.core.limits import HandshakeRate, SessionCounts
 from tunnelgw.core.redact import redact_uri, redact_url
 from tunnelgw.core.relay import CLOSE_TIMEOUT, Close
 from tunnelgw.core.routing import Reject, Route, RuleSet, choose_route
-from tunnelgw.core.targets import PoolTarget, ReplayTarget, WebSocketURL
+from tunnelgw.core.targets import LookupTarget, PoolTarget, ReplayTarget, WebSocketURL
 from tunnelgw.metrics import GatewayMetrics
 from tunnelgw.recording import Recordings
 from tunnelgw.session import GatewaySession, client_label, http_error, log_refusal
@@ -248,6 +248,15 @@ class GatewayFactory(WebSocketServerFactory):
     def link_for(self, route: Route, head: RequestHead, client: str, secure: bool) -> BackendLink:
         """The backend link for a route: a pool member, a WebSocket hop, a replay or a byte stream."""
         backend = route.backend
+        if isinstance(backend, LookupTarget):
+            topology = self.topology
+            assert topology is not None, "lookup targets come from token routes"
+            looked_up = TcpLink(lambda: topology.connect_token(route, backend, client, named), backend.text)
+
+            def named(endpoint: str) -> None:
+                looked_up.description = endpoint
+
+            return looked_up
         if isinstance(backend, ReplayTarget):
             return ReplayLink(self.reactor, backend.folder, route.remainder, route.options.speed)
         if isinstance(backend, PoolTarget):

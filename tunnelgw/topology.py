@@ -27,7 +27,9 @@ from tunnelgw.core.redact import TokenPlace, fingerprint, redact_uri, redact_url
 from tunnelgw.core.redirect import lookup_answer, owner_of, redirect_location
 from tunnelgw.core.relay import ConnectFailure
 from tunnelgw.core.routing import Reject, Route, normalise_path
-from tunnelgw.core.targets import EndpointTarget, PoolTarget
+from tunnelgw.backends import BackendRefused
+from tunnelgw.core.targets import EndpointTarget, LookupTarget, PoolTarget
+from tunnelgw.redistokens import RedisTokens
 from tunnelgw.core.tokens import MIN_SECRET_BYTES, FileTokens, SignedTokens, TargetAddress, extract_token, make_token_source
 from tunnelgw.core.topoconfig import OriginRule, TokenRouteSpec, TopologyConfig
 
@@ -108,10 +110,14 @@ class Topology:
         self._reactor = reactor
         self._backends = backends
         old_sources = previous.sources if previous else {}
-        self.sources: dict[str, Union[FileTokens, SignedTokens]] = {}
+        self.sources: dict[str, Union[FileTokens, SignedTokens, RedisTokens]] = {}
         for spec in config.token_sources:
             kept = old_sources.get(spec.name)
-            self.sources[spec.name] = kept if kept is not None and kept.spec == spec else make_token_source(spec, secret)
+            if kept is not None and kept.spec == spec:
+                self.sources[spec.name] = kept
+            else:
+                self.sources[spec.name] = (RedisTokens(spec, reactor) if spec.kind == "redis"
+                                           else make_token_source(spec, secret))
         old_pools = previous.pools if previous else {}
         self.pools: dict[str, Pool] = {b.name: Pool.from_spec(b, old_pools.get(b.name)) for b in config.balancers}
         self.token_places = tuple(TokenPlace(r.path, r.origin, r.param) for r in config.token_routes)
@@ -169,6 +175,13 @@ class Topology:
             return refused
         if route_spec is None:
             return None
+        options = RouteOptions(connect_timeout=route_spec.connect_timeout)
+        if isinstance(self.sources[route_spec.source], RedisTokens):
+            # Looked up when the session connects (off the reactor thread); no redirect for these.
+            token = self._token_of(route_spec, path, query, request, client)
+            if isinstance(token, Reject):
+                return token
+            return Route(route_spec, LookupTarget(route_spec.source, token), options)
         target = self._resolve(route_spec, path, query, request, client)
         if not isinstance(target, TargetAddress):
             return target
@@ -176,7 +189,7 @@ class Topology:
         if owner is not None and owner != self.config.gateway_url:
             return Redirect(redirect_location(owner, request.uri.decode("latin-1")),
                             f"desktop host {target.host} is served by {owner}")
-        return Route(route_spec, EndpointTarget(target.endpoint), RouteOptions(connect_timeout=route_spec.connect_timeout))
+        return Route(route_spec, EndpointTarget(target.endpoint), options)
 
     def _token_route(self, path: str) -> Optional[TokenRouteSpec]:
         found = [r for r in self.config.token_routes if _under(path, r.path)]
@@ -220,21 +233,49 @@ class Topology:
                   detail=refused.detail or refused.reason)
         return refused
 
-    def _resolve(self, spec: TokenRouteSpec, path: str, query: str, request: Any,
-                 client: str) -> Union[TargetAddress, Reject]:
+    def _token_of(self, spec: TokenRouteSpec, path: str, query: str, request: Any, client: str) -> Union[str, Reject]:
         remainder = path[len(spec.path):] if spec.path != "/" else path
         token = extract_token(spec.origin, spec.param, remainder, query, _header(request, b"host"))
+        return self._refused_token(token, client, "") if isinstance(token, Reject) else token
+
+    def _resolve(self, spec: TokenRouteSpec, path: str, query: str, request: Any,
+                 client: str) -> Union[TargetAddress, Reject]:
+        token = self._token_of(spec, path, query, request, client)
         if isinstance(token, Reject):
-            return self._refused_token(token, client, "")
-        found = self.sources[spec.source].lookup(token, self._reactor.seconds(), client)
+            return token
+        source = self.sources[spec.source]
+        assert not isinstance(source, RedisTokens)
+        found = source.lookup(token, self._reactor.seconds(), client)
         return self._refused_token(found, client, token) if isinstance(found, Reject) else found
+
+    def connect_token(self, route: Route, target: LookupTarget, client: str,
+                      found: Callable[[str], None]) -> "defer.Deferred[BackendConnection]":
+        """
+        Look a token up (a Redis source), then connect to the desktop it names;
+        found gets the endpoint.  Refusals fail with BackendRefused (403, 503).
+        """
+        source = self.sources.get(target.source)
+        if not isinstance(source, RedisTokens):
+            return defer.fail(BackendRefused(Reject(503, "token lookup unavailable"), "token"))
+
+        def looked_up(address: Union[TargetAddress, Reject]) -> Any:
+            if isinstance(address, Reject):
+                self._refused_token(address, client, target.token)
+                raise BackendRefused(Reject(address.status, address.reason), "token")
+            found(address.endpoint)
+            return self._backends.connect(address.endpoint, route.options.connect_timeout)
+
+        return source.lookup(target.token, client).addCallback(looked_up)  # type: ignore[no-any-return]
 
     def _lookup(self, route_path: str, query: str, request: Any, client: str) -> Union[Reject, JsonAnswer]:
         spec = next(r for r in self.config.token_routes if r.path == route_path)
         token = extract_token("query", "token", "", query, "")
         if isinstance(token, Reject):
             return self._refused_token(token, client, "")
-        target = self.sources[spec.source].lookup(token, self._reactor.seconds(), client)
+        source = self.sources[spec.source]
+        if isinstance(source, RedisTokens):
+            return Reject(404, "lookups answer for file and jwt token sources only")
+        target = source.lookup(token, self._reactor.seconds(), client)
         if isinstance(target, Reject):
             return self._refused_token(target, client, token)
         owner = owner_of(target.host, self.config.owners) or self.config.gateway_url

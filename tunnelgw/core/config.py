@@ -26,7 +26,7 @@ from tunnelgw.core.errors import ConfigError, Location, Problem
 from tunnelgw.core.hostpattern import listener_is_local
 from tunnelgw.core.options import Reader, choice, matching, number, read_options, whole
 from tunnelgw.core.targets import SUBSTITUTION, BackendTarget, PoolTarget, ReplayTarget, WebSocketURL, parse_target
-from tunnelgw.core.topoconfig import Network, TopologyConfig, TopologyParser
+from tunnelgw.core.topoconfig import Network, TopologyConfig, TopologyParser, redis_address
 
 __all__ = [
     "DEFAULT_CONFIG",
@@ -694,18 +694,11 @@ _POOL_OPTIONS: dict[str, Reader] = {
 
 
 def _pool(p: _Parse, args: list[str], where: Location, problem: Problems) -> None:
-    from urllib.parse import urlsplit
-
     if p.pool is not None:
         problem(f"Pool is given twice (first at {p.pool.where})")
         return
-    try:
-        url = urlsplit(args[0]) if args else None
-        port = url.port if url is not None else None
-    except ValueError:
-        url, port = None, None
-    if url is None or url.scheme not in ("redis", "rediss") or not url.hostname or url.username or url.password \
-            or url.query or url.path.strip("/") not in ("", *map(str, range(16))):
+    address = redis_address(args[0]) if args else None
+    if address is None:
         problem("Pool takes redis://HOST:PORT/DB (rediss:// for TLS; no password in the URL: passwordfile=), "
                 "then name=GATEWAY ttl=S refresh=S timeout=S namespace=NS")
         return
@@ -716,8 +709,7 @@ def _pool(p: _Parse, args: list[str], where: Location, problem: Problems) -> Non
     ttl, refresh = found.get("ttl", 10.0), found.get("refresh", 2.0)
     if refresh * 2 > ttl:
         problem(f"Pool refresh= ({refresh:g}) must be at most half of ttl= ({ttl:g}), or live sessions expire")
-    p.pool = PoolSpec(url.hostname, port or 6379, int(url.path.strip("/") or 0), url.scheme == "rediss",
-                      found["name"], ttl, refresh, found.get("timeout", 1.0), found.get("namespace", "tunnelgw"),
+    p.pool = PoolSpec(address.host, address.port, address.db, address.tls, found["name"], ttl, refresh, found.get("timeout", 1.0), found.get("namespace", "tunnelgw"),
                       found.get("passwordfile"), where)
 
 

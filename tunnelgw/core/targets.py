@@ -15,12 +15,12 @@ The glue picks a backend link by the target's type, never by looking at text.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Mapping, Optional, Union
 
 from tunnelgw.core.wsurl import WebSocketTarget, is_websocket_target, parse_websocket_url
 
-__all__ = ["BALANCER", "REPLAY", "SUBSTITUTION", "BackendTarget", "EndpointTarget", "PoolTarget", "ReplayTarget",
+__all__ = ["BALANCER", "REPLAY", "SUBSTITUTION", "BackendTarget", "EndpointTarget", "LookupTarget", "PoolTarget", "ReplayTarget",
            "WebSocketURL",
            "parse_target", "substitute"]
 
@@ -88,7 +88,19 @@ class ReplayTarget:
         return REPLAY + self.folder
 
 
-BackendTarget = Union[EndpointTarget, WebSocketURL, PoolTarget, ReplayTarget]
+@dataclass(frozen=True)
+class LookupTarget:
+    """A token whose desktop is looked up when the session connects (a Redis token source)."""
+
+    source: str
+    token: str = field(repr=False)
+
+    @property
+    def text(self) -> str:
+        return f"token:{self.source}"
+
+
+BackendTarget = Union[EndpointTarget, WebSocketURL, PoolTarget, ReplayTarget, LookupTarget]
 
 
 def parse_target(text: str) -> BackendTarget:

@@ -8,6 +8,10 @@ time is passed in as ``now``.  Token sources are
 - a token file or a directory of them, in websockify's format (one
   ``token: host:port`` per line, ``#`` comments), re-read when its
   modification stamp changes, checked at most every ``reload`` seconds;
+- tokens in Redis, in websockify's TokenRedis layout: the key is
+  ``[NAMESPACE:]TOKEN``, the value ``{"host": "HOST:PORT"}`` (JSON) or plain
+  ``HOST:PORT``; :func:`redis_key` and :func:`redis_target` are the pure part,
+  :mod:`tunnelgw.redistokens` does the lookups off the reactor thread;
 - signed tokens: JWTs (HS256, PyJWT) whose ``host`` and ``port`` claims name
   the desktop, with a required ``exp`` and, when the source binds tokens to
   addresses, an ``addr`` claim that must equal the client address.  Any
@@ -47,6 +51,8 @@ __all__ = [
     "parse_target",
     "parse_token_text",
     "make_token_source",
+    "redis_key",
+    "redis_target",
 ]
 
 _HOST = re.compile(r"[A-Za-z0-9]([A-Za-z0-9.-]{0,252})")
@@ -266,6 +272,30 @@ class SignedTokens:
         if target is None:
             return invalid("token names a malformed target")
         return check_target(target, self.spec.allow) or target
+
+
+def redis_key(spec: TokenSourceSpec, token: str) -> str:
+    """The Redis key of a token: ``NAMESPACE:TOKEN``, or ``TOKEN`` without a namespace."""
+    return f"{spec.namespace}:{token}" if spec.namespace else token
+
+
+def redis_target(spec: TokenSourceSpec, value: Optional[bytes]) -> Union[TargetAddress, Reject]:
+    """The allowed target a Redis value names (websockify's JSON or plain form), or the uniform 403."""
+    if value is None:
+        return UNKNOWN
+    try:
+        text = value.decode("utf-8").strip()
+        if text.startswith("{"):
+            import json
+
+            host = json.loads(text).get("host")
+            text = host if isinstance(host, str) else ""
+    except (UnicodeDecodeError, ValueError, AttributeError):
+        return invalid("the Redis value is neither websockify's JSON nor host:port")
+    target = parse_target(text)
+    if target is None:
+        return invalid("token names a malformed target (expected host:port)")
+    return check_target(target, spec.allow) or target
 
 
 def make_token_source(spec: TokenSourceSpec, read_secret: Callable[[str], bytes]) -> Union[FileTokens, SignedTokens]:

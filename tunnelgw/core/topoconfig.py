@@ -49,7 +49,7 @@ __all__ = [
 ]
 
 LB_METHODS = ("byrequests", "bybusyness", "bysource")
-TOKEN_KINDS = ("file", "dir", "jwt")
+TOKEN_KINDS = ("file", "dir", "jwt", "redis")
 TOKEN_FROM = ("query", "path", "host")
 DEFAULT_RETRY = 60.0
 DEFAULT_TOKEN_RELOAD = 2.0
@@ -78,6 +78,40 @@ class TokenSourceSpec:
     reload: float
     bind_address: bool
     where: Location
+    #: For redis sources: keys are ``NAMESPACE:TOKEN`` (websockify's TokenRedis layout); empty: ``TOKEN``.
+    namespace: str = ""
+    #: For redis sources: seconds a lookup may take before the client gets 503.
+    timeout: float = 1.0
+
+    @property
+    def redis(self) -> "RedisAddress":
+        """For redis sources: where the server is (the parser checked the URL)."""
+        found = redis_address(self.path)
+        assert found is not None
+        return found
+
+
+@dataclass(frozen=True)
+class RedisAddress:
+    """``redis://HOST:PORT/DB`` (``rediss://``: TLS)."""
+
+    host: str
+    port: int
+    db: int
+    tls: bool
+
+
+def redis_address(text: str) -> Optional[RedisAddress]:
+    """A Redis URL without credentials (passwords go in files), or None when it is not one."""
+    try:
+        url = urlsplit(text)
+        port = url.port
+    except ValueError:
+        return None
+    if url.scheme not in ("redis", "rediss") or not url.hostname or url.username or url.password or url.query \
+            or url.fragment or url.path.strip("/") not in ("", *map(str, range(16))):
+        return None
+    return RedisAddress(url.hostname, port or 6379, int(url.path.strip("/") or 0), url.scheme == "rediss")
 
 
 @dataclass(frozen=True)
@@ -180,7 +214,8 @@ def _allow(value: str) -> AllowedTarget:
 
 
 _SECONDS = number(0, 86400)
-_TOKEN_SOURCE_OPTIONS = {"allow": _allow, "reload": _SECONDS, "bind": choice("address", "none")}
+_TOKEN_SOURCE_OPTIONS = {"allow": _allow, "reload": _SECONDS, "bind": choice("address", "none"),
+                         "namespace": matching(_NAME.pattern, "a plain name"), "timeout": number(0.05, 60)}
 _TOKEN_ROUTE_OPTIONS = {"from": choice(*TOKEN_FROM), "param": matching(_NAME.pattern, "a plain name"),
                         "connecttimeout": number(0, 86400, above_low=True)}
 _MEMBER_OPTIONS = {"status": choice("drain", "+n", "active")}
@@ -221,8 +256,8 @@ class TopologyParser:
 
     def read_token_source(self, args: list[str], where: Location, problem: Callable[[str], None], _: object) -> None:
         if len(args) < 3 or args[1] not in TOKEN_KINDS or not _NAME.fullmatch(args[0]):
-            problem("TokenSource takes a name, a kind (file, dir, jwt), a path (for jwt: a file "
-                    "holding the secret) and allow=HOST:PORTS options")
+            problem("TokenSource takes a name, a kind (file, dir, jwt, redis), a path (for jwt: a file "
+                    "holding the secret; for redis: redis://HOST:PORT/DB) and allow=HOST:PORTS options")
             return
         name, kind, path = args[:3]
         if any(s.name == name for s in self.token_sources):
@@ -237,7 +272,13 @@ class TopologyParser:
             return
         if bind and kind != "jwt":
             problem("bind=address needs signed tokens (kind jwt)")
-        self.token_sources.append(TokenSourceSpec(name, kind, path, tuple(allow), reload, bind, where))
+        if kind == "redis" and redis_address(path) is None:
+            problem(f"a redis TokenSource takes redis://HOST:PORT/DB (rediss:// for TLS, no password in it), got {path!r}")
+        for key in ("namespace", "timeout"):
+            if key in found and kind != "redis":
+                problem(f"{key}= applies to redis token sources only")
+        self.token_sources.append(TokenSourceSpec(name, kind, path, tuple(allow), reload, bind, where,
+                                                  found.get("namespace", ""), found.get("timeout", 1.0)))
 
     def read_token_route(self, args: list[str], where: Location, problem: Callable[[str], None],
                     is_safe_path: Callable[[str], bool]) -> None:

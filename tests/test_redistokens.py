@@ -1,0 +1,98 @@
+"""
+Tokens in a real redis-server, in websockify's TokenRedis layout
+(tunnelgw.core.tokens.redis_target, tunnelgw.redistokens): both value forms,
+a namespace, a broker's change followed at once, 403 for unknown and
+forbidden targets, 503 while Redis is gone, and recovery without a restart.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from websockets.exceptions import InvalidStatus
+from websockets.sync.client import connect
+
+from support import GatewayProcess, RedisServer, TcpServer, echo, redis_server, wait_until
+from tunnelgw.core.errors import Location
+from tunnelgw.core.routing import Reject
+from tunnelgw.core.tokens import TargetAddress, redis_key, redis_target
+from tunnelgw.core.topoconfig import AllowedTarget, TokenSourceSpec
+
+SPEC = TokenSourceSpec("r", "redis", "redis://127.0.0.1:6379/0", (AllowedTarget("127.0.0.0/8", 5900, 5999),), 2.0,
+                       False, Location("t", 1), namespace="vdi")
+
+
+def test_redis_values() -> None:
+    assert redis_key(SPEC, "desk1") == "vdi:desk1"
+    assert redis_target(SPEC, b'{"host": "127.0.0.5:5901"}') == TargetAddress("127.0.0.5", 5901)
+    assert redis_target(SPEC, b"127.0.0.5:5902") == TargetAddress("127.0.0.5", 5902)
+    for bad in (None, b"10.0.0.1:5901", b"127.0.0.5:80", b'{"host": 5}', b"\xff", b"{nope", b"127.0.0.5:5901:x=1"):
+        refused = redis_target(SPEC, bad)
+        assert isinstance(refused, Reject) and (refused.status, refused.reason) == (403, "invalid token"), bad
+
+
+def status_of(url: str) -> int:
+    try:
+        with connect(url, open_timeout=10):
+            return 101
+    except InvalidStatus as e:
+        return e.response.status_code
+
+
+def echoes(url: str, data: bytes) -> bool:
+    with connect(url, open_timeout=10) as ws:
+        ws.send(data)
+        return ws.recv(timeout=5) == data
+
+
+def test_tokens_in_redis(tmp_path: Path, redis_server: RedisServer) -> None:
+    import redis
+
+    store = redis.Redis(host="127.0.0.1", port=redis_server.port)
+    first, second = TcpServer(echo, host="127.0.0.5"), TcpServer(echo, host="127.0.0.6")
+    try:
+        store.set("vdi:desk1", f'{{"host": "127.0.0.5:{first.port}"}}')
+        store.set("vdi:desk2", f"127.0.0.6:{second.port}")
+        store.set("vdi:evil", "10.1.2.3:22")
+        config = f"""
+Listen tcp:port=0:interface=127.0.0.1
+TokenSource broker redis redis://127.0.0.1:{redis_server.port}/0 namespace=vdi timeout=0.5 allow=127.0.0.0/8:1-65535
+TokenRoute /vnc broker
+"""
+        with GatewayProcess(config, tmp_path) as gw:
+            base = f"ws://127.0.0.1:{gw.port()}/vnc"
+            assert echoes(base + "?token=desk1", b"one") and first.accepted == 1
+            assert echoes(base + "?token=desk2", b"two") and second.accepted == 1
+            assert status_of(base + "?token=nobody") == 403
+            assert status_of(base + "?token=evil") == 403
+            assert status_of(base) == 403
+            # The broker moves desk1: the next session follows, no reload.
+            store.set("vdi:desk1", f"127.0.0.6:{second.port}")
+            assert echoes(base + "?token=desk1", b"moved") and second.accepted == 2
+            gw.wait_log(rf"session end .*backend=tcp:host=127.0.0.6:port={second.port}")
+            assert "nobody" not in gw.log()  # tokens are logged as fingerprints only
+
+            redis_server.stop()
+            assert status_of(base + "?token=desk1") == 503
+            gw.wait_log(r"token lookup in broker failed")
+            redis_server.start()
+            store = redis.Redis(host="127.0.0.1", port=redis_server.port)
+            store.set("vdi:desk1", f"127.0.0.5:{first.port}")
+            assert wait_until(lambda: status_of(base + "?token=desk1") == 101, 10)
+            assert echoes(base + "?token=desk1", b"back")
+    finally:
+        first.stop()
+        second.stop()
+
+
+@pytest.mark.parametrize("line, message", [
+    ("TokenSource r redis http://127.0.0.1:6379 allow=127.0.0.1:5900", "a redis TokenSource takes redis://HOST:PORT/DB"),
+    ("TokenSource r file /tmp/t namespace=x allow=127.0.0.1:5900", "namespace= applies to redis token sources only"),
+])
+def test_redis_source_mistakes(line: str, message: str) -> None:
+    from tunnelgw.core.config import ConfigError, parse_config
+
+    with pytest.raises(ConfigError) as caught:
+        parse_config(f"Listen tcp:port=1\n{line}\n", "gw.conf")
+    assert f"gw.conf:2: {message}" in str(caught.value)

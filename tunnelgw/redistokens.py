@@ -1,0 +1,54 @@
+"""
+Token sources in Redis (``TokenSource NAME redis redis://HOST:PORT/DB allow=...``),
+in websockify's TokenRedis layout (see :func:`tunnelgw.core.tokens.redis_target`).
+
+A lookup is one ``GET`` through redis-py on the reactor's thread pool, with a
+socket timeout of the source's ``timeout=``: a broker's change is seen by the
+next session, and the reactor thread never waits.  Redis unreachable or slow
+gives the client 503 "token lookup unavailable" (the operator's log says
+why), never a hang; redis-py reconnects by itself once Redis is back.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Union
+
+from twisted.internet import defer
+from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
+
+from tunnelgw.core.routing import Reject
+from tunnelgw.core.tokens import TargetAddress, redis_key, redis_target
+from tunnelgw.core.topoconfig import TokenSourceSpec
+
+__all__ = ["UNAVAILABLE", "RedisTokens"]
+
+_log = Logger(namespace="tunnelgw")
+#: The answer while the token store cannot be asked.
+UNAVAILABLE = Reject(503, "token lookup unavailable")
+
+
+class RedisTokens:
+    """One Redis token source."""
+
+    def __init__(self, spec: TokenSourceSpec, reactor: Any) -> None:
+        import redis
+
+        self.spec = spec
+        self._reactor = reactor
+        address = spec.redis
+        self._redis = redis.Redis(host=address.host, port=address.port, db=address.db, ssl=address.tls,
+                                  socket_timeout=spec.timeout, socket_connect_timeout=spec.timeout)
+        self._errors = (redis.RedisError, OSError)
+
+    def lookup(self, token: str, client: str) -> "defer.Deferred[Union[TargetAddress, Reject]]":
+        """The allowed target of token, the uniform 403, or 503 when Redis cannot answer."""
+        key = redis_key(self.spec, token)
+        d = deferToThreadPool(self._reactor, self._reactor.getThreadPool(), self._redis.get, key)
+
+        def unavailable(failure: Any) -> Reject:
+            failure.trap(*self._errors)
+            _log.warn("token lookup in {source} failed: {error}", source=self.spec.name, error=str(failure.value))
+            return Reject(UNAVAILABLE.status, UNAVAILABLE.reason, str(failure.value))
+
+        return d.addCallbacks(lambda value: redis_target(self.spec, value), unavailable)  # type: ignore[no-any-return]
