@@ -128,19 +128,25 @@ class AdminResource(Resource):
             refused = csrf_refusal(self._secret, session_id, headers, body, [f"{scheme}://{host}"])
             if refused is not None:
                 return _plain(request, 403, refused)
-            session = self._factory.sessions.get(session_id)
-            if session is None:
+            # A session of a desktop closes with every channel of that desktop (the id may be the desktop's).
+            live = [(s, s.describe()) for s in list(self._factory.sessions.values())]
+            chosen = next((d for _, d in live if d["session"] == session_id), None)
+            desktop = chosen.get("desktop") if chosen is not None else session_id
+            closing = [(s, d) for s, d in live if d["session"] == session_id or (desktop and d.get("desktop") == desktop)]
+            if not closing:
                 return _plain(request, 404, "no such live session")
-            described = session.describe()
-            fields = {"session": described["session"], "client": described["client"], "route": described["route"],
-                      "path": described["path"], "admin": format_address(request.getClientAddress())}
-            _log.info("admin close {details}", details=format_fields(fields), fields=fields, audit="admin.close")
-            session.close_session(ADMIN_CLOSE)
+            for session, described in closing:
+                fields = {"session": described["session"], "client": described["client"], "route": described["route"],
+                          "path": described["path"], "desktop": described.get("desktop"),
+                          "admin": format_address(request.getClientAddress())}
+                _log.info("admin close {details}", details=format_fields({k: v for k, v in fields.items() if v}),
+                          fields=fields, audit="admin.close")
+                session.close_session(ADMIN_CLOSE)
             if "csrf=" in body.decode("latin-1"):  # the page's form: back to the page
                 request.setResponseCode(303)
                 request.setHeader(b"location", b"/?closed=" + session_id.encode("latin-1"))
                 return b""
-            return _plain(request, 200, f"closing session {session.session_id}")
+            return _plain(request, 200, "closing session " + ", ".join(d["session"] for _, d in closing))
         return _plain(request, 404, "not found (see /, /healthz, /metrics, /sessions)")
 
     def _pool(self, request: Request, rest: list[bytes]) -> Any:

@@ -41,18 +41,25 @@ class _LiveCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         live: dict[str, int] = defaultdict(int)
+        desktops: dict[str, set[str]] = defaultdict(set)
         up, down = defaultdict(int, self._metrics.bytes_up), defaultdict(int, self._metrics.bytes_down)
         for session in list(self._source.sessions.values()):
             label = route_label(session.route)
             live[label] += 1
             record = session._record
             if record is not None:
+                desktops[label].add(record.desktop or record.session_id)
                 up[label] += record.bytes_up
                 down[label] += record.bytes_down
         gauge = GaugeMetricFamily("tunnelgw_sessions_live", "Sessions open now", labels=["route"])
         for label in set(live) | set(self._metrics.routes_seen):
             gauge.add_metric([label], live.get(label, 0))
         yield gauge
+        grouped = GaugeMetricFamily("tunnelgw_desktops_live", "Desktops open now (the channels of one token count once)",
+                                    labels=["route"])
+        for label in set(live) | set(self._metrics.routes_seen):
+            grouped.add_metric([label], len(desktops.get(label, ())))
+        yield grouped
         relayed = CounterMetricFamily("tunnelgw_bytes", "Payload bytes relayed",
                                       labels=["route", "direction"])
         for label in set(up) | set(down):

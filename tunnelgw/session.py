@@ -208,11 +208,14 @@ class GatewaySession(QuietAdapter, WebSocketServerProtocol):  # type: ignore[mis
         if refused is not None:
             self._refuse(refused, "subprotocol" if refused.status == 400 else "backend")
             return
-        admission = factory.session_counts.admit(self._label, self.route.options.max_sessions, self._client)
+        admission = factory.session_counts.admit(self._label, self.route.options.max_sessions, self._client,
+                                                 self.route.desktop, self._session_id)
         if isinstance(admission, Reject):
             self._refuse(admission, "limit")
             return
         self._admission = admission
+        if self._record is not None:
+            self._record.desktop = admission.group
         started = factory.reactor.seconds()
         self._connecting = self._link.connect()
         self._connecting.addCallbacks(self._backend_up, self._backend_failed, callbackArgs=(started,))
@@ -276,6 +279,8 @@ class GatewaySession(QuietAdapter, WebSocketServerProtocol):  # type: ignore[mis
         record.backend = link.description
         if record.recording:
             start_fields["recording"] = record.recording
+        if record.desktop:
+            start_fields["desktop"] = record.desktop
         _log.info("session start {details}", details=format_fields(start_fields), fields=start_fields,
                   audit="session.start")
         factory.sessions[record.session_id] = self

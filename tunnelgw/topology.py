@@ -176,20 +176,23 @@ class Topology:
         if route_spec is None:
             return None
         options = RouteOptions(connect_timeout=route_spec.connect_timeout)
-        if isinstance(self.sources[route_spec.source], RedisTokens):
+        token = self._token_of(route_spec, path, query, request, client)
+        if isinstance(token, Reject):
+            return token
+        # The channels that carry one token are one desktop (SPICE opens several).
+        desktop = fingerprint(token)
+        source = self.sources[route_spec.source]
+        if isinstance(source, RedisTokens):
             # Looked up when the session connects (off the reactor thread); no redirect for these.
-            token = self._token_of(route_spec, path, query, request, client)
-            if isinstance(token, Reject):
-                return token
-            return Route(route_spec, LookupTarget(route_spec.source, token), options)
-        target = self._resolve(route_spec, path, query, request, client)
-        if not isinstance(target, TargetAddress):
-            return target
+            return Route(route_spec, LookupTarget(route_spec.source, token), options, desktop=desktop)
+        target = source.lookup(token, self._reactor.seconds(), client)
+        if isinstance(target, Reject):
+            return self._refused_token(target, client, token)
         owner = owner_of(target.host, self.config.owners)
         if owner is not None and owner != self.config.gateway_url:
             return Redirect(redirect_location(owner, request.uri.decode("latin-1")),
                             f"desktop host {target.host} is served by {owner}")
-        return Route(route_spec, EndpointTarget(target.endpoint), options)
+        return Route(route_spec, EndpointTarget(target.endpoint), options, desktop=desktop)
 
     def _token_route(self, path: str) -> Optional[TokenRouteSpec]:
         found = [r for r in self.config.token_routes if _under(path, r.path)]
@@ -237,16 +240,6 @@ class Topology:
         remainder = path[len(spec.path):] if spec.path != "/" else path
         token = extract_token(spec.origin, spec.param, remainder, query, _header(request, b"host"))
         return self._refused_token(token, client, "") if isinstance(token, Reject) else token
-
-    def _resolve(self, spec: TokenRouteSpec, path: str, query: str, request: Any,
-                 client: str) -> Union[TargetAddress, Reject]:
-        token = self._token_of(spec, path, query, request, client)
-        if isinstance(token, Reject):
-            return token
-        source = self.sources[spec.source]
-        assert not isinstance(source, RedisTokens)
-        found = source.lookup(token, self._reactor.seconds(), client)
-        return self._refused_token(found, client, token) if isinstance(found, Reject) else found
 
     def connect_token(self, route: Route, target: LookupTarget, client: str,
                       found: Callable[[str], None]) -> "defer.Deferred[BackendConnection]":

@@ -36,7 +36,7 @@ AUDIT_EVENTS = {"session.start": 6, "session.end": 6, "session.refused": 5, "req
                 "admin.close": 5}
 #: The fields an audit event may carry, in the order they are written.
 AUDIT_FIELDS = ("session", "client", "user", "route", "path", "backend", "subprotocol", "status", "reason",
-                "kind", "bytes_up", "bytes_down", "duration", "close_code", "close_reason", "recording", "admin")
+                "kind", "bytes_up", "bytes_down", "duration", "close_code", "close_reason", "recording", "desktop", "admin")
 #: Syslog facilities by name (RFC 5424 table 1).
 FACILITIES = {"kern": 0, "user": 1, "daemon": 3, "auth": 4, "authpriv": 10, **{f"local{i}": 16 + i for i in range(8)}}
 #: Longest SD-PARAM value written, in characters (a client-controlled path is cut there).

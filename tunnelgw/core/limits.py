@@ -11,7 +11,7 @@ how many addresses are tracked at once.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Union
+from typing import Any, Optional, Union
 
 from tunnelgw.core.routing import Reject
 
@@ -24,11 +24,16 @@ class Admission:
 
     route: str
     client: str
+    #: The desktop's logical session: the id of its first live channel ("" without a desktop).
+    group: str = ""
+    desktop: str = ""
 
 
 class SessionCounts:
     """
     Concurrent sessions, counted globally, per route and per client address.
+    Sessions of one desktop (the channels of a SPICE client, say) take one
+    slot together: the first one's, held until the last one ends.
 
     :param total: global limit (0: none).
     :param per_client: limit per client address (0: none).
@@ -40,9 +45,19 @@ class SessionCounts:
         self.live = 0
         self._routes: dict[str, int] = {}
         self._clients: dict[str, int] = {}
+        #: desktop -> [live channels, group id, the first channel's admission]
+        self._desktops: dict[str, list[Any]] = {}
 
-    def admit(self, route: str, route_limit: Optional[int], client: str) -> Union[Admission, Reject]:
-        """Take a slot for a session of client on route, or say which limit refuses it (503)."""
+    def admit(self, route: str, route_limit: Optional[int], client: str, desktop: str = "",
+              session_id: str = "") -> Union[Admission, Reject]:
+        """
+        Take a slot for a session of client on route, or say which limit refuses
+        it (503).  A session of a desktop that already holds a slot joins it.
+        """
+        joined = self._desktops.get(desktop) if desktop else None
+        if joined is not None:
+            joined[0] += 1
+            return Admission(route, client, joined[1], desktop)
         if self.total_limit and self.live >= self.total_limit:
             return Reject(503, "the gateway is at its session limit")
         if route_limit and self._routes.get(route, 0) >= route_limit:
@@ -52,10 +67,25 @@ class SessionCounts:
         self.live += 1
         self._routes[route] = self._routes.get(route, 0) + 1
         self._clients[client] = self._clients.get(client, 0) + 1
-        return Admission(route, client)
+        admission = Admission(route, client, session_id if desktop else "", desktop)
+        if desktop:
+            self._desktops[desktop] = [1, session_id, admission]
+        return admission
+
+    @property
+    def desktops(self) -> int:
+        """Desktops with live channels."""
+        return len(self._desktops)
 
     def release(self, admission: Admission) -> None:
-        """Give a slot back (once per admission)."""
+        """Give a channel back (once per admission); a desktop's slot goes with its last channel."""
+        if admission.desktop:
+            entry = self._desktops[admission.desktop]
+            entry[0] -= 1
+            if entry[0]:
+                return
+            del self._desktops[admission.desktop]
+            admission = entry[2]
         self.live -= 1
         for counts, key in ((self._routes, admission.route), (self._clients, admission.client)):
             left = counts[key] - 1

@@ -212,6 +212,8 @@ class SessionRecord:
     started: float
     route: str = ""
     recording: str = ""
+    #: The desktop's logical session id (the first channel's session id) when channels are grouped.
+    desktop: str = ""
     bytes_up: int = 0
     bytes_down: int = 0
     close_code: Optional[int] = None
@@ -240,6 +242,7 @@ class SessionRecord:
             "close_code": self.close_code,
             "close_reason": self.close_reason,
             **({"recording": self.recording} if self.recording else {}),
+            **({"desktop": self.desktop} if self.desktop else {}),
         }
 
 

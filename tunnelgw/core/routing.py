@@ -36,6 +36,9 @@ class Route:
     backend: BackendTarget
     options: RouteOptions
     remainder: str = ""
+    #: The desktop the session belongs to (a token's fingerprint on token routes): sessions
+    #: with one desktop are one logical session, counted once by the limits.
+    desktop: str = ""
 
     @property
     def target(self) -> str:

@@ -1,0 +1,82 @@
+"""
+One logical session per desktop: WebSockets that carry one token (the
+channels of a SPICE client) share one desktop id in logs and the admin list,
+take one slot of the limits, and close together from the admin listener.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import urllib.request
+from pathlib import Path
+
+import pytest
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.sync.client import connect
+
+from support import GatewayProcess, TcpServer, backend, wait_until
+from tunnelgw.core.limits import SessionCounts
+from tunnelgw.core.routing import Reject
+
+
+def test_channels_of_a_desktop_take_one_slot() -> None:
+    counts = SessionCounts(total=1, per_client=0)
+    first = counts.admit("/spice", None, "c", desktop="tok:1", session_id="s1")
+    second = counts.admit("/spice", None, "c", desktop="tok:1", session_id="s2")
+    assert not isinstance(first, Reject) and not isinstance(second, Reject)
+    assert (first.group, second.group) == ("s1", "s1") and counts.live == 1 and counts.desktops == 1
+    assert isinstance(counts.admit("/spice", None, "c", desktop="tok:2", session_id="s3"), Reject)
+    counts.release(first)
+    assert counts.live == 1  # the second channel still holds the desktop's slot
+    counts.release(second)
+    assert counts.live == 0 and counts.desktops == 0
+    assert not isinstance(counts.admit("/spice", None, "c", desktop="tok:2", session_id="s4"), Reject)
+
+
+def admin_get(port: int, path: str) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as answer:
+        return str(answer.read().decode())
+
+
+def test_channels_with_one_token_are_one_desktop(tmp_path: Path, backend: TcpServer) -> None:
+    tokens = tmp_path / "tokens"
+    tokens.write_text(f"desk1: 127.0.0.1:{backend.port}\ndesk2: 127.0.0.1:{backend.port}\n")
+    config = f"""
+Listen tcp:port=0:interface=127.0.0.1
+AdminListen tcp:port=0:interface=127.0.0.1
+Limit sessions=1
+TokenSource files file {tokens} allow=127.0.0.0/8:1024-65535 reload=0
+TokenRoute /spice files
+"""
+    with GatewayProcess(config, tmp_path) as gw:
+        url = f"ws://127.0.0.1:{gw.port()}/spice?token="
+        with connect(url + "desk1", open_timeout=5) as main, connect(url + "desk1", open_timeout=5) as display:
+            for ws in (main, display):
+                ws.send(b"x")
+                assert ws.recv(timeout=5) == b"x"
+            with pytest.raises(InvalidStatus) as refused:  # another desktop: over the limit of one
+                connect(url + "desk2", open_timeout=5)
+            assert refused.value.response.status_code == 503
+            sessions = json.loads(admin_get(gw.port(1), "/sessions"))["sessions"]
+            assert len(sessions) == 2 and len({s["desktop"] for s in sessions}) == 1
+            desktop = sessions[0]["desktop"]
+            assert desktop in {s["session"] for s in sessions}  # the first channel's id names the desktop
+            metrics = admin_get(gw.port(1), "/metrics")
+            assert 'tunnelgw_sessions_live{route="/spice"} 2.0' in metrics
+            assert 'tunnelgw_desktops_live{route="/spice"} 1.0' in metrics
+            starts = re.findall(r"session start session=(\w+) .*desktop=(\w+)", gw.log())
+            assert len(starts) == 2 and {d for _, d in starts} == {desktop}
+            # Closing one channel from the admin closes the desktop: every channel.
+            other = next(s["session"] for s in sessions if s["session"] != desktop)
+            request = urllib.request.Request(f"http://127.0.0.1:{gw.port(1)}/sessions/{other}/close", method="POST")
+            assert urllib.request.urlopen(request, timeout=5).status == 200
+            for ws in (main, display):
+                with pytest.raises(ConnectionClosed):
+                    ws.recv(timeout=5)
+                assert ws.close_code == 1008
+        assert wait_until(lambda: json.loads(admin_get(gw.port(1), "/sessions")) == {"sessions": []}, 5)
+        assert len(re.findall(r"admin close .*desktop=" + desktop, gw.log())) == 2
+        with connect(url + "desk2", open_timeout=5) as ws:  # the slot is free again
+            ws.send(b"y")
+            assert ws.recv(timeout=5) == b"y"
