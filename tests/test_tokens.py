@@ -185,3 +185,16 @@ def test_short_hs256_secret_refused() -> None:
     with pytest.raises(ValueError, match="32 bytes"):
         make_token_source(spec("jwt"), lambda p: b"x" * 16)
     assert isinstance(make_token_source(spec("jwt"), lambda p: b"x" * 32), SignedTokens)
+
+
+def test_tokens_name_their_user() -> None:
+    """A token's user (claim user, else sub; Redis JSON user) reaches logs and audit; odd values are dropped."""
+    from tunnelgw.core.tokens import redis_target
+
+    source = SignedTokens(spec("jwt"), SECRET)
+    good = {"host": "127.0.0.2", "port": 5901, "exp": 200}
+    assert source.lookup(sign(good | {"user": "alice"}), 100.0, "c") == TargetAddress("127.0.0.2", 5901, "alice")
+    assert source.lookup(sign(good | {"sub": "bob@example.org"}), 100.0, "c").user == "bob@example.org"  # type: ignore[union-attr]
+    assert source.lookup(sign(good | {"user": "eve status=200"}), 100.0, "c").user == ""  # type: ignore[union-attr]
+    assert source.lookup(sign(good | {"user": 7}), 100.0, "c").user == ""  # type: ignore[union-attr]
+    assert redis_target(spec(), b'{"host": "127.0.0.2:5901", "user": "carol"}') == TargetAddress("127.0.0.2", 5901, "carol")

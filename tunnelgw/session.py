@@ -200,7 +200,7 @@ class GatewaySession(QuietAdapter, WebSocketServerProtocol):  # type: ignore[mis
         path = factory.redact(self.http_request_path)  # logs and the admin list never show a token
         self._record = SessionRecord(session_id=self._session_id, client=client_label(self._client, self.transport),
                                      path=path, backend=self._link.description, started=factory.reactor.seconds(),
-                                     route=self._label, recording=self._recording)
+                                     route=self._label, recording=self._recording, user=self.route.user)
         self.processHandshake()
         if self._outcome == "refused":
             return
@@ -281,6 +281,8 @@ class GatewaySession(QuietAdapter, WebSocketServerProtocol):  # type: ignore[mis
             start_fields["recording"] = record.recording
         if record.desktop:
             start_fields["desktop"] = record.desktop
+        if record.user:
+            start_fields["user"] = record.user
         _log.info("session start {details}", details=format_fields(start_fields), fields=start_fields,
                   audit="session.start")
         factory.sessions[record.session_id] = self

@@ -214,6 +214,8 @@ class SessionRecord:
     recording: str = ""
     #: The desktop's logical session id (the first channel's session id) when channels are grouped.
     desktop: str = ""
+    #: The user the session's token names, when it names one.
+    user: str = ""
     bytes_up: int = 0
     bytes_down: int = 0
     close_code: Optional[int] = None
@@ -243,6 +245,7 @@ class SessionRecord:
             "close_reason": self.close_reason,
             **({"recording": self.recording} if self.recording else {}),
             **({"desktop": self.desktop} if self.desktop else {}),
+            **({"user": self.user} if self.user else {}),
         }
 
 

@@ -39,6 +39,8 @@ class Route:
     #: The desktop the session belongs to (a token's fingerprint on token routes): sessions
     #: with one desktop are one logical session, counted once by the limits.
     desktop: str = ""
+    #: The user the token names (``user`` or ``sub`` claim), for logs and audit events.
+    user: str = ""
 
     @property
     def target(self) -> str:

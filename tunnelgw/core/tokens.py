@@ -29,7 +29,7 @@ import ipaddress
 import math
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable, Hashable, Optional, Sequence, Union
 from urllib.parse import parse_qs, unquote
 
@@ -53,9 +53,11 @@ __all__ = [
     "make_token_source",
     "redis_key",
     "redis_target",
+    "user_name",
 ]
 
 _HOST = re.compile(r"[A-Za-z0-9]([A-Za-z0-9.-]{0,252})")
+_USER = re.compile(r"[\w.@+-]{1,64}")
 _TOKEN = re.compile(r"[A-Za-z0-9._~+/=-]{1,4096}")
 
 MISSING = Reject(403, "missing token")
@@ -92,10 +94,11 @@ def _port(value: object) -> Optional[int]:
 
 @dataclass(frozen=True)
 class TargetAddress:
-    """A desktop's address: a host name or IP address, and a TCP port."""
+    """A desktop's address: a host name or IP address, and a TCP port; the token's user when it names one."""
 
     host: str
     port: int
+    user: str = ""
 
     @property
     def endpoint(self) -> str:
@@ -271,7 +274,18 @@ class SignedTokens:
         target = parse_target(f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
         if target is None:
             return invalid("token names a malformed target")
-        return check_target(target, self.spec.allow) or target
+        return check_target(target, self.spec.allow) or replace(target, user=user_name(claims))
+
+
+def user_name(claims: object) -> str:
+    """The user a token names (``user``, else ``sub``) for logs and audit; "" when none or not plain text."""
+    if not isinstance(claims, dict):
+        return ""
+    for key in ("user", "sub"):
+        value = claims.get(key)
+        if isinstance(value, str) and _USER.fullmatch(value):
+            return value
+    return ""
 
 
 def redis_key(spec: TokenSourceSpec, token: str) -> str:
@@ -288,14 +302,17 @@ def redis_target(spec: TokenSourceSpec, value: Optional[bytes]) -> Union[TargetA
         if text.startswith("{"):
             import json
 
-            host = json.loads(text).get("host")
-            text = host if isinstance(host, str) else ""
+            record = json.loads(text)
+            host = record.get("host")
+            text, user = (host if isinstance(host, str) else ""), user_name(record)
+        else:
+            user = ""
     except (UnicodeDecodeError, ValueError, AttributeError):
         return invalid("the Redis value is neither websockify's JSON nor host:port")
     target = parse_target(text)
     if target is None:
         return invalid("token names a malformed target (expected host:port)")
-    return check_target(target, spec.allow) or target
+    return check_target(target, spec.allow) or replace(target, user=user)
 
 
 def make_token_source(spec: TokenSourceSpec, read_secret: Callable[[str], bytes]) -> Union[FileTokens, SignedTokens]:
