@@ -23,7 +23,7 @@ from twisted.internet.testing import MemoryReactorClock
 from websockets.sync.client import connect
 
 from desktops import BACKGROUND, RECORDER, TEXT_SHOWN, Browser, Xvnc, canvas_pixel, wait_for
-from support import GatewayProcess, TcpServer, backend, require_tool, wait_until
+from support import GatewayProcess, TcpServer, backend, free_port, require_tool, wait_until
 from tunnelgw.core.config import Recording
 from tunnelgw.core.errors import Location
 from tunnelgw.core.recording import FOOTER, HEADER, Frame, encode_frame, parse_recording
@@ -198,11 +198,12 @@ def test_novnc_session_recorded_and_replayed_in_chromium(tmp_path: Path) -> None
 
 def replay_after_recording(tmp_path: Path, folder: Path, desktop: Xvnc, browser: Browser) -> None:
     """Record a typed line through the gateway, then replay the recording."""
+    port = free_port()
     config = f"""
-Listen tcp:port=0:interface=127.0.0.1
+Listen tcp:port={port}:interface=127.0.0.1
 AdminListen tcp:port=0:interface=127.0.0.1
 Alias /novnc {NOVNC}
-Recording {folder}
+Recording {folder} viewer=http://127.0.0.1:{port}/novnc/vnc_lite.html?path=replay/{{session}}
 ProxyPass /websockify {desktop.endpoint} record=on
 ProxyPass /replay replay:{folder} speed=4 allowclients=127.0.0.0/8
 """
@@ -231,7 +232,7 @@ ProxyPass /replay replay:{folder} speed=4 allowclients=127.0.0.0/8
         [listed] = json.loads(urllib.request.urlopen(admin + "/sessions", timeout=5).read())["sessions"]
         assert listed["recording"] == f"{listed['session']}.js"
         operator_page = urllib.request.urlopen(admin + "/", timeout=5).read().decode()
-        assert f"{listed['session']}.js (replay: /replay/{listed['session']})" in operator_page
+        assert f'vnc_lite.html?path=replay/{listed["session"]}" target="_blank"' in operator_page
         page.close()
         found = gw.wait_log(r"session end session=(\w+) .*path=/websockify .*recording=(\w+\.js)")
         session, name = found.group(1), found.group(2)
@@ -244,8 +245,12 @@ ProxyPass /replay replay:{folder} speed=4 allowclients=127.0.0.0/8
         for key in b"tunnelgw 7":  # a key press: RFB KeyEvent (4) or QEMU's extended key event (255, 0)
             assert bytes([4, 1, 0, 0, 0, 0, 0, key]) in typed or bytes([255, 0, 0, 1, 0, 0, 0, key]) in typed
 
-        replay = browser.page()
-        replay.goto(base + f"?path=replay/{session}", timeout=15000)
+        # The operator's page lists the recording; its link opens the replay in noVNC.
+        operator = browser.page()
+        operator.goto(admin + "/")
+        with operator.expect_popup() as opened:
+            operator.locator(f"#recordings a:has-text('{name}')").click()
+        replay = opened.value
         wait_for(lambda: replay.evaluate(_DIGEST) == live, 30, "the replayed canvas to end as the live one did")
         assert canvas_pixel(replay, 600, 440) == BACKGROUND and replay.evaluate(TEXT_SHOWN)
         gw.wait_log(r"replay finished: the last screen stays")

@@ -32,9 +32,9 @@ from twisted.web.server import NOT_DONE_YET, Request, Site
 from tunnelgw.core.hostpattern import listener_is_local
 from tunnelgw.core.relay import CLOSE_POLICY, Close
 from tunnelgw.logs import format_fields
+from tunnelgw.recording import newest_recordings
 from tunnelgw.core.adminpage import PAGE_HEADERS, csrf_refusal, render_page
 from tunnelgw.core.clientaddr import format_address
-from tunnelgw.core.targets import ReplayTarget
 
 __all__ = ["ADMIN_CLOSE", "AdminResource", "admin_site", "is_own_host"]
 
@@ -185,11 +185,10 @@ class AdminResource(Resource):
         for name, value in PAGE_HEADERS:
             request.setHeader(name.encode(), value.encode())
         notice = f"closing session {closed}" if closed else ""
-        config = self._factory.config
-        replay = [r.path for r in config.prefix_rules if isinstance(r.backend, ReplayTarget)
-                  and config.recording is not None and r.backend.folder == config.recording.folder.rstrip("/")]
-        return render_page(sessions, self._secret, self._draining(), notice,
-                           replay[0] if replay else "").encode("utf-8")
+        spec = self._factory.config.recording
+        recordings = newest_recordings(spec.folder) if spec is not None else []
+        return render_page(sessions, self._secret, self._draining(), notice, recordings,
+                           spec.viewer if spec is not None else "").encode("utf-8")
 
 
 def admin_site(factory: Any, draining: Callable[[], bool], endpoint: str = "") -> Site:

@@ -34,7 +34,8 @@ from tunnelgw.core.recording import FOOTER, HEADER, Frame, encode_frame, recordi
 from tunnelgw.core.relay import Close
 from tunnelgw.core.routing import Reject
 
-__all__ = ["FLUSH_BYTES", "FLUSH_SECONDS", "MAX_PENDING", "Recorder", "Recordings", "RecordingLink"]
+__all__ = ["FLUSH_BYTES", "FLUSH_SECONDS", "LISTED", "MAX_PENDING", "Recorder", "Recordings", "RecordingLink",
+           "newest_recordings"]
 
 _log = Logger(namespace="tunnelgw")
 #: A recorder submits its buffered chunks once this many bytes wait...
@@ -43,6 +44,24 @@ FLUSH_BYTES = 256 * 1024
 FLUSH_SECONDS = 0.5
 #: Bytes of one recording submitted to the writer and not yet written; beyond it the recording stops.
 MAX_PENDING = 16 * 1024 * 1024
+
+
+#: How many recordings the operator's page lists (the newest).
+LISTED = 50
+
+
+def newest_recordings(folder: str, count: int = LISTED) -> list[tuple[str, int, float]]:
+    """(name, bytes, modified) of the newest recordings in folder; [] when it cannot be read."""
+    found = []
+    try:
+        with os.scandir(folder) as entries:
+            for entry in entries:
+                if entry.name.endswith(".js") and entry.is_file(follow_symlinks=False):
+                    info = entry.stat(follow_symlinks=False)
+                    found.append((entry.name, info.st_size, info.st_mtime))
+    except OSError:
+        return []
+    return sorted(found, key=lambda r: r[2], reverse=True)[:count]
 
 
 class Recordings:

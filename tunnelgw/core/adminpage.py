@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+from datetime import datetime, timezone
 from html import escape
 from typing import Mapping, Optional, Sequence
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, quote
 
 __all__ = ["PAGE_HEADERS", "csrf_refusal", "csrf_token", "render_page"]
 
@@ -64,21 +65,30 @@ def csrf_refusal(secret: bytes, session_id: str, headers: Mapping[str, str], bod
     return None
 
 
-def render_page(sessions: Sequence[Mapping[str, object]], secret: bytes, draining: bool, notice: str = "",
-                replay_path: str = "") -> str:
-    """
-    The whole page: a table of the live sessions, each with its close form.
+def _replay_link(viewer: str, name: str) -> str:
+    """The recording's name, linked to the viewer (``{session}`` filled in) when there is one."""
+    if not viewer or not name.endswith(".js"):
+        return escape(name)
+    url = viewer.replace("{session}", quote(name[:-3], safe=""))
+    return f'<a class="replay" href="{escape(url)}" target="_blank" rel="noopener noreferrer">{escape(name)}</a>'
 
-    :param replay_path: the path of a ``replay:`` route over the recording
-        folder; a recorded session's row then names where to replay it.
+
+def _cell(session: Mapping[str, object], key: str, viewer: str) -> str:
+    if key == "recording":
+        return _replay_link(viewer, str(session.get(key) or ""))
+    return escape(str(session.get(key, "")))
+
+
+def render_page(sessions: Sequence[Mapping[str, object]], secret: bytes, draining: bool, notice: str = "",
+                recordings: Sequence[tuple[str, int, float]] = (), viewer: str = "") -> str:
+    """
+    The whole page: a table of the live sessions, each with its close form,
+    then the newest recordings (name, bytes, modified), linked to ``viewer``.
     """
     rows = []
     for session in sessions:
         sid = str(session.get("session", ""))
-        values = dict(session)
-        if session.get("recording") and replay_path:
-            values["recording"] = f"{session['recording']} (replay: {replay_path.rstrip('/')}/{sid})"
-        cells = "".join(f"<td>{escape(str(values.get(key, '')))}</td>" for key, _ in _COLUMNS)
+        cells = "".join(f"<td>{_cell(session, key, viewer)}</td>" for key, _ in _COLUMNS)
         form = (f'<form method="post" action="/sessions/{escape(sid)}/close">'
                 f'<input type="hidden" name="csrf" value="{csrf_token(secret, sid)}">'
                 f'<button type="submit" name="close" value="{escape(sid)}">Close</button></form>')
@@ -87,11 +97,16 @@ def render_page(sessions: Sequence[Mapping[str, object]], secret: bytes, drainin
     body = "".join(rows) or f'<tr><td colspan="{len(_COLUMNS) + 1}">no live session</td></tr>'
     state = "draining: no new sessions" if draining else "serving"
     shown = f'<p class="notice">{escape(notice)}</p>' if notice else ""
+    kept = "".join(f"<tr><td>{_replay_link(viewer, name)}</td><td>{size}</td>"
+                   f"<td>{datetime.fromtimestamp(mtime, timezone.utc).isoformat(timespec='seconds')}</td></tr>"
+                   for name, size, mtime in recordings)
+    recorded = (f'<h2>Recordings</h2><table id="recordings"><thead><tr><th>recording</th><th>bytes</th>'
+                f'<th>modified (UTC)</th></tr></thead><tbody>{kept}</tbody></table>') if recordings else ""
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>tunnelgw: live sessions</title>
 <meta http-equiv="refresh" content="10">
 <style>body{{font-family:sans-serif;margin:1em}}table{{border-collapse:collapse}}
 td,th{{border:1px solid #bbb;padding:.2em .5em;text-align:left}}.notice{{background:#ffd}}</style></head>
 <body><h1>Live sessions: <span id="count">{len(sessions)}</span></h1><p>Gateway {state}.</p>{shown}
-<table id="sessions"><thead><tr>{head}<th></th></tr></thead><tbody>{body}</tbody></table></body></html>
+<table id="sessions"><thead><tr>{head}<th></th></tr></thead><tbody>{body}</tbody></table>{recorded}</body></html>
 """

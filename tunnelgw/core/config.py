@@ -248,6 +248,8 @@ class Recording:
     :ivar max_bytes: a recording stops (the session goes on) after this many
         recorded payload bytes; :ivar max_seconds: likewise after this long.
     :ivar keep_days: recordings older than this are deleted (0: kept).
+    :ivar viewer: ``viewer=URL`` with ``{session}``: where the operator's page
+        links each recording (a noVNC page on a ``replay:`` route); "" for no links.
     """
 
     folder: str
@@ -255,6 +257,7 @@ class Recording:
     max_seconds: float
     keep_days: float
     where: Location
+    viewer: str = ""
 
 
 @dataclass(frozen=True)
@@ -669,8 +672,16 @@ def _log_format(p: _Parse, args: list[str], where: Location, problem: Problems) 
         p.log_format = args[0].lower()
 
 
+def _viewer(value: str) -> str:
+    if not value.startswith(("http://", "https://")) or "{session}" not in value or not value.isprintable() \
+            or any(c in value for c in ' "<>'):
+        raise ValueError(f"must be an http(s) URL holding {{session}}, got {value!r}")
+    return value
+
+
 _RECORDING_OPTIONS: dict[str, Reader] = {
-    "maxbytes": whole(1024, 1 << 50), "maxseconds": number(1, 365 * 86400), "keepdays": number(0, 36500)}
+    "maxbytes": whole(1024, 1 << 50), "maxseconds": number(1, 365 * 86400), "keepdays": number(0, 36500),
+    "viewer": _viewer}
 
 
 def _recording(p: _Parse, args: list[str], where: Location, problem: Problems) -> None:
@@ -682,7 +693,7 @@ def _recording(p: _Parse, args: list[str], where: Location, problem: Problems) -
         return
     found = read_options(args[1:], _RECORDING_OPTIONS, problem, "Recording")
     p.recording = Recording(args[0], found.get("maxbytes", 256 << 20), found.get("maxseconds", 86400.0),
-                            found.get("keepdays", 30.0), where)
+                            found.get("keepdays", 30.0), where, found.get("viewer", ""))
 
 
 _POOL_OPTIONS: dict[str, Reader] = {
@@ -790,7 +801,7 @@ DIRECTIVES: tuple[Directive, ...] = (
     Directive("AdminListen", "ENDPOINT [public]", "/healthz, /metrics and /sessions on an endpoint of their own",
               _admin_listen),
     Directive("LogFormat", "text|json", "log text lines or JSON lines (where twistd logs)", _log_format),
-    Directive("Recording", "FOLDER [maxbytes=B] [maxseconds=S] [keepdays=D]",
+    Directive("Recording", "FOLDER [maxbytes=B] [maxseconds=S] [keepdays=D] [viewer=URL]",
               "where record=on routes write their sessions, with size, age and retention limits", _recording),
     Directive("Pool", "redis://HOST:PORT/DB name=GATEWAY [ttl=S] [refresh=S] [timeout=S] [namespace=NS]",
               "share the live-session list with a pool of gateways through Redis", _pool),
