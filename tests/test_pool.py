@@ -76,6 +76,15 @@ Pool redis://127.0.0.1:{redis_server.port}/0 name=gw{n} ttl=3 refresh=0.5
             held_by_3 = next(sid for sid, name in listed.items() if name == "gw3")
             held_by_4 = next(sid for sid, name in listed.items() if name == "gw4")
             assert {s["session"] for s in admin(gw3, "/sessions")[1]["sessions"]} == {held_by_3}
+            # The operator's page of gw2 shows the pool's sessions, closing others' through the pool.
+            status, page = admin(gw2, "/")
+            assert status == 200 and "<td>gw3</td>" in page and "<td>gw4</td>" in page
+            assert f'action="/pool/sessions/{held_by_3}/close"' in page
+            forged = urllib.request.Request(f"http://127.0.0.2:{gw2.port(1)}/pool/sessions/{held_by_3}/close",
+                                            data=b"csrf=guess", method="POST")
+            with pytest.raises(urllib.error.HTTPError) as caught:
+                urllib.request.urlopen(forged, timeout=5)
+            assert caught.value.code == 403
 
             # A close issued on gw2 ends the session gw3 holds.
             assert admin(gw2, f"/pool/sessions/{held_by_3}/close", "POST")[0] == 202

@@ -76,6 +76,13 @@ def _plain(request: Request, status: int, text: str) -> bytes:
     return (text + "\n").encode("utf-8")
 
 
+def _back_to_page(request: Request, session_id: str) -> bytes:
+    """The answer to the page's close form: 303 back to the page, which says what it did."""
+    request.setResponseCode(303)
+    request.setHeader(b"location", b"/?closed=" + session_id.encode("latin-1"))
+    return b""
+
+
 class AdminResource(Resource):
     """
     The admin URL space.
@@ -120,12 +127,7 @@ class AdminResource(Resource):
                 request.setHeader(b"allow", b"POST")
                 return _plain(request, 405, "use POST to close a session")
             session_id = parts[1].decode("latin-1")
-            headers = {k.decode("latin-1").lower(): v[-1].decode("latin-1")
-                       for k, v in request.requestHeaders.getAllRawHeaders()}
-            scheme = "https" if request.isSecure() else "http"
-            host = headers.get("host", "")
-            body = request.content.read(_MAX_FORM) if request.content is not None else b""
-            refused = csrf_refusal(self._secret, session_id, headers, body, [f"{scheme}://{host}"])
+            body, refused = self._guard(request, session_id)
             if refused is not None:
                 return _plain(request, 403, refused)
             # A session of a desktop closes with every channel of that desktop (the id may be the desktop's).
@@ -143,9 +145,7 @@ class AdminResource(Resource):
                           fields=fields, audit="admin.close")
                 session.close_session(ADMIN_CLOSE)
             if "csrf=" in body.decode("latin-1"):  # the page's form: back to the page
-                request.setResponseCode(303)
-                request.setHeader(b"location", b"/?closed=" + session_id.encode("latin-1"))
-                return b""
+                return _back_to_page(request, session_id)
             return _plain(request, 200, "closing session " + ", ".join(d["session"] for _, d in closing))
         return _plain(request, 404, "not found (see /, /healthz, /metrics, /sessions)")
 
@@ -163,11 +163,21 @@ class AdminResource(Resource):
                 request.write(json.dumps({"sessions": sessions}).encode("utf-8") + b"\n")
         elif len(rest) == 2 and rest[1] == b"close" and request.method == b"POST":
             session_id = rest[0].decode("latin-1")
+            body, refused = self._guard(request, session_id)
+            if refused is not None:
+                return _plain(request, 403, refused)
             d = pool.request_close(session_id)
+            _log.info("admin close session={session} (through the pool) admin={admin}", session=session_id,
+                      admin=format_address(request.getClientAddress()),
+                      fields={"session": session_id, "admin": format_address(request.getClientAddress())},
+                      audit="admin.close")
 
             def listed(found: bool) -> None:  # type: ignore[misc]
-                request.write(_plain(request, 202, f"closing session {session_id}") if found
-                              else _plain(request, 404, "no such session in the pool"))
+                if found and "csrf=" in body.decode("latin-1"):
+                    request.write(_back_to_page(request, session_id))
+                else:
+                    request.write(_plain(request, 202, f"closing session {session_id}") if found
+                                  else _plain(request, 404, "no such session in the pool"))
         else:
             return _plain(request, 405 if rest else 404, "GET /pool/sessions or POST /pool/sessions/ID/close")
 
@@ -178,17 +188,42 @@ class AdminResource(Resource):
         d.addBoth(lambda _: request.finish() if not request.finished and not request._disconnected else None)
         return NOT_DONE_YET
 
-    def _page(self, request: Request) -> bytes:
+    def _guard(self, request: Request, session_id: str) -> tuple[bytes, Optional[str]]:
+        """A close request's form body, and why it must be refused when it is a forgery."""
+        headers = {k.decode("latin-1").lower(): v[-1].decode("latin-1")
+                   for k, v in request.requestHeaders.getAllRawHeaders()}
+        scheme = "https" if request.isSecure() else "http"
+        body = request.content.read(_MAX_FORM) if request.content is not None else b""
+        return body, csrf_refusal(self._secret, session_id, headers, body, [f"{scheme}://{headers.get('host', '')}"])
+
+    def _page(self, request: Request) -> Any:
+        """The operator's page: this gateway's sessions, or the pool's when a Pool is configured."""
         args: dict[bytes, list[bytes]] = request.args or {}
         closed = args.get(b"closed", [b""])[0].decode("latin-1")
-        sessions = [s.describe() for s in list(self._factory.sessions.values())]
+        local = [s.describe() for s in list(self._factory.sessions.values())]
         for name, value in PAGE_HEADERS:
             request.setHeader(name.encode(), value.encode())
         notice = f"closing session {closed}" if closed else ""
         spec = self._factory.config.recording
         recordings = newest_recordings(spec.folder) if spec is not None else []
-        return render_page(sessions, self._secret, self._draining(), notice, recordings,
-                           spec.viewer if spec is not None else "").encode("utf-8")
+        viewer = spec.viewer if spec is not None else ""
+        pool = self._factory.pool
+        if pool is None:
+            return render_page(local, self._secret, self._draining(), notice, recordings, viewer).encode("utf-8")
+
+        def listed(sessions: list[dict[str, Any]]) -> str:
+            return render_page(sessions, self._secret, self._draining(), notice, recordings, viewer, pool.spec.name)
+
+        def unavailable(failure: Any) -> str:
+            return render_page([s | {"gateway": pool.spec.name} for s in local], self._secret, self._draining(),
+                               (notice + "; " if notice else "") + "the pool list is unavailable (Redis): "
+                               "this gateway's sessions only", recordings, viewer, pool.spec.name)
+
+        d = pool.list_sessions()
+        d.addCallbacks(listed, unavailable)
+        d.addCallback(lambda page: request.write(page.encode("utf-8")))
+        d.addBoth(lambda _: request.finish() if not request.finished and not request._disconnected else None)
+        return NOT_DONE_YET
 
 
 def admin_site(factory: Any, draining: Callable[[], bool], endpoint: str = "") -> Site:

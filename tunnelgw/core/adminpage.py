@@ -80,21 +80,26 @@ def _cell(session: Mapping[str, object], key: str, viewer: str) -> str:
 
 
 def render_page(sessions: Sequence[Mapping[str, object]], secret: bytes, draining: bool, notice: str = "",
-                recordings: Sequence[tuple[str, int, float]] = (), viewer: str = "") -> str:
+                recordings: Sequence[tuple[str, int, float]] = (), viewer: str = "", pool_name: str = "") -> str:
     """
     The whole page: a table of the live sessions, each with its close form,
     then the newest recordings (name, bytes, modified), linked to ``viewer``.
+
+    :param pool_name: this gateway's name in a pool: the sessions are the
+        pool's (each with its ``gateway``); others' close through the pool.
     """
+    columns = ((("gateway", "gateway"),) if pool_name else ()) + _COLUMNS
     rows = []
     for session in sessions:
         sid = str(session.get("session", ""))
-        cells = "".join(f"<td>{_cell(session, key, viewer)}</td>" for key, _ in _COLUMNS)
-        form = (f'<form method="post" action="/sessions/{escape(sid)}/close">'
+        cells = "".join(f"<td>{_cell(session, key, viewer)}</td>" for key, _ in columns)
+        through = "/pool" if pool_name and session.get("gateway", pool_name) != pool_name else ""
+        form = (f'<form method="post" action="{through}/sessions/{escape(sid)}/close">'
                 f'<input type="hidden" name="csrf" value="{csrf_token(secret, sid)}">'
                 f'<button type="submit" name="close" value="{escape(sid)}">Close</button></form>')
         rows.append(f'<tr id="session-{escape(sid)}">{cells}<td>{form}</td></tr>')
-    head = "".join(f"<th>{escape(title)}</th>" for _, title in _COLUMNS)
-    body = "".join(rows) or f'<tr><td colspan="{len(_COLUMNS) + 1}">no live session</td></tr>'
+    head = "".join(f"<th>{escape(title)}</th>" for _, title in columns)
+    body = "".join(rows) or f'<tr><td colspan="{len(columns) + 1}">no live session</td></tr>'
     state = "draining: no new sessions" if draining else "serving"
     shown = f'<p class="notice">{escape(notice)}</p>' if notice else ""
     kept = "".join(f"<tr><td>{_replay_link(viewer, name)}</td><td>{size}</td>"
