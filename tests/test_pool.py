@@ -46,7 +46,9 @@ def test_pool_mistakes() -> None:
     for line, message in [("Pool redis://127.0.0.1:6379/0", "Pool needs name=GATEWAY"),
                           ("Pool http://127.0.0.1:6379 name=a", "Pool takes redis://HOST:PORT/DB"),
                           ("Pool redis://u:secret@127.0.0.1:6379 name=a", "Pool takes redis://HOST:PORT/DB"),
-                          ("Pool redis://127.0.0.1 name=a ttl=4 refresh=3", "Pool refresh= (3) must be at most half")]:
+                          ("Pool redis://127.0.0.1 name=a ttl=4 refresh=3", "Pool refresh= (3) must be at most half"),
+                          ("TokenSource s jwt /secret once=on allow=127.0.0.1:1", "once=on needs a Pool"),
+                          ("TokenSource s file /tokens once=on allow=127.0.0.1:1", "once=on needs signed tokens")]:
         with pytest.raises(ConfigError) as caught:
             parse_config(f"Listen tcp:port=1\n{line}\n", "gw.conf")
         assert str(caught.value).startswith("gw.conf:2: " + message), str(caught.value)
@@ -110,6 +112,56 @@ Pool redis://127.0.0.1:{redis_server.port}/0 name=gw{n} ttl=3 refresh=0.5
             # gw4 killed outright: its session leaves the list within its TTL.
             gw4.stop(signal.SIGKILL)
             assert wait_until(lambda: pool_ids(gw2) == {}, 3 + 5)
+    finally:
+        for gw in gateways:
+            gw.stop()
+
+
+def test_single_use_tokens_open_one_session_in_the_pool(tmp_path: Path, redis_server: RedisServer,
+                                                        backend: TcpServer) -> None:
+    """A once=on JWT opens one session on whichever gateway; used again anywhere it is 403; no Redis: 503."""
+    import time
+
+    import jwt
+    from websockets.exceptions import InvalidStatus
+
+    secret = tmp_path / "secret"
+    secret.write_bytes(b"s" * 32)
+    gateways = []
+    try:
+        for n in (2, 3):
+            config = f"""
+Listen tcp:port=0:interface=127.0.0.{n}
+AdminListen tcp:port=0:interface=127.0.0.{n}
+Pool redis://127.0.0.1:{redis_server.port}/0 name=gw{n} ttl=3 refresh=0.5
+TokenSource signed jwt {secret} once=on allow=127.0.0.1:{backend.port}
+TokenRoute /vnc signed
+"""
+            gateways.append(GatewayProcess(config, tmp_path, name=f"gw{n}").start())
+        gw2, gw3 = gateways
+
+        def token(jti: object) -> str:
+            claims = {"host": "127.0.0.1", "port": backend.port, "exp": int(time.time()) + 60, "jti": jti}
+            return jwt.encode({k: v for k, v in claims.items() if v is not None}, b"s" * 32, algorithm="HS256")
+
+        def status(gw: GatewayProcess, n: int, tok: str) -> int:
+            try:
+                with connect(f"ws://127.0.0.{n}:{gw.port()}/vnc?token={tok}", open_timeout=5) as ws:
+                    ws.send(b"x")
+                    assert ws.recv(timeout=5) == b"x"
+                    return 101
+            except InvalidStatus as e:
+                return e.response.status_code
+
+        once = token("a1")
+        assert status(gw2, 2, once) == 101
+        assert status(gw3, 3, once) == 403 and status(gw2, 2, once) == 403
+        assert status(gw3, 3, token(None)) == 403  # no jti: refused
+        gw3.wait_log(r"single-use token already used")
+        redis_server.stop()
+        assert status(gw2, 2, token("a2")) == 503
+        redis_server.start()
+        assert wait_until(lambda: status(gw3, 3, token("a3")) == 101, 10)
     finally:
         for gw in gateways:
             gw.stop()

@@ -230,6 +230,10 @@ class GatewayFactory(WebSocketServerFactory):
             return None
         session_id = os.urandom(6).hex()
         link = self.link_for(decision, head, client, ISSLTransport.providedBy(transport))
+        if decision.once is not None:
+            from tunnelgw.pool import SingleUseLink
+
+            link = SingleUseLink(link, self.pool, *decision.once)  # the parser refuses once=on without a Pool
         recording = ""
         if decision.options.record and self.recordings.spec is not None:
             recorded = self.recordings.link(link, session_id)

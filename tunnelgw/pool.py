@@ -34,10 +34,13 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
+from tunnelgw.backends import BackendLink, BackendRefused, WrappedLink
 from tunnelgw.core.config import PoolSpec
+from tunnelgw.core.routing import Reject
+from tunnelgw.core.tokens import INVALID_REASON
 from tunnelgw.core.relay import CLOSE_POLICY, Close
 
-__all__ = ["MAX_LISTED", "POOL_CLOSE", "PoolRegistry"]
+__all__ = ["MAX_LISTED", "POOL_CLOSE", "PoolRegistry", "SingleUseLink"]
 
 _log = Logger(namespace="tunnelgw")
 #: At most this many sessions are listed from the pool.
@@ -197,6 +200,21 @@ class PoolRegistry:
         d.addErrback(self._noted, "close")
         return d
 
+    def claim(self, jti: str, expires: float) -> "defer.Deferred[bool]":
+        """
+        Record a single-use token's ``jti`` until it expires; fires True when
+        this is its first use anywhere in the pool (atomic: ``SET NX``).  A
+        broker revokes a token by setting ``NS:jti:JTI`` itself.
+        """
+        ttl = max(1, int(expires - time.time()) + 1)
+
+        def record() -> bool:
+            return bool(self._redis.set(self._key("jti", jti), self.spec.name, nx=True, ex=ttl))
+
+        d = self._call(record)
+        d.addErrback(self._noted, "claim")
+        return d
+
     def _subscribe(self) -> None:
         """In a pool thread: listen for closes (redis-py's thread re-subscribes after a reconnect)."""
         pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
@@ -218,3 +236,26 @@ class PoolRegistry:
         if session is not None:
             _log.info("pool close session={session} (asked through the pool)", session=session_id)
             session.close_session(POOL_CLOSE)
+
+
+class SingleUseLink(WrappedLink):
+    """A link that opens only if its token's ``jti`` has not been used in the pool (403 if it has, 503 without Redis)."""
+
+    def __init__(self, inner: BackendLink, registry: PoolRegistry, jti: str, expires: float) -> None:
+        super().__init__(inner)
+        self._registry = registry
+        self._jti = jti
+        self._expires = expires
+
+    def connect(self) -> "defer.Deferred[Optional[str]]":
+        def claimed(first: bool) -> Any:
+            if not first:
+                _log.info("token refused token=jti:{jti} detail='single-use token already used'", jti=self._jti[:16])
+                raise BackendRefused(Reject(403, INVALID_REASON), "token")
+            return self._inner.connect()
+
+        def unavailable(failure: Any) -> None:
+            raise BackendRefused(Reject(503, "token check unavailable"), "token")
+
+        d = self._registry.claim(self._jti, self._expires)
+        return d.addCallbacks(claimed, unavailable)  # type: ignore[no-any-return]

@@ -27,12 +27,10 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
-from tunnelgw.backends import BackendLink, LinkOwner
+from tunnelgw.backends import BackendLink, LinkOwner, WrappedLink
 from tunnelgw.core.config import Recording
-from tunnelgw.core.handshake import Handshake
 from tunnelgw.core.recording import FOOTER, HEADER, Frame, encode_frame, recording_name
 from tunnelgw.core.relay import Close
-from tunnelgw.core.routing import Reject
 
 __all__ = ["FLUSH_BYTES", "FLUSH_SECONDS", "LISTED", "MAX_PENDING", "Recorder", "Recordings", "RecordingLink",
            "newest_recordings"]
@@ -281,38 +279,20 @@ class _RecordingOwner:
         self._owner.backend_lost(close)
 
 
-class RecordingLink:
+class RecordingLink(WrappedLink):
     """A backend link whose traffic both ways is recorded; the link itself is unchanged."""
 
     def __init__(self, inner: BackendLink, recorder: Recorder) -> None:
-        self._inner = inner
+        super().__init__(inner)
         self.recorder = recorder
-        self.byte_stream = inner.byte_stream
 
     @property
     def recording(self) -> str:
         """The recording's file name, for the session's log lines and the admin list."""
         return self.recorder.name
 
-    @property
-    def transport(self) -> Any:
-        return self._inner.transport
-
-    @property
-    def description(self) -> str:
-        return self._inner.description
-
-    def check(self, handshake: Handshake) -> Optional[Reject]:
-        return self._inner.check(handshake)
-
-    def connect(self) -> Any:
-        return self._inner.connect()
-
     def start(self, owner: LinkOwner) -> None:
         self._inner.start(_RecordingOwner(owner, self.recorder))
-
-    def client_frame_begin(self, opcode: int, fin: bool, length: int) -> None:
-        self._inner.client_frame_begin(opcode, fin, length)
 
     def client_frame_data(self, payload: bytes) -> None:
         self.recorder.add(False, payload)
@@ -322,9 +302,6 @@ class RecordingLink:
         for payload in payloads:
             self.recorder.add(False, payload)
         self._inner.client_payloads(payloads)
-
-    def client_close(self, code: Optional[int], reason: Optional[str]) -> None:
-        self._inner.client_close(code, reason)
 
     def close(self, close: Optional[Close] = None) -> None:
         self.recorder.stop("complete")

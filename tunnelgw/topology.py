@@ -192,7 +192,8 @@ class Topology:
         if owner is not None and owner != self.config.gateway_url:
             return Redirect(redirect_location(owner, request.uri.decode("latin-1")),
                             f"desktop host {target.host} is served by {owner}")
-        return Route(route_spec, EndpointTarget(target.endpoint), options, desktop=desktop, user=target.user)
+        return Route(route_spec, EndpointTarget(target.endpoint), options, desktop=desktop, user=target.user,
+                     once=target.once)
 
     def _token_route(self, path: str) -> Optional[TokenRouteSpec]:
         found = [r for r in self.config.token_routes if _under(path, r.path)]

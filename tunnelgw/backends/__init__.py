@@ -19,7 +19,7 @@ from tunnelgw.core.routing import Reject
 if TYPE_CHECKING:
     from twisted.internet.defer import Deferred
 
-__all__ = ["BackendLink", "BackendRefused", "LinkOwner"]
+__all__ = ["BackendLink", "BackendRefused", "LinkOwner", "WrappedLink"]
 
 
 class BackendRefused(Exception):
@@ -94,3 +94,46 @@ class BackendLink(Protocol):
 
     def close(self, close: Optional[Close] = None) -> None:
         """End the backend side (queued bytes get a grace period; close says why, for hops that can); once."""
+
+
+class WrappedLink:
+    """
+    A link around another: every call goes to the inner link.  Subclasses
+    add one thing (recording, a single-use check) by overriding what they need.
+    """
+
+    def __init__(self, inner: BackendLink) -> None:
+        self._inner = inner
+        self.byte_stream = inner.byte_stream
+
+    @property
+    def transport(self) -> Any:
+        return self._inner.transport
+
+    @property
+    def description(self) -> str:
+        return self._inner.description
+
+    def check(self, handshake: Handshake) -> Optional[Reject]:
+        return self._inner.check(handshake)
+
+    def connect(self) -> "Deferred[Optional[str]]":
+        return self._inner.connect()
+
+    def start(self, owner: LinkOwner) -> None:
+        self._inner.start(owner)
+
+    def client_frame_begin(self, opcode: int, fin: bool, length: int) -> None:
+        self._inner.client_frame_begin(opcode, fin, length)
+
+    def client_frame_data(self, payload: bytes) -> None:
+        self._inner.client_frame_data(payload)
+
+    def client_payloads(self, payloads: list[bytes]) -> None:
+        self._inner.client_payloads(payloads)
+
+    def client_close(self, code: Optional[int], reason: Optional[str]) -> None:
+        self._inner.client_close(code, reason)
+
+    def close(self, close: Optional[Close] = None) -> None:
+        self._inner.close(close)

@@ -884,6 +884,10 @@ def _finish(p: _Parse, last_line: int, require_listeners: bool) -> Config:
     topology_config = p.topology.finish([(r.backend.name, r.where) for r in rules if isinstance(r.backend, PoolTarget)],
                                         lambda w, m: problems.append(Problem(w, m)))
     end = Location(p.filename, last_line)
+    if p.pool is None:
+        for source in topology_config.token_sources:
+            if source.single_use:
+                problems.append(Problem(source.where, "once=on needs a Pool (Redis records the used tokens)"))
     if p.recording is None:
         for rule in rules:
             if rule.options.record:

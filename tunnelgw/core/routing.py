@@ -41,6 +41,8 @@ class Route:
     desktop: str = ""
     #: The user the token names (``user`` or ``sub`` claim), for logs and audit events.
     user: str = ""
+    #: A single-use token's ``jti`` and expiry: the session may open only if the pool has not seen it.
+    once: Optional[tuple[str, float]] = None
 
     @property
     def target(self) -> str:

@@ -99,6 +99,8 @@ class TargetAddress:
     host: str
     port: int
     user: str = ""
+    #: For single-use tokens: the ``jti`` claim and when the token expires (epoch seconds).
+    once: Optional[tuple[str, float]] = None
 
     @property
     def endpoint(self) -> str:
@@ -274,7 +276,13 @@ class SignedTokens:
         target = parse_target(f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
         if target is None:
             return invalid("token names a malformed target")
-        return check_target(target, self.spec.allow) or replace(target, user=user_name(claims))
+        once = None
+        if self.spec.single_use:
+            jti = claims.get("jti")
+            if not isinstance(jti, str) or not _TOKEN.fullmatch(jti) or len(jti) > 256:
+                return invalid("a single-use token needs a jti claim")
+            once = (jti, float(exp))  # type: ignore[arg-type]
+        return check_target(target, self.spec.allow) or replace(target, user=user_name(claims), once=once)
 
 
 def user_name(claims: object) -> str:

@@ -82,6 +82,9 @@ class TokenSourceSpec:
     namespace: str = ""
     #: For redis sources: seconds a lookup may take before the client gets 503.
     timeout: float = 1.0
+    #: For jwt sources (``once=on``): each token opens one session in the whole pool (its ``jti`` is
+    #: recorded in the Pool's Redis until the token expires).
+    single_use: bool = False
 
     @property
     def redis(self) -> "RedisAddress":
@@ -215,7 +218,8 @@ def _allow(value: str) -> AllowedTarget:
 
 _SECONDS = number(0, 86400)
 _TOKEN_SOURCE_OPTIONS = {"allow": _allow, "reload": _SECONDS, "bind": choice("address", "none"),
-                         "namespace": matching(_NAME.pattern, "a plain name"), "timeout": number(0.05, 60)}
+                         "namespace": matching(_NAME.pattern, "a plain name"), "timeout": number(0.05, 60),
+                         "once": choice("on", "off")}
 _TOKEN_ROUTE_OPTIONS = {"from": choice(*TOKEN_FROM), "param": matching(_NAME.pattern, "a plain name"),
                         "connecttimeout": number(0, 86400, above_low=True)}
 _MEMBER_OPTIONS = {"status": choice("drain", "+n", "active")}
@@ -277,8 +281,11 @@ class TopologyParser:
         for key in ("namespace", "timeout"):
             if key in found and kind != "redis":
                 problem(f"{key}= applies to redis token sources only")
+        if found.get("once") == "on" and kind != "jwt":
+            problem("once=on needs signed tokens (kind jwt) with a jti claim")
         self.token_sources.append(TokenSourceSpec(name, kind, path, tuple(allow), reload, bind, where,
-                                                  found.get("namespace", ""), found.get("timeout", 1.0)))
+                                                  found.get("namespace", ""), found.get("timeout", 1.0),
+                                                  found.get("once") == "on"))
 
     def read_token_route(self, args: list[str], where: Location, problem: Callable[[str], None],
                     is_safe_path: Callable[[str], bool]) -> None:
