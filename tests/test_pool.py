@@ -165,3 +165,59 @@ TokenRoute /vnc signed
     finally:
         for gw in gateways:
             gw.stop()
+
+
+def test_pool_wide_limits_per_desktop_and_user(tmp_path: Path, redis_server: RedisServer, backend: TcpServer) -> None:
+    """maxperdesktop/maxperuser hold across two gateways; a desktop's channels on one gateway count once."""
+    import time
+
+    import jwt
+    from websockets.exceptions import InvalidStatus
+
+    secret = tmp_path / "secret"
+    secret.write_bytes(b"s" * 32)
+    gateways = []
+    try:
+        for n in (2, 3):
+            config = f"""
+Listen tcp:port=0:interface=127.0.0.{n}
+Pool redis://127.0.0.1:{redis_server.port}/0 name=gw{n} ttl=3 refresh=0.5
+TokenSource signed jwt {secret} allow=127.0.0.1:{backend.port}
+TokenRoute /vnc signed maxperdesktop=1 maxperuser=2
+"""
+            gateways.append(GatewayProcess(config, tmp_path, name=f"gw{n}").start())
+        gw2, gw3 = gateways
+
+        def token(desk: str, user: str) -> str:
+            return jwt.encode({"host": "127.0.0.1", "port": backend.port, "exp": int(time.time()) + 60, "desk": desk,
+                               "user": user}, b"s" * 32, algorithm="HS256")
+
+        def url(n: int, tok: str) -> str:
+            return f"ws://127.0.0.{n}:{gateways[n - 2].port()}/vnc?token={tok}"
+
+        def refused(n: int, tok: str) -> int:
+            with pytest.raises(InvalidStatus) as caught:
+                connect(url(n, tok), open_timeout=5)
+            return caught.value.response.status_code
+
+        desk_a, desk_b, desk_c = token("a", "alice"), token("b", "alice"), token("c", "alice")
+        with connect(url(2, desk_a), open_timeout=5), connect(url(2, desk_a), open_timeout=5):  # two channels
+            assert refused(3, desk_a) == 503  # the desktop is open on gw2
+            with connect(url(3, desk_b), open_timeout=5):
+                assert refused(2, desk_c) == 503  # alice has her two desktops
+        assert wait_until(lambda: _opens(url(3, desk_a)), 10)  # released on close, on any gateway
+        assert "this desktop is at its session limit in the pool" in gw3.log()
+        assert "this user is at its session limit in the pool" in gw2.log()
+    finally:
+        for gw in gateways:
+            gw.stop()
+
+
+def _opens(url: str) -> bool:
+    from websockets.exceptions import InvalidStatus
+
+    try:
+        with connect(url, open_timeout=5):
+            return True
+    except InvalidStatus:
+        return False

@@ -33,6 +33,7 @@ from tunnelgw.core.limits import HandshakeRate, SessionCounts
 from tunnelgw.core.redact import redact_uri, redact_url
 from tunnelgw.core.relay import CLOSE_TIMEOUT, Close
 from tunnelgw.core.routing import Reject, Route, RuleSet, choose_route
+from tunnelgw.core.topoconfig import TokenRouteSpec
 from tunnelgw.core.targets import LookupTarget, PoolTarget, ReplayTarget, WebSocketURL
 from tunnelgw.metrics import GatewayMetrics
 from tunnelgw.recording import Recordings
@@ -230,6 +231,14 @@ class GatewayFactory(WebSocketServerFactory):
             return None
         session_id = os.urandom(6).hex()
         link = self.link_for(decision, head, client, ISSLTransport.providedBy(transport))
+        rule = decision.rule
+        limits = [(key, n) for key, n in ((f"desktop:{decision.desktop}", rule.max_per_desktop),
+                                          (f"user:{decision.user}", rule.max_per_user if decision.user else 0))
+                  if n] if isinstance(rule, TokenRouteSpec) else []
+        if limits and self.pool is not None:
+            from tunnelgw.pool import PoolLimitLink
+
+            link = PoolLimitLink(link, self.pool, f"{self.pool.spec.name}:{decision.desktop}", limits)
         if decision.once is not None:
             from tunnelgw.pool import SingleUseLink
 

@@ -43,6 +43,22 @@ from tunnelgw.core.relay import CLOSE_POLICY, Close
 __all__ = ["MAX_LISTED", "POOL_CLOSE", "PoolRegistry", "SingleUseLink"]
 
 _log = Logger(namespace="tunnelgw")
+#: Take a place in every limit set (KEYS, each with its limit in ARGV[4 + i]) or none:
+#: expired places are dropped first; returns 0, or the index of the full set.
+_ACQUIRE = """
+local now, expiry, member, ttl = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+for i, key in ipairs(KEYS) do
+  redis.call('ZREMRANGEBYSCORE', key, '-inf', now)
+  if not redis.call('ZSCORE', key, member) and redis.call('ZCARD', key) >= tonumber(ARGV[4 + i]) then
+    return i
+  end
+end
+for i, key in ipairs(KEYS) do
+  redis.call('ZADD', key, expiry, member)
+  redis.call('EXPIRE', key, ttl)
+end
+return 0
+"""
 #: At most this many sessions are listed from the pool.
 MAX_LISTED = 10000
 #: The close a session gets when an operator closes it from another gateway.
@@ -76,6 +92,9 @@ class PoolRegistry:
         self._errors = (redis.RedisError, OSError)
         self._threads = ThreadPool(minthreads=1, maxthreads=2, name="tunnelgw-pool")
         self._written: set[str] = set()
+        #: Places held in pool-wide limit sets: member -> [channels here, keys].
+        self._held: dict[str, list[Any]] = {}
+        self._acquire = self._redis.register_script(_ACQUIRE)
         self._busy = False
         self._degraded = False
         self._heartbeat: Optional[LoopingCall] = None
@@ -129,6 +148,7 @@ class PoolRegistry:
             fields = session.describe()
             live[sid] = json.dumps({**fields, "gateway": self.spec.name, "seen": now}, default=str)
         ended = self._written - set(live)
+        held = [(member, entry[1]) for member, entry in self._held.items()]
         started = self._reactor.seconds()
 
         def write() -> None:
@@ -140,6 +160,10 @@ class PoolRegistry:
                 pipe.delete(*(self._key("session", sid) for sid in ended))
             pipe.set(self._key("gateway", self.spec.name), json.dumps({"name": self.spec.name, "sessions": len(live),
                                                                        "seen": now}), ex=ttl)
+            for member, keys in held:
+                for key in keys:
+                    pipe.zadd(key, {member: now + ttl})
+                    pipe.expire(key, ttl)
             pipe.execute()
 
         def written(_: object) -> None:
@@ -215,6 +239,51 @@ class PoolRegistry:
         d.addErrback(self._noted, "claim")
         return d
 
+    def acquire(self, member: str, limits: list[tuple[str, int]]) -> "defer.Deferred[Optional[str]]":
+        """
+        Take member's place in each pool-wide limit (key, limit) at once;
+        fires None, or the key whose limit is reached.  Channels of one
+        member on this gateway share its place.
+        """
+        entry = self._held.get(member)
+        if entry is not None:
+            entry[0] += 1
+            return defer.succeed(None)
+        keys = [self._key("limit", key) for key, _ in limits]
+        ttl = int(max(1, round(self.spec.ttl)))
+
+        def take() -> int:
+            now = time.time()
+            return int(self._acquire(keys=keys, args=[now, now + ttl, member, ttl, *(n for _, n in limits)]))
+
+        def taken(full: int) -> Optional[str]:
+            if full:
+                return limits[full - 1][0]
+            held = self._held.setdefault(member, [0, keys])
+            held[0] += 1
+            return None
+
+        d = self._call(take)
+        d.addCallbacks(taken, self._noted, errbackArgs=("acquire",))
+        return d
+
+    def release(self, member: str) -> None:
+        """Give back one channel's share of member's place; the place goes with the last one."""
+        entry = self._held.get(member)
+        if entry is None:
+            return
+        entry[0] -= 1
+        if entry[0]:
+            return
+        del self._held[member]
+        keys = entry[1]
+
+        def give_back() -> None:
+            for key in keys:
+                self._redis.zrem(key, member)
+
+        self._call(give_back).addErrback(self._noted, "release").addErrback(lambda _: None)  # expires after ttl
+
     def _subscribe(self) -> None:
         """In a pool thread: listen for closes (redis-py's thread re-subscribes after a reconnect)."""
         pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
@@ -259,3 +328,37 @@ class SingleUseLink(WrappedLink):
 
         d = self._registry.claim(self._jti, self._expires)
         return d.addCallbacks(claimed, unavailable)  # type: ignore[no-any-return]
+
+
+class PoolLimitLink(WrappedLink):
+    """
+    A link that opens only while its desktop (and its user) is under the
+    route's pool-wide limits: 503 when a limit is reached or Redis cannot say.
+    """
+
+    def __init__(self, inner: BackendLink, registry: PoolRegistry, member: str, limits: list[tuple[str, int]]) -> None:
+        super().__init__(inner)
+        self._registry = registry
+        self._member = member
+        self._limits = limits
+        self._holding = False
+
+    def connect(self) -> "defer.Deferred[Optional[str]]":
+        def decided(full: Optional[str]) -> Any:
+            if full is not None:
+                what = "desktop" if full.startswith("desktop:") else "user"
+                raise BackendRefused(Reject(503, f"this {what} is at its session limit in the pool"), "limit")
+            self._holding = True
+            return self._inner.connect()
+
+        def unavailable(failure: Any) -> None:
+            raise BackendRefused(Reject(503, "the pool's limits cannot be checked"), "limit")
+
+        return self._registry.acquire(self._member, self._limits).addCallbacks(  # type: ignore[no-any-return]
+            decided, unavailable)
+
+    def close(self, close: Optional[Close] = None) -> None:
+        if self._holding:
+            self._holding = False
+            self._registry.release(self._member)
+        self._inner.close(close)

@@ -888,6 +888,10 @@ def _finish(p: _Parse, last_line: int, require_listeners: bool) -> Config:
         for source in topology_config.token_sources:
             if source.single_use:
                 problems.append(Problem(source.where, "once=on needs a Pool (Redis records the used tokens)"))
+        for token_route in topology_config.token_routes:
+            if token_route.max_per_desktop or token_route.max_per_user:
+                problems.append(Problem(token_route.where, "maxperdesktop= and maxperuser= need a Pool "
+                                                           "(Redis counts the pool's sessions)"))
     if p.recording is None:
         for rule in rules:
             if rule.options.record:

@@ -33,7 +33,7 @@ from urllib.parse import urlsplit
 from tunnelgw.core.clientaddr import PROXY_HEADERS, XFF
 from tunnelgw.core.errors import Location
 from tunnelgw.core.hostpattern import host_pattern_problem
-from tunnelgw.core.options import choice, matching, number, read_options
+from tunnelgw.core.options import choice, matching, number, read_options, whole
 
 __all__ = [
     "AllowedTarget",
@@ -127,6 +127,10 @@ class TokenRouteSpec:
     param: str
     connect_timeout: float
     where: Location
+    #: With a Pool: at most this many sessions of one desktop (token) in the whole pool (0: no limit).
+    max_per_desktop: int = 0
+    #: With a Pool: at most this many desktops of one user (the token's user) in the whole pool (0: no limit).
+    max_per_user: int = 0
 
     @property
     def label(self) -> str:
@@ -221,7 +225,8 @@ _TOKEN_SOURCE_OPTIONS = {"allow": _allow, "reload": _SECONDS, "bind": choice("ad
                          "namespace": matching(_NAME.pattern, "a plain name"), "timeout": number(0.05, 60),
                          "once": choice("on", "off")}
 _TOKEN_ROUTE_OPTIONS = {"from": choice(*TOKEN_FROM), "param": matching(_NAME.pattern, "a plain name"),
-                        "connecttimeout": number(0, 86400, above_low=True)}
+                        "connecttimeout": number(0, 86400, above_low=True),
+                        "maxperdesktop": whole(1, 10**6), "maxperuser": whole(1, 10**6)}
 _MEMBER_OPTIONS = {"status": choice("drain", "+n", "active")}
 _POOL_OPTIONS = {"lbmethod": choice(*LB_METHODS), "retry": _SECONDS}
 _TRUSTED_PROXY_OPTIONS = {"header": choice(*PROXY_HEADERS)}
@@ -300,7 +305,8 @@ class TopologyParser:
         if any(r.path == path for r in self.token_routes):
             problem(f"duplicate TokenRoute path {path!r}")
             return
-        self.token_routes.append(TokenRouteSpec(path, args[1], origin, param, timeout, where))
+        self.token_routes.append(TokenRouteSpec(path, args[1], origin, param, timeout, where,
+                                                found.get("maxperdesktop", 0), found.get("maxperuser", 0)))
 
     def read_token_lookup(self, args: list[str], where: Location, problem: Callable[[str], None],
                      is_safe_path: Callable[[str], bool]) -> None:
