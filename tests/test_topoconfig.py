@@ -102,7 +102,7 @@ def test_token_mistakes() -> None:
         "gw.conf:3: allow takes HOST:PORT or HOST:LOW-HIGH with HOST a CIDR block, address or exact name, "
             "e.g. 10.0.0.0/16:5900-5999, got '*:0'",
         "gw.conf:3: TokenSource needs at least one allow=HOST:PORTS: tokens may not name any host",
-        "gw.conf:4: bind=address needs signed tokens (kind jwt)",
+        "gw.conf:4: bind=address needs signed tokens (kind jwt or jwks)",
         "gw.conf:5: TokenSource takes a name, a kind (file, dir, jwt, redis), a path (for jwt: a file holding the "
         "secret; for redis: redis://HOST:PORT/DB) and allow=HOST:PORTS options",
         "gw.conf:6: from takes one of query, path, host, got 'cookie'",

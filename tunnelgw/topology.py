@@ -28,6 +28,7 @@ from tunnelgw.core.redirect import lookup_answer, owner_of, redirect_location
 from tunnelgw.core.relay import ConnectFailure
 from tunnelgw.core.routing import Reject, Route, normalise_path
 from tunnelgw.backends import BackendRefused
+from tunnelgw.core.jwtkeys import load_key, parse_jwks
 from tunnelgw.core.targets import EndpointTarget, LookupTarget, PoolTarget
 from tunnelgw.redistokens import RedisTokens
 from tunnelgw.core.tokens import MIN_SECRET_BYTES, FileTokens, SignedTokens, TargetAddress, extract_token, make_token_source
@@ -83,9 +84,17 @@ def check_topology(config: TopologyConfig, reactor: Any) -> list[Problem]:
     for source in config.token_sources:
         if source.kind == "jwt":
             try:
-                read_secret(source.path)
+                load_key(source.algorithm, read_secret(source.path))
             except ValueError as e:
                 problems.append(Problem(source.where, str(e)))  # type: ignore[arg-type]
+        elif source.kind == "jwks":
+            try:
+                with open(source.path, encoding="utf-8") as f:
+                    keys, bad = parse_jwks(f.read())
+            except (OSError, UnicodeDecodeError) as e:
+                keys, bad = {}, [str(e)]
+            if not keys:
+                problems.append(Problem(source.where, f"{source.path}: no usable key ({'; '.join(bad) or 'empty'})"))  # type: ignore[arg-type]
     return problems
 
 

@@ -30,12 +30,13 @@ import math
 import os
 import re
 from dataclasses import dataclass, replace
-from typing import Callable, Hashable, Optional, Sequence, Union
+from typing import Any, Callable, Hashable, Optional, Sequence, Union
 from urllib.parse import parse_qs, unquote
 
 import jwt
 
 from tunnelgw.core.hostpattern import host_matches
+from tunnelgw.core.jwtkeys import MIN_SECRET_BYTES, JwksKeys, PinnedKey, load_key
 from tunnelgw.core.routing import Reject
 from tunnelgw.core.topoconfig import AllowedTarget, TokenSourceSpec
 
@@ -64,7 +65,6 @@ MISSING = Reject(403, "missing token")
 #: The one answer for a token that does not open a desktop: unknown, expired, malformed,
 #: badly signed or naming a forbidden target all look alike, so answers tell a prober nothing.
 INVALID_REASON = "invalid token"
-MIN_SECRET_BYTES = 32  # RFC 7518 section 3.2: an HS256 key at least as long as the hash
 
 
 def invalid(detail: str) -> Reject:
@@ -239,22 +239,54 @@ class FileTokens:
         return check_target(target, self.spec.allow) or target
 
 
-class SignedTokens:
-    """HS256 JWTs with ``host``, ``port`` and ``exp`` claims (and ``addr`` when bound)."""
+KeySource = Callable[[dict[str, Any], float], Union[PinnedKey, str]]
 
-    def __init__(self, spec: TokenSourceSpec, secret: bytes) -> None:
+
+class SignedTokens:
+    """
+    JWTs with ``host``, ``port`` and ``exp`` claims (and ``addr`` when bound),
+    verified with the one algorithm their key is pinned to (:mod:`tunnelgw.core.jwtkeys`),
+    with the source's ``aud``/``iss`` and ``leeway``.
+
+    :param keys: the pinned key for a token's header, or why there is none;
+        a :class:`bytes` secret stands for an HS256 key.
+    """
+
+    def __init__(self, spec: TokenSourceSpec, keys: Union[bytes, KeySource]) -> None:
         self.spec = spec
-        self._secret = secret
+        if isinstance(keys, bytes):
+            pinned: PinnedKey = (keys, "HS256")
+            self._keys: KeySource = lambda header, now: pinned
+        else:
+            self._keys = keys
 
     def lookup(self, token: str, now: float, client: str) -> Union[TargetAddress, Reject]:
         """The allowed target a valid token names, or 403 with why it is refused."""
+        spec = self.spec
         try:
-            claims = jwt.decode(token, self._secret, algorithms=["HS256"], options={
-                "require": ["exp"], "verify_exp": False, "verify_nbf": False})
+            header = jwt.get_unverified_header(token)
+        except (jwt.InvalidTokenError, ValueError, TypeError) as e:
+            return invalid(f"malformed token ({type(e).__name__})")
+        found = self._keys(header, now)
+        if isinstance(found, str):
+            return invalid(found)
+        key, algorithm = found
+        if header.get("alg") != algorithm:
+            return invalid(f"token alg {str(header.get('alg'))[:16]!r} is not its key's {algorithm}")
+        try:
+            claims = jwt.decode(token, key, algorithms=[algorithm], audience=spec.audience or None,
+                                issuer=spec.issuer or None, options={
+                                    "require": ["exp"] + (["aud"] if spec.audience else []) + (
+                                        ["iss"] if spec.issuer else []),
+                                    "verify_exp": False, "verify_nbf": False, "verify_iat": False})
         except jwt.InvalidSignatureError:
             return invalid("token signature is not valid")
-        except jwt.MissingRequiredClaimError:
-            return invalid("token has no expiry (exp)")
+        except jwt.MissingRequiredClaimError as e:
+            return invalid(f"token has no {e.claim} claim")
+        except jwt.InvalidAudienceError:
+            return invalid("token is for another audience (aud)")
+        except jwt.InvalidIssuerError:
+            return invalid("token is from another issuer (iss)")
         except (jwt.InvalidTokenError, ValueError, TypeError, OverflowError) as e:
             return invalid(f"malformed token ({type(e).__name__})")
         if not isinstance(claims, dict):
@@ -264,9 +296,9 @@ class SignedTokens:
         exp, nbf = claims.get("exp"), claims.get("nbf")
         if not _finite_number(exp) or (nbf is not None and not _finite_number(nbf)):
             return invalid("token has a malformed exp or nbf claim")
-        if now >= exp:  # type: ignore[operator]
+        if now >= exp + spec.leeway:  # type: ignore[operator]
             return EXPIRED
-        if nbf is not None and now < nbf:
+        if nbf is not None and now < nbf - spec.leeway:
             return invalid("token not valid yet")
         if self.spec.bind_address and claims.get("addr") != client:
             return invalid("token is bound to another client address")
@@ -323,11 +355,24 @@ def redis_target(spec: TokenSourceSpec, value: Optional[bytes]) -> Union[TargetA
     return check_target(target, spec.allow) or replace(target, user=user)
 
 
+def _text_read(path: str) -> str:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read()
+    except (OSError, UnicodeDecodeError):
+        return ""
+
+
 def make_token_source(spec: TokenSourceSpec, read_secret: Callable[[str], bytes]) -> Union[FileTokens, SignedTokens]:
-    """The lookup object for a source; jwt sources read their secret through read_secret."""
+    """
+    The lookup object for a source; jwt sources read their key (secret or
+    PEM public key) through read_secret, jwks sources re-read their file.
+
+    :raises ValueError: for a key that does not fit the source's ``alg=``.
+    """
     if spec.kind == "jwt":
-        secret = read_secret(spec.path)
-        if len(secret) < MIN_SECRET_BYTES:
-            raise ValueError(f"the token secret must hold at least {MIN_SECRET_BYTES} bytes (RFC 7518)")
-        return SignedTokens(spec, secret)
+        pinned = load_key(spec.algorithm, read_secret(spec.path))
+        return SignedTokens(spec, lambda header, now: pinned)
+    if spec.kind == "jwks":
+        return SignedTokens(spec, JwksKeys(spec.path, spec.reload, _text_read, _file_stamp).key_for)
     return FileTokens(spec)

@@ -33,6 +33,7 @@ from urllib.parse import urlsplit
 from tunnelgw.core.clientaddr import PROXY_HEADERS, XFF
 from tunnelgw.core.errors import Location
 from tunnelgw.core.hostpattern import host_pattern_problem
+from tunnelgw.core.jwtkeys import ALGORITHMS
 from tunnelgw.core.options import choice, matching, number, read_options, whole
 
 __all__ = [
@@ -49,7 +50,8 @@ __all__ = [
 ]
 
 LB_METHODS = ("byrequests", "bybusyness", "bysource")
-TOKEN_KINDS = ("file", "dir", "jwt", "redis")
+TOKEN_KINDS = ("file", "dir", "jwt", "jwks", "redis")
+SIGNED_KINDS = ("jwt", "jwks")
 TOKEN_FROM = ("query", "path", "host")
 DEFAULT_RETRY = 60.0
 DEFAULT_TOKEN_RELOAD = 2.0
@@ -85,6 +87,12 @@ class TokenSourceSpec:
     #: For jwt sources (``once=on``): each token opens one session in the whole pool (its ``jti`` is
     #: recorded in the Pool's Redis until the token expires).
     single_use: bool = False
+    #: For jwt sources: the key's algorithm (``alg=``; HS256: PATH holds the secret, else a PEM public key).
+    algorithm: str = "HS256"
+    #: For signed sources: the required ``aud`` and ``iss`` claims ("" : not checked) and the clock leeway.
+    audience: str = ""
+    issuer: str = ""
+    leeway: float = 0.0
 
     @property
     def redis(self) -> "RedisAddress":
@@ -223,7 +231,9 @@ def _allow(value: str) -> AllowedTarget:
 _SECONDS = number(0, 86400)
 _TOKEN_SOURCE_OPTIONS = {"allow": _allow, "reload": _SECONDS, "bind": choice("address", "none"),
                          "namespace": matching(_NAME.pattern, "a plain name"), "timeout": number(0.05, 60),
-                         "once": choice("on", "off")}
+                         "once": choice("on", "off"), "alg": choice(*(a.lower() for a in ALGORITHMS)),
+                         "aud": matching(r"[!-~]{1,256}", "printable text"), "iss": matching(r"[!-~]{1,256}", "printable text"),
+                         "leeway": number(0, 300)}
 _TOKEN_ROUTE_OPTIONS = {"from": choice(*TOKEN_FROM), "param": matching(_NAME.pattern, "a plain name"),
                         "connecttimeout": number(0, 86400, above_low=True),
                         "maxperdesktop": whole(1, 10**6), "maxperuser": whole(1, 10**6)}
@@ -279,18 +289,25 @@ class TopologyParser:
         if not allow:
             problem("TokenSource needs at least one allow=HOST:PORTS: tokens may not name any host")
             return
-        if bind and kind != "jwt":
-            problem("bind=address needs signed tokens (kind jwt)")
+        if bind and kind not in SIGNED_KINDS:
+            problem("bind=address needs signed tokens (kind jwt or jwks)")
+        for key in ("aud", "iss", "leeway"):
+            if key in found and kind not in SIGNED_KINDS:
+                problem(f"{key}= applies to signed token sources (jwt, jwks) only")
+        if "alg" in found and kind != "jwt":
+            problem("alg= applies to jwt sources (a jwks file pins each key's algorithm itself)")
+        algorithm = {a.lower(): a for a in ALGORITHMS}[found.get("alg", "hs256")]
         if kind == "redis" and redis_address(path) is None:
             problem(f"a redis TokenSource takes redis://HOST:PORT/DB (rediss:// for TLS, no password in it), got {path!r}")
         for key in ("namespace", "timeout"):
             if key in found and kind != "redis":
                 problem(f"{key}= applies to redis token sources only")
-        if found.get("once") == "on" and kind != "jwt":
-            problem("once=on needs signed tokens (kind jwt) with a jti claim")
+        if found.get("once") == "on" and kind not in SIGNED_KINDS:
+            problem("once=on needs signed tokens (kind jwt or jwks) with a jti claim")
         self.token_sources.append(TokenSourceSpec(name, kind, path, tuple(allow), reload, bind, where,
                                                   found.get("namespace", ""), found.get("timeout", 1.0),
-                                                  found.get("once") == "on"))
+                                                  found.get("once") == "on", algorithm, found.get("aud", ""),
+                                                  found.get("iss", ""), found.get("leeway", 0.0)))
 
     def read_token_route(self, args: list[str], where: Location, problem: Callable[[str], None],
                     is_safe_path: Callable[[str], bool]) -> None:
