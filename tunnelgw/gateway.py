@@ -35,6 +35,7 @@ from tunnelgw.core.relay import CLOSE_TIMEOUT, Close
 from tunnelgw.core.routing import Reject, Route, RuleSet, choose_route
 from tunnelgw.core.topoconfig import TokenRouteSpec
 from tunnelgw.core.targets import LookupTarget, PoolTarget, ReplayTarget, WebSocketURL
+from tunnelgw.forwardauth import ForwardAuthLink, Portals
 from tunnelgw.metrics import GatewayMetrics
 from tunnelgw.recording import Recordings
 from tunnelgw.session import GatewaySession, client_label, http_error, log_refusal
@@ -130,6 +131,7 @@ class GatewayFactory(WebSocketServerFactory):
         self.metrics.watch(self)
         config = config if config is not None else Config(source="<defaults>")
         self.recordings = Recordings(reactor, config.recording, self.metrics.registry)
+        self.portals = Portals(reactor, self.metrics.registry)
         self.session_counts = SessionCounts(config.limits.sessions, config.limits.per_client)
         self.handshake_rate = HandshakeRate(config.limits.rate)
         self.reconfigure(config)
@@ -141,6 +143,7 @@ class GatewayFactory(WebSocketServerFactory):
         """
         self.config = config
         self.recordings.reconfigure(config.recording)
+        self.portals.reconfigure(config.auth_portals)
         self.session_counts.total_limit = config.limits.sessions
         self.session_counts.per_client_limit = config.limits.per_client
         if config.limits.rate != self.handshake_rate.rate:
@@ -231,6 +234,13 @@ class GatewayFactory(WebSocketServerFactory):
             return None
         session_id = os.urandom(6).hex()
         link = self.link_for(decision, head, client, ISSLTransport.providedBy(transport))
+        authorised: Optional[ForwardAuthLink] = None
+        if decision.options.auth is not None:
+            timeout = decision.options.connect_timeout
+            authorised = link = ForwardAuthLink(
+                link, self.portals.portals[decision.options.auth], client, head.target.decode("latin-1"),
+                {name.decode("latin-1").lower(): value.decode("latin-1") for name, value in head.headers},
+                lambda endpoint: TcpLink(lambda: self.backends.connect(endpoint, timeout), endpoint))
         rule = decision.rule
         limits = [(key, n) for key, n in ((f"desktop:{decision.desktop}", rule.max_per_desktop),
                                           (f"user:{decision.user}", rule.max_per_user if decision.user else 0))
@@ -248,6 +258,8 @@ class GatewayFactory(WebSocketServerFactory):
             recorded = self.recordings.link(link, session_id)
             link, recording = recorded, recorded.recording
         session = GatewaySession(self, decision, head, handshake, client, link, session_id, recording)
+        if authorised is not None:
+            authorised.named_user = session.name_user
         hand_over(transport, session)
         session.makeConnection(transport)
         session.begin(early)

@@ -553,6 +553,11 @@ class GatewaySession(QuietAdapter, WebSocketServerProtocol):  # type: ignore[mis
         """This session's id."""
         return self._record.session_id if self._record else None
 
+    def name_user(self, user: str) -> None:
+        """The user, as forward authentication named them (for log lines, the admin list, audit events)."""
+        if self._record is not None:
+            self._record.user = user
+
     def describe(self) -> dict[str, object]:
         """The live session's record as key/value pairs (for the admin listener)."""
         assert self._record is not None

@@ -26,12 +26,14 @@ from tunnelgw.core.errors import ConfigError, Location, Problem
 from tunnelgw.core.hostpattern import listener_is_local
 from tunnelgw.core.options import Reader, choice, matching, number, read_options, whole
 from tunnelgw.core.targets import SUBSTITUTION, BackendTarget, PoolTarget, ReplayTarget, WebSocketURL, parse_target
-from tunnelgw.core.topoconfig import Network, TopologyConfig, TopologyParser, redis_address
+from tunnelgw.core.topoconfig import (AllowedTarget, Network, TopologyConfig, TopologyParser, read_allowed,
+                                      redis_address)
 
 __all__ = [
     "DEFAULT_CONFIG",
     "Alias",
     "AuditLog",
+    "AuthPortal",
     "DEFAULT_CONNECT_TIMEOUT",
     "DEFAULT_FORWARD",
     "DIRECTIVES",
@@ -103,6 +105,7 @@ class RouteOptions:
     :ivar speed: for ``replay:`` targets, the playback speed factor.
     :ivar allow_clients: client networks admitted on this route
         (``allowclients=CIDR,...``); empty: every client.
+    :ivar auth: the forward-authentication portal of the route (``auth=NAME``).
     """
 
     connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
@@ -115,6 +118,8 @@ class RouteOptions:
     record: bool = False
     speed: float = 1.0
     allow_clients: tuple[Network, ...] = ()
+    #: ``auth=NAME``: the ``AuthPortal`` asked before the backend is connected.
+    auth: Optional[str] = None
 
 
 @dataclass(frozen=True)
@@ -282,6 +287,18 @@ class PoolSpec:
 
 
 @dataclass(frozen=True)
+class AuthPortal:
+    """``AuthPortal NAME URL [timeout=S] [cache=S] [allow=HOST:PORTS ...]``: see :mod:`tunnelgw.core.forwardauth`."""
+
+    name: str
+    url: str
+    timeout: float
+    cache: float
+    allow: tuple[AllowedTarget, ...]
+    where: Location
+
+
+@dataclass(frozen=True)
 class AuditLog:
     """
     ``AuditLog syslog ADDRESS [facility=F] [app=NAME] [sdid=ID]`` or ``AuditLog json FILE``:
@@ -325,6 +342,7 @@ class Config:
     audit_logs: tuple[AuditLog, ...] = ()
     recording: Optional[Recording] = None
     pool: Optional[PoolSpec] = None
+    auth_portals: tuple[AuthPortal, ...] = ()
 
     @property
     def rules(self) -> tuple[Rule, ...]:
@@ -438,6 +456,7 @@ ROUTE_OPTIONS: dict[str, Reader] = {
     "record": choice("on", "off"),
     "speed": number(0.01, 100),
     "allowclients": _networks,
+    "auth": matching(r"[A-Za-z0-9_.-]{1,64}", "the name of an AuthPortal"),
 }
 _WEBSOCKET_ONLY = ("forward", "cafile", "verify")
 _SECURE_ONLY = ("cafile", "verify")
@@ -481,6 +500,7 @@ class _Parse:
     audit_logs: list[AuditLog] = field(default_factory=list)
     recording: Optional[Recording] = None
     pool: Optional[PoolSpec] = None
+    auth_portals: list[AuthPortal] = field(default_factory=list)
     # Rules that set connecttimeout themselves; the others take Timeout connect=.
     own_connect_timeout: set[Location] = field(default_factory=set)
 
@@ -724,6 +744,22 @@ def _pool(p: _Parse, args: list[str], where: Location, problem: Problems) -> Non
                       found.get("passwordfile"), where)
 
 
+_PORTAL_OPTIONS: dict[str, Reader] = {"timeout": number(0.05, 30), "cache": number(0, 3600), "allow": read_allowed}
+
+
+def _auth_portal(p: _Parse, args: list[str], where: Location, problem: Problems) -> None:
+    if len(args) < 2 or not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", args[0]) \
+            or not re.fullmatch(r"https?://[A-Za-z0-9.\[\]:-]+(/[!-~]*)?", args[1]):
+        problem("AuthPortal takes a name and the portal's http(s) URL, then timeout=S cache=S allow=HOST:PORTS")
+        return
+    if any(a.name == args[0] for a in p.auth_portals):
+        problem(f"duplicate AuthPortal {args[0]!r}")
+        return
+    found = read_options(args[2:], _PORTAL_OPTIONS, problem, "AuthPortal", repeatable=("allow",))
+    p.auth_portals.append(AuthPortal(args[0], args[1], found.get("timeout", 2.0), found.get("cache", 5.0),
+                                     tuple(found.get("allow", [])), where))
+
+
 _AUDIT_OPTIONS: dict[str, Reader] = {
     "facility": choice(*FACILITIES), "app": matching(r"[!-~]{1,48}", "1 to 48 printable characters"),
     "sdid": matching(r"[!-<>-Z\\^-~]{1,32}", "an SD-ID such as tunnelgw@32473 (no space, '=', ']' or '\"')"),
@@ -801,6 +837,8 @@ DIRECTIVES: tuple[Directive, ...] = (
     Directive("AdminListen", "ENDPOINT [public]", "/healthz, /metrics and /sessions on an endpoint of their own",
               _admin_listen),
     Directive("LogFormat", "text|json", "log text lines or JSON lines (where twistd logs)", _log_format),
+    Directive("AuthPortal", "NAME URL [timeout=S] [cache=S] [allow=HOST:PORTS ...]",
+              "a portal asked before each session of auth=NAME routes (nginx auth_request)", _auth_portal),
     Directive("Recording", "FOLDER [maxbytes=B] [maxseconds=S] [keepdays=D] [viewer=URL]",
               "where record=on routes write their sessions, with size, age and retention limits", _recording),
     Directive("Pool", "redis://HOST:PORT/DB name=GATEWAY [ttl=S] [refresh=S] [timeout=S] [namespace=NS]",
@@ -884,6 +922,10 @@ def _finish(p: _Parse, last_line: int, require_listeners: bool) -> Config:
     topology_config = p.topology.finish([(r.backend.name, r.where) for r in rules if isinstance(r.backend, PoolTarget)],
                                         lambda w, m: problems.append(Problem(w, m)))
     end = Location(p.filename, last_line)
+    portals = {a.name for a in p.auth_portals}
+    for rule in rules:
+        if rule.options.auth is not None and rule.options.auth not in portals:
+            problems.append(Problem(rule.where, f"no AuthPortal named {rule.options.auth!r}"))
     if p.pool is None:
         for source in topology_config.token_sources:
             if source.single_use:
@@ -926,4 +968,5 @@ def _finish(p: _Parse, last_line: int, require_listeners: bool) -> Config:
         audit_logs=tuple(p.audit_logs),
         recording=p.recording,
         pool=p.pool,
+        auth_portals=tuple(p.auth_portals),
     )

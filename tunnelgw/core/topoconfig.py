@@ -219,7 +219,7 @@ def _ports(text: str) -> Optional[tuple[int, int]]:
     return (low, high) if 1 <= low <= high <= 65535 else None
 
 
-def _allow(value: str) -> AllowedTarget:
+def read_allowed(value: str) -> AllowedTarget:
     host, _, ports = value.rpartition(":")
     span = _ports(ports)
     if not host or host_pattern_problem(host) or span is None:
@@ -229,7 +229,7 @@ def _allow(value: str) -> AllowedTarget:
 
 
 _SECONDS = number(0, 86400)
-_TOKEN_SOURCE_OPTIONS = {"allow": _allow, "reload": _SECONDS, "bind": choice("address", "none"),
+_TOKEN_SOURCE_OPTIONS = {"allow": read_allowed, "reload": _SECONDS, "bind": choice("address", "none"),
                          "namespace": matching(_NAME.pattern, "a plain name"), "timeout": number(0.05, 60),
                          "once": choice("on", "off"), "alg": choice(*(a.lower() for a in ALGORITHMS)),
                          "aud": matching(r"[!-~]{1,256}", "printable text"), "iss": matching(r"[!-~]{1,256}", "printable text"),
