@@ -8,6 +8,7 @@ from __future__ import annotations
 import re
 from urllib.parse import quote
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -117,3 +118,13 @@ def test_address_templates_yield_only_ip_literals(value: str) -> None:
         if isinstance(route, Route):
             host = re.split(r"[:/]+", route.target.replace("host=", ""))[1]
             ipaddress.ip_address(host)
+
+
+@pytest.mark.parametrize("target", ["tcp:host=10.0.$1.$2.5:port=5900", "ws://10.$1:5700/", "tcp:host=300.0.0.$1:port=1"])
+def test_host_templates_that_can_never_be_valid_are_named_at_their_line(target: str) -> None:
+    """Where the config shows it (an address with the wrong number of parts), the mistake is a FILE:LINE error."""
+    from tunnelgw.core.config import ConfigError
+
+    with pytest.raises(ConfigError) as caught:
+        parse_config(f"Listen tcp:port=1\nProxyPassMatch ^/vm/(\\d+)/(\\d+)$ {target}\n", "gw.conf")
+    assert str(caught.value).startswith("gw.conf:2: the host ")

@@ -6,6 +6,7 @@ on a ``MemoryReactorClock`` with clients on ``StringTransport`` (see
 
 from __future__ import annotations
 
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -308,3 +309,14 @@ class AdminListenTests(TestCase):
         admin_site(GatewayService(config, MemoryReactorClock()).factory, lambda: False, "tcp:port=9090")
         admin_site(GatewayService(config, MemoryReactorClock()).factory, lambda: False, "unix:/run/a.sock")
         self.assertEqual(len([line for line in log if "serves the session list and close to the network" in line]), 1)
+
+
+def test_haproxy_listeners_are_documented_as_trusting_every_peer() -> None:
+    """Point 10: the README's haproxy: example binds to loopback and says what such a listener believes."""
+    from support import REPO
+
+    readme = (REPO / "README.rst").read_text()
+    example = re.search(r"``(haproxy:[^`]*)``", readme)
+    assert example is not None and "interface=127.0.0.1" in example.group(1)
+    assert "believes the PROXY header of every peer" in readme
+    assert "``haproxy:`` listeners believe the PROXY header of every peer" in (REPO / "docs" / "security.rst").read_text()

@@ -23,7 +23,7 @@ from typing import Any, Callable, Iterator, Optional, Union
 
 from tunnelgw.core.audit import FACILITIES
 from tunnelgw.core.errors import ConfigError, Location, Problem
-from tunnelgw.core.hostpattern import listener_is_local
+from tunnelgw.core.hostpattern import listener_is_local, target_host
 from tunnelgw.core.options import Reader, choice, matching, number, read_options, whole
 from tunnelgw.core.targets import SUBSTITUTION, BackendTarget, PoolTarget, ReplayTarget, WebSocketURL, parse_target
 from tunnelgw.core.topoconfig import (AllowedTarget, Network, TopologyConfig, TopologyParser, read_allowed,
@@ -608,11 +608,32 @@ def _rule(p: _Parse, directive: str, args: list[str], where: Location, problem: 
         return
     groups = {int(g) for g in SUBSTITUTION.findall(target)}
     missing = sorted(g for g in groups if g > pattern.groups or g == 0)
-    if missing:
+    never = _host_template_problem(target)
+    if never is not None:
+        problem(never)
+    elif missing:
         problem(f"target uses ${missing[0]} but the expression has "
                 f"{pattern.groups} group(s); use $1..${max(pattern.groups, 1)}")
     else:
         p.pattern_rules.append(PatternRule(pattern, target, options, where, backend))
+
+
+def _host_template_problem(target: str) -> Optional[str]:
+    """Why a ProxyPassMatch target's host can never be valid once ``$N`` is filled in (None: it can)."""
+    host = target_host(target)
+    if host is None or not SUBSTITUTION.search(host) or SUBSTITUTION.fullmatch(host):
+        return None  # no capture, or the whole host is one (it must then be an IP literal, checked per request)
+    labels = host.split(".")
+    numeric = all(re.fullmatch(r"(?:\d|\$\d)+", label) for label in labels)
+    if numeric and len(labels) != 4:
+        return (f"the host {host!r} looks like an IPv4 address but has {len(labels)} parts: "
+                "filled in, it could only be refused (each capture fills one part of an address)")
+    if numeric:
+        try:
+            ipaddress.IPv4Address(SUBSTITUTION.sub("1", host))
+        except ValueError:
+            return f"the host {host!r} can never be an IP address once $N is filled in"
+    return None
 
 
 def _rule_reader(directive: str, what: str) -> Callable[[_Parse, list[str], Location, Problems], None]:
