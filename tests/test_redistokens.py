@@ -13,7 +13,7 @@ import pytest
 from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 
-from support import GatewayProcess, RedisServer, TcpServer, echo, redis_server, wait_until
+from support import GatewayProcess, RedisServer, TcpServer, backend, echo, redis_server, wait_until
 from tunnelgw.core.errors import Location
 from tunnelgw.core.routing import Reject
 from tunnelgw.core.tokens import TargetAddress, redis_key, redis_target
@@ -96,3 +96,58 @@ def test_redis_source_mistakes(line: str, message: str) -> None:
     with pytest.raises(ConfigError) as caught:
         parse_config(f"Listen tcp:port=1\n{line}\n", "gw.conf")
     assert f"gw.conf:2: {message}" in str(caught.value)
+
+
+def test_owners_in_redis_are_followed_at_once(tmp_path: Path, redis_server: RedisServer, backend: TcpServer) -> None:
+    """A broker's owner key redirects (307) to the owning gateway; a change is followed by the next session."""
+    import redis
+
+    from support import free_port
+
+    store = redis.Redis(host="127.0.0.1", port=redis_server.port)
+    tokens = tmp_path / "tokens"
+    tokens.write_text(f"desk1: 127.0.0.1:{backend.port}\n")
+    ports = {n: free_port(f"127.0.0.{n}") for n in (2, 3)}
+    urls = {n: f"ws://127.0.0.{n}:{ports[n]}" for n in (2, 3)}
+    gateways = {}
+    try:
+        for n in (2, 3):
+            config = f"""
+Listen tcp:port={ports[n]}:interface=127.0.0.{n}
+GatewayURL {urls[n]}
+OwnerSource redis://127.0.0.1:{redis_server.port}/0 namespace=vdi timeout=0.5
+TokenSource files file {tokens} allow=127.0.0.1:{backend.port}
+TokenRoute /vnc files
+"""
+            gateways[n] = GatewayProcess(config, tmp_path, name=f"gw{n}").start()
+
+        def answer(n: int) -> tuple[int, str]:
+            """Status and Location of a handshake to gateway n (raw: WebSocket clients follow redirects)."""
+            import http.client
+
+            conn = http.client.HTTPConnection(f"127.0.0.{n}", ports[n], timeout=5)
+            conn.request("GET", "/vnc?token=desk1", headers={
+                "Upgrade": "websocket", "Connection": "Upgrade", "Sec-WebSocket-Version": "13",
+                "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ=="})
+            response = conn.getresponse()
+            conn.close()
+            return response.status, response.getheader("Location", "")
+
+        assert answer(2) == (101, "") and answer(3) == (101, "")  # no owner named: served where asked
+        with connect(f"{urls[2]}/vnc?token=desk1", open_timeout=5) as ws:
+            ws.send(b"x")
+            assert ws.recv(timeout=5) == b"x"
+        store.set("vdi:owner:127.0.0.1", urls[3])
+        assert answer(2) == (307, f"{urls[3]}/vnc?token=desk1") and answer(3) == (101, "")
+        with connect(f"{urls[2]}/vnc?token=desk1", open_timeout=5) as ws:  # a client that follows the 307
+            ws.send(b"y")
+            assert ws.recv(timeout=5) == b"y"
+        gateways[3].wait_log(r"session end .*bytes_up=1 ")
+        store.set("vdi:owner:127.0.0.1", urls[2] + "/")
+        assert answer(3) == (307, f"{urls[2]}/vnc?token=desk1") and answer(2) == (101, "")
+        redis_server.stop()
+        assert answer(2)[0] == 503
+        gateways[2].wait_log(r"owner lookup failed")
+    finally:
+        for gw in gateways.values():
+            gw.stop()

@@ -21,7 +21,7 @@ from twisted.internet.interfaces import ISSLTransport
 from twisted.logger import Logger
 from twisted.protocols.policies import ProtocolWrapper
 
-from tunnelgw.backends import BackendLink
+from tunnelgw.backends import BackendLink, WrappedLink
 from tunnelgw.backends.replay import ReplayLink
 from tunnelgw.backends.tcp import TcpBackends, TcpLink
 from tunnelgw.backends.websocket import WebSocketBackends, WebSocketLink
@@ -43,6 +43,19 @@ from tunnelgw.session import GatewaySession, client_label, http_error, log_refus
 __all__ = ["GatewayFactory", "HeadRequest", "hand_over", "refuse_connection"]
 
 _log = Logger(namespace="tunnelgw")
+
+
+class OwnerCheckLink(WrappedLink):
+    """A link that opens only on the gateway the ``OwnerSource`` names for its desktop host (307 elsewhere)."""
+
+    def __init__(self, inner: BackendLink, topology: Any, host: str, uri: str) -> None:
+        super().__init__(inner)
+        self._topology = topology
+        self._host = host
+        self._uri = uri
+
+    def connect(self) -> Any:
+        return self._topology.check_owner(self._host, self._uri).addCallback(lambda _: self._inner.connect())
 
 
 def hand_over(transport: Any, protocol: Any) -> None:
@@ -234,6 +247,8 @@ class GatewayFactory(WebSocketServerFactory):
             return None
         session_id = os.urandom(6).hex()
         link = self.link_for(decision, head, client, ISSLTransport.providedBy(transport))
+        if decision.desktop_host and self.topology is not None and self.topology.owners_source is not None:
+            link = OwnerCheckLink(link, self.topology, decision.desktop_host, head.target.decode("latin-1"))
         authorised: Optional[ForwardAuthLink] = None
         if decision.options.auth is not None:
             timeout = decision.options.connect_timeout
@@ -276,7 +291,8 @@ class GatewayFactory(WebSocketServerFactory):
         if isinstance(backend, LookupTarget):
             topology = self.topology
             assert topology is not None, "lookup targets come from token routes"
-            looked_up = TcpLink(lambda: topology.connect_token(route, backend, client, named), backend.text)
+            uri = head.target.decode("latin-1")
+            looked_up = TcpLink(lambda: topology.connect_token(route, backend, client, uri, named), backend.text)
 
             def named(endpoint: str) -> None:
                 looked_up.description = endpoint

@@ -11,7 +11,7 @@ why), never a hang; redis-py reconnects by itself once Redis is back.
 
 from __future__ import annotations
 
-from typing import Any, Union
+from typing import Any, Optional, Union
 
 from twisted.internet import defer
 from twisted.internet.threads import deferToThreadPool
@@ -19,9 +19,9 @@ from twisted.logger import Logger
 
 from tunnelgw.core.routing import Reject
 from tunnelgw.core.tokens import TargetAddress, redis_key, redis_target
-from tunnelgw.core.topoconfig import TokenSourceSpec
+from tunnelgw.core.topoconfig import OwnerSourceSpec, TokenSourceSpec
 
-__all__ = ["UNAVAILABLE", "RedisTokens"]
+__all__ = ["UNAVAILABLE", "RedisOwners", "RedisTokens"]
 
 _log = Logger(namespace="tunnelgw")
 #: The answer while the token store cannot be asked.
@@ -52,3 +52,22 @@ class RedisTokens:
             return Reject(UNAVAILABLE.status, UNAVAILABLE.reason, str(failure.value))
 
         return d.addCallbacks(lambda value: redis_target(self.spec, value), unavailable)  # type: ignore[no-any-return]
+
+
+class RedisOwners:
+    """``OwnerSource``: the gateway that owns a desktop host, read from Redis for each session."""
+
+    def __init__(self, spec: OwnerSourceSpec, reactor: Any) -> None:
+        import redis
+
+        self.spec = spec
+        self._reactor = reactor
+        address = spec.redis
+        self._redis = redis.Redis(host=address.host, port=address.port, db=address.db, ssl=address.tls,
+                                  socket_timeout=spec.timeout, socket_connect_timeout=spec.timeout)
+
+    def owner_of(self, host: str) -> "defer.Deferred[Optional[str]]":
+        """The owner's gateway URL, None when the broker names none; fails when Redis cannot answer."""
+        key = f"{self.spec.namespace}:owner:{host}"
+        d: Any = deferToThreadPool(self._reactor, self._reactor.getThreadPool(), self._redis.get, key)
+        return d.addCallback(lambda value: value.decode("utf-8", "replace").rstrip("/") if value else None)  # type: ignore[no-any-return]

@@ -247,15 +247,15 @@ class GatewaySession(QuietAdapter, WebSocketServerProtocol):  # type: ignore[mis
         if failure.check(defer.CancelledError) or self._finished:
             return
         failure.trap(BackendRefused)
-        self._refuse(failure.value.reject, failure.value.kind)
+        self._refuse(failure.value.reject, failure.value.kind, failure.value.headers)
 
-    def _refuse(self, reject: Reject, kind: str) -> None:
+    def _refuse(self, reject: Reject, kind: str, headers: Any = ()) -> None:
         """Answer the handshake with an HTTP status; the connection then ends (and :meth:`_finish` runs)."""
         self._outcome = "refused"
         self._refusal_kind = kind
         assert self._record is not None
         log_refusal(self._record.client, self._record.path, reject, kind, self._record.session_id)
-        self.failHandshake(reject.reason, reject.status)
+        self.failHandshake(reject.reason, reject.status, list(headers) or None)
 
     def failHandshake(self, reason: str, code: int = 400, responseHeaders: Any = None) -> None:
         """Count every refused handshake by reason and status, then answer it."""

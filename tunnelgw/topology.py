@@ -30,7 +30,7 @@ from tunnelgw.core.routing import Reject, Route, normalise_path
 from tunnelgw.backends import BackendRefused
 from tunnelgw.core.jwtkeys import load_key, parse_jwks
 from tunnelgw.core.targets import EndpointTarget, LookupTarget, PoolTarget
-from tunnelgw.redistokens import RedisTokens
+from tunnelgw.redistokens import RedisOwners, RedisTokens
 from tunnelgw.core.tokens import MIN_SECRET_BYTES, FileTokens, SignedTokens, TargetAddress, extract_token, make_token_source
 from tunnelgw.core.topoconfig import OriginRule, TokenRouteSpec, TopologyConfig
 
@@ -129,6 +129,7 @@ class Topology:
                                            else make_token_source(spec, secret))
         old_pools = previous.pools if previous else {}
         self.pools: dict[str, Pool] = {b.name: Pool.from_spec(b, old_pools.get(b.name)) for b in config.balancers}
+        self.owners_source = (RedisOwners(config.owner_source, reactor) if config.owner_source is not None else None)
         self.token_places = tuple(TokenPlace(r.path, r.origin, r.param) for r in config.token_routes)
 
     def redact(self, uri: str) -> str:
@@ -202,7 +203,7 @@ class Topology:
             return Redirect(redirect_location(owner, request.uri.decode("latin-1")),
                             f"desktop host {target.host} is served by {owner}")
         return Route(route_spec, EndpointTarget(target.endpoint), options, desktop=desktop, user=target.user,
-                     once=target.once)
+                     once=target.once, desktop_host=target.host)
 
     def _token_route(self, path: str) -> Optional[TokenRouteSpec]:
         found = [r for r in self.config.token_routes if _under(path, r.path)]
@@ -251,7 +252,29 @@ class Topology:
         token = extract_token(spec.origin, spec.param, remainder, query, _header(request, b"host"))
         return self._refused_token(token, client, "") if isinstance(token, Reject) else token
 
-    def connect_token(self, route: Route, target: LookupTarget, client: str,
+    def check_owner(self, host: str, uri: str) -> "defer.Deferred[None]":
+        """
+        With an ``OwnerSource``: fail with a 307 to the owning gateway when
+        another one owns host (503 when Redis cannot say); else fire None.
+        """
+        owners = self.owners_source
+        if owners is None:
+            return defer.succeed(None)
+
+        def decided(owner: Optional[str]) -> None:
+            if owner is not None and owner != self.config.gateway_url:
+                raise BackendRefused(Reject(307, f"desktop host {host} is served by {owner}"), "redirect",
+                                     (("Location", redirect_location(owner, uri)),))
+
+        def unavailable(failure: Failure) -> None:
+            if failure.check(BackendRefused):
+                failure.raiseException()
+            _log.warn("owner lookup failed: {error}", error=str(failure.value))
+            raise BackendRefused(Reject(503, "owner lookup unavailable"), "owner")
+
+        return owners.owner_of(host).addCallback(decided).addErrback(unavailable)  # type: ignore[no-any-return]
+
+    def connect_token(self, route: Route, target: LookupTarget, client: str, uri: str,
                       found: Callable[[str], None]) -> "defer.Deferred[BackendConnection]":
         """
         Look a token up (a Redis source), then connect to the desktop it names;
@@ -266,7 +289,8 @@ class Topology:
                 self._refused_token(address, client, target.token)
                 raise BackendRefused(Reject(address.status, address.reason), "token")
             found(address.endpoint)
-            return self._backends.connect(address.endpoint, route.options.connect_timeout)
+            checked = self.check_owner(address.host, uri)
+            return checked.addCallback(lambda _: self._backends.connect(address.endpoint, route.options.connect_timeout))
 
         return source.lookup(target.token, client).addCallback(looked_up)  # type: ignore[no-any-return]
 

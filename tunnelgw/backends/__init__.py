@@ -23,12 +23,16 @@ __all__ = ["BackendLink", "BackendRefused", "LinkOwner", "WrappedLink"]
 
 
 class BackendRefused(Exception):
-    """A backend could not be opened: ``reject`` is the client's answer, ``kind`` its metrics reason."""
+    """
+    A backend could not be opened: ``reject`` is the client's answer, ``kind``
+    its metrics reason, ``headers`` extra response headers (a redirect's Location).
+    """
 
-    def __init__(self, reject: Reject, kind: str) -> None:
+    def __init__(self, reject: Reject, kind: str, headers: tuple[tuple[str, str], ...] = ()) -> None:
         super().__init__(f"{reject.status} {reject.reason}")
         self.reject = reject
         self.kind = kind
+        self.headers = headers
 
 
 class LinkOwner(Protocol):

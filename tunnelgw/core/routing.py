@@ -43,6 +43,8 @@ class Route:
     user: str = ""
     #: A single-use token's ``jti`` and expiry: the session may open only if the pool has not seen it.
     once: Optional[tuple[str, float]] = None
+    #: The desktop's host on token routes (an ``OwnerSource`` says which gateway owns it).
+    desktop_host: str = ""
 
     @property
     def target(self) -> str:

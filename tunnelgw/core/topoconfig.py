@@ -17,6 +17,7 @@ Directives::
       ProxySet lbmethod=byrequests|bybusyness|bysource retry=S
     </Proxy>
     GatewayURL URL
+    OwnerSource redis://HOST:PORT/DB [namespace=NS] [timeout=S]
     GatewayOwner URL HOST (CIDR block, address or exact name) ...
     TrustedProxy ADDRESS-OR-NETWORK ... [header=x-forwarded-for|forwarded]
     OriginAllow PATH ORIGIN ...
@@ -194,6 +195,25 @@ class OriginRule:
 
 
 @dataclass(frozen=True)
+class OwnerSourceSpec:
+    """``OwnerSource redis://HOST:PORT/DB``: which gateway owns a desktop host, as a broker writes it.
+
+    The key is ``NAMESPACE:owner:HOST``, the value the owner's gateway URL.
+    """
+
+    url: str
+    namespace: str
+    timeout: float
+    where: Location
+
+    @property
+    def redis(self) -> "RedisAddress":
+        found = redis_address(self.url)
+        assert found is not None
+        return found
+
+
+@dataclass(frozen=True)
 class TopologyConfig:
     """Everything the topology directives configured; empty by default."""
 
@@ -207,6 +227,7 @@ class TopologyConfig:
     #: The header the trusted proxies name the client in (``TrustedProxy ... header=``).
     proxy_header: str = XFF
     origins: tuple[OriginRule, ...] = ()
+    owner_source: Optional[OwnerSourceSpec] = None
 
 
 def _ports(text: str) -> Optional[tuple[int, int]]:
@@ -239,6 +260,7 @@ _TOKEN_ROUTE_OPTIONS = {"from": choice(*TOKEN_FROM), "param": matching(_NAME.pat
                         "maxperdesktop": whole(1, 10**6), "maxperuser": whole(1, 10**6)}
 _MEMBER_OPTIONS = {"status": choice("drain", "+n", "active")}
 _POOL_OPTIONS = {"lbmethod": choice(*LB_METHODS), "retry": _SECONDS}
+_OWNER_OPTIONS = {"namespace": matching(_NAME.pattern, "a plain name"), "timeout": number(0.05, 60)}
 _TRUSTED_PROXY_OPTIONS = {"header": choice(*PROXY_HEADERS)}
 
 
@@ -262,6 +284,7 @@ class TopologyParser:
     balancers: list[BalancerSpec] = field(default_factory=list)
     gateway_url: Optional[str] = None
     owners: list[GatewayOwner] = field(default_factory=list)
+    owner_source: Optional[OwnerSourceSpec] = None
     trusted: list[Network] = field(default_factory=list)
     proxy_header: str = XFF
     proxy_header_where: Optional[Location] = None
@@ -378,6 +401,17 @@ class TopologyParser:
             return
         self._block[3].update(read_options(args, _POOL_OPTIONS, problem, "ProxySet"))
 
+    def read_owner_source(self, args: list[str], where: Location, problem: Callable[[str], None], _: object) -> None:
+        if not args or redis_address(args[0]) is None:
+            problem("OwnerSource takes redis://HOST:PORT/DB (rediss:// for TLS), then namespace=NS timeout=S")
+            return
+        if self.owner_source is not None:
+            problem(f"OwnerSource is given twice (first at {self.owner_source.where})")
+            return
+        found = read_options(args[1:], _OWNER_OPTIONS, problem, "OwnerSource")
+        self.owner_source = OwnerSourceSpec(args[0], found.get("namespace", "tunnelgw"), found.get("timeout", 1.0),
+                                            where)
+
     def read_gateway_url(self, args: list[str], where: Location, problem: Callable[[str], None], _: object) -> None:
         if len(args) != 1 or not _is_ws_url(args[0]):
             problem("GatewayURL takes this gateway's base URL, e.g. wss://host1.example:8443")
@@ -436,6 +470,8 @@ class TopologyParser:
         for lookup in self.token_lookups:
             if not any(r.path == lookup.route_path for r in self.token_routes):
                 problem_at(lookup.where, f"no TokenRoute at {lookup.route_path!r}")
+        if self.owner_source is not None and self.gateway_url is None:
+            problem_at(self.owner_source.where, "OwnerSource needs GatewayURL (this gateway's own URL)")
         if self.owners and self.gateway_url is None:
             problem_at(self.owners[0].where, "GatewayOwner needs GatewayURL (this gateway's own URL)")
         return TopologyConfig(
@@ -448,4 +484,5 @@ class TopologyParser:
             trusted_proxies=tuple(self.trusted),
             proxy_header=self.proxy_header,
             origins=tuple(self.origins),
+            owner_source=self.owner_source,
         )
