@@ -82,4 +82,5 @@ def admin_site(factory: Any, draining: Callable[[], bool]) -> Site:
     """A Site serving :class:`AdminResource`."""
     site = Site(AdminResource(factory, draining), timeout=60)
     site.displayTracebacks = False
+    site.noisy = False
     return site

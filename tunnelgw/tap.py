@@ -38,21 +38,67 @@ class Options(usage.Options):
         raise SystemExit(0)
 
 
+def _install_stop_signals(gateway: Any, reactor: Any) -> None:
+    """
+    Ctrl-C or SIGTERM starts the drain; a second one closes every session at once
+    with 1001.  (Twisted's own handler would call ``reactor.stop()`` again and log
+    ReactorNotRunning.)
+    """
+    import signal
+
+    from twisted.logger import Logger
+
+    log = Logger("tunnelgw.tap")
+    stopping = []
+
+    def stop_or_force(name: str) -> None:
+        if not stopping:
+            stopping.append(name)
+            log.info("{signal}: stopping; press Ctrl-C again (or send SIGTERM again) to close every "
+                     "session now", signal=name)
+            reactor.stop()
+        else:
+            log.info("{signal} again: closing every session now", signal=name)
+            gateway.force_close()
+
+    def handler(signum: int, frame: Any) -> None:
+        reactor.callFromThread(stop_or_force, signal.Signals(signum).name)
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, handler)
+
+
+def _log_stream(server_options: Any) -> Any:
+    """The file twistd's own logger would write to for these options."""
+    import sys
+
+    from twisted.python.logfile import LogFile
+
+    name = server_options.get("logfile") or ""
+    if name == "-" or (not name and server_options.get("nodaemon")):
+        return sys.stdout
+    return LogFile.fromFullPath(name or "twistd.log")
+
+
 class _CommandLineService(MultiService):
     """Reports a listener that cannot start as one line on stderr and exit status 1."""
 
     log_format = "text"
+    #: twistd's own options (``--logfile``, ``--nodaemon``), when run by twistd.
+    server_options: Any = None
 
     def setServiceParent(self, parent: Any) -> Any:
-        """Under twistd, ``LogFormat json`` makes the application log JSON lines to stdout."""
+        """
+        Under twistd, ``LogFormat json`` makes the application log JSON lines where
+        twistd would log text: ``--logfile`` (``-`` is stdout), else stdout with
+        ``-n``, else ``twistd.log`` (daemon mode).
+        """
         if self.log_format == "json" and hasattr(parent, "setComponent"):
-            import sys
-
             from twisted.logger import ILogObserver
 
             from tunnelgw.logs import json_lines_observer
 
-            parent.setComponent(ILogObserver, json_lines_observer(sys.stdout))
+            parent.setComponent(ILogObserver, json_lines_observer(_log_stream(self.server_options or {})))
         return super().setServiceParent(parent)
 
     def privilegedStartService(self) -> None:
@@ -76,7 +122,7 @@ def check_only(path: Optional[str], reactor: Any) -> None:
 
     try:
         config = read_options_config(path)
-        check_config(config, reactor)
+        check_config(config, reactor, without_sockets=True)
     except ConfigError as e:
         raise SystemExit(str(e)) from None
     print(f"{config.source}: configuration OK")
@@ -101,7 +147,10 @@ def makeService(options: Any) -> IService:
 
         reactor.addSystemEventTrigger("after", "startup",  # type: ignore[arg-type]
                                       install_reload_signal, gateway, options["config"], reactor)
+    reactor.addSystemEventTrigger("after", "startup",  # type: ignore[arg-type]
+                                  _install_stop_signals, gateway, reactor)
     top = _CommandLineService()
     top.log_format = gateway.config.log_format
+    top.server_options = getattr(options, "parent", None)
     gateway.setServiceParent(top)
     return top
