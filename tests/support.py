@@ -104,6 +104,7 @@ class GatewayProcess:
 
     def start(self, timeout: float = 20.0) -> "GatewayProcess":
         """Start and wait until every Listen line reports its port."""
+        assert self.proc is None or self.proc.poll() is not None, "this gateway is already running"
         expected = sum(1 for line in self.config_path.read_text().splitlines()
                        if line.strip().lower().startswith(("listen ", "demobackend ", "adminlisten ")))
         self._log = open(self.log_path, "wb")
