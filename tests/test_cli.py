@@ -24,6 +24,11 @@ def port_free(port: int) -> bool:
 
 def test_embedded_default_works(tmp_path: Path) -> None:
     """`twistd -n tunnelgw` with no config serves the demo page and relays ws://127.0.0.1:8080/echo."""
+    import fcntl
+
+    # Shared with tests/test_release.py's README test (and other checkouts): both need 8080.
+    lock = open("/tmp/tunnelgw-default-ports.lock", "w")
+    fcntl.flock(lock, fcntl.LOCK_EX)
     assert port_free(8080) and port_free(8081), "the embedded default needs loopback ports 8080 and 8081 free"
     log = open(tmp_path / "default.log", "wb")
     proc = subprocess.Popen(twistd_command("-n", "--pidfile=", "tunnelgw"), stdout=log, stderr=subprocess.STDOUT,
@@ -42,6 +47,7 @@ def test_embedded_default_works(tmp_path: Path) -> None:
         proc.terminate()
         proc.wait(15)
         log.close()
+        lock.close()
 
 
 def test_example_config_starts_and_relays(tmp_path: Path) -> None:
@@ -51,7 +57,8 @@ def test_example_config_starts_and_relays(tmp_path: Path) -> None:
         echo_port = s.getsockname()[1]
     text = (REPO / "examples" / "tunnelgw.conf").read_text()
     assert text.count("8081") == 3  # the comment, DemoBackend and ProxyPass
-    text = text.replace("tcp:port=8080:", "tcp:port=0:").replace("8081", str(echo_port))
+    text = (text.replace("tcp:port=8080:", "tcp:port=0:").replace("tcp:port=9090:", "tcp:port=0:")
+            .replace("8081", str(echo_port)).replace("examples/topologies/", f"{REPO}/examples/topologies/"))
     with GatewayProcess(text, tmp_path) as gw:
         with connect(f"ws://127.0.0.1:{gw.port()}/echo", open_timeout=5) as ws:
             ws.send(b"example")
