@@ -91,7 +91,7 @@ def _install_stop_signals(gateway: Any, reactor: Any) -> None:
     from twisted.logger import Logger
 
     log = Logger("tunnelgw.tap")
-    stopping = []
+    stopping: list[str] = []
 
     def stop_or_force(name: str) -> None:
         if not stopping:
