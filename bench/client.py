@@ -35,6 +35,28 @@ _MASK = os.urandom(4)
 _RECV = 1 << 20
 
 
+def frame_head(buf: "bytes | bytearray | memoryview", pos: int, end: int) -> Optional[tuple[int, int, int, int]]:
+    """
+    The frame header at buf[pos:end]: (first byte, second byte, payload
+    length, header size without the mask), or None while incomplete.
+    """
+    if end - pos < 2:
+        return None
+    b0, b1 = buf[pos], buf[pos + 1]
+    length, head = b1 & 0x7F, 2
+    if length == 126:
+        head = 4
+        if end - pos < head:
+            return None
+        length = struct.unpack_from("!H", buf, pos + 2)[0]
+    elif length == 127:
+        head = 10
+        if end - pos < head:
+            return None
+        length = struct.unpack_from("!Q", buf, pos + 2)[0]
+    return b0, b1, length, head
+
+
 def client_frame(payload: bytes, opcode: int = 2, mask: bytes = _MASK) -> bytes:
     """A final, masked client frame carrying payload."""
     n = len(payload)
@@ -116,20 +138,10 @@ class Connection:
                 self.need -= take
                 if self.need:
                     break
-            if end - pos < 2:
+            parsed = frame_head(buf, pos, end)
+            if parsed is None:
                 break
-            b0, b1 = buf[pos], buf[pos + 1]
-            length, head = b1 & 0x7F, 2
-            if length == 126:
-                head = 4
-                if end - pos < head:
-                    break
-                length = struct.unpack_from("!H", buf, pos + 2)[0]
-            elif length == 127:
-                head = 10
-                if end - pos < head:
-                    break
-                length = struct.unpack_from("!Q", buf, pos + 2)[0]
+            b0, _, length, head = parsed
             opcode = b0 & 0x0F
             if opcode == 8:
                 self.closed = True

@@ -1,7 +1,9 @@
 """
-The processes a benchmark run starts: the backends, tunnelgw (``twistd -n
-tunnelgw`` from this working tree, or its multi-worker launcher), websockify
-from PyPI, and the load client.  Each is stopped when the run ends.
+The processes a benchmark run starts: the TCP backends, the WebSocket backend,
+tunnelgw (``twistd -n tunnelgw`` from this working tree, or its multi-worker
+launcher), websockify from PyPI, the asyncio bridge, nginx (Debian's, as a
+WebSocket reverse proxy with a configuration of its own in a temporary folder)
+and the load client.  Each is stopped when the run ends, on error too.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from typing import Any, Callable, Optional
 
 REPO = Path(__file__).resolve().parent.parent
 
-__all__ = ["Backends", "Gateway", "Websockify", "memory_of", "run_client", "self_signed", "start_idle_client"]
+__all__ = ["Backends", "Bridge", "Gateway", "Nginx", "WsBackend", "Websockify", "memory_of", "run_client", "self_signed", "start_idle_client"]
 
 
 def _env() -> dict[str, str]:
@@ -75,25 +77,156 @@ def self_signed(folder: Path) -> tuple[Path, Path]:
     return cert_path, key_path
 
 
-class Backends:
-    """``python -m bench.servers`` in its own process; :attr:`ports` by name."""
+class _ChildServer:
+    """``python -m MODULE ARGS...`` that prints one JSON line once listening and exits when stdin closes."""
 
-    def __init__(self) -> None:
-        self.proc = subprocess.Popen([sys.executable, "-m", "bench.servers"], stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=_env(), cwd=REPO)
+    def __init__(self, module: str, *args: str) -> None:
+        self.proc = subprocess.Popen([sys.executable, "-m", module, *args], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=_env(), cwd=REPO,
+                                     preexec_fn=_raise_nofile_in_child)
         line = self.proc.stdout.readline()  # type: ignore[union-attr]
         if not line:
-            raise RuntimeError("the backends did not start")
-        self.ports: dict[str, int] = json.loads(line)
+            _stop(self.proc)
+            raise RuntimeError(f"{module} did not start")
+        self.listening: dict[str, int] = json.loads(line)
+
+    @property
+    def pids(self) -> list[int]:
+        """The server's process."""
+        return [self.proc.pid]
 
     def stop(self) -> None:
-        """Close stdin (the backends' signal to exit) and wait."""
+        """Close stdin (the server's signal to exit) and wait."""
         if self.proc.stdin:
             self.proc.stdin.close()
         try:
             self.proc.wait(10)
         except subprocess.TimeoutExpired:
             _stop(self.proc)
+
+
+class Backends(_ChildServer):
+    """``python -m bench.servers`` in its own process; :attr:`ports` by name."""
+
+    def __init__(self) -> None:
+        super().__init__("bench.servers")
+        self.ports = self.listening
+
+
+class WsBackend(_ChildServer):
+    """``python -m bench.wsservers``: a WebSocket echo, sink and source on one :attr:`port` (by path)."""
+
+    def __init__(self) -> None:
+        super().__init__("bench.wsservers")
+        self.port = self.listening["port"]
+
+
+class Bridge(_ChildServer):
+    """``python -m bench.bridge``: the asyncio + websockets bridge to the TCP backends, :attr:`port` and :attr:`tls_port`."""
+
+    def __init__(self, backends: dict[str, int], cert: tuple[Path, Path]) -> None:
+        super().__init__("bench.bridge", json.dumps(backends), str(cert[0]), str(cert[1]))
+        self.port = self.listening["ws"]
+        self.tls_port = self.listening["wss"]
+
+
+NGINX = "/usr/sbin/nginx"
+
+_NGINX_CONF = """\
+# Written by bench/procs.py for one benchmark run: one worker, loopback only.
+worker_processes 1;
+master_process off;
+daemon off;
+pid {folder}/nginx.pid;
+error_log {folder}/error.log warn;
+worker_rlimit_nofile {nofile};
+events {{
+    worker_connections {connections};
+}}
+http {{
+    access_log off;
+    client_body_temp_path {folder}/client_body;
+    proxy_temp_path {folder}/proxy;
+    fastcgi_temp_path {folder}/fastcgi;
+    uwsgi_temp_path {folder}/uwsgi;
+    scgi_temp_path {folder}/scgi;
+    tcp_nodelay on;
+    server {{
+        listen 127.0.0.1:{port} backlog=4096;
+        location / {{
+            proxy_pass http://127.0.0.1:{backend};
+            proxy_http_version 1.1;
+            proxy_set_header Upgrade $http_upgrade;
+            proxy_set_header Connection "upgrade";
+            proxy_set_header Host $host;
+            proxy_buffering off;
+            proxy_buffer_size {buffer};
+            proxy_buffers 4 {buffer};
+            proxy_busy_buffers_size {buffer};
+            proxy_read_timeout 600s;
+            proxy_send_timeout 600s;
+        }}
+    }}
+}}
+"""
+
+
+def nginx_path() -> Optional[str]:
+    """Debian's nginx, or one on PATH; None when there is none."""
+    return NGINX if os.access(NGINX, os.X_OK) else shutil.which("nginx")
+
+
+class Nginx:
+    """
+    nginx as a WebSocket reverse proxy to a ws:// backend: one worker, no
+    daemon and no master (the process we start is the worker, so stopping it
+    stops nginx), its prefix, configuration, logs and temp folders in folder.
+    """
+
+    def __init__(self, folder: Path, backend_port: int, buffer: str = "64k") -> None:
+        exe = nginx_path()
+        if exe is None:
+            raise RuntimeError("nginx is not installed (apt-get install nginx)")
+        folder.mkdir(parents=True, exist_ok=True)
+        self.port = _free_port()
+        import resource
+
+        hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+        nofile = hard if hard != resource.RLIM_INFINITY else 65536
+        self.config = folder / "nginx.conf"
+        self.config.write_text(_NGINX_CONF.format(folder=folder, port=self.port, backend=backend_port,
+                                                  buffer=buffer, nofile=nofile, connections=max(1024, nofile // 2 - 100)))
+        self.log_path = folder / "error.log"
+        self._log = open(folder / "stderr.log", "wb")
+        self.proc = subprocess.Popen([exe, "-p", str(folder), "-c", str(self.config), "-e", str(self.log_path)],
+                                     stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT, cwd=folder,
+                                     preexec_fn=_raise_nofile_in_child)
+
+        def ready() -> bool:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"nginx exited: {(folder / 'stderr.log').read_text()}"
+                                   f"{self.log_path.read_text() if self.log_path.exists() else ''}")
+            try:
+                socket.create_connection(("127.0.0.1", self.port), 1).close()
+                return True
+            except OSError:
+                return False
+
+        try:
+            _wait(ready, 20, "nginx to listen")
+        except BaseException:
+            self.stop()
+            raise
+
+    @property
+    def pids(self) -> list[int]:
+        """nginx's process (the only one: master_process off)."""
+        return [self.proc.pid] + _children(self.proc.pid)
+
+    def stop(self) -> None:
+        """Stop nginx (SIGTERM is its fast shutdown)."""
+        _stop(self.proc)
+        self._log.close()
 
 
 _LISTENING = re.compile(r"(\S+):(\d+): listening on .* port=(\d+)\)")
@@ -125,7 +258,8 @@ class Gateway:
         if workers > 1:
             command = [sys.executable, "-m", "tunnelgw.workers", "-n", str(workers), "--config", str(self.config)]
         else:
-            command = [sys.executable, "-c", "import sys; from twisted.scripts.twistd import run; sys.exit(run())",
+            command = [sys.executable, "-c", "import sys, tunnelgw; print('tunnelgw from', tunnelgw.__file__, flush=True); "
+                       "from twisted.scripts.twistd import run; sys.exit(run())",
                        "-n", "--pidfile=", "tunnelgw", "--config", str(self.config)]
         self.proc = subprocess.Popen(command, stdout=self._log, stderr=subprocess.STDOUT, env=_env(), cwd=tmp,
                                      preexec_fn=_raise_nofile_in_child)
@@ -137,7 +271,15 @@ class Gateway:
             self.ports = {int(m.group(2)): int(m.group(3)) for m in _LISTENING.finditer(self.log())}
             return len(self.ports) >= expected
 
-        _wait(ready, 30, "tunnelgw to listen")
+        try:
+            _wait(ready, 30, "tunnelgw to listen")
+        except BaseException:
+            self.stop()
+            raise
+        where = re.search(r"tunnelgw from (\S+)", self.log())
+        if workers == 1 and (where is None or not Path(where.group(1)).is_relative_to(REPO)):
+            self.stop()
+            raise RuntimeError(f"tunnelgw was not imported from {REPO}: {where.group(1) if where else '?'}")
         ordered = [self.ports[k] for k in sorted(self.ports)]
         self.ws_port = ordered[0]
         self.wss_port = ordered[1] if tls else 0

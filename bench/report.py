@@ -1,73 +1,150 @@
 """
 Turn measured figures into the results table (Markdown and JSON) and a plot.
 
-Each :class:`Row` is one figure: tunnelgw's value, websockify's, the direct
-ceiling (the same client straight to the backend), the target and whether it
-is met.  Pure functions, apart from :func:`write_results`.
+Each :class:`Row` is one figure of one run: tunnelgw's value and those of the
+peers measured beside it in the same run (websockify, the asyncio bridge,
+nginx), the direct ceiling (the same client straight to the backend), and the
+targets.  With several runs, :class:`Figure` holds one figure's rows, one per
+run: the table gives the median of each value and, for each ratio
+tunnelgw / peer, the median of the per-run ratios followed by the per-run
+ratios themselves (a ratio is only ever taken within one run).  Pure
+functions, apart from :func:`write_results`.
 """
 
 from __future__ import annotations
 
 import json
 import platform
+import statistics
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
-__all__ = ["Row", "markdown_table", "target_met", "write_results"]
+__all__ = ["PEERS", "RIVALS", "Figure", "Row", "combine", "markdown_table", "target_met", "write_results"]
+
+#: Every column with a value, in table order.
+PEERS = ("tunnelgw", "websockify", "bridge", "nginx", "direct")
+#: The peers tunnelgw is compared with (a ratio column each).
+RIVALS = ("websockify", "bridge", "nginx")
+
+_COLOURS = {"tunnelgw": "#2a7ab0", "websockify": "#d9822b", "bridge": "#5a9e4b", "nginx": "#8e5ab0",
+            "direct": "#999999"}
 
 
 @dataclass(frozen=True)
 class Row:
     """
-    One figure.  ``goal`` is a factor of websockify's value (``higher`` says
-    which way is better) or, with ``absolute``, a bound on tunnelgw's value.
+    One figure of one run.  Each goal is ``(peer, factor)``: tunnelgw at least
+    factor x that peer's value (``higher``), or at most factor x it (lower is
+    better; a factor below 1 means strictly less); with peer ``""`` the factor
+    is a bound on tunnelgw's own value.
     """
 
     figure: str
     unit: str
-    tunnelgw: Optional[float]
-    websockify: Optional[float]
+    tunnelgw: Optional[float] = None
+    websockify: Optional[float] = None
     direct: Optional[float] = None
-    goal: Optional[float] = None
     higher: bool = True
-    absolute: bool = False
+    goals: tuple[tuple[str, float], ...] = ()
     note: str = ""
+    bridge: Optional[float] = None
+    nginx: Optional[float] = None
 
-    @property
-    def ratio(self) -> Optional[float]:
-        """tunnelgw / websockify."""
-        if self.tunnelgw is None or not self.websockify:
+    def value(self, peer: str) -> Optional[float]:
+        """The value measured for peer (a name from :data:`PEERS`)."""
+        return getattr(self, peer)  # type: ignore[no-any-return]
+
+    def ratio(self, peer: str = "websockify") -> Optional[float]:
+        """tunnelgw / peer in this run."""
+        other = self.value(peer)
+        if self.tunnelgw is None or not other:
             return None
-        return self.tunnelgw / self.websockify
+        return self.tunnelgw / other
 
     @property
     def target(self) -> str:
-        """The target in words."""
-        if self.goal is None:
-            return ""
-        if self.absolute:
-            return f"{'>=' if self.higher else '<='} {self.goal:g} {self.unit}"
-        if self.higher:
-            return f">= {self.goal:g}x websockify"
-        return "< websockify" if self.goal < 1 else f"<= {self.goal:g}x websockify"
+        """The targets in words."""
+        words = []
+        for peer, factor in self.goals:
+            if not peer:
+                words.append(f"{'>=' if self.higher else '<='} {factor:g} {self.unit}")
+            elif self.higher:
+                words.append(f">= {factor:g}x {peer}")
+            else:
+                words.append(f"< {peer}" if factor < 1 else f"<= {factor:g}x {peer}")
+        return ", ".join(words)
+
+
+def _goal_met(higher: bool, factor: float, value: float, ratio: Optional[float], absolute: bool) -> Optional[bool]:
+    if absolute:
+        return value >= factor if higher else value <= factor
+    if ratio is None:
+        return None
+    if higher:
+        return ratio >= factor
+    return ratio < 1 if factor < 1 else ratio <= factor
+
+
+def _all_met(results: list[Optional[bool]]) -> Optional[bool]:
+    if not results or any(r is None for r in results):
+        return None if not any(r is False for r in results) else False
+    return all(results)
 
 
 def target_met(row: Row) -> Optional[bool]:
-    """Whether the row meets its goal; None when it has none or lacks a value."""
-    if row.goal is None or row.tunnelgw is None:
+    """Whether the row meets all its goals; None when it has none or lacks a value."""
+    if not row.goals or row.tunnelgw is None:
         return None
-    if row.absolute:
-        return row.tunnelgw >= row.goal if row.higher else row.tunnelgw <= row.goal
-    if row.websockify is None:
-        return None
-    if row.higher:
-        return row.tunnelgw >= row.goal * row.websockify
-    # Lower is better: goal 1 means "no worse", below 1 means "strictly better".
-    if row.goal < 1:
-        return row.tunnelgw < row.websockify
-    return row.tunnelgw <= row.goal * row.websockify
+    return _all_met([_goal_met(row.higher, factor, row.tunnelgw, row.ratio(peer) if peer else None, not peer)
+                     for peer, factor in row.goals])
+
+
+def _median(values: list[Optional[float]]) -> Optional[float]:
+    present = [v for v in values if v is not None]
+    return float(statistics.median(present)) if present else None
+
+
+@dataclass(frozen=True)
+class Figure:
+    """One figure over all runs: :attr:`runs` holds its row from each run."""
+
+    runs: tuple[Row, ...]
+
+    @property
+    def median(self) -> Row:
+        """The row of the medians of every value (notes of all runs kept once each)."""
+        first = self.runs[0]
+        notes = list(dict.fromkeys(r.note for r in self.runs if r.note))
+        medians: dict[str, Any] = {peer: _median([r.value(peer) for r in self.runs]) for peer in PEERS}
+        return replace(first, note="; ".join(notes), **medians)
+
+    def run_ratios(self, peer: str) -> list[Optional[float]]:
+        """tunnelgw / peer, run by run."""
+        return [r.ratio(peer) for r in self.runs]
+
+    def median_ratio(self, peer: str) -> Optional[float]:
+        """The median of the per-run ratios tunnelgw / peer."""
+        return _median(self.run_ratios(peer))
+
+    @property
+    def met(self) -> Optional[bool]:
+        """Whether the goals are met by the median ratios (or, for a bound, the median value)."""
+        m = self.median
+        if not m.goals or m.tunnelgw is None:
+            return None
+        return _all_met([_goal_met(m.higher, factor, m.tunnelgw, self.median_ratio(peer) if peer else None, not peer)
+                         for peer, factor in m.goals])
+
+
+def combine(runs: list[list[Row]]) -> list[Figure]:
+    """Group the rows of several runs by figure (in the first run's order)."""
+    by_name: dict[str, list[Row]] = {}
+    for rows in runs:
+        for r in rows:
+            by_name.setdefault(r.figure, []).append(r)
+    return [Figure(tuple(rows)) for rows in by_name.values()]
 
 
 def _num(value: Optional[float]) -> str:
@@ -78,46 +155,58 @@ def _num(value: Optional[float]) -> str:
     return f"{value:.3g}" if abs(value) < 10 else f"{value:.1f}"
 
 
-def markdown_table(rows: list[Row]) -> str:
-    """The results as a Markdown table: figure | tunnelgw | websockify | ratio | direct | target | met?"""
-    lines = ["| figure | tunnelgw | websockify | ratio | direct ceiling | target | met? |",
-             "|---|---:|---:|---:|---:|---|---|"]
-    for r in rows:
-        met = target_met(r)
-        ratio = r.ratio
-        lines.append(" | ".join([
-            f"| {r.figure} ({r.unit})",
-            _num(r.tunnelgw), _num(r.websockify),
-            f"{ratio:.2f}" if ratio is not None else "-",
-            _num(r.direct), r.target,
-            {True: "yes", False: "**no**", None: "-"}[met] + (f" ({r.note})" if r.note else ""),
+def _ratio_cell(f: Figure, peer: str) -> str:
+    median = f.median_ratio(peer)
+    if median is None:
+        return "-"
+    if len(f.runs) == 1:
+        return f"{median:.2f}"
+    per_run = " ".join("-" if r is None else f"{r:.2f}" for r in f.run_ratios(peer))
+    return f"{median:.2f} ({per_run})"
+
+
+def markdown_table(figures: list[Figure]) -> str:
+    """
+    The results as a Markdown table: medians of the values, then each ratio
+    tunnelgw / peer as the median of the per-run ratios with the per-run
+    ratios in brackets, then the targets.
+    """
+    head = ["figure", "tunnelgw", "websockify", "bridge", "nginx", "direct ceiling",
+            *(f"tunnelgw / {p}" for p in RIVALS), "target", "met?"]
+    lines = ["| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(PEERS) + len(RIVALS)) + "---|---|"]
+    for f in figures:
+        m = f.median
+        met = f.met
+        lines.append("| " + " | ".join([
+            f"{m.figure} ({m.unit})", *(_num(m.value(p)) for p in PEERS), *(_ratio_cell(f, p) for p in RIVALS),
+            m.target, {True: "yes", False: "**no**", None: "-"}[met] + (f" ({m.note})" if m.note else ""),
         ]) + " |")
     return "\n".join(lines)
 
 
-def _plot(rows: list[Row], path: Path) -> None:
+def _plot(figures: list[Figure], path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    plotted = [r for r in rows if r.tunnelgw is not None]
-    fig, axes = plt.subplots((len(plotted) + 2) // 3, 3, figsize=(15, 3.2 * ((len(plotted) + 2) // 3)))
+    plotted = [f for f in figures if f.median.tunnelgw is not None]
+    rows_of_axes = (len(plotted) + 2) // 3
+    fig, axes = plt.subplots(rows_of_axes, 3, figsize=(15, 3.0 * rows_of_axes), squeeze=False)
     for ax in axes.flat[len(plotted):]:
         ax.axis("off")
-    for ax, r in zip(axes.flat, plotted):
-        names, values, colours = ["tunnelgw"], [r.tunnelgw], ["#2a7ab0"]
-        if r.websockify is not None:
-            names.append("websockify"); values.append(r.websockify); colours.append("#d9822b")
-        if r.direct is not None:
-            names.append("direct"); values.append(r.direct); colours.append("#999999")
-        bars = ax.barh(names, values, color=colours)
+    for ax, f in zip(axes.flat, plotted):
+        r = f.median
+        names = [p for p in PEERS if r.value(p) is not None]
+        values = [float(r.value(p)) for p in names]  # type: ignore[arg-type]
+        bars = ax.barh(names, values, color=[_COLOURS[p] for p in names])
         ax.bar_label(bars, labels=[_num(v) for v in values], padding=3, fontsize=9)
         ax.invert_yaxis()
-        met = target_met(r)
+        met = f.met
         mark = {True: " [met]", False: " [NOT met]", None: ""}[met]
         ax.set_title(f"{r.figure}{mark}", fontsize=10, color="black" if met is not False else "#b00020")
-        ax.set_xlabel(r.unit + ("  (lower is better)" if not r.higher else ""), fontsize=9)
+        runs = f" (median of {len(f.runs)} runs)" if len(f.runs) > 1 else ""
+        ax.set_xlabel(r.unit + ("  (lower is better)" if not r.higher else "") + runs, fontsize=9)
         ax.set_xlim(0, max(values) * 1.3)
         ax.tick_params(labelsize=9)
     fig.tight_layout()
@@ -125,17 +214,29 @@ def _plot(rows: list[Row], path: Path) -> None:
     plt.close(fig)
 
 
-def write_results(rows: list[Row], folder: Path, meta: dict[str, object]) -> str:
+def _row_json(r: Row) -> dict[str, Any]:
+    return asdict(r) | {"ratios": {p: r.ratio(p) for p in RIVALS}, "target": r.target, "met": target_met(r)}
+
+
+def write_results(runs: list[list[Row]], folder: Path, meta: dict[str, object]) -> str:
     """Write latest.md, latest.json and latest.png into folder; return the Markdown."""
     folder.mkdir(parents=True, exist_ok=True)
     meta = {"date": time.strftime("%Y-%m-%d %H:%M:%S %z"), "machine": platform.platform(),
-            "python": platform.python_version(), **meta}
-    table = markdown_table(rows)
+            "python": platform.python_version(), "runs": len(runs), **meta}
+    figures = combine(runs)
     notes = "\n".join(f"- {k}: {v}" for k, v in meta.items())
-    text = f"# tunnelgw benchmark results\n\n{table}\n\n{notes}\n"
+    title = f"medians of {len(runs)} runs" if len(runs) > 1 else "one run"
+    parts = [f"# tunnelgw benchmark results ({title})\n", markdown_table(figures), "", notes, ""]
+    if len(runs) > 1:
+        for i, rows in enumerate(runs, 1):
+            parts += [f"## Run {i}\n", markdown_table([Figure((r,)) for r in rows]), ""]
+    text = "\n".join(parts)
     (folder / "latest.md").write_text(text)
-    (folder / "latest.json").write_text(json.dumps(
-        {"meta": meta, "rows": [asdict(r) | {"ratio": r.ratio, "target": r.target, "met": target_met(r)} for r in rows]},
-        indent=2) + "\n")
-    _plot(rows, folder / "latest.png")
+    (folder / "latest.json").write_text(json.dumps({
+        "meta": meta,
+        "rows": [_row_json(f.median) | {"ratios": {p: f.median_ratio(p) for p in RIVALS},
+                                        "per_run_ratios": {p: f.run_ratios(p) for p in RIVALS}, "met": f.met}
+                 for f in figures],
+        "runs": [[_row_json(r) for r in rows] for rows in runs]}, indent=2) + "\n")
+    _plot(figures, folder / "latest.png")
     return text

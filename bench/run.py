@@ -1,32 +1,43 @@
 """
-Run the benchmark suite: ``python -m bench [--quick]`` from the repository root.
+Run the benchmark suite: ``python -m bench [--quick] [--runs N]`` from the
+repository root.
 
-It starts the loopback backends, tunnelgw (``twistd -n tunnelgw`` from this
-tree) and websockify (from PyPI) on the same backends, drives each with the
-same load client in its own process, and writes ``bench/results/latest.md``,
-``latest.json`` and ``latest.png``.  See docs/benchmarks.rst.
+It starts the loopback backends (TCP, and a WebSocket one for the WS->WS
+figures), tunnelgw (``twistd -n tunnelgw`` from this tree) and its peers on
+the same backends: websockify (from PyPI) and a minimal asyncio + websockets
+bridge (:mod:`bench.bridge`) for ws:// -> TCP, nginx (one worker, as a
+WebSocket reverse proxy) for WS->WS.  Each is driven by the same load client
+in its own process.  With ``--runs N`` the whole run is made N times, with
+fresh processes each time; the results (``bench/results/latest.md``,
+``latest.json``, ``latest.png``) give medians and the per-run ratios.  See
+docs/benchmarks.rst.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import resource
+import signal
 import statistics
 import sys
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional
+from types import FrameType
+from typing import Any, Callable, Iterator, Optional
 
-from bench.procs import (REPO, Backends, Gateway, Websockify, memory_of, run_client, run_clients, self_signed,
-                         start_idle_client)
+from bench.procs import (REPO, Backends, Bridge, Gateway, Nginx, Websockify, WsBackend, memory_of, nginx_path,
+                         run_client, run_clients, self_signed, start_idle_client)
 from bench.report import Row, write_results
 
-__all__ = ["Counts", "FULL", "QUICK", "main", "ws_backends_supported"]
+__all__ = ["Counts", "FULL", "QUICK", "SMOKE", "main", "ws_backends_supported"]
 
 KIB = 1024
+#: Sessions figure: concurrent workers in the client.
+CONCURRENCY = 32
 
 
 @dataclass(frozen=True)
@@ -73,27 +84,29 @@ def _median(results: list[dict[str, Any]], key: str) -> float:
     return float(statistics.median(r[key] for r in results))
 
 
+#: The backends' names, as paths on every WebSocket peer.
+NAMES = ("echo", "sink", "source")
+
+
 class Suite:
     """One run: the processes, the counts, and the rows measured so far."""
 
     def __init__(self, counts: Counts, tmp: Path, stack: contextlib.ExitStack, log: Callable[[str], None]) -> None:
         self.c = counts
         self.tmp = tmp
-        self.stack = stack
         self.log = log
         self.rows: list[Row] = []
         self.backends = Backends()
         stack.callback(self.backends.stop)
+        self.ws_backend_server = WsBackend()
+        stack.callback(self.ws_backend_server.stop)
         self.cert = self_signed(tmp)
         self.ws_route = ws_backends_supported()
         extra = ""
         if self.ws_route:
-            # A second tunnelgw stands for a WebSocket backend in front of the same TCP backends.
-            (tmp / "inner").mkdir()
-            inner = Gateway(tmp / "inner", self.backends.ports, self.cert, tls=False)
-            stack.callback(inner.stop)
-            extra = "\n".join(f"ProxyPass /ws-{name} ws://127.0.0.1:{inner.ws_port}/{name}"
-                              for name in self.backends.ports)
+            # tunnelgw's WS->WS route: /ws-NAME to the WebSocket backend's /NAME.
+            extra = "\n".join(f"ProxyPass /ws-{name} ws://127.0.0.1:{self.ws_backend_server.port}/{name}"
+                              for name in NAMES)
         self.gateway = Gateway(tmp, self.backends.ports, self.cert, extra_rules=extra)
         stack.callback(self.gateway.stop)
         self.websockify = {}
@@ -101,48 +114,82 @@ class Suite:
             w = Websockify(tmp, port, self.cert, name)
             stack.callback(w.stop)
             self.websockify[name] = w
+        self.bridge = Bridge(self.backends.ports, self.cert)
+        stack.callback(self.bridge.stop)
+        self.nginx: Optional[Nginx] = None
+        if nginx_path():
+            self.nginx = Nginx(tmp / "nginx", self.ws_backend_server.port)
+            stack.callback(self.nginx.stop)
+        else:
+            log("nginx is not installed: no nginx figures")
 
     def _run(self, job: dict[str, Any], key: str, repeats: int = 1) -> float:
         return _median([run_client(job) for _ in range(repeats)], key)
 
+    def _ws_to_tcp(self, scheme: str, name: str) -> dict[str, Optional[dict[str, Any]]]:
+        """The targets of the ws:// -> TCP peers for backend name."""
+        tls = scheme == "wss"
+        return {"tunnelgw": _target(scheme, self.gateway.wss_port if tls else self.gateway.ws_port, f"/{name}"),
+                "websockify": _target(scheme, self.websockify[name].port),
+                "bridge": _target(scheme, self.bridge.tls_port if tls else self.bridge.port, f"/{name}"),
+                "direct": _target("tcp", self.backends.ports[name])}
+
+    def _ws_to_ws(self, name: str) -> dict[str, Optional[dict[str, Any]]]:
+        """The targets of the WS->WS peers for backend name (None: not measured)."""
+        return {"tunnelgw": _target("ws", self.gateway.ws_port, f"/ws-{name}") if self.ws_route else None,
+                "nginx": _target("ws", self.nginx.port, f"/{name}") if self.nginx else None,
+                "direct": _target("ws", self.ws_backend_server.port, f"/{name}")}
+
+    def _each(self, targets: dict[str, Optional[dict[str, Any]]], measure: Callable[[dict[str, Any]], Any]) -> dict[str, Any]:
+        return {peer: measure(t) for peer, t in targets.items() if t is not None}
+
     def throughput(self) -> None:
-        """Client->backend and backend->client MB/s, 64 KiB and 1 KiB, ws and wss."""
+        """Client->backend and backend->client MB/s, 64 KiB and 1 KiB, ws and wss, ws:// -> TCP."""
         direct: dict[tuple[str, int], float] = {}
         for scheme in ("ws", "wss"):
             for size, count in ((64 * KIB, self.c.big), (KIB, self.c.small)):
                 for job, name, label in (("upload", "sink", "client->backend"), ("download", "source", "backend->client")):
                     spec = {"job": job, "size": size, "count": count}
-                    port = self.gateway.ws_port if scheme == "ws" else self.gateway.wss_port
-                    tg = self._run(spec | {"target": _target(scheme, port, f"/{name}")}, "mbps", self.c.repeats)
-                    wf = self._run(spec | {"target": _target(scheme, self.websockify[name].port)}, "mbps", self.c.repeats)
-                    if (job, size) not in direct:
-                        direct[(job, size)] = self._run(
-                            spec | {"target": _target("tcp", self.backends.ports[name])}, "mbps", self.c.repeats)
+                    targets = self._ws_to_tcp(scheme, name)
+                    if (job, size) in direct:  # the direct ceiling is the same for ws and wss
+                        del targets["direct"]
+                    v = self._each(targets, lambda t: self._run(spec | {"target": t}, "mbps", self.c.repeats))
+                    direct.setdefault((job, size), v.get("direct", 0.0))
+                    v["direct"] = direct[(job, size)]
                     goal = 2.0 if job == "upload" else 1.0
-                    row = Row(f"{label} {size // KIB} KiB {scheme}", "MB/s", tg, wf, direct[(job, size)], goal)
-                    self.log(f"{row.figure}: tunnelgw {tg:.0f}, websockify {wf:.0f}, direct {direct[(job, size)]:.0f}")
+                    row = Row(f"{label} {size // KIB} KiB {scheme}", "MB/s", goals=(("websockify", goal),), **v)
+                    self.log(f"{row.figure}: " + ", ".join(f"{k} {x:.0f}" for k, x in v.items()))
                     self.rows.append(row)
 
     def round_trip(self) -> None:
-        """64-byte echo round trips: p50 and p99 in microseconds."""
-        spec = {"job": "rtt", "count": self.c.rtt}
-        tg = run_client(spec | {"target": _target("ws", self.gateway.ws_port, "/echo")})
-        wf = run_client(spec | {"target": _target("ws", self.websockify["echo"].port)})
-        direct = run_client(spec | {"target": _target("tcp", self.backends.ports["echo"])})
-        self.rows.append(Row("64 B echo round trip p50", "µs", tg["p50_us"], wf["p50_us"], direct["p50_us"], 1.0, higher=False))
-        self.rows.append(Row("64 B echo round trip p99", "µs", tg["p99_us"], wf["p99_us"], direct["p99_us"], 0.99, higher=False))
-        self.log(f"rtt: tunnelgw {tg}, websockify {wf}, direct {direct}")
+        """64-byte echo round trips, ws:// -> TCP: p50 and p99 in microseconds."""
+        v = self._each(self._ws_to_tcp("ws", "echo"), lambda t: run_client({"job": "rtt", "count": self.c.rtt, "target": t}))
+        for key, label, goal in (("p50_us", "p50", 1.0), ("p99_us", "p99", 0.99)):
+            self.rows.append(Row(f"64 B echo round trip {label}", "µs", higher=False, goals=(("websockify", goal),),
+                                 **{peer: r[key] for peer, r in v.items()}))
+        self.log("rtt: " + ", ".join(f"{k} {r['p50_us']:.0f}/{r['p99_us']:.0f}" for k, r in v.items()))
+
+    def _sessions(self, target: dict[str, Any]) -> dict[str, Any]:
+        return run_client({"job": "sessions", "concurrency": CONCURRENCY, "count": self.c.sessions,
+                           "seconds": self.c.session_seconds, "target": target})
 
     def sessions(self) -> None:
-        """New sessions per second with 32 concurrent clients."""
-        spec = {"job": "sessions", "concurrency": 32, "count": self.c.sessions, "seconds": self.c.session_seconds}
-        tg = run_client(spec | {"target": _target("ws", self.gateway.ws_port, "/echo")})
-        wf = run_client(spec | {"target": _target("ws", self.websockify["echo"].port)})
-        direct = run_client(spec | {"target": _target("tcp", self.backends.ports["echo"])})
-        note = f"errors: {tg['errors']}/{wf['errors']}" if tg["errors"] or wf["errors"] else ""
-        self.rows.append(Row("new sessions/s, 32 concurrent", "sessions/s", tg["per_second"], wf["per_second"],
-                             direct["per_second"], 5.0, note=note))
-        self.log(f"sessions: tunnelgw {tg}, websockify {wf}, direct {direct}")
+        """New sessions per second (32 concurrent), ws:// -> TCP and WS->WS (nginx, tunnelgw's ws:// route)."""
+        tcp = self._each(self._ws_to_tcp("ws", "echo"), self._sessions)
+        ws = self._each(self._ws_to_ws("echo"), self._sessions)
+        errors = {f"{peer}{' ws->ws' if route is ws else ''}": r["errors"]
+                  for route in (tcp, ws) for peer, r in route.items() if r["errors"]}
+        note = ("errors: " + ", ".join(f"{k} {n}" for k, n in errors.items())) if errors else ""
+        nginx = ws["nginx"]["per_second"] if "nginx" in ws else None
+        self.rows.append(Row(f"new sessions/s, {CONCURRENCY} concurrent", "sessions/s",
+                             goals=(("websockify", 6.0), ("nginx", 1.0)), nginx=nginx,
+                             note="; ".join(filter(None, [note, "nginx: its ws->ws figure"])),
+                             **{peer: r["per_second"] for peer, r in tcp.items()}))
+        self.rows.append(Row(f"new sessions/s, {CONCURRENCY} concurrent, ws:// backend", "sessions/s",
+                             goals=(("nginx", 0.8),), **{peer: r["per_second"] for peer, r in ws.items()}))
+        self.log("sessions ws->tcp: " + ", ".join(f"{k} {r['per_second']:.0f}" for k, r in tcp.items())
+                 + "; ws->ws: " + ", ".join(f"{k} {r['per_second']:.0f}" for k, r in ws.items())
+                 + (f"; {note}" if note else ""))
 
     def _idle_memory(self, pids: Callable[[], list[int]], target: dict[str, Any], count: int, key: str) -> tuple[float, int]:
         before = memory_of(pids())[key]
@@ -171,30 +218,27 @@ class Suite:
         note = f"tunnelgw at {opened} sessions (RSS), websockify at {wf_opened} (PSS sum)"
         if count < wanted:
             note += f"; RLIMIT_NOFILE hard limit {hard} caps the count"
-        self.rows.append(Row("memory per idle session", "KB", tg / 1000, wf / 1000, None, 25.0, higher=False,
-                             absolute=True, note=note))
+        self.rows.append(Row("memory per idle session", "KB", tg / 1000, wf / 1000, higher=False, goals=(("", 25.0),),
+                             note=note))
         self.log(f"memory: tunnelgw {tg / 1000:.1f} KB/session at {opened}; websockify {wf / 1000:.1f} KB at {wf_opened}")
 
     def ws_backend(self) -> None:
-        """The same kinds of figures through a ws:// backend route (a second tunnelgw as the WebSocket server)."""
-        if not self.ws_route:
-            self.log("ws:// backends are not supported by this tree: skipping those figures")
-            return
-        port = self.gateway.ws_port
-        for job, name, label in (("upload", "sink", "client->backend"), ("download", "source", "backend->client")):
-            spec = {"job": job, "size": 64 * KIB, "count": self.c.big}
-            v = self._run(spec | {"target": _target("ws", port, f"/ws-{name}")}, "mbps", self.c.repeats)
-            self.rows.append(Row(f"{label} 64 KiB ws via ws:// backend", "MB/s", v, None))
-        rtt = run_client({"job": "rtt", "count": self.c.rtt, "target": _target("ws", port, "/ws-echo")})
-        self.rows.append(Row("64 B round trip p50 via ws:// backend", "µs", rtt["p50_us"], None, higher=False))
-        self.rows.append(Row("64 B round trip p99 via ws:// backend", "µs", rtt["p99_us"], None, higher=False))
-        s = run_client({"job": "sessions", "concurrency": 32, "count": self.c.sessions, "seconds": self.c.session_seconds,
-                        "target": _target("ws", port, "/ws-echo")})
-        self.rows.append(Row("new sessions/s via ws:// backend", "sessions/s", s["per_second"], None))
+        """WS->WS: tunnelgw's ws:// route, nginx and the WebSocket backend itself (the ceiling)."""
+        for size, count in ((64 * KIB, self.c.big), (KIB, self.c.small)):
+            for job, name, label in (("upload", "sink", "client->backend"), ("download", "source", "backend->client")):
+                spec = {"job": job, "size": size, "count": count}
+                v = self._each(self._ws_to_ws(name), lambda t: self._run(spec | {"target": t}, "mbps", self.c.repeats))
+                row = Row(f"{label} {size // KIB} KiB ws, ws:// backend", "MB/s", **v)
+                self.log(f"{row.figure}: " + ", ".join(f"{k} {x:.0f}" for k, x in v.items()))
+                self.rows.append(row)
+        rtt = self._each(self._ws_to_ws("echo"), lambda t: run_client({"job": "rtt", "count": self.c.rtt, "target": t}))
+        for key, label in (("p50_us", "p50"), ("p99_us", "p99")):
+            self.rows.append(Row(f"64 B echo round trip {label}, ws:// backend", "µs", higher=False,
+                                 **{peer: r[key] for peer, r in rtt.items()}))
+        self.log("rtt ws->ws: " + ", ".join(f"{k} {r['p50_us']:.0f}/{r['p99_us']:.0f}" for k, r in rtt.items()))
 
     def workers(self, counts: tuple[int, ...] = (1, 2)) -> None:
         """Aggregate client->backend MB/s (64 KiB, ws, 2 parallel clients) with 1 and 2 worker processes."""
-        values = []
         for n in counts:
             folder = self.tmp / f"workers-{n}"
             folder.mkdir()
@@ -206,19 +250,51 @@ class Suite:
             finally:
                 gateway.stop()
             total = sum(r["bytes"] for r in results) / max(r["seconds"] for r in results) / 1e6
-            values.append(total)
             self.rows.append(Row(f"client->backend 64 KiB ws, 2 clients, {n} worker{'s' if n > 1 else ''}", "MB/s",
-                                 total, None))
+                                 total))
             self.log(f"workers {n}: {total:.0f} MB/s")
 
 
+def one_run(counts: Counts, folder: Path, log: Callable[[str], None]) -> list[Row]:
+    """Start every process, measure every figure, stop every process; return the rows."""
+    with contextlib.ExitStack() as stack:
+        suite = Suite(counts, folder, stack, log)
+        suite.throughput()
+        suite.round_trip()
+        suite.sessions()
+        suite.ws_backend()
+        suite.memory()
+        suite.workers()
+        return suite.rows
+
+
+@contextlib.contextmanager
+def _sigterm_unwinds() -> Iterator[None]:
+    """While inside, SIGTERM raises SystemExit, so every started process is stopped on the way out."""
+    def handler(signum: int, frame: Optional[FrameType]) -> None:
+        raise SystemExit(128 + signum)
+
+    try:
+        previous = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread: leave the signal alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def main(argv: Optional[list[str]] = None, counts: Optional[Counts] = None) -> int:
-    """Run the suite and write the results; return 0 (the table says whether targets are met)."""
+    """Run the suite (N times with ``--runs``) and write the results; return 0 (the table says whether targets are met)."""
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="small counts (under about two minutes)")
+    parser.add_argument("--quick", action="store_true", help="small counts (well under two minutes a run)")
+    parser.add_argument("--runs", type=int, default=1, help="make the whole run N times; report medians and per-run ratios")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results", help="where to write latest.*")
     parser.add_argument("--idle-sessions", type=int, help="idle tunnelgw sessions for the memory figure")
     args = parser.parse_args(argv)
+    if args.runs < 1:
+        parser.error("--runs must be at least 1")
     if counts is None:
         counts = QUICK if args.quick else FULL
     if args.idle_sessions:
@@ -226,19 +302,26 @@ def main(argv: Optional[list[str]] = None, counts: Optional[Counts] = None) -> i
     from autobahn.websocket import USES_NVX
 
     started = time.monotonic()
-    with tempfile.TemporaryDirectory(prefix="tunnelgw-bench-") as folder, contextlib.ExitStack() as stack:
-        suite = Suite(counts, Path(folder), stack, lambda s: print(f"[{time.monotonic() - started:6.1f}s] {s}", flush=True))
-        suite.throughput()
-        suite.round_trip()
-        suite.sessions()
-        suite.memory()
-        suite.ws_backend()
-        suite.workers()
-        rows = suite.rows
-    meta = {"mode": "quick" if counts == QUICK else ("full" if counts == FULL else "custom"),
-            "counts": counts.__dict__, "autobahn NVX": USES_NVX, "ws:// backend figures": suite.ws_route,
-            "cores": __import__("os").cpu_count(), "seconds": round(time.monotonic() - started, 1)}
-    print(write_results(rows, args.out, meta))
+
+    def log(text: str) -> None:
+        print(f"[{time.monotonic() - started:6.1f}s] {text}", flush=True)
+
+    runs: list[list[Row]] = []
+    run_seconds: list[float] = []
+    with _sigterm_unwinds(), tempfile.TemporaryDirectory(prefix="tunnelgw-bench-") as folder:
+        for i in range(1, args.runs + 1):
+            log(f"run {i} of {args.runs}")
+            run_started = time.monotonic()
+            run_folder = Path(folder) / f"run-{i}"
+            run_folder.mkdir()
+            runs.append(one_run(counts, run_folder, log))
+            run_seconds.append(round(time.monotonic() - run_started, 1))
+    meta: dict[str, object] = {"mode": "quick" if counts == QUICK else ("full" if counts == FULL else "custom"),
+            "counts": counts.__dict__, "autobahn NVX": USES_NVX, "ws:// backend figures": ws_backends_supported(),
+            "nginx": "1 worker, master_process off, proxy_buffer_size 64k" if nginx_path() else "not installed",
+            "tree": str(REPO), "cores": os.cpu_count(), "seconds per run": run_seconds,
+            "seconds": round(time.monotonic() - started, 1)}
+    print(write_results(runs, args.out, meta))
     return 0
 
 

@@ -14,6 +14,7 @@ Every wait is bounded; every process and thread is stopped on exit.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
 import re
@@ -234,6 +235,22 @@ class TcpServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+@contextlib.contextmanager
+def worker_group(config: Path, count: int = 2) -> Iterator[tuple["subprocess.Popen[bytes]", Callable[[], str]]]:
+    """
+    ``python -m tunnelgw.workers -n count --config config`` (log next to the
+    config); yields the parent and a reader of its log; stops what is left.
+    """
+    log_path = config.with_suffix(".workers.log")
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "tunnelgw.workers", "-n", str(count), "--config", str(config)],
+                                stdout=log, stderr=subprocess.STDOUT, env=subprocess_env(), cwd=config.parent)
+        try:
+            yield proc, log_path.read_text
+        finally:
+            stop_process(proc)
 
 
 def free_port(host: str = "127.0.0.1") -> int:

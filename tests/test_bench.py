@@ -1,7 +1,7 @@
 """
 The benchmark suite's smoke path: ``bench.run.main`` with tiny counts against
-real tunnelgw and websockify processes, so the suite does not rot.  No timing
-is asserted here; speed targets live in bench/ only.
+real tunnelgw, websockify, bridge and nginx processes, so the suite does not
+rot.  No timing is asserted here; speed targets live in bench/ only.
 """
 
 from __future__ import annotations
@@ -9,24 +9,52 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-
 from support import require_module, require_tool
 
 
+def _pids_of_children() -> set[int]:
+    """This process's live children (the bench's servers would show up here if left running)."""
+    import os
+
+    try:
+        with open(f"/proc/{os.getpid()}/task/{os.getpid()}/children") as f:
+            return {int(x) for x in f.read().split()}
+    except OSError:
+        return set()
+
+
 def test_bench_smoke_writes_every_figure(tmp_path: Path) -> None:
-    """A tiny run measures every figure for tunnelgw and websockify and writes the table, JSON and plot."""
+    """Two tiny runs measure every figure for every peer, write the table, JSON and plot, and stop every process."""
     require_module("matplotlib")
     require_tool("websockify")
+    require_tool("/usr/sbin/nginx")
     from bench.run import SMOKE, main
 
-    assert main(["--out", str(tmp_path)], counts=SMOKE) == 0
+    before = _pids_of_children()
+    assert main(["--out", str(tmp_path), "--runs", "2"], counts=SMOKE) == 0
+    assert _pids_of_children() <= before, "the bench left processes running"
     data = json.loads((tmp_path / "latest.json").read_text())
+    assert data["meta"]["runs"] == 2 and len(data["runs"]) == 2
     figures = {row["figure"]: row for row in data["rows"]}
     assert "client->backend 64 KiB ws" in figures and "backend->client 1 KiB wss" in figures
     assert "new sessions/s, 32 concurrent" in figures and "memory per idle session" in figures
-    for name in ("client->backend 64 KiB ws", "64 B echo round trip p99", "new sessions/s, 32 concurrent"):
-        assert figures[name]["tunnelgw"] > 0 and figures[name]["websockify"] > 0
+    for name in ("client->backend 64 KiB ws", "backend->client 1 KiB wss", "64 B echo round trip p99",
+                 "new sessions/s, 32 concurrent"):
+        # ws:// -> TCP: tunnelgw, websockify and the asyncio bridge, beside the direct ceiling.
+        for peer in ("tunnelgw", "websockify", "bridge", "direct"):
+            assert figures[name][peer] > 0, (name, peer)
+        assert len(figures[name]["per_run_ratios"]["bridge"]) == 2
+    assert figures["new sessions/s, 32 concurrent"]["nginx"] > 0
+    assert data["meta"]["ws:// backend figures"] is True
+    for name in ("new sessions/s, 32 concurrent, ws:// backend", "client->backend 64 KiB ws, ws:// backend",
+                 "backend->client 1 KiB ws, ws:// backend", "64 B echo round trip p50, ws:// backend"):
+        # WS->WS: tunnelgw's ws:// route and nginx, beside the WebSocket backend itself.
+        for peer in ("tunnelgw", "nginx", "direct"):
+            assert figures[name][peer] > 0, (name, peer)
+        assert figures[name]["ratios"]["nginx"] > 0
     assert any("2 workers" in name for name in figures)
     assert data["meta"]["autobahn NVX"] is True
-    assert "| figure | tunnelgw | websockify | ratio |" in (tmp_path / "latest.md").read_text()
+    text = (tmp_path / "latest.md").read_text()
+    assert "| figure | tunnelgw | websockify | bridge | nginx | direct ceiling | tunnelgw / websockify |" in text
+    assert "## Run 2" in text
     assert (tmp_path / "latest.png").stat().st_size > 10_000

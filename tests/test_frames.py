@@ -115,3 +115,13 @@ def test_partial_frame_is_streamed_not_buffered() -> None:
     second, rest = reader.feed(frame[50_000:])
     assert rest is None and b"".join(first + second) == payload
     assert reader.at_boundary
+
+
+def test_size_violation_names_the_limit_broken() -> None:
+    """size_violation refuses a message or frame over its limit (0: none) and names which; within limits, None."""
+    from tunnelgw.core.frames import size_violation
+
+    assert size_violation(10, 10, 0, 0) is None
+    assert size_violation(10, 20, 10, 20) is None
+    assert size_violation(10, 21, 0, 20) == "message of 21 bytes exceeds the limit of 20"
+    assert size_violation(11, 11, 10, 0) == "frame of 11 bytes exceeds the limit of 10"

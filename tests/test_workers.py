@@ -6,6 +6,7 @@ tunnelgw.workers: the pure planning/rewriting, and a real launcher with two
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import signal
@@ -16,9 +17,10 @@ from pathlib import Path
 import pytest
 from websockets.sync.client import connect
 
-from support import TcpServer, echo, subprocess_env, wait_until
+from support import TcpServer, echo, wait_until, worker_group
 from tunnelgw.core.config import ConfigError, parse_config
-from tunnelgw.workers import InheritedSocket, child_config, plan_sockets
+from tunnelgw.service import inherit_listeners
+from tunnelgw.workers import plan_sockets
 
 CONFIG = """\
 # two server endpoints
@@ -41,21 +43,17 @@ def test_ssl_listener_is_refused_with_its_line() -> None:
     with pytest.raises(ConfigError, match=r"c\.conf:1: ssl: listeners cannot be shared"):
         plan_sockets(parse_config("Listen ssl:port=0:privateKey=k.pem\n", "c.conf"))
 
-def test_child_config_replaces_only_planned_endpoints() -> None:
-    """The workers' copy keeps every line but swaps planned endpoints for systemd: ones."""
+def test_workers_read_the_real_file_with_inherited_sockets() -> None:
+    """A worker's configuration is the real file's, its planned endpoints mapped to inherited systemd: sockets."""
     text = CONFIG.format(port=1)
-    plan = plan_sockets(parse_config(text, "c.conf"))
-    out = child_config(text, plan, ["INET", "INET6"]).splitlines()
-    assert out[0] == "# two server endpoints"
-    assert out[1] == "Listen systemd:domain=INET:name=line2"
-    assert out[2] == "DemoBackend echo systemd:domain=INET6:name=line3"
-    assert out[3] == "ProxyPass /echo tcp:host=127.0.0.1:port=1"
-
-def test_child_config_refuses_a_line_without_its_endpoint() -> None:
-    """A plan that does not match the text is an error, not a silent copy."""
-    with pytest.raises(ValueError, match="not found"):
-        child_config("Listen tcp:port=1\n", [InheritedSocket(parse_config("Listen tcp:port=2\n", "c").listeners[0].where,
-                                                             "tcp:port=2")], ["INET"])
+    config = parse_config(text, "/etc/tunnelgw/gw.conf")
+    mapping = json.dumps({"2": "systemd:domain=INET:name=line2", "3": "systemd:domain=INET6:name=line3"})
+    inherited = inherit_listeners(config, mapping)
+    assert [l.endpoint for l in inherited.listeners] == ["systemd:domain=INET:name=line2"]
+    assert [d.endpoint for d in inherited.demo_backends] == ["systemd:domain=INET6:name=line3"]
+    assert inherited.listeners[0].where == config.listeners[0].where
+    assert inherited.rules == config.rules
+    assert inherit_listeners(config, None) is config
 
 
 def test_two_workers_share_one_port(tmp_path: Path) -> None:
@@ -63,39 +61,28 @@ def test_two_workers_share_one_port(tmp_path: Path) -> None:
     with TcpServer(echo) as backend:
         config = tmp_path / "gw.conf"
         config.write_text(CONFIG.format(port=backend.port))
-        log_path = tmp_path / "workers.log"
-        with open(log_path, "wb") as log:
-            proc = subprocess.Popen([sys.executable, "-m", "tunnelgw.workers", "-n", "2", "--config", str(config)],
-                                    stdout=log, stderr=subprocess.STDOUT, env=subprocess_env(), cwd=tmp_path)
-            try:
-                def started() -> bool:
-                    return log_path.read_text().count("name=line2 (") >= 2 or proc.poll() is not None
-
-                assert wait_until(started, 30), log_path.read_text()
-                assert proc.poll() is None, log_path.read_text()
-                port = int(re.search(r"name=line2 \(.*port=(\d+)\)", log_path.read_text()).group(1))
-                children = _worker_pids(proc.pid)
-                assert len(children) == 2
-                # Hold batches of live sessions until both workers carry some (bounded).
-                busy: set[int] = set()
-                for _ in range(5):
-                    with contextlib.ExitStack() as stack:
-                        sockets = [stack.enter_context(connect(f"ws://127.0.0.1:{port}/echo", open_timeout=10))
-                                   for _ in range(16)]
-                        for ws in sockets:
-                            ws.send(b"ping")
-                            assert ws.recv(timeout=10) == b"ping"
-                        busy |= {pid for pid in children if _established(pid) > 0}
-                    if busy == set(children):
-                        break
-                assert busy == set(children)
-                proc.send_signal(signal.SIGTERM)
-                assert proc.wait(20) == 0
-                assert all(not os.path.exists(f"/proc/{pid}") or _is_zombie(pid) for pid in children)
-            finally:
-                if proc.poll() is None:
-                    proc.kill()
-                    proc.wait(5)
+        with worker_group(config) as (proc, read):
+            assert wait_until(lambda: read().count("name=line2 (") >= 2 or proc.poll() is not None, 30), read()
+            assert proc.poll() is None, read()
+            port = int(re.search(r"name=line2 \(.*port=(\d+)\)", read()).group(1))  # type: ignore[union-attr]
+            children = _worker_pids(proc.pid)
+            assert len(children) == 2
+            # Hold batches of live sessions until both workers carry some (bounded).
+            busy: set[int] = set()
+            for _ in range(5):
+                with contextlib.ExitStack() as stack:
+                    sockets = [stack.enter_context(connect(f"ws://127.0.0.1:{port}/echo", open_timeout=10))
+                               for _ in range(16)]
+                    for ws in sockets:
+                        ws.send(b"ping")
+                        assert ws.recv(timeout=10) == b"ping"
+                    busy |= {pid for pid in children if _established(pid) > 0}
+                if busy == set(children):
+                    break
+            assert busy == set(children)
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(20) == 0
+            assert all(not os.path.exists(f"/proc/{pid}") or _is_zombie(pid) for pid in children)
 
 
 def _worker_pids(pid: int) -> list[int]:

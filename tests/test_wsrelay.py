@@ -12,7 +12,8 @@ from websockets.frames import Frame, Opcode
 
 from tunnelgw.core.config import DEFAULT_FORWARD, parse_config
 from tunnelgw.core.routing import Reject, RuleSet, choose_route
-from tunnelgw.core.wsrelay import backend_target, forwarded_headers, frame_header, handshake_refusal, lost_close
+from tunnelgw.core.frames import frame_header
+from tunnelgw.core.wsrelay import backend_target, forwarded_headers, handshake_refusal, lost_close
 
 
 def _parse(data: bytes, mask: bool) -> Frame:

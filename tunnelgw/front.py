@@ -1,105 +1,159 @@
 """
-Protections in front of twisted.web, for connections that have not become
-sessions yet:
+The listener's protocol: every accepted connection starts here.
 
-- :class:`HandshakeDeadline` aborts a connection whose request head has not
-  been read in full within a total deadline from accept (twisted.web's own
-  timeout is reset by every byte, so a slowloris client dribbling one byte at
-  a time would never meet it).  A connection that stays plain HTTP lives at
-  most that long.
-- :class:`BoundedChannel` answers 431 to a request line plus headers larger
-  than a limit (twisted.web would answer a bare 400), and 413 to a request
-  announcing a body over :data:`MAX_BODY`, before reading more.
+:class:`GatewayFront` reads the first request head (bounded in size and in
+time from accept) and parses it once (:mod:`tunnelgw.core.http`):
+
+- an upgrade is handed, with the transport paused, to
+  :meth:`tunnelgw.gateway.GatewayFactory.upgrade`, which answers it or starts
+  its session; nothing after the head is ever parsed as HTTP;
+- any other request goes, with the connection, to twisted.web
+  (:class:`GatewaySite`, channels bounded by :class:`BoundedChannel`).  A
+  later upgrade request on that kept-alive connection is handed over by the
+  resource from twisted.web's parse (:mod:`tunnelgw.web`).
+
+A connection whose request head is not complete within the handshake
+timeout of being accepted is aborted (twisted.web's own timeout is reset by
+every byte, so a slowloris client dribbling a byte at a time would never meet
+it); a connection that stays plain HTTP lives at most that long.
 """
 
 from __future__ import annotations
 
 from typing import Any, Callable, Optional
 
-from twisted.internet.interfaces import IProtocolNegotiationFactory, IReactorTime
+from twisted.internet.interfaces import IProtocolNegotiationFactory
+from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
-from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 from twisted.web.http import HTTPChannel
 from twisted.web.server import Site
 from zope.interface import implementer
 
-__all__ = ["BoundedChannel", "GatewaySite", "HandshakeDeadline", "HandshakeDeadlineProtocol"]
+from tunnelgw.core.clientaddr import format_address
+from tunnelgw.core.http import find_head_end, is_upgrade, parse_head
+from tunnelgw.core.routing import Reject
+from tunnelgw.gateway import GatewayFactory, hand_over, refuse_connection
+from tunnelgw.session import log_refusal
+
+__all__ = ["BoundedChannel", "FrontFactory", "GatewayFront", "GatewaySite", "MAX_BODY"]
 
 _log = Logger(namespace="tunnelgw")
 
 
-class HandshakeDeadlineProtocol(ProtocolWrapper):
-    """One accepted connection, aborted at its deadline unless :meth:`request_read` came first."""
+class GatewayFront(Protocol):
+    """One accepted connection until its first request head is read."""
 
-    factory: "HandshakeDeadline"
-    _deadline: Any = None
+    factory: "FrontFactory"
+    transport: Any
+
+    def __init__(self) -> None:
+        self._buffer = b""
+        self._deadline: Any = None
 
     def connectionMade(self) -> None:
-        """Arm the deadline, then let the wrapped protocol start."""
-        self._deadline = self.factory.reactor.callLater(self.factory.timeout, self._expired)
-        super().connectionMade()
+        """Arm the head deadline."""
+        self.factory.pending.add(self.transport)
+        self._deadline = self.factory.reactor.callLater(self.factory.timeout, self.factory.expired, self.transport)
 
-    def request_read(self) -> None:
-        """The request head was read and the connection is becoming a session: disarm."""
-        self.factory.upgraded(self)
+    def dataReceived(self, data: bytes) -> None:
+        """Collect the head; once whole, hand the connection to a session or to twisted.web."""
+        scanned = len(self._buffer)
+        buffer = self._buffer = self._buffer + data
+        end = find_head_end(buffer, scanned)
+        limit = self.factory.max_head
+        if end < 0 and len(buffer) <= limit:
+            return
+        if end < 0 or end > limit:
+            self._refuse(Reject(431, "request head (request line and headers) too large"), "headers")
+            return
+        head = parse_head(buffer[:end])
+        if isinstance(head, Reject):
+            self._refuse(head, "request")
+            return
+        transport = self.transport
+        self._buffer = b""
+        if is_upgrade(head):
+            transport.pauseProducing()
+            self._disarm()
+            self.factory.gateway.upgrade(transport, head, buffer[end:])
+            return
+        channel = self.factory.site.buildProtocol(transport.getPeer())
+        channel.deadline, self._deadline = self._deadline, None
+        channel.front = self.factory
+        hand_over(transport, channel)
+        channel.makeConnection(transport)
+        channel.dataReceived(buffer)
+
+    def _refuse(self, reject: Reject, kind: str) -> None:
+        self._disarm()
+        self._buffer = b""
+        if kind == "headers" and self.factory.on_too_large is not None:
+            self.factory.on_too_large()
+        log_refusal(format_address(self.transport.getPeer()), "-", reject, kind)
+        refuse_connection(self.factory.reactor, self.transport, reject)
+        self.dataReceived = lambda data: None  # type: ignore[method-assign]
+
+    def _disarm(self) -> None:
+        self.factory.pending.discard(self.transport)
         if self._deadline is not None and self._deadline.active():
             self._deadline.cancel()
         self._deadline = None
-
-    def _expired(self) -> None:
-        self._deadline = None
-        peer = self.getPeer()
-        host = getattr(peer, "host", peer)
-        _log.info("handshake timed out client={client} seconds={seconds:g}", client=host,
-                  seconds=self.factory.timeout)
-        if self.factory.on_timeout is not None:
-            self.factory.on_timeout()
-        self.abortConnection()
 
     def connectionLost(self, reason: Any = None) -> None:
         """Disarm and forget the connection."""
-        if self._deadline is not None and self._deadline.active():
-            self._deadline.cancel()
-        self._deadline = None
-        super().connectionLost(reason)
+        self._disarm()
 
 
 @implementer(IProtocolNegotiationFactory)
-class HandshakeDeadline(WrappingFactory):
+class FrontFactory(Factory):
     """
-    Wraps a Site so every connection must have sent its whole request head
-    within timeout seconds of being accepted.
+    Builds a :class:`GatewayFront` per accepted connection.
 
-    :ivar pending: connections still before their deadline (the others became
-        sessions).
+    :ivar pending: transports that are not sessions (yet), for shutdown.
     """
 
-    protocol = HandshakeDeadlineProtocol
+    protocol = GatewayFront  # type: ignore[assignment]
+    noisy = False
 
-    def __init__(self, wrapped: Any, reactor: IReactorTime, timeout: float,
-                 on_timeout: Optional[Callable[[], None]] = None) -> None:
-        super().__init__(wrapped)
+    def __init__(self, gateway: GatewayFactory, site: "GatewaySite", reactor: Any, timeout: float, max_head: int,
+                 on_timeout: Optional[Callable[[], None]] = None,
+                 on_too_large: Optional[Callable[[], None]] = None) -> None:
+        self.gateway = gateway
+        self.site = site
         self.reactor = reactor
         self.timeout = timeout
+        self.max_head = max_head
         self.on_timeout = on_timeout
-        self.noisy = False
+        self.on_too_large = on_too_large
+        self.pending: set[Any] = set()
 
     def acceptableProtocols(self) -> list[bytes]:
-        """The Site's ALPN protocols: a TLS listener must still negotiate ALPN through this wrapper."""
-        return list(self.wrappedFactory.acceptableProtocols())
+        """ALPN: HTTP/1.1 only (WebSockets here are HTTP/1.1 upgrades)."""
+        return [b"http/1.1"]
 
-    def upgraded(self, protocol: HandshakeDeadlineProtocol) -> None:
-        """protocol is a session now; shutdown treats it as one."""
-        self.protocols.pop(protocol, None)
+    def expired(self, transport: Any) -> None:
+        """A connection reached its deadline without becoming a session: abort it."""
+        self.pending.discard(transport)
+        peer = transport.getPeer()
+        _log.info("handshake timed out client={client} seconds={seconds:g}", client=getattr(peer, "host", peer),
+                  seconds=self.timeout)
+        if self.on_timeout is not None:
+            self.on_timeout()
+        transport.abortConnection()
 
-    def unregisterProtocol(self, p: Any) -> None:
-        """Forget a closed connection (sessions were forgotten at upgrade)."""
-        self.protocols.pop(p, None)
+    def upgraded(self, channel: Any) -> None:
+        """A plain-HTTP connection's channel hands its transport to a session: its deadline ends."""
+        deadline = getattr(channel, "deadline", None)
+        if deadline is not None and deadline.active():
+            deadline.cancel()
+        channel.deadline = None
+        self.pending.discard(channel.transport)
 
     def abort_pending(self) -> None:
         """Abort every connection that is not a session (at shutdown)."""
-        for protocol in list(self.protocols):
-            protocol.abortConnection()
+        for transport in list(self.pending):
+            transport.abortConnection()
+        self.pending.clear()
 
 
 #: Largest request body accepted (the gateway's own requests have none).
@@ -113,12 +167,22 @@ def _too_long_body(value: bytes) -> bool:
 
 
 class BoundedChannel(HTTPChannel):
-    """An HTTPChannel that answers 431 when a request head exceeds ``site.max_head`` bytes."""
+    """
+    An HTTPChannel for plain requests: 431 for a request head over
+    ``site.max_head`` bytes, 413 for a body over :data:`MAX_BODY` (announced
+    by Content-Length, or counted as chunked bytes arrive).
+
+    :ivar deadline: the connection's head deadline, from the front.
+    :ivar front: the :class:`FrontFactory` that handed the connection over.
+    """
 
     site: Any
     transport: Any
+    deadline: Any = None
+    front: Optional[FrontFactory] = None
 
     _head = 0
+    _body = 0
     _refused = False
 
     def connectionMade(self) -> None:
@@ -129,7 +193,7 @@ class BoundedChannel(HTTPChannel):
         self.totalHeadersSize = limit + 1
 
     def dataReceived(self, data: bytes) -> None:
-        """Ignore everything after a 431."""
+        """Ignore everything after a refusal."""
         if not self._refused:
             super().dataReceived(data)
 
@@ -141,10 +205,21 @@ class BoundedChannel(HTTPChannel):
             return
         if not line:
             self._head = 0
+            self._body = 0
         elif line[:15].lower() == b"content-length:" and _too_long_body(line[15:]):
-            self._refuse(b"413 Content Too Large", b"413 request body too large for this gateway\n")
+            self._refuse(Reject(413, "request body too large for this gateway"))
             return
         super().lineReceived(line)
+
+    def rawDataReceived(self, data: bytes) -> None:
+        """Count body bytes as they arrive (chunked bodies announce no length)."""
+        if not self._handlingRequest:
+            self._body += len(data)
+            # Chunk sizes and line ends come on top of the payload.
+            if self._body > MAX_BODY + 4096:
+                self._refuse(Reject(413, "request body too large for this gateway"))
+                return
+        super().rawDataReceived(data)
 
     def lineLengthExceeded(self, line: bytes) -> None:
         """One line alone is beyond the limit."""
@@ -154,29 +229,34 @@ class BoundedChannel(HTTPChannel):
         on_too_large = getattr(self.site, "on_too_large", None)
         if on_too_large is not None and not self._refused:
             on_too_large()
-        self._refuse(b"431 Request Header Fields Too Large",
-                     b"431 request head (request line and headers) too large\n")
+        self._refuse(Reject(431, "request head (request line and headers) too large"))
 
-    def _refuse(self, status: bytes, body: bytes) -> None:
+    def _refuse(self, reject: Reject) -> None:
         if self._refused:
             return
         self._refused = True
-        peer = self.transport.getPeer()
-        _log.info("request refused client={client} status={status}", client=getattr(peer, "host", peer),
-                  status=status.decode())
-        self.transport.write(b"HTTP/1.1 " + status + b"\r\nContent-Type: text/plain; charset=utf-8\r\n"
-                             b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(body), body))
-        self.transport.loseConnection()
+        log_refusal(format_address(self.transport.getPeer()), "-", reject, "request")
+        refuse_connection(self.site.reactor, self.transport, reject)
+
+    def connectionLost(self, reason: Any = None) -> None:
+        """The connection ended: its deadline too."""
+        if self.deadline is not None and self.deadline.active():
+            self.deadline.cancel()
+        self.deadline = None
+        if self.front is not None:
+            self.front.pending.discard(self.transport)
+        super().connectionLost(reason)
 
 
 class GatewaySite(Site):
-    """A Site whose channels bound the request head (see :class:`BoundedChannel`)."""
+    """A Site whose channels bound the request head and body (see :class:`BoundedChannel`)."""
 
     protocol = BoundedChannel  # type: ignore[assignment]
 
     def __init__(self, resource: Any, max_head: int, timeout: float,
-                 on_too_large: Optional[Callable[[], None]] = None) -> None:
-        super().__init__(resource, timeout=timeout)
+                 on_too_large: Optional[Callable[[], None]] = None, reactor: Any = None) -> None:
+        super().__init__(resource, timeout=timeout, reactor=reactor)
         self.max_head = max_head
         self.on_too_large = on_too_large
         self.displayTracebacks = False
+        self.noisy = False

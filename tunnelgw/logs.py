@@ -12,7 +12,7 @@ from typing import IO, Any
 
 from twisted.logger import FileLogObserver, ILogObserver, formatEvent
 
-__all__ = ["json_lines_observer", "json_line"]
+__all__ = ["format_fields", "json_lines_observer", "json_line"]
 
 
 def json_line(event: dict[str, Any]) -> str:
@@ -35,3 +35,9 @@ def json_line(event: dict[str, Any]) -> str:
 def json_lines_observer(stream: IO[str]) -> ILogObserver:
     """An observer writing :func:`json_line` lines to stream."""
     return FileLogObserver(stream, json_line)
+
+
+def format_fields(values: dict[str, object]) -> str:
+    """Render key=value pairs for one log line, quoting values with spaces."""
+    return " ".join(f"{k}={v!r}" if isinstance(v, str) and (" " in v or not v) else f"{k}={v}"
+                    for k, v in values.items())

@@ -2,10 +2,13 @@
 Live reload: apply a new configuration to a running gateway, and re-read the
 configuration file on SIGHUP.
 
-Rules, token sources, pools, redirects and trusted proxies change at once for
-new requests; live sessions keep their backend connections.  A configuration
+Every directive but the listeners (``Listen``, ``AdminListen``,
+``DemoBackend``: sockets are bound once) applies at once to new requests and
+sessions: rules, token sources, pools, redirects, trusted proxies, limits,
+timeouts, keepalive, request bounds, Alias folders and demo pages.  Live
+sessions keep their backend connections, slots and timers.  A configuration
 with mistakes is refused with its ``FILE:LINE`` problems and the running one
-stays in force.  Listeners are not changed by a reload (a restart is needed).
+stays in force; a changed listener is named in the reload's log line.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from twisted.logger import Logger
 
 from tunnelgw.core.config import Config, ConfigError
 from tunnelgw.core.routing import RuleSet
+from tunnelgw.demo import demo_page
 from tunnelgw.service import GatewayService, check_config, load_config
 from tunnelgw.topology import Topology
 
@@ -25,30 +29,53 @@ __all__ = ["apply_config", "install_reload_signal", "reload_from_file"]
 _log = Logger(namespace="tunnelgw")
 
 
-def apply_config(service: GatewayService, config: Config, reactor: Any) -> None:
+def apply_config(service: GatewayService, config: Config, reactor: Any) -> list[str]:
     """
-    Switch a running service to config.
+    Switch a running service to config, whole: rules, topology (tokens,
+    pools, redirects, trusted proxies), limits, timeouts, keepalive, request
+    bounds, Alias folders and demo pages apply to new requests and sessions;
+    live sessions keep their backends, slots and timers.
 
+    :returns: the directives that changed but need a restart to take effect.
     :raises ConfigError: when an endpoint string or secret is bad; nothing changes then.
     """
     check_config(config, reactor)
     factory = service.resource.factory
+    # Build everything first, then swap in one go (nothing can fail after this).
     topology = Topology(config.topology, reactor, factory.backends, previous=factory.topology)
-    factory.rules = RuleSet(config)
+    rules = RuleSet(config)
+    pages = {p.path: demo_page(p.websocket_path) for p in config.demo_pages}
+    old = service.config
+    factory.rules = rules
     factory.topology = topology
-    if [l.endpoint for l in config.listeners] != [l.endpoint for l in service.config.listeners]:
-        _log.warn("reload: Listen directives changed; listeners change only on restart")
+    factory.reconfigure(config)
+    service.resource.reconfigure(pages, config.aliases)
+    service.front.timeout = service.site.timeOut = config.timeouts.handshake
+    service.front.max_head = service.site.max_head = config.limits.headers
     service.config = config
+    needs_restart = [name for name, before, after in (
+        ("Listen", old.listeners, config.listeners),
+        ("AdminListen", old.admin_listeners, config.admin_listeners),
+        ("DemoBackend", old.demo_backends, config.demo_backends))
+        if [x.endpoint for x in before] != [x.endpoint for x in after]]
+    if old.log_format != config.log_format:
+        # The log observer is chosen once, when twistd starts logging.
+        needs_restart.append("LogFormat")
+    return needs_restart
 
 
 def reload_from_file(service: GatewayService, path: str, reactor: Any) -> bool:
     """Re-read path and apply it; log the outcome; True when the new configuration is in force."""
     try:
-        apply_config(service, load_config(path), reactor)
+        needs_restart = apply_config(service, load_config(path), reactor)
     except ConfigError as e:
         _log.error("reload refused, the previous configuration stays in force:\n{problems}", problems=str(e))
         return False
-    _log.info("reload: configuration {path} in force", path=path)
+    if needs_restart:
+        _log.warn("reload: configuration {path} in force; changed {directives} take effect only on restart",
+                  path=path, directives=", ".join(needs_restart))
+    else:
+        _log.info("reload: configuration {path} in force (every directive applied)", path=path)
     return True
 
 

@@ -12,8 +12,10 @@ one is reported as ``FILE:LINE`` before anything listens.
 
 from __future__ import annotations
 
+import json
 import os
 import re
+from dataclasses import replace
 from typing import Any, Optional, Union
 
 from twisted.application.service import Service
@@ -27,14 +29,14 @@ from twisted.python.failure import Failure
 from tunnelgw.backends.tcp import TcpBackends
 from tunnelgw.core.config import SUBSTITUTION, Config, ConfigError, Location, Problem, parse_config
 from tunnelgw.demo import demo_factory, demo_page
-from tunnelgw.front import GatewaySite, HandshakeDeadline
+from tunnelgw.front import FrontFactory, GatewaySite
 from tunnelgw.metrics import GatewayMetrics
-from tunnelgw.protocol import GatewayFactory
+from tunnelgw.gateway import GatewayFactory
 from tunnelgw.core.relay import CLOSE_GOING_AWAY, Close
 from tunnelgw.core.routing import RuleSet
 from tunnelgw.topology import Topology, check_topology
 from tunnelgw.web import GatewayResource
-from tunnelgw.backends.websocket import load_trust_root
+from tunnelgw.backends.tls import load_trust_root
 from tunnelgw.core.wsurl import is_websocket_target
 
 __all__ = [
@@ -42,6 +44,7 @@ __all__ = [
     "ListenError",
     "build_resource",
     "check_config",
+    "inherit_listeners",
     "load_config",
     "make_service",
     "parse_config",
@@ -64,7 +67,25 @@ def load_config(path: str) -> Config:
             text = f.read()
     except (OSError, UnicodeDecodeError) as e:
         raise ConfigError([Problem(Location(path, 0), f"cannot read the configuration: {e}")]) from None
-    return parse_config(text, path)
+    return inherit_listeners(parse_config(text, path), os.environ.get(INHERITED_ENV))
+
+
+#: Set by :mod:`tunnelgw.workers` for its children: a JSON object mapping the
+#: line number of each ``Listen``/``DemoBackend`` directive to the ``systemd:``
+#: endpoint of the socket the worker inherited for it.
+INHERITED_ENV = "TUNNELGW_INHERITED_SOCKETS"
+
+
+def inherit_listeners(config: Config, mapping: Optional[str]) -> Config:
+    """config with its listeners on inherited sockets (see :data:`INHERITED_ENV`); as is without a mapping."""
+    if not mapping:
+        return config
+    inherited: dict[str, str] = json.loads(mapping)
+    return replace(config,
+                   listeners=tuple(replace(l, endpoint=inherited.get(str(l.where.line), l.endpoint))
+                                   for l in config.listeners),
+                   demo_backends=tuple(replace(d, endpoint=inherited.get(str(d.where.line), d.endpoint))
+                                       for d in config.demo_backends))
 
 
 def _explain(e: BaseException) -> str:
@@ -164,9 +185,8 @@ def build_resource(config: Config, reactor: Any) -> GatewayResource:
 
 
 def _resource(config: Config, reactor: Any) -> GatewayResource:
-    factory = GatewayFactory(RuleSet(config), reactor, TcpBackends(reactor))
+    factory = GatewayFactory(RuleSet(config), reactor, TcpBackends(reactor), config, GatewayMetrics())
     factory.topology = Topology(config.topology, reactor, factory.backends)
-    factory.harden(config, GatewayMetrics())
     pages = {p.path: demo_page(p.websocket_path) for p in config.demo_pages}
     return GatewayResource(factory, pages, aliases=config.aliases)
 
@@ -188,12 +208,11 @@ class GatewayService(Service):
         self.factory: GatewayFactory = self.resource._factory
         metrics = self.factory.metrics
         self.site = GatewaySite(self.resource, max_head=config.limits.headers, timeout=config.timeouts.handshake,
-                                on_too_large=lambda: metrics.handshake_failed("", "headers", 431))
-        # No "Starting factory <... at 0x...>" lines in the operator's log.
-        self.site.noisy = self.factory.noisy = False
-        # Connections meet the handshake deadline before twisted.web sees them.
-        self.front = HandshakeDeadline(self.site, reactor, config.timeouts.handshake,
-                                       on_timeout=lambda: metrics.handshake_failed("", "handshake_timeout", None))
+                                on_too_large=lambda: metrics.handshake_failed("", "headers", 431), reactor=reactor)
+        # Every connection's first request head is read (once) by the front.
+        self.front = FrontFactory(self.factory, self.site, reactor, config.timeouts.handshake, config.limits.headers,
+                                  on_timeout=lambda: metrics.handshake_failed("", "handshake_timeout", None),
+                                  on_too_large=lambda: metrics.handshake_failed("", "headers", 431))
         self.draining = False
         self.ports: list[IListeningPort] = []
         self.admin_ports: list[IListeningPort] = []

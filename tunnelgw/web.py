@@ -1,6 +1,7 @@
 """
-The HTTP face of the gateway: a twisted.web resource that routes each
-request and hands WebSocket upgrades to a :class:`GatewayProtocol`.
+The HTTP face of the gateway: a twisted.web resource that answers plain
+requests and hands WebSocket upgrades that come on kept-alive connections
+to the gateway (first requests are read by :mod:`tunnelgw.front`).
 
 It can be the root of the gateway's own :class:`~twisted.web.server.Site` or be
 mounted in another application's Site.  Rules always match the full request
@@ -23,17 +24,17 @@ import json
 from typing import Any, Mapping, Sequence
 
 from twisted.logger import Logger
-from twisted.protocols.policies import ProtocolWrapper
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
+from tunnelgw.core.clientaddr import format_address
 from tunnelgw.core.config import Alias, PrefixRule
-from tunnelgw.files import choose_alias, serve
-from tunnelgw.front import HandshakeDeadlineProtocol
-from tunnelgw.protocol import GatewayFactory, GatewayProtocol, format_address
+from tunnelgw.core.http import RequestHead
 from tunnelgw.core.routing import Reject, Route, normalise_path
-from tunnelgw.backends.websocket import WebSocketSession, proxy_http
 from tunnelgw.core.wsurl import is_websocket_target
+from tunnelgw.files import choose_alias, serve
+from tunnelgw.gateway import GatewayFactory
+from tunnelgw.session import log_refusal
 from tunnelgw.topology import JsonAnswer, Redirect
 
 __all__ = ["GatewayResource"]
@@ -65,6 +66,11 @@ class GatewayResource(Resource):
         self._pages = dict(pages)
         self._aliases = tuple(aliases)
 
+    def reconfigure(self, pages: Mapping[str, bytes], aliases: Sequence[Alias]) -> None:
+        """Serve new demo pages and Alias folders from now on (reload)."""
+        self._pages = dict(pages)
+        self._aliases = tuple(aliases)
+
     @property
     def factory(self) -> GatewayFactory:
         """The factory whose rules and topology this resource applies."""
@@ -72,18 +78,14 @@ class GatewayResource(Resource):
 
     def render(self, request: Request) -> bytes | int:
         """Answer one request: a session, a page, or a status with its reason."""
+        if _is_upgrade(request):
+            return self._upgrade(request)
         topology = self._factory.topology
         if topology is not None:
             answer = self._screen(request, topology)
             if answer is not None:
                 return answer
         route = self._factory.route(request.path)
-        if _is_upgrade(request):
-            if isinstance(route, Reject):
-                return self._refuse(request, route)
-            if request.method != b"GET":
-                return self._refuse(request, Reject(405, "WebSocket handshakes use GET"))
-            return self._upgrade(request, route)
         page = self._pages.get(request.path.decode("latin-1"))
         if page is not None and request.method in (b"GET", b"HEAD"):
             request.setHeader(b"content-type", b"text/html; charset=utf-8")
@@ -95,7 +97,7 @@ class GatewayResource(Resource):
         if isinstance(route, Reject):
             return self._refuse(request, route)
         if is_websocket_target(route.target):
-            outcome = proxy_http(self._factory, request, route)
+            outcome = self._factory.websocket_backends.proxy_http(request, route)
             return self._refuse(request, outcome) if isinstance(outcome, Reject) else outcome
         request.setHeader(b"upgrade", b"websocket")
         return self._refuse(request, Reject(426, "this path is a WebSocket endpoint; open it with a WebSocket client"))
@@ -117,76 +119,60 @@ class GatewayResource(Resource):
         return serve(alias, segments, request)
 
     def _screen(self, request: Request, topology: Any) -> bytes | int | None:
-        """Apply the topology (origins, token routes, redirects, lookups); None passes on."""
+        """Apply the topology to a plain request (token paths, lookups); None passes on."""
         client = topology.client_of(request)
         peer = getattr(request.getClientAddress(), "host", None)
         request.tunnelgw_client = client if client != peer else None  # type: ignore[attr-defined]
-        decision = topology.screen(request, client, _is_upgrade(request))
+        decision = topology.screen(request, client, False)
         if decision is None:
             return None
         if isinstance(decision, Reject):
             return self._refuse(request, decision)
-        if isinstance(decision, Redirect):
-            _log.info("redirected client={client} path={path!r} location={location} reason={reason!r}",
-                      client=client, path=request.path.decode("latin-1"), location=decision.location,
-                      reason=decision.reason)
-            request.setResponseCode(307)
-            request.setHeader(b"location", decision.location.encode("utf-8"))
-            request.setHeader(b"content-type", b"text/plain; charset=utf-8")
-            return f"307 {decision.reason}\n".encode("utf-8")
         if isinstance(decision, JsonAnswer):
             request.setHeader(b"content-type", b"application/json")
             request.setHeader(b"cache-control", b"no-store")
             return json.dumps(decision.body).encode("utf-8")
-        if request.method != b"GET":
-            return self._refuse(request, Reject(405, "WebSocket handshakes use GET"))
-        return self._upgrade(request, decision)
+        if isinstance(decision, Redirect):
+            request.setResponseCode(307)
+            request.setHeader(b"location", decision.location.encode("utf-8"))
+            request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+            return f"307 {decision.reason}\n".encode("utf-8")
+        return self._refuse(request, Reject(426, "this path is a WebSocket endpoint; open it with a WebSocket client"))
 
     def _refuse(self, request: Request, reject: Reject) -> bytes:
         client = getattr(request, "tunnelgw_client", None) or format_address(request.getClientAddress())
-        _log.info("request refused client={client} path={path!r} status={status} reason={reason!r}",
-                  client=client, path=request.path.decode("latin-1"),
-                  status=reject.status, reason=reject.reason)
+        log_refusal(client, request.path.decode("latin-1"), reject, "request")
         request.setResponseCode(reject.status, responses.get(reject.status, "Error").encode("ascii"))
         request.setHeader(b"content-type", b"text/plain; charset=utf-8")
         return f"{reject.status} {reject.reason}\n".encode("utf-8")
 
-    def _upgrade(self, request: Request, route: Route) -> int:
+    def _upgrade(self, request: Request) -> int:
         """
-        Take the connection away from twisted.web and give it to a session,
-        replaying the request to Autobahn, which answers the handshake.
+        An upgrade on a kept-alive connection: take the connection away from
+        twisted.web and give it to the gateway with twisted.web's parse of the
+        head.  What the client sent after the head goes to the session, held
+        (bounded) until its 101, never parsed as another request.
         """
         channel = request.channel
         transport: Any = channel.transport
-        if isinstance(transport, HandshakeDeadlineProtocol):
-            # The handshake deadline ends here (the head was read) and its guard
-            # steps out: the session sits right on the real (TCP or TLS) transport.
-            transport.request_read()
-            transport = transport.transport
-        protocol = WebSocketSession() if is_websocket_target(route.target) else GatewayProtocol()
-        protocol.factory = self._factory
-        protocol.route = route
-        protocol.client_address = getattr(request, "tunnelgw_client", None)
+        transport.pauseProducing()
+        front = getattr(channel, "front", None)
+        if front is not None:
+            front.upgraded(channel)
         # twisted.web's channel must let go of the connection entirely: its idle
         # timer would otherwise cut a long session, and it is registered as the
-        # transport's producer, which our relay needs to be instead.
+        # transport's producer, which the session needs to be instead.
         channel.setTimeout(None)
-        channel.transport = None
         transport.unregisterProducer()
-        if isinstance(transport, ProtocolWrapper):
-            transport.wrappedProtocol = protocol
-        elif isinstance(getattr(transport, "protocol", None), ProtocolWrapper):
-            transport.protocol.wrappedProtocol = protocol
-        else:
-            transport.protocol = protocol
-        protocol.makeConnection(transport)
-        # twisted.web pauses reading while it handles a request; resume for the session.
-        transport.resumeProducing()
-        # Bytes the client sent right after its request head (frames sent before
-        # the 101) were read with it; twisted.web hands them to rawDataReceived
-        # once render returns, and from then on they belong to the session.
-        channel.rawDataReceived = protocol.dataReceived  # type: ignore[method-assign]
-        head = [request.method + b" " + request.uri + b" HTTP/1.1"]
-        head += [name + b": " + b", ".join(values) for name, values in request.requestHeaders.getAllRawHeaders()]
-        protocol.dataReceived(b"\r\n".join(head) + b"\r\n\r\n")
+        channel.transport = None
+        headers = tuple((name.lower(), value) for name, values in request.requestHeaders.getAllRawHeaders()
+                        for value in values)
+        version = request.clientproto.partition(b"/")[2] or b"1.1"
+        head = RequestHead(request.method, request.uri, version, headers)
+        early = b"".join(channel._dataBuffer)
+        channel._dataBuffer = []
+        session = self._factory.upgrade(transport, head, early, request)
+        # Bytes read with the head reach rawDataReceived once render returns.
+        channel.rawDataReceived = session.dataReceived if session is not None else (lambda data: None)  # type: ignore[method-assign]
+        channel.lineReceived = channel.rawDataReceived  # type: ignore[method-assign]
         return NOT_DONE_YET

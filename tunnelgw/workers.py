@@ -28,15 +28,16 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
+import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from tunnelgw.core.config import Config, ConfigError, Location, Problem
+from tunnelgw.service import INHERITED_ENV
 
-__all__ = ["InheritedSocket", "child_config", "main", "plan_sockets", "run_workers"]
+__all__ = ["InheritedSocket", "main", "plan_sockets", "run_workers"]
 
 _FIRST_FD = 3  # systemd's SD_LISTEN_FDS_START
 _CHILD = ("import os, sys; os.environ['LISTEN_PID'] = str(os.getpid()); "
@@ -71,22 +72,6 @@ def plan_sockets(config: Config) -> list[InheritedSocket]:
     if problems:
         raise ConfigError(problems)
     return plan
-
-
-def child_config(text: str, sockets: Sequence[InheritedSocket], domains: Sequence[str]) -> str:
-    """
-    The configuration text for a worker: each planned line's endpoint replaced
-    by the inherited socket of that name (``domains`` gives each one's address
-    family, e.g. ``INET6``); every other line is kept as written.
-    """
-    lines = text.splitlines()
-    for s, domain in zip(sockets, domains):
-        index = s.where.line - 1
-        before, found, after = lines[index].partition(s.endpoint)
-        if not found:
-            raise ValueError(f"{s.where}: endpoint {s.endpoint!r} not found on its line")
-        lines[index] = f"{before}systemd:domain={domain}:name={s.name}{after}"
-    return "\n".join(lines) + "\n"
 
 
 def _bind(sockets: Sequence[InheritedSocket], reactor: Any) -> list[socket.socket]:
@@ -127,12 +112,12 @@ def run_workers(config_path: str, count: int, twistd_args: Sequence[str] = ()) -
         print(e, file=sys.stderr)
         return 1
     bound = _bind(plan, reactor)
-    text = Path(config_path).read_text(encoding="utf-8")
-    folder = tempfile.TemporaryDirectory(prefix="tunnelgw-workers-")
-    child_path = Path(folder.name) / Path(config_path).name
-    child_path.write_text(child_config(text, plan, [_domain(s) for s in bound]))
+    # Each worker reads the real file (also on SIGHUP) and is told which
+    # inherited socket stands for which endpoint.
+    inherited = {str(s.where.line): f"systemd:domain={_domain(sock)}:name={s.name}" for s, sock in zip(plan, bound)}
     fds = [s.fileno() for s in bound]
-    env = dict(os.environ, LISTEN_FDS=str(len(fds)), LISTEN_FDNAMES=":".join(s.name for s in plan))
+    env = dict(os.environ, LISTEN_FDS=str(len(fds)), LISTEN_FDNAMES=":".join(s.name for s in plan),
+               **{INHERITED_ENV: json.dumps(inherited)})
 
     def place_fds() -> None:
         # In the child, before exec: move the sockets to 3, 4, ... as systemd does.
@@ -140,7 +125,8 @@ def run_workers(config_path: str, count: int, twistd_args: Sequence[str] = ()) -
         for i, fd in enumerate(high):
             os.dup2(fd, _FIRST_FD + i)
 
-    command = [sys.executable, "-c", _CHILD, "-n", "--pidfile=", *twistd_args, "tunnelgw", "--config", str(child_path)]
+    command = [sys.executable, "-c", _CHILD, "-n", "--pidfile=", *twistd_args, "tunnelgw", "--config",
+               str(Path(config_path).resolve())]
     children = [subprocess.Popen(command, env=env, preexec_fn=place_fds,
                                  pass_fds=range(_FIRST_FD, _FIRST_FD + len(fds))) for _ in range(count)]
     stopping: list[int] = []
@@ -148,8 +134,15 @@ def run_workers(config_path: str, count: int, twistd_args: Sequence[str] = ()) -
     def stop(signum: int, _: Any) -> None:
         stopping.append(signum)
 
+    def reload(signum: int, _: Any) -> None:
+        # Every worker re-reads the configuration file; the parent lives on.
+        for c in children:
+            if c.poll() is None:
+                c.send_signal(signal.SIGHUP)
+
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, stop)
+    signal.signal(signal.SIGHUP, reload)
     status = 0
     try:
         while not stopping:
@@ -171,7 +164,6 @@ def run_workers(config_path: str, count: int, twistd_args: Sequence[str] = ()) -
                 c.wait(5)
         for s in bound:
             s.close()
-        folder.cleanup()
     return status
 
 

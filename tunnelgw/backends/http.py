@@ -45,7 +45,7 @@ from zope.interface import implementer
 
 from tunnelgw.backends.tcp import classify_connect_error
 from tunnelgw.core.config import RouteOptions
-from tunnelgw.protocol import format_address
+from tunnelgw.core.clientaddr import format_address
 from tunnelgw.core.proxyheaders import backend_request_headers, client_response_headers, head_connection_names
 from tunnelgw.core.relay import connect_rejection
 from tunnelgw.core.routing import Reject

@@ -10,7 +10,7 @@ WebSocket handshake is never answered for a backend that then fails.
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Any, Callable, Optional, Protocol as TypingProtocol
+from typing import Any, Callable, Generic, Optional, Protocol as TypingProtocol, TypeVar
 
 from OpenSSL import SSL
 from twisted.internet import defer, error
@@ -25,9 +25,22 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from tunnelgw.core.relay import BACKEND_CLOSE_GRACE, ConnectFailure
+from tunnelgw.backends import BackendRefused, LinkOwner
+from tunnelgw.core.handshake import Handshake
+from tunnelgw.core.relay import (
+    BACKEND_CLOSE_GRACE,
+    Close,
+    ConnectFailure,
+    backend_ended,
+    choose_subprotocol,
+    connect_rejection,
+)
+from tunnelgw.core.routing import Reject
 
-__all__ = ["BackendConnection", "BackendSink", "BackendUnavailable", "TcpBackends", "classify_connect_error"]
+__all__ = ["BackendConnection", "BackendSink", "BackendUnavailable", "EndpointCache", "TcpBackends", "TcpLink",
+           "classify_connect_error"]
+
+K = TypeVar("K")
 
 
 class BackendUnavailable(Exception):
@@ -154,32 +167,42 @@ class BackendConnection(Protocol):
             self._abort_call = self._reactor.callLater(grace, self.transport.abortConnection)
 
 
-class TcpBackends:
+class EndpointCache(Generic[K]):
     """
-    Connects sessions to byte-stream backends named by endpoint strings.
+    Client endpoints made once per key and kept (least recently used first
+    out, up to ``size``), so that trust roots and endpoint strings are read
+    once, not once per session.
+    """
 
-    Parsed endpoints are kept (up to ``cache_size``) so that a ``tls:`` target's
-    trust roots are read once, not once per session.
-    """
+    def __init__(self, make: Callable[[K], IStreamClientEndpoint], size: int) -> None:
+        self._make = make
+        self._size = size
+        self._cache: OrderedDict[K, IStreamClientEndpoint] = OrderedDict()
+
+    def get(self, key: K) -> IStreamClientEndpoint:
+        """The endpoint for key, made on first use."""
+        endpoint = self._cache.get(key)
+        if endpoint is None:
+            endpoint = self._make(key)
+            self._cache[key] = endpoint
+            if len(self._cache) > self._size:
+                self._cache.popitem(last=False)
+        else:
+            self._cache.move_to_end(key)
+        return endpoint
+
+
+class TcpBackends:
+    """Connects sessions to byte-stream backends named by endpoint strings (parsed once each)."""
 
     def __init__(self, reactor: Any, cache_size: int = 1024,
                  parse: Callable[[Any, str], IStreamClientEndpoint] = clientFromString) -> None:
         self._reactor = reactor
-        self._parse = parse
-        self._cache: OrderedDict[str, IStreamClientEndpoint] = OrderedDict()
-        self._cache_size = cache_size
+        self._endpoints: EndpointCache[str] = EndpointCache(lambda target: parse(reactor, target), cache_size)
 
     def endpoint(self, target: str) -> IStreamClientEndpoint:
         """The client endpoint for a target string, parsed once."""
-        endpoint = self._cache.get(target)
-        if endpoint is None:
-            endpoint = self._parse(self._reactor, target)
-            self._cache[target] = endpoint
-            if len(self._cache) > self._cache_size:
-                self._cache.popitem(last=False)
-        else:
-            self._cache.move_to_end(target)
-        return endpoint
+        return self._endpoints.get(target)
 
     def connect(self, target: str, timeout: float) -> "defer.Deferred[BackendConnection]":
         """
@@ -205,3 +228,105 @@ class TcpBackends:
 
         d.addErrback(failed)
         return d  # type: ignore[return-value]
+
+
+class TcpLink:
+    """
+    A session's link to a byte-stream backend: payload bytes in, chunks out
+    (each sent to the client as one message).  A balancer pool is the same
+    link with a connector that picks the member and a release for its slot.
+
+    :param connector: starts the connection; its Deferred fires with a ready
+        :class:`BackendConnection` or fails with :class:`BackendUnavailable`.
+    :param description: the backend as log lines name it (a pool link sets
+        its member once chosen).
+    """
+
+    #: Client frames may be read by the direct binary-frame reader.
+    byte_stream = True
+
+    def __init__(self, connector: Callable[[], "defer.Deferred[BackendConnection]"], description: str) -> None:
+        self._connector = connector
+        self.description = description
+        self.transport: Any = None
+        self._connection: Optional[BackendConnection] = None
+        self._session: Any = None
+        self._subprotocol: Optional[str] = None
+        self._closed = False
+        #: Called once when the link closes (a pool member's slot).
+        self.release: Optional[Callable[[], None]] = None
+
+    def check(self, handshake: Handshake) -> Optional[Reject]:
+        """Pick ``binary`` or ``base64`` from the client's offer, or refuse (400)."""
+        chosen = choose_subprotocol(handshake.protocols)
+        if isinstance(chosen, Reject):
+            return chosen
+        self._subprotocol = chosen
+        return None
+
+    def connect(self) -> "defer.Deferred[Optional[str]]":
+        """Connect; fires with the subprotocol chosen by :meth:`check`."""
+        d = self._connector()
+
+        def connected(connection: BackendConnection) -> Optional[str]:
+            self._connection = connection
+            self.transport = connection.transport
+            if self._closed:
+                connection.close()
+            return self._subprotocol
+
+        def failed(failure: Failure) -> Failure:
+            failure.trap(BackendUnavailable)
+            value = failure.value
+            return Failure(BackendRefused(connect_rejection(value.failure, value.detail),
+                                          f"backend_{value.failure.value}"))
+
+        return d.addCallbacks(connected, failed)  # type: ignore[no-any-return]
+
+    def start(self, owner: LinkOwner) -> None:
+        """Relay to owner: the backend's early bytes first."""
+        self._session = owner
+        assert self._connection is not None
+        self._connection.attach(self)
+
+    # What the backend connection reports (it is a BackendSink of this link).
+
+    def backend_data(self, data: bytes) -> None:
+        """A chunk from the backend: one message to the client."""
+        self._session.backend_data(data)
+
+    def backend_lost(self, clean: bool, detail: str) -> None:
+        """The backend connection ended."""
+        self._connection = None
+        self._session.backend_lost(backend_ended(clean, detail))
+
+    # What the session sends.
+
+    def client_frame_begin(self, opcode: int, fin: bool, length: int) -> None:
+        """Frame boundaries mean nothing to a byte stream."""
+
+    def client_frame_data(self, payload: bytes) -> None:
+        """Write payload to the backend."""
+        if self.transport is not None and not self._closed:
+            self.transport.write(payload)
+
+    def client_payloads(self, payloads: list[bytes]) -> None:
+        """Write the payloads of several frames in one call."""
+        if self.transport is not None and not self._closed:
+            self.transport.writeSequence(payloads)
+
+    def client_close(self, code: Optional[int], reason: Optional[str]) -> None:
+        """The backend gets EOF when the session ends (queued bytes first)."""
+
+    def close(self, close: Optional[Close] = None) -> None:
+        """EOF to the backend after its queued bytes (aborted after a grace period); once."""
+        if self._closed:
+            return
+        self._closed = True
+        self._session = None
+        connection, self._connection = self._connection, None
+        if connection is not None:
+            connection.close()
+        release, self.release = self.release, None
+        if release is not None:
+            release()

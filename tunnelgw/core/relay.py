@@ -2,7 +2,7 @@
 Per-session relay policy, free of I/O: subprotocols, payload codecs, the
 statuses and close codes a session ends with, and what a log line reports.
 
-The Twisted/Autobahn glue in :mod:`tunnelgw.protocol` feeds events in and
+The Twisted/Autobahn glue in :mod:`tunnelgw.session` feeds events in and
 carries the answers out; nothing here knows about sockets or the clock
 (time is passed in as ``now``).
 """
@@ -22,6 +22,8 @@ __all__ = [
     "CLOSE_NORMAL",
     "CLOSE_GOING_AWAY",
     "CLOSE_POLICY",
+    "CLOSE_PROTOCOL_ERROR",
+    "CLOSE_TIMEOUT",
     "CLOSE_TOO_BIG",
     "RELAY_WINDOW",
     "Base64Decoder",
@@ -32,6 +34,7 @@ __all__ = [
     "SessionRecord",
     "backend_ended",
     "choose_subprotocol",
+    "check_close_frame",
     "close_reason",
     "connect_rejection",
     "idle_close",
@@ -49,6 +52,7 @@ RELAY_WINDOW = 128 * 1024
 
 CLOSE_NORMAL = 1000
 CLOSE_GOING_AWAY = 1001
+CLOSE_PROTOCOL_ERROR = 1002
 CLOSE_INVALID_PAYLOAD = 1007
 CLOSE_POLICY = 1008
 CLOSE_TOO_BIG = 1009
@@ -70,6 +74,33 @@ class Close:
 
     code: int
     reason: str
+
+
+#: Seconds a client has to answer the gateway's close frame before its
+#: connection is dropped (a reactor timer armed when the close is sent).
+CLOSE_TIMEOUT = 3.0
+
+#: Close codes a peer may send (RFC 6455 section 7.4): the registered ones
+#: below 3000 and 3000-4999 for libraries and applications.
+_SENDABLE_BELOW_3000 = frozenset((1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014))
+
+
+def check_close_frame(code: Optional[int], reason: Optional[bytes]) -> Optional[Close]:
+    """
+    Check a received close frame's code and reason.
+
+    :returns: None when valid; else the close to answer with: 1002 for a code
+        that may not be sent (below 1000, 1004-1006, 1015, unassigned, 5000
+        and above), 1007 for a reason that is not UTF-8.
+    """
+    if code is not None and not (code in _SENDABLE_BELOW_3000 or 3000 <= code <= 4999):
+        return Close(CLOSE_PROTOCOL_ERROR, f"invalid close code {code}")
+    if reason:
+        try:
+            reason.decode("utf-8")
+        except UnicodeDecodeError:
+            return Close(CLOSE_INVALID_PAYLOAD, "close reason is not UTF-8")
+    return None
 
 
 def close_reason(text: str) -> str:

@@ -10,7 +10,6 @@ carries the answers out.
 
 from __future__ import annotations
 
-import struct
 from typing import Mapping, Optional, Union
 
 from tunnelgw.core.relay import CLOSE_BACKEND_FAILED, CLOSE_GOING_AWAY, Close, close_reason
@@ -20,7 +19,6 @@ from tunnelgw.core.wsurl import WebSocketTarget, parse_websocket_url
 __all__ = [
     "backend_target",
     "forwarded_headers",
-    "frame_header",
     "handshake_refusal",
     "lost_close",
 ]
@@ -106,22 +104,3 @@ def lost_close(from_client: bool, detail: str) -> Close:
     if from_client:
         return Close(CLOSE_GOING_AWAY, close_reason(f"client connection lost: {detail}" if detail else "client connection lost"))
     return Close(CLOSE_BACKEND_FAILED, close_reason(f"backend connection lost: {detail}" if detail else "backend connection lost"))
-
-
-def frame_header(opcode: int, fin: bool, length: int, mask: bytes = b"") -> bytes:
-    """
-    The header of a WebSocket frame (RFC 6455 section 5.2) without extension bits.
-
-    :param mask: four masking bytes for client-to-server frames, else empty.
-    """
-    if not 0 <= opcode <= 15 or length < 0 or length > 0x7FFFFFFFFFFFFFFF or len(mask) not in (0, 4):
-        raise ValueError("bad frame header fields")
-    first = (0x80 if fin else 0) | opcode
-    masked = 0x80 if mask else 0
-    if length <= 125:
-        head = struct.pack("!BB", first, masked | length)
-    elif length <= 0xFFFF:
-        head = struct.pack("!BBH", first, masked | 126, length)
-    else:
-        head = struct.pack("!BBQ", first, masked | 127, length)
-    return head + mask
