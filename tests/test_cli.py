@@ -58,7 +58,7 @@ def test_embedded_default_works(tmp_path: Path) -> None:
         env["PATH"] = os.pathsep.join([os.path.dirname(sys.executable), env.get("PATH", "")])
         out = subprocess.run(["bash", "-c", readme_text_example()], capture_output=True, text=True, env=env,
                              cwd=tmp_path, timeout=60)
-        assert out.returncode == 0 and out.stdout == "hello, desktop\n", out.stdout + out.stderr
+        assert out.returncode == 0 and out.stdout == "hello, desktop\n" and not out.stderr, out.stdout + out.stderr
     finally:
         proc.terminate()
         proc.wait(15)
