@@ -107,6 +107,7 @@ class GatewayProcess:
 
     def start(self, timeout: float = 20.0) -> "GatewayProcess":
         """Start and wait until every Listen line reports its port."""
+        assert self.proc is None or self.proc.poll() is not None, "this gateway is already running"
         expected = sum(1 for line in self.config_path.read_text().splitlines()
                        if line.strip().lower().startswith(("listen ", "demobackend ", "adminlisten ")))
         self._log = open(self.log_path, "wb")
@@ -322,7 +323,7 @@ def make_pki(folder: Path, names: Iterator[str] | list[str] = ("localhost",),
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
     now = datetime.datetime.now(datetime.timezone.utc)
 
@@ -334,9 +335,17 @@ def make_pki(folder: Path, names: Iterator[str] | list[str] = ("localhost",),
                    .public_key(key.public_key()).serial_number(x509.random_serial_number())
                    .not_valid_before(now - datetime.timedelta(days=1))
                    .not_valid_after(now + datetime.timedelta(days=30))
-                   .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
+                   .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+                   # Python 3.13's VERIFY_X509_STRICT wants key identifiers and key usages on every certificate.
+                   .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+                   .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(
+                       (issuer[1] if issuer else key).public_key()), critical=False))
         if ca:
             builder = builder.add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True)
+        else:
+            builder = builder.add_extension(x509.KeyUsage(True, False, False, False, False, False, False, False, False), critical=True)
+            builder = builder.add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH,
+                                                                   ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
         if sans:
             builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
         return builder.sign(issuer[1] if issuer else key, hashes.SHA256())

@@ -203,6 +203,30 @@ def test_novnc_example_script(browser: Browser, tmp_path: Path) -> None:
         log.close()
 
 
+def test_demo_page_shows_text_as_text(browser: Browser, tmp_path: Path) -> None:
+    """The demo page sends a typed line through the echo route and shows the binary answer as UTF-8 text."""
+    echo = free_port()
+    config = f"""
+Listen tcp:port=0:interface=127.0.0.1
+DemoBackend echo tcp:port={echo}:interface=127.0.0.1
+ProxyPass /echo tcp:host=127.0.0.1:port={echo}
+DemoPage / /echo
+"""
+    with GatewayProcess(config, tmp_path) as gw:
+        page = browser.page()
+        try:
+            page.goto(f"http://127.0.0.1:{gw.port()}/", timeout=15000)
+            shown = page.locator("#log")
+            wait_for(lambda: "connected to" in (shown.text_content() or ""), 15, "the demo page's session")
+            page.fill("#t", "héllo, desktop ✓")
+            page.press("#t", "Enter")
+            wait_for(lambda: "echo: héllo, desktop ✓" in (shown.text_content() or ""), 15,
+                     f"the echoed line as text (page shows {shown.text_content()!r})")
+        finally:
+            page.close()
+    assert "path=/echo" in gw.log()
+
+
 def test_front_proxy_docs_match_examples() -> None:
     """docs/front-proxies.rst shows the tested nginx and Apache files verbatim, and README.rst the nginx one."""
     for doc, names in (("docs/front-proxies.rst", ("nginx.conf", "apache.conf")), ("README.rst", ("nginx.conf",))):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import sys
@@ -22,8 +23,22 @@ def port_free(port: int) -> bool:
     return True
 
 
+def readme_text_example() -> str:
+    """README's one-line WebSocket client for the embedded default's echo route."""
+    import re
+
+    match = re.search(r"^    (python -c .*ws://127\.0\.0\.1:8080/echo.*)$", (REPO / "README.rst").read_text(), re.M)
+    assert match, "README shows a one-line client for ws://127.0.0.1:8080/echo"
+    return match.group(1)
+
+
 def test_embedded_default_works(tmp_path: Path) -> None:
-    """`twistd -n tunnelgw` with no config serves the demo page and relays ws://127.0.0.1:8080/echo."""
+    """`twistd -n tunnelgw` with no config serves the demo page and relays ws://127.0.0.1:8080/echo, README's example included."""
+    import fcntl
+
+    # Shared with tests/test_release.py's README test (and other checkouts): both need 8080.
+    lock = open("/tmp/tunnelgw-default-ports.lock", "w")
+    fcntl.flock(lock, fcntl.LOCK_EX)
     assert port_free(8080) and port_free(8081), "the embedded default needs loopback ports 8080 and 8081 free"
     log = open(tmp_path / "default.log", "wb")
     proc = subprocess.Popen(twistd_command("-n", "--pidfile=", "tunnelgw"), stdout=log, stderr=subprocess.STDOUT,
@@ -38,10 +53,17 @@ def test_embedded_default_works(tmp_path: Path) -> None:
         with connect("ws://127.0.0.1:8080/echo", subprotocols=["binary"], open_timeout=5) as ws:
             ws.send(b"hello, desktop")
             assert ws.recv(timeout=5) == b"hello, desktop"
+        # README's command-line example, run as written, shows the typed text as text.
+        env = subprocess_env()  # `python` is this interpreter, as in README's activated venv
+        env["PATH"] = os.pathsep.join([os.path.dirname(sys.executable), env.get("PATH", "")])
+        out = subprocess.run(["bash", "-c", readme_text_example()], capture_output=True, text=True, env=env,
+                             cwd=tmp_path, timeout=60)
+        assert out.returncode == 0 and out.stdout == "hello, desktop\n" and not out.stderr, out.stdout + out.stderr
     finally:
         proc.terminate()
         proc.wait(15)
         log.close()
+        lock.close()
 
 
 def test_example_config_starts_and_relays(tmp_path: Path) -> None:
@@ -51,7 +73,8 @@ def test_example_config_starts_and_relays(tmp_path: Path) -> None:
         echo_port = s.getsockname()[1]
     text = (REPO / "examples" / "tunnelgw.conf").read_text()
     assert text.count("8081") == 3  # the comment, DemoBackend and ProxyPass
-    text = text.replace("tcp:port=8080:", "tcp:port=0:").replace("8081", str(echo_port))
+    text = (text.replace("tcp:port=8080:", "tcp:port=0:").replace("tcp:port=9090:", "tcp:port=0:")
+            .replace("8081", str(echo_port)).replace("examples/topologies/", f"{REPO}/examples/topologies/"))
     with GatewayProcess(text, tmp_path) as gw:
         with connect(f"ws://127.0.0.1:{gw.port()}/echo", open_timeout=5) as ws:
             ws.send(b"example")

@@ -253,7 +253,8 @@ def test_balancer_pools_failover_stickiness_drain_and_reload(tmp_path: Path, des
     """Round-robin fails over past a refusing member; least-busy and source hashing choose as documented;
     a reload drains a member while its live session keeps running, and a broken reload changes nothing."""
     values = dict(refused=refused_port, p2=desktops["127.0.0.2"].port, p3=desktops["127.0.0.3"].port, drain2="")
-    with started(GatewayProcess(POOLS.format(**values), tmp_path).start()) as gw:
+    with GatewayProcess(POOLS.format(**values), tmp_path) as gw:
+        started(gw)
         base = f"ws://127.0.0.4:{gw.port()}"
         seen = [greeting(f"{base}/rr") for _ in range(4)]
         assert set(seen) == {"desk 127.0.0.2", "desk 127.0.0.3"}

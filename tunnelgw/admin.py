@@ -233,4 +233,5 @@ def admin_site(factory: Any, draining: Callable[[], bool], endpoint: str = "") -
                   endpoint=endpoint)
     site = Site(AdminResource(factory, draining), timeout=60)
     site.displayTracebacks = False
+    site.noisy = False
     return site

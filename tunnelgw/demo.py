@@ -48,4 +48,6 @@ def demo_factory(kind: str) -> Factory:
     """A server factory for a built-in backend kind (``echo``)."""
     if kind != "echo":
         raise ValueError(f"unknown demo backend {kind!r}")
-    return Factory.forProtocol(Echo)
+    factory: Factory = Factory.forProtocol(Echo)
+    factory.noisy = False
+    return factory

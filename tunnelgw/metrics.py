@@ -12,10 +12,11 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Any, Iterator, Optional, Protocol
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Histogram, Info, PlatformCollector, ProcessCollector
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+import tunnelgw
 from tunnelgw.core.relay import SessionRecord
 
 __all__ = ["GatewayMetrics", "route_label"]
@@ -93,6 +94,11 @@ class GatewayMetrics:
         self._opened: dict[str, Any] = {}
         self._connected: dict[str, Any] = {}
         self._failed: dict[tuple[str, str, Optional[int]], Any] = {}
+        # The standard process_* and python_info metrics, in this gateway's own registry.
+        ProcessCollector(registry=self.registry)
+        PlatformCollector(registry=self.registry)
+        self.build_info = Info("tunnelgw_build", "The running tunnelgw's version", registry=self.registry)
+        self.build_info.info({"version": tunnelgw.__version__})
 
     def watch(self, source: _Sessions) -> None:
         """Report the live sessions of source (a gateway factory) when scraped."""

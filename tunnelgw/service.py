@@ -98,13 +98,38 @@ def _explain(e: BaseException) -> str:
     return str(e) or type(e).__name__
 
 
-def check_config(config: Config, reactor: Any) -> list[tuple[Location, str, IStreamServerEndpoint]]:
+def _have_listen_fds() -> bool:
+    return bool(os.environ.get("LISTEN_FDS")) and os.environ.get("LISTEN_PID") == str(os.getpid())
+
+
+def _check_systemd(description: str) -> None:
+    """Raise ValueError unless description is a well-formed ``systemd:`` server string."""
+    from twisted.internet.endpoints import _parseServer
+
+    _, args, kwargs = _parseServer(description, None)
+    unknown = set(kwargs) - {"domain", "index", "name"}
+    if args[1:] or unknown:
+        raise ValueError(f"unknown systemd endpoint arguments {sorted(unknown) or args[1:]}")
+    if kwargs.get("domain", "INET") not in ("INET", "INET6", "UNIX"):
+        raise ValueError(f"domain must be INET, INET6 or UNIX, not {kwargs['domain']!r}")
+    if "index" in kwargs and "name" in kwargs:
+        raise ValueError("give index= or name=, not both")
+    if "index" in kwargs:
+        int(kwargs["index"])
+    elif "name" not in kwargs:
+        raise ValueError("give index= or name=")
+
+
+def check_config(config: Config, reactor: Any, without_sockets: bool = False) -> list[tuple[Location, str, IStreamServerEndpoint]]:
     """
     Check every endpoint string against Twisted's parsers.
 
     ``ProxyPassMatch`` targets are checked with each ``$N`` replaced by ``1``.
     Certificate and key files of ``ssl:`` listeners, and ``cafile=`` trust
     roots of ``wss://`` routes, are loaded here; ``Alias`` folders must exist.
+
+    With without_sockets (``--check``), ``systemd:`` listeners are validated
+    without the inherited sockets when there are none, and left out of the result.
 
     :returns: (where, description, endpoint) for each listener, then each demo
         backend, then each admin listener.
@@ -116,6 +141,11 @@ def check_config(config: Config, reactor: Any) -> list[tuple[Location, str, IStr
         (d.where, "DemoBackend", d.endpoint) for d in config.demo_backends
     ] + [(a.where, "AdminListen", a.endpoint) for a in config.admin_listeners]:
         try:
+            if without_sockets and description.startswith("systemd:") and not _have_listen_fds():
+                # Socket-activated: the sockets exist only under systemd, so --check
+                # validates the string's arguments without adopting a socket.
+                _check_systemd(description)
+                continue
             servers.append((where, description, serverFromString(reactor, description)))
         except Exception as e:
             problems.append(Problem(where, f"bad {kind} endpoint {description!r}: {_explain(e)}"))
@@ -256,6 +286,12 @@ class GatewayService(Service):
         self._listening = False
         return ensureDeferred(self._drain())
 
+    _forced = False
+
+    def force_close(self) -> None:
+        """End a drain now: every session left is closed with 1001 (a second Ctrl-C)."""
+        self._forced = True
+
     async def _drain(self) -> None:
         self.draining = True
         ports, self.ports = self.ports, []
@@ -267,7 +303,7 @@ class GatewayService(Service):
             _log.info("shutting down: draining {count} session(s) for up to {timeout:g} s",
                       count=counts.live, timeout=timeout)
         deadline = self._reactor.seconds() + timeout
-        while counts.live and self._reactor.seconds() < deadline:
+        while counts.live and self._reactor.seconds() < deadline and not self._forced:
             await deferLater(self._reactor, min(0.1, timeout), lambda: None)
         if counts.live:
             _log.info("shutting down: closing {count} session(s) with 1001", count=counts.live)

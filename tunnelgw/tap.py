@@ -15,13 +15,49 @@ from tunnelgw.service import ListenError, load_config, make_service
 __all__ = ["Options", "makeService"]
 
 
+#: The configuration directives, one line each (``--directives``; examples/tunnelgw.conf
+#: shows each in use).  tests/test_release.py keeps this in step with the parser.
+DIRECTIVE_REFERENCE = (
+    ("Listen", "ENDPOINT", "a server endpoint string to accept clients on (tcp:, ssl:, unix:, systemd:, haproxy:)"),
+    ("ProxyPass", "PATH TARGET [OPTIONS]", "sessions at PATH relayed to a tcp:/tls:/unix: endpoint, ws:// URL or balancer://"),
+    ("ProxyPassMatch", "REGEX TARGET [OPTIONS]", "like ProxyPass for paths matching REGEX; $1..$9 in TARGET"),
+    ("DemoBackend", "echo ENDPOINT", "run the built-in echo service on ENDPOINT"),
+    ("DemoPage", "PATH WSPATH", "serve the demo page at PATH, opening a session to WSPATH"),
+    ("Alias", "PATH FOLDER", "serve the files of an absolute FOLDER at PATH"),
+    ("Timeout", "handshake=S connect=S", "handshake and backend connect deadlines"),
+    ("KeepAlive", "ping=S pong=S tcpidle=S ...", "WebSocket pings to clients, TCP keepalive to backends"),
+    ("Limit", "sessions=N perclient=N rate=N/s ...", "bounds on sessions, per client and new sessions"),
+    ("ShutdownTimeout", "SECONDS", "how long a drain lets live sessions run (default 30)"),
+    ("AdminListen", "ENDPOINT", "/healthz, /metrics and /sessions on an endpoint of their own"),
+    ("LogFormat", "text|json", "log text lines or JSON lines (where twistd logs)"),
+    ("TokenSource", "NAME file|jwt PATH allow=HOST:PORTS ...", "where tokens name their desktops"),
+    ("TokenRoute", "PATH SOURCE [from=query|path|host]", "sessions at PATH go where their token says"),
+    ("TokenLookup", "PATH ROUTEPATH", "answer which gateway owns a token, as JSON"),
+    ("<Proxy>", "balancer://NAME ... </Proxy>", "a pool of backends, with BalancerMember and ProxySet inside"),
+    ("BalancerMember", "TARGET [status=drain]", "one member of a <Proxy> pool"),
+    ("ProxySet", "lbmethod=... retry=S", "the pool's balancing method and retry time"),
+    ("GatewayURL", "URL", "this gateway's own URL, for redirects between gateways"),
+    ("GatewayOwner", "URL HOST...", "the gateway that owns desktops on HOST"),
+    ("TrustedProxy", "ADDRESS...", "front proxies whose forwarded client address is believed"),
+    ("OriginAllow", "PATH ORIGIN...", "browser Origins allowed to open sessions on PATH"),
+)
+
+
+def directive_reference() -> str:
+    """The ``--directives`` text: each directive, its arguments and what it does."""
+    width = max(len(name) + len(args) for name, args, _ in DIRECTIVE_REFERENCE) + 3
+    return "\n".join(f"  {name} {args}".ljust(width + 2) + text for name, args, text in DIRECTIVE_REFERENCE)
+
+
 class Options(usage.Options):
     """Options of ``twistd tunnelgw``."""
 
     synopsis = "[--config FILE]"
     longdesc = ("WebSocket tunnel gateway for remote desktops. Without --config it runs the "
                 "embedded default: ws://127.0.0.1:8080/echo relayed to a built-in echo "
-                "service, and a demo page at http://127.0.0.1:8080/.")
+                "service, and a demo page at http://127.0.0.1:8080/. "
+                "Directives: " + ", ".join(name for name, _, _ in DIRECTIVE_REFERENCE) +
+                " (--directives describes each).")
     optParameters = [
         ["config", "c", None, "configuration file (default: the embedded default, see README.rst)"],
     ]
@@ -29,6 +65,12 @@ class Options(usage.Options):
         ["check", None, "check the configuration (endpoints and secrets too), print the verdict and exit "
                         "(status 0 when it is valid, 1 with FILE:LINE problems otherwise)"],
     ]
+
+    def opt_directives(self) -> None:
+        """Print the configuration directives (a reference; see examples/tunnelgw.conf) and exit."""
+        print("Configuration directives (one per line, # starts a comment):")
+        print(directive_reference())
+        raise SystemExit(0)
 
     def opt_version(self) -> None:
         """Print tunnelgw's version and exit."""
@@ -38,21 +80,67 @@ class Options(usage.Options):
         raise SystemExit(0)
 
 
+def _install_stop_signals(gateway: Any, reactor: Any) -> None:
+    """
+    Ctrl-C or SIGTERM starts the drain; a second one closes every session at once
+    with 1001.  (Twisted's own handler would call ``reactor.stop()`` again and log
+    ReactorNotRunning.)
+    """
+    import signal
+
+    from twisted.logger import Logger
+
+    log = Logger("tunnelgw.tap")
+    stopping: list[str] = []
+
+    def stop_or_force(name: str) -> None:
+        if not stopping:
+            stopping.append(name)
+            log.info("{signal}: stopping; press Ctrl-C again (or send SIGTERM again) to close every "
+                     "session now", signal=name)
+            reactor.stop()
+        else:
+            log.info("{signal} again: closing every session now", signal=name)
+            gateway.force_close()
+
+    def handler(signum: int, frame: Any) -> None:
+        reactor.callFromThread(stop_or_force, signal.Signals(signum).name)
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, handler)
+
+
+def _log_stream(server_options: Any) -> Any:
+    """The file twistd's own logger would write to for these options."""
+    import sys
+
+    from twisted.python.logfile import LogFile
+
+    name = server_options.get("logfile") or ""
+    if name == "-" or (not name and server_options.get("nodaemon")):
+        return sys.stdout
+    return LogFile.fromFullPath(name or "twistd.log")
+
+
 class _CommandLineService(MultiService):
     """Reports a listener that cannot start as one line on stderr and exit status 1."""
 
     log_format = "text"
+    #: twistd's own options (``--logfile``, ``--nodaemon``), when run by twistd.
+    server_options: Any = None
 
     def setServiceParent(self, parent: Any) -> Any:
-        """Under twistd, ``LogFormat json`` makes the application log JSON lines to stdout."""
+        """
+        Under twistd, ``LogFormat json`` makes the application log JSON lines where
+        twistd would log text: ``--logfile`` (``-`` is stdout), else stdout with
+        ``-n``, else ``twistd.log`` (daemon mode).
+        """
         if self.log_format == "json" and hasattr(parent, "setComponent"):
-            import sys
-
             from twisted.logger import ILogObserver
 
             from tunnelgw.logs import json_lines_observer
 
-            parent.setComponent(ILogObserver, json_lines_observer(sys.stdout))
+            parent.setComponent(ILogObserver, json_lines_observer(_log_stream(self.server_options or {})))
         return super().setServiceParent(parent)
 
     def privilegedStartService(self) -> None:
@@ -76,7 +164,7 @@ def check_only(path: Optional[str], reactor: Any) -> None:
 
     try:
         config = read_options_config(path)
-        check_config(config, reactor)
+        check_config(config, reactor, without_sockets=True)
     except ConfigError as e:
         raise SystemExit(str(e)) from None
     print(f"{config.source}: configuration OK")
@@ -101,7 +189,10 @@ def makeService(options: Any) -> IService:
 
         reactor.addSystemEventTrigger("after", "startup",  # type: ignore[arg-type]
                                       install_reload_signal, gateway, options["config"], reactor)
+    reactor.addSystemEventTrigger("after", "startup",  # type: ignore[arg-type]
+                                  _install_stop_signals, gateway, reactor)
     top = _CommandLineService()
     top.log_format = gateway.config.log_format
+    top.server_options = getattr(options, "parent", None)
     gateway.setServiceParent(top)
     return top
