@@ -9,44 +9,16 @@ from typing import Any, Optional
 from twisted.application.service import IService, MultiService
 from twisted.python import usage
 
-from tunnelgw.core.config import DEFAULT_CONFIG, Config, ConfigError, parse_config
+from tunnelgw.core.config import DEFAULT_CONFIG, DIRECTIVES, Config, ConfigError, parse_config
 from tunnelgw.service import ListenError, load_config, make_service
 
 __all__ = ["Options", "makeService"]
 
 
-#: The configuration directives, one line each (``--directives``; examples/tunnelgw.conf
-#: shows each in use).  tests/test_release.py keeps this in step with the parser.
-DIRECTIVE_REFERENCE = (
-    ("Listen", "ENDPOINT", "a server endpoint string to accept clients on (tcp:, ssl:, unix:, systemd:, haproxy:)"),
-    ("ProxyPass", "PATH TARGET [OPTIONS]", "sessions at PATH relayed to a tcp:/tls:/unix: endpoint, ws:// URL or balancer://"),
-    ("ProxyPassMatch", "REGEX TARGET [OPTIONS]", "like ProxyPass for paths matching REGEX; $1..$9 in TARGET"),
-    ("DemoBackend", "echo ENDPOINT", "run the built-in echo service on ENDPOINT"),
-    ("DemoPage", "PATH WSPATH", "serve the demo page at PATH, opening a session to WSPATH"),
-    ("Alias", "PATH FOLDER", "serve the files of an absolute FOLDER at PATH"),
-    ("Timeout", "handshake=S connect=S", "handshake and backend connect deadlines"),
-    ("KeepAlive", "ping=S pong=S tcpidle=S ...", "WebSocket pings to clients, TCP keepalive to backends"),
-    ("Limit", "sessions=N perclient=N rate=N/s ...", "bounds on sessions, per client and new sessions"),
-    ("ShutdownTimeout", "SECONDS", "how long a drain lets live sessions run (default 30)"),
-    ("AdminListen", "ENDPOINT", "/healthz, /metrics and /sessions on an endpoint of their own"),
-    ("LogFormat", "text|json", "log text lines or JSON lines (where twistd logs)"),
-    ("TokenSource", "NAME file|jwt PATH allow=HOST:PORTS ...", "where tokens name their desktops"),
-    ("TokenRoute", "PATH SOURCE [from=query|path|host]", "sessions at PATH go where their token says"),
-    ("TokenLookup", "PATH ROUTEPATH", "answer which gateway owns a token, as JSON"),
-    ("<Proxy>", "balancer://NAME ... </Proxy>", "a pool of backends, with BalancerMember and ProxySet inside"),
-    ("BalancerMember", "TARGET [status=drain]", "one member of a <Proxy> pool"),
-    ("ProxySet", "lbmethod=... retry=S", "the pool's balancing method and retry time"),
-    ("GatewayURL", "URL", "this gateway's own URL, for redirects between gateways"),
-    ("GatewayOwner", "URL HOST...", "the gateway that owns desktops on HOST"),
-    ("TrustedProxy", "ADDRESS...", "front proxies whose forwarded client address is believed"),
-    ("OriginAllow", "PATH ORIGIN...", "browser Origins allowed to open sessions on PATH"),
-)
-
-
 def directive_reference() -> str:
     """The ``--directives`` text: each directive, its arguments and what it does."""
-    width = max(len(name) + len(args) for name, args, _ in DIRECTIVE_REFERENCE) + 3
-    return "\n".join(f"  {name} {args}".ljust(width + 2) + text for name, args, text in DIRECTIVE_REFERENCE)
+    width = max(len(d.name) + len(d.syntax) for d in DIRECTIVES) + 3
+    return "\n".join(f"  {d.name} {d.syntax}".ljust(width + 2) + d.help for d in DIRECTIVES)
 
 
 class Options(usage.Options):
@@ -56,7 +28,7 @@ class Options(usage.Options):
     longdesc = ("WebSocket tunnel gateway for remote desktops. Without --config it runs the "
                 "embedded default: ws://127.0.0.1:8080/echo relayed to a built-in echo "
                 "service, and a demo page at http://127.0.0.1:8080/. "
-                "Directives: " + ", ".join(name for name, _, _ in DIRECTIVE_REFERENCE) +
+                "Directives: " + ", ".join(d.name for d in DIRECTIVES) +
                 " (--directives describes each).")
     optParameters = [
         ["config", "c", None, "configuration file (default: the embedded default, see README.rst)"],
