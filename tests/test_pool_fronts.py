@@ -136,8 +136,11 @@ def sessions_through(front: FrontProcess, pool: dict[str, GatewayProcess], clien
         for gw in pool.values():
             assert wait_until(lambda: len(pool_list(gw) or {}) == total, 10), (pool_list(gw), front.log())
         listed = pool_list(pool["gw2"]) or {}
-        for gw in pool.values():
-            assert pool_list(gw) == listed  # one view of the pool on every gateway
+        def placed(records: Optional[dict[str, dict[str, Any]]]) -> dict[str, tuple[str, str]]:
+            return {sid: (r["gateway"], r["client"]) for sid, r in (records or {}).items()}
+
+        for gw in pool.values():  # one view of the pool on every gateway (counters and times refresh meanwhile)
+            assert placed(pool_list(gw)) == placed(listed)
         on: dict[str, set[str]] = {}
         for record in listed.values():
             on.setdefault(record["client"].rsplit(":", 1)[0], set()).add(record["gateway"])
