@@ -221,3 +221,47 @@ def _opens(url: str) -> bool:
             return True
     except InvalidStatus:
         return False
+
+
+def test_a_redirect_does_not_burn_a_single_use_token(tmp_path: Path, redis_server: RedisServer,
+                                                     backend: TcpServer) -> None:
+    """The owner check runs before the single-use claim: the token redirected away still opens at its owner."""
+    import http.client
+    import time
+
+    import jwt
+    import redis
+
+    from support import free_port
+
+    secret = tmp_path / "secret"
+    secret.write_bytes(b"s" * 32)
+    ports = {n: free_port(f"127.0.0.{n}") for n in (2, 3)}
+    gateways = []
+    try:
+        for n in (2, 3):
+            config = f"""
+Listen tcp:port={ports[n]}:interface=127.0.0.{n}
+GatewayURL ws://127.0.0.{n}:{ports[n]}
+Pool redis://127.0.0.1:{redis_server.port}/0 name=gw{n} ttl=3 refresh=0.5
+OwnerSource redis://127.0.0.1:{redis_server.port}/0 namespace=tunnelgw
+TokenSource signed jwt {secret} once=on allow=127.0.0.1:{backend.port}
+TokenRoute /vnc signed
+"""
+            gateways.append(GatewayProcess(config, tmp_path, name=f"gw{n}").start())
+        redis.Redis(port=redis_server.port).set("tunnelgw:owner:127.0.0.1", f"ws://127.0.0.3:{ports[3]}")
+        token = jwt.encode({"host": "127.0.0.1", "port": backend.port, "exp": int(time.time()) + 60, "jti": "r1"},
+                           b"s" * 32, algorithm="HS256")
+        conn = http.client.HTTPConnection("127.0.0.2", ports[2], timeout=5)
+        conn.request("GET", f"/vnc?token={token}", headers={
+            "Upgrade": "websocket", "Connection": "Upgrade", "Sec-WebSocket-Version": "13",
+            "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ=="})
+        answer = conn.getresponse()
+        conn.close()
+        assert answer.status == 307 and answer.getheader("Location", "").startswith(f"ws://127.0.0.3:{ports[3]}/")
+        with connect(f"ws://127.0.0.3:{ports[3]}/vnc?token={token}", open_timeout=5) as ws:
+            ws.send(b"x")
+            assert ws.recv(timeout=5) == b"x"
+    finally:
+        for gw in gateways:
+            gw.stop()

@@ -37,6 +37,7 @@ from tunnelgw.core.topoconfig import TokenRouteSpec
 from tunnelgw.core.targets import LookupTarget, PoolTarget, ReplayTarget, WebSocketURL
 from tunnelgw.forwardauth import ForwardAuthLink, Portals
 from tunnelgw.metrics import GatewayMetrics
+from tunnelgw.pool import PoolLimitLink, SingleUseLink
 from tunnelgw.recording import Recordings
 from tunnelgw.session import GatewaySession, client_label, http_error, log_refusal
 
@@ -247,27 +248,7 @@ class GatewayFactory(WebSocketServerFactory):
             return None
         session_id = os.urandom(6).hex()
         link = self.link_for(decision, head, client, ISSLTransport.providedBy(transport))
-        if decision.desktop_host and self.topology is not None and self.topology.owners_source is not None:
-            link = OwnerCheckLink(link, self.topology, decision.desktop_host, head.target.decode("latin-1"))
-        authorised: Optional[ForwardAuthLink] = None
-        if decision.options.auth is not None:
-            timeout = decision.options.connect_timeout
-            authorised = link = ForwardAuthLink(
-                link, self.portals.portals[decision.options.auth], client, head.target.decode("latin-1"),
-                {name.decode("latin-1").lower(): value.decode("latin-1") for name, value in head.headers},
-                lambda endpoint: TcpLink(lambda: self.backends.connect(endpoint, timeout), endpoint))
-        rule = decision.rule
-        limits = [(key, n) for key, n in ((f"desktop:{decision.desktop}", rule.max_per_desktop),
-                                          (f"user:{decision.user}", rule.max_per_user if decision.user else 0))
-                  if n] if isinstance(rule, TokenRouteSpec) else []
-        if limits and self.pool is not None:
-            from tunnelgw.pool import PoolLimitLink
-
-            link = PoolLimitLink(link, self.pool, f"{self.pool.spec.name}:{decision.desktop}", limits)
-        if decision.once is not None:
-            from tunnelgw.pool import SingleUseLink
-
-            link = SingleUseLink(link, self.pool, *decision.once)  # the parser refuses once=on without a Pool
+        link, authorised = self._with_steps(decision, head, client, link)
         recording = ""
         if decision.options.record and self.recordings.spec is not None:
             recorded = self.recordings.link(link, session_id)
@@ -279,6 +260,34 @@ class GatewayFactory(WebSocketServerFactory):
         session.makeConnection(transport)
         session.begin(early)
         return session
+
+    def _with_steps(self, decision: Route, head: RequestHead, client: str,
+                    link: BackendLink) -> tuple[BackendLink, Optional[ForwardAuthLink]]:
+        """
+        The route's steps before its backend, wrapped around link innermost
+        first; on connect the outermost runs first: the owner check (a redirect
+        burns nothing), pool-wide limits, the single-use claim, then the portal
+        (which may swap the link it wraps for the desktop it names).
+        """
+        uri = head.target.decode("latin-1")
+        authorised: Optional[ForwardAuthLink] = None
+        if decision.options.auth is not None:
+            timeout = decision.options.connect_timeout
+            authorised = link = ForwardAuthLink(
+                link, self.portals.portals[decision.options.auth], client, uri,
+                {name.decode("latin-1").lower(): value.decode("latin-1") for name, value in head.headers},
+                lambda endpoint: TcpLink(lambda: self.backends.connect(endpoint, timeout), endpoint))
+        if decision.once is not None:
+            link = SingleUseLink(link, self.pool, *decision.once)  # the parser refuses once=on without a Pool
+        rule = decision.rule
+        limits = [(key, n) for key, n in ((f"desktop:{decision.desktop}", rule.max_per_desktop),
+                                          (f"user:{decision.user}", rule.max_per_user if decision.user else 0))
+                  if n] if isinstance(rule, TokenRouteSpec) else []
+        if limits and self.pool is not None:
+            link = PoolLimitLink(link, self.pool, f"{self.pool.spec.name}:{decision.desktop}", limits)
+        if decision.desktop_host and self.topology is not None and self.topology.owners_source is not None:
+            link = OwnerCheckLink(link, self.topology, decision.desktop_host, uri)
+        return link, authorised
 
     def _answer(self, transport: Any, client: str, path: str, reject: Reject, kind: str) -> None:
         log_refusal(client, path, reject, kind)
