@@ -521,3 +521,17 @@ def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
     server = RedisServer(tmp_path / "redis").start()
     yield server
     server.stop()
+
+
+def session_status(url: str, headers: Optional[dict[str, str]] = None) -> int:
+    """101 when a session at url opens and echoes a byte, else the status its handshake was refused with."""
+    from websockets.exceptions import InvalidStatus
+    from websockets.sync.client import connect
+
+    try:
+        with connect(url, additional_headers=headers, open_timeout=5) as ws:
+            ws.send(b"x")
+            assert ws.recv(timeout=5) == b"x"
+            return 101
+    except InvalidStatus as e:
+        return int(e.response.status_code)

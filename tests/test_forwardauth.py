@@ -10,10 +10,8 @@ from pathlib import Path
 from typing import Iterator
 
 import pytest
-from websockets.exceptions import InvalidStatus
-from websockets.sync.client import connect
 
-from support import GatewayProcess, TcpServer, backend, echo
+from support import GatewayProcess, TcpServer, backend, echo, session_status
 from tunnelgw.core.forwardauth import Admit, AnswerCache, portal_headers, read_answer
 from tunnelgw.core.routing import Reject
 from tunnelgw.core.tokens import TargetAddress
@@ -98,14 +96,7 @@ ProxyPass /vnc {backend.endpoint} auth=sso
             url = f"ws://127.0.0.1:{gw.port()}/vnc?desk=1"
 
             def status(cookie: str) -> int:
-                headers = {"Cookie": cookie} if cookie else {}
-                try:
-                    with connect(url, additional_headers=headers, open_timeout=5) as ws:
-                        ws.send(b"x")
-                        assert ws.recv(timeout=5) == b"x"
-                        return 101
-                except InvalidStatus as e:
-                    return e.response.status_code
+                return session_status(url, {"Cookie": cookie} if cookie else {})
 
             assert status("session=good") == 101 and backend.accepted == 1
             assert portal.asked[0]["x-original-uri"] == "/vnc?desk=1"

@@ -11,10 +11,8 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
-from websockets.exceptions import InvalidStatus
-from websockets.sync.client import connect
 
-from support import GatewayProcess, TcpServer, backend
+from support import GatewayProcess, TcpServer, backend, session_status
 from tunnelgw.core.errors import Location
 from tunnelgw.core.jwtkeys import load_key, parse_jwks
 from tunnelgw.core.routing import Reject
@@ -108,13 +106,7 @@ TokenRoute /vnc portal
 """
     with GatewayProcess(config, tmp_path) as gw:
         def status(token: str) -> int:
-            try:
-                with connect(f"ws://127.0.0.1:{gw.port()}/vnc?token={token}", open_timeout=5) as ws:
-                    ws.send(b"x")
-                    assert ws.recv(timeout=5) == b"x"
-                    return 101
-            except InvalidStatus as e:
-                return e.response.status_code
+            return session_status(f"ws://127.0.0.1:{gw.port()}/vnc?token={token}")
 
         def token(algorithm: str, kid: str, **claims: Any) -> str:
             body = {"host": "127.0.0.1", "port": backend.port, "exp": int(time.time()) + 60, "aud": "vdi"} | claims

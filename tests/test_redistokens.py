@@ -10,10 +10,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 
-from support import GatewayProcess, RedisServer, TcpServer, backend, echo, redis_server, wait_until
+from support import GatewayProcess, RedisServer, TcpServer, backend, echo, redis_server, session_status, wait_until
 from tunnelgw.core.errors import Location
 from tunnelgw.core.routing import Reject
 from tunnelgw.core.tokens import TargetAddress, redis_key, redis_target
@@ -30,14 +29,6 @@ def test_redis_values() -> None:
     for bad in (None, b"10.0.0.1:5901", b"127.0.0.5:80", b'{"host": 5}', b"\xff", b"{nope", b"127.0.0.5:5901:x=1"):
         refused = redis_target(SPEC, bad)
         assert isinstance(refused, Reject) and (refused.status, refused.reason) == (403, "invalid token"), bad
-
-
-def status_of(url: str) -> int:
-    try:
-        with connect(url, open_timeout=10):
-            return 101
-    except InvalidStatus as e:
-        return e.response.status_code
 
 
 def echoes(url: str, data: bytes) -> bool:
@@ -64,9 +55,9 @@ TokenRoute /vnc broker
             base = f"ws://127.0.0.1:{gw.port()}/vnc"
             assert echoes(base + "?token=desk1", b"one") and first.accepted == 1
             assert echoes(base + "?token=desk2", b"two") and second.accepted == 1
-            assert status_of(base + "?token=nobody") == 403
-            assert status_of(base + "?token=evil") == 403
-            assert status_of(base) == 403
+            assert session_status(base + "?token=nobody") == 403
+            assert session_status(base + "?token=evil") == 403
+            assert session_status(base) == 403
             # The broker moves desk1: the next session follows, no reload.
             store.set("vdi:desk1", f"127.0.0.6:{second.port}")
             assert echoes(base + "?token=desk1", b"moved") and second.accepted == 2
@@ -74,12 +65,12 @@ TokenRoute /vnc broker
             assert "nobody" not in gw.log()  # tokens are logged as fingerprints only
 
             redis_server.stop()
-            assert status_of(base + "?token=desk1") == 503
+            assert session_status(base + "?token=desk1") == 503
             gw.wait_log(r"token lookup in broker failed")
             redis_server.start()
             store = redis.Redis(host="127.0.0.1", port=redis_server.port)
             store.set("vdi:desk1", f"127.0.0.5:{first.port}")
-            assert wait_until(lambda: status_of(base + "?token=desk1") == 101, 10)
+            assert wait_until(lambda: session_status(base + "?token=desk1") == 101, 10)
             assert echoes(base + "?token=desk1", b"back")
     finally:
         first.stop()

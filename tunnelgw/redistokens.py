@@ -19,13 +19,21 @@ from twisted.logger import Logger
 
 from tunnelgw.core.routing import Reject
 from tunnelgw.core.tokens import TargetAddress, redis_key, redis_target
-from tunnelgw.core.topoconfig import OwnerSourceSpec, TokenSourceSpec
+from tunnelgw.core.topoconfig import OwnerSourceSpec, RedisAddress, TokenSourceSpec
 
 __all__ = ["UNAVAILABLE", "RedisOwners", "RedisTokens"]
 
 _log = Logger(namespace="tunnelgw")
 #: The answer while the token store cannot be asked.
 UNAVAILABLE = Reject(503, "token lookup unavailable")
+
+
+def _client(address: RedisAddress, timeout: float) -> Any:
+    """A redis-py client (its own connection pool) whose every socket operation is bounded by timeout."""
+    import redis
+
+    return redis.Redis(host=address.host, port=address.port, db=address.db, ssl=address.tls,
+                       socket_timeout=timeout, socket_connect_timeout=timeout)
 
 
 class RedisTokens:
@@ -36,9 +44,7 @@ class RedisTokens:
 
         self.spec = spec
         self._reactor = reactor
-        address = spec.redis
-        self._redis = redis.Redis(host=address.host, port=address.port, db=address.db, ssl=address.tls,
-                                  socket_timeout=spec.timeout, socket_connect_timeout=spec.timeout)
+        self._redis = _client(spec.redis, spec.timeout)
         self._errors = (redis.RedisError, OSError)
 
     def lookup(self, token: str, client: str) -> "defer.Deferred[Union[TargetAddress, Reject]]":
@@ -58,13 +64,9 @@ class RedisOwners:
     """``OwnerSource``: the gateway that owns a desktop host, read from Redis for each session."""
 
     def __init__(self, spec: OwnerSourceSpec, reactor: Any) -> None:
-        import redis
-
         self.spec = spec
         self._reactor = reactor
-        address = spec.redis
-        self._redis = redis.Redis(host=address.host, port=address.port, db=address.db, ssl=address.tls,
-                                  socket_timeout=spec.timeout, socket_connect_timeout=spec.timeout)
+        self._redis = _client(spec.redis, spec.timeout)
 
     def owner_of(self, host: str) -> "defer.Deferred[Optional[str]]":
         """The owner's gateway URL, None when the broker names none; fails when Redis cannot answer."""
