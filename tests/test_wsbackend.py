@@ -27,8 +27,8 @@ MiB = 1024 * 1024
 
 
 def _select(connection: ServerConnection, offered: Any) -> Any:
-    """Choose chat or superchat when offered; speak no subprotocol otherwise."""
-    return next((name for name in offered if name in ("chat", "superchat")), None)
+    """Choose chat, superchat or base64 when offered; speak no subprotocol otherwise."""
+    return next((name for name in offered if name in ("chat", "superchat", "base64")), None)
 
 
 class Backend:
@@ -167,6 +167,15 @@ def test_path_remainder_and_query_passed_on(gateway: GatewayProcess, backends: d
         assert json.loads(ws.recv(timeout=5))["path"] == "/info/x%20y?a=1&b=%C3%A9"
     with connect(url(gateway, f"/n/{backends['plain'].port}/info"), open_timeout=5) as ws:
         assert json.loads(ws.recv(timeout=5))["path"] == "/info"
+
+
+def test_base64_between_websocket_peers_is_theirs(gateway: GatewayProcess) -> None:
+    """When client and ws:// backend agree on base64, frames pass untouched (decoding is for byte-stream backends)."""
+    with connect(url(gateway, "/ws/echo"), subprotocols=["base64"], open_timeout=5) as ws:
+        assert ws.subprotocol == "base64"
+        for text in ("aGVsbG8=", "AAEC" * 5000):
+            ws.send(text)
+            assert ws.recv(timeout=5) == text
 
 
 def test_subprotocol_passthrough(gateway: GatewayProcess) -> None:

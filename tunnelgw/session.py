@@ -237,7 +237,8 @@ class GatewaySession(QuietAdapter, WebSocketServerProtocol):  # type: ignore[mis
             self._link.close()
             return
         self.factory.metrics.connected(self._label, self.factory.reactor.seconds() - started)
-        self._base64 = subprotocol == "base64"
+        # base64 is decoded for byte-stream backends only; WebSocket peers that agree on it keep their frames.
+        self._base64 = subprotocol == "base64" and self._link.byte_stream
         self.succeedHandshake(subprotocol)  # sends the 101, calls onOpen, reads the early frames
         if self.state == self.STATE_OPEN:
             self.transport.resumeProducing()
