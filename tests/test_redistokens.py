@@ -142,3 +142,54 @@ TokenRoute /vnc files
     finally:
         for gw in gateways.values():
             gw.stop()
+
+
+def test_owner_relay_carries_the_session_to_its_owner(tmp_path: Path, redis_server: RedisServer,
+                                                      backend: TcpServer) -> None:
+    """mode=relay: a non-owner carries the session to the owner over a signed hop; a forged hop is refused."""
+    import http.client
+    import re
+
+    import redis
+
+    from support import free_port
+
+    store = redis.Redis(host="127.0.0.1", port=redis_server.port)
+    (tmp_path / "hop").write_bytes(b"h" * 32)
+    tokens = tmp_path / "tokens"
+    tokens.write_text(f"desk1: 127.0.0.1:{backend.port}\n")
+    ports = {n: free_port(f"127.0.0.{n}") for n in (2, 3)}
+    urls = {n: f"ws://127.0.0.{n}:{ports[n]}" for n in (2, 3)}
+    gateways = {}
+    try:
+        for n in (2, 3):
+            config = f"""
+Listen tcp:port={ports[n]}:interface=127.0.0.{n}
+GatewayURL {urls[n]}
+OwnerSource redis://127.0.0.1:{redis_server.port}/0 namespace=vdi mode=relay hopsecret={tmp_path}/hop
+TokenSource files file {tokens} allow=127.0.0.1:{backend.port}
+TokenRoute /vnc files
+"""
+            gateways[n] = GatewayProcess(config, tmp_path, name=f"gw{n}").start()
+        store.set("vdi:owner:127.0.0.1", urls[3])
+        # A browser page of gw2's own origin; gw2 relays, gw3 (the owner) connects the desktop.
+        with connect(f"{urls[2]}/vnc?token=desk1", open_timeout=5,
+                     additional_headers={"Origin": f"http://127.0.0.2:{ports[2]}"}) as ws:
+            for data in (b"through", b"the pool" * 1000):
+                ws.send(data)
+                assert ws.recv(timeout=5) == data
+        end3 = gateways[3].wait_log(r"session end session=\w+ client=(\S+) path=/vnc .*backend=tcp:host=127\.0\.0\.1")
+        assert end3.group(1).startswith("127.0.0.1:")  # the real client, from the hop, not gw2's address
+        gateways[2].wait_log(rf"session end .*backend=ws://127\.0\.0\.3:{ports[3]}/vnc\?token=tok:")
+        assert "desk1" not in gateways[2].log() + gateways[3].log()
+        # A client cannot pretend to be a hop.
+        conn = http.client.HTTPConnection("127.0.0.3", ports[3], timeout=5)
+        conn.request("GET", "/vnc?token=desk1", headers={
+            "Upgrade": "websocket", "Connection": "Upgrade", "Sec-WebSocket-Version": "13",
+            "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==", "X-Tunnelgw-Hop": "1;203.0.113.9;00"})
+        assert conn.getresponse().status == 403
+        conn.close()
+        assert re.search(r"status=403 reason='not a valid hop", gateways[3].log())
+    finally:
+        for gw in gateways.values():
+            gw.stop()

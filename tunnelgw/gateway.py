@@ -14,21 +14,23 @@ and either answers it (a refusal or a redirect) or starts a
 from __future__ import annotations
 
 import os
-from typing import Any, Optional, Union
+from typing import Any, Callable, Optional, Union
 
 from autobahn.twisted.websocket import WebSocketServerFactory
 from twisted.internet.interfaces import ISSLTransport
 from twisted.logger import Logger
 from twisted.protocols.policies import ProtocolWrapper
 
-from tunnelgw.backends import BackendLink, WrappedLink
+from tunnelgw.backends import BackendLink, BackendRefused, WrappedLink
 from tunnelgw.backends.replay import ReplayLink
 from tunnelgw.backends.tcp import TcpBackends, TcpLink
 from tunnelgw.backends.websocket import WebSocketBackends, WebSocketLink
 from tunnelgw.core.clientaddr import format_address, is_trusted
-from tunnelgw.core.config import Config
+from tunnelgw.core.config import Config, RouteOptions
 from tunnelgw.core.handshake import check_handshake
+from tunnelgw.core.hop import HOP_HEADER, check_hop, hop_value
 from tunnelgw.core.http import RequestHead
+from tunnelgw.core.wsurl import parse_websocket_url
 from tunnelgw.core.limits import HandshakeRate, SessionCounts
 from tunnelgw.core.redact import redact_uri, redact_url
 from tunnelgw.core.relay import CLOSE_TIMEOUT, Close
@@ -47,16 +49,41 @@ _log = Logger(namespace="tunnelgw")
 
 
 class OwnerCheckLink(WrappedLink):
-    """A link that opens only on the gateway the ``OwnerSource`` names for its desktop host (307 elsewhere)."""
+    """
+    A link that opens only on the gateway the ``OwnerSource`` names for its
+    desktop host; elsewhere a 307 to the owner, or with relay, a hop that
+    carries the session there (relay makes that link from the owner's URL).
+    """
 
-    def __init__(self, inner: BackendLink, topology: Any, host: str, uri: str) -> None:
+    def __init__(self, inner: BackendLink, topology: Any, host: str, uri: str,
+                 relay: Optional[Callable[[str], BackendLink]] = None) -> None:
         super().__init__(inner)
         self._topology = topology
         self._host = host
         self._uri = uri
+        self._relay = relay
+        self._handshake: Any = None
+
+    def check(self, handshake: Any) -> Optional[Reject]:
+        self._handshake = handshake
+        return self._inner.check(handshake)
 
     def connect(self) -> Any:
-        return self._topology.check_owner(self._host, self._uri).addCallback(lambda _: self._inner.connect())
+        relay = self._relay
+        if relay is None:
+            return self._topology.check_owner(self._host, self._uri).addCallback(lambda _: self._inner.connect())
+
+        def decided(owner: Optional[str]) -> Any:
+            if owner is None:
+                return self._inner.connect()
+            self._inner.close()
+            self._inner = relay(owner)
+            refused = self._inner.check(self._handshake)
+            if refused is not None:
+                raise BackendRefused(refused, "owner")
+            return self._inner.connect()
+
+        return self._topology.other_owner(self._host).addCallback(decided)
 
 
 def hand_over(transport: Any, protocol: Any) -> None:
@@ -204,13 +231,16 @@ class GatewayFactory(WebSocketServerFactory):
             return str(self.topology.redact(text))
         return redact_url(text) if "://" in text else redact_uri(text)
 
-    def decide(self, request: Any, client: str) -> Any:
-        """The topology's and the rules' answer for an upgrade request: a Route, Reject or Redirect."""
+    def decide(self, request: Any, client: str, hop: bool = False) -> Any:
+        """
+        The topology's and the rules' answer for an upgrade request: a Route,
+        Reject or Redirect; hop: a session another gateway of the pool relays.
+        """
         refused = self.handshake_rate.allow(client, self.reactor.seconds())
         if refused is not None:
             return refused
         if self.topology is not None:
-            decision = self.topology.screen(request, client, True)
+            decision = self.topology.screen(request, client, True, hop=hop)
             if decision is not None:
                 return decision
         decision = self.route(request.path)
@@ -232,7 +262,16 @@ class GatewayFactory(WebSocketServerFactory):
         if isinstance(handshake, Reject):
             self._answer(transport, label, path, handshake, "handshake")
             return None
-        decision = self.decide(request, client)
+        hop = head.get(HOP_HEADER.encode("ascii"))
+        if hop is not None:
+            secret = self.topology.hop_secret if self.topology is not None else b""
+            relayed = check_hop(secret, hop.decode("latin-1"), head.target.decode("latin-1"),
+                                self.reactor.seconds()) if secret else None
+            if relayed is None:
+                self._answer(transport, label, path, Reject(403, "not a valid hop from a gateway of this pool"), "hop")
+                return None
+            client = relayed
+        decision = self.decide(request, client, hop is not None)
         if isinstance(decision, Reject):
             kind = "rate" if decision.status == 429 else "route"
             self._answer(transport, label, path, decision, kind)
@@ -248,7 +287,8 @@ class GatewayFactory(WebSocketServerFactory):
             return None
         session_id = os.urandom(6).hex()
         link = self.link_for(decision, head, client, ISSLTransport.providedBy(transport))
-        link, authorised = self._with_steps(decision, head, client, link)
+        link, authorised = self._with_steps(decision, head, client, link, hop is not None,
+                                            ISSLTransport.providedBy(transport))
         recording = ""
         if decision.options.record and self.recordings.spec is not None:
             recorded = self.recordings.link(link, session_id)
@@ -261,8 +301,8 @@ class GatewayFactory(WebSocketServerFactory):
         session.begin(early)
         return session
 
-    def _with_steps(self, decision: Route, head: RequestHead, client: str,
-                    link: BackendLink) -> tuple[BackendLink, Optional[ForwardAuthLink]]:
+    def _with_steps(self, decision: Route, head: RequestHead, client: str, link: BackendLink, hopped: bool,
+                    secure: bool) -> tuple[BackendLink, Optional[ForwardAuthLink]]:
         """
         The route's steps before its backend, wrapped around link innermost
         first; on connect the outermost runs first: the owner check (a redirect
@@ -285,9 +325,27 @@ class GatewayFactory(WebSocketServerFactory):
                   if n] if isinstance(rule, TokenRouteSpec) else []
         if limits and self.pool is not None:
             link = PoolLimitLink(link, self.pool, f"{self.pool.spec.name}:{decision.desktop}", limits)
-        if decision.desktop_host and self.topology is not None and self.topology.owners_source is not None:
-            link = OwnerCheckLink(link, self.topology, decision.desktop_host, uri)
+        topology = self.topology
+        if decision.desktop_host and not hopped and topology is not None and topology.owners_source is not None:
+            relay: Optional[Callable[[str], BackendLink]] = None
+            if topology.hop_secret:
+                def relay(owner: str) -> BackendLink:
+                    return self._hop(decision, head, client, secure, owner, topology.hop_secret)
+            link = OwnerCheckLink(link, topology, decision.desktop_host, uri, relay)
         return link, authorised
+
+    def _hop(self, decision: Route, head: RequestHead, client: str, secure: bool, owner: str,
+             secret: bytes) -> BackendLink:
+        """A WebSocket link carrying the session to the owning gateway, signed as a hop of this pool."""
+        try:
+            url = parse_websocket_url(owner + head.path.decode("latin-1"))
+        except ValueError as e:
+            raise BackendRefused(Reject(502, f"the owner's URL is not usable: {e}"), "owner") from None
+        route = Route(decision.rule, WebSocketURL(url.url, url), RouteOptions(connect_timeout=decision.options.connect_timeout))
+        headers = {name.decode("latin-1").lower(): value.decode("latin-1") for name, value in head.headers}
+        uri = head.target.decode("latin-1")
+        return WebSocketLink(self.websocket_backends, route, head.query, client, secure, headers,
+                             {"X-Tunnelgw-Hop": hop_value(secret, client, uri, self.reactor.seconds())})
 
     def _answer(self, transport: Any, client: str, path: str, reject: Reject, kind: str) -> None:
         log_refusal(client, path, reject, kind)

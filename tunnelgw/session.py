@@ -276,8 +276,9 @@ class GatewaySession(QuietAdapter, WebSocketServerProtocol):  # type: ignore[mis
         self._outcome = "ended"
         transport = link.transport
         start_fields = {"session": record.session_id, "client": record.client, "path": record.path,
-                        "route": record.route, "backend": link.description, "subprotocol": self.websocket_protocol_in_use}
-        record.backend = link.description
+                        "route": record.route, "backend": factory.redact(link.description),
+                        "subprotocol": self.websocket_protocol_in_use}
+        record.backend = start_fields["backend"]  # a hop's URL carries the client's query: no token in logs
         if record.recording:
             start_fields["recording"] = record.recording
         if record.desktop:

@@ -95,6 +95,12 @@ def check_topology(config: TopologyConfig, reactor: Any) -> list[Problem]:
                 keys, bad = {}, [str(e)]
             if not keys:
                 problems.append(Problem(source.where, f"{source.path}: no usable key ({'; '.join(bad) or 'empty'})"))  # type: ignore[arg-type]
+    owners = config.owner_source
+    if owners is not None and owners.mode == "relay":
+        try:
+            read_secret(owners.hop_secret)
+        except ValueError as e:
+            problems.append(Problem(owners.where, f"hop secret: {e}"))  # type: ignore[arg-type]
     return problems
 
 
@@ -130,6 +136,9 @@ class Topology:
         old_pools = previous.pools if previous else {}
         self.pools: dict[str, Pool] = {b.name: Pool.from_spec(b, old_pools.get(b.name)) for b in config.balancers}
         self.owners_source = (RedisOwners(config.owner_source, reactor) if config.owner_source is not None else None)
+        #: The pool's hop secret (``OwnerSource mode=relay``): relayed sessions are signed and checked with it.
+        self.hop_secret = (secret(config.owner_source.hop_secret)
+                           if config.owner_source is not None and config.owner_source.mode == "relay" else b"")
         self.token_places = tuple(TokenPlace(r.path, r.origin, r.param) for r in config.token_routes)
 
     def redact(self, uri: str) -> str:
@@ -158,7 +167,7 @@ class Topology:
     # Requests.
 
     def screen(self, request: Any, client: str, upgrade: bool,
-               rate: Optional[HandshakeRate] = None) -> Decision:
+               rate: Optional[HandshakeRate] = None, hop: bool = False) -> Decision:
         """
         What the topology says about a request before the ordinary rules:
         None (not ours), a refusal, a token route, a redirect or a JSON answer.
@@ -180,7 +189,8 @@ class Topology:
             if route_spec is None:
                 return None
             return Reject(426, "this path is a WebSocket endpoint; open it with a WebSocket client")
-        refused = self._check_origin(path, request)
+        # A pool hop's Origin was checked by the gateway that relayed it.
+        refused = None if hop else self._check_origin(path, request)
         if refused is not None:
             return refused
         if route_spec is None:
@@ -252,27 +262,32 @@ class Topology:
         token = extract_token(spec.origin, spec.param, remainder, query, _header(request, b"host"))
         return self._refused_token(token, client, "") if isinstance(token, Reject) else token
 
-    def check_owner(self, host: str, uri: str) -> "defer.Deferred[None]":
+    def other_owner(self, host: str) -> "defer.Deferred[Optional[str]]":
         """
-        With an ``OwnerSource``: fail with a 307 to the owning gateway when
-        another one owns host (503 when Redis cannot say); else fire None.
+        With an ``OwnerSource``: the URL of the other gateway that owns host,
+        or None when this one may serve it; fails with BackendRefused (503)
+        when Redis cannot say.
         """
         owners = self.owners_source
         if owners is None:
             return defer.succeed(None)
 
-        def decided(owner: Optional[str]) -> None:
-            if owner is not None and owner != self.config.gateway_url:
-                raise BackendRefused(Reject(307, f"desktop host {host} is served by {owner}"), "redirect",
-                                     (("Location", redirect_location(owner, uri)),))
-
         def unavailable(failure: Failure) -> None:
-            if failure.check(BackendRefused):
-                failure.raiseException()
             _log.warn("owner lookup failed: {error}", error=str(failure.value))
             raise BackendRefused(Reject(503, "owner lookup unavailable"), "owner")
 
-        return owners.owner_of(host).addCallback(decided).addErrback(unavailable)  # type: ignore[no-any-return]
+        d = owners.owner_of(host).addCallbacks(
+            lambda owner: owner if owner is not None and owner != self.config.gateway_url else None, unavailable)
+        return d  # type: ignore[no-any-return]
+
+    def check_owner(self, host: str, uri: str) -> "defer.Deferred[None]":
+        """Fail with a 307 to the owning gateway when another one owns host (redirect mode); else fire None."""
+        def decided(owner: Optional[str]) -> None:
+            if owner is not None:
+                raise BackendRefused(Reject(307, f"desktop host {host} is served by {owner}"), "redirect",
+                                     (("Location", redirect_location(owner, uri)),))
+
+        return self.other_owner(host).addCallback(decided)  # type: ignore[no-any-return]
 
     def connect_token(self, route: Route, target: LookupTarget, client: str, uri: str,
                       found: Callable[[str], None]) -> "defer.Deferred[BackendConnection]":

@@ -73,7 +73,9 @@ class BackendLink(Protocol):
     def description(self) -> str:
         """The backend as log lines name it."""
 
-    byte_stream: bool
+    @property
+    def byte_stream(self) -> bool:
+        """Whether client frames may be read directly and handed over as payloads."""
 
     def check(self, handshake: Handshake) -> Optional[Reject]:
         """Refuse an offer this backend cannot serve, before any slot is taken."""
@@ -108,7 +110,10 @@ class WrappedLink:
 
     def __init__(self, inner: BackendLink) -> None:
         self._inner = inner
-        self.byte_stream = inner.byte_stream
+
+    @property
+    def byte_stream(self) -> bool:
+        return self._inner.byte_stream
 
     @property
     def transport(self) -> Any:

@@ -381,8 +381,9 @@ class WebSocketLink:
     byte_stream = False
 
     def __init__(self, backends: WebSocketBackends, route: Route, query: bytes, client_host: str,
-                 secure: bool, headers: dict[str, str]) -> None:
+                 secure: bool, headers: dict[str, str], extra: Optional[dict[str, str]] = None) -> None:
         self._backends = backends
+        self._extra = extra or {}
         self._route = route
         self._query = query
         self._client_host = client_host
@@ -412,6 +413,7 @@ class WebSocketLink:
         headers = forwarded_headers(self._route.options.forward, self._client_host, self._secure, self._host,
                                     self._headers)
         origin = headers.pop("Origin", None)
+        headers.update(self._extra)
         d = self._backends.connect(self._target, self._route.options, self._protocols, headers, origin)
 
         def opened(backend: BackendWebSocket) -> Optional[str]:

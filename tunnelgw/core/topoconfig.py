@@ -205,6 +205,10 @@ class OwnerSourceSpec:
     namespace: str
     timeout: float
     where: Location
+    #: ``redirect`` (307 to the owner) or ``relay`` (carry the session to it over WebSocket).
+    mode: str = "redirect"
+    #: For relay: a file holding the pool's shared hop secret (at least 32 bytes).
+    hop_secret: str = ""
 
     @property
     def redis(self) -> "RedisAddress":
@@ -260,7 +264,8 @@ _TOKEN_ROUTE_OPTIONS = {"from": choice(*TOKEN_FROM), "param": matching(_NAME.pat
                         "maxperdesktop": whole(1, 10**6), "maxperuser": whole(1, 10**6)}
 _MEMBER_OPTIONS = {"status": choice("drain", "+n", "active")}
 _POOL_OPTIONS = {"lbmethod": choice(*LB_METHODS), "retry": _SECONDS}
-_OWNER_OPTIONS = {"namespace": matching(_NAME.pattern, "a plain name"), "timeout": number(0.05, 60)}
+_OWNER_OPTIONS = {"namespace": matching(_NAME.pattern, "a plain name"), "timeout": number(0.05, 60),
+                  "mode": choice("redirect", "relay"), "hopsecret": matching(r"/.+", "an absolute file name")}
 _TRUSTED_PROXY_OPTIONS = {"header": choice(*PROXY_HEADERS)}
 
 
@@ -409,8 +414,11 @@ class TopologyParser:
             problem(f"OwnerSource is given twice (first at {self.owner_source.where})")
             return
         found = read_options(args[1:], _OWNER_OPTIONS, problem, "OwnerSource")
+        mode = found.get("mode", "redirect")
+        if (mode == "relay") != ("hopsecret" in found):
+            problem("OwnerSource mode=relay and hopsecret=FILE go together (the pool's shared hop secret)")
         self.owner_source = OwnerSourceSpec(args[0], found.get("namespace", "tunnelgw"), found.get("timeout", 1.0),
-                                            where)
+                                            where, mode, found.get("hopsecret", ""))
 
     def read_gateway_url(self, args: list[str], where: Location, problem: Callable[[str], None], _: object) -> None:
         if len(args) != 1 or not _is_ws_url(args[0]):
