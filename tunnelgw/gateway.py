@@ -25,6 +25,7 @@ from tunnelgw.backends import BackendLink
 from tunnelgw.backends.replay import ReplayLink
 from tunnelgw.backends.tcp import TcpBackends, TcpLink
 from tunnelgw.backends.websocket import WebSocketBackends, WebSocketLink
+from tunnelgw.certificates import client_certificate
 from tunnelgw.core.clientaddr import format_address, in_networks
 from tunnelgw.core.config import Config
 from tunnelgw.core.handshake import check_handshake
@@ -33,6 +34,7 @@ from tunnelgw.core.limits import HandshakeRate, SessionCounts
 from tunnelgw.core.relay import CLOSE_TIMEOUT, Close
 from tunnelgw.core.routing import Reject, Route, RuleSet, choose_route
 from tunnelgw.core.targets import PoolTarget, ReplayTarget, WebSocketURL
+from tunnelgw.core.tlsconfig import ClientCertificate, admits
 from tunnelgw.metrics import GatewayMetrics
 from tunnelgw.recording import Recordings
 from tunnelgw.session import GatewaySession, client_label, http_error, log_refusal
@@ -174,8 +176,12 @@ class GatewayFactory(WebSocketServerFactory):
         peer = request.getClientAddress()
         return getattr(peer, "host", None) or format_address(peer)
 
-    def decide(self, request: Any, client: str) -> Any:
-        """The topology's and the rules' answer for an upgrade request: a Route, Reject or Redirect."""
+    def decide(self, request: Any, client: str, certificate: Optional[ClientCertificate] = None) -> Any:
+        """
+        The topology's and the rules' answer for an upgrade request: a Route, Reject or Redirect.
+
+        :param certificate: the client's verified TLS certificate, for ``certname=``.
+        """
         refused = self.handshake_rate.allow(client, self.reactor.seconds())
         if refused is not None:
             return refused
@@ -187,6 +193,8 @@ class GatewayFactory(WebSocketServerFactory):
         if isinstance(decision, Route) and decision.options.allow_clients and not in_networks(
                 client, decision.options.allow_clients):
             return Reject(403, "this route does not admit your address")
+        if isinstance(decision, Route) and not admits(decision.options.cert_names, certificate):
+            return Reject(403, "this route needs a client certificate with another name")
         return decision
 
     def upgrade(self, transport: Any, head: RequestHead, early: bytes, request: Any = None) -> Optional[GatewaySession]:
@@ -202,7 +210,8 @@ class GatewayFactory(WebSocketServerFactory):
         if isinstance(handshake, Reject):
             self._answer(transport, label, path, handshake, "handshake")
             return None
-        decision = self.decide(request, client)
+        certificate = client_certificate(transport) if ISSLTransport.providedBy(transport) else None
+        decision = self.decide(request, client, certificate)
         if isinstance(decision, Reject):
             kind = "rate" if decision.status == 429 else "route"
             self._answer(transport, label, path, decision, kind)
@@ -217,12 +226,14 @@ class GatewayFactory(WebSocketServerFactory):
             refuse_connection(self.reactor, transport, Reject(307, decision.reason), [("Location", location)])
             return None
         session_id = uuid.uuid4().hex[:12]
-        link = self.link_for(decision, head, client, ISSLTransport.providedBy(transport))
+        identity = certificate.identity if certificate is not None else ""
+        link = self.link_for(decision, head, client, ISSLTransport.providedBy(transport), identity)
         recording = ""
         if decision.options.record and self.recordings.spec is not None:
             recorded = self.recordings.link(link, session_id)
             link, recording = recorded, recorded.recording
         session = GatewaySession(self, decision, head, handshake, client, link, session_id, recording)
+        session.tls_client = identity
         hand_over(transport, session)
         session.makeConnection(transport)
         session.begin(early)
@@ -233,8 +244,12 @@ class GatewayFactory(WebSocketServerFactory):
         self.metrics.handshake_failed("", kind, reject.status)
         refuse_connection(self.reactor, transport, reject)
 
-    def link_for(self, route: Route, head: RequestHead, client: str, secure: bool) -> BackendLink:
-        """The backend link for a route: a pool member, a WebSocket hop, a replay or a byte stream."""
+    def link_for(self, route: Route, head: RequestHead, client: str, secure: bool, tls_client: str = "") -> BackendLink:
+        """
+        The backend link for a route: a pool member, a WebSocket hop, a replay or a byte stream.
+
+        :param tls_client: the client certificate's identity, for ws:// hops.
+        """
         backend = route.backend
         if isinstance(backend, ReplayTarget):
             return ReplayLink(self.reactor, backend.folder, route.remainder, route.options.speed)
@@ -250,6 +265,6 @@ class GatewayFactory(WebSocketServerFactory):
             return link
         if isinstance(backend, WebSocketURL):
             headers = {name.decode("latin-1"): value.decode("latin-1") for name, value in head.headers}
-            return WebSocketLink(self.websocket_backends, route, head.query, client, secure, headers)
+            return WebSocketLink(self.websocket_backends, route, head.query, client, secure, headers, tls_client)
         endpoint, timeout = backend.endpoint, route.options.connect_timeout
         return TcpLink(lambda: self.backends.connect(endpoint, timeout), endpoint)

@@ -339,8 +339,9 @@ class WebSocketLink:
     byte_stream = False
 
     def __init__(self, backends: WebSocketBackends, route: Route, query: bytes, client_host: str,
-                 secure: bool, headers: dict[str, str]) -> None:
+                 secure: bool, headers: dict[str, str], tls_client: str = "") -> None:
         self._backends = backends
+        self._tls_client = tls_client  # the verified client certificate's identity, for forward=tlsclient
         self._route = route
         self._query = query
         self._client_host = client_host
@@ -368,7 +369,7 @@ class WebSocketLink:
         """Open the backend offering the client's subprotocols; fires with the backend's choice."""
         assert self._target is not None
         headers = forwarded_headers(self._route.options.forward, self._client_host, self._secure, self._host,
-                                    self._headers)
+                                    self._headers, self._tls_client)
         origin = headers.pop("Origin", None)
         d = self._backends.connect(self._target, self._route.options, self._protocols, headers, origin)
 

@@ -24,6 +24,7 @@ from typing import Any, Callable, Iterator, Optional, Union
 from tunnelgw.core.audit import FACILITIES
 from tunnelgw.core.errors import ConfigError, Location, Problem
 from tunnelgw.core.options import Reader, choice, matching, number, read_options, whole
+from tunnelgw.core.tlsconfig import CLIENT_CERT_MODES, ListenTLS, parse_ssl_endpoint
 from tunnelgw.core.targets import SUBSTITUTION, BackendTarget, PoolTarget, ReplayTarget, WebSocketURL, parse_target
 from tunnelgw.core.topoconfig import Network, TopologyConfig, TopologyParser
 
@@ -75,8 +76,10 @@ DemoPage / /echo
 _DEMO_KINDS = ("echo",)
 
 #: What a WebSocket route may forward to its backend (``forward=``):
-#: X-Forwarded-For, X-Forwarded-Proto, Forwarded (RFC 7239), Origin, Cookie.
-FORWARD_CHOICES = ("xff", "proto", "forwarded", "origin", "cookie")
+#: X-Forwarded-For, X-Forwarded-Proto, Forwarded (RFC 7239), Origin, Cookie, and
+#: the verified client certificate's identity (``tlsclient``:
+#: :data:`tunnelgw.core.tlsconfig.TLS_CLIENT_HEADER`).
+FORWARD_CHOICES = ("xff", "proto", "forwarded", "origin", "cookie", "tlsclient")
 #: WebSocket routes forward all of :data:`FORWARD_CHOICES` unless told otherwise.
 DEFAULT_FORWARD = frozenset(FORWARD_CHOICES)
 
@@ -101,6 +104,9 @@ class RouteOptions:
     :ivar speed: for ``replay:`` targets, the playback speed factor.
     :ivar allow_clients: client networks admitted on this route
         (``allowclients=CIDR,...``); empty: every client.
+    :ivar cert_names: ``certname=NAME,...``: a verified client certificate
+        must carry one of these names (globs; see :mod:`tunnelgw.core.tlsconfig`);
+        empty: no client certificate is asked of this route.
     """
 
     connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
@@ -113,6 +119,7 @@ class RouteOptions:
     record: bool = False
     speed: float = 1.0
     allow_clients: tuple[Network, ...] = ()
+    cert_names: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -203,10 +210,15 @@ Rule = Union[PrefixRule, PatternRule]
 
 @dataclass(frozen=True)
 class Listener:
-    """``Listen ENDPOINT``: a Twisted server endpoint string to accept clients on."""
+    """``Listen ENDPOINT [OPTIONS]``: a Twisted server endpoint string to accept clients on.
+
+    :ivar tls: for ``ssl:`` endpoints, the TLS settings the gateway loads
+        itself (and again on reload); None for other kinds.
+    """
 
     endpoint: str
     where: Location
+    tls: Optional[ListenTLS] = None
 
 
 @dataclass(frozen=True)
@@ -391,6 +403,13 @@ def _file_name(value: str) -> str:
     return value
 
 
+def _cert_names(value: str) -> tuple[str, ...]:
+    names = tuple(n.strip() for n in value.split(","))
+    if not all(n and n.isprintable() and " " not in n for n in names):
+        raise ValueError(f"takes comma-separated names or globs (CN or subject alternative names), got {value!r}")
+    return names
+
+
 def _rate(value: str) -> float:
     """``N``, ``N/s`` or ``N/m``: handshakes per second."""
     per_minute = value.lower().endswith("/m")
@@ -411,6 +430,7 @@ ROUTE_OPTIONS: dict[str, Reader] = {
     "record": choice("on", "off"),
     "speed": number(0.01, 100),
     "allowclients": _networks,
+    "certname": _cert_names,
 }
 _WEBSOCKET_ONLY = ("forward", "cafile", "verify")
 _SECURE_ONLY = ("cafile", "verify")
@@ -425,7 +445,7 @@ _LIMIT_SETTINGS: dict[str, Reader] = {
     "frame": whole(0, 1 << 40), "message": whole(0, 1 << 50)}
 #: Option and setting keys whose dataclass field is spelt otherwise.
 _FIELD_NAMES = {"connecttimeout": "connect_timeout", "idletimeout": "idle_timeout", "maxsessions": "max_sessions",
-                "allowclients": "allow_clients",
+                "allowclients": "allow_clients", "certname": "cert_names",
                 "tcpidle": "tcp_idle", "tcpinterval": "tcp_interval", "tcpcount": "tcp_count",
                 "perclient": "per_client"}
 
@@ -480,11 +500,35 @@ class Directive:
     in_pool: bool = False
 
 
+#: Options after an ``ssl:`` Listen endpoint.
+_LISTEN_TLS_OPTIONS: dict[str, Reader] = {
+    "certificates": _file_name, "clientca": _file_name, "clientcert": choice(*CLIENT_CERT_MODES), "crl": _file_name}
+
+
 def _listen(p: _Parse, args: list[str], where: Location, problem: Problems) -> None:
-    if len(args) != 1:
+    if not args:
         problem("Listen takes one server endpoint string, e.g. Listen tcp:port=8080:interface=127.0.0.1")
-    else:
-        p.listeners.append(Listener(args[0], where))
+        return
+    if not args[0].lower().startswith("ssl:"):
+        if len(args) != 1:
+            problem("Listen options (certificates=, clientca=, clientcert=, crl=) apply to ssl: endpoints only")
+        else:
+            p.listeners.append(Listener(args[0], where))
+        return
+    try:
+        tls = parse_ssl_endpoint(args[0])
+    except ValueError as e:
+        problem(f"bad Listen endpoint {args[0]!r}: {e}")
+        return
+    found = read_options(args[1:], _LISTEN_TLS_OPTIONS, problem, "Listen")
+    mode = found.get("clientcert", "optional" if "clientca" in found else "off")
+    if mode != "off" and "clientca" not in found:
+        problem(f"clientcert={mode} needs clientca=FILE (the CA certificates client certificates chain to)")
+    elif "crl" in found and "clientca" not in found:
+        problem("crl= needs clientca=FILE (it revokes client certificates)")
+    tls = replace(tls, certificates=found.get("certificates"), client_ca=found.get("clientca"),
+                  client_cert=mode, crl=found.get("crl"))
+    p.listeners.append(Listener(args[0], where, tls))
 
 
 def _admin_listen(p: _Parse, args: list[str], where: Location, problem: Problems) -> None:
@@ -710,8 +754,9 @@ def _topology(method: Callable[[TopologyParser, list[str], Location, Problems, C
 
 #: Every directive, in the order the reference lists them.
 DIRECTIVES: tuple[Directive, ...] = (
-    Directive("Listen", "ENDPOINT",
-              "a server endpoint string to accept clients on (tcp:, ssl:, unix:, systemd:, haproxy:)", _listen),
+    Directive("Listen", "ENDPOINT [certificates=DIR] [clientca=FILE] [clientcert=optional|required] [crl=FILE]",
+              "a server endpoint string to accept clients on (tcp:, ssl:, unix:, systemd:, haproxy:); "
+              "ssl: takes SNI certificates and client certificates", _listen),
     Directive("ProxyPass", "PATH TARGET [OPTIONS]",
               "sessions at PATH relayed to a tcp:/tls:/unix: endpoint, ws:// URL or balancer://",
               _rule_reader("ProxyPass", "path")),
