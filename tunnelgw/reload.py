@@ -56,17 +56,25 @@ def apply_config(service: GatewayService, config: Config, reactor: Any) -> list[
     service.front.timeout = service.site.timeOut = config.timeouts.handshake
     service.front.max_head = service.site.max_head = config.limits.headers
     service.audit.reconfigure(config.audit_logs)
-    service.take_certificates(servers, config)
+    taken = service.take_certificates(servers, config)
     service.config = config
+    if taken:
+        _log.info("reload: {count} ssl: listener(s) serve the certificates just read to new handshakes", count=taken)
     needs_restart = [name for name, before, after in (
         ("Listen", old.listeners, config.listeners),
         ("AdminListen", old.admin_listeners, config.admin_listeners),
         ("DemoBackend", old.demo_backends, config.demo_backends))
-        if [x.endpoint for x in before] != [x.endpoint for x in after]]
+        if [_socket_of(x) for x in before] != [_socket_of(x) for x in after]]
     if old.log_format != config.log_format:
         # The log observer is chosen once, when twistd starts logging.
         needs_restart.append("LogFormat")
     return needs_restart
+
+
+def _socket_of(listener: Any) -> str:
+    """What a listener binds: an ssl: listener's files and TLS options are reloaded, its socket is not."""
+    tls = getattr(listener, "tls", None)
+    return tls.stream if tls is not None else str(listener.endpoint)
 
 
 def reload_from_file(service: GatewayService, path: str, reactor: Any) -> bool:
