@@ -24,7 +24,8 @@ import pytest
 from websockets.exceptions import InvalidStatus
 from websockets.sync.client import ClientConnection, connect
 
-from support import GatewayProcess, Pki, TcpServer, echo, make_client_cert, make_pki, wait_until, worker_group
+from support import (GatewayProcess, Pki, TcpServer, echo, make_client_cert, make_pki, require_tool, wait_until,
+                     worker_group)
 from test_wsbackend import Backend
 
 
@@ -164,8 +165,7 @@ def test_sni_chooses_by_server_name_with_a_default(tmp_path: Path, echo_backend:
 
 def test_sni_served_to_openssl_s_client(tmp_path: Path, echo_backend: TcpServer) -> None:
     """openssl s_client -servername gets the name's certificate (subject CN), the default otherwise."""
-    if shutil.which("openssl") is None:
-        pytest.skip("openssl is not installed")
+    openssl = require_tool("openssl")
     default = make_pki(tmp_path / "default")
     live = tmp_path / "live"
     _install(default, live)
@@ -176,7 +176,7 @@ def test_sni_served_to_openssl_s_client(tmp_path: Path, echo_backend: TcpServer)
     with GatewayProcess(_listen(live, f"certificates={names}") + f"ProxyPass /echo {echo_backend.endpoint}\n",
                         tmp_path) as gw:
         for name, subject in (("alpha.test", "CN ?= ?alpha.test"), ("other.test", "CN ?= ?localhost")):
-            result = subprocess.run(["openssl", "s_client", "-connect", f"127.0.0.1:{gw.port()}", "-servername", name],
+            result = subprocess.run([openssl, "s_client", "-connect", f"127.0.0.1:{gw.port()}", "-servername", name],
                                     input="", capture_output=True, text=True, timeout=30)
             assert re.search(r"subject=.*" + subject, result.stdout), result.stdout + result.stderr
 
@@ -217,15 +217,13 @@ def test_required_client_certificates_and_route_rules(tmp_path: Path, echo_backe
 
 def test_curl_with_and_without_a_client_certificate(tmp_path: Path, echo_backend: TcpServer) -> None:
     """curl without a certificate fails the handshake of a clientcert=required listener; with alice's it gets an HTTP answer."""
-    if shutil.which("curl") is None:
-        pytest.skip("curl is not installed")
-    pki = make_pki(tmp_path / "pki")
-    live = tmp_path / "live"
+    curl = require_tool("curl")
+    pki, live = make_pki(tmp_path / "pki"), tmp_path / "live"
     _install(pki, live)
     alice = make_client_cert(pki, tmp_path / "people", "alice")
     with GatewayProcess(_mtls_config(live, pki, "required", echo_backend.endpoint), tmp_path) as gw:
         url = f"https://localhost:{gw.port()}/nothing-here"
-        common = ["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", "--cacert", str(pki.ca_cert),
+        common = [curl, "-sS", "-o", "/dev/null", "-w", "%{http_code}", "--cacert", str(pki.ca_cert),
                   "--resolve", f"localhost:{gw.port()}:127.0.0.1", "--max-time", "20"]
         refused = subprocess.run([*common, url], capture_output=True, text=True, timeout=30)
         assert refused.returncode != 0, refused.stdout
@@ -277,7 +275,7 @@ def test_workers_reload_certificates(tmp_path: Path, echo_backend: TcpServer) ->
         assert wait_until(lambda: read().count("reload: SIGHUP re-reads") >= 2 or proc.poll() is not None, 30), read()
         port = int(re.search(r":1: listening on .*port=(\d+)\)+ for the workers", read()).group(1))  # type: ignore[union-attr]
         with contextlib.ExitStack() as stack:
-            old = [stack.enter_context(_session(port, "/echo")) for _ in range(8)]
+            old = [stack.enter_context(_session(port, "/echo")) for _ in range(4)]
             assert all(_relays(ws, b"before") for ws in old)
             assert _served(port) == _fingerprint(first.server_cert)
             _install(second, live)
@@ -321,3 +319,35 @@ def test_crl_refuses_a_revoked_client_certificate(tmp_path: Path, echo_backend: 
         with _session(gw.port(), "/any", alice) as ws:
             assert _relays(ws, b"alice")
         assert _alert(gw.port(), eve) == "SSLV3_ALERT_CERTIFICATE_REVOKED"
+
+
+class LoadContextsTests:
+    """Every file a TLS listener names is checked, and each mistake is named with its file, at the Listen line."""
+
+    def test_mistakes_are_named_at_the_listen_line(self, tmp_path: Path) -> None:
+        """Missing files, a mismatched pair, a bad CA file, a bad CRL and a missing SNI folder are ConfigError at line 1."""
+        from twisted.internet import reactor
+
+        from tunnelgw.core.config import ConfigError, parse_config
+        from tunnelgw.service import check_config
+
+        pki, other = make_pki(tmp_path / "pki"), make_pki(tmp_path / "other")
+        garbage = tmp_path / "garbage.pem"
+        garbage.write_text("not PEM at all\n")
+        base = f"ssl:port=0:interface=127.0.0.1:privateKey={pki.server_key}"
+        cases = [
+            (f"{base}:certKey={other.server_cert}", "the certificate and the private key do not match"),
+            (f"{base}:certKey={tmp_path}/none.pem", "cannot read the certificate file"),
+            (f"{base}:certKey={garbage}", "no PEM certificate in"),
+            (f"ssl:port=0:privateKey={garbage}:certKey={pki.server_cert}", "no usable private key"),
+            (f"{base}:certKey={pki.server_cert} clientca={garbage}", "no PEM certificate in the client CA file"),
+            (f"{base}:certKey={pki.server_cert} clientca={pki.ca_cert} crl={garbage}", "bad CRL file"),
+            (f"{base}:certKey={pki.server_cert} certificates={tmp_path}/nowhere", "cannot read the certificates folder"),
+        ]
+        for line, message in cases:
+            with pytest.raises(ConfigError) as raised:
+                check_config(parse_config(f"Listen {line}\nProxyPass /a tcp:host=a:port=1\n", "gw.conf"), reactor)
+            assert str(raised.value).startswith(f"gw.conf:1: Listen ssl: {message}"), (line, str(raised.value))
+        good = parse_config(f"Listen {base}:certKey={pki.server_cert}\nProxyPass /a tcp:host=a:port=1\n", "gw.conf")
+        [(where, _, endpoint)] = check_config(good, reactor)
+        assert where.line == 1 and endpoint.certificates.names == []  # type: ignore[attr-defined]
