@@ -20,6 +20,7 @@ import os
 import re
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -437,17 +438,27 @@ class RawClient:
     """
     A WebSocket client over a plain socket using the ``websockets`` library's
     sans-IO protocol, for tests that need control the sync client does not
-    give: never reading, vanishing without a close frame.
+    give: never reading, vanishing without a close frame; and one thread per
+    TLS socket (the sync client reads in a thread of its own while it sends,
+    and over TLS 1.3 about one handshake in a few hundred then stalls).
+
+    :param tls: for wss:// URLs, the client's TLS context.
+    :param headers: extra request headers.
     """
 
-    def __init__(self, url: str, subprotocols: Optional[list[str]] = None, timeout: float = 10.0) -> None:
+    def __init__(self, url: str, subprotocols: Optional[list[str]] = None, timeout: float = 10.0,
+                 tls: Optional[ssl.SSLContext] = None, headers: dict[str, str] = {}) -> None:
         from websockets.client import ClientProtocol
         from websockets.uri import parse_uri
 
         uri = parse_uri(url)
         self.protocol = ClientProtocol(uri, subprotocols=subprotocols, max_size=None)  # type: ignore[arg-type]
         self.sock = socket.create_connection((uri.host, uri.port), timeout=timeout)
+        if tls is not None:
+            self.sock = tls.wrap_socket(self.sock)
         request = self.protocol.connect()
+        for name, value in headers.items():
+            request.headers[name] = value
         self.protocol.send_request(request)
         self.flush()
         deadline = time.monotonic() + timeout

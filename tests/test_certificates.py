@@ -18,13 +18,13 @@ import socket
 import ssl
 import subprocess
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Iterator, Optional
 
 import pytest
 from websockets.exceptions import InvalidStatus
-from websockets.sync.client import ClientConnection, connect
+from websockets.sync.client import connect
 
-from support import (GatewayProcess, Pki, TcpServer, echo, make_client_cert, make_pki, require_tool, wait_until,
+from support import (GatewayProcess, Pki, RawClient, TcpServer, echo, make_client_cert, make_pki, require_tool, wait_until,
                      worker_group)
 from test_wsbackend import Backend
 
@@ -72,8 +72,14 @@ def _hup(gw: GatewayProcess, outcome: str) -> None:
     assert wait_until(lambda: len(re.findall(outcome, gw.log())) > before, 15), gw.log()[-2000:]
 
 
-def _session(port: int, path: str, cert: Optional[Path] = None, **kwargs: Any) -> ClientConnection:
-    return connect(f"wss://127.0.0.1:{port}{path}", ssl=_client_context(cert), open_timeout=10, **kwargs)
+@contextlib.contextmanager
+def _session(port: int, path: str, cert: Optional[Path] = None, headers: dict[str, str] = {}) -> Iterator[RawClient]:
+    """A wss:// session (one thread on the TLS socket; see RawClient)."""
+    client = RawClient(f"wss://127.0.0.1:{port}{path}", tls=_client_context(cert), headers=headers)
+    try:
+        yield client
+    finally:
+        client.close()
 
 
 def _alert(port: int, cert: Optional[Path] = None) -> str:
@@ -88,9 +94,9 @@ def _alert(port: int, cert: Optional[Path] = None) -> str:
     return f"no alert, answer {answer!r}"
 
 
-def _relays(ws: ClientConnection, data: bytes) -> bool:
-    ws.send(data)
-    return bool(ws.recv(timeout=10) == data)
+def _relays(ws: RawClient, data: bytes) -> bool:
+    ws.send_binary(data)
+    return ws.receive_payload(len(data)) == data
 
 
 @pytest.fixture
@@ -155,8 +161,9 @@ def test_sni_chooses_by_server_name_with_a_default(tmp_path: Path, echo_backend:
         # The chain comes with the name's certificate: a client trusting alpha's root verifies it.
         trusting = ssl.create_default_context(cafile=str(issued["alpha.test"].ca_cert))
         with connect(f"wss://alpha.test:{port}/echo", ssl=trusting, open_timeout=10,
-                     sock=socket.create_connection(("127.0.0.1", port), timeout=10)) as ws:
-            assert _relays(ws, b"alpha")
+                     sock=socket.create_connection(("127.0.0.1", port), timeout=10)) as checked:
+            checked.send(b"alpha")
+            assert checked.recv(timeout=10) == b"alpha"
         gamma = issued["gamma.test"]
         (names / "gamma.test.pem").write_bytes(gamma.server_key.read_bytes() + gamma.fullchain.read_bytes())
         _hup(gw, r"\(every directive applied\)")
@@ -210,7 +217,8 @@ def test_required_client_certificates_and_route_rules(tmp_path: Path, echo_backe
                 assert _relays(ws, name.encode())
             gw.wait_log(rf"session start .*tls_client={name}\b")
         with pytest.raises(InvalidStatus) as refused:
-            _session(port, "/ops", carol)
+            with _session(port, "/ops", carol):
+                pass
         assert refused.value.response.status_code == 403
         gw.wait_log(r"status=403 reason='this route needs a client certificate with another name'")
 
@@ -248,13 +256,14 @@ def test_optional_client_certificates_and_the_forwarded_identity(tmp_path: Path)
             with _session(port, "/any") as ws:
                 assert _relays(ws, b"anonymous")
             with pytest.raises(InvalidStatus) as refused:
-                _session(port, "/ops")
+                with _session(port, "/ops"):
+                    pass
             assert refused.value.response.status_code == 403
             with _session(port, "/ops", alice) as ws:
                 assert _relays(ws, b"alice")
             def seen(path: str, cert: Optional[Path]) -> dict[str, str]:
-                with _session(port, path, cert, additional_headers=forged) as ws:
-                    return dict(json.loads(ws.recv(timeout=10))["headers"])
+                with _session(port, path, cert, headers=forged) as ws:
+                    return dict(json.loads(ws.receive_payload(1))["headers"])
 
             assert seen("/info", alice)["x-forwarded-tls-client"] == "alice"
             assert "x-forwarded-tls-client" not in seen("/info", None)
@@ -275,7 +284,7 @@ def test_workers_reload_certificates(tmp_path: Path, echo_backend: TcpServer) ->
         assert wait_until(lambda: read().count("reload: SIGHUP re-reads") >= 2 or proc.poll() is not None, 30), read()
         port = int(re.search(r":1: listening on .*port=(\d+)\)+ for the workers", read()).group(1))  # type: ignore[union-attr]
         with contextlib.ExitStack() as stack:
-            old = [stack.enter_context(_session(port, "/echo")) for _ in range(4)]
+            old = [stack.enter_context(_session(port, "/echo")) for _ in range(8)]
             assert all(_relays(ws, b"before") for ws in old)
             assert _served(port) == _fingerprint(first.server_cert)
             _install(second, live)
