@@ -360,3 +360,37 @@ class LoadContextsTests:
         good = parse_config(f"Listen {base}:certKey={pki.server_cert}\nProxyPass /a tcp:host=a:port=1\n", "gw.conf")
         [(where, _, endpoint)] = check_config(good, reactor)
         assert where.line == 1 and endpoint.certificates.names == []  # type: ignore[attr-defined]
+
+
+def test_chromium_keeps_its_session_over_a_rotation(tmp_path: Path, echo_backend: TcpServer) -> None:
+    """Chromium's wss:// session opened before a rotation relays after it; a page loaded afterwards is served the new certificate."""
+    from desktops import Browser, spki_hash
+
+    first = make_pki(tmp_path / "first")
+    second = make_pki(tmp_path / "second", names=["rotated.localhost", "localhost"])
+    live = tmp_path / "live"
+    _install(first, live)
+    config = _listen(live) + f"ProxyPass /echo {echo_backend.endpoint}\nDemoPage / /echo\n"
+    browser = Browser(tmp_path / "chromium", (spki_hash(first.server_cert), spki_hash(second.server_cert)))
+    (tmp_path / "chromium").mkdir()
+    with GatewayProcess(config, tmp_path) as gw:
+        browser.start()
+        try:
+            page = browser.page()
+            answer = page.goto(f"https://localhost:{gw.port()}/")
+            assert answer.status == 200 and answer.security_details()["subjectName"] == "localhost"
+            page.evaluate("""() => new Promise((opened, failed) => {
+                window.session = new WebSocket(`wss://${location.host}/echo`);
+                window.session.onopen = opened; window.session.onerror = failed; })""")
+            echo_js = """text => new Promise(answered => {
+                window.session.onmessage = async e => answered(typeof e.data === "string" ? e.data : await e.data.text());
+                window.session.send(text); })"""
+            assert page.evaluate(echo_js, "before") == "before"
+            _install(second, live)
+            _hup(gw, r"\(every directive applied\)")
+            assert page.evaluate(echo_js, "after the rotation") == "after the rotation"
+            fresh = browser.page().goto(f"https://127.0.0.1:{gw.port()}/")
+            assert fresh.security_details()["subjectName"] == "rotated.localhost"
+            assert page.evaluate(echo_js, "still") == "still"
+        finally:
+            browser.stop()
