@@ -352,6 +352,7 @@ class LoadContextsTests:
             (f"{base}:certKey={pki.server_cert} clientca={garbage}", "no PEM certificate in the client CA file"),
             (f"{base}:certKey={pki.server_cert} clientca={pki.ca_cert} crl={garbage}", "bad CRL file"),
             (f"{base}:certKey={pki.server_cert} certificates={tmp_path}/nowhere", "cannot read the certificates folder"),
+            (f"{base}:certKey={pki.server_cert}:dhParameters={tmp_path}/none.pem", "cannot read the DH parameters file"),
         ]
         for line, message in cases:
             with pytest.raises(ConfigError) as raised:

@@ -87,6 +87,8 @@ def _context(key_pem: bytes, cert_pem: bytes, chain_pem: bytes, verify: _Verify,
     if not certs:
         raise ValueError(f"no PEM certificate in {names}")
     chain = _certificates(chain_pem, names, "chain file") if chain_pem else certs[1:]
+    if dh is not None and not os.path.isfile(dh):
+        raise ValueError(f"cannot read the DH parameters file {dh!r}")
     options = CertificateOptions(
         privateKey=key, certificate=certs[0], extraCertChain=chain,
         verify=bool(verify.ca_certs), caCerts=list(verify.ca_certs) or None, requireCertificate=verify.required,
