@@ -20,6 +20,7 @@ import os
 import re
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -310,6 +311,7 @@ class Pki:
     server_cert: Path
     server_key: Path
     fullchain: Path  # the server certificate followed by the intermediate
+    ca_key: Optional[Path] = None  # the root's key, for client certificates (make_client_cert)
 
 
 def make_pki(folder: Path, names: Iterator[str] | list[str] = ("localhost",),
@@ -369,7 +371,42 @@ def make_pki(folder: Path, names: Iterator[str] | list[str] = ("localhost",),
     pki.fullchain.write_bytes(pem(leaf) + pem(mid))
     pki.server_key.write_bytes(leaf_key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                                       serialization.NoEncryption()))
+    pki.ca_key = folder / "ca.key"
+    pki.ca_key.write_bytes(root_key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                  serialization.NoEncryption()))
     return pki
+
+
+def make_client_cert(pki: Pki, folder: Path, common_name: str, emails: tuple[str, ...] = ()) -> Path:
+    """
+    Write a client certificate for common_name (and e-mail alternative names)
+    signed by pki's root into folder as NAME.pem, its key in the same file.
+    """
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    assert pki.ca_key is not None
+    ca = x509.load_pem_x509_certificate(pki.ca_cert.read_bytes())
+    ca_key = serialization.load_pem_private_key(pki.ca_key.read_bytes(), None)
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.datetime.now(datetime.timezone.utc)
+    builder = (x509.CertificateBuilder()
+               .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
+               .issuer_name(ca.subject).public_key(key.public_key()).serial_number(x509.random_serial_number())
+               .not_valid_before(now - datetime.timedelta(days=1)).not_valid_after(now + datetime.timedelta(days=30))
+               .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+               .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False))
+    if emails:
+        builder = builder.add_extension(x509.SubjectAlternativeName([x509.RFC822Name(e) for e in emails]),
+                                        critical=False)
+    cert = builder.sign(ca_key, hashes.SHA256())  # type: ignore[arg-type]
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{common_name}.pem"
+    path.write_bytes(cert.public_bytes(serialization.Encoding.PEM) + key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    return path
 
 
 def require_module(name: str) -> object:
@@ -412,17 +449,27 @@ class RawClient:
     """
     A WebSocket client over a plain socket using the ``websockets`` library's
     sans-IO protocol, for tests that need control the sync client does not
-    give: never reading, vanishing without a close frame.
+    give: never reading, vanishing without a close frame; and one thread per
+    TLS socket (the sync client reads in a thread of its own while it sends,
+    and over TLS 1.3 about one handshake in a few hundred then stalls).
+
+    :param tls: for wss:// URLs, the client's TLS context.
+    :param headers: extra request headers.
     """
 
-    def __init__(self, url: str, subprotocols: Optional[list[str]] = None, timeout: float = 10.0) -> None:
+    def __init__(self, url: str, subprotocols: Optional[list[str]] = None, timeout: float = 10.0,
+                 tls: Optional[ssl.SSLContext] = None, headers: dict[str, str] = {}) -> None:
         from websockets.client import ClientProtocol
         from websockets.uri import parse_uri
 
         uri = parse_uri(url)
         self.protocol = ClientProtocol(uri, subprotocols=subprotocols, max_size=None)  # type: ignore[arg-type]
         self.sock = socket.create_connection((uri.host, uri.port), timeout=timeout)
+        if tls is not None:
+            self.sock = tls.wrap_socket(self.sock)
         request = self.protocol.connect()
+        for name, value in headers.items():
+            request.headers[name] = value
         self.protocol.send_request(request)
         self.flush()
         deadline = time.monotonic() + timeout

@@ -38,10 +38,12 @@ def test_plan_lists_listeners_and_demo_backends_in_order() -> None:
     assert [(s.where.line, s.endpoint, s.name) for s in plan] == [
         (2, "tcp:port=0:interface=127.0.0.1", "line2"), (3, "tcp:port=0:interface=127.0.0.1", "line3")]
 
-def test_ssl_listener_is_refused_with_its_line() -> None:
-    """An ssl: listener cannot be shared: ConfigError names FILE:LINE."""
-    with pytest.raises(ConfigError, match=r"c\.conf:1: ssl: listeners cannot be shared"):
-        plan_sockets(parse_config("Listen ssl:port=0:privateKey=k.pem\n", "c.conf"))
+def test_ssl_listener_shares_its_plain_socket() -> None:
+    """An ssl: listener is planned as its tcp: socket; a haproxy: one is refused with FILE:LINE."""
+    plan = plan_sockets(parse_config("Listen ssl:port=0:interface=127.0.0.1:privateKey=k.pem\n", "c.conf"))
+    assert [(s.where.line, s.endpoint) for s in plan] == [(1, "tcp:port=0:interface=127.0.0.1")]
+    with pytest.raises(ConfigError, match=r"c\.conf:1: haproxy: listeners cannot be shared"):
+        plan_sockets(parse_config("Listen haproxy:tcp:port=0\n", "c.conf"))
 
 def test_workers_read_the_real_file_with_inherited_sockets() -> None:
     """A worker's configuration is the real file's, its planned endpoints mapped to inherited systemd: sockets."""

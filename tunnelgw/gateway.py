@@ -27,6 +27,7 @@ from tunnelgw.backends.tcp import TcpBackends, TcpLink
 from tunnelgw.backends.websocket import WebSocketBackends, WebSocketLink
 from tunnelgw.core.clientaddr import format_address, is_trusted
 from tunnelgw.core.config import Config, RouteOptions
+from tunnelgw.certificates import client_certificate
 from tunnelgw.core.handshake import check_handshake
 from tunnelgw.core.hop import HOP_HEADER, check_hop, hop_value
 from tunnelgw.core.http import RequestHead
@@ -38,6 +39,7 @@ from tunnelgw.core.routing import Reject, Route, RuleSet, choose_route
 from tunnelgw.core.topoconfig import TokenRouteSpec
 from tunnelgw.core.targets import LookupTarget, PoolTarget, ReplayTarget, WebSocketURL
 from tunnelgw.forwardauth import ForwardAuthLink, Portals
+from tunnelgw.core.tlsconfig import ClientCertificate, admits
 from tunnelgw.metrics import GatewayMetrics
 from tunnelgw.pool import PoolLimitLink, SingleUseLink
 from tunnelgw.recording import Recordings
@@ -231,10 +233,13 @@ class GatewayFactory(WebSocketServerFactory):
             return str(self.topology.redact(text))
         return redact_url(text) if "://" in text else redact_uri(text)
 
-    def decide(self, request: Any, client: str, hop: bool = False) -> Any:
+    def decide(self, request: Any, client: str, hop: bool = False,
+               certificate: Optional[ClientCertificate] = None) -> Any:
         """
         The topology's and the rules' answer for an upgrade request: a Route,
         Reject or Redirect; hop: a session another gateway of the pool relays.
+
+        :param certificate: the client's verified TLS certificate, for ``certname=``.
         """
         refused = self.handshake_rate.allow(client, self.reactor.seconds())
         if refused is not None:
@@ -247,6 +252,8 @@ class GatewayFactory(WebSocketServerFactory):
         if isinstance(decision, Route) and decision.options.allow_clients and not is_trusted(
                 client, decision.options.allow_clients):
             return Reject(403, "this route does not admit your address")
+        if isinstance(decision, Route) and not admits(decision.options.cert_names, certificate):
+            return Reject(403, "this route needs a client certificate with another name")
         return decision
 
     def upgrade(self, transport: Any, head: RequestHead, early: bytes, request: Any = None) -> Optional[GatewaySession]:
@@ -271,7 +278,8 @@ class GatewayFactory(WebSocketServerFactory):
                 self._answer(transport, label, path, Reject(403, "not a valid hop from a gateway of this pool"), "hop")
                 return None
             client = relayed
-        decision = self.decide(request, client, hop is not None)
+        certificate = client_certificate(transport) if ISSLTransport.providedBy(transport) else None
+        decision = self.decide(request, client, hop is not None, certificate)
         if isinstance(decision, Reject):
             kind = "rate" if decision.status == 429 else "route"
             self._answer(transport, label, path, decision, kind)
@@ -286,7 +294,8 @@ class GatewayFactory(WebSocketServerFactory):
             refuse_connection(self.reactor, transport, Reject(307, decision.reason), [("Location", location)])
             return None
         session_id = os.urandom(6).hex()
-        link = self.link_for(decision, head, client, ISSLTransport.providedBy(transport))
+        identity = certificate.identity if certificate is not None else ""
+        link = self.link_for(decision, head, client, ISSLTransport.providedBy(transport), identity)
         link, authorised = self._with_steps(decision, head, client, link, hop is not None,
                                             ISSLTransport.providedBy(transport))
         recording = ""
@@ -296,6 +305,7 @@ class GatewayFactory(WebSocketServerFactory):
         session = GatewaySession(self, decision, head, handshake, client, link, session_id, recording)
         if authorised is not None:
             authorised.named_user = session.name_user
+        session.tls_client = identity
         hand_over(transport, session)
         session.makeConnection(transport)
         session.begin(early)
@@ -345,15 +355,19 @@ class GatewayFactory(WebSocketServerFactory):
         headers = {name.decode("latin-1").lower(): value.decode("latin-1") for name, value in head.headers}
         uri = head.target.decode("latin-1")
         return WebSocketLink(self.websocket_backends, route, head.query, client, secure, headers,
-                             {"X-Tunnelgw-Hop": hop_value(secret, client, uri, self.reactor.seconds())})
+                             extra={"X-Tunnelgw-Hop": hop_value(secret, client, uri, self.reactor.seconds())})
 
     def _answer(self, transport: Any, client: str, path: str, reject: Reject, kind: str) -> None:
         log_refusal(client, path, reject, kind)
         self.metrics.handshake_failed("", kind, reject.status)
         refuse_connection(self.reactor, transport, reject)
 
-    def link_for(self, route: Route, head: RequestHead, client: str, secure: bool) -> BackendLink:
-        """The backend link for a route: a pool member, a WebSocket hop, a replay or a byte stream."""
+    def link_for(self, route: Route, head: RequestHead, client: str, secure: bool, tls_client: str = "") -> BackendLink:
+        """
+        The backend link for a route: a pool member, a WebSocket hop, a replay or a byte stream.
+
+        :param tls_client: the client certificate's identity, for ws:// hops.
+        """
         backend = route.backend
         if isinstance(backend, LookupTarget):
             topology = self.topology
@@ -379,6 +393,6 @@ class GatewayFactory(WebSocketServerFactory):
             return link
         if isinstance(backend, WebSocketURL):
             headers = {name.decode("latin-1"): value.decode("latin-1") for name, value in head.headers}
-            return WebSocketLink(self.websocket_backends, route, head.query, client, secure, headers)
+            return WebSocketLink(self.websocket_backends, route, head.query, client, secure, headers, tls_client)
         endpoint, timeout = backend.endpoint, route.options.connect_timeout
         return TcpLink(lambda: self.backends.connect(endpoint, timeout), endpoint)

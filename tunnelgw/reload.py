@@ -5,7 +5,9 @@ configuration file on SIGHUP.
 Every directive but the listeners (``Listen``, ``AdminListen``,
 ``DemoBackend``: sockets are bound once) applies at once to new requests and
 sessions: rules, token sources, pools, redirects, trusted proxies, limits,
-timeouts, keepalive, request bounds, Alias folders, demo pages and audit sinks.  Live
+timeouts, keepalive, request bounds, Alias folders, demo pages and audit sinks.
+The certificates, keys, chains, SNI folders and client CA files of ``ssl:``
+listeners are read again and serve new handshakes at once.  Live
 sessions keep their backend connections, slots and timers.  A configuration
 with mistakes is refused with its ``FILE:LINE`` problems and the running one
 stays in force; a changed listener is named in the reload's log line.
@@ -33,13 +35,14 @@ def apply_config(service: GatewayService, config: Config, reactor: Any) -> list[
     """
     Switch a running service to config, whole: rules, topology (tokens,
     pools, redirects, trusted proxies), limits, timeouts, keepalive, request
-    bounds, Alias folders and demo pages apply to new requests and sessions;
-    live sessions keep their backends, slots and timers.
+    bounds, Alias folders, demo pages and the certificates of ``ssl:``
+    listeners apply to new requests, handshakes and sessions; live sessions
+    keep their backends, slots, timers and TLS connections.
 
     :returns: the directives that changed but need a restart to take effect.
     :raises ConfigError: when an endpoint string or secret is bad; nothing changes then.
     """
-    check_config(config, reactor)
+    servers = check_config(config, reactor)
     factory = service.resource.factory
     # Build everything first, then swap in one go (nothing can fail after this).
     topology = Topology(config.topology, reactor, factory.backends, previous=factory.topology)
@@ -53,18 +56,27 @@ def apply_config(service: GatewayService, config: Config, reactor: Any) -> list[
     service.front.timeout = service.site.timeOut = config.timeouts.handshake
     service.front.max_head = service.site.max_head = config.limits.headers
     service.audit.reconfigure(config.audit_logs)
+    taken = service.take_certificates(servers, config)
     service.config = config
+    if taken:
+        _log.info("reload: {count} ssl: listener(s) serve the certificates just read to new handshakes", count=taken)
     needs_restart = [name for name, before, after in (
         ("Listen", old.listeners, config.listeners),
         ("AdminListen", old.admin_listeners, config.admin_listeners),
         ("DemoBackend", old.demo_backends, config.demo_backends))
-        if [x.endpoint for x in before] != [x.endpoint for x in after]]
+        if [_socket_of(x) for x in before] != [_socket_of(x) for x in after]]
     if old.pool != config.pool:
         needs_restart.append("Pool")
     if old.log_format != config.log_format:
         # The log observer is chosen once, when twistd starts logging.
         needs_restart.append("LogFormat")
     return needs_restart
+
+
+def _socket_of(listener: Any) -> str:
+    """What a listener binds: an ssl: listener's files and TLS options are reloaded, its socket is not."""
+    tls = getattr(listener, "tls", None)
+    return tls.stream if tls is not None else str(listener.endpoint)
 
 
 def reload_from_file(service: GatewayService, path: str, reactor: Any) -> bool:

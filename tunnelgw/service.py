@@ -27,6 +27,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from tunnelgw.backends.tcp import TcpBackends
+from tunnelgw.certificates import ServerCertificates, TLSServerEndpoint, load_contexts
 from tunnelgw.core.config import Config, ConfigError, Location, Problem, parse_config
 from tunnelgw.demo import demo_factory, demo_page
 from tunnelgw.front import FrontFactory, GatewaySite
@@ -82,9 +83,15 @@ def inherit_listeners(config: Config, mapping: Optional[str]) -> Config:
     if not mapping:
         return config
     inherited: dict[str, str] = json.loads(mapping)
+    def adopt(l: Any) -> Any:
+        socket = inherited.get(str(l.where.line))
+        if socket is None:
+            return l
+        # An ssl: listener keeps its TLS settings over the inherited plain socket.
+        return replace(l, tls=replace(l.tls, stream=socket)) if l.tls is not None else replace(l, endpoint=socket)
+
     return replace(config,
-                   listeners=tuple(replace(l, endpoint=inherited.get(str(l.where.line), l.endpoint))
-                                   for l in config.listeners),
+                   listeners=tuple(adopt(l) for l in config.listeners),
                    demo_backends=tuple(replace(d, endpoint=inherited.get(str(d.where.line), d.endpoint))
                                        for d in config.demo_backends))
 
@@ -125,7 +132,8 @@ def check_config(config: Config, reactor: Any, without_sockets: bool = False) ->
     Check every endpoint string against Twisted's parsers.
 
     ``ProxyPassMatch`` targets are checked with each ``$N`` replaced by ``1``.
-    Certificate and key files of ``ssl:`` listeners, and ``cafile=`` trust
+    Certificate and key files of ``ssl:`` listeners (with their SNI folders
+    and client CA files; see :mod:`tunnelgw.certificates`), and ``cafile=`` trust
     roots of ``wss://`` routes, are loaded here; ``Alias`` folders must exist.
 
     With without_sockets (``--check``), ``systemd:`` listeners are validated
@@ -137,16 +145,27 @@ def check_config(config: Config, reactor: Any, without_sockets: bool = False) ->
     """
     problems: list[Problem] = []
     servers: list[tuple[Location, str, IStreamServerEndpoint]] = []
+    tls = {l.where: l.tls for l in config.listeners if l.tls is not None}
     for where, kind, description in [(l.where, "Listen", l.endpoint) for l in config.listeners] + [
         (d.where, "DemoBackend", d.endpoint) for d in config.demo_backends
     ] + [(a.where, "AdminListen", a.endpoint) for a in config.admin_listeners]:
+        listener_tls = tls.get(where) if kind == "Listen" else None
         try:
             if without_sockets and description.startswith("systemd:") and not _have_listen_fds():
                 # Socket-activated: the sockets exist only under systemd, so --check
                 # validates the string's arguments without adopting a socket.
                 _check_systemd(description)
                 continue
-            servers.append((where, description, serverFromString(reactor, description)))
+            if listener_tls is None:
+                servers.append((where, description, serverFromString(reactor, description)))
+            else:
+                stream = serverFromString(reactor, listener_tls.stream)
+                try:
+                    certificates = ServerCertificates(load_contexts(listener_tls))
+                except ValueError as e:
+                    problems.append(Problem(where, f"Listen {description.split(':')[0]}: {e}"))
+                    continue
+                servers.append((where, description, TLSServerEndpoint(stream, certificates)))
         except Exception as e:
             problems.append(Problem(where, f"bad {kind} endpoint {description!r}: {_explain(e)}"))
     problems += check_topology(config.topology, reactor)
@@ -196,6 +215,10 @@ def _resource(config: Config, reactor: Any) -> GatewayResource:
     return GatewayResource(factory, pages, aliases=config.aliases)
 
 
+def _certificates(servers: list[tuple[Location, str, IStreamServerEndpoint]]) -> dict[Location, ServerCertificates]:
+    return {where: endpoint.certificates for where, _, endpoint in servers if isinstance(endpoint, TLSServerEndpoint)}
+
+
 class GatewayService(Service):
     """
     Listens on every ``Listen`` endpoint with one Site serving the gateway
@@ -225,6 +248,9 @@ class GatewayService(Service):
 
             self.factory.pool = PoolRegistry(reactor, config.pool, self.factory.sessions, metrics.registry)
         self.draining = False
+        found = _certificates(self._servers)
+        #: Each Listen line's certificates (None without TLS), in file order, kept over reloads.
+        self.certificates: list[Optional[ServerCertificates]] = [found.get(l.where) for l in config.listeners]
         self.ports: list[IListeningPort] = []
         self.admin_ports: list[IListeningPort] = []
 
@@ -244,6 +270,20 @@ class GatewayService(Service):
         if self.factory.pool is not None:
             self.factory.pool.start()
         super().startService()
+
+    def take_certificates(self, servers: list[tuple[Location, str, IStreamServerEndpoint]], config: Config) -> int:
+        """
+        Make the running ``ssl:`` listeners use the certificates just loaded for
+        config (the n-th Listen line's for the n-th listener); returns how many.
+        """
+        found = _certificates(servers)
+        taken = 0
+        for running, listener in zip(self.certificates, config.listeners):
+            loaded = found.get(listener.where)
+            if running is not None and loaded is not None:
+                running.take(loaded)
+                taken += 1
+        return taken
 
     def _listen(self) -> None:
         self._listening = True

@@ -137,6 +137,9 @@ class GatewaySession(QuietAdapter, WebSocketServerProtocol):  # type: ignore[mis
     maxFramePayloadSize: int
     maxMessagePayloadSize: int
 
+    #: The verified client certificate's identity ('' without one), set by the gateway.
+    tls_client = ""
+
     def __init__(self, factory: Any, route: Route, head: RequestHead, handshake: Handshake,
                  client: str, link: BackendLink, session_id: str, recording: str = "") -> None:
         super().__init__()
@@ -285,6 +288,8 @@ class GatewaySession(QuietAdapter, WebSocketServerProtocol):  # type: ignore[mis
             start_fields["desktop"] = record.desktop
         if record.user:
             start_fields["user"] = record.user
+        if self.tls_client:
+            start_fields["tls_client"] = self.tls_client
         _log.info("session start {details}", details=format_fields(start_fields), fields=start_fields,
                   audit="session.start")
         factory.sessions[record.session_id] = self

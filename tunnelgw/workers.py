@@ -15,9 +15,9 @@ The parent forwards SIGTERM/SIGINT to the children and waits for them; if a
 child exits on its own, the others are stopped and the parent exits with
 status 1, so that the service manager restarts the whole group.
 
-``ssl:`` listeners are refused (the inherited socket would lose the TLS
-settings); run several workers behind a TLS-terminating front end, or one
-process with an ``ssl:`` listener.
+An ``ssl:`` listener's plain ``tcp:`` socket is what the parent binds; each
+worker puts TLS on it from the configuration file (and loads the
+certificates again on SIGHUP, which the parent forwards to every worker).
 """
 
 from __future__ import annotations
@@ -61,14 +61,14 @@ def plan_sockets(config: Config) -> list[InheritedSocket]:
     """
     The server endpoints the parent must bind, in configuration order.
 
-    :raises ConfigError: for endpoints that cannot be handed to workers (``ssl:``).
+    :raises ConfigError: for endpoints that cannot be handed to workers (``haproxy:``, ``systemd:``).
     """
-    plan = [InheritedSocket(l.where, l.endpoint) for l in config.listeners]
+    plan = [InheritedSocket(l.where, l.tls.stream if l.tls is not None else l.endpoint) for l in config.listeners]
     plan += [InheritedSocket(d.where, d.endpoint) for d in config.demo_backends]
     plan.sort(key=lambda s: s.where.line)
     problems = [Problem(s.where, f"{s.endpoint.split(':')[0]}: listeners cannot be shared by workers; "
                                  "use tcp: (TLS in front) or a single process")
-                for s in plan if s.endpoint.split(":")[0].lower() in ("ssl", "tls", "haproxy", "systemd")]
+                for s in plan if s.endpoint.split(":")[0].lower() in ("tls", "haproxy", "systemd")]
     if problems:
         raise ConfigError(problems)
     return plan

@@ -381,8 +381,10 @@ class WebSocketLink:
     byte_stream = False
 
     def __init__(self, backends: WebSocketBackends, route: Route, query: bytes, client_host: str,
-                 secure: bool, headers: dict[str, str], extra: Optional[dict[str, str]] = None) -> None:
+                 secure: bool, headers: dict[str, str], tls_client: str = "",
+                 extra: Optional[dict[str, str]] = None) -> None:
         self._backends = backends
+        self._tls_client = tls_client  # the verified client certificate's identity, for forward=tlsclient
         self._extra = extra or {}
         self._route = route
         self._query = query
@@ -411,7 +413,7 @@ class WebSocketLink:
         """Open the backend offering the client's subprotocols; fires with the backend's choice."""
         assert self._target is not None
         headers = forwarded_headers(self._route.options.forward, self._client_host, self._secure, self._host,
-                                    self._headers)
+                                    self._headers, self._tls_client)
         origin = headers.pop("Origin", None)
         headers.update(self._extra)
         d = self._backends.connect(self._target, self._route.options, self._protocols, headers, origin)

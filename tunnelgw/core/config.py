@@ -25,6 +25,7 @@ from tunnelgw.core.audit import FACILITIES
 from tunnelgw.core.errors import ConfigError, Location, Problem
 from tunnelgw.core.hostpattern import listener_is_local, target_host
 from tunnelgw.core.options import Reader, choice, matching, number, read_options, whole
+from tunnelgw.core.tlsconfig import CLIENT_CERT_MODES, ListenTLS, parse_ssl_endpoint
 from tunnelgw.core.targets import SUBSTITUTION, BackendTarget, PoolTarget, ReplayTarget, WebSocketURL, parse_target
 from tunnelgw.core.topoconfig import (AllowedTarget, Network, TopologyConfig, TopologyParser, read_allowed,
                                       redis_address)
@@ -79,8 +80,10 @@ DemoPage / /echo
 _DEMO_KINDS = ("echo",)
 
 #: What a WebSocket route may forward to its backend (``forward=``):
-#: X-Forwarded-For, X-Forwarded-Proto, Forwarded (RFC 7239), Origin, Cookie.
-FORWARD_CHOICES = ("xff", "proto", "forwarded", "origin", "cookie")
+#: X-Forwarded-For, X-Forwarded-Proto, Forwarded (RFC 7239), Origin, Cookie, and
+#: the verified client certificate's identity (``tlsclient``:
+#: :data:`tunnelgw.core.tlsconfig.TLS_CLIENT_HEADER`).
+FORWARD_CHOICES = ("xff", "proto", "forwarded", "origin", "cookie", "tlsclient")
 #: WebSocket routes forward all of :data:`FORWARD_CHOICES` unless told otherwise.
 DEFAULT_FORWARD = frozenset(FORWARD_CHOICES)
 
@@ -106,6 +109,9 @@ class RouteOptions:
     :ivar allow_clients: client networks admitted on this route
         (``allowclients=CIDR,...``); empty: every client.
     :ivar auth: the forward-authentication portal of the route (``auth=NAME``).
+    :ivar cert_names: ``certname=NAME,...``: a verified client certificate
+        must carry one of these names (globs; see :mod:`tunnelgw.core.tlsconfig`);
+        empty: no client certificate is asked of this route.
     """
 
     connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
@@ -120,6 +126,7 @@ class RouteOptions:
     allow_clients: tuple[Network, ...] = ()
     #: ``auth=NAME``: the ``AuthPortal`` asked before the backend is connected.
     auth: Optional[str] = None
+    cert_names: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -210,10 +217,15 @@ Rule = Union[PrefixRule, PatternRule]
 
 @dataclass(frozen=True)
 class Listener:
-    """``Listen ENDPOINT``: a Twisted server endpoint string to accept clients on."""
+    """``Listen ENDPOINT [OPTIONS]``: a Twisted server endpoint string to accept clients on.
+
+    :ivar tls: for ``ssl:`` endpoints, the TLS settings the gateway loads
+        itself (and again on reload); None for other kinds.
+    """
 
     endpoint: str
     where: Location
+    tls: Optional[ListenTLS] = None
 
 
 @dataclass(frozen=True)
@@ -436,6 +448,13 @@ def _file_name(value: str) -> str:
     return value
 
 
+def _cert_names(value: str) -> tuple[str, ...]:
+    names = tuple(n.strip() for n in value.split(","))
+    if not all(n and n.isprintable() and " " not in n for n in names):
+        raise ValueError(f"takes comma-separated names or globs (CN or subject alternative names), got {value!r}")
+    return names
+
+
 def _rate(value: str) -> float:
     """``N``, ``N/s`` or ``N/m``: handshakes per second."""
     per_minute = value.lower().endswith("/m")
@@ -457,6 +476,7 @@ ROUTE_OPTIONS: dict[str, Reader] = {
     "speed": number(0.01, 100),
     "allowclients": _networks,
     "auth": matching(r"[A-Za-z0-9_.-]{1,64}", "the name of an AuthPortal"),
+    "certname": _cert_names,
 }
 _WEBSOCKET_ONLY = ("forward", "cafile", "verify")
 _SECURE_ONLY = ("cafile", "verify")
@@ -471,7 +491,7 @@ _LIMIT_SETTINGS: dict[str, Reader] = {
     "frame": whole(0, 1 << 40), "message": whole(0, 1 << 50)}
 #: Option and setting keys whose dataclass field is spelt otherwise.
 _FIELD_NAMES = {"connecttimeout": "connect_timeout", "idletimeout": "idle_timeout", "maxsessions": "max_sessions",
-                "allowclients": "allow_clients",
+                "allowclients": "allow_clients", "certname": "cert_names",
                 "tcpidle": "tcp_idle", "tcpinterval": "tcp_interval", "tcpcount": "tcp_count",
                 "perclient": "per_client"}
 
@@ -528,11 +548,35 @@ class Directive:
     in_pool: bool = False
 
 
+#: Options after an ``ssl:`` Listen endpoint.
+_LISTEN_TLS_OPTIONS: dict[str, Reader] = {
+    "certificates": _file_name, "clientca": _file_name, "clientcert": choice(*CLIENT_CERT_MODES), "crl": _file_name}
+
+
 def _listen(p: _Parse, args: list[str], where: Location, problem: Problems) -> None:
-    if len(args) != 1:
+    if not args:
         problem("Listen takes one server endpoint string, e.g. Listen tcp:port=8080:interface=127.0.0.1")
-    else:
-        p.listeners.append(Listener(args[0], where))
+        return
+    if not args[0].lower().startswith("ssl:"):
+        if len(args) != 1:
+            problem("Listen options (certificates=, clientca=, clientcert=, crl=) apply to ssl: endpoints only")
+        else:
+            p.listeners.append(Listener(args[0], where))
+        return
+    try:
+        tls = parse_ssl_endpoint(args[0])
+    except ValueError as e:
+        problem(f"bad Listen endpoint {args[0]!r}: {e}")
+        return
+    found = read_options(args[1:], _LISTEN_TLS_OPTIONS, problem, "Listen")
+    mode = found.get("clientcert", "optional" if "clientca" in found else "off")
+    if mode != "off" and "clientca" not in found:
+        problem(f"clientcert={mode} needs clientca=FILE (the CA certificates client certificates chain to)")
+    elif "crl" in found and "clientca" not in found:
+        problem("crl= needs clientca=FILE (it revokes client certificates)")
+    tls = replace(tls, certificates=found.get("certificates"), client_ca=found.get("clientca"),
+                  client_cert=mode, crl=found.get("crl"))
+    p.listeners.append(Listener(args[0], where, tls))
 
 
 def _admin_listen(p: _Parse, args: list[str], where: Location, problem: Problems) -> None:
@@ -836,8 +880,9 @@ def _topology(method: Callable[[TopologyParser, list[str], Location, Problems, C
 
 #: Every directive, in the order the reference lists them.
 DIRECTIVES: tuple[Directive, ...] = (
-    Directive("Listen", "ENDPOINT",
-              "a server endpoint string to accept clients on (tcp:, ssl:, unix:, systemd:, haproxy:)", _listen),
+    Directive("Listen", "ENDPOINT [certificates=DIR] [clientca=FILE] [clientcert=optional|required] [crl=FILE]",
+              "a server endpoint string to accept clients on (tcp:, ssl:, unix:, systemd:, haproxy:); "
+              "ssl: takes SNI certificates and client certificates", _listen),
     Directive("ProxyPass", "PATH TARGET [OPTIONS]",
               "sessions at PATH relayed to a tcp:/tls:/unix: endpoint, ws:// URL or balancer://",
               _rule_reader("ProxyPass", "path")),

@@ -28,6 +28,7 @@ HOP_BY_HOP = frozenset({
 _SET_BY_GATEWAY = frozenset({
     b"host", b"content-length", b"expect",
     b"origin", b"cookie", b"x-forwarded-for", b"x-forwarded-proto", b"forwarded",
+    b"x-forwarded-tls-client",  # tunnelgw.core.tlsconfig.TLS_CLIENT_HEADER: only the gateway says who a client is
 })
 
 RawHeaders = Sequence[tuple[bytes, Sequence[bytes]]]

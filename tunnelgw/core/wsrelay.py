@@ -15,6 +15,7 @@ from typing import Mapping, Optional
 from tunnelgw.core.relay import CLOSE_BACKEND_FAILED, CLOSE_GOING_AWAY, Close, close_reason
 from tunnelgw.core.routing import Reject, Route
 from tunnelgw.core.targets import WebSocketURL
+from tunnelgw.core.tlsconfig import TLS_CLIENT_HEADER
 from tunnelgw.core.wsurl import WebSocketTarget
 
 __all__ = [
@@ -50,7 +51,7 @@ def _forwarded_node(host: str) -> str:
 
 
 def forwarded_headers(forward: frozenset[str], client_host: str, secure: bool, host: Optional[str],
-                      incoming: Mapping[str, str]) -> dict[str, str]:
+                      incoming: Mapping[str, str], tls_client: str = "") -> dict[str, str]:
     """
     The headers a backend is sent on behalf of a client.
 
@@ -62,6 +63,9 @@ def forwarded_headers(forward: frozenset[str], client_host: str, secure: bool, h
     :param incoming: the client's request headers, names in lower case.
         X-Forwarded-For and Forwarded from earlier proxies are extended,
         never trusted or dropped: the backend decides whom it trusts.
+    :param tls_client: the verified client certificate's identity ('' for
+        none), sent as :data:`~tunnelgw.core.tlsconfig.TLS_CLIENT_HEADER`
+        (``tlsclient``); a client's own header of that name is never copied.
     """
     out: dict[str, str] = {}
     proto = "https" if secure else "http"
@@ -80,6 +84,8 @@ def forwarded_headers(forward: frozenset[str], client_host: str, secure: bool, h
         value = incoming.get(name.lower())
         if key in forward and value and _clean(value):
             out[name] = value
+    if "tlsclient" in forward and tls_client and _clean(tls_client):
+        out[TLS_CLIENT_HEADER] = tls_client
     return out
 
 
