@@ -64,12 +64,33 @@ def test_public_key_sources(tmp_path: Path, algorithm: str) -> None:
         assert isinstance(refused, Reject) and (refused.status, refused.reason, refused.detail) == (403, "invalid token", why)
 
 
-def test_hs256_with_a_public_key_as_secret_is_refused() -> None:
+def forged_with_public_key(algorithm: str, kid: str = "", **claims: Any) -> str:
+    """The classic confusion attack: an HS256 token whose MAC key is the PEM text of the public key."""
+    import base64
+    import hashlib
+    import hmac
+
+    def b64(data: bytes) -> str:
+        return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+    header = {"alg": "HS256", "typ": "JWT"} | ({"kid": kid} if kid else {})
+    body = {"host": "127.0.0.2", "port": 5901, "exp": 200} | claims
+    signing_input = f"{b64(json.dumps(header).encode())}.{b64(json.dumps(body).encode())}"
+    mac = hmac.new(pem(algorithm), signing_input.encode(), hashlib.sha256).digest()
+    return f"{signing_input}.{b64(mac)}"
+
+
+def test_hs256_with_a_public_key_as_secret_is_refused(tmp_path: Path) -> None:
     """The classic confusion: a token MACed with the PEM text of the public key never verifies."""
     pinned = load_key("RS256", pem("RS256"))
     source = SignedTokens(spec("jwt", "-", algorithm="RS256"), lambda header, now: pinned)
-    forged = jwt.encode({"host": "127.0.0.2", "port": 5901, "exp": 200}, "k" * 32, algorithm="HS256")
+    forged = forged_with_public_key("RS256")
     assert source.lookup(forged, 100.0, "c").detail == "token alg 'HS256' is not its key's RS256"  # type: ignore[union-attr]
+    path = tmp_path / "keys.jwks"
+    path.write_text(json.dumps({"keys": [jwk("RS256", "r1")]}))
+    jwks = make_token_source(spec("jwks", str(path)), lambda p: b"")
+    refused = jwks.lookup(forged_with_public_key("RS256", "r1"), 100.0, "c")
+    assert isinstance(refused, Reject) and refused.detail == "token alg 'HS256' is not its key's RS256"
     with pytest.raises(ValueError):
         load_key("HS256", pem("RS256"))  # a PEM key is never taken as a secret
     with pytest.raises(ValueError):
@@ -115,8 +136,8 @@ TokenRoute /vnc portal
         assert [status(token(a, k)) for a, k in (("RS256", "r1"), ("ES256", "e1"), ("EdDSA", "d1"))] == [101] * 3
         assert status(token("RS256", "r1", aud="else")) == 403
         assert status(token("RS256", "zz")) == 403
-        hs = jwt.encode({"host": "127.0.0.1", "port": backend.port, "exp": int(time.time()) + 60, "aud": "vdi"},
-                        b"x" * 32, algorithm="HS256", headers={"kid": "r1"})
+        hs = forged_with_public_key("RS256", "r1", host="127.0.0.1", port=backend.port, exp=int(time.time()) + 60,
+                                    aud="vdi")
         assert status(hs) == 403
         assert "token alg 'HS256' is not its key's RS256" in gw.log()
     broken = GatewayProcess(config.replace(str(keys), str(bad)), tmp_path, name="broken")
