@@ -223,3 +223,52 @@ def test_pool_fronts_docs_name_the_tested_recipes() -> None:
         for line in lines:
             assert line in example and line in section, (name, line)
     assert "browsers send" in section and "WebSocket handshake" in section
+
+
+def test_pool_without_stickiness_relays_to_the_owner(tmp_path: Path, redis_server: RedisServer,
+                                                     backend: TcpServer) -> None:
+    """nginx round robin (examples/pool/nginx.conf without its hash line): sessions land on any gateway and
+    reach the desktop through its owner (OwnerSource mode=relay), which sees the real client."""
+    import redis
+
+    (tmp_path / "hop").write_bytes(b"p" * 32)
+    tokens = tmp_path / "tokens"
+    tokens.write_text(f"desk1: 127.0.0.1:{backend.port}\n")
+    ports = {name: free_port("127.0.0." + name[2:]) for name in GATEWAYS}
+    gateways: dict[str, GatewayProcess] = {}
+    try:
+        for name in GATEWAYS:
+            host = "127.0.0." + name[2:]
+            config = f"""
+Listen tcp:port={ports[name]}:interface={host}
+AdminListen tcp:port=0:interface={host}
+TrustedProxy 127.0.0.1
+GatewayURL ws://{host}:{ports[name]}
+Pool redis://127.0.0.1:{redis_server.port}/0 name={name} ttl=3 refresh=0.5
+OwnerSource redis://127.0.0.1:{redis_server.port}/0 mode=relay hopsecret={tmp_path}/hop
+TokenSource files file {tokens} allow=127.0.0.1:{backend.port}
+TokenRoute /vnc files
+"""
+            gateways[name] = GatewayProcess(config, tmp_path, name=name).start()
+        redis.Redis(port=redis_server.port).set("tunnelgw:owner:127.0.0.1", f"ws://127.0.0.4:{ports['gw4']}")
+        folder = front_folder(tmp_path, "nginx")
+        port = free_port(FRONT)
+        http = recipe("nginx.conf", {"listen 127.0.0.1:8000;": f"listen {FRONT}:{port};",
+                                     "    hash $remote_addr consistent;\n": "",
+                                     **{f"127.0.0.{n[2:]}:8080": f"127.0.0.{n[2:]}:{ports[n]}" for n in GATEWAYS}})
+        front = nginx_process(folder, nginx_main(folder, http), FRONT, port)
+        with front, contextlib.ExitStack() as stack:
+            opened = [stack.enter_context(open_ws(f"ws://{FRONT}:{port}/vnc?token=desk1", "127.0.0.20"))
+                      for _ in range(6)]
+            for i, ws in enumerate(opened):
+                ws.send(b"#%d" % i)
+                assert ws.recv(timeout=5) == b"#%d" % i
+            owner = admin(gateways["gw4"], "/sessions")[1]["sessions"]
+            direct = [s for s in owner if s["backend"].startswith("tcp:")]
+            assert len(direct) == 6, owner  # every desktop connection is made by the owner
+            assert {s["client"] for s in direct} == {"127.0.0.20"}  # the real client (from nginx, through the hops)
+            relayed = [s for name in ("gw2", "gw3") for s in admin(gateways[name], "/sessions")[1]["sessions"]]
+            assert relayed and all(s["backend"].startswith(f"ws://127.0.0.4:{ports['gw4']}/vnc") for s in relayed)
+    finally:
+        for gw in gateways.values():
+            gw.stop()
