@@ -229,6 +229,48 @@ class Nginx:
         self._log.close()
 
 
+class Redis:
+    """redis-server on loopback (its own port and folder, no persistence) for the token-lookup figure."""
+
+    def __init__(self, folder: Path) -> None:
+        exe = shutil.which("redis-server") or "/usr/bin/redis-server"
+        if not os.access(exe, os.X_OK):
+            raise RuntimeError("redis-server is not installed (apt-get install redis-server)")
+        folder.mkdir(parents=True, exist_ok=True)
+        self.port = _free_port()
+        self._log = open(folder / "redis.log", "wb")
+        self.proc = subprocess.Popen([exe, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(folder),
+                                      "--save", "", "--appendonly", "no"], stdout=self._log, stderr=subprocess.STDOUT)
+
+        def ready() -> bool:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"redis-server exited: {(folder / 'redis.log').read_text()}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), 1) as s:
+                    s.sendall(b"PING\r\n")
+                    return s.recv(16).startswith(b"+PONG")
+            except OSError:
+                return False
+
+        try:
+            _wait(ready, 20, "redis-server to answer")
+        except BaseException:
+            self.stop()
+            raise
+
+    def set(self, key: str, value: str) -> None:
+        """SET key value (RESP over a socket: the bench needs no Redis client of its own)."""
+        parts = [b"SET", key.encode(), value.encode()]
+        command = b"*%d\r\n" % len(parts) + b"".join(b"$%d\r\n%s\r\n" % (len(p), p) for p in parts)
+        with socket.create_connection(("127.0.0.1", self.port), 5) as s:
+            s.sendall(command)
+            assert s.recv(16).startswith(b"+OK")
+
+    def stop(self) -> None:
+        _stop(self.proc)
+        self._log.close()
+
+
 _LISTENING = re.compile(r"(\S+):(\d+): listening on .* port=(\d+)\)")
 
 

@@ -29,7 +29,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, Callable, Iterator, Optional
 
-from bench.procs import (REPO, Backends, Bridge, Gateway, Nginx, Websockify, WsBackend, memory_of, nginx_path,
+from bench.procs import (REPO, Backends, Bridge, Gateway, Nginx, Redis, Websockify, WsBackend, memory_of, nginx_path,
                          run_client, run_clients, self_signed, start_idle_client)
 from bench.report import Row, write_results
 
@@ -191,6 +191,32 @@ class Suite:
                  + "; ws->ws: " + ", ".join(f"{k} {r['per_second']:.0f}" for k, r in ws.items())
                  + (f"; {note}" if note else ""))
 
+    def tokens(self) -> None:
+        """New sessions/s on token routes: the token looked up in a file, and in Redis (issue 15: >= 0.8x)."""
+        folder = self.tmp / "tokens"
+        folder.mkdir(exist_ok=True)
+        redis = Redis(folder / "redis")
+        try:
+            echo = self.backends.ports["echo"]
+            (folder / "tokens").write_text(f"t: 127.0.0.1:{echo}\n")
+            redis.set("bench:t", f"127.0.0.1:{echo}")
+            rules = (f"TokenSource file file {folder / 'tokens'} allow=127.0.0.1:{echo}\nTokenRoute /tf file\n"
+                     f"TokenSource redis redis redis://127.0.0.1:{redis.port}/0 namespace=bench "
+                     f"allow=127.0.0.1:{echo}\nTokenRoute /tr redis\n")
+            gateway = Gateway(folder, {}, self.cert, tls=False, extra_rules=rules)
+            try:
+                found = {kind: self._sessions(_target("ws", gateway.ws_port, f"/t{kind}?token=t")) for kind in "fr"}
+            finally:
+                gateway.stop()
+        finally:
+            redis.stop()
+        file, from_redis = found["f"]["per_second"], found["r"]["per_second"]
+        ratio = from_redis / file if file else float("nan")
+        self.rows.append(Row(f"new sessions/s, {CONCURRENCY} concurrent, file token route", "sessions/s", tunnelgw=file))
+        self.rows.append(Row(f"new sessions/s, {CONCURRENCY} concurrent, Redis token route", "sessions/s",
+                             tunnelgw=from_redis, note=f"Redis/file {ratio:.2f} in this run (target >= 0.8)"))
+        self.log(f"token routes: file {file:.0f}/s, redis {from_redis:.0f}/s ({ratio:.2f}x)")
+
     def _idle_memory(self, pids: Callable[[], list[int]], target: dict[str, Any], count: int, key: str) -> tuple[float, int]:
         before = memory_of(pids())[key]
         proc, report = start_idle_client(target, count)
@@ -256,7 +282,7 @@ class Suite:
 
 
 #: The figures of one run, in order, by the name ``--only`` takes.
-FIGURES = ("throughput", "round_trip", "sessions", "ws_backend", "memory", "workers")
+FIGURES = ("throughput", "round_trip", "sessions", "tokens", "ws_backend", "memory", "workers")
 
 
 def one_run(counts: Counts, folder: Path, log: Callable[[str], None],

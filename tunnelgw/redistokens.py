@@ -2,9 +2,10 @@
 Token sources in Redis (``TokenSource NAME redis redis://HOST:PORT/DB allow=...``),
 in websockify's TokenRedis layout (see :func:`tunnelgw.core.tokens.redis_target`).
 
-A lookup is one ``GET`` through redis-py on the reactor's thread pool, with a
-socket timeout of the source's ``timeout=``: a broker's change is seen by the
-next session, and the reactor thread never waits.  Redis unreachable or slow
+A lookup is a ``GET`` through redis-py on the reactor's thread pool (the
+lookups that arrive while one is out go together in the next ``MGET``), with
+a socket timeout of the source's ``timeout=``: a broker's change is seen by
+the next session, and the reactor thread never waits.  Redis unreachable or slow
 gives the client 503 "token lookup unavailable" (the operator's log says
 why), never a hang; redis-py reconnects by itself once Redis is back.
 """
@@ -36,6 +37,52 @@ def _client(address: RedisAddress, timeout: float) -> Any:
                        socket_timeout=timeout, socket_connect_timeout=timeout)
 
 
+class _Batches:
+    """
+    GETs of many keys as one MGET per thread hop: while a batch is out, new
+    keys wait for the next one (at most :data:`BATCH` keys each), so under
+    load the thread round trips and Redis round trips are shared.
+    """
+
+    def __init__(self, reactor: Any, redis_client: Any) -> None:
+        self._reactor = reactor
+        self._redis = redis_client
+        self._waiting: list[tuple[str, defer.Deferred[Optional[bytes]]]] = []
+        self._out = False
+
+    def get(self, key: str) -> "defer.Deferred[Optional[bytes]]":
+        d: defer.Deferred[Optional[bytes]] = defer.Deferred()
+        self._waiting.append((key, d))
+        self._send()
+        return d
+
+    def _send(self) -> None:
+        if self._out or not self._waiting:
+            return
+        batch, self._waiting = self._waiting[:BATCH], self._waiting[BATCH:]
+        self._out = True
+        sent: Any = deferToThreadPool(self._reactor, self._reactor.getThreadPool(), self._redis.mget,
+                                      [key for key, _ in batch])
+
+        def answered(values: list[Optional[bytes]]) -> None:
+            for (_, d), value in zip(batch, values):
+                d.callback(value)
+
+        def failed(failure: Any) -> None:
+            for _, d in batch:
+                d.errback(failure)
+
+        def next_batch(_: object) -> None:
+            self._out = False
+            self._send()
+
+        sent.addCallbacks(answered, failed).addBoth(next_batch)
+
+
+#: Keys asked in one MGET at most.
+BATCH = 256
+
+
 class RedisTokens:
     """One Redis token source."""
 
@@ -44,13 +91,12 @@ class RedisTokens:
 
         self.spec = spec
         self._reactor = reactor
-        self._redis = _client(spec.redis, spec.timeout)
+        self._batches = _Batches(reactor, _client(spec.redis, spec.timeout))
         self._errors = (redis.RedisError, OSError)
 
     def lookup(self, token: str, client: str) -> "defer.Deferred[Union[TargetAddress, Reject]]":
         """The allowed target of token, the uniform 403, or 503 when Redis cannot answer."""
-        key = redis_key(self.spec, token)
-        d = deferToThreadPool(self._reactor, self._reactor.getThreadPool(), self._redis.get, key)
+        d = self._batches.get(redis_key(self.spec, token))
 
         def unavailable(failure: Any) -> Reject:
             failure.trap(*self._errors)
