@@ -22,6 +22,7 @@ from typing import Any, Iterator, Optional
 from urllib.parse import urlsplit
 
 import pytest
+from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
 
 from fronts import FrontProcess, apache_main, apache_process, free_port, nginx_main, nginx_process
@@ -272,3 +273,36 @@ TokenRoute /vnc files
     finally:
         for gw in gateways.values():
             gw.stop()
+
+
+def test_pool_behind_haproxy_shares_one_list_and_closes_across(tmp_path: Path, pool: dict[str, GatewayProcess]) -> None:
+    """Three Redis-pooled gateways behind HAProxy (roundrobin): one session list on all, and a close issued on
+    one gateway ends a session another holds."""
+    from fronts import haproxy_config
+
+    port = free_port(FRONT)
+    servers = [(name, f"127.0.0.{name[2:]}:{gw.port()}", "") for name, gw in pool.items()]
+    with haproxy_config(front_folder(tmp_path, "haproxy"), f"{FRONT}:{port}", servers, "roundrobin"), \
+            contextlib.ExitStack() as stack:
+        opened = [stack.enter_context(open_ws(f"ws://{FRONT}:{port}/echo", "127.0.0.20")) for _ in range(6)]
+        for i, ws in enumerate(opened):
+            ws.send(b"#%d" % i)
+            assert ws.recv(timeout=5) == b"#%d" % i
+        for gw in pool.values():
+            assert wait_until(lambda: len(pool_list(gw) or {}) == 6, 10)
+        listed = pool_list(pool["gw2"]) or {}
+        assert len({r["gateway"] for r in listed.values()}) == 3  # round robin: every gateway holds some
+        # Close, from gw2's admin, a session gw4 holds: its client sees 1008.
+        victim = next(sid for sid, r in listed.items() if r["gateway"] == "gw4")
+        request = urllib.request.Request(f"http://127.0.0.2:{pool['gw2'].port(1)}/pool/sessions/{victim}/close",
+                                         method="POST")
+        assert urllib.request.urlopen(request, timeout=5).status == 202
+        assert wait_until(lambda: victim not in own_sessions(pool["gw4"]), 5)
+        closed = []
+        for ws in opened:
+            try:
+                ws.send(b"ping")
+                ws.recv(timeout=2)
+            except ConnectionClosed:
+                closed.append(ws.close_code)
+        assert closed == [1008]
