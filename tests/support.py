@@ -535,20 +535,23 @@ def backend() -> Iterator[TcpServer]:
 class RedisServer:
     """redis-server on loopback with its own port and data folder, no persistence."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, password: str = "") -> None:
         self.folder = folder
         folder.mkdir(exist_ok=True)
         self.port = free_port()
+        self.password = password
         self.proc: Optional[subprocess.Popen[bytes]] = None
 
     def start(self) -> "RedisServer":
         self.proc = subprocess.Popen(
             [require_tool("redis-server"), "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.folder),
-             "--save", "", "--appendonly", "no", "--daemonize", "no", "--protected-mode", "yes"],
+             "--save", "", "--appendonly", "no", "--daemonize", "no", "--protected-mode", "yes",
+             *(["--requirepass", self.password] if self.password else [])],
             stdout=open(self.folder / "redis.log", "ab"), stderr=subprocess.STDOUT)
         import redis
 
-        client = redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=1, socket_connect_timeout=1)
+        client = redis.Redis(host="127.0.0.1", port=self.port, password=self.password or None, socket_timeout=1,
+                             socket_connect_timeout=1)
 
         def up() -> bool:
             try:

@@ -193,3 +193,27 @@ TokenRoute /vnc files
     finally:
         for gw in gateways.values():
             gw.stop()
+
+
+def test_redis_with_a_password(tmp_path: Path, backend: TcpServer) -> None:
+    """passwordfile= authenticates to a Redis that requires it; a wrong password is 503, an unreadable file FILE:LINE."""
+    import redis
+
+    server = RedisServer(tmp_path / "redis", password="s3cret-redis").start()
+    try:
+        redis.Redis(port=server.port, password="s3cret-redis").set("desk1", f"127.0.0.1:{backend.port}")
+        (tmp_path / "good").write_text("s3cret-redis\n")
+        (tmp_path / "bad").write_text("nope\n")
+        for name, expected in (("good", 101), ("bad", 503)):
+            config = f"""
+Listen tcp:port=0:interface=127.0.0.1
+TokenSource broker redis redis://127.0.0.1:{server.port}/0 passwordfile={tmp_path}/{name} allow=127.0.0.1:{backend.port}
+TokenRoute /vnc broker
+"""
+            with GatewayProcess(config, tmp_path, name=f"gw-{name}") as gw:
+                assert session_status(f"ws://127.0.0.1:{gw.port()}/vnc?token=desk1") == expected
+        missing = GatewayProcess(config.replace(f"{tmp_path}/bad", f"{tmp_path}/missing"), tmp_path, name="gw-missing")
+        with pytest.raises(RuntimeError, match=r"gw-missing.conf:3: cannot read the Redis password file"):
+            missing.start()
+    finally:
+        server.stop()

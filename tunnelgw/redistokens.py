@@ -29,11 +29,15 @@ _log = Logger(namespace="tunnelgw")
 UNAVAILABLE = Reject(503, "token lookup unavailable")
 
 
-def _client(address: RedisAddress, timeout: float) -> Any:
+def _client(address: RedisAddress, timeout: float, password_file: str = "") -> Any:
     """A redis-py client (its own connection pool) whose every socket operation is bounded by timeout."""
     import redis
 
-    return redis.Redis(host=address.host, port=address.port, db=address.db, ssl=address.tls,
+    password = None
+    if password_file:
+        with open(password_file, encoding="utf-8") as f:
+            password = f.read().strip()
+    return redis.Redis(host=address.host, port=address.port, db=address.db, ssl=address.tls, password=password,
                        socket_timeout=timeout, socket_connect_timeout=timeout)
 
 
@@ -91,7 +95,7 @@ class RedisTokens:
 
         self.spec = spec
         self._reactor = reactor
-        self._batches = _Batches(reactor, _client(spec.redis, spec.timeout))
+        self._batches = _Batches(reactor, _client(spec.redis, spec.timeout, spec.password_file))
         self._errors = (redis.RedisError, OSError)
 
     def lookup(self, token: str, client: str) -> "defer.Deferred[Union[TargetAddress, Reject]]":
@@ -112,7 +116,7 @@ class RedisOwners:
     def __init__(self, spec: OwnerSourceSpec, reactor: Any) -> None:
         self.spec = spec
         self._reactor = reactor
-        self._redis = _client(spec.redis, spec.timeout)
+        self._redis = _client(spec.redis, spec.timeout, spec.password_file)
 
     def owner_of(self, host: str) -> "defer.Deferred[Optional[str]]":
         """The owner's gateway URL, None when the broker names none; fails when Redis cannot answer."""

@@ -9,6 +9,7 @@ reactor's clock and carries the answers out.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Any, Callable, Optional, Union
 
@@ -95,6 +96,10 @@ def check_topology(config: TopologyConfig, reactor: Any) -> list[Problem]:
                 keys, bad = {}, [str(e)]
             if not keys:
                 problems.append(Problem(source.where, f"{source.path}: no usable key ({'; '.join(bad) or 'empty'})"))  # type: ignore[arg-type]
+    for where, password in [(s.where, s.password_file) for s in config.token_sources if s.kind == "redis"] + (
+            [(config.owner_source.where, config.owner_source.password_file)] if config.owner_source else []):
+        if password and not os.access(password, os.R_OK):
+            problems.append(Problem(where, f"cannot read the Redis password file {password!r}"))  # type: ignore[arg-type]
     owners = config.owner_source
     if owners is not None and owners.mode == "relay":
         try:

@@ -94,6 +94,8 @@ class TokenSourceSpec:
     audience: str = ""
     issuer: str = ""
     leeway: float = 0.0
+    #: For redis sources: a file holding the Redis password ("": none).
+    password_file: str = ""
 
     @property
     def redis(self) -> "RedisAddress":
@@ -209,6 +211,8 @@ class OwnerSourceSpec:
     mode: str = "redirect"
     #: For relay: a file holding the pool's shared hop secret (at least 32 bytes).
     hop_secret: str = ""
+    #: A file holding the Redis password ("": none).
+    password_file: str = ""
 
     @property
     def redis(self) -> "RedisAddress":
@@ -256,6 +260,7 @@ def read_allowed(value: str) -> AllowedTarget:
 _SECONDS = number(0, 86400)
 _TOKEN_SOURCE_OPTIONS = {"allow": read_allowed, "reload": _SECONDS, "bind": choice("address", "none"),
                          "namespace": matching(_NAME.pattern, "a plain name"), "timeout": number(0.05, 60),
+                         "passwordfile": matching(r"/.+", "an absolute file name"),
                          "once": choice("on", "off"), "alg": choice(*(a.lower() for a in ALGORITHMS)),
                          "aud": matching(r"[!-~]{1,256}", "printable text"), "iss": matching(r"[!-~]{1,256}", "printable text"),
                          "leeway": number(0, 300)}
@@ -265,7 +270,8 @@ _TOKEN_ROUTE_OPTIONS = {"from": choice(*TOKEN_FROM), "param": matching(_NAME.pat
 _MEMBER_OPTIONS = {"status": choice("drain", "+n", "active")}
 _POOL_OPTIONS = {"lbmethod": choice(*LB_METHODS), "retry": _SECONDS}
 _OWNER_OPTIONS = {"namespace": matching(_NAME.pattern, "a plain name"), "timeout": number(0.05, 60),
-                  "mode": choice("redirect", "relay"), "hopsecret": matching(r"/.+", "an absolute file name")}
+                  "mode": choice("redirect", "relay"), "hopsecret": matching(r"/.+", "an absolute file name"),
+                  "passwordfile": matching(r"/.+", "an absolute file name")}
 _TRUSTED_PROXY_OPTIONS = {"header": choice(*PROXY_HEADERS)}
 
 
@@ -327,7 +333,7 @@ class TopologyParser:
         algorithm = {a.lower(): a for a in ALGORITHMS}[found.get("alg", "hs256")]
         if kind == "redis" and redis_address(path) is None:
             problem(f"a redis TokenSource takes redis://HOST:PORT/DB (rediss:// for TLS, no password in it), got {path!r}")
-        for key in ("namespace", "timeout"):
+        for key in ("namespace", "timeout", "passwordfile"):
             if key in found and kind != "redis":
                 problem(f"{key}= applies to redis token sources only")
         if found.get("once") == "on" and kind not in SIGNED_KINDS:
@@ -335,7 +341,8 @@ class TopologyParser:
         self.token_sources.append(TokenSourceSpec(name, kind, path, tuple(allow), reload, bind, where,
                                                   found.get("namespace", ""), found.get("timeout", 1.0),
                                                   found.get("once") == "on", algorithm, found.get("aud", ""),
-                                                  found.get("iss", ""), found.get("leeway", 0.0)))
+                                                  found.get("iss", ""), found.get("leeway", 0.0),
+                                                  found.get("passwordfile", "")))
 
     def read_token_route(self, args: list[str], where: Location, problem: Callable[[str], None],
                     is_safe_path: Callable[[str], bool]) -> None:
@@ -418,7 +425,7 @@ class TopologyParser:
         if (mode == "relay") != ("hopsecret" in found):
             problem("OwnerSource mode=relay and hopsecret=FILE go together (the pool's shared hop secret)")
         self.owner_source = OwnerSourceSpec(args[0], found.get("namespace", "tunnelgw"), found.get("timeout", 1.0),
-                                            where, mode, found.get("hopsecret", ""))
+                                            where, mode, found.get("hopsecret", ""), found.get("passwordfile", ""))
 
     def read_gateway_url(self, args: list[str], where: Location, problem: Callable[[str], None], _: object) -> None:
         if len(args) != 1 or not _is_ws_url(args[0]):
