@@ -7,6 +7,7 @@ forbidden targets, 503 while Redis is gone, and recovery without a restart.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -31,6 +32,13 @@ def test_redis_values() -> None:
         assert isinstance(refused, Reject) and (refused.status, refused.reason) == (403, "invalid token"), bad
 
 
+def gw_metrics(gw: GatewayProcess) -> str:
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{gw.port(1)}/metrics", timeout=5) as answer:
+        return str(answer.read().decode())
+
+
 def echoes(url: str, data: bytes) -> bool:
     with connect(url, open_timeout=10) as ws:
         ws.send(data)
@@ -48,6 +56,7 @@ def test_tokens_in_redis(tmp_path: Path, redis_server: RedisServer) -> None:
         store.set("vdi:evil", "10.1.2.3:22")
         config = f"""
 Listen tcp:port=0:interface=127.0.0.1
+AdminListen tcp:port=0:interface=127.0.0.1
 TokenSource broker redis redis://127.0.0.1:{redis_server.port}/0 namespace=vdi timeout=0.5 allow=127.0.0.0/8:1-65535
 TokenRoute /vnc broker
 """
@@ -67,6 +76,9 @@ TokenRoute /vnc broker
             redis_server.stop()
             assert session_status(base + "?token=desk1") == 503
             gw.wait_log(r"token lookup in broker failed")
+            metrics = gw_metrics(gw)
+            assert re.search(r'tunnelgw_redis_lookup_seconds_count\{source="broker"\} [1-9]', metrics)
+            assert 'tunnelgw_redis_lookup_errors_total{source="broker"} 1.0' in metrics
             redis_server.start()
             store = redis.Redis(host="127.0.0.1", port=redis_server.port)
             store.set("vdi:desk1", f"127.0.0.5:{first.port}")

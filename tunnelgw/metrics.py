@@ -88,6 +88,10 @@ class GatewayMetrics:
                                           ["route", "reason", "status"], registry=self.registry)
         self.connect_seconds = Histogram("tunnelgw_backend_connect_seconds", "Backend connect latency",
                                          ["route"], buckets=_CONNECT_BUCKETS, registry=self.registry)
+        self.redis_seconds = Histogram("tunnelgw_redis_lookup_seconds", "Token and owner lookups in Redis",
+                                       ["source"], buckets=_CONNECT_BUCKETS, registry=self.registry)
+        self.redis_errors = Counter("tunnelgw_redis_lookup_errors", "Token and owner lookups Redis could not answer",
+                                    ["source"], registry=self.registry)
         # Labelled children by label values, looked up once each: prometheus_client's
         # labels() checks and joins the values under a lock on every call.  Bounded:
         # routes come from the configuration, reasons and statuses from the code.

@@ -17,6 +17,7 @@ from typing import Any, Optional, Union
 from twisted.internet import defer
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from tunnelgw.core.routing import Reject
 from tunnelgw.core.tokens import TargetAddress, redis_key, redis_target
@@ -39,6 +40,29 @@ def _client(address: RedisAddress, timeout: float, password_file: str = "") -> A
             password = f.read().strip()
     return redis.Redis(host=address.host, port=address.port, db=address.db, ssl=address.tls, password=password,
                        socket_timeout=timeout, socket_connect_timeout=timeout)
+
+
+class _Timed:
+    """Observes each lookup's time (``tunnelgw_redis_lookup_seconds{source}``) and failures (``..._errors``)."""
+
+    def __init__(self, reactor: Any, metrics: Any, source: str) -> None:
+        self._reactor = reactor
+        self._seconds = metrics.redis_seconds.labels(source) if metrics is not None else None
+        self._errors = metrics.redis_errors.labels(source) if metrics is not None else None
+
+    def __call__(self, d: Any) -> Any:
+        seconds, errors = self._seconds, self._errors
+        if seconds is None or errors is None:
+            return d
+        started = self._reactor.seconds()
+
+        def seen(result: Any) -> Any:
+            seconds.observe(self._reactor.seconds() - started)
+            if isinstance(result, Failure):
+                errors.inc()
+            return result
+
+        return d.addBoth(seen)
 
 
 class _Batches:
@@ -90,17 +114,18 @@ BATCH = 256
 class RedisTokens:
     """One Redis token source."""
 
-    def __init__(self, spec: TokenSourceSpec, reactor: Any) -> None:
+    def __init__(self, spec: TokenSourceSpec, reactor: Any, metrics: Any = None) -> None:
         import redis
 
         self.spec = spec
         self._reactor = reactor
+        self._timed = _Timed(reactor, metrics, spec.name)
         self._batches = _Batches(reactor, _client(spec.redis, spec.timeout, spec.password_file))
         self._errors = (redis.RedisError, OSError)
 
     def lookup(self, token: str, client: str) -> "defer.Deferred[Union[TargetAddress, Reject]]":
         """The allowed target of token, the uniform 403, or 503 when Redis cannot answer."""
-        d = self._batches.get(redis_key(self.spec, token))
+        d = self._timed(self._batches.get(redis_key(self.spec, token)))
 
         def unavailable(failure: Any) -> Reject:
             failure.trap(*self._errors)
@@ -113,13 +138,14 @@ class RedisTokens:
 class RedisOwners:
     """``OwnerSource``: the gateway that owns a desktop host, read from Redis for each session."""
 
-    def __init__(self, spec: OwnerSourceSpec, reactor: Any) -> None:
+    def __init__(self, spec: OwnerSourceSpec, reactor: Any, metrics: Any = None) -> None:
         self.spec = spec
         self._reactor = reactor
+        self._timed = _Timed(reactor, metrics, "owners")
         self._redis = _client(spec.redis, spec.timeout, spec.password_file)
 
     def owner_of(self, host: str) -> "defer.Deferred[Optional[str]]":
         """The owner's gateway URL, None when the broker names none; fails when Redis cannot answer."""
         key = f"{self.spec.namespace}:owner:{host}"
-        d: Any = deferToThreadPool(self._reactor, self._reactor.getThreadPool(), self._redis.get, key)
+        d: Any = self._timed(deferToThreadPool(self._reactor, self._reactor.getThreadPool(), self._redis.get, key))
         return d.addCallback(lambda value: value.decode("utf-8", "replace").rstrip("/") if value else None)  # type: ignore[no-any-return]

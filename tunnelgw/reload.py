@@ -45,7 +45,7 @@ def apply_config(service: GatewayService, config: Config, reactor: Any) -> list[
     servers = check_config(config, reactor)
     factory = service.resource.factory
     # Build everything first, then swap in one go (nothing can fail after this).
-    topology = Topology(config.topology, reactor, factory.backends, previous=factory.topology)
+    topology = Topology(config.topology, reactor, factory.backends, previous=factory.topology, metrics=factory.metrics)
     rules = RuleSet(config)
     pages = {p.path: demo_page(p.websocket_path) for p in config.demo_pages}
     old = service.config

@@ -210,7 +210,7 @@ def build_resource(config: Config, reactor: Any) -> GatewayResource:
 
 def _resource(config: Config, reactor: Any) -> GatewayResource:
     factory = GatewayFactory(RuleSet(config), reactor, TcpBackends(reactor), config, GatewayMetrics())
-    factory.topology = Topology(config.topology, reactor, factory.backends)
+    factory.topology = Topology(config.topology, reactor, factory.backends, metrics=factory.metrics)
     pages = {p.path: demo_page(p.websocket_path) for p in config.demo_pages}
     return GatewayResource(factory, pages, aliases=config.aliases)
 

@@ -125,7 +125,7 @@ class Topology:
 
     def __init__(self, config: TopologyConfig, reactor: Any, backends: Any,
                  previous: Optional["Topology"] = None,
-                 secret: Callable[[str], bytes] = read_secret) -> None:
+                 secret: Callable[[str], bytes] = read_secret, metrics: Any = None) -> None:
         self.config = config
         self._reactor = reactor
         self._backends = backends
@@ -136,11 +136,12 @@ class Topology:
             if kept is not None and kept.spec == spec:
                 self.sources[spec.name] = kept
             else:
-                self.sources[spec.name] = (RedisTokens(spec, reactor) if spec.kind == "redis"
+                self.sources[spec.name] = (RedisTokens(spec, reactor, metrics) if spec.kind == "redis"
                                            else make_token_source(spec, secret))
         old_pools = previous.pools if previous else {}
         self.pools: dict[str, Pool] = {b.name: Pool.from_spec(b, old_pools.get(b.name)) for b in config.balancers}
-        self.owners_source = (RedisOwners(config.owner_source, reactor) if config.owner_source is not None else None)
+        self.owners_source = (RedisOwners(config.owner_source, reactor, metrics)
+                              if config.owner_source is not None else None)
         #: The pool's hop secret (``OwnerSource mode=relay``): relayed sessions are signed and checked with it.
         self.hop_secret = (secret(config.owner_source.hop_secret)
                            if config.owner_source is not None and config.owner_source.mode == "relay" else b"")
