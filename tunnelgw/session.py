@@ -360,7 +360,7 @@ class GatewaySession(QuietAdapter, WebSocketServerProtocol):  # type: ignore[mis
         passed, payload, rest = scanner.feed(data)
         if passed and self.state == self.STATE_OPEN:
             self._record.bytes_up += payload  # type: ignore[union-attr]
-            self._link.client_frames(passed, scanner.inside_frame)
+            self._link.client_frames(passed, scanner.inside_frame)  # type: ignore[attr-defined]  # a frame_relay link
         if rest is not None:
             self._dataReceived(rest)
 
