@@ -125,3 +125,38 @@ def test_size_violation_names_the_limit_broken() -> None:
     assert size_violation(10, 20, 10, 20) is None
     assert size_violation(10, 21, 0, 20) == "message of 21 bytes exceeds the limit of 20"
     assert size_violation(11, 11, 10, 0) == "frame of 11 bytes exceeds the limit of 10"
+
+
+def _frame(payload: bytes, first: int = 0x82, mask: bytes = b"") -> bytes:
+    """A frame with a minimal length header (masked when mask is given)."""
+    n = len(payload)
+    bit = 0x80 if mask else 0
+    head = bytes([first, bit | n]) if n < 126 else (bytes([first, bit | 126]) + n.to_bytes(2, "big") if n < 65536
+                                                   else bytes([first, bit | 127]) + n.to_bytes(8, "big"))
+    return head + mask + (apply_mask(payload, mask) if mask else payload)
+
+
+def test_scanner_passes_frames_split_at_every_byte() -> None:
+    """Unmasked and masked final binary frames split at any byte come out byte for byte, payload counted."""
+    from tunnelgw.core.frames import FrameScanner
+    for mask in (b"", b"\x01\x02\x03\x04"):
+        stream = b"".join(_frame(p, mask=mask) for p in (b"", b"a" * 5, b"b" * 200, b"c" * 70000))
+        for cut in range(len(stream) + 1):
+            scanner = FrameScanner(bool(mask))
+            out, total = b"", 0
+            for piece in (stream[:cut], stream[cut:]):
+                passed, payload, rest = scanner.feed(piece)
+                assert rest is None
+                out += passed
+                total += payload
+            assert out == stream and total == 5 + 200 + 70000 and scanner.at_boundary
+
+
+def test_scanner_hands_back_control_text_wrong_mask_and_oversize() -> None:
+    """A ping, a text frame, a frame with the wrong mask bit or over the limit is handed back from its first byte."""
+    from tunnelgw.core.frames import FrameScanner
+    good = _frame(b"x" * 10)
+    for other in (_frame(b"hi", first=0x89), _frame(b"t", first=0x81), _frame(b"y", mask=b"abcd"), _frame(b"z" * 101),
+                  _frame(b"f", first=0x02)):
+        passed, payload, rest = FrameScanner(False, max_payload=100).feed(good + other + good)
+        assert (passed, payload, rest) == (good, 10, other + good)

@@ -45,7 +45,7 @@ from zope.interface import implementer
 
 from tunnelgw.backends import BackendLink, BackendRefused
 from tunnelgw.core.clientaddr import format_address
-from tunnelgw.core.frames import BinaryFrameReader, frame_header, size_violation
+from tunnelgw.core.frames import BinaryFrameReader, FrameScanner, frame_header, size_violation
 from tunnelgw.core.handshake import Handshake
 from tunnelgw.core.http import EARLY_DATA_LIMIT, RequestHead
 from tunnelgw.core.relay import (
@@ -158,6 +158,7 @@ class GatewaySession(QuietAdapter, WebSocketServerProtocol):  # type: ignore[mis
         self._watch: Optional[SessionWatch] = None
         self._gate = _ClientWriteGate(self)
         self._reader: Optional[BinaryFrameReader] = None
+        self._scanner: Optional[FrameScanner] = None
         self._direct = False
         self._decoder: Optional[Base64Decoder] = None
         self._base64 = False
@@ -307,10 +308,14 @@ class GatewaySession(QuietAdapter, WebSocketServerProtocol):  # type: ignore[mis
         self.transport.registerProducer(self._gate, True)
         transport.registerProducer(self.transport, True)
         self._decoder = Base64Decoder() if self._base64 else None
-        if getattr(link, "byte_stream", False) and not self._base64:
+        if not self._base64:
             limits = [n for n in (self.maxFramePayloadSize, self.maxMessagePayloadSize) if n]
-            self._reader = BinaryFrameReader(unmask, min(limits) if limits else 0)
-            self._direct = True
+            limit = min(limits) if limits else 0
+            if getattr(link, "byte_stream", False):
+                self._reader = BinaryFrameReader(unmask, limit)
+                self._direct = True
+            elif getattr(link, "frame_relay", False):
+                self._scanner = FrameScanner(True, limit)
         link.start(self)
 
     def backend_transport(self) -> Any:
@@ -322,13 +327,18 @@ class GatewaySession(QuietAdapter, WebSocketServerProtocol):  # type: ignore[mis
     def dataReceived(self, data: bytes) -> None:
         """Read final binary frames directly while possible; the rest is Autobahn's."""
         reader = self._reader
-        if reader is None or self.state != self.STATE_OPEN:
+        if reader is None:
+            if self._scanner is not None:
+                self._scan(data)
+            else:
+                self._dataReceived(data)
+            return
+        if self.state != self.STATE_OPEN:
             self._dataReceived(data)
             return
         if not self._direct:
             # The reader takes over only where Autobahn holds nothing.
-            if reader.at_boundary and not (self.current_frame is None and not self.inside_message
-                                           and not self.data):
+            if reader.at_boundary and not self._autobahn_idle():
                 self._dataReceived(data)
                 return
             self._direct = True
@@ -338,6 +348,27 @@ class GatewaySession(QuietAdapter, WebSocketServerProtocol):  # type: ignore[mis
             self._link.client_payloads(payloads)
         if rest is not None:
             self._direct = False
+            self._dataReceived(rest)
+
+    def _autobahn_idle(self) -> bool:
+        """Whether Autobahn's parser is between frames and messages with nothing buffered."""
+        return self.current_frame is None and not self.inside_message and not self.data
+
+    def _scan(self, data: bytes) -> None:
+        """A WebSocket hop: pass final binary frames on as they are; the rest is Autobahn's."""
+        scanner = self._scanner
+        assert scanner is not None
+        # Between frames the scanner takes over only where Autobahn holds
+        # nothing; inside a frame it reads on (so a close sent meanwhile
+        # does not make Autobahn parse the frame's rest as a new frame).
+        if scanner.at_boundary and (self.state != self.STATE_OPEN or not self._autobahn_idle()):
+            self._dataReceived(data)
+            return
+        passed, payload, rest = scanner.feed(data)
+        if passed and self.state == self.STATE_OPEN:
+            self._record.bytes_up += payload  # type: ignore[union-attr]
+            self._link.client_frames(passed, scanner.inside_frame)  # type: ignore[attr-defined]  # a frame_relay link
+        if rest is not None:
             self._dataReceived(rest)
 
     def onMessageBegin(self, isBinary: bool) -> None:
@@ -397,6 +428,19 @@ class GatewaySession(QuietAdapter, WebSocketServerProtocol):  # type: ignore[mis
         else:
             # Hot path: a binary frame needs only a header ahead of the payload as is.
             self.transport.writeSequence((frame_header(_OPCODE_BINARY, True, len(data)), data))
+
+    def backend_frames(self, frames: bytes, payload: int, left: int) -> None:
+        """
+        Whole final binary frames of a WebSocket backend (the last one may
+        go on: left payload bytes of it are still to come), written as they are.
+        """
+        if self.state != self.STATE_OPEN:
+            return
+        self.transport.write(frames)
+        self._record.bytes_down += payload  # type: ignore[union-attr]
+        self._send_left = left
+        if not left:
+            self.flush_pong()
 
     def backend_frame_begin(self, opcode: int, fin: bool, length: int) -> None:
         """Start a frame relayed from a WebSocket backend; its payload follows."""
@@ -603,7 +647,7 @@ class GatewaySession(QuietAdapter, WebSocketServerProtocol):  # type: ignore[mis
             self._close_call.cancel()
         self._close_call = None
         self._link.close(None if clean else lost_close(True, ""))
-        self._reader = None
+        self._reader = self._scanner = None
         factory = self.factory
         admission, self._admission = self._admission, None
         if admission is not None:

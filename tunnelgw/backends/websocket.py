@@ -42,7 +42,7 @@ from tunnelgw.backends.http import proxy_request
 from tunnelgw.backends.tcp import EndpointCache, classify_connect_error
 from tunnelgw.backends.tls import UnverifiedTLS, load_trust_root
 from tunnelgw.core.config import RouteOptions
-from tunnelgw.core.frames import frame_header, size_violation
+from tunnelgw.core.frames import FrameScanner, frame_header, size_violation
 from tunnelgw.core.handshake import Handshake
 from tunnelgw.core.relay import BACKEND_CLOSE_GRACE, CLOSE_GOING_AWAY, Close, connect_rejection
 from tunnelgw.core.routing import Reject, Route
@@ -81,6 +81,8 @@ class BackendWebSocket(QuietAdapter, WebSocketClientProtocol):  # type: ignore[m
         self._send_left = 0
         self._masker: Any = None
         self._pending_pong: Optional[bytes] = None
+        self._scanner: Optional[FrameScanner] = None
+        self._frames_to: Any = None
         self.bytes_in = 0
 
     def _cancel(self, _: object) -> None:
@@ -137,7 +139,25 @@ class BackendWebSocket(QuietAdapter, WebSocketClientProtocol):  # type: ignore[m
             return connect_rejection(unavailable.failure, unavailable.detail)
         return handshake_refusal(None, "the backend closed the connection")
 
-    # Receiving: Autobahn's buffering is skipped, its size checks kept.
+    # Receiving: final binary frames pass as they are; other frames go
+    # through Autobahn, whose buffering is skipped and size checks kept.
+
+    def dataReceived(self, data: bytes) -> None:
+        """Pass final binary frames to an owner that takes them whole, while Autobahn holds nothing; else parse."""
+        scanner = self._scanner
+        # Inside a frame the scanner reads on whatever happened meanwhile
+        # (Autobahn would parse the frame's rest as a new frame).
+        if scanner is None or scanner.at_boundary and (
+                self.state != self.STATE_OPEN or self.owner is None
+                or not (self.current_frame is None and not self.inside_message and not self.data)):
+            self._dataReceived(data)
+            return
+        passed, payload, rest = scanner.feed(data)
+        self.bytes_in += payload
+        if passed and self.owner is not None and self.state == self.STATE_OPEN:
+            self._frames_to(passed, payload, scanner.inside_frame)
+        if rest is not None:
+            self._dataReceived(rest)
 
     def onMessageBegin(self, isBinary: bool) -> None:
         """A message starts: count its size afresh (nothing is buffered)."""
@@ -198,6 +218,11 @@ class BackendWebSocket(QuietAdapter, WebSocketClientProtocol):  # type: ignore[m
     def attach(self, owner: LinkOwner) -> None:
         """Relay to owner from now on, first what was held."""
         self.owner = owner
+        # An owner that writes frames as they are (a session, not a recording) gets them unparsed.
+        self._frames_to = getattr(owner, "backend_frames", None)
+        if self._frames_to is not None:
+            limits = [n for n in (self.maxFramePayloadSize, self.maxMessagePayloadSize) if n]
+            self._scanner = FrameScanner(False, min(limits) if limits else 0)
         held, self._held = self._held, None
         for name, args in held or ():
             getattr(owner, name)(*args)
@@ -224,6 +249,19 @@ class BackendWebSocket(QuietAdapter, WebSocketClientProtocol):  # type: ignore[m
         self.sendData(self._masker.process(payload))
         self._send_left -= len(payload)
         if not self._send_left:
+            self._frame_sent()
+
+    def relay_frames(self, frames: bytes, left: int) -> None:
+        """
+        Write whole masked final binary frames of the client as they are (the
+        client's own masking keys go on; the last frame may continue: left
+        payload bytes of it are still to come).
+        """
+        if self.state != self.STATE_OPEN:
+            return
+        self.transport.write(frames)
+        self._send_left = left
+        if not left:
             self._frame_sent()
 
     def _frame_sent(self) -> None:
@@ -379,6 +417,8 @@ class WebSocketLink:
     """
 
     byte_stream = False
+    #: Client frames may be passed on as they are (:meth:`client_frames`).
+    frame_relay = True
 
     def __init__(self, backends: WebSocketBackends, route: Route, query: bytes, client_host: str,
                  secure: bool, headers: dict[str, str], tls_client: str = "",
@@ -441,6 +481,11 @@ class WebSocketLink:
         """A piece of the frame under way."""
         if self._backend is not None and not self._closed:
             self._backend.relay_frame_data(payload)
+
+    def client_frames(self, frames: bytes, left: int) -> None:
+        """Whole masked final binary client frames (the last may go on for left payload bytes), relayed as they are."""
+        if self._backend is not None and not self._closed:
+            self._backend.relay_frames(frames, left)
 
     def client_payloads(self, payloads: list[bytes]) -> None:
         """Not used: a WebSocket hop relays frames, not payloads."""

@@ -20,7 +20,7 @@ from __future__ import annotations
 import struct
 from typing import Callable, Optional, Union
 
-__all__ = ["BinaryFrameReader", "Unmask", "frame_header", "size_violation"]
+__all__ = ["BinaryFrameReader", "FrameScanner", "Unmask", "frame_header", "size_violation"]
 
 #: ``unmask(data, mask) -> bytes``: XOR data with the 4-byte mask repeated
 #: (data may be a memoryview).
@@ -122,6 +122,100 @@ class BinaryFrameReader:
                 return chunks, None
         self._carry = data[pos:]
         return chunks, None
+
+
+class FrameScanner:
+    """
+    Find where final binary frames end in a stream that is relayed as it is
+    (a WebSocket hop: the client's masked frames go to the backend, the
+    backend's unmasked frames to the client, byte for byte).
+
+    :meth:`feed` returns the bytes that may be passed on: whole frames and
+    the start of a frame whose header was read (its payload streams, never
+    buffered), never an incomplete header (that is kept until it completes).
+    At the first frame that is anything else (a control frame, a text or
+    fragmented message, reserved bits, the wrong mask bit, a non-minimal
+    length, a payload above the limit) it stops and hands back the rest of
+    the stream from that frame's first byte, so that a full WebSocket
+    implementation can take over (and refuse it, or relay it, as before).
+
+    :param masked: whether frames must be masked (a client's) or unmasked (a server's).
+    :param max_payload: frames with a longer payload are not taken (0: no limit).
+    """
+
+    def __init__(self, masked: bool, max_payload: int = 0) -> None:
+        self._mask_bit = _MASKED if masked else 0
+        self._key = 4 if masked else 0
+        self._max = max_payload
+        self._carry = b""  # the start of a frame header split over reads
+        self._need = 0  # payload bytes still to come in the current frame
+
+    @property
+    def at_boundary(self) -> bool:
+        """True between frames (no header or payload half-read)."""
+        return not self._need and not self._carry
+
+    @property
+    def inside_frame(self) -> int:
+        """Payload bytes of the frame under way still to come (0: what was passed ends on a frame boundary)."""
+        return self._need
+
+    def feed(self, data: bytes) -> tuple[bytes, int, Optional[bytes]]:
+        """
+        Read data: return the bytes to pass on, how many of them are payload,
+        and either ``None`` (all taken) or the bytes from the first frame not
+        taken onward (after which this scanner must not be fed again).
+        """
+        if self._carry:
+            data = self._carry + data
+            self._carry = b""
+        end = len(data)
+        need = self._need
+        if need >= end:
+            self._need = need - end
+            return data, end, None
+        pos = payload = need
+        self._need = 0
+        mask_bit, key, limit = self._mask_bit, self._key, self._max
+        while pos < end:
+            if data[pos] != _FINAL_BINARY:
+                return data[:pos], payload, data[pos:]
+            if end - pos < 2:
+                break
+            length = data[pos + 1]
+            if length & _MASKED != mask_bit:
+                return data[:pos], payload, data[pos:]
+            length &= 0x7F
+            if length < 126:
+                head = pos + 2 + key
+            elif length == 126:
+                if end < pos + 4:
+                    break
+                length = int.from_bytes(data[pos + 2:pos + 4], "big")
+                if length < 126:
+                    return data[:pos], payload, data[pos:]
+                head = pos + 4 + key
+            else:
+                if end < pos + 10:
+                    break
+                length = int.from_bytes(data[pos + 2:pos + 10], "big")
+                if length < 65536 or length >> 63:
+                    return data[:pos], payload, data[pos:]
+                head = pos + 10 + key
+            if limit and length > limit:
+                return data[:pos], payload, data[pos:]
+            if end < head:
+                break
+            stop = head + length
+            if stop > end:
+                self._need = stop - end
+                return data, payload + end - head, None
+            payload += length
+            pos = stop
+        if pos == end:
+            return data, payload, None
+        self._carry = data[pos:]
+        return data[:pos], payload, None
 
 
 def frame_header(opcode: int, fin: bool, length: int, mask: bytes = b"") -> bytes:
