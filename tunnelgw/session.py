@@ -45,7 +45,7 @@ from zope.interface import implementer
 
 from tunnelgw.backends import BackendLink, BackendRefused
 from tunnelgw.core.clientaddr import format_address
-from tunnelgw.core.frames import BinaryFrameReader, FrameScanner, frame_header, size_violation
+from tunnelgw.core.frames import BinaryFrameReader, FrameScanner, frame_header
 from tunnelgw.core.handshake import Handshake
 from tunnelgw.core.http import EARLY_DATA_LIMIT, RequestHead
 from tunnelgw.core.relay import (
@@ -67,7 +67,7 @@ from tunnelgw.logs import format_fields
 from tunnelgw.metrics import route_label
 from tunnelgw.sockopts import set_tcp_keepalive
 from tunnelgw.watch import SessionWatch
-from tunnelgw.wsstate import QuietAdapter, open_state
+from tunnelgw.wsstate import QuietAdapter, frame_fits, open_state
 
 __all__ = ["GatewaySession", "client_label", "http_error", "log_refusal"]
 
@@ -377,12 +377,7 @@ class GatewaySession(QuietAdapter, WebSocketServerProtocol):  # type: ignore[mis
 
     def onMessageFrameBegin(self, length: int) -> None:
         """Apply the frame and message limits Autobahn's default would, then start the frame on the link."""
-        self._received += length
-        too_big = size_violation(length, self._received, self.maxFramePayloadSize, self.maxMessagePayloadSize)
-        if too_big is not None:
-            self._max_message_size_exceeded(self._received, self.maxMessagePayloadSize, too_big)
-            return
-        if self.state == self.STATE_OPEN:
+        if frame_fits(self, length) and self.state == self.STATE_OPEN:
             self._link.client_frame_begin(self.current_frame.opcode, self.current_frame.fin, length)
 
     def onMessageFrameData(self, payload: bytes) -> None:

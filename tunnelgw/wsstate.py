@@ -28,7 +28,9 @@ from autobahn.websocket.utf8validator import Utf8Validator
 from twisted.internet.protocol import connectionDone
 from twisted.python.failure import Failure
 
-__all__ = ["QuietAdapter", "open_state"]
+from tunnelgw.core.frames import size_violation
+
+__all__ = ["QuietAdapter", "frame_fits", "open_state"]
 
 
 def open_state(protocol: Any) -> None:
@@ -143,3 +145,17 @@ class QuietAdapter:
         def _dataReceived(self, data: bytes) -> None: ...
 
         def _connectionLost(self, reason: Any) -> None: ...
+
+
+def frame_fits(protocol: Any, length: int) -> bool:
+    """
+    Count a relayed frame into its message (``protocol._received``, reset at
+    each message's start) and apply the frame and message limits Autobahn's
+    default would: True when it fits, else Autobahn fails the connection (1009).
+    """
+    protocol._received += length
+    too_big = size_violation(length, protocol._received, protocol.maxFramePayloadSize, protocol.maxMessagePayloadSize)
+    if too_big is None:
+        return True
+    protocol._max_message_size_exceeded(protocol._received, protocol.maxMessagePayloadSize, too_big)
+    return False

@@ -42,13 +42,13 @@ from tunnelgw.backends.http import proxy_request
 from tunnelgw.backends.tcp import EndpointCache, classify_connect_error
 from tunnelgw.backends.tls import UnverifiedTLS, load_trust_root
 from tunnelgw.core.config import RouteOptions
-from tunnelgw.core.frames import FrameScanner, frame_header, size_violation
+from tunnelgw.core.frames import FrameScanner, frame_header
 from tunnelgw.core.handshake import Handshake
 from tunnelgw.core.relay import BACKEND_CLOSE_GRACE, CLOSE_GOING_AWAY, Close, connect_rejection
 from tunnelgw.core.routing import Reject, Route
 from tunnelgw.core.wsrelay import backend_target, forwarded_headers, handshake_refusal, lost_close
 from tunnelgw.core.wsurl import WebSocketTarget
-from tunnelgw.wsstate import QuietAdapter, open_state
+from tunnelgw.wsstate import QuietAdapter, frame_fits, open_state
 
 __all__ = ["BackendWebSocket", "WebSocketBackends", "WebSocketLink", "load_trust_root"]
 
@@ -165,12 +165,8 @@ class BackendWebSocket(QuietAdapter, WebSocketClientProtocol):  # type: ignore[m
 
     def onMessageFrameBegin(self, length: int) -> None:
         """Check the limits Autobahn would, then start the same frame towards the client."""
-        self._received += length
-        too_big = size_violation(length, self._received, self.maxFramePayloadSize, self.maxMessagePayloadSize)
-        if too_big is not None:
-            self._max_message_size_exceeded(self._received, self.maxMessagePayloadSize, too_big)
-            return
-        self._to_owner("backend_frame_begin", self.current_frame.opcode, self.current_frame.fin, length)
+        if frame_fits(self, length):
+            self._to_owner("backend_frame_begin", self.current_frame.opcode, self.current_frame.fin, length)
 
     def onMessageFrameData(self, payload: bytes) -> None:
         """Relay a piece of a frame's payload as soon as it arrives."""
