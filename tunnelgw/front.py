@@ -32,6 +32,7 @@ from zope.interface import implementer
 from tunnelgw.core.clientaddr import format_address
 from tunnelgw.core.http import find_head_end, is_upgrade, parse_head
 from tunnelgw.core.routing import Reject
+from tunnelgw.fastpath import immediate_writes
 from tunnelgw.gateway import GatewayFactory, hand_over, refuse_connection
 from tunnelgw.session import log_refusal
 
@@ -52,6 +53,7 @@ class GatewayFront(Protocol):
 
     def connectionMade(self) -> None:
         """Arm the head deadline."""
+        immediate_writes(self.transport)
         self.factory.pending.add(self.transport)
         self._deadline = self.factory.reactor.callLater(self.factory.timeout, self.factory.expired, self.transport)
 

@@ -36,6 +36,7 @@ from tunnelgw.core.relay import (
     connect_rejection,
 )
 from tunnelgw.core.routing import Reject
+from tunnelgw.fastpath import immediate_writes
 
 __all__ = ["BackendConnection", "BackendSink", "BackendUnavailable", "EndpointCache", "TcpBackends", "TcpLink",
            "classify_connect_error"]
@@ -110,6 +111,7 @@ class BackendConnection(Protocol):
 
     def connectionMade(self) -> None:
         """Plain streams are ready now; TLS ones after :meth:`handshakeCompleted`."""
+        immediate_writes(self.transport)
         if not ISSLTransport.providedBy(self.transport):
             self.ready.callback(self)
 

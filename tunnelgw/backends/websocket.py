@@ -48,6 +48,7 @@ from tunnelgw.core.relay import BACKEND_CLOSE_GRACE, CLOSE_GOING_AWAY, Close, co
 from tunnelgw.core.routing import Reject, Route
 from tunnelgw.core.wsrelay import backend_target, forwarded_headers, handshake_refusal, lost_close
 from tunnelgw.core.wsurl import WebSocketTarget
+from tunnelgw.fastpath import immediate_writes
 from tunnelgw.wsstate import QuietAdapter, frame_fits, open_state
 
 __all__ = ["BackendWebSocket", "WebSocketBackends", "WebSocketLink", "load_trust_root"]
@@ -94,6 +95,7 @@ class BackendWebSocket(QuietAdapter, WebSocketClientProtocol):  # type: ignore[m
 
     def _connectionMade(self) -> None:
         """Set up the WebSocket state and send the handshake request (no proxy, no Deferred, no debug formatting)."""
+        immediate_writes(self.transport)
         open_state(self)
         self._actuallyStartHandshake(self.onConnecting(self._transport_details))
 
