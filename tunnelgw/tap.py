@@ -88,10 +88,15 @@ def _log_stream(server_options: Any) -> Any:
 
     from twisted.python.logfile import LogFile
 
-    name = server_options.get("logfile") or ""
-    if name == "-" or (not name and server_options.get("nodaemon")):
+    if _logs_to_stdout(server_options):
         return sys.stdout
-    return LogFile.fromFullPath(name or "twistd.log")
+    return LogFile.fromFullPath(server_options.get("logfile") or "twistd.log")
+
+
+def _logs_to_stdout(server_options: Any) -> bool:
+    """Whether twistd logs to stdout: ``--logfile -``, or ``-n`` without ``--logfile``."""
+    name = server_options.get("logfile") or ""
+    return bool(name == "-" or (not name and server_options.get("nodaemon")))
 
 
 class _CommandLineService(MultiService):
@@ -105,14 +110,24 @@ class _CommandLineService(MultiService):
         """
         Under twistd, ``LogFormat json`` makes the application log JSON lines where
         twistd would log text: ``--logfile`` (``-`` is stdout), else stdout with
-        ``-n``, else ``twistd.log`` (daemon mode).
+        ``-n``, else ``twistd.log`` (daemon mode).  Text lines to stdout get
+        :func:`tunnelgw.logs.text_lines_observer` (twistd's lines, cheaper).
+        ``--syslog`` and ``--logger`` name twistd's own observer: left alone.
         """
-        if self.log_format == "json" and hasattr(parent, "setComponent"):
+        import sys
+
+        options = self.server_options or {}
+        if hasattr(parent, "setComponent") and not options.get("logger") and not options.get("syslog"):
             from twisted.logger import ILogObserver
 
-            from tunnelgw.logs import json_lines_observer
+            from tunnelgw.logs import json_lines_observer, text_lines_observer
 
-            parent.setComponent(ILogObserver, json_lines_observer(_log_stream(self.server_options or {})))
+            stream = _log_stream(options) if self.log_format == "json" else None
+            if stream is not None:
+                parent.setComponent(ILogObserver, json_lines_observer(stream))
+            elif _logs_to_stdout(options):
+                # twistd's own text lines, cheaper; a log file keeps twistd's observer (and its SIGUSR1 reopen).
+                parent.setComponent(ILogObserver, text_lines_observer(sys.stdout))
         return super().setServiceParent(parent)
 
     def privilegedStartService(self) -> None:
