@@ -85,6 +85,8 @@ def forwarded_chain(headers: Mapping[str, Sequence[str]], header: str = XFF) -> 
 
 def is_trusted(address: str, trusted: Sequence[Network]) -> bool:
     """Whether a peer address is in one of the trusted networks."""
+    if not trusted:
+        return False
     ip = _ip(address)
     return ip is not None and any(ip in net for net in trusted)
 

@@ -13,6 +13,8 @@ hijacking).
 
 from __future__ import annotations
 
+import functools
+
 from typing import Optional, Sequence
 from urllib.parse import urlsplit
 
@@ -25,6 +27,7 @@ _DEFAULT_PORTS = {"http": 80, "https": 443}
 Origin = tuple[str, str, int]  # scheme, host (lower case, IPv6 without brackets), port
 
 
+@functools.lru_cache(maxsize=1024)  # pure; browsers send the same few origins on every handshake
 def parse_origin(text: str) -> Optional[Origin]:
     """
     An ``Origin`` header value (``https://host:port``) as (scheme, host, port);
