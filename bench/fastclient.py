@@ -91,11 +91,17 @@ class _Listener(WSListener):  # type: ignore[misc]
 
 
 async def _connect(target: dict[str, Any], buffer: int = 1 << 20, **kwargs: Any) -> tuple[WSTransport, _Listener]:
-    """A connection whose read buffer starts at buffer bytes (it grows as needed)."""
+    """
+    A connection whose read buffer starts at buffer bytes (it grows as
+    needed), on uvloop's own transport (not aiofastnet's, even when it is
+    installed: the bench extra does not ask for it).
+    """
     transport, listener = await ws_connect(_Listener, _url(target), extra_headers=_headers(target),
                                            ssl_context=_tls() if target["kind"] == "wss" else None,
                                            websocket_handshake_timeout=10, enable_auto_pong=True,
-                                           max_frame_size=64 << 20, read_buffer_init_size=buffer, use_aiofastnet=False, **kwargs)
+                                           max_frame_size=64 << 20, read_buffer_init_size=buffer,
+                                           use_aiofastnet=False, **kwargs)
+    assert isinstance(listener, _Listener)
     return transport, listener
 
 
@@ -203,26 +209,6 @@ async def _rtt(target: dict[str, Any], count: int, size: int = 64) -> dict[str, 
     samples.sort()
     return {"count": len(samples), "p50_us": samples[len(samples) // 2],
             "p99_us": samples[min(len(samples) - 1, int(len(samples) * 0.99))]}
-
-
-async def _ws_session(target: dict[str, Any], source: str) -> None:
-    """Connect, handshake, one byte echoed, closing handshake."""
-    transport, listener = await _connect(target, 4096, local_addr=(source, 0))
-    try:
-        echo: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
-
-        def echoed(frame: WSFrame) -> None:
-            if not echo.done():
-                echo.set_result(bytes(frame.get_payload_as_memoryview()))
-
-        listener.on_data = echoed
-        transport.send(WSMsgType.BINARY, b"x")
-        if await _until(echo, listener.closed, "the echo") != b"x":
-            raise ConnectionError("bad echo")
-        transport.send_close(WSCloseCode.OK)
-        await listener.closed  # the caller bounds the session in time
-    finally:
-        transport.disconnect(graceful=False)
 
 
 class _OneSession(asyncio.Protocol):
