@@ -479,7 +479,7 @@ def run_client(job: dict[str, Any], placement: Placement = Placement(), timeout:
     out = subprocess.run(_client_command(job, placement), capture_output=True,
                          env=_env(), cwd=REPO, timeout=timeout, preexec_fn=_raise_nofile_in_child)
     if out.returncode != 0:
-        raise RuntimeError(f"client job {job['job']} failed: {out.stderr.decode(errors='replace')[-2000:]}")
+        raise RuntimeError(f"client job {job['job']} to {job['target']} failed: {out.stderr.decode(errors='replace')[-2000:]}")
     return dict(json.loads(out.stdout.splitlines()[-1]))
 
 

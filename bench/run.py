@@ -145,8 +145,26 @@ class Suite:
                 "nginx": _target("ws", self.nginx.port, f"/{name}") if self.nginx else None,
                 "direct": _target("ws", self.ws_backend_server.port, f"/{name}")}
 
-    def _each(self, targets: dict[str, Optional[dict[str, Any]]], measure: Callable[[dict[str, Any]], Any]) -> dict[str, Any]:
-        return {peer: measure(t) for peer, t in targets.items() if t is not None}
+    def _each(self, targets: dict[str, Optional[dict[str, Any]]], measure: Callable[[dict[str, Any]], Any],
+              failed: Optional[list[str]] = None) -> dict[str, Any]:
+        """
+        measure for each target.  With a failed list, a peer's failed job
+        (not tunnelgw's, nor the ceiling's: those raise) leaves the peer out
+        and is told in failed, so one peer's fault does not end the run.
+        """
+        found = {}
+        for peer, t in targets.items():
+            if t is None:
+                continue
+            try:
+                found[peer] = measure(t)
+            except RuntimeError as e:
+                if failed is None or peer in ("tunnelgw", "direct"):
+                    raise
+                why = str(e).strip().splitlines()[-1]
+                failed.append(f"{peer} failed ({why})")
+                self.log(f"{peer} failed: {why}")
+        return found
 
     def throughput(self) -> None:
         """Client->backend and backend->client MB/s, 64 KiB and 1 KiB, ws and wss, ws:// -> TCP."""
@@ -158,11 +176,13 @@ class Suite:
                     targets = self._ws_to_tcp(scheme, name)
                     if (job, size) in direct:  # the direct ceiling is the same for ws and wss
                         del targets["direct"]
-                    v = self._each(targets, lambda t: self._run(spec | {"target": t}, "mbps", self.c.repeats))
+                    failed: list[str] = []
+                    v = self._each(targets, lambda t: self._run(spec | {"target": t}, "mbps", self.c.repeats), failed)
                     direct.setdefault((job, size), v.get("direct", 0.0))
                     v["direct"] = direct[(job, size)]
                     goal = 2.0 if job == "upload" else 1.0
-                    row = Row(f"{label} {size // KIB} KiB {scheme}", "MB/s", goals=(("websockify", goal),), **v)
+                    row = Row(f"{label} {size // KIB} KiB {scheme}", "MB/s", goals=(("websockify", goal),),
+                              note="; ".join(failed), **v)
                     self.log(f"{row.figure}: " + ", ".join(f"{k} {x:.0f}" for k, x in v.items()))
                     self.rows.append(row)
 
@@ -272,8 +292,10 @@ class Suite:
         for size, count in ((64 * KIB, self.c.big), (KIB, self.c.small)):
             for job, name, label in (("upload", "sink", "client->backend"), ("download", "source", "backend->client")):
                 spec = {"job": job, "size": size, "count": count}
-                v = self._each(self._ws_to_ws(name), lambda t: self._run(spec | {"target": t}, "mbps", self.c.repeats))
-                row = Row(f"{label} {size // KIB} KiB ws, ws:// backend", "MB/s", **v)
+                failed: list[str] = []
+                v = self._each(self._ws_to_ws(name), lambda t: self._run(spec | {"target": t}, "mbps", self.c.repeats),
+                               failed)
+                row = Row(f"{label} {size // KIB} KiB ws, ws:// backend", "MB/s", note="; ".join(failed), **v)
                 self.log(f"{row.figure}: " + ", ".join(f"{k} {x:.0f}" for k, x in v.items()))
                 self.rows.append(row)
         rtt = self._each(self._ws_to_ws("echo"), lambda t: run_client({"job": "rtt", "count": self.c.rtt, "target": t}, self.at))
