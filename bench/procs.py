@@ -24,7 +24,7 @@ from typing import Any, Callable, Optional
 
 REPO = Path(__file__).resolve().parent.parent
 
-__all__ = ["Backends", "Bridge", "CLIENTS", "cores_named", "Gateway", "Nginx", "Placement", "WsBackend", "Websockify", "memory_of",
+__all__ = ["Backends", "Bridge", "CLIENTS", "cores_named", "cpu_seconds", "Gateway", "Nginx", "Placement", "WsBackend", "Websockify", "memory_of",
            "run_client", "run_clients", "self_signed", "start_idle_client"]
 
 #: The load clients by the name ``--client`` takes: the module run for each job.
@@ -350,8 +350,11 @@ class Gateway:
         def ready() -> bool:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"tunnelgw exited:\n{self.log()}")
-            self.ports = {int(m.group(2)): int(m.group(3)) for m in _LISTENING.finditer(self.log())}
-            return len(self.ports) >= expected
+            log = self.log()
+            self.ports = {int(m.group(2)): int(m.group(3)) for m in _LISTENING.finditer(log)}
+            # With workers the parent binds first; each worker then says it listens on the inherited sockets.
+            inherited = log.count("listening on systemd:") if workers > 1 else 0
+            return len(self.ports) >= expected and inherited >= (workers * expected if workers > 1 else 0)
 
         try:
             _wait(ready, 30, "tunnelgw to listen")
@@ -453,6 +456,20 @@ def _children(pid: int) -> list[int]:
         found += kids
         todo += kids
     return found
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """Summed user + system CPU time (seconds) of live processes, from /proc/PID/stat."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rpartition(")")[2].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of stat)
+    return total / tick
 
 
 def memory_of(pids: list[int]) -> dict[str, int]:

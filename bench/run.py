@@ -30,7 +30,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, Callable, Iterator, Optional
 
-from bench.procs import (CLIENTS, REPO, cores_named, Backends, Bridge, Gateway, Nginx, Placement, Redis, Websockify, WsBackend,
+from bench.procs import (CLIENTS, REPO, cores_named, cpu_seconds, Backends, Bridge, Gateway, Nginx, Placement, Redis, Websockify, WsBackend,
                          memory_of, nginx_path, run_client, run_clients, self_signed, start_idle_client)
 from bench.report import Row, write_results
 
@@ -324,19 +324,31 @@ class Suite:
             try:
                 jobs = [{"job": "upload", "size": 64 * KIB, "count": self.c.big,
                          "target": _target("ws", gateway.ws_port, "/sink")} for _ in range(2)]
+                # The gateway's own CPU time per job (all its processes): what one core of gateway does,
+                # whether or not the machine has a free core for each worker.
+                cpu = cpu_seconds(gateway.pids)
                 results = run_clients(jobs, self.at)
+                upload_cpu, cpu = cpu_seconds(gateway.pids) - cpu, cpu_seconds(gateway.pids)
                 sessions = [{"job": "sessions", "concurrency": CONCURRENCY // 2, "count": self.c.sessions // 2,
                              "seconds": self.c.session_seconds, "target": _target("ws", gateway.ws_port, "/echo")}] * 2
                 opened = run_clients(sessions, self.at)
+                sessions_cpu = cpu_seconds(gateway.pids) - cpu
             finally:
                 gateway.stop()
-            total = sum(r["bytes"] for r in results) / max(r["seconds"] for r in results) / 1e6
-            rate = sum(r["sessions"] for r in opened) / max(r["seconds"] for r in opened)
+            sent = sum(r["bytes"] for r in results) / 1e6
+            total = sent / max(r["seconds"] for r in results)
+            done = sum(r["sessions"] for r in opened)
+            rate = done / max(r["seconds"] for r in opened)
             where = f"workers on {cores_named(cores)}, clients on {cores_named(self.at.load)}" if cores else ""
             workers = f"{n} worker{'s' if n > 1 else ''}"
             self.rows.append(Row(f"client->backend 64 KiB ws, 2 clients, {workers}", "MB/s", total, note=where))
+            self.rows.append(Row(f"client->backend 64 KiB ws, 2 clients, {workers}, per gateway CPU-second",
+                                 "MB/CPU-s", sent / upload_cpu if upload_cpu else None))
             self.rows.append(Row(f"new sessions/s, 2 client processes, {workers}", "sessions/s", rate, note=where))
-            self.log(f"workers {n}: {total:.0f} MB/s, {rate:.0f} sessions/s" + (f" ({where})" if where else ""))
+            self.rows.append(Row(f"new sessions, 2 client processes, {workers}, per gateway CPU-second",
+                                 "sessions/CPU-s", done / sessions_cpu if sessions_cpu else None))
+            self.log(f"workers {n}: {total:.0f} MB/s ({upload_cpu:.2f} gateway CPU-s), {rate:.0f} sessions/s "
+                     f"({sessions_cpu:.2f} gateway CPU-s)" + (f" ({where})" if where else ""))
 
 
 #: The figures of one run, in order, by the name ``--only`` takes.
