@@ -295,9 +295,12 @@ async def _prepared_session(target: dict[str, Any], source: str) -> None:
     hello = plain.handshake_request(target["host"], target["port"], target.get("path", "/")) if ws else b""
     ping = plain.client_frame(b"x") if ws else b"x"
     bye = plain.client_frame(struct.pack("!H", 1000), opcode=8) if ws else b""
-    _, protocol = await asyncio.get_running_loop().create_connection(
+    transport, protocol = await asyncio.get_running_loop().create_connection(
         lambda: _OneSession(hello, ping, bye), target["host"], target["port"], local_addr=(source, 0))
-    await protocol.done
+    try:
+        await protocol.done
+    finally:
+        transport.close()  # also when the caller's deadline cancels the wait
 
 
 async def _sessions(target: dict[str, Any], concurrency: int, count: int, seconds: float) -> dict[str, Any]:
