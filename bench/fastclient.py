@@ -56,7 +56,7 @@ def _tls() -> Optional[ssl.SSLContext]:
     return context
 
 
-class _Listener(WSListener):  # type: ignore[misc]
+class _Listener(WSListener):
     """
     One client connection: data frames go to :attr:`on_data` (a callable
     over the frame), a close frame ends the connection, and writing pauses
