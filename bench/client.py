@@ -9,6 +9,9 @@ server frames are only walked header to header.  The same code speaks raw
 TCP (``"kind": "tcp"``) to measure the direct-to-backend ceiling.
 
 Jobs (``"job"``): ``upload``, ``download``, ``rtt``, ``sessions``, ``idle``.
+The bench runs :mod:`bench.fastclient` (picows on uvloop) by default and this
+client with ``--client plain``; the fast one reuses this one's frame builder
+and handshake bytes, and its raw TCP stream jobs and idle job.
 Every loop is bounded in count and by a deadline.
 """
 

@@ -3,7 +3,9 @@ The processes a benchmark run starts: the TCP backends, the WebSocket backend,
 tunnelgw (``twistd -n tunnelgw`` from this working tree, or its multi-worker
 launcher), websockify from PyPI, the asyncio bridge, nginx (Debian's, as a
 WebSocket reverse proxy with a configuration of its own in a temporary folder)
-and the load client.  Each is stopped when the run ends, on error too.
+and the load client (the module a :class:`Placement` names), each under
+``taskset -c`` when the placement pins it.  Each is stopped when the run
+ends, on error too.
 """
 
 from __future__ import annotations

@@ -7,7 +7,9 @@ figures), tunnelgw (``twistd -n tunnelgw`` from this tree) and its peers on
 the same backends: websockify (from PyPI) and a minimal asyncio + websockets
 bridge (:mod:`bench.bridge`) for ws:// -> TCP, nginx (one worker, as a
 WebSocket reverse proxy) for WS->WS.  Each is driven by the same load client
-in its own process.  With ``--runs N`` the whole run is made N times, with
+in its own process: picows on uvloop (:mod:`bench.fastclient`) by default,
+the hand-written :mod:`bench.client` with ``--client plain``; ``--pin`` puts
+the load side and the side under test on cores of their own.  With ``--runs N`` the whole run is made N times, with
 fresh processes each time; the results (``bench/results/latest.md``,
 ``latest.json``, ``latest.png``) give medians and the per-run ratios.  See
 docs/benchmarks.rst.
