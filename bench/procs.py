@@ -3,7 +3,9 @@ The processes a benchmark run starts: the TCP backends, the WebSocket backend,
 tunnelgw (``twistd -n tunnelgw`` from this working tree, or its multi-worker
 launcher), websockify from PyPI, the asyncio bridge, nginx (Debian's, as a
 WebSocket reverse proxy with a configuration of its own in a temporary folder)
-and the load client.  Each is stopped when the run ends, on error too.
+and the load client (the module a :class:`Placement` names), each under
+``taskset -c`` when the placement pins it.  Each is stopped when the run
+ends, on error too.
 """
 
 from __future__ import annotations
@@ -18,12 +20,52 @@ import socket
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
 
 REPO = Path(__file__).resolve().parent.parent
 
-__all__ = ["Backends", "Bridge", "Gateway", "Nginx", "WsBackend", "Websockify", "memory_of", "run_client", "self_signed", "start_idle_client"]
+__all__ = ["Backends", "Bridge", "CLIENTS", "cores_named", "cpu_seconds", "Gateway", "Nginx", "Placement", "WsBackend", "Websockify", "memory_of",
+           "run_client", "run_clients", "self_signed", "start_idle_client"]
+
+#: The load clients by the name ``--client`` takes: the module run for each job.
+CLIENTS = {"fast": "bench.fastclient", "plain": "bench.client"}
+
+
+@dataclass(frozen=True)
+class Placement:
+    """
+    Which load client runs the jobs, and on which cores (``taskset -c``
+    lists; None: wherever the kernel likes) the load side (clients,
+    backends, Redis) and the side under test (tunnelgw and each peer) run.
+    """
+
+    client: str = "fast"
+    load: Optional[str] = None
+    gateway: Optional[str] = None
+
+    @property
+    def client_module(self) -> str:
+        """The load client's module."""
+        return CLIENTS[self.client]
+
+    def describe(self) -> str:
+        """The placement in words, for the results' metadata."""
+        if self.load is None and self.gateway is None:
+            return "none (the kernel places every process)"
+        return (f"clients and backends on {cores_named(self.load)}, tunnelgw and each peer on "
+                f"{cores_named(self.gateway)} (taskset -c)")
+
+
+def cores_named(cores: Optional[str]) -> str:
+    """A ``taskset -c`` list in words: "core 1", "cores 0-1"."""
+    return f"core{'s' if cores and (',' in cores or '-' in cores) else ''} {cores}"
+
+
+def pinned(command: list[str], cores: Optional[str]) -> list[str]:
+    """command run on the given cores (``taskset -c``, which execs it: the process keeps its pid), or as it is."""
+    return ["taskset", "-c", cores, *command] if cores is not None else command
 
 
 def _env() -> dict[str, str]:
@@ -80,8 +122,8 @@ def self_signed(folder: Path) -> tuple[Path, Path]:
 class _ChildServer:
     """``python -m MODULE ARGS...`` that prints one JSON line once listening and exits when stdin closes."""
 
-    def __init__(self, module: str, *args: str) -> None:
-        self.proc = subprocess.Popen([sys.executable, "-m", module, *args], stdin=subprocess.PIPE,
+    def __init__(self, module: str, *args: str, cores: Optional[str] = None) -> None:
+        self.proc = subprocess.Popen(pinned([sys.executable, "-m", module, *args], cores), stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=_env(), cwd=REPO,
                                      preexec_fn=_raise_nofile_in_child)
         line = self.proc.stdout.readline()  # type: ignore[union-attr]
@@ -108,24 +150,24 @@ class _ChildServer:
 class Backends(_ChildServer):
     """``python -m bench.servers`` in its own process; :attr:`ports` by name."""
 
-    def __init__(self) -> None:
-        super().__init__("bench.servers")
+    def __init__(self, cores: Optional[str] = None) -> None:
+        super().__init__("bench.servers", cores=cores)
         self.ports = self.listening
 
 
 class WsBackend(_ChildServer):
     """``python -m bench.wsservers``: a WebSocket echo, sink and source on one :attr:`port` (by path)."""
 
-    def __init__(self) -> None:
-        super().__init__("bench.wsservers")
+    def __init__(self, cores: Optional[str] = None) -> None:
+        super().__init__("bench.wsservers", cores=cores)
         self.port = self.listening["port"]
 
 
 class Bridge(_ChildServer):
     """``python -m bench.bridge``: the asyncio + websockets bridge to the TCP backends, :attr:`port` and :attr:`tls_port`."""
 
-    def __init__(self, backends: dict[str, int], cert: tuple[Path, Path]) -> None:
-        super().__init__("bench.bridge", json.dumps(backends), str(cert[0]), str(cert[1]))
+    def __init__(self, backends: dict[str, int], cert: tuple[Path, Path], cores: Optional[str] = None) -> None:
+        super().__init__("bench.bridge", json.dumps(backends), str(cert[0]), str(cert[1]), cores=cores)
         self.port = self.listening["ws"]
         self.tls_port = self.listening["wss"]
 
@@ -183,7 +225,7 @@ class Nginx:
     stops nginx), its prefix, configuration, logs and temp folders in folder.
     """
 
-    def __init__(self, folder: Path, backend_port: int, buffer: str = "64k") -> None:
+    def __init__(self, folder: Path, backend_port: int, buffer: str = "64k", cores: Optional[str] = None) -> None:
         exe = nginx_path()
         if exe is None:
             raise RuntimeError("nginx is not installed (apt-get install nginx)")
@@ -198,7 +240,7 @@ class Nginx:
                                                   buffer=buffer, nofile=nofile, connections=max(1024, nofile // 2 - 100)))
         self.log_path = folder / "error.log"
         self._log = open(folder / "stderr.log", "wb")
-        self.proc = subprocess.Popen([exe, "-p", str(folder), "-c", str(self.config), "-e", str(self.log_path)],
+        self.proc = subprocess.Popen(pinned([exe, "-p", str(folder), "-c", str(self.config), "-e", str(self.log_path)], cores),
                                      stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT, cwd=folder,
                                      preexec_fn=_raise_nofile_in_child)
 
@@ -232,15 +274,15 @@ class Nginx:
 class Redis:
     """redis-server on loopback (its own port and folder, no persistence) for the token-lookup figure."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, cores: Optional[str] = None) -> None:
         exe = shutil.which("redis-server") or "/usr/bin/redis-server"
         if not os.access(exe, os.X_OK):
             raise RuntimeError("redis-server is not installed (apt-get install redis-server)")
         folder.mkdir(parents=True, exist_ok=True)
         self.port = _free_port()
         self._log = open(folder / "redis.log", "wb")
-        self.proc = subprocess.Popen([exe, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(folder),
-                                      "--save", "", "--appendonly", "no"], stdout=self._log, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(pinned([exe, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(folder),
+                                             "--save", "", "--appendonly", "no"], cores), stdout=self._log, stderr=subprocess.STDOUT)
 
         def ready() -> bool:
             if self.proc.poll() is not None:
@@ -283,7 +325,7 @@ class Gateway:
     """
 
     def __init__(self, tmp: Path, backends: dict[str, int], cert: tuple[Path, Path], workers: int = 1,
-                 tls: bool = True, extra_rules: str = "") -> None:
+                 tls: bool = True, extra_rules: str = "", cores: Optional[str] = None) -> None:
         lines = ["Listen tcp:port=0:interface=127.0.0.1:backlog=4096"]
         if tls:
             lines.append(f"Listen ssl:port=0:interface=127.0.0.1:backlog=4096:certKey={cert[0]}:privateKey={cert[1]}")
@@ -303,15 +345,18 @@ class Gateway:
             command = [sys.executable, "-c", "import sys, tunnelgw; print('tunnelgw from', tunnelgw.__file__, flush=True); "
                        "from twisted.scripts.twistd import run; sys.exit(run())",
                        "-n", "--pidfile=", "tunnelgw", "--config", str(self.config)]
-        self.proc = subprocess.Popen(command, stdout=self._log, stderr=subprocess.STDOUT, env=_env(), cwd=tmp,
+        self.proc = subprocess.Popen(pinned(command, cores), stdout=self._log, stderr=subprocess.STDOUT, env=_env(), cwd=tmp,
                                      preexec_fn=_raise_nofile_in_child)
         expected = 2 if tls else 1
 
         def ready() -> bool:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"tunnelgw exited:\n{self.log()}")
-            self.ports = {int(m.group(2)): int(m.group(3)) for m in _LISTENING.finditer(self.log())}
-            return len(self.ports) >= expected
+            log = self.log()
+            self.ports = {int(m.group(2)): int(m.group(3)) for m in _LISTENING.finditer(log)}
+            # With workers the parent binds first; each worker then says it listens on the inherited sockets.
+            inherited = log.count("listening on systemd:") if workers > 1 else 0
+            return len(self.ports) >= expected and inherited >= (workers * expected if workers > 1 else 0)
 
         try:
             _wait(ready, 30, "tunnelgw to listen")
@@ -357,15 +402,15 @@ def _free_port() -> int:
 class Websockify:
     """``websockify 127.0.0.1:PORT 127.0.0.1:BACKEND`` with a certificate (ws and wss on one port)."""
 
-    def __init__(self, tmp: Path, backend_port: int, cert: tuple[Path, Path], name: str) -> None:
+    def __init__(self, tmp: Path, backend_port: int, cert: tuple[Path, Path], name: str, cores: Optional[str] = None) -> None:
         exe = shutil.which("websockify")
         if exe is None:
             raise RuntimeError("websockify is not installed: pip install '.[bench]'")
         self.port = _free_port()
         self.log_path = tmp / f"websockify-{name}.log"
         self._log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen([exe, "--cert", str(cert[0]), "--key", str(cert[1]),
-                                      f"127.0.0.1:{self.port}", f"127.0.0.1:{backend_port}"],
+        self.proc = subprocess.Popen(pinned([exe, "--cert", str(cert[0]), "--key", str(cert[1]),
+                                             f"127.0.0.1:{self.port}", f"127.0.0.1:{backend_port}"], cores),
                                      stdout=self._log, stderr=subprocess.STDOUT, cwd=tmp, start_new_session=True,
                                      preexec_fn=_raise_nofile_in_child)
 
@@ -415,6 +460,20 @@ def _children(pid: int) -> list[int]:
     return found
 
 
+def cpu_seconds(pids: list[int]) -> float:
+    """Summed user + system CPU time (seconds) of live processes, from /proc/PID/stat."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rpartition(")")[2].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of stat)
+    return total / tick
+
+
 def memory_of(pids: list[int]) -> dict[str, int]:
     """Summed RSS and PSS (bytes) of processes, from /proc/PID/smaps_rollup."""
     total = {"rss": 0, "pss": 0}
@@ -430,36 +489,49 @@ def memory_of(pids: list[int]) -> dict[str, int]:
     return total
 
 
-def run_client(job: dict[str, Any], timeout: float = 300.0) -> dict[str, Any]:
-    """Run one load-client job in its own process; return its JSON result."""
-    out = subprocess.run([sys.executable, "-m", "bench.client", json.dumps(job)], capture_output=True,
+def _client_command(job: dict[str, Any], placement: Placement) -> list[str]:
+    return pinned([sys.executable, "-m", placement.client_module, json.dumps(job)], placement.load)
+
+
+def run_client(job: dict[str, Any], placement: Placement = Placement(), timeout: float = 300.0) -> dict[str, Any]:
+    """Run one load-client job in its own process (the placement's client, on its load cores); return its JSON result."""
+    out = subprocess.run(_client_command(job, placement), capture_output=True,
                          env=_env(), cwd=REPO, timeout=timeout, preexec_fn=_raise_nofile_in_child)
     if out.returncode != 0:
-        raise RuntimeError(f"client job {job['job']} failed: {out.stderr.decode(errors='replace')[-2000:]}")
+        raise RuntimeError(f"client job {job['job']} to {job['target']} failed: {out.stderr.decode(errors='replace')[-2000:]}")
     return dict(json.loads(out.stdout.splitlines()[-1]))
 
 
-def start_idle_client(target: dict[str, Any], count: int, timeout: float = 300.0) -> tuple[subprocess.Popen[bytes], dict[str, Any]]:
+def start_idle_client(target: dict[str, Any], count: int, placement: Placement = Placement(),
+                      timeout: float = 300.0) -> tuple[subprocess.Popen[bytes], dict[str, Any]]:
     """Start a client holding count idle sessions; return it (close its stdin to end) and its report."""
-    proc = subprocess.Popen([sys.executable, "-m", "bench.client", json.dumps({"job": "idle", "target": target, "count": count})],
+    proc = subprocess.Popen(_client_command({"job": "idle", "target": target, "count": count}, placement),
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=_env(), cwd=REPO,
                             preexec_fn=_raise_nofile_in_child)
     line = proc.stdout.readline()  # type: ignore[union-attr]
     if not line:
         proc.kill()
+        proc.wait(5)
         raise RuntimeError("the idle client failed")
     return proc, json.loads(line)
 
 
-def run_clients(jobs: list[dict[str, Any]], timeout: float = 300.0) -> list[dict[str, Any]]:
-    """Run load-client jobs in parallel processes; return their results in order."""
-    procs = [subprocess.Popen([sys.executable, "-m", "bench.client", json.dumps(job)], stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, env=_env(), cwd=REPO, preexec_fn=_raise_nofile_in_child)
+def run_clients(jobs: list[dict[str, Any]], placement: Placement = Placement(),
+                timeout: float = 300.0) -> list[dict[str, Any]]:
+    """Run load-client jobs in parallel processes; return their results in order (every process ends, on error too)."""
+    procs = [subprocess.Popen(_client_command(job, placement), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              env=_env(), cwd=REPO, preexec_fn=_raise_nofile_in_child)
              for job in jobs]
-    results = []
-    for proc in procs:
-        out, err = proc.communicate(timeout=timeout)
-        if proc.returncode != 0:
-            raise RuntimeError(f"client failed: {err.decode(errors='replace')[-2000:]}")
-        results.append(dict(json.loads(out.splitlines()[-1])))
-    return results
+    try:
+        results = []
+        for proc in procs:
+            out, err = proc.communicate(timeout=timeout)
+            if proc.returncode != 0:
+                raise RuntimeError(f"client failed: {err.decode(errors='replace')[-2000:]}")
+            results.append(dict(json.loads(out.splitlines()[-1])))
+        return results
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(5)

@@ -7,7 +7,9 @@ figures), tunnelgw (``twistd -n tunnelgw`` from this tree) and its peers on
 the same backends: websockify (from PyPI) and a minimal asyncio + websockets
 bridge (:mod:`bench.bridge`) for ws:// -> TCP, nginx (one worker, as a
 WebSocket reverse proxy) for WS->WS.  Each is driven by the same load client
-in its own process.  With ``--runs N`` the whole run is made N times, with
+in its own process: picows on uvloop (:mod:`bench.fastclient`) by default,
+the hand-written :mod:`bench.client` with ``--client plain``; ``--pin`` puts
+the load side and the side under test on cores of their own.  With ``--runs N`` the whole run is made N times, with
 fresh processes each time; the results (``bench/results/latest.md``,
 ``latest.json``, ``latest.png``) give medians and the per-run ratios.  See
 docs/benchmarks.rst.
@@ -19,6 +21,7 @@ import argparse
 import contextlib
 import os
 import resource
+import shutil
 import signal
 import statistics
 import sys
@@ -29,8 +32,8 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, Callable, Iterator, Optional
 
-from bench.procs import (REPO, Backends, Bridge, Gateway, Nginx, Redis, Websockify, WsBackend, memory_of, nginx_path,
-                         run_client, run_clients, self_signed, start_idle_client)
+from bench.procs import (CLIENTS, REPO, cores_named, cpu_seconds, Backends, Bridge, Gateway, Nginx, Placement, Redis, Websockify, WsBackend,
+                         memory_of, nginx_path, run_client, run_clients, self_signed, start_idle_client)
 from bench.report import Row, write_results
 
 __all__ = ["Counts", "FULL", "QUICK", "SMOKE", "main", "ws_backends_supported"]
@@ -91,14 +94,18 @@ NAMES = ("echo", "sink", "source")
 class Suite:
     """One run: the processes, the counts, and the rows measured so far."""
 
-    def __init__(self, counts: Counts, tmp: Path, stack: contextlib.ExitStack, log: Callable[[str], None]) -> None:
+    def __init__(self, counts: Counts, tmp: Path, stack: contextlib.ExitStack, log: Callable[[str], None],
+                 placement: Placement = Placement(), session_clients: int = 1) -> None:
         self.c = counts
         self.tmp = tmp
         self.log = log
+        self.at = placement
+        self.session_clients = session_clients
         self.rows: list[Row] = []
-        self.backends = Backends()
+        load, under_test = placement.load, placement.gateway
+        self.backends = Backends(load)
         stack.callback(self.backends.stop)
-        self.ws_backend_server = WsBackend()
+        self.ws_backend_server = WsBackend(load)
         stack.callback(self.ws_backend_server.stop)
         self.cert = self_signed(tmp)
         self.ws_route = ws_backends_supported()
@@ -107,24 +114,24 @@ class Suite:
             # tunnelgw's WS->WS route: /ws-NAME to the WebSocket backend's /NAME.
             extra = "\n".join(f"ProxyPass /ws-{name} ws://127.0.0.1:{self.ws_backend_server.port}/{name}"
                               for name in NAMES)
-        self.gateway = Gateway(tmp, self.backends.ports, self.cert, extra_rules=extra)
+        self.gateway = Gateway(tmp, self.backends.ports, self.cert, extra_rules=extra, cores=under_test)
         stack.callback(self.gateway.stop)
         self.websockify = {}
         for name, port in self.backends.ports.items():
-            w = Websockify(tmp, port, self.cert, name)
+            w = Websockify(tmp, port, self.cert, name, cores=under_test)
             stack.callback(w.stop)
             self.websockify[name] = w
-        self.bridge = Bridge(self.backends.ports, self.cert)
+        self.bridge = Bridge(self.backends.ports, self.cert, cores=under_test)
         stack.callback(self.bridge.stop)
         self.nginx: Optional[Nginx] = None
         if nginx_path():
-            self.nginx = Nginx(tmp / "nginx", self.ws_backend_server.port)
+            self.nginx = Nginx(tmp / "nginx", self.ws_backend_server.port, cores=under_test)
             stack.callback(self.nginx.stop)
         else:
             log("nginx is not installed: no nginx figures")
 
     def _run(self, job: dict[str, Any], key: str, repeats: int = 1) -> float:
-        return _median([run_client(job) for _ in range(repeats)], key)
+        return _median([run_client(job, self.at) for _ in range(repeats)], key)
 
     def _ws_to_tcp(self, scheme: str, name: str) -> dict[str, Optional[dict[str, Any]]]:
         """The targets of the ws:// -> TCP peers for backend name."""
@@ -140,8 +147,26 @@ class Suite:
                 "nginx": _target("ws", self.nginx.port, f"/{name}") if self.nginx else None,
                 "direct": _target("ws", self.ws_backend_server.port, f"/{name}")}
 
-    def _each(self, targets: dict[str, Optional[dict[str, Any]]], measure: Callable[[dict[str, Any]], Any]) -> dict[str, Any]:
-        return {peer: measure(t) for peer, t in targets.items() if t is not None}
+    def _each(self, targets: dict[str, Optional[dict[str, Any]]], measure: Callable[[dict[str, Any]], Any],
+              failed: Optional[list[str]] = None) -> dict[str, Any]:
+        """
+        measure for each target.  With a failed list, a peer's failed job
+        (not tunnelgw's, nor the ceiling's: those raise) leaves the peer out
+        and is told in failed, so one peer's fault does not end the run.
+        """
+        found = {}
+        for peer, t in targets.items():
+            if t is None:
+                continue
+            try:
+                found[peer] = measure(t)
+            except RuntimeError as e:
+                if failed is None or peer in ("tunnelgw", "direct"):
+                    raise
+                why = str(e).strip().splitlines()[-1]
+                failed.append(f"{peer} failed ({why})")
+                self.log(f"{peer} failed: {why}")
+        return found
 
     def throughput(self) -> None:
         """Client->backend and backend->client MB/s, 64 KiB and 1 KiB, ws and wss, ws:// -> TCP."""
@@ -153,25 +178,41 @@ class Suite:
                     targets = self._ws_to_tcp(scheme, name)
                     if (job, size) in direct:  # the direct ceiling is the same for ws and wss
                         del targets["direct"]
-                    v = self._each(targets, lambda t: self._run(spec | {"target": t}, "mbps", self.c.repeats))
+                    failed: list[str] = []
+                    v = self._each(targets, lambda t: self._run(spec | {"target": t}, "mbps", self.c.repeats), failed)
                     direct.setdefault((job, size), v.get("direct", 0.0))
                     v["direct"] = direct[(job, size)]
                     goal = 2.0 if job == "upload" else 1.0
-                    row = Row(f"{label} {size // KIB} KiB {scheme}", "MB/s", goals=(("websockify", goal),), **v)
+                    row = Row(f"{label} {size // KIB} KiB {scheme}", "MB/s", goals=(("websockify", goal),),
+                              note="; ".join(failed), **v)
                     self.log(f"{row.figure}: " + ", ".join(f"{k} {x:.0f}" for k, x in v.items()))
                     self.rows.append(row)
 
     def round_trip(self) -> None:
         """64-byte echo round trips, ws:// -> TCP: p50 and p99 in microseconds."""
-        v = self._each(self._ws_to_tcp("ws", "echo"), lambda t: run_client({"job": "rtt", "count": self.c.rtt, "target": t}))
+        v = self._each(self._ws_to_tcp("ws", "echo"), lambda t: run_client({"job": "rtt", "count": self.c.rtt, "target": t}, self.at))
         for key, label, goal in (("p50_us", "p50", 1.0), ("p99_us", "p99", 0.99)):
             self.rows.append(Row(f"64 B echo round trip {label}", "µs", higher=False, goals=(("websockify", goal),),
                                  **{peer: r[key] for peer, r in v.items()}))
         self.log("rtt: " + ", ".join(f"{k} {r['p50_us']:.0f}/{r['p99_us']:.0f}" for k, r in v.items()))
 
     def _sessions(self, target: dict[str, Any]) -> dict[str, Any]:
-        return run_client({"job": "sessions", "concurrency": CONCURRENCY, "count": self.c.sessions,
-                           "seconds": self.c.session_seconds, "target": target})
+        """
+        The sessions job, by ``session_clients`` client processes at once
+        (CONCURRENCY workers and the count shared among them): sessions
+        summed, over the longest process's time.
+        """
+        k = self.session_clients
+        job = {"job": "sessions", "concurrency": CONCURRENCY // k, "count": -(-self.c.sessions // k),
+               "seconds": self.c.session_seconds, "target": target}
+        if k == 1:
+            return run_client(job, self.at)
+        results = run_clients([job] * k, self.at)
+        seconds = max(r["seconds"] for r in results)
+        done = sum(r["sessions"] for r in results)
+        return {"sessions": done, "errors": sum(r["errors"] for r in results), "seconds": seconds,
+                "per_second": done / seconds, "processes": k,
+                "client_cpu_seconds": sum(r.get("client_cpu_seconds", 0.0) for r in results)}
 
     def sessions(self) -> None:
         """New sessions per second (32 concurrent), ws:// -> TCP and WS->WS (nginx, tunnelgw's ws:// route)."""
@@ -195,7 +236,7 @@ class Suite:
         """New sessions/s on token routes: the token looked up in a file, and in Redis (issue 15: >= 0.8x)."""
         folder = self.tmp / "tokens"
         folder.mkdir(exist_ok=True)
-        redis = Redis(folder / "redis")
+        redis = Redis(folder / "redis", self.at.load)
         try:
             echo = self.backends.ports["echo"]
             (folder / "tokens").write_text(f"t: 127.0.0.1:{echo}\n")
@@ -203,7 +244,7 @@ class Suite:
             rules = (f"TokenSource file file {folder / 'tokens'} allow=127.0.0.1:{echo}\nTokenRoute /tf file\n"
                      f"TokenSource redis redis redis://127.0.0.1:{redis.port}/0 namespace=bench "
                      f"allow=127.0.0.1:{echo}\nTokenRoute /tr redis\n")
-            gateway = Gateway(folder, {}, self.cert, tls=False, extra_rules=rules)
+            gateway = Gateway(folder, {}, self.cert, tls=False, extra_rules=rules, cores=self.at.gateway)
             try:
                 found = {kind: self._sessions(_target("ws", gateway.ws_port, f"/t{kind}?token=t")) for kind in "fr"}
             finally:
@@ -219,7 +260,7 @@ class Suite:
 
     def _idle_memory(self, pids: Callable[[], list[int]], target: dict[str, Any], count: int, key: str) -> tuple[float, int]:
         before = memory_of(pids())[key]
-        proc, report = start_idle_client(target, count)
+        proc, report = start_idle_client(target, count, self.at)
         try:
             time.sleep(1.0)  # let the last sessions settle before reading memory (not a synchronisation)
             after = memory_of(pids())[key]
@@ -237,7 +278,7 @@ class Suite:
         count = min(wanted, (hard - 200) // 2) if hard != resource.RLIM_INFINITY else wanted
         # Warm up code paths and allocator pools first.
         run_client({"job": "sessions", "concurrency": 8, "count": 50, "seconds": 5,
-                    "target": _target("ws", self.gateway.ws_port, "/echo")})
+                    "target": _target("ws", self.gateway.ws_port, "/echo")}, self.at)
         tg, opened = self._idle_memory(lambda: self.gateway.pids, _target("ws", self.gateway.ws_port, "/echo"), count, "rss")
         ws = self.websockify["echo"]
         wf, wf_opened = self._idle_memory(lambda: ws.pids, _target("ws", ws.port), self.c.idle_websockify, "pss")
@@ -253,32 +294,63 @@ class Suite:
         for size, count in ((64 * KIB, self.c.big), (KIB, self.c.small)):
             for job, name, label in (("upload", "sink", "client->backend"), ("download", "source", "backend->client")):
                 spec = {"job": job, "size": size, "count": count}
-                v = self._each(self._ws_to_ws(name), lambda t: self._run(spec | {"target": t}, "mbps", self.c.repeats))
-                row = Row(f"{label} {size // KIB} KiB ws, ws:// backend", "MB/s", **v)
+                failed: list[str] = []
+                v = self._each(self._ws_to_ws(name), lambda t: self._run(spec | {"target": t}, "mbps", self.c.repeats),
+                               failed)
+                row = Row(f"{label} {size // KIB} KiB ws, ws:// backend", "MB/s", note="; ".join(failed), **v)
                 self.log(f"{row.figure}: " + ", ".join(f"{k} {x:.0f}" for k, x in v.items()))
                 self.rows.append(row)
-        rtt = self._each(self._ws_to_ws("echo"), lambda t: run_client({"job": "rtt", "count": self.c.rtt, "target": t}))
+        rtt = self._each(self._ws_to_ws("echo"), lambda t: run_client({"job": "rtt", "count": self.c.rtt, "target": t}, self.at))
         for key, label in (("p50_us", "p50"), ("p99_us", "p99")):
             self.rows.append(Row(f"64 B echo round trip {label}, ws:// backend", "µs", higher=False,
                                  **{peer: r[key] for peer, r in rtt.items()}))
         self.log("rtt ws->ws: " + ", ".join(f"{k} {r['p50_us']:.0f}/{r['p99_us']:.0f}" for k, r in rtt.items()))
 
+    def _worker_cores(self, n: int) -> Optional[str]:
+        """Where n workers run when pinned: the gateway's cores for one, every core for more."""
+        if self.at.gateway is None:
+            return None
+        return self.at.gateway if n == 1 else f"0-{(os.cpu_count() or 2) - 1}"
+
     def workers(self, counts: tuple[int, ...] = (1, 2)) -> None:
-        """Aggregate client->backend MB/s (64 KiB, ws, 2 parallel clients) with 1 and 2 worker processes."""
+        """
+        ``python -m tunnelgw.workers -n 1`` and ``-n 2``: aggregate
+        client->backend MB/s (64 KiB, ws, 2 parallel clients) and new
+        sessions/s (2 client processes, 16 concurrent each).
+        """
         for n in counts:
             folder = self.tmp / f"workers-{n}"
             folder.mkdir()
-            gateway = Gateway(folder, self.backends.ports, self.cert, workers=n, tls=False)
+            cores = self._worker_cores(n)
+            gateway = Gateway(folder, self.backends.ports, self.cert, workers=n, tls=False, cores=cores)
             try:
                 jobs = [{"job": "upload", "size": 64 * KIB, "count": self.c.big,
                          "target": _target("ws", gateway.ws_port, "/sink")} for _ in range(2)]
-                results = run_clients(jobs)
+                # The gateway's own CPU time per job (all its processes): what one core of gateway does,
+                # whether or not the machine has a free core for each worker.
+                cpu = cpu_seconds(gateway.pids)
+                results = run_clients(jobs, self.at)
+                upload_cpu, cpu = cpu_seconds(gateway.pids) - cpu, cpu_seconds(gateway.pids)
+                sessions = [{"job": "sessions", "concurrency": CONCURRENCY // 2, "count": self.c.sessions // 2,
+                             "seconds": self.c.session_seconds, "target": _target("ws", gateway.ws_port, "/echo")}] * 2
+                opened = run_clients(sessions, self.at)
+                sessions_cpu = cpu_seconds(gateway.pids) - cpu
             finally:
                 gateway.stop()
-            total = sum(r["bytes"] for r in results) / max(r["seconds"] for r in results) / 1e6
-            self.rows.append(Row(f"client->backend 64 KiB ws, 2 clients, {n} worker{'s' if n > 1 else ''}", "MB/s",
-                                 total))
-            self.log(f"workers {n}: {total:.0f} MB/s")
+            sent = sum(r["bytes"] for r in results) / 1e6
+            total = sent / max(r["seconds"] for r in results)
+            done = sum(r["sessions"] for r in opened)
+            rate = done / max(r["seconds"] for r in opened)
+            where = f"workers on {cores_named(cores)}, clients on {cores_named(self.at.load)}" if cores else ""
+            workers = f"{n} worker{'s' if n > 1 else ''}"
+            self.rows.append(Row(f"client->backend 64 KiB ws, 2 clients, {workers}", "MB/s", total, note=where))
+            self.rows.append(Row(f"client->backend 64 KiB ws, 2 clients, {workers}, per gateway CPU-second",
+                                 "MB/CPU-s", sent / upload_cpu if upload_cpu else None))
+            self.rows.append(Row(f"new sessions/s, 2 client processes, {workers}", "sessions/s", rate, note=where))
+            self.rows.append(Row(f"new sessions, 2 client processes, {workers}, per gateway CPU-second",
+                                 "sessions/CPU-s", done / sessions_cpu if sessions_cpu else None))
+            self.log(f"workers {n}: {total:.0f} MB/s ({upload_cpu:.2f} gateway CPU-s), {rate:.0f} sessions/s "
+                     f"({sessions_cpu:.2f} gateway CPU-s)" + (f" ({where})" if where else ""))
 
 
 #: The figures of one run, in order, by the name ``--only`` takes.
@@ -286,10 +358,10 @@ FIGURES = ("throughput", "round_trip", "sessions", "tokens", "ws_backend", "memo
 
 
 def one_run(counts: Counts, folder: Path, log: Callable[[str], None],
-            figures: tuple[str, ...] = FIGURES) -> list[Row]:
+            figures: tuple[str, ...] = FIGURES, placement: Placement = Placement(), session_clients: int = 1) -> list[Row]:
     """Start every process, measure the figures named (all by default), stop every process; return the rows."""
     with contextlib.ExitStack() as stack:
-        suite = Suite(counts, folder, stack, log)
+        suite = Suite(counts, folder, stack, log, placement, session_clients)
         for name in FIGURES:
             if name in figures:
                 getattr(suite, name)()
@@ -313,6 +385,16 @@ def _sigterm_unwinds() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+def _client_meta(name: str) -> str:
+    """The load client in words, with the versions it runs on."""
+    if name == "plain":
+        return "plain: bench/client.py (blocking sockets; asyncio for sessions and idle)"
+    from importlib.metadata import version
+
+    return (f"fast: bench/fastclient.py, picows {version('picows')} on uvloop {version('uvloop')} "
+            "(raw TCP stream jobs and idle: bench/client.py)")
+
+
 def main(argv: Optional[list[str]] = None, counts: Optional[Counts] = None) -> int:
     """Run the suite (N times with ``--runs``) and write the results; return 0 (the table says whether targets are met)."""
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
@@ -323,9 +405,23 @@ def main(argv: Optional[list[str]] = None, counts: Optional[Counts] = None) -> i
     parser.add_argument("--only", action="append", choices=FIGURES, metavar="FIGURE",
                         help=f"measure only this figure (repeatable; one of {', '.join(FIGURES)}); "
                              "the results go to --out only if it is given, else the table is only printed")
+    parser.add_argument("--client", choices=sorted(CLIENTS), default="fast",
+                        help="the load client: fast (picows on uvloop, bench/fastclient.py; the default) or plain "
+                             "(the hand-written blocking-socket client, bench/client.py)")
+    parser.add_argument("--pin", action="store_true",
+                        help="taskset -c 0 for clients and backends, -c 1 for tunnelgw and each peer (2 workers: 0-1)")
+    parser.add_argument("--session-clients", type=int, default=1, metavar="K",
+                        help="run the sessions figures as K client processes at once and sum them (default 1)")
     args = parser.parse_args(argv)
     if args.runs < 1:
         parser.error("--runs must be at least 1")
+    if not 1 <= args.session_clients <= CONCURRENCY:
+        parser.error(f"--session-clients must be between 1 and {CONCURRENCY}")
+    placement = Placement(args.client)
+    if args.pin:
+        if (os.cpu_count() or 1) < 2 or not shutil.which("taskset"):
+            parser.error("--pin needs two cores and taskset (util-linux)")
+        placement = Placement(args.client, load="0", gateway="1")
     figures = tuple(args.only) if args.only else FIGURES
     if counts is None:
         counts = QUICK if args.quick else FULL
@@ -346,12 +442,14 @@ def main(argv: Optional[list[str]] = None, counts: Optional[Counts] = None) -> i
             run_started = time.monotonic()
             run_folder = Path(folder) / f"run-{i}"
             run_folder.mkdir()
-            runs.append(one_run(counts, run_folder, log, figures))
+            runs.append(one_run(counts, run_folder, log, figures, placement, args.session_clients))
             run_seconds.append(round(time.monotonic() - run_started, 1))
     meta: dict[str, object] = {"mode": "quick" if counts == QUICK else ("full" if counts == FULL else "custom"),
             "counts": counts.__dict__, "autobahn NVX": USES_NVX, "ws:// backend figures": ws_backends_supported(),
             "nginx": "1 worker, master_process off, proxy_buffer_size 64k" if nginx_path() else "not installed",
-            "tree": str(REPO), "cores": os.cpu_count(), "seconds per run": run_seconds,
+            "tree": str(REPO), "cores": os.cpu_count(), "client": _client_meta(args.client),
+            "session client processes": args.session_clients, "pinning": placement.describe(),
+            "seconds per run": run_seconds,
             "seconds": round(time.monotonic() - started, 1)}
     if args.only:
         meta["figures"] = ", ".join(figures)

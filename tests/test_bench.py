@@ -54,7 +54,33 @@ def test_bench_smoke_writes_every_figure(tmp_path: Path) -> None:
         assert figures[name]["ratios"]["nginx"] > 0
     assert any("2 workers" in name for name in figures)
     assert data["meta"]["autobahn NVX"] is True
+    assert data["meta"]["client"].startswith("fast: bench/fastclient.py, picows")
+    assert data["meta"]["pinning"].startswith("none")
     text = (tmp_path / "latest.md").read_text()
     assert "| figure | tunnelgw | websockify | bridge | nginx | direct ceiling | tunnelgw / websockify |" in text
     assert "## Run 2" in text
     assert (tmp_path / "latest.png").stat().st_size > 10_000
+
+
+def test_bench_smoke_plain_client_pinned_two_session_clients(tmp_path: Path) -> None:
+    """The plain client, --pin and --session-clients 2 measure the sessions and workers figures, say so in the meta, and stop every process."""
+    require_module("matplotlib")
+    require_tool("websockify")
+    require_tool("taskset")
+    from bench.run import SMOKE, main
+
+    before = _pids_of_children()
+    argv = ["--out", str(tmp_path), "--only", "sessions", "--only", "workers", "--client", "plain", "--pin",
+            "--session-clients", "2"]
+    assert main(argv, counts=SMOKE) == 0
+    assert _pids_of_children() <= before, "the bench left processes running"
+    data = json.loads((tmp_path / "latest.json").read_text())
+    meta = data["meta"]
+    assert meta["client"].startswith("plain: bench/client.py") and meta["session client processes"] == 2
+    assert meta["pinning"].startswith("clients and backends on core 0, tunnelgw and each peer on core 1")
+    figures = {row["figure"]: row for row in data["rows"]}
+    for peer in ("tunnelgw", "websockify", "bridge", "direct"):
+        assert figures["new sessions/s, 32 concurrent"][peer] > 0, peer
+    assert figures["new sessions/s, 2 client processes, 2 workers"]["tunnelgw"] > 0
+    # Tiny counts may take less than one clock tick of gateway CPU: the row is there, its value may be empty.
+    assert "new sessions, 2 client processes, 1 worker, per gateway CPU-second" in figures

@@ -110,6 +110,21 @@ def test_systemd_units_verify(tmp_path: Path) -> None:
     assert "systemd:domain=INET:index=0" in (REPO / "docs/operations.rst").read_text()
 
 
+def test_systemd_worker_template_units_verify(tmp_path: Path) -> None:
+    """examples/systemd tunnelgw@.socket (ReusePort=yes) and tunnelgw@.service pass systemd-analyze verify as instance 1."""
+    analyze = require_tool("systemd-analyze")
+    twistd = shutil.which("twistd")
+    assert twistd, "twistd is on PATH when tunnelgw is installed"
+    service = (REPO / "examples/systemd/tunnelgw@.service").read_text()
+    socket_unit = (REPO / "examples/systemd/tunnelgw@.socket").read_text()
+    assert "Requires=tunnelgw@%i.socket" in service and "ReusePort=yes" in socket_unit
+    (tmp_path / "tunnelgw@.service").write_text(service.replace("/opt/tunnelgw/bin/twistd", twistd))
+    (tmp_path / "tunnelgw@.socket").write_text(socket_unit)
+    result = subprocess.run([analyze, "verify", str(tmp_path / "tunnelgw@1.socket"), str(tmp_path / "tunnelgw@1.service")],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0 and "tunnelgw" not in result.stderr, result.stderr
+
+
 def _exported(text: str) -> set[str]:
     """Metric names in a Prometheus text exposition."""
     return {m.group(1) for m in re.finditer(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)[{ ]", text, re.M)}
