@@ -13,19 +13,27 @@ The data phase's two shortcuts around per-event costs:
   write with nothing queued ahead of it is one ``send`` (``sendmsg`` for a
   sequence); only what the kernel does not take is queued, and from then on
   Twisted's path (and its producer pausing) runs as usual, so order and flow
-  control are Twisted's.
+  control are Twisted's.  Under TLS (Twisted's ``TLSMemoryBIOProtocol``) a
+  write goes to OpenSSL whole (one ``SSL_write``, which cuts it into 16 KiB
+  records) and all the ciphertext comes out of the memory BIO at once, then
+  goes to the socket in one write; Twisted's own path makes one
+  ``SSL_write``, one ``bio_read`` and one socket write per 16 KiB record.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Iterable
 
-from twisted.internet import tcp
-from twisted.protocols.tls import TLSMemoryBIOProtocol
+from OpenSSL.SSL import Error as TLSError
+from OpenSSL.SSL import WantReadError
+from twisted.internet import ssl, tcp
+from twisted.internet.abstract import FileDescriptor
+from twisted.protocols.tls import BufferingTLSTransport, TLSMemoryBIOProtocol
+from twisted.python.failure import Failure
 
 from tunnelgw.core.frames import Unmask
 
-__all__ = ["immediate_writes", "unmask"]
+__all__ = ["ImmediateClient", "ImmediateServer", "ImmediateTLS", "immediate_writes", "unmask"]
 
 
 def _nvx_unmask() -> Unmask:
@@ -64,11 +72,18 @@ class _ImmediateWrites(_Connection):
     """Mixed into Twisted's TCP connection classes: send at once what has nothing queued ahead of it."""
 
     def _idle(self) -> bool:
-        """Nothing queued, connected, not closing, no TLS started on the connection itself."""
+        """Nothing queued, connected, not closing."""
         return bool(self.connected and not self.dataBuffer and not self._tempDataBuffer and not self.disconnecting
-                    and not self._writeDisconnected and not self.TLS)
+                    and not self._writeDisconnected)
 
     def write(self, data: bytes) -> None:
+        if self.TLS:  # startTLS: application bytes go to the TLS protocol, which calls write_wire
+            super().write(data)
+        else:
+            self.write_wire(data)
+
+    def write_wire(self, data: bytes) -> None:
+        """Bytes for the socket as they are: sent now if nothing is queued, the rest (or all) queued by Twisted."""
         if data and type(data) is bytes and self._idle():
             try:
                 sent = self.socket.send(data)
@@ -77,27 +92,24 @@ class _ImmediateWrites(_Connection):
             if sent == len(data):
                 return
             data = data[sent:]
-        super().write(data)
+        FileDescriptor.write(self, data)
 
     def writeSequence(self, iovec: Iterable[bytes]) -> None:
         pieces = list(iovec)
-        if pieces and self._idle() and all(type(piece) is bytes for piece in pieces):
-            if len(pieces) > _MAX_PIECES:
-                pieces = [b"".join(pieces)]
-            try:
-                sent = self.socket.sendmsg(pieces)
-            except OSError:
-                sent = 0
-            if not sent:
-                super().writeSequence(pieces)
-                return
-            for i, piece in enumerate(pieces):
-                if sent < len(piece):
-                    super().writeSequence([piece[sent:]] + pieces[i + 1:])
-                    return
-                sent -= len(piece)
+        if self.TLS or not pieces or not self._idle() or not all(type(piece) is bytes for piece in pieces):
+            super().writeSequence(pieces)
             return
-        super().writeSequence(pieces)
+        if len(pieces) > _MAX_PIECES:
+            pieces = [b"".join(pieces)]
+        try:
+            sent = self.socket.sendmsg(pieces)
+        except OSError:
+            sent = 0
+        for i, piece in enumerate(pieces):
+            if sent < len(piece):
+                FileDescriptor.writeSequence(self, [piece[sent:] if sent else piece] + pieces[i + 1:])
+                return
+            sent -= len(piece)
 
 
 class ImmediateServer(_ImmediateWrites, tcp.Server):
@@ -108,16 +120,97 @@ class ImmediateClient(_ImmediateWrites, tcp.Client):
     """An outgoing TCP connection with :class:`_ImmediateWrites`."""
 
 
-_SWAPS: dict[type, type] = {tcp.Server: ImmediateServer, tcp.Client: ImmediateClient}
+class ImmediateSSLServer(_ImmediateWrites, ssl.Server):
+    """An accepted connection of an ``ssl:`` listener (TLS started on the connection) with :class:`_ImmediateWrites`."""
+
+
+#: The most ciphertext taken out of the memory BIO per read (more is read on).
+_BIO_READ = 1 << 18
+
+
+#: Writes from this size on go to OpenSSL at once and whole; smaller ones are aggregated as Twisted does.
+_WHOLE = 16 * 1024
+
+
+class ImmediateTLS(BufferingTLSTransport):
+    """
+    Twisted's TLS protocol (the buffering one its factories build): a write of
+    :data:`_WHOLE` bytes or more goes to OpenSSL whole, after what was
+    aggregated before it, and its ciphertext to the connection in one write.
+    Twisted's path copies such a write five times in user space (join, its
+    aggregator's copy and join, a slice per 16 KiB record, the queue's join)
+    and makes one ``SSL_write``, ``bio_read`` and socket write per record.
+    """
+
+    def write(self, data: bytes) -> None:  # type: ignore[override]
+        if len(data) < _WHOLE:
+            self._aggregator.write(data)
+            return
+        self._aggregator.flush()
+        TLSMemoryBIOProtocol.write(self, data)
+
+    def writeSequence(self, iovec: Iterable[bytes]) -> None:
+        self.write(b"".join(iovec))
+
+    def _write(self, bytes: bytes) -> None:  # noqa: A002  (Twisted's parameter name)
+        """As Twisted's: application bytes into the TLS connection (buffered while it wants to read), then flush."""
+        if self._lostTLSConnection:
+            return
+        sent, total = 0, len(bytes)
+        while sent < total:
+            try:
+                sent += self._tlsConnection.send(bytes[sent:] if sent else bytes)
+            except WantReadError:
+                self._bufferedWrite(bytes[sent:])
+                break
+            except TLSError:
+                self._tlsShutdownFinished(Failure())
+                return
+        self._flushSendBIO()
+
+    def _flushSendBIO(self) -> None:
+        """Every byte waiting in the send BIO, to the connection in one write."""
+        chunks = []
+        while True:
+            try:
+                chunk = self._tlsConnection.bio_read(_BIO_READ)
+            except WantReadError:
+                break
+            chunks.append(chunk)
+            if len(chunk) < _BIO_READ:
+                break
+        if not chunks:
+            return
+        data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        # Under startTLS the transport is Twisted's _BypassTLS around the connection itself.
+        connection = getattr(self.transport, "_connection", None)
+        if isinstance(connection, _ImmediateWrites):
+            connection.write_wire(data)
+        elif self.transport is not None:
+            self.transport.write(data)
+
+
+_SWAPS: dict[type, type] = {tcp.Server: ImmediateServer, tcp.Client: ImmediateClient, ssl.Server: ImmediateSSLServer}
+
+
+def _whole_tls_writes(protocol: Any) -> None:
+    protocol.__class__ = ImmediateTLS
+    protocol.__dict__.pop("write", None)  # BufferingTLSTransport binds its aggregator's write on the instance
 
 
 def immediate_writes(transport: Any) -> None:
     """
-    Give transport (or, under TLS, the TCP connection it writes to)
-    immediate writes; any other kind of transport is left as it is.
+    Give transport immediate writes: a TCP connection (also one an ``ssl:``
+    listener accepted, and its TLS protocol), or a TLS protocol wrapped
+    around one (TLS listeners, ``tls:`` client endpoints) and the connection
+    under it.  Any other kind of transport is left as it is.
     """
-    if type(transport) is TLSMemoryBIOProtocol:
+    if type(transport) is BufferingTLSTransport:
+        _whole_tls_writes(transport)
         transport = transport.transport
     swap = _SWAPS.get(type(transport))
-    if swap is not None:
-        transport.__class__ = swap
+    if swap is None:
+        return
+    transport.__class__ = swap
+    if transport.TLS and type(transport.protocol) is BufferingTLSTransport:
+        _whole_tls_writes(transport.protocol)
