@@ -5,8 +5,8 @@ tunnelgw's cost per session is Twisted's own (accept, connect, epoll
 registrations, transports, Deferreds) and how much is tunnelgw's (routing,
 limits, Autobahn's state machine, logging, metrics, timers).
 
-``python -m bench.floor PORT BACKEND_PORT``: listen on 127.0.0.1:PORT; per
-connection read the request head, pause the client, connect to the backend,
+``python -m bench.floor BACKEND_PORT``: listen on 127.0.0.1 (a free port,
+printed as ``{"ws": PORT}``) until stdin closes; per connection read the request head, pause the client, connect to the backend,
 answer 101 with the ``binary`` subprotocol, then relay: the backend's bytes as
 one binary frame per read, the client's masked frames unmasked to the
 backend; a close frame is answered and ends both connections.  No Origin
@@ -36,6 +36,8 @@ def _frame(payload: bytes) -> bytes:
 
 
 class _Backend(protocol.Protocol):
+    transport: Any
+
     def __init__(self, front: "_Front") -> None:
         self.front = front
 
@@ -57,6 +59,7 @@ class _Backend(protocol.Protocol):
 
 
 class _Front(protocol.Protocol):
+    transport: Any
     backend: Optional[_Backend] = None
     key = b""
 
@@ -115,13 +118,23 @@ class _Front(protocol.Protocol):
 
 
 def main() -> None:
+    """Serve until stdin closes (as the bench's other child servers)."""
+    import json
+    import threading
+
     from twisted.internet import reactor
 
-    port, backend_port = int(sys.argv[1]), int(sys.argv[2])
-    factory = protocol.Factory()
+    backend_port = int(sys.argv[1])
+    factory = protocol.ServerFactory()
     factory.buildProtocol = lambda addr: _Front(reactor, backend_port)  # type: ignore[method-assign]
-    endpoints.serverFromString(reactor, f"tcp:{port}:interface=127.0.0.1:backlog=4096").listen(factory)
-    print(f"listening on {port}", flush=True)
+    port: Any = reactor.listenTCP(0, factory, backlog=4096, interface="127.0.0.1")  # type: ignore[attr-defined]
+    print(json.dumps({"ws": port.getHost().port}), flush=True)
+
+    def wait_for_stdin() -> None:
+        sys.stdin.read()
+        reactor.callFromThread(reactor.stop)  # type: ignore[attr-defined]
+
+    threading.Thread(target=wait_for_stdin, daemon=True).start()
     reactor.run()  # type: ignore[attr-defined]
 
 

@@ -26,7 +26,7 @@ from typing import Any, Callable, Optional
 
 REPO = Path(__file__).resolve().parent.parent
 
-__all__ = ["Backends", "Bridge", "CLIENTS", "cores_named", "cpu_seconds", "Gateway", "Nginx", "Placement", "WsBackend", "Websockify", "memory_of",
+__all__ = ["Backends", "Bridge", "CLIENTS", "cores_named", "cpu_seconds", "Floor", "Gateway", "Nginx", "Placement", "WsBackend", "Websockify", "memory_of",
            "run_client", "run_clients", "self_signed", "start_idle_client"]
 
 #: The load clients by the name ``--client`` takes: the module run for each job.
@@ -172,6 +172,14 @@ class Bridge(_ChildServer):
         self.tls_port = self.listening["wss"]
 
 
+class Floor(_ChildServer):
+    """``python -m bench.floor``: the Twisted floor relay to the TCP echo, :attr:`port`."""
+
+    def __init__(self, echo_port: int, cores: Optional[str] = None) -> None:
+        super().__init__("bench.floor", str(echo_port), cores=cores)
+        self.port = self.listening["ws"]
+
+
 NGINX = "/usr/sbin/nginx"
 
 _NGINX_CONF = """\
@@ -195,6 +203,9 @@ http {{
     tcp_nodelay on;
     server {{
         listen 127.0.0.1:{port} backlog=4096;
+        listen 127.0.0.1:{tls_port} ssl backlog=4096;
+        ssl_certificate {cert};
+        ssl_certificate_key {key};
         location / {{
             proxy_pass http://127.0.0.1:{backend};
             proxy_http_version 1.1;
@@ -225,18 +236,21 @@ class Nginx:
     stops nginx), its prefix, configuration, logs and temp folders in folder.
     """
 
-    def __init__(self, folder: Path, backend_port: int, buffer: str = "64k", cores: Optional[str] = None) -> None:
+    def __init__(self, folder: Path, backend_port: int, cert: tuple[Path, Path], buffer: str = "64k",
+                 cores: Optional[str] = None) -> None:
         exe = nginx_path()
         if exe is None:
             raise RuntimeError("nginx is not installed (apt-get install nginx)")
         folder.mkdir(parents=True, exist_ok=True)
         self.port = _free_port()
+        self.tls_port = _free_port()
         import resource
 
         hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
         nofile = hard if hard != resource.RLIM_INFINITY else 65536
         self.config = folder / "nginx.conf"
-        self.config.write_text(_NGINX_CONF.format(folder=folder, port=self.port, backend=backend_port,
+        self.config.write_text(_NGINX_CONF.format(folder=folder, port=self.port, tls_port=self.tls_port,
+                                                  cert=cert[0], key=cert[1], backend=backend_port,
                                                   buffer=buffer, nofile=nofile, connections=max(1024, nofile // 2 - 100)))
         self.log_path = folder / "error.log"
         self._log = open(folder / "stderr.log", "wb")

@@ -24,11 +24,11 @@ from typing import Any, Optional
 __all__ = ["PEERS", "RIVALS", "Figure", "Row", "combine", "markdown_table", "target_met", "write_results"]
 
 #: Every column with a value, in table order.
-PEERS = ("tunnelgw", "websockify", "bridge", "nginx", "direct")
+PEERS = ("tunnelgw", "websockify", "bridge", "nginx", "floor", "direct")
 #: The peers tunnelgw is compared with (a ratio column each).
-RIVALS = ("websockify", "bridge", "nginx")
+RIVALS = ("websockify", "bridge", "nginx", "floor")
 
-_COLOURS = {"tunnelgw": "#2a7ab0", "websockify": "#d9822b", "bridge": "#5a9e4b", "nginx": "#8e5ab0",
+_COLOURS = {"tunnelgw": "#2a7ab0", "websockify": "#d9822b", "bridge": "#5a9e4b", "nginx": "#8e5ab0", "floor": "#b05a5a",
             "direct": "#999999"}
 
 
@@ -37,7 +37,7 @@ class Row:
     """
     One figure of one run.  Each goal is ``(peer, factor)``: tunnelgw at least
     factor x that peer's value (``higher``), or at most factor x it (lower is
-    better; a factor below 1 means strictly less); with peer ``""`` the factor
+    better); with peer ``""`` the factor
     is a bound on tunnelgw's own value.
     """
 
@@ -51,6 +51,7 @@ class Row:
     note: str = ""
     bridge: Optional[float] = None
     nginx: Optional[float] = None
+    floor: Optional[float] = None
 
     def value(self, peer: str) -> Optional[float]:
         """The value measured for peer (a name from :data:`PEERS`)."""
@@ -73,7 +74,7 @@ class Row:
             elif self.higher:
                 words.append(f">= {factor:g}x {peer}")
             else:
-                words.append(f"< {peer}" if factor < 1 else f"<= {factor:g}x {peer}")
+                words.append(f"<= {factor:g}x {peer}")
         return ", ".join(words)
 
 
@@ -84,7 +85,7 @@ def _goal_met(higher: bool, factor: float, value: float, ratio: Optional[float],
         return None
     if higher:
         return ratio >= factor
-    return ratio < 1 if factor < 1 else ratio <= factor
+    return ratio <= factor
 
 
 def _all_met(results: list[Optional[bool]]) -> Optional[bool]:
@@ -171,7 +172,7 @@ def markdown_table(figures: list[Figure]) -> str:
     tunnelgw / peer as the median of the per-run ratios with the per-run
     ratios in brackets, then the targets.
     """
-    head = ["figure", "tunnelgw", "websockify", "bridge", "nginx", "direct ceiling",
+    head = ["figure", "tunnelgw", "websockify", "bridge", "nginx", "Twisted floor", "direct ceiling",
             *(f"tunnelgw / {p}" for p in RIVALS), "target", "met?"]
     lines = ["| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(PEERS) + len(RIVALS)) + "---|---|"]
     for f in figures:

@@ -45,10 +45,12 @@ def test_bench_smoke_writes_every_figure(tmp_path: Path) -> None:
             assert figures[name][peer] > 0, (name, peer)
         assert len(figures[name]["per_run_ratios"]["bridge"]) == 2
     assert figures["new sessions/s, 32 concurrent"]["nginx"] > 0
+    assert figures["new sessions/s, 32 concurrent"]["floor"] > 0  # the Twisted floor relay
     assert data["meta"]["ws:// backend figures"] is True
     for name in ("new sessions/s, 32 concurrent, ws:// backend", "client->backend 64 KiB ws, ws:// backend",
-                 "backend->client 1 KiB ws, ws:// backend", "64 B echo round trip p50, ws:// backend"):
-        # WS->WS: tunnelgw's ws:// route and nginx, beside the WebSocket backend itself.
+                 "backend->client 1 KiB ws, ws:// backend", "64 B echo round trip p50, ws:// backend",
+                 "client->backend 64 KiB wss, ws:// backend", "backend->client 1 KiB wss, ws:// backend"):
+        # WS->WS: tunnelgw's ws:// route and nginx (ws and wss), beside the WebSocket backend itself.
         for peer in ("tunnelgw", "nginx", "direct"):
             assert figures[name][peer] > 0, (name, peer)
         assert figures[name]["ratios"]["nginx"] > 0
@@ -57,7 +59,7 @@ def test_bench_smoke_writes_every_figure(tmp_path: Path) -> None:
     assert data["meta"]["client"].startswith("fast: bench/fastclient.py, picows")
     assert data["meta"]["pinning"].startswith("none")
     text = (tmp_path / "latest.md").read_text()
-    assert "| figure | tunnelgw | websockify | bridge | nginx | direct ceiling | tunnelgw / websockify |" in text
+    assert "| figure | tunnelgw | websockify | bridge | nginx | Twisted floor | direct ceiling | tunnelgw / websockify |" in text
     assert "## Run 2" in text
     assert (tmp_path / "latest.png").stat().st_size > 10_000
 
