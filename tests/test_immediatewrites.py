@@ -230,3 +230,12 @@ class ImmediateTLSTests(TestCase):
         self.server_app.transport.loseConnection()
         self.assertEqual(self.flush(), big)
         self.assertTrue(self.client_app.lost)
+
+    def test_records_of_one_read_reach_the_protocol_at_once(self) -> None:
+        """A 100 KB write (seven records) read in one piece is one dataReceived; a close_notify read with data comes after it."""
+        data = bytes(range(256)) * 400
+        self.client_app.transport.write(data)
+        self.client_app.transport.loseConnection()
+        self.flush()
+        self.assertEqual(self.server_app.received, [data])
+        self.assertTrue(self.server_app.lost)
