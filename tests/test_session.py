@@ -137,6 +137,37 @@ class SessionCoreTests(TestCase):
     def after_101(self, client: StringTransport) -> bytes:
         return client.value().partition(b"\r\n\r\n")[2]
 
+    def test_autobahn_options_shared_and_kept_per_session(self) -> None:
+        """Autobahn's options are read from the factory's of the moment a session opened, not copied into it."""
+        gw, client, _, _ = self.opened()
+        first = gw.session_of(client)
+        self.assertNotIn("maxFramePayloadSize", vars(first))
+        old = gw.factory.maxFramePayloadSize
+        self.assertEqual(first.maxFramePayloadSize, old)
+        gw.factory.setProtocolOptions(maxFramePayloadSize=old + 1)  # as a reload does
+        _, client2 = gw.client()
+        client2.protocol.dataReceived(handshake())
+        gw.connect_backend()
+        second = gw.session_of(client2)
+        self.assertEqual((first.maxFramePayloadSize, second.maxFramePayloadSize), (old, old + 1))
+        with self.assertRaises(AttributeError):
+            first.no_such_option
+
+    def test_send_queue_made_when_first_needed(self) -> None:
+        """No deque per session until Autobahn queues a chopped send; then the bytes go out in order."""
+        from collections import deque
+
+        gw, client, _, _ = self.opened()
+        session = gw.session_of(client)
+        self.assertEqual(len(session.send_queue), 0)
+        self.assertNotIsInstance(session.send_queue, deque)
+        before = len(client.value())
+        session.sendData(b"abcdef", chopsize=2)
+        self.assertIsInstance(session.send_queue, deque)
+        for _ in range(10):
+            txaio.config.loop.advance(1)
+        self.assertEqual(client.value()[before:], b"abcdef")
+
     def test_client_not_read_while_backend_connects(self) -> None:
         """The client transport is paused from the end of its head until its backend is up and the 101 sent."""
         gw = Gateway("ProxyPass /echo tcp:host=10.0.0.1:port=5900\n")

@@ -44,6 +44,7 @@ from tunnelgw.metrics import GatewayMetrics
 from tunnelgw.pool import PoolLimitLink, SingleUseLink
 from tunnelgw.recording import Recordings
 from tunnelgw.session import GatewaySession, client_label, http_error, log_refusal
+from tunnelgw.wsstate import SharedOptions
 
 __all__ = ["GatewayFactory", "HeadRequest", "hand_over", "refuse_connection"]
 
@@ -149,7 +150,7 @@ class HeadRequest:
         return ISSLTransport.providedBy(self._transport)
 
 
-class GatewayFactory(WebSocketServerFactory):
+class GatewayFactory(SharedOptions, WebSocketServerFactory):  # type: ignore[misc]  # Autobahn and Twisted type "protocol" apart
     """
     What sessions are made from, and the live ones.
 

@@ -147,8 +147,8 @@ class GatewaySession(QuietAdapter, WebSocketServerProtocol):  # type: ignore[mis
         self._recording = recording
         self.factory = factory
         self.route = route
-        self._head = head
-        self._handshake = handshake
+        self._head: Optional[RequestHead] = head
+        self._handshake: Optional[Handshake] = handshake
         self._client = client
         self._link = link
         self._label = route_label(route)
@@ -189,8 +189,9 @@ class GatewaySession(QuietAdapter, WebSocketServerProtocol):  # type: ignore[mis
         connect the backend.  early is what the client sent after its head.
         """
         head, handshake, factory = self._head, self._handshake, self.factory
-        # What Autobahn's own handshake parser would have set.
-        self.http_headers = {name.decode("latin-1"): value.decode("latin-1") for name, value in head.headers}
+        assert head is not None and handshake is not None, "a session begins once"
+        self._head = self._handshake = None  # not kept for the session's life (memory per idle session)
+        # What Autobahn's own handshake parser would have set (and the handshake reads).
         self.http_request_uri = head.target.decode("latin-1")
         self.http_request_path = head.path.decode("latin-1")
         self.http_request_host = handshake.host
@@ -278,6 +279,7 @@ class GatewaySession(QuietAdapter, WebSocketServerProtocol):  # type: ignore[mis
         record, factory, link = self._record, self.factory, self._link
         assert record is not None
         self._outcome = "ended"
+        self.http_response_data = ""  # Autobahn keeps the 101 it sent; nothing reads it again
         transport = link.transport
         start_fields = {"session": record.session_id, "client": record.client, "path": record.path,
                         "route": record.route, "backend": factory.redact(link.description),

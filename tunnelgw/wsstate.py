@@ -36,19 +36,47 @@ from twisted.python.failure import Failure
 
 from tunnelgw.core.frames import size_violation
 
-__all__ = ["QuietAdapter", "frame_fits", "open_state"]
+__all__ = ["QuietAdapter", "SharedOptions", "frame_fits", "open_state", "protocol_options"]
+
+
+#: Autobahn's send queue while nothing was ever queued (empty, so falsy and of length 0 as Autobahn reads it).
+_NO_QUEUE: Any = ()
+
+
+class SharedOptions:
+    """
+    Mixed into a WebSocket factory ahead of Autobahn's: its protocol options
+    as one dict (:func:`protocol_options`), made again after each
+    ``setProtocolOptions``, so that connections share it instead of each
+    copying some forty options into its own ``__dict__``.
+    """
+
+    def setProtocolOptions(self, *args: Any, **kwargs: Any) -> None:
+        super().setProtocolOptions(*args, **kwargs)  # type: ignore[misc]
+        self._ws_options = None
+
+    def resetProtocolOptions(self) -> None:
+        super().resetProtocolOptions()  # type: ignore[misc]
+        self._ws_options = None
+
+
+def protocol_options(factory: Any) -> dict[str, Any]:
+    """The factory's Autobahn options now (``CONFIG_ATTRS`` of its protocol), made once until they change."""
+    options: Optional[dict[str, Any]] = factory.__dict__.get("_ws_options")
+    if options is None:
+        options = factory._ws_options = {name: getattr(factory, name) for name in factory.protocol.CONFIG_ATTRS}
+    return options
 
 
 def open_state(protocol: Any) -> None:
     """
     Set up a new connection's WebSocket state on protocol as Autobahn's
-    ``WebSocketProtocol._connectionMade`` does (options copied from the
-    factory unless set on the protocol).
+    ``WebSocketProtocol._connectionMade`` does.  Options not set on the
+    protocol (or its class) are read from the factory's options of this
+    moment (:class:`QuietAdapter`'s ``__getattr__``), not copied.
     """
     factory = protocol.factory
-    for name in protocol.CONFIG_ATTRS:
-        if not hasattr(protocol, name):
-            setattr(protocol, name, getattr(factory, name))
+    protocol._ws_options = protocol_options(factory)
     protocol._perMessageCompress = None
     protocol.trackedTimings = None
     protocol.setTrackTimings(protocol.trackTimings)
@@ -56,7 +84,7 @@ def open_state(protocol: Any) -> None:
     protocol.state = WebSocketProtocol.STATE_CONNECTING
     protocol.send_state = WebSocketProtocol.SEND_STATE_GROUND
     protocol.data = b""
-    protocol.send_queue = deque()
+    protocol.send_queue = _NO_QUEUE  # a deque (630 bytes) only once Autobahn queues a chopped or sync send
     protocol.triggered = False
     protocol.utf8validator = Utf8Validator()
     protocol.wasMaxFramePayloadSizeExceeded = False
@@ -101,6 +129,14 @@ class QuietAdapter:
     tcpNoDelay: bool
     log: Any
 
+    if not TYPE_CHECKING:  # (the type checker keeps checking attribute names)
+        def __getattr__(self, name: str) -> Any:
+            """An Autobahn option this connection does not set: its factory's when the connection was made."""
+            try:
+                return self.__dict__["_ws_options"][name]
+            except KeyError:
+                raise AttributeError(name) from None
+
     def connectionMade(self) -> None:
         """Record the transport's details, set TCP_NODELAY as configured, set up the WebSocket state."""
         secure = ISSLTransport.providedBy(self.transport)
@@ -132,6 +168,8 @@ class QuietAdapter:
     def sendData(self, data: bytes, sync: bool = False, chopsize: Optional[int] = None) -> None:
         """Write data now (as Autobahn does when nothing is queued), counting it; chopped or queued sends are Autobahn's."""
         if sync or chopsize or self.send_queue:
+            if self.send_queue is _NO_QUEUE:
+                self.send_queue = deque()
             super().sendData(data, sync, chopsize)  # type: ignore[misc]
             return
         self.transport.write(data)

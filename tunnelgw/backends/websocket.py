@@ -49,7 +49,7 @@ from tunnelgw.core.routing import Reject, Route
 from tunnelgw.core.wsrelay import backend_target, forwarded_headers, handshake_refusal, lost_close
 from tunnelgw.core.wsurl import WebSocketTarget
 from tunnelgw.fastpath import immediate_writes
-from tunnelgw.wsstate import QuietAdapter, frame_fits, open_state
+from tunnelgw.wsstate import QuietAdapter, SharedOptions, frame_fits, open_state, protocol_options
 
 __all__ = ["BackendWebSocket", "WebSocketBackends", "WebSocketLink", "load_trust_root"]
 
@@ -127,6 +127,8 @@ class BackendWebSocket(QuietAdapter, WebSocketClientProtocol):  # type: ignore[m
 
     def onOpen(self) -> None:
         """The backend accepted: the session may now answer its client."""
+        # Autobahn keeps the handshake's request and response; nothing reads them again.
+        self.http_request_data = self.http_response_data = b""
         if not self.opened.called:
             self.opened.callback(self)
 
@@ -287,7 +289,7 @@ class BackendWebSocket(QuietAdapter, WebSocketClientProtocol):  # type: ignore[m
                             isReply=False)
 
 
-class _BackendFactory(WebSocketClientFactory):
+class _BackendFactory(SharedOptions, WebSocketClientFactory):
     """
     Makes the one :class:`BackendWebSocket` of one session: a configured
     factory per connect timeout is made once (Autobahn's factory set-up
@@ -312,6 +314,7 @@ class _BackendFactory(WebSocketClientFactory):
 
     def for_request(self, request: ConnectingRequest) -> "_BackendFactory":
         """A copy of this factory (options and all) for one session's handshake request."""
+        protocol_options(self)  # made here once, so that every copy shares it
         one: _BackendFactory = object.__new__(type(self))
         one.__dict__.update(self.__dict__)
         one.request = request
