@@ -68,6 +68,12 @@ class ImmediateWritesTests(TestCase):
         got.append(self.received())
         return b"".join(got)
 
+    def test_installed_twisted_is_known(self) -> None:
+        """The Twisted installed has the internals the subclasses use (else they would silently stay off)."""
+        from tunnelgw import fastpath
+
+        self.assertTrue(fastpath._TWISTED_KNOWN)
+
     def test_class_swapped(self) -> None:
         """The accepted connection becomes an ImmediateServer, still a tcp.Server."""
         self.assertIs(type(self.transport), ImmediateServer)

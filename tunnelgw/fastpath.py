@@ -245,13 +245,22 @@ def _whole_tls_writes(protocol: Any) -> None:
     protocol.__dict__.pop("write", None)  # BufferingTLSTransport binds its aggregator's write on the instance
 
 
+#: What the subclasses above rely on in Twisted (checked once: another Twisted leaves transports as they are).
+_TWISTED_KNOWN = all(hasattr(FileDescriptor, name) for name in ("dataBuffer", "_writeDisconnected", "doWrite")) and all(
+    callable(getattr(TLSMemoryBIOProtocol, name, None))
+    for name in ("_write", "_flushSendBIO", "_flushReceiveBIO", "_bufferedWrite", "_tlsShutdownFinished", "_shutdownTLS"))
+
+
 def immediate_writes(transport: Any) -> None:
     """
     Give transport immediate writes: a TCP connection (also one an ``ssl:``
     listener accepted, and its TLS protocol), or a TLS protocol wrapped
     around one (TLS listeners, ``tls:`` client endpoints) and the connection
-    under it.  Any other kind of transport is left as it is.
+    under it.  Any other kind of transport is left as it is, and every
+    transport when Twisted's internals are not the ones these classes know.
     """
+    if not _TWISTED_KNOWN:
+        return
     if type(transport) is BufferingTLSTransport:
         _whole_tls_writes(transport)
         transport = transport.transport
