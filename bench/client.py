@@ -26,13 +26,13 @@ import ssl
 import struct
 import sys
 import time
-from typing import Any, Optional
+from typing import Any, Awaitable, Callable, Optional
 
 from websockets.speedups import apply_mask  # type: ignore[import-not-found]
 
 from bench.servers import raise_nofile
 
-__all__ = ["Connection", "client_frame", "handshake_request", "main", "run_job"]
+__all__ = ["Connection", "client_frame", "handshake_request", "main", "run_job", "session_loop"]
 
 _MASK = os.urandom(4)
 _RECV = 1 << 20
@@ -285,12 +285,14 @@ def _sources(n: int) -> list[str]:
     return [f"127.0.0.{2 + i}" for i in range(n)]
 
 
-async def _sessions(target: dict[str, Any], concurrency: int, count: int, seconds: float) -> dict[str, Any]:
-    """New sessions (connect, handshake, 1-byte echo, close) by concurrency workers."""
-    ws_frame, close = client_frame(b"x"), client_frame(struct.pack("!H", 1000), opcode=8)
+async def session_loop(one: Callable[[str], Awaitable[None]], concurrency: int, count: int,
+                       seconds: float) -> dict[str, Any]:
+    """
+    Run one(source address) by concurrency workers until count sessions were
+    started or seconds passed (each bounded to 10 s); count sessions and errors.
+    """
     sources = _sources(16)
-    done = errors = 0
-    started = 0
+    done = errors = started = 0
     deadline = time.perf_counter() + seconds
 
     async def worker(i: int) -> None:
@@ -298,7 +300,7 @@ async def _sessions(target: dict[str, Any], concurrency: int, count: int, second
         while started < count and time.perf_counter() < deadline:
             started += 1
             try:
-                await asyncio.wait_for(_one_session(target, sources[(i + started) % len(sources)], ws_frame, close), 10)
+                await asyncio.wait_for(one(sources[(i + started) % len(sources)]), 10)
                 done += 1
             except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError, ConnectionError):
                 errors += 1
@@ -307,6 +309,12 @@ async def _sessions(target: dict[str, Any], concurrency: int, count: int, second
     await asyncio.gather(*(worker(i) for i in range(concurrency)))
     elapsed = time.perf_counter() - start
     return {"sessions": done, "errors": errors, "seconds": elapsed, "per_second": done / elapsed}
+
+
+async def _sessions(target: dict[str, Any], concurrency: int, count: int, seconds: float) -> dict[str, Any]:
+    """New sessions (connect, handshake, 1-byte echo, close) by concurrency workers."""
+    ws_frame, close = client_frame(b"x"), client_frame(struct.pack("!H", 1000), opcode=8)
+    return await session_loop(lambda source: _one_session(target, source, ws_frame, close), concurrency, count, seconds)
 
 
 async def _idle(target: dict[str, Any], count: int, concurrency: int = 64) -> dict[str, Any]:
@@ -359,12 +367,12 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
     raise ValueError(f"unknown job {kind!r}")
 
 
-def main() -> None:
-    """Run the job given as JSON in argv[1]; print the result, with the CPU time it took, as JSON."""
+def main(run: Callable[[dict[str, Any]], dict[str, Any]] = run_job) -> None:
+    """Run the job given as JSON in argv[1] with run; print the result, with the CPU time it took, as JSON."""
     raise_nofile()
     job = json.loads(sys.argv[1])
     cpu = time.process_time()
-    result = run_job(job)
+    result = run(job)
     # The client's own CPU time for the job: how close the client itself is to being the limit.
     result["client_cpu_seconds"] = time.process_time() - cpu
     print(json.dumps(result), flush=True)

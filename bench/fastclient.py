@@ -19,10 +19,8 @@ Every loop is bounded in count and by a deadline.
 from __future__ import annotations
 
 import asyncio
-import json
 import ssl
 import struct
-import sys
 import time
 from typing import Any, Callable, Optional
 
@@ -30,7 +28,6 @@ import uvloop
 from picows import WSCloseCode, WSFrame, WSListener, WSMsgType, WSTransport, ws_connect
 
 from bench import client as plain
-from bench.servers import raise_nofile
 
 __all__ = ["main", "run_job"]
 
@@ -310,24 +307,7 @@ async def _sessions(target: dict[str, Any], concurrency: int, count: int, second
     # 40 µs for prepared bytes on uvloop, so sessions use _prepared_session
     # (wss too goes through picows, which the sessions figure does not use).
     one = _ws_session if target["kind"] == "wss" else _prepared_session
-    sources = plain._sources(16)
-    done = errors = started = 0
-    deadline = time.perf_counter() + seconds
-
-    async def worker(i: int) -> None:
-        nonlocal done, errors, started
-        while started < count and time.perf_counter() < deadline:
-            started += 1
-            try:
-                await asyncio.wait_for(one(target, sources[(i + started) % len(sources)]), 10)
-                done += 1
-            except (OSError, asyncio.TimeoutError, ConnectionError):
-                errors += 1
-
-    start = time.perf_counter()
-    await asyncio.gather(*(worker(i) for i in range(concurrency)))
-    elapsed = time.perf_counter() - start
-    return {"sessions": done, "errors": errors, "seconds": elapsed, "per_second": done / elapsed}
+    return await plain.session_loop(lambda source: one(target, source), concurrency, count, seconds)
 
 
 def run_job(job: dict[str, Any]) -> dict[str, Any]:
@@ -347,14 +327,8 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
 
 
 def main() -> None:
-    """Run the job given as JSON in argv[1]; print the result, with the CPU time it took, as JSON."""
-    raise_nofile()
-    job = json.loads(sys.argv[1])
-    cpu = time.process_time()
-    result = run_job(job)
-    # The client's own CPU time for the job: how close the client itself is to being the limit.
-    result["client_cpu_seconds"] = time.process_time() - cpu
-    print(json.dumps(result), flush=True)
+    """Run the job given as JSON in argv[1] (as :func:`bench.client.main` does, with this client's jobs)."""
+    plain.main(run_job)
 
 
 if __name__ == "__main__":
