@@ -38,7 +38,7 @@ EVENTS = [
     _event(log_format="missing {nothere}"),
     _event(log_format="positional {}"),
     _event(log_format="a call {f()}", f=lambda: "called"),
-    _event(log_format="bytes format {x}", x=1, log_system="custom,system"),
+    _event(log_format="own system {x}", x=1, log_system="custom,system"),
     _event(log_format=b"bytes {x}", x=1),
     _event(log_format="no level", log_level=None),
     _event(log_format="no time", log_time=None),

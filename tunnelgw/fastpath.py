@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any, Iterable
 
 from OpenSSL.SSL import Error as TLSError
 from OpenSSL.SSL import WantReadError, ZeroReturnError
-from twisted.internet import ssl, tcp
+from twisted.internet import tcp
 from twisted.internet.abstract import FileDescriptor
 from twisted.protocols.policies import ProtocolWrapper
 from twisted.protocols.tls import BufferingTLSTransport, TLSMemoryBIOProtocol
@@ -77,18 +77,11 @@ class _ImmediateWrites(_Connection):
     """Mixed into Twisted's TCP connection classes: send at once what has nothing queued ahead of it."""
 
     def _idle(self) -> bool:
-        """Nothing queued, connected, not closing."""
+        """Nothing queued, connected, not closing, no TLS started on the connection itself."""
         return bool(self.connected and not self.dataBuffer and not self._tempDataBuffer and not self.disconnecting
-                    and not self._writeDisconnected)
+                    and not self._writeDisconnected and not self.TLS)
 
     def write(self, data: bytes) -> None:
-        if self.TLS:  # startTLS: application bytes go to the TLS protocol, which calls write_wire
-            super().write(data)
-        else:
-            self.write_wire(data)
-
-    def write_wire(self, data: bytes) -> None:
-        """Bytes for the socket as they are: sent now if nothing is queued, the rest (or all) queued by Twisted."""
         if data and type(data) is bytes and self._idle():
             try:
                 sent = self.socket.send(data)
@@ -97,11 +90,11 @@ class _ImmediateWrites(_Connection):
             if sent == len(data):
                 return
             data = data[sent:]
-        FileDescriptor.write(self, data)
+        super().write(data)
 
     def writeSequence(self, iovec: Iterable[bytes]) -> None:
         pieces = list(iovec)
-        if self.TLS or not pieces or not self._idle() or not all(type(piece) is bytes for piece in pieces):
+        if not pieces or not self._idle() or not all(type(piece) is bytes for piece in pieces):
             super().writeSequence(pieces)
             return
         if len(pieces) > _MAX_PIECES:
@@ -112,7 +105,7 @@ class _ImmediateWrites(_Connection):
             sent = 0
         for i, piece in enumerate(pieces):
             if sent < len(piece):
-                FileDescriptor.writeSequence(self, [piece[sent:] if sent else piece] + pieces[i + 1:])
+                super().writeSequence([piece[sent:] if sent else piece] + pieces[i + 1:])
                 return
             sent -= len(piece)
 
@@ -123,10 +116,6 @@ class ImmediateServer(_ImmediateWrites, tcp.Server):
 
 class ImmediateClient(_ImmediateWrites, tcp.Client):
     """An outgoing TCP connection with :class:`_ImmediateWrites`."""
-
-
-class ImmediateSSLServer(_ImmediateWrites, ssl.Server):
-    """An accepted connection of an ``ssl:`` listener (TLS started on the connection) with :class:`_ImmediateWrites`."""
 
 
 #: The most ciphertext taken out of the memory BIO per read (more is read on).
@@ -214,9 +203,7 @@ class ImmediateTLS(BufferingTLSTransport):
 
     def _deliver(self, gathered: list[bytes]) -> None:
         if gathered and not self._aborted:
-            data = gathered[0] if len(gathered) == 1 else b"".join(gathered)
-            gathered.clear()
-            ProtocolWrapper.dataReceived(self, data)
+            ProtocolWrapper.dataReceived(self, gathered[0] if len(gathered) == 1 else b"".join(gathered))
         gathered.clear()
 
     def _flushSendBIO(self) -> None:
@@ -230,18 +217,11 @@ class ImmediateTLS(BufferingTLSTransport):
             chunks.append(chunk)
             if len(chunk) < _BIO_READ:
                 break
-        if not chunks:
-            return
-        data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-        # Under startTLS the transport is Twisted's _BypassTLS around the connection itself.
-        connection = getattr(self.transport, "_connection", None)
-        if isinstance(connection, _ImmediateWrites):
-            connection.write_wire(data)
-        elif self.transport is not None:
-            self.transport.write(data)
+        if chunks and self.transport is not None:
+            self.transport.write(chunks[0] if len(chunks) == 1 else b"".join(chunks))
 
 
-_SWAPS: dict[type, type] = {tcp.Server: ImmediateServer, tcp.Client: ImmediateClient, ssl.Server: ImmediateSSLServer}
+_SWAPS: dict[type, type] = {tcp.Server: ImmediateServer, tcp.Client: ImmediateClient}
 
 
 def _whole_tls_writes(protocol: Any) -> None:
@@ -257,11 +237,12 @@ _TWISTED_KNOWN = all(hasattr(FileDescriptor, name) for name in ("dataBuffer", "_
 
 def immediate_writes(transport: Any) -> None:
     """
-    Give transport immediate writes: a TCP connection (also one an ``ssl:``
-    listener accepted, and its TLS protocol), or a TLS protocol wrapped
-    around one (TLS listeners, ``tls:`` client endpoints) and the connection
-    under it.  Any other kind of transport is left as it is, and every
-    transport when Twisted's internals are not the ones these classes know.
+    Give transport immediate writes: a TCP connection, or Twisted's TLS
+    protocol wrapped around one (TLS listeners, ``tls:`` and ``wss://``
+    backends) and the connection under it.  Any other kind of transport
+    (``unix:``, ``ssl:`` client strings, which start TLS on the connection)
+    is left as it is, and every transport when Twisted's internals are not
+    the ones these classes know.
     """
     if not _TWISTED_KNOWN:
         return
@@ -272,5 +253,3 @@ def immediate_writes(transport: Any) -> None:
     if swap is None:
         return
     transport.__class__ = swap
-    if transport.TLS and type(transport.protocol) is BufferingTLSTransport:
-        _whole_tls_writes(transport.protocol)

@@ -122,9 +122,8 @@ class _CommandLineService(MultiService):
 
             from tunnelgw.logs import json_lines_observer, text_lines_observer
 
-            stream = _log_stream(options) if self.log_format == "json" else None
-            if stream is not None:
-                parent.setComponent(ILogObserver, json_lines_observer(stream))
+            if self.log_format == "json":
+                parent.setComponent(ILogObserver, json_lines_observer(_log_stream(options)))
             elif _logs_to_stdout(options):
                 # twistd's own text lines, cheaper; a log file keeps twistd's observer (and its SIGUSR1 reopen).
                 parent.setComponent(ILogObserver, text_lines_observer(sys.stdout))
