@@ -24,7 +24,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 from twisted.internet.interfaces import IPushProducer
 
-from tunnelgw.backends import BackendRefused, LinkOwner
+from tunnelgw.backends import BackendRefused, Carries, LinkOwner
 from tunnelgw.core.handshake import Handshake
 from tunnelgw.core.recording import Frame, parse_recording, recording_name
 from tunnelgw.core.relay import CLOSE_BACKEND_FAILED, Close, choose_subprotocol
@@ -73,7 +73,7 @@ class ReplayLink:
     :param remainder: the request path after the route's prefix: ``/ID``.
     """
 
-    byte_stream = True
+    carries = Carries.PAYLOAD
 
     def __init__(self, reactor: Any, folder: str, remainder: str, speed: float) -> None:
         self._reactor = reactor
@@ -212,14 +212,12 @@ class ReplayLink:
 
     # What the client sends is not the desktop's business: read and dropped.
 
-    def client_frame_begin(self, opcode: int, fin: bool, length: int) -> None:
-        """Ignored: a replay takes no input."""
-
-    def client_frame_data(self, payload: bytes) -> None:
-        """Ignored: a replay takes no input."""
-
     def client_payloads(self, payloads: list[bytes]) -> None:
         """Ignored: a replay takes no input."""
+
+    def client_frames(self, frames: bytes, left: int) -> None:
+        """Not used: a replay takes payloads."""
+        raise NotImplementedError("replay links take payloads")
 
     def client_close(self, code: Optional[int], reason: Optional[str]) -> None:
         """Nothing to pass on."""

@@ -25,7 +25,7 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from tunnelgw.backends import BackendRefused, LinkOwner
+from tunnelgw.backends import BackendRefused, Carries, LinkOwner
 from tunnelgw.core.handshake import Handshake
 from tunnelgw.core.relay import (
     BACKEND_CLOSE_GRACE,
@@ -244,8 +244,8 @@ class TcpLink:
         its member once chosen).
     """
 
-    #: Client frames may be read by the direct binary-frame reader.
-    byte_stream = True
+    #: Payload bytes both ways.
+    carries = Carries.PAYLOAD
 
     def __init__(self, connector: Callable[[], "defer.Deferred[BackendConnection]"], description: str) -> None:
         self._connector = connector
@@ -304,18 +304,17 @@ class TcpLink:
 
     # What the session sends.
 
-    def client_frame_begin(self, opcode: int, fin: bool, length: int) -> None:
-        """Frame boundaries mean nothing to a byte stream."""
-
-    def client_frame_data(self, payload: bytes) -> None:
-        """Write payload to the backend."""
-        if self.transport is not None and not self._closed:
-            self.transport.write(payload)
-
     def client_payloads(self, payloads: list[bytes]) -> None:
-        """Write the payloads of several frames in one call."""
+        """Write the payloads of client frames in one call."""
         if self.transport is not None and not self._closed:
-            self.transport.writeSequence(payloads)
+            if len(payloads) == 1:
+                self.transport.write(payloads[0])
+            else:
+                self.transport.writeSequence(payloads)
+
+    def client_frames(self, frames: bytes, left: int) -> None:
+        """Not used: a byte stream takes payloads."""
+        raise NotImplementedError("byte-stream links take payloads")
 
     def client_close(self, code: Optional[int], reason: Optional[str]) -> None:
         """The backend gets EOF when the session ends (queued bytes first)."""

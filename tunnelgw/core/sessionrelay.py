@@ -241,6 +241,8 @@ class SessionRelay:
             data = self._carry + data
             self._carry = b""
         actions: list[Action] = []
+        # After the gateway's close, frames are read (to find the answer) but go nowhere.
+        forwarding = self.state is RelayState.OPEN
         frames = self.carries is Carries.FRAMES
         chunks: list[bytes] = []
         payload = 0
@@ -260,9 +262,9 @@ class SessionRelay:
                     pos = start = stop
                     if not self._need:
                         self._control = None
-                        if chunks or payload:
+                        if (chunks or payload) and forwarding:
                             actions.append(Forward(chunks, payload, 0))
-                            chunks, payload = [], 0
+                        chunks, payload = [], 0
                         if not self._control_frame(bytes(control), actions, now):
                             return actions
                     continue
@@ -335,9 +337,9 @@ class SessionRelay:
                     self._control = bytearray()
                     self._need = length
                     continue
-                if chunks or payload:
+                if (chunks or payload) and forwarding:
                     actions.append(Forward(chunks, payload, 0))
-                    chunks, payload = [], 0
+                chunks, payload = [], 0
                 if not self._control_frame(b"", actions, now):
                     return actions
                 continue
@@ -360,7 +362,7 @@ class SessionRelay:
             self._carry = data[pos:]
         if frames and start < pos:
             chunks.append(data if start == 0 and pos == end else data[start:pos])
-        if chunks or payload:
+        if (chunks or payload) and forwarding:
             actions.append(Forward(chunks, payload, self._need if self._control is None else 0))
         return actions
 
@@ -464,7 +466,7 @@ class SessionRelay:
         self._carry = b""
         if self.carries is Carries.FRAMES and start < pos:
             chunks.append(data[start:pos])
-        if chunks or payload:
+        if (chunks or payload) and self.state is RelayState.OPEN:
             actions.append(Forward(chunks, payload, left if self.carries is Carries.FRAMES else 0))
         self._fail_now(actions, close)
         return actions
