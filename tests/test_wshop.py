@@ -227,3 +227,59 @@ class HopTests(TestCase):
         self.assertTrue(head.startswith(b"HTTP/1.1 101 "))
         self.assertEqual(server_frames(rest), [(2, b"hello")])
         end(self, gw, client, backend_protocol, backend)
+
+
+class _Link:
+    """A stand-in link that carries what it is told to."""
+
+    def __init__(self, carries: Carries) -> None:
+        self.carries = carries
+        self.transport = None
+        self.description = "stand-in"
+
+
+class CarriesTests(TestCase):
+    """A link declares what it carries, and every wrapper keeps it."""
+
+    def test_every_wrapper_keeps_what_its_link_carries(self) -> None:
+        """Recording, portal auth, single-use, pool limits and the owner check carry what the link inside carries."""
+        from tunnelgw.forwardauth import ForwardAuthLink
+        from tunnelgw.gateway import OwnerCheckLink
+        from tunnelgw.pool import PoolLimitLink, SingleUseLink
+        from tunnelgw.recording import RecordingLink
+
+        for carries in Carries:
+            inner: Any = _Link(carries)
+            wrappers = [
+                RecordingLink(inner, recorder=None),  # type: ignore[arg-type]
+                ForwardAuthLink(inner, None, "10.0.0.9", "/", {}, lambda endpoint: inner),  # type: ignore[arg-type]
+                SingleUseLink(inner, None, "jti", 0.0),  # type: ignore[arg-type]
+                PoolLimitLink(inner, None, "member", []),  # type: ignore[arg-type]
+                OwnerCheckLink(inner, None, "host", "/"),
+            ]
+            for wrapper in wrappers:
+                self.assertIs(wrapper.carries, carries, type(wrapper).__name__)
+            # The whole chain a route can build, outermost first.
+            chain: Any = RecordingLink(OwnerCheckLink(PoolLimitLink(SingleUseLink(ForwardAuthLink(  # type: ignore[arg-type]
+                inner, None, "10.0.0.9", "/", {}, lambda endpoint: inner), None, "jti", 0.0), None, "m", []),  # type: ignore[arg-type]
+                None, "host", "/"), recorder=None)  # type: ignore[arg-type]
+            self.assertIs(chain.carries, carries)
+
+    def test_recorded_hop_keeps_relaying_frames(self) -> None:
+        """record=on on a ws:// route: the session still relays whole frames, and the recording gets their payloads."""
+        import tempfile
+
+        folder = tempfile.mkdtemp()
+        self.addCleanup(__import__("shutil").rmtree, folder)
+        gw, client, backend_protocol, backend = HopTests.opened(
+            self, f"Recording {folder}\nProxyPass /echo ws://10.0.0.1:8080/ record=on\n")  # type: ignore[arg-type]
+        session = client.protocol
+        self.assertIs(session._relay.carries, Carries.FRAMES)
+        up = frame(2, b"typed")
+        client.protocol.dataReceived(up)
+        self.assertEqual(backend.value(), up)
+        backend_protocol.dataReceived(unmasked(2, b"drawn"))
+        self.assertEqual(client.value(), unmasked(2, b"drawn"))
+        recorder = session._link.recorder
+        self.assertEqual([(f.to_client, f.data) for f in recorder._frames], [(False, b"typed"), (True, b"drawn")])
+        end(self, gw, client, backend_protocol, backend)
