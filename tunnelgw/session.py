@@ -33,8 +33,6 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
-from autobahn.twisted.websocket import WebSocketServerProtocol
-from autobahn.websocket.protocol import WebSocketProtocol
 from twisted.internet import defer
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import connectionDone
@@ -68,7 +66,7 @@ from tunnelgw.logs import format_fields
 from tunnelgw.metrics import route_label
 from tunnelgw.sockopts import set_tcp_keepalive
 from tunnelgw.watch import SessionWatch
-from tunnelgw.wsstate import QuietAdapter, open_state
+from tunnelgw.upstream import QuietServerProtocol
 
 __all__ = ["GatewaySession", "client_label", "http_error", "log_refusal"]
 
@@ -155,7 +153,7 @@ class _BackendWriteGate:
         """The backend connection is gone; the session ends the rest."""
 
 
-class GatewaySession(QuietAdapter, WebSocketServerProtocol):  # type: ignore[misc]  # Autobahn's bases are untyped
+class GatewaySession(QuietServerProtocol):
     """
     One client session.  Built by :class:`tunnelgw.gateway.GatewayFactory`
     for a routed upgrade request; :meth:`begin` takes it from the parsed head.
@@ -195,16 +193,6 @@ class GatewaySession(QuietAdapter, WebSocketServerProtocol):  # type: ignore[mis
         self._outcome = "abandoned"
         self._refusal_kind = "websocket"
         self._close_call: Any = None
-
-    def _connectionMade(self) -> None:
-        """Autobahn's set-up of a server connection's state (:func:`tunnelgw.wsstate.open_state`)."""
-        open_state(self)
-        self.factory.countConnections += 1
-
-    def _connectionLost(self, reason: Any) -> None:
-        """Autobahn's tear-down (which calls :meth:`onClose`), without its debug formatting."""
-        WebSocketProtocol._connectionLost(self, reason)
-        self.factory.countConnections -= 1
 
     # The handshake, from the front's parse (Autobahn parses nothing).
 
@@ -270,7 +258,7 @@ class GatewaySession(QuietAdapter, WebSocketServerProtocol):  # type: ignore[mis
         # base64 is decoded for byte-stream backends only; WebSocket peers that agree on it keep their frames.
         self._base64 = subprotocol == "base64" and self._link.carries is Carries.PAYLOAD
         self.succeedHandshake(subprotocol)  # sends the 101, calls onOpen, reads the early frames
-        if self.state == self.STATE_OPEN:
+        if self._relay is not None and self._relay.state is RelayState.OPEN:
             self.transport.resumeProducing()
 
     def _backend_failed(self, failure: Failure) -> None:
@@ -351,7 +339,7 @@ class GatewaySession(QuietAdapter, WebSocketServerProtocol):  # type: ignore[mis
         """Before the 101 Autobahn's (bytes held, bounded); after it, the relay's."""
         relay = self._relay
         if relay is None:
-            self._dataReceived(data)
+            super().dataReceived(data)
             return
         self._carry_out(relay.receive(data, self.factory.reactor.seconds()))
 

@@ -24,8 +24,7 @@ from __future__ import annotations
 
 from typing import Any, Optional, Union
 
-from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
-from autobahn.websocket.protocol import WebSocketProtocol
+from autobahn.twisted.websocket import WebSocketClientFactory
 from autobahn.websocket.types import ConnectingRequest
 from twisted.internet import defer, error
 from twisted.internet.abstract import isIPAddress, isIPv6Address
@@ -65,12 +64,12 @@ from tunnelgw.core.sessionrelay import (
 from tunnelgw.core.wsrelay import backend_target, forwarded_headers, handshake_refusal, lost_close
 from tunnelgw.core.wsurl import WebSocketTarget
 from tunnelgw.fastpath import immediate_writes, unmask
-from tunnelgw.wsstate import QuietAdapter, SharedOptions, open_state, protocol_options
+from tunnelgw.upstream import QuietClientProtocol, SharedOptions, protocol_options
 
 __all__ = ["BackendWebSocket", "WebSocketBackends", "WebSocketLink", "load_trust_root"]
 
 
-class BackendWebSocket(QuietAdapter, WebSocketClientProtocol):  # type: ignore[misc]
+class BackendWebSocket(QuietClientProtocol):
     """
     The gateway's WebSocket connection to a backend, owned by one
     :class:`WebSocketLink`.  Autobahn runs the opening handshake; after it
@@ -107,24 +106,15 @@ class BackendWebSocket(QuietAdapter, WebSocketClientProtocol):  # type: ignore[m
 
     # Opening (Autobahn's).
 
-    def _connectionMade(self) -> None:
-        """Set up the WebSocket state and send the handshake request (no proxy, no Deferred, no debug formatting)."""
+    def connectionMade(self) -> None:
+        """Immediate writes on the backend connection, then Autobahn's handshake request."""
         immediate_writes(self.transport)
-        open_state(self)
-        self._actuallyStartHandshake(self.onConnecting(self._transport_details))
-
-    def _connectionLost(self, reason: Any) -> None:
-        """Autobahn's tear-down (which calls :meth:`onClose`), without its debug formatting."""
-        WebSocketProtocol._connectionLost(self, reason)
+        super().connectionMade()
 
     def onConnecting(self, transport_details: Any) -> ConnectingRequest:
         """The handshake request: this session's path, subprotocols and forwarded headers."""
         assert self.factory.request is not None
         return self.factory.request
-
-    def _onConnect(self, response: Any) -> Any:
-        """The backend's 101 is read: Autobahn's ``onConnect`` (without its debug formatting)."""
-        return self.onConnect(response)
 
     def failHandshake(self, reason: str) -> None:
         """Remember why the backend's handshake failed (its HTTP status, if any)."""
@@ -162,7 +152,7 @@ class BackendWebSocket(QuietAdapter, WebSocketClientProtocol):  # type: ignore[m
         """Before the 101 Autobahn's; after it the relay's (kept while no owner is attached)."""
         relay = self.relay
         if relay is None:
-            self._dataReceived(data)
+            super().dataReceived(data)
         elif self.owner is None:
             self._early += data
         else:

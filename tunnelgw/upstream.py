@@ -1,23 +1,38 @@
 """
-Autobahn's per-connection set-up and Twisted entry points, for the
-gateway's two WebSocket protocols (the client's session,
-:class:`tunnelgw.session.GatewaySession`, and the backend hop,
-:class:`tunnelgw.backends.websocket.BackendWebSocket`), without the debug
-lines Autobahn builds eagerly even when debug logging is off: a ``pformat``
-of every protocol option and of the transport details, and ``hltype`` (which
-styles a qualified name for a terminal) on every connect, read, write and close.
-Measured on session set-up: about a quarter of the gateway's CPU per session
-on a WS->WS route.  The transport details are the few fields the gateway
-reads (peer, server or client, TLS or not): no process and thread id lookups
-(two system calls per connection), no TLS channel binding or peer
-certificate dictionary on open (a client certificate is read where a route
-needs it, :func:`tunnelgw.certificates.client_certificate`): about 1.5% of
-the CPU per session (ws:// sessions, three alternating runs each).
+Every place where tunnelgw replaces Twisted's or Autobahn's internals, in
+one module (STYLE.md, "Other people's internals"): each replaced upstream
+function is named in :data:`REPLACED` with a hash of its source as
+installed, and ``tests/test_upstream.py`` fails when that source changes,
+so an upgrade shows what to look at again.  setup.cfg bounds both
+libraries from above.
 
-Kept in step with autobahn 26.x (``WebSocketProtocol._connectionMade``,
-``WebSocketAdapterProtocol.connectionMade``, ``connectionLost`` and
-``dataReceived`` in ``autobahn/twisted/websocket.py``, ``sendData``); the behaviour,
-state and error logging (TLS errors) are Autobahn's.
+What is replaced, and why (measured on session set-up):
+
+- Autobahn's per-connection set-up and Twisted entry points
+  (:class:`QuietAdapter`, :func:`open_state`, :class:`QuietServerProtocol`,
+  :class:`QuietClientProtocol`), for the gateway's two WebSocket protocols
+  (the client's session, :class:`tunnelgw.session.GatewaySession`, and the
+  backend hop, :class:`tunnelgw.backends.websocket.BackendWebSocket`),
+  without the debug lines Autobahn builds eagerly even when debug logging
+  is off: a ``pformat`` of every protocol option and of the transport
+  details, and ``hltype`` (which styles a qualified name for a terminal) on
+  every connect, read, write and close.  Measured: about a quarter of the
+  gateway's CPU per session on a WS->WS route.  The transport details are
+  the few fields the gateway reads (peer, server or client, TLS or not): no
+  process and thread id lookups (two system calls per connection), no TLS
+  channel binding or peer certificate dictionary on open (a client
+  certificate is read where a route needs it,
+  :func:`tunnelgw.certificates.client_certificate`): about 1.5% of the CPU
+  per session.
+- Autobahn's options shared per factory (:class:`SharedOptions`) instead
+  of some forty copied into every connection.
+
+After the opening handshake Autobahn is out of the way: frames go through
+:class:`tunnelgw.core.sessionrelay.SessionRelay`, so nothing of Autobahn's
+frame parser or close handling is replaced any more.
+
+The TCP and TLS transports of :mod:`tunnelgw.fastpath` replace Twisted
+internals too; their replaced functions are pinned here as well.
 """
 
 from __future__ import annotations
@@ -34,9 +49,39 @@ from twisted.internet.interfaces import ISSLTransport
 from twisted.internet.protocol import connectionDone
 from twisted.python.failure import Failure
 
-from tunnelgw.core.frames import size_violation
+from autobahn.twisted.websocket import WebSocketClientProtocol, WebSocketServerProtocol
 
-__all__ = ["QuietAdapter", "SharedOptions", "frame_fits", "open_state", "protocol_options"]
+__all__ = ["REPLACED", "QuietAdapter", "QuietClientProtocol", "QuietServerProtocol", "SharedOptions",
+           "open_state", "protocol_options"]
+
+#: Upstream functions replaced (here or in :mod:`tunnelgw.fastpath`), by
+#: dotted name, with the first 16 hex digits of the SHA-256 of their source
+#: (``inspect.getsource``) in the versions this was written against:
+#: Autobahn 26.11.1 and Twisted 26.10.0.
+REPLACED: dict[str, str] = {
+    # open_state copies this set-up; QuietServerProtocol and QuietClientProtocol replace the next four.
+    "autobahn.websocket.protocol.WebSocketProtocol._connectionMade": "7ac58d8bb6c3c752",
+    "autobahn.websocket.protocol.WebSocketProtocol._connectionLost": "8d53cb80c1e9f3de",
+    "autobahn.websocket.protocol.WebSocketServerProtocol._connectionMade": "213dadb6d12d3d48",
+    "autobahn.websocket.protocol.WebSocketServerProtocol._connectionLost": "1b616e8fc259d995",
+    "autobahn.websocket.protocol.WebSocketClientProtocol._connectionMade": "c2c336e7aa3c8f0a",
+    "autobahn.websocket.protocol.WebSocketClientProtocol._connectionLost": "a591407a5e142fa7",
+    "autobahn.twisted.websocket.WebSocketClientProtocol._onConnect": "f6dde986749b79ad",
+    # QuietAdapter's Twisted entry points and its sendData.
+    "autobahn.websocket.protocol.WebSocketProtocol.sendData": "5dcca425b048b07e",
+    "autobahn.twisted.websocket.WebSocketAdapterProtocol.connectionMade": "63ceb64088e44552",
+    "autobahn.twisted.websocket.WebSocketAdapterProtocol.connectionLost": "cf4d8aab057cd161",
+    "autobahn.twisted.websocket.WebSocketAdapterProtocol.dataReceived": "7997f762de218433",
+    "autobahn.twisted.websocket.WebSocketAdapterProtocol._onOpen": "6cfc286602a22405",
+    # tunnelgw.fastpath: immediate TCP writes, whole TLS writes and gathered TLS reads.
+    "twisted.internet.abstract.FileDescriptor.write": "3e46c97fc173bc7e",
+    "twisted.internet.abstract.FileDescriptor.writeSequence": "1606f230d318191a",
+    "twisted.protocols.tls.TLSMemoryBIOProtocol._write": "b795cc8e83620d7d",
+    "twisted.protocols.tls.TLSMemoryBIOProtocol._flushSendBIO": "c034168e4f0faf2c",
+    "twisted.protocols.tls.TLSMemoryBIOProtocol._flushReceiveBIO": "b45e129f60c44862",
+    "twisted.protocols.tls.BufferingTLSTransport.write": "e029bcaebbb754c2",
+    "twisted.protocols.tls.BufferingTLSTransport.writeSequence": "ec75e8b6dcd82413",
+}
 
 
 #: Autobahn's send queue while nothing was ever queued (empty, so falsy and of length 0 as Autobahn reads it).
@@ -121,7 +166,8 @@ class QuietAdapter:
     Twisted's entry points of an Autobahn protocol without Autobahn's eager
     debug formatting; mixed in ahead of Autobahn's Twisted protocol class,
     which supplies the rest.  Subclasses set up their state in
-    ``_connectionMade`` (with :func:`open_state`).
+    ``_connectionMade`` (with :func:`open_state`): :class:`QuietServerProtocol`
+    and :class:`QuietClientProtocol`.
     """
 
     transport: Any
@@ -198,15 +244,40 @@ class QuietAdapter:
         def _connectionLost(self, reason: Any) -> None: ...
 
 
-def frame_fits(protocol: Any, length: int) -> bool:
+class QuietServerProtocol(QuietAdapter, WebSocketServerProtocol):  # type: ignore[misc]  # Autobahn is untyped
     """
-    Count a relayed frame into its message (``protocol._received``, reset at
-    each message's start) and apply the frame and message limits Autobahn's
-    default would: True when it fits, else Autobahn fails the connection (1009).
+    Autobahn's server protocol with the quiet set-up and tear-down; the
+    gateway's session subclasses it and uses Autobahn's public API only
+    (``succeedHandshake``, ``failHandshake``, ``onOpen``, ``onClose``).
     """
-    protocol._received += length
-    too_big = size_violation(length, protocol._received, protocol.maxFramePayloadSize, protocol.maxMessagePayloadSize)
-    if too_big is None:
-        return True
-    protocol._max_message_size_exceeded(protocol._received, protocol.maxMessagePayloadSize, too_big)
-    return False
+
+    def _connectionMade(self) -> None:
+        """Autobahn's server set-up (:func:`open_state`), counting the connection as Autobahn does."""
+        open_state(self)
+        self.factory.countConnections += 1
+
+    def _connectionLost(self, reason: Any) -> None:
+        """Autobahn's tear-down (which calls ``onClose``), without its debug formatting."""
+        WebSocketProtocol._connectionLost(self, reason)
+        self.factory.countConnections -= 1
+
+
+class QuietClientProtocol(QuietAdapter, WebSocketClientProtocol):  # type: ignore[misc]  # Autobahn is untyped
+    """
+    Autobahn's client protocol with the quiet set-up and tear-down; it sends
+    the request ``onConnecting`` returns (no proxy, no Deferred, no debug
+    formatting).  The backend hop subclasses it.
+    """
+
+    def _connectionMade(self) -> None:
+        """Set up the WebSocket state and send the handshake request."""
+        open_state(self)
+        self._actuallyStartHandshake(self.onConnecting(self._transport_details))
+
+    def _connectionLost(self, reason: Any) -> None:
+        """Autobahn's tear-down (which calls ``onClose``), without its debug formatting."""
+        WebSocketProtocol._connectionLost(self, reason)
+
+    def _onConnect(self, response: Any) -> Any:
+        """The server's 101 is read: Autobahn's ``onConnect`` (without its debug formatting)."""
+        return self.onConnect(response)
