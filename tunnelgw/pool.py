@@ -133,7 +133,7 @@ class PoolRegistry:
         def done(_: object) -> None:
             self._threads.stop()
 
-        return self._call(cleanup).addErrback(lambda f: None).addBoth(done)  # type: ignore[no-any-return]
+        return self._call(cleanup).addErrback(lambda f: None).addBoth(done)
 
     # Refresh.
 
@@ -327,7 +327,7 @@ class SingleUseLink(WrappedLink):
             raise BackendRefused(Reject(503, "token check unavailable"), "token")
 
         d = self._registry.claim(self._jti, self._expires)
-        return d.addCallbacks(claimed, unavailable)  # type: ignore[no-any-return]
+        return d.addCallbacks(claimed, unavailable)
 
 
 class PoolLimitLink(WrappedLink):
@@ -354,7 +354,7 @@ class PoolLimitLink(WrappedLink):
         def unavailable(failure: Any) -> None:
             raise BackendRefused(Reject(503, "the pool's limits cannot be checked"), "limit")
 
-        return self._registry.acquire(self._member, self._limits).addCallbacks(  # type: ignore[no-any-return]
+        return self._registry.acquire(self._member, self._limits).addCallbacks(
             decided, unavailable)
 
     def close(self, close: Optional[Close] = None) -> None:

@@ -132,7 +132,7 @@ class RedisTokens:
             _log.warn("token lookup in {source} failed: {error}", source=self.spec.name, error=str(failure.value))
             return Reject(UNAVAILABLE.status, UNAVAILABLE.reason, str(failure.value))
 
-        return d.addCallbacks(lambda value: redis_target(self.spec, value), unavailable)  # type: ignore[no-any-return]
+        return d.addCallbacks(lambda value: redis_target(self.spec, value), unavailable)
 
 
 class RedisOwners:
@@ -148,4 +148,4 @@ class RedisOwners:
         """The owner's gateway URL, None when the broker names none; fails when Redis cannot answer."""
         key = f"{self.spec.namespace}:owner:{host}"
         d: Any = self._timed(deferToThreadPool(self._reactor, self._reactor.getThreadPool(), self._redis.get, key))
-        return d.addCallback(lambda value: value.decode("utf-8", "replace").rstrip("/") if value else None)  # type: ignore[no-any-return]
+        return d.addCallback(lambda value: value.decode("utf-8", "replace").rstrip("/") if value else None)

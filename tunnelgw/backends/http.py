@@ -103,14 +103,14 @@ class _SniffingEndpoint:
     def connect(self, protocolFactory: Any) -> "defer.Deferred[Any]":
         """Connect, giving the caller its own protocol (the sniffer sits below it)."""
         factory = WrappingFactory(protocolFactory)
-        factory.protocol = _HeadSniffer  # type: ignore[assignment]
+        factory.protocol = _HeadSniffer
 
         def connected(sniffer: _HeadSniffer) -> Any:
             self.sniffers.append(sniffer)
             return sniffer.wrappedProtocol
 
         connecting: Any = self._endpoint.connect(factory)
-        return connecting.addCallback(connected)  # type: ignore[no-any-return]
+        return connecting.addCallback(connected)
 
 
 @implementer(IAgentEndpointFactory)

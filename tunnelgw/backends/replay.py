@@ -124,7 +124,7 @@ class ReplayLink:
             raise BackendRefused(Reject(502, f"the recording cannot be read: {failure.value}"), "backend_unreadable")
 
         d = self._in_thread(self._open_and_read)
-        return d.addCallbacks(opened, failed)  # type: ignore[no-any-return]
+        return d.addCallbacks(opened, failed)
 
     def _in_thread(self, work: Any) -> "defer.Deferred[tuple[list[Frame], bool]]":
         return deferToThreadPool(self._reactor, self._reactor.getThreadPool(), work)

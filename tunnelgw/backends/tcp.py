@@ -283,7 +283,7 @@ class TcpLink:
             return Failure(BackendRefused(connect_rejection(value.failure, value.detail),
                                           f"backend_{value.failure.value}"))
 
-        return d.addCallbacks(connected, failed)  # type: ignore[no-any-return]
+        return d.addCallbacks(connected, failed)
 
     def start(self, owner: LinkOwner) -> None:
         """Relay to owner: the backend's early bytes first."""

@@ -319,7 +319,7 @@ class WebSocketBackends:
             else:
                 creator = optionsForClientTLS(host, trustRoot=load_trust_root(cafile) if cafile else None)
             endpoint = wrapClientTLS(creator, endpoint)
-        return endpoint  # type: ignore[no-any-return]
+        return endpoint
 
     def endpoint(self, target: WebSocketTarget, options: RouteOptions) -> IStreamClientEndpoint:
         """The client endpoint for a backend: TCP, wrapped in TLS for ``wss://``."""
@@ -355,7 +355,7 @@ class WebSocketBackends:
             return Failure(BackendRefused(connect_rejection(unavailable.failure, unavailable.detail), "backend"))
 
         d.addErrback(refused)
-        return d  # type: ignore[no-any-return]
+        return d
 
     def proxy_http(self, request: Request, route: Route) -> Union[int, Reject]:
         """
@@ -426,9 +426,9 @@ class WebSocketLink:
             self.transport = backend.transport
             if self._closed:
                 backend.dropConnection(abort=True)
-            return backend.websocket_protocol_in_use  # type: ignore[no-any-return]
+            return backend.websocket_protocol_in_use
 
-        return d.addCallback(opened)  # type: ignore[no-any-return]
+        return d.addCallback(opened)
 
     def start(self, owner: LinkOwner) -> None:
         """Relay the backend's frames to owner, first those that came early."""
