@@ -347,11 +347,10 @@ class GatewaySession(QuietServerProtocol):
 
     def _carry_out(self, actions: list[Action]) -> None:
         for action in actions:
-            kind = type(action)
-            if kind is Forward:
-                self._forward(action)  # type: ignore[arg-type]
-            elif kind is Write:
-                self._write(action)  # type: ignore[arg-type]
+            if isinstance(action, Forward):
+                self._forward(action)
+            elif isinstance(action, Write):
+                self._write(action)
             else:
                 self._act(action)
 
@@ -412,11 +411,11 @@ class GatewaySession(QuietServerProtocol):
 
     def backend_data(self, data: bytes) -> None:
         """Send a chunk of a byte-stream backend to the client as one message."""
-        relay = self._relay
-        if relay is None or relay.state is not RelayState.OPEN:
+        relay, record = self._relay, self._record
+        if relay is None or record is None or relay.state is not RelayState.OPEN:
             self._link.close()
             return
-        self._record.bytes_down += len(data)  # type: ignore[union-attr]
+        record.bytes_down += len(data)
         self._carry_out(relay.send_payload(data))
 
     def backend_frames(self, frames: bytes, payload: int, left: int) -> None:
@@ -424,10 +423,10 @@ class GatewaySession(QuietServerProtocol):
         Frames of a WebSocket backend (the last one may go on: left payload
         bytes of it are still to come), written as they are.
         """
-        relay = self._relay
-        if relay is None:
+        relay, record = self._relay, self._record
+        if relay is None or record is None:
             return
-        self._record.bytes_down += payload  # type: ignore[union-attr]
+        record.bytes_down += payload
         self._carry_out(relay.send_frames(frames, left))
 
     def backend_close(self, code: Optional[int], reason: Optional[str]) -> None:

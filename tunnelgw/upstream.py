@@ -88,7 +88,18 @@ REPLACED: dict[str, str] = {
 _NO_QUEUE: Any = ()
 
 
-class SharedOptions:
+if TYPE_CHECKING:
+    class _FactoryOptions:
+        """What Autobahn's factories (after :class:`SharedOptions` in the MRO) supply."""
+
+        def setProtocolOptions(self, *args: Any, **kwargs: Any) -> None: ...
+
+        def resetProtocolOptions(self) -> None: ...
+else:
+    _FactoryOptions = object
+
+
+class SharedOptions(_FactoryOptions):
     """
     Mixed into a WebSocket factory ahead of Autobahn's: its protocol options
     as one dict (:func:`protocol_options`), made again after each
@@ -97,11 +108,13 @@ class SharedOptions:
     """
 
     def setProtocolOptions(self, *args: Any, **kwargs: Any) -> None:
-        super().setProtocolOptions(*args, **kwargs)  # type: ignore[misc]
+        """Autobahn's, then the shared options are made again when next needed."""
+        super().setProtocolOptions(*args, **kwargs)
         self._ws_options = None
 
     def resetProtocolOptions(self) -> None:
-        super().resetProtocolOptions()  # type: ignore[misc]
+        """Autobahn's, then the shared options are made again when next needed."""
+        super().resetProtocolOptions()
         self._ws_options = None
 
 
@@ -161,7 +174,34 @@ def open_state(protocol: Any) -> None:
             protocol.openHandshakeTimeout, protocol.onOpenHandshakeTimeout)
 
 
-class QuietAdapter:
+if TYPE_CHECKING:
+    class _AutobahnProtocol:
+        """What Autobahn's protocol classes (after :class:`QuietAdapter` in the MRO) supply."""
+
+        _transport_details: Any
+        peer: Any
+        send_queue: Any
+        state: int
+        trafficStats: Any
+        logOctets: bool
+        is_server: Any
+
+        def logTxOctets(self, data: bytes, chopped: bool) -> None: ...
+
+        def onOpen(self) -> None: ...
+
+        def sendData(self, data: bytes, sync: bool = False, chopsize: Optional[int] = None) -> None: ...
+
+        def _connectionMade(self) -> None: ...
+
+        def _dataReceived(self, data: bytes) -> None: ...
+
+        def _connectionLost(self, reason: Any) -> None: ...
+else:
+    _AutobahnProtocol = object
+
+
+class QuietAdapter(_AutobahnProtocol):
     """
     Twisted's entry points of an Autobahn protocol without Autobahn's eager
     debug formatting; mixed in ahead of Autobahn's Twisted protocol class,
@@ -171,7 +211,6 @@ class QuietAdapter:
     """
 
     transport: Any
-    is_server: bool
     tcpNoDelay: bool
     log: Any
 
@@ -199,7 +238,7 @@ class QuietAdapter:
 
     def _onOpen(self) -> None:
         """The handshake completed: ``onOpen`` (Autobahn's adapter first fills TLS details nothing here reads)."""
-        self.onOpen()  # type: ignore[attr-defined]
+        self.onOpen()
 
     def dataReceived(self, data: bytes) -> None:
         """Bytes from the peer, to Autobahn's parser."""
@@ -216,7 +255,7 @@ class QuietAdapter:
         if sync or chopsize or self.send_queue:
             if self.send_queue is _NO_QUEUE:
                 self.send_queue = deque()
-            super().sendData(data, sync, chopsize)  # type: ignore[misc]
+            super().sendData(data, sync, chopsize)
             return
         self.transport.write(data)
         state = self.state
@@ -227,24 +266,8 @@ class QuietAdapter:
         if self.logOctets:
             self.logTxOctets(data, False)
 
-    if TYPE_CHECKING:  # supplied by Autobahn's protocol classes, later in the MRO
-        _transport_details: Any
-        peer: Any
-        send_queue: Any
-        state: int
-        trafficStats: Any
-        logOctets: bool
 
-        def logTxOctets(self, data: bytes, chopped: bool) -> None: ...
-
-        def _connectionMade(self) -> None: ...
-
-        def _dataReceived(self, data: bytes) -> None: ...
-
-        def _connectionLost(self, reason: Any) -> None: ...
-
-
-class QuietServerProtocol(QuietAdapter, WebSocketServerProtocol):  # type: ignore[misc]  # Autobahn is untyped
+class QuietServerProtocol(QuietAdapter, WebSocketServerProtocol):  # Autobahn is untyped
     """
     Autobahn's server protocol with the quiet set-up and tear-down; the
     gateway's session subclasses it and uses Autobahn's public API only
@@ -262,7 +285,7 @@ class QuietServerProtocol(QuietAdapter, WebSocketServerProtocol):  # type: ignor
         self.factory.countConnections -= 1
 
 
-class QuietClientProtocol(QuietAdapter, WebSocketClientProtocol):  # type: ignore[misc]  # Autobahn is untyped
+class QuietClientProtocol(QuietAdapter, WebSocketClientProtocol):  # Autobahn is untyped
     """
     Autobahn's client protocol with the quiet set-up and tear-down; it sends
     the request ``onConnecting`` returns (no proxy, no Deferred, no debug

@@ -23,7 +23,7 @@ from typing import Any, Optional
 
 from twisted.internet import defer, error
 from twisted.internet.interfaces import IPushProducer, IStreamClientEndpoint
-from twisted.internet.protocol import Protocol
+from twisted.internet.protocol import Protocol, connectionDone
 from twisted.internet.task import Cooperator
 from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 from twisted.logger import Logger
@@ -150,7 +150,7 @@ class _ResponseRelay(Protocol):
         if not _gone(self._request):
             self._request.write(data)
 
-    def connectionLost(self, reason: Failure = error.ConnectionDone()) -> None:  # type: ignore[assignment]
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         """Finish the client's response, or cut it if the backend broke off mid-body."""
         request = self._request
         if _gone(request):

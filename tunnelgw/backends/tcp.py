@@ -21,7 +21,7 @@ from twisted.internet.interfaces import (
     ISSLTransport,
     IStreamClientEndpoint,
 )
-from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -128,7 +128,7 @@ class BackendConnection(Protocol):
             self._early.append(data)
             self.transport.pauseProducing()
 
-    def connectionLost(self, reason: Failure = error.ConnectionDone()) -> None:  # type: ignore[assignment]
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         """Report the end to the session, or fail the pending connect."""
         if self._abort_call is not None and self._abort_call.active():
             self._abort_call.cancel()
@@ -219,8 +219,7 @@ class TcpBackends:
         connection = BackendConnection(self._reactor)
         factory = Factory.forProtocol(lambda: connection)
         factory.noisy = False
-        d = endpoint.connect(factory)
-        d.addCallback(lambda _: connection.ready)
+        d: defer.Deferred[BackendConnection] = endpoint.connect(factory).addCallback(lambda _: connection.ready)
         d.addTimeout(timeout, self._reactor)
 
         def failed(failure: Failure) -> Failure:
@@ -229,7 +228,7 @@ class TcpBackends:
             return Failure(classify_connect_error(failure.value, timeout))
 
         d.addErrback(failed)
-        return d  # type: ignore[return-value]
+        return d
 
 
 class TcpLink:

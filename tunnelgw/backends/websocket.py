@@ -31,6 +31,7 @@ from twisted.internet.abstract import isIPAddress, isIPv6Address
 from twisted.internet.endpoints import HostnameEndpoint, TCP4ClientEndpoint, TCP6ClientEndpoint, wrapClientTLS
 from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.internet.ssl import optionsForClientTLS
+from twisted.internet.protocol import connectionDone
 from twisted.python.failure import Failure
 from twisted.web.server import Request
 
@@ -221,7 +222,7 @@ class BackendWebSocket(QuietClientProtocol):
 
     # The end.
 
-    def connectionLost(self, reason: Failure = error.ConnectionDone()) -> None:  # type: ignore[assignment]
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         """Before the 101 Autobahn's tear-down (which fails :attr:`opened`); after it, tell the owner."""
         self._lost = reason.value
         relay = self.relay
@@ -261,7 +262,7 @@ class _BackendFactory(SharedOptions, WebSocketClientFactory):
     :meth:`for_request` copies it for each session's handshake request.
     """
 
-    protocol = BackendWebSocket  # type: ignore[assignment]
+    protocol = BackendWebSocket  # type: ignore[assignment]  # Twisted types it as a Protocol factory
 
     def __init__(self, reactor: Any, timeout: float) -> None:
         super().__init__(reactor=reactor, useragent=None)
