@@ -44,14 +44,13 @@ from autobahn.twisted.util import peer2str
 from autobahn.util import _is_tls_error, _maybe_tls_reason
 from autobahn.wamp.types import TransportDetails
 from autobahn.websocket.protocol import TrafficStats, WebSocketProtocol
-from autobahn.websocket.utf8validator import Utf8Validator
 from twisted.internet.interfaces import ISSLTransport
 from twisted.internet.protocol import connectionDone
 from twisted.python.failure import Failure
 
 from autobahn.twisted.websocket import WebSocketClientProtocol, WebSocketServerProtocol
 
-__all__ = ["REPLACED", "QuietAdapter", "QuietClientProtocol", "QuietServerProtocol", "SharedOptions",
+__all__ = ["CONNECTION_DEFAULTS", "REPLACED", "QuietAdapter", "QuietClientProtocol", "QuietServerProtocol", "SharedOptions",
            "open_state", "protocol_options"]
 
 #: Upstream functions replaced (here or in :mod:`tunnelgw.fastpath`), by
@@ -126,49 +125,40 @@ def protocol_options(factory: Any) -> dict[str, Any]:
     return options
 
 
+#: What Autobahn's ``WebSocketProtocol._connectionMade`` sets to the same
+#: value on every connection: class attributes of the quiet protocols
+#: instead (a connection gets its own only when Autobahn changes one).
+#: Autobahn's frame parser never runs (after the handshake frames go
+#: through :class:`~tunnelgw.core.sessionrelay.SessionRelay`), so no UTF-8
+#: validator is made per connection.
+CONNECTION_DEFAULTS: dict[str, Any] = {
+    "_perMessageCompress": None, "trackedTimings": None, "state": WebSocketProtocol.STATE_CONNECTING,
+    "send_state": WebSocketProtocol.SEND_STATE_GROUND, "data": b"",
+    "send_queue": _NO_QUEUE,  # a deque (630 bytes) only once Autobahn queues a chopped or sync send
+    "triggered": False, "utf8validator": None, "wasMaxFramePayloadSizeExceeded": False,
+    "wasMaxMessagePayloadSizeExceeded": False, "closedByMe": False, "failedByMe": False, "droppedByMe": False,
+    "wasClean": False, "wasNotCleanReason": None, "wasServerConnectionDropTimeout": False,
+    "wasOpenHandshakeTimeout": False, "wasCloseHandshakeTimeout": False, "wasServingFlashSocketPolicyFile": False,
+    "localCloseCode": None, "localCloseReason": None, "remoteCloseCode": None, "remoteCloseReason": None,
+    "serverConnectionDropTimeoutCall": None, "openHandshakeTimeoutCall": None, "closeHandshakeTimeoutCall": None,
+    "autoPingTimeoutCall": None, "autoPingPending": None, "autoPingPendingCall": None, "autoPingPendingSeq": 0,
+    "autoPingPendingSent": None,
+}
+
+
 def open_state(protocol: Any) -> None:
     """
     Set up a new connection's WebSocket state on protocol as Autobahn's
-    ``WebSocketProtocol._connectionMade`` does.  Options not set on the
-    protocol (or its class) are read from the factory's options of this
-    moment (:class:`QuietAdapter`'s ``__getattr__``), not copied.
+    ``WebSocketProtocol._connectionMade`` does: what is the same for every
+    connection is in :data:`CONNECTION_DEFAULTS` (class attributes); options
+    not set on the protocol (or its class) are read from the factory's
+    options of this moment (:class:`QuietAdapter`'s ``__getattr__``), not copied.
     """
     factory = protocol.factory
     protocol._ws_options = protocol_options(factory)
-    protocol._perMessageCompress = None
-    protocol.trackedTimings = None
-    protocol.setTrackTimings(protocol.trackTimings)
+    if protocol.trackTimings:
+        protocol.setTrackTimings(True)
     protocol.trafficStats = TrafficStats()
-    protocol.state = WebSocketProtocol.STATE_CONNECTING
-    protocol.send_state = WebSocketProtocol.SEND_STATE_GROUND
-    protocol.data = b""
-    protocol.send_queue = _NO_QUEUE  # a deque (630 bytes) only once Autobahn queues a chopped or sync send
-    protocol.triggered = False
-    protocol.utf8validator = Utf8Validator()
-    protocol.wasMaxFramePayloadSizeExceeded = False
-    protocol.wasMaxMessagePayloadSizeExceeded = False
-    protocol.closedByMe = False
-    protocol.failedByMe = False
-    protocol.droppedByMe = False
-    protocol.wasClean = False
-    protocol.wasNotCleanReason = None
-    protocol.wasServerConnectionDropTimeout = False
-    protocol.wasOpenHandshakeTimeout = False
-    protocol.wasCloseHandshakeTimeout = False
-    protocol.wasServingFlashSocketPolicyFile = False
-    protocol.localCloseCode = None
-    protocol.localCloseReason = None
-    protocol.remoteCloseCode = None
-    protocol.remoteCloseReason = None
-    if not factory.isServer:
-        protocol.serverConnectionDropTimeoutCall = None
-    protocol.openHandshakeTimeoutCall = None
-    protocol.closeHandshakeTimeoutCall = None
-    protocol.autoPingTimeoutCall = None
-    protocol.autoPingPending = None
-    protocol.autoPingPendingCall = None
-    protocol.autoPingPendingSeq = 0
-    protocol.autoPingPendingSent = None
     if protocol.openHandshakeTimeout > 0:
         protocol.openHandshakeTimeoutCall = factory._batched_timer.call_later(
             protocol.openHandshakeTimeout, protocol.onOpenHandshakeTimeout)
@@ -304,3 +294,8 @@ class QuietClientProtocol(QuietAdapter, WebSocketClientProtocol):  # Autobahn is
     def _onConnect(self, response: Any) -> Any:
         """The server's 101 is read: Autobahn's ``onConnect`` (without its debug formatting)."""
         return self.onConnect(response)
+
+
+for _quiet in (QuietServerProtocol, QuietClientProtocol):
+    for _name, _value in CONNECTION_DEFAULTS.items():
+        setattr(_quiet, _name, _value)

@@ -185,6 +185,11 @@ class SessionRelay:
     :param mask_key: makes the masking key of each frame the gateway makes (Role.CLIENT).
     """
 
+    __slots__ = ("role", "carries", "state", "_unmask", "_masked_in", "_max_frame", "_max_message", "_decoder",
+                 "_close_timeout", "_mask_key", "_carry", "_need", "_mask", "_control", "_control_opcode", "_fin",
+                 "_in_message", "_message_size", "_text", "_send_left", "_writer_paused", "_held_pong",
+                 "_held_ping", "_deadline", "clean", "remote_close")
+
     def __init__(self, role: Role, carries: Carries, unmask: Unmask, max_frame: int = 0, max_message: int = 0,
                  base64: bool = False, close_timeout: float = 3.0,
                  mask_key: Callable[[], bytes] = _random_mask) -> None:
