@@ -70,6 +70,7 @@ __all__ = [
 
 _CONT, _TEXT, _BINARY, _CLOSE, _PING, _PONG = 0, 1, 2, 8, 9, 10
 _MASKED = 0x80
+_FINAL_BINARY = 0x82  # FIN, no reserved bits, binary
 
 
 class Carries(enum.Enum):
@@ -103,7 +104,7 @@ class RelayState(enum.Enum):
     GONE = "gone"
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Write:
     """Bytes to write to this connection's peer, in order."""
 
@@ -112,7 +113,7 @@ class Write:
     payload: bytes = b""
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Forward:
     """
     What the other side gets from this peer: whole frames (:attr:`Carries.FRAMES`)
@@ -128,7 +129,7 @@ class Forward:
     left: int
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class CloseReceived:
     """The peer sent a valid close (code None: an empty close); it was answered and is to be passed on."""
 
@@ -136,19 +137,19 @@ class CloseReceived:
     reason: str
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Failed:
     """The peer broke the protocol: close is what it was sent (or would have been) and what the session records."""
 
     close: Close
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class PongReceived:
     """The peer answered a ping (any pong proves it reads)."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Drop:
     """End the connection: at once (abort) or after what is queued; why, when it is not a clean end."""
 
@@ -156,7 +157,7 @@ class Drop:
     why: str = ""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ArmTimer:
     """Call :meth:`SessionRelay.timer` at (a time on the clock ``now`` is read from)."""
 
@@ -185,7 +186,7 @@ class SessionRelay:
     :param mask_key: makes the masking key of each frame the gateway makes (Role.CLIENT).
     """
 
-    __slots__ = ("role", "carries", "state", "_unmask", "_masked_in", "_max_frame", "_max_message", "_decoder",
+    __slots__ = ("role", "carries", "state", "_unmask", "_masked_in", "_max_frame", "_max_message", "_limit", "_decoder",
                  "_close_timeout", "_mask_key", "_carry", "_need", "_mask", "_control", "_control_opcode", "_fin",
                  "_in_message", "_message_size", "_text", "_send_left", "_writer_paused", "_held_pong",
                  "_held_ping", "_deadline", "clean", "remote_close")
@@ -200,6 +201,7 @@ class SessionRelay:
         self._masked_in = role is Role.SERVER
         self._max_frame = max_frame
         self._max_message = max_message
+        self._limit = min(n for n in (max_frame, max_message, 1 << 63) if n)  # the larger frame is checked in full
         self._decoder: Optional[Base64Decoder] = Base64Decoder() if base64 else None
         self._close_timeout = close_timeout
         self._mask_key = mask_key
@@ -255,6 +257,10 @@ class SessionRelay:
         pos = 0
         end = len(data)
         masked_in = self._masked_in
+        mask_bit = _MASKED if masked_in else 0
+        plain = self._decoder is None
+        limit = self._limit
+        view = memoryview(data)
         while pos < end:
             need = self._need
             if need:
@@ -276,7 +282,7 @@ class SessionRelay:
                 text = self._text
                 if not frames or text is not None:
                     if masked_in:
-                        piece = self._unmask(memoryview(data)[pos:stop], self._mask)
+                        piece = self._unmask(view[pos:stop], self._mask)
                         shift = take & 3
                         if shift:
                             self._mask = self._mask[shift:] + self._mask[:shift]
@@ -326,6 +332,17 @@ class SessionRelay:
                 head += 4
             if end < head:
                 break
+            stop = head + length
+            if first == _FINAL_BINARY and second & _MASKED == mask_bit and stop <= end and not self._in_message \
+                    and plain and length <= limit:
+                # The common case, whole in this read: a final binary frame within the limits.
+                if not frames:
+                    if length:
+                        chunks.append(self._unmask(view[head:stop], data[head - 4:head]) if masked_in
+                                      else data[head:stop])
+                pos = stop
+                payload += length
+                continue
             opcode = first & 0x0F
             fin = first & 0x80 != 0
             violation = self._check_header(first, second, opcode, fin, length)
