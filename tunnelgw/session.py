@@ -1,32 +1,35 @@
 """
-The one server-side session: a client's WebSocket (Autobahn's server
-protocol, driven from the request head the front already parsed) that owns a
-backend link and a watch.
+The one server-side session: a client's WebSocket that owns a backend link
+and a watch.  Autobahn's server protocol answers the opening handshake
+(driven from the request head the front already parsed); after the 101
+every byte of the client goes through a
+:class:`~tunnelgw.core.sessionrelay.SessionRelay` (role server), and this
+class only carries out its actions: writes to the client, data for the
+link, closes, drops and one timer.
 
 - The **link** (:class:`BackendLink`: a byte stream in
   :mod:`tunnelgw.backends.tcp`, a balancer member through the same, a
   WebSocket hop in :mod:`tunnelgw.backends.websocket`) connects, relays and
-  ends the backend side.  A new backend kind is a new link, never a subclass
-  of the session.
+  ends the backend side; what it carries (payload bytes or whole frames) is
+  its :attr:`~BackendLink.carries`.  A new backend kind is a new link, never
+  a subclass of the session.
 - The **watch** (:class:`tunnelgw.watch.SessionWatch`) keeps the idle and
   ping/pong timers.
 
 The client is not read while its backend connects: the front paused its
 transport at the end of the head, and what arrived with the head (at most
-:data:`~tunnelgw.core.http.EARLY_DATA_LIMIT` bytes) waits in Autobahn's buffer
-and is read as frames only after the 101.  Nothing after the head is ever
-parsed as HTTP.
+:data:`~tunnelgw.core.http.EARLY_DATA_LIMIT` bytes) is held and read by the
+relay only after the 101.  Nothing after the head is ever parsed as HTTP.
 
 Every buffer is bounded: the two transports are each other's producers (a
 side that stops reading stops the other), at most one pong waits while the
-client does not read (RFC 6455 allows answering only the latest ping), and a
-close the client does not answer within :data:`~tunnelgw.core.relay.CLOSE_TIMEOUT`
-drops it.
+client does not read (the relay's rule), and a close the client does not
+answer within :data:`~tunnelgw.core.relay.CLOSE_TIMEOUT` drops it.
 
 Every resource a session takes (its slot, the pool member, the backend
 connection, the timers, its entry in the live list, its metrics) is released
-in :meth:`GatewaySession._finish`, which runs once, from Autobahn's
-``onClose`` (the client connection is gone), whatever happened before.
+in :meth:`GatewaySession._finish`, which runs once, when the client
+connection is gone, whatever happened before.
 """
 
 from __future__ import annotations

@@ -17,7 +17,10 @@ over a Twisted endpoint (TCP, or TLS with certificate and host name checks).
   ``http://`` or ``https://`` URL (:mod:`tunnelgw.backends.http`), so that a
   backend's page and scripts load through the gateway.
 
-Decisions come from :mod:`tunnelgw.core.wsrelay`; this module moves events.
+Decisions come from :mod:`tunnelgw.core.wsrelay` (addresses, headers,
+refusals) and :class:`tunnelgw.core.sessionrelay.SessionRelay` (every frame
+after the handshake, the same relay as the client's side); this module
+carries out their actions.
 """
 
 from __future__ import annotations
