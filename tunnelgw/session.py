@@ -68,8 +68,8 @@ from tunnelgw.fastpath import unmask
 from tunnelgw.logs import format_fields
 from tunnelgw.metrics import route_label
 from tunnelgw.sockopts import set_tcp_keepalive
-from tunnelgw.watch import SessionWatch
 from tunnelgw.upstream import QuietServerProtocol
+from tunnelgw.watch import SessionWatch
 
 __all__ = ["GatewaySession", "client_label", "http_error", "log_refusal"]
 
@@ -535,6 +535,7 @@ class GatewaySession(QuietServerProtocol):
         if relay is None:
             super().connectionLost(reason)
             return
+        self.log_tls_error(reason)
         relay.connection_lost()
         self.factory.countConnections -= 1
         if relay.clean and relay.remote_close is not None:

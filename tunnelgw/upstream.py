@@ -41,14 +41,13 @@ from collections import deque
 from typing import TYPE_CHECKING, Any, Optional
 
 from autobahn.twisted.util import peer2str
+from autobahn.twisted.websocket import WebSocketClientProtocol, WebSocketServerProtocol
 from autobahn.util import _is_tls_error, _maybe_tls_reason
 from autobahn.wamp.types import TransportDetails
 from autobahn.websocket.protocol import TrafficStats, WebSocketProtocol
 from twisted.internet.interfaces import ISSLTransport
 from twisted.internet.protocol import connectionDone
 from twisted.python.failure import Failure
-
-from autobahn.twisted.websocket import WebSocketClientProtocol, WebSocketServerProtocol
 
 __all__ = ["CONNECTION_DEFAULTS", "REPLACED", "QuietAdapter", "QuietClientProtocol", "QuietServerProtocol", "SharedOptions",
            "open_state", "protocol_options"]
@@ -236,9 +235,13 @@ class QuietAdapter(_AutobahnProtocol):
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         """The connection ended: log a TLS error as Autobahn does, then tear the WebSocket state down."""
+        self.log_tls_error(reason)
+        self._connectionLost(reason)
+
+    def log_tls_error(self, reason: Failure) -> None:
+        """Log why a connection ended when TLS ended it (as Autobahn does)."""
         if _is_tls_error(reason.value):
             self.log.error(_maybe_tls_reason(reason.value))
-        self._connectionLost(reason)
 
     def sendData(self, data: bytes, sync: bool = False, chopsize: Optional[int] = None) -> None:
         """Write data now (as Autobahn does when nothing is queued), counting it; chopped or queued sends are Autobahn's."""

@@ -232,6 +232,7 @@ class BackendWebSocket(QuietClientProtocol):
         if relay is None:
             super().connectionLost(reason)
             return
+        self.log_tls_error(reason)
         relay.connection_lost()
         if self._timer_call is not None and self._timer_call.active():
             self._timer_call.cancel()
