@@ -68,7 +68,7 @@ from tunnelgw.fastpath import unmask
 from tunnelgw.logs import format_fields
 from tunnelgw.metrics import route_label
 from tunnelgw.sockopts import set_tcp_keepalive
-from tunnelgw.upstream import QuietServerProtocol
+from tunnelgw.upstream import QuietServerProtocol, parsed_handshake
 from tunnelgw.watch import SessionWatch
 
 __all__ = ["GatewaySession", "client_label", "http_error", "log_refusal"]
@@ -207,17 +207,8 @@ class GatewaySession(QuietServerProtocol):
         head, handshake, factory = self._head, self._handshake, self.factory
         assert head is not None and handshake is not None, "a session begins once"
         self._head = self._handshake = None  # not kept for the session's life (memory per idle session)
-        # What Autobahn's own handshake parser would have set (and the handshake reads).
-        self.http_request_uri = head.target.decode("latin-1")
-        self.http_request_path = head.path.decode("latin-1")
-        self.http_request_host = handshake.host
-        self.http_request_params = {}
-        self.websocket_version = 13
-        self.websocket_origin = handshake.origin  # type: ignore[assignment]  # None when not sent
-        self.websocket_protocols = list(handshake.protocols)
-        self.websocket_extensions = []
-        self._wskey = handshake.key
-        self.data = early
+        parsed_handshake(self, head.target.decode("latin-1"), head.path.decode("latin-1"), handshake.host,
+                         handshake.origin, handshake.protocols, handshake.key, early)
         path = factory.redact(self.http_request_path)  # logs and the admin list never show a token
         self._record = SessionRecord(session_id=self._session_id, client=client_label(self._client, self.transport),
                                      path=path, backend=self._link.description, started=factory.reactor.seconds(),

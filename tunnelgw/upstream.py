@@ -24,6 +24,10 @@ What is replaced, and why (measured on session set-up):
   certificate is read where a route needs it,
   :func:`tunnelgw.certificates.client_certificate`): about 1.5% of the CPU
   per session.
+- Autobahn's handshake parser: the gateway parses the request head once
+  itself and gives Autobahn's server protocol the result
+  (:func:`parsed_handshake`; ``WebSocketServerProtocol.processHandshake``'s
+  fields, pinned below).
 - Autobahn's options shared per factory (:class:`SharedOptions`) instead
   of some forty copied into every connection.
 
@@ -50,7 +54,7 @@ from twisted.internet.protocol import connectionDone
 from twisted.python.failure import Failure
 
 __all__ = ["CONNECTION_DEFAULTS", "REPLACED", "QuietAdapter", "QuietClientProtocol", "QuietServerProtocol", "SharedOptions",
-           "open_state", "protocol_options"]
+           "open_state", "parsed_handshake", "protocol_options"]
 
 #: Upstream functions replaced (here or in :mod:`tunnelgw.fastpath`), by
 #: dotted name, with the first 16 hex digits of the SHA-256 of their source
@@ -65,6 +69,9 @@ REPLACED: dict[str, str] = {
     "autobahn.websocket.protocol.WebSocketClientProtocol._connectionMade": "c2c336e7aa3c8f0a",
     "autobahn.websocket.protocol.WebSocketClientProtocol._connectionLost": "a591407a5e142fa7",
     "autobahn.twisted.websocket.WebSocketClientProtocol._onConnect": "f6dde986749b79ad",
+    # parsed_handshake sets what this parser sets, and succeedHandshake reads it.
+    "autobahn.websocket.protocol.WebSocketServerProtocol.processHandshake": "0055f4d349937673",
+    "autobahn.websocket.protocol.WebSocketServerProtocol.succeedHandshake": "fb43d387929cf206",
     # QuietAdapter's Twisted entry points and its sendData.
     "autobahn.websocket.protocol.WebSocketProtocol.sendData": "5dcca425b048b07e",
     "autobahn.twisted.websocket.WebSocketAdapterProtocol.connectionMade": "63ceb64088e44552",
@@ -276,6 +283,26 @@ class QuietServerProtocol(QuietAdapter, WebSocketServerProtocol):  # Autobahn is
         """Autobahn's tear-down (which calls ``onClose``), without its debug formatting."""
         WebSocketProtocol._connectionLost(self, reason)
         self.factory.countConnections -= 1
+
+
+def parsed_handshake(protocol: Any, uri: str, path: str, host: Optional[str], origin: Optional[str],
+                     protocols: "tuple[str, ...] | list[str]", key: str, early: bytes) -> None:
+    """
+    Give Autobahn's server protocol the opening handshake the gateway parsed
+    itself (:mod:`tunnelgw.core.handshake`): what Autobahn's own parser
+    would have set and its ``succeedHandshake`` reads; early is what the
+    client sent after its head (held until the 101).
+    """
+    protocol.http_request_uri = uri
+    protocol.http_request_path = path
+    protocol.http_request_host = host
+    protocol.http_request_params = {}
+    protocol.websocket_version = 13
+    protocol.websocket_origin = origin  # None when not sent
+    protocol.websocket_protocols = list(protocols)
+    protocol.websocket_extensions = []
+    protocol._wskey = key
+    protocol.data = early
 
 
 class QuietClientProtocol(QuietAdapter, WebSocketClientProtocol):  # Autobahn is untyped
