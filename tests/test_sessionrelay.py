@@ -404,3 +404,38 @@ def test_control_events_while_a_frame_is_in_flight_to_the_client(size: int, sent
         assert writes == frame + server_frame(Opcode.PONG, b"x")
     else:
         assert writes == frame[:sent]
+
+
+class InFlightPlaybookTests:
+    """Pongs and the gateway's own closes while a frame is in flight, each way."""
+
+    def test_pong_while_a_frame_is_relayed_to_the_client(self) -> None:
+        """A pong from the client while a backend frame is half written: reported, nothing written."""
+        relay = session(Carries.FRAMES)
+        relay.send_frames(b"\x82\x7e\x03\xe8", 1000)
+        assert relay.receive(client_frame(Opcode.PONG, b"tunnelgw"), 0) == [PongReceived()]
+
+    def test_pong_from_the_backend_while_a_client_frame_is_relayed_to_it(self) -> None:
+        """A pong from the backend while a client frame is half written to it: reported, nothing written."""
+        relay = hop()
+        relay.send_frames(b"\x82\xfe\x03\xe8" + MASK, 1000)
+        assert relay.receive(server_frame(Opcode.PONG, b""), 0) == [PongReceived()]
+
+    def test_gateway_close_while_a_client_frame_is_half_received(self) -> None:
+        """TCP backend ended while the client is inside a frame: the close goes out, the frame's rest and a ping after it are read, not relayed nor answered."""
+        relay = session()
+        frame = client_frame(Opcode.BINARY, b"r" * 500)
+        assert relay.receive(frame[:200], 0) == [Forward([b"r" * 192], 192, 308)]
+        assert relay.send_close(1000, "backend closed the connection", 1.0)[1] == ArmTimer(4.0)
+        rest = frame[200:] + client_frame(Opcode.PING, b"late") + client_frame(Opcode.CLOSE, close_payload(1000))
+        assert relay.receive(rest, 2.0) == [Drop(False)]
+        assert relay.clean and relay.remote_close == (1000, "")
+
+    def test_hop_close_from_the_client_while_a_backend_frame_is_half_received(self) -> None:
+        """The client's close reaches the hop while a backend frame is half read: the close goes to the backend, the frame's rest is read on."""
+        relay = hop()
+        frame = server_frame(Opcode.BINARY, b"s" * 300)
+        assert relay.receive(frame[:100], 0)[0].left == 300 - 96
+        actions = relay.send_close(4000, "bye", 0)
+        assert actions[0] == Write(bytes([0x88, 0x85]) + MASK + apply_mask(close_payload(4000, "bye"), MASK))
+        assert relay.receive(frame[100:] + server_frame(Opcode.CLOSE, close_payload(4000, "bye")), 1) == [ArmTimer(6.0)]
