@@ -166,7 +166,7 @@ class BackendWebSocket(QuietClientProtocol):
         """Relay to owner from now on, first what came early."""
         self.owner = owner
         early, self._early = self._early, b""
-        if self.transport is not None:
+        if self.transport is not None and self.relay is not None and self.relay.state is RelayState.OPEN:
             self.transport.resumeProducing()
         if early:
             self.dataReceived(early)
@@ -430,7 +430,7 @@ class WebSocketLink:
             self._backend = backend
             self.transport = backend.transport
             if self._closed:
-                backend.dropConnection(abort=True)
+                backend.transport.abortConnection()
             return backend.websocket_protocol_in_use
 
         return d.addCallback(opened)

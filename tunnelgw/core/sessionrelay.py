@@ -201,7 +201,8 @@ class SessionRelay:
         self._masked_in = role is Role.SERVER
         self._max_frame = max_frame
         self._max_message = max_message
-        self._limit = min(n for n in (max_frame, max_message, 1 << 63) if n)  # the larger frame is checked in full
+        # Frames up to this size take the fast path (larger ones are checked against both limits).
+        self._limit = min(n for n in (max_frame, max_message, 1 << 63) if n)
         self._decoder: Optional[Base64Decoder] = Base64Decoder() if base64 else None
         self._close_timeout = close_timeout
         self._mask_key = mask_key
