@@ -352,28 +352,40 @@ def test_any_order_and_split_payload(events: list[tuple[Opcode, bytes]], close: 
 
 
 @settings(max_examples=150, deadline=None)
-@given(_events, st.lists(st.integers(min_value=0), max_size=6), st.integers(min_value=0, max_value=8))
+@given(_events, st.lists(st.integers(min_value=0), max_size=6), st.integers(min_value=0, max_value=9))
 def test_any_order_and_split_frames(events: list[tuple[Opcode, bytes]], cuts: list[int], close_at: int) -> None:
-    """Frame relay (both roles): the data frames come out byte for byte, never a partial header, left exact."""
+    """
+    Frame relay (both roles), a close anywhere among the frames: the data
+    frames before it come out byte for byte, never a partial header, with
+    left exact; the close is passed on once and answered; nothing after it moves.
+    """
     for role in (Role.SERVER, Role.CLIENT):
         make = client_frame if role is Role.SERVER else server_frame
         relay = session(Carries.FRAMES) if role is Role.SERVER else hop()
         frames = [make(op, data) for op, data in events]
-        actions = _replay(relay, b"".join(frames), cuts)
-        assert forwarded(actions) == b"".join(f for f, (op, _) in zip(frames, events) if op in (Opcode.BINARY, Opcode.TEXT))
-        for action in actions:
-            if isinstance(action, Forward) and action.chunks:
-                assert action.left >= 0
+        closing = close_at <= len(frames)
+        before = frames[:close_at] if closing else frames
+        stream = b"".join(before)
+        if closing:
+            stream += make(Opcode.CLOSE, close_payload(4000, "x")) + b"".join(frames[close_at:])
+        actions = _replay(relay, stream, cuts)
+        data_before = [f for f, (op, _) in zip(before, events) if op in (Opcode.BINARY, Opcode.TEXT)]
+        assert forwarded(actions) == b"".join(data_before)
         # The other side's relay, fed what was forwarded, agrees on where frames end.
         other = hop() if role is Role.SERVER else session(Carries.FRAMES)
         left = 0
         for action in actions:
             if isinstance(action, Forward):
+                assert action.left >= 0
                 for chunk in action.chunks:
                     other.send_frames(chunk, 0)
                 left = action.left
         assert left == 0
         assert not any(isinstance(a, Failed) for a in actions)
+        received = [a for a in actions if isinstance(a, CloseReceived)]
+        assert received == ([CloseReceived(4000, "x")] if closing else [])
+        if closing:
+            assert relay.state is RelayState.CLOSING and relay.clean
 
 
 @settings(max_examples=100, deadline=None)
