@@ -273,13 +273,10 @@ class _BackendFactory(SharedOptions, WebSocketClientFactory):
         self.request: Optional[ConnectingRequest] = None
         self.timeout = timeout
         self.noisy = False
-        self.setProtocolOptions(
-            # The whole connect, handshake included, is bounded by the route's
-            # connect timeout (txaio's timers are too coarse for it).
-            openHandshakeTimeout=0,
-            echoCloseCodeReason=True,
-            closeHandshakeTimeout=BACKEND_CLOSE_GRACE,
-        )
+        # The whole connect, handshake included, is bounded by the route's
+        # connect timeout (txaio's timers are too coarse for it); closes are
+        # the relay's (SessionRelay echoes the backend's, within BACKEND_CLOSE_GRACE).
+        self.setProtocolOptions(openHandshakeTimeout=0)
 
     def for_request(self, request: ConnectingRequest) -> "_BackendFactory":
         """A copy of this factory (options and all) for one session's handshake request."""
