@@ -451,3 +451,111 @@ class InFlightPlaybookTests:
         actions = relay.send_close(4000, "bye", 0)
         assert actions[0] == Write(bytes([0x88, 0x85]) + MASK + apply_mask(close_payload(4000, "bye"), MASK))
         assert relay.receive(frame[100:] + server_frame(Opcode.CLOSE, close_payload(4000, "bye")), 1) == [ArmTimer(6.0)]
+
+
+# A state machine over every order of the events that meet a frame in flight to the client.
+
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule  # noqa: E402
+
+_FILL = 0x70  # payload bytes that, read as a header, have reserved bits set: a frame landing inside one shows
+
+
+def _frames_in(stream: bytes) -> tuple[list[int], bool]:
+    """The opcodes of the whole frames in a server's stream, and whether all of it parses (the last may be cut)."""
+    opcodes, pos = [], 0
+    while pos < len(stream):
+        if len(stream) - pos < 2:
+            return opcodes, True
+        first, length = stream[pos], stream[pos + 1] & 0x7F
+        if first & 0x70 or (first & 0x0F) not in (0, 1, 2, 8, 9, 10) or stream[pos + 1] & 0x80:
+            return opcodes, False
+        head = pos + 2
+        if length == 126:
+            head, length = pos + 4, int.from_bytes(stream[pos + 2:pos + 4], "big")
+        elif length == 127:
+            head, length = pos + 10, int.from_bytes(stream[pos + 2:pos + 10], "big")
+        if head + length > len(stream):
+            return opcodes, True
+        opcodes.append(first & 0x0F)
+        pos = head + length
+    return opcodes, True
+
+
+class InFlightMachine(RuleBasedStateMachine):
+    """A WebSocket backend's frames reach the client in pieces while pings, pongs, pauses and closes come in any order."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.hop = hop()
+        self.client = session(Carries.FRAMES)
+        self.backend = b"".join(server_frame(Opcode.BINARY, bytes([_FILL]) * n) for n in (3, 200, 70_000, 0, 1000))
+        self.sent = 0
+        self.written = b""
+        self.dropped = False
+        self.paused = False
+        self.pings = 0
+
+    def _out(self, actions: list[Action]) -> None:
+        for action in actions:
+            if isinstance(action, Write):
+                assert not self.dropped
+                self.written += action.data + action.payload
+            elif isinstance(action, Drop):
+                self.dropped = True
+
+    @precondition(lambda self: self.sent < len(self.backend))
+    @rule(size=st.integers(min_value=1, max_value=30_000))
+    def backend_piece(self, size: int) -> None:
+        """Some of the backend's frames arrive at the hop and go on to the client."""
+        piece = self.backend[self.sent:self.sent + size]
+        self.sent += len(piece)
+        for action in self.hop.receive(piece, 0):
+            if isinstance(action, Forward):
+                self._out(self.client.send_frames(b"".join(action.chunks), action.left))
+
+    @rule(payload=st.binary(max_size=20))
+    def client_ping(self, payload: bytes) -> None:
+        """The client pings."""
+        self.pings += 1
+        self._out(self.client.receive(client_frame(Opcode.PING, payload), 0))
+
+    @rule()
+    def client_pong(self) -> None:
+        """The client answers a ping of the watch (reported while the connection is read)."""
+        reading = self.client.state in (RelayState.OPEN, RelayState.CLOSE_SENT)
+        assert self.client.receive(client_frame(Opcode.PONG, b"tunnelgw"), 0) == ([PongReceived()] if reading else [])
+
+    @rule()
+    def watch_ping(self) -> None:
+        """The watch pings the client."""
+        self._out(self.client.send_ping(b"tunnelgw"))
+
+    @rule()
+    def toggle_writer(self) -> None:
+        """The client's write buffer fills or drains."""
+        self.paused = not self.paused
+        self._out(self.client.writer_paused(self.paused))
+
+    @precondition(lambda self: self.sent > 0)
+    @rule()
+    def gateway_close(self) -> None:
+        """The backend's end or the admin closes the client."""
+        self._out(self.client.send_close(1001, "bye", 0))
+
+    @precondition(lambda self: self.sent > 0)
+    @rule()
+    def client_close(self) -> None:
+        """The client closes."""
+        self._out(self.client.receive(client_frame(Opcode.CLOSE, close_payload(1000)), 0))
+
+    @invariant()
+    def no_frame_inside_a_frame(self) -> None:
+        """What the client got parses as whole frames: nothing ever landed inside a relayed frame."""
+        opcodes, whole = _frames_in(self.written)
+        assert whole
+        assert opcodes.count(10) <= self.pings
+        assert opcodes.count(8) <= 1
+
+
+TestInFlight = InFlightMachine.TestCase
+TestInFlight.settings = settings(max_examples=400, stateful_step_count=30, deadline=None)
