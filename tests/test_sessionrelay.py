@@ -559,3 +559,99 @@ class InFlightMachine(RuleBasedStateMachine):
 
 TestInFlight = InFlightMachine.TestCase
 TestInFlight.settings = settings(max_examples=400, stateful_step_count=30, deadline=None)
+
+
+def _masked_frames_in(stream: bytes) -> tuple[list[int], bool]:
+    """As :func:`_frames_in`, for a client's (masked) stream."""
+    opcodes, pos = [], 0
+    while pos < len(stream):
+        if len(stream) - pos < 2:
+            return opcodes, True
+        first, length = stream[pos], stream[pos + 1] & 0x7F
+        if first & 0x70 or (first & 0x0F) not in (0, 1, 2, 8, 9, 10) or not stream[pos + 1] & 0x80:
+            return opcodes, False
+        head = pos + 6
+        if length == 126:
+            head, length = pos + 8, int.from_bytes(stream[pos + 2:pos + 4], "big")
+        elif length == 127:
+            head, length = pos + 14, int.from_bytes(stream[pos + 2:pos + 10], "big")
+        if head + length > len(stream):
+            return opcodes, True
+        opcodes.append(first & 0x0F)
+        pos = head + length
+    return opcodes, True
+
+
+class HopInFlightMachine(RuleBasedStateMachine):
+    """The client's frames reach the backend in pieces while the backend pings, pongs and closes, and the gateway closes, in any order."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.client = session(Carries.FRAMES)
+        self.hop = hop()
+        # Masked with a zero key, so that the fill's reserved bits stay set on the wire.
+        self.stream = b"".join(_masked_fill(n) for n in (5, 300, 70_000, 0, 2000))
+        self.sent = 0
+        self.written = b""
+        self.dropped = False
+        self.pings = 0
+
+    def _out(self, actions: list[Action]) -> None:
+        for action in actions:
+            if isinstance(action, Write):
+                assert not self.dropped
+                self.written += action.data + action.payload
+            elif isinstance(action, Drop):
+                self.dropped = True
+
+    @precondition(lambda self: self.sent < len(self.stream))
+    @rule(size=st.integers(min_value=1, max_value=30_000))
+    def client_piece(self, size: int) -> None:
+        """Some of the client's frames arrive and go on to the backend."""
+        piece = self.stream[self.sent:self.sent + size]
+        self.sent += len(piece)
+        for action in self.client.receive(piece, 0):
+            if isinstance(action, Forward):
+                self._out(self.hop.send_frames(b"".join(action.chunks), action.left))
+
+    @rule(payload=st.binary(max_size=20))
+    def backend_ping(self, payload: bytes) -> None:
+        """The backend pings."""
+        self.pings += 1
+        self._out(self.hop.receive(server_frame(Opcode.PING, payload), 0))
+
+    @rule()
+    def backend_pong(self) -> None:
+        """The backend sends a pong (unasked, as RFC 6455 allows)."""
+        self._out(self.hop.receive(server_frame(Opcode.PONG, b""), 0))
+
+    @precondition(lambda self: self.sent > 0)
+    @rule()
+    def gateway_close(self) -> None:
+        """The session ends: the hop closes the backend."""
+        self._out(self.hop.send_close(1001, "session closed by the gateway", 0))
+
+    @precondition(lambda self: self.sent > 0)
+    @rule()
+    def backend_close(self) -> None:
+        """The backend closes."""
+        self._out(self.hop.receive(server_frame(Opcode.CLOSE, close_payload(1000)), 0))
+
+    @invariant()
+    def no_frame_inside_a_frame(self) -> None:
+        """What the backend got parses as whole masked frames: nothing landed inside a relayed frame."""
+        opcodes, whole = _masked_frames_in(self.written)
+        assert whole
+        assert opcodes.count(10) <= self.pings
+        assert opcodes.count(8) <= 1
+
+
+def _masked_fill(n: int) -> bytes:
+    """A masked binary client frame whose payload bytes, read as a header, have reserved bits set."""
+    mask = b"\x00\x00\x00\x00"
+    return bytes([0x82]) + (bytes([0x80 | n]) if n < 126 else bytes([0x80 | 126]) + n.to_bytes(2, "big") if n < 65536
+                            else bytes([0x80 | 127]) + n.to_bytes(8, "big")) + mask + bytes([_FILL]) * n
+
+
+TestHopInFlight = HopInFlightMachine.TestCase
+TestHopInFlight.settings = settings(max_examples=400, stateful_step_count=30, deadline=None)
