@@ -50,15 +50,23 @@ class GatewayFront(Protocol):
     def __init__(self) -> None:
         self._buffer = b""
         self._deadline: Any = None
+        #: Whether the client has sent a byte: browsers open spare connections
+        #: that never do, and those are counted, not logged.
+        self._spoke = False
 
     def connectionMade(self) -> None:
         """Arm the head deadline."""
         immediate_writes(self.transport)
         self.factory.pending.add(self.transport)
-        self._deadline = self.factory.reactor.callLater(self.factory.timeout, self.factory.expired, self.transport)
+        self._deadline = self.factory.reactor.callLater(self.factory.timeout, self._expired)
+
+    def _expired(self) -> None:
+        self._deadline = None  # fired: connectionLost must not count the connection again
+        self.factory.expired(self.transport, silent=not self._spoke)
 
     def dataReceived(self, data: bytes) -> None:
         """Collect the head; once whole, hand the connection to a session or to twisted.web."""
+        self._spoke = True
         scanned = len(self._buffer)
         buffer = self._buffer = self._buffer + data
         end = find_head_end(buffer, scanned)
@@ -102,7 +110,9 @@ class GatewayFront(Protocol):
         self._deadline = None
 
     def connectionLost(self, reason: Any = None) -> None:
-        """Disarm and forget the connection."""
+        """Disarm and forget the connection; one that closes without a byte is counted."""
+        if not self._spoke and self._deadline is not None and self.factory.on_silent is not None:
+            self.factory.on_silent()
         self._disarm()
 
 
@@ -119,7 +129,8 @@ class FrontFactory(Factory):
 
     def __init__(self, gateway: GatewayFactory, site: "GatewaySite", reactor: Any, timeout: float, max_head: int,
                  on_timeout: Optional[Callable[[], None]] = None,
-                 on_too_large: Optional[Callable[[], None]] = None) -> None:
+                 on_too_large: Optional[Callable[[], None]] = None,
+                 on_silent: Optional[Callable[[], None]] = None) -> None:
         self.gateway = gateway
         self.site = site
         self.reactor = reactor
@@ -127,20 +138,30 @@ class FrontFactory(Factory):
         self.max_head = max_head
         self.on_timeout = on_timeout
         self.on_too_large = on_too_large
+        #: Called (instead of a log line) for a connection that ends without sending a byte.
+        self.on_silent = on_silent
         self.pending: set[Any] = set()
 
     def acceptableProtocols(self) -> list[bytes]:
         """ALPN: HTTP/1.1 only (WebSockets here are HTTP/1.1 upgrades)."""
         return [b"http/1.1"]
 
-    def expired(self, transport: Any) -> None:
-        """A connection reached its deadline without becoming a session: abort it."""
+    def expired(self, transport: Any, silent: bool = False) -> None:
+        """
+        A connection reached its deadline without becoming a session: abort it.
+        One that never sent a byte (a browser's spare connection) is only
+        counted (``on_silent``); a slow or stalled request is logged once.
+        """
         self.pending.discard(transport)
-        peer = transport.getPeer()
-        _log.info("handshake timed out client={client} seconds={seconds:g}", client=getattr(peer, "host", peer),
-                  seconds=self.timeout)
-        if self.on_timeout is not None:
-            self.on_timeout()
+        if silent:
+            if self.on_silent is not None:
+                self.on_silent()
+        else:
+            peer = transport.getPeer()
+            _log.info("handshake timed out client={client} seconds={seconds:g}", client=getattr(peer, "host", peer),
+                      seconds=self.timeout)
+            if self.on_timeout is not None:
+                self.on_timeout()
         transport.abortConnection()
 
     def upgraded(self, channel: Any) -> None:
@@ -251,15 +272,25 @@ class BoundedChannel(HTTPChannel):
 
 
 class GatewaySite(Site):
-    """A Site whose channels bound the request head and body (see :class:`BoundedChannel`)."""
+    """
+    A Site whose channels bound the request head and body (see
+    :class:`BoundedChannel`); each answered request goes to access (the
+    ``AccessLog`` lines, :mod:`tunnelgw.accesslog`), nowhere without it.
+    """
 
     protocol = BoundedChannel  # type: ignore[assignment]
 
     def __init__(self, resource: Any, max_head: int, timeout: float,
                  on_too_large: Optional[Callable[[], None]] = None, reactor: Any = None,
-                 log_formatter: Optional[Callable[[str, Any], str]] = None) -> None:
-        super().__init__(resource, timeout=timeout, reactor=reactor, logFormatter=log_formatter)
+                 access: Optional[Callable[[Any], None]] = None) -> None:
+        super().__init__(resource, timeout=timeout, reactor=reactor)
+        self._access = access
         self.max_head = max_head
         self.on_too_large = on_too_large
         self.displayTracebacks = False
         self.noisy = False
+
+    def log(self, request: Any) -> None:
+        """twisted.web's access-log call for an answered request: to the ``AccessLog`` lines."""
+        if self._access is not None:
+            self._access(request)

@@ -37,8 +37,9 @@ from tunnelgw.gateway import GatewayFactory
 from tunnelgw.core.relay import CLOSE_GOING_AWAY, Close
 from tunnelgw.core.routing import RuleSet
 from tunnelgw.topology import Topology, check_topology
-from tunnelgw.web import GatewayResource, access_log_formatter
+from tunnelgw.web import GatewayResource
 from tunnelgw.backends.tls import load_trust_root
+from tunnelgw.accesslog import AccessLogs
 from tunnelgw.audit import AuditTrail
 from tunnelgw.core.targets import SUBSTITUTION, EndpointTarget, ReplayTarget, WebSocketURL
 
@@ -303,13 +304,15 @@ class GatewayService(Service):
         self.resource = _resource(config, reactor)
         self.factory: GatewayFactory = self.resource._factory
         metrics = self.factory.metrics
+        self.access = AccessLogs(reactor, config.access_logs, self.factory.redact)
         self.site = GatewaySite(self.resource, max_head=config.limits.headers, timeout=config.timeouts.handshake,
                                 on_too_large=lambda: metrics.handshake_failed("", "headers", 431), reactor=reactor,
-                                log_formatter=access_log_formatter(self.factory.redact))
+                                access=self.access.request)
         # Every connection's first request head is read (once) by the front.
         self.front = FrontFactory(self.factory, self.site, reactor, config.timeouts.handshake, config.limits.headers,
                                   on_timeout=lambda: metrics.handshake_failed("", "handshake_timeout", None),
-                                  on_too_large=lambda: metrics.handshake_failed("", "headers", 431))
+                                  on_too_large=lambda: metrics.handshake_failed("", "headers", 431),
+                                  on_silent=metrics.silent_connections.inc)
         self.audit = AuditTrail(reactor, config.audit_logs, metrics.registry)
         if config.pool is not None:
             from tunnelgw.pool import PoolRegistry
@@ -334,6 +337,7 @@ class GatewayService(Service):
         if not self._listening:
             self._listen()
         self.audit.start()
+        self.access.start()
         self.factory.recordings.start()
         if self.factory.pool is not None:
             self.factory.pool.start()
@@ -426,6 +430,7 @@ class GatewayService(Service):
             await self.factory.pool.stop()
         self.factory.recordings.stop()
         self.audit.stop()
+        self.access.stop()
 
 
 def make_service(config: Union[Config, str], reactor: Any = None) -> GatewayService:

@@ -1,0 +1,75 @@
+"""The access log (``AccessLog``; tunnelgw.accesslog, tunnelgw.core.accesslog): end to end with a gateway process."""
+
+from __future__ import annotations
+
+import json
+import re
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from support import GatewayProcess, free_port, session_status, wait_until
+from tunnelgw.core.accesslog import AccessEntry, combined_line, json_line
+from tunnelgw.core.redact import fingerprint
+
+SECRETS = ("SECRETPATHTOKEN", "SECRETREFERER", "SECRETQUERY", "SECRETSESSION", "SECRETREFUSED", "SECRETDESK")
+
+
+def get(url: str, headers: dict[str, str]) -> int:
+    """The status of a plain GET."""
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=10) as answer:
+            return int(answer.status)
+    except urllib.error.HTTPError as e:
+        return int(e.code)
+
+
+def test_access_log_lines_never_hold_a_token(tmp_path: Path) -> None:
+    """Requests, a session and a refused upgrade each give one line in both formats; tokens only as fingerprints."""
+    echo = free_port()
+    (tmp_path / "tokens").write_text("SECRETDESK: 127.0.0.1:1\n")
+    config = f"""
+Listen tcp:port=0:interface=127.0.0.1
+DemoBackend echo tcp:port={echo}:interface=127.0.0.1
+ProxyPass /echo tcp:host=127.0.0.1:port={echo}
+DemoPage / /echo
+TokenSource desks file {{tmp}}/tokens allow=127.0.0.1:1
+TokenRoute /desk desks from=path
+AccessLog {{tmp}}/access.log
+AccessLog {{tmp}}/access.json format=json
+"""
+    with GatewayProcess(config, tmp_path) as gw:
+        base = f"http://127.0.0.1:{gw.port()}"
+        referer = f"https://portal.example/launch?token=SECRETREFERER&desk=eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJ4In0.SECRETQUERY"
+        assert get(f"{base}/desk/SECRETPATHTOKEN", {"Referer": referer, "User-Agent": "op-test/1"}) == 426
+        assert get(f"{base}/?token=SECRETQUERY&lang=en", {}) == 200
+        assert session_status(f"ws://127.0.0.1:{gw.port()}/echo?token=SECRETSESSION") == 101
+        assert session_status(f"ws://127.0.0.1:{gw.port()}/desk/SECRETREFUSED") == 403
+        text, js = tmp_path / "access.log", tmp_path / "access.json"
+        assert wait_until(lambda: text.exists() and len(text.read_text().splitlines()) == 4, 10), \
+            text.read_text() if text.exists() else gw.log()
+    lines = text.read_text().splitlines()
+    records = [json.loads(line) for line in js.read_text().splitlines()]
+    for secret in SECRETS:
+        assert secret not in text.read_text() and secret not in js.read_text(), secret
+    assert re.match(r'127\.0\.0\.1 - - \[\d\d/\w{3}/\d{4}:\d\d:\d\d:\d\d \+0000\] "GET /desk/'
+                    + re.escape(fingerprint("SECRETPATHTOKEN")) + r' HTTP/1\.1" 426 \d+ "https://portal\.example/launch\?'
+                    + r'token=' + re.escape(fingerprint("SECRETREFERER")) + r'&desk=tok:[0-9a-f]{8}" "op-test/1"$', lines[0]), lines[0]
+    assert f'"GET /?token={fingerprint("SECRETQUERY")}&lang=en HTTP/1.1" 200 ' in lines[1]
+    assert {r["kind"] for r in records} == {"http", "session", "refused"}
+    session = next(r for r in records if r["kind"] == "session")
+    assert session["status"] == 101 and session["bytes_up"] == 1 and session["bytes_down"] == 1
+    assert session["target"].startswith("/echo") and session["close_code"] == 1000
+    refused = next(r for r in records if r["kind"] == "refused")
+    assert refused["status"] == 403 and refused["target"] == f"/desk/{fingerprint('SECRETREFUSED')}"
+    assert [r["kind"] for r in records] == ["http", "http", "session", "refused"]
+
+
+def test_combined_line_escapes_what_a_client_sends() -> None:
+    """Quotes, backslashes and control characters in a client's fields cannot forge another field or line."""
+    entry = AccessEntry(time=0.0, client="192.0.2.1", method="GET", target='/a"b', protocol="HTTP/1.1", status=404,
+                        size=0, referer="x\ny", user_agent='evil" 200 "-')
+    line = combined_line(entry)
+    assert "\n" not in line and line.count('"') - line.count('\\"') == 6, line
+    assert line.startswith('192.0.2.1 - - [01/Jan/1970:00:00:00 +0000] "GET /a\\"b HTTP/1.1" 404 - "x\\x0ay"')
+    assert json.loads(json_line(entry))["user_agent"] == 'evil" 200 "-'
