@@ -67,7 +67,8 @@ def dependency_health(factory: Any, tracker: HealthTracker, now: float) -> list[
                    if l.get("portal") == name}
         failed = answers.get("503", 0.0)
         asked = sum(answers.values())
-        detail = ", ".join(f"{k} {v:g}" for k, v in sorted(answers.items())) or "no answer yet"
+        detail = "answers " + ", ".join(f"{k}: {v:g}" for k, v in sorted(answers.items())) if answers \
+            else "no answer yet"
         rows.append(tracker.update(now, f"portal {name}", failed, asked, detail))
     return rows
 

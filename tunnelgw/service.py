@@ -40,6 +40,7 @@ from tunnelgw.topology import Topology, check_topology
 from tunnelgw.web import GatewayResource
 from tunnelgw.backends.tls import load_trust_root
 from tunnelgw.accesslog import AccessLogs
+from tunnelgw.overview import OverviewSource
 from tunnelgw.audit import AuditTrail
 from tunnelgw.core.targets import SUBSTITUTION, EndpointTarget, ReplayTarget, WebSocketURL
 
@@ -305,6 +306,8 @@ class GatewayService(Service):
         self.factory: GatewayFactory = self.resource._factory
         metrics = self.factory.metrics
         self.access = AccessLogs(reactor, config.access_logs, self.factory.redact)
+        #: What the operator's page shows above the sessions (refusals observed from start to stop).
+        self.overview = OverviewSource(self.factory, reactor)
         self.site = GatewaySite(self.resource, max_head=config.limits.headers, timeout=config.timeouts.handshake,
                                 on_too_large=lambda: metrics.handshake_failed("", "headers", 431), reactor=reactor,
                                 access=self.access.request)
@@ -338,6 +341,7 @@ class GatewayService(Service):
             self._listen()
         self.audit.start()
         self.access.start()
+        self.overview.start()
         self.factory.recordings.start()
         if self.factory.pool is not None:
             self.factory.pool.start()
@@ -365,7 +369,7 @@ class GatewayService(Service):
             if where in admin_places:
                 from tunnelgw.admin import admin_site
 
-                factory: Any = admin_site(self.factory, lambda: self.draining, description)
+                factory: Any = admin_site(self.factory, lambda: self.draining, description, self.overview)
             else:
                 factory = demo_factory(demo_kinds[where]) if where in demo_kinds else self.front
             ports = self.admin_ports if where in admin_places else self.ports
@@ -431,6 +435,7 @@ class GatewayService(Service):
         self.factory.recordings.stop()
         self.audit.stop()
         self.access.stop()
+        self.overview.stop()
 
 
 def make_service(config: Union[Config, str], reactor: Any = None) -> GatewayService:
