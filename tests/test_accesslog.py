@@ -73,3 +73,30 @@ def test_combined_line_escapes_what_a_client_sends() -> None:
     assert "\n" not in line and line.count('"') - line.count('\\"') == 6, line
     assert line.startswith('192.0.2.1 - - [01/Jan/1970:00:00:00 +0000] "GET /a\\"b HTTP/1.1" 404 - "x\\x0ay"')
     assert json.loads(json_line(entry))["user_agent"] == 'evil" 200 "-'
+
+
+def test_reload_turns_access_logs_on_and_off(tmp_path: Path) -> None:
+    """A reload can add an AccessLog to a gateway that had none, and take it away (observer removed, file closed)."""
+    from twisted.internet.task import Clock
+    from twisted.logger import LogPublisher
+
+    from tunnelgw.accesslog import AccessLogs
+    from tunnelgw.core.config import AccessLog
+    from tunnelgw.core.errors import Location
+
+    publisher, clock = LogPublisher(), Clock()
+    logs = AccessLogs(clock, (), lambda text: text, publisher)
+    logs.start()
+    end = {"audit": "session.end", "log_time": 0.0,
+           "fields": {"session": "s1", "client": "192.0.2.1:5", "path": "/vnc", "route": "vnc", "bytes_up": 3,
+                      "bytes_down": 4, "duration": 2.5, "close_code": 1000}}
+    publisher(dict(end))
+    path = tmp_path / "access.log"
+    logs.reconfigure((AccessLog(str(path), "combined", Location("gw.conf", 1)),))
+    publisher(dict(end))
+    assert path.read_text() == ('192.0.2.1:5 - - [01/Jan/1970:00:00:00 +0000] "GET /vnc HTTP/1.1" 101 4 "-" "-" '
+                                'session=s1 route="vnc" up=3 down=4 seconds=2.5 close=1000\n')
+    logs.reconfigure(())
+    publisher(dict(end))
+    assert len(path.read_text().splitlines()) == 1
+    logs.stop()

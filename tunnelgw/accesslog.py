@@ -110,20 +110,23 @@ class AccessLogs:
         self._specs = specs
         self._sinks: list[_Sink] = []
         self._observing = False
+        self._started = False
 
     def start(self) -> None:
         """Open the files and observe session and refusal events."""
-        self.reconfigure(self._specs, start=True)
+        self._started = True
+        self.reconfigure(self._specs)
 
-    def reconfigure(self, specs: tuple[AccessLog, ...], start: bool = False) -> None:
+    def reconfigure(self, specs: tuple[AccessLog, ...]) -> None:
         """Switch to new access logs (reload); an unchanged one keeps its open file."""
         self._specs = specs
-        if not start and not self._observing and not self._sinks:
+        if not self._started:
             return
-        old = {(s.spec.path, s.spec.format): s for s in self._sinks}
+        old: dict[tuple[str, str], Optional[_Sink]] = {(s.spec.path, s.spec.format): s for s in self._sinks}
         self._sinks = [old.pop((spec.path, spec.format), None) or _Sink(spec) for spec in specs]
         for sink in old.values():
-            sink.close()
+            if sink is not None:
+                sink.close()
         if self._sinks and not self._observing:
             self._publisher.addObserver(self)
             self._observing = True
@@ -133,6 +136,7 @@ class AccessLogs:
 
     def stop(self) -> None:
         """Stop observing and close the files."""
+        self._started = False
         if self._observing:
             self._publisher.removeObserver(self)
             self._observing = False
