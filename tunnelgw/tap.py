@@ -30,8 +30,10 @@ class Options(usage.Options):
         ["config", "c", None, "configuration file (default: the embedded default, see README.rst)"],
     ]
     optFlags = [
-        ["check", None, "check the configuration (endpoints and secrets too), print the verdict and exit "
-                        "(status 0 when it is valid, 1 with FILE:LINE problems otherwise)"],
+        ["check", None, "check the configuration as a start would, short of listening (endpoints, files, "
+                        "certificates, secrets, optional packages; an unreachable Redis is a warning), print "
+                        "the verdict and exit (status 0 when it is valid, 1 with every FILE:LINE problem in "
+                        "line order otherwise)"],
     ]
 
     def opt_directives(self) -> None:
