@@ -88,8 +88,9 @@ def test_quiet_by_default_loud_where_it_matters(tmp_path: Path) -> None:
     """
     A gateway process: requests to unclaimed paths (favicon) and connections
     that never send a byte are counted in metrics, not logged; no Twisted
-    "Starting/Stopping" line (the syslog sink's UDP socket included); a
-    refused upgrade is logged once, with its reason.
+    "Starting/Stopping" line (the syslog sinks' UDP socket and TCP
+    reconnections, the portal's HTTP client included); a refused upgrade is
+    logged once, with its reason.
     """
     import socket
     import urllib.error
@@ -109,6 +110,9 @@ ProxyPass /echo tcp:host=127.0.0.1:port={echo}
 DemoPage / /echo
 Timeout handshake=0.5
 AuditLog syslog udp://127.0.0.1:{syslog.getsockname()[1]}
+AuditLog syslog tcp://127.0.0.1:{free_port()}
+AuthPortal sso http://127.0.0.1:{free_port()}/auth timeout=1
+ProxyPass /portal tcp:host=127.0.0.1:port={echo} auth=sso
 """
     try:
         with GatewayProcess(config, tmp_path) as gw:
@@ -131,6 +135,7 @@ AuditLog syslog udp://127.0.0.1:{syslog.getsockname()[1]}
             assert metric("tunnelgw_unrouted_requests_total") == 2
             assert session_status(f"ws://127.0.0.1:{gw.port(0)}/nowhere") == 404
             assert session_status(f"ws://127.0.0.1:{gw.port(0)}/echo") == 101
+            assert session_status(f"ws://127.0.0.1:{gw.port(0)}/portal") == 503  # the portal's client connection
             gw.wait_log(r"session end")
             assert b"path=/nowhere status=404" in syslog.recv(65536)  # the first audit event: not the favicon
         log = gw.log()
