@@ -83,7 +83,8 @@ def _socket_of(listener: Any) -> str:
 def reload_from_file(service: GatewayService, path: str, reactor: Any) -> bool:
     """Re-read path and apply it; log the outcome; True when the new configuration is in force."""
     try:
-        needs_restart = apply_config(service, load_config(path), reactor)
+        # Every problem of the file at once (syntax and what a start checks), then the switch.
+        needs_restart = apply_config(service, load_config(path, reactor), reactor)
     except ConfigError as e:
         _log.error("reload refused, the previous configuration stays in force:\n{problems}", problems=str(e))
         return False
