@@ -25,21 +25,30 @@ __all__ = ["OverviewSource", "dependency_health"]
 _REFUSALS = ("request.refused", "session.refused")
 
 
-def _samples(registry: Any, name: str) -> list[tuple[dict[str, str], float]]:
-    """(labels, value) of every sample called name in registry (prometheus_client's public collect())."""
-    found = []
+Samples = dict[str, list[tuple[dict[str, str], float]]]
+
+
+def _samples_of(registry: Any, names: frozenset[str]) -> Samples:
+    """(labels, value) of the samples with these names, from one pass of prometheus_client's public collect()."""
+    found: Samples = {name: [] for name in names}
     for metric in registry.collect():
         for sample in metric.samples:
-            if sample.name == name:
-                found.append((dict(sample.labels), float(sample.value)))
+            if sample.name in found:
+                found[sample.name].append((dict(sample.labels), float(sample.value)))
     return found
 
 
-def _total(registry: Any, name: str, **labels: str) -> float:
-    return sum(v for l, v in _samples(registry, name) if all(l.get(k) == w for k, w in labels.items()))
+_READ = frozenset({"tunnelgw_sessions_total", "tunnelgw_pool_degraded", "tunnelgw_pool_errors_total",
+                   "tunnelgw_redis_lookup_seconds_count", "tunnelgw_redis_lookup_errors_total",
+                   "tunnelgw_auth_answers_total"})
 
 
-def dependency_health(factory: Any, tracker: HealthTracker, now: float) -> list[Health]:
+def _total(samples: Samples, name: str, **labels: str) -> float:
+    return sum(v for l, v in samples[name] if all(l.get(k) == w for k, w in labels.items()))
+
+
+def dependency_health(factory: Any, tracker: HealthTracker, now: float, samples: Optional[Samples] = None
+                      ) -> list[Health]:
     """
     Redis (the pool's registry, token and owner lookups) and portal health.
 
@@ -47,23 +56,23 @@ def dependency_health(factory: Any, tracker: HealthTracker, now: float) -> list[
     the error counters; a health state exposed by the pool or the topology
     belongs here.
     """
-    registry = factory.metrics.registry
+    found = samples if samples is not None else _samples_of(factory.metrics.registry, _READ)
     rows = []
     pool = factory.pool
     if pool is not None:
-        degraded = _total(registry, "tunnelgw_pool_degraded")
-        errors = _total(registry, "tunnelgw_pool_errors_total")
+        degraded = _total(found, "tunnelgw_pool_degraded")
+        errors = _total(found, "tunnelgw_pool_errors_total")
         where = f"redis {pool.spec.host}:{pool.spec.port}/{pool.spec.db}"
         rows.append(Health("Redis (Pool)", "trouble" if degraded else "ok",
                            f"{where}: " + ("unreachable, this gateway's own list only" if degraded else "reachable")
                            + f"; {errors:g} failed calls since start"))
-    for labels, asked in _samples(registry, "tunnelgw_redis_lookup_seconds_count"):
+    for labels, asked in found["tunnelgw_redis_lookup_seconds_count"]:
         source = labels.get("source", "")
-        failed = _total(registry, "tunnelgw_redis_lookup_errors_total", source=source)
+        failed = _total(found, "tunnelgw_redis_lookup_errors_total", source=source)
         rows.append(tracker.update(now, f"Redis ({source})", failed, asked,
                                    f"{asked:g} lookups, {failed:g} unanswered since start"))
     for name in sorted(factory.portals.portals):
-        answers = {l.get("answer", ""): v for l, v in _samples(registry, "tunnelgw_auth_answers_total")
+        answers = {l.get("answer", ""): v for l, v in found["tunnelgw_auth_answers_total"]
                    if l.get("portal") == name}
         failed = answers.get("503", 0.0)
         asked = sum(answers.values())
@@ -124,7 +133,8 @@ class OverviewSource:
         counters = {str(s["session"]): (int(s.get("bytes_up", 0)), int(s.get("bytes_down", 0))) for s in sessions}
         seconds, rates = self._rates.sample(now, counters)
         by_route = group_rates(((str(s["session"]), str(s.get("route", ""))) for s in sessions), rates)
-        opened = {l.get("route", ""): int(v) for l, v in _samples(metrics.registry, "tunnelgw_sessions_total")}
+        samples = _samples_of(metrics.registry, _READ)
+        opened = {l.get("route", ""): int(v) for l, v in samples["tunnelgw_sessions_total"]}
         live: dict[str, list[Mapping[str, Any]]] = {}
         for s in sessions:
             live.setdefault(str(s.get("route", "")), []).append(s)
@@ -150,4 +160,4 @@ class OverviewSource:
                                         sum(int(s.get("bytes_down", 0)) for s in here), rate[0], rate[1]))
         stopped = tuple(StoppedRecording(*entry) for entry in reversed(factory.recordings.stopped))
         return Overview(tuple(routes), tuple(gateways), tuple(self.refusals.counts(now)),
-                        tuple(dependency_health(factory, self._health, now)), stopped, seconds), rates
+                        tuple(dependency_health(factory, self._health, now, samples)), stopped, seconds), rates
