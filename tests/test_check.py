@@ -155,3 +155,15 @@ def test_unreachable_redis_is_a_warning(tmp_path: Path) -> None:
     out = check(conf, subprocess_env())
     assert out.returncode == 0, out.stderr
     assert re.search(rf"pool\.conf:3: warning: Pool: Redis at 127\.0\.0\.1:{port} is not reachable", out.stderr)
+
+
+@pytest.mark.parametrize("config", [c for c in EXAMPLE_CONFIGS if c.name != "tunnelgw.conf"], ids=lambda p: p.name)
+def test_every_other_example_starts(config: Path, tmp_path: Path) -> None:
+    """Each topology example starts as written (its fixed ports moved to free ones, its files found from the checkout)."""
+    text = config.read_text()
+    for port in sorted(set(re.findall(r"port=(\d+)", text))):
+        text = re.sub(rf"\b{port}\b", str(free_port()), text)
+    text = text.replace(" examples/", f" {REPO}/examples/")
+    with GatewayProcess(text, tmp_path) as gw:
+        assert len(gw.ports) == len(re.findall(r"^(Listen|DemoBackend) ", text, re.M))
+        assert "Traceback" not in gw.log()
