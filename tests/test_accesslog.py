@@ -12,7 +12,8 @@ from support import GatewayProcess, free_port, session_status, wait_until
 from tunnelgw.core.accesslog import AccessEntry, combined_line, json_line
 from tunnelgw.core.redact import fingerprint
 
-SECRETS = ("SECRETPATHTOKEN", "SECRETREFERER", "SECRETQUERY", "SECRETSESSION", "SECRETREFUSED", "SECRETDESK")
+SECRETS = ("SECRETPATHTOKEN", "SECRETREFERER", "SECRETQUERY", "SECRETSESSION", "SECRETREFUSED", "SECRETDESK",
+           "SECRETVNC")
 
 
 def get(url: str, headers: dict[str, str]) -> int:
@@ -25,7 +26,7 @@ def get(url: str, headers: dict[str, str]) -> int:
 
 
 def test_access_log_lines_never_hold_a_token(tmp_path: Path) -> None:
-    """Requests, a session and a refused upgrade each give one line in both formats; tokens only as fingerprints."""
+    """Requests, a session and a refused upgrade each give one line in both formats; tokens and query values only as fingerprints."""
     echo = free_port()
     (tmp_path / "tokens").write_text("SECRETDESK: 127.0.0.1:1\n")
     config = f"""
@@ -42,7 +43,7 @@ AccessLog {{tmp}}/access.json format=json
         base = f"http://127.0.0.1:{gw.port()}"
         referer = f"https://portal.example/launch?token=SECRETREFERER&desk=eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJ4In0.SECRETQUERY"
         assert get(f"{base}/desk/SECRETPATHTOKEN", {"Referer": referer, "User-Agent": "op-test/1"}) == 426
-        assert get(f"{base}/?token=SECRETQUERY&lang=en", {}) == 200
+        assert get(f"{base}/?token=SECRETQUERY&lang=en&password=SECRETVNC", {}) == 200
         assert session_status(f"ws://127.0.0.1:{gw.port()}/echo?token=SECRETSESSION") == 101
         assert session_status(f"ws://127.0.0.1:{gw.port()}/desk/SECRETREFUSED") == 403
         text, js = tmp_path / "access.log", tmp_path / "access.json"
@@ -54,8 +55,10 @@ AccessLog {{tmp}}/access.json format=json
         assert secret not in text.read_text() and secret not in js.read_text(), secret
     assert re.match(r'127\.0\.0\.1 - - \[\d\d/\w{3}/\d{4}:\d\d:\d\d:\d\d \+0000\] "GET /desk/'
                     + re.escape(fingerprint("SECRETPATHTOKEN")) + r' HTTP/1\.1" 426 \d+ "https://portal\.example/launch\?'
-                    + r'token=' + re.escape(fingerprint("SECRETREFERER")) + r'&desk=tok:[0-9a-f]{8}" "op-test/1"$', lines[0]), lines[0]
-    assert f'"GET /?token={fingerprint("SECRETQUERY")}&lang=en HTTP/1.1" 200 ' in lines[1]
+                    + r'token=' + re.escape(fingerprint("SECRETREFERER")) + r'&desk=tok:[0-9a-f]{8}" "op-test/1"$', lines[0]), \
+        lines[0]
+    assert f'"GET /?token={fingerprint("SECRETQUERY")}&lang={fingerprint("en")}&password={fingerprint("SECRETVNC")} ' \
+        'HTTP/1.1" 200 ' in lines[1], lines[1]
     assert {r["kind"] for r in records} == {"http", "session", "refused"}
     session = next(r for r in records if r["kind"] == "session")
     assert session["status"] == 101 and session["bytes_up"] == 1 and session["bytes_down"] == 1
@@ -100,3 +103,13 @@ def test_reload_turns_access_logs_on_and_off(tmp_path: Path) -> None:
     publisher(dict(end))
     assert len(path.read_text().splitlines()) == 1
     logs.stop()
+
+
+def test_query_values_are_fingerprinted() -> None:
+    """Every query value becomes a fingerprint (names stay); fingerprints stay; no query, no change."""
+    from tunnelgw.core.accesslog import hide_query_values
+
+    assert hide_query_values("/a/b") == "/a/b"
+    assert hide_query_values(f"/v.html?password=s%20x&token={fingerprint('t')}&flag") == \
+        f"/v.html?password={fingerprint('s x')}&token={fingerprint('t')}&flag"
+    assert hide_query_values("https://h/p?a=1#frag") == f"https://h/p?a={fingerprint('1')}"

@@ -7,8 +7,11 @@ WebSocket handshakes and ended sessions (those with an ``audit`` kind, see
 :mod:`tunnelgw.audit`) are observed.  :func:`request_entry` is the one place
 that redacts for the access log: the target and Referer go through the
 gateway's redaction (``GatewayFactory.redact``, tokens in paths, query
-parameters and JWTs fingerprinted); session and refusal events carry paths
-the same redaction already made.  A file is opened in append mode and
+parameters and JWTs fingerprinted), then every query value left is
+fingerprinted too (:func:`tunnelgw.core.accesslog.hide_query_values`: a
+query may hold a secret no token rule names, such as noVNC's
+``password=``); session and refusal events carry paths the same token
+redaction already made.  A file is opened in append mode and
 reopened when a reload names another.
 """
 
@@ -19,7 +22,7 @@ from typing import IO, Any, Callable, Optional
 
 from twisted.logger import Logger, globalLogPublisher
 
-from tunnelgw.core.accesslog import AccessEntry, format_entry
+from tunnelgw.core.accesslog import AccessEntry, format_entry, hide_query_values
 from tunnelgw.core.config import AccessLog
 
 __all__ = ["AccessLogs", "request_entry"]
@@ -35,15 +38,20 @@ def _header(request: Any, name: bytes) -> str:
     return value.decode("latin-1") if value is not None else ""
 
 
+def _hidden(text: str, redact: Callable[[str], str]) -> str:
+    """The one redaction of the access log: the gateway's (tokens by place and name), then every query value."""
+    return hide_query_values(redact(text))
+
+
 def request_entry(request: Any, redact: Callable[[str], str], now: float) -> AccessEntry:
     """The entry of a twisted.web request once answered; its target and Referer redacted (the one place)."""
     client = getattr(request, "tunnelgw_client", None) or getattr(request.getClientAddress(), "host", "-")
     referer = _header(request, b"referer")
     return AccessEntry(
         time=now, client=str(client), method=request.method.decode("latin-1"),
-        target=redact(request.uri.decode("latin-1")), protocol=request.clientproto.decode("latin-1"),
+        target=_hidden(request.uri.decode("latin-1"), redact), protocol=request.clientproto.decode("latin-1"),
         status=int(request.code), size=int(getattr(request, "sentLength", 0) or 0),
-        referer=redact(referer) if referer else "", user_agent=_header(request, b"user-agent"))
+        referer=_hidden(referer, redact) if referer else "", user_agent=_header(request, b"user-agent"))
 
 
 def event_entry(event: dict[str, Any], now: float) -> Optional[AccessEntry]:
@@ -56,14 +64,15 @@ def event_entry(event: dict[str, Any], now: float) -> Optional[AccessEntry]:
     if kind == "session.end":
         code = fields.get("close_code")
         return AccessEntry(time=when, client=str(fields.get("client", "-")), method="GET",
-                           target=str(fields.get("path", "")), protocol="HTTP/1.1", status=101,
+                           target=hide_query_values(str(fields.get("path", ""))), protocol="HTTP/1.1", status=101,
                            size=int(fields.get("bytes_down", 0)), kind="session", session=str(fields.get("session", "")),
                            route=str(fields.get("route", "")), bytes_up=int(fields.get("bytes_up", 0)),
                            bytes_down=int(fields.get("bytes_down", 0)), duration=float(fields.get("duration", 0.0)),
                            close_code=int(code) if isinstance(code, int) else None)
     if kind in ("request.refused", "session.refused") and fields.get("kind") in _UPGRADE_REFUSALS:
         return AccessEntry(time=when, client=str(fields.get("client", "-")), method="GET",
-                           target=str(fields.get("path", "")), protocol="HTTP/1.1", status=int(fields.get("status", 0)),
+                           target=hide_query_values(str(fields.get("path", ""))), protocol="HTTP/1.1",
+                           status=int(fields.get("status", 0)),
                            size=0, kind="refused", session=str(fields.get("session", "-")),
                            reason=str(fields.get("reason", "")))
     return None

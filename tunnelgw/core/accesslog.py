@@ -4,18 +4,23 @@ Access-log lines (``AccessLog FILE|- format=combined|json``), from values.
 An :class:`AccessEntry` is one HTTP request answered by the gateway, one
 refused WebSocket handshake, or one session that ended.  Its target and
 Referer are already redacted when it is made (see :mod:`tunnelgw.accesslog`,
-the one place that redacts for the access log), so that nothing here can let
-a token through.  Pure: no Twisted, no I/O.
+the one place that redacts for the access log: the gateway's token
+redaction, then :func:`hide_query_values`), so that nothing here can let a
+token through.  Pure: no Twisted, no I/O.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import time
 from dataclasses import asdict, dataclass
 from typing import Optional
+from urllib.parse import unquote_plus
 
-__all__ = ["ACCESS_FORMATS", "AccessEntry", "combined_line", "format_entry", "json_line"]
+from tunnelgw.core.redact import fingerprint
+
+__all__ = ["ACCESS_FORMATS", "AccessEntry", "combined_line", "format_entry", "hide_query_values", "json_line"]
 
 #: The ``format=`` values of ``AccessLog``.
 ACCESS_FORMATS = ("combined", "json")
@@ -50,6 +55,29 @@ class AccessEntry:
     duration: float = 0.0
     close_code: Optional[int] = None
     reason: str = ""
+
+
+_FINGERPRINT = re.compile(r"tok:[0-9a-f]{8}")
+
+
+def hide_query_values(uri: str) -> str:
+    """
+    A URI or URL whose every query value is a fingerprint: after the token
+    redaction, what is left of a query may still be a secret it does not
+    know by name (noVNC's ``vnc.html?password=``), so the access log keeps
+    names only.  Values that are fingerprints already stay as they are.
+    """
+    head, mark, rest = uri.partition("?")
+    if not mark:
+        return uri
+    query, hash_mark, fragment = rest.partition("#")
+    parts = []
+    for part in query.split("&"):
+        name, eq, value = part.partition("=")
+        if eq and value and not _FINGERPRINT.fullmatch(value):
+            value = fingerprint(unquote_plus(value))
+        parts.append(name + eq + value)
+    return head + "?" + "&".join(parts)
 
 
 def _quoted(text: str) -> str:
