@@ -86,8 +86,9 @@ def test_json_line_has_fields() -> None:
 
 def test_quiet_by_default_loud_where_it_matters(tmp_path: Path) -> None:
     """
-    A gateway process: requests to unclaimed paths (favicon) and connections
-    that never send a byte are counted in metrics, not logged; no Twisted
+    A gateway process: requests to unclaimed paths (favicon), connections
+    that never send a byte and kept-alive ones idle after their answer are
+    counted in metrics, not logged (a stalled request is); no Twisted
     "Starting/Stopping" line (the syslog sinks' UDP socket and TCP
     reconnections, the portal's HTTP client included); a refused upgrade is
     logged once, with its reason.
@@ -124,14 +125,21 @@ ProxyPass /portal tcp:host=127.0.0.1:port={echo} auth=sso
                 assert missing.value.code == 404
             socket.create_connection(("127.0.0.1", gw.port(0))).close()  # a spare connection, closed
             idle = socket.create_connection(("127.0.0.1", gw.port(0)))  # a spare connection, left to time out
+            kept = socket.create_connection(("127.0.0.1", gw.port(0)))  # answered, then kept alive idle
+            kept.sendall(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: keep-alive\r\n\r\n")
+            assert kept.recv(65536).startswith(b"HTTP/1.1 200 ")
+            stalled = socket.create_connection(("127.0.0.1", gw.port(0)))  # half a request: logged
+            stalled.sendall(b"GET / HTTP/1.1\r\n")
 
             def metric(name: str) -> float:
                 text = urllib.request.urlopen(admin + "/metrics", timeout=10).read().decode()
                 found = re.search(rf"^{name} (\S+)$", text, re.M)
                 return float(found.group(1)) if found else -1.0
 
-            assert wait_until(lambda: metric("tunnelgw_silent_connections_total") == 2, 10)
-            idle.close()
+            assert wait_until(lambda: metric("tunnelgw_silent_connections_total") == 3, 10)
+            gw.wait_log("handshake timed out")
+            for s in (idle, kept, stalled):
+                s.close()
             assert metric("tunnelgw_unrouted_requests_total") == 2
             assert session_status(f"ws://127.0.0.1:{gw.port(0)}/nowhere") == 404
             assert session_status(f"ws://127.0.0.1:{gw.port(0)}/echo") == 101
@@ -142,6 +150,6 @@ ProxyPass /portal tcp:host=127.0.0.1:port={echo} auth=sso
     finally:
         syslog.close()
     assert "favicon" not in log and "robots" not in log
-    assert "handshake timed out" not in log
+    assert log.count("handshake timed out") == 1  # the stalled request only
     assert not re.search(r"Start(ing|ed) (protocol|factory)|Stopping (protocol|factory)", log), log
     assert len(re.findall(r"request refused .*path='/nowhere' status=404 reason='no route", log)) == 1, log

@@ -15,7 +15,10 @@ time from accept) and parses it once (:mod:`tunnelgw.core.http`):
 A connection whose request head is not complete within the handshake
 timeout of being accepted is aborted (twisted.web's own timeout is reset by
 every byte, so a slowloris client dribbling a byte at a time would never meet
-it); a connection that stays plain HTTP lives at most that long.
+it); a connection that stays plain HTTP lives at most that long.  Only a
+connection caught mid-request is logged then (``handshake timed out``); one
+that never sent a byte, or was kept alive idle after its last answer (what
+browsers do all day), is counted in ``tunnelgw_silent_connections_total``.
 """
 
 from __future__ import annotations
@@ -53,6 +56,8 @@ class GatewayFront(Protocol):
         #: Whether the client has sent a byte: browsers open spare connections
         #: that never do, and those are counted, not logged.
         self._spoke = False
+        #: The twisted.web channel the connection went to, if it did.
+        self._channel: Optional[BoundedChannel] = None
 
     def connectionMade(self) -> None:
         """Arm the head deadline."""
@@ -62,7 +67,9 @@ class GatewayFront(Protocol):
 
     def _expired(self) -> None:
         self._deadline = None  # fired: connectionLost must not count the connection again
-        self.factory.expired(self.transport, silent=not self._spoke)
+        # Idle, not at fault: it never spoke, or it was kept alive after its last answer.
+        idle = not self._spoke or (self._channel is not None and self._channel.idle)
+        self.factory.expired(self.transport, silent=idle)
 
     def dataReceived(self, data: bytes) -> None:
         """Collect the head; once whole, hand the connection to a session or to twisted.web."""
@@ -88,6 +95,7 @@ class GatewayFront(Protocol):
             self.factory.gateway.upgrade(transport, head, buffer[end:])
             return
         channel = self.factory.site.buildProtocol(transport.getPeer())
+        self._channel = channel
         channel.deadline, self._deadline = self._deadline, None
         channel.front = self.factory
         hand_over(transport, channel)
@@ -207,6 +215,8 @@ class BoundedChannel(HTTPChannel):
     _head = 0
     _body = 0
     _refused = False
+    #: True while the connection is kept alive after an answer, nothing of a next request received.
+    idle = False
 
     def connectionMade(self) -> None:
         """Size the line limit to the head limit, so one long line is caught too."""
@@ -217,8 +227,14 @@ class BoundedChannel(HTTPChannel):
 
     def dataReceived(self, data: bytes) -> None:
         """Ignore everything after a refusal."""
+        self.idle = False
         if not self._refused:
             super().dataReceived(data)
+
+    def requestDone(self, request: Any) -> None:
+        """A request was answered: until the next byte, the connection is idle (its deadline closes it quietly)."""
+        super().requestDone(request)
+        self.idle = True
 
     def lineReceived(self, line: bytes) -> None:
         """Count head bytes (line ends included) before twisted.web parses the line."""

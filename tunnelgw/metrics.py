@@ -102,8 +102,8 @@ class GatewayMetrics:
                                 "page or Alias claims, answered 404 and counted instead of logged",
                                 registry=self.registry)
         self.silent_connections = Counter("tunnelgw_silent_connections", "Connections that ended (closed, or timed "
-                                          "out) without sending a byte, such as browsers' spare connections",
-                                          registry=self.registry)
+                                          "out) idle: without sending a byte (browsers' spare connections), or "
+                                          "kept alive after their last answer", registry=self.registry)
         self.redis_seconds = Histogram("tunnelgw_redis_lookup_seconds", "Token and owner lookups in Redis",
                                        ["source"], buckets=_CONNECT_BUCKETS, registry=self.registry)
         self.redis_errors = Counter("tunnelgw_redis_lookup_errors", "Token and owner lookups Redis could not answer",
