@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import socket
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -12,7 +13,7 @@ from support import GatewayProcess, free_port, session_status, wait_until
 from tunnelgw.core.accesslog import AccessEntry, combined_line, json_line
 from tunnelgw.core.redact import fingerprint
 
-SECRETS = ("SECRETPATHTOKEN", "SECRETREFERER", "SECRETQUERY", "SECRETSESSION", "SECRETREFUSED", "SECRETDESK",
+SECRETS = ("SECRETHEAD", "SECRETPATHTOKEN", "SECRETREFERER", "SECRETQUERY", "SECRETSESSION", "SECRETREFUSED", "SECRETDESK",
            "SECRETVNC")
 
 
@@ -46,8 +47,11 @@ AccessLog {{tmp}}/access.json format=json
         assert get(f"{base}/?token=SECRETQUERY&lang=en&password=SECRETVNC", {}) == 200
         assert session_status(f"ws://127.0.0.1:{gw.port()}/echo?token=SECRETSESSION") == 101
         assert session_status(f"ws://127.0.0.1:{gw.port()}/desk/SECRETREFUSED") == 403
+        with socket.create_connection(("127.0.0.1", gw.port())) as raw:  # a head twisted.web never parses
+            raw.sendall(b"GET /SECRETHEAD HTTP/1.1\r\nX: " + b"a" * 20000 + b"\r\n\r\n")
+            assert raw.recv(100).startswith(b"HTTP/1.1 431 ")
         text, js = tmp_path / "access.log", tmp_path / "access.json"
-        assert wait_until(lambda: text.exists() and len(text.read_text().splitlines()) == 4, 10), \
+        assert wait_until(lambda: text.exists() and len(text.read_text().splitlines()) == 5, 10), \
             text.read_text() if text.exists() else gw.log()
     lines = text.read_text().splitlines()
     records = [json.loads(line) for line in js.read_text().splitlines()]
@@ -65,7 +69,9 @@ AccessLog {{tmp}}/access.json format=json
     assert session["target"].startswith("/echo") and session["close_code"] == 1000
     refused = next(r for r in records if r["kind"] == "refused")
     assert refused["status"] == 403 and refused["target"] == f"/desk/{fingerprint('SECRETREFUSED')}"
-    assert [r["kind"] for r in records] == ["http", "http", "session", "refused"]
+    assert [r["kind"] for r in records] == ["http", "http", "session", "refused", "refused"]
+    assert records[4]["status"] == 431 and records[4]["method"] == "-"
+    assert lines[4].endswith('"- - -" 431 - "-" "-" reason="request head (request line and headers) too large"'), lines[4]
 
 
 def test_combined_line_escapes_what_a_client_sends() -> None:

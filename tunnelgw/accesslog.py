@@ -69,9 +69,12 @@ def event_entry(event: dict[str, Any], now: float) -> Optional[AccessEntry]:
                            route=str(fields.get("route", "")), bytes_up=int(fields.get("bytes_up", 0)),
                            bytes_down=int(fields.get("bytes_down", 0)), duration=float(fields.get("duration", 0.0)),
                            close_code=int(code) if isinstance(code, int) else None)
-    if kind in ("request.refused", "session.refused") and fields.get("kind") in _UPGRADE_REFUSALS:
-        return AccessEntry(time=when, client=str(fields.get("client", "-")), method="GET",
-                           target=hide_query_values(str(fields.get("path", ""))), protocol="HTTP/1.1",
+    refusal = fields.get("kind")
+    # A request refused before twisted.web read it (too large, malformed) names no path: twisted.web never logs it.
+    unparsed = refusal in ("request", "headers") and fields.get("path") == "-"
+    if kind in ("request.refused", "session.refused") and (refusal in _UPGRADE_REFUSALS or unparsed):
+        return AccessEntry(time=when, client=str(fields.get("client", "-")), method="-" if unparsed else "GET",
+                           target=hide_query_values(str(fields.get("path", ""))), protocol="-" if unparsed else "HTTP/1.1",
                            status=int(fields.get("status", 0)),
                            size=0, kind="refused", session=str(fields.get("session", "-")),
                            reason=str(fields.get("reason", "")))
