@@ -38,9 +38,12 @@ class Options(usage.Options):
 
     def opt_directives(self) -> None:
         """Print the configuration directives (a reference; see examples/tunnelgw.conf) and exit."""
-        print("Configuration directives (one per line, # starts a comment; KEY=VALUE options\n"
-              "in any order after the arguments; S: seconds, B: bytes, N: a number):")
-        print(directive_reference())
+        try:
+            print("Configuration directives (one per line, # starts a comment; KEY=VALUE options\n"
+                  "in any order after the arguments; S: seconds, B: bytes, N: a number):")
+            print(directive_reference(), flush=True)
+        except BrokenPipeError:
+            pass  # piped into head or a pager that quit: nothing more to say
         raise SystemExit(0)
 
     def opt_version(self) -> None:
