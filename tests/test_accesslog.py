@@ -85,7 +85,7 @@ def test_combined_line_escapes_what_a_client_sends() -> None:
 
 
 def test_reload_turns_access_logs_on_and_off(tmp_path: Path) -> None:
-    """A reload can add an AccessLog to a gateway that had none, and take it away (observer removed, file closed)."""
+    """A reload adds an AccessLog to a gateway that had none, opens a rotated file anew, and takes it away."""
     from twisted.internet.task import Clock
     from twisted.logger import LogPublisher
 
@@ -105,6 +105,11 @@ def test_reload_turns_access_logs_on_and_off(tmp_path: Path) -> None:
     publisher(dict(end))
     assert path.read_text() == ('192.0.2.1:5 - - [01/Jan/1970:00:00:00 +0000] "GET /vnc HTTP/1.1" 101 4 "-" "-" '
                                 'session=s1 route="vnc" up=3 down=4 seconds=2.5 close=1000\n')
+    rotated = tmp_path / "access.log.1"
+    path.rename(rotated)  # logrotate, then SIGHUP: the same directive opens a new file
+    logs.reconfigure((AccessLog(str(path), "combined", Location("gw.conf", 1)),))
+    publisher(dict(end))
+    assert len(rotated.read_text().splitlines()) == 1 and len(path.read_text().splitlines()) == 1
     logs.reconfigure(())
     publisher(dict(end))
     assert len(path.read_text().splitlines()) == 1
@@ -119,3 +124,34 @@ def test_query_values_are_fingerprinted() -> None:
     assert hide_query_values(f"/v.html?password=s%20x&token={fingerprint('t')}&flag") == \
         f"/v.html?password={fingerprint('s x')}&token={fingerprint('t')}&flag"
     assert hide_query_values("https://h/p?a=1#frag") == f"https://h/p?a={fingerprint('1')}"
+
+
+def test_a_file_that_cannot_be_written_is_said_once(tmp_path: Path) -> None:
+    """A write that fails is logged once per failing spell; the file is opened again at the next line."""
+    from twisted.internet.task import Clock
+    from twisted.logger import LogPublisher, globalLogPublisher
+
+    from tunnelgw.accesslog import AccessLogs
+    from tunnelgw.core.config import AccessLog
+    from tunnelgw.core.errors import Location
+
+    said: list[dict[str, object]] = []
+    globalLogPublisher.addObserver(said.append)
+    try:
+        publisher = LogPublisher()
+        folder = tmp_path / "later"
+        logs = AccessLogs(Clock(), (AccessLog(str(folder / "access.log"), "json", Location("gw.conf", 1)),),
+                          lambda text: text, publisher)
+        logs.start()
+        event = {"audit": "request.refused", "log_time": 0.0,
+                 "fields": {"client": "192.0.2.1", "path": "/x", "status": 404, "reason": "no route", "kind": "route"}}
+        publisher(dict(event))
+        publisher(dict(event))
+        folder.mkdir()
+        publisher(dict(event))
+        logs.stop()
+    finally:
+        globalLogPublisher.removeObserver(said.append)
+    texts = [str(e.get("log_format")) for e in said if e.get("log_namespace") == "tunnelgw.access"]
+    assert texts == ["access log {path} cannot be written, lines are lost: {why}", "access log {path} is written again"]
+    assert json.loads((folder / "access.log").read_text())["status"] == 404

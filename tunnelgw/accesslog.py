@@ -11,8 +11,9 @@ parameters and JWTs fingerprinted), then every query value left is
 fingerprinted too (:func:`tunnelgw.core.accesslog.hide_query_values`: a
 query may hold a secret no token rule names, such as noVNC's
 ``password=``); session and refusal events carry paths the same token
-redaction already made.  A file is opened in append mode and
-reopened when a reload names another.
+redaction already made.  A file is opened in append mode at its first line,
+and opened again after a reload (SIGHUP after logrotate moved it) or a
+failed write (said once in the log until it works again).
 """
 
 from __future__ import annotations
@@ -87,24 +88,36 @@ class _Sink:
     def __init__(self, spec: AccessLog) -> None:
         self.spec = spec
         self._file: Optional[IO[str]] = None
-        if spec.path != "-":
-            fd = os.open(spec.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
-            self._file = os.fdopen(fd, "a", encoding="utf-8", buffering=1)
+        self._failing = False
 
     def write(self, entry: AccessEntry) -> None:
         line = format_entry(entry, self.spec.format)
-        if self._file is None:
+        if self.spec.path == "-":
             _log.info("access {line}", line=line, fields={"access": entry.kind, "status": entry.status})
             return
         try:
+            if self._file is None:
+                fd = os.open(self.spec.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
+                self._file = os.fdopen(fd, "a", encoding="utf-8", buffering=1)
             self._file.write(line + "\n")
+            if self._failing:
+                self._failing = False
+                _log.info("access log {path} is written again", path=self.spec.path)
         except OSError as e:
-            _log.warn("access log {path} cannot be written: {why}", path=self.spec.path, why=str(e))
+            # Opened again at the next line (the disk may recover); said once per failing spell.
+            self.close()
+            if not self._failing:
+                self._failing = True
+                _log.warn("access log {path} cannot be written, lines are lost: {why}", path=self.spec.path,
+                          why=str(e))
 
     def close(self) -> None:
         if self._file is not None:
-            self._file.close()
-            self._file = None
+            file, self._file = self._file, None
+            try:
+                file.close()
+            except OSError:
+                pass
 
 
 class AccessLogs:
@@ -130,15 +143,13 @@ class AccessLogs:
         self.reconfigure(self._specs)
 
     def reconfigure(self, specs: tuple[AccessLog, ...]) -> None:
-        """Switch to new access logs (reload); an unchanged one keeps its open file."""
+        """Switch to new access logs (reload); every file is opened again, so SIGHUP follows a log rotation."""
         self._specs = specs
         if not self._started:
             return
-        old: dict[tuple[str, str], Optional[_Sink]] = {(s.spec.path, s.spec.format): s for s in self._sinks}
-        self._sinks = [old.pop((spec.path, spec.format), None) or _Sink(spec) for spec in specs]
-        for sink in old.values():
-            if sink is not None:
-                sink.close()
+        old, self._sinks = self._sinks, [_Sink(spec) for spec in specs]
+        for sink in old:
+            sink.close()
         if self._sinks and not self._observing:
             self._publisher.addObserver(self)
             self._observing = True
