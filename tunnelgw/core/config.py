@@ -25,7 +25,7 @@ from tunnelgw.core.audit import FACILITIES
 from tunnelgw.core.errors import ConfigError, Location, Problem
 from tunnelgw.core.hostpattern import listener_is_local, target_host
 from tunnelgw.core.options import Reader, choice, matching, number, read_options, whole
-from tunnelgw.core.tlsconfig import CLIENT_CERT_MODES, ListenTLS, parse_ssl_endpoint
+from tunnelgw.core.tlsconfig import CLIENT_CERT_MODES, CertPattern, ListenTLS, parse_cert_pattern, parse_ssl_endpoint
 from tunnelgw.core.targets import SUBSTITUTION, BackendTarget, PoolTarget, ReplayTarget, WebSocketURL, parse_target
 from tunnelgw.core.topoconfig import (AllowedTarget, Network, TopologyConfig, TopologyParser, read_allowed,
                                       redis_address)
@@ -109,8 +109,9 @@ class RouteOptions:
     :ivar allow_clients: client networks admitted on this route
         (``allowclients=CIDR,...``); empty: every client.
     :ivar auth: the forward-authentication portal of the route (``auth=NAME``).
-    :ivar cert_names: ``certname=NAME,...``: a verified client certificate
-        must carry one of these names (globs; see :mod:`tunnelgw.core.tlsconfig`);
+    :ivar cert_names: ``certname=PATTERN,...``: a verified client certificate
+        must carry a name one of these typed patterns matches (``cn:``,
+        ``dns:``, ``email:``, ``uri:``; see :mod:`tunnelgw.core.tlsconfig`);
         empty: no client certificate is asked of this route.
     """
 
@@ -126,7 +127,7 @@ class RouteOptions:
     allow_clients: tuple[Network, ...] = ()
     #: ``auth=NAME``: the ``AuthPortal`` asked before the backend is connected.
     auth: Optional[str] = None
-    cert_names: tuple[str, ...] = ()
+    cert_names: tuple[CertPattern, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -452,11 +453,11 @@ def _file_name(value: str) -> str:
     return value
 
 
-def _cert_names(value: str) -> tuple[str, ...]:
-    names = tuple(n.strip() for n in value.split(","))
-    if not all(n and n.isprintable() and " " not in n for n in names):
-        raise ValueError(f"takes comma-separated names or globs (CN or subject alternative names), got {value!r}")
-    return names
+def _cert_names(value: str) -> tuple[CertPattern, ...]:
+    names = [n.strip() for n in value.split(",")]
+    if not all(names):
+        raise ValueError(f"takes comma-separated name patterns (cn:, dns:, email:, uri: or a bare CN), got {value!r}")
+    return tuple(parse_cert_pattern(n) for n in names)
 
 
 def _rate(value: str) -> float:
