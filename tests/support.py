@@ -27,7 +27,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import pytest
 
@@ -576,13 +576,28 @@ def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
     server.stop()
 
 
-def session_status(url: str, headers: Optional[dict[str, str]] = None) -> int:
-    """101 when a session at url opens and echoes a byte, else the status its handshake was refused with."""
+@contextlib.contextmanager
+def connect_from(url: str, source: str) -> Iterator[Any]:
+    """A websockets client (ws:// only) whose connection comes from the loopback address source."""
+    from websockets.sync.client import connect
+
+    host, port = url.split("/")[2].rsplit(":", 1)
+    sock = socket.create_connection((host, int(port)), timeout=5, source_address=(source, 0))
+    with connect(url, sock=sock, open_timeout=5) as ws:
+        yield ws
+
+
+def session_status(url: str, headers: Optional[dict[str, str]] = None, source: Optional[str] = None) -> int:
+    """
+    101 when a session at url opens and echoes a byte, else the status its
+    handshake was refused with; source: the client's loopback address.
+    """
     from websockets.exceptions import InvalidStatus
     from websockets.sync.client import connect
 
     try:
-        with connect(url, additional_headers=headers, open_timeout=5) as ws:
+        with (connect(url, additional_headers=headers, open_timeout=5) if source is None
+              else connect_from(url, source)) as ws:
             ws.send(b"x")
             assert ws.recv(timeout=5) == b"x"
             return 101
