@@ -206,7 +206,7 @@ TokenRoute /vnc signed maxperdesktop=1 maxperuser=2
 
 
 def test_one_gateway_admits_one_client_per_desktop(tmp_path: Path, redis_server: RedisServer, backend: TcpServer) -> None:
-    """maxperdesktop=1 on a lone gateway: fifteen channels of one client open, a second client gets 503 until the first leaves."""
+    """maxperdesktop=1 on a lone gateway: fifteen channels of one client open, a second client gets 503 until the first leaves; maxperuser counts a desktop with two clients once."""
     import contextlib
     import time
 
@@ -219,9 +219,14 @@ Listen tcp:port=0:interface=127.0.0.1
 Pool redis://127.0.0.1:{redis_server.port}/0 name=solo ttl=3 refresh=0.5
 TokenSource signed jwt {secret} allow=127.0.0.1:{backend.port}
 TokenRoute /spice signed maxperdesktop=1
+TokenRoute /shared signed maxperdesktop=2 maxperuser=1
 """
-    token = jwt.encode({"host": "127.0.0.1", "port": backend.port, "exp": int(time.time()) + 60}, b"s" * 32,
-                       algorithm="HS256")
+
+    def mint(**claims: str) -> str:
+        return jwt.encode({"host": "127.0.0.1", "port": backend.port, "exp": int(time.time()) + 60, **claims},
+                          b"s" * 32, algorithm="HS256")
+
+    token = mint()
     with GatewayProcess(config, tmp_path, name="solo") as gw:
         url = f"ws://127.0.0.1:{gw.port()}/spice?token={token}"
         with contextlib.ExitStack() as channels:
@@ -234,6 +239,13 @@ TokenRoute /spice signed maxperdesktop=1
         gw.wait_log(r"client=127\.0\.0\.21:\d+ .*status=503 reason='this desktop is at its session limit in the pool'")
         assert wait_until(lambda: gw.log().count("session end") == 15, 10)
         assert session_status(url, source="127.0.0.21") == 101
+        # A user's limit counts desktops: two clients of one desktop are one desktop of bob's.
+        shared = f"ws://127.0.0.1:{gw.port()}/shared?token="
+        desk_a, desk_b = mint(desk="a", user="bob"), mint(desk="b", user="bob")
+        with connect_from(shared + desk_a, "127.0.0.20"), connect_from(shared + desk_a, "127.0.0.21"):
+            assert session_status(shared + desk_a, source="127.0.0.22") == 503  # its third client
+            assert session_status(shared + desk_b, source="127.0.0.20") == 503  # bob's second desktop
+        gw.wait_log(r"this user is at its session limit in the pool")
 
 
 def test_a_redirect_does_not_burn_a_single_use_token(tmp_path: Path, redis_server: RedisServer,
