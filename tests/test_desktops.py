@@ -123,3 +123,43 @@ TokenRoute /spice files
         with connect(url + "desk2", open_timeout=5) as ws:  # the slot is free again
             ws.send(b"y")
             assert ws.recv(timeout=5) == b"y"
+
+
+def test_second_client_refused_in_memory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """In memory (MemoryReactorClock, StringTransport): one client's two channels share the slot of Limit sessions=1; another client's channel gets 503 until they end."""
+    import txaio
+    from twisted.internet.address import IPv4Address
+    from twisted.internet.testing import MemoryReactorClock
+
+    from test_session import Gateway, Transport, handshake, lose
+
+    txaio.use_twisted()
+    monkeypatch.setattr(txaio.config, "loop", MemoryReactorClock())  # as test_session does: no global reactor
+    tokens = tmp_path / "tokens"
+    tokens.write_text("desk1: 10.0.0.1:5900\n")
+    gw = Gateway(f"Limit sessions=1 rate=0\nTokenSource files file {tokens} allow=10.0.0.0/8:1-65535 reload=0\n"
+                 "TokenRoute /spice files\n")
+
+    def channel(host: str, port: int) -> Transport:
+        transport = Transport(peerAddress=IPv4Address("TCP", host, port))
+        protocol = gw.service.front.buildProtocol(transport.getPeer())
+        protocol.makeConnection(transport)
+        transport.protocol = protocol
+        protocol.dataReceived(handshake(b"/spice?token=desk1"))
+        return transport
+
+    main = channel("192.0.2.1", 40001)
+    gw.connect_backend()
+    display = channel("192.0.2.1", 40002)
+    gw.connect_backend()
+    assert main.value().startswith(b"HTTP/1.1 101 ") and display.value().startswith(b"HTTP/1.1 101 ")
+    assert gw.factory.session_counts.live == 1
+    other = channel("192.0.2.2", 40003)
+    assert other.value().startswith(b"HTTP/1.1 503 "), other.value()
+    for transport in (other, main, display):
+        lose(transport)
+    assert gw.factory.session_counts.live == 0 and gw.factory.session_counts.desktops == 0
+    again = channel("192.0.2.2", 40004)
+    gw.connect_backend()
+    assert again.value().startswith(b"HTTP/1.1 101 ")
+    lose(again)
