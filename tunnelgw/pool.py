@@ -106,10 +106,12 @@ class PoolRegistry:
         self._errors = (redis.RedisError, OSError)
         self._threads = ThreadPool(minthreads=1, maxthreads=2, name="tunnelgw-pool")
         self._written: set[str] = set()
-        #: Pool-wide limit places: hold -> [channels here, its (key, member) pairs]...
+        #: Pool-wide limit places: hold -> [channels here, its (key, member) pairs]; channels
+        #: here per (key, member) of a limit set that hold a place (refreshed in Redis) and that
+        #: wait for Redis to grant one (their place is not given back while they wait).
         self._held: dict[str, list[Any]] = {}
-        #: ...and channels here (held or being acquired) per (key, member) of a limit set.
         self._places: dict[tuple[str, str], int] = {}
+        self._pending: dict[tuple[str, str], int] = {}
         self._acquire = self._redis.register_script(_ACQUIRE)
         self._busy = False
         self._degraded = False
@@ -264,12 +266,11 @@ class PoolRegistry:
         entry = self._held.get(hold)
         if entry is not None:
             entry[0] += 1
-            self._take_places(entry[1])
+            _count(self._places, entry[1], 1)
             return defer.succeed(None)
         places = [(self._key("limit", key), f"{self.spec.name} {group}") for key, _, group in limits]
         ttl = int(max(1, round(self.spec.ttl)))
-        # Counted before Redis answers, so that a release meanwhile never removes a place this needs.
-        self._take_places(places)
+        _count(self._pending, places, 1)
 
         def take() -> int:
             now = time.time()
@@ -277,53 +278,45 @@ class PoolRegistry:
             return int(self._acquire(keys=[key for key, _ in places], args=args))
 
         def taken(full: int) -> Optional[str]:
+            _count(self._pending, places, -1)
             if full:
-                self._drop_places(places)
+                self._give_back(places)
                 return limits[full - 1][0]
+            _count(self._places, places, 1)
             self._held.setdefault(hold, [0, places])[0] += 1
             return None
 
         def failed(failure: Any) -> Any:
-            self._drop_places(places)  # left in Redis, if the script ran, until it expires after ttl
+            _count(self._pending, places, -1)
+            self._give_back(places)  # if the script ran all the same; else its places expire after ttl
             return self._noted(failure, "acquire")
 
         d = self._call(take)
         d.addCallbacks(taken, failed)
         return d
 
-    def _take_places(self, places: list[tuple[str, str]]) -> None:
-        for place in places:
-            self._places[place] = self._places.get(place, 0) + 1
-
-    def _drop_places(self, places: list[tuple[str, str]]) -> list[tuple[str, str]]:
-        """Count one channel less in each place; the places no channel here needs any more."""
-        gone = []
-        for place in places:
-            left = self._places[place] - 1
-            if left:
-                self._places[place] = left
-            else:
-                del self._places[place]
-                gone.append(place)
-        return gone
-
     def release(self, hold: str) -> None:
-        """Give back one channel's share of hold's places; a place goes with the last channel that needs it."""
+        """Give back one channel's share of hold's places; a place goes with the last channel here that needs it."""
         entry = self._held.get(hold)
         if entry is None:
             return
         entry[0] -= 1
         if not entry[0]:
             del self._held[hold]
-        gone = self._drop_places(entry[1])
+        _count(self._places, entry[1], -1)
+        self._give_back(entry[1])
+
+    def _give_back(self, places: list[tuple[str, str]]) -> None:
+        """Remove from Redis those of places that no channel here holds or waits for."""
+        gone = [place for place in places if place not in self._places and place not in self._pending]
         if not gone:
             return
 
-        def give_back() -> None:
+        def remove() -> None:
             for key, member in gone:
                 self._redis.zrem(key, member)
 
-        self._call(give_back).addErrback(self._noted, "release").addErrback(lambda _: None)  # expires after ttl
+        self._call(remove).addErrback(self._noted, "release").addErrback(lambda _: None)  # expires after ttl
 
     def _subscribe(self) -> None:
         """In a pool thread: listen for closes (redis-py's thread re-subscribes after a reconnect)."""
@@ -346,6 +339,16 @@ class PoolRegistry:
         if session is not None:
             _log.info("pool close session={session} (asked through the pool)", session=session_id)
             session.close_session(POOL_CLOSE)
+
+
+def _count(counts: dict[tuple[str, str], int], places: list[tuple[str, str]], step: int) -> None:
+    """Add step to each place's count; a count that drops to zero is removed."""
+    for place in places:
+        left = counts.get(place, 0) + step
+        if left:
+            counts[place] = left
+        else:
+            del counts[place]
 
 
 class SingleUseLink(WrappedLink):
