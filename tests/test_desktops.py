@@ -17,7 +17,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect
 
 from support import GatewayProcess, TcpServer, backend, connect_from, wait_until
-from tunnelgw.core.limits import SessionCounts
+from tunnelgw.core.limits import MAX_CHANNELS, SessionCounts
 from tunnelgw.core.routing import Reject
 
 
@@ -75,6 +75,19 @@ TokenRoute /spice files
         with connect_from(url, "127.0.0.2") as ws:  # the first client left: the slot is free
             ws.send(b"y")
             assert ws.recv(timeout=5) == b"y"
+
+
+def test_channels_sharing_a_slot_are_bounded() -> None:
+    """One client's session of a desktop takes at most MAX_CHANNELS channels; the next gets 503, and one may come back after a release."""
+    counts = SessionCounts(total=0, per_client=0)
+    channels = [counts.admit("/spice", None, "c", desktop="tok:1", session_id=f"s{i}") for i in range(MAX_CHANNELS)]
+    assert not any(isinstance(c, Reject) for c in channels) and counts.live == 1
+    refused = counts.admit("/spice", None, "c", desktop="tok:1", session_id="over")
+    assert isinstance(refused, Reject) and refused.status == 503 and "channels" in refused.reason
+    last = channels.pop()
+    assert not isinstance(last, Reject)
+    counts.release(last)
+    assert not isinstance(counts.admit("/spice", None, "c", desktop="tok:1", session_id="back"), Reject)
 
 
 def admin_get(port: int, path: str) -> str:

@@ -337,7 +337,7 @@ class GatewayFactory(SharedOptions, WebSocketServerFactory):  # type: ignore[mis
             (f"user:{decision.user}", rule.max_per_user if decision.user else 0, decision.desktop)) if n
         ] if isinstance(rule, TokenRouteSpec) else []
         if limits and self.pool is not None:
-            link = PoolLimitLink(link, self.pool, f"{decision.desktop} {client}", limits)
+            link = PoolLimitLink(link, self.pool, f"{rule.path} {decision.desktop} {client}", limits)
         topology = self.topology
         if decision.desktop_host and not hopped and topology is not None and topology.owners_source is not None:
             relay: Optional[Callable[[str], BackendLink]] = None

@@ -15,7 +15,11 @@ from typing import Any, Optional, Union
 
 from tunnelgw.core.routing import Reject
 
-__all__ = ["Admission", "HandshakeRate", "SessionCounts"]
+__all__ = ["MAX_CHANNELS", "Admission", "HandshakeRate", "SessionCounts"]
+
+#: Channels of one client's session of a desktop that share its slot (SPICE opens about a
+#: dozen: main, displays, inputs, cursor, sound, USB redirection...); one more gets 503.
+MAX_CHANNELS = 32
 
 
 @dataclass(frozen=True)
@@ -36,7 +40,8 @@ class SessionCounts:
     The sessions of one desktop from one client (the channels of a SPICE
     client, say) are one logical session and take one slot together: the
     first one's, held until the last one ends.  Another client of the same
-    desktop is another session, with a slot of its own.  "Client" is the
+    desktop is another session, with a slot of its own.  At most
+    :data:`MAX_CHANNELS` channels share a slot.  "Client" is the
     client address as the gateway determined it (see
     :mod:`tunnelgw.core.clientaddr`): clients behind one NAT share it.
 
@@ -62,6 +67,8 @@ class SessionCounts:
         """
         joined = self._desktops.get((desktop, client)) if desktop else None
         if joined is not None:
+            if joined[0] >= MAX_CHANNELS:
+                return Reject(503, "too many channels of this desktop session")
             joined[0] += 1
             return Admission(route, client, joined[1], desktop)
         if self.total_limit and self.live >= self.total_limit:
