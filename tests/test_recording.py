@@ -414,3 +414,32 @@ def test_open_inside_refuses_what_is_not_a_regular_file_of_the_folder(tmp_path: 
             os.close(open_inside(str(tmp_path), name))
     with pytest.raises(FileNotFoundError):
         open_inside(str(tmp_path), "missing.js")
+
+
+def test_a_recording_unreadable_after_its_first_batch_closes_with_a_generic_reason(tmp_path: Path) -> None:
+    """Bytes that are not ASCII past the first batch end the replay with 1011 and a reason that quotes nothing of the file."""
+    from websockets.exceptions import ConnectionClosed
+
+    from tunnelgw.backends.replay import BATCH_BYTES, UNREADABLE
+
+    folder = tmp_path / "recordings"
+    folder.mkdir()
+    chunk = b"a" * (BATCH_BYTES // 2 + 1)
+    # The third frame keeps the bad bytes out of the text buffer that the first batch decodes.
+    text = (HEADER + encode_frame(Frame(True, 0, chunk)) + encode_frame(Frame(True, 1, chunk))
+            + encode_frame(Frame(True, 2, b"b" * 65536)))
+    (folder / "0123456789ab.js").write_bytes(text.encode() + "'{2{s\u00e9cret',\n".encode("utf-8") + FOOTER.encode())
+    config = f"""
+Listen tcp:port=0:interface=127.0.0.1
+ProxyPass /replay replay:{folder}
+"""
+    with GatewayProcess(config, tmp_path) as gw:
+        with connect(f"ws://127.0.0.1:{gw.port()}/replay/0123456789ab", open_timeout=5, max_size=None) as ws:
+            received = 0
+            with pytest.raises(ConnectionClosed) as closed:
+                while True:
+                    received += len(ws.recv(timeout=10))
+            assert 2 * len(chunk) <= received <= 2 * len(chunk) + 65536
+            assert closed.value.rcvd is not None and (closed.value.rcvd.code, closed.value.rcvd.reason) == (1011, UNREADABLE)
+        gw.wait_log(r"replay stopped: replay:\S+/0123456789ab cannot be read: not ASCII text")
+        assert "\u00e9" not in gw.log()
