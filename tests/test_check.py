@@ -86,7 +86,7 @@ def example_copy(tmp_path: Path, redis_port: int) -> str:
     for fixed in ("8080", "8081", "9090"):
         text = re.sub(rf"\b{fixed}\b", str(free_port()), text)
     text = text.replace(" examples/", f" {REPO}/examples/").replace(":6379/", f":{redis_port}/")
-    return text.replace("Recording /var/tmp", f"Recording {tmp_path}").replace("replay:/var/tmp", f"replay:{tmp_path}")
+    return text.replace("Recording /var/tmp ", f"Recording {tmp_path} ").replace("replay:/var/tmp ", f"replay:{tmp_path} ")
 
 
 def test_main_example_starts_with_the_extra(tmp_path: Path) -> None:
