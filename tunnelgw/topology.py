@@ -200,10 +200,9 @@ class Topology:
                 return None
             return Reject(426, "this path is a WebSocket endpoint; open it with a WebSocket client")
         # A pool hop's Origin was checked by the gateway that relayed it.
-        refused = None if hop else self._check_origin(path, request)
+        refused = None if hop else self._check_origin(view, request)
         if refused is not None:
-            # The reason names the gateway's own origin, which holds a from=host token.
-            return Reject(refused.status, view.scrub(refused.reason))
+            return refused
         if route_spec is None:
             return None
         options = RouteOptions(connect_timeout=route_spec.connect_timeout)
@@ -230,13 +229,21 @@ class Topology:
         found = [r for r in self.config.token_routes if _under(path, r.path)]
         return max(found, key=lambda r: len(r.path)) if found else None
 
-    def _check_origin(self, path: str, request: Any) -> Optional[Reject]:
-        """The longest ``OriginAllow`` rule over path decides; without one, only the gateway's own origin."""
-        rules: list[OriginRule] = [r for r in self.config.origins if _under(path, r.path)]
+    def _check_origin(self, view: RequestView, request: Any) -> Optional[Reject]:
+        """
+        The longest ``OriginAllow`` rule over the path decides; without one,
+        only the gateway's own origin.  The reason names origins redacted
+        (the gateway's own holds a ``from=host`` token).
+        """
+        rules: list[OriginRule] = [r for r in self.config.origins if _under(view.path, r.path)]
         allowed = max(rules, key=lambda r: len(r.path)).origins if rules else None
         origin = request.getHeader(b"origin")
         host, secure = self._seen_by_client(request)
-        why = origin_refusal(None if origin is None else origin.decode("latin-1"), host, secure, allowed)
+
+        def show(url: str) -> str:
+            return view.scrub(self.redaction.url(url) if "://" in url else url)
+
+        why = origin_refusal(None if origin is None else origin.decode("latin-1"), host, secure, allowed, show)
         return Reject(403, why) if why is not None else None
 
     def _seen_by_client(self, request: Any) -> tuple[str, bool]:

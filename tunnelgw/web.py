@@ -120,7 +120,17 @@ class GatewayResource(Resource):
         status with its reason.  Every kind goes through the gateway's one
         decision (:meth:`~tunnelgw.gateway.GatewayFactory.decide`) on the
         request's one view, so a route's guards hold for all of them.
+
+        A HEAD answer's body is dropped here (with its length kept), so that
+        twisted.web never logs its warning line, which names the raw request.
         """
+        body = self._answer(request)
+        if request.method == b"HEAD" and isinstance(body, bytes) and body:
+            request.setHeader(b"content-length", b"%d" % len(body))
+            return b""
+        return body
+
+    def _answer(self, request: Request) -> Any:
         head = _head_of(request)
         if is_upgrade(head):
             return self._upgrade(request, head)

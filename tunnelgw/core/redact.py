@@ -173,7 +173,13 @@ class Redaction:
         return urlunsplit((parts.scheme, netloc, shown_path, query, fragment))
 
     def __call__(self, text: str) -> str:
-        """A path, target or URL (told apart by ``://``), its tokens fingerprinted."""
-        if "://" in text and not text.startswith("/"):
+        """
+        A path or target (starting with ``/``), a URL (with ``://``) or other
+        text naming a backend (an endpoint string), its tokens fingerprinted.
+        """
+        if text.startswith("/"):
+            return self.uri(text)
+        if "://" in text:
             return self.url(text)
-        return self.uri(text)
+        rest, mark, query = text.partition("?")
+        return _JWT.sub(lambda m: fingerprint(m.group(0)), rest) + (mark + redact_query(query, self.params) if mark else "")

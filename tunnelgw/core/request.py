@@ -78,12 +78,16 @@ class RequestView:
 
 
 def hide_token(text: str, token: str) -> str:
-    """text with every occurrence of token replaced by its fingerprint (fingerprints already there are kept)."""
-    if not token or token not in text:
+    """
+    text with every occurrence of token, in any letter case (a host name is
+    lower-cased on its way), replaced by its fingerprint; fingerprints already
+    there are kept.
+    """
+    if not token or token.lower() not in text.lower():
         return text
     shown = fingerprint(token)
     return re.sub(r"tok:[0-9a-f]{8}|" + re.escape(token),
-                  lambda m: m.group(0) if _FINGERPRINT.fullmatch(m.group(0)) else shown, text)
+                  lambda m: m.group(0) if _FINGERPRINT.fullmatch(m.group(0)) else shown, text, flags=re.IGNORECASE)
 
 
 _FINGERPRINT = re.compile(r"tok:[0-9a-f]{8}")
