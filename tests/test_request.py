@@ -27,7 +27,7 @@ from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.logger import globalLogPublisher
 from twisted.web.test.requesthelper import DummyRequest
 
-from test_session import Gateway, handshake, lose
+from test_session import Gateway, Transport, handshake, lose
 from tunnelgw.admin import AdminResource
 from tunnelgw.core.audit import AUDIT_EVENTS, AuditEvent, rfc5424
 from tunnelgw.core.http import parse_head
@@ -304,7 +304,7 @@ def test_unreadable_targets_refused_with_line_and_event(folder: Path, target: by
 
 
 def _client_from(gw: Gateway, address: str) -> StringTransport:
-    transport = StringTransport(peerAddress=IPv4Address("TCP", address, 40000))
+    transport = Transport(peerAddress=IPv4Address("TCP", address, 40000))
     protocol = gw.service.front.buildProtocol(transport.getPeer())
     transport.protocol = protocol
     protocol.makeConnection(transport)
@@ -325,3 +325,326 @@ def test_plain_http_on_a_guarded_ws_route_never_reaches_the_backend() -> None:
     honest = _client_from(gw, "10.9.9.7")
     honest.protocol.dataReceived(b"POST /restricted/api/delete HTTP/1.1\r\nHost: gw\r\nContent-Length: 6\r\n\r\nDELETE")
     assert [(h, p) for h, p, *_ in gw.reactor.tcpClients] == [("127.0.0.1", 5999)]
+
+
+_GUARDED = ("/g/a", "/gm/7", "/w/index.html", "/gr/0123456789ab", "/g/static/app.js")
+
+
+def _guarded_world(folder: Path) -> Gateway:
+    (folder / "static").mkdir(exist_ok=True)
+    (folder / "static" / "app.js").write_text("file-body")
+    (folder / "rec").mkdir(exist_ok=True)
+    (folder / "rec" / "0123456789ab.js").write_text("")
+    guard = "allowclients=10.9.9.0/24"
+    return Gateway(f"ProxyPass /g tcp:host=127.0.0.9:port=5900 {guard}\n"
+                   f"ProxyPassMatch ^/gm/(\\d+)$ tcp:host=127.0.0.$1:port=5900 {guard}\n"
+                   f"ProxyPass /w ws://127.0.0.9:5902/app {guard}\n"
+                   f"ProxyPass /gr replay:{folder / 'rec'} {guard}\n"
+                   f"Alias /g/static {folder / 'static'}\n")
+
+
+@pytest.mark.timeout(300)
+def test_guarded_routes_never_reach_their_backend_for_a_refused_client(folder: Path) -> None:
+    """Any spelling, method or kind of request (upgrade, plain, POST with a body, file, replay) to a guarded route: 403 and nothing reached for a refused client; the admitted one gets through."""
+    gw = _guarded_world(folder)
+
+    @settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(data=st.data())
+    def check(data: st.DataObject) -> None:
+        path = data.draw(st.sampled_from(_GUARDED))
+        target = _spell(path, data) + data.draw(st.sampled_from(["", "?x=1"]))
+        method = data.draw(st.sampled_from(["GET", "POST", "HEAD", "PUT", "DELETE", "OPTIONS"]))
+        upgrade = method == "GET" and data.draw(st.booleans())
+        request = (handshake(target.encode()) if upgrade else
+                   f"{method} {target} HTTP/1.1\r\nHost: gw\r\nContent-Length: 9\r\n\r\nSECRETBDY".encode())
+        admitted = data.draw(st.booleans())
+        address = data.draw(st.sampled_from(["10.9.9.1", "10.9.9.254"] if admitted else
+                                            ["127.0.0.1", "10.9.8.255", "10.9.10.0", "192.0.2.1"]))
+        gw.reactor.tcpClients.clear()
+        client = _client_from(gw, address)
+        client.protocol.dataReceived(request)
+        answer = client.value()
+        if not admitted:
+            assert _status(client) == 403, (address, request, answer)
+            assert gw.reactor.tcpClients == [] and b"file-body" not in answer and b" 101 " not in answer
+            return
+        assert not answer or _status(client) != 403, (address, request, answer)  # a session waits for its backend
+        backend = path.split("/")[1]
+        if backend in ("g", "gm", "w") and not path.startswith("/g/static") and (upgrade or backend == "w"):
+            assert gw.reactor.tcpClients, (address, request, answer)
+
+    check()
+
+
+# The guard x request-kind table of docs/security.rst, walked.
+
+def decision_table() -> dict[tuple[str, str], str]:
+    """The cells of the table in docs/security.rst: (guard, kind) -> ``yes``, ``no`` or ``n/a``."""
+    text = (Path(__file__).resolve().parent.parent / "docs" / "security.rst").read_text()
+    lines = text.split("tests/test_request.py::test_decision_table.", 1)[1].strip("\n").splitlines()
+    rule = lines[0]
+    spans = [(m.start(), m.end()) for m in re.finditer(r"=+", rule)]
+    cut = lambda line: [line[a:b if i < len(spans) - 1 else None].strip() for i, (a, b) in enumerate(spans)]  # noqa: E731
+    kinds = cut(lines[1])[1:]
+    cells = {}
+    for line in lines[3:]:
+        if line.startswith("="):
+            break
+        guard, *values = cut(line)
+        cells.update({(guard, kind): value for kind, value in zip(kinds, values)})
+    return cells
+
+
+def test_decision_table_is_complete() -> None:
+    """The table names every guard and kind, and each cell says yes, no or n/a."""
+    cells = decision_table()
+    assert {g for g, _ in cells} == {"allowclients=", "auth=", "certname=", "Origin", "token", "limits", "rate"}
+    assert {k for _, k in cells} == {"upgrade", "plain HTTP", "Alias file", "replay", "lookup", "redirect"}
+    assert set(cells.values()) <= {"yes", "no", "n/a"}
+
+
+class TlsWorld:
+    """
+    A gateway process over TLS (client certificates optional) with a real
+    forward-auth portal, a backend that records what reaches it, an Alias
+    folder and recordings, for the guards a route can carry.
+    """
+
+    def __init__(self, folder: Path) -> None:
+        from support import GatewayProcess, TcpServer, make_client_cert, make_pki
+        from test_certificates import _install, _listen
+        from test_forwardauth import Portal
+
+        pki = make_pki(folder / "pki")
+        live = folder / "live"
+        _install(pki, live)
+        self.alice = make_client_cert(pki, folder / "people", "alice")
+        self.bob = make_client_cert(pki, folder / "people", "bob")
+        self.received = bytearray()
+        self.backend = TcpServer(self._answer)
+        self.portal = Portal(1)
+        (folder / "static").mkdir()
+        (folder / "static" / "app.js").write_text("file-body")
+        (folder / "rec").mkdir()
+        long_frame = "'{600000{RFB 003.008\\n',\n"  # a recording that plays for ten minutes
+        (folder / "rec" / "0123456789ab.js").write_text(
+            "var VNC_frame_encoding = 'binary';\nvar VNC_frame_data = [\n" + long_frame + "'EOF'];\n")
+        ws = f"ws://127.0.0.1:{self.backend.port}/app"
+        rec = folder / "rec"
+        guards = {"allowclients-no": "allowclients=10.9.9.0/24", "allowclients-ok": "allowclients=127.0.0.0/8",
+                  "auth": "auth=sso", "certname": "certname=alice"}
+        config = _listen(live, f"clientca={pki.ca_cert} clientcert=optional")
+        config += f"AuthPortal sso http://127.0.0.1:{self.portal.port}/auth timeout=5 cache=0\nLimit rate=1/m\n"
+        for name, guard in guards.items():
+            config += (f"ProxyPass /{name} {ws} {guard}\nAlias /{name}/static {folder / 'static'}\n"
+                       f"ProxyPass /replay-{name} replay:{rec} {guard}\n")
+        config += f"ProxyPass /replay-open replay:{rec}\nProxyPass /replay-limited replay:{rec} maxsessions=1\n"
+        self.gateway = GatewayProcess(config, folder).start()
+        self.port = self.gateway.port()
+        self._sources = iter(range(10, 250))
+
+    def _answer(self, conn: Any) -> None:
+        """The backend: read a request (head and body), record it, answer 200."""
+        data = b""
+        while b"\r\n\r\n" not in data:
+            chunk = conn.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+        length = re.search(rb"(?i)content-length: *(\d+)", data)
+        want = data.index(b"\r\n\r\n") + 4 + int(length.group(1)) if length and b"\r\n\r\n" in data else len(data)
+        while len(data) < want:
+            chunk = conn.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+        self.received += data
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 7\r\nConnection: close\r\n\r\nbackend")
+        conn.close()
+
+    def ask(self, request: bytes, cert: Optional[Path] = None, source: Optional[str] = None,
+            keep: Optional[list[Any]] = None) -> tuple[int, bytes]:
+        """Send request over TLS from a fresh 127.0.0.N (or source); the status and what came back."""
+        import socket
+
+        from test_certificates import _client_context
+
+        address = source or f"127.0.0.{next(self._sources)}"
+        raw = socket.create_connection(("127.0.0.1", self.port), timeout=15, source_address=(address, 0))
+        tls = _client_context(cert).wrap_socket(raw)
+        tls.sendall(request)
+        out = b""
+        while True:
+            if b"\r\n\r\n" in out and (b" 101 " in out.split(b"\r\n", 1)[0]):
+                break
+            chunk = tls.recv(65536)
+            if not chunk:
+                break
+            out += chunk
+        if keep is not None:
+            keep.append(tls)
+        else:
+            tls.close()
+        return int(out.split(b" ", 2)[1]), out
+
+    def stop(self) -> None:
+        self.gateway.stop()
+        self.backend.stop()
+        self.portal.stop()
+
+
+@pytest.fixture(scope="module")
+def tls_world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TlsWorld]:
+    world = TlsWorld(tmp_path_factory.mktemp("tlsworld"))
+    yield world
+    world.stop()
+
+
+def _plain(path: str, body: bytes = b"", headers: str = "") -> bytes:
+    method = "POST" if body else "GET"
+    return (f"{method} {path} HTTP/1.1\r\nHost: gw\r\nConnection: close\r\nContent-Length: {len(body)}\r\n"
+            f"{headers}\r\n").encode() + body
+
+
+def _who(guard: str, honest: bool, world: TlsWorld) -> tuple[str, Optional[Path], str]:
+    """The route, certificate and headers of a client the guard admits (honest) or refuses."""
+    if guard == "allowclients=":
+        return ("/allowclients-ok" if honest else "/allowclients-no"), None, ""
+    if guard == "auth=":
+        return "/auth", None, f"Cookie: session={'good' if honest else 'bad'}\r\n"
+    return "/certname", world.alice if honest else world.bob, ""
+
+
+def _route_guard_case(guard: str, kind: str, world: TlsWorld) -> None:
+    """A route guard on one request kind: refused client, 403 and nothing reached; honest client, reached."""
+    for honest in (False, True):
+        base, cert, headers = _who(guard, honest, world)
+        before, asked = len(world.received), len(world.portal.asked)
+        body = b""
+        if kind == "upgrade":
+            request = handshake(f"{base}/x".encode(), headers.encode())
+        elif kind == "plain HTTP":
+            body = f"DELETE-EVERYTHING-{guard}-{honest}".encode()
+            request = _plain(f"{base}/api/delete", body, headers)
+        elif kind == "Alias file":
+            request = _plain(f"{base}/static/app.js", headers=headers)
+        else:
+            request = handshake(f"/replay-{base[1:]}/0123456789ab".encode(), headers.encode())
+        status, answer = world.ask(request, cert)
+        if guard == "auth=":
+            assert len(world.portal.asked) == asked + 1, "the portal is asked for every kind"
+        if not honest:
+            assert status == 403, (guard, kind, answer)
+            assert len(world.received) == before and b"file-body" not in answer
+            continue
+        if kind == "upgrade":
+            assert wait_until_true(lambda: len(world.received) > before), (guard, kind, answer)
+        elif kind == "plain HTTP":
+            assert status == 200 and answer.endswith(b"backend") and body in world.received, (guard, kind, answer)
+        elif kind == "Alias file":
+            assert status == 200 and answer.endswith(b"file-body"), (guard, kind, answer)
+        else:
+            assert status == 101, (guard, kind, answer)
+
+
+def wait_until_true(predicate: Any) -> bool:
+    from support import wait_until
+
+    return wait_until(predicate, 10)
+
+
+def _replay_origin(world: TlsWorld) -> None:
+    assert world.ask(handshake(b"/replay-open/0123456789ab", b"Origin: http://evil.example\r\n"))[0] == 403
+    assert world.ask(handshake(b"/replay-open/0123456789ab", b"Origin: https://gw\r\n"))[0] == 101
+
+
+def _replay_limits(world: TlsWorld) -> None:
+    held: list[Any] = []
+    try:
+        assert world.ask(handshake(b"/replay-limited/0123456789ab"), keep=held)[0] == 101
+        status, answer = world.ask(handshake(b"/replay-limited/0123456789ab"))
+        assert status == 503, answer
+    finally:
+        for conn in held:
+            conn.close()
+
+
+def _replay_rate(world: TlsWorld) -> None:
+    assert world.ask(handshake(b"/replay-open/0123456789ab"), source="127.0.0.251")[0] == 101
+    assert world.ask(handshake(b"/replay-open/0123456789ab"), source="127.0.0.251")[0] == 429
+
+
+def _memory_world(extra: str = "") -> tuple[Gateway, Path]:
+    folder = Path(tempfile.mkdtemp(prefix="tunnelgw-table-"))
+    tokens = folder / "tokens"
+    tokens.write_text(f"{TOKENS[0]}: 127.0.0.2:5901\n{TOKENS[1]}: 127.0.0.3:5901\n")
+    return Gateway(f"TokenSource files file {tokens} allow=127.0.0.0/8:5901 reload=0\nTokenRoute /vnc files\n"
+                   "TokenLookup /lookup /vnc\nGatewayURL ws://gw\nGatewayOwner ws://gw3 127.0.0.3\n"
+                   f"ProxyPass /echo tcp:host=127.0.0.9:port=5900\n{extra}"), folder
+
+
+def _ask_memory(gw: Gateway, request: bytes, address: str = "127.0.0.1") -> tuple[int, int]:
+    """The status of request's answer and the backend connections started for it."""
+    before = len(gw.reactor.tcpClients)
+    client = _client_from(gw, address)
+    client.protocol.dataReceived(request)
+    started = len(gw.reactor.tcpClients) - before
+    if started:
+        gw.connect_backend()
+    return (_status(client) if client.value() else 0), started
+
+
+def _memory_case(guard: str, kind: str) -> None:
+    """The Origin, token, limits and rate cells of upgrades, plain requests, lookups and redirects, in memory."""
+    gw, folder = _memory_world("Limit sessions=1 rate=1/m\n" if guard in ("limits", "rate") else "")
+    try:
+        good, owned_elsewhere = f"/vnc?token={TOKENS[0]}", f"/vnc?token={TOKENS[1]}"
+        evil = b"Origin: http://evil.example\r\n"
+        if (guard, kind) == ("Origin", "upgrade"):
+            assert _ask_memory(gw, handshake(b"/echo", evil)) == (403, 0)
+            assert _ask_memory(gw, handshake(good.encode(), evil)) == (403, 0)
+            assert _ask_memory(gw, handshake(b"/echo", b"Origin: http://gw\r\n")) == (101, 1)
+        elif (guard, kind) == ("Origin", "redirect"):
+            assert _ask_memory(gw, handshake(owned_elsewhere.encode(), evil))[0] == 403
+            assert _ask_memory(gw, handshake(owned_elsewhere.encode()))[0] == 307
+        elif (guard, kind) == ("token", "upgrade"):
+            assert _ask_memory(gw, handshake(b"/vnc?token=guessed0000")) == (403, 0)
+            assert _ask_memory(gw, handshake(good.encode())) == (101, 1)
+        elif (guard, kind) == ("token", "plain HTTP"):
+            assert _ask_memory(gw, _plain(good, b"body")) == (426, 0)
+        elif (guard, kind) == ("token", "lookup"):
+            assert _ask_memory(gw, _plain("/lookup?token=guessed0000"))[0] == 403
+            assert _ask_memory(gw, _plain(f"/lookup?token={TOKENS[0]}"))[0] == 200
+        elif (guard, kind) == ("token", "redirect"):
+            assert _ask_memory(gw, handshake(b"/vnc?token=guessed0000"))[0] == 403
+            assert _ask_memory(gw, handshake(owned_elsewhere.encode()))[0] == 307
+        elif (guard, kind) == ("limits", "upgrade"):
+            assert _ask_memory(gw, handshake(b"/echo"), "127.0.0.5") == (101, 1)
+            assert _ask_memory(gw, handshake(b"/echo"), "127.0.0.6") == (503, 0)
+        elif guard == "rate":
+            request = {"upgrade": handshake(b"/echo"), "lookup": _plain(f"/lookup?token={TOKENS[0]}"),
+                       "redirect": handshake(owned_elsewhere.encode())}[kind]
+            first = _ask_memory(gw, request, "127.0.0.7")[0]
+            assert first in (101, 200, 307), first
+            assert _ask_memory(gw, request, "127.0.0.7") == (429, 0)
+        else:
+            raise AssertionError(f"no in-memory case for {guard} x {kind}")
+    finally:
+        shutil.rmtree(folder, True)
+
+
+_ROUTE_GUARDS = ("allowclients=", "auth=", "certname=")
+_REPLAY_CASES = {"Origin": _replay_origin, "limits": _replay_limits, "rate": _replay_rate}
+_CELLS = sorted(cell for cell, value in decision_table().items() if value == "yes")
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("guard,kind", _CELLS)
+def test_decision_table(guard: str, kind: str, request: pytest.FixtureRequest) -> None:
+    """Each ``yes`` of the guard x request-kind table: the refused client is refused and reaches nothing, the honest one gets through."""
+    if guard in _ROUTE_GUARDS:
+        _route_guard_case(guard, kind, request.getfixturevalue("tls_world"))
+    elif kind == "replay":
+        _REPLAY_CASES[guard](request.getfixturevalue("tls_world"))
+    else:
+        _memory_case(guard, kind)
