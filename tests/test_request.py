@@ -420,6 +420,7 @@ class TlsWorld:
         _install(pki, live)
         self.alice = make_client_cert(pki, folder / "people", "alice")
         self.bob = make_client_cert(pki, folder / "people", "bob")
+        self.carol = make_client_cert(pki, folder / "people", "carol\r\x1b[2J")
         self.received = bytearray()
         self.backend = TcpServer(self._answer)
         self.portal = Portal(1)
@@ -572,6 +573,14 @@ def _replay_limits(world: TlsWorld) -> None:
 def _replay_rate(world: TlsWorld) -> None:
     assert world.ask(handshake(b"/replay-open/0123456789ab"), source="127.0.0.251")[0] == 101
     assert world.ask(handshake(b"/replay-open/0123456789ab"), source="127.0.0.251")[0] == 429
+
+
+def test_certificate_cn_controls_escaped_in_the_text_log(tls_world: TlsWorld) -> None:
+    """A client certificate whose CN holds CR and ESC [2J: the session line shows it quoted and escaped, never raw."""
+    assert tls_world.ask(handshake(b"/replay-open/0123456789ab"), tls_world.carol)[0] == 101
+    tls_world.gateway.wait_log(r"session start .*tls_client='carol\\r\\x1b\[2J'")
+    log = tls_world.gateway.log()
+    assert "\x1b" not in log and "carol\r" not in log
 
 
 def _memory_world(extra: str = "") -> tuple[Gateway, Path]:
