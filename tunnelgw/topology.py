@@ -24,7 +24,7 @@ from tunnelgw.core.clientaddr import is_trusted, resolve_client
 from tunnelgw.core.config import Problem, RouteOptions
 from tunnelgw.core.limits import HandshakeRate
 from tunnelgw.core.origin import origin_refusal
-from tunnelgw.core.redact import Redaction, TokenPlace, fingerprint, host_domain
+from tunnelgw.core.redact import Redaction, TokenPlace, fingerprint
 from tunnelgw.core.request import RequestView
 from tunnelgw.core.redirect import lookup_answer, owner_of, redirect_location
 from tunnelgw.core.relay import ConnectFailure
@@ -240,10 +240,8 @@ class Topology:
         origin = request.getHeader(b"origin")
         host, secure = self._seen_by_client(request)
 
-        domain = host_domain(view.host)
-
         def show(url: str) -> str:
-            return view.scrub(self.redaction.url(url, domain) if "://" in url else url)
+            return view.scrub(self.redaction.url(url, page=True) if "://" in url else url)
 
         why = origin_refusal(None if origin is None else origin.decode("latin-1"), host, secure, allowed, show)
         return Reject(403, why) if why is not None else None

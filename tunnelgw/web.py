@@ -48,17 +48,25 @@ _log = Logger(namespace="tunnelgw")
 
 
 class _RedactedRequest:
-    """A request as the access log sees it: URI and Referer with their tokens fingerprinted."""
+    """
+    A request as the access log sees it: URI and Referer from the request's
+    canonical view (set by :meth:`GatewayResource.render`), or redacted by the
+    gateway's redaction for a request that never reached it.
+    """
 
     def __init__(self, request: Request, redact: Callable[[str], str]) -> None:
         self._request = request
         self._redact = redact
-        self.uri = redact(request.uri.decode("latin-1")).encode("latin-1")
+        self._view: Optional[RequestView] = getattr(request, "tunnelgw_view", None)
+        shown = self._view.shown_target if self._view is not None else redact(request.uri.decode("latin-1"))
+        self.uri = shown.encode("utf-8")
 
     def getHeader(self, name: bytes) -> Optional[bytes]:
         """A header's value; the Referer (a page URL that may hold a token) redacted."""
         value = self._request.getHeader(name)
         if value is not None and name.lower() == b"referer":
+            if self._view is not None and self._view.shown_referer is not None:
+                return self._view.shown_referer.encode("utf-8")
             return self._redact(value.decode("latin-1")).encode("latin-1")
         return value
 
@@ -136,6 +144,7 @@ class GatewayResource(Resource):
             return self._upgrade(request, head)
         factory = self._factory
         view = factory.view(head)
+        request.tunnelgw_view = view  # type: ignore[attr-defined]  # for the access log line
         client = factory.client_of(request)
         peer = getattr(request.getClientAddress(), "host", None)
         request.tunnelgw_client = client if client != peer else None  # type: ignore[attr-defined]
@@ -168,7 +177,7 @@ class GatewayResource(Resource):
             route = decision
 
             def proxied() -> bytes | int:
-                outcome = factory.websocket_backends.proxy_http(request, route, head.query, view.shown_path)
+                outcome = factory.websocket_backends.proxy_http(request, route, view.query.encode("latin-1"), view.shown_path)
                 return self._refuse(request, view, outcome) if isinstance(outcome, Reject) else outcome
 
             return self._portal_first(request, view, client, route, proxied)

@@ -23,7 +23,7 @@ from urllib.parse import parse_qsl, quote, urlsplit, urlunsplit
 
 from tunnelgw.core.routing import normalise_path
 
-__all__ = ["Redaction", "fingerprint", "host_domain", "printable", "redact_path", "redact_query", "redact_uri", "redact_url",
+__all__ = ["Redaction", "fingerprint", "printable", "redact_path", "redact_query", "redact_uri", "redact_url",
            "TokenPlace", "unparsed"]
 
 # A JWT anywhere in text: three base64url parts, the first one a JSON header ("eyJ").
@@ -98,18 +98,6 @@ def _is_address(host: str) -> bool:
     return True
 
 
-def host_domain(host: str) -> str:
-    """
-    A Host value without its port and first label, lower-cased: where
-    ``from=host`` tokens live (``""`` for one label or an address).
-    """
-    name = host.strip()
-    if name.startswith("["):
-        return ""
-    name = name.rsplit(":", 1)[0] if name.count(":") == 1 else name
-    return "" if _is_address(name) else name.partition(".")[2].lower()
-
-
 def unparsed(text: str) -> str:
     """What is shown of a path or URL that cannot be read: never the text, only its fingerprint."""
     return "(unparsed " + fingerprint(text)[4:] + ")"
@@ -167,14 +155,15 @@ class Redaction:
         path, mark, query = uri.partition("?")
         return self.path(path) + (mark + redact_query(query, self.params) if mark else "")
 
-    def url(self, url: str, domain: Optional[str] = None) -> str:
+    def url(self, url: str, page: bool = False) -> str:
         """
         An absolute URL (Location, Referer, Origin, a backend's URL), its tokens fingerprinted.
 
-        :param domain: where ``from=host`` tokens are the first label (the
-            request's own Host without its first label): only hosts under it
-            have their first label fingerprinted.  None: every host's first
-            label, when a ``from=host`` route exists (the safe default without a request).
+        :param page: the URL names a page a browser showed (``Origin``,
+            ``Referer``): with a ``from=host`` route, the first label of its
+            host (unless an address) may be a desktop's token and is
+            fingerprinted, a stranger's too (``http://tok:….example``).  Other
+            URLs (a backend's, another gateway's) keep their host names.
         """
         try:
             parts = urlsplit(url)
@@ -183,8 +172,7 @@ class Redaction:
             return unparsed(url)
         user, at, host = parts.netloc.rpartition("@")
         label, dot, rest = host.partition(".")
-        under = domain is None or host_domain(host) == domain
-        if self.host_tokens and dot and label and under and not _is_address(parts.hostname or ""):
+        if page and self.host_tokens and dot and label and not _is_address(parts.hostname or ""):
             host = fingerprint(label) + dot + rest
         netloc = ("(user)@" if at else "") + host  # a password in a URL is never shown
         shown_path = self.path(parts.path) if parts.path else ""

@@ -23,8 +23,7 @@ from dataclasses import dataclass
 from typing import Optional, Union
 
 from tunnelgw.core.http import RequestHead
-from tunnelgw.core.redact import (Redaction, TokenPlace, fingerprint, host_domain, printable, redact_path, redact_query,
-                                  unparsed)
+from tunnelgw.core.redact import Redaction, TokenPlace, fingerprint, printable, redact_path, redact_query, unparsed
 from tunnelgw.core.routing import Reject, Route, RuleSet, normalise_path
 from tunnelgw.core.tokens import extract_token
 
@@ -114,9 +113,8 @@ def view_request(head: RequestHead, rules: RuleSet, redaction: Redaction) -> Req
     query = head.query.decode("latin-1")
     host = _header(head, b"host") or ""
     referer, origin = _header(head, b"referer"), _header(head, b"origin")
-    domain = host_domain(host)  # other desktops' from=host tokens: first labels under the request's own domain
-    shown_referer = None if referer is None else printable(redaction.url(referer, domain))
-    shown_origin = None if origin is None else printable(redaction.url(origin, domain))
+    shown_referer = None if referer is None else printable(redaction.url(referer, page=True))
+    shown_origin = None if origin is None else printable(redaction.url(origin, page=True))
     shown_query = printable(redact_query(query, redaction.params)) if query else ""
     path = normalise_path(head.path)
     if isinstance(path, Reject):
