@@ -426,6 +426,7 @@ class GatewayFactory(SharedOptions, WebSocketServerFactory):  # type: ignore[mis
             return link
         if isinstance(backend, WebSocketURL):
             headers = {name.decode("latin-1"): value.decode("latin-1") for name, value in head.headers}
-            return WebSocketLink(self.websocket_backends, route, view.query.encode("latin-1"), client, secure, headers, tls_client)
+            return WebSocketLink(self.websocket_backends, route, view.query.encode("latin-1"), client, secure, headers,
+                                 tls_client)
         endpoint, timeout = backend.endpoint, route.options.connect_timeout
         return TcpLink(lambda: self.backends.connect(endpoint, timeout), endpoint)
