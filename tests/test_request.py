@@ -46,10 +46,12 @@ TOKENS = ("deskSecretAlpha01", "deskSecretBravo02")
 
 @pytest.fixture(autouse=True)
 def _memory_loop(monkeypatch: pytest.MonkeyPatch) -> None:
+    """txaio's loop is a memory reactor (sessions time their closes with it)."""
     monkeypatch.setattr(txaio.config, "loop", MemoryReactorClock())
 
 
 def _head(target: str, extra: str = "") -> Any:
+    """A parsed GET head for target with extra header lines."""
     head = parse_head(f"GET {target} HTTP/1.1\r\nHost: gw\r\n{extra}\r\n".encode("latin-1"))
     assert not isinstance(head, Reject), head
     return head
@@ -117,6 +119,7 @@ class Sinks:
         self.audit.start()
 
     def _syslog(self, event: dict[str, Any]) -> None:
+        """Each audit event as the syslog sinks write it (RFC 5424)."""
         if event.get("audit") in AUDIT_EVENTS:
             fields = event.get("fields")
             self.syslog.append(rfc5424(AuditEvent(event["audit"], event.get("log_time") or 0.0,
@@ -142,6 +145,7 @@ class Sinks:
                           generate_latest(self.gw.factory.metrics.registry).decode("utf-8")))
 
     def close(self) -> None:
+        """Stop the audit trail and the observers."""
         self.audit.stop()
         for observer in self._observers:
             globalLogPublisher.removeObserver(observer)
@@ -149,12 +153,14 @@ class Sinks:
 
 @pytest.fixture
 def folder() -> Iterator[Path]:
+    """A fresh temporary folder, removed after the test."""
     path = Path(tempfile.mkdtemp(prefix="tunnelgw-request-"))
     yield path
     shutil.rmtree(path, True)
 
 
 def _world(folder: Path) -> tuple[Gateway, Sinks]:
+    """An in-memory gateway with a route of every kind (token routes by path, query and host, a lookup, ProxyPass, ProxyPassMatch, replay, ws://, Alias) and its sinks."""
     tokens = folder / "tokens"
     tokens.write_text("".join(f"{t}: 127.0.0.2:5901\n" for t in TOKENS))
     (folder / "static").mkdir()
@@ -260,6 +266,7 @@ def test_five_spellings_open_and_are_fingerprinted_everywhere(folder: Path) -> N
 
 
 def _status(client: StringTransport) -> int:
+    """The status code of the last answer written to client."""
     return int(client.value().split(b" ", 2)[1])
 
 
@@ -309,6 +316,7 @@ def test_unreadable_targets_refused_with_line_and_event(folder: Path, target: by
 
 
 def _client_from(gw: Gateway, address: str) -> StringTransport:
+    """A newly accepted client connection from address."""
     transport = Transport(peerAddress=IPv4Address("TCP", address, 40000))
     protocol = gw.service.front.buildProtocol(transport.getPeer())
     transport.protocol = protocol
@@ -336,6 +344,7 @@ _GUARDED = ("/g/a", "/gm/7", "/w/index.html", "/gr/0123456789ab", "/g/static/app
 
 
 def _guarded_world(folder: Path) -> Gateway:
+    """An in-memory gateway whose ProxyPass, ProxyPassMatch, ws://, replay and Alias paths are all behind allowclients=."""
     (folder / "static").mkdir(exist_ok=True)
     (folder / "static" / "app.js").write_text("file-body")
     (folder / "rec").mkdir(exist_ok=True)
@@ -494,6 +503,7 @@ class TlsWorld:
         return int(out.split(b" ", 2)[1]), out
 
     def stop(self) -> None:
+        """Stop the gateway, the backend and the portal."""
         self.gateway.stop()
         self.backend.stop()
         self.portal.stop()
@@ -501,12 +511,14 @@ class TlsWorld:
 
 @pytest.fixture(scope="module")
 def tls_world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TlsWorld]:
+    """One :class:`TlsWorld` for the module's table cells."""
     world = TlsWorld(tmp_path_factory.mktemp("tlsworld"))
     yield world
     world.stop()
 
 
 def _plain(path: str, body: bytes = b"", headers: str = "") -> bytes:
+    """A plain request for path: POST with body when one is given, else GET; the connection closes after it."""
     method = "POST" if body else "GET"
     return (f"{method} {path} HTTP/1.1\r\nHost: gw\r\nConnection: close\r\nContent-Length: {len(body)}\r\n"
             f"{headers}\r\n").encode() + body
@@ -554,17 +566,20 @@ def _route_guard_case(guard: str, kind: str, world: TlsWorld) -> None:
 
 
 def wait_until_true(predicate: Any) -> bool:
+    """predicate() within 10 s."""
     from support import wait_until
 
     return wait_until(predicate, 10)
 
 
 def _replay_origin(world: TlsWorld) -> None:
+    """A replay handshake from a foreign page is 403; from the gateway's own origin it plays."""
     assert world.ask(handshake(b"/replay-open/0123456789ab", b"Origin: http://evil.example\r\n"))[0] == 403
     assert world.ask(handshake(b"/replay-open/0123456789ab", b"Origin: https://gw\r\n"))[0] == 101
 
 
 def _replay_limits(world: TlsWorld) -> None:
+    """maxsessions=1 on a replay route: a second viewer while the first watches is 503."""
     held: list[Any] = []
     try:
         assert world.ask(handshake(b"/replay-limited/0123456789ab"), keep=held)[0] == 101
@@ -576,6 +591,7 @@ def _replay_limits(world: TlsWorld) -> None:
 
 
 def _replay_rate(world: TlsWorld) -> None:
+    """Limit rate=1/m: a client's second replay handshake within the minute is 429."""
     assert world.ask(handshake(b"/replay-open/0123456789ab"), source="127.0.0.251")[0] == 101
     assert world.ask(handshake(b"/replay-open/0123456789ab"), source="127.0.0.251")[0] == 429
 
@@ -589,6 +605,7 @@ def test_certificate_cn_controls_escaped_in_the_text_log(tls_world: TlsWorld) ->
 
 
 def _memory_world(extra: str = "") -> tuple[Gateway, Path]:
+    """An in-memory gateway with a query token route, its lookup, an owner elsewhere for one token, and a TCP route."""
     folder = Path(tempfile.mkdtemp(prefix="tunnelgw-table-"))
     tokens = folder / "tokens"
     tokens.write_text(f"{TOKENS[0]}: 127.0.0.2:5901\n{TOKENS[1]}: 127.0.0.3:5901\n")
