@@ -19,7 +19,7 @@ from typing import Any, Iterator
 
 import pytest
 import txaio
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from prometheus_client import generate_latest
 from twisted.internet.address import IPv4Address
@@ -206,7 +206,8 @@ def test_no_token_in_any_sink(folder: Path) -> None:
         # token=) and into the headers that repeat the page's URL; elsewhere it is just text.
         path = {"desk": f"/desk/{token}/x", "vnc": "/vnc", "hd": "/hd", "lookup": "/lookup", "echo": "/echo/a",
                 "m": "/m/7", "replay": "/replay/0123456789ab", "web": "/web/index.html",
-                "static": "/static/app.js"}[kind]
+                # A file that is there would be streamed by a producer the test's connection outlives.
+                "static": "/static/missing.js"}[kind]
         if kind in ("vnc", "lookup") or data.draw(st.booleans()):
             query = data.draw(st.sampled_from(["", "a=1&"])) + "token=" + token
         if kind == "hd":
@@ -372,6 +373,8 @@ def test_guarded_routes_never_reach_their_backend_for_a_refused_client(folder: P
         request = (handshake(target.encode()) if upgrade else
                    f"{method} {target} HTTP/1.1\r\nHost: gw\r\nContent-Length: 9\r\n\r\nSECRETBDY".encode())
         admitted = data.draw(st.booleans())
+        # An admitted replay opens its file in a thread, which a memory reactor has not (test_decision_table plays it).
+        assume(not (admitted and upgrade and path.startswith("/gr/")))
         address = data.draw(st.sampled_from(["10.9.9.1", "10.9.9.254"] if admitted else
                                             ["127.0.0.1", "10.9.8.255", "10.9.10.0", "192.0.2.1"]))
         gw.reactor.tcpClients.clear()
