@@ -316,6 +316,22 @@ def test_unreadable_targets_refused_with_line_and_event(folder: Path, target: by
         sinks.close()
 
 
+@pytest.mark.parametrize("second", [b"GET /a b HTTP/1.1\r\nHost: gw\r\n\r\n", b"GET /a HTTP/1.1\r\nHost : gw\r\n\r\n",
+                                    b"GET /a HTTP/1.1\r\nHost: gw\r\nX: a\x01b\r\n\r\n", b"GET /a HTTP/2.0\r\n\r\n"])
+def test_kept_alive_requests_are_read_like_first_ones(folder: Path, second: bytes) -> None:
+    """A second request on a kept-alive connection that the first-request parser refuses: the same 400/505, with its log line and audit event."""
+    gw, sinks = _world(folder)
+    try:
+        client = Gateway.client(gw)[1]
+        client.protocol.dataReceived(b"GET /nothing-here HTTP/1.1\r\nHost: gw\r\n\r\n" + second)
+        statuses = [int(s) for s in re.findall(rb"HTTP/1.1 (\d{3}) ", client.value())]
+        assert statuses[0] == 404 and statuses[1] in (400, 505), client.value()
+        shown = sinks.everything()
+        assert shown.count('"event": "request.refused"') == 2 and f"status={statuses[1]}" in shown
+    finally:
+        sinks.close()
+
+
 def _client_from(gw: Gateway, address: str) -> StringTransport:
     """A newly accepted client connection from address."""
     transport = Transport(peerAddress=IPv4Address("TCP", address, 40000))
