@@ -9,13 +9,12 @@ and its RFC 5424 messages, the admin list and page, the metrics exposition.
 from __future__ import annotations
 
 import io
-import json
 import re
 import shutil
 import string
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Optional
 
 import pytest
 import txaio

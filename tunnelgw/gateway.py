@@ -14,7 +14,7 @@ and either answers it (a refusal or a redirect) or starts a
 from __future__ import annotations
 
 import os
-from typing import Any, Callable, Optional, Union
+from typing import Any, Callable, Optional
 
 from autobahn.twisted.websocket import WebSocketServerFactory
 from twisted.internet.interfaces import ISSLTransport
@@ -36,7 +36,7 @@ from tunnelgw.core.limits import HandshakeRate, SessionCounts
 from tunnelgw.core.redact import Redaction
 from tunnelgw.core.request import RequestView, view_request
 from tunnelgw.core.relay import CLOSE_TIMEOUT, Close
-from tunnelgw.core.routing import Reject, Route, RuleSet, choose_route
+from tunnelgw.core.routing import Reject, Route, RuleSet
 from tunnelgw.core.topoconfig import TokenRouteSpec
 from tunnelgw.core.targets import LookupTarget, PoolTarget, ReplayTarget, WebSocketURL
 from tunnelgw.forwardauth import ForwardAuthLink, Portals
@@ -209,10 +209,6 @@ class GatewayFactory(SharedOptions, WebSocketServerFactory):  # type: ignore[mis
             maxFramePayloadSize=config.limits.frame,
             maxMessagePayloadSize=config.limits.message,
         )
-
-    def route(self, raw_path: bytes) -> Union[Route, Reject]:
-        """Route a raw request path (see :mod:`tunnelgw.core.routing`)."""
-        return choose_route(self.rules, raw_path)
 
     @property
     def redaction(self) -> Redaction:
