@@ -12,14 +12,19 @@ full, folder gone), the *recording* stops, the session goes on, and the log
 and ``tunnelgw_recordings_total{outcome}`` say why.  Recordings stop cleanly
 (a valid file) at ``maxbytes`` or ``maxseconds``.  Files are
 ``FOLDER/SESSIONID.js``, created mode 0600 (never over an existing file), in
-websockify's record format (:mod:`tunnelgw.core.recording`).  Files older
-than ``keepdays`` are deleted at start and every hour.
+websockify's record format (:mod:`tunnelgw.core.recording`).  Recordings
+older than ``keepdays`` are deleted at start and every hour: only regular
+files named as the gateway names them (:func:`~tunnelgw.core.recording.is_recording_name`),
+never another file, link or folder; and the gateway refuses to start with
+``keepdays`` on a folder that holds anything else, unless ``shared=on``
+(see :func:`foreign_entries`).
 """
 
 from __future__ import annotations
 
 import os
 import time
+from collections import deque
 from typing import Any, Callable, Optional
 
 from prometheus_client import CollectorRegistry, Counter
@@ -29,13 +34,13 @@ from twisted.python.threadpool import ThreadPool
 
 from tunnelgw.backends import BackendLink, LinkOwner, WrappedLink
 from tunnelgw.core.config import Recording
-from tunnelgw.core.recording import FOOTER, HEADER, Frame, encode_frame, recording_name
+from tunnelgw.core.recording import FOOTER, HEADER, Frame, encode_frame, is_recording_name, recording_name
 from tunnelgw.core.relay import Close
 from tunnelgw.core.sessionrelay import Carries, Forward, Role, SessionRelay
 from tunnelgw.fastpath import unmask
 
 __all__ = ["FLUSH_BYTES", "FLUSH_SECONDS", "LISTED", "MAX_PENDING", "Recorder", "Recordings", "RecordingLink",
-           "newest_recordings"]
+           "foreign_entries", "newest_recordings"]
 
 _log = Logger(namespace="tunnelgw")
 #: A recorder submits its buffered chunks once this many bytes wait...
@@ -48,6 +53,8 @@ MAX_PENDING = 16 * 1024 * 1024
 
 #: How many recordings the operator's page lists (the newest).
 LISTED = 50
+#: Recordings that stopped early kept for the operator's page.
+STOPPED_LISTED = 20
 
 
 def newest_recordings(folder: str, count: int = LISTED) -> list[tuple[str, int, float]]:
@@ -56,12 +63,23 @@ def newest_recordings(folder: str, count: int = LISTED) -> list[tuple[str, int, 
     try:
         with os.scandir(folder) as entries:
             for entry in entries:
-                if entry.name.endswith(".js") and entry.is_file(follow_symlinks=False):
+                if is_recording_name(entry.name) and entry.is_file(follow_symlinks=False):
                     info = entry.stat(follow_symlinks=False)
                     found.append((entry.name, info.st_size, info.st_mtime))
     except OSError:
         return []
     return sorted(found, key=lambda r: r[2], reverse=True)[:count]
+
+
+def foreign_entries(folder: str) -> list[str]:
+    """
+    The names in folder that are not recordings of the gateway (other names,
+    links, folders, devices), sorted; what makes retention refuse the folder.
+
+    :raises OSError: when the folder cannot be read.
+    """
+    with os.scandir(folder) as entries:
+        return sorted(e.name for e in entries if not (is_recording_name(e.name) and e.is_file(follow_symlinks=False)))
 
 
 class Recordings:
@@ -77,6 +95,9 @@ class Recordings:
         self.reactor = reactor
         self.spec = spec
         self.outcomes = Counter("tunnelgw_recordings", "Recordings ended, by how", ["outcome"], registry=registry)
+        #: The latest recordings that stopped before their session ended:
+        #: (time, session, file, outcome, why), for the operator's page.
+        self.stopped: deque[tuple[float, str, str, str, str]] = deque(maxlen=STOPPED_LISTED)
         self._pool: Optional[ThreadPool] = None
         self._run = run_in_thread
         self._call_from_thread = call_from_thread
@@ -115,7 +136,7 @@ class Recordings:
             self._pool.callInThread(work, *args)
 
     def _sweep(self, spec: Optional[Recording]) -> None:
-        """In the writer thread: delete recordings older than ``keepdays``."""
+        """In the writer thread: delete the gateway's recordings older than ``keepdays`` (no other file)."""
         if spec is None or not spec.keep_days:
             return
         cutoff = time.time() - spec.keep_days * 86400
@@ -125,7 +146,7 @@ class Recordings:
             return
         for entry in entries:
             try:
-                if entry.name.endswith(".js") and entry.is_file(follow_symlinks=False) \
+                if is_recording_name(entry.name) and entry.is_file(follow_symlinks=False) \
                         and entry.stat(follow_symlinks=False).st_mtime < cutoff:
                     os.unlink(entry.path)
             except OSError:
@@ -251,6 +272,8 @@ class Recorder:
         self._recordings.run(self._finish)
         self._recordings.outcomes.labels(outcome).inc()
         if outcome != "complete":
+            self._recordings.stopped.append((self._recordings.reactor.seconds(), self.session_id, self.path, outcome,
+                                             why or "(the session goes on)"))
             level = _log.info if outcome in ("size_limit", "age_limit") else _log.warn
             level("recording stopped session={session} file={file} outcome={outcome} {why}", session=self.session_id,
                   file=self.path, outcome=outcome, why=why or "(the session goes on)")

@@ -169,6 +169,8 @@ class GatewaySession(QuietServerProtocol):
 
     #: The verified client certificate's identity ('' without one), set by the gateway.
     tls_client = ""
+    #: The request path as logs and the admin list show it (the request's canonical view), set by the gateway.
+    shown_path = ""
 
     def __init__(self, factory: Any, route: Route, head: RequestHead, handshake: Handshake,
                  client: str, link: BackendLink, session_id: str, recording: str = "") -> None:
@@ -209,7 +211,8 @@ class GatewaySession(QuietServerProtocol):
         self._head = self._handshake = None  # not kept for the session's life (memory per idle session)
         parsed_handshake(self, head.target.decode("latin-1"), head.path.decode("latin-1"), handshake.host,
                          handshake.origin, handshake.protocols, handshake.key, early)
-        path = factory.redact(self.http_request_path)  # logs and the admin list never show a token
+        # Logs and the admin list never show a token.
+        path = self.shown_path or factory.redact(self.http_request_path)
         self._record = SessionRecord(session_id=self._session_id, client=client_label(self._client, self.transport),
                                      path=path, backend=self._link.description, started=factory.reactor.seconds(),
                                      route=self._label, recording=self._recording, user=self.route.user)
@@ -309,8 +312,10 @@ class GatewaySession(QuietServerProtocol):
         if keepalive.tcp_idle:
             set_tcp_keepalive(transport, keepalive.tcp_idle, keepalive.tcp_interval, keepalive.tcp_count)
         idle = self.route.options.idle_timeout
+        label = self._label
         self._watch = SessionWatch(factory.reactor, self, factory.config.timeouts.idle if idle is None else idle,
-                                   keepalive.ping, keepalive.pong)
+                                   keepalive.ping, keepalive.pong,
+                                   lambda seconds: factory.metrics.round_trip(label, seconds))
         self._watch.start()
         # Read more per call and queue more before pausing the other side.
         transport.bufferSize = self.transport.bufferSize = RELAY_WINDOW
@@ -498,7 +503,10 @@ class GatewaySession(QuietServerProtocol):
     def describe(self) -> dict[str, object]:
         """The live session's record as key/value pairs (for the admin listener)."""
         assert self._record is not None
-        return self._record.fields(self.factory.reactor.seconds())
+        fields = self._record.fields(self.factory.reactor.seconds())
+        if self._watch is not None and self._watch.round_trip is not None:
+            fields["round_trip_ms"] = round(self._watch.round_trip * 1000, 1)
+        return fields
 
     def close_session(self, close: Close) -> None:
         """Close from the gateway's side: the client gets close, the backend its end."""

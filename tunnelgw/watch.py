@@ -17,7 +17,7 @@ Bounds, from the event each measures:
 
 from __future__ import annotations
 
-from typing import Any, Optional, Protocol
+from typing import Any, Callable, Optional, Protocol
 
 from tunnelgw.core.relay import Heartbeat, IdleWatch
 
@@ -51,9 +51,13 @@ class SessionWatch:
     :param idle: seconds without payload before closing (0: never).
     :param ping: seconds between pings (0: no pings).
     :param pong: seconds a pong may take.
+    :ivar round_trip: seconds from the last ping to its pong (None until
+        one is measured): the client's round trip, as the gateway sees it.
+    :ivar on_round_trip: called with each round trip measured (metrics).
     """
 
-    def __init__(self, reactor: Any, session: Watched, idle: float, ping: float, pong: float) -> None:
+    def __init__(self, reactor: Any, session: Watched, idle: float, ping: float, pong: float,
+                 on_round_trip: Optional[Callable[[float], None]] = None) -> None:
         self._reactor = reactor
         self._session = session
         self._idle_timeout = idle
@@ -63,6 +67,9 @@ class SessionWatch:
         self._next_idle: Optional[float] = None  # when the idle counters are next sampled
         self._next_ping: Optional[float] = None  # when the next ping goes out, or the pong deadline is checked
         self._pong_due = False  # whether _next_ping is a pong deadline
+        self._ping_sent: Optional[float] = None
+        self.round_trip: Optional[float] = None
+        self.on_round_trip = on_round_trip
 
     def start(self) -> None:
         """Arm the timers (the session has just opened)."""
@@ -115,6 +122,7 @@ class SessionWatch:
             return True
         if not self._pong_due:
             heartbeat.ping_sent(now)
+            self._ping_sent = now
             self._session.send_ping()
             self._pong_due = True
             self._next_ping = now + heartbeat.deadline
@@ -132,9 +140,14 @@ class SessionWatch:
         return True
 
     def pong_received(self) -> None:
-        """Any pong proves the client still reads."""
+        """Any pong proves the client still reads; the first after a ping measures the round trip."""
         if self._heartbeat is not None:
             self._heartbeat.pong_received()
+        if self._ping_sent is not None:
+            self.round_trip = self._reactor.seconds() - self._ping_sent
+            self._ping_sent = None
+            if self.on_round_trip is not None:
+                self.on_round_trip(self.round_trip)
 
     def stop(self) -> None:
         """Disarm the timer (the session is ending); safe to call again."""

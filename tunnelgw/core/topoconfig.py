@@ -9,7 +9,7 @@ references to undefined names as ``FILE:LINE`` problems.
 
 Directives::
 
-    TokenSource NAME file|dir|jwt PATH allow=HOST:PORTS ... [reload=S] [bind=address]
+    TokenSource NAME file|dir|jwt|jwks|redis PATH allow=HOST:PORTS ... [reload=S] [bind=address] ...
     TokenRoute PATH SOURCE [from=query|path|host] [param=token] [connecttimeout=S]
     TokenLookup PATH TOKENROUTEPATH
     <Proxy balancer://NAME>
@@ -17,7 +17,7 @@ Directives::
       ProxySet lbmethod=byrequests|bybusyness|bysource retry=S
     </Proxy>
     GatewayURL URL
-    OwnerSource redis://HOST:PORT/DB [namespace=NS] [timeout=S]
+    OwnerSource redis://HOST:PORT/DB [namespace=NS] [timeout=S] [mode=redirect|relay] ...
     GatewayOwner URL HOST (CIDR block, address or exact name) ...
     TrustedProxy ADDRESS-OR-NETWORK ... [header=x-forwarded-for|forwarded]
     OriginAllow PATH ORIGIN ...
@@ -42,6 +42,7 @@ __all__ = [
     "BalancerMemberSpec",
     "BalancerSpec",
     "GatewayOwner",
+    "OPTION_TABLES",
     "OriginRule",
     "TokenLookupSpec",
     "TokenRouteSpec",
@@ -138,7 +139,8 @@ class TokenRouteSpec:
     param: str
     connect_timeout: float
     where: Location
-    #: With a Pool: at most this many sessions of one desktop (token) in the whole pool (0: no limit).
+    #: With a Pool: at most this many sessions of one desktop (token) in the whole pool, a session
+    #: being one client's channels (0: no limit).
     max_per_desktop: int = 0
     #: With a Pool: at most this many desktops of one user (the token's user) in the whole pool (0: no limit).
     max_per_user: int = 0
@@ -273,6 +275,10 @@ _OWNER_OPTIONS = {"namespace": matching(_NAME.pattern, "a plain name"), "timeout
                   "mode": choice("redirect", "relay"), "hopsecret": matching(r"/.+", "an absolute file name"),
                   "passwordfile": matching(r"/.+", "an absolute file name")}
 _TRUSTED_PROXY_OPTIONS = {"header": choice(*PROXY_HEADERS)}
+#: The ``key=value`` readers of each topology directive (the reference lists their keys).
+OPTION_TABLES: dict[str, dict[str, Any]] = {
+    "TokenSource": _TOKEN_SOURCE_OPTIONS, "TokenRoute": _TOKEN_ROUTE_OPTIONS, "BalancerMember": _MEMBER_OPTIONS,
+    "ProxySet": _POOL_OPTIONS, "OwnerSource": _OWNER_OPTIONS, "TrustedProxy": _TRUSTED_PROXY_OPTIONS}
 
 
 def _is_ws_url(url: str) -> bool:
@@ -309,7 +315,7 @@ class TopologyParser:
 
     def read_token_source(self, args: list[str], where: Location, problem: Callable[[str], None], _: object) -> None:
         if len(args) < 3 or args[1] not in TOKEN_KINDS or not _NAME.fullmatch(args[0]):
-            problem("TokenSource takes a name, a kind (file, dir, jwt, redis), a path (for jwt: a file "
+            problem("TokenSource takes a name, a kind (file, dir, jwt, jwks, redis), a path (for jwt: a file "
                     "holding the secret; for redis: redis://HOST:PORT/DB) and allow=HOST:PORTS options")
             return
         name, kind, path = args[:3]
