@@ -2,9 +2,10 @@
 Server certificates of ``ssl:`` listeners: loaded by the gateway, swapped on reload.
 
 An ``ssl:`` listener is a plain stream endpoint (``tcp:``, or ``systemd:`` in
-a worker) under Twisted's :class:`~twisted.protocols.tls.TLSMemoryBIOFactory`
-(what ``reactor.listenSSL`` does too), whose connection creator is a
-:class:`ServerCertificates`: it holds the OpenSSL contexts built with
+a worker) whose accepted sockets are served by
+:class:`tunnelgw.tlssocket.TLSSocketServerFactory` (OpenSSL reads and writes
+the socket itself, without Twisted's memory buffers), with the OpenSSL
+connections a :class:`ServerCertificates` makes: it holds the contexts built with
 Twisted's :class:`~twisted.internet.ssl.CertificateOptions` from the
 listener's files, and :meth:`ServerCertificates.take` replaces them whole.
 New handshakes use the new contexts at once; connections already made keep
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -35,11 +37,11 @@ from OpenSSL import SSL, crypto
 from twisted.internet.interfaces import IListeningPort, IOpenSSLServerConnectionCreator, IStreamServerEndpoint
 from twisted.internet.defer import Deferred
 from twisted.internet.ssl import Certificate, CertificateOptions, DiffieHellmanParameters, KeyPair
-from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.filepath import FilePath
 from zope.interface import implementer
 
 from tunnelgw.core.tlsconfig import ClientCertificate, ListenTLS
+from tunnelgw.tlssocket import TLSSocketServerFactory
 
 __all__ = ["ServerCertificates", "TLSServerEndpoint", "client_certificate", "load_contexts"]
 
@@ -180,18 +182,24 @@ class ServerCertificates:
         """A server-side connection on the current default context (SNI may switch it)."""
         return SSL.Connection(self._contexts.default, None)
 
+    def socket_connection(self, sock: socket.socket) -> SSL.Connection:
+        """A server-side connection over sock on the current default context (SNI may switch it)."""
+        return SSL.Connection(self._contexts.default, sock)
+
 
 @implementer(IStreamServerEndpoint)
 class TLSServerEndpoint:
     """A stream server endpoint under TLS made by a :class:`ServerCertificates`."""
 
-    def __init__(self, stream: IStreamServerEndpoint, certificates: ServerCertificates) -> None:
+    def __init__(self, stream: IStreamServerEndpoint, certificates: ServerCertificates, reactor: Any) -> None:
         self.stream = stream
         self.certificates = certificates
+        self._reactor = reactor
 
     def listen(self, protocolFactory: Any) -> "Deferred[IListeningPort]":
-        """Listen on the stream endpoint, every connection wrapped in TLS."""
-        return self.stream.listen(TLSMemoryBIOFactory(self.certificates, False, protocolFactory))
+        """Listen on the stream endpoint, TLS served on every accepted socket."""
+        return self.stream.listen(TLSSocketServerFactory(self.certificates.socket_connection, protocolFactory,
+                                                         self._reactor))
 
 
 def _alternative_names(cert: x509.Certificate) -> tuple[str, ...]:

@@ -1,0 +1,450 @@
+"""
+TLS on the socket itself: the transport of ``ssl:`` listeners' connections.
+
+Twisted's TLS (:class:`~twisted.protocols.tls.TLSMemoryBIOProtocol`) puts
+OpenSSL between two memory buffers: every encrypted byte is copied out of
+OpenSSL into a Python string and handed to the TCP transport, and every
+received byte is copied into OpenSSL before it is decrypted.  Here OpenSSL
+owns the socket (a pyOpenSSL ``SSL.Connection(context, socket)``): a write is
+encrypted straight into the kernel's send buffer and a read decrypted straight
+out of the receive buffer, as Python's own ``ssl`` sockets do.
+
+:class:`TLSSocketServerFactory` is the factory an ``ssl:`` listener's plain
+stream endpoint (``tcp:``, ``systemd:``) listens with: each accepted
+connection is taken over as soon as it is made, before any byte is read, its
+socket detached from Twisted's TCP transport (``ISystemHandle.getHandle``,
+``stopReading``) and driven from then on by a :class:`TLSSocketConnection`,
+a :class:`~twisted.internet.abstract.FileDescriptor` the reactor watches with
+``addReader``/``addWriter``.  That transport provides what the gateway uses of
+Twisted's: :class:`~twisted.internet.interfaces.ISSLTransport`
+(``getPeerCertificate``, so client certificates and ``certname=`` work),
+``ITCPTransport``, producer and consumer flow control, ``abortConnection``.
+
+OpenSSL's rules on a non-blocking socket, kept here:
+
+- a write that OpenSSL could not finish (``WantWriteError``, or
+  ``WantReadError`` while it waits for the peer) is retried with the very
+  same buffer and nothing shorter, so queued data is only joined before its
+  first try;
+- a read may need the socket writable (``WantWriteError``) and a write may
+  need it readable; each waits for its own event and then runs again;
+- a close sends ``close_notify`` after the queued data (``loseConnection``),
+  or nothing (``abortConnection``); a peer that closes without one ends the
+  connection with :class:`~twisted.internet.error.ConnectionLost`.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections import deque
+from typing import Any, Callable, Iterable, Optional, Union
+
+from OpenSSL import SSL
+from twisted.internet import error, interfaces, main
+from twisted.internet.abstract import FileDescriptor
+from twisted.internet.protocol import Factory, Protocol
+from twisted.python import log
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+__all__ = ["TLSSocketConnection", "TLSSocketServerFactory"]
+
+#: The most plaintext asked of OpenSSL per read (a TLS record holds at most 16 KiB).
+_READ = 1 << 16
+
+#: The most plaintext read in one wake-up before other connections get a turn (delivered in one ``dataReceived``).
+_READ_PER_WAKE = 1 << 18
+
+#: Queued writes are joined up to this size before they go to OpenSSL (one ``SSL_write``, full records).
+_JOIN = 1 << 18
+
+#: Queued bytes above which a streaming producer is paused (Twisted's ``FileDescriptor.bufferSize``).
+_QUEUE_BOUND = 1 << 16
+
+_Reason = Union[BaseException, Failure, None]
+
+
+@implementer(interfaces.ISSLTransport, interfaces.ITCPTransport, interfaces.ISystemHandle, interfaces.INegotiated)
+class TLSSocketConnection(FileDescriptor):
+    """
+    One server-side TLS connection whose OpenSSL object reads and writes the socket.
+
+    The protocol is connected at once (as under Twisted's TLS); what it
+    writes before the handshake ends waits in the queue.
+
+    :ivar protocol: the application protocol.
+    """
+
+    def __init__(self, sock: socket.socket, tls: SSL.Connection, protocol: interfaces.IProtocol,
+                 host: interfaces.IAddress, peer: interfaces.IAddress, reactor: Any) -> None:
+        FileDescriptor.__init__(self, reactor)
+        self.socket = sock
+        self._fd = sock.fileno()
+        self._tls = tls
+        self.protocol = protocol
+        self._host = host
+        self._peer = peer
+        #: Application bytes not yet taken by OpenSSL, in order; the head is retried as it is when _retry is set.
+        self._queue: deque[Union[bytes, memoryview]] = deque()
+        self._queued = 0
+        self._retry = False
+        self._handshaken = False
+        #: The socket event each side waits for: "read" waits for writability, "write" for readability.
+        self._read_needs_write = False
+        self._write_needs_read = False
+        self._closing = False  # close_notify being sent
+        self.connected = 1
+
+    # --- the reactor's side
+
+    def fileno(self) -> int:
+        """The socket's descriptor (-1 once closed)."""
+        return self._fd
+
+    def start(self) -> None:
+        """Connect the protocol and start the handshake (it needs the client's hello first)."""
+        self._tls.set_accept_state()
+        self.protocol.makeConnection(self)
+        if self.connected and not self.disconnecting:
+            self.startReading()
+
+    def doRead(self) -> Optional[BaseException]:
+        """The socket is readable: go on with a write that waited for it, the handshake, or read records."""
+        if self._write_needs_read:
+            self._write_needs_read = False
+            failed = self._send_queue()
+            if failed is not None:
+                return failed
+        if not self._handshaken:
+            return self._handshake()
+        return self._read()
+
+    def doWrite(self) -> Optional[BaseException]:
+        """The socket is writable: go on with the handshake, a read that waited for it, or the queue."""
+        self.stopWriting()
+        if not self._handshaken:
+            return self._handshake()
+        if self._read_needs_write:
+            self._read_needs_write = False
+            failed = self._read()
+            if failed is not None:
+                return failed
+        if self._closing:
+            return self._send_close_notify()
+        failed = self._send_queue()
+        if failed is not None:
+            return failed
+        return self._drained()
+
+    def _handshake(self) -> Optional[BaseException]:
+        try:
+            self._tls.do_handshake()
+        except SSL.WantReadError:
+            self.startReading()
+            return None
+        except SSL.WantWriteError:
+            self.startWriting()
+            return None
+        except SSL.Error as e:
+            return _lost(e, "TLS handshake failed")
+        self._handshaken = True
+        if interfaces.IHandshakeListener.providedBy(self.protocol):
+            self.protocol.handshakeCompleted()
+        if not self.connected:
+            return None
+        failed = self._send_queue()
+        if failed is not None:
+            return failed
+        if self.disconnecting and not self._queue:
+            return self._drained()
+        # A client may send its first records with its Finished message.
+        return self._read()
+
+    def _read(self) -> Optional[BaseException]:
+        chunks: list[bytes] = []
+        got = 0
+        end: Optional[BaseException] = None
+        while got < _READ_PER_WAKE:
+            try:
+                chunk = self._tls.recv(_READ)
+            except SSL.WantReadError:
+                break
+            except SSL.WantWriteError:
+                self._read_needs_write = True
+                self.startWriting()
+                break
+            except SSL.ZeroReturnError:  # the peer's close_notify
+                end = main.CONNECTION_DONE
+                break
+            except SSL.Error as e:
+                end = _lost(e, "TLS connection failed")
+                break
+            chunks.append(chunk)
+            got += len(chunk)
+        if chunks and not self.disconnected and not self._aborted():
+            self.protocol.dataReceived(chunks[0] if len(chunks) == 1 else b"".join(chunks))
+        if end is main.CONNECTION_DONE and self.connected:
+            self._answer_close_notify()
+        return end
+
+    def _answer_close_notify(self) -> None:
+        """Best effort: our close_notify after the peer's, without waiting for the socket."""
+        try:
+            self._tls.shutdown()
+        except SSL.Error:
+            pass
+
+    # --- writing
+
+    def write(self, data: bytes) -> None:
+        """Encrypt data to the socket now if nothing waits ahead of it, else queue it (pausing a producer when full)."""
+        if not data or not self.connected or self.disconnecting:
+            return
+        self._queue.append(data)
+        self._queued += len(data)
+        self._after_write()
+
+    def writeSequence(self, iovec: Iterable[bytes]) -> None:
+        """As :meth:`write` for the pieces together (joined into full records before they go to OpenSSL)."""
+        if not self.connected or self.disconnecting:
+            return
+        for piece in iovec:
+            if piece:
+                self._queue.append(piece)
+                self._queued += len(piece)
+        self._after_write()
+
+    def _after_write(self) -> None:
+        if self._handshaken and not self._retry and not self._write_needs_read:
+            # Nothing waits for the socket (the queue is empty but for this write): send at once, not on the next turn.
+            failed = self._send_queue()
+            if failed is not None:
+                self._fail(failed)
+                return
+        if self._queue:
+            if self.producer is not None and self.streamingProducer and self._queued > _QUEUE_BOUND \
+                    and not self.producerPaused:
+                self.producerPaused = True
+                self.producer.pauseProducing()
+
+    def _send_queue(self) -> Optional[BaseException]:
+        """SSL_write the queue until it is empty or the socket is full; an exception when the connection failed."""
+        queue = self._queue
+        while queue:
+            if not self._retry and len(queue) > 1 and len(queue[0]) < _JOIN:
+                # Join small pieces (a frame header and its payload) into one SSL_write: full records, one system call.
+                pieces = [queue.popleft()]
+                size = len(pieces[0])
+                while queue and size + len(queue[0]) <= _JOIN:
+                    piece = queue.popleft()
+                    pieces.append(piece)
+                    size += len(piece)
+                queue.appendleft(b"".join(pieces))
+            head = queue[0]
+            try:
+                sent = self._tls.send(head)
+            except SSL.WantWriteError:
+                self._retry = True
+                self.startWriting()
+                return None
+            except SSL.WantReadError:
+                self._retry = True
+                self._write_needs_read = True
+                self.startReading()
+                return None
+            except SSL.Error as e:
+                return _lost(e, "TLS write failed")
+            self._retry = False
+            self._queued -= sent
+            if sent == len(head):
+                queue.popleft()
+            else:  # partial write (whole records sent): the rest is new data for OpenSSL
+                queue[0] = memoryview(head)[sent:]
+        return None
+
+    def _drained(self) -> Optional[BaseException]:
+        """After a flush: resume a paused producer, or go on closing."""
+        if self._queue:
+            return None
+        if self.producer is not None and (not self.streamingProducer or self.producerPaused):
+            self.producerPaused = False
+            self.producer.resumeProducing()
+        elif self.disconnecting:
+            return self._send_close_notify()
+        return None
+
+    def _send_close_notify(self) -> Optional[BaseException]:
+        if not self._handshaken:
+            return main.CONNECTION_DONE
+        self._closing = True
+        try:
+            self._tls.shutdown()
+        except SSL.WantWriteError:
+            self.startWriting()
+            return None
+        except SSL.Error:
+            pass  # the peer is gone already: nothing more to say
+        return main.CONNECTION_DONE
+
+    def _fail(self, reason: BaseException) -> None:
+        """A write failed outside the reactor's callbacks: end the connection as the reactor would."""
+        self.stopReading()
+        self.stopWriting()
+        self.connectionLost(Failure(reason))
+
+    # --- ITransport, ITCPTransport
+
+    def loseConnection(self) -> None:
+        """Close after the queued data, with a close_notify (once a producer still registered is unregistered)."""
+        if not self.connected or self.disconnecting:
+            return
+        self.disconnecting = 1
+        if not self._write_needs_read:  # else the queued write waits for the socket to be readable
+            self.stopReading()
+        self.startWriting()  # doWrite flushes, sends close_notify and closes
+
+    def loseWriteConnection(self) -> None:
+        """TLS has no half-close that the gateway's peers rely on: close whole."""
+        self.loseConnection()
+
+    def abortConnection(self) -> None:
+        """Close now: no close_notify, queued data dropped; connectionLost on the next reactor turn."""
+        if self.disconnected or self._aborted():
+            return
+        self._abort_reason = error.ConnectionAborted()
+        self.stopReading()
+        self.stopWriting()
+        self.disconnecting = 1
+        self.reactor.callLater(0, self._lose_aborted)
+
+    _abort_reason: Optional[BaseException] = None
+
+    def _aborted(self) -> bool:
+        return self._abort_reason is not None
+
+    def _lose_aborted(self) -> None:
+        if not self.disconnected:
+            self.connectionLost(Failure(self._abort_reason))
+
+    def connectionLost(self, reason: Failure) -> None:
+        """Close the socket (with a reset when aborted) and tell the protocol, once."""
+        if self.disconnected:
+            return
+        FileDescriptor.connectionLost(self, reason)
+        self._queue.clear()
+        self._queued = 0
+        try:
+            if reason.check(error.ConnectionAborted):
+                self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+            self.socket.close()
+        except OSError:
+            pass
+        self._fd = -1
+        self.protocol.connectionLost(reason)
+
+    def getHost(self) -> interfaces.IAddress:
+        """The listener's address."""
+        return self._host
+
+    def getPeer(self) -> interfaces.IAddress:
+        """The client's address."""
+        return self._peer
+
+    def getHandle(self) -> socket.socket:
+        """The socket (for socket options; reading or writing it would break the TLS stream)."""
+        return self.socket
+
+    def getTcpNoDelay(self) -> bool:
+        """Whether Nagle's algorithm is off."""
+        return bool(self.socket.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+
+    def setTcpNoDelay(self, enabled: bool) -> None:
+        """Turn Nagle's algorithm off (True) or on."""
+        self.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, enabled)
+
+    def getTcpKeepAlive(self) -> bool:
+        """Whether TCP keepalive is on."""
+        return bool(self.socket.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE))
+
+    def setTcpKeepAlive(self, enabled: bool) -> None:
+        """Turn TCP keepalive on or off."""
+        self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, enabled)
+
+    # --- ISSLTransport, INegotiated
+
+    def getPeerCertificate(self) -> Any:
+        """The client's verified certificate (pyOpenSSL ``X509``), None without one."""
+        return self._tls.get_peer_certificate()
+
+    @property
+    def negotiatedProtocol(self) -> Optional[bytes]:
+        """The ALPN protocol chosen in the handshake, None without one."""
+        return self._tls.get_alpn_proto_negotiated() or None
+
+    def logPrefix(self) -> str:
+        """The protocol's class name, as Twisted's transports log it."""
+        return f"{type(self.protocol).__name__},tls"
+
+
+def _lost(e: SSL.Error, what: str) -> BaseException:
+    """The reason a connection ended on an OpenSSL error: ConnectionLost with OpenSSL's words."""
+    if isinstance(e, SSL.SysCallError):
+        return error.ConnectionLost(f"{what}: {e.args[1] if len(e.args) > 1 else e}")
+    return error.ConnectionLost(f"{what}: {e}")
+
+
+class _Takeover(Protocol):
+    """The protocol the stream endpoint connects first: it hands the socket to a :class:`TLSSocketConnection`."""
+
+    def __init__(self, start: Callable[[Any], None]) -> None:
+        self._start = start
+
+    def connectionMade(self) -> None:
+        self._start(self.transport)
+
+
+class TLSSocketServerFactory(Factory):
+    """
+    The factory a plain stream endpoint listens with to serve TLS on its sockets.
+
+    :param connection_for: makes the server-side OpenSSL connection of a socket
+        (:meth:`tunnelgw.certificates.ServerCertificates.socket_connection`).
+    :param wrapped: the application's factory.
+    """
+
+    def __init__(self, connection_for: Callable[[socket.socket], SSL.Connection], wrapped: Any, reactor: Any) -> None:
+        self._connection_for = connection_for
+        self.wrapped = wrapped
+        self._reactor = reactor
+
+    def doStart(self) -> None:
+        """Start the application's factory with this one."""
+        self.wrapped.doStart()
+
+    def doStop(self) -> None:
+        """Stop the application's factory with this one."""
+        self.wrapped.doStop()
+
+    def buildProtocol(self, addr: interfaces.IAddress) -> Optional[Protocol]:
+        """The take-over protocol, or None (the connection closed) when the application refuses addr."""
+        protocol = self.wrapped.buildProtocol(addr)
+        if protocol is None:
+            return None
+        return _Takeover(lambda transport: self._take_over(transport, protocol))
+
+    def _take_over(self, transport: Any, protocol: interfaces.IProtocol) -> None:
+        """Detach the accepted socket from Twisted's TCP transport (which has read nothing) and serve TLS on it."""
+        handle = transport.getHandle()
+        host, peer = transport.getHost(), transport.getPeer()
+        transport.stopReading()
+        transport.stopWriting()
+        # The TCP transport keeps a closed socket object and is dropped: no connectionLost reaches it.
+        sock = socket.socket(fileno=handle.detach())
+        sock.setblocking(False)
+        try:
+            tls = self._connection_for(sock)
+        except SSL.Error:
+            log.err(None, "cannot make a TLS connection for an accepted socket")
+            sock.close()
+            return
+        TLSSocketConnection(sock, tls, protocol, host, peer, self._reactor).start()
