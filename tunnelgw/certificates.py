@@ -41,7 +41,7 @@ from twisted.python.filepath import FilePath
 from zope.interface import implementer
 
 from tunnelgw.core.tlsconfig import ClientCertificate, ListenTLS
-from tunnelgw.tlssocket import TLSSocketServerFactory
+from tunnelgw.tlssocket import TLSSocketServerFactory, select_protocol
 
 __all__ = ["ServerCertificates", "TLSServerEndpoint", "client_certificate", "load_contexts"]
 
@@ -102,6 +102,7 @@ def _context(key_pem: bytes, cert_pem: bytes, chain_pem: bytes, verify: _Verify,
         if "mismatch" in reason:
             raise ValueError(f"the certificate and the private key do not match ({names})") from None
         raise ValueError(f"cannot use the certificate and key in {names}: {reason}") from None
+    context.set_alpn_select_callback(select_protocol)
     if verify.crl is not None:
         store = context.get_cert_store()
         assert store is not None

@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import socket
 from collections import deque
-from typing import Any, Callable, Iterable, Optional, Union
+from typing import Any, Callable, Iterable, Optional, Sequence, Union
 
 from OpenSSL import SSL
 from twisted.internet import error, interfaces, main
@@ -47,7 +47,7 @@ from twisted.python import log
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-__all__ = ["TLSSocketConnection", "TLSSocketServerFactory"]
+__all__ = ["TLSSocketConnection", "TLSSocketServerFactory", "select_protocol"]
 
 #: The most plaintext asked of OpenSSL per read (a TLS record holds at most 16 KiB).
 _READ = 1 << 16
@@ -57,6 +57,9 @@ _READ_PER_WAKE = 1 << 18
 
 #: Queued writes are joined up to this size before they go to OpenSSL (one ``SSL_write``, full records).
 _JOIN = 1 << 18
+
+#: Seconds a connection whose handshake failed waits for the client to close after OpenSSL's alert.
+_LINGER = 2.0
 
 #: Queued bytes above which a streaming producer is paused (Twisted's ``FileDescriptor.bufferSize``).
 _QUEUE_BOUND = 1 << 16
@@ -76,11 +79,15 @@ class TLSSocketConnection(FileDescriptor):
     """
 
     def __init__(self, sock: socket.socket, tls: SSL.Connection, protocol: interfaces.IProtocol,
-                 host: interfaces.IAddress, peer: interfaces.IAddress, reactor: Any) -> None:
+                 host: interfaces.IAddress, peer: interfaces.IAddress, reactor: Any,
+                 protocols: Sequence[bytes] = ()) -> None:
         FileDescriptor.__init__(self, reactor)
         self.socket = sock
         self._fd = sock.fileno()
         self._tls = tls
+        tls.set_app_data(self)  # for select_protocol
+        #: The ALPN protocols offered, preferred first.
+        self.protocols = protocols
         self.protocol = protocol
         self._host = host
         self._peer = peer
@@ -93,6 +100,9 @@ class TLSSocketConnection(FileDescriptor):
         self._read_needs_write = False
         self._write_needs_read = False
         self._closing = False  # close_notify being sent
+        #: Why the handshake failed, while the alert is given time to reach the client.
+        self._lingering: Optional[BaseException] = None
+        self._linger_call: Any = None
         self.connected = 1
 
     # --- the reactor's side
@@ -110,6 +120,8 @@ class TLSSocketConnection(FileDescriptor):
 
     def doRead(self) -> Optional[BaseException]:
         """The socket is readable: go on with a write that waited for it, the handshake, or read records."""
+        if self._lingering is not None:
+            return self._discard()
         if self._write_needs_read:
             self._write_needs_read = False
             failed = self._send_queue()
@@ -146,7 +158,7 @@ class TLSSocketConnection(FileDescriptor):
             self.startWriting()
             return None
         except SSL.Error as e:
-            return _lost(e, "TLS handshake failed")
+            return self._linger(_lost(e, "TLS handshake failed"))
         self._handshaken = True
         if interfaces.IHandshakeListener.providedBy(self.protocol):
             self.protocol.handshakeCompleted()
@@ -159,6 +171,39 @@ class TLSSocketConnection(FileDescriptor):
             return self._drained()
         # A client may send its first records with its Finished message.
         return self._read()
+
+    def _linger(self, reason: BaseException) -> Optional[BaseException]:
+        """
+        After a failed handshake: end our side after OpenSSL's alert (FIN) and
+        drop what the client still sends until it closes, for at most
+        :data:`_LINGER` seconds.  Closing at once with the client's bytes unread
+        would send a reset, which discards the alert before the client reads it.
+        """
+        try:
+            self.socket.shutdown(socket.SHUT_WR)
+        except OSError:
+            return reason
+        self._lingering = reason
+        self.disconnecting = 1
+        self.stopWriting()
+        self.startReading()
+        self._linger_call = self.reactor.callLater(_LINGER, self._end_linger)
+        return self._discard()
+
+    def _discard(self) -> Optional[BaseException]:
+        while True:
+            try:
+                if not self.socket.recv(_READ):
+                    return self._lingering
+            except BlockingIOError:
+                return None
+            except OSError:
+                return self._lingering
+
+    def _end_linger(self) -> None:
+        self._linger_call = None
+        if not self.disconnected:
+            self.connectionLost(Failure(self._lingering))
 
     def _read(self) -> Optional[BaseException]:
         chunks: list[bytes] = []
@@ -330,6 +375,10 @@ class TLSSocketConnection(FileDescriptor):
         """Close the socket (with a reset when aborted) and tell the protocol, once."""
         if self.disconnected:
             return
+        if self._lingering is not None:
+            reason = Failure(self._lingering)  # not the client's close that ended the wait
+            if self._linger_call is not None and self._linger_call.active():
+                self._linger_call.cancel()
         FileDescriptor.connectionLost(self, reason)
         self._queue.clear()
         self._queued = 0
@@ -386,6 +435,21 @@ class TLSSocketConnection(FileDescriptor):
         return f"{type(self.protocol).__name__},tls"
 
 
+def select_protocol(connection: SSL.Connection, offered: list[bytes]) -> Any:
+    """
+    The ALPN callback of an ``ssl:`` listener's contexts: the first of the
+    connection's :attr:`TLSSocketConnection.protocols` the client offers; with
+    none in common the handshake goes on without ALPN (the client may still
+    speak HTTP/1.1).  It replaces the callback Twisted's
+    ``CertificateOptions`` installs, which expects a Twisted TLS protocol.
+    """
+    transport = connection.get_app_data()
+    for name in transport.protocols if isinstance(transport, TLSSocketConnection) else ():
+        if name in offered:
+            return name
+    return SSL.NO_OVERLAPPING_PROTOCOLS
+
+
 def _lost(e: SSL.Error, what: str) -> BaseException:
     """The reason a connection ended on an OpenSSL error: ConnectionLost with OpenSSL's words."""
     if isinstance(e, SSL.SysCallError):
@@ -416,6 +480,8 @@ class TLSSocketServerFactory(Factory):
         self._connection_for = connection_for
         self.wrapped = wrapped
         self._reactor = reactor
+        negotiation = interfaces.IProtocolNegotiationFactory(wrapped, None)
+        self._protocols: Sequence[bytes] = tuple(negotiation.acceptableProtocols()) if negotiation is not None else ()
 
     def doStart(self) -> None:
         """Start the application's factory with this one."""
@@ -447,4 +513,4 @@ class TLSSocketServerFactory(Factory):
             log.err(None, "cannot make a TLS connection for an accepted socket")
             sock.close()
             return
-        TLSSocketConnection(sock, tls, protocol, host, peer, self._reactor).start()
+        TLSSocketConnection(sock, tls, protocol, host, peer, self._reactor, self._protocols).start()
