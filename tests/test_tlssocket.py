@@ -11,7 +11,7 @@ from __future__ import annotations
 import socket
 import tempfile
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional, Sequence
 
 from OpenSSL import SSL
 from twisted.internet import error, interfaces
@@ -90,6 +90,21 @@ class _Producer:
         self.events.append("stop")
 
 
+@implementer(interfaces.IProtocolNegotiationFactory)
+class _Negotiating(Factory):
+    """A server factory with an ALPN list, as the gateway's front factory has."""
+
+    def __init__(self, build: Callable[[], Protocol], protocols: Sequence[bytes]) -> None:
+        self._build = build
+        self._protocols = protocols
+
+    def buildProtocol(self, addr: Any) -> Protocol:
+        return self._build()
+
+    def acceptableProtocols(self) -> list[bytes]:
+        return list(self._protocols)
+
+
 class TLSSocketConnectionTests(TestCase):
     """An ``ssl:`` listener's connections over real loopback sockets."""
 
@@ -104,8 +119,8 @@ class TLSSocketConnectionTests(TestCase):
         self.servers: list[_Peer] = []
         self.server_made: Deferred[_Peer] = Deferred()
 
-    async def listen(self, tls: Optional[ListenTLS] = None) -> int:
-        """Listen with the gateway's TLS endpoint on a free loopback port; the port."""
+    async def listen(self, tls: Optional[ListenTLS] = None, protocols: Sequence[bytes] = ()) -> int:
+        """Listen with the gateway's TLS endpoint on a free loopback port (offering protocols over ALPN); the port."""
         tls = tls or ListenTLS(stream="tcp:0", private_key=str(self.pki.server_key),
                                certificate=str(self.pki.fullchain))
         endpoint = TLSServerEndpoint(TCP4ServerEndpoint(self.reactor, 0, interface="127.0.0.1"),
@@ -118,15 +133,16 @@ class TLSSocketConnectionTests(TestCase):
                 self.server_made.callback(peer)
             return peer
 
-        port = await endpoint.listen(Factory.forProtocol(build))
+        port = await endpoint.listen(_Negotiating(build, protocols))
         self.addCleanup(port.stopListening)
         return int(port.getHost().port)
 
-    async def connect(self, port: int, client_cert: Optional[Path] = None) -> _Peer:
-        """A Twisted TLS client connected to port, trusting the test root (with a client certificate if given)."""
+    async def connect(self, port: int, client_cert: Optional[Path] = None, protocols: Sequence[bytes] = ()) -> _Peer:
+        """A Twisted TLS client connected to port, trusting the test root (with a client certificate and ALPN if given)."""
         trust = Certificate.loadPEM(self.pki.ca_cert.read_bytes())
         mine = PrivateCertificate.loadPEM(client_cert.read_bytes()) if client_cert else None
-        options = optionsForClientTLS("localhost", trustRoot=trust, clientCertificate=mine)
+        options = optionsForClientTLS("localhost", trustRoot=trust, clientCertificate=mine,
+                                      acceptableProtocols=list(protocols) or None)
         client = _Peer()
         endpoint = wrapClientTLS(options, TCP4ClientEndpoint(self.reactor, "127.0.0.1", port))
         await endpoint.connect(Factory.forProtocol(lambda: client))
@@ -160,6 +176,26 @@ class TLSSocketConnectionTests(TestCase):
         server.transport.write(b"world")
         self.assertEqual(await client.until(5), b"world")
         self.assertIsNone(server.transport.getPeerCertificate())
+
+    async def test_alpn_from_the_listener_factory(self) -> None:
+        """The factory's ALPN list is served: h2 and http/1.1 offered gets http/1.1; only h2 offered still connects, without ALPN."""
+        port = await self.listen(protocols=[b"http/1.1"])
+        client = await self.connect(port, protocols=[b"h2", b"http/1.1"])
+        server = await self.server_made
+        await server.handshake
+        await client.handshake
+        assert server.transport is not None and client.transport is not None
+        self.assertEqual(server.transport.negotiatedProtocol, b"http/1.1")
+        self.assertEqual(client.transport.negotiatedProtocol, b"http/1.1")
+        self.server_made = Deferred()
+        other = await self.connect(port, protocols=[b"h2"])
+        server = await self.server_made
+        await server.handshake
+        assert server.transport is not None
+        self.assertIsNone(server.transport.negotiatedProtocol)
+        other_transport: Any = other.transport
+        other_transport.write(b"ping")
+        self.assertEqual(await server.until(4), b"ping")
 
     async def test_writes_before_the_handshake_wait_for_it(self) -> None:
         """What the protocol writes on connectionMade reaches the client after the handshake, in order."""

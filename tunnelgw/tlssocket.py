@@ -64,9 +64,6 @@ _LINGER = 2.0
 #: Queued bytes above which a streaming producer is paused (Twisted's ``FileDescriptor.bufferSize``).
 _QUEUE_BOUND = 1 << 16
 
-_Reason = Union[BaseException, Failure, None]
-
-
 @implementer(interfaces.ISSLTransport, interfaces.ITCPTransport, interfaces.ISystemHandle, interfaces.INegotiated)
 class TLSSocketConnection(FileDescriptor):
     """
@@ -264,7 +261,7 @@ class TLSSocketConnection(FileDescriptor):
             # Nothing waits for the socket (the queue is empty but for this write): send at once, not on the next turn.
             failed = self._send_queue()
             if failed is not None:
-                self._fail(failed)
+                self._lose_later(failed)
                 return
         if self._queue:
             if self.producer is not None and self.streamingProducer and self._queued > _QUEUE_BOUND \
@@ -331,12 +328,6 @@ class TLSSocketConnection(FileDescriptor):
             pass  # the peer is gone already: nothing more to say
         return main.CONNECTION_DONE
 
-    def _fail(self, reason: BaseException) -> None:
-        """A write failed outside the reactor's callbacks: end the connection as the reactor would."""
-        self.stopReading()
-        self.stopWriting()
-        self.connectionLost(Failure(reason))
-
     # --- ITransport, ITCPTransport
 
     def loseConnection(self) -> None:
@@ -354,22 +345,27 @@ class TLSSocketConnection(FileDescriptor):
 
     def abortConnection(self) -> None:
         """Close now: no close_notify, queued data dropped; connectionLost on the next reactor turn."""
-        if self.disconnected or self._aborted():
+        self._lose_later(error.ConnectionAborted())
+
+    #: Why the connection is being ended on the next reactor turn (an abort, a failed write).
+    _ending: Optional[BaseException] = None
+
+    def _aborted(self) -> bool:
+        return self._ending is not None
+
+    def _lose_later(self, reason: BaseException) -> None:
+        """Stop all I/O now and end the connection on the next reactor turn (not inside the protocol's call)."""
+        if self.disconnected or self._ending is not None:
             return
-        self._abort_reason = error.ConnectionAborted()
+        self._ending = reason
         self.stopReading()
         self.stopWriting()
         self.disconnecting = 1
-        self.reactor.callLater(0, self._lose_aborted)
+        self.reactor.callLater(0, self._end)
 
-    _abort_reason: Optional[BaseException] = None
-
-    def _aborted(self) -> bool:
-        return self._abort_reason is not None
-
-    def _lose_aborted(self) -> None:
+    def _end(self) -> None:
         if not self.disconnected:
-            self.connectionLost(Failure(self._abort_reason))
+            self.connectionLost(Failure(self._ending))
 
     def connectionLost(self, reason: Failure) -> None:
         """Close the socket (with a reset when aborted) and tell the protocol, once."""
