@@ -37,17 +37,22 @@ from __future__ import annotations
 
 import socket
 from collections import deque
-from typing import Any, Callable, Iterable, Optional, Sequence, Union
+from typing import Any, Callable, Iterable, Optional, Sequence, Union, cast
 
 from OpenSSL import SSL
 from twisted.internet import error, interfaces, main
+from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.abstract import FileDescriptor
 from twisted.internet.protocol import Factory, Protocol
-from twisted.python import log
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 __all__ = ["TLSSocketConnection", "TLSSocketServerFactory", "select_protocol"]
+
+_log = Logger()
+
+_Address = Union[IPv4Address, IPv6Address]
 
 #: The most plaintext asked of OpenSSL per read (a TLS record holds at most 16 KiB).
 _READ = 1 << 16
@@ -61,9 +66,6 @@ _JOIN = 1 << 18
 #: Seconds a connection whose handshake failed waits for the client to close after OpenSSL's alert.
 _LINGER = 2.0
 
-#: Queued bytes above which a streaming producer is paused (Twisted's ``FileDescriptor.bufferSize``).
-_QUEUE_BOUND = 1 << 16
-
 @implementer(interfaces.ISSLTransport, interfaces.ITCPTransport, interfaces.ISystemHandle, interfaces.INegotiated)
 class TLSSocketConnection(FileDescriptor):
     """
@@ -76,9 +78,10 @@ class TLSSocketConnection(FileDescriptor):
     """
 
     def __init__(self, sock: socket.socket, tls: SSL.Connection, protocol: interfaces.IProtocol,
-                 host: interfaces.IAddress, peer: interfaces.IAddress, reactor: Any,
+                 host: _Address, peer: _Address, reactor: Any,
                  protocols: Sequence[bytes] = ()) -> None:
         FileDescriptor.__init__(self, reactor)
+        self._clock: interfaces.IReactorTime = reactor
         self.socket = sock
         self._fd = sock.fileno()
         self._tls = tls
@@ -184,7 +187,7 @@ class TLSSocketConnection(FileDescriptor):
         self.disconnecting = 1
         self.stopWriting()
         self.startReading()
-        self._linger_call = self.reactor.callLater(_LINGER, self._end_linger)
+        self._linger_call = self._clock.callLater(_LINGER, self._end_linger)
         return self._discard()
 
     def _discard(self) -> Optional[BaseException]:
@@ -226,6 +229,10 @@ class TLSSocketConnection(FileDescriptor):
         if chunks and not self.disconnected and not self._aborted():
             self.protocol.dataReceived(chunks[0] if len(chunks) == 1 else b"".join(chunks))
         if end is main.CONNECTION_DONE and self.connected:
+            if self._queue and not self.disconnecting:
+                # The client has finished sending: what it is owed still goes out before our close_notify.
+                self.loseConnection()
+                return None
             self._answer_close_notify()
         return end
 
@@ -264,10 +271,11 @@ class TLSSocketConnection(FileDescriptor):
                 self._lose_later(failed)
                 return
         if self._queue:
-            if self.producer is not None and self.streamingProducer and self._queued > _QUEUE_BOUND \
+            # The bound is bufferSize, as for Twisted's transports (a session raises it to its relay window).
+            if self.producer is not None and self.streamingProducer and self._queued > self.bufferSize \
                     and not self.producerPaused:
                 self.producerPaused = True
-                self.producer.pauseProducing()
+                cast(interfaces.IPushProducer, self.producer).pauseProducing()
 
     def _send_queue(self) -> Optional[BaseException]:
         """SSL_write the queue until it is empty or the socket is full; an exception when the connection failed."""
@@ -310,7 +318,7 @@ class TLSSocketConnection(FileDescriptor):
             return None
         if self.producer is not None and (not self.streamingProducer or self.producerPaused):
             self.producerPaused = False
-            self.producer.resumeProducing()
+            cast(interfaces.IPushProducer, self.producer).resumeProducing()  # a pull producer has it too
         elif self.disconnecting:
             return self._send_close_notify()
         return None
@@ -361,7 +369,7 @@ class TLSSocketConnection(FileDescriptor):
         self.stopReading()
         self.stopWriting()
         self.disconnecting = 1
-        self.reactor.callLater(0, self._end)
+        self._clock.callLater(0, self._end)
 
     def _end(self) -> None:
         if not self.disconnected:
@@ -387,11 +395,11 @@ class TLSSocketConnection(FileDescriptor):
         self._fd = -1
         self.protocol.connectionLost(reason)
 
-    def getHost(self) -> interfaces.IAddress:
+    def getHost(self) -> _Address:
         """The listener's address."""
         return self._host
 
-    def getPeer(self) -> interfaces.IAddress:
+    def getPeer(self) -> _Address:
         """The client's address."""
         return self._peer
 
@@ -487,7 +495,7 @@ class TLSSocketServerFactory(Factory):
         """Stop the application's factory with this one."""
         self.wrapped.doStop()
 
-    def buildProtocol(self, addr: interfaces.IAddress) -> Optional[Protocol]:
+    def buildProtocol(self, addr: Optional[interfaces.IAddress]) -> Optional[Protocol]:
         """The take-over protocol, or None (the connection closed) when the application refuses addr."""
         protocol = self.wrapped.buildProtocol(addr)
         if protocol is None:
@@ -496,7 +504,12 @@ class TLSSocketServerFactory(Factory):
 
     def _take_over(self, transport: Any, protocol: interfaces.IProtocol) -> None:
         """Detach the accepted socket from Twisted's TCP transport (which has read nothing) and serve TLS on it."""
-        handle = transport.getHandle()
+        handle = transport.getHandle() if interfaces.ISystemHandle.providedBy(transport) else None
+        if not isinstance(handle, socket.socket):  # ListenTLS streams are tcp: or systemd:, which have sockets
+            _log.error("ssl: listener: the stream transport {transport!r} has no socket to serve TLS on",
+                       transport=transport)
+            transport.abortConnection()
+            return
         host, peer = transport.getHost(), transport.getPeer()
         transport.stopReading()
         transport.stopWriting()
@@ -506,7 +519,7 @@ class TLSSocketServerFactory(Factory):
         try:
             tls = self._connection_for(sock)
         except SSL.Error:
-            log.err(None, "cannot make a TLS connection for an accepted socket")
+            _log.failure("ssl: listener: cannot make a TLS connection for an accepted socket")
             sock.close()
             return
         TLSSocketConnection(sock, tls, protocol, host, peer, self._reactor, self._protocols).start()
