@@ -60,8 +60,8 @@ _READ = 1 << 16
 #: The most plaintext read in one wake-up before other connections get a turn (delivered in one ``dataReceived``).
 _READ_PER_WAKE = 1 << 18
 
-#: Queued writes are joined up to this size before they go to OpenSSL (one ``SSL_write``, full records).
-_JOIN = 1 << 18
+#: The plaintext of a full TLS record: small queued writes are joined up to it before they go to OpenSSL.
+_RECORD = 1 << 14
 
 #: Seconds a connection whose handshake failed waits for the client to close after OpenSSL's alert.
 _LINGER = 2.0
@@ -281,12 +281,17 @@ class TLSSocketConnection(FileDescriptor):
         """SSL_write the queue until it is empty or the socket is full; an exception when the connection failed."""
         queue = self._queue
         while queue:
-            if not self._retry and len(queue) > 1 and len(queue[0]) < _JOIN:
-                # Join small pieces (a frame header and its payload) into one SSL_write: full records, one system call.
+            if not self._retry and len(queue) > 1 and len(queue[0]) < _RECORD:
+                # Fill one record from the pieces ahead (a frame header and the start of its payload): each
+                # record is a system call, so a header must not be one of its own; the rest is not copied.
                 pieces = [queue.popleft()]
                 size = len(pieces[0])
-                while queue and size + len(queue[0]) <= _JOIN:
+                while queue and size < _RECORD:
                     piece = queue.popleft()
+                    room = _RECORD - size
+                    if len(piece) > room:
+                        queue.appendleft(memoryview(piece)[room:])
+                        piece = memoryview(piece)[:room]
                     pieces.append(piece)
                     size += len(piece)
                 queue.appendleft(b"".join(pieces))
