@@ -485,6 +485,8 @@ class TLSSocketServerFactory(Factory):
     :param wrapped: the application's factory.
     """
 
+    noisy = False
+
     def __init__(self, connection_for: Callable[[socket.socket], SSL.Connection], wrapped: Any, reactor: Any) -> None:
         self._connection_for = connection_for
         self.wrapped = wrapped
