@@ -133,8 +133,8 @@ class TLSSocketConnection(FileDescriptor):
 
     def doWrite(self) -> Optional[BaseException]:
         """The socket is writable: go on with the handshake, a read that waited for it, or the queue."""
-        self.stopWriting()
         if not self._handshaken:
+            self.stopWriting()
             return self._handshake()
         if self._read_needs_write:
             self._read_needs_write = False
@@ -142,10 +142,15 @@ class TLSSocketConnection(FileDescriptor):
             if failed is not None:
                 return failed
         if self._closing:
+            self.stopWriting()
             return self._send_close_notify()
         failed = self._send_queue()
         if failed is not None:
             return failed
+        if not (self._retry and not self._write_needs_read) and not self._read_needs_write:
+            # Nothing waits for writability any more (while the socket stays full, the reactor keeps
+            # watching it, without two epoll_ctl calls per turn).
+            self.stopWriting()
         return self._drained()
 
     def _handshake(self) -> Optional[BaseException]:
