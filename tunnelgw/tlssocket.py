@@ -57,9 +57,6 @@ _Address = Union[IPv4Address, IPv6Address]
 #: The most plaintext asked of OpenSSL per read (a TLS record holds at most 16 KiB).
 _READ = 1 << 16
 
-#: The most plaintext read in one wake-up before other connections get a turn (delivered in one ``dataReceived``).
-_READ_PER_WAKE = 1 << 18
-
 #: The plaintext of a full TLS record: small queued writes are joined up to it before they go to OpenSSL.
 _RECORD = 1 << 14
 
@@ -214,7 +211,8 @@ class TLSSocketConnection(FileDescriptor):
         chunks: list[bytes] = []
         got = 0
         end: Optional[BaseException] = None
-        while got < _READ_PER_WAKE:
+        # At most bufferSize per wake-up (as Twisted's TCP reads), delivered in one dataReceived.
+        while got < self.bufferSize:
             try:
                 chunk = self._tls.recv(_READ)
             except SSL.WantReadError:
