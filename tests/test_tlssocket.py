@@ -41,6 +41,11 @@ class _Peer(Protocol):
         self.reason: Optional[Failure] = None
         self._want: Optional[tuple[int, Deferred[bytes]]] = None
 
+    @property
+    def tls(self) -> Any:
+        """The transport, with what a TLS transport has (ITransport names only write and close)."""
+        return self.transport
+
     def handshakeCompleted(self) -> None:
         self.handshake.callback(None)
 
@@ -135,7 +140,8 @@ class TLSSocketConnectionTests(TestCase):
 
         port = await endpoint.listen(_Negotiating(build, protocols))
         self.addCleanup(port.stopListening)
-        return int(port.getHost().port)
+        address: Any = port.getHost()
+        return int(address.port)
 
     async def connect(self, port: int, client_cert: Optional[Path] = None, protocols: Sequence[bytes] = ()) -> _Peer:
         """A Twisted TLS client connected to port, trusting the test root (with a client certificate and ALPN if given)."""
@@ -151,8 +157,7 @@ class TLSSocketConnectionTests(TestCase):
 
     async def _close(self, peer: _Peer) -> None:
         if not peer.lost.called:
-            assert peer.transport is not None
-            peer.transport.abortConnection()
+            peer.tls.abortConnection()
             await peer.lost
 
     async def pair(self) -> tuple[_Peer, _Peer]:
@@ -166,16 +171,15 @@ class TLSSocketConnectionTests(TestCase):
     async def test_handshake_and_both_directions(self) -> None:
         """The handshake completes (the protocol hears of it), bytes go both ways, the transport says TLS."""
         client, server = await self.pair()
-        assert server.transport is not None and client.transport is not None
         self.assertIsInstance(server.transport, TLSSocketConnection)
         self.assertTrue(interfaces.ISSLTransport.providedBy(server.transport))
-        self.assertEqual(server.transport.getPeer().host, "127.0.0.1")
-        self.assertEqual(server.transport.getPeer(), client.transport.getHost())
-        client.transport.write(b"hello")
+        self.assertEqual(server.tls.getPeer().host, "127.0.0.1")
+        self.assertEqual(server.tls.getPeer(), client.tls.getHost())
+        client.tls.write(b"hello")
         self.assertEqual(await server.until(5), b"hello")
-        server.transport.write(b"world")
+        server.tls.write(b"world")
         self.assertEqual(await client.until(5), b"world")
-        self.assertIsNone(server.transport.getPeerCertificate())
+        self.assertIsNone(server.tls.getPeerCertificate())
 
     async def test_alpn_from_the_listener_factory(self) -> None:
         """The factory's ALPN list is served: h2 and http/1.1 offered gets http/1.1; only h2 offered still connects, without ALPN."""
@@ -184,17 +188,14 @@ class TLSSocketConnectionTests(TestCase):
         server = await self.server_made
         await server.handshake
         await client.handshake
-        assert server.transport is not None and client.transport is not None
-        self.assertEqual(server.transport.negotiatedProtocol, b"http/1.1")
-        self.assertEqual(client.transport.negotiatedProtocol, b"http/1.1")
+        self.assertEqual(server.tls.negotiatedProtocol, b"http/1.1")
+        self.assertEqual(client.tls.negotiatedProtocol, b"http/1.1")
         self.server_made = Deferred()
         other = await self.connect(port, protocols=[b"h2"])
         server = await self.server_made
         await server.handshake
-        assert server.transport is not None
-        self.assertIsNone(server.transport.negotiatedProtocol)
-        other_transport: Any = other.transport
-        other_transport.write(b"ping")
+        self.assertIsNone(server.tls.negotiatedProtocol)
+        other.tls.write(b"ping")
         self.assertEqual(await server.until(4), b"ping")
 
     async def test_writes_before_the_handshake_wait_for_it(self) -> None:
@@ -202,9 +203,8 @@ class TLSSocketConnectionTests(TestCase):
         port = await self.listen()
         client = await self.connect(port)
         server = await self.server_made
-        assert server.transport is not None
-        server.transport.write(b"early ")
-        server.transport.writeSequence([b"and ", b"more"])
+        server.tls.write(b"early ")
+        server.tls.writeSequence([b"and ", b"more"])
         self.assertEqual(await client.until(14), b"early and more")
 
     async def test_large_writes_while_the_client_reads_nothing(self) -> None:
@@ -215,16 +215,15 @@ class TLSSocketConnectionTests(TestCase):
         the producer is resumed.
         """
         client, server = await self.pair()
-        assert server.transport is not None and client.transport is not None
-        server.transport.getHandle().setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 16384)
+        server.tls.getHandle().setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 16384)
         producer = _Producer()
-        server.transport.registerProducer(producer, True)
-        client.transport.pauseProducing()
+        server.tls.registerProducer(producer, True)
+        client.tls.pauseProducing()
         data = bytes(range(256)) * 4096 * 8
         for start in range(0, len(data), 100_000):
-            server.transport.writeSequence([data[start:start + 37], data[start + 37:start + 100_000]])
+            server.tls.writeSequence([data[start:start + 37], data[start + 37:start + 100_000]])
         self.assertEqual(producer.events, ["pause"])
-        client.transport.resumeProducing()
+        client.tls.resumeProducing()
         self.assertEqual(await client.until(len(data)), data)
         await producer.resumed
         self.assertEqual(producer.events[:2], ["pause", "resume"])
@@ -232,10 +231,9 @@ class TLSSocketConnectionTests(TestCase):
     async def test_close_after_a_large_write_delivers_it_then_close_notify(self) -> None:
         """loseConnection after a large write: the client gets every byte, then a clean TLS close."""
         client, server = await self.pair()
-        assert server.transport is not None
         data = b"z" * 3_000_000
-        server.transport.write(data)
-        server.transport.loseConnection()
+        server.tls.write(data)
+        server.tls.loseConnection()
         reason = await client.end()
         self.assertEqual(bytes(client.received), data)
         reason.trap(error.ConnectionDone)
@@ -244,9 +242,8 @@ class TLSSocketConnectionTests(TestCase):
     async def test_client_close_notify_ends_the_server_side_cleanly(self) -> None:
         """The client's close_notify after data: the data first, then connectionLost with ConnectionDone."""
         client, server = await self.pair()
-        assert client.transport is not None
-        client.transport.write(b"x" * 100_000)
-        client.transport.loseConnection()
+        client.tls.write(b"x" * 100_000)
+        client.tls.loseConnection()
         reason = await server.end()
         reason.trap(error.ConnectionDone)
         self.assertEqual(bytes(server.received), b"x" * 100_000)
@@ -254,8 +251,7 @@ class TLSSocketConnectionTests(TestCase):
     async def test_peer_close_inside_a_record(self) -> None:
         """A TCP close in the middle of a record (no close_notify) is ConnectionLost, and nothing of it is delivered."""
         client, server = await self.pair()
-        assert client.transport is not None
-        raw = client.transport.transport  # the TCP connection under the client's TLS
+        raw = client.tls.transport  # the TCP connection under the client's TLS
         raw.write(b"\x17\x03\x03\x40\x00" + b"\x00" * 100)  # a record header promising 16 KiB, then 100 bytes
         raw.loseConnection()
         reason = await server.end()
@@ -268,39 +264,36 @@ class TLSSocketConnectionTests(TestCase):
         raw = _Peer()
         await TCP4ClientEndpoint(self.reactor, "127.0.0.1", port).connect(Factory.forProtocol(lambda: raw))
         server = await self.server_made
-        assert raw.transport is not None
-        raw.transport.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        raw.tls.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
         (await server.end()).trap(error.ConnectionLost)
         await raw.lost
 
     async def test_abort(self) -> None:
         """abortConnection drops queued data and closes at once: ConnectionAborted on our side, a lost connection on the client's."""
         client, server = await self.pair()
-        assert server.transport is not None and client.transport is not None
-        client.transport.pauseProducing()
-        server.transport.getHandle().setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 16384)
-        server.transport.write(b"q" * 4_000_000)
-        server.transport.abortConnection()
-        server.transport.abortConnection()  # a second abort is harmless
+        client.tls.pauseProducing()
+        server.tls.getHandle().setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 16384)
+        server.tls.write(b"q" * 4_000_000)
+        server.tls.abortConnection()
+        server.tls.abortConnection()  # a second abort is harmless
         (await server.end()).trap(error.ConnectionAborted)
-        client.transport.resumeProducing()
+        client.tls.resumeProducing()
         (await client.end()).trap(error.ConnectionLost, error.ConnectionDone)
         self.assertLess(len(client.received), 4_000_000)
 
     async def test_pause_and_resume_reading(self) -> None:
         """While paused the server's protocol gets nothing even with records in its socket; resumed, it gets them all."""
         client, server = await self.pair()
-        assert server.transport is not None and client.transport is not None
-        server.transport.pauseProducing()
-        client.transport.write(b"a" * 50_000)
-        handle = server.transport.getHandle()
+        server.tls.pauseProducing()
+        client.tls.write(b"a" * 50_000)
+        handle = server.tls.getHandle()
         # Wait (on reactor turns, no timer) until the records are in the server's socket.
         while _peek(handle) < 50_000:
             await _turn(self.reactor)
         for _ in range(5):
             await _turn(self.reactor)
         self.assertEqual(bytes(server.received), b"")
-        server.transport.resumeProducing()
+        server.tls.resumeProducing()
         self.assertEqual(await server.until(50_000), b"a" * 50_000)
 
     async def test_client_certificates(self) -> None:
@@ -312,7 +305,6 @@ class TLSSocketConnectionTests(TestCase):
         client = await self.connect(port, client_cert=cert)
         server = await self.server_made
         await server.handshake
-        assert server.transport is not None
         identity = client_certificate(server.transport)
         assert identity is not None
         self.assertEqual(identity.common_name, "alice")
