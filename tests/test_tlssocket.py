@@ -123,6 +123,12 @@ class TLSSocketConnectionTests(TestCase):
         self.pki: Pki = make_pki(self.folder / "pki")
         self.servers: list[_Peer] = []
         self.server_made: Deferred[_Peer] = Deferred()
+        self.addCleanup(self._servers_closed)  # runs last: after the clients are gone
+
+    async def _servers_closed(self) -> None:
+        """Every server-side connection ends once its client is gone (nothing left on the reactor)."""
+        for server in self.servers:
+            await server.lost
 
     async def listen(self, tls: Optional[ListenTLS] = None, protocols: Sequence[bytes] = ()) -> int:
         """Listen with the gateway's TLS endpoint on a free loopback port (offering protocols over ALPN); the port."""
