@@ -54,8 +54,8 @@ _log = Logger()
 
 _Address = Union[IPv4Address, IPv6Address]
 
-#: The most plaintext asked of OpenSSL per read (a TLS record holds at most 16 KiB).
-_READ = 1 << 16
+#: The most plaintext asked of OpenSSL per read: one TLS record's (SSL_read returns one record at most).
+_READ = 1 << 14
 
 #: The plaintext of a full TLS record: small queued writes are joined up to it before they go to OpenSSL.
 _RECORD = 1 << 14
@@ -211,8 +211,9 @@ class TLSSocketConnection(FileDescriptor):
         chunks: list[bytes] = []
         got = 0
         end: Optional[BaseException] = None
-        # At most bufferSize per wake-up (as Twisted's TCP reads), delivered in one dataReceived.
-        while got < self.bufferSize:
+        # About bufferSize per wake-up (as Twisted's TCP reads), delivered in one dataReceived; never
+        # stop with plaintext left inside OpenSSL, which no socket event would announce.
+        while got < self.bufferSize or self._tls.pending():
             try:
                 chunk = self._tls.recv(_READ)
             except SSL.WantReadError:
