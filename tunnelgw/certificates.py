@@ -34,7 +34,7 @@ from typing import Any, Optional
 
 from cryptography import x509
 from OpenSSL import SSL, crypto
-from twisted.internet.interfaces import IListeningPort, IOpenSSLServerConnectionCreator, IStreamServerEndpoint
+from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
 from twisted.internet.defer import Deferred
 from twisted.internet.ssl import Certificate, CertificateOptions, DiffieHellmanParameters, KeyPair
 from twisted.python.filepath import FilePath
@@ -163,9 +163,8 @@ def load_contexts(tls: ListenTLS) -> _Contexts:
     return _Contexts(default, by_name)
 
 
-@implementer(IOpenSSLServerConnectionCreator)
 class ServerCertificates:
-    """The connection creator of one ``ssl:`` listener, whose contexts a reload replaces."""
+    """What makes the OpenSSL connections of one ``ssl:`` listener; a reload replaces its contexts."""
 
     def __init__(self, contexts: _Contexts) -> None:
         self._contexts = contexts
@@ -178,10 +177,6 @@ class ServerCertificates:
     def names(self) -> list[str]:
         """The server names with a certificate of their own."""
         return sorted(n.decode("idna") for n in self._contexts.by_name)
-
-    def serverConnectionForTLS(self, protocol: Any) -> SSL.Connection:
-        """A server-side connection on the current default context (SNI may switch it)."""
-        return SSL.Connection(self._contexts.default, None)
 
     def socket_connection(self, sock: socket.socket) -> SSL.Connection:
         """A server-side connection over sock on the current default context (SNI may switch it)."""
