@@ -264,6 +264,17 @@ class TLSSocketConnectionTests(TestCase):
         reason.trap(error.ConnectionLost)
         self.assertEqual(bytes(server.received), b"")
 
+    async def test_writes_to_a_vanished_client(self) -> None:
+        """Writes after the client reset the connection raise nothing; the protocol hears ConnectionLost once."""
+        client, server = await self.pair()
+        client.tls.abortConnection()
+        await client.lost
+        while not server.lost.called:
+            server.tls.write(b"x" * 65536)
+            await _turn(self.reactor)
+        (await server.end()).trap(error.ConnectionLost)
+        server.tls.write(b"after the end")  # dropped
+
     async def test_garbage_instead_of_a_handshake(self) -> None:
         """A client that sends no TLS at all: the server protocol is told ConnectionLost, the socket closed."""
         port = await self.listen()

@@ -111,9 +111,8 @@ class TLSSocketConnection(FileDescriptor):
     def start(self) -> None:
         """Connect the protocol and start the handshake (it needs the client's hello first)."""
         self._tls.set_accept_state()
+        self.startReading()  # first, so that a protocol pausing or closing in connectionMade has the last word
         self.protocol.makeConnection(self)
-        if self.connected and not self.disconnecting:
-            self.startReading()
 
     def doRead(self) -> Optional[BaseException]:
         """The socket is readable: go on with a write that waited for it, the handshake, or read records."""
