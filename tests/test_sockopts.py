@@ -8,7 +8,7 @@ from __future__ import annotations
 import base64
 import os
 import socket
-from typing import Optional
+from typing import Any, Optional
 
 from twisted.internet.address import IPv4Address
 from twisted.internet.protocol import Protocol
@@ -67,12 +67,12 @@ def test_tcp_nodelay_on_client_and_websocket_backend() -> None:
     reactor = MemoryReactorClock()
     service = GatewayService(parse_config("Listen tcp:port=0\nProxyPass /w ws://127.0.0.1:9/\n", "test.conf"), reactor)
     client = _RecordingTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 40000))
-    protocol = service.front.buildProtocol(client.getPeer())
+    protocol: Any = service.front.buildProtocol(client.getPeer())
     protocol.makeConnection(client)
-    client.protocol = protocol
     key = base64.b64encode(os.urandom(16))
     protocol.dataReceived(b"GET /w HTTP/1.1\r\nHost: gw\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
                           b"Sec-WebSocket-Key: " + key + b"\r\nSec-WebSocket-Version: 13\r\n\r\n")
     backend = _RecordingTransport()
-    reactor.tcpClients[-1][2].buildProtocol(None).makeConnection(backend)
+    hop: Any = reactor.tcpClients[-1][2].buildProtocol(None)
+    hop.makeConnection(backend)
     assert (client.nodelay, backend.nodelay) == (True, True)

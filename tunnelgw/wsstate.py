@@ -125,6 +125,7 @@ class QuietAdapter:
     """
 
     transport: Any
+    factory: Any
     is_server: bool
     tcpNoDelay: bool
     log: Any
