@@ -177,7 +177,7 @@ class WstestTests:
     @pytest.mark.parametrize("hop", ["ws", "wss"])
     def test_fuzzingclient_passes_through_gateway(self, gateway: GatewayProcess, hop: str,
                                                   tmp_path: Path) -> None:
-        """Cases 1-7, 9 and 10 through the gateway over a ws:// or wss:// hop: none fails, none is missing."""
+        """Cases 1-7, 9 and 10 through the gateway over a ws:// or wss:// hop: none fails, none is missing, no traceback."""
         base = f"ws://127.0.0.1:{gateway.port()}"
         echo, autobahn = f"websockets-{hop}-hop", "autobahn-echo-ws-hop"
         servers = [{"agent": echo, "url": f"{base}/echo-{hop}"}]
@@ -190,6 +190,8 @@ class WstestTests:
         if hop == "ws":
             assert len(index[autobahn]) == AUTOBAHN_ECHO_CASE_COUNT and set(ECHO_FAILS) <= set(index[autobahn])
             assert failures(index[autobahn]) == {}, f"see {tmp_path / 'report'}"
+        # Whatever the fuzzer sent, the gateway logged no unhandled error.
+        assert not re.search(r"Traceback|Unhandled", gateway.log()), gateway.log()[-4000:]
 
     def test_failures_are_found(self) -> None:
         """The grading fails FAILED, UNCLEAN and WRONG CODE results and passes NON-STRICT and INFORMATIONAL ones."""
