@@ -129,7 +129,7 @@ def echoes(tmp_path_factory: pytest.TempPathFactory, pki: Pki) -> Iterator[dict[
         started.append(_Child([sys.executable, script], folder / "echo-ws.log"))
         started.append(_Child([sys.executable, script, str(pki.fullchain), str(pki.server_key)], folder / "echo-wss.log"))
         port = free_port()
-        # -u 0: no web server of its own (it would take port 8080).
+        # -u 0: never an embedded web server (its default port, 8080, is one other tests use).
         started.append(_Child([wstest, "-m", "echoserver", "-u", "0", "-w", f"ws://127.0.0.1:{port}"],
                               folder / "autobahn-ws.log", port))
         yield dict(zip(("echo-ws", "echo-wss", "autobahn-ws"), (c.port for c in started)))
