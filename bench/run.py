@@ -346,8 +346,8 @@ class Suite:
         ``cache=5``) and ``record=on`` route beside its plain route, on one
         gateway of their own, ws:// -> TCP: 64 KiB MB/s both ways (and the
         gateway's CPU per MB, the recording writer thread included), new
-        sessions/s on the auth= route.  The routes take turns within each
-        repeat; a portal that was never asked or a recording never written
+        sessions/s on the auth= route.  After a warm-up on each, the routes
+        take turns within each repeat, each first in turn; a portal that was never asked or a recording never written
         ends the run (the figure would not be what it says).
         """
         folder = self.tmp / "routes"
@@ -372,12 +372,18 @@ class Suite:
 
     def _routes_on(self, gateway: Gateway, portal: Portal, recordings: Path) -> None:
         prefixes = {"plain": "/", "auth": "/auth-", "record": "/rec-"}
+        kinds = list(prefixes)
+        recorded = 0
+        for kind, prefix in prefixes.items():  # warm-up: first sessions, the portal's connection, the writer thread
+            run_client({"job": "download", "size": 64 * KIB, "count": 20,
+                        "target": _target("ws", gateway.ws_port, f"{prefix}source")}, self.at)
         for job, name, label in (("download", "source", "backend->client"), ("upload", "sink", "client->backend")):
             mbps: dict[str, list[float]] = {kind: [] for kind in prefixes}
             cpu = dict.fromkeys(prefixes, 0.0)
             moved = dict.fromkeys(prefixes, 0)
-            for _ in range(self.c.repeats):
-                for kind, prefix in prefixes.items():
+            for repeat in range(self.c.repeats):
+                for kind in kinds[repeat % 3:] + kinds[:repeat % 3]:  # each route first in turn
+                    prefix = prefixes[kind]
                     spec = {"job": job, "size": 64 * KIB, "count": self.c.big,
                             "target": _target("ws", gateway.ws_port, f"{prefix}{name}")}
                     before = cpu_seconds(gateway.pids)
@@ -386,7 +392,10 @@ class Suite:
                     moved[kind] += result["bytes"]
                     mbps[kind].append(result["mbps"])
                     for f in recordings.iterdir():  # recorded bytes are not kept: a full run would fill the disk
+                        recorded += f.stat().st_size
                         f.unlink()
+            if not recorded:
+                raise RuntimeError("the record=on route wrote no recording")
             values = {kind: float(statistics.median(v)) for kind, v in mbps.items()}
             per_mb = {kind: (cpu[kind] * 1000 / (moved[kind] / 1e6) if cpu[kind] else None) for kind in prefixes}
             figure = f"{label} 64 KiB ws"
