@@ -13,6 +13,10 @@ frame; every other frame is sent with ``WSTransport.send``.  Raw TCP targets
 (the direct-to-backend ceiling) run the sessions job on uvloop as well and the
 stream jobs on the blocking-socket code of :mod:`bench.client`.
 
+The desktops job (this client's own) holds hundreds of sessions at once,
+each a viewer of a :mod:`bench.desktop` desktop: screen bytes counted,
+input events sent by one ticker for all, their answers timed.
+
 Every loop is bounded in count and by a deadline.
 """
 
