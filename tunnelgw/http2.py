@@ -455,6 +455,39 @@ class _Outgoing:
     def ended_here(self) -> None:
         """END_STREAM went out."""
 
+    # What a TCP transport has (the connection's; the stream has no socket of its own).
+
+    def getPeer(self) -> Any:
+        """The client's address (the connection's)."""
+        return self.connection.peer()
+
+    def getHost(self) -> Any:
+        """The listener's address (the connection's)."""
+        return self.connection.host()
+
+    def getPeerCertificate(self) -> Any:
+        """The client's verified TLS certificate (the connection's)."""
+        return self.connection.peer_certificate()
+
+    def setTcpNoDelay(self, enabled: bool) -> None:
+        """The connection's socket is the TLS listener's (TCP_NODELAY set there)."""
+
+    def getTcpNoDelay(self) -> bool:
+        """The listener sets TCP_NODELAY on its connections."""
+        return True
+
+    def setTcpKeepAlive(self, enabled: bool) -> None:
+        """Keepalive is the connection's, not a stream's."""
+
+    def getTcpKeepAlive(self) -> bool:
+        """Keepalive is the connection's, not a stream's."""
+        return False
+
+    def loseWriteConnection(self) -> None:
+        """End the stream our way (the client may still send until it ends its side)."""
+        self.end()
+
+
 
 @implementer(ITransport, IConsumer, IPushProducer, ISSLTransport)
 class StreamTransport(_Outgoing):
@@ -510,36 +543,6 @@ class StreamTransport(_Outgoing):
             self.connection.reset(self.stream_id)
             self.lost(error.ConnectionAborted())
 
-    def getPeer(self) -> Any:
-        """The client's address (the connection's)."""
-        return self.connection.peer()
-
-    def getHost(self) -> Any:
-        """The listener's address (the connection's)."""
-        return self.connection.host()
-
-    def getPeerCertificate(self) -> Any:
-        """The client's verified TLS certificate (the connection's)."""
-        return self.connection.peer_certificate()
-
-    def setTcpNoDelay(self, enabled: bool) -> None:
-        """The connection's socket is the TLS listener's (TCP_NODELAY set there)."""
-
-    def getTcpNoDelay(self) -> bool:
-        """The listener sets TCP_NODELAY on its connections."""
-        return True
-
-    def setTcpKeepAlive(self, enabled: bool) -> None:
-        """Keepalive is the connection's, not a stream's."""
-
-    def getTcpKeepAlive(self) -> bool:
-        """Keepalive is the connection's, not a stream's."""
-        return False
-
-    def loseWriteConnection(self) -> None:
-        """End the stream our way (the client may still send until it ends its side)."""
-        self.end()
-
     # IConsumer
 
     def registerProducer(self, producer: Any, streaming: bool) -> None:
@@ -592,30 +595,31 @@ class StreamTransport(_Outgoing):
         """Our END_STREAM went out: the session is done; the client's end is awaited (bounded)."""
         if self.remote_done:
             self.connection.closed(self.stream_id)
-        else:
-            self._linger = self.connection._server.reactor.callLater(CLOSE_TIMEOUT, self._linger_over)
         self.lost(error.ConnectionDone())
+        if not self.remote_done:
+            self._linger = self.connection._server.reactor.callLater(CLOSE_TIMEOUT, self._linger_over)
 
     def _linger_over(self) -> None:
         self._linger = None
         self.connection.reset(self.stream_id, ErrorCodes.NO_ERROR)
 
     def lost(self, reason: BaseException) -> None:
-        """The stream is over for the session: its connectionLost, once."""
+        """The stream is over for the session: its connectionLost, once (and no wait for the client's end)."""
+        if self._linger is not None:
+            if self._linger.active():
+                self._linger.cancel()
+            self._linger = None
         if self.gone and self.protocol is None:
             return
         self.gone = True
         self.disconnected = True
         self._held.clear()
-        if reason is not None and not isinstance(reason, error.ConnectionDone) and self._linger is not None:
-            self._linger.cancel()
-            self._linger = None
         protocol, self.protocol = self.protocol, None
         if protocol is not None:
             protocol.connectionLost(Failure(reason))
 
 
-@implementer(ITransport)
+@implementer(ITransport, ISSLTransport)
 class _RequestStream(_Outgoing):
     """
     A plain request on one stream, answered by the gateway's twisted.web
@@ -688,8 +692,12 @@ class _RequestStream(_Outgoing):
         request.requestReceived(head.method, head.target, b"HTTP/2")
 
     def ended_here(self) -> None:
+        """The answer is sent: a client still sending its request is told to stop (RFC 9113 8.1)."""
         if self.remote_done:
             self.connection.closed(self.stream_id)
+        else:
+            self.connection.reset(self.stream_id, ErrorCodes.NO_ERROR)
+            self.lost(error.ConnectionDone())
 
     def lost(self, reason: BaseException) -> None:
         """The stream or connection is gone before the answer was done."""
@@ -735,21 +743,9 @@ class _RequestStream(_Outgoing):
         """No producer any more."""
         self.producer = None
 
-    def getPeer(self) -> Any:
-        """The client's address."""
-        return self.connection.peer()
-
-    def getHost(self) -> Any:
-        """The listener's address."""
-        return self.connection.host()
-
     def isSecure(self) -> bool:
         """Always TLS."""
         return True
-
-    def getPeerCertificate(self) -> Any:
-        """The client's verified TLS certificate (the connection's)."""
-        return self.connection.peer_certificate()
 
     def loseConnection(self) -> None:
         """End the stream (after the answer)."""
