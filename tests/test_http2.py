@@ -7,12 +7,15 @@ control, resets, guards, malformed streams, GOAWAY on drain, plain requests.
 
 from __future__ import annotations
 
+import json
+import os
 import re
 import signal
 import socket
 import ssl
 import struct
 import time
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, Optional
@@ -31,7 +34,13 @@ from h2.events import (
 from h2.settings import SettingCodes
 from hyperframe.frame import DataFrame, Frame
 
+from twisted.internet.interfaces import IPushProducer
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from zope.interface import implementer
+
 from rawws import frame_bytes
+from tunnelgw.http2 import STREAM_BUFFER, STREAM_WINDOW, Http2Connection, Http2Server, StreamTransport
 from support import GatewayProcess, Pki, TcpServer, echo, make_pki, silent
 
 Headers = list[tuple[str, str]]
@@ -173,6 +182,19 @@ class H2Client:
     def close(self) -> None:
         """Close the socket."""
         self.sock.close()
+
+
+def _http_hello(conn: socket.socket) -> None:
+    """Handler: answer one HTTP/1.1 request with a short body."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = conn.recv(65536)
+        if not chunk:
+            return
+        data += chunk
+    body = b"hello over http/1.1"
+    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+    conn.close()
 
 
 def _text(value: object) -> str:
@@ -402,6 +424,41 @@ class Http2SessionTests:
 class Http2RequestTests:
     """Plain requests as streams, answered by the same site and decision."""
 
+    def test_files_proxy_limits_and_admin_list(self, tmp_path: Path, pki: Pki) -> None:
+        """
+        An Alias file larger than every window arrives whole; a ws:// route's
+        HTTP proxy answers a GET; maxsessions= refuses the second session with
+        its status; the admin list shows the live session with via=http2.
+        """
+        files = tmp_path / "files"
+        files.mkdir()
+        big = os.urandom(3 * 1024 * 1024)
+        (files / "big.bin").write_bytes(big)
+        extra = (f"Alias /files {files}\nProxyPass /app ws://127.0.0.1:{{web}}/\n"
+                 "ProxyPass /one {echo} maxsessions=1\nAdminListen tcp:port=0:interface=127.0.0.1\n")
+        with TcpServer(echo) as echoing, TcpServer(_http_hello) as web:
+            text = _config(pki, echoing.endpoint, echoing.endpoint, extra=extra.replace("{web}", str(web.port))
+                           .replace("{echo}", echoing.endpoint))
+            with GatewayProcess(text, tmp_path) as gw:
+                client = H2Client(gw.port(0), pki.ca_cert)
+                try:
+                    got = client.get("/files/big.bin")
+                    assert got.status == 200 and bytes(got.data) == big
+                    proxied = client.get("/app/x")
+                    assert proxied.status == 200 and bytes(proxied.data) == b"hello over http/1.1"
+                    first = client.websocket("/one")
+                    assert client.streams[first].status == 200
+                    second = client.websocket("/one")
+                    refused = client.streams[second]
+                    client.until(lambda: refused.ended)
+                    assert refused.status == 503 and b"session limit" in bytes(refused.data), bytes(refused.data)
+                    with urllib.request.urlopen(f"http://127.0.0.1:{gw.port(1)}/sessions", timeout=10) as answer:
+                        listed = json.loads(answer.read())
+                    sessions = listed["sessions"] if isinstance(listed, dict) else listed
+                    assert [(e["path"], e.get("via")) for e in sessions] == [("/one", "http2")]
+                finally:
+                    client.close()
+
     def test_demo_page_and_404(self, gateway: GatewayProcess, pki: Pki) -> None:
         """The demo page over a stream (200, HTML); an unrouted path 404 with its reason."""
         client = H2Client(gateway.port(), pki.ca_cert)
@@ -425,3 +482,102 @@ class Http2RequestTests:
                     assert client.alpn == "http/1.1"
                 finally:
                     client.close()
+
+
+class _Gateway:
+    """Stands in for GatewayFactory.upgrade: keeps the stream transports it is given."""
+
+    def __init__(self) -> None:
+        self.streams: list[StreamTransport] = []
+
+    def upgrade(self, transport: StreamTransport, head: object, early: bytes, via: str = "") -> None:
+        assert via == "http2"
+        self.streams.append(transport)
+
+
+@implementer(IPushProducer)
+class _Producer:
+    """A backend's producer as the session registers it: records pauses."""
+
+    def __init__(self) -> None:
+        self.paused = False
+
+    def pauseProducing(self) -> None:
+        self.paused = True
+
+    def resumeProducing(self) -> None:
+        self.paused = False
+
+    def stopProducing(self) -> None:
+        pass
+
+
+class Http2FlowControlTests:
+    """The glue in memory (StringTransport, Clock): windows, bounds and the producer chain."""
+
+    def _connect(self) -> tuple[H2Connection, Http2Connection, StringTransport, _Gateway]:
+        gateway = _Gateway()
+        server = Http2Server(gateway, site=None, reactor=Clock(), idle_timeout=10)
+        transport = StringTransport()
+        connection = Http2Connection(server)
+        connection.makeConnection(transport)
+        client = H2Connection(H2Configuration(client_side=True))
+        client.initiate_connection()
+        client.receive_data(transport.value())
+        transport.clear()
+        connection.dataReceived(client.data_to_send())
+        return client, connection, transport, gateway
+
+    def test_writes_wait_for_the_window_and_pause_the_producer(self) -> None:
+        """Beyond the client's window a stream queues; beyond STREAM_BUFFER its producer is paused until acks."""
+        client, connection, transport, gateway = self._connect()
+        stream_id = client.get_next_available_stream_id()
+        client.send_headers(stream_id, [(":method", "CONNECT"), (":protocol", "websocket"), (":scheme", "https"),
+                                        (":path", "/x"), (":authority", "a"), ("sec-websocket-version", "13")])
+        connection.dataReceived(client.data_to_send())
+        [stream] = gateway.streams
+        producer = _Producer()
+        stream.registerProducer(producer, True)
+        stream.write(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n")
+        stream.write(b"x" * (STREAM_BUFFER + 100000))
+        received = 0
+        for event in client.receive_data(transport.value()):
+            if isinstance(event, DataReceived):
+                received += len(event.data or b"")
+        transport.clear()
+        assert received == 65535  # the client's initial stream window, no more
+        assert producer.paused and stream.queued == STREAM_BUFFER + 100000 - 65535
+        # The client reads: windows come back, the queue drains, the producer resumes.
+        while stream.queued:
+            client.increment_flow_control_window(65535, stream_id)
+            client.increment_flow_control_window(65535)
+            connection.dataReceived(client.data_to_send())
+            for event in client.receive_data(transport.value()):
+                if isinstance(event, DataReceived):
+                    received += len(event.data or b"")
+            transport.clear()
+        assert received == STREAM_BUFFER + 100000 and not producer.paused
+
+    def test_a_paused_reader_holds_at_most_its_window(self) -> None:
+        """A stream whose reader is paused acknowledges nothing: the client cannot send past the stream window."""
+        client, connection, transport, gateway = self._connect()
+        stream_id = client.get_next_available_stream_id()
+        client.send_headers(stream_id, [(":method", "CONNECT"), (":protocol", "websocket"), (":scheme", "https"),
+                                        (":path", "/x"), (":authority", "a"), ("sec-websocket-version", "13")])
+        connection.dataReceived(client.data_to_send())
+        client.receive_data(transport.value())
+        transport.clear()
+        # Paused since the upgrade (as the front pauses an HTTP/1.1 upgrade): nothing acknowledged.
+        sent = 0
+        while client.local_flow_control_window(stream_id) > 0:
+            size = min(client.local_flow_control_window(stream_id), client.max_outbound_frame_size)
+            client.send_data(stream_id, b"y" * size)
+            sent += size
+        connection.dataReceived(client.data_to_send())
+        client.receive_data(transport.value())
+        assert sent == STREAM_WINDOW and client.local_flow_control_window(stream_id) == 0
+        # A stream reset by the server's session ends it alone.
+        stream = gateway.streams[0]
+        stream.abortConnection()
+        events = client.receive_data(transport.value())
+        assert any(isinstance(e, StreamReset) and e.stream_id == stream_id for e in events)
