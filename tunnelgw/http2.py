@@ -69,7 +69,7 @@ from h2.exceptions import ProtocolError, StreamClosedError
 from h2.settings import SettingCodes, Settings
 from hyperframe.frame import GoAwayFrame
 from twisted.internet import error
-from twisted.internet.interfaces import IConsumer, INegotiated, IPushProducer, ISSLTransport, ITransport
+from twisted.internet.interfaces import IConsumer, INegotiated, IPushProducer, ISSLTransport, ITCPTransport, ITransport
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -153,6 +153,9 @@ class Http2Connection(Protocol):
             SettingCodes.MAX_HEADER_LIST_SIZE: server.max_head,
         })
         self._h2.initiate_connection()
+        if ITCPTransport.providedBy(self.transport):
+            # Small frames (a session's 200, a key press) go out at once, as on an HTTP/1.1 session.
+            self.transport.setTcpNoDelay(True)
         # Room for every stream's window at once: a stream that is not read never starves the others.
         self._h2.increment_flow_control_window(STREAM_WINDOW * server.max_streams)
         self.transport.registerProducer(self, True)
