@@ -305,7 +305,7 @@ class Http2Connection(Protocol):
                 return
             self._flush()
 
-    def send(self, stream_id: int, queue: deque[bytes], end: bool) -> tuple[int, bool]:
+    def send(self, stream_id: int, queue: deque[Union[bytes, memoryview]], end: bool) -> tuple[int, bool]:
         """
         Send what the windows admit of queue (taken from its left), then
         END_STREAM if end and all was sent.
@@ -322,8 +322,10 @@ class Http2Connection(Protocol):
                     break
                 chunk = queue.popleft()
                 if len(chunk) > room:
-                    queue.appendleft(chunk[room:])
-                    chunk = chunk[:room]
+                    # Views, not copies: a large write goes out as many frames.
+                    view = memoryview(chunk)
+                    queue.appendleft(view[room:])
+                    chunk = view[:room]
                 h2.send_data(stream_id, chunk)
                 sent += len(chunk)
             ended = end and not queue
@@ -399,7 +401,7 @@ class _Outgoing:
     def __init__(self, connection: Http2Connection, stream_id: int) -> None:
         self.connection = connection
         self.stream_id = stream_id
-        self.queue: deque[bytes] = deque()
+        self.queue: deque[Union[bytes, memoryview]] = deque()
         self.queued = 0
         self.ending = False
         self.ended = False  # END_STREAM sent
