@@ -581,3 +581,12 @@ class Http2FlowControlTests:
         stream.abortConnection()
         events = client.receive_data(transport.value())
         assert any(isinstance(e, StreamReset) and e.stream_id == stream_id for e in events)
+
+    def test_a_client_that_does_not_read_is_not_read(self) -> None:
+        """When the connection's write buffer is full nothing more is read (no PING or SETTINGS answers pile up)."""
+        client, connection, transport, gateway = self._connect()
+        assert transport.producer is connection
+        connection.pauseProducing()  # what the TLS transport does when its buffer is full
+        assert transport.producerState == "paused"
+        connection.resumeProducing()
+        assert transport.producerState == "producing"

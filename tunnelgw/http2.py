@@ -243,12 +243,18 @@ class Http2Connection(Protocol):
     # IPushProducer: the TLS connection's write buffer.
 
     def pauseProducing(self) -> None:
-        """The client does not read: hand no more stream data to h2."""
+        """
+        The client does not read: hand no more stream data to h2, and read
+        nothing more from it either (each frame read may make h2 answer:
+        PINGs, SETTINGS; a client that does not read could grow the buffer).
+        """
         self._paused = True
+        self.transport.pauseProducing()
 
     def resumeProducing(self) -> None:
-        """The client reads again."""
+        """The client reads again: so do we."""
         self._paused = False
+        self.transport.resumeProducing()
         self._push_all()
 
     def stopProducing(self) -> None:
