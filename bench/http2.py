@@ -9,6 +9,7 @@ same backends, same run: ``python -m bench.http2 [--sessions N] [--mib M]``.
 - **desktop direction**: one session reads M MiB that the backend writes in
   64 KiB chunks (``bench.servers``' source), MiB/s from the request to the
   last byte.
+- the gateway's CPU time (from /proc) per session and per MiB of each.
 
 Both clients are single-threaded Python over ``ssl`` sockets (the ``h2``
 library for HTTP/2, hand-made frames for HTTP/1.1), so the figures include
@@ -33,7 +34,7 @@ from h2.config import H2Configuration
 from h2.connection import H2Connection
 from h2.events import DataReceived, RemoteSettingsChanged, ResponseReceived, StreamEnded, StreamReset
 
-from bench.procs import Backends, Gateway, self_signed
+from bench.procs import Backends, Gateway, cpu_seconds, self_signed
 
 __all__ = ["main"]
 
@@ -239,22 +240,29 @@ def main(argv: Optional[list[str]] = None) -> None:
             h2_port = ports[max(ports)]
             h1_port = gateway.wss_port
             total = args.mib * 1024 * 1024
+            cpu = gateway.pids
             h2 = _H2(h2_port, cert)
             try:
                 h2.session()  # warm-up
-                started = time.perf_counter()
+                started, used = time.perf_counter(), cpu_seconds(cpu)
                 for _ in range(args.sessions):
                     h2.session()
                 h2_rate = args.sessions / (time.perf_counter() - started)
+                h2_cpu = (cpu_seconds(cpu) - used) / args.sessions
+                used = cpu_seconds(cpu)
                 h2_mib = args.mib / h2.desktop(total)
+                h2_cpu_mib = (cpu_seconds(cpu) - used) / args.mib
             finally:
                 h2.close()
             _wss_session(h1_port, cert)
-            started = time.perf_counter()
+            started, used = time.perf_counter(), cpu_seconds(cpu)
             for _ in range(args.sessions):
                 _wss_session(h1_port, cert)
             h1_rate = args.sessions / (time.perf_counter() - started)
+            h1_cpu = (cpu_seconds(cpu) - used) / args.sessions
+            used = cpu_seconds(cpu)
             h1_mib = args.mib / _wss_desktop(h1_port, cert, total)
+            h1_cpu_mib = (cpu_seconds(cpu) - used) / args.mib
         except BaseException:
             print(gateway.log()[-3000:])
             raise
@@ -264,6 +272,8 @@ def main(argv: Optional[list[str]] = None) -> None:
     print(f"new sessions/s: h2 stream on one connection {h2_rate:.0f}, wss HTTP/1.1 {h1_rate:.0f} "
           f"(ratio {h2_rate / h1_rate:.2f})")
     print(f"desktop direction MiB/s: h2 stream {h2_mib:.0f}, wss HTTP/1.1 {h1_mib:.0f} (ratio {h2_mib / h1_mib:.2f})")
+    print(f"gateway CPU ms per session: h2 {h2_cpu * 1000:.2f}, wss HTTP/1.1 {h1_cpu * 1000:.2f}; "
+          f"per MiB: h2 {h2_cpu_mib * 1000:.2f}, wss HTTP/1.1 {h1_cpu_mib * 1000:.2f}")
 
 
 if __name__ == "__main__":
