@@ -12,13 +12,15 @@ any of them (``POST /pool/sessions/ID/close``): the close is published on
 ``NS:close`` and the gateway holding the session closes it (1008) as soon as
 the message arrives.
 
-Redis is reached with redis-py (the maintained client: connection pooling,
-reconnection, TLS, Sentinel) on a thread pool of its own, never on the
-reactor thread; every call has a socket timeout of ``timeout`` seconds.
+Redis (a server, or a Sentinel service's primary) is reached through
+:class:`tunnelgw.redisstore.RedisStore`: each use (refresh, list, close,
+single-use claims, limits, the close listener) has threads of its own, every
+call is bounded by ``timeout`` seconds whatever Redis does, and after a
+failure calls fail at once until a probe finds Redis back.
 When Redis is unreachable the gateway keeps serving: live sessions are never
 cut, the registry is *degraded* (``tunnelgw_pool_degraded`` 1, one warning,
 ``tunnelgw_pool_errors_total``), the pool list answers 503, and everything
-is written again by the next refresh once Redis is back.
+is written again as soon as Redis is back.
 """
 
 from __future__ import annotations
@@ -30,15 +32,14 @@ from typing import Any, Callable, Optional
 from prometheus_client import CollectorRegistry, Counter, Gauge
 from twisted.internet import defer
 from twisted.internet.task import LoopingCall
-from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
-from twisted.python.threadpool import ThreadPool
 
 from tunnelgw.backends import BackendLink, BackendRefused, WrappedLink
 from tunnelgw.core.config import PoolSpec
 from tunnelgw.core.routing import Reject
 from tunnelgw.core.tokens import INVALID_REASON
 from tunnelgw.core.relay import CLOSE_POLICY, Close
+from tunnelgw.redisstore import RedisStore, redis_client
 
 __all__ = ["MAX_LISTED", "POOL_CLOSE", "PoolRegistry", "SingleUseLink"]
 
@@ -76,27 +77,14 @@ class PoolRegistry:
     """
 
     def __init__(self, reactor: Any, spec: PoolSpec, sessions: dict[str, Any], registry: CollectorRegistry,
-                 client: Any = None) -> None:
-        import redis
-
+                 client: Any = None, thread_pool: Optional[Callable[[str, int], Any]] = None) -> None:
         self._reactor = reactor
         self.spec = spec
         self._sessions = sessions
-        password = None
-        if spec.password_file:
-            with open(spec.password_file, encoding="utf-8") as f:
-                password = f.read().strip()
-        self._redis = client if client is not None else redis.Redis(
-            host=spec.host, port=spec.port, db=spec.db, password=password, ssl=spec.tls,
-            socket_timeout=spec.timeout, socket_connect_timeout=spec.timeout, health_check_interval=30)
-        self._errors = (redis.RedisError, OSError)
-        self._threads = ThreadPool(minthreads=1, maxthreads=2, name="tunnelgw-pool")
         self._written: set[str] = set()
         #: Places held in pool-wide limit sets: member -> [channels here, keys].
         self._held: dict[str, list[Any]] = {}
-        self._acquire = self._redis.register_script(_ACQUIRE)
         self._busy = False
-        self._degraded = False
         self._heartbeat: Optional[LoopingCall] = None
         self._listener: Any = None
         self.errors = Counter("tunnelgw_pool_errors", "Redis calls of the pool registry that failed", ["call"],
@@ -104,20 +92,29 @@ class PoolRegistry:
         self.degraded = Gauge("tunnelgw_pool_degraded", "1 while the pool registry cannot reach Redis",
                               registry=registry)
         self.latency = Gauge("tunnelgw_pool_refresh_seconds", "Time of the last registry refresh", registry=registry)
+        redis = client if client is not None else redis_client(spec.redis, spec.timeout, spec.password_file or "")
+        self.store = RedisStore(reactor, redis, "pool", spec.redis.where, spec.timeout, self.degraded,
+                                lambda call: self.errors.labels(call).inc(),
+                                "pool registry degraded: sessions go on, the pool list, pool-wide limits and "
+                                "single-use tokens answer 503 until it is back", self.refresh, thread_pool)
+        self._redis = redis
+        self._acquire = redis.register_script(_ACQUIRE)
+        self._refreshes = self.store.use("refresh", 1)
+        self._lists = self.store.use("list", 2)
+        self._closes = self.store.use("close", 2)
+        self._claims = self.store.use("claim", 4)
+        self._limits = self.store.use("limits", 4)
+        self._subscriber = self.store.use("subscribe", 1)
 
     def _key(self, *parts: str) -> str:
         return ":".join((self.spec.namespace, *parts))
 
-    def _call(self, work: Callable[..., Any], *args: Any) -> "defer.Deferred[Any]":
-        return deferToThreadPool(self._reactor, self._threads, work, *args)
-
     def start(self) -> None:
         """Start refreshing and listening for closes."""
-        self._threads.start()
         self._heartbeat = LoopingCall(self.refresh)
         self._heartbeat.clock = self._reactor
         self._heartbeat.start(self.spec.refresh, now=True)
-        self._call(self._subscribe).addErrback(lambda f: self._failed("subscribe", f.value))
+        self._subscriber.call(self._subscribe).addErrback(lambda _: None)  # counted; run_in_thread reconnects
 
     def stop(self) -> "defer.Deferred[None]":
         """Remove this gateway's keys (best effort, bounded by the timeout) and stop."""
@@ -131,9 +128,9 @@ class PoolRegistry:
             self._redis.delete(*keys)
 
         def done(_: object) -> None:
-            self._threads.stop()
+            self.store.stop()
 
-        return self._call(cleanup).addErrback(lambda f: None).addBoth(done)  # type: ignore[no-any-return]
+        return self._closes.call(cleanup).addErrback(lambda f: None).addBoth(done)  # type: ignore[no-any-return]
 
     # Refresh.
 
@@ -169,31 +166,13 @@ class PoolRegistry:
         def written(_: object) -> None:
             self._written = set(live)
             self.latency.set(self._reactor.seconds() - started)
-            if self._degraded:
-                self._degraded = False
-                self.degraded.set(0)
-                _log.info("pool registry: Redis reachable again, {count} session(s) registered", count=len(live))
 
-        d = self._call(write)
-        d.addCallbacks(written, lambda f: self._failed("refresh", f.value))
+        d = self._refreshes.call(write)
+        d.addCallbacks(written, lambda _: None)  # counted by the store; the next refresh writes everything
         d.addBoth(self._idle)
 
     def _idle(self, _: object) -> None:
         self._busy = False
-
-    def _failed(self, call: str, error: object) -> None:
-        self.errors.labels(call).inc()
-        if not self._degraded:
-            self._degraded = True
-            self.degraded.set(1)
-            _log.warn("pool registry degraded: Redis at {host}:{port} unreachable ({error}); sessions go on, "
-                      "the pool list is unavailable until it is back", host=self.spec.host, port=self.spec.port,
-                      error=str(error))
-
-    def _noted(self, failure: Any, call: str) -> Any:
-        """Count a failed call and pass the failure on (the admin answers 503)."""
-        self._failed(call, failure.value)
-        return failure
 
     # Pool-wide views and closes.
 
@@ -208,9 +187,7 @@ class PoolRegistry:
             values = self._redis.mget(keys) if keys else []
             return [json.loads(v) for v in values if v is not None]
 
-        d = self._call(read)
-        d.addErrback(self._noted, "list")
-        return d
+        return self._lists.call(read)
 
     def request_close(self, session_id: str) -> "defer.Deferred[bool]":
         """Ask the pool to close a session; fires True when some gateway has it registered."""
@@ -220,9 +197,7 @@ class PoolRegistry:
             self._redis.publish(self._key("close"), session_id.encode("utf-8"))
             return True
 
-        d = self._call(publish)
-        d.addErrback(self._noted, "close")
-        return d
+        return self._closes.call(publish)
 
     def claim(self, jti: str, expires: float) -> "defer.Deferred[bool]":
         """
@@ -235,9 +210,7 @@ class PoolRegistry:
         def record() -> bool:
             return bool(self._redis.set(self._key("jti", jti), self.spec.name, nx=True, ex=ttl))
 
-        d = self._call(record)
-        d.addErrback(self._noted, "claim")
-        return d
+        return self._claims.call(record)
 
     def acquire(self, member: str, limits: list[tuple[str, int]]) -> "defer.Deferred[Optional[str]]":
         """
@@ -256,16 +229,27 @@ class PoolRegistry:
             now = time.time()
             return int(self._acquire(keys=keys, args=[now, now + ttl, member, ttl, *(n for _, n in limits)]))
 
-        def taken(full: int) -> Optional[str]:
-            if full:
-                return limits[full - 1][0]
-            held = self._held.setdefault(member, [0, keys])
-            held[0] += 1
-            return None
+        cancelled = [False]
+        result: defer.Deferred[Optional[str]] = defer.Deferred(lambda _: cancelled.__setitem__(0, True))
 
-        d = self._call(take)
-        d.addCallbacks(taken, self._noted, errbackArgs=("acquire",))
-        return d
+        def taken(full: int) -> None:
+            if cancelled[0]:
+                # The session went away while Redis answered: give the place straight back.
+                if not full and member not in self._held:
+                    self._give_back(member, keys)
+                return
+            if not full:
+                held = self._held.setdefault(member, [0, keys])
+                held[0] += 1
+            result.callback(limits[full - 1][0] if full else None)
+
+        def failed(failure: Any) -> None:
+            if not cancelled[0]:
+                result.errback(failure)
+
+        # Not cancelled with the session: a place Redis gives after the session left is given back at once.
+        self._limits.call(take).addCallbacks(taken, failed)
+        return result
 
     def release(self, member: str) -> None:
         """Give back one channel's share of member's place; the place goes with the last one."""
@@ -276,13 +260,14 @@ class PoolRegistry:
         if entry[0]:
             return
         del self._held[member]
-        keys = entry[1]
+        self._give_back(member, entry[1])
 
+    def _give_back(self, member: str, keys: list[str]) -> None:
         def give_back() -> None:
             for key in keys:
                 self._redis.zrem(key, member)
 
-        self._call(give_back).addErrback(self._noted, "release").addErrback(lambda _: None)  # expires after ttl
+        self._limits.call(give_back).addErrback(lambda _: None)  # counted; the place expires after ttl anyway
 
     def _subscribe(self) -> None:
         """In a pool thread: listen for closes (redis-py's thread re-subscribes after a reconnect)."""
@@ -292,7 +277,7 @@ class PoolRegistry:
                                               exception_handler=self._listener_error)
 
     def _listener_error(self, error: BaseException, pubsub: Any, thread: Any) -> None:
-        self._reactor.callFromThread(self._failed, "subscribe", error)
+        self._reactor.callFromThread(self.store.failed, "subscribe", str(error) or type(error).__name__)
         time.sleep(self.spec.timeout)  # redis-py's listener thread: back off before it reconnects
 
     def _close_message(self, message: dict[str, Any]) -> None:

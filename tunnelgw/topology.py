@@ -20,6 +20,7 @@ from twisted.python.failure import Failure
 
 from tunnelgw.backends.tcp import BackendConnection, BackendUnavailable
 from tunnelgw.core.balancer import Member, Pool
+from tunnelgw.core.breaker import BreakerState
 from tunnelgw.core.clientaddr import is_trusted, resolve_client
 from tunnelgw.core.config import Problem, RouteOptions
 from tunnelgw.core.limits import HandshakeRate
@@ -140,12 +141,37 @@ class Topology:
                                            else make_token_source(spec, secret))
         old_pools = previous.pools if previous else {}
         self.pools: dict[str, Pool] = {b.name: Pool.from_spec(b, old_pools.get(b.name)) for b in config.balancers}
-        self.owners_source = (RedisOwners(config.owner_source, reactor, metrics)
-                              if config.owner_source is not None else None)
+        kept_owners = previous.owners_source if previous else None
+        if kept_owners is not None and kept_owners.spec == config.owner_source:
+            self.owners_source: Optional[RedisOwners] = kept_owners
+        else:
+            self.owners_source = (RedisOwners(config.owner_source, reactor, metrics)
+                                  if config.owner_source is not None else None)
         #: The pool's hop secret (``OwnerSource mode=relay``): relayed sessions are signed and checked with it.
         self.hop_secret = (secret(config.owner_source.hop_secret)
                            if config.owner_source is not None and config.owner_source.mode == "relay" else b"")
         self.token_places = tuple(TokenPlace(r.path, r.origin, r.param) for r in config.token_routes)
+        # Built whole: now the Redis stores the new configuration dropped or changed can stop.
+        if kept_owners is not None and kept_owners is not self.owners_source:
+            kept_owners.store.stop()
+        for name, old in old_sources.items():
+            if isinstance(old, RedisTokens) and self.sources.get(name) is not old:
+                old.store.stop()
+
+    def redis_states(self) -> list[BreakerState]:
+        """The state of each Redis this topology asks (token sources, the owner source), for the operator."""
+        stores = [s.store for s in self.sources.values() if isinstance(s, RedisTokens)]
+        if self.owners_source is not None:
+            stores.append(self.owners_source.store)
+        return [store.state() for store in stores]
+
+    def stop(self) -> None:
+        """Stop the threads and probes of the Redis stores (at shutdown)."""
+        for source in self.sources.values():
+            if isinstance(source, RedisTokens):
+                source.store.stop()
+        if self.owners_source is not None:
+            self.owners_source.store.stop()
 
     def redact(self, uri: str) -> str:
         """A request URI or URL with every token this topology knows how to find fingerprinted."""

@@ -28,7 +28,7 @@ from tunnelgw.core.options import Reader, choice, matching, number, read_options
 from tunnelgw.core.tlsconfig import CLIENT_CERT_MODES, ListenTLS, parse_ssl_endpoint
 from tunnelgw.core.targets import SUBSTITUTION, BackendTarget, PoolTarget, ReplayTarget, WebSocketURL, parse_target
 from tunnelgw.core.topoconfig import (AllowedTarget, Network, TopologyConfig, TopologyParser, read_allowed,
-                                      redis_address)
+                                      RedisAddress, redis_address)
 
 __all__ = [
     "DEFAULT_CONFIG",
@@ -281,7 +281,7 @@ class Recording:
 class PoolSpec:
     """
     ``Pool redis://HOST:PORT/DB name=GATEWAY [ttl=S] [refresh=S] [timeout=S]
-    [namespace=NS] [passwordfile=FILE]`` (``rediss://`` for TLS): the shared
+    [namespace=NS] [passwordfile=FILE]`` (``rediss://`` for TLS, ``sentinel://...`` for a Sentinel service): the shared
     registry of a pool of gateways (see :mod:`tunnelgw.pool`).
     """
 
@@ -296,6 +296,14 @@ class PoolSpec:
     namespace: str
     password_file: Optional[str]
     where: Location
+    #: Sentinel form (``sentinel://HOST:PORT,.../SERVICE/DB``): the sentinels and the service name.
+    sentinels: tuple[tuple[str, int], ...] = ()
+    service: str = ""
+
+    @property
+    def redis(self) -> RedisAddress:
+        """Where the registry's Redis is."""
+        return RedisAddress(self.host, self.port, self.db, self.tls, self.sentinels, self.service)
 
 
 @dataclass(frozen=True)
@@ -795,7 +803,8 @@ def _pool(p: _Parse, args: list[str], where: Location, problem: Problems) -> Non
         return
     address = redis_address(args[0]) if args else None
     if address is None:
-        problem("Pool takes redis://HOST:PORT/DB (rediss:// for TLS; no password in the URL: passwordfile=), "
+        problem("Pool takes redis://HOST:PORT/DB (rediss:// for TLS; sentinel://HOST:PORT,.../SERVICE/DB for a "
+                "Sentinel service; no password in the URL: passwordfile=), "
                 "then name=GATEWAY ttl=S refresh=S timeout=S namespace=NS")
         return
     found = read_options(args[1:], _POOL_OPTIONS, problem, "Pool")
@@ -806,7 +815,7 @@ def _pool(p: _Parse, args: list[str], where: Location, problem: Problems) -> Non
     if refresh * 2 > ttl:
         problem(f"Pool refresh= ({refresh:g}) must be at most half of ttl= ({ttl:g}), or live sessions expire")
     p.pool = PoolSpec(address.host, address.port, address.db, address.tls, found["name"], ttl, refresh, found.get("timeout", 1.0), found.get("namespace", "tunnelgw"),
-                      found.get("passwordfile"), where)
+                      found.get("passwordfile"), where, address.sentinels, address.service)
 
 
 _PORTAL_OPTIONS: dict[str, Reader] = {"timeout": number(0.05, 30), "cache": number(0, 3600), "allow": read_allowed}
