@@ -1,0 +1,202 @@
+"""
+A real redis-server that misbehaves under a running gateway: hung (SIGSTOP,
+then SIGCONT), refused (stopped), and slow through a loopback proxy that
+delays replies, stalls in the middle of one, or closes in the middle of one.
+Every client waits at most the Redis ``timeout=`` (plus a bound for the
+process round trip), later ones fail at once, the gateway's own sessions keep
+relaying throughout, and everything works again once Redis is back.
+"""
+
+from __future__ import annotations
+
+import json
+import select
+import signal
+import socket
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+from websockets.sync.client import ClientConnection, connect
+
+from support import GatewayProcess, RedisServer, TcpServer, backend, redis_server, session_status
+
+pytestmark = pytest.mark.timeout(120)
+
+#: The Redis timeout= of the gateways under test.
+TIMEOUT = 0.5
+#: What a test allows on top of it for the client's own round trip to a gateway process (the gateway's own
+#: slack is measured in memory, tests/test_redisstore.py, and reported in docs/operations.rst).
+ROUND_TRIP = 1.0
+
+
+class RedisProxy:
+    """
+    A loopback TCP proxy in front of Redis whose replies can be passed on
+    (``pass``), delayed by two seconds each (``delay``), stalled after their
+    first three bytes (``stall``), or cut there (``close``).
+    """
+
+    def __init__(self, port: int) -> None:
+        self.mode = "pass"
+        self._upstream = port
+        self._server = TcpServer(self._relay)
+        self.port = self._server.port
+
+    def _relay(self, client: socket.socket) -> None:
+        upstream = socket.create_connection(("127.0.0.1", self._upstream), timeout=5)
+        try:
+            while True:
+                ready, _, _ = select.select([client, upstream], [], [], 0.2)
+                if self._server._stopping.is_set():
+                    return
+                for sock in ready:
+                    data = sock.recv(65536)
+                    if not data:
+                        return
+                    if sock is client:
+                        upstream.sendall(data)
+                        continue
+                    mode = self.mode
+                    if mode == "delay":
+                        time.sleep(2.0)
+                        client.sendall(data)
+                    elif mode in ("stall", "close"):
+                        client.sendall(data[:3])
+                        if mode == "close":
+                            return
+                        while self.mode == "stall" and not self._server._stopping.is_set():
+                            time.sleep(0.05)
+                        client.sendall(data[3:])
+                    else:
+                        client.sendall(data)
+        finally:
+            upstream.close()
+            client.close()
+
+    def stop(self) -> None:
+        self._server.stop()
+
+
+def admin(gw: GatewayProcess, path: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{gw.port(1)}{path}", timeout=30) as answer:
+            return answer.status, answer.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+
+
+def timed(call: Any, *args: Any) -> tuple[Any, float]:
+    started = time.monotonic()
+    result = call(*args)
+    return result, time.monotonic() - started
+
+
+def config(redis_port: int, backend: TcpServer) -> str:
+    return f"""
+Listen tcp:port=0:interface=127.0.0.1
+AdminListen tcp:port=0:interface=127.0.0.1
+Limit rate=1000/s
+ProxyPass /echo {backend.endpoint}
+TokenSource broker redis redis://127.0.0.1:{redis_port}/0 namespace=vdi timeout={TIMEOUT} allow=127.0.0.0/8:1-65535
+TokenRoute /vnc broker
+Pool redis://127.0.0.1:{redis_port}/0 name=gw ttl=4 refresh=1 timeout={TIMEOUT}
+"""
+
+
+def relays(ws: ClientConnection, data: bytes) -> bool:
+    ws.send(data)
+    return ws.recv(timeout=5) == data
+
+
+@pytest.fixture
+def stoppable_redis(redis_server: RedisServer) -> Iterator[RedisServer]:
+    """The redis_server fixture, continued (SIGCONT) before it is stopped whatever the test did."""
+    yield redis_server
+    if redis_server.proc is not None and redis_server.proc.poll() is None:
+        redis_server.proc.send_signal(signal.SIGCONT)
+
+
+def check_trouble(gw: GatewayProcess, token_url: str, plain: ClientConnection, plain_url: str) -> list[float]:
+    """While Redis misbehaves: bounded 503s, then at once; sessions relay.  Returns the waits measured."""
+    status, first = timed(session_status, token_url)
+    assert status == 503 and first < TIMEOUT + ROUND_TRIP, first
+    (status, body), listed = timed(admin, gw, "/pool/sessions")
+    assert status == 503 and listed < TIMEOUT + ROUND_TRIP, listed
+    assert "failing fast" in body or "did not answer" in body or "Redis at" in body, body
+    status, again = timed(session_status, token_url)
+    assert status == 503 and again < ROUND_TRIP, again
+    assert relays(plain, b"during")
+    assert session_status(plain_url) == 101
+    return [first, listed, again]
+
+
+def check_back(gw: GatewayProcess, token_url: str, plain: ClientConnection) -> None:
+    gw.wait_log(r"Redis broker at 127.0.0.1:[0-9]+ reachable again", 10)
+    gw.wait_log(r"Redis pool at 127.0.0.1:[0-9]+ reachable again", 10)
+    assert session_status(token_url) == 101
+    status, body = admin(gw, "/pool/sessions")
+    assert status == 200 and json.loads(body)["sessions"]
+    assert relays(plain, b"after")
+
+
+def test_hung_redis(tmp_path: Path, stoppable_redis: RedisServer, backend: TcpServer) -> None:
+    """SIGSTOPped Redis: a token session's 503 and the pool list's 503 within the timeout, then at once; SIGCONT heals."""
+    import redis
+
+    redis.Redis(port=stoppable_redis.port).set("vdi:desk", f"127.0.0.1:{backend.port}")
+    assert stoppable_redis.proc is not None
+    with GatewayProcess(config(stoppable_redis.port, backend), tmp_path) as gw:
+        token_url = f"ws://127.0.0.1:{gw.port()}/vnc?token=desk"
+        plain_url = f"ws://127.0.0.1:{gw.port()}/echo"
+        with connect(plain_url, open_timeout=5) as plain:
+            assert session_status(token_url) == 101 and relays(plain, b"before")
+            stoppable_redis.proc.send_signal(signal.SIGSTOP)
+            waits = check_trouble(gw, token_url, plain, plain_url)
+            print("hung: token 503 after %.3f s, pool list 503 after %.3f s, then %.3f s" % tuple(waits))
+            assert len(gw.log().split("Redis broker at")) == 2  # one warning for the outage
+            stoppable_redis.proc.send_signal(signal.SIGCONT)
+            check_back(gw, token_url, plain)
+
+
+def test_refused_redis(tmp_path: Path, stoppable_redis: RedisServer, backend: TcpServer) -> None:
+    """A stopped Redis (refused): 503 at once, sessions relay, and a restarted Redis is found by the probe."""
+    import redis
+
+    redis.Redis(port=stoppable_redis.port).set("vdi:desk", f"127.0.0.1:{backend.port}")
+    with GatewayProcess(config(stoppable_redis.port, backend), tmp_path) as gw:
+        token_url = f"ws://127.0.0.1:{gw.port()}/vnc?token=desk"
+        plain_url = f"ws://127.0.0.1:{gw.port()}/echo"
+        with connect(plain_url, open_timeout=5) as plain:
+            assert session_status(token_url) == 101
+            stoppable_redis.stop()
+            check_trouble(gw, token_url, plain, plain_url)
+            stoppable_redis.start()
+            redis.Redis(port=stoppable_redis.port).set("vdi:desk", f"127.0.0.1:{backend.port}")
+            check_back(gw, token_url, plain)
+
+
+@pytest.mark.parametrize("mode", ["delay", "stall", "close"])
+def test_slow_redis(tmp_path: Path, stoppable_redis: RedisServer, backend: TcpServer, mode: str) -> None:
+    """Replies delayed, stalled mid-reply or cut mid-reply: bounded 503s, sessions relay, healed when it passes again."""
+    import redis
+
+    redis.Redis(port=stoppable_redis.port).set("vdi:desk", f"127.0.0.1:{backend.port}")
+    proxy = RedisProxy(stoppable_redis.port)
+    try:
+        with GatewayProcess(config(proxy.port, backend), tmp_path) as gw:
+            token_url = f"ws://127.0.0.1:{gw.port()}/vnc?token=desk"
+            plain_url = f"ws://127.0.0.1:{gw.port()}/echo"
+            with connect(plain_url, open_timeout=5) as plain:
+                assert session_status(token_url) == 101
+                proxy.mode = mode
+                waits = check_trouble(gw, token_url, plain, plain_url)
+                print("%s: token 503 after %.3f s, pool list 503 after %.3f s, then %.3f s" % (mode, *waits))
+                proxy.mode = "pass"
+                check_back(gw, token_url, plain)
+    finally:
+        proxy.stop()
