@@ -142,6 +142,8 @@ def check_back(gw: GatewayProcess, token_url: str, plain: ClientConnection) -> N
     status, body = admin(gw, "/pool/sessions")
     assert status == 200 and json.loads(body)["sessions"]
     assert relays(plain, b"after")
+    assert all(s["up"] for s in json.loads(admin(gw, "/redis")[1])["redis"])
+    assert "Redis: " not in admin(gw, "/")[1]
 
 
 def test_hung_redis(tmp_path: Path, stoppable_redis: RedisServer, backend: TcpServer) -> None:
@@ -159,6 +161,10 @@ def test_hung_redis(tmp_path: Path, stoppable_redis: RedisServer, backend: TcpSe
             waits = check_trouble(gw, token_url, plain, plain_url)
             print("hung: token 503 after %.3f s, pool list 503 after %.3f s, then %.3f s" % tuple(waits))
             assert len(gw.log().split("Redis broker at")) == 2  # one warning for the outage
+            states = {s["name"]: s for s in json.loads(admin(gw, "/redis")[1])["redis"]}
+            assert not states["broker"]["up"] and not states["pool"]["up"] and states["broker"]["failed_fast"] >= 1
+            page = admin(gw, "/")[1]
+            assert "Redis: pool (127.0.0.1:" in page and "broker (127.0.0.1:" in page
             stoppable_redis.proc.send_signal(signal.SIGCONT)
             check_back(gw, token_url, plain)
 
