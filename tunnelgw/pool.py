@@ -39,7 +39,7 @@ from tunnelgw.core.config import PoolSpec
 from tunnelgw.core.routing import Reject
 from tunnelgw.core.tokens import INVALID_REASON
 from tunnelgw.core.relay import CLOSE_POLICY, Close
-from tunnelgw.redisstore import RedisStore, redis_client
+from tunnelgw.redisstore import RedisStore, RedisUnavailable, redis_client
 
 __all__ = ["MAX_LISTED", "POOL_CLOSE", "PoolRegistry", "SingleUseLink"]
 
@@ -203,12 +203,23 @@ class PoolRegistry:
         """
         Record a single-use token's ``jti`` until it expires; fires True when
         this is its first use anywhere in the pool (atomic: ``SET NX``).  A
-        broker revokes a token by setting ``NS:jti:JTI`` itself.
+        broker revokes a token by setting ``NS:jti:JTI`` itself.  With
+        ``waitreplicas=N`` the first use counts only once N replicas hold it
+        (else 503), so that a failover to a replica cannot forget it.
         """
         ttl = max(1, int(expires - time.time()) + 1)
 
+        replicas, wait_ms = self.spec.wait_replicas, max(1, int(self.spec.timeout * 1000 / 2))
+
         def record() -> bool:
-            return bool(self._redis.set(self._key("jti", jti), self.spec.name, nx=True, ex=ttl))
+            first = bool(self._redis.set(self._key("jti", jti), self.spec.name, nx=True, ex=ttl))
+            if first and replicas:
+                # Within the call's own bound: WAIT answers by wait_ms whatever the replicas do.
+                acknowledged = int(self._redis.execute_command("WAIT", replicas, wait_ms))
+                if acknowledged < replicas:
+                    self._redis.delete(self._key("jti", jti))  # not burnt: the client may try again
+                    raise RedisUnavailable(f"the single-use token reached {acknowledged} of {replicas} replica(s)")
+            return first
 
         return self._claims.call(record)
 
@@ -309,7 +320,9 @@ class SingleUseLink(WrappedLink):
             return self._inner.connect()
 
         def unavailable(failure: Any) -> None:
-            raise BackendRefused(Reject(503, "token check unavailable"), "token")
+            _log.info("token refused token=jti:{jti} status=503 detail={detail!r}", jti=self._jti[:16],
+                      detail=str(failure.value))
+            raise BackendRefused(Reject(503, "token check unavailable", str(failure.value)), "token")
 
         d = self._registry.claim(self._jti, self._expires)
         return d.addCallbacks(claimed, unavailable)  # type: ignore[no-any-return]
@@ -337,7 +350,7 @@ class PoolLimitLink(WrappedLink):
             return self._inner.connect()
 
         def unavailable(failure: Any) -> None:
-            raise BackendRefused(Reject(503, "the pool's limits cannot be checked"), "limit")
+            raise BackendRefused(Reject(503, "the pool's limits cannot be checked", str(failure.value)), "limit")
 
         return self._registry.acquire(self._member, self._limits).addCallbacks(  # type: ignore[no-any-return]
             decided, unavailable)

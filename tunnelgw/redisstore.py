@@ -79,6 +79,8 @@ def _is_outage(failure: Failure) -> bool:
     """Whether a failed call says Redis is away (rather than that it refused this one command)."""
     import redis
 
+    if failure.check(RedisUnavailable):  # the work's own verdict (too few replicas acknowledged): Redis answered
+        return False
     if failure.check(redis.ReadOnlyError):  # a replica after a failover: the primary is elsewhere
         return True
     return not failure.check(redis.ResponseError)

@@ -281,7 +281,7 @@ class Recording:
 class PoolSpec:
     """
     ``Pool redis://HOST:PORT/DB name=GATEWAY [ttl=S] [refresh=S] [timeout=S]
-    [namespace=NS] [passwordfile=FILE]`` (``rediss://`` for TLS, ``sentinel://...`` for a Sentinel service): the shared
+    [namespace=NS] [passwordfile=FILE] [waitreplicas=N]`` (``rediss://`` for TLS, ``sentinel://...`` for a Sentinel service): the shared
     registry of a pool of gateways (see :mod:`tunnelgw.pool`).
     """
 
@@ -299,6 +299,9 @@ class PoolSpec:
     #: Sentinel form (``sentinel://HOST:PORT,.../SERVICE/DB``): the sentinels and the service name.
     sentinels: tuple[tuple[str, int], ...] = ()
     service: str = ""
+    #: ``waitreplicas=N``: a single-use token's claim counts only once N replicas hold it (Redis ``WAIT``),
+    #: so that a failover cannot forget it; 0: the primary's word is enough.
+    wait_replicas: int = 0
 
     @property
     def redis(self) -> RedisAddress:
@@ -791,7 +794,7 @@ def _recording(p: _Parse, args: list[str], where: Location, problem: Problems) -
 
 _POOL_OPTIONS: dict[str, Reader] = {
     "name": matching(r"[A-Za-z0-9_.-]{1,64}", "1 to 64 letters, digits or _.-"),
-    "ttl": number(2, 3600), "refresh": number(0.1, 600), "timeout": number(0.05, 60),
+    "ttl": number(2, 3600), "refresh": number(0.1, 600), "timeout": number(0.05, 60), "waitreplicas": whole(0, 16),
     "namespace": matching(r"[A-Za-z0-9_.-]{1,64}", "1 to 64 letters, digits or _.-"),
     "passwordfile": matching(r"/.+", "an absolute file name"),
 }
@@ -815,7 +818,8 @@ def _pool(p: _Parse, args: list[str], where: Location, problem: Problems) -> Non
     if refresh * 2 > ttl:
         problem(f"Pool refresh= ({refresh:g}) must be at most half of ttl= ({ttl:g}), or live sessions expire")
     p.pool = PoolSpec(address.host, address.port, address.db, address.tls, found["name"], ttl, refresh, found.get("timeout", 1.0), found.get("namespace", "tunnelgw"),
-                      found.get("passwordfile"), where, address.sentinels, address.service)
+                      found.get("passwordfile"), where, address.sentinels, address.service,
+                      found.get("waitreplicas", 0))
 
 
 _PORTAL_OPTIONS: dict[str, Reader] = {"timeout": number(0.05, 30), "cache": number(0, 3600), "allow": read_allowed}
@@ -916,7 +920,8 @@ DIRECTIVES: tuple[Directive, ...] = (
               "a portal asked before each session of auth=NAME routes (nginx auth_request)", _auth_portal),
     Directive("Recording", "FOLDER [maxbytes=B] [maxseconds=S] [keepdays=D] [viewer=URL]",
               "where record=on routes write their sessions, with size, age and retention limits", _recording),
-    Directive("Pool", "redis://HOST:PORT/DB name=GATEWAY [ttl=S] [refresh=S] [timeout=S] [namespace=NS]",
+    Directive("Pool", "redis://HOST:PORT/DB name=GATEWAY [ttl=S] [refresh=S] [timeout=S] [namespace=NS] "
+              "[waitreplicas=N]",
               "share the live-session list with a pool of gateways through Redis", _pool),
     Directive("AuditLog", "syslog udp://H:P|tcp://H:P|unix:///PATH [facility=F] [app=A] [sdid=ID] | json FILE",
               "send audit events (sessions, refusals, admin actions) to syslog (RFC 5424) or a JSON lines file",
