@@ -25,6 +25,7 @@ is written again as soon as Redis is back.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from typing import Any, Callable, Optional
@@ -36,6 +37,7 @@ from twisted.logger import Logger
 
 from tunnelgw.backends import BackendLink, BackendRefused, WrappedLink
 from tunnelgw.core.config import PoolSpec
+from tunnelgw.core.hop import WINDOW
 from tunnelgw.core.routing import Reject
 from tunnelgw.core.tokens import INVALID_REASON
 from tunnelgw.core.relay import CLOSE_POLICY, Close
@@ -105,6 +107,7 @@ class PoolRegistry:
         self._claims = self.store.use("claim", 4)
         self._limits = self.store.use("limits", 4)
         self._subscriber = self.store.use("subscribe", 1)
+        self._hops = self.store.use("hops", 2)
 
     def _key(self, *parts: str) -> str:
         return ":".join((self.spec.namespace, *parts))
@@ -222,6 +225,19 @@ class PoolRegistry:
             return first
 
         return self._claims.call(record)
+
+    def first_hop(self, relayer: str, nonce: str, when: int) -> "defer.Deferred[bool]":
+        """
+        Record a relay hop's nonce for its validity window; fires True when
+        this is its first use anywhere in the pool (``SET NX``).
+        """
+        ttl = max(1, int(when + WINDOW - time.time()) + 1)
+        key = self._key("hop", hashlib.sha256(relayer.encode("utf-8", "surrogateescape")).hexdigest()[:16], nonce)
+
+        def record() -> bool:
+            return bool(self._redis.set(key, self.spec.name, nx=True, ex=ttl))
+
+        return self._hops.call(record)
 
     def acquire(self, member: str, limits: list[tuple[str, int]]) -> "defer.Deferred[Optional[str]]":
         """

@@ -942,7 +942,8 @@ DIRECTIVES: tuple[Directive, ...] = (
     Directive("GatewayURL", "URL", "this gateway's own URL, for redirects between gateways",
               _topology(TopologyParser.read_gateway_url)),
     Directive("GatewayOwner", "URL HOST...", "the gateway that owns desktops on HOST", _topology(TopologyParser.read_gateway_owner)),
-    Directive("OwnerSource", "redis://HOST:PORT/DB [namespace=NS] [timeout=S] [mode=redirect|relay hopsecret=FILE]",
+    Directive("OwnerSource", "redis://HOST:PORT/DB [namespace=NS] [timeout=S] [mode=redirect|relay hopsecret=FILE "
+              "[hopcafile=FILE]]",
               "which gateway owns a desktop host, as a broker writes it in Redis (redirects follow at once)",
               _topology(TopologyParser.read_owner_source)),
     Directive("TrustedProxy", "ADDRESS...", "front proxies whose forwarded client address is believed",

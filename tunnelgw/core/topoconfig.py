@@ -251,6 +251,9 @@ class OwnerSourceSpec:
     hop_secret: str = ""
     #: A file holding the Redis password ("": none).
     password_file: str = ""
+    #: For relay to ``wss://`` owners: a PEM file of the CA certificates their TLS certificates chain to
+    #: ("": the platform's trust store).
+    hop_ca_file: str = ""
 
     @property
     def redis(self) -> "RedisAddress":
@@ -309,6 +312,7 @@ _MEMBER_OPTIONS = {"status": choice("drain", "+n", "active")}
 _POOL_OPTIONS = {"lbmethod": choice(*LB_METHODS), "retry": _SECONDS}
 _OWNER_OPTIONS = {"namespace": matching(_NAME.pattern, "a plain name"), "timeout": number(0.05, 60),
                   "mode": choice("redirect", "relay"), "hopsecret": matching(r"/.+", "an absolute file name"),
+                  "hopcafile": matching(r"/.+", "an absolute file name"),
                   "passwordfile": matching(r"/.+", "an absolute file name")}
 _TRUSTED_PROXY_OPTIONS = {"header": choice(*PROXY_HEADERS)}
 
@@ -464,8 +468,11 @@ class TopologyParser:
         mode = found.get("mode", "redirect")
         if (mode == "relay") != ("hopsecret" in found):
             problem("OwnerSource mode=relay and hopsecret=FILE go together (the pool's shared hop secret)")
+        if "hopcafile" in found and mode != "relay":
+            problem("OwnerSource hopcafile= applies to mode=relay (the CA of wss:// owners)")
         self.owner_source = OwnerSourceSpec(args[0], found.get("namespace", "tunnelgw"), found.get("timeout", 1.0),
-                                            where, mode, found.get("hopsecret", ""), found.get("passwordfile", ""))
+                                            where, mode, found.get("hopsecret", ""), found.get("passwordfile", ""),
+                                            found.get("hopcafile", ""))
 
     def read_gateway_url(self, args: list[str], where: Location, problem: Callable[[str], None], _: object) -> None:
         if len(args) != 1 or not _is_ws_url(args[0]):
