@@ -86,6 +86,8 @@ class PoolRegistry:
         self._written: set[str] = set()
         #: Places held in pool-wide limit sets: member -> [channels here, keys].
         self._held: dict[str, list[Any]] = {}
+        #: Places to give back that Redis could not take when they were released: member -> keys.
+        self._releasing: dict[str, list[str]] = {}
         self._busy = False
         self._heartbeat: Optional[LoopingCall] = None
         self._listener: Any = None
@@ -149,6 +151,7 @@ class PoolRegistry:
             live[sid] = json.dumps({**fields, "gateway": self.spec.name, "seen": now}, default=str)
         ended = self._written - set(live)
         held = [(member, entry[1]) for member, entry in self._held.items()]
+        releasing = [(member, keys) for member, keys in self._releasing.items() if member not in self._held]
         started = self._reactor.seconds()
 
         def write() -> None:
@@ -164,10 +167,16 @@ class PoolRegistry:
                 for key in keys:
                     pipe.zadd(key, {member: now + ttl})
                     pipe.expire(key, ttl)
+            for member, keys in releasing:
+                for key in keys:
+                    pipe.zrem(key, member)
             pipe.execute()
 
         def written(_: object) -> None:
             self._written = set(live)
+            for member, keys in releasing:
+                if self._releasing.get(member) is keys:
+                    del self._releasing[member]
             self.latency.set(self._reactor.seconds() - started)
 
         d = self._refreshes.call(write)
@@ -256,27 +265,20 @@ class PoolRegistry:
             now = time.time()
             return int(self._acquire(keys=keys, args=[now, now + ttl, member, ttl, *(n for _, n in limits)]))
 
-        cancelled = [False]
-        result: defer.Deferred[Optional[str]] = defer.Deferred(lambda _: cancelled.__setitem__(0, True))
+        def give_back_late(full: int) -> None:
+            # The session went away (cancelled) or was answered 503 (timed out) while Redis gave the
+            # place: give it straight back unless another channel of the member holds it now.
+            if not full and member not in self._held:
+                self._give_back(member, keys)
 
-        def taken(full: int) -> None:
-            if cancelled[0]:
-                # The session went away while Redis answered: give the place straight back.
-                if not full and member not in self._held:
-                    self._give_back(member, keys)
-                return
-            if not full:
-                held = self._held.setdefault(member, [0, keys])
-                held[0] += 1
-            result.callback(limits[full - 1][0] if full else None)
+        def taken(full: int) -> Optional[str]:
+            if full:
+                return limits[full - 1][0]
+            held = self._held.setdefault(member, [0, keys])
+            held[0] += 1
+            return None
 
-        def failed(failure: Any) -> None:
-            if not cancelled[0]:
-                result.errback(failure)
-
-        # Not cancelled with the session: a place Redis gives after the session left is given back at once.
-        self._limits.call(take).addCallbacks(taken, failed)
-        return result
+        return self._limits.call(take, late=give_back_late).addCallback(taken)
 
     def release(self, member: str) -> None:
         """Give back one channel's share of member's place; the place goes with the last one."""
@@ -294,7 +296,10 @@ class PoolRegistry:
             for key in keys:
                 self._redis.zrem(key, member)
 
-        self._limits.call(give_back).addErrback(lambda _: None)  # counted; the place expires after ttl anyway
+        def later(_: object) -> None:  # counted; the next refresh that reaches Redis gives it back
+            self._releasing[member] = keys
+
+        self._limits.call(give_back).addErrback(later)
 
     def _subscribe(self) -> None:
         """In a pool thread: listen for closes (redis-py's thread re-subscribes after a reconnect)."""

@@ -97,12 +97,16 @@ class RedisUse:
         #: Calls queued or running on this use's threads (an abandoned one counts until its thread is free).
         self.pending = 0
 
-    def call(self, work: Callable[..., Any], *args: Any) -> "defer.Deferred[Any]":
+    def call(self, work: Callable[..., Any], *args: Any,
+             late: Optional[Callable[[Any], None]] = None) -> "defer.Deferred[Any]":
         """
         Run work(*args) (a redis-py call) on this use's threads; fires with its
         result, or fails with :class:`RedisUnavailable` within the store's
         timeout, or with the command's own error (``ResponseError``).  Cancelling
         the Deferred drops the call if it has not started.
+
+        :param late: called with the result of a call that succeeded after its
+            caller was answered (timed out or cancelled), to undo what it did.
         """
         store = self._store
         if not store.breaker.allow():
@@ -111,10 +115,10 @@ class RedisUse:
         if self.pending >= self._waiting:
             store.count_error(self.name)
             return defer.fail(RedisUnavailable(f"too many Redis calls waiting ({self.name})"))
-        return self._run(work, args, store.timeout, count=True)
+        return self._run(work, args, store.timeout, count=True, late=late)
 
     def _run(self, work: Callable[..., Any], args: tuple[Any, ...], timeout: float,
-             count: bool) -> "defer.Deferred[Any]":
+             count: bool, late: Optional[Callable[[Any], None]] = None) -> "defer.Deferred[Any]":
         store = self._store
         abandoned = [False]
 
@@ -133,8 +137,11 @@ class RedisUse:
 
         timer = store.reactor.callLater(timeout, timed_out)
 
+        abandoned_before_run = [False]
+
         def run() -> Any:
             if abandoned[0]:  # its caller has given up while it was queued
+                abandoned_before_run[0] = True
                 return None
             return work(*args)
 
@@ -143,6 +150,8 @@ class RedisUse:
             if not ok and count and _is_outage(result):
                 store.failed(self.name, str(result.value) or result.type.__name__)
             if d.called:
+                if ok and late is not None and not abandoned_before_run[0]:
+                    late(result)
                 return
             timer.cancel()
             if ok:
