@@ -23,7 +23,7 @@ from typing import Any, Iterator
 import pytest
 from websockets.sync.client import ClientConnection, connect
 
-from support import GatewayProcess, RedisServer, TcpServer, backend, redis_server, session_status
+from support import GatewayProcess, RedisServer, TcpServer, backend, redis_server, session_status, wait_until
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -38,11 +38,18 @@ class RedisProxy:
     """
     A loopback TCP proxy in front of Redis whose replies can be passed on
     (``pass``), delayed by two seconds each (``delay``), stalled after their
-    first three bytes (``stall``), or cut there (``close``).
+    first three bytes (``stall``), or cut there (``close``); ``lag`` delays
+    each by 0.3 s (within the gateways' timeout); ``hold`` keeps the reply to a
+    script call (the limits) until the test sets :attr:`held`.
     """
 
     def __init__(self, port: int) -> None:
         self.mode = "pass"
+        #: What clients sent, all connections together (to wait for a command to be under way).
+        self.sent = b""
+        #: In ``hold`` mode: cleared when a script call goes by; its reply waits until it is set again.
+        self.held = threading.Event()
+        self.held.set()
         self._upstream = port
         self._server = TcpServer(self._relay)
         self.port = self._server.port
@@ -59,11 +66,16 @@ class RedisProxy:
                     if not data:
                         return
                     if sock is client:
+                        self.sent += data
+                        if self.mode == "hold" and b"EVAL" in data:
+                            self.held.clear()
                         upstream.sendall(data)
                         continue
                     mode = self.mode
-                    if mode == "delay":
-                        time.sleep(2.0)
+                    if mode == "hold" and not self.held.is_set():
+                        self.held.wait(10)
+                    if mode in ("delay", "lag"):
+                        time.sleep(2.0 if mode == "delay" else 0.3)
                         client.sendall(data)
                     elif mode in ("stall", "close"):
                         client.sendall(data[:3])
@@ -206,3 +218,57 @@ def test_slow_redis(tmp_path: Path, stoppable_redis: RedisServer, backend: TcpSe
                 check_back(gw, token_url, plain)
     finally:
         proxy.stop()
+
+
+def test_a_client_gone_during_the_limits_call_holds_no_place(tmp_path: Path, stoppable_redis: RedisServer,
+                                                              backend: TcpServer) -> None:
+    """
+    A client that vanishes while Redis takes its place (maxperuser=1), the
+    answer coming after the timeout, leaves the place free for the user's next
+    session within seconds, not after ttl=.
+    """
+    import jwt
+
+    secret = tmp_path / "secret"
+    secret.write_bytes(b"s" * 32)
+    proxy = RedisProxy(stoppable_redis.port)
+
+    def token(desk: str) -> str:
+        return jwt.encode({"host": "127.0.0.1", "port": backend.port, "exp": int(time.time()) + 60, "desk": desk,
+                           "user": "alice"}, b"s" * 32, algorithm="HS256")
+
+    try:
+        config = f"""
+Listen tcp:port=0:interface=127.0.0.1
+AdminListen tcp:port=0:interface=127.0.0.1
+Limit rate=1000/s
+Pool redis://127.0.0.1:{proxy.port}/0 name=gw ttl=60 refresh=1 timeout={TIMEOUT}
+TokenSource signed jwt {secret} allow=127.0.0.1:{backend.port}
+TokenRoute /vnc signed maxperuser=1
+"""
+        with GatewayProcess(config, tmp_path) as gw:
+            # A first session warms the connection up (redis-py's CLIENT SETINFO, the script load): under lag
+            # those round trips would add up past the timeout.
+            assert session_status(f"ws://127.0.0.1:{gw.port()}/vnc?token={token('warm')}") == 101
+            proxy.sent = b""
+            proxy.mode = "hold"
+            with socket.create_connection(("127.0.0.1", gw.port()), timeout=5) as gone:
+                gone.sendall(f"GET /vnc?token={token('a')} HTTP/1.1\r\nHost: 127.0.0.1:{gw.port()}\r\n"
+                             "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
+                             "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n".encode())
+                assert wait_until_sent(proxy, b"EVAL")  # the limits call is in Redis, its answer held
+            # The gateway reads nothing from a client before its backend is up, so it learns that the client
+            # left when it answers: 503 at the timeout, while Redis is still giving the place.
+            gw.wait_log(r"handshake refused .*path=/vnc status=503 reason=\"the pool's limits cannot be checked\"")
+            proxy.mode = "pass"
+            proxy.held.set()
+            # Redis's late answer took the place: it goes back as soon as Redis is reachable (not after ttl=60).
+            gw.wait_log(r"Redis pool at 127.0.0.1:[0-9]+ reachable again")
+            assert wait_until(lambda: session_status(f"ws://127.0.0.1:{gw.port()}/vnc?token={token('b')}") == 101,
+                              10, 0.25)
+    finally:
+        proxy.stop()
+
+
+def wait_until_sent(proxy: RedisProxy, command: bytes) -> bool:
+    return wait_until(lambda: command in proxy.sent, 10)

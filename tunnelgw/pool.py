@@ -274,11 +274,19 @@ class PoolRegistry:
         def taken(full: int) -> Optional[str]:
             if full:
                 return limits[full - 1][0]
+            self._releasing.pop(member, None)
             held = self._held.setdefault(member, [0, keys])
             held[0] += 1
             return None
 
-        return self._limits.call(take, late=give_back_late).addCallback(taken)
+        def unknown(failure: Any) -> Any:
+            # No answer (timed out, connection dropped): Redis may have given the place all the same.
+            # The next refresh that reaches Redis takes it back unless the member holds it by then.
+            if member not in self._held:
+                self._releasing[member] = keys
+            return failure
+
+        return self._limits.call(take, late=give_back_late).addCallbacks(taken, unknown)
 
     def release(self, member: str) -> None:
         """Give back one channel's share of member's place; the place goes with the last one."""
@@ -296,10 +304,15 @@ class PoolRegistry:
             for key in keys:
                 self._redis.zrem(key, member)
 
-        def later(_: object) -> None:  # counted; the next refresh that reaches Redis gives it back
-            self._releasing[member] = keys
+        def done(_: object) -> None:
+            if self._releasing.get(member) is keys:
+                del self._releasing[member]
 
-        self._limits.call(give_back).addErrback(later)
+        def later(_: object) -> None:  # counted; the next refresh that reaches Redis gives it back
+            if member not in self._held:
+                self._releasing[member] = keys
+
+        self._limits.call(give_back).addCallbacks(done, later)
 
     def _subscribe(self) -> None:
         """In a pool thread: listen for closes (redis-py's thread re-subscribes after a reconnect)."""
