@@ -27,7 +27,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import pytest
 
@@ -377,10 +377,12 @@ def make_pki(folder: Path, names: Iterator[str] | list[str] = ("localhost",),
     return pki
 
 
-def make_client_cert(pki: Pki, folder: Path, common_name: str, emails: tuple[str, ...] = ()) -> Path:
+def make_client_cert(pki: Pki, folder: Path, common_name: str, emails: tuple[str, ...] = (),
+                     dns: tuple[str, ...] = (), uris: tuple[str, ...] = ()) -> Path:
     """
-    Write a client certificate for common_name (and e-mail alternative names)
-    signed by pki's root into folder as NAME.pem, its key in the same file.
+    Write a client certificate for common_name (and e-mail, DNS and URI
+    alternative names) signed by pki's root into folder as NAME.pem, its key
+    in the same file.
     """
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
@@ -398,9 +400,10 @@ def make_client_cert(pki: Pki, folder: Path, common_name: str, emails: tuple[str
                .not_valid_before(now - datetime.timedelta(days=1)).not_valid_after(now + datetime.timedelta(days=30))
                .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
                .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False))
-    if emails:
-        builder = builder.add_extension(x509.SubjectAlternativeName([x509.RFC822Name(e) for e in emails]),
-                                        critical=False)
+    sans: list[x509.GeneralName] = [x509.RFC822Name(e) for e in emails]
+    sans += [x509.DNSName(d) for d in dns] + [x509.UniformResourceIdentifier(u) for u in uris]
+    if sans:
+        builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
     cert = builder.sign(ca_key, hashes.SHA256())  # type: ignore[arg-type]
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{common_name}.pem"
@@ -573,13 +576,28 @@ def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
     server.stop()
 
 
-def session_status(url: str, headers: Optional[dict[str, str]] = None) -> int:
-    """101 when a session at url opens and echoes a byte, else the status its handshake was refused with."""
+@contextlib.contextmanager
+def connect_from(url: str, source: str) -> Iterator[Any]:
+    """A websockets client (ws:// only) whose connection comes from the loopback address source."""
+    from websockets.sync.client import connect
+
+    host, port = url.split("/")[2].rsplit(":", 1)
+    sock = socket.create_connection((host, int(port)), timeout=5, source_address=(source, 0))
+    with connect(url, sock=sock, open_timeout=5) as ws:
+        yield ws
+
+
+def session_status(url: str, headers: Optional[dict[str, str]] = None, source: Optional[str] = None) -> int:
+    """
+    101 when a session at url opens and echoes a byte, else the status its
+    handshake was refused with; source: the client's loopback address.
+    """
     from websockets.exceptions import InvalidStatus
     from websockets.sync.client import connect
 
     try:
-        with connect(url, additional_headers=headers, open_timeout=5) as ws:
+        with (connect(url, additional_headers=headers, open_timeout=5) if source is None
+              else connect_from(url, source)) as ws:
             ws.send(b"x")
             assert ws.recv(timeout=5) == b"x"
             return 101

@@ -191,7 +191,7 @@ def test_sni_served_to_openssl_s_client(tmp_path: Path, echo_backend: TcpServer)
 def _mtls_config(live: Path, pki: Pki, mode: str, backend: str, extra: str = "") -> str:
     return (_listen(live, f"clientca={pki.ca_cert} clientcert={mode}")
             + f"ProxyPass /any {backend}\n"
-            + f"ProxyPass /ops {backend} certname=alice,*@ops.example\n" + extra)
+            + f"ProxyPass /ops {backend} certname=alice,email:*@ops.example\n" + extra)
 
 
 def test_required_client_certificates_and_route_rules(tmp_path: Path, echo_backend: TcpServer) -> None:
@@ -220,6 +220,46 @@ def test_required_client_certificates_and_route_rules(tmp_path: Path, echo_backe
             with _session(port, "/ops", carol):
                 pass
         assert refused.value.response.status_code == 403
+        gw.wait_log(r"status=403 reason='this route needs a client certificate with another name'")
+
+
+def test_certname_patterns_match_their_own_name_type(tmp_path: Path, echo_backend: TcpServer) -> None:
+    """Real certificates: a URI SAN ending in @ops.example is no e-mail, a DNS SAN alice no CN alice, a glob one label or segment; honest names pass."""
+    pki, live = make_pki(tmp_path / "pki"), tmp_path / "live"
+    _install(pki, live)
+    backend = echo_backend.endpoint
+    config = (_listen(live, f"clientca={pki.ca_cert} clientcert=optional")
+              + f"ProxyPass /mail {backend} certname=email:*@ops.example\n"
+              + f"ProxyPass /alice {backend} certname=alice\n"
+              + f"ProxyPass /hosts {backend} certname=dns:*.ops.example\n"
+              + f"ProxyPass /svc {backend} certname=uri:spiffe://ops.example/svc/*\n")
+
+    def cert(folder: str, cn: str, emails: tuple[str, ...] = (), dns: tuple[str, ...] = (),
+             uris: tuple[str, ...] = ()) -> Path:
+        return make_client_cert(pki, tmp_path / folder, cn, emails, dns, uris)
+
+    honest = {"/mail": cert("h1", "bob", emails=("bob@ops.example",)),
+              "/alice": cert("h2", "alice"),
+              "/hosts": cert("h3", "agent", dns=("desk1.ops.example",)),
+              "/svc": cert("h4", "svc", uris=("spiffe://ops.example/svc/relay",))}
+    attacks = {"/mail": [cert("a1", "m1", uris=("https://evil.example/x@ops.example",)),
+                         cert("a2", "m2", emails=("a.b@ops.example", "bob@ops.example.evil.example")),
+                         cert("a3", "m3@ops.example")],
+               "/alice": [cert("a4", "mallory", dns=("alice",)), cert("a5", "mallory", emails=("alice@ops.example",))],
+               "/hosts": [cert("a6", "m6", dns=("a.b.ops.example", "ops.example")), cert("a7", "x.ops.example")],
+               "/svc": [cert("a8", "m8", uris=("spiffe://ops.example/svc/a/b", "spiffe://evil.example/svc/x")),
+                        cert("a9", "m9", dns=("spiffe://ops.example/svc/x",))]}
+    with GatewayProcess(config, tmp_path) as gw:
+        port = gw.port()
+        for path, good in honest.items():
+            with _session(port, path, good) as ws:
+                assert _relays(ws, path.encode())
+        for path, bad in attacks.items():
+            for certificate in bad:
+                with pytest.raises(InvalidStatus) as refused:
+                    with _session(port, path, certificate):
+                        pass
+                assert refused.value.response.status_code == 403, (path, certificate)
         gw.wait_log(r"status=403 reason='this route needs a client certificate with another name'")
 
 

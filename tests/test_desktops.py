@@ -1,7 +1,8 @@
 """
-One logical session per desktop: WebSockets that carry one token (the
-channels of a SPICE client) share one desktop id in logs and the admin list,
-take one slot of the limits, and close together from the admin listener.
+One logical session per desktop and client: WebSockets that carry one token
+from one client (the channels of a SPICE client) share one desktop id in logs
+and the admin list, take one slot of the limits, and close together from the
+admin listener; another client of the same desktop is another session.
 """
 
 from __future__ import annotations
@@ -15,8 +16,8 @@ import pytest
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect
 
-from support import GatewayProcess, TcpServer, backend, wait_until
-from tunnelgw.core.limits import SessionCounts
+from support import GatewayProcess, TcpServer, backend, connect_from, wait_until
+from tunnelgw.core.limits import MAX_CHANNELS, SessionCounts
 from tunnelgw.core.routing import Reject
 
 
@@ -32,6 +33,61 @@ def test_channels_of_a_desktop_take_one_slot() -> None:
     counts.release(second)
     assert counts.live == 0 and counts.desktops == 0
     assert not isinstance(counts.admit("/spice", None, "c", desktop="tok:2", session_id="s4"), Reject)
+
+
+def test_a_second_client_of_a_desktop_is_a_second_session() -> None:
+    """Another client address with the same token takes a slot of its own (and is refused when none is left)."""
+    counts = SessionCounts(total=2, per_client=0)
+    first = counts.admit("/spice", None, "10.0.0.1", desktop="tok:1", session_id="s1")
+    other = counts.admit("/spice", None, "10.0.0.2", desktop="tok:1", session_id="s2")
+    again = counts.admit("/spice", None, "10.0.0.1", desktop="tok:1", session_id="s3")
+    assert not isinstance(first, Reject) and not isinstance(other, Reject) and not isinstance(again, Reject)
+    assert (first.group, other.group, again.group) == ("s1", "s2", "s1")
+    assert counts.live == 2 and counts.desktops == 2
+    assert isinstance(counts.admit("/spice", None, "10.0.0.3", desktop="tok:1", session_id="s4"), Reject)
+    for admission in (first, again, other):
+        counts.release(admission)
+    assert counts.live == 0 and counts.desktops == 0 and counts.client_count("10.0.0.1") == 0
+
+
+def test_two_clients_of_one_token_are_two_sessions(tmp_path: Path, backend: TcpServer) -> None:
+    """Real sockets: with Limit sessions=1, one client's two channels pass and the same token from another address gets 503."""
+    tokens = tmp_path / "tokens"
+    tokens.write_text(f"desk1: 127.0.0.1:{backend.port}\n")
+    config = f"""
+Listen tcp:port=0:interface=127.0.0.1
+Limit sessions=1
+TokenSource files file {tokens} allow=127.0.0.0/8:1024-65535 reload=0
+TokenRoute /spice files
+"""
+    with GatewayProcess(config, tmp_path) as gw:
+        url = f"ws://127.0.0.1:{gw.port()}/spice?token=desk1"
+        with connect_from(url, "127.0.0.1") as main, connect_from(url, "127.0.0.1") as display:
+            for ws in (main, display):
+                ws.send(b"x")
+                assert ws.recv(timeout=5) == b"x"
+            with pytest.raises(InvalidStatus) as refused:
+                with connect_from(url, "127.0.0.2"):
+                    pass
+            assert refused.value.response.status_code == 503
+        gw.wait_log(r"client=127\.0\.0\.2:\d+ .*status=503 reason='the gateway is at its session limit'")
+        assert wait_until(lambda: gw.log().count("session end") == 2, 5)
+        with connect_from(url, "127.0.0.2") as ws:  # the first client left: the slot is free
+            ws.send(b"y")
+            assert ws.recv(timeout=5) == b"y"
+
+
+def test_channels_sharing_a_slot_are_bounded() -> None:
+    """One client's session of a desktop takes at most MAX_CHANNELS channels; the next gets 503, and one may come back after a release."""
+    counts = SessionCounts(total=0, per_client=0)
+    channels = [counts.admit("/spice", None, "c", desktop="tok:1", session_id=f"s{i}") for i in range(MAX_CHANNELS)]
+    assert not any(isinstance(c, Reject) for c in channels) and counts.live == 1
+    refused = counts.admit("/spice", None, "c", desktop="tok:1", session_id="over")
+    assert isinstance(refused, Reject) and refused.status == 503 and "channels" in refused.reason
+    last = channels.pop()
+    assert not isinstance(last, Reject)
+    counts.release(last)
+    assert not isinstance(counts.admit("/spice", None, "c", desktop="tok:1", session_id="back"), Reject)
 
 
 def admin_get(port: int, path: str) -> str:
@@ -80,3 +136,43 @@ TokenRoute /spice files
         with connect(url + "desk2", open_timeout=5) as ws:  # the slot is free again
             ws.send(b"y")
             assert ws.recv(timeout=5) == b"y"
+
+
+def test_second_client_refused_in_memory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """In memory (MemoryReactorClock, StringTransport): one client's two channels share the slot of Limit sessions=1; another client's channel gets 503 until they end."""
+    import txaio
+    from twisted.internet.address import IPv4Address
+    from twisted.internet.testing import MemoryReactorClock
+
+    from test_session import Gateway, Transport, handshake, lose
+
+    txaio.use_twisted()
+    monkeypatch.setattr(txaio.config, "loop", MemoryReactorClock())  # as test_session does: no global reactor
+    tokens = tmp_path / "tokens"
+    tokens.write_text("desk1: 10.0.0.1:5900\n")
+    gw = Gateway(f"Limit sessions=1 rate=0\nTokenSource files file {tokens} allow=10.0.0.0/8:1-65535 reload=0\n"
+                 "TokenRoute /spice files\n")
+
+    def channel(host: str, port: int) -> Transport:
+        transport = Transport(peerAddress=IPv4Address("TCP", host, port))
+        protocol = gw.service.front.buildProtocol(transport.getPeer())
+        protocol.makeConnection(transport)
+        transport.protocol = protocol
+        protocol.dataReceived(handshake(b"/spice?token=desk1"))
+        return transport
+
+    main = channel("192.0.2.1", 40001)
+    gw.connect_backend()
+    display = channel("192.0.2.1", 40002)
+    gw.connect_backend()
+    assert main.value().startswith(b"HTTP/1.1 101 ") and display.value().startswith(b"HTTP/1.1 101 ")
+    assert gw.factory.session_counts.live == 1
+    other = channel("192.0.2.2", 40003)
+    assert other.value().startswith(b"HTTP/1.1 503 "), other.value()
+    for transport in (other, main, display):
+        lose(transport)
+    assert gw.factory.session_counts.live == 0 and gw.factory.session_counts.desktops == 0
+    again = channel("192.0.2.2", 40004)
+    gw.connect_backend()
+    assert again.value().startswith(b"HTTP/1.1 101 ")
+    lose(again)

@@ -10,7 +10,7 @@ OLD, NEW = b"o" * 32, b"n" * 32
 OWNER = "wss://gw3.example:8443"
 URI = "/vnc?token=desk1"
 HOP = Hop(1000, "0123456789abcdef0123456789abcdef", "wss://gw2.example:8443", "203.0.113.9", "alice",
-          ("alice@ops.example",))
+          (("email", "alice@ops.example"),))
 
 
 def test_a_hop_names_the_client_and_its_certificate() -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tunnelgw.core.limits import Admission, HandshakeRate, SessionCounts
+from tunnelgw.core.limits import MAX_CHANNELS, Admission, HandshakeRate, SessionCounts
 from tunnelgw.core.routing import Reject
 
 
@@ -74,3 +74,27 @@ def test_rate_memory_is_bounded(knocks: list[tuple[int, float]]) -> None:
         now += step
         rate.allow(str(client), now)
         assert len(rate) <= 17
+
+
+@given(st.lists(st.tuples(st.booleans(), st.sampled_from(["", "d1", "d2"]), st.sampled_from(["x", "y"])),
+                max_size=200))
+@settings(max_examples=300)
+def test_a_slot_per_client_of_a_desktop(steps: list[tuple[bool, str, str]]) -> None:
+    """Whatever the order, live slots are the distinct (desktop, client) pairs held plus the sessions without a desktop; releasing all leaves nothing."""
+    counts = SessionCounts(total=0, per_client=0)
+    held: list[Admission] = []
+    for n, (admit, desktop, client) in enumerate(steps):
+        if admit or not held:
+            granted = counts.admit("/r", None, client, desktop, f"s{n}")
+            if isinstance(granted, Reject):  # only the channel bound refuses here
+                assert sum(1 for a in held if a.desktop and (a.desktop, a.client) == (desktop, client)) == MAX_CHANNELS
+            else:
+                held.append(granted)
+        else:
+            counts.release(held.pop(0))
+        groups = {(a.desktop, a.client) for a in held if a.desktop}
+        assert counts.live == len(groups) + sum(1 for a in held if not a.desktop) and counts.desktops == len(groups)
+        assert all(a.group == b.group for a in held for b in held if a.desktop and (a.desktop, a.client) == (b.desktop, b.client))
+    for granted in held:
+        counts.release(granted)
+    assert counts.live == 0 and counts.desktops == 0 and counts._clients == {}

@@ -19,7 +19,8 @@ import pytest
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
-from support import GatewayProcess, RedisServer, TcpServer, backend, redis_server, session_status, wait_until
+from support import (GatewayProcess, RedisServer, TcpServer, backend, connect_from, redis_server, session_status,
+                     wait_until)
 from tunnelgw.core.config import ConfigError, parse_config
 
 pytestmark = pytest.mark.timeout(120)
@@ -162,7 +163,7 @@ TokenRoute /vnc signed
 
 
 def test_pool_wide_limits_per_desktop_and_user(tmp_path: Path, redis_server: RedisServer, backend: TcpServer) -> None:
-    """maxperdesktop/maxperuser hold across two gateways; a desktop's channels on one gateway count once."""
+    """maxperdesktop counts a desktop's clients: one client's channels count once on one gateway or two, a second client is refused on either; maxperuser counts desktops."""
     import time
 
     import jwt
@@ -189,16 +190,63 @@ TokenRoute /vnc signed maxperdesktop=1 maxperuser=2
             return f"ws://127.0.0.{n}:{gateways[n - 2].port()}/vnc?token={tok}"
 
         desk_a, desk_b, desk_c = token("a", "alice"), token("b", "alice"), token("c", "alice")
-        with connect(url(2, desk_a), open_timeout=5), connect(url(2, desk_a), open_timeout=5):  # two channels
-            assert session_status(url(3, desk_a)) == 503  # the desktop is open on gw2
-            with connect(url(3, desk_b), open_timeout=5):
-                assert session_status(url(2, desk_c)) == 503  # alice has her two desktops
-        assert wait_until(lambda: session_status(url(3, desk_a)) == 101, 10)  # released on close, anywhere
+        one, other = "127.0.0.10", "127.0.0.11"
+        with connect_from(url(2, desk_a), one), connect_from(url(2, desk_a), one):  # two channels of one client
+            assert session_status(url(2, desk_a), source=other) == 503  # a second client, same gateway
+            assert session_status(url(3, desk_a), source=other) == 503  # a second client, another gateway
+            with connect_from(url(3, desk_a), one):  # the same client's channel on another gateway counts once
+                with connect_from(url(3, desk_b), one):
+                    assert session_status(url(2, desk_c), source=one) == 503  # alice has her two desktops
+        assert wait_until(lambda: session_status(url(3, desk_a), source=other) == 101, 10)  # released on close, anywhere
+        assert "this desktop is at its session limit in the pool" in gw2.log() + gw3.log()
         assert "this desktop is at its session limit in the pool" in gw3.log()
         assert "this user is at its session limit in the pool" in gw2.log()
     finally:
         for gw in gateways:
             gw.stop()
+
+
+def test_one_gateway_admits_one_client_per_desktop(tmp_path: Path, redis_server: RedisServer, backend: TcpServer) -> None:
+    """maxperdesktop=1 on a lone gateway: fifteen channels of one client open, a second client gets 503 until the first leaves; maxperuser counts a desktop with two clients once."""
+    import contextlib
+    import time
+
+    import jwt
+
+    secret = tmp_path / "secret"
+    secret.write_bytes(b"s" * 32)
+    config = f"""
+Listen tcp:port=0:interface=127.0.0.1
+Pool redis://127.0.0.1:{redis_server.port}/0 name=solo ttl=3 refresh=0.5
+TokenSource signed jwt {secret} allow=127.0.0.1:{backend.port}
+TokenRoute /spice signed maxperdesktop=1
+TokenRoute /shared signed maxperdesktop=2 maxperuser=1
+"""
+
+    def mint(**claims: str) -> str:
+        return jwt.encode({"host": "127.0.0.1", "port": backend.port, "exp": int(time.time()) + 60, **claims},
+                          b"s" * 32, algorithm="HS256")
+
+    token = mint()
+    with GatewayProcess(config, tmp_path, name="solo") as gw:
+        url = f"ws://127.0.0.1:{gw.port()}/spice?token={token}"
+        with contextlib.ExitStack() as channels:
+            for _ in range(15):
+                ws = channels.enter_context(connect_from(url, "127.0.0.20"))
+                ws.send(b"c")
+                assert ws.recv(timeout=5) == b"c"
+            for _ in range(3):
+                assert session_status(url, source="127.0.0.21") == 503
+        gw.wait_log(r"client=127\.0\.0\.21:\d+ .*status=503 reason='this desktop is at its session limit in the pool'")
+        assert wait_until(lambda: gw.log().count("session end") == 15, 10)
+        assert session_status(url, source="127.0.0.21") == 101
+        # A user's limit counts desktops: two clients of one desktop are one desktop of bob's.
+        shared = f"ws://127.0.0.1:{gw.port()}/shared?token="
+        desk_a, desk_b = mint(desk="a", user="bob"), mint(desk="b", user="bob")
+        with connect_from(shared + desk_a, "127.0.0.20"), connect_from(shared + desk_a, "127.0.0.21"):
+            assert session_status(shared + desk_a, source="127.0.0.22") == 503  # its third client
+            assert session_status(shared + desk_b, source="127.0.0.20") == 503  # bob's second desktop
+        gw.wait_log(r"this user is at its session limit in the pool")
 
 
 def test_a_redirect_does_not_burn_a_single_use_token(tmp_path: Path, redis_server: RedisServer,

@@ -270,3 +270,176 @@ _DIGEST = """() => {
     for (let i = 0; i < d.length; i++) { h = (Math.imul(h, 31) + d[i]) >>> 0; }
     return h;
 }"""
+
+
+# Retention deletes only the gateway's recordings; a folder holding other files is refused.
+
+
+def _aged(path: Path, days: float) -> Path:
+    """Set path's modification time days back (the link itself for a symbolic link)."""
+    when = os.stat(path, follow_symlinks=False).st_mtime - days * 86400
+    os.utime(path, (when, when), follow_symlinks=False)
+    return path
+
+
+def test_retention_deletes_only_old_recordings(tmp_path: Path) -> None:
+    """keepdays deletes old files named as recordings, never another old file, a link named as one, or a folder."""
+    folder, elsewhere = tmp_path / "recordings", tmp_path / "elsewhere"
+    folder.mkdir()
+    elsewhere.mkdir()
+    old = folder / "0123456789ab.js"
+    old.write_text(HEADER)
+    _aged(old, 40)
+    young = folder / "ba9876543210.js"
+    young.write_text(HEADER)
+    foreign = [folder / "app.js", folder / "0123456789AB.js", folder / "0123456789ab.js.bak", folder / "notes.txt"]
+    for path in foreign:
+        path.write_text("not a recording")
+        _aged(path, 40)
+    private = elsewhere / "private.js"
+    private.write_text("secret")
+    _aged(private, 40)
+    (folder / "abcdef012345.js").symlink_to(private)
+    _aged(folder / "abcdef012345.js", 40)
+    (folder / "fedcba987654.js").mkdir()
+    rec, reactor, _ = recordings(folder)
+    rec.start()  # the sweep runs at start
+    rec.stop()
+    assert not old.exists() and young.exists() and all(path.exists() for path in foreign)
+    assert private.exists() and (folder / "abcdef012345.js").is_symlink() and (folder / "fedcba987654.js").is_dir()
+
+
+def test_a_folder_holding_other_files_is_refused_unless_shared(tmp_path: Path) -> None:
+    """With keepdays, a Recording folder holding anything but recordings is a FILE:LINE error; shared=on or keepdays=0 accepts it."""
+    from tunnelgw.core.config import ConfigError, parse_config
+    from tunnelgw.recording import foreign_entries
+    from tunnelgw.service import check_config
+
+    folder = tmp_path / "recordings"
+    folder.mkdir()
+    (folder / "0123456789ab.js").write_text(HEADER)
+
+    def problems(options: str) -> str:
+        try:
+            config = parse_config(f"Listen tcp:port=0:interface=127.0.0.1\nRecording {folder} {options}\n", "gw.conf")
+            check_config(config, MemoryReactorClock())
+        except ConfigError as e:
+            return str(e)
+        return ""
+
+    assert problems("keepdays=30") == "" and foreign_entries(str(folder)) == []
+    (folder / "app.js").write_text("console.log(1)")
+    (folder / "abcdef012345.js").symlink_to(folder / "app.js")
+    refused = problems("keepdays=30")
+    assert refused.startswith("gw.conf:2: Recording folder") and "'abcdef012345.js', 'app.js'" in refused
+    assert "shared=on" in refused
+    assert problems("keepdays=30 shared=on") == "" and problems("keepdays=0") == ""
+    assert problems("shared=maybe").startswith("gw.conf:2: shared takes one of on, off")
+
+
+def test_a_folder_of_other_files_stops_the_gateway_at_start(tmp_path: Path) -> None:
+    """twistd tunnelgw --check on a shared folder (as /var/tmp is) exits 1 with the Recording line."""
+    from support import subprocess_env, twistd_command
+
+    folder = tmp_path / "tmp"
+    folder.mkdir()
+    (folder / "someone-else.js").write_text("x")
+    conf = tmp_path / "gw.conf"
+    conf.write_text(f"Listen tcp:port=0:interface=127.0.0.1\nRecording {folder} keepdays=30\n")
+    result = subprocess.run(twistd_command("tunnelgw", "--config", str(conf), "--check"),
+                            capture_output=True, text=True, timeout=60, env=subprocess_env(), cwd=tmp_path)
+    assert result.returncode == 1 and f"{conf}:2: Recording folder" in result.stderr, result.stderr
+    assert (folder / "someone-else.js").exists()
+
+
+# Replay opens only regular files of its folder.
+
+
+def _raw_upgrade(port: int, path: str) -> tuple[int, bytes]:
+    """Status and body of a WebSocket upgrade request for path."""
+    import http.client
+
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.request("GET", path, headers={"Upgrade": "websocket", "Connection": "Upgrade",
+                                           "Sec-WebSocket-Version": "13", "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ=="})
+        answer = conn.getresponse()
+        return answer.status, answer.read() if answer.status != 101 else b""
+    finally:
+        conn.close()
+
+
+def test_replay_refuses_links_and_hides_unreadable_bytes(tmp_path: Path) -> None:
+    """A recording is replayed; a link to a file elsewhere is 404; a file that is not ASCII is a generic 502, its bytes logged nowhere."""
+    folder, elsewhere = tmp_path / "recordings", tmp_path / "elsewhere"
+    folder.mkdir()
+    elsewhere.mkdir()
+    recorded = HEADER + encode_frame(Frame(True, 0, b"RFB 003.008\n")) + FOOTER
+    (folder / "0123456789ab.js").write_text(recorded)
+    (elsewhere / "private.js").write_text(HEADER + encode_frame(Frame(True, 0, b"PRIVATE")) + FOOTER)
+    (folder / "abcdef012345.js").symlink_to(elsewhere / "private.js")
+    (elsewhere / "latin.js").write_bytes(HEADER.encode() + "'{0{s\u00e9cr\u00e8t',\n".encode("utf-8"))
+    (folder / "aaaaaaaaaaaa.js").symlink_to(elsewhere / "latin.js")
+    (folder / "bbbbbbbbbbbb.js").write_bytes((elsewhere / "latin.js").read_bytes())
+    config = f"""
+Listen tcp:port=0:interface=127.0.0.1
+ProxyPass /replay replay:{folder}
+"""
+    with GatewayProcess(config, tmp_path) as gw:
+        with connect(f"ws://127.0.0.1:{gw.port()}/replay/0123456789ab", open_timeout=5) as ws:
+            assert ws.recv(timeout=5) == b"RFB 003.008\n"
+        for session in ("abcdef012345", "aaaaaaaaaaaa"):
+            status, body = _raw_upgrade(gw.port(), f"/replay/{session}")
+            assert status == 404 and b"PRIVATE" not in body, body
+        status, body = _raw_upgrade(gw.port(), "/replay/bbbbbbbbbbbb")
+        assert status == 502 and b"the recording cannot be read" in body, body
+        gw.wait_log(r"replay refused: replay:\S+/bbbbbbbbbbbb cannot be read: not ASCII text")
+        assert "\u00e9" not in gw.log() and "\\xc3" not in gw.log() and "0xc3" not in gw.log()
+        assert "0xc3" not in body.decode("latin-1") and "\u00c3" not in body.decode("latin-1")
+
+
+def test_open_inside_refuses_what_is_not_a_regular_file_of_the_folder(tmp_path: Path) -> None:
+    """open_inside opens a file of the folder; a link (even to a file inside), a folder, a FIFO or a climbing name is refused."""
+    from tunnelgw.files import open_inside
+
+    (tmp_path / "file.js").write_text("ok")
+    (tmp_path / "link.js").symlink_to(tmp_path / "file.js")
+    (tmp_path / "folder").mkdir()
+    os.mkfifo(tmp_path / "fifo")
+    fd = open_inside(str(tmp_path), "file.js")
+    with os.fdopen(fd) as f:
+        assert f.read() == "ok"
+    for name in ("link.js", "folder", "fifo", "..", "../x", ""):
+        with pytest.raises(PermissionError):
+            os.close(open_inside(str(tmp_path), name))
+    with pytest.raises(FileNotFoundError):
+        open_inside(str(tmp_path), "missing.js")
+
+
+def test_a_recording_unreadable_after_its_first_batch_closes_with_a_generic_reason(tmp_path: Path) -> None:
+    """Bytes that are not ASCII past the first batch end the replay with 1011 and a reason that quotes nothing of the file."""
+    from websockets.exceptions import ConnectionClosed
+
+    from tunnelgw.backends.replay import BATCH_BYTES, UNREADABLE
+
+    folder = tmp_path / "recordings"
+    folder.mkdir()
+    chunk = b"a" * (BATCH_BYTES // 2 + 1)
+    # The third frame keeps the bad bytes out of the text buffer that the first batch decodes.
+    text = (HEADER + encode_frame(Frame(True, 0, chunk)) + encode_frame(Frame(True, 1, chunk))
+            + encode_frame(Frame(True, 2, b"b" * 65536)))
+    (folder / "0123456789ab.js").write_bytes(text.encode() + "'{2{s\u00e9cret',\n".encode("utf-8") + FOOTER.encode())
+    config = f"""
+Listen tcp:port=0:interface=127.0.0.1
+ProxyPass /replay replay:{folder}
+"""
+    with GatewayProcess(config, tmp_path) as gw:
+        with connect(f"ws://127.0.0.1:{gw.port()}/replay/0123456789ab", open_timeout=5, max_size=None) as ws:
+            received = 0
+            with pytest.raises(ConnectionClosed) as closed:
+                while True:
+                    received += len(ws.recv(timeout=10))
+            assert 2 * len(chunk) <= received <= 2 * len(chunk) + 65536
+            assert closed.value.rcvd is not None and (closed.value.rcvd.code, closed.value.rcvd.reason) == (1011, UNREADABLE)
+        gw.wait_log(r"replay stopped: replay:\S+/0123456789ab cannot be read: not ASCII text")
+        assert "\u00e9" not in gw.log()

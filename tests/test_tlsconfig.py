@@ -9,7 +9,8 @@ import pytest
 from hypothesis import given, strategies as st
 
 from tunnelgw.core.config import ConfigError, parse_config
-from tunnelgw.core.tlsconfig import ClientCertificate, ListenTLS, admits, parse_ssl_endpoint
+from tunnelgw.core.tlsconfig import (CertPattern, ClientCertificate, ListenTLS, admits, parse_cert_pattern,
+                                     parse_ssl_endpoint)
 from tunnelgw.core.wsrelay import forwarded_headers
 from tunnelgw.core.proxyheaders import backend_request_headers
 
@@ -76,7 +77,19 @@ class ListenOptionTests:
         ("Listen ssl:port=1 clientcert=maybe clientca=/c", "gw.conf:1: clientcert takes one of off, optional, required"),
         ("Listen ssl:port=1 colour=blue", "gw.conf:1: Listen: unknown option 'colour'"),
         ("Listen ssl:nokey=1:port=1", "gw.conf:1: bad Listen endpoint 'ssl:nokey=1:port=1': unknown ssl: parameter"),
-        ("Listen tcp:port=1\nProxyPass /a tcp:host=a:port=1 certname=", "gw.conf:2: certname takes comma-separated names"),
+        ("Listen tcp:port=1\nProxyPass /a tcp:host=a:port=1 certname=", "gw.conf:2: certname takes comma-separated name patterns"),
+        ("Listen tcp:port=1\nProxyPass /a tcp:host=a:port=1 certname=alice,,bob", "gw.conf:2: certname takes comma-separated"),
+        ("Listen tcp:port=1\nProxyPass /a tcp:host=a:port=1 certname=*@ops.example",
+         "gw.conf:2: certname '*@ops.example' is ambiguous: write email:*@ops.example"),
+        ("Listen tcp:port=1\nProxyPass /a tcp:host=a:port=1 certname=ip:10.0.0.1", "gw.conf:2: certname 'ip:10.0.0.1': the name types"),
+        ("Listen tcp:port=1\nProxyPass /a tcp:host=a:port=1 certname=dns:*.example", "gw.conf:2: certname 'dns:*.example': a DNS glob"),
+        ("Listen tcp:port=1\nProxyPass /a tcp:host=a:port=1 certname=dns:a.*.example", "gw.conf:2: certname 'dns:a.*.example': a DNS glob"),
+        ("Listen tcp:port=1\nProxyPass /a tcp:host=a:port=1 certname=dns:a..example", "gw.conf:2: certname 'dns:a..example' is not a DNS"),
+        ("Listen tcp:port=1\nProxyPass /a tcp:host=a:port=1 certname=email:*@*.example", "gw.conf:2: certname 'email:*@*.example': an e-mail pattern keeps"),
+        ("Listen tcp:port=1\nProxyPass /a tcp:host=a:port=1 certname=email:ops.example", "gw.conf:2: certname 'email:ops.example' is not an e-mail"),
+        ("Listen tcp:port=1\nProxyPass /a tcp:host=a:port=1 certname=uri:https://*.ops.example/", "gw.conf:2: certname 'uri:https://*.ops.example/': a URI pattern keeps"),
+        ("Listen tcp:port=1\nProxyPass /a tcp:host=a:port=1 certname=uri:/x/*", "gw.conf:2: certname 'uri:/x/*' is not a URI"),
+        ("Listen tcp:port=1\nProxyPass /a tcp:host=a:port=1 certname=cn:", "gw.conf:2: certname 'cn:' has nothing after cn:"),
     ])
     def test_mistakes_are_named(self, line: str, message: str) -> None:
         """Each mistake is one FILE:LINE problem."""
@@ -85,19 +98,96 @@ class ListenOptionTests:
 
 
 class ClientCertificateTests:
-    """certname= patterns admit certificates by CN or alternative name, exactly or by glob."""
+    """certname= patterns are typed: each is tried only against names of its type, with separator-aware globs."""
 
     def test_no_patterns_admit_everyone(self) -> None:
         """A route without certname= asks nothing, with or without a certificate."""
         assert admits((), None) and admits((), ClientCertificate("x"))
 
     def test_patterns(self) -> None:
-        """Exact names and globs match CN or any alternative name, ignoring case; no certificate never matches."""
-        bob = ClientCertificate("Bob", ("bob@ops.example", "bob.desk.example"))
-        assert admits(("bob",), bob) and admits(("*@OPS.example",), bob) and admits(("*.desk.example",), bob)
-        assert not admits(("alice", "*@other.example", "bo"), bob)
-        assert not admits(("*",), None)
-        assert bob.identity == "Bob" and ClientCertificate("", ("a@b",)).identity == "a@b"
+        """A bare name is the CN; typed patterns match their own type, ignoring case; no certificate never matches."""
+        bob = ClientCertificate("Bob", (("email", "bob@ops.example"), ("dns", "bob.desk.example"),
+                                        ("uri", "spiffe://ops.example/desk/bob")))
+
+        def ok(*patterns: str) -> bool:
+            return admits(tuple(parse_cert_pattern(p) for p in patterns), bob)
+
+        assert ok("bob") and ok("cn:BOB") and ok("email:*@OPS.example") and ok("dns:*.desk.example")
+        assert ok("uri:spiffe://OPS.example/desk/*") and ok("*") and ok("cn:b?b")
+        assert not ok("alice", "email:*@other.example", "bo", "dns:bob", "uri:spiffe://ops.example/*")
+        assert not ok("cn:bob@ops.example", "dns:*.ops.example", "uri:spiffe://ops.example/desk")
+        assert not admits((parse_cert_pattern("*"),), None)
+        assert bob.identity == "Bob" and ClientCertificate("", (("email", "a@b"),)).identity == "a@b"
+
+    def test_the_attacks_of_issue_23(self) -> None:
+        """A URI SAN ending in @ops.example is no e-mail name; a DNS SAN alice is no CN alice."""
+        uri = ClientCertificate("mallory", (("uri", "https://evil.example/x@ops.example"),))
+        assert not admits((parse_cert_pattern("email:*@ops.example"),), uri)
+        dns = ClientCertificate("mallory", (("dns", "alice"),))
+        assert not admits((parse_cert_pattern("alice"),), dns) and admits((parse_cert_pattern("dns:alice"),), dns)
+        deep = ClientCertificate("", (("dns", "a.b.ops.example"), ("email", "x.y@ops.example"),
+                                      ("email", "x@y@ops.example"), ("uri", "https://ops.example/a/b"),
+                                      ("uri", "https://ops.example/a?b")))
+        for pattern in ("dns:*.ops.example", "email:*@ops.example", "uri:https://ops.example/*", "cn:*"):
+            assert not admits((parse_cert_pattern(pattern),), deep), pattern
+        assert admits((parse_cert_pattern("dns:*.b.ops.example"),), deep)
+        assert admits((parse_cert_pattern("email:*.*@ops.example"),), deep)
+
+    def test_uri_paths_keep_their_case(self) -> None:
+        """A URI's scheme and authority ignore case; its path does not."""
+        cert = ClientCertificate("", (("uri", "SPIFFE://Ops.Example/Desk"),))
+        assert admits((parse_cert_pattern("uri:spiffe://ops.example/Desk"),), cert)
+        assert not admits((parse_cert_pattern("uri:spiffe://ops.example/desk"),), cert)
+
+    def test_patterns_parse_to_types(self) -> None:
+        """Bare names are CN patterns, a bare * is any certificate; the type is case-insensitive."""
+        assert parse_cert_pattern("Alice") == CertPattern("cn", "alice")
+        assert parse_cert_pattern("DNS:*.Ops.Example") == CertPattern("dns", "*.ops.example")
+        assert parse_cert_pattern("*") == CertPattern("any", "*") and str(parse_cert_pattern("*")) == "*"
+        assert str(parse_cert_pattern("uri:HTTPS://A.example/P")) == "uri:https://a.example/P"
+        config = parse_config("Listen tcp:port=1\nProxyPass /a tcp:host=a:port=1 certname=alice,email:*@ops.example\n")
+        assert config.rules[0].options.cert_names == (CertPattern("cn", "alice"), CertPattern("email", "*@ops.example"))
+
+
+_label = st.text("abcdefghijklmnopqrstuvwxyz0123456789-", min_size=1, max_size=8)
+_any_text = st.text(st.sampled_from("ab.@/:?#-x"), max_size=12)
+
+
+@given(_any_text)
+def test_dns_glob_matches_exactly_one_label(name: str) -> None:
+    """dns:*.ops.example admits a DNS name iff it is one non-empty label without separators before .ops.example."""
+    cert = ClientCertificate("", (("dns", name + ".ops.example"),))
+    expected = bool(name) and "." not in name
+    assert admits((parse_cert_pattern("dns:*.ops.example"),), cert) == expected
+
+
+@given(_any_text)
+def test_email_glob_crosses_neither_at_nor_dot(local: str) -> None:
+    """email:*@ops.example admits an e-mail name iff its local part has no @ and no dot; never a URI or DNS name."""
+    name = local + "@ops.example"
+    pattern = (parse_cert_pattern("email:*@ops.example"),)
+    assert admits(pattern, ClientCertificate("", (("email", name),))) == (bool(local) and not set(local) & set("@."))
+    assert not admits(pattern, ClientCertificate(name, (("uri", name), ("dns", name))))
+
+
+@given(_any_text)
+def test_uri_glob_crosses_no_slash(rest: str) -> None:
+    """uri:https://ops.example/* admits a URI name iff what follows the slash holds none of / ? # @ :."""
+    name = "https://ops.example/" + rest
+    pattern = (parse_cert_pattern("uri:https://ops.example/*"),)
+    assert admits(pattern, ClientCertificate("", (("uri", name),))) == (bool(rest) and not set(rest) & set("/?#@:"))
+    assert not admits(pattern, ClientCertificate("", (("email", name), ("dns", name))))
+
+
+@given(st.sampled_from(["cn", "dns", "email", "uri"]), st.sampled_from(["cn", "dns", "email", "uri"]),
+       st.lists(_label, min_size=2, max_size=4))
+def test_a_pattern_never_matches_another_type(kind: str, other: str, labels: list[str]) -> None:
+    """A literal pattern of one type admits the same text under that type only."""
+    text = {"cn": ".".join(labels), "dns": ".".join(labels), "email": labels[0] + "@" + ".".join(labels[1:]),
+            "uri": "https://" + ".".join(labels[1:]) + "/" + labels[0]}[kind]
+    cert = ClientCertificate(text, ()) if other == "cn" else ClientCertificate("", ((other, text),))
+    assert admits((parse_cert_pattern(f"{kind}:{text}"),), cert) == (kind == other)
+
 
     def test_identity_header(self) -> None:
         """forward=tlsclient sends the verified identity; the HTTP proxy drops a client's own copy."""

@@ -194,13 +194,17 @@ class TLSServerEndpoint:
         return self.stream.listen(TLSMemoryBIOFactory(self.certificates, False, protocolFactory))
 
 
-def _alternative_names(cert: x509.Certificate) -> tuple[str, ...]:
+#: The subject alternative name types that ``certname=`` patterns name.
+_SAN_KINDS = ((x509.DNSName, "dns"), (x509.RFC822Name, "email"), (x509.UniformResourceIdentifier, "uri"))
+
+
+def _alternative_names(cert: x509.Certificate) -> tuple[tuple[str, str], ...]:
+    """The DNS, e-mail and URI alternative names of cert, typed, in certificate order."""
     try:
         sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     except x509.ExtensionNotFound:
         return ()
-    return tuple(str(n.value) for n in sans if isinstance(n, (x509.DNSName, x509.RFC822Name,
-                                                               x509.UniformResourceIdentifier)))
+    return tuple((kind, str(n.value)) for n in sans for cls, kind in _SAN_KINDS if isinstance(n, cls))
 
 
 def client_certificate(transport: Any) -> Optional[ClientCertificate]:

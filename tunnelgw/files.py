@@ -18,11 +18,16 @@ segment goes through :meth:`twisted.python.filepath.FilePath.child`, which
 refuses ``..`` and separators.  Symbolic links are followed only while they
 stay inside the folder (the resolved path is checked), and dot-files and
 dot-folders (``.env``, ``.git/``) are never served.
+
+:func:`open_inside` is the same rule for one file name in a folder, stricter:
+no symbolic link is followed at all (``O_NOFOLLOW``), and only a regular file
+is opened; ``replay:`` routes open recordings with it.
 """
 
 from __future__ import annotations
 
 import os
+import stat
 from typing import Optional, Sequence
 
 from twisted.web import http, pages
@@ -32,7 +37,7 @@ from twisted.web.static import File
 
 from tunnelgw.core.config import Alias
 
-__all__ = ["CONTENT_TYPES", "StaticFolder", "choose_alias", "hidden", "serve"]
+__all__ = ["CONTENT_TYPES", "StaticFolder", "choose_alias", "hidden", "inside", "open_inside", "serve"]
 
 #: Content types by extension, on top of the system's ``mime.types``; text
 #: types name UTF-8 so that browsers never guess.
@@ -117,11 +122,42 @@ def hidden(segments: Sequence[str]) -> bool:
     return any(segment.startswith(".") for segment in segments)
 
 
-def _inside(path: str, folder: str) -> bool:
+def inside(path: str, folder: str) -> bool:
     """True when path, symbolic links resolved, is folder or below it (folder's own links resolved too)."""
     root = os.path.realpath(folder)
     real = os.path.realpath(path)
     return real == root or real.startswith(root.rstrip(os.sep) + os.sep)
+
+
+def open_inside(folder: str, name: str) -> int:
+    """
+    A read-only descriptor of the regular file ``name`` directly in folder,
+    opened without following a symbolic link (``O_NOFOLLOW``; ``O_NONBLOCK``
+    so that a FIFO cannot hang the caller), checked to be inside folder.
+
+    :param name: one path segment (no separator, not ``.`` nor ``..``).
+    :raises FileNotFoundError: when there is no such file.
+    :raises PermissionError: for anything else there: a link, a folder, a
+        device, a FIFO, or a name that leaves folder.
+    """
+    if not name or name in (".", "..") or os.sep in name or (os.altsep and os.altsep in name):
+        raise PermissionError(f"not a file name: {name!r}")
+    path = os.path.join(folder, name)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as e:
+        if isinstance(e, FileNotFoundError):
+            raise
+        # ELOOP: the name is a symbolic link.
+        raise PermissionError(f"{name!r} is not a regular file of the folder") from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode) or not inside(path, folder):
+            raise PermissionError(f"{name!r} is not a regular file of the folder")
+        os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 def serve(alias: Alias, segments: list[str], request: Request) -> object:
@@ -138,6 +174,6 @@ def serve(alias: Alias, segments: list[str], request: Request) -> object:
         if not isinstance(resource, StaticFolder):
             break
         resource = resource.getChild(segment.encode("utf-8"), request)
-        if isinstance(resource, File) and not _inside(resource.path, alias.folder):
+        if isinstance(resource, File) and not inside(resource.path, alias.folder):
             return StaticFolder.childNotFound.render(request)
     return resource.render(request)

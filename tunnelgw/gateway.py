@@ -338,11 +338,13 @@ class GatewayFactory(SharedOptions, WebSocketServerFactory):  # type: ignore[mis
         if decision.once is not None:
             link = SingleUseLink(link, self.pool, *decision.once)  # the parser refuses once=on without a Pool
         rule = decision.rule
-        limits = [(key, n) for key, n in ((f"desktop:{decision.desktop}", rule.max_per_desktop),
-                                          (f"user:{decision.user}", rule.max_per_user if decision.user else 0))
-                  if n] if isinstance(rule, TokenRouteSpec) else []
+        # A desktop counts its clients (one client's channels once); a user counts desktops.
+        limits = [(key, n, group) for key, n, group in (
+            (f"desktop:{decision.desktop}", rule.max_per_desktop, client),
+            (f"user:{decision.user}", rule.max_per_user if decision.user else 0, decision.desktop)) if n
+        ] if isinstance(rule, TokenRouteSpec) else []
         if limits and self.pool is not None:
-            link = PoolLimitLink(link, self.pool, f"{self.pool.spec.name}:{decision.desktop}", limits)
+            link = PoolLimitLink(link, self.pool, f"{rule.path} {decision.desktop} {client}", limits)
         topology = self.topology
         if decision.desktop_host and not hopped and topology is not None and topology.owners_source is not None:
             relay: Optional[Callable[[str], BackendLink]] = None

@@ -8,7 +8,7 @@ hop replayed to any gateway of the pool is refused), in memory otherwise.
 from __future__ import annotations
 
 import os
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, cast
 
 from twisted.internet import defer
 from twisted.logger import Logger
@@ -57,7 +57,8 @@ class RelayHops:
         """Whether hop's nonce is new in the pool (Redis) or on this gateway (memory)."""
         pool = self._pool()
         if pool is not None:
-            return pool.first_hop(hop.relayer, hop.nonce, hop.when)  # type: ignore[no-any-return]
+            first: defer.Deferred[bool] = pool.first_hop(hop.relayer, hop.nonce, hop.when)
+            return first
         return defer.succeed(self._nonces.first_use(hop, self._reactor.seconds()))
 
     def guard(self, link: BackendLink, hop: Hop) -> BackendLink:
@@ -91,4 +92,4 @@ class HopNonceLink(WrappedLink):
         def unavailable(failure: Any) -> None:
             raise BackendRefused(Reject(503, "hop check unavailable", str(failure.value)), "hop")
 
-        return self._hops.first_use(hop).addCallbacks(seen, unavailable)  # type: ignore[no-any-return]
+        return cast("defer.Deferred[Optional[str]]", self._hops.first_use(hop).addCallbacks(seen, unavailable))

@@ -56,7 +56,7 @@ class _LiveCollector(Collector):
         for label in set(live) | set(self._metrics.routes_seen):
             gauge.add_metric([label], live.get(label, 0))
         yield gauge
-        grouped = GaugeMetricFamily("tunnelgw_desktops_live", "Desktops open now (the channels of one token count once)",
+        grouped = GaugeMetricFamily("tunnelgw_desktops_live", "Desktop sessions open now (the channels of one token from one client count once)",
                                     labels=["route"])
         for label in set(live) | set(self._metrics.routes_seen):
             grouped.add_metric([label], len(desktops.get(label, ())))

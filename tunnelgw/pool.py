@@ -46,18 +46,32 @@ from tunnelgw.redisstore import RedisStore, RedisUnavailable, redis_client
 __all__ = ["MAX_LISTED", "POOL_CLOSE", "PoolRegistry", "SingleUseLink"]
 
 _log = Logger(namespace="tunnelgw")
-#: Take a place in every limit set (KEYS, each with its limit in ARGV[4 + i]) or none:
-#: expired places are dropped first; returns 0, or the index of the full set.
+#: Take a place in every limit set (KEYS) or in none.  A set's members are ``GATEWAY GROUP``
+#: (the gateway holding it, the group it counts: a client of a desktop, a desktop of a user);
+#: a set's limit counts distinct groups, so one group held by two gateways counts once.
+#: ARGV: now, expiry, ttl, gateway, then per key its limit and group.  Expired places are
+#: dropped first; returns 0, or the index of the full set.
 _ACQUIRE = """
-local now, expiry, member, ttl = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local now, expiry, ttl, gateway = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 for i, key in ipairs(KEYS) do
+  local limit, group = tonumber(ARGV[3 + 2 * i]), ARGV[4 + 2 * i]
   redis.call('ZREMRANGEBYSCORE', key, '-inf', now)
-  if not redis.call('ZSCORE', key, member) and redis.call('ZCARD', key) >= tonumber(ARGV[4 + i]) then
+  local seen, count, mine = {}, 0, false
+  for _, member in ipairs(redis.call('ZRANGE', key, 0, -1)) do
+    local space = string.find(member, ' ', 1, true)
+    local held = space and string.sub(member, space + 1) or member
+    if held == group then mine = true end
+    if not seen[held] then
+      seen[held] = true
+      count = count + 1
+    end
+  end
+  if not mine and count >= limit then
     return i
   end
 end
 for i, key in ipairs(KEYS) do
-  redis.call('ZADD', key, expiry, member)
+  redis.call('ZADD', key, expiry, gateway .. ' ' .. ARGV[4 + 2 * i])
   redis.call('EXPIRE', key, ttl)
 end
 return 0
@@ -84,10 +98,15 @@ class PoolRegistry:
         self.spec = spec
         self._sessions = sessions
         self._written: set[str] = set()
-        #: Places held in pool-wide limit sets: member -> [channels here, keys].
+        #: Pool-wide limit places: hold -> [channels here, its (key, member) pairs]; channels
+        #: here per (key, member) of a limit set that hold a place (refreshed in Redis) and that
+        #: wait for Redis to grant one (their place is not given back while they wait).
         self._held: dict[str, list[Any]] = {}
-        #: Places to give back that Redis could not take when they were released: member -> keys.
-        self._releasing: dict[str, list[str]] = {}
+        self._places: dict[tuple[str, str], int] = {}
+        self._pending: dict[tuple[str, str], int] = {}
+        #: Places to take back from Redis that it could not be asked to when they were given back (or
+        #: whose acquire got no answer): the next refresh that reaches Redis removes them.
+        self._releasing: set[tuple[str, str]] = set()
         self._busy = False
         self._heartbeat: Optional[LoopingCall] = None
         self._listener: Any = None
@@ -150,8 +169,8 @@ class PoolRegistry:
             fields = session.describe()
             live[sid] = json.dumps({**fields, "gateway": self.spec.name, "seen": now}, default=str)
         ended = self._written - set(live)
-        held = [(member, entry[1]) for member, entry in self._held.items()]
-        releasing = [(member, keys) for member, keys in self._releasing.items() if member not in self._held]
+        places = list(self._places)
+        releasing = [p for p in self._releasing if p not in self._places and p not in self._pending]
         started = self._reactor.seconds()
 
         def write() -> None:
@@ -163,20 +182,16 @@ class PoolRegistry:
                 pipe.delete(*(self._key("session", sid) for sid in ended))
             pipe.set(self._key("gateway", self.spec.name), json.dumps({"name": self.spec.name, "sessions": len(live),
                                                                        "seen": now}), ex=ttl)
-            for member, keys in held:
-                for key in keys:
-                    pipe.zadd(key, {member: now + ttl})
-                    pipe.expire(key, ttl)
-            for member, keys in releasing:
-                for key in keys:
-                    pipe.zrem(key, member)
+            for key, member in places:
+                pipe.zadd(key, {member: now + ttl})
+                pipe.expire(key, ttl)
+            for key, member in releasing:
+                pipe.zrem(key, member)
             pipe.execute()
 
         def written(_: object) -> None:
             self._written = set(live)
-            for member, keys in releasing:
-                if self._releasing.get(member) is keys:
-                    del self._releasing[member]
+            self._releasing.difference_update(releasing)
             self.latency.set(self._reactor.seconds() - started)
 
         d = self._refreshes.call(write)
@@ -248,71 +263,80 @@ class PoolRegistry:
 
         return self._hops.call(record)
 
-    def acquire(self, member: str, limits: list[tuple[str, int]]) -> "defer.Deferred[Optional[str]]":
+    def acquire(self, hold: str, limits: list[tuple[str, int, str]]) -> "defer.Deferred[Optional[str]]":
         """
-        Take member's place in each pool-wide limit (key, limit) at once;
-        fires None, or the key whose limit is reached.  Channels of one
-        member on this gateway share its place.
+        Take hold's place in each pool-wide limit (key, limit, group) at once;
+        fires None, or the key whose limit is reached.  A limit counts distinct
+        groups in the pool; the channels of one hold on this gateway share its
+        place (see :class:`PoolLimitLink`).
         """
-        entry = self._held.get(member)
+        entry = self._held.get(hold)
         if entry is not None:
             entry[0] += 1
+            _count(self._places, entry[1], 1)
             return defer.succeed(None)
-        keys = [self._key("limit", key) for key, _ in limits]
+        places = [(self._key("limit", key), f"{self.spec.name} {group}") for key, _, group in limits]
         ttl = int(max(1, round(self.spec.ttl)))
+        _count(self._pending, places, 1)
 
         def take() -> int:
             now = time.time()
-            return int(self._acquire(keys=keys, args=[now, now + ttl, member, ttl, *(n for _, n in limits)]))
+            args = [now, now + ttl, ttl, self.spec.name, *(x for _, n, group in limits for x in (n, group))]
+            return int(self._acquire(keys=[key for key, _ in places], args=args))
 
         def give_back_late(full: int) -> None:
             # The session went away (cancelled) or was answered 503 (timed out) while Redis gave the
-            # place: give it straight back unless another channel of the member holds it now.
-            if not full and member not in self._held:
-                self._give_back(member, keys)
+            # places: give them straight back unless another channel here holds or waits for them.
+            if not full:
+                self._give_back(places)
 
         def taken(full: int) -> Optional[str]:
+            _count(self._pending, places, -1)
             if full:
+                self._give_back(places)
                 return limits[full - 1][0]
-            self._releasing.pop(member, None)
-            held = self._held.setdefault(member, [0, keys])
-            held[0] += 1
+            self._releasing.difference_update(places)
+            _count(self._places, places, 1)
+            self._held.setdefault(hold, [0, places])[0] += 1
             return None
 
-        def unknown(failure: Any) -> Any:
-            # No answer (timed out, connection dropped): Redis may have given the place all the same.
-            # The next refresh that reaches Redis takes it back unless the member holds it by then.
-            if member not in self._held:
-                self._releasing[member] = keys
+        def failed(failure: Any) -> Any:
+            # No answer (timed out, cancelled, connection dropped): Redis may have given the places all
+            # the same; they are given back now, or by the next refresh that reaches Redis.
+            _count(self._pending, places, -1)
+            self._give_back(places)
             return failure
 
-        return self._limits.call(take, late=give_back_late).addCallbacks(taken, unknown)
+        return self._limits.call(take, late=give_back_late).addCallbacks(taken, failed)
 
-    def release(self, member: str) -> None:
-        """Give back one channel's share of member's place; the place goes with the last one."""
-        entry = self._held.get(member)
+    def release(self, hold: str) -> None:
+        """Give back one channel's share of hold's places; a place goes with the last channel here that needs it."""
+        entry = self._held.get(hold)
         if entry is None:
             return
         entry[0] -= 1
-        if entry[0]:
-            return
-        del self._held[member]
-        self._give_back(member, entry[1])
+        if not entry[0]:
+            del self._held[hold]
+        _count(self._places, entry[1], -1)
+        self._give_back(entry[1])
 
-    def _give_back(self, member: str, keys: list[str]) -> None:
-        def give_back() -> None:
-            for key in keys:
+    def _give_back(self, places: list[tuple[str, str]]) -> None:
+        """Remove from Redis those of places that no channel here holds or waits for (later if Redis cannot)."""
+        gone = [place for place in places if place not in self._places and place not in self._pending]
+        if not gone:
+            return
+
+        def remove() -> None:
+            for key, member in gone:
                 self._redis.zrem(key, member)
 
         def done(_: object) -> None:
-            if self._releasing.get(member) is keys:
-                del self._releasing[member]
+            self._releasing.difference_update(gone)
 
-        def later(_: object) -> None:  # counted; the next refresh that reaches Redis gives it back
-            if member not in self._held:
-                self._releasing[member] = keys
+        def later(_: object) -> None:  # counted by the store; the next refresh that reaches Redis removes them
+            self._releasing.update(gone)
 
-        self._limits.call(give_back).addCallbacks(done, later)
+        self._limits.call(remove).addCallbacks(done, later)
 
     def _subscribe(self) -> None:
         """In a pool thread: listen for closes (redis-py's thread re-subscribes after a reconnect)."""
@@ -335,6 +359,16 @@ class PoolRegistry:
         if session is not None:
             _log.info("pool close session={session} (asked through the pool)", session=session_id)
             session.close_session(POOL_CLOSE)
+
+
+def _count(counts: dict[tuple[str, str], int], places: list[tuple[str, str]], step: int) -> None:
+    """Add step to each place's count; a count that drops to zero is removed."""
+    for place in places:
+        left = counts.get(place, 0) + step
+        if left:
+            counts[place] = left
+        else:
+            del counts[place]
 
 
 class SingleUseLink(WrappedLink):
@@ -366,12 +400,18 @@ class PoolLimitLink(WrappedLink):
     """
     A link that opens only while its desktop (and its user) is under the
     route's pool-wide limits: 503 when a limit is reached or Redis cannot say.
+
+    :param hold: what the session's channels share (one client of one desktop):
+        channels with one hold take one place.
+    :param limits: (key, limit, group) for each limit set; the set counts
+        distinct groups in the pool (clients of a desktop, desktops of a user).
     """
 
-    def __init__(self, inner: BackendLink, registry: PoolRegistry, member: str, limits: list[tuple[str, int]]) -> None:
+    def __init__(self, inner: BackendLink, registry: PoolRegistry, hold: str,
+                 limits: list[tuple[str, int, str]]) -> None:
         super().__init__(inner)
         self._registry = registry
-        self._member = member
+        self._hold = hold
         self._limits = limits
         self._holding = False
 
@@ -386,11 +426,11 @@ class PoolLimitLink(WrappedLink):
         def unavailable(failure: Any) -> None:
             raise BackendRefused(Reject(503, "the pool's limits cannot be checked", str(failure.value)), "limit")
 
-        return self._registry.acquire(self._member, self._limits).addCallbacks(  # type: ignore[no-any-return]
+        return self._registry.acquire(self._hold, self._limits).addCallbacks(  # type: ignore[no-any-return]
             decided, unavailable)
 
     def close(self, close: Optional[Close] = None) -> None:
         if self._holding:
             self._holding = False
-            self._registry.release(self._member)
+            self._registry.release(self._hold)
         self._inner.close(close)

@@ -12,8 +12,12 @@ full, folder gone), the *recording* stops, the session goes on, and the log
 and ``tunnelgw_recordings_total{outcome}`` say why.  Recordings stop cleanly
 (a valid file) at ``maxbytes`` or ``maxseconds``.  Files are
 ``FOLDER/SESSIONID.js``, created mode 0600 (never over an existing file), in
-websockify's record format (:mod:`tunnelgw.core.recording`).  Files older
-than ``keepdays`` are deleted at start and every hour.
+websockify's record format (:mod:`tunnelgw.core.recording`).  Recordings
+older than ``keepdays`` are deleted at start and every hour: only regular
+files named as the gateway names them (:func:`~tunnelgw.core.recording.is_recording_name`),
+never another file, link or folder; and the gateway refuses to start with
+``keepdays`` on a folder that holds anything else, unless ``shared=on``
+(see :func:`foreign_entries`).
 """
 
 from __future__ import annotations
@@ -29,11 +33,11 @@ from twisted.python.threadpool import ThreadPool
 
 from tunnelgw.backends import BackendLink, LinkOwner, WrappedLink
 from tunnelgw.core.config import Recording
-from tunnelgw.core.recording import FOOTER, HEADER, Frame, encode_frame, recording_name
+from tunnelgw.core.recording import FOOTER, HEADER, Frame, encode_frame, is_recording_name, recording_name
 from tunnelgw.core.relay import Close
 
 __all__ = ["FLUSH_BYTES", "FLUSH_SECONDS", "LISTED", "MAX_PENDING", "Recorder", "Recordings", "RecordingLink",
-           "newest_recordings"]
+           "foreign_entries", "newest_recordings"]
 
 _log = Logger(namespace="tunnelgw")
 #: A recorder submits its buffered chunks once this many bytes wait...
@@ -54,12 +58,23 @@ def newest_recordings(folder: str, count: int = LISTED) -> list[tuple[str, int, 
     try:
         with os.scandir(folder) as entries:
             for entry in entries:
-                if entry.name.endswith(".js") and entry.is_file(follow_symlinks=False):
+                if is_recording_name(entry.name) and entry.is_file(follow_symlinks=False):
                     info = entry.stat(follow_symlinks=False)
                     found.append((entry.name, info.st_size, info.st_mtime))
     except OSError:
         return []
     return sorted(found, key=lambda r: r[2], reverse=True)[:count]
+
+
+def foreign_entries(folder: str) -> list[str]:
+    """
+    The names in folder that are not recordings of the gateway (other names,
+    links, folders, devices), sorted; what makes retention refuse the folder.
+
+    :raises OSError: when the folder cannot be read.
+    """
+    with os.scandir(folder) as entries:
+        return sorted(e.name for e in entries if not (is_recording_name(e.name) and e.is_file(follow_symlinks=False)))
 
 
 class Recordings:
@@ -113,7 +128,7 @@ class Recordings:
             self._pool.callInThread(work, *args)
 
     def _sweep(self, spec: Optional[Recording]) -> None:
-        """In the writer thread: delete recordings older than ``keepdays``."""
+        """In the writer thread: delete the gateway's recordings older than ``keepdays`` (no other file)."""
         if spec is None or not spec.keep_days:
             return
         cutoff = time.time() - spec.keep_days * 86400
@@ -123,7 +138,7 @@ class Recordings:
             return
         for entry in entries:
             try:
-                if entry.name.endswith(".js") and entry.is_file(follow_symlinks=False) \
+                if is_recording_name(entry.name) and entry.is_file(follow_symlinks=False) \
                         and entry.stat(follow_symlinks=False).st_mtime < cutoff:
                     os.unlink(entry.path)
             except OSError:

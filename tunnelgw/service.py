@@ -28,10 +28,11 @@ from twisted.python.failure import Failure
 
 from tunnelgw.backends.tcp import TcpBackends
 from tunnelgw.certificates import ServerCertificates, TLSServerEndpoint, load_contexts
-from tunnelgw.core.config import Config, ConfigError, Location, Problem, parse_config
+from tunnelgw.core.config import Config, ConfigError, Location, Problem, Recording, parse_config
 from tunnelgw.demo import demo_factory, demo_page
 from tunnelgw.front import FrontFactory, GatewaySite
 from tunnelgw.metrics import GatewayMetrics
+from tunnelgw.recording import foreign_entries
 from tunnelgw.gateway import GatewayFactory
 from tunnelgw.core.relay import CLOSE_GOING_AWAY, Close
 from tunnelgw.core.routing import RuleSet
@@ -186,15 +187,32 @@ def check_config(config: Config, reactor: Any, without_sockets: bool = False) ->
                 clientFromString(reactor, SUBSTITUTION.sub("1", backend.endpoint))
             except Exception as e:
                 problems.append(Problem(rule.where, f"bad backend endpoint {rule.target!r}: {_explain(e)}"))
-    if config.recording is not None and not os.path.isdir(config.recording.folder):
-        problems.append(Problem(config.recording.where,
-                                f"Recording folder {config.recording.folder!r} is not an existing folder"))
+    if config.recording is not None:
+        problems += _check_recording_folder(config.recording)
     for alias in config.aliases:
         if not os.path.isdir(alias.folder):
             problems.append(Problem(alias.where, f"Alias folder {alias.folder!r} is not an existing folder"))
     if problems:
         raise ConfigError(problems)
     return servers
+
+
+def _check_recording_folder(spec: Recording) -> list[Problem]:
+    """The Recording folder exists; with ``keepdays`` and without ``shared=on``, it holds only recordings."""
+    if not os.path.isdir(spec.folder):
+        return [Problem(spec.where, f"Recording folder {spec.folder!r} is not an existing folder")]
+    if not spec.keep_days or spec.shared:
+        return []
+    try:
+        foreign = foreign_entries(spec.folder)
+    except OSError as e:
+        return [Problem(spec.where, f"Recording folder {spec.folder!r} cannot be read: {e.strerror}")]
+    if not foreign:
+        return []
+    shown = ", ".join(repr(name) for name in foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+    return [Problem(spec.where, f"Recording folder {spec.folder!r} holds files that are not recordings ({shown}); "
+                                "give recordings a folder of their own, or write shared=on to keep them "
+                                "(retention deletes only the gateway's recordings)")]
 
 
 def build_resource(config: Config, reactor: Any) -> GatewayResource:

@@ -117,12 +117,14 @@ def check_topology(config: TopologyConfig, reactor: Any) -> list[Problem]:
             problems.append(Problem(where, f"cannot read the Redis password file {password!r}"))  # type: ignore[arg-type]
     owners = config.owner_source
     if owners is not None and owners.mode == "relay":
+        messages = []
         try:
             read_hop_secrets(owners.hop_secret)
         except ValueError as e:
-            problems.append(Problem(owners.where, f"hop secret: {e}"))  # type: ignore[arg-type]
+            messages.append(f"hop secret: {e}")
         if owners.hop_ca_file and not os.access(owners.hop_ca_file, os.R_OK):
-            problems.append(Problem(owners.where, f"cannot read hopcafile {owners.hop_ca_file!r}"))  # type: ignore[arg-type]
+            messages.append(f"cannot read hopcafile {owners.hop_ca_file!r}")
+        problems.extend(Problem(owners.where, message) for message in messages)  # type: ignore[arg-type]
     return problems
 
 

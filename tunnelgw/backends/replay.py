@@ -11,11 +11,19 @@ The recording is read and parsed off the reactor thread, a batch ahead of
 playback; playback waits while the client does not read (the link's
 transport is a push producer the session pauses), so memory stays at about
 two batches.
+
+A recording is opened as Alias opens files, stricter: only a regular file
+directly in the folder, never through a symbolic link
+(:func:`tunnelgw.files.open_inside`); anything else there is "no such
+recording" (404).  A file that cannot be read or parsed is answered with a
+generic 502 (or close reason) and the details go to the log only: a reason
+never quotes the file's bytes.
 """
 
 from __future__ import annotations
 
 import os
+import stat
 from typing import Any, Iterator, Optional
 
 from twisted.internet import defer
@@ -29,13 +37,25 @@ from tunnelgw.core.handshake import Handshake
 from tunnelgw.core.recording import Frame, parse_recording, recording_name
 from tunnelgw.core.relay import CLOSE_BACKEND_FAILED, Close, choose_subprotocol
 from tunnelgw.core.routing import Reject
+from tunnelgw.files import open_inside
 
-__all__ = ["BATCH_BYTES", "ReplayLink"]
+__all__ = ["BATCH_BYTES", "ReplayLink", "UNREADABLE"]
 
 _log = Logger(namespace="tunnelgw")
 
 #: Payload bytes read from a recording per batch (one batch is played while the next is read).
 BATCH_BYTES = 1 << 20
+#: What a client is told when a recording cannot be read (the details are logged).
+UNREADABLE = "the recording cannot be read"
+
+
+def _why(error: BaseException) -> str:
+    """A log line's account of a read error that quotes none of the file's bytes."""
+    if isinstance(error, UnicodeDecodeError):
+        return f"not ASCII text (byte {error.start} of a read)"
+    if isinstance(error, OSError):
+        return error.strerror or type(error).__name__
+    return str(error) if isinstance(error, ValueError) and str(error).startswith("line ") else type(error).__name__
 
 
 @implementer(IPushProducer)
@@ -107,7 +127,10 @@ class ReplayLink:
         except ValueError:
             return Reject(404, "no such recording")
         self._path = os.path.join(self._folder, name)
-        if not os.path.isfile(self._path):
+        try:
+            if not stat.S_ISREG(os.lstat(self._path).st_mode):  # a link or anything else: not a recording
+                return Reject(404, "no such recording")
+        except OSError:
             return Reject(404, "no such recording")
         return None
 
@@ -121,7 +144,11 @@ class ReplayLink:
 
         def failed(failure: Any) -> Any:
             failure.trap(OSError, ValueError)
-            raise BackendRefused(Reject(502, f"the recording cannot be read: {failure.value}"), "backend_unreadable")
+            if isinstance(failure.value, (FileNotFoundError, PermissionError)):
+                raise BackendRefused(Reject(404, "no such recording"), "backend")
+            _log.warn("replay refused: {recording} cannot be read: {why}", recording=self.description,
+                      why=_why(failure.value))
+            raise BackendRefused(Reject(502, UNREADABLE), "backend_unreadable")
 
         d = self._in_thread(self._open_and_read)
         return d.addCallbacks(opened, failed)  # type: ignore[no-any-return]
@@ -130,7 +157,8 @@ class ReplayLink:
         return deferToThreadPool(self._reactor, self._reactor.getThreadPool(), work)
 
     def _open_and_read(self) -> tuple[list[Frame], bool]:
-        self._file = open(self._path, encoding="ascii", errors="strict")
+        fd = open_inside(self._folder, os.path.basename(self._path))
+        self._file = os.fdopen(fd, encoding="ascii", errors="strict")
         self._frames = parse_recording(self._file)
         return self._read()
 
@@ -192,7 +220,9 @@ class ReplayLink:
         def failed(failure: Any) -> None:
             self._next = None
             if not self._closed and self._owner is not None:
-                self._owner.backend_lost(Close(CLOSE_BACKEND_FAILED, f"the recording cannot be read: {failure.value}"[:120]))
+                _log.warn("replay stopped: {recording} cannot be read: {why}", recording=self.description,
+                          why=_why(failure.value))
+                self._owner.backend_lost(Close(CLOSE_BACKEND_FAILED, UNREADABLE))
 
         self._next.addCallbacks(arrived, failed)
 

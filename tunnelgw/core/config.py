@@ -25,7 +25,7 @@ from tunnelgw.core.audit import FACILITIES
 from tunnelgw.core.errors import ConfigError, Location, Problem
 from tunnelgw.core.hostpattern import listener_is_local, target_host
 from tunnelgw.core.options import Reader, choice, matching, number, read_options, whole
-from tunnelgw.core.tlsconfig import CLIENT_CERT_MODES, ListenTLS, parse_ssl_endpoint
+from tunnelgw.core.tlsconfig import CLIENT_CERT_MODES, CertPattern, ListenTLS, parse_cert_pattern, parse_ssl_endpoint
 from tunnelgw.core.targets import SUBSTITUTION, BackendTarget, PoolTarget, ReplayTarget, WebSocketURL, parse_target
 from tunnelgw.core.topoconfig import (AllowedTarget, Network, TopologyConfig, TopologyParser, read_allowed,
                                       RedisAddress, redis_address)
@@ -109,8 +109,9 @@ class RouteOptions:
     :ivar allow_clients: client networks admitted on this route
         (``allowclients=CIDR,...``); empty: every client.
     :ivar auth: the forward-authentication portal of the route (``auth=NAME``).
-    :ivar cert_names: ``certname=NAME,...``: a verified client certificate
-        must carry one of these names (globs; see :mod:`tunnelgw.core.tlsconfig`);
+    :ivar cert_names: ``certname=PATTERN,...``: a verified client certificate
+        must carry a name one of these typed patterns matches (``cn:``,
+        ``dns:``, ``email:``, ``uri:``; see :mod:`tunnelgw.core.tlsconfig`);
         empty: no client certificate is asked of this route.
     """
 
@@ -126,7 +127,7 @@ class RouteOptions:
     allow_clients: tuple[Network, ...] = ()
     #: ``auth=NAME``: the ``AuthPortal`` asked before the backend is connected.
     auth: Optional[str] = None
-    cert_names: tuple[str, ...] = ()
+    cert_names: tuple[CertPattern, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -259,7 +260,7 @@ class Alias:
 @dataclass(frozen=True)
 class Recording:
     """
-    ``Recording FOLDER [maxbytes=B] [maxseconds=S] [keepdays=D]``: where
+    ``Recording FOLDER [maxbytes=B] [maxseconds=S] [keepdays=D] [shared=on]``: where
     ``record=on`` routes write their sessions (see :mod:`tunnelgw.recording`).
 
     :ivar max_bytes: a recording stops (the session goes on) after this many
@@ -267,6 +268,9 @@ class Recording:
     :ivar keep_days: recordings older than this are deleted (0: kept).
     :ivar viewer: ``viewer=URL`` with ``{session}``: where the operator's page
         links each recording (a noVNC page on a ``replay:`` route); "" for no links.
+    :ivar shared: ``shared=on``: the folder may hold files that are not the
+        gateway's recordings (retention still deletes only its recordings);
+        without it, a folder holding any is refused at start when ``keepdays`` is set.
     """
 
     folder: str
@@ -275,6 +279,7 @@ class Recording:
     keep_days: float
     where: Location
     viewer: str = ""
+    shared: bool = False
 
 
 @dataclass(frozen=True)
@@ -459,11 +464,11 @@ def _file_name(value: str) -> str:
     return value
 
 
-def _cert_names(value: str) -> tuple[str, ...]:
-    names = tuple(n.strip() for n in value.split(","))
-    if not all(n and n.isprintable() and " " not in n for n in names):
-        raise ValueError(f"takes comma-separated names or globs (CN or subject alternative names), got {value!r}")
-    return names
+def _cert_names(value: str) -> tuple[CertPattern, ...]:
+    names = [n.strip() for n in value.split(",")]
+    if not all(names):
+        raise ValueError(f"takes comma-separated name patterns (cn:, dns:, email:, uri: or a bare CN), got {value!r}")
+    return tuple(parse_cert_pattern(n) for n in names)
 
 
 def _rate(value: str) -> float:
@@ -777,19 +782,19 @@ def _viewer(value: str) -> str:
 
 _RECORDING_OPTIONS: dict[str, Reader] = {
     "maxbytes": whole(1024, 1 << 50), "maxseconds": number(1, 365 * 86400), "keepdays": number(0, 36500),
-    "viewer": _viewer}
+    "viewer": _viewer, "shared": choice("on", "off")}
 
 
 def _recording(p: _Parse, args: list[str], where: Location, problem: Problems) -> None:
     if not args or not args[0].startswith("/"):
-        problem("Recording takes an absolute folder, then maxbytes=B maxseconds=S keepdays=D")
+        problem("Recording takes an absolute folder, then maxbytes=B maxseconds=S keepdays=D viewer=URL shared=on")
         return
     if p.recording is not None:
         problem(f"Recording is given twice (first at {p.recording.where})")
         return
     found = read_options(args[1:], _RECORDING_OPTIONS, problem, "Recording")
     p.recording = Recording(args[0], found.get("maxbytes", 256 << 20), found.get("maxseconds", 86400.0),
-                            found.get("keepdays", 30.0), where, found.get("viewer", ""))
+                            found.get("keepdays", 30.0), where, found.get("viewer", ""), found.get("shared") == "on")
 
 
 _POOL_OPTIONS: dict[str, Reader] = {
@@ -918,7 +923,7 @@ DIRECTIVES: tuple[Directive, ...] = (
     Directive("LogFormat", "text|json", "log text lines or JSON lines (where twistd logs)", _log_format),
     Directive("AuthPortal", "NAME URL [timeout=S] [cache=S] [allow=HOST:PORTS ...]",
               "a portal asked before each session of auth=NAME routes (nginx auth_request)", _auth_portal),
-    Directive("Recording", "FOLDER [maxbytes=B] [maxseconds=S] [keepdays=D] [viewer=URL]",
+    Directive("Recording", "FOLDER [maxbytes=B] [maxseconds=S] [keepdays=D] [viewer=URL] [shared=on]",
               "where record=on routes write their sessions, with size, age and retention limits", _recording),
     Directive("Pool", "redis://HOST:PORT/DB name=GATEWAY [ttl=S] [refresh=S] [timeout=S] [namespace=NS] "
               "[waitreplicas=N]",

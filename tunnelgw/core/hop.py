@@ -7,8 +7,8 @@ so in one header the owner can check::
 
 - ``RELAYER`` is the relaying gateway's ``GatewayURL`` (percent-encoded),
   ``CLIENT`` the real client's address, ``CERTIFICATE`` the client's verified
-  TLS certificate names (base64url JSON ``{"cn": ..., "names": [...]}``, or
-  ``-``), so that the owner's logs, audit and ``certname=`` see the client,
+  TLS certificate names (base64url JSON ``{"cn": ..., "names": [[TYPE, NAME], ...]}``,
+  TYPE ``dns``, ``email`` or ``uri``, or ``-``), so that the owner's logs, audit and ``certname=`` see the client,
   not the relaying gateway;
 - the MAC is an HMAC-SHA256 under the pool's shared secret of all of the
   above, the owner's own ``GatewayURL`` and the request URI: a hop made for
@@ -55,9 +55,10 @@ class Hop:
     nonce: str
     relayer: str
     client: str
-    #: The client's verified TLS certificate at the relaying gateway: its CN and alternative names ("" and ()).
+    #: The client's verified TLS certificate at the relaying gateway: its CN and (type, name) alternative
+    #: names ("" and ()).
     certificate_cn: str = ""
-    certificate_names: tuple[str, ...] = ()
+    certificate_names: tuple[tuple[str, str], ...] = ()
 
     @property
     def has_certificate(self) -> bool:
@@ -82,24 +83,29 @@ def parse_hop_secrets(text: bytes, minimum: int) -> tuple[bytes, ...]:
     return secrets
 
 
-def _certificate_field(cn: str, names: tuple[str, ...]) -> str:
+_NAME_TYPES = ("dns", "email", "uri")
+
+
+def _certificate_field(cn: str, names: tuple[tuple[str, str], ...]) -> str:
     if not cn and not names:
         return "-"
-    raw = json.dumps({"cn": cn, "names": list(names)}, separators=(",", ":")).encode("utf-8")
+    raw = json.dumps({"cn": cn, "names": [list(n) for n in names]}, separators=(",", ":")).encode("utf-8")
     return base64.urlsafe_b64encode(raw).decode("ascii").rstrip("=")
 
 
-def _read_certificate(field: str) -> Optional[tuple[str, tuple[str, ...]]]:
+def _read_certificate(field: str) -> Optional[tuple[str, tuple[tuple[str, str], ...]]]:
     if field == "-":
         return "", ()
     try:
         found = json.loads(base64.urlsafe_b64decode(field + "=" * (-len(field) % 4)))
     except (ValueError, binascii.Error):
         return None
-    if not isinstance(found, dict) or not isinstance(found.get("cn"), str) or not isinstance(found.get("names"), list) \
-            or not all(isinstance(n, str) for n in found["names"]):
+    if not isinstance(found, dict) or not isinstance(found.get("cn"), str) or not isinstance(found.get("names"), list):
         return None
-    return found["cn"], tuple(found["names"])
+    names = found["names"]
+    if not all(isinstance(n, list) and len(n) == 2 and n[0] in _NAME_TYPES and isinstance(n[1], str) for n in names):
+        return None
+    return found["cn"], tuple((kind, name) for kind, name in names)
 
 
 def _mac(secret: bytes, fields: Sequence[str], owner: str, uri: str) -> str:

@@ -15,7 +15,11 @@ from typing import Any, Optional, Union
 
 from tunnelgw.core.routing import Reject
 
-__all__ = ["Admission", "HandshakeRate", "SessionCounts"]
+__all__ = ["MAX_CHANNELS", "Admission", "HandshakeRate", "SessionCounts"]
+
+#: Channels of one client's session of a desktop that share its slot (SPICE opens about a
+#: dozen: main, displays, inputs, cursor, sound, USB redirection...); one more gets 503.
+MAX_CHANNELS = 32
 
 
 @dataclass(frozen=True)
@@ -24,7 +28,8 @@ class Admission:
 
     route: str
     client: str
-    #: The desktop's logical session: the id of its first live channel ("" without a desktop).
+    #: The logical session of one client on one desktop: the id of its first live channel
+    #: ("" without a desktop).
     group: str = ""
     desktop: str = ""
 
@@ -32,8 +37,13 @@ class Admission:
 class SessionCounts:
     """
     Concurrent sessions, counted globally, per route and per client address.
-    Sessions of one desktop (the channels of a SPICE client, say) take one
-    slot together: the first one's, held until the last one ends.
+    The sessions of one desktop from one client (the channels of a SPICE
+    client, say) are one logical session and take one slot together: the
+    first one's, held until the last one ends.  Another client of the same
+    desktop is another session, with a slot of its own.  At most
+    :data:`MAX_CHANNELS` channels share a slot.  "Client" is the
+    client address as the gateway determined it (see
+    :mod:`tunnelgw.core.clientaddr`): clients behind one NAT share it.
 
     :param total: global limit (0: none).
     :param per_client: limit per client address (0: none).
@@ -45,17 +55,20 @@ class SessionCounts:
         self.live = 0
         self._routes: dict[str, int] = {}
         self._clients: dict[str, int] = {}
-        #: desktop -> [live channels, group id, the first channel's admission]
-        self._desktops: dict[str, list[Any]] = {}
+        #: (desktop, client) -> [live channels, group id, the first channel's admission]
+        self._desktops: dict[tuple[str, str], list[Any]] = {}
 
     def admit(self, route: str, route_limit: Optional[int], client: str, desktop: str = "",
               session_id: str = "") -> Union[Admission, Reject]:
         """
         Take a slot for a session of client on route, or say which limit refuses
-        it (503).  A session of a desktop that already holds a slot joins it.
+        it (503).  A session of a desktop that this client already holds a slot
+        for joins that slot.
         """
-        joined = self._desktops.get(desktop) if desktop else None
+        joined = self._desktops.get((desktop, client)) if desktop else None
         if joined is not None:
+            if joined[0] >= MAX_CHANNELS:
+                return Reject(503, "too many channels of this desktop session")
             joined[0] += 1
             return Admission(route, client, joined[1], desktop)
         if self.total_limit and self.live >= self.total_limit:
@@ -69,22 +82,23 @@ class SessionCounts:
         self._clients[client] = self._clients.get(client, 0) + 1
         admission = Admission(route, client, session_id if desktop else "", desktop)
         if desktop:
-            self._desktops[desktop] = [1, session_id, admission]
+            self._desktops[(desktop, client)] = [1, session_id, admission]
         return admission
 
     @property
     def desktops(self) -> int:
-        """Desktops with live channels."""
+        """Logical desktop sessions (one client on one desktop) with live channels."""
         return len(self._desktops)
 
     def release(self, admission: Admission) -> None:
-        """Give a channel back (once per admission); a desktop's slot goes with its last channel."""
+        """Give a channel back (once per admission); a logical session's slot goes with its last channel."""
         if admission.desktop:
-            entry = self._desktops[admission.desktop]
+            group = (admission.desktop, admission.client)
+            entry = self._desktops[group]
             entry[0] -= 1
             if entry[0]:
                 return
-            del self._desktops[admission.desktop]
+            del self._desktops[group]
             admission = entry[2]
         self.live -= 1
         for counts, key in ((self._routes, admission.route), (self._clients, admission.client)):

@@ -19,12 +19,13 @@ import re
 from dataclasses import dataclass
 from typing import Iterable, Iterator
 
-__all__ = ["FOOTER", "HEADER", "Frame", "encode_frame", "parse_recording", "recording_name"]
+__all__ = ["FOOTER", "HEADER", "Frame", "encode_frame", "is_recording_name", "parse_recording", "recording_name"]
 
 HEADER = "var VNC_frame_encoding = 'binary';\nvar VNC_frame_data = [\n"
 FOOTER = "'EOF'];\n"
 _FRAME = re.compile(r"'([{}])(\d+)\1(.*)',?")
 _NAME = re.compile(r"[0-9a-f]{6,64}")
+_FILE_NAME = re.compile(r"[0-9a-f]{6,64}\.js")
 
 
 @dataclass(frozen=True)
@@ -70,3 +71,8 @@ def recording_name(session_id: str) -> str:
     if not _NAME.fullmatch(session_id):
         raise ValueError(f"not a session id: {session_id!r}")
     return f"{session_id}.js"
+
+
+def is_recording_name(name: str) -> bool:
+    """Whether a file name is one :func:`recording_name` makes: the only files retention may delete."""
+    return _FILE_NAME.fullmatch(name) is not None

@@ -8,19 +8,36 @@ TLS context, so that the gateway can build (and on SIGHUP rebuild) that
 context itself, and so that :mod:`tunnelgw.workers` can hand the plain socket
 to its workers.  The files are read by :mod:`tunnelgw.certificates`.
 
-Client identities are matched here: a route's ``certname=`` patterns are
-exact names or globs (``*`` any run of characters, ``?`` one, compared
-without regard to letter case) tested against the verified certificate's
-subject common name and its DNS, e-mail and URI subject alternative names.
+Client identities are matched here.  A route's ``certname=`` patterns are
+typed, and a pattern is tried only against names of its type
+(:func:`parse_cert_pattern`)::
+
+    cn:alice                   the subject's common name (CN)
+    alice                      the same: a bare pattern is a CN pattern
+    *                          (alone) any certificate the client CA verified
+    dns:*.ops.example          a DNS subject alternative name (SAN)
+    email:*@ops.example        an e-mail (rfc822Name) SAN
+    uri:spiffe://ops.example/* a URI SAN
+
+A glob's ``*`` matches one or more characters and ``?`` exactly one, never
+across the separators of its type: ``.``, ``@`` and ``/`` for CN, ``.`` for
+DNS (``*.ops.example`` is exactly one label), ``@`` and ``.`` for e-mail,
+``/ ? # @ :`` for URI.  DNS globs sit in the leftmost label and leave two
+labels fixed; e-mail globs keep the domain literal; URI globs keep the scheme
+and authority literal.  Letter case is ignored except in a URI's path.  A
+bare pattern holding ``@``, ``/`` or ``:`` is refused as ambiguous (write
+``cn:`` or ``email:``): untyped patterns used to be tried against every name.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
-from fnmatch import fnmatchcase
+from functools import lru_cache
 from typing import Optional
 
-__all__ = ["CLIENT_CERT_MODES", "ClientCertificate", "ListenTLS", "TLS_CLIENT_HEADER", "admits", "parse_ssl_endpoint"]
+__all__ = ["CERT_NAME_KINDS", "CLIENT_CERT_MODES", "CertPattern", "ClientCertificate", "ListenTLS", "TLS_CLIENT_HEADER",
+           "admits", "parse_cert_pattern", "parse_ssl_endpoint"]
 
 #: The header that carries a verified client certificate's identity to ws:// backends
 #: (``forward=`` choice ``tlsclient``); the gateway sets it and never passes on a client's own.
@@ -125,32 +142,131 @@ def parse_ssl_endpoint(description: str) -> ListenTLS:
                      named.get("dhParameters"))
 
 
+#: The name types of a client certificate that ``certname=`` patterns name: the subject's
+#: common name and the DNS, e-mail and URI subject alternative names.
+CERT_NAME_KINDS = ("cn", "dns", "email", "uri")
+
+#: What ``*`` and ``?`` never match, by name type.
+_SEPARATORS = {"cn": "./@", "dns": ".", "email": "@.", "uri": "/?#@:"}
+
+
+@dataclass(frozen=True)
+class CertPattern:
+    """
+    One ``certname=`` pattern.
+
+    :ivar kind: one of :data:`CERT_NAME_KINDS`, or ``any`` for a bare ``*``
+        (every verified certificate).
+    :ivar glob: the pattern after its type, normalised (lower case but a URI's path).
+    """
+
+    kind: str
+    glob: str
+
+    def __str__(self) -> str:
+        return "*" if self.kind == "any" else f"{self.kind}:{self.glob}"
+
+
+def _fold(kind: str, text: str) -> str:
+    """Text compared without regard to letter case: all of it, but a URI's path, query and fragment."""
+    if kind != "uri":
+        return text.lower()
+    scheme, sep, rest = text.partition("://")
+    if not sep:
+        return text
+    end = min((i for i in (rest.find(c) for c in "/?#") if i >= 0), default=len(rest))
+    return f"{scheme.lower()}://{rest[:end].lower()}{rest[end:]}"
+
+
+def parse_cert_pattern(text: str) -> CertPattern:
+    """
+    A ``certname=`` pattern: ``TYPE:GLOB`` with TYPE one of :data:`CERT_NAME_KINDS`,
+    a bare CN glob, or ``*`` alone for any verified certificate.
+
+    :raises ValueError: saying what is wrong (an unknown type, an ambiguous
+        bare pattern, a glob in a place its type keeps literal).
+    """
+    if not text or not text.isprintable() or any(c.isspace() or c == "," for c in text):
+        raise ValueError(f"a certname pattern is printable text without spaces, got {text!r}")
+    if text == "*":
+        return CertPattern("any", "*")
+    kind, sep, glob = text.partition(":")
+    if not sep:
+        kind, glob = "cn", text
+        if any(c in text for c in "@/"):
+            raise ValueError(f"{text!r} is ambiguous: write email:{text} for an e-mail name, "
+                             f"uri:... for a URI or cn:{text} for the subject's common name")
+    elif kind.lower() not in CERT_NAME_KINDS:
+        raise ValueError(f"{text!r}: the name types are cn:, dns:, email: and uri: "
+                         "(or write cn:NAME for a common name holding ':')")
+    kind = kind.lower()
+    if not glob:
+        raise ValueError(f"{text!r} has nothing after {kind}:")
+    wild = "*?"
+    if kind == "dns":
+        labels = glob.split(".")
+        if "" in labels or not all(re.fullmatch(r"[A-Za-z0-9_*?-]+", label) for label in labels):
+            raise ValueError(f"{text!r} is not a DNS name pattern (labels of letters, digits, '-', '_', '*', '?')")
+        if any(c in wild for label in labels[1:] for c in label) or (
+                any(c in wild for c in labels[0]) and len(labels) < 3):
+            raise ValueError(f"{text!r}: a DNS glob sits in the leftmost label and keeps two labels fixed "
+                             "(dns:*.ops.example)")
+    elif kind == "email":
+        local, at, domain = glob.rpartition("@")
+        if not at or not local or not domain or "@" in local:
+            raise ValueError(f"{text!r} is not an e-mail pattern (LOCAL@DOMAIN, e.g. email:*@ops.example)")
+        if any(c in wild for c in domain):
+            raise ValueError(f"{text!r}: an e-mail pattern keeps its domain literal")
+    elif kind == "uri":
+        scheme, slashes, rest = glob.partition("://")
+        end = min((i for i in (rest.find(c) for c in "/?#") if i >= 0), default=len(rest))
+        if not slashes or not re.fullmatch(r"[A-Za-z][A-Za-z0-9+.-]*", scheme) or not rest[:end]:
+            raise ValueError(f"{text!r} is not a URI pattern (SCHEME://AUTHORITY/PATH, e.g. uri:spiffe://ops.example/*)")
+        if any(c in wild for c in rest[:end]):
+            raise ValueError(f"{text!r}: a URI pattern keeps its scheme and authority literal")
+    return CertPattern(kind, _fold(kind, glob))
+
+
+@lru_cache(maxsize=1024)
+def _compiled(kind: str, glob: str) -> "re.Pattern[str]":
+    """A glob as a regular expression: ``*`` one or more, ``?`` one character other than the type's separators."""
+    other = "[^" + re.escape(_SEPARATORS[kind]) + "]"
+    parts = [other + "+" if c == "*" else other if c == "?" else re.escape(c) for c in glob]
+    return re.compile("".join(parts), re.DOTALL)
+
+
+def _matches(pattern: CertPattern, kind: str, name: str) -> bool:
+    return pattern.kind == kind and _compiled(kind, pattern.glob).fullmatch(_fold(kind, name)) is not None
+
+
 @dataclass(frozen=True)
 class ClientCertificate:
     """
     A client certificate that the TLS handshake verified.
 
     :ivar common_name: the subject's CN ('' without one).
-    :ivar names: its DNS, e-mail and URI subject alternative names.
+    :ivar names: its subject alternative names as (type, name) pairs, in
+        certificate order, type ``dns``, ``email`` or ``uri``.
     """
 
     common_name: str
-    names: tuple[str, ...] = ()
+    names: tuple[tuple[str, str], ...] = ()
 
     @property
     def identity(self) -> str:
         """What logs and backends are told: the CN, else the first alternative name."""
-        return self.common_name or (self.names[0] if self.names else "")
+        return self.common_name or (self.names[0][1] if self.names else "")
 
 
-def admits(patterns: tuple[str, ...], certificate: Optional[ClientCertificate]) -> bool:
+def admits(patterns: tuple[CertPattern, ...], certificate: Optional[ClientCertificate]) -> bool:
     """
     Whether a route's ``certname=`` patterns admit a client: no patterns admit
-    everyone; otherwise a verified certificate must have a name that matches one.
+    everyone; otherwise a verified certificate must have a name of a
+    pattern's type that the pattern matches (see :func:`parse_cert_pattern`).
     """
     if not patterns:
         return True
     if certificate is None:
         return False
-    names = [n.lower() for n in (certificate.common_name, *certificate.names) if n]
-    return any(fnmatchcase(name, pattern.lower()) for pattern in patterns for name in names)
+    names = ((("cn", certificate.common_name),) if certificate.common_name else ()) + certificate.names
+    return any(pattern.kind == "any" or _matches(pattern, kind, name) for pattern in patterns for kind, name in names)

@@ -176,7 +176,8 @@ class TokenRouteSpec:
     param: str
     connect_timeout: float
     where: Location
-    #: With a Pool: at most this many sessions of one desktop (token) in the whole pool (0: no limit).
+    #: With a Pool: at most this many sessions of one desktop (token) in the whole pool, a session
+    #: being one client's channels (0: no limit).
     max_per_desktop: int = 0
     #: With a Pool: at most this many desktops of one user (the token's user) in the whole pool (0: no limit).
     max_per_user: int = 0
