@@ -18,7 +18,7 @@ from tunnelgw.core.errors import Location
 from tunnelgw.core.routing import Reject
 from tunnelgw.pool import PoolLimitLink, PoolRegistry
 
-LIMITS = [("desktop:d1", 1)]
+LIMITS = [("desktop:d1", 1, "client-a")]
 
 
 class PlaceStore:
@@ -32,8 +32,8 @@ class PlaceStore:
 
     def register_script(self, text: str) -> Any:
         def acquire(keys: list[str], args: list[Any]) -> int:
-            for key in keys:
-                self.places.setdefault(key, set()).add(args[2])
+            for i, key in enumerate(keys):
+                self.places.setdefault(key, set()).add(f"{args[3]} {args[5 + 2 * i]}")
             if self.during is not None:
                 self.during()
             return 0
@@ -120,7 +120,9 @@ def test_vanishing_before_the_acquire_runs_never_reaches_redis() -> None:
     reactor, pool, places, threads = registry()
     one = Session(pool)
     one.vanish()
-    threads["limits"].run_next()
+    threads["limits"].run_next()  # dropped: its caller is gone
+    assert places.held() == set()
+    threads["limits"].run_next()  # the give-back of places it might have taken (none)
     assert places.held() == set() and threads["limits"].queued == [] and one.inner.connecting is None
 
 
@@ -131,7 +133,7 @@ def test_vanishing_while_redis_answers_gives_the_place_back() -> None:
     places.during = one.vanish
     threads["limits"].run_next()  # Redis takes the place as the client goes...
     places.during = None
-    assert places.held() == {"gw:d1"}
+    assert places.held() == {"gw client-a"}
     threads["limits"].run_next()  # ...and the ZREM gives it back
     assert places.held() == set() and one.inner.connecting is None
 
@@ -141,7 +143,7 @@ def test_vanishing_while_the_backend_connects_gives_the_place_back() -> None:
     reactor, pool, places, threads = registry()
     one = Session(pool)
     threads["limits"].run_next()
-    assert places.held() == {"gw:d1"} and one.inner.connecting is not None
+    assert places.held() == {"gw client-a"} and one.inner.connecting is not None
     one.vanish()
     threads["limits"].run_next()
     assert places.held() == set() and one.inner.closed == 1
@@ -169,7 +171,7 @@ def test_open_session_holds_its_place_until_it_ends() -> None:
     second = Session(pool)  # a second channel of the same desktop: no Redis call
     assert threads["limits"].queued == [] and second.inner.connecting is not None
     one.link.close()
-    assert places.held() == {"gw:d1"}
+    assert places.held() == {"gw client-a"}
     second.link.close()
     threads["limits"].run_next()
     assert places.held() == set()
@@ -184,7 +186,7 @@ def test_an_acquire_that_times_out_gives_a_late_place_back() -> None:
     places.during = None
     assert isinstance(one.outcome[0].value, BackendRefused) and one.outcome[0].value.reject.status == 503
     one.link.close()
-    assert places.held() == {"gw:d1"} and threads["limits"].queued == []  # the give-back failed fast: down
+    assert places.held() == {"gw client-a"} and threads["limits"].queued == []  # the give-back failed fast: down
     threads["probe"].run_next()  # the breaker drops connections
     reactor.advance(1.0)
     threads["probe"].run_next()  # a probe finds Redis back: the registry refreshes at once...
