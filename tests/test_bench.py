@@ -55,6 +55,7 @@ def test_bench_smoke_writes_every_figure(tmp_path: Path) -> None:
             assert figures[name][peer] > 0, (name, peer)
         assert figures[name]["ratios"]["nginx"] > 0
     assert any("2 workers" in name for name in figures)
+    assert figures["new sessions/s, 32 concurrent, plain route, Redis hung"]["tunnelgw"] > 0
     assert data["meta"]["autobahn NVX"] is True
     assert data["meta"]["client"].startswith("fast: bench/fastclient.py, picows")
     assert data["meta"]["pinning"].startswith("none")
