@@ -15,7 +15,7 @@ hangs before or in the middle of a reply, answers slowly, closes mid-reply):
   itself has the same socket timeout and no retries (redis-py 6+ retries
   three times with up to ten seconds of back-off by default, which is what
   turned a 0.5 s timeout into 9.3 s).  The slack over ``timeout`` is the
-  reactor's own latency (one timer tick; measured in tests/test_redisstore.py).
+  reactor's own latency (a few milliseconds; docs/operations.rst gives the measured waits).
 - **After a failure for want of Redis, calls fail at once** (the breaker of
   :mod:`tunnelgw.core.breaker`): the store's connections are dropped (which
   frees any thread still reading a dribbled reply), one warning is logged, the

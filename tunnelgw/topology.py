@@ -326,7 +326,7 @@ class Topology:
             return defer.succeed(None)
 
         def unavailable(failure: Failure) -> None:
-            _log.warn("owner lookup failed: {error}", error=str(failure.value))
+            _log.info("owner lookup failed: {error}", error=str(failure.value))  # the store warned once
             raise BackendRefused(Reject(503, "owner lookup unavailable"), "owner")
 
         d = owners.owner_of(host).addCallbacks(
