@@ -108,7 +108,13 @@ def timed(call: Any, *args: Any) -> tuple[Any, float]:
     return result, time.monotonic() - started
 
 
-def config(redis_port: int, backend: TcpServer) -> str:
+def config(redis_port: int, backend: TcpServer, secret: str = "") -> str:
+    signed = f"""
+TokenSource signed jwt {secret} once=on allow=127.0.0.1:{backend.port}
+TokenRoute /once signed
+TokenSource reusable jwt {secret} allow=127.0.0.1:{backend.port}
+TokenRoute /desk reusable maxperuser=1
+""" if secret else ""
     return f"""
 Listen tcp:port=0:interface=127.0.0.1
 AdminListen tcp:port=0:interface=127.0.0.1
@@ -117,7 +123,14 @@ ProxyPass /echo {backend.endpoint}
 TokenSource broker redis redis://127.0.0.1:{redis_port}/0 namespace=vdi timeout={TIMEOUT} allow=127.0.0.0/8:1-65535
 TokenRoute /vnc broker
 Pool redis://127.0.0.1:{redis_port}/0 name=gw ttl=4 refresh=1 timeout={TIMEOUT}
-"""
+""" + signed
+
+
+def jwt_token(backend: TcpServer, jti: str) -> str:
+    import jwt
+
+    return jwt.encode({"host": "127.0.0.1", "port": backend.port, "exp": int(time.time()) + 60, "jti": jti,
+                       "user": "alice"}, b"s" * 32, algorithm="HS256")
 
 
 def relays(ws: ClientConnection, data: bytes) -> bool:
@@ -164,7 +177,8 @@ def test_hung_redis(tmp_path: Path, stoppable_redis: RedisServer, backend: TcpSe
 
     redis.Redis(port=stoppable_redis.port).set("vdi:desk", f"127.0.0.1:{backend.port}")
     assert stoppable_redis.proc is not None
-    with GatewayProcess(config(stoppable_redis.port, backend), tmp_path) as gw:
+    (tmp_path / "secret").write_bytes(b"s" * 32)
+    with GatewayProcess(config(stoppable_redis.port, backend, str(tmp_path / "secret")), tmp_path) as gw:
         token_url = f"ws://127.0.0.1:{gw.port()}/vnc?token=desk"
         plain_url = f"ws://127.0.0.1:{gw.port()}/echo"
         with connect(plain_url, open_timeout=5) as plain:
@@ -172,6 +186,10 @@ def test_hung_redis(tmp_path: Path, stoppable_redis: RedisServer, backend: TcpSe
             stoppable_redis.proc.send_signal(signal.SIGSTOP)
             waits = check_trouble(gw, token_url, plain, plain_url)
             print("hung: token 503 after %.3f s, pool list 503 after %.3f s, then %.3f s" % tuple(waits))
+            # Single-use tokens and limits ask the Pool's Redis, down since the list: 503 at once.
+            for path, jti in (("/once", "o1"), ("/desk", "d1")):
+                status, waited = timed(session_status, f"ws://127.0.0.1:{gw.port()}{path}?token={jwt_token(backend, jti)}")
+                assert status == 503 and waited < ROUND_TRIP, (path, status, waited)
             assert len(gw.log().split("Redis broker at")) == 2  # one warning for the outage
             states = {s["name"]: s for s in json.loads(admin(gw, "/redis")[1])["redis"]}
             assert not states["broker"]["up"] and not states["pool"]["up"] and states["broker"]["failed_fast"] >= 1
