@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
+from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
 
 from support import GatewayProcess, RedisServer, TcpServer, backend, redis_server, session_status, wait_until
@@ -290,3 +291,24 @@ TokenRoute /vnc signed maxperuser=1
 
 def wait_until_sent(proxy: RedisProxy, command: bytes) -> bool:
     return wait_until(lambda: command in proxy.sent, 10)
+
+
+def test_redis_away_at_start(tmp_path: Path, stoppable_redis: RedisServer, backend: TcpServer) -> None:
+    """A gateway started while Redis is away serves plain routes, then joins the pool (list, closes) once it is back."""
+    stoppable_redis.stop()
+    with GatewayProcess(config(stoppable_redis.port, backend), tmp_path) as gw:
+        gw.wait_log(r"Redis pool at 127.0.0.1:[0-9]+ unreachable")
+        with connect(f"ws://127.0.0.1:{gw.port()}/echo", open_timeout=5) as plain:
+            assert relays(plain, b"alone")
+            stoppable_redis.start()
+            gw.wait_log(r"Redis pool at 127.0.0.1:[0-9]+ reachable again")
+            session = json.loads(admin(gw, "/sessions")[1])["sessions"][0]["session"]
+            assert wait_until(lambda: session in admin(gw, "/pool/sessions")[1], 10, 0.2)
+            # The close listener subscribed once Redis was back: a pool close reaches the session.
+            request = urllib.request.Request(f"http://127.0.0.1:{gw.port(1)}/pool/sessions/{session}/close",
+                                             method="POST")
+            with urllib.request.urlopen(request, timeout=10) as answer:
+                assert answer.status == 202
+            with pytest.raises(ConnectionClosed) as closed:
+                plain.recv(timeout=10)
+            assert closed.value.rcvd is not None and closed.value.rcvd.code == 1008

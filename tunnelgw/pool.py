@@ -119,7 +119,7 @@ class PoolRegistry:
         self.store = RedisStore(reactor, redis, "pool", spec.redis.where, spec.timeout, self.degraded,
                                 lambda call: self.errors.labels(call).inc(),
                                 "pool registry degraded: sessions go on, the pool list, pool-wide limits and "
-                                "single-use tokens answer 503 until it is back", self.refresh, thread_pool)
+                                "single-use tokens answer 503 until it is back", self._back, thread_pool)
         self._redis = redis
         self._acquire = redis.register_script(_ACQUIRE)
         self._refreshes = self.store.use("refresh", 1)
@@ -138,7 +138,18 @@ class PoolRegistry:
         self._heartbeat = LoopingCall(self.refresh)
         self._heartbeat.clock = self._reactor
         self._heartbeat.start(self.spec.refresh, now=True)
-        self._subscriber.call(self._subscribe).addErrback(lambda _: None)  # counted; run_in_thread reconnects
+        self._listen()
+
+    def _listen(self) -> None:
+        """Subscribe to closes unless subscribed (once subscribed, redis-py's thread reconnects by itself)."""
+        if self._listener is None:
+            self._subscriber.call(self._subscribe).addErrback(lambda _: None)  # counted by the store
+
+    def _back(self) -> None:
+        """Redis answers again: write the registry now, and subscribe if Redis was away at start."""
+        self.refresh()
+        if self._heartbeat is not None:
+            self._listen()
 
     def stop(self) -> "defer.Deferred[None]":
         """Remove this gateway's keys (best effort, bounded by the timeout) and stop."""
