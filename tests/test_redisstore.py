@@ -14,6 +14,7 @@ import redis
 from twisted.internet import defer
 from twisted.internet.task import Clock
 
+from tunnelgw.core.routing import Reject
 from tunnelgw.redisstore import PROBE_INTERVAL, RedisStore, RedisUnavailable
 
 
@@ -217,3 +218,34 @@ def test_wait_never_exceeds_timeout(timeout: float) -> None:
     assert first == []
     reactor.advance(timeout / 2)
     assert isinstance(first[0].value, RedisUnavailable)
+
+
+def test_token_lookups_waiting_for_a_batch_are_bounded_from_their_arrival() -> None:
+    """A lookup that arrives while a slow MGET is out gets its 503 at its own timeout, not at the next batch's."""
+    from tunnelgw.core.errors import Location
+    from tunnelgw.core.topoconfig import AllowedTarget, TokenSourceSpec
+    from tunnelgw.redistokens import RedisTokens
+
+    reactor = ThreadsReactor()
+    pools: dict[str, HandThreads] = {}
+
+    def thread_pool(name: str, threads: int) -> HandThreads:
+        pools[name] = HandThreads()
+        return pools[name]
+
+    class Mget(Client):
+        def mget(self, keys: list[str]) -> list[bytes]:
+            return [b"127.0.0.1:5901" for _ in keys]
+
+    spec = TokenSourceSpec("broker", "redis", "redis://127.0.0.1:6379/0", (AllowedTarget("127.0.0.0/8", 5900, 5999),),
+                           1.0, False, Location("gw.conf", 1), timeout=0.5)
+    tokens = RedisTokens(spec, reactor, client=Mget(), thread_pool=thread_pool)
+    first = outcome(tokens.lookup("a", "127.0.0.1"))
+    reactor.advance(0.4)
+    second = outcome(tokens.lookup("b", "127.0.0.1"))  # waits for the first MGET
+    reactor.advance(0.09)
+    pools["lookup"].run_next()  # the first MGET answers at 0.49 s
+    assert first and not isinstance(first[0], Reject)
+    assert second == []  # its own MGET is now out
+    reactor.advance(0.42)  # 0.5 s after it arrived (and a hair, for float sums)
+    assert isinstance(second[0], Reject) and second[0].status == 503

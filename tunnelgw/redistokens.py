@@ -59,24 +59,42 @@ class _Batches:
     """
     GETs of many keys as one MGET per thread hop: while a batch is out, new
     keys wait for the next one (at most :data:`BATCH` keys each), so under
-    load the thread round trips and Redis round trips are shared.
+    load the thread round trips and Redis round trips are shared.  Each GET
+    is answered within timeout of its own arrival, waiting for a batch
+    included (an MGET's own bound starts when it is sent).
     """
 
-    def __init__(self, reactor: Any, use: RedisUse, redis: Any) -> None:
+    def __init__(self, reactor: Any, use: RedisUse, redis: Any, timeout: float) -> None:
         self._reactor = reactor
         self._use = use
         self._redis = redis
+        self._timeout = timeout
         self._waiting: list[tuple[str, defer.Deferred[Optional[bytes]]]] = []
         self._out = False
 
     def get(self, key: str) -> "defer.Deferred[Optional[bytes]]":
         d: defer.Deferred[Optional[bytes]] = defer.Deferred()
+        timer = self._reactor.callLater(self._timeout, self._late, d)
+        d.addBoth(self._stop_timer, timer)
         self._waiting.append((key, d))
         self._send()
         return d
 
+    @staticmethod
+    def _stop_timer(result: Any, timer: Any) -> Any:
+        if timer.active():
+            timer.cancel()
+        return result
+
+    def _late(self, d: "defer.Deferred[Optional[bytes]]") -> None:
+        if not d.called:
+            d.errback(RedisUnavailable(f"no answer within {self._timeout:g} s (waiting for the lookups before it)"))
+
     def _send(self) -> None:
-        if self._out or not self._waiting:
+        if self._out:
+            return
+        self._waiting = [(key, d) for key, d in self._waiting if not d.called]
+        if not self._waiting:
             return
         batch, self._waiting = self._waiting[:BATCH], self._waiting[BATCH:]
         self._out = True
@@ -84,11 +102,13 @@ class _Batches:
 
         def answered(values: list[Optional[bytes]]) -> None:
             for (_, d), value in zip(batch, values):
-                d.callback(value)
+                if not d.called:
+                    d.callback(value)
 
         def failed(failure: Any) -> None:
             for _, d in batch:
-                d.errback(failure)
+                if not d.called:
+                    d.errback(failure)
 
         def next_batch(_: object) -> None:
             self._out = False
@@ -114,7 +134,7 @@ class RedisTokens:
                                 metrics.redis_degraded.labels(spec.name) if metrics is not None else None,
                                 consequence="its token routes answer 503", thread_pool=thread_pool)
         # One MGET is out at a time (batching), and one more may wait: two threads.
-        self._batches = _Batches(reactor, self.store.use("lookup", 2), redis)
+        self._batches = _Batches(reactor, self.store.use("lookup", 2), redis, spec.timeout)
 
     def lookup(self, token: str, client: str) -> "defer.Deferred[Union[TargetAddress, Reject]]":
         """The allowed target of token, the uniform 403, or 503 when Redis cannot answer."""
