@@ -27,6 +27,7 @@ OLD, NEW = b"o" * 32, b"n" * 32
 
 
 def status(url: str, context: ssl.SSLContext, headers: Optional[dict[str, str]] = None) -> int:
+    """101 when a wss:// session at url opens and echoes, else its refusal's status."""
     try:
         with connect(url, ssl=context, additional_headers=headers, open_timeout=10) as ws:
             ws.send(b"x")

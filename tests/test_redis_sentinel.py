@@ -90,10 +90,12 @@ class SentinelSet:
         return self
 
     def logs(self) -> str:
+        """The tail of every process's log, for failure messages."""
         return "\n".join(f"--- {p.name}\n{p.read_text(errors='replace')[-2000:]}" for p in self.folder.glob("*.log"))
 
     @property
     def url(self) -> str:
+        """The sentinel:// URL of the service."""
         return "sentinel://" + ",".join(f"127.0.0.1:{p}" for p in self.sentinel_ports) + "/svc/0"
 
     def primary(self) -> Optional[int]:
@@ -108,12 +110,14 @@ class SentinelSet:
         return None
 
     def stop(self) -> None:
+        """Stop every process."""
         for proc in self.procs.values():
             stop_process(proc)
 
 
 @pytest.fixture
 def sentinels(tmp_path: Path) -> Iterator[SentinelSet]:
+    """A started SentinelSet, stopped after the test."""
     found = SentinelSet(tmp_path / "sentinel")
     try:
         yield found.start()
@@ -139,6 +143,7 @@ OwnerSource {url}
 
 
 def admin(gw: GatewayProcess, path: str) -> tuple[int, str]:
+    """Status and body of a GET on gw's admin listener."""
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{gw.port(1)}{path}", timeout=10) as answer:
             return answer.status, answer.read().decode()

@@ -92,10 +92,12 @@ class RedisProxy:
             client.close()
 
     def stop(self) -> None:
+        """Stop accepting and close every connection."""
         self._server.stop()
 
 
 def admin(gw: GatewayProcess, path: str) -> tuple[int, str]:
+    """Status and body of a GET on gw's admin listener."""
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{gw.port(1)}{path}", timeout=30) as answer:
             return answer.status, answer.read().decode()
@@ -104,12 +106,14 @@ def admin(gw: GatewayProcess, path: str) -> tuple[int, str]:
 
 
 def timed(call: Any, *args: Any) -> tuple[Any, float]:
+    """call(*args) and the seconds it took."""
     started = time.monotonic()
     result = call(*args)
     return result, time.monotonic() - started
 
 
 def config(redis_port: int, backend: TcpServer, secret: str = "") -> str:
+    """A gateway with a plain route, a Redis token route and a Pool (and jwt routes needing the Pool with secret)."""
     signed = f"""
 TokenSource signed jwt {secret} once=on allow=127.0.0.1:{backend.port}
 TokenRoute /once signed
@@ -128,6 +132,7 @@ Pool redis://127.0.0.1:{redis_port}/0 name=gw ttl=4 refresh=1 timeout={TIMEOUT}
 
 
 def jwt_token(backend: TcpServer, jti: str) -> str:
+    """A signed token of alice's for backend."""
     import jwt
 
     return jwt.encode({"host": "127.0.0.1", "port": backend.port, "exp": int(time.time()) + 60, "jti": jti,
@@ -135,6 +140,7 @@ def jwt_token(backend: TcpServer, jti: str) -> str:
 
 
 def relays(ws: ClientConnection, data: bytes) -> bool:
+    """Whether data comes back through ws."""
     ws.send(data)
     return ws.recv(timeout=5) == data
 
@@ -162,6 +168,7 @@ def check_trouble(gw: GatewayProcess, token_url: str, plain: ClientConnection, p
 
 
 def check_back(gw: GatewayProcess, token_url: str, plain: ClientConnection) -> None:
+    """Once Redis is back: both stores say so, a token session opens, the pool list answers, nothing is down."""
     gw.wait_log(r"Redis broker at 127.0.0.1:[0-9]+ reachable again", 10)
     gw.wait_log(r"Redis pool at 127.0.0.1:[0-9]+ reachable again", 10)
     assert session_status(token_url) == 101
@@ -290,6 +297,7 @@ TokenRoute /vnc signed maxperuser=1
 
 
 def wait_until_sent(proxy: RedisProxy, command: bytes) -> bool:
+    """Wait until a client of proxy has sent command."""
     return wait_until(lambda: command in proxy.sent, 10)
 
 
