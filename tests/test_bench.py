@@ -87,3 +87,20 @@ def test_bench_smoke_plain_client_pinned_two_session_clients(tmp_path: Path) -> 
     assert figures["new sessions/s, 2 client processes, 2 workers"]["tunnelgw"] > 0
     # Tiny counts may take less than one clock tick of gateway CPU: the row is there, its value may be empty.
     assert "new sessions, 2 client processes, 1 worker, per gateway CPU-second" in figures
+
+
+def test_quick_duration_is_told_the_same_way() -> None:
+    """``python -m bench --help`` and docs/benchmarks.rst give the same measured duration of a --quick run."""
+    import re
+    import subprocess
+    import sys
+
+    from bench.run import QUICK_TIME
+
+    helptext = subprocess.run([sys.executable, "-m", "bench", "--help"], capture_output=True, text=True, timeout=60,
+                              cwd=Path(__file__).parent.parent).stdout
+    assert QUICK_TIME in " ".join(helptext.split())
+    docs = (Path(__file__).parent.parent / "docs/benchmarks.rst").read_text()
+    assert f"--quick     # small counts, {QUICK_TIME}" in docs
+    seconds = re.search(r"(\d+) s measured", QUICK_TIME)
+    assert seconds and f"timed at {seconds.group(1)} s" in docs

@@ -134,11 +134,19 @@ def test_metrics_process_build_info_and_dashboard(tmp_path: Path) -> None:
     """/metrics has process_*, python_info and tunnelgw_build_info; the Grafana dashboard uses only exported names."""
     import tunnelgw
 
-    config = _echo_config(tmp_path, "AdminListen tcp:port=0:interface=127.0.0.1\n")
+    config = _echo_config(tmp_path, "AdminListen tcp:port=0:interface=127.0.0.1\nKeepAlive ping=0.3 pong=0.2\n")
     with GatewayProcess(config, tmp_path) as gw:
         with connect(f"ws://127.0.0.1:{gw.port()}/echo", open_timeout=5) as ws:
             ws.send(b"m")
             ws.recv(timeout=5)
+
+            # A measured round trip, and a session long enough for its bytes/s to be observed when it ends.
+            def measured() -> bool:
+                listed = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{gw.port(2)}/sessions", timeout=5).read())
+                return any("round_trip_ms" in s and float(s["duration"]) >= 1.0 for s in listed["sessions"])
+
+            assert wait_until(measured, 10)
+        gw.wait_log("session end")
         with pytest.raises(InvalidStatus):  # one handshake failure, so that its counter has a sample
             connect(f"ws://127.0.0.1:{gw.port()}/echo", subprotocols=["nope"], open_timeout=5)
         text = urllib.request.urlopen(f"http://127.0.0.1:{gw.port(2)}/metrics", timeout=5).read().decode()

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
-from tunnelgw.core.config import DIRECTIVES, ConfigError, parse_config
+from tunnelgw.core.config import DIRECTIVES, ConfigError, Directive, directive_reference, parse_config
 from tunnelgw.core.routing import Reject, RuleSet, choose_route
 from tunnelgw.core.targets import EndpointTarget, PoolTarget, WebSocketURL
 from tunnelgw.metrics import route_label
@@ -95,3 +97,94 @@ def test_table_is_the_parser() -> None:
     assert {d.name for d in DIRECTIVES if d.in_pool} == {"BalancerMember", "ProxySet", "</Proxy>"}
     [outside] = problems("Listen tcp:port=1\nProxySet lbmethod=bysource\n")
     assert outside == "gw.conf:2: ProxySet belongs inside <Proxy balancer://NAME> ... </Proxy>"
+
+
+#: A line of each directive that takes options, with an unknown option ``zzz=1`` the parser must refuse.
+OPTION_PROBES = {
+    "Listen": "Listen ssl:port=1:privateKey=/k.pem:certKey=/c.pem zzz=1",
+    "ProxyPass": "ProxyPass /a tcp:host=a:port=1 zzz=1",
+    "ProxyPassMatch": "ProxyPassMatch ^/a$ tcp:host=a:port=1 zzz=1",
+    "Timeout": "Timeout zzz=1", "KeepAlive": "KeepAlive zzz=1", "Limit": "Limit zzz=1",
+    "AccessLog": "AccessLog - zzz=1",
+    "AuthPortal": "AuthPortal p http://127.0.0.1:1/auth zzz=1",
+    "Recording": "Recording /tmp zzz=1",
+    "Pool": "Pool redis://127.0.0.1:6379/0 name=g zzz=1",
+    "AuditLog": "AuditLog syslog udp://127.0.0.1:514 zzz=1",
+    "TokenSource": "TokenSource t file /x allow=127.0.0.1:1 zzz=1",
+    "TokenRoute": "TokenRoute /t t zzz=1",
+    "BalancerMember": "<Proxy balancer://b>\nBalancerMember tcp:host=a:port=1 zzz=1\n</Proxy>",
+    "ProxySet": "<Proxy balancer://b>\nBalancerMember tcp:host=a:port=1\nProxySet zzz=1\n</Proxy>",
+    "OwnerSource": "OwnerSource redis://127.0.0.1:6379/0 zzz=1",
+    "TrustedProxy": "TrustedProxy 127.0.0.1 zzz=1",
+}
+
+
+def known_options(directive: str) -> set[str]:
+    """The keys the parser itself lists when refusing an unknown option of directive."""
+    for line in problems(f"Listen tcp:port=1\n{OPTION_PROBES[directive]}\n"):
+        found = re.search(rf"{re.escape(directive)}: unknown option 'zzz' \(known: (.*)\)$", line)
+        if found:
+            return {k.rstrip("=") for k in found.group(1).split(", ")}
+    raise AssertionError(f"{directive} did not refuse zzz=1")
+
+
+def reference_sections() -> dict[str, str]:
+    """The reference text of each directive, by name."""
+    sections: dict[str, str] = {}
+    name = ""
+    for line in directive_reference().splitlines():
+        if not line.startswith("   "):
+            name = line.split()[0]
+        sections[name] = sections.get(name, "") + line + "\n"
+    return sections
+
+
+@pytest.mark.parametrize("directive", [d for d in DIRECTIVES if d.options or d.name in OPTION_PROBES],
+                         ids=lambda d: d.name)
+def test_reference_lists_every_option_the_parser_reads(directive: Directive) -> None:
+    """Each key the parser reads for a directive is in its reference section, with a line saying its default."""
+    keys = known_options(directive.name)
+    assert keys == set(directive.options), keys ^ set(directive.options)
+    assert set(directive.option_help) == keys, set(directive.option_help) ^ keys
+    section = reference_sections()[directive.name]
+    for key in keys:
+        assert re.search(rf"^      {key}=", section, re.M), (key, section)
+        assert "default" in directive.option_help[key] or "required" in directive.option_help[key], key
+
+
+def test_every_directive_with_options_is_probed() -> None:
+    """A directive whose parser takes key=value options must be listed above, so the test covers it."""
+    for d in DIRECTIVES:
+        if d.name in OPTION_PROBES:
+            continue
+        extra = "\nBalancerMember tcp:host=a:port=1\n</Proxy>" if d.name == "<Proxy" else ""
+        line = {"<Proxy": "<Proxy balancer://b> zzz=1", "</Proxy>": "</Proxy> zzz=1"}.get(d.name, f"{d.name} zzz=1")
+        try:
+            parse_config(f"Listen tcp:port=1\n{line}{extra}\n", "gw.conf")
+            found: list[str] = []
+        except ConfigError as e:
+            found = str(e).splitlines()
+        assert not any("unknown option 'zzz'" in f for f in found), (d.name, found)
+        assert not d.options
+
+
+def test_reference_fits_a_terminal_and_names_what_the_issue_missed() -> None:
+    """Lines are at most 79 columns; jwks, redis, once=, alg=, maxperuser=, passwordfile= and the page at / are there."""
+    text = directive_reference()
+    assert max(len(line) for line in text.splitlines()) <= 79
+    sections = reference_sections()
+    assert "jwks" in sections["TokenSource"] and "redis" in sections["TokenSource"]
+    for key in ("once=", "alg=", "aud=", "iss=", "leeway="):
+        assert key in sections["TokenSource"], key
+    assert "maxperdesktop=" in sections["TokenRoute"] and "maxperuser=" in sections["TokenRoute"]
+    assert "passwordfile=" in sections["Pool"]
+    assert "operator's page at /" in sections["AdminListen"]
+
+
+def test_docs_page_is_the_generated_reference() -> None:
+    """docs/directives.rst holds exactly the reference --directives prints."""
+    from pathlib import Path
+
+    page = (Path(__file__).parent.parent / "docs/directives.rst").read_text()
+    block = page.split("::\n\n", 1)[1]
+    assert [l[2:] if l else "" for l in block.rstrip("\n").splitlines()] == directive_reference().splitlines()

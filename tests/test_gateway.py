@@ -360,7 +360,7 @@ def run_twistd(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_bad_config_is_refused_with_located_errors(tmp_path: Path) -> None:
-    """A bad config exits non-zero before listening, one FILE:LINE line per problem."""
+    """A bad config exits non-zero before listening, one FILE:LINE line per problem, all of them at once."""
     conf = tmp_path / "bad.conf"
     conf.write_text(
         "Listen tcp:port=0:interface=127.0.0.1\n"
@@ -372,7 +372,8 @@ def test_bad_config_is_refused_with_located_errors(tmp_path: Path) -> None:
     result = run_twistd(tmp_path, "--config", str(conf))
     assert result.returncode != 0
     lines = [l for l in result.stderr.splitlines() if l.startswith(str(conf))]
-    assert [l.split(":")[1] for l in lines] == ["5", "6"], result.stderr
+    # Syntax and what a start checks (files, endpoints) in one pass, in line order.
+    assert [l.split(":")[1] for l in lines] == ["2", "3", "4", "5", "6"], result.stderr
     assert "listening" not in result.stdout
     conf.write_text(
         "Listen tcp:port=0:interface=127.0.0.1\n"

@@ -7,7 +7,11 @@ from __future__ import annotations
 
 import io
 import json
+import re
+from pathlib import Path
 from typing import Any
+
+import pytest
 
 from hypothesis import given
 from hypothesis import strategies as st
@@ -78,3 +82,74 @@ def test_json_line_has_fields() -> None:
     line = json.loads(json_line(_event(log_format="session start {details}", details="d",
                                        fields={"session": "ab", "bytes_up": 3})))
     assert line["message"] == "session start d" and line["session"] == "ab" and line["bytes_up"] == 3
+
+
+def test_quiet_by_default_loud_where_it_matters(tmp_path: Path) -> None:
+    """
+    A gateway process: requests to unclaimed paths (favicon), connections
+    that never send a byte and kept-alive ones idle after their answer are
+    counted in metrics, not logged (a stalled request is); no Twisted
+    "Starting/Stopping" line (the syslog sinks' UDP socket and TCP
+    reconnections, the portal's HTTP client included); a refused upgrade is
+    logged once, with its reason.
+    """
+    import socket
+    import urllib.error
+    import urllib.request
+
+    from support import GatewayProcess, free_port, session_status, wait_until
+
+    syslog = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    syslog.bind(("127.0.0.1", 0))
+    syslog.settimeout(10)
+    echo = free_port()
+    config = f"""
+Listen tcp:port=0:interface=127.0.0.1
+DemoBackend echo tcp:port={echo}:interface=127.0.0.1
+AdminListen tcp:port=0:interface=127.0.0.1
+ProxyPass /echo tcp:host=127.0.0.1:port={echo}
+DemoPage / /echo
+Timeout handshake=0.5
+AuditLog syslog udp://127.0.0.1:{syslog.getsockname()[1]}
+AuditLog syslog tcp://127.0.0.1:{free_port()}
+AuthPortal sso http://127.0.0.1:{free_port()}/auth timeout=1
+ProxyPass /portal tcp:host=127.0.0.1:port={echo} auth=sso
+"""
+    try:
+        with GatewayProcess(config, tmp_path) as gw:
+            base = f"http://127.0.0.1:{gw.port(0)}"
+            admin = f"http://127.0.0.1:{gw.port(2)}"
+            for path in ("/favicon.ico", "/robots.txt"):
+                with pytest.raises(urllib.error.HTTPError) as missing:
+                    urllib.request.urlopen(base + path, timeout=10)
+                assert missing.value.code == 404
+            socket.create_connection(("127.0.0.1", gw.port(0))).close()  # a spare connection, closed
+            idle = socket.create_connection(("127.0.0.1", gw.port(0)))  # a spare connection, left to time out
+            kept = socket.create_connection(("127.0.0.1", gw.port(0)))  # answered, then kept alive idle
+            kept.sendall(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: keep-alive\r\n\r\n")
+            assert kept.recv(65536).startswith(b"HTTP/1.1 200 ")
+            stalled = socket.create_connection(("127.0.0.1", gw.port(0)))  # half a request: logged
+            stalled.sendall(b"GET / HTTP/1.1\r\n")
+
+            def metric(name: str) -> float:
+                text = urllib.request.urlopen(admin + "/metrics", timeout=10).read().decode()
+                found = re.search(rf"^{name} (\S+)$", text, re.M)
+                return float(found.group(1)) if found else -1.0
+
+            assert wait_until(lambda: metric("tunnelgw_silent_connections_total") == 3, 10)
+            gw.wait_log("handshake timed out")
+            for s in (idle, kept, stalled):
+                s.close()
+            assert metric("tunnelgw_unrouted_requests_total") == 2
+            assert session_status(f"ws://127.0.0.1:{gw.port(0)}/nowhere") == 404
+            assert session_status(f"ws://127.0.0.1:{gw.port(0)}/echo") == 101
+            assert session_status(f"ws://127.0.0.1:{gw.port(0)}/portal") == 503  # the portal's client connection
+            gw.wait_log(r"session end")
+            assert b"path=/nowhere status=404" in syslog.recv(65536)  # the first audit event: not the favicon
+        log = gw.log()
+    finally:
+        syslog.close()
+    assert "favicon" not in log and "robots" not in log
+    assert log.count("handshake timed out") == 1  # the stalled request only
+    assert not re.search(r"Start(ing|ed) (protocol|factory)|Stopping (protocol|factory)", log), log
+    assert len(re.findall(r"request refused .*path='/nowhere' status=404 reason='no route", log)) == 1, log

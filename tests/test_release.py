@@ -151,5 +151,5 @@ def test_directives_option_prints_the_reference() -> None:
     helptext = subprocess.run(twistd_command("tunnelgw", "--help"), capture_output=True, text=True,
                               env=subprocess_env(), timeout=60).stdout
     for directive in DIRECTIVES:
-        assert re.search(rf"^  {re.escape(directive.name)} ", out.stdout, re.M), directive.name
+        assert re.search(rf"^  {re.escape(directive.name)}( |$)", out.stdout, re.M), directive.name
         assert directive.name in helptext.replace("\n", " ")

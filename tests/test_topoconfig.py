@@ -103,14 +103,14 @@ def test_token_mistakes() -> None:
             "e.g. 10.0.0.0/16:5900-5999, got '*:0'",
         "gw.conf:3: TokenSource needs at least one allow=HOST:PORTS: tokens may not name any host",
         "gw.conf:4: bind=address needs signed tokens (kind jwt or jwks)",
-        "gw.conf:5: TokenSource takes a name, a kind (file, dir, jwt, redis), a path (for jwt: a file holding the "
+        "gw.conf:5: TokenSource takes a name, a kind (file, dir, jwt, jwks, redis), a path (for jwt: a file holding the "
         "secret; for redis: redis://HOST:PORT/DB) and allow=HOST:PORTS options",
         "gw.conf:6: from takes one of query, path, host, got 'cookie'",
-        "gw.conf:9: TrustedProxy takes IP addresses or networks, got 'nothost'",
-        "gw.conf:10: OriginAllow takes a path and the allowed origins, e.g. OriginAllow /vnc https://vdi.example",
         "gw.conf:6: no TokenSource named 'nosuch'",
         "gw.conf:7: no TokenRoute at '/nothere'",
         "gw.conf:8: GatewayOwner needs GatewayURL (this gateway's own URL)",
+        "gw.conf:9: TrustedProxy takes IP addresses or networks, got 'nothost'",
+        "gw.conf:10: OriginAllow takes a path and the allowed origins, e.g. OriginAllow /vnc https://vdi.example",
     ]
 
 

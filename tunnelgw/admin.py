@@ -2,8 +2,11 @@
 The admin listener (``AdminListen ENDPOINT``, off by default): health,
 Prometheus metrics and the live sessions, for operators only.
 
-- ``GET /``: the operator's page: live sessions with a close button each
-  (see :mod:`tunnelgw.core.adminpage` for its guard against other sites).
+- ``GET /``: the operator's page: traffic per route and per gateway of the
+  pool, refusals of the last hour, Redis and portal health, recordings that
+  stopped (:mod:`tunnelgw.overview`), then the live sessions, the slowest
+  round trip first, with a close button each (see
+  :mod:`tunnelgw.core.adminpage` for its guard against other sites).
 - ``GET /healthz``: 200 ``ok``, or 503 ``draining`` once shutdown began.
 - ``GET /metrics``: Prometheus text, through prometheus_client's Twisted
   resource over the gateway's own registry.
@@ -37,6 +40,7 @@ from tunnelgw.core.breaker import BreakerState
 from tunnelgw.core.hostpattern import listener_is_local
 from tunnelgw.core.relay import CLOSE_POLICY, Close
 from tunnelgw.logs import format_fields
+from tunnelgw.overview import OverviewSource
 from tunnelgw.recording import newest_recordings
 from tunnelgw.core.adminpage import PAGE_HEADERS, csrf_refusal, render_page
 from tunnelgw.core.clientaddr import format_address
@@ -59,8 +63,6 @@ def redis_notice(states: list[BreakerState], now: float) -> str:
     down = [f"{s.name} ({s.where}) unreachable for {max(0.0, now - s.since):.0f} s, {s.failed_fast} call(s) "
             f"failed fast: {s.error}" for s in states if not s.up]
     return ("Redis: " + "; ".join(down)) if down else ""
-
-_log = Logger(namespace="tunnelgw")
 
 _log = Logger(namespace="tunnelgw")
 #: Bytes of a close request's form body read (the page's form sends about 40).
@@ -115,10 +117,11 @@ class AdminResource(Resource):
 
     isLeaf = True
 
-    def __init__(self, factory: Any, draining: Callable[[], bool]) -> None:
+    def __init__(self, factory: Any, draining: Callable[[], bool], overview: Optional[OverviewSource] = None) -> None:
         super().__init__()
         self._factory = factory
         self._draining = draining
+        self._overview = overview
         self._secret = os.urandom(32)
         from prometheus_client.twisted import MetricsResource
 
@@ -235,16 +238,27 @@ class AdminResource(Resource):
         recordings = newest_recordings(spec.folder) if spec is not None else []
         viewer = spec.viewer if spec is not None else ""
         pool = self._factory.pool
+
+        def render(sessions: list[dict[str, Any]], pooled: Optional[list[dict[str, Any]]], note: str,
+                   pool_name: str = "") -> str:
+            overview, rates = (self._overview.overview(local, pooled) if self._overview is not None else (None, {}))
+            return render_page(sessions, self._secret, self._draining(), note, recordings, viewer, pool_name,
+                               overview, rates)
+
         if pool is None:
-            return render_page(local, self._secret, self._draining(), notice, recordings, viewer).encode("utf-8")
+            return render(local, None, notice).encode("utf-8")
 
         def listed(sessions: list[dict[str, Any]]) -> str:
-            return render_page(sessions, self._secret, self._draining(), notice, recordings, viewer, pool.spec.name)
+            # This gateway's own sessions as they are now (bytes, measured round trip), not as last written.
+            here = {str(s["session"]): s | {"gateway": pool.spec.name} for s in local}
+            sessions = [here.get(str(s.get("session")), s) if s.get("gateway") == pool.spec.name else s
+                        for s in sessions]
+            return render(sessions, sessions, notice, pool.spec.name)
 
         def unavailable(failure: Any) -> str:
-            return render_page([s | {"gateway": pool.spec.name} for s in local], self._secret, self._draining(),
-                               (notice + "; " if notice else "") + "the pool list is unavailable (Redis): "
-                               "this gateway's sessions only", recordings, viewer, pool.spec.name)
+            return render([s | {"gateway": pool.spec.name} for s in local], None,
+                          (notice + "; " if notice else "") + "the pool list is unavailable (Redis): "
+                          "this gateway's sessions only", pool.spec.name)
 
         d = pool.list_sessions()
         d.addCallbacks(listed, unavailable)
@@ -253,12 +267,13 @@ class AdminResource(Resource):
         return NOT_DONE_YET
 
 
-def admin_site(factory: Any, draining: Callable[[], bool], endpoint: str = "") -> Site:
+def admin_site(factory: Any, draining: Callable[[], bool], endpoint: str = "",
+               overview: Optional[OverviewSource] = None) -> Site:
     """A Site serving :class:`AdminResource` on endpoint; a warning when other hosts can reach it."""
     if endpoint and not listener_is_local(endpoint):
         _log.warn("AdminListen {endpoint} serves the session list and close to the network (written 'public')",
                   endpoint=endpoint)
-    site = Site(AdminResource(factory, draining), timeout=60)
+    site = Site(AdminResource(factory, draining, overview), timeout=60)
     site.displayTracebacks = False
     site.noisy = False
     return site

@@ -88,13 +88,23 @@ class _Sink:
         """Release the sink's socket or file."""
 
 
+class _QuietDatagram(DatagramProtocol):
+    """The UDP sink's socket, without Twisted's "Starting protocol" line."""
+
+    noisy = False
+
+    def logPrefix(self) -> str:
+        """How Twisted names the socket in its "starting on PORT" line."""
+        return "tunnelgw audit sink (UDP)"
+
+
 class _UdpSink(_Sink):
     def __init__(self, spec: AuditLog, trail: "AuditTrail") -> None:
         super().__init__(spec, trail)
         # Bound to loopback when sending to loopback, else to any address of the family.
         address = ipaddress.ip_address(spec.host)
         interface = str(address) if address.is_loopback else ("::" if address.version == 6 else "")
-        self._port = trail.reactor.listenUDP(0, DatagramProtocol(), interface=interface)
+        self._port = trail.reactor.listenUDP(0, _QuietDatagram(), interface=interface)
 
     def write(self, data: bytes) -> None:
         self._port.write(data[:UDP_MAX], (self.spec.host, self.spec.port))
@@ -175,8 +185,9 @@ class _TcpSink(_Sink):
         endpoint = endpoint_type(trail.reactor, spec.host, spec.port, timeout=10)
         self._queue: deque[bytes] = deque()
         self._stream: Optional[_SyslogStream] = None
-        self._service = ClientService(endpoint, Factory.forProtocol(lambda: _SyslogStream(self)),
-                                      clock=trail.reactor)
+        factory = Factory.forProtocol(lambda: _SyslogStream(self))
+        factory.noisy = False  # no "Starting factory" line per (re)connection
+        self._service = ClientService(endpoint, factory, clock=trail.reactor)
         self._service.startService()
 
     def connected(self, stream: _SyslogStream) -> None:

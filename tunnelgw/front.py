@@ -15,7 +15,10 @@ time from accept) and parses it once (:mod:`tunnelgw.core.http`):
 A connection whose request head is not complete within the handshake
 timeout of being accepted is aborted (twisted.web's own timeout is reset by
 every byte, so a slowloris client dribbling a byte at a time would never meet
-it); a connection that stays plain HTTP lives at most that long.
+it); a connection that stays plain HTTP lives at most that long.  Only a
+connection caught mid-request is logged then (``handshake timed out``); one
+that never sent a byte, or was kept alive idle after its last answer (what
+browsers do all day), is counted in ``tunnelgw_silent_connections_total``.
 """
 
 from __future__ import annotations
@@ -50,15 +53,27 @@ class GatewayFront(Protocol):
     def __init__(self) -> None:
         self._buffer = b""
         self._deadline: Any = None
+        #: Whether the client has sent a byte: browsers open spare connections
+        #: that never do, and those are counted, not logged.
+        self._spoke = False
+        #: The twisted.web channel the connection went to, if it did.
+        self._channel: Optional[BoundedChannel] = None
 
     def connectionMade(self) -> None:
         """Arm the head deadline."""
         immediate_writes(self.transport)
         self.factory.pending.add(self.transport)
-        self._deadline = self.factory.reactor.callLater(self.factory.timeout, self.factory.expired, self.transport)
+        self._deadline = self.factory.reactor.callLater(self.factory.timeout, self._expired)
+
+    def _expired(self) -> None:
+        self._deadline = None  # fired: connectionLost must not count the connection again
+        # Idle, not at fault: it never spoke, or it was kept alive after its last answer.
+        idle = not self._spoke or (self._channel is not None and self._channel.idle)
+        self.factory.expired(self.transport, silent=idle)
 
     def dataReceived(self, data: bytes) -> None:
         """Collect the head; once whole, hand the connection to a session or to twisted.web."""
+        self._spoke = True
         scanned = len(self._buffer)
         buffer = self._buffer = self._buffer + data
         end = find_head_end(buffer, scanned)
@@ -80,6 +95,7 @@ class GatewayFront(Protocol):
             self.factory.gateway.upgrade(transport, head, buffer[end:])
             return
         channel = self.factory.site.buildProtocol(transport.getPeer())
+        self._channel = channel
         channel.deadline, self._deadline = self._deadline, None
         channel.front = self.factory
         hand_over(transport, channel)
@@ -102,7 +118,9 @@ class GatewayFront(Protocol):
         self._deadline = None
 
     def connectionLost(self, reason: Any = None) -> None:
-        """Disarm and forget the connection."""
+        """Disarm and forget the connection; one that closes without a byte is counted."""
+        if not self._spoke and self._deadline is not None and self.factory.on_silent is not None:
+            self.factory.on_silent()
         self._disarm()
 
 
@@ -119,7 +137,8 @@ class FrontFactory(Factory):
 
     def __init__(self, gateway: GatewayFactory, site: "GatewaySite", reactor: Any, timeout: float, max_head: int,
                  on_timeout: Optional[Callable[[], None]] = None,
-                 on_too_large: Optional[Callable[[], None]] = None) -> None:
+                 on_too_large: Optional[Callable[[], None]] = None,
+                 on_silent: Optional[Callable[[], None]] = None) -> None:
         self.gateway = gateway
         self.site = site
         self.reactor = reactor
@@ -127,20 +146,30 @@ class FrontFactory(Factory):
         self.max_head = max_head
         self.on_timeout = on_timeout
         self.on_too_large = on_too_large
+        #: Called (instead of a log line) for a connection that ends without sending a byte.
+        self.on_silent = on_silent
         self.pending: set[Any] = set()
 
     def acceptableProtocols(self) -> list[bytes]:
         """ALPN: HTTP/1.1 only (WebSockets here are HTTP/1.1 upgrades)."""
         return [b"http/1.1"]
 
-    def expired(self, transport: Any) -> None:
-        """A connection reached its deadline without becoming a session: abort it."""
+    def expired(self, transport: Any, silent: bool = False) -> None:
+        """
+        A connection reached its deadline without becoming a session: abort it.
+        One that never sent a byte (a browser's spare connection) is only
+        counted (``on_silent``); a slow or stalled request is logged once.
+        """
         self.pending.discard(transport)
-        peer = transport.getPeer()
-        _log.info("handshake timed out client={client} seconds={seconds:g}", client=getattr(peer, "host", peer),
-                  seconds=self.timeout)
-        if self.on_timeout is not None:
-            self.on_timeout()
+        if silent:
+            if self.on_silent is not None:
+                self.on_silent()
+        else:
+            peer = transport.getPeer()
+            _log.info("handshake timed out client={client} seconds={seconds:g}", client=getattr(peer, "host", peer),
+                      seconds=self.timeout)
+            if self.on_timeout is not None:
+                self.on_timeout()
         transport.abortConnection()
 
     def upgraded(self, channel: Any) -> None:
@@ -186,6 +215,8 @@ class BoundedChannel(HTTPChannel):
     _head = 0
     _body = 0
     _refused = False
+    #: True while the connection is kept alive after an answer, nothing of a next request received.
+    idle = False
 
     def connectionMade(self) -> None:
         """Size the line limit to the head limit, so one long line is caught too."""
@@ -196,8 +227,14 @@ class BoundedChannel(HTTPChannel):
 
     def dataReceived(self, data: bytes) -> None:
         """Ignore everything after a refusal."""
+        self.idle = False
         if not self._refused:
             super().dataReceived(data)
+
+    def requestDone(self, request: Any) -> None:
+        """A request was answered: until the next byte, the connection is idle (its deadline closes it quietly)."""
+        super().requestDone(request)
+        self.idle = True
 
     def lineReceived(self, line: bytes) -> None:
         """Count head bytes (line ends included) before twisted.web parses the line."""
@@ -251,15 +288,25 @@ class BoundedChannel(HTTPChannel):
 
 
 class GatewaySite(Site):
-    """A Site whose channels bound the request head and body (see :class:`BoundedChannel`)."""
+    """
+    A Site whose channels bound the request head and body (see
+    :class:`BoundedChannel`); each answered request goes to access (the
+    ``AccessLog`` lines, :mod:`tunnelgw.accesslog`), nowhere without it.
+    """
 
     protocol = BoundedChannel  # type: ignore[assignment]
 
     def __init__(self, resource: Any, max_head: int, timeout: float,
                  on_too_large: Optional[Callable[[], None]] = None, reactor: Any = None,
-                 log_formatter: Optional[Callable[[str, Any], str]] = None) -> None:
-        super().__init__(resource, timeout=timeout, reactor=reactor, logFormatter=log_formatter)
+                 access: Optional[Callable[[Any], None]] = None) -> None:
+        super().__init__(resource, timeout=timeout, reactor=reactor)
+        self._access = access
         self.max_head = max_head
         self.on_too_large = on_too_large
         self.displayTracebacks = False
         self.noisy = False
+
+    def log(self, request: Any) -> None:
+        """twisted.web's access-log call for an answered request: to the ``AccessLog`` lines."""
+        if self._access is not None:
+            self._access(request)

@@ -22,6 +22,10 @@ from tunnelgw.core.relay import SessionRecord
 __all__ = ["GatewayMetrics", "route_label"]
 
 _CONNECT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+#: Bytes per second of a whole session, one way: from a quiet terminal to a busy desktop.
+_RATE_BUCKETS = (10.0, 100.0, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8)
+#: Sessions shorter than this get no bytes/s observation (a rate over a blink says little).
+MIN_RATE_SECONDS = 1.0
 
 
 def route_label(route: Any) -> str:
@@ -88,6 +92,18 @@ class GatewayMetrics:
                                           ["route", "reason", "status"], registry=self.registry)
         self.connect_seconds = Histogram("tunnelgw_backend_connect_seconds", "Backend connect latency",
                                          ["route"], buckets=_CONNECT_BUCKETS, registry=self.registry)
+        self.round_trip_seconds = Histogram("tunnelgw_session_round_trip_seconds", "Client round trips measured "
+                                            "from the gateway's WebSocket ping to its pong", ["route"],
+                                            buckets=_CONNECT_BUCKETS, registry=self.registry)
+        self.session_rate = Histogram("tunnelgw_session_bytes_per_second", "Payload bytes per second of each "
+                                      f"ended session (over its life; sessions under {MIN_RATE_SECONDS:g} s left out)",
+                                      ["route", "direction"], buckets=_RATE_BUCKETS, registry=self.registry)
+        self.unrouted = Counter("tunnelgw_unrouted_requests", "Plain requests (not upgrades) to paths no route, "
+                                "page or Alias claims, answered 404 and counted instead of logged",
+                                registry=self.registry)
+        self.silent_connections = Counter("tunnelgw_silent_connections", "Connections that ended (closed, or timed "
+                                          "out) idle: without sending a byte (browsers' spare connections), or "
+                                          "kept alive after their last answer", registry=self.registry)
         self.redis_seconds = Histogram("tunnelgw_redis_lookup_seconds", "Token and owner lookups in Redis",
                                        ["source"], buckets=_CONNECT_BUCKETS, registry=self.registry)
         self.redis_errors = Counter("tunnelgw_redis_lookup_errors", "Token and owner lookups Redis could not answer",
@@ -137,6 +153,14 @@ class GatewayMetrics:
         child.inc()
 
     def session_closed(self, route: str, record: SessionRecord) -> None:
-        """A session ended: keep its byte counts."""
+        """A session ended: keep its byte counts, and observe its bytes per second each way."""
         self.bytes_up[route] = self.bytes_up.get(route, 0) + record.bytes_up
         self.bytes_down[route] = self.bytes_down.get(route, 0) + record.bytes_down
+        seconds = (record.ended or record.started) - record.started
+        if seconds >= MIN_RATE_SECONDS:
+            self.session_rate.labels(route, "up").observe(record.bytes_up / seconds)
+            self.session_rate.labels(route, "down").observe(record.bytes_down / seconds)
+
+    def round_trip(self, route: str, seconds: float) -> None:
+        """A client of route answered a ping after seconds."""
+        self.round_trip_seconds.labels(route).observe(seconds)

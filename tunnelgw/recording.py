@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections import deque
 from typing import Any, Callable, Optional
 
 from prometheus_client import CollectorRegistry, Counter
@@ -50,6 +51,8 @@ MAX_PENDING = 16 * 1024 * 1024
 
 #: How many recordings the operator's page lists (the newest).
 LISTED = 50
+#: Recordings that stopped early kept for the operator's page.
+STOPPED_LISTED = 20
 
 
 def newest_recordings(folder: str, count: int = LISTED) -> list[tuple[str, int, float]]:
@@ -90,6 +93,9 @@ class Recordings:
         self.reactor = reactor
         self.spec = spec
         self.outcomes = Counter("tunnelgw_recordings", "Recordings ended, by how", ["outcome"], registry=registry)
+        #: The latest recordings that stopped before their session ended:
+        #: (time, session, file, outcome, why), for the operator's page.
+        self.stopped: deque[tuple[float, str, str, str, str]] = deque(maxlen=STOPPED_LISTED)
         self._pool: Optional[ThreadPool] = None
         self._run = run_in_thread
         self._call_from_thread = call_from_thread
@@ -264,6 +270,8 @@ class Recorder:
         self._recordings.run(self._finish)
         self._recordings.outcomes.labels(outcome).inc()
         if outcome != "complete":
+            self._recordings.stopped.append((self._recordings.reactor.seconds(), self.session_id, self.path, outcome,
+                                             why or "(the session goes on)"))
             level = _log.info if outcome in ("size_limit", "age_limit") else _log.warn
             level("recording stopped session={session} file={file} outcome={outcome} {why}", session=self.session_id,
                   file=self.path, outcome=outcome, why=why or "(the session goes on)")

@@ -5,7 +5,7 @@ configuration file on SIGHUP.
 Every directive but the listeners (``Listen``, ``AdminListen``,
 ``DemoBackend``: sockets are bound once) applies at once to new requests and
 sessions: rules, token sources, pools, redirects, trusted proxies, limits,
-timeouts, keepalive, request bounds, Alias folders, demo pages and audit sinks.
+timeouts, keepalive, request bounds, Alias folders, demo pages, audit sinks and access logs.
 The certificates, keys, chains, SNI folders and client CA files of ``ssl:``
 listeners are read again and serve new handshakes at once.  Live
 sessions keep their backend connections, slots and timers.  A configuration
@@ -56,6 +56,7 @@ def apply_config(service: GatewayService, config: Config, reactor: Any) -> list[
     service.front.timeout = service.site.timeOut = config.timeouts.handshake
     service.front.max_head = service.site.max_head = config.limits.headers
     service.audit.reconfigure(config.audit_logs)
+    service.access.reconfigure(config.access_logs)
     taken = service.take_certificates(servers, config)
     service.config = config
     if taken:
@@ -82,7 +83,8 @@ def _socket_of(listener: Any) -> str:
 def reload_from_file(service: GatewayService, path: str, reactor: Any) -> bool:
     """Re-read path and apply it; log the outcome; True when the new configuration is in force."""
     try:
-        needs_restart = apply_config(service, load_config(path), reactor)
+        # Every problem of the file at once (syntax and what a start checks), then the switch.
+        needs_restart = apply_config(service, load_config(path, reactor), reactor)
     except ConfigError as e:
         _log.error("reload refused, the previous configuration stays in force:\n{problems}", problems=str(e))
         return False

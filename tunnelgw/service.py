@@ -28,7 +28,8 @@ from twisted.python.failure import Failure
 
 from tunnelgw.backends.tcp import TcpBackends
 from tunnelgw.certificates import ServerCertificates, TLSServerEndpoint, load_contexts
-from tunnelgw.core.config import Config, ConfigError, Location, Problem, Recording, parse_config
+from tunnelgw.core.config import (OPTIONAL_PACKAGES, Config, ConfigError, Location, Problem, Recording,
+                                  needed_packages, parse_config, read_config)
 from tunnelgw.demo import demo_factory, demo_page
 from tunnelgw.front import FrontFactory, GatewaySite
 from tunnelgw.metrics import GatewayMetrics
@@ -37,8 +38,10 @@ from tunnelgw.gateway import GatewayFactory
 from tunnelgw.core.relay import CLOSE_GOING_AWAY, Close
 from tunnelgw.core.routing import RuleSet
 from tunnelgw.topology import Topology, check_topology
-from tunnelgw.web import GatewayResource, access_log_formatter
+from tunnelgw.web import GatewayResource
 from tunnelgw.backends.tls import load_trust_root
+from tunnelgw.accesslog import AccessLogs
+from tunnelgw.overview import OverviewSource
 from tunnelgw.audit import AuditTrail
 from tunnelgw.core.targets import SUBSTITUTION, EndpointTarget, ReplayTarget, WebSocketURL
 
@@ -60,17 +63,31 @@ class ListenError(Exception):
     """A listener could not start (port in use, permission...); str() names FILE:LINE."""
 
 
-def load_config(path: str) -> Config:
+def load_config(path: str, reactor: Any = None, without_sockets: bool = False) -> Config:
     """Read and parse a configuration file.
 
-    :raises ConfigError: when it cannot be read or has mistakes.
+    :param reactor: when given, what a start checks (endpoints, files,
+        certificates, optional packages: :func:`check_config`) is checked in
+        the same pass, so that every problem of the file is reported at once.
+    :param without_sockets: as for :func:`check_config`.
+    :raises ConfigError: when it cannot be read or has mistakes, in line order.
     """
     try:
         with open(path, encoding="utf-8") as f:
             text = f.read()
     except (OSError, UnicodeDecodeError) as e:
         raise ConfigError([Problem(Location(path, 0), f"cannot read the configuration: {e}")]) from None
-    return inherit_listeners(parse_config(text, path), os.environ.get(INHERITED_ENV))
+    if reactor is None:
+        return inherit_listeners(parse_config(text, path), os.environ.get(INHERITED_ENV))
+    config, problems = read_config(text, path)
+    config = inherit_listeners(config, os.environ.get(INHERITED_ENV))
+    try:
+        check_config(config, reactor, without_sockets)
+    except ConfigError as e:
+        problems += e.problems
+    if problems:
+        raise ConfigError(problems)
+    return config
 
 
 #: Set by :mod:`tunnelgw.workers` for its children: a JSON object mapping the
@@ -97,13 +114,56 @@ def inherit_listeners(config: Config, mapping: Optional[str]) -> Config:
                                        for d in config.demo_backends))
 
 
-def _explain(e: BaseException) -> str:
+#: The parameters of the endpoint kinds people mistype most, for hints.
+_ENDPOINT_HINTS = {
+    ("tcp", True): "tcp:host=HOST:port=PORT[:timeout=S]", ("tcp", False): "tcp:port=PORT[:interface=IP]",
+    ("unix", True): "unix:path=PATH[:timeout=S]", ("unix", False): "unix:address=PATH[:mode=0660]",
+    ("tls", True): "tls:HOST:PORT or tls:host=HOST:port=PORT",
+    ("ssl", False): "ssl:port=PORT:privateKey=KEY.pem:certKey=CERT.pem",
+}
+
+
+def _explain(e: BaseException, description: str = "", client: bool = False) -> str:
+    """What is wrong with an endpoint string, from the exception Twisted's parser raised, with a hint."""
+    kind = (description.split(":", 1)[0].lower(), client)
+    hint = f" (expected {_ENDPOINT_HINTS[kind]})" if kind in _ENDPOINT_HINTS else ""
     if isinstance(e, KeyError):
-        return f"missing parameter {e.args[0]!r}"
-    missing = re.search(r"missing \d+ required (?:positional|keyword-only) arguments?: (.*)", str(e))
+        return f"missing parameter {e.args[0]!r}{hint}"
+    text = str(e)
+    missing = re.search(r"missing \d+ required (?:positional|keyword-only) arguments?: (.*)", text)
     if isinstance(e, TypeError) and missing:
-        return f"missing parameter {missing.group(1)}"
-    return str(e) or type(e).__name__
+        return f"missing parameter {missing.group(1)}{hint}"
+    unknown = re.search(r"unexpected keyword argument '([^']*)'", text) or \
+        re.search(r"unrecognized keyword arguments present', \[([^]]*)\]", text)
+    if isinstance(e, TypeError) and unknown:
+        return f"unknown parameter {unknown.group(1).strip(chr(39))!r}{hint}"
+    if isinstance(e, ValueError) and "invalid literal for int()" in text:
+        return f"a number is expected: {text}{hint}"
+    return (text or type(e).__name__) + hint
+
+
+def _missing_packages(config: Config) -> list[Problem]:
+    """A problem for each directive whose optional package cannot be imported, naming the extra to install."""
+    import importlib
+
+    problems: list[Problem] = []
+    for where, directive, module in needed_packages(config):
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            problems.append(Problem(where, f"{directive} needs the Python package {module!r}, which is not "
+                                           f"installed: pip install 'tunnelgw[{OPTIONAL_PACKAGES[module]}]'"))
+    return problems
+
+
+def _writable_file(path: str) -> Optional[str]:
+    """Why a log file cannot be appended to (None: it can, or its folder lets it be made)."""
+    if os.path.exists(path):
+        return None if os.path.isfile(path) and os.access(path, os.W_OK) else f"{path!r} is not a writable file"
+    folder = os.path.dirname(path) or "."
+    if not os.path.isdir(folder):
+        return f"the folder {folder!r} of {path!r} does not exist"
+    return None if os.access(folder, os.W_OK | os.X_OK) else f"the folder {folder!r} of {path!r} is not writable"
 
 
 def _have_listen_fds() -> bool:
@@ -168,7 +228,7 @@ def check_config(config: Config, reactor: Any, without_sockets: bool = False) ->
                     continue
                 servers.append((where, description, TLSServerEndpoint(stream, certificates)))
         except Exception as e:
-            problems.append(Problem(where, f"bad {kind} endpoint {description!r}: {_explain(e)}"))
+            problems.append(Problem(where, f"bad {kind} endpoint {description!r}: {_explain(e, description)}"))
     problems += check_topology(config.topology, reactor)
     for rule in config.rules:
         backend = rule.backend
@@ -186,12 +246,22 @@ def check_config(config: Config, reactor: Any, without_sockets: bool = False) ->
             try:
                 clientFromString(reactor, SUBSTITUTION.sub("1", backend.endpoint))
             except Exception as e:
-                problems.append(Problem(rule.where, f"bad backend endpoint {rule.target!r}: {_explain(e)}"))
+                problems.append(Problem(rule.where, f"bad backend endpoint {rule.target!r}: "
+                                                    f"{_explain(e, backend.endpoint, client=True)}"))
     if config.recording is not None:
         problems += _check_recording_folder(config.recording)
     for alias in config.aliases:
         if not os.path.isdir(alias.folder):
             problems.append(Problem(alias.where, f"Alias folder {alias.folder!r} is not an existing folder"))
+    log_files = [(a.where, "AccessLog", a.path) for a in config.access_logs if a.path != "-"]
+    log_files += [(a.where, "AuditLog", a.path) for a in config.audit_logs if a.kind == "json"]
+    for where, directive, path in log_files:
+        why = _writable_file(path)
+        if why is not None:
+            problems.append(Problem(where, f"{directive}: {why}"))
+    if config.pool is not None and config.pool.password_file and not os.access(config.pool.password_file, os.R_OK):
+        problems.append(Problem(config.pool.where, f"cannot read the Redis password file {config.pool.password_file!r}"))
+    problems += _missing_packages(config)
     if problems:
         raise ConfigError(problems)
     return servers
@@ -253,13 +323,17 @@ class GatewayService(Service):
         self.resource = _resource(config, reactor)
         self.factory: GatewayFactory = self.resource._factory
         metrics = self.factory.metrics
+        self.access = AccessLogs(reactor, config.access_logs, self.factory.redact)
+        #: What the operator's page shows above the sessions (refusals observed from start to stop).
+        self.overview = OverviewSource(self.factory, reactor)
         self.site = GatewaySite(self.resource, max_head=config.limits.headers, timeout=config.timeouts.handshake,
                                 on_too_large=lambda: metrics.handshake_failed("", "headers", 431), reactor=reactor,
-                                log_formatter=access_log_formatter(self.factory.redact))
+                                access=self.access.request)
         # Every connection's first request head is read (once) by the front.
         self.front = FrontFactory(self.factory, self.site, reactor, config.timeouts.handshake, config.limits.headers,
                                   on_timeout=lambda: metrics.handshake_failed("", "handshake_timeout", None),
-                                  on_too_large=lambda: metrics.handshake_failed("", "headers", 431))
+                                  on_too_large=lambda: metrics.handshake_failed("", "headers", 431),
+                                  on_silent=metrics.silent_connections.inc)
         self.audit = AuditTrail(reactor, config.audit_logs, metrics.registry)
         if config.pool is not None:
             from tunnelgw.pool import PoolRegistry
@@ -284,6 +358,8 @@ class GatewayService(Service):
         if not self._listening:
             self._listen()
         self.audit.start()
+        self.access.start()
+        self.overview.start()
         self.factory.recordings.start()
         if self.factory.pool is not None:
             self.factory.pool.start()
@@ -311,7 +387,7 @@ class GatewayService(Service):
             if where in admin_places:
                 from tunnelgw.admin import admin_site
 
-                factory: Any = admin_site(self.factory, lambda: self.draining, description)
+                factory: Any = admin_site(self.factory, lambda: self.draining, description, self.overview)
             else:
                 factory = demo_factory(demo_kinds[where]) if where in demo_kinds else self.front
             ports = self.admin_ports if where in admin_places else self.ports
@@ -378,6 +454,8 @@ class GatewayService(Service):
             self.factory.topology.stop()
         self.factory.recordings.stop()
         self.audit.stop()
+        self.access.stop()
+        self.overview.stop()
 
 
 def make_service(config: Union[Config, str], reactor: Any = None) -> GatewayService:

@@ -302,8 +302,10 @@ class GatewaySession(QuietAdapter, WebSocketServerProtocol):  # type: ignore[mis
         if keepalive.tcp_idle:
             set_tcp_keepalive(transport, keepalive.tcp_idle, keepalive.tcp_interval, keepalive.tcp_count)
         idle = self.route.options.idle_timeout
+        label = self._label
         self._watch = SessionWatch(factory.reactor, self, factory.config.timeouts.idle if idle is None else idle,
-                                   keepalive.ping, keepalive.pong)
+                                   keepalive.ping, keepalive.pong,
+                                   lambda seconds: factory.metrics.round_trip(label, seconds))
         self._watch.start()
         # Read more per call and queue more before pausing the other side.
         transport.bufferSize = self.transport.bufferSize = RELAY_WINDOW
@@ -609,7 +611,10 @@ class GatewaySession(QuietAdapter, WebSocketServerProtocol):  # type: ignore[mis
     def describe(self) -> dict[str, object]:
         """The live session's record as key/value pairs (for the admin listener)."""
         assert self._record is not None
-        return self._record.fields(self.factory.reactor.seconds())
+        fields = self._record.fields(self.factory.reactor.seconds())
+        if self._watch is not None and self._watch.round_trip is not None:
+            fields["round_trip_ms"] = round(self._watch.round_trip * 1000, 1)
+        return fields
 
     def close_session(self, close: Close) -> None:
         """Close from the gateway's side: the client gets close, the backend its end."""

@@ -9,16 +9,12 @@ from typing import Any, Optional
 from twisted.application.service import IService, MultiService
 from twisted.python import usage
 
-from tunnelgw.core.config import DEFAULT_CONFIG, DIRECTIVES, Config, ConfigError, parse_config
+from tunnelgw.core.config import DEFAULT_CONFIG, DIRECTIVES, Config, ConfigError, directive_reference, parse_config
 from tunnelgw.service import ListenError, load_config, make_service
 
-__all__ = ["Options", "makeService"]
+__all__ = ["Options", "check_only", "makeService", "redis_warnings"]
 
 
-def directive_reference() -> str:
-    """The ``--directives`` text: each directive, its arguments and what it does."""
-    width = max(len(d.name) + len(d.syntax) for d in DIRECTIVES) + 3
-    return "\n".join(f"  {d.name} {d.syntax}".ljust(width + 2) + d.help for d in DIRECTIVES)
 
 
 class Options(usage.Options):
@@ -34,14 +30,20 @@ class Options(usage.Options):
         ["config", "c", None, "configuration file (default: the embedded default, see README.rst)"],
     ]
     optFlags = [
-        ["check", None, "check the configuration (endpoints and secrets too), print the verdict and exit "
-                        "(status 0 when it is valid, 1 with FILE:LINE problems otherwise)"],
+        ["check", None, "check the configuration as a start would, short of listening (endpoints, files, "
+                        "certificates, secrets, optional packages; an unreachable Redis is a warning), print "
+                        "the verdict and exit (status 0 when it is valid, 1 with every FILE:LINE problem in "
+                        "line order otherwise)"],
     ]
 
     def opt_directives(self) -> None:
         """Print the configuration directives (a reference; see examples/tunnelgw.conf) and exit."""
-        print("Configuration directives (one per line, # starts a comment):")
-        print(directive_reference())
+        try:
+            print("Configuration directives (one per line, # starts a comment; KEY=VALUE options\n"
+                  "in any order after the arguments; S: seconds, B: bytes, N: a number):")
+            print(directive_reference(), flush=True)
+        except BrokenPipeError:
+            pass  # piped into head or a pager that quit: nothing more to say
         raise SystemExit(0)
 
     def opt_version(self) -> None:
@@ -137,22 +139,59 @@ class _CommandLineService(MultiService):
             raise SystemExit(f"tunnelgw: {e}") from None
 
 
-def read_options_config(path: Optional[str]) -> Config:
-    """The configuration named on the command line, or the embedded default."""
+def read_options_config(path: Optional[str], reactor: Any = None, without_sockets: bool = False) -> Config:
+    """
+    The configuration named on the command line, or the embedded default;
+    with a reactor, checked as a start would check it (all problems at once).
+    """
     if path is None:
-        return parse_config(DEFAULT_CONFIG, "<default>")
-    return load_config(path)
+        config = parse_config(DEFAULT_CONFIG, "<default>")
+        if reactor is not None:
+            from tunnelgw.service import check_config
+
+            check_config(config, reactor, without_sockets)
+        return config
+    return load_config(path, reactor, without_sockets)
+
+
+#: Seconds ``--check`` waits for each Redis server to accept a connection.
+REDIS_CHECK_TIMEOUT = 2.0
+
+
+def redis_warnings(config: Config, timeout: float = REDIS_CHECK_TIMEOUT) -> list[str]:
+    """
+    A ``FILE:LINE: warning: ...`` line for each Redis server of config that
+    does not accept a TCP connection within timeout seconds (the gateway
+    starts without it, degraded, so this is a warning, not a problem).
+    """
+    import socket
+
+    from tunnelgw.core.config import redis_servers
+
+    warnings = []
+    for where, directive, host, port in redis_servers(config):
+        try:
+            socket.create_connection((host, port), timeout=timeout).close()
+        except OSError as e:
+            warnings.append(f"{where}: warning: {directive}: Redis at {host}:{port} is not reachable now "
+                            f"({e.strerror or e}); the gateway starts without it, degraded")
+    return warnings
 
 
 def check_only(path: Optional[str], reactor: Any) -> None:
-    """Validate a configuration offline and exit: 0 when valid, 1 with its problems."""
-    from tunnelgw.service import check_config
+    """
+    Check a configuration as a start would, short of listening, and exit: 0
+    when valid (with warnings, such as an unreachable Redis, on stderr), 1
+    with every problem of the file on stderr, in line order.
+    """
+    import sys
 
     try:
-        config = read_options_config(path)
-        check_config(config, reactor, without_sockets=True)
+        config = read_options_config(path, reactor, without_sockets=True)
     except ConfigError as e:
         raise SystemExit(str(e)) from None
+    for warning in redis_warnings(config):
+        print(warning, file=sys.stderr)
     print(f"{config.source}: configuration OK")
     raise SystemExit(0)
 
@@ -167,7 +206,7 @@ def makeService(options: Any) -> IService:
     if options["check"]:
         check_only(options["config"], reactor)
     try:
-        gateway = make_service(read_options_config(options["config"]), reactor)
+        gateway = make_service(read_options_config(options["config"], reactor), reactor)
     except ConfigError as e:
         raise SystemExit(str(e)) from None
     if options["config"] is not None:

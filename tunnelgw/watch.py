@@ -17,7 +17,7 @@ Bounds, from the event each measures:
 
 from __future__ import annotations
 
-from typing import Any, Optional, Protocol
+from typing import Any, Callable, Optional, Protocol
 
 from tunnelgw.core.relay import Heartbeat, IdleWatch
 
@@ -50,15 +50,22 @@ class SessionWatch:
     :param idle: seconds without payload before closing (0: never).
     :param ping: seconds between pings (0: no pings).
     :param pong: seconds a pong may take.
+    :ivar round_trip: seconds from the last ping to its pong (None until
+        one is measured): the client's round trip, as the gateway sees it.
+    :ivar on_round_trip: called with each round trip measured (metrics).
     """
 
-    def __init__(self, reactor: Any, session: Watched, idle: float, ping: float, pong: float) -> None:
+    def __init__(self, reactor: Any, session: Watched, idle: float, ping: float, pong: float,
+                 on_round_trip: Optional[Callable[[float], None]] = None) -> None:
         self._reactor = reactor
         self._session = session
         self._idle = IdleWatch(idle, reactor.seconds()) if idle else None
         self._heartbeat = Heartbeat(ping, pong) if ping else None
         self._idle_call: Any = None
         self._ping_call: Any = None
+        self._ping_sent: Optional[float] = None
+        self.round_trip: Optional[float] = None
+        self.on_round_trip = on_round_trip
 
     def start(self) -> None:
         """Arm the timers (the session has just opened)."""
@@ -90,6 +97,7 @@ class SessionWatch:
         if heartbeat is None:
             return
         heartbeat.ping_sent(self._reactor.seconds())
+        self._ping_sent = self._reactor.seconds()
         self._session.send_ping()
         self._ping_call = self._reactor.callLater(heartbeat.deadline, self._pong_due)
 
@@ -108,9 +116,14 @@ class SessionWatch:
             self._ping_call = self._reactor.callLater(wait, self._pong_due)
 
     def pong_received(self) -> None:
-        """Any pong proves the client still reads."""
+        """Any pong proves the client still reads; the first after a ping measures the round trip."""
         if self._heartbeat is not None:
             self._heartbeat.pong_received()
+        if self._ping_sent is not None:
+            self.round_trip = self._reactor.seconds() - self._ping_sent
+            self._ping_sent = None
+            if self.on_round_trip is not None:
+                self.on_round_trip(self.round_trip)
 
     def stop(self) -> None:
         """Disarm every timer (the session is ending); safe to call again."""

@@ -21,10 +21,10 @@ from __future__ import annotations
 
 from http.client import responses
 import json
+import time
 from typing import Any, Callable, Mapping, Optional, Sequence
 
 from twisted.logger import Logger
-from twisted.web.http import combinedLogFormatter
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
@@ -43,30 +43,18 @@ __all__ = ["GatewayResource", "access_log_formatter"]
 _log = Logger(namespace="tunnelgw")
 
 
-class _RedactedRequest:
-    """A request as the access log sees it: URI and Referer with their tokens fingerprinted."""
-
-    def __init__(self, request: Request, redact: Callable[[str], str]) -> None:
-        self._request = request
-        self._redact = redact
-        self.uri = redact(request.uri.decode("latin-1")).encode("latin-1")
-
-    def getHeader(self, name: bytes) -> Optional[bytes]:
-        """A header's value; the Referer (a page URL that may hold a token) redacted."""
-        value = self._request.getHeader(name)
-        if value is not None and name.lower() == b"referer":
-            return self._redact(value.decode("latin-1")).encode("latin-1")
-        return value
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._request, name)
-
-
 def access_log_formatter(redact: Callable[[str], str]) -> Callable[[str, Request], str]:
-    """twisted.web's combined access-log format, with tokens in the URI and Referer fingerprinted."""
+    """
+    A ``logFormatter`` for a twisted.web Site that mounts the gateway's
+    resource: the ``AccessLog`` combined line of :mod:`tunnelgw.accesslog`
+    (tokens in the URI and Referer fingerprinted by redact).
+    """
 
     def formatter(timestamp: str, request: Request) -> str:
-        return str(combinedLogFormatter(timestamp, _RedactedRequest(request, redact)))
+        from tunnelgw.accesslog import request_entry
+        from tunnelgw.core.accesslog import combined_line
+
+        return combined_line(request_entry(request, redact, time.time()))
 
     return formatter
 
@@ -124,6 +112,11 @@ class GatewayResource(Resource):
         if served is not None:
             return served  # type: ignore[return-value]
         if isinstance(route, Reject):
+            if route.status == 404:
+                # No route, page or Alias claims the path (a browser's /favicon.ico, a
+                # scanner): counted, not logged, so that real refusals stand out.
+                self._factory.metrics.unrouted.inc()
+                return self._answer(request, route)
             return self._refuse(request, route)
         if isinstance(route.backend, WebSocketURL):
             outcome = self._factory.websocket_backends.proxy_http(request, route)
@@ -169,8 +162,13 @@ class GatewayResource(Resource):
         return self._refuse(request, Reject(426, "this path is a WebSocket endpoint; open it with a WebSocket client"))
 
     def _refuse(self, request: Request, reject: Reject) -> bytes:
+        """Log the refusal once, with its reason, and answer it."""
         client = getattr(request, "tunnelgw_client", None) or format_address(request.getClientAddress())
         log_refusal(client, self._factory.redact(request.path.decode("latin-1")), reject, "request")
+        return self._answer(request, reject)
+
+    def _answer(self, request: Request, reject: Reject) -> bytes:
+        """The status and its reason as the answer's text."""
         request.setResponseCode(reject.status, responses.get(reject.status, "Error").encode("ascii"))
         request.setHeader(b"content-type", b"text/plain; charset=utf-8")
         return f"{reject.status} {reject.reason}\n".encode("utf-8")

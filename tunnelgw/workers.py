@@ -102,11 +102,10 @@ def run_workers(config_path: str, count: int, twistd_args: Sequence[str] = ()) -
     """Bind, start count workers, supervise them until a signal or a worker's exit; return the exit status."""
     from twisted.internet import reactor
 
-    from tunnelgw.service import check_config, load_config
+    from tunnelgw.service import load_config
 
     try:
-        config = load_config(config_path)
-        check_config(config, reactor)
+        config = load_config(config_path, reactor)  # every problem at once, as a single gateway's start
         plan = plan_sockets(config)
     except ConfigError as e:
         print(e, file=sys.stderr)

@@ -102,7 +102,10 @@ class _SniffingEndpoint:
 
     def connect(self, protocolFactory: Any) -> "defer.Deferred[Any]":
         """Connect, giving the caller its own protocol (the sniffer sits below it)."""
+        # Factory.noisy is public: no "Starting/Stopping factory" line per request, for the Agent's or ours.
+        protocolFactory.noisy = False
         factory = WrappingFactory(protocolFactory)
+        factory.noisy = False
         factory.protocol = _HeadSniffer  # type: ignore[assignment]
 
         def connected(sniffer: _HeadSniffer) -> Any:

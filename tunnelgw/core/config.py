@@ -16,10 +16,11 @@ Route targets are typed here (:mod:`tunnelgw.core.targets`), once.
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
 import re
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable, Iterator, Optional, Union
+from typing import Any, Callable, Iterator, Mapping, Optional, Union
 
 from tunnelgw.core.audit import FACILITIES
 from tunnelgw.core.errors import ConfigError, Location, Problem
@@ -27,12 +28,13 @@ from tunnelgw.core.hostpattern import listener_is_local, target_host
 from tunnelgw.core.options import Reader, choice, matching, number, read_options, whole
 from tunnelgw.core.tlsconfig import CLIENT_CERT_MODES, CertPattern, ListenTLS, parse_cert_pattern, parse_ssl_endpoint
 from tunnelgw.core.targets import SUBSTITUTION, BackendTarget, PoolTarget, ReplayTarget, WebSocketURL, parse_target
-from tunnelgw.core.topoconfig import (AllowedTarget, Network, TopologyConfig, TopologyParser, read_allowed,
-                                      RedisAddress, redis_address)
+from tunnelgw.core.topoconfig import (OPTION_TABLES, AllowedTarget, Network, RedisAddress, TopologyConfig,
+                                      TopologyParser, read_allowed, redis_address)
 
 __all__ = [
     "DEFAULT_CONFIG",
     "Alias",
+    "AccessLog",
     "AuditLog",
     "AuthPortal",
     "DEFAULT_CONNECT_TIMEOUT",
@@ -57,6 +59,11 @@ __all__ = [
     "SUBSTITUTION",
     "Timeouts",
     "parse_config",
+    "read_config",
+    "needed_packages",
+    "redis_servers",
+    "directive_reference",
+    "OPTIONAL_PACKAGES",
 ]
 
 #: Seconds allowed for a backend connection (TCP and, for ``tls:``, the TLS
@@ -350,6 +357,19 @@ class AuditLog:
 
 
 @dataclass(frozen=True)
+class AccessLog:
+    """``AccessLog FILE|- [format=combined|json]``: one line per HTTP request and session.
+
+    :ivar path: an absolute file name, or ``-`` for the gateway's own log.
+    :ivar format: ``combined`` (Apache/nginx combined) or ``json``.
+    """
+
+    path: str
+    format: str
+    where: Location
+
+
+@dataclass(frozen=True)
 class Config:
     """A whole validated configuration: listeners, rules and demo services."""
 
@@ -371,6 +391,7 @@ class Config:
     recording: Optional[Recording] = None
     pool: Optional[PoolSpec] = None
     auth_portals: tuple[AuthPortal, ...] = ()
+    access_logs: tuple[AccessLog, ...] = ()
 
     @property
     def rules(self) -> tuple[Rule, ...]:
@@ -537,6 +558,7 @@ class _Parse:
     recording: Optional[Recording] = None
     pool: Optional[PoolSpec] = None
     auth_portals: list[AuthPortal] = field(default_factory=list)
+    access_logs: list[AccessLog] = field(default_factory=list)
     # Rules that set connecttimeout themselves; the others take Timeout connect=.
     own_connect_timeout: set[Location] = field(default_factory=set)
 
@@ -555,6 +577,7 @@ class Directive:
     :ivar read: reads the words after the name into the parse.
     :ivar in_pool: allowed inside ``<Proxy>`` (and only there when the
         reader says so).
+    :ivar options: its ``key=value`` readers; :ivar option_help: their reference lines.
     """
 
     name: str
@@ -562,6 +585,10 @@ class Directive:
     help: str
     read: Callable[[_Parse, list[str], Location, Problems], None]
     in_pool: bool = False
+    #: The ``key=value`` readers the directive's reader uses (the parser's own table).
+    options: Mapping[str, Reader] = field(default_factory=dict)
+    #: key -> ``VALUE: what it does (default: ...)``, one for each key of options.
+    option_help: Mapping[str, str] = field(default_factory=dict)
 
 
 #: Options after an ``ssl:`` Listen endpoint.
@@ -888,6 +915,20 @@ def _audit_log(p: _Parse, args: list[str], where: Location, problem: Problems) -
                                  found.get("app", "tunnelgw"), found.get("sdid", "tunnelgw@32473"), where))
 
 
+_ACCESS_LOG_OPTIONS: dict[str, Reader] = {"format": choice("combined", "json")}
+
+
+def _access_log(p: _Parse, args: list[str], where: Location, problem: Problems) -> None:
+    if not args or not (args[0] == "-" or args[0].startswith("/")):
+        problem("AccessLog takes an absolute file name or - (the gateway's log), then format=combined|json")
+        return
+    if any(a.path == args[0] for a in p.access_logs):
+        problem(f"duplicate AccessLog {args[0]!r}")
+        return
+    found = read_options(args[1:], _ACCESS_LOG_OPTIONS, problem, "AccessLog")
+    p.access_logs.append(AccessLog(args[0], found.get("format", "combined"), where))
+
+
 def _topology(method: Callable[[TopologyParser, list[str], Location, Problems, Callable[[str], bool]], None]
               ) -> Callable[[_Parse, list[str], Location, Problems], None]:
     """A reader that hands the words to one of the topology parser's readers."""
@@ -896,63 +937,157 @@ def _topology(method: Callable[[TopologyParser, list[str], Location, Problems, C
     return read
 
 
+_ROUTE_HELP = {
+    "connecttimeout": "S: backend connect deadline, 504 after it (default: Timeout connect=)",
+    "idletimeout": "S: close after S without payload either way, 0 never (default: Timeout idle=)",
+    "maxsessions": "N: concurrent sessions on this route (default: no own limit)",
+    "name": "NAME: the route's name in metrics, logs and the admin page (default: its path)",
+    "forward": "xff,proto,forwarded,origin,cookie,tlsclient|none: headers a ws:// target is sent (default: all)",
+    "cafile": "FILE: PEM trust roots of a wss:// target (default: the platform's)",
+    "verify": "on|off: check a wss:// target's certificate and name (default: on)",
+    "record": "on|off: record sessions into the Recording folder (default: off)",
+    "speed": "F: playback speed of a replay: target (default: 1)",
+    "allowclients": "CIDR,...: client networks admitted (default: every client)",
+    "auth": "NAME: the AuthPortal asked before each session (default: none)",
+    "certname": "cn:|dns:|email:|uri:PATTERN,...: a verified client certificate must carry a matching name "
+                "(default: none asked)",
+}
+
 #: Every directive, in the order the reference lists them.
 DIRECTIVES: tuple[Directive, ...] = (
-    Directive("Listen", "ENDPOINT [certificates=DIR] [clientca=FILE] [clientcert=optional|required] [crl=FILE]",
+    Directive("Listen", "ENDPOINT [OPTIONS]",
               "a server endpoint string to accept clients on (tcp:, ssl:, unix:, systemd:, haproxy:); "
-              "ssl: takes SNI certificates and client certificates", _listen),
+              "the options apply to ssl: endpoints", _listen, options=_LISTEN_TLS_OPTIONS, option_help={
+                  "certificates": "DIR: a folder of KEY+CERT PEM files picked by SNI (default: none)",
+                  "clientca": "FILE: CA certificates client certificates chain to (default: none)",
+                  "clientcert": "optional|required: ask clients for a certificate "
+                                "(default: optional with clientca=, else off)",
+                  "crl": "FILE: revoked client certificates, PEM (default: none)"}),
     Directive("ProxyPass", "PATH TARGET [OPTIONS]",
-              "sessions at PATH relayed to a tcp:/tls:/unix: endpoint, ws:// URL or balancer://",
-              _rule_reader("ProxyPass", "path")),
+              "sessions at PATH relayed to a tcp:/tls:/unix: endpoint, ws:// or wss:// URL, balancer://NAME "
+              "or replay:FOLDER", _rule_reader("ProxyPass", "path"), options=ROUTE_OPTIONS, option_help=_ROUTE_HELP),
     Directive("ProxyPassMatch", "REGEX TARGET [OPTIONS]",
               "like ProxyPass for paths matching REGEX; $1..$9 in TARGET",
-              _rule_reader("ProxyPassMatch", "regular expression")),
+              _rule_reader("ProxyPassMatch", "regular expression"), options=ROUTE_OPTIONS, option_help=_ROUTE_HELP),
     Directive("DemoBackend", "echo ENDPOINT", "run the built-in echo service on ENDPOINT", _demo_backend),
     Directive("DemoPage", "PATH WSPATH", "serve the demo page at PATH, opening a session to WSPATH", _demo_page),
     Directive("Alias", "PATH FOLDER", "serve the files of an absolute FOLDER at PATH", _alias),
-    Directive("Timeout", "handshake=S connect=S idle=S", "request head, backend connect and idle deadlines",
-              _timeout),
-    Directive("KeepAlive", "ping=S pong=S tcpidle=S tcpinterval=S tcpcount=N",
-              "WebSocket pings to clients, TCP keepalive to backends", _keepalive),
-    Directive("Limit", "sessions=N perclient=N rate=N/s headers=B frame=B message=B",
-              "bounds on sessions, per client, new sessions and sizes", _limit),
+    Directive("Timeout", "[OPTIONS]", "request head, backend connect and idle deadlines", _timeout,
+              options=_TIMEOUT_SETTINGS, option_help={
+                  "handshake": "S: from accept to the whole request head (default: 10)",
+                  "connect": "S: backend connect of every route (default: 10)",
+                  "idle": "S: no payload either way, 0 never (default: 3600)"}),
+    Directive("KeepAlive", "[OPTIONS]", "WebSocket pings to clients, TCP keepalive to backends", _keepalive,
+              options=_KEEPALIVE_SETTINGS, option_help={
+                  "ping": "S: a WebSocket ping to each client every S, 0 none (default: 30)",
+                  "pong": "S: the pong deadline, shorter than ping (default: 15)",
+                  "tcpidle": "S: backend TCP keepalive after S idle, 0 off (default: 60)",
+                  "tcpinterval": "S: between keepalive probes (default: 15)",
+                  "tcpcount": "N: unanswered probes before the backend is dropped (default: 4)"}),
+    Directive("Limit", "[OPTIONS]", "bounds on sessions, per client, new sessions and sizes (0: no limit)",
+              _limit, options=_LIMIT_SETTINGS, option_help={
+                  "sessions": "N: live sessions in all (default: 10000)",
+                  "perclient": "N: live sessions per client address (default: 100)",
+                  "rate": "N[/s|/m]: new sessions per client address (default: 20/s)",
+                  "headers": "B: request line plus headers (default: 16384)",
+                  "frame": "B: one WebSocket frame (default: 1048576)",
+                  "message": "B: one WebSocket message (default: 0, no limit)"}),
     Directive("ShutdownTimeout", "SECONDS", "how long a drain lets live sessions run (default 30)",
               _shutdown_timeout),
-    Directive("AdminListen", "ENDPOINT [public]", "/healthz, /metrics and /sessions on an endpoint of their own",
-              _admin_listen),
+    Directive("AdminListen", "ENDPOINT [public]",
+              "the operator's page at /, /healthz, /metrics and /sessions on an endpoint of their own "
+              "(loopback or UNIX socket unless 'public')", _admin_listen),
     Directive("LogFormat", "text|json", "log text lines or JSON lines (where twistd logs)", _log_format),
-    Directive("AuthPortal", "NAME URL [timeout=S] [cache=S] [allow=HOST:PORTS ...]",
-              "a portal asked before each session of auth=NAME routes (nginx auth_request)", _auth_portal),
-    Directive("Recording", "FOLDER [maxbytes=B] [maxseconds=S] [keepdays=D] [viewer=URL] [shared=on]",
-              "where record=on routes write their sessions, with size, age and retention limits", _recording),
-    Directive("Pool", "redis://HOST:PORT/DB name=GATEWAY [ttl=S] [refresh=S] [timeout=S] [namespace=NS] "
-              "[waitreplicas=N]",
-              "share the live-session list with a pool of gateways through Redis", _pool),
-    Directive("AuditLog", "syslog udp://H:P|tcp://H:P|unix:///PATH [facility=F] [app=A] [sdid=ID] | json FILE",
+    Directive("AccessLog", "FILE|- [OPTIONS]",
+              "one line per HTTP request and session to an absolute FILE, or - for the gateway's log; "
+              "tokens, query strings and Referer are redacted", _access_log, options=_ACCESS_LOG_OPTIONS,
+              option_help={"format": "combined|json: Apache's combined format or JSON lines (default: combined)"}),
+    Directive("AuthPortal", "NAME URL [OPTIONS]",
+              "a portal asked before each session of auth=NAME routes (nginx auth_request)", _auth_portal,
+              options=_PORTAL_OPTIONS, option_help={
+                  "timeout": "S: the portal's answer deadline, 503 after it (default: 2)",
+                  "cache": "S: how long an answer is reused (default: 5)",
+                  "allow": "HOST:PORTS: a target the portal may name, repeatable (default: none)"}),
+    Directive("Recording", "FOLDER [OPTIONS]",
+              "where record=on routes write their sessions, with size, age and retention limits", _recording,
+              options=_RECORDING_OPTIONS, option_help={
+                  "maxbytes": "B: a recording stops at this size (default: 268435456)",
+                  "maxseconds": "S: a recording stops at this age (default: 86400)",
+                  "keepdays": "D: recordings older are deleted, 0 never (default: 30)",
+                  "viewer": "URL: a player link on the admin page, holding {session} (default: none)",
+                  "shared": "on|off: the folder may hold other files; retention deletes only recordings "
+                            "(default: off, such a folder is refused with keepdays=)"}),
+    Directive("Pool", "redis://HOST:PORT/DB|sentinel://HOST:PORT,.../SERVICE/DB name=GATEWAY [OPTIONS]",
+              "share the live-session list with a pool of gateways through Redis "
+              "(needs: pip install 'tunnelgw[pool]')", _pool, options=_POOL_OPTIONS, option_help={
+                  "name": "GATEWAY: this gateway's name in the pool (required)",
+                  "ttl": "S: a gateway's entries expire S after its last refresh (default: 10)",
+                  "refresh": "S: between refreshes, at most ttl/2 (default: 2)",
+                  "timeout": "S: each Redis call's deadline (default: 1)",
+                  "namespace": "NS: prefix of the pool's keys (default: tunnelgw)",
+                  "passwordfile": "FILE: the Redis password, absolute path (default: none)",
+                  "waitreplicas": "N: a single-use token counts once N replicas hold it (default: 0)"}),
+    Directive("AuditLog", "syslog udp://H:P|tcp://H:P|unix:///PATH [OPTIONS] | json FILE",
               "send audit events (sessions, refusals, admin actions) to syslog (RFC 5424) or a JSON lines file",
-              _audit_log),
-    Directive("TokenSource", "NAME file|dir|jwt PATH allow=HOST:PORTS ... [reload=S] [bind=address]",
-              "where tokens name their desktops", _topology(TopologyParser.read_token_source)),
-    Directive("TokenRoute", "PATH SOURCE [from=query|path|host] [param=NAME] [connecttimeout=S]",
-              "sessions at PATH go where their token says", _topology(TopologyParser.read_token_route)),
+              _audit_log, options=_AUDIT_OPTIONS, option_help={
+                  "facility": "F: syslog facility (default: local0)",
+                  "app": "A: APP-NAME of each record (default: tunnelgw)",
+                  "sdid": "ID: SD-ID of the structured data (default: tunnelgw@32473)"}),
+    Directive("TokenSource", "NAME file|dir|jwt|jwks|redis PATH allow=HOST:PORTS ... [OPTIONS]",
+              "where tokens name their desktops: a file, a folder, signed JWTs (jwt: a secret or key file; "
+              "jwks: a JWKS file) or Redis (PATH redis://HOST:PORT/DB, needs: pip install 'tunnelgw[pool]')",
+              _topology(TopologyParser.read_token_source), options=OPTION_TABLES["TokenSource"], option_help={
+                  "allow": "HOST:PORTS: targets tokens may name, repeatable (required)",
+                  "reload": "S: re-read file and dir sources every S (default: 2)",
+                  "bind": "address|none: a signed token's addr claim must be the client's (default: none)",
+                  "once": "on|off: a signed token (jti) opens one session; needs Pool (default: off)",
+                  "alg": "ALG: jwt's algorithm, e.g. hs256, rs256, es256, eddsa (default: hs256)",
+                  "aud": "TEXT: the aud claim signed tokens must carry (default: not checked)",
+                  "iss": "TEXT: the iss claim signed tokens must carry (default: not checked)",
+                  "leeway": "S: clock skew allowed for exp/nbf (default: 0)",
+                  "namespace": "NS: redis: key prefix (default: none)",
+                  "timeout": "S: redis: each lookup's deadline (default: 1)",
+                  "passwordfile": "FILE: redis: the password, absolute path (default: none)"}),
+    Directive("TokenRoute", "PATH SOURCE [OPTIONS]", "sessions at PATH go where their token says",
+              _topology(TopologyParser.read_token_route), options=OPTION_TABLES["TokenRoute"], option_help={
+                  "from": "query|path|host: where the token is (default: query)",
+                  "param": "NAME: the query parameter of from=query (default: token)",
+                  "connecttimeout": "S: backend connect deadline (default: 10)",
+                  "maxperdesktop": "N: pool-wide sessions per desktop, needs Pool (default: 0, none)",
+                  "maxperuser": "N: pool-wide sessions per token subject, needs Pool (default: 0, none)"}),
     Directive("TokenLookup", "PATH ROUTEPATH", "answer which gateway owns a token, as JSON",
               _topology(TopologyParser.read_token_lookup)),
     Directive("<Proxy", "balancer://NAME> ... </Proxy>",
               "a pool of backends, with BalancerMember and ProxySet inside", _topology(TopologyParser.read_proxy)),
     Directive("</Proxy>", "", "ends a <Proxy> block", _topology(TopologyParser.read_proxy_end), in_pool=True),
-    Directive("BalancerMember", "ENDPOINT [status=drain]", "one member of a <Proxy> pool",
-              _topology(TopologyParser.read_balancer_member), in_pool=True),
-    Directive("ProxySet", "lbmethod=byrequests|bybusyness|bysource retry=S",
-              "the pool's balancing method and retry time", _topology(TopologyParser.read_proxy_set), in_pool=True),
+    Directive("BalancerMember", "ENDPOINT [OPTIONS]", "one member of a <Proxy> pool",
+              _topology(TopologyParser.read_balancer_member), in_pool=True,
+              options=OPTION_TABLES["BalancerMember"], option_help={
+                  "status": "active|drain: a draining member takes no new sessions (default: active)"}),
+    Directive("ProxySet", "[OPTIONS]", "the pool's balancing method and retry time",
+              _topology(TopologyParser.read_proxy_set), in_pool=True,
+              options=OPTION_TABLES["ProxySet"], option_help={
+                  "lbmethod": "byrequests|bybusyness|bysource (default: byrequests)",
+                  "retry": "S: a failed member is tried again after S (default: 60)"}),
     Directive("GatewayURL", "URL", "this gateway's own URL, for redirects between gateways",
               _topology(TopologyParser.read_gateway_url)),
-    Directive("GatewayOwner", "URL HOST...", "the gateway that owns desktops on HOST", _topology(TopologyParser.read_gateway_owner)),
-    Directive("OwnerSource", "redis://HOST:PORT/DB [namespace=NS] [timeout=S] [mode=redirect|relay hopsecret=FILE "
-              "[hopcafile=FILE]]",
-              "which gateway owns a desktop host, as a broker writes it in Redis (redirects follow at once)",
-              _topology(TopologyParser.read_owner_source)),
-    Directive("TrustedProxy", "ADDRESS...", "front proxies whose forwarded client address is believed",
-              _topology(TopologyParser.read_trusted_proxy)),
+    Directive("GatewayOwner", "URL HOST...", "the gateway that owns desktops on HOST",
+              _topology(TopologyParser.read_gateway_owner)),
+    Directive("OwnerSource", "redis://HOST:PORT/DB|sentinel://HOST:PORT,.../SERVICE/DB [OPTIONS]",
+              "which gateway owns a desktop host, as a broker writes it in Redis (redirects follow at once; "
+              "needs: pip install 'tunnelgw[pool]')", _topology(TopologyParser.read_owner_source),
+              options=OPTION_TABLES["OwnerSource"], option_help={
+                  "namespace": "NS: key prefix (default: tunnelgw)",
+                  "timeout": "S: each lookup's deadline (default: 1)",
+                  "mode": "redirect|relay: 307 to the owner, or relay through it (default: redirect)",
+                  "hopsecret": "FILE: the pool's shared hop secrets, one per line (two while rotating), with "
+                                "mode=relay (default: none)",
+                  "hopcafile": "FILE: CA certificates of wss:// owners, with mode=relay (default: the "
+                               "platform's)",
+                  "passwordfile": "FILE: the Redis password, absolute path (default: none)"}),
+    Directive("TrustedProxy", "ADDRESS... [OPTIONS]", "front proxies whose forwarded client address is believed",
+              _topology(TopologyParser.read_trusted_proxy), options=OPTION_TABLES["TrustedProxy"], option_help={
+                  "header": "x-forwarded-for|forwarded: where they put it (default: x-forwarded-for)"}),
     Directive("OriginAllow", "PATH ORIGIN...", "browser Origins allowed to open sessions on PATH",
               _topology(TopologyParser.read_origin_allow)),
 )
@@ -969,6 +1104,24 @@ def parse_config(text: str, filename: str = "<config>", require_listeners: bool 
         needed for rules given to :func:`tunnelgw.service.build_resource`).
     :raises ConfigError: with one :class:`Problem` per mistake found; parsing goes
         on after a mistake so that a user sees all of them at once.
+    """
+    config, problems = read_config(text, filename, require_listeners)
+    if problems:
+        raise ConfigError(problems)
+    return config
+
+
+def read_config(text: str, filename: str = "<config>",
+                require_listeners: bool = True) -> tuple[Config, tuple[Problem, ...]]:
+    """
+    Parse configuration text into what could be read and every problem found.
+
+    The configuration holds each directive that was read without a mistake,
+    so that the checks a start makes (endpoints, files, packages: see
+    :func:`tunnelgw.service.check_config`) can run on it in the same pass and
+    a user sees every problem of the file at once, in line order.
+
+    :returns: the configuration and the syntax problems (empty when valid).
     """
     p = _Parse(filename)
     last_line = 1
@@ -991,7 +1144,9 @@ def parse_config(text: str, filename: str = "<config>", require_listeners: bool 
             continue
         directive = _BY_NAME.get(words[0].lower())
         if directive is None:
-            problem(f"unknown directive {words[0]!r} (known: {', '.join(d.name for d in DIRECTIVES)})")
+            close = difflib.get_close_matches(words[0].lower(), _BY_NAME, n=1)
+            hint = f"did you mean {_BY_NAME[close[0]].name}? " if close else ""
+            problem(f"unknown directive {words[0]!r} ({hint}known: {', '.join(d.name for d in DIRECTIVES)})")
         elif p.topology.in_block and not directive.in_pool:
             problem(f"{directive.name} is not allowed inside <Proxy> (only BalancerMember and ProxySet); "
                     f"missing </Proxy>?")
@@ -1000,8 +1155,8 @@ def parse_config(text: str, filename: str = "<config>", require_listeners: bool 
     return _finish(p, last_line, require_listeners)
 
 
-def _finish(p: _Parse, last_line: int, require_listeners: bool) -> Config:
-    """Cross-checks over the whole file, then the value."""
+def _finish(p: _Parse, last_line: int, require_listeners: bool) -> tuple[Config, tuple[Problem, ...]]:
+    """Cross-checks over the whole file, then the value and the problems."""
     problems = p.problems
     for alias in p.aliases:
         if alias.path in p.seen_paths:
@@ -1031,8 +1186,6 @@ def _finish(p: _Parse, last_line: int, require_listeners: bool) -> Config:
         problems.append(Problem(end, "no Listen directive: the gateway would accept nothing"))
     if p.keepalive.ping and p.keepalive.pong >= p.keepalive.ping and not problems:
         problems.append(Problem(end, "KeepAlive pong must be shorter than ping"))
-    if problems:
-        raise ConfigError(problems)
 
     def inherit(rule: Any) -> Any:
         if rule.where in p.own_connect_timeout:
@@ -1058,4 +1211,58 @@ def _finish(p: _Parse, last_line: int, require_listeners: bool) -> Config:
         recording=p.recording,
         pool=p.pool,
         auth_portals=tuple(p.auth_portals),
-    )
+        access_logs=tuple(p.access_logs),
+    ), tuple(problems)
+
+
+#: Optional Python packages, by import name: the extra of setup.cfg that installs each.
+OPTIONAL_PACKAGES = {"redis": "pool"}
+
+
+def needed_packages(config: Config) -> list[tuple[Location, str, str]]:
+    """
+    The optional packages config's directives need: (where, directive, import
+    name), in line order; the extra that installs each is in :data:`OPTIONAL_PACKAGES`.
+    """
+    found: list[tuple[Location, str, str]] = []
+    if config.pool is not None:
+        found.append((config.pool.where, "Pool", "redis"))
+    if config.topology.owner_source is not None:
+        found.append((config.topology.owner_source.where, "OwnerSource", "redis"))
+    found += [(s.where, "TokenSource redis", "redis") for s in config.topology.token_sources if s.kind == "redis"]
+    return sorted(found, key=lambda f: f[0].line)
+
+
+def redis_servers(config: Config) -> list[tuple[Location, str, str, int]]:
+    """Every Redis server config talks to: (where, directive, host, port), in line order."""
+    found: list[tuple[Location, str, str, int]] = []
+    if config.pool is not None:
+        found.append((config.pool.where, "Pool", config.pool.host, config.pool.port))
+    owners = config.topology.owner_source
+    addresses = [(owners.where, "OwnerSource", owners.url)] if owners is not None else []
+    addresses += [(s.where, "TokenSource", s.path) for s in config.topology.token_sources if s.kind == "redis"]
+    for where, directive, url in addresses:
+        address = redis_address(url)
+        if address is not None:
+            found.append((where, directive, address.host, address.port))
+    return sorted(found, key=lambda f: f[0].line)
+
+
+def directive_reference(width: int = 79) -> str:
+    """
+    The reference of every directive and each of its ``key=`` options, from
+    :data:`DIRECTIVES`, wrapped to width columns (``--directives`` and
+    docs/directives.rst print it).
+    """
+    import textwrap
+
+    lines: list[str] = []
+    for d in DIRECTIVES:
+        lines += textwrap.wrap(f"{d.name} {d.syntax}".rstrip(), width, initial_indent="  ",
+                               subsequent_indent="      ", break_on_hyphens=False)
+        lines += textwrap.wrap(d.help, width, initial_indent="      ", subsequent_indent="      ",
+                               break_on_hyphens=False)
+        for key in d.options:
+            lines += textwrap.wrap(f"{key}={d.option_help.get(key, '')}", width, initial_indent="      ",
+                                   subsequent_indent="          ", break_on_hyphens=False, break_long_words=True)
+    return "\n".join(lines)

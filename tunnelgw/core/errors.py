@@ -37,9 +37,11 @@ class ConfigError(Exception):
     """
     A configuration was refused; ``problems`` lists every reason found.
 
-    ``str()`` gives one ``FILE:LINE: what is wrong`` line per problem.
+    ``str()`` gives one ``FILE:LINE: what is wrong`` line per problem, in line
+    order (a stable sort: problems of one line keep the order they were found
+    in), whichever check found them.
     """
 
     def __init__(self, problems: list[Problem] | tuple[Problem, ...]) -> None:
-        self.problems = tuple(problems)
+        self.problems = tuple(sorted(problems, key=lambda p: p.where.line))
         super().__init__("\n".join(str(p) for p in self.problems))

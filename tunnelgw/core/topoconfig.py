@@ -9,7 +9,7 @@ references to undefined names as ``FILE:LINE`` problems.
 
 Directives::
 
-    TokenSource NAME file|dir|jwt PATH allow=HOST:PORTS ... [reload=S] [bind=address]
+    TokenSource NAME file|dir|jwt|jwks|redis PATH allow=HOST:PORTS ... [reload=S] [bind=address] ...
     TokenRoute PATH SOURCE [from=query|path|host] [param=token] [connecttimeout=S]
     TokenLookup PATH TOKENROUTEPATH
     <Proxy balancer://NAME>
@@ -17,7 +17,7 @@ Directives::
       ProxySet lbmethod=byrequests|bybusyness|bysource retry=S
     </Proxy>
     GatewayURL URL
-    OwnerSource redis://HOST:PORT/DB [namespace=NS] [timeout=S]
+    OwnerSource redis://HOST:PORT/DB [namespace=NS] [timeout=S] [mode=redirect|relay] ...
         (each redis:// URL may also be sentinel://HOST:PORT,HOST:PORT,.../SERVICE[/DB])
     GatewayOwner URL HOST (CIDR block, address or exact name) ...
     TrustedProxy ADDRESS-OR-NETWORK ... [header=x-forwarded-for|forwarded]
@@ -43,6 +43,7 @@ __all__ = [
     "BalancerMemberSpec",
     "BalancerSpec",
     "GatewayOwner",
+    "OPTION_TABLES",
     "OriginRule",
     "TokenLookupSpec",
     "TokenRouteSpec",
@@ -316,6 +317,10 @@ _OWNER_OPTIONS = {"namespace": matching(_NAME.pattern, "a plain name"), "timeout
                   "hopcafile": matching(r"/.+", "an absolute file name"),
                   "passwordfile": matching(r"/.+", "an absolute file name")}
 _TRUSTED_PROXY_OPTIONS = {"header": choice(*PROXY_HEADERS)}
+#: The ``key=value`` readers of each topology directive (the reference lists their keys).
+OPTION_TABLES: dict[str, dict[str, Any]] = {
+    "TokenSource": _TOKEN_SOURCE_OPTIONS, "TokenRoute": _TOKEN_ROUTE_OPTIONS, "BalancerMember": _MEMBER_OPTIONS,
+    "ProxySet": _POOL_OPTIONS, "OwnerSource": _OWNER_OPTIONS, "TrustedProxy": _TRUSTED_PROXY_OPTIONS}
 
 
 def _is_ws_url(url: str) -> bool:
@@ -352,7 +357,7 @@ class TopologyParser:
 
     def read_token_source(self, args: list[str], where: Location, problem: Callable[[str], None], _: object) -> None:
         if len(args) < 3 or args[1] not in TOKEN_KINDS or not _NAME.fullmatch(args[0]):
-            problem("TokenSource takes a name, a kind (file, dir, jwt, redis), a path (for jwt: a file "
+            problem("TokenSource takes a name, a kind (file, dir, jwt, jwks, redis), a path (for jwt: a file "
                     "holding the secret; for redis: redis://HOST:PORT/DB) and allow=HOST:PORTS options")
             return
         name, kind, path = args[:3]
