@@ -47,12 +47,19 @@ def _hidden(text: str, redact: Callable[[str], str]) -> str:
 def request_entry(request: Any, redact: Callable[[str], str], now: float) -> AccessEntry:
     """The entry of a twisted.web request once answered; its target and Referer redacted (the one place)."""
     client = getattr(request, "tunnelgw_client", None) or getattr(request.getClientAddress(), "host", "-")
-    referer = _header(request, b"referer")
+    view = getattr(request, "tunnelgw_view", None)  # the request's canonical view, when the gateway read it
+    if view is not None:
+        target = hide_query_values(view.shown_target)
+        referer = hide_query_values(view.shown_referer) if view.shown_referer else ""
+    else:
+        target = _hidden(request.uri.decode("latin-1"), redact)
+        raw_referer = _header(request, b"referer")
+        referer = _hidden(raw_referer, redact) if raw_referer else ""
     return AccessEntry(
         time=now, client=str(client), method=request.method.decode("latin-1"),
-        target=_hidden(request.uri.decode("latin-1"), redact), protocol=request.clientproto.decode("latin-1"),
+        target=target, protocol=request.clientproto.decode("latin-1"),
         status=int(request.code), size=int(getattr(request, "sentLength", 0) or 0),
-        referer=_hidden(referer, redact) if referer else "", user_agent=_header(request, b"user-agent"))
+        referer=referer, user_agent=_header(request, b"user-agent"))
 
 
 def event_entry(event: dict[str, Any], now: float) -> Optional[AccessEntry]:

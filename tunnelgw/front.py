@@ -33,7 +33,7 @@ from twisted.web.server import Site
 from zope.interface import implementer
 
 from tunnelgw.core.clientaddr import format_address
-from tunnelgw.core.http import find_head_end, is_upgrade, parse_head
+from tunnelgw.core.http import find_head_end, header_line_problem, is_upgrade, parse_head, request_line_problem
 from tunnelgw.core.routing import Reject
 from tunnelgw.fastpath import immediate_writes
 from tunnelgw.gateway import GatewayFactory, hand_over, refuse_connection
@@ -245,9 +245,17 @@ class BoundedChannel(HTTPChannel):
         if not line:
             self._head = 0
             self._body = 0
-        elif line[:15].lower() == b"content-length:" and _too_long_body(line[15:]):
-            self._refuse(Reject(413, "request body too large for this gateway"))
-            return
+        else:
+            # A kept-alive request is read by the rules of the first one (core.http), so that a
+            # line twisted.web would refuse on its own is refused here, with its line and audit event.
+            first = self._head == len(line) + 2
+            problem = request_line_problem(line) if first else header_line_problem(line)
+            if problem is not None:
+                self._refuse(problem)
+                return
+            if line[:15].lower() == b"content-length:" and _too_long_body(line[15:]):
+                self._refuse(Reject(413, "request body too large for this gateway"))
+                return
         super().lineReceived(line)
 
     def rawDataReceived(self, data: bytes) -> None:

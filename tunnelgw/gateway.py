@@ -14,7 +14,7 @@ and either answers it (a refusal or a redirect) or starts a
 from __future__ import annotations
 
 import os
-from typing import Any, Callable, Optional, Union
+from typing import Any, Callable, Optional
 
 from autobahn.twisted.websocket import WebSocketServerFactory
 from twisted.internet.interfaces import ISSLTransport
@@ -33,9 +33,10 @@ from tunnelgw.core.hop import HOP_HEADER, Hop
 from tunnelgw.core.http import RequestHead
 from tunnelgw.core.wsurl import parse_websocket_url
 from tunnelgw.core.limits import HandshakeRate, SessionCounts
-from tunnelgw.core.redact import redact_uri, redact_url
+from tunnelgw.core.redact import Redaction
+from tunnelgw.core.request import RequestView, view_request
 from tunnelgw.core.relay import CLOSE_TIMEOUT, Close
-from tunnelgw.core.routing import Reject, Route, RuleSet, choose_route
+from tunnelgw.core.routing import Reject, Route, RuleSet
 from tunnelgw.core.topoconfig import TokenRouteSpec
 from tunnelgw.core.targets import LookupTarget, PoolTarget, ReplayTarget, WebSocketURL
 from tunnelgw.forwardauth import ForwardAuthLink, Portals
@@ -50,6 +51,8 @@ from tunnelgw.wsstate import SharedOptions
 __all__ = ["GatewayFactory", "HeadRequest", "hand_over", "refuse_connection"]
 
 _log = Logger(namespace="tunnelgw")
+#: The redaction of a gateway without token routes (query ``token=`` and JWTs only).
+_NO_PLACES = Redaction()
 
 
 class OwnerCheckLink(WrappedLink):
@@ -209,9 +212,14 @@ class GatewayFactory(SharedOptions, WebSocketServerFactory):  # type: ignore[mis
             maxMessagePayloadSize=config.limits.message,
         )
 
-    def route(self, raw_path: bytes) -> Union[Route, Reject]:
-        """Route a raw request path (see :mod:`tunnelgw.core.routing`)."""
-        return choose_route(self.rules, raw_path)
+    @property
+    def redaction(self) -> Redaction:
+        """The one redaction every writer applies (the topology's token places, when there is one)."""
+        return self.topology.redaction if self.topology is not None else _NO_PLACES
+
+    def view(self, head: RequestHead) -> RequestView:
+        """The canonical view of a request (see :mod:`tunnelgw.core.request`): made once per request."""
+        return view_request(head, self.rules, self.redaction)
 
     def close_all(self, close: Close) -> None:
         """Close every live session with close (shutdown)."""
@@ -232,32 +240,45 @@ class GatewayFactory(SharedOptions, WebSocketServerFactory):  # type: ignore[mis
         A request path, URI or URL with its tokens (query, path segment, JWT)
         replaced by fingerprints: what logs and the admin list may show.
         """
-        if self.topology is not None:
-            return str(self.topology.redact(text))
-        return redact_url(text) if "://" in text else redact_uri(text)
+        return self.redaction(text)
 
-    def decide(self, request: Any, client: str, hop: bool = False,
+    def decide(self, view: RequestView, request: Any, client: str, upgrade: bool, hop: bool = False,
                certificate: Optional[ClientCertificate] = None) -> Any:
         """
-        The topology's and the rules' answer for an upgrade request: a Route,
-        Reject or Redirect; hop: a session another gateway of the pool relays.
+        The one decision for a request of any kind (upgrade, plain HTTP, file,
+        lookup): a Route, Reject, Redirect or JSON answer.  The guards a route
+        has (``allowclients=``, ``certname=``) are applied here to every kind;
+        ``auth=`` is asked by the caller before the route's backend or file
+        (see :meth:`guard`).
 
+        :param upgrade: a WebSocket handshake (charged to the handshake rate;
+            Origin and tokens checked); plain requests pay the rate only for lookups.
+        :param hop: a session another gateway of the pool relays.
         :param certificate: the client's verified TLS certificate, for ``certname=``.
         """
-        refused = self.handshake_rate.allow(client, self.reactor.seconds())
-        if refused is not None:
-            return refused
+        if view.refusal is not None:
+            return view.refusal
+        if upgrade:
+            refused = self.handshake_rate.allow(client, self.reactor.seconds())
+            if refused is not None:
+                return refused
         if self.topology is not None:
-            decision = self.topology.screen(request, client, True, hop=hop)
+            decision = self.topology.screen(view, request, client, upgrade,
+                                            None if upgrade else self.handshake_rate, hop=hop)
             if decision is not None:
                 return decision
-        decision = self.route(request.path)
-        if isinstance(decision, Route) and decision.options.allow_clients and not is_trusted(
-                client, decision.options.allow_clients):
-            return Reject(403, "this route does not admit your address")
-        if isinstance(decision, Route) and not admits(decision.options.cert_names, certificate):
-            return Reject(403, "this route needs a client certificate with another name")
+        decision = view.route
+        if isinstance(decision, Route):
+            return self.guard(decision, client, certificate) or decision
         return decision
+
+    def guard(self, route: Route, client: str, certificate: Optional[ClientCertificate]) -> Optional[Reject]:
+        """The refusal of a route's address and certificate guards for client, or None when both admit it."""
+        if route.options.allow_clients and not is_trusted(client, route.options.allow_clients):
+            return Reject(403, "this route does not admit your address")
+        if not admits(route.options.cert_names, certificate):
+            return Reject(403, "this route needs a client certificate with another name")
+        return None
 
     def upgrade(self, transport: Any, head: RequestHead, early: bytes, request: Any = None) -> Optional[GatewaySession]:
         """
@@ -265,9 +286,13 @@ class GatewayFactory(SharedOptions, WebSocketServerFactory):  # type: ignore[mis
         by the caller); early is what the client sent after the head.
         """
         request = request if request is not None else HeadRequest(head, transport)
+        view = self.view(head)
         client = self.client_of(request)
-        path = self.redact(head.path.decode("latin-1"))
+        path = view.shown_path
         label = client_label(client, transport)
+        if view.refusal is not None:
+            self._answer(transport, label, path, view.refusal, "request")
+            return None
         handshake = check_handshake(head)
         if isinstance(handshake, Reject):
             self._answer(transport, label, path, handshake, "handshake")
@@ -284,10 +309,10 @@ class GatewayFactory(SharedOptions, WebSocketServerFactory):  # type: ignore[mis
                 return None
             # The client as the relaying gateway saw it: its address and its verified certificate.
             client, certificate = received.client, certificate_of(received)
-        decision = self.decide(request, client, hop is not None, certificate)
+        decision = self.decide(view, request, client, True, hop is not None, certificate)
         if isinstance(decision, Reject):
             kind = "rate" if decision.status == 429 else "route"
-            self._answer(transport, label, path, decision, kind)
+            self._answer(transport, label, path, Reject(decision.status, view.scrub(decision.reason)), kind)
             return None
         if not isinstance(decision, Route):  # a redirect (JSON answers are for plain requests)
             location = getattr(decision, "location", None)
@@ -295,13 +320,13 @@ class GatewayFactory(SharedOptions, WebSocketServerFactory):  # type: ignore[mis
                 self._answer(transport, label, path, Reject(400, "not a WebSocket endpoint"), "route")
                 return None
             _log.info("redirected client={client} path={path!r} location={location} reason={reason!r}",
-                      client=label, path=path, location=self.redact(location), reason=decision.reason)
+                      client=label, path=path, location=view.scrub(self.redact(location)), reason=decision.reason)
             refuse_connection(self.reactor, transport, Reject(307, decision.reason), [("Location", location)])
             return None
         session_id = os.urandom(6).hex()
         identity = certificate.identity if certificate is not None else ""
-        link = self.link_for(decision, head, client, ISSLTransport.providedBy(transport), identity)
-        link, authorised = self._with_steps(decision, head, client, link, hop is not None,
+        link = self.link_for(decision, head, view, client, ISSLTransport.providedBy(transport), identity)
+        link, authorised = self._with_steps(decision, head, view, client, link, hop is not None,
                                             ISSLTransport.providedBy(transport), certificate)
         if received is not None:
             link = self.hops.guard(link, received)  # outermost: a replayed hop is refused before anything
@@ -313,21 +338,23 @@ class GatewayFactory(SharedOptions, WebSocketServerFactory):  # type: ignore[mis
         if authorised is not None:
             authorised.named_user = session.name_user
         session.tls_client = identity
+        session.shown_path = view.shown_path
         hand_over(transport, session)
         session.makeConnection(transport)
         session.begin(early)
         return session
 
-    def _with_steps(self, decision: Route, head: RequestHead, client: str, link: BackendLink, hopped: bool,
-                    secure: bool, certificate: Optional[ClientCertificate] = None
+    def _with_steps(self, decision: Route, head: RequestHead, view: RequestView, client: str, link: BackendLink,
+                    hopped: bool, secure: bool, certificate: Optional[ClientCertificate] = None
                     ) -> tuple[BackendLink, Optional[ForwardAuthLink]]:
         """
         The route's steps before its backend, wrapped around link innermost
         first; on connect the outermost runs first: the owner check (a redirect
         burns nothing), pool-wide limits, the single-use claim, then the portal
-        (which may swap the link it wraps for the desktop it names).
+        (which may swap the link it wraps for the desktop it names).  The
+        portal and a redirect see the view's target: the path routing chose.
         """
-        uri = head.target.decode("latin-1")
+        uri = view.target
         authorised: Optional[ForwardAuthLink] = None
         if decision.options.auth is not None:
             timeout = decision.options.connect_timeout
@@ -376,7 +403,8 @@ class GatewayFactory(SharedOptions, WebSocketServerFactory):  # type: ignore[mis
         self.metrics.handshake_failed("", kind, reject.status)
         refuse_connection(self.reactor, transport, reject)
 
-    def link_for(self, route: Route, head: RequestHead, client: str, secure: bool, tls_client: str = "") -> BackendLink:
+    def link_for(self, route: Route, head: RequestHead, view: RequestView, client: str, secure: bool,
+                 tls_client: str = "") -> BackendLink:
         """
         The backend link for a route: a pool member, a WebSocket hop, a replay or a byte stream.
 
@@ -386,7 +414,7 @@ class GatewayFactory(SharedOptions, WebSocketServerFactory):  # type: ignore[mis
         if isinstance(backend, LookupTarget):
             topology = self.topology
             assert topology is not None, "lookup targets come from token routes"
-            uri = head.target.decode("latin-1")
+            uri = view.target
             looked_up = TcpLink(lambda: topology.connect_token(route, backend, client, uri, named), backend.text)
 
             def named(endpoint: str) -> None:
@@ -407,6 +435,7 @@ class GatewayFactory(SharedOptions, WebSocketServerFactory):  # type: ignore[mis
             return link
         if isinstance(backend, WebSocketURL):
             headers = {name.decode("latin-1"): value.decode("latin-1") for name, value in head.headers}
-            return WebSocketLink(self.websocket_backends, route, head.query, client, secure, headers, tls_client)
+            return WebSocketLink(self.websocket_backends, route, view.query.encode("latin-1"), client, secure, headers,
+                                 tls_client)
         endpoint, timeout = backend.endpoint, route.options.connect_timeout
         return TcpLink(lambda: self.backends.connect(endpoint, timeout), endpoint)

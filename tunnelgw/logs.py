@@ -15,6 +15,7 @@ The log observers twistd is given:
 from __future__ import annotations
 
 import json
+import re
 from datetime import datetime, timezone
 from typing import IO, Any
 
@@ -45,10 +46,30 @@ def json_lines_observer(stream: IO[str]) -> ILogObserver:
     return FileLogObserver(stream, json_line)
 
 
+def _bare(value: str) -> bool:
+    """Whether value may be written unquoted: printable, no space, quote or backslash."""
+    return bool(value) and value.isprintable() and not any(c in value for c in " \"'\\")
+
+
 def format_fields(values: dict[str, object]) -> str:
-    """Render key=value pairs for one log line, quoting values with spaces."""
-    return " ".join(f"{k}={v!r}" if isinstance(v, str) and (" " in v or not v) else f"{k}={v}"
+    """
+    Render key=value pairs for one log line: a value with a space, a quote,
+    a backslash or any character that is not printable (a control from a
+    client certificate's CN, a line separator) is written quoted and escaped.
+    """
+    return " ".join(f"{k}={v}" if not isinstance(v, str) or _bare(v) else f"{k}={v!r}"
                     for k, v in values.items())
+
+
+# What a text log line never carries raw, whatever wrote it: controls other
+# than the tab and the newline (continued with a tab), C1 controls, line and
+# paragraph separators, and the bidirectional overrides that reorder what a terminal shows.
+_CONTROLS = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+
+
+def _escape_controls(text: str) -> str:
+    return _CONTROLS.sub(lambda m: f"\\x{ord(m.group(0)):02x}" if ord(m.group(0)) < 0x100
+                         else f"\\u{ord(m.group(0)):04x}", text)
 
 
 class _SecondStamps:
@@ -68,17 +89,25 @@ class _SecondStamps:
         return self._text
 
 
+def _classic(event: dict[str, Any], stamp: Any) -> Any:
+    """Twisted's own text line for event, its controls escaped."""
+    line = formatEventAsClassicLogText(event, formatTime=stamp)
+    return _escape_controls(line) if line else line
+
+
 def text_line(event: dict[str, Any], stamp: Any = formatTime) -> Any:
     """One event as twistd's text log line (the text of ``formatEventAsClassicLogText``), or None."""
     fmt = event.get("log_format")
     if type(fmt) is not str or "()" in fmt or "log_failure" in event or "log_flattened" in event:
-        return formatEventAsClassicLogText(event, formatTime=stamp)
+        return _classic(event, stamp)
     try:
         text = fmt.format_map(event)
     except Exception:
-        return formatEventAsClassicLogText(event, formatTime=stamp)
+        return _classic(event, stamp)
     if not text:
         return None
+    if not text.isprintable():
+        text = _escape_controls(text)
     system = event.get("log_system")
     if system is None:
         level = event.get("log_level")

@@ -139,6 +139,8 @@ class GatewaySession(QuietAdapter, WebSocketServerProtocol):  # type: ignore[mis
 
     #: The verified client certificate's identity ('' without one), set by the gateway.
     tls_client = ""
+    #: The request path as logs and the admin list show it (the request's canonical view), set by the gateway.
+    shown_path = ""
 
     def __init__(self, factory: Any, route: Route, head: RequestHead, handshake: Handshake,
                  client: str, link: BackendLink, session_id: str, recording: str = "") -> None:
@@ -202,7 +204,8 @@ class GatewaySession(QuietAdapter, WebSocketServerProtocol):  # type: ignore[mis
         self.websocket_extensions = []
         self._wskey = handshake.key
         self.data = early
-        path = factory.redact(self.http_request_path)  # logs and the admin list never show a token
+        # Logs and the admin list never show a token.
+        path = self.shown_path or factory.redact(self.http_request_path)
         self._record = SessionRecord(session_id=self._session_id, client=client_label(self._client, self.transport),
                                      path=path, backend=self._link.description, started=factory.reactor.seconds(),
                                      route=self._label, recording=self._recording, user=self.route.user)

@@ -26,10 +26,11 @@ from tunnelgw.core.hop import parse_hop_secrets
 from tunnelgw.core.config import Problem, RouteOptions
 from tunnelgw.core.limits import HandshakeRate
 from tunnelgw.core.origin import origin_refusal
-from tunnelgw.core.redact import TokenPlace, fingerprint, redact_uri, redact_url
+from tunnelgw.core.redact import Redaction, TokenPlace, fingerprint
+from tunnelgw.core.request import RequestView
 from tunnelgw.core.redirect import lookup_answer, owner_of, redirect_location
 from tunnelgw.core.relay import ConnectFailure
-from tunnelgw.core.routing import Reject, Route, normalise_path
+from tunnelgw.core.routing import Reject, Route
 from tunnelgw.backends import BackendRefused
 from tunnelgw.core.jwtkeys import load_key, parse_jwks
 from tunnelgw.core.targets import EndpointTarget, LookupTarget, PoolTarget
@@ -172,6 +173,8 @@ class Topology:
             hop_secrets(config.owner_source.hop_secret)
             if config.owner_source is not None and config.owner_source.mode == "relay" else ())
         self.token_places = tuple(TokenPlace(r.path, r.origin, r.param) for r in config.token_routes)
+        #: The one redaction of this configuration (see :class:`tunnelgw.core.redact.Redaction`).
+        self.redaction = Redaction(self.token_places)
         # Built whole: now the Redis stores the new configuration dropped or changed can stop.
         if kept_owners is not None and kept_owners is not self.owners_source:
             kept_owners.store.stop()
@@ -196,7 +199,7 @@ class Topology:
 
     def redact(self, uri: str) -> str:
         """A request URI or URL with every token this topology knows how to find fingerprinted."""
-        return redact_url(uri, self.token_places) if "://" in uri else redact_uri(uri, self.token_places)
+        return self.redaction(uri)
 
     # The client address.
 
@@ -219,21 +222,22 @@ class Topology:
 
     # Requests.
 
-    def screen(self, request: Any, client: str, upgrade: bool,
+    def screen(self, view: RequestView, request: Any, client: str, upgrade: bool,
                rate: Optional[HandshakeRate] = None, hop: bool = False) -> Decision:
         """
         What the topology says about a request before the ordinary rules:
         None (not ours), a refusal, a token route, a redirect or a JSON answer.
 
+        :param view: the request's canonical view (its path, query and token are read from it only).
+        :param request: the request's headers (``Origin``, ``Host``, forwarded ones), for the Origin check.
         :param rate: the gateway's per-client handshake bucket, charged before
             a token lookup answers a plain request, so that a prober pays for
             every guess.  Upgrades are charged once, by
             :meth:`tunnelgw.gateway.GatewayFactory.decide`, before this is called.
         """
-        path = normalise_path(request.path)
-        if isinstance(path, Reject):
-            return None
-        query = request.uri.partition(b"?")[2].decode("latin-1")
+        if view.refusal is not None:
+            return view.refusal
+        path, query = view.path, view.query
         for lookup in self.config.token_lookups:
             if path == lookup.path.rstrip("/") or path == lookup.path:
                 return self._charge(rate, client) or self._lookup(lookup.route_path, query, request, client)
@@ -243,13 +247,13 @@ class Topology:
                 return None
             return Reject(426, "this path is a WebSocket endpoint; open it with a WebSocket client")
         # A pool hop's Origin was checked by the gateway that relayed it.
-        refused = None if hop else self._check_origin(path, request)
+        refused = None if hop else self._check_origin(view, request)
         if refused is not None:
             return refused
         if route_spec is None:
             return None
         options = RouteOptions(connect_timeout=route_spec.connect_timeout)
-        token = self._token_of(route_spec, path, query, request, client)
+        token = self._token_of(route_spec, view, client)
         if isinstance(token, Reject):
             return token
         # The channels that carry one token are one desktop (SPICE opens several).
@@ -263,7 +267,7 @@ class Topology:
             return self._refused_token(target, client, token)
         owner = owner_of(target.host, self.config.owners)
         if owner is not None and owner != self.config.gateway_url:
-            return Redirect(redirect_location(owner, request.uri.decode("latin-1")),
+            return Redirect(redirect_location(owner, view.target),
                             f"desktop host {target.host} is served by {owner}")
         return Route(route_spec, EndpointTarget(target.endpoint), options, desktop=desktop, user=target.user,
                      once=target.once, desktop_host=target.host)
@@ -272,13 +276,21 @@ class Topology:
         found = [r for r in self.config.token_routes if _under(path, r.path)]
         return max(found, key=lambda r: len(r.path)) if found else None
 
-    def _check_origin(self, path: str, request: Any) -> Optional[Reject]:
-        """The longest ``OriginAllow`` rule over path decides; without one, only the gateway's own origin."""
-        rules: list[OriginRule] = [r for r in self.config.origins if _under(path, r.path)]
+    def _check_origin(self, view: RequestView, request: Any) -> Optional[Reject]:
+        """
+        The longest ``OriginAllow`` rule over the path decides; without one,
+        only the gateway's own origin.  The reason names origins redacted
+        (the gateway's own holds a ``from=host`` token).
+        """
+        rules: list[OriginRule] = [r for r in self.config.origins if _under(view.path, r.path)]
         allowed = max(rules, key=lambda r: len(r.path)).origins if rules else None
         origin = request.getHeader(b"origin")
         host, secure = self._seen_by_client(request)
-        why = origin_refusal(None if origin is None else origin.decode("latin-1"), host, secure, allowed)
+
+        def show(url: str) -> str:
+            return view.scrub(self.redaction.url(url, page=True) if "://" in url else url)
+
+        why = origin_refusal(None if origin is None else origin.decode("latin-1"), host, secure, allowed, show)
         return Reject(403, why) if why is not None else None
 
     def _seen_by_client(self, request: Any) -> tuple[str, bool]:
@@ -310,9 +322,12 @@ class Topology:
                   detail=refused.detail or refused.reason)
         return refused
 
-    def _token_of(self, spec: TokenRouteSpec, path: str, query: str, request: Any, client: str) -> Union[str, Reject]:
-        remainder = path[len(spec.path):] if spec.path != "/" else path
-        token = extract_token(spec.origin, spec.param, remainder, query, _header(request, b"host"))
+    def _token_of(self, spec: TokenRouteSpec, view: RequestView, client: str) -> Union[str, Reject]:
+        """The view's token (read once, where the route says), or why there is none."""
+        if view.token:
+            return view.token
+        remainder = view.path[len(spec.path):] if spec.path != "/" else view.path
+        token = extract_token(spec.origin, spec.param, remainder, view.query, view.host)
         return self._refused_token(token, client, "") if isinstance(token, Reject) else token
 
     def other_owner(self, host: str) -> "defer.Deferred[Optional[str]]":

@@ -24,15 +24,19 @@ import json
 import time
 from typing import Any, Callable, Mapping, Optional, Sequence
 
+from twisted.internet.interfaces import ISSLTransport
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
 from tunnelgw.core.clientaddr import format_address
 from tunnelgw.core.config import Alias, PrefixRule
-from tunnelgw.core.http import RequestHead
-from tunnelgw.core.routing import Reject, Route, normalise_path
+from tunnelgw.core.http import RequestHead, is_upgrade
+from tunnelgw.core.request import RequestView
+from tunnelgw.core.routing import Reject, Route
 from tunnelgw.core.targets import WebSocketURL
+from tunnelgw.certificates import client_certificate
 from tunnelgw.files import choose_alias, serve
 from tunnelgw.gateway import GatewayFactory
 from tunnelgw.session import log_refusal
@@ -47,7 +51,7 @@ def access_log_formatter(redact: Callable[[str], str]) -> Callable[[str, Request
     """
     A ``logFormatter`` for a twisted.web Site that mounts the gateway's
     resource: the ``AccessLog`` combined line of :mod:`tunnelgw.accesslog`
-    (tokens in the URI and Referer fingerprinted by redact).
+    (the request's view, or redact, for the URI and Referer).
     """
 
     def formatter(timestamp: str, request: Request) -> str:
@@ -59,10 +63,15 @@ def access_log_formatter(redact: Callable[[str], str]) -> Callable[[str, Request
     return formatter
 
 
-def _is_upgrade(request: Request) -> bool:
-    """True when the request asks for a WebSocket (``Upgrade: websocket``)."""
-    upgrade = request.getHeader(b"upgrade") or b""
-    return b"websocket" in [t.strip().lower() for t in upgrade.split(b",")]
+def _head_of(request: Request) -> RequestHead:
+    """twisted.web's parse of a request head as a :class:`~tunnelgw.core.http.RequestHead`."""
+    headers = tuple((name.lower(), value) for name, values in request.requestHeaders.getAllRawHeaders()
+                    for value in values)
+    version = request.clientproto.partition(b"/")[2] or b"1.1"
+    return RequestHead(request.method, request.uri, version, headers)
+
+
+_WEBSOCKET_ONLY = Reject(426, "this path is a WebSocket endpoint; open it with a WebSocket client")
 
 
 class GatewayResource(Resource):
@@ -94,62 +103,52 @@ class GatewayResource(Resource):
         return self._factory
 
     def render(self, request: Request) -> bytes | int:
-        """Answer one request: a session, a page, or a status with its reason."""
-        if _is_upgrade(request):
-            return self._upgrade(request)
-        topology = self._factory.topology
-        if topology is not None:
-            answer = self._screen(request, topology)
-            if answer is not None:
-                return answer
-        route = self._factory.route(request.path)
-        page = self._pages.get(request.path.decode("latin-1"))
-        if page is not None and request.method in (b"GET", b"HEAD"):
-            request.setHeader(b"content-type", b"text/html; charset=utf-8")
-            request.setHeader(b"cache-control", b"no-cache")
-            return page
-        served = self._serve_file(request, route)
-        if served is not None:
-            return served  # type: ignore[return-value]
-        if isinstance(route, Reject):
-            if route.status == 404:
-                # No route, page or Alias claims the path (a browser's /favicon.ico, a
-                # scanner): counted, not logged, so that real refusals stand out.
-                self._factory.metrics.unrouted.inc()
-                return self._answer(request, route)
-            return self._refuse(request, route)
-        if isinstance(route.backend, WebSocketURL):
-            outcome = self._factory.websocket_backends.proxy_http(request, route)
-            return self._refuse(request, outcome) if isinstance(outcome, Reject) else outcome
-        request.setHeader(b"upgrade", b"websocket")
-        return self._refuse(request, Reject(426, "this path is a WebSocket endpoint; open it with a WebSocket client"))
+        """
+        Answer one request: a session, a page, a file, a proxied response or a
+        status with its reason.  Every kind goes through the gateway's one
+        decision (:meth:`~tunnelgw.gateway.GatewayFactory.decide`) on the
+        request's one view, so a route's guards hold for all of them.
 
-    def _serve_file(self, request: Request, route: object) -> object:
-        """A file from the longest matching ``Alias``, or None when no alias takes the path."""
-        if not self._aliases:
-            return None
-        path = normalise_path(request.path)
-        if isinstance(path, Reject):
-            return None
-        chosen = choose_alias(self._aliases, path)
-        if chosen is None:
-            return None
-        alias, segments = chosen
-        if (isinstance(route, Route) and isinstance(route.rule, PrefixRule)
-                and len(route.rule.path) > len(alias.path)):
-            return None
-        return serve(alias, segments, request)
+        A HEAD answer's body is dropped here (with its length kept), so that
+        twisted.web never logs its warning line, which names the raw request.
+        """
+        body = self._answer(request)
+        if request.method == b"HEAD" and isinstance(body, bytes) and body:
+            request.setHeader(b"content-length", b"%d" % len(body))
+            return b""
+        return body
 
-    def _screen(self, request: Request, topology: Any) -> bytes | int | None:
-        """Apply the topology to a plain request (token paths, lookups); None passes on."""
-        client = topology.client_of(request)
+    def _answer(self, request: Request) -> Any:
+        head = _head_of(request)
+        if is_upgrade(head):
+            return self._upgrade(request, head)
+        factory = self._factory
+        view = factory.view(head)
+        request.tunnelgw_view = view  # type: ignore[attr-defined]  # for the access log line
+        client = factory.client_of(request)
         peer = getattr(request.getClientAddress(), "host", None)
         request.tunnelgw_client = client if client != peer else None  # type: ignore[attr-defined]
-        decision = topology.screen(request, client, False, self._factory.handshake_rate)
-        if decision is None:
-            return None
+        transport = request.channel.transport if request.channel is not None else None
+        certificate = client_certificate(transport) if ISSLTransport.providedBy(transport) else None
+        decision = factory.decide(view, request, client, False, certificate=certificate)
+        if decision is view.route:  # the rules' answer, every guard passed: pages and files first
+            page = self._pages.get(view.path)
+            if page is not None and request.method in (b"GET", b"HEAD"):
+                request.setHeader(b"content-type", b"text/html; charset=utf-8")
+                request.setHeader(b"cache-control", b"no-cache")
+                return page
+            chosen = self._alias_for(view)
+            if chosen is not None:
+                alias, segments = chosen
+                return self._portal_first(request, view, client, decision,
+                                          lambda: serve(alias, segments, request))
         if isinstance(decision, Reject):
-            return self._refuse(request, decision)
+            if decision is view.route and decision.status == 404:
+                # No route, page or Alias claims the path (a browser's /favicon.ico, a
+                # scanner): counted, not logged, so that real refusals stand out.
+                factory.metrics.unrouted.inc()
+                return self._status(request, decision)
+            return self._refuse(request, view, decision)
         if isinstance(decision, JsonAnswer):
             request.setHeader(b"content-type", b"application/json")
             request.setHeader(b"cache-control", b"no-store")
@@ -159,21 +158,79 @@ class GatewayResource(Resource):
             request.setHeader(b"location", decision.location.encode("utf-8"))
             request.setHeader(b"content-type", b"text/plain; charset=utf-8")
             return f"307 {decision.reason}\n".encode("utf-8")
-        return self._refuse(request, Reject(426, "this path is a WebSocket endpoint; open it with a WebSocket client"))
+        if isinstance(decision, Route) and isinstance(decision.backend, WebSocketURL):
+            route = decision
 
-    def _refuse(self, request: Request, reject: Reject) -> bytes:
-        """Log the refusal once, with its reason, and answer it."""
+            def proxied() -> bytes | int:
+                outcome = factory.websocket_backends.proxy_http(request, route, view.query.encode("latin-1"), view.shown_path)
+                return self._refuse(request, view, outcome) if isinstance(outcome, Reject) else outcome
+
+            return self._portal_first(request, view, client, route, proxied)
+        request.setHeader(b"upgrade", b"websocket")
+        return self._refuse(request, view, _WEBSOCKET_ONLY)
+
+    def _alias_for(self, view: RequestView) -> Optional[tuple[Alias, list[str]]]:
+        """
+        The longest matching ``Alias`` and the segments below it, or None when
+        none takes the path or a longer ``ProxyPass`` path does.
+        """
+        if not self._aliases:
+            return None
+        chosen = choose_alias(self._aliases, view.path)
+        if chosen is None:
+            return None
+        route = view.route
+        if isinstance(route, Route) and isinstance(route.rule, PrefixRule) and len(route.rule.path) > len(chosen[0].path):
+            return None
+        return chosen
+
+    def _portal_first(self, request: Request, view: RequestView, client: str, route: object,
+                      answer: Callable[[], Any]) -> Any:
+        """
+        answer() once the route's ``auth=`` portal admits the request (at
+        once when the route has none); the portal's refusal otherwise.  The
+        portal sees the view's target, the path routing chose.
+        """
+        portal_name = route.options.auth if isinstance(route, Route) else None
+        if portal_name is None:
+            return answer()
+        portal = self._factory.portals.portals[portal_name]
+        headers = {name.decode("latin-1"): value.decode("latin-1") for name, value in _head_of(request).headers}
+        gone: list[bool] = []
+        request.notifyFinish().addErrback(lambda _: gone.append(True))
+
+        def decided(admitted: object) -> None:
+            if gone:
+                return
+            if isinstance(admitted, Reject):
+                written: Any = self._refuse(request, view, Reject(admitted.status, admitted.reason))
+            else:
+                written = answer()
+            if written is not NOT_DONE_YET:
+                request.write(written)
+                request.finish()
+
+        def failed(failure: Failure) -> None:
+            _log.failure("portal answer for path={path!r}", failure, path=view.shown_path)
+            decided(Reject(503, "the portal cannot decide now"))
+
+        portal.ask(client, view.target, headers).addCallback(decided).addErrback(failed)
+        return NOT_DONE_YET
+
+    def _refuse(self, request: Request, view: RequestView, reject: Reject) -> bytes:
+        """Log reject with the view's redacted path, and answer it as a text body."""
         client = getattr(request, "tunnelgw_client", None) or format_address(request.getClientAddress())
-        log_refusal(client, self._factory.redact(request.path.decode("latin-1")), reject, "request")
-        return self._answer(request, reject)
+        reject = Reject(reject.status, view.scrub(reject.reason))
+        log_refusal(client, view.shown_path, reject, "request")
+        return self._status(request, reject)
 
-    def _answer(self, request: Request, reject: Reject) -> bytes:
+    def _status(self, request: Request, reject: Reject) -> bytes:
         """The status and its reason as the answer's text."""
         request.setResponseCode(reject.status, responses.get(reject.status, "Error").encode("ascii"))
         request.setHeader(b"content-type", b"text/plain; charset=utf-8")
         return f"{reject.status} {reject.reason}\n".encode("utf-8")
 
-    def _upgrade(self, request: Request) -> int:
+    def _upgrade(self, request: Request, head: RequestHead) -> int:
         """
         An upgrade on a kept-alive connection: take the connection away from
         twisted.web and give it to the gateway with twisted.web's parse of the
@@ -192,10 +249,6 @@ class GatewayResource(Resource):
         channel.setTimeout(None)
         transport.unregisterProducer()
         channel.transport = None
-        headers = tuple((name.lower(), value) for name, values in request.requestHeaders.getAllRawHeaders()
-                        for value in values)
-        version = request.clientproto.partition(b"/")[2] or b"1.1"
-        head = RequestHead(request.method, request.uri, version, headers)
         early = b"".join(channel._dataBuffer)
         channel._dataBuffer = []
         session = self._factory.upgrade(transport, head, early, request)

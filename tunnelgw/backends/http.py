@@ -51,7 +51,6 @@ from tunnelgw.core.relay import connect_rejection
 from tunnelgw.core.routing import Reject
 from tunnelgw.core.wsrelay import forwarded_headers
 from tunnelgw.core.wsurl import WebSocketTarget
-from tunnelgw.core.redact import redact_path
 
 __all__ = ["proxy_request"]
 
@@ -138,8 +137,9 @@ class _ResponseRelay(Protocol):
 
     transport: Any
 
-    def __init__(self, request: Request) -> None:
+    def __init__(self, request: Request, shown_path: str) -> None:
         self._request = request
+        self._shown_path = shown_path
 
     def connectionMade(self) -> None:
         """Start relaying, unless the client has already left."""
@@ -163,7 +163,7 @@ class _ResponseRelay(Protocol):
             request.finish()
             return
         _log.info("proxied response cut client={client} path={path!r} reason={reason!r}",
-                  client=format_address(request.getClientAddress()), path=redact_path(request.path.decode("latin-1")),
+                  client=format_address(request.getClientAddress()), path=self._shown_path,
                   reason=_describe(reason.value))
         transport: Any = request.channel.transport if request.channel is not None else None
         if transport is not None:
@@ -208,10 +208,10 @@ def _rejection(reason: BaseException, timeout: float) -> Reject:
     return connect_rejection(unavailable.failure, unavailable.detail)
 
 
-def _refuse(request: Request, reject: Reject) -> None:
-    """Answer a waiting request with a status and a text body, and log it."""
+def _refuse(request: Request, reject: Reject, shown_path: str) -> None:
+    """Answer a waiting request with a status and a text body, and log it (with the request view's path)."""
     _log.info("request refused client={client} path={path!r} status={status} reason={reason!r}",
-              client=format_address(request.getClientAddress()), path=redact_path(request.path.decode("latin-1")),
+              client=format_address(request.getClientAddress()), path=shown_path,
               status=reject.status, reason=reject.reason)
     request.setResponseCode(reject.status, responses.get(reject.status, "Error").encode("ascii"))
     request.setHeader(b"content-type", b"text/plain; charset=utf-8")
@@ -233,10 +233,12 @@ def _body(reactor: Any, request: Request) -> Optional[FileBodyProducer]:
 
 
 def proxy_request(reactor: Any, request: Request, target: WebSocketTarget, options: RouteOptions,
-                  endpoint: IStreamClientEndpoint) -> int:
+                  endpoint: IStreamClientEndpoint, shown_path: str) -> int:
     """
     Reverse-proxy a plain HTTP request to the backend's ``http(s)://`` URL
     through endpoint; the response is written to request as it streams in.
+
+    :param shown_path: the request's path as logs show it (from its canonical view).
 
     :return: ``NOT_DONE_YET``; the request is finished when the backend's
         response has been relayed, or answered 502/504 when none came.
@@ -256,14 +258,14 @@ def proxy_request(reactor: Any, request: Request, target: WebSocketTarget, optio
     try:
         d = agent.request(request.method, target.http_url.encode("ascii"), headers, _body(reactor, request))
     except ValueError as e:
-        _refuse(request, Reject(400, f"request cannot be passed on: {e}"))
+        _refuse(request, Reject(400, f"request cannot be passed on: {e}"), shown_path)
         return NOT_DONE_YET
     d.addTimeout(timeout, reactor)
 
     relays: list[_ResponseRelay] = []
 
     def respond(response: Any) -> None:
-        relay = _ResponseRelay(request)
+        relay = _ResponseRelay(request, shown_path)
         relays.append(relay)
         if _gone(request):
             response.deliverBody(relay)
@@ -282,7 +284,7 @@ def proxy_request(reactor: Any, request: Request, target: WebSocketTarget, optio
 
     def failed(failure: Failure) -> None:
         if not _gone(request):
-            _refuse(request, _rejection(failure.value, timeout))
+            _refuse(request, _rejection(failure.value, timeout), shown_path)
 
     def client_gone(_: Failure) -> None:
         d.cancel()

@@ -393,18 +393,21 @@ class WebSocketBackends:
         d.addErrback(refused)
         return d  # type: ignore[no-any-return]
 
-    def proxy_http(self, request: Request, route: Route) -> Union[int, Reject]:
+    def proxy_http(self, request: Request, route: Route, query: bytes, shown_path: str) -> Union[int, Reject]:
         """
         Reverse-proxy a plain HTTP request on a WebSocket route to the backend's
         ``http(s)://`` URL over the same endpoint as the route's WebSockets
         (:func:`tunnelgw.backends.http.proxy_request`), or say why not.
+
+        :param query: the request's query; the path is the route's remainder.
+        :param shown_path: the request's path as logs show it.
         """
-        target = backend_target(route, request.uri.partition(b"?")[2])
+        target = backend_target(route, query)
         try:
             endpoint = self.endpoint(target, route.options)
         except ValueError as e:
             return Reject(502, f"backend TLS settings: {e}")
-        return proxy_request(self._reactor, request, target, route.options, endpoint)
+        return proxy_request(self._reactor, request, target, route.options, endpoint, shown_path)
 
 
 class WebSocketLink:

@@ -18,7 +18,8 @@ from typing import Optional, Union
 
 from tunnelgw.core.routing import Reject
 
-__all__ = ["EARLY_DATA_LIMIT", "RequestHead", "find_head_end", "is_upgrade", "parse_head"]
+__all__ = ["EARLY_DATA_LIMIT", "RequestHead", "find_head_end", "header_line_problem", "is_upgrade", "parse_head",
+           "request_line_problem"]
 
 #: Bytes a client may send after its request head and before the 101: the
 #: start of its first frames.  The client is not read while its backend
@@ -93,24 +94,39 @@ def parse_head(data: bytes) -> Union[RequestHead, Reject]:
         return Reject(400, "the request head must end with an empty line")
     request_line = _REQUEST_LINE.fullmatch(lines[0])
     if request_line is None:
-        if lines[0].startswith((b"PRI * HTTP/2", b"GET ")) or b" HTTP/" in lines[0]:
-            version = lines[0].rpartition(b" HTTP/")[2]
-            if version and version not in (b"1.0", b"1.1") and re.fullmatch(rb"\d(\.\d)?", version):
-                return Reject(505, "only HTTP/1.0 and HTTP/1.1 are served")
-        return Reject(400, "bad request line")
+        return request_line_problem(lines[0]) or Reject(400, "bad request line")
     headers: list[tuple[bytes, bytes]] = []
     for line in lines[1:-2]:
-        name, colon, value = line.partition(b":")
-        if not colon or _TOKEN.fullmatch(name) is None:
-            return Reject(400, "bad header line")
-        value = value.strip(b" \t")
-        if _FIELD_VALUE.fullmatch(value) is None:
-            return Reject(400, "bad character in a header value")
-        headers.append((name.lower(), value))
+        problem = header_line_problem(line)
+        if problem is not None:
+            return problem
+        name, _, value = line.partition(b":")
+        headers.append((name.lower(), value.strip(b" \t")))
     head = RequestHead(request_line.group(1), request_line.group(2), request_line.group(3), tuple(headers))
     if head.version == b"1.1" and len(head.get_all(b"host")) != 1:
         return Reject(400, "an HTTP/1.1 request needs exactly one Host header")
     return head
+
+
+def request_line_problem(line: bytes) -> Optional[Reject]:
+    """Why line is not a request line this gateway serves (400, or 505 for another HTTP version); None when it is."""
+    if _REQUEST_LINE.fullmatch(line) is not None:
+        return None
+    if line.startswith((b"PRI * HTTP/2", b"GET ")) or b" HTTP/" in line:
+        version = line.rpartition(b" HTTP/")[2]
+        if version and version not in (b"1.0", b"1.1") and re.fullmatch(rb"\d(\.\d)?", version):
+            return Reject(505, "only HTTP/1.0 and HTTP/1.1 are served")
+    return Reject(400, "bad request line")
+
+
+def header_line_problem(line: bytes) -> Optional[Reject]:
+    """Why line is not a header line (a token, a colon, a value of allowed characters); None when it is."""
+    name, colon, value = line.partition(b":")
+    if not colon or _TOKEN.fullmatch(name) is None:
+        return Reject(400, "bad header line")
+    if _FIELD_VALUE.fullmatch(value.strip(b" \t")) is None:
+        return Reject(400, "bad character in a header value")
+    return None
 
 
 def is_upgrade(head: RequestHead) -> bool:

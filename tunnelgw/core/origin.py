@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import functools
 
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 from urllib.parse import urlsplit
 
 __all__ = ["ANY_ORIGIN", "origin_refusal", "own_origin", "parse_origin"]
@@ -60,7 +60,7 @@ def own_origin(host: str, secure: bool) -> Optional[Origin]:
 
 
 def origin_refusal(origin: Optional[str], host: str, secure: bool,
-                   allowed: Optional[Sequence[str]]) -> Optional[str]:
+                   allowed: Optional[Sequence[str]], show: Callable[[str], str] = str) -> Optional[str]:
     """
     Why a handshake is refused for its Origin, or None when it is admitted.
 
@@ -72,16 +72,18 @@ def origin_refusal(origin: Optional[str], host: str, secure: bool,
         (lower case, no trailing slash; ``*`` admits all), or None when no
         rule covers it: then only the gateway's own origin is admitted, and
         requests without Origin (non-browser clients) pass.
+    :param show: how the reason names an origin (the gateway's redaction:
+        an Origin or Host may carry a ``from=host`` token).
     """
     if allowed is not None:
         if ANY_ORIGIN in allowed or (origin is not None and origin.strip().rstrip("/").lower() in allowed):
             return None
-        return f"origin {origin or '(none)'!r} is not allowed here"
+        return f"origin {show(origin) if origin else '(none)'!r} is not allowed here"
     if origin is None:
         return None
     own = own_origin(host, secure)
     if own is not None and parse_origin(origin) == own:
         return None
-    shown = f"{own[0]}://{host.strip().lower()}" if own is not None else "(no valid Host)"
-    return (f"origin {origin!r} is not this gateway's own ({shown}); "
+    shown = show(f"{own[0]}://{host.strip()}") if own is not None else "(no valid Host)"
+    return (f"origin {show(origin)!r} is not this gateway's own ({shown}); "
             "a page elsewhere needs OriginAllow")

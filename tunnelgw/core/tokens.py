@@ -31,7 +31,7 @@ import os
 import re
 from dataclasses import dataclass, replace
 from typing import Any, Callable, Hashable, Optional, Sequence, Union
-from urllib.parse import parse_qs, unquote
+from urllib.parse import parse_qs
 
 import jwt
 
@@ -164,7 +164,9 @@ def extract_token(origin: str, param: str, remainder: str, query: str, host: str
         values = parse_qs(query, keep_blank_values=True).get(param, [])
         token = values[0] if values else ""
     elif origin == "path":
-        token = unquote(remainder.lstrip("/").split("/")[0])
+        # The remainder is normalised (percent escapes decoded once): decoding again would let
+        # ``%2541`` and ``A`` name one token.
+        token = remainder.lstrip("/").split("/")[0]
     else:
         name = host.strip()
         name = name[1:name.find("]")] if name.startswith("[") else name.rsplit(":", 1)[0] if name.count(":") == 1 else name
