@@ -2,9 +2,10 @@
 Server certificates of ``ssl:`` listeners: loaded by the gateway, swapped on reload.
 
 An ``ssl:`` listener is a plain stream endpoint (``tcp:``, or ``systemd:`` in
-a worker) under Twisted's :class:`~twisted.protocols.tls.TLSMemoryBIOFactory`
-(what ``reactor.listenSSL`` does too), whose connection creator is a
-:class:`ServerCertificates`: it holds the OpenSSL contexts built with
+a worker) whose accepted sockets are served by
+:class:`tunnelgw.tlssocket.TLSSocketServerFactory` (OpenSSL reads and writes
+the socket itself, without Twisted's memory buffers), with the OpenSSL
+connections a :class:`ServerCertificates` makes: it holds the contexts built with
 Twisted's :class:`~twisted.internet.ssl.CertificateOptions` from the
 listener's files, and :meth:`ServerCertificates.take` replaces them whole.
 New handshakes use the new contexts at once; connections already made keep
@@ -27,19 +28,20 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from cryptography import x509
 from OpenSSL import SSL, crypto
-from twisted.internet.interfaces import IListeningPort, IOpenSSLServerConnectionCreator, IStreamServerEndpoint
+from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
 from twisted.internet.defer import Deferred
 from twisted.internet.ssl import Certificate, CertificateOptions, DiffieHellmanParameters, KeyPair
-from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.filepath import FilePath
 from zope.interface import implementer
 
 from tunnelgw.core.tlsconfig import ClientCertificate, ListenTLS
+from tunnelgw.tlssocket import TLSSocketServerFactory, select_protocol
 
 __all__ = ["ServerCertificates", "TLSServerEndpoint", "client_certificate", "load_contexts"]
 
@@ -100,6 +102,7 @@ def _context(key_pem: bytes, cert_pem: bytes, chain_pem: bytes, verify: _Verify,
         if "mismatch" in reason:
             raise ValueError(f"the certificate and the private key do not match ({names})") from None
         raise ValueError(f"cannot use the certificate and key in {names}: {reason}") from None
+    context.set_alpn_select_callback(select_protocol)
     if verify.crl is not None:
         store = context.get_cert_store()
         assert store is not None
@@ -160,9 +163,8 @@ def load_contexts(tls: ListenTLS) -> _Contexts:
     return _Contexts(default, by_name)
 
 
-@implementer(IOpenSSLServerConnectionCreator)
 class ServerCertificates:
-    """The connection creator of one ``ssl:`` listener, whose contexts a reload replaces."""
+    """What makes the OpenSSL connections of one ``ssl:`` listener; a reload replaces its contexts."""
 
     def __init__(self, contexts: _Contexts) -> None:
         self._contexts = contexts
@@ -176,22 +178,24 @@ class ServerCertificates:
         """The server names with a certificate of their own."""
         return sorted(n.decode("idna") for n in self._contexts.by_name)
 
-    def serverConnectionForTLS(self, protocol: Any) -> SSL.Connection:
-        """A server-side connection on the current default context (SNI may switch it)."""
-        return SSL.Connection(self._contexts.default, None)
+    def socket_connection(self, sock: socket.socket) -> SSL.Connection:
+        """A server-side connection over sock on the current default context (SNI may switch it)."""
+        return SSL.Connection(self._contexts.default, sock)
 
 
 @implementer(IStreamServerEndpoint)
 class TLSServerEndpoint:
     """A stream server endpoint under TLS made by a :class:`ServerCertificates`."""
 
-    def __init__(self, stream: IStreamServerEndpoint, certificates: ServerCertificates) -> None:
+    def __init__(self, stream: IStreamServerEndpoint, certificates: ServerCertificates, reactor: Any) -> None:
         self.stream = stream
         self.certificates = certificates
+        self._reactor = reactor
 
     def listen(self, protocolFactory: Any) -> "Deferred[IListeningPort]":
-        """Listen on the stream endpoint, every connection wrapped in TLS."""
-        return self.stream.listen(TLSMemoryBIOFactory(self.certificates, False, protocolFactory))
+        """Listen on the stream endpoint, TLS served on every accepted socket."""
+        return self.stream.listen(TLSSocketServerFactory(self.certificates.socket_connection, protocolFactory,
+                                                         self._reactor))
 
 
 #: The subject alternative name types that ``certname=`` patterns name.

@@ -238,8 +238,8 @@ _TWISTED_KNOWN = all(hasattr(FileDescriptor, name) for name in ("dataBuffer", "_
 def immediate_writes(transport: Any) -> None:
     """
     Give transport immediate writes: a TCP connection, or Twisted's TLS
-    protocol wrapped around one (TLS listeners, ``tls:`` and ``wss://``
-    backends) and the connection under it.  Any other kind of transport
+    protocol wrapped around one (``tls:`` and ``wss://`` backends; ``ssl:``
+    listeners are :mod:`tunnelgw.tlssocket`'s) and the connection under it.  Any other kind of transport
     (``unix:``, ``ssl:`` client strings, which start TLS on the connection)
     is left as it is, and every transport when Twisted's internals are not
     the ones these classes know.

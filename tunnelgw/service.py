@@ -226,7 +226,7 @@ def check_config(config: Config, reactor: Any, without_sockets: bool = False) ->
                 except ValueError as e:
                     problems.append(Problem(where, f"Listen {description.split(':')[0]}: {e}"))
                     continue
-                servers.append((where, description, TLSServerEndpoint(stream, certificates)))
+                servers.append((where, description, TLSServerEndpoint(stream, certificates, reactor)))
         except Exception as e:
             problems.append(Problem(where, f"bad {kind} endpoint {description!r}: {_explain(e, description)}"))
     problems += check_topology(config.topology, reactor)

@@ -1,0 +1,351 @@
+"""
+:mod:`tunnelgw.tlssocket`: TLS served on the accepted socket itself.  Real
+loopback connections on the reactor (iosim cannot drive a socket-backed
+OpenSSL connection), through the gateway's own ``ssl:`` listener wiring
+(:class:`tunnelgw.certificates.TLSServerEndpoint`), against Twisted's TLS
+client; every wait is on an event, bounded by the test's timeout.
+"""
+
+from __future__ import annotations
+
+import socket
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence
+
+from OpenSSL import SSL
+from twisted.internet import error, interfaces
+from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint, wrapClientTLS
+from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.ssl import Certificate, PrivateCertificate, optionsForClientTLS
+from twisted.python.failure import Failure
+from twisted.trial.unittest import TestCase
+from zope.interface import implementer
+
+from support import Pki, make_client_cert, make_pki
+from tunnelgw.certificates import ServerCertificates, TLSServerEndpoint, client_certificate, load_contexts
+from tunnelgw.core.tlsconfig import ListenTLS
+from tunnelgw.tlssocket import TLSSocketConnection
+
+
+@implementer(interfaces.IHandshakeListener)
+class _Peer(Protocol):
+    """Collects what arrives; Deferreds for a byte count, the handshake and the end."""
+
+    def __init__(self) -> None:
+        self.received = bytearray()
+        self.chunks = 0
+        self.handshake: Deferred[None] = Deferred()
+        self.lost: Deferred[None] = Deferred()
+        self.reason: Optional[Failure] = None
+        self._want: Optional[tuple[int, Deferred[bytes]]] = None
+
+    @property
+    def tls(self) -> Any:
+        """The transport, with what a TLS transport has (ITransport names only write and close)."""
+        return self.transport
+
+    def handshakeCompleted(self) -> None:
+        self.handshake.callback(None)
+
+    def dataReceived(self, data: bytes) -> None:
+        self.received += data
+        self.chunks += 1
+        if self._want is not None and len(self.received) >= self._want[0]:
+            waiting, self._want = self._want[1], None
+            waiting.callback(bytes(self.received))
+
+    def connectionLost(self, reason: Failure = Failure(error.ConnectionDone())) -> None:
+        self.reason = reason
+        self.lost.callback(None)
+
+    async def end(self) -> Failure:
+        """Why the connection ended, once it has."""
+        await self.lost
+        assert self.reason is not None
+        return self.reason
+
+    def until(self, count: int) -> "Deferred[bytes]":
+        """Fires with everything received once count bytes have arrived."""
+        d: Deferred[bytes] = Deferred()
+        if len(self.received) >= count:
+            d.callback(bytes(self.received))
+        else:
+            self._want = (count, d)
+        return d
+
+
+class _Producer:
+    """A streaming producer that records being paused and resumed."""
+
+    def __init__(self) -> None:
+        self.events: list[str] = []
+        self.resumed: Deferred[None] = Deferred()
+
+    def pauseProducing(self) -> None:
+        self.events.append("pause")
+
+    def resumeProducing(self) -> None:
+        self.events.append("resume")
+        if not self.resumed.called:
+            self.resumed.callback(None)
+
+    def stopProducing(self) -> None:
+        self.events.append("stop")
+
+
+@implementer(interfaces.IProtocolNegotiationFactory)
+class _Negotiating(Factory):
+    """A server factory with an ALPN list, as the gateway's front factory has."""
+
+    def __init__(self, build: Callable[[], Protocol], protocols: Sequence[bytes]) -> None:
+        self._build = build
+        self._protocols = protocols
+
+    def buildProtocol(self, addr: Any) -> Protocol:
+        return self._build()
+
+    def acceptableProtocols(self) -> list[bytes]:
+        return list(self._protocols)
+
+
+class TLSSocketConnectionTests(TestCase):
+    """An ``ssl:`` listener's connections over real loopback sockets."""
+
+    timeout = 20
+
+    def setUp(self) -> None:
+        from twisted.internet import reactor
+
+        self.reactor: Any = reactor
+        self.folder = Path(tempfile.mkdtemp())
+        self.pki: Pki = make_pki(self.folder / "pki")
+        self.servers: list[_Peer] = []
+        self.server_made: Deferred[_Peer] = Deferred()
+        self.addCleanup(self._servers_closed)  # runs last: after the clients are gone
+
+    async def _servers_closed(self) -> None:
+        """Every server-side connection ends once its client is gone (nothing left on the reactor)."""
+        for server in self.servers:
+            await server.lost
+
+    async def listen(self, tls: Optional[ListenTLS] = None, protocols: Sequence[bytes] = ()) -> int:
+        """Listen with the gateway's TLS endpoint on a free loopback port (offering protocols over ALPN); the port."""
+        tls = tls or ListenTLS(stream="tcp:0", private_key=str(self.pki.server_key),
+                               certificate=str(self.pki.fullchain))
+        endpoint = TLSServerEndpoint(TCP4ServerEndpoint(self.reactor, 0, interface="127.0.0.1"),
+                                     ServerCertificates(load_contexts(tls)), self.reactor)
+
+        def build() -> _Peer:
+            peer = _Peer()
+            self.servers.append(peer)
+            if not self.server_made.called:
+                self.server_made.callback(peer)
+            return peer
+
+        port = await endpoint.listen(_Negotiating(build, protocols))
+        self.addCleanup(port.stopListening)
+        address: Any = port.getHost()
+        return int(address.port)
+
+    async def connect(self, port: int, client_cert: Optional[Path] = None, protocols: Sequence[bytes] = ()) -> _Peer:
+        """A Twisted TLS client connected to port, trusting the test root (with a client certificate and ALPN if given)."""
+        trust = Certificate.loadPEM(self.pki.ca_cert.read_bytes())
+        mine = PrivateCertificate.loadPEM(client_cert.read_bytes()) if client_cert else None
+        options = optionsForClientTLS("localhost", trustRoot=trust, clientCertificate=mine,
+                                      acceptableProtocols=list(protocols) or None)
+        client = _Peer()
+        endpoint = wrapClientTLS(options, TCP4ClientEndpoint(self.reactor, "127.0.0.1", port))
+        await endpoint.connect(Factory.forProtocol(lambda: client))
+        self.addCleanup(self._close, client)
+        return client
+
+    async def _close(self, peer: _Peer) -> None:
+        if not peer.lost.called:
+            peer.tls.abortConnection()
+            await peer.lost
+
+    async def pair(self) -> tuple[_Peer, _Peer]:
+        """A handshaken client and the server protocol it reached."""
+        client = await self.connect(await self.listen())
+        server = await self.server_made
+        await server.handshake
+        await client.handshake
+        return client, server
+
+    async def test_handshake_and_both_directions(self) -> None:
+        """The handshake completes (the protocol hears of it), bytes go both ways, the transport says TLS."""
+        client, server = await self.pair()
+        self.assertIsInstance(server.transport, TLSSocketConnection)
+        self.assertTrue(interfaces.ISSLTransport.providedBy(server.transport))
+        self.assertEqual(server.tls.getPeer().host, "127.0.0.1")
+        self.assertEqual(server.tls.getPeer(), client.tls.getHost())
+        client.tls.write(b"hello")
+        self.assertEqual(await server.until(5), b"hello")
+        server.tls.write(b"world")
+        self.assertEqual(await client.until(5), b"world")
+        self.assertIsNone(server.tls.getPeerCertificate())
+
+    async def test_alpn_from_the_listener_factory(self) -> None:
+        """The factory's ALPN list is served: h2 and http/1.1 offered gets http/1.1; only h2 offered still connects, without ALPN."""
+        port = await self.listen(protocols=[b"http/1.1"])
+        client = await self.connect(port, protocols=[b"h2", b"http/1.1"])
+        server = await self.server_made
+        await server.handshake
+        await client.handshake
+        self.assertEqual(server.tls.negotiatedProtocol, b"http/1.1")
+        self.assertEqual(client.tls.negotiatedProtocol, b"http/1.1")
+        self.server_made = Deferred()
+        other = await self.connect(port, protocols=[b"h2"])
+        server = await self.server_made
+        await server.handshake
+        self.assertIsNone(server.tls.negotiatedProtocol)
+        other.tls.write(b"ping")
+        self.assertEqual(await server.until(4), b"ping")
+
+    async def test_writes_before_the_handshake_wait_for_it(self) -> None:
+        """What the protocol writes on connectionMade reaches the client after the handshake, in order."""
+        port = await self.listen()
+        client = await self.connect(port)
+        server = await self.server_made
+        server.tls.write(b"early ")
+        server.tls.writeSequence([b"and ", b"more"])
+        self.assertEqual(await client.until(14), b"early and more")
+
+    async def test_large_writes_while_the_client_reads_nothing(self) -> None:
+        """
+        Eight MiB written while the client is paused fill the socket (OpenSSL
+        says WantWrite): the producer is paused, the rest is queued and
+        retried, and once the client reads every byte arrives in order and
+        the producer is resumed.
+        """
+        client, server = await self.pair()
+        server.tls.getHandle().setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 16384)
+        producer = _Producer()
+        server.tls.registerProducer(producer, True)
+        client.tls.pauseProducing()
+        data = bytes(range(256)) * 4096 * 8
+        for start in range(0, len(data), 100_000):
+            server.tls.writeSequence([data[start:start + 37], data[start + 37:start + 100_000]])
+        self.assertEqual(producer.events, ["pause"])
+        client.tls.resumeProducing()
+        self.assertEqual(await client.until(len(data)), data)
+        await producer.resumed
+        self.assertEqual(producer.events[:2], ["pause", "resume"])
+
+    async def test_close_after_a_large_write_delivers_it_then_close_notify(self) -> None:
+        """loseConnection after a large write: the client gets every byte, then a clean TLS close."""
+        client, server = await self.pair()
+        data = b"z" * 3_000_000
+        server.tls.write(data)
+        server.tls.loseConnection()
+        reason = await client.end()
+        self.assertEqual(bytes(client.received), data)
+        reason.trap(error.ConnectionDone)
+        (await server.end()).trap(error.ConnectionDone)
+
+    async def test_client_close_notify_ends_the_server_side_cleanly(self) -> None:
+        """The client's close_notify after data: the data first, then connectionLost with ConnectionDone."""
+        client, server = await self.pair()
+        client.tls.write(b"x" * 100_000)
+        client.tls.loseConnection()
+        reason = await server.end()
+        reason.trap(error.ConnectionDone)
+        self.assertEqual(bytes(server.received), b"x" * 100_000)
+
+    async def test_peer_close_inside_a_record(self) -> None:
+        """A TCP close in the middle of a record (no close_notify) is ConnectionLost, and nothing of it is delivered."""
+        client, server = await self.pair()
+        raw = client.tls.transport  # the TCP connection under the client's TLS
+        raw.write(b"\x17\x03\x03\x40\x00" + b"\x00" * 100)  # a record header promising 16 KiB, then 100 bytes
+        raw.loseConnection()
+        reason = await server.end()
+        reason.trap(error.ConnectionLost)
+        self.assertEqual(bytes(server.received), b"")
+
+    async def test_writes_to_a_vanished_client(self) -> None:
+        """Writes after the client reset the connection raise nothing; the protocol hears ConnectionLost once."""
+        client, server = await self.pair()
+        client.tls.abortConnection()
+        await client.lost
+        while not server.lost.called:
+            server.tls.write(b"x" * 65536)
+            await _turn(self.reactor)
+        (await server.end()).trap(error.ConnectionLost)
+        server.tls.write(b"after the end")  # dropped
+
+    async def test_garbage_instead_of_a_handshake(self) -> None:
+        """A client that sends no TLS at all: the server protocol is told ConnectionLost, the socket closed."""
+        port = await self.listen()
+        raw = _Peer()
+        await TCP4ClientEndpoint(self.reactor, "127.0.0.1", port).connect(Factory.forProtocol(lambda: raw))
+        server = await self.server_made
+        raw.tls.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        (await server.end()).trap(error.ConnectionLost)
+        await raw.lost
+
+    async def test_abort(self) -> None:
+        """abortConnection drops queued data and closes at once: ConnectionAborted on our side, a lost connection on the client's."""
+        client, server = await self.pair()
+        client.tls.pauseProducing()
+        server.tls.getHandle().setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 16384)
+        server.tls.write(b"q" * 4_000_000)
+        server.tls.abortConnection()
+        server.tls.abortConnection()  # a second abort is harmless
+        (await server.end()).trap(error.ConnectionAborted)
+        client.tls.resumeProducing()
+        (await client.end()).trap(error.ConnectionLost, error.ConnectionDone)
+        self.assertLess(len(client.received), 4_000_000)
+
+    async def test_pause_and_resume_reading(self) -> None:
+        """While paused the server's protocol gets nothing even with records in its socket; resumed, it gets them all."""
+        client, server = await self.pair()
+        server.tls.pauseProducing()
+        client.tls.write(b"a" * 50_000)
+        handle = server.tls.getHandle()
+        # Wait (on reactor turns, no timer) until the records are in the server's socket.
+        while _peek(handle) < 50_000:
+            await _turn(self.reactor)
+        for _ in range(5):
+            await _turn(self.reactor)
+        self.assertEqual(bytes(server.received), b"")
+        server.tls.resumeProducing()
+        self.assertEqual(await server.until(50_000), b"a" * 50_000)
+
+    async def test_client_certificates(self) -> None:
+        """With clientcert=required, a client certificate is verified and read back; a client without one is refused."""
+        tls = ListenTLS(stream="tcp:0", private_key=str(self.pki.server_key), certificate=str(self.pki.fullchain),
+                        client_ca=str(self.pki.ca_cert), client_cert="required")
+        port = await self.listen(tls)
+        cert = make_client_cert(self.pki, self.folder / "clients", "alice", emails=("alice@example.org",))
+        client = await self.connect(port, client_cert=cert)
+        server = await self.server_made
+        await server.handshake
+        identity = client_certificate(server.transport)
+        assert identity is not None
+        self.assertEqual(identity.common_name, "alice")
+        self.assertIn("alice@example.org", identity.names)
+
+        self.server_made = Deferred()
+        anonymous = await self.connect(port)
+        refused = await self.server_made
+        (await refused.end()).trap(error.ConnectionLost)
+        # Under TLS 1.3 the client finishes its side first; OpenSSL's alert then ends it with an error.
+        (await anonymous.end()).trap(SSL.Error)
+        self.assertFalse(refused.handshake.called)
+
+
+def _peek(handle: socket.socket) -> int:
+    """How many bytes wait in handle's receive buffer (up to 64 KiB)."""
+    try:
+        return len(handle.recv(65536, socket.MSG_PEEK | socket.MSG_DONTWAIT))
+    except BlockingIOError:
+        return 0
+
+
+def _turn(reactor: Any) -> "Deferred[None]":
+    """One reactor turn."""
+    d: Deferred[None] = Deferred()
+    reactor.callLater(0, d.callback, None)
+    return d

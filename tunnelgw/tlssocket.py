@@ -1,0 +1,535 @@
+"""
+TLS on the socket itself: the transport of ``ssl:`` listeners' connections.
+
+Twisted's TLS (:class:`~twisted.protocols.tls.TLSMemoryBIOProtocol`) puts
+OpenSSL between two memory buffers: every encrypted byte is copied out of
+OpenSSL into a Python string and handed to the TCP transport, and every
+received byte is copied into OpenSSL before it is decrypted.  Here OpenSSL
+owns the socket (a pyOpenSSL ``SSL.Connection(context, socket)``): a write is
+encrypted straight into the kernel's send buffer and a read decrypted straight
+out of the receive buffer, as Python's own ``ssl`` sockets do.
+
+:class:`TLSSocketServerFactory` is the factory an ``ssl:`` listener's plain
+stream endpoint (``tcp:``, ``systemd:``) listens with: each accepted
+connection is taken over as soon as it is made, before any byte is read, its
+socket detached from Twisted's TCP transport (``ISystemHandle.getHandle``,
+``stopReading``) and driven from then on by a :class:`TLSSocketConnection`,
+a :class:`~twisted.internet.abstract.FileDescriptor` the reactor watches with
+``addReader``/``addWriter``.  That transport provides what the gateway uses of
+Twisted's: :class:`~twisted.internet.interfaces.ISSLTransport`
+(``getPeerCertificate``, so client certificates and ``certname=`` work),
+``ITCPTransport``, producer and consumer flow control, ``abortConnection``.
+
+OpenSSL's rules on a non-blocking socket, kept here:
+
+- a write that OpenSSL could not finish (``WantWriteError``, or
+  ``WantReadError`` while it waits for the peer) is retried with the very
+  same buffer and nothing shorter, so queued data is only joined before its
+  first try;
+- a read may need the socket writable (``WantWriteError``) and a write may
+  need it readable; each waits for its own event and then runs again;
+- a close sends ``close_notify`` after the queued data (``loseConnection``),
+  or nothing (``abortConnection``); a peer that closes without one ends the
+  connection with :class:`~twisted.internet.error.ConnectionLost`.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections import deque
+from typing import Any, Callable, Iterable, Optional, Sequence, Union, cast
+
+from OpenSSL import SSL
+from twisted.internet import error, interfaces, main
+from twisted.internet.address import IPv4Address, IPv6Address
+from twisted.internet.abstract import FileDescriptor
+from twisted.internet.protocol import Factory, Protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+__all__ = ["TLSSocketConnection", "TLSSocketServerFactory", "select_protocol"]
+
+_log = Logger()
+
+_Address = Union[IPv4Address, IPv6Address]
+
+#: The most plaintext asked of OpenSSL per read: one TLS record's (SSL_read returns one record at most).
+_READ = 1 << 14
+
+#: The plaintext of a full TLS record: small queued writes are joined up to it before they go to OpenSSL.
+_RECORD = 1 << 14
+
+#: Seconds a connection whose handshake failed waits for the client to close after OpenSSL's alert.
+_LINGER = 2.0
+
+@implementer(interfaces.ISSLTransport, interfaces.ITCPTransport, interfaces.ISystemHandle, interfaces.INegotiated)
+class TLSSocketConnection(FileDescriptor):
+    """
+    One server-side TLS connection whose OpenSSL object reads and writes the socket.
+
+    The protocol is connected at once (as under Twisted's TLS); what it
+    writes before the handshake ends waits in the queue.
+
+    :ivar protocol: the application protocol.
+    """
+
+    def __init__(self, sock: socket.socket, tls: SSL.Connection, protocol: interfaces.IProtocol,
+                 host: _Address, peer: _Address, reactor: Any,
+                 protocols: Sequence[bytes] = ()) -> None:
+        FileDescriptor.__init__(self, reactor)
+        self._clock: interfaces.IReactorTime = reactor
+        self.socket = sock
+        self._fd = sock.fileno()
+        self._tls = tls
+        tls.set_app_data(self)  # for select_protocol
+        #: The ALPN protocols offered, preferred first.
+        self.protocols = protocols
+        self.protocol = protocol
+        self._host = host
+        self._peer = peer
+        #: Application bytes not yet taken by OpenSSL, in order; the head is retried as it is when _retry is set.
+        self._queue: deque[Union[bytes, memoryview]] = deque()
+        self._queued = 0
+        self._retry = False
+        self._handshaken = False
+        #: The socket event each side waits for: "read" waits for writability, "write" for readability.
+        self._read_needs_write = False
+        self._write_needs_read = False
+        self._closing = False  # close_notify being sent
+        #: Why the handshake failed, while the alert is given time to reach the client.
+        self._lingering: Optional[BaseException] = None
+        self._linger_call: Any = None
+        self.connected = 1
+
+    # --- the reactor's side
+
+    def fileno(self) -> int:
+        """The socket's descriptor (-1 once closed)."""
+        return self._fd
+
+    def start(self) -> None:
+        """Connect the protocol and start the handshake (it needs the client's hello first)."""
+        self._tls.set_accept_state()
+        self.startReading()  # first, so that a protocol pausing or closing in connectionMade has the last word
+        self.protocol.makeConnection(self)
+
+    def doRead(self) -> Optional[BaseException]:
+        """The socket is readable: go on with a write that waited for it, the handshake, or read records."""
+        if self._lingering is not None:
+            return self._discard()
+        if self._write_needs_read:
+            self._write_needs_read = False
+            failed = self._send_queue()
+            if failed is not None:
+                return failed
+        if not self._handshaken:
+            return self._handshake()
+        return self._read()
+
+    def doWrite(self) -> Optional[BaseException]:
+        """The socket is writable: go on with the handshake, a read that waited for it, or the queue."""
+        if not self._handshaken:
+            self.stopWriting()
+            return self._handshake()
+        if self._read_needs_write:
+            self._read_needs_write = False
+            failed = self._read()
+            if failed is not None:
+                return failed
+        if self._closing:
+            self.stopWriting()
+            return self._send_close_notify()
+        failed = self._send_queue()
+        if failed is not None:
+            return failed
+        if not (self._retry and not self._write_needs_read) and not self._read_needs_write:
+            # Nothing waits for writability any more (while the socket stays full, the reactor keeps
+            # watching it, without two epoll_ctl calls per turn).
+            self.stopWriting()
+        return self._drained()
+
+    def _handshake(self) -> Optional[BaseException]:
+        try:
+            self._tls.do_handshake()
+        except SSL.WantReadError:
+            self.startReading()
+            return None
+        except SSL.WantWriteError:
+            self.startWriting()
+            return None
+        except SSL.Error as e:
+            return self._linger(_lost(e, "TLS handshake failed"))
+        self._handshaken = True
+        if interfaces.IHandshakeListener.providedBy(self.protocol):
+            self.protocol.handshakeCompleted()
+        if not self.connected:
+            return None
+        failed = self._send_queue()
+        if failed is not None:
+            return failed
+        if self.disconnecting and not self._queue:
+            return self._drained()
+        # A client may send its first records with its Finished message.
+        return self._read()
+
+    def _linger(self, reason: BaseException) -> Optional[BaseException]:
+        """
+        After a failed handshake: end our side after OpenSSL's alert (FIN) and
+        drop what the client still sends until it closes, for at most
+        :data:`_LINGER` seconds.  Closing at once with the client's bytes unread
+        would send a reset, which discards the alert before the client reads it.
+        """
+        try:
+            self.socket.shutdown(socket.SHUT_WR)
+        except OSError:
+            return reason
+        self._lingering = reason
+        self.disconnecting = 1
+        self.stopWriting()
+        self.startReading()
+        self._linger_call = self._clock.callLater(_LINGER, self._end_linger)
+        return self._discard()
+
+    def _discard(self) -> Optional[BaseException]:
+        while True:
+            try:
+                if not self.socket.recv(_READ):
+                    return self._lingering
+            except BlockingIOError:
+                return None
+            except OSError:
+                return self._lingering
+
+    def _end_linger(self) -> None:
+        self._linger_call = None
+        if not self.disconnected:
+            self.connectionLost(Failure(self._lingering))
+
+    def _read(self) -> Optional[BaseException]:
+        chunks: list[bytes] = []
+        got = 0
+        end: Optional[BaseException] = None
+        # About bufferSize per wake-up (as Twisted's TCP reads), delivered in one dataReceived; never
+        # stop with plaintext left inside OpenSSL, which no socket event would announce.
+        while got < self.bufferSize or self._tls.pending():
+            try:
+                chunk = self._tls.recv(_READ)
+            except SSL.WantReadError:
+                break
+            except SSL.WantWriteError:
+                self._read_needs_write = True
+                self.startWriting()
+                break
+            except SSL.ZeroReturnError:  # the peer's close_notify
+                end = main.CONNECTION_DONE
+                break
+            except SSL.Error as e:
+                end = _lost(e, "TLS connection failed")
+                break
+            chunks.append(chunk)
+            got += len(chunk)
+        if chunks and not self.disconnected and not self._aborted():
+            self.protocol.dataReceived(chunks[0] if len(chunks) == 1 else b"".join(chunks))
+        if end is main.CONNECTION_DONE and self.connected:
+            if self._queue and not self.disconnecting:
+                # The client has finished sending: what it is owed still goes out before our close_notify.
+                self.loseConnection()
+                return None
+            self._answer_close_notify()
+        return end
+
+    def _answer_close_notify(self) -> None:
+        """Best effort: our close_notify after the peer's, without waiting for the socket."""
+        try:
+            self._tls.shutdown()
+        except SSL.Error:
+            pass
+
+    # --- writing
+
+    def write(self, data: bytes) -> None:
+        """Encrypt data to the socket now if nothing waits ahead of it, else queue it (pausing a producer when full)."""
+        if not data or not self.connected or self.disconnecting:
+            return
+        self._queue.append(data)
+        self._queued += len(data)
+        self._after_write()
+
+    def writeSequence(self, iovec: Iterable[bytes]) -> None:
+        """As :meth:`write` for the pieces together (joined into full records before they go to OpenSSL)."""
+        if not self.connected or self.disconnecting:
+            return
+        for piece in iovec:
+            if piece:
+                self._queue.append(piece)
+                self._queued += len(piece)
+        self._after_write()
+
+    def _after_write(self) -> None:
+        if self._handshaken and not self._retry and not self._write_needs_read:
+            # Nothing waits for the socket (the queue is empty but for this write): send at once, not on the next turn.
+            failed = self._send_queue()
+            if failed is not None:
+                self._lose_later(failed)
+                return
+        if self._queue:
+            # The bound is bufferSize, as for Twisted's transports (a session raises it to its relay window).
+            if self.producer is not None and self.streamingProducer and self._queued > self.bufferSize \
+                    and not self.producerPaused:
+                self.producerPaused = True
+                cast(interfaces.IPushProducer, self.producer).pauseProducing()
+
+    def _send_queue(self) -> Optional[BaseException]:
+        """SSL_write the queue until it is empty or the socket is full; an exception when the connection failed."""
+        queue = self._queue
+        while queue:
+            if not self._retry and len(queue) > 1 and len(queue[0]) < _RECORD:
+                # Fill one record from the pieces ahead (a frame header and the start of its payload): each
+                # record is a system call, so a header must not be one of its own; the rest is not copied.
+                pieces = [queue.popleft()]
+                size = len(pieces[0])
+                while queue and size < _RECORD:
+                    piece = queue.popleft()
+                    room = _RECORD - size
+                    if len(piece) > room:
+                        queue.appendleft(memoryview(piece)[room:])
+                        piece = memoryview(piece)[:room]
+                    pieces.append(piece)
+                    size += len(piece)
+                queue.appendleft(b"".join(pieces))
+            head = queue[0]
+            try:
+                sent = self._tls.send(head)
+            except SSL.WantWriteError:
+                self._retry = True
+                self.startWriting()
+                return None
+            except SSL.WantReadError:
+                self._retry = True
+                self._write_needs_read = True
+                self.startReading()
+                return None
+            except SSL.Error as e:
+                return _lost(e, "TLS write failed")
+            self._retry = False
+            self._queued -= sent
+            if sent == len(head):
+                queue.popleft()
+            else:  # partial write (whole records sent): the rest is new data for OpenSSL
+                queue[0] = memoryview(head)[sent:]
+        return None
+
+    def _drained(self) -> Optional[BaseException]:
+        """After a flush: resume a paused producer, or go on closing."""
+        if self._queue:
+            return None
+        if self.producer is not None and (not self.streamingProducer or self.producerPaused):
+            self.producerPaused = False
+            cast(interfaces.IPushProducer, self.producer).resumeProducing()  # a pull producer has it too
+        elif self.disconnecting:
+            return self._send_close_notify()
+        return None
+
+    def _send_close_notify(self) -> Optional[BaseException]:
+        if not self._handshaken:
+            return main.CONNECTION_DONE
+        self._closing = True
+        try:
+            self._tls.shutdown()
+        except SSL.WantWriteError:
+            self.startWriting()
+            return None
+        except SSL.Error:
+            pass  # the peer is gone already: nothing more to say
+        return main.CONNECTION_DONE
+
+    # --- ITransport, ITCPTransport
+
+    def loseConnection(self) -> None:
+        """Close after the queued data, with a close_notify (once a producer still registered is unregistered)."""
+        if not self.connected or self.disconnecting:
+            return
+        self.disconnecting = 1
+        if not self._write_needs_read:  # else the queued write waits for the socket to be readable
+            self.stopReading()
+        self.startWriting()  # doWrite flushes, sends close_notify and closes
+
+    def loseWriteConnection(self) -> None:
+        """TLS has no half-close that the gateway's peers rely on: close whole."""
+        self.loseConnection()
+
+    def abortConnection(self) -> None:
+        """Close now: no close_notify, queued data dropped; connectionLost on the next reactor turn."""
+        self._lose_later(error.ConnectionAborted())
+
+    #: Why the connection is being ended on the next reactor turn (an abort, a failed write).
+    _ending: Optional[BaseException] = None
+
+    def _aborted(self) -> bool:
+        return self._ending is not None
+
+    def _lose_later(self, reason: BaseException) -> None:
+        """Stop all I/O now and end the connection on the next reactor turn (not inside the protocol's call)."""
+        if self.disconnected or self._ending is not None:
+            return
+        self._ending = reason
+        self.stopReading()
+        self.stopWriting()
+        self.disconnecting = 1
+        self._clock.callLater(0, self._end)
+
+    def _end(self) -> None:
+        if not self.disconnected:
+            self.connectionLost(Failure(self._ending))
+
+    def connectionLost(self, reason: Failure) -> None:
+        """Close the socket (with a reset when aborted) and tell the protocol, once."""
+        if self.disconnected:
+            return
+        if self._lingering is not None:
+            reason = Failure(self._lingering)  # not the client's close that ended the wait
+            if self._linger_call is not None and self._linger_call.active():
+                self._linger_call.cancel()
+        FileDescriptor.connectionLost(self, reason)
+        self._queue.clear()
+        self._queued = 0
+        try:
+            if reason.check(error.ConnectionAborted):
+                self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+            self.socket.close()
+        except OSError:
+            pass
+        self._fd = -1
+        self.protocol.connectionLost(reason)
+
+    def getHost(self) -> _Address:
+        """The listener's address."""
+        return self._host
+
+    def getPeer(self) -> _Address:
+        """The client's address."""
+        return self._peer
+
+    def getHandle(self) -> socket.socket:
+        """The socket (for socket options; reading or writing it would break the TLS stream)."""
+        return self.socket
+
+    def getTcpNoDelay(self) -> bool:
+        """Whether Nagle's algorithm is off."""
+        return bool(self.socket.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+
+    def setTcpNoDelay(self, enabled: bool) -> None:
+        """Turn Nagle's algorithm off (True) or on."""
+        self.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, enabled)
+
+    def getTcpKeepAlive(self) -> bool:
+        """Whether TCP keepalive is on."""
+        return bool(self.socket.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE))
+
+    def setTcpKeepAlive(self, enabled: bool) -> None:
+        """Turn TCP keepalive on or off."""
+        self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, enabled)
+
+    # --- ISSLTransport, INegotiated
+
+    def getPeerCertificate(self) -> Any:
+        """The client's verified certificate (pyOpenSSL ``X509``), None without one."""
+        return self._tls.get_peer_certificate()
+
+    @property
+    def negotiatedProtocol(self) -> Optional[bytes]:
+        """The ALPN protocol chosen in the handshake, None without one."""
+        return self._tls.get_alpn_proto_negotiated() or None
+
+    def logPrefix(self) -> str:
+        """The protocol's class name, as Twisted's transports log it."""
+        return f"{type(self.protocol).__name__},tls"
+
+
+def select_protocol(connection: SSL.Connection, offered: list[bytes]) -> Any:
+    """
+    The ALPN callback of an ``ssl:`` listener's contexts: the first of the
+    connection's :attr:`TLSSocketConnection.protocols` the client offers; with
+    none in common the handshake goes on without ALPN (the client may still
+    speak HTTP/1.1).  It replaces the callback Twisted's
+    ``CertificateOptions`` installs, which expects a Twisted TLS protocol.
+    """
+    transport = connection.get_app_data()
+    for name in transport.protocols if isinstance(transport, TLSSocketConnection) else ():
+        if name in offered:
+            return name
+    return SSL.NO_OVERLAPPING_PROTOCOLS
+
+
+def _lost(e: SSL.Error, what: str) -> BaseException:
+    """The reason a connection ended on an OpenSSL error: ConnectionLost with OpenSSL's words."""
+    if isinstance(e, SSL.SysCallError):
+        return error.ConnectionLost(f"{what}: {e.args[1] if len(e.args) > 1 else e}")
+    return error.ConnectionLost(f"{what}: {e}")
+
+
+class _Takeover(Protocol):
+    """The protocol the stream endpoint connects first: it hands the socket to a :class:`TLSSocketConnection`."""
+
+    def __init__(self, start: Callable[[Any], None]) -> None:
+        self._start = start
+
+    def connectionMade(self) -> None:
+        self._start(self.transport)
+
+
+class TLSSocketServerFactory(Factory):
+    """
+    The factory a plain stream endpoint listens with to serve TLS on its sockets.
+
+    :param connection_for: makes the server-side OpenSSL connection of a socket
+        (:meth:`tunnelgw.certificates.ServerCertificates.socket_connection`).
+    :param wrapped: the application's factory.
+    """
+
+    noisy = False
+
+    def __init__(self, connection_for: Callable[[socket.socket], SSL.Connection], wrapped: Any, reactor: Any) -> None:
+        self._connection_for = connection_for
+        self.wrapped = wrapped
+        self._reactor = reactor
+        negotiation = interfaces.IProtocolNegotiationFactory(wrapped, None)
+        self._protocols: Sequence[bytes] = tuple(negotiation.acceptableProtocols()) if negotiation is not None else ()
+
+    def doStart(self) -> None:
+        """Start the application's factory with this one."""
+        self.wrapped.doStart()
+
+    def doStop(self) -> None:
+        """Stop the application's factory with this one."""
+        self.wrapped.doStop()
+
+    def buildProtocol(self, addr: Optional[interfaces.IAddress]) -> Optional[Protocol]:
+        """The take-over protocol, or None (the connection closed) when the application refuses addr."""
+        protocol = self.wrapped.buildProtocol(addr)
+        if protocol is None:
+            return None
+        return _Takeover(lambda transport: self._take_over(transport, protocol))
+
+    def _take_over(self, transport: Any, protocol: interfaces.IProtocol) -> None:
+        """Detach the accepted socket from Twisted's TCP transport (which has read nothing) and serve TLS on it."""
+        handle = transport.getHandle() if interfaces.ISystemHandle.providedBy(transport) else None
+        if not isinstance(handle, socket.socket):  # ListenTLS streams are tcp: or systemd:, which have sockets
+            _log.error("ssl: listener: the stream transport {transport!r} has no socket to serve TLS on",
+                       transport=transport)
+            transport.abortConnection()
+            return
+        host, peer = transport.getHost(), transport.getPeer()
+        transport.stopReading()
+        transport.stopWriting()
+        # The TCP transport keeps a closed socket object and is dropped: no connectionLost reaches it.
+        sock = socket.socket(fileno=handle.detach())
+        sock.setblocking(False)
+        try:
+            tls = self._connection_for(sock)
+        except SSL.Error:
+            _log.failure("ssl: listener: cannot make a TLS connection for an accepted socket")
+            sock.close()
+            return
+        TLSSocketConnection(sock, tls, protocol, host, peer, self._reactor, self._protocols).start()
