@@ -265,6 +265,8 @@ class SessionRelay:
         plain = self._decoder is None
         limit = self._limit
         view = memoryview(data)
+        unmask = self._unmask
+        append = chunks.append
         while pos < end:
             need = self._need
             if need:
@@ -280,6 +282,7 @@ class SessionRelay:
                         if (chunks or payload) and forwarding:
                             actions.append(Forward(chunks, payload, 0))
                         chunks, payload = [], 0
+                        append = chunks.append
                         if not self._control_frame(bytes(control), actions, now):
                             return actions
                     continue
@@ -337,13 +340,11 @@ class SessionRelay:
             if end < head:
                 break
             stop = head + length
-            if first == _FINAL_BINARY and second & _MASKED == mask_bit and stop <= end and not self._in_message \
-                    and plain and length <= limit:
+            if first == _FINAL_BINARY and second & _MASKED == mask_bit and stop <= end and length <= limit \
+                    and plain and not self._in_message:
                 # The common case, whole in this read: a final binary frame within the limits.
-                if not frames:
-                    if length:
-                        chunks.append(self._unmask(view[head:stop], data[head - 4:head]) if masked_in
-                                      else data[head:stop])
+                if not frames and length:
+                    append(unmask(view[head:stop], data[head - 4:head]) if masked_in else data[head:stop])
                 pos = stop
                 payload += length
                 continue
@@ -366,6 +367,7 @@ class SessionRelay:
                 if (chunks or payload) and forwarding:
                     actions.append(Forward(chunks, payload, 0))
                 chunks, payload = [], 0
+                append = chunks.append
                 if not self._control_frame(b"", actions, now):
                     return actions
                 continue
