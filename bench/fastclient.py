@@ -13,6 +13,10 @@ frame; every other frame is sent with ``WSTransport.send``.  Raw TCP targets
 (the direct-to-backend ceiling) run the sessions job on uvloop as well and the
 stream jobs on the blocking-socket code of :mod:`bench.client`.
 
+The desktops job (this client's own) holds hundreds of sessions at once,
+each a viewer of a :mod:`bench.desktop` desktop: screen bytes counted,
+input events sent by one ticker for all, their answers timed.
+
 Every loop is bounded in count and by a deadline.
 """
 
@@ -28,6 +32,7 @@ import uvloop
 from picows import WSCloseCode, WSFrame, WSListener, WSMsgType, WSTransport, ws_connect
 
 from bench import client as plain
+from bench import desktop
 
 __all__ = ["main", "run_job"]
 
@@ -310,6 +315,143 @@ async def _sessions(target: dict[str, Any], concurrency: int, count: int, second
     return await plain.session_loop(lambda source: one(target, source), concurrency, count, seconds)
 
 
+class _Viewer:
+    """
+    One desktop's viewer: finds the desktop's input answers among its screen
+    bytes (records of :mod:`bench.desktop`, however the stream was cut into
+    messages) and times each answer from the send time it carries.
+    """
+
+    def __init__(self, transport: WSTransport, listener: _Listener, rtts: list[float]) -> None:
+        self.transport, self.listener, self.rtts = transport, listener, rtts
+        self.head = bytearray()
+        self.kind, self.need = b"", 0
+        self.answer = bytearray()
+        self.screen_bytes = 0
+        self.measuring = False
+        listener.on_data = self.received
+
+    def received(self, frame: WSFrame) -> None:
+        view = frame.get_payload_as_memoryview()
+        i, n = 0, len(view)
+        while i < n:
+            if not self.need:
+                take = min(desktop.RECORD.size - len(self.head), n - i)
+                self.head += view[i:i + take]
+                i += take
+                if len(self.head) < desktop.RECORD.size:
+                    return
+                self.kind, self.need = desktop.RECORD.unpack(self.head)
+                self.head.clear()
+                self.answer.clear()
+                continue
+            take = min(self.need, n - i)
+            if self.kind == b"I":
+                self.answer += view[i:i + take]
+            elif self.measuring:
+                self.screen_bytes += take
+            i += take
+            self.need -= take
+            if not self.need and self.kind == b"I" and self.measuring:
+                self.rtts.append((time.perf_counter_ns() - int.from_bytes(self.answer[:8], "big")) / 1e6)
+
+    def send_input(self) -> None:
+        """One input event: the send time and padding, INPUT_BYTES in all."""
+        if not self.transport.is_disconnected:
+            self.transport.send(WSMsgType.BINARY, time.perf_counter_ns().to_bytes(8, "big") + _PADDING)
+
+
+_PADDING = bytes(desktop.INPUT_BYTES - 8)
+
+
+async def _desktops(job: dict[str, Any]) -> dict[str, Any]:
+    """
+    The desktops job: for each count in ``steps``, as many viewers of
+    :mod:`bench.desktop` desktops (opened 50 at a time, each within 10 s),
+    each sending INPUT_HZ input events a second (one ticker for all, the
+    viewers' phases spread); after a second's warm-up, ``seconds`` of
+    measurement: the input round trips' p50/p99, the screen bytes that
+    arrived against those sent, and the CPU of the processes under test
+    (``cpu_of`` and their descendants) and of this client.  After a step of
+    at least ``report_up_to`` viewers that misses ``p99_limit_ms`` or
+    ``cpu_limit`` cores, no larger step is run; the job ends by
+    ``max_seconds`` in any case.
+    """
+    from bench.procs import cpu_seconds, process_tree
+
+    target, seconds = job["target"], float(job["seconds"])
+    deadline = time.monotonic() + float(job.get("max_seconds", 600))
+    viewers: list[_Viewer] = []
+    rtts: list[float] = []
+    steps: list[dict[str, Any]] = []
+    errors, last_error = 0, ""
+    slots = 10
+    stop_ticker = asyncio.Event()
+
+    async def one() -> Optional[_Viewer]:
+        nonlocal errors, last_error
+        try:
+            transport, listener = await asyncio.wait_for(_connect(target, 65536), 10)
+        except Exception as e:  # refused, timed out, or a handshake picows rejects: counted, the step goes on
+            errors += 1
+            last_error = repr(e)
+            return None
+        return _Viewer(transport, listener, rtts)
+
+    async def ticker() -> None:
+        period, slot = 1 / (desktop.INPUT_HZ * slots), 0
+        next_at = time.monotonic()
+        while not stop_ticker.is_set():
+            for v in viewers[slot::slots]:
+                v.send_input()
+            slot = (slot + 1) % slots
+            next_at += period
+            await asyncio.sleep(max(0.0, next_at - time.monotonic()))
+
+    tick = asyncio.ensure_future(ticker())
+    try:
+        for count in job["steps"]:
+            if time.monotonic() + seconds + 1 > deadline:
+                break
+            step_errors = errors
+            while len(viewers) < count and time.monotonic() < deadline:
+                opened = await asyncio.gather(*(one() for _ in range(min(50, count - len(viewers)))))
+                viewers.extend(v for v in opened if v is not None)
+                if errors - step_errors > max(10, count // 10):
+                    break
+            await asyncio.sleep(1.0)  # warm-up: every viewer's first screens and inputs are under way
+            rtts.clear()
+            for v in viewers:
+                v.screen_bytes, v.measuring = 0, True
+            pids = process_tree(job["cpu_of"])
+            cpu0, own0, t0 = cpu_seconds(pids), time.process_time(), time.monotonic()
+            await asyncio.sleep(seconds)
+            elapsed = time.monotonic() - t0
+            cores, own = (cpu_seconds(pids) - cpu0) / elapsed, (time.process_time() - own0) / elapsed
+            for v in viewers:
+                v.measuring = False
+            samples = sorted(rtts)
+            screens = sum(v.screen_bytes for v in viewers) / (
+                max(1, len(viewers)) * desktop.SCREEN_BYTES * desktop.SCREEN_HZ * elapsed)
+            p99 = samples[min(len(samples) - 1, int(len(samples) * 0.99))] if samples else float("inf")
+            step = {"desktops": len(viewers), "asked": count, "errors": errors - step_errors, "samples": len(samples),
+                    "p50_ms": samples[len(samples) // 2] if samples else float("inf"), "p99_ms": p99,
+                    "cores": cores, "client_cores": own, "screens_delivered": screens}
+            step["carried"] = (len(viewers) >= count and p99 <= job["p99_limit_ms"] and cores <= job["cpu_limit"]
+                               and len(samples) > 0)
+            steps.append(step)
+            if not step["carried"] and count >= job["report_up_to"]:
+                break
+    finally:
+        stop_ticker.set()
+        tick.cancel()
+        for v in viewers:
+            if not v.transport.is_disconnected:
+                v.transport.send_close(WSCloseCode.OK)
+                v.transport.disconnect()
+    return {"steps": steps, "errors": errors, "last_error": last_error}
+
+
 def run_job(job: dict[str, Any]) -> dict[str, Any]:
     """Run one job description (the format of :func:`bench.client.run_job`) and return its result."""
     kind, target = job["job"], job["target"]
@@ -323,6 +465,8 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
         return uvloop.run(_rtt(target, job["count"]))
     if kind == "sessions":
         return uvloop.run(_sessions(target, job["concurrency"], job["count"], job["seconds"]))
+    if kind == "desktops":
+        return uvloop.run(_desktops(job))
     raise ValueError(f"unknown job {kind!r}")
 
 

@@ -26,8 +26,8 @@ from typing import Any, Callable, Optional
 
 REPO = Path(__file__).resolve().parent.parent
 
-__all__ = ["Backends", "Bridge", "CLIENTS", "cores_named", "cpu_seconds", "Floor", "Gateway", "Nginx", "Placement", "WsBackend", "Websockify", "memory_of",
-           "run_client", "run_clients", "self_signed", "start_idle_client"]
+__all__ = ["Backends", "Bridge", "CLIENTS", "cores_named", "cpu_seconds", "DesktopServer", "Floor", "Portal", "Gateway", "Nginx", "Placement", "WsBackend", "Websockify", "memory_of",
+           "process_tree", "run_client", "run_clients", "self_signed", "start_idle_client"]
 
 #: The load clients by the name ``--client`` takes: the module run for each job.
 CLIENTS = {"fast": "bench.fastclient", "plain": "bench.client"}
@@ -170,6 +170,29 @@ class Bridge(_ChildServer):
         super().__init__("bench.bridge", json.dumps(backends), str(cert[0]), str(cert[1]), cores=cores)
         self.port = self.listening["ws"]
         self.tls_port = self.listening["wss"]
+
+
+class DesktopServer(_ChildServer):
+    """``python -m bench.desktop``: the simulated desktops of the desktops figure, :attr:`port`."""
+
+    def __init__(self, cores: Optional[str] = None) -> None:
+        super().__init__("bench.desktop", cores=cores)
+        self.port = self.listening["port"]
+
+
+class Portal(_ChildServer):
+    """``python -m bench.portal``: the forward-auth portal of the ``auth=`` route, :attr:`port`."""
+
+    def __init__(self, cores: Optional[str] = None) -> None:
+        super().__init__("bench.portal", cores=cores)
+        self.port = self.listening["port"]
+
+    def asked(self) -> int:
+        """How many questions the portal has answered so far."""
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write(b"\n")
+        self.proc.stdin.flush()
+        return int(json.loads(self.proc.stdout.readline())["asked"])
 
 
 class Floor(_ChildServer):
@@ -472,6 +495,11 @@ def _children(pid: int) -> list[int]:
         found += kids
         todo += kids
     return found
+
+
+def process_tree(pids: list[int]) -> list[int]:
+    """pids and all their live descendants."""
+    return [p for pid in pids for p in [pid, *_children(pid)]]
 
 
 def cpu_seconds(pids: list[int]) -> float:

@@ -3,8 +3,9 @@ Turn measured figures into the results table (Markdown and JSON) and a plot.
 
 Each :class:`Row` is one figure of one run: tunnelgw's value and those of the
 peers measured beside it in the same run (websockify, the asyncio bridge,
-nginx), the direct ceiling (the same client straight to the backend), and the
-targets.  With several runs, :class:`Figure` holds one figure's rows, one per
+nginx; for a route with ``auth=`` or ``record=on``, tunnelgw's plain route on
+the same gateway), the direct ceiling (the same client straight to the
+backend), and the targets.  With several runs, :class:`Figure` holds one figure's rows, one per
 run: the table gives the median of each value and, for each ratio
 tunnelgw / peer, the median of the per-run ratios followed by the per-run
 ratios themselves (a ratio is only ever taken within one run).  Pure
@@ -24,11 +25,13 @@ from typing import Any, Optional
 __all__ = ["PEERS", "RIVALS", "Figure", "Row", "combine", "markdown_table", "target_met", "write_results"]
 
 #: Every column with a value, in table order.
-PEERS = ("tunnelgw", "websockify", "bridge", "nginx", "floor", "direct")
+PEERS = ("tunnelgw", "plain", "websockify", "bridge", "nginx", "floor", "direct")
 #: The peers tunnelgw is compared with (a ratio column each).
-RIVALS = ("websockify", "bridge", "nginx", "floor")
+RIVALS = ("plain", "websockify", "bridge", "nginx", "floor")
+#: Column names that are not the peer's own.
+_NAMES = {"plain": "plain route"}
 
-_COLOURS = {"tunnelgw": "#2a7ab0", "websockify": "#d9822b", "bridge": "#5a9e4b", "nginx": "#8e5ab0", "floor": "#b05a5a",
+_COLOURS = {"tunnelgw": "#2a7ab0", "plain": "#7fb3d5", "websockify": "#d9822b", "bridge": "#5a9e4b", "nginx": "#8e5ab0", "floor": "#b05a5a",
             "direct": "#999999"}
 
 
@@ -52,6 +55,7 @@ class Row:
     bridge: Optional[float] = None
     nginx: Optional[float] = None
     floor: Optional[float] = None
+    plain: Optional[float] = None  # tunnelgw's plain route, beside an auth= or record=on route
 
     def value(self, peer: str) -> Optional[float]:
         """The value measured for peer (a name from :data:`PEERS`)."""
@@ -72,9 +76,9 @@ class Row:
             if not peer:
                 words.append(f"{'>=' if self.higher else '<='} {factor:g} {self.unit}")
             elif self.higher:
-                words.append(f">= {factor:g}x {peer}")
+                words.append(f">= {factor:g}x {_NAMES.get(peer, peer)}")
             else:
-                words.append(f"<= {factor:g}x {peer}")
+                words.append(f"<= {factor:g}x {_NAMES.get(peer, peer)}")
         return ", ".join(words)
 
 
@@ -172,8 +176,8 @@ def markdown_table(figures: list[Figure]) -> str:
     tunnelgw / peer as the median of the per-run ratios with the per-run
     ratios in brackets, then the targets.
     """
-    head = ["figure", "tunnelgw", "websockify", "bridge", "nginx", "Twisted floor", "direct ceiling",
-            *(f"tunnelgw / {p}" for p in RIVALS), "target", "met?"]
+    head = ["figure", "tunnelgw", "plain route", "websockify", "bridge", "nginx", "Twisted floor", "direct ceiling",
+            *(f"tunnelgw / {_NAMES.get(p, p)}" for p in RIVALS), "target", "met?"]
     lines = ["| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(PEERS) + len(RIVALS)) + "---|---|"]
     for f in figures:
         m = f.median
@@ -200,7 +204,7 @@ def _plot(figures: list[Figure], path: Path) -> None:
         r = f.median
         names = [p for p in PEERS if r.value(p) is not None]
         values = [float(r.value(p)) for p in names]  # type: ignore[arg-type]
-        bars = ax.barh(names, values, color=[_COLOURS[p] for p in names])
+        bars = ax.barh([_NAMES.get(p, p) for p in names], values, color=[_COLOURS[p] for p in names])
         ax.bar_label(bars, labels=[_num(v) for v in values], padding=3, fontsize=9)
         ax.invert_yaxis()
         met = f.met

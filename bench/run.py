@@ -6,7 +6,10 @@ It starts the loopback backends (TCP, and a WebSocket one for the WS->WS
 figures), tunnelgw (``twistd -n tunnelgw`` from this tree) and its peers on
 the same backends: websockify (from PyPI) and a minimal asyncio + websockets
 bridge (:mod:`bench.bridge`) for ws:// -> TCP, nginx (one worker, as a
-WebSocket reverse proxy) for WS->WS.  Each is driven by the same load client
+WebSocket reverse proxy) for WS->WS; a forward-auth portal (:mod:`bench.portal`)
+and a recording folder for tunnelgw's ``auth=`` and ``record=on`` routes,
+measured beside its plain route; simulated desktops (:mod:`bench.desktop`)
+for the desktops figure, through tunnelgw and websockify.  Each is driven by the same load client
 in its own process: picows on uvloop (:mod:`bench.fastclient`) by default,
 the hand-written :mod:`bench.client` with ``--client plain``; ``--pin`` puts
 the load side and the side under test on cores of their own.  With ``--runs N`` the whole run is made N times, with
@@ -23,6 +26,7 @@ import os
 import resource
 import shutil
 import signal
+import socket
 import statistics
 import sys
 import tempfile
@@ -32,8 +36,9 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, Callable, Iterator, Optional
 
-from bench.procs import (CLIENTS, REPO, cores_named, cpu_seconds, Backends, Bridge, Floor, Gateway, Nginx, Placement, Redis, Websockify, WsBackend,
-                         memory_of, nginx_path, run_client, run_clients, self_signed, start_idle_client)
+from bench.procs import (CLIENTS, REPO, cores_named, cpu_seconds, Backends, Bridge, DesktopServer, Floor, Gateway, Nginx, Placement, Portal,
+                         Redis, Websockify, WsBackend, memory_of, nginx_path, run_client, run_clients, self_signed,
+                         start_idle_client)
 from bench.report import Row, write_results
 
 __all__ = ["Counts", "FULL", "QUICK", "SMOKE", "main", "ws_backends_supported"]
@@ -55,16 +60,26 @@ class Counts:
     session_seconds: float
     idle: int  # idle tunnelgw sessions
     idle_websockify: int  # idle websockify sessions (a process each)
+    desktop_steps: tuple[int, ...] = (50, 100, 200, 300, 400, 600, 800, 1000, 1200, 1600)  # desktops at each step
+    desktop_seconds: float = 5.0  # measured seconds per step
+    desktop_cpu_at: int = 200  # the step whose CPU per desktop is reported
+    desktop_p99_at: int = 400  # the step whose input p99 is reported
 
 
 QUICK = Counts(big=2000, small=30_000, repeats=1, rtt=3000, sessions=2000, session_seconds=5, idle=3000,
-               idle_websockify=100)
+               idle_websockify=100, desktop_steps=(100, 200, 400, 800), desktop_seconds=3.0)
 FULL = Counts(big=5000, small=100_000, repeats=3, rtt=10_000, sessions=5000, session_seconds=20, idle=10_000,
               idle_websockify=200)
 #: How long a ``--quick`` run takes, as measured (docs/benchmarks.rst says the same; a test checks).
 QUICK_TIME = "about 3.5 minutes a run on 2 busy cores: 197 s measured, load average 6"
 #: Tiny counts for the test that keeps the suite from rotting.
-SMOKE = Counts(big=20, small=200, repeats=1, rtt=50, sessions=20, session_seconds=5, idle=20, idle_websockify=4)
+SMOKE = Counts(big=20, small=200, repeats=1, rtt=50, sessions=20, session_seconds=5, idle=20, idle_websockify=4,
+               desktop_steps=(2, 4), desktop_seconds=1.0, desktop_cpu_at=2, desktop_p99_at=4)
+#: The desktops figure's bounds: input round trip p99 and gateway CPU (cores) for a step to count as carried.
+DESKTOP_P99_MS = 20.0
+DESKTOP_CORES = 1.0
+#: A bound on one desktops job (one peer, one scheme, every step).
+DESKTOP_JOB_SECONDS = 420.0
 
 
 def ws_backends_supported() -> bool:
@@ -79,6 +94,23 @@ def ws_backends_supported() -> bool:
         return True
     except ConfigError:
         return False
+
+
+#: The Redis timeout= of the redis_hung figure.
+REDIS_TIMEOUT = 0.5
+
+
+def _refusal_wait(port: int, path: str) -> float:
+    """Seconds from sending an upgrade for path to the gateway's answer (its status line), on a new connection."""
+    with socket.create_connection(("127.0.0.1", port), 10) as s:
+        started = time.monotonic()
+        s.sendall(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                  "Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n".encode())
+        answer = s.recv(64)
+        waited = time.monotonic() - started
+    if not answer.startswith(b"HTTP/1.1 503"):
+        raise RuntimeError(f"a Redis-route handshake with Redis hung got {answer[:40]!r}, not 503")
+    return waited
 
 
 def _target(kind: str, port: int, path: str = "/") -> dict[str, Any]:
@@ -278,6 +310,44 @@ class Suite:
                              tunnelgw=from_redis, note=f"Redis/file {ratio:.2f} in this run (target >= 0.8)"))
         self.log(f"token routes: file {file:.0f}/s, redis {from_redis:.0f}/s ({ratio:.2f}x)")
 
+    def redis_hung(self) -> None:
+        """
+        With the token Redis hung (SIGSTOP): sessions/s on a plain route against the healthy figure, and the
+        longest wait of a Redis-route handshake for its 503 (issue 24: within 10 %, and timeout= + 0.2 s).
+        """
+        folder = self.tmp / "redis_hung"
+        folder.mkdir(exist_ok=True)
+        redis = Redis(folder / "redis", self.at.load)
+        try:
+            echo = self.backends.ports["echo"]
+            redis.set("bench:t", f"127.0.0.1:{echo}")
+            rules = (f"TokenSource redis redis redis://127.0.0.1:{redis.port}/0 namespace=bench timeout={REDIS_TIMEOUT} "
+                     f"allow=127.0.0.1:{echo}\nTokenRoute /tr redis\n")
+            gateway = Gateway(folder, {"echo": echo}, self.cert, tls=False, extra_rules=rules, cores=self.at.gateway)
+            try:
+                plain = _target("ws", gateway.ws_port, "/echo")
+                healthy = self._sessions(plain)
+                redis.proc.send_signal(signal.SIGSTOP)
+                try:
+                    waits = [_refusal_wait(gateway.ws_port, "/tr?token=t") for _ in range(5)]
+                    hung = self._sessions(plain)
+                finally:
+                    redis.proc.send_signal(signal.SIGCONT)
+            finally:
+                gateway.stop()
+        finally:
+            redis.stop()
+        if not healthy["per_second"] or not hung["per_second"]:
+            raise RuntimeError(f"the plain route opened no session: healthy {healthy}, hung {hung}")
+        ratio = hung["per_second"] / healthy["per_second"]
+        self.rows.append(Row(f"new sessions/s, {CONCURRENCY} concurrent, plain route, Redis hung", "sessions/s",
+                             tunnelgw=hung["per_second"],
+                             note=f"healthy {healthy['per_second']:.0f}/s: {ratio:.2f}x (target >= 0.9); Redis-route "
+                                  f"503 after {waits[0]:.3f} s then at most {max(waits[1:]):.3f} s "
+                                  f"(timeout={REDIS_TIMEOUT}; target <= timeout + 0.2 s)"))
+        self.log(f"redis hung: plain {hung['per_second']:.0f}/s vs healthy {healthy['per_second']:.0f}/s "
+                 f"({ratio:.2f}x); Redis-route waits " + ", ".join(f"{w:.3f}" for w in waits))
+
     def _idle_memory(self, pids: Callable[[], list[int]], target: dict[str, Any], count: int, key: str) -> tuple[float, int]:
         before = memory_of(pids())[key]
         proc, report = start_idle_client(target, count, self.at)
@@ -328,6 +398,149 @@ class Suite:
                                  **{peer: r[key] for peer, r in rtt.items()}))
         self.log("rtt ws->ws: " + ", ".join(f"{k} {r['p50_us']:.0f}/{r['p99_us']:.0f}" for k, r in rtt.items()))
 
+    def routes(self) -> None:
+        """
+        tunnelgw's ``auth=`` route (a real portal, :mod:`bench.portal`, answers;
+        ``cache=5``) and ``record=on`` route beside its plain route, on one
+        gateway of their own, ws:// -> TCP: 64 KiB MB/s both ways (and the
+        gateway's CPU per MB, the recording writer thread included), new
+        sessions/s on the auth= route.  After a warm-up on each, the routes
+        take turns within each repeat, each first in turn; a portal that was never asked or a recording never written
+        ends the run (the figure would not be what it says).
+        """
+        folder = self.tmp / "routes"
+        recordings = folder / "recordings"
+        recordings.mkdir(parents=True)
+        portal = Portal(self.at.load)
+        try:
+            rules = [f"AuthPortal bench http://127.0.0.1:{portal.port}/auth timeout=2 cache=5",
+                     # maxbytes far above what a figure relays: no recording stops half-way.
+                     f"Recording {recordings} maxbytes={1 << 40}"]
+            for name, port in self.backends.ports.items():
+                rules.append(f"ProxyPass /auth-{name} tcp:host=127.0.0.1:port={port} auth=bench")
+                rules.append(f"ProxyPass /rec-{name} tcp:host=127.0.0.1:port={port} record=on")
+            gateway = Gateway(folder, self.backends.ports, self.cert, tls=False, extra_rules="\n".join(rules),
+                              cores=self.at.gateway)
+            try:
+                self._routes_on(gateway, portal, recordings)
+            finally:
+                gateway.stop()
+        finally:
+            portal.stop()
+
+    def _routes_on(self, gateway: Gateway, portal: Portal, recordings: Path) -> None:
+        prefixes = {"plain": "/", "auth": "/auth-", "record": "/rec-"}
+        kinds = list(prefixes)
+        recorded = 0
+        for kind, prefix in prefixes.items():  # warm-up: first sessions, the portal's connection, the writer thread
+            run_client({"job": "download", "size": 64 * KIB, "count": 20,
+                        "target": _target("ws", gateway.ws_port, f"{prefix}source")}, self.at)
+        for job, name, label in (("download", "source", "backend->client"), ("upload", "sink", "client->backend")):
+            mbps: dict[str, list[float]] = {kind: [] for kind in prefixes}
+            cpu = dict.fromkeys(prefixes, 0.0)
+            moved = dict.fromkeys(prefixes, 0)
+            for repeat in range(self.c.repeats):
+                for kind in kinds[repeat % 3:] + kinds[:repeat % 3]:  # each route first in turn
+                    prefix = prefixes[kind]
+                    spec = {"job": job, "size": 64 * KIB, "count": self.c.big,
+                            "target": _target("ws", gateway.ws_port, f"{prefix}{name}")}
+                    before = cpu_seconds(gateway.pids)
+                    result = run_client(spec, self.at)
+                    cpu[kind] += cpu_seconds(gateway.pids) - before
+                    moved[kind] += result["bytes"]
+                    mbps[kind].append(result["mbps"])
+                    for f in recordings.iterdir():  # recorded bytes are not kept: a full run would fill the disk
+                        recorded += f.stat().st_size
+                        f.unlink()
+            if not recorded:
+                raise RuntimeError("the record=on route wrote no recording")
+            values = {kind: float(statistics.median(v)) for kind, v in mbps.items()}
+            per_mb = {kind: (cpu[kind] * 1000 / (moved[kind] / 1e6) if cpu[kind] else None) for kind in prefixes}
+            figure = f"{label} 64 KiB ws"
+            self.rows.append(Row(f"{figure}, auth= route", "MB/s", tunnelgw=values["auth"], plain=values["plain"],
+                                 goals=(("plain", 0.9),)))
+            self.rows.append(Row(f"{figure}, record=on route", "MB/s", tunnelgw=values["record"], plain=values["plain"]))
+            self.rows.append(Row(f"gateway CPU per MB, {figure}, record=on route", "CPU-ms/MB", tunnelgw=per_mb["record"],
+                                 plain=per_mb["plain"], higher=False, goals=(("plain", 2.0),),
+                                 note="the writer thread included"))
+            self.log(f"routes {figure}: " + ", ".join(f"{k} {values[k]:.0f} MB/s ({cpu[k]:.2f} CPU-s)" for k in prefixes))
+        sessions = {kind: self._sessions(_target("ws", gateway.ws_port, f"{prefixes[kind]}echo"))
+                    for kind in ("plain", "auth")}
+        asked = portal.asked()
+        if not asked:
+            raise RuntimeError("the auth= route never asked its portal")
+        self.rows.append(Row(f"new sessions/s, {CONCURRENCY} concurrent, auth= route", "sessions/s",
+                             tunnelgw=sessions["auth"]["per_second"], plain=sessions["plain"]["per_second"],
+                             goals=(("plain", 0.9),),
+                             note=f"portal cache=5: {asked} questions in this run"))
+        self.log(f"routes sessions: plain {sessions['plain']['per_second']:.0f}/s, "
+                 f"auth {sessions['auth']['per_second']:.0f}/s; the portal was asked {asked} times")
+
+    def desktops(self) -> None:
+        """
+        The desktops figure, ws:// -> TCP to :mod:`bench.desktop`, tunnelgw
+        (one process, a gateway of its own) and websockify (all its
+        processes), over ws and wss: steps of ever more desktops
+        (:attr:`Counts.desktop_steps`), each measured for
+        :attr:`Counts.desktop_seconds` by one fast load client process
+        (whatever ``--client`` says).  Rows: the
+        CPU per desktop at :attr:`Counts.desktop_cpu_at` desktops, the most
+        desktops carried (input p99 <= DESKTOP_P99_MS, CPU <= DESKTOP_CORES
+        cores, every desktop open) and the input p99 at
+        :attr:`Counts.desktop_p99_at` desktops.
+        """
+        folder = self.tmp / "desktops"
+        folder.mkdir()
+        # Only the fast client has the desktops job (hundreds of sessions in one process).
+        fast = Placement("fast", self.at.load, self.at.gateway)
+        with contextlib.ExitStack() as stack:
+            desk = DesktopServer(self.at.load)
+            stack.callback(desk.stop)
+            gateway = Gateway(folder, {"desktop": desk.port}, self.cert, cores=self.at.gateway)
+            stack.callback(gateway.stop)
+            websockify = Websockify(folder, desk.port, self.cert, "desktop", cores=self.at.gateway)
+            stack.callback(websockify.stop)
+            for scheme in ("ws", "wss"):
+                targets = {"tunnelgw": (_target(scheme, gateway.wss_port if scheme == "wss" else gateway.ws_port,
+                                                "/desktop"), gateway.proc.pid),
+                           "websockify": (_target(scheme, websockify.port), websockify.proc.pid)}
+                found = {peer: run_client({"job": "desktops", "target": target, "cpu_of": [pid],
+                                           "steps": list(self.c.desktop_steps), "seconds": self.c.desktop_seconds,
+                                           "p99_limit_ms": DESKTOP_P99_MS, "cpu_limit": DESKTOP_CORES,
+                                           "report_up_to": max(self.c.desktop_cpu_at, self.c.desktop_p99_at),
+                                           "max_seconds": DESKTOP_JOB_SECONDS},
+                                          fast, timeout=DESKTOP_JOB_SECONDS + 60)
+                         for peer, (target, pid) in targets.items()}
+                self._desktop_rows(scheme, found)
+
+    def _desktop_rows(self, scheme: str, found: dict[str, dict[str, Any]]) -> None:
+        def step(peer: str, count: int) -> Optional[dict[str, Any]]:
+            return next((s for s in found[peer]["steps"] if s["asked"] == count and s["desktops"] == count), None)
+
+        cpu: dict[str, Optional[float]] = {}
+        p99: dict[str, Optional[float]] = {}
+        carried: dict[str, Optional[float]] = {}
+        for peer in found:
+            at = step(peer, self.c.desktop_cpu_at)
+            cpu[peer] = at["cores"] * 1000 / at["desktops"] if at and at["cores"] else None
+            at = step(peer, self.c.desktop_p99_at)
+            p99[peer] = at["p99_ms"] if at else None
+            carried[peer] = float(max((s["desktops"] for s in found[peer]["steps"] if s["carried"]), default=0))
+            self.log(f"desktops {scheme} {peer}: " + "; ".join(
+                f"{s['desktops']}: p99 {s['p99_ms']:.1f} ms, {s['cores']:.2f} cores (client {s['client_cores']:.2f}), "
+                f"screens {s['screens_delivered']:.2f}" for s in found[peer]["steps"])
+                + (f"; {found[peer]['errors']} errors ({found[peer]['last_error']})" if found[peer]["errors"] else ""))
+        steps = ", ".join(str(n) for n in self.c.desktop_steps)
+        self.rows.append(Row(f"desktops {scheme}: CPU per desktop at {self.c.desktop_cpu_at} desktops", "CPU-ms/s",
+                             tunnelgw=cpu["tunnelgw"], websockify=cpu["websockify"], higher=False,
+                             goals=(("websockify", 0.25),)))
+        self.rows.append(Row(f"desktops {scheme}: most desktops under one core, input p99 <= {DESKTOP_P99_MS:g} ms",
+                             "desktops", tunnelgw=carried["tunnelgw"], websockify=carried["websockify"],
+                             note=f"the largest step carried of {steps}"))
+        self.rows.append(Row(f"desktops {scheme}: input round trip p99 at {self.c.desktop_p99_at} desktops", "ms",
+                             tunnelgw=p99["tunnelgw"], websockify=p99["websockify"], higher=False,
+                             goals=(("", 5.0),) if scheme == "wss" else ()))
+
     def _worker_cores(self, n: int) -> Optional[str]:
         """Where n workers run when pinned: the gateway's cores for one, every core for more."""
         if self.at.gateway is None:
@@ -376,7 +589,26 @@ class Suite:
 
 
 #: The figures of one run, in order, by the name ``--only`` takes.
-FIGURES = ("throughput", "round_trip", "sessions", "tokens", "ws_backend", "memory", "workers")
+FIGURES = ("throughput", "round_trip", "sessions", "tokens", "redis_hung", "routes", "ws_backend", "memory", "workers",
+           "desktops")
+
+
+#: What each figure measures, for ``--help``.
+FIGURE_HELP = {
+    "throughput": "MB/s both ways, 64 KiB and 1 KiB, ws and wss, ws:// -> TCP",
+    "round_trip": "64 B echo round trips p50/p99",
+    "sessions": "new sessions/s, ws:// -> TCP and WS->WS",
+    "tokens": "new sessions/s on file and Redis token routes",
+    "redis_hung": "new sessions/s on a plain route with the Redis of a token route hung (SIGSTOP), and the 503 waits",
+    "routes": "auth= (a real portal) and record=on routes beside the plain route: MB/s, gateway CPU per MB, "
+              "sessions/s",
+    "ws_backend": "WS->WS MB/s and round trips beside nginx",
+    "memory": "memory per idle session",
+    "workers": "1 and 2 worker processes",
+    "desktops": "sessions at once with 20 KB screens at 10 Hz and 100 B input at 20 Hz answered at once, tunnelgw "
+                "and websockify over ws and wss: CPU per desktop at 200, most desktops under one core with input "
+                "p99 <= 20 ms, input p99 at 400",
+}
 
 
 def one_run(counts: Counts, folder: Path, log: Callable[[str], None],
@@ -419,7 +651,9 @@ def _client_meta(name: str) -> str:
 
 def main(argv: Optional[list[str]] = None, counts: Optional[Counts] = None) -> int:
     """Run the suite (N times with ``--runs``) and write the results; return 0 (the table says whether targets are met)."""
-    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0],
+                                     epilog="figures: " + "; ".join(f"{k}: {v}" for k, v in FIGURE_HELP.items())
+                                     + " (docs/benchmarks.rst).")
     parser.add_argument("--quick", action="store_true", help=f"small counts ({QUICK_TIME})")
     parser.add_argument("--runs", type=int, default=1, help="make the whole run N times; report medians and per-run ratios")
     parser.add_argument("--out", type=Path, help="where to write latest.* (default: bench/results)")

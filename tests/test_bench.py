@@ -55,11 +55,26 @@ def test_bench_smoke_writes_every_figure(tmp_path: Path) -> None:
             assert figures[name][peer] > 0, (name, peer)
         assert figures[name]["ratios"]["nginx"] > 0
     assert any("2 workers" in name for name in figures)
+    for name in ("backend->client 64 KiB ws, auth= route", "client->backend 64 KiB ws, record=on route",
+                 "new sessions/s, 32 concurrent, auth= route"):
+        # auth= (a real portal answers) and record=on routes beside the plain route, on the same gateway.
+        assert figures[name]["tunnelgw"] > 0 and figures[name]["plain"] > 0, name
+        assert len(figures[name]["per_run_ratios"]["plain"]) == 2
+    assert "gateway CPU per MB, backend->client 64 KiB ws, record=on route" in figures
+    for scheme in ("ws", "wss"):
+        # The desktops figure: tunnelgw and websockify, measured the same way.
+        cpu, most = f"desktops {scheme}: CPU per desktop at 2 desktops", f"desktops {scheme}: most desktops under one core, input p99 <= 20 ms"
+        p99 = f"desktops {scheme}: input round trip p99 at 4 desktops"
+        for peer in ("tunnelgw", "websockify"):
+            assert figures[p99][peer] > 0 and figures[most][peer] is not None, (scheme, peer)
+            assert cpu in figures
+    assert figures["new sessions/s, 32 concurrent, plain route, Redis hung"]["tunnelgw"] > 0
     assert data["meta"]["autobahn NVX"] is True
     assert data["meta"]["client"].startswith("fast: bench/fastclient.py, picows")
     assert data["meta"]["pinning"].startswith("none")
     text = (tmp_path / "latest.md").read_text()
-    assert "| figure | tunnelgw | websockify | bridge | nginx | Twisted floor | direct ceiling | tunnelgw / websockify |" in text
+    assert ("| figure | tunnelgw | plain route | websockify | bridge | nginx | Twisted floor | direct ceiling "
+            "| tunnelgw / plain route | tunnelgw / websockify |") in text
     assert "## Run 2" in text
     assert (tmp_path / "latest.png").stat().st_size > 10_000
 

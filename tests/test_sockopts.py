@@ -1,11 +1,21 @@
-"""TCP keepalive on backend sockets (tunnelgw.sockopts), read back from a real loopback socket."""
+"""
+TCP keepalive on backend sockets (tunnelgw.sockopts), read back from a real
+loopback socket; TCP_NODELAY on a session's connections, in memory.
+"""
 
 from __future__ import annotations
 
+import base64
+import os
 import socket
+from typing import Any, Optional
 
+from twisted.internet.address import IPv4Address
 from twisted.internet.protocol import Protocol
+from twisted.internet.testing import MemoryReactorClock, StringTransport
 
+from tunnelgw.core.config import parse_config
+from tunnelgw.service import GatewayService
 from tunnelgw.sockopts import set_tcp_keepalive
 
 
@@ -37,3 +47,32 @@ def test_unix_sockets_are_left_alone() -> None:
     a, b = socket.socketpair()
     with a, b:
         assert not set_tcp_keepalive(_Transport(a), 42, 7, 3)
+
+
+class _RecordingTransport(StringTransport):
+    """A StringTransport that keeps what TCP_NODELAY was set to, and lets a producer be unregistered twice."""
+
+    nodelay: Optional[bool] = None
+
+    def setTcpNoDelay(self, enabled: bool) -> None:
+        self.nodelay = enabled
+
+    def unregisterProducer(self) -> None:
+        self.producer = None
+        self.streaming = None
+
+
+def test_tcp_nodelay_on_client_and_websocket_backend() -> None:
+    """A session's client connection and its ws:// backend hop both get TCP_NODELAY (Autobahn's default option)."""
+    reactor = MemoryReactorClock()
+    service = GatewayService(parse_config("Listen tcp:port=0\nProxyPass /w ws://127.0.0.1:9/\n", "test.conf"), reactor)
+    client = _RecordingTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 40000))
+    protocol: Any = service.front.buildProtocol(client.getPeer())
+    protocol.makeConnection(client)
+    key = base64.b64encode(os.urandom(16))
+    protocol.dataReceived(b"GET /w HTTP/1.1\r\nHost: gw\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                          b"Sec-WebSocket-Key: " + key + b"\r\nSec-WebSocket-Version: 13\r\n\r\n")
+    backend = _RecordingTransport()
+    hop: Any = reactor.tcpClients[-1][2].buildProtocol(None)
+    hop.makeConnection(backend)
+    assert (client.nodelay, backend.nodelay) == (True, True)

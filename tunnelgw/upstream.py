@@ -207,6 +207,7 @@ class QuietAdapter(_AutobahnProtocol):
     """
 
     transport: Any
+    factory: Any
     tcpNoDelay: bool
     log: Any
 
@@ -226,8 +227,11 @@ class QuietAdapter(_AutobahnProtocol):
             channel_framing=TransportDetails.CHANNEL_FRAMING_WEBSOCKET, peer=peer2str(self.transport),
             is_server=self.is_server, is_secure=secure)
         self.peer = details.peer
+        # From the factory: this connection's option lookup (``__getattr__``) is only set up by
+        # ``_connectionMade`` below; read through it here, the option was never set (each frame
+        # written as header and payload then waited ~40 ms on Nagle and a delayed ACK).
         try:
-            self.transport.setTcpNoDelay(self.tcpNoDelay)
+            self.transport.setTcpNoDelay(protocol_options(self.factory)["tcpNoDelay"])
         except Exception:  # as Autobahn: UNIX sockets and others have no such option
             pass
         self._connectionMade()
