@@ -12,7 +12,7 @@ from prometheus_client import CollectorRegistry
 from twisted.internet import defer
 
 from test_redisstore import HandThreads, ThreadsReactor
-from tunnelgw.backends import BackendLink, BackendRefused
+from tunnelgw.backends import BackendLink, BackendRefused, Carries
 from tunnelgw.core.config import PoolSpec
 from tunnelgw.core.errors import Location
 from tunnelgw.core.routing import Reject
@@ -71,7 +71,7 @@ class PlaceStore:
 class Inner:
     """The link a limit wraps: its connect is left pending until the test answers it."""
 
-    byte_stream = True
+    carries = Carries.PAYLOAD
     transport = None
     description = "inner"
 

@@ -1,10 +1,9 @@
 """
 The data phase's two shortcuts around per-event costs:
 
-- :data:`unmask`, the unmasking function of the direct data phase
-  (:class:`tunnelgw.core.frames.BinaryFrameReader`, used by
-  :class:`tunnelgw.session.GatewaySession` for byte-stream backends): the
-  optional ``websockets`` C speedup when installed, else Autobahn's masker;
+- :data:`unmask`, the (un)masking function of
+  :class:`tunnelgw.core.sessionrelay.SessionRelay`: the optional
+  ``websockets`` C speedup when installed, else Autobahn's masker;
 - :func:`immediate_writes`: a TCP transport whose writes go to the socket at
   once when nothing is queued, instead of waiting for the reactor's next
   poll.  Twisted's own write queues every write, registers the socket for

@@ -46,7 +46,7 @@ from tunnelgw.metrics import GatewayMetrics
 from tunnelgw.pool import PoolLimitLink, SingleUseLink
 from tunnelgw.recording import Recordings
 from tunnelgw.session import GatewaySession, client_label, http_error, log_refusal
-from tunnelgw.wsstate import SharedOptions
+from tunnelgw.upstream import SharedOptions
 
 __all__ = ["GatewayFactory", "HeadRequest", "hand_over", "refuse_connection"]
 

@@ -165,7 +165,7 @@ class PoolRegistry:
         def done(_: object) -> None:
             self.store.stop()
 
-        return self._closes.call(cleanup).addErrback(lambda f: None).addBoth(done)  # type: ignore[no-any-return]
+        return self._closes.call(cleanup).addErrback(lambda f: None).addBoth(done)
 
     # Refresh.
 
@@ -404,7 +404,7 @@ class SingleUseLink(WrappedLink):
             raise BackendRefused(Reject(503, "token check unavailable", str(failure.value)), "token")
 
         d = self._registry.claim(self._jti, self._expires)
-        return d.addCallbacks(claimed, unavailable)  # type: ignore[no-any-return]
+        return d.addCallbacks(claimed, unavailable)
 
 
 class PoolLimitLink(WrappedLink):
@@ -437,7 +437,7 @@ class PoolLimitLink(WrappedLink):
         def unavailable(failure: Any) -> None:
             raise BackendRefused(Reject(503, "the pool's limits cannot be checked", str(failure.value)), "limit")
 
-        return self._registry.acquire(self._hold, self._limits).addCallbacks(  # type: ignore[no-any-return]
+        return self._registry.acquire(self._hold, self._limits).addCallbacks(
             decided, unavailable)
 
     def close(self, close: Optional[Close] = None) -> None:

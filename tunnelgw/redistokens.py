@@ -147,7 +147,7 @@ class RedisTokens:
             # The store warned once for the outage; the refusal line carries the detail.
             return Reject(UNAVAILABLE.status, UNAVAILABLE.reason, str(failure.value))
 
-        return d.addCallbacks(lambda value: redis_target(self.spec, value), unavailable)  # type: ignore[no-any-return]
+        return d.addCallbacks(lambda value: redis_target(self.spec, value), unavailable)
 
 
 class RedisOwners:
@@ -168,4 +168,4 @@ class RedisOwners:
         """The owner's gateway URL, None when the broker names none; fails when Redis cannot answer."""
         key = f"{self.spec.namespace}:owner:{host}"
         d: Any = self._timed(self._lookups.call(self._redis.get, key))
-        return d.addCallback(lambda value: value.decode("utf-8", "replace").rstrip("/") if value else None)  # type: ignore[no-any-return]
+        return d.addCallback(lambda value: value.decode("utf-8", "replace").rstrip("/") if value else None)

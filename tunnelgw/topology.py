@@ -97,13 +97,13 @@ def check_topology(config: TopologyConfig, reactor: Any) -> list[Problem]:
             try:
                 clientFromString(reactor, member.endpoint)
             except Exception as e:
-                problems.append(Problem(member.where, f"bad BalancerMember endpoint {member.endpoint!r}: {e}"))  # type: ignore[arg-type]
+                problems.append(Problem(member.where, f"bad BalancerMember endpoint {member.endpoint!r}: {e}"))
     for source in config.token_sources:
         if source.kind == "jwt":
             try:
                 load_key(source.algorithm, read_secret(source.path))
             except ValueError as e:
-                problems.append(Problem(source.where, str(e)))  # type: ignore[arg-type]
+                problems.append(Problem(source.where, str(e)))
         elif source.kind == "jwks":
             try:
                 with open(source.path, encoding="utf-8") as f:
@@ -111,11 +111,11 @@ def check_topology(config: TopologyConfig, reactor: Any) -> list[Problem]:
             except (OSError, UnicodeDecodeError) as e:
                 keys, bad = {}, [str(e)]
             if not keys:
-                problems.append(Problem(source.where, f"{source.path}: no usable key ({'; '.join(bad) or 'empty'})"))  # type: ignore[arg-type]
+                problems.append(Problem(source.where, f"{source.path}: no usable key ({'; '.join(bad) or 'empty'})"))
     for where, password in [(s.where, s.password_file) for s in config.token_sources if s.kind == "redis"] + (
             [(config.owner_source.where, config.owner_source.password_file)] if config.owner_source else []):
         if password and not os.access(password, os.R_OK):
-            problems.append(Problem(where, f"cannot read the Redis password file {password!r}"))  # type: ignore[arg-type]
+            problems.append(Problem(where, f"cannot read the Redis password file {password!r}"))
     owners = config.owner_source
     if owners is not None and owners.mode == "relay":
         messages = []
@@ -125,7 +125,7 @@ def check_topology(config: TopologyConfig, reactor: Any) -> list[Problem]:
             messages.append(f"hop secret: {e}")
         if owners.hop_ca_file and not os.access(owners.hop_ca_file, os.R_OK):
             messages.append(f"cannot read hopcafile {owners.hop_ca_file!r}")
-        problems.extend(Problem(owners.where, message) for message in messages)  # type: ignore[arg-type]
+        problems.extend(Problem(owners.where, message) for message in messages)
     return problems
 
 
@@ -346,7 +346,7 @@ class Topology:
 
         d = owners.owner_of(host).addCallbacks(
             lambda owner: owner if owner is not None and owner != self.config.gateway_url else None, unavailable)
-        return d  # type: ignore[no-any-return]
+        return d
 
     def check_owner(self, host: str, uri: str) -> "defer.Deferred[None]":
         """Fail with a 307 to the owning gateway when another one owns host (redirect mode); else fire None."""
@@ -355,7 +355,7 @@ class Topology:
                 raise BackendRefused(Reject(307, f"desktop host {host} is served by {owner}"), "redirect",
                                      (("Location", redirect_location(owner, uri)),))
 
-        return self.other_owner(host).addCallback(decided)  # type: ignore[no-any-return]
+        return self.other_owner(host).addCallback(decided)
 
     def connect_token(self, route: Route, target: LookupTarget, client: str, uri: str,
                       found: Callable[[str], None]) -> "defer.Deferred[BackendConnection]":
@@ -375,7 +375,7 @@ class Topology:
             checked = self.check_owner(address.host, uri)
             return checked.addCallback(lambda _: self._backends.connect(address.endpoint, route.options.connect_timeout))
 
-        return source.lookup(target.token, client).addCallback(looked_up)  # type: ignore[no-any-return]
+        return source.lookup(target.token, client).addCallback(looked_up)
 
     def _lookup(self, route_path: str, query: str, request: Any, client: str) -> Union[Reject, JsonAnswer]:
         spec = next(r for r in self.config.token_routes if r.path == route_path)

@@ -32,7 +32,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 from twisted.internet.interfaces import IPushProducer
 
-from tunnelgw.backends import BackendRefused, LinkOwner
+from tunnelgw.backends import BackendRefused, Carries, LinkOwner
 from tunnelgw.core.handshake import Handshake
 from tunnelgw.core.recording import Frame, parse_recording, recording_name
 from tunnelgw.core.relay import CLOSE_BACKEND_FAILED, Close, choose_subprotocol
@@ -93,7 +93,7 @@ class ReplayLink:
     :param remainder: the request path after the route's prefix: ``/ID``.
     """
 
-    byte_stream = True
+    carries = Carries.PAYLOAD
 
     def __init__(self, reactor: Any, folder: str, remainder: str, speed: float) -> None:
         self._reactor = reactor
@@ -151,7 +151,7 @@ class ReplayLink:
             raise BackendRefused(Reject(502, UNREADABLE), "backend_unreadable")
 
         d = self._in_thread(self._open_and_read)
-        return d.addCallbacks(opened, failed)  # type: ignore[no-any-return]
+        return d.addCallbacks(opened, failed)
 
     def _in_thread(self, work: Any) -> "defer.Deferred[tuple[list[Frame], bool]]":
         return deferToThreadPool(self._reactor, self._reactor.getThreadPool(), work)
@@ -242,14 +242,12 @@ class ReplayLink:
 
     # What the client sends is not the desktop's business: read and dropped.
 
-    def client_frame_begin(self, opcode: int, fin: bool, length: int) -> None:
-        """Ignored: a replay takes no input."""
-
-    def client_frame_data(self, payload: bytes) -> None:
-        """Ignored: a replay takes no input."""
-
     def client_payloads(self, payloads: list[bytes]) -> None:
         """Ignored: a replay takes no input."""
+
+    def client_frames(self, frames: bytes, left: int) -> None:
+        """Not used: a replay takes payloads."""
+        raise NotImplementedError("replay links take payloads")
 
     def client_close(self, code: Optional[int], reason: Optional[str]) -> None:
         """Nothing to pass on."""
