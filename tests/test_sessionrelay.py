@@ -94,7 +94,10 @@ class PayloadPlaybookTests:
     def test_payload_to_the_client_is_one_binary_message(self) -> None:
         """A backend chunk is written as a frame header and the chunk as it is."""
         relay = session()
-        assert relay.send_payload(b"x" * 200) == [Write(server_frame(Opcode.BINARY, b"x" * 200)[:4], b"x" * 200)]
+        assert relay.send_payload(b"x" * 200) == Write(server_frame(Opcode.BINARY, b"x" * 200)[:4], b"x" * 200)
+        for n in (0, 125, 126, 65535, 65536):
+            write = relay.send_payload(b"y" * n)
+            assert write is not None and write.data + write.payload == server_frame(Opcode.BINARY, b"y" * n)
 
     def test_close_from_the_client(self) -> None:
         """A valid close: passed on, answered with 1000, then the TCP connection ends after it."""
@@ -162,7 +165,7 @@ class PayloadPlaybookTests:
         relay = session(base64=True)
         assert forwarded(relay.receive(client_frame(Opcode.TEXT, b"aGVs") + client_frame(Opcode.TEXT, b"bG8="), 0)) \
             == b"hello"
-        assert relay.send_payload(b"hi") == [Write(server_frame(Opcode.TEXT, b"aGk="))]
+        assert relay.send_payload(b"hi") == Write(server_frame(Opcode.TEXT, b"aGk="))
         actions = relay.receive(client_frame(Opcode.TEXT, b"a!!!"), 0)
         assert [a.close.code for a in actions if isinstance(a, Failed)] == [1007]
 

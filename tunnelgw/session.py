@@ -419,7 +419,10 @@ class GatewaySession(QuietServerProtocol):
             self._link.close()
             return
         record.bytes_down += len(data)
-        self._carry_out(relay.send_payload(data))
+        write = relay.send_payload(data)
+        if write is not None:
+            self.transport.writeSequence((write.data, write.payload)) if write.payload else \
+                self.transport.write(write.data)
 
     def backend_frames(self, frames: bytes, payload: int, left: int) -> None:
         """

@@ -34,6 +34,7 @@ The rules written once here:
 
 from __future__ import annotations
 
+import binascii
 import codecs
 import enum
 import os
@@ -71,6 +72,8 @@ __all__ = [
 _CONT, _TEXT, _BINARY, _CLOSE, _PING, _PONG = 0, 1, 2, 8, 9, 10
 _MASKED = 0x80
 _FINAL_BINARY = 0x82  # FIN, no reserved bits, binary
+_HEAD16 = struct.Struct("!BBH")
+_HEAD64 = struct.Struct("!BBQ")
 
 
 class Carries(enum.Enum):
@@ -262,6 +265,8 @@ class SessionRelay:
         plain = self._decoder is None
         limit = self._limit
         view = memoryview(data)
+        unmask = self._unmask
+        append = chunks.append
         while pos < end:
             need = self._need
             if need:
@@ -277,6 +282,7 @@ class SessionRelay:
                         if (chunks or payload) and forwarding:
                             actions.append(Forward(chunks, payload, 0))
                         chunks, payload = [], 0
+                        append = chunks.append
                         if not self._control_frame(bytes(control), actions, now):
                             return actions
                     continue
@@ -334,13 +340,11 @@ class SessionRelay:
             if end < head:
                 break
             stop = head + length
-            if first == _FINAL_BINARY and second & _MASKED == mask_bit and stop <= end and not self._in_message \
-                    and plain and length <= limit:
+            if first == _FINAL_BINARY and second & _MASKED == mask_bit and stop <= end and length <= limit \
+                    and plain and not self._in_message:
                 # The common case, whole in this read: a final binary frame within the limits.
-                if not frames:
-                    if length:
-                        chunks.append(self._unmask(view[head:stop], data[head - 4:head]) if masked_in
-                                      else data[head:stop])
+                if not frames and length:
+                    append(unmask(view[head:stop], data[head - 4:head]) if masked_in else data[head:stop])
                 pos = stop
                 payload += length
                 continue
@@ -363,6 +367,7 @@ class SessionRelay:
                 if (chunks or payload) and forwarding:
                     actions.append(Forward(chunks, payload, 0))
                 chunks, payload = [], 0
+                append = chunks.append
                 if not self._control_frame(b"", actions, now):
                     return actions
                 continue
@@ -517,17 +522,23 @@ class SessionRelay:
 
     # Towards the peer.
 
-    def send_payload(self, data: bytes) -> list[Action]:
-        """A chunk of the other side's byte stream: one binary message (base64 text for base64 sessions)."""
+    def send_payload(self, data: bytes) -> Optional[Write]:
+        """
+        A chunk of the other side's byte stream: the one write of one binary
+        message (base64 text for base64 sessions), or None when nothing can
+        be sent any more.  (One chunk is always one whole frame: no list.)
+        """
         if self.state is not RelayState.OPEN or self._send_left:
-            return []
+            return None
         if self._decoder is not None:
-            import base64
-
-            return [Write(self._frame(_TEXT, base64.b64encode(data)))]
+            return Write(self._frame(_TEXT, binascii.b2a_base64(data, newline=False)))
         if self.role is Role.SERVER:
-            return [Write(frame_header(_BINARY, True, len(data)), data)]
-        return [Write(self._frame(_BINARY, data))]
+            n = len(data)
+            # The header of a final binary frame, without frame_header's checks (the hot path).
+            head = bytes((_FINAL_BINARY, n)) if n < 126 else _HEAD16.pack(_FINAL_BINARY, 126, n) if n < 65536 \
+                else _HEAD64.pack(_FINAL_BINARY, 127, n)
+            return Write(head, data)
+        return Write(self._frame(_BINARY, data))
 
     def send_frames(self, frames: bytes, left: int) -> list[Action]:
         """
