@@ -39,9 +39,9 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from zope.interface import implementer
 
-from rawws import frame_bytes
+from rawws import frame_bytes, raw_handshake
 from tunnelgw.http2 import STREAM_BUFFER, STREAM_WINDOW, Http2Connection, Http2Server, StreamTransport
-from support import GatewayProcess, Pki, TcpServer, echo, make_pki, silent
+from support import GatewayProcess, Pki, TcpServer, echo, make_client_cert, make_pki, silent
 
 Headers = list[tuple[str, str]]
 
@@ -60,9 +60,13 @@ class _Stream:
 class H2Client:
     """An HTTP/2 client over TLS, every read bounded; nothing is read unless the test asks."""
 
-    def __init__(self, port: int, ca: Path, alpn: tuple[str, ...] = ("h2", "http/1.1"), timeout: float = 10.0) -> None:
+    def __init__(self, port: int, ca: Path, alpn: tuple[str, ...] = ("h2", "http/1.1"), timeout: float = 10.0,
+                 certificate: Optional[Path] = None) -> None:
         context = ssl.create_default_context(cafile=str(ca))
-        context.set_alpn_protocols(list(alpn))
+        if certificate is not None:
+            context.load_cert_chain(str(certificate))
+        if alpn:
+            context.set_alpn_protocols(list(alpn))
         raw = socket.create_connection(("127.0.0.1", port), timeout=timeout)
         self.sock = context.wrap_socket(raw, server_hostname="localhost")
         self.alpn = self.sock.selected_alpn_protocol()
@@ -473,6 +477,43 @@ class Http2RequestTests:
         finally:
             client.close()
 
+    def test_http11_clients_of_an_http2_listener_upgrade(self, gateway: GatewayProcess, pki: Pki) -> None:
+        """A client asking only for http/1.1, or for no ALPN at all, gets an HTTP/1.1 upgrade on an http2=on listener."""
+        for alpn in (("http/1.1",), ()):
+            client = H2Client(gateway.port(), pki.ca_cert, alpn=alpn)
+            try:
+                assert client.alpn == (alpn[0] if alpn else None)
+                client.sock.sendall(raw_handshake("/echo", gateway.port()))
+                answer = b""
+                while b"\r\n\r\n" not in answer:
+                    chunk = client.sock.recv(65536)
+                    assert chunk, answer
+                    answer += chunk
+                assert answer.startswith(b"HTTP/1.1 101 ")
+            finally:
+                client.close()
+        started = re.findall(r"session start .*", gateway.wait_log(r"(?s)(session start .*){2}").group(0))
+        assert started and not any("via=http2" in line for line in started)
+
+    def test_certname_uses_the_connections_certificate(self, tmp_path: Path, pki: Pki) -> None:
+        """certname= admits a stream of a connection with a matching client certificate; 403 to one without."""
+        alice = make_client_cert(pki, tmp_path / "clients", "alice")
+        with TcpServer(echo) as echoing:
+            text = (f"Listen ssl:port=0:interface=127.0.0.1:privateKey={pki.server_key}:certKey={pki.server_cert}"
+                    f":extraCertChain={pki.chain} clientca={pki.ca_cert} clientcert=optional http2=on\n"
+                    f"ProxyPass /ops {echoing.endpoint} certname=cn:alice\n")
+            with GatewayProcess(text, tmp_path) as gw:
+                for certificate, status in ((alice, 200), (None, 403)):
+                    client = H2Client(gw.port(), pki.ca_cert, certificate=certificate)
+                    try:
+                        stream_id = client.websocket("/ops")
+                        assert client.streams[stream_id].status == status
+                        page = client.get("/ops")  # a plain request: the same guard
+                        assert page.status == (426 if status == 200 else 403), (page.status, bytes(page.data))
+                    finally:
+                        client.close()
+                gw.wait_log(r"session start .*tls_client=.*alice.*via=http2")
+
     def test_http2_off_offers_http11_only(self, tmp_path: Path, pki: Pki) -> None:
         """Without http2=on ALPN chooses http/1.1 even when the client asks for h2 first."""
         with TcpServer(echo) as echoing:
@@ -515,9 +556,9 @@ class _Producer:
 class Http2FlowControlTests:
     """The glue in memory (StringTransport, Clock): windows, bounds and the producer chain."""
 
-    def _connect(self) -> tuple[H2Connection, Http2Connection, StringTransport, _Gateway]:
+    def _connect(self, clock: Optional[Clock] = None) -> tuple[H2Connection, Http2Connection, StringTransport, _Gateway]:
         gateway = _Gateway()
-        server = Http2Server(gateway, site=None, reactor=Clock(), idle_timeout=10)
+        server = Http2Server(gateway, site=None, reactor=clock or Clock(), idle_timeout=10)
         transport = StringTransport()
         connection = Http2Connection(server)
         connection.makeConnection(transport)
@@ -590,3 +631,28 @@ class Http2FlowControlTests:
         assert transport.producerState == "paused"
         connection.resumeProducing()
         assert transport.producerState == "producing"
+
+    def test_an_idle_connection_is_closed_with_goaway(self) -> None:
+        """Without streams for idle_timeout seconds the connection gets GOAWAY (NO_ERROR) and is closed."""
+        clock = Clock()
+        client, connection, transport, gateway = self._connect(clock)
+        clock.advance(9)
+        assert not transport.disconnecting
+        clock.advance(1)
+        events = client.receive_data(transport.value())
+        assert [e.error_code for e in events if isinstance(e, ConnectionTerminated)] == [0]
+        assert transport.disconnecting
+
+    def test_a_stream_keeps_the_connection(self) -> None:
+        """A live stream keeps the connection past idle_timeout; its end starts the wait again."""
+        clock = Clock()
+        client, connection, transport, gateway = self._connect(clock)
+        stream_id = client.get_next_available_stream_id()
+        client.send_headers(stream_id, [(":method", "CONNECT"), (":protocol", "websocket"), (":scheme", "https"),
+                                        (":path", "/x"), (":authority", "a"), ("sec-websocket-version", "13")])
+        connection.dataReceived(client.data_to_send())
+        clock.advance(60)
+        assert not transport.disconnecting
+        gateway.streams[0].abortConnection()
+        clock.advance(10)
+        assert transport.disconnecting
