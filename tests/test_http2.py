@@ -41,7 +41,7 @@ from zope.interface import implementer
 
 from rawws import frame_bytes, raw_handshake
 from tunnelgw.http2 import STREAM_BUFFER, STREAM_WINDOW, Http2Connection, Http2Server, StreamTransport
-from support import GatewayProcess, Pki, TcpServer, echo, make_client_cert, make_pki, silent
+from support import GatewayProcess, Pki, TcpServer, echo, free_port, make_client_cert, make_pki, silent, wait_until
 
 Headers = list[tuple[str, str]]
 
@@ -439,7 +439,8 @@ class Http2RequestTests:
         big = os.urandom(3 * 1024 * 1024)
         (files / "big.bin").write_bytes(big)
         extra = (f"Alias /files {files}\nProxyPass /app ws://127.0.0.1:{{web}}/\n"
-                 "ProxyPass /one {echo} maxsessions=1\nAdminListen tcp:port=0:interface=127.0.0.1\n")
+                 "ProxyPass /one {echo} maxsessions=1\nAdminListen tcp:port=0:interface=127.0.0.1\n"
+                 f"AccessLog {tmp_path / 'access.log'}\n")
         with TcpServer(echo) as echoing, TcpServer(_http_hello) as web:
             text = _config(pki, echoing.endpoint, echoing.endpoint, extra=extra.replace("{web}", str(web.port))
                            .replace("{echo}", echoing.endpoint))
@@ -460,6 +461,10 @@ class Http2RequestTests:
                         listed = json.loads(answer.read())
                     sessions = listed["sessions"] if isinstance(listed, dict) else listed
                     assert [(e["path"], e.get("via")) for e in sessions] == [("/one", "http2")]
+                    access = tmp_path / "access.log"
+                    assert wait_until(lambda: access.exists() and "/app/x" in access.read_text())
+                    lines = access.read_text().splitlines()
+                    assert any('"GET /files/big.bin HTTP/2" 200' in line for line in lines), lines
                 finally:
                     client.close()
 
@@ -513,6 +518,31 @@ class Http2RequestTests:
                     finally:
                         client.close()
                 gw.wait_log(r"session start .*tls_client=.*alice.*via=http2")
+
+    def test_lookup_and_redirect(self, tmp_path: Path, pki: Pki) -> None:
+        """/lookup answers its JSON over a stream; a session for a desktop another gateway owns gets its 307."""
+        port = free_port()
+        tokens = tmp_path / "tokens"
+        tokens.write_text("desk2: 127.0.0.2:5902\n")
+        text = (f"Listen ssl:port={port}:interface=127.0.0.1:privateKey={pki.server_key}:certKey={pki.server_cert}"
+                f":extraCertChain={pki.chain} http2=on\n"
+                f"TokenSource files file {tokens} allow=127.0.0.2:5902\nTokenRoute /vnc files\n"
+                f"TokenLookup /lookup /vnc\nGatewayURL wss://localhost:{port}\n"
+                f"GatewayOwner wss://localhost:{port} 127.0.0.1\nGatewayOwner wss://other.example 127.0.0.2\n")
+        with GatewayProcess(text, tmp_path) as gw:
+            client = H2Client(gw.port(), pki.ca_cert)
+            try:
+                looked_up = client.get("/lookup?token=desk2")
+                assert looked_up.status == 200, bytes(looked_up.data)
+                assert json.loads(bytes(looked_up.data)) == {"url": "wss://other.example/vnc?token=desk2",
+                                                             "gateway": "wss://other.example"}
+                stream_id = client.websocket("/vnc?token=desk2")
+                redirected = client.streams[stream_id]
+                client.until(lambda: redirected.ended)
+                assert redirected.status == 307
+                assert redirected.headers["location"] == "wss://other.example/vnc?token=desk2"
+            finally:
+                client.close()
 
     def test_http2_off_offers_http11_only(self, tmp_path: Path, pki: Pki) -> None:
         """Without http2=on ALPN chooses http/1.1 even when the client asks for h2 first."""
