@@ -41,8 +41,12 @@ connection's bytes and carries its events out to streams.
 (``validate_inbound_headers`` is off), so a malformed request is reset with
 ``PROTOCOL_ERROR`` on its stream alone.  What h2 still raises from
 ``receive_data`` (framing, HPACK, flow-control violations, a stream id out
-of order: errors RFC 9113 makes connection errors) ends the connection with
-a GOAWAY carrying h2's error code.  A drain sends GOAWAY without closing:
+of order: errors RFC 9113 makes connection errors; and, because h2 raises
+them before the header block is decoded, which leaves the HPACK state
+unusable, a header list over ``MAX_HEADER_LIST_SIZE`` and a stream beyond
+``MAX_CONCURRENT_STREAMS``) ends the connection with a GOAWAY carrying
+h2's error code.  A client's GOAWAY ends the connection and its sessions:
+h2 sends nothing after it.  A drain sends GOAWAY without closing:
 h2 refuses to send anything after its own GOAWAY, so that frame is written
 with hyperframe between h2's outputs, and new streams are then refused
 (``REFUSED_STREAM``).
@@ -131,7 +135,8 @@ class Http2Connection(Protocol):
     transport: Any
 
     def __init__(self, server: Http2Server) -> None:
-        self._server = server
+        #: What this listener's connections share.
+        self.server = server
         self._h2 = H2Connection(H2Configuration(client_side=False, header_encoding=None,
                                                 validate_inbound_headers=False, normalize_inbound_headers=False))
         self._streams: dict[int, Union[StreamTransport, _RequestStream]] = {}
@@ -145,7 +150,7 @@ class Http2Connection(Protocol):
 
     def connectionMade(self) -> None:
         """Send our SETTINGS (extended CONNECT on, the stream limit) and open the connection window."""
-        server = self._server
+        server = self.server
         self._h2.local_settings = Settings(client=False, initial_values={
             SettingCodes.ENABLE_CONNECT_PROTOCOL: 1,
             SettingCodes.MAX_CONCURRENT_STREAMS: server.max_streams,
@@ -196,6 +201,7 @@ class Http2Connection(Protocol):
                 else:
                     self._push_all()
             elif isinstance(event, ConnectionTerminated):
+                # h2 sends nothing after the client's GOAWAY: the connection and its sessions end.
                 self._closed = True
                 self.transport.loseConnection()
         if not self._closed:
@@ -203,7 +209,7 @@ class Http2Connection(Protocol):
 
     def _fail(self, e: ProtocolError) -> None:
         """A connection error from h2: GOAWAY with its code, then close."""
-        code = getattr(e, "error_code", None) or ErrorCodes.PROTOCOL_ERROR
+        code = e.error_code
         _log.info("http2 connection error client={client} error={error} reason={reason!r}",
                   client=format_address(self.transport.getPeer()), error=ErrorCodes(code).name, reason=str(e))
         try:
@@ -232,7 +238,7 @@ class Http2Connection(Protocol):
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         """The connection is gone: so is every stream."""
         self._closed = True
-        self._server.connections.discard(self)
+        self.server.connections.discard(self)
         if self._idle is not None and self._idle.active():
             self._idle.cancel()
         self._idle = None
@@ -279,7 +285,7 @@ class Http2Connection(Protocol):
             stream = StreamTransport(self, stream_id)
             self._streams[stream_id] = stream
             stream.pauseProducing()  # as the front pauses an upgrade: not read until its 101
-            self._server.gateway.upgrade(stream, checked.head, b"", via="http2")
+            self.server.gateway.upgrade(stream, checked.head, b"", via="http2")
             return
         request_stream = _RequestStream(self, stream_id, checked)
         self._streams[stream_id] = request_stream
@@ -379,7 +385,7 @@ class Http2Connection(Protocol):
             self._closed = True
             self.transport.loseConnection()
             return
-        self._idle = self._server.reactor.callLater(self._server.idle_timeout, self._idle_expired)
+        self._idle = self.server.reactor.callLater(self.server.idle_timeout, self._idle_expired)
 
     def _idle_expired(self) -> None:
         self._idle = None
@@ -448,7 +454,7 @@ class _Outgoing:
             if not self._asking:
                 # Not from inside a write: the producer's next write would come back here.
                 self._asking = True
-                self.connection._server.reactor.callLater(0, self._ask)
+                self.connection.server.reactor.callLater(0, self._ask)
         elif self.producer_paused:
             self.producer_paused = False
             self.producer.resumeProducing()
@@ -588,6 +594,7 @@ class StreamTransport(_Outgoing):
     def received(self, data: bytes, length: int) -> None:
         """DATA from the client: to the session, or held while it is paused."""
         if self.gone:
+            self.connection.acknowledge(self.stream_id, length)  # the connection's window, not lost with the stream
             return
         if self._reading_paused or self._held:
             self._held.append((data, length))
@@ -608,7 +615,7 @@ class StreamTransport(_Outgoing):
             self.connection.closed(self.stream_id)
         self.lost(error.ConnectionDone())
         if not self.remote_done:
-            self._linger = self.connection._server.reactor.callLater(CLOSE_TIMEOUT, self._linger_over)
+            self._linger = self.connection.server.reactor.callLater(CLOSE_TIMEOUT, self._linger_over)
 
     def _linger_over(self) -> None:
         self._linger = None
@@ -624,7 +631,8 @@ class StreamTransport(_Outgoing):
             return
         self.gone = True
         self.disconnected = True
-        self._held.clear()
+        held, self._held = self._held, deque()
+        self.connection.acknowledge(self.stream_id, sum(length for _, length in held))
         protocol, self.protocol = self.protocol, None
         if protocol is not None:
             protocol.connectionLost(Failure(reason))
@@ -641,7 +649,7 @@ class _RequestStream(_Outgoing):
     def __init__(self, connection: Http2Connection, stream_id: int, checked: StreamRequest) -> None:
         super().__init__(connection, stream_id)
         self._checked = checked
-        server = connection._server
+        server = connection.server
         self.site = self.factory = server.site
         self.transport = self
         self.request: Optional[Request] = None
