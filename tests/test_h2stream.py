@@ -62,6 +62,14 @@ class StreamRequestTests:
         """Each of RFC 9113's malformed cases (and RFC 8441's) is Malformed: the stream is reset."""
         assert isinstance(stream_request(headers, True), Malformed)
 
+    def test_header_list_size(self) -> None:
+        """A header list larger than max_size (names, values, 32 per field) is refused with 431."""
+        fields = [(b":method", b"GET"), (b":scheme", b"https"), (b":path", b"/"), (b"x", b"y" * 100)]
+        size = sum(len(n) + len(v) + 32 for n, v in fields)
+        assert isinstance(stream_request(fields, True, size), StreamRequest)
+        refused = stream_request(fields, True, size - 1)
+        assert isinstance(refused, StreamRequest) and refused.refusal is not None and refused.refusal.status == 431
+
     def test_protocol_needs_the_setting(self) -> None:
         """:protocol is malformed where SETTINGS_ENABLE_CONNECT_PROTOCOL was not sent (h2 does not check)."""
         assert isinstance(stream_request(_WS, False), Malformed)

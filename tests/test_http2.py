@@ -479,6 +479,11 @@ class Http2RequestTests:
             assert missing.status == 404 and bytes(missing.data).startswith(b"404 ")
             local = client.get("/local")
             assert local.status == 403
+            big = client.request([(":method", "GET"), (":scheme", "https"), (":path", "/demo"),
+                                  (":authority", "localhost"), ("x-big", "a" * 20000)])
+            client.until(lambda: client.streams[big].ended)
+            assert client.streams[big].status == 431
+            assert client.get("/demo").status == 200  # the connection goes on
         finally:
             client.close()
 

@@ -43,9 +43,10 @@ connection's bytes and carries its events out to streams.
 ``receive_data`` (framing, HPACK, flow-control violations, a stream id out
 of order: errors RFC 9113 makes connection errors; and, because h2 raises
 them before the header block is decoded, which leaves the HPACK state
-unusable, a header list over ``MAX_HEADER_LIST_SIZE`` and a stream beyond
+unusable, a header block over HPACK's 64 KiB bound and a stream beyond
 ``MAX_CONCURRENT_STREAMS``) ends the connection with a GOAWAY carrying
-h2's error code.  A client's GOAWAY ends the connection and its sessions:
+h2's error code.  A header list over the gateway's head limit (which h2
+does not enforce) is answered 431 on its stream.  A client's GOAWAY ends the connection and its sessions:
 h2 sends nothing after it.  A drain sends GOAWAY without closing:
 h2 refuses to send anything after its own GOAWAY, so that frame is written
 with hyperframe between h2's outputs, and new streams are then refused
@@ -273,7 +274,7 @@ class Http2Connection(Protocol):
         if self._going_away:
             self._reset(stream_id, ErrorCodes.REFUSED_STREAM)
             return
-        checked = stream_request(headers, True)
+        checked = stream_request(headers, True, self.server.max_head)
         if isinstance(checked, Malformed):
             log_refusal(format_address(self.transport.getPeer()), "-", Reject(400, checked.reason), "http2")
             self._reset(stream_id, ErrorCodes.PROTOCOL_ERROR)

@@ -67,14 +67,20 @@ def _bad_value(value: bytes) -> bool:
         or value[-1:] in (b" ", b"\t")
 
 
-def stream_request(headers: Sequence[tuple[bytes, bytes]], connect_protocol: bool) -> Union[StreamRequest, Malformed]:
+def stream_request(headers: Sequence[tuple[bytes, bytes]], connect_protocol: bool,
+                   max_size: int = 0) -> Union[StreamRequest, Malformed]:
     """
     Check a stream's request header block and give the request head it stands for.
 
     :param headers: the decoded header block, in order.
     :param connect_protocol: whether this server advertised
         ``SETTINGS_ENABLE_CONNECT_PROTOCOL``; without it ``:protocol`` is malformed.
+    :param max_size: the largest header list (RFC 9113's size: names, values
+        and 32 per field) answered; a larger one is refused with 431 (0: no limit).
     """
+    if max_size and sum(len(name) + len(value) + 32 for name, value in headers) > max_size:
+        return StreamRequest(RequestHead(b"GET", b"/", b"1.1", ()),
+                             refusal=Reject(431, "request header fields too large"))
     pseudo: dict[bytes, bytes] = {}
     regular: list[tuple[bytes, bytes]] = []
     cookies: list[bytes] = []
