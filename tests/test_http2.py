@@ -353,6 +353,26 @@ class Http2SessionTests:
         finally:
             client.close()
 
+    @pytest.mark.parametrize("limit, status, reason", [("perclient=1 rate=0", 503, b"client"),
+                                                       ("rate=1/m", 429, b"slow down")])
+    def test_per_client_limit_and_rate(self, tmp_path: Path, pki: Pki, limit: str, status: int, reason: bytes) -> None:
+        """Limit perclient= and rate= count streams as they count HTTP/1.1 upgrades: the second is refused."""
+        with TcpServer(echo) as echoing:
+            with GatewayProcess(_config(pki, echoing.endpoint, echoing.endpoint, extra=f"Limit {limit}\n"),
+                                tmp_path) as gw:
+                client = H2Client(gw.port(), pki.ca_cert)
+                try:
+                    first = client.websocket("/echo")
+                    assert client.streams[first].status == 200
+                    second = client.websocket("/echo")
+                    refused = client.streams[second]
+                    client.until(lambda: refused.ended)
+                    assert refused.status == status and reason in bytes(refused.data), bytes(refused.data)
+                    client.send_message(first, b"still")
+                    assert client.messages(first, 1) == [b"still"]
+                finally:
+                    client.close()
+
     @pytest.mark.parametrize("headers, why", [
         ([(":method", "GET"), (":protocol", "websocket"), (":scheme", "https"), (":path", "/echo"),
           (":authority", "localhost")], ":protocol on a GET"),
