@@ -508,7 +508,7 @@ class Http2RequestTests:
             client.close()
 
     def test_http11_clients_of_an_http2_listener_upgrade(self, gateway: GatewayProcess, pki: Pki) -> None:
-        """A client asking only for http/1.1, or for no ALPN at all, gets an HTTP/1.1 upgrade on an http2=on listener."""
+        """A client asking for http/1.1 only, or for no ALPN, gets an HTTP/1.1 upgrade on an http2=on listener."""
         for alpn in (("http/1.1",), ()):
             client = H2Client(gateway.port(), pki.ca_cert, alpn=alpn)
             try:
@@ -611,7 +611,8 @@ class _Producer:
 class Http2FlowControlTests:
     """The glue in memory (StringTransport, Clock): windows, bounds and the producer chain."""
 
-    def _connect(self, clock: Optional[Clock] = None) -> tuple[H2Connection, Http2Connection, StringTransport, _Gateway]:
+    def _connect(self, clock: Optional[Clock] = None
+                 ) -> tuple[H2Connection, Http2Connection, StringTransport, _Gateway]:
         gateway = _Gateway()
         server = Http2Server(gateway, site=None, reactor=clock or Clock(), idle_timeout=10)
         transport = StringTransport()

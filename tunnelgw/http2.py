@@ -276,7 +276,8 @@ class Http2Connection(Protocol):
             return
         checked = stream_request(headers, True, self.server.max_head)
         if isinstance(checked, Malformed):
-            log_refusal(format_address(self.transport.getPeer()), "-", Reject(400, checked.reason), "http2")
+            reject = Reject(400, f"malformed, stream reset: {checked.reason}")
+            log_refusal(format_address(self.transport.getPeer()), "-", reject, "http2")
             self._reset(stream_id, ErrorCodes.PROTOCOL_ERROR)
             return
         if self._idle is not None and self._idle.active():
@@ -689,8 +690,9 @@ class _RequestStream(_Outgoing):
         if self.gone or self._checked.refusal is not None:
             return
         if self._body.tell() + len(data) > _MAX_BODY:
-            self._checked = StreamRequest(self._checked.head, refusal=Reject(413, "request body too large for this gateway"))
-            self._answer_reject(self._checked.refusal or Reject(413, ""))
+            too_large = Reject(413, "request body too large for this gateway")
+            self._checked = StreamRequest(self._checked.head, refusal=too_large)
+            self._answer_reject(too_large)
             return
         self._body.write(data)
 
