@@ -156,7 +156,10 @@ class H2Client:
 
     def send_message(self, stream_id: int, payload: bytes) -> None:
         """One masked binary message on the stream, in DATA frames the windows admit."""
-        data = frame_bytes(2, payload)
+        self.send_body(stream_id, frame_bytes(2, payload))
+
+    def send_body(self, stream_id: int, data: bytes) -> None:
+        """data on the stream, in DATA frames the windows admit."""
         deadline = time.monotonic() + self.timeout
         while data:
             room = min(self.conn.local_flow_control_window(stream_id), self.conn.max_outbound_frame_size)
@@ -504,6 +507,11 @@ class Http2RequestTests:
             client.until(lambda: client.streams[big].ended)
             assert client.streams[big].status == 431
             assert client.get("/demo").status == 200  # the connection goes on
+            posted = client.request([(":method", "POST"), (":scheme", "https"), (":path", "/demo"),
+                                     (":authority", "localhost")], end=False)
+            client.send_body(posted, b"z" * 70000)
+            client.until(lambda: client.streams[posted].ended or client.streams[posted].reset is not None)
+            assert client.streams[posted].status == 413
         finally:
             client.close()
 
