@@ -38,7 +38,7 @@ from tunnelgw.core.relay import (
     connect_rejection,
 )
 from tunnelgw.core.routing import Reject
-from tunnelgw.fastpath import immediate_writes
+from tunnelgw.upstream import immediate_writes
 
 __all__ = ["BackendConnection", "BackendSink", "BackendUnavailable", "EndpointCache", "TcpBackends", "TcpLink",
            "classify_connect_error"]
