@@ -32,7 +32,7 @@ def test_replaced_upstream_source_unchanged(dotted: str) -> None:
     """The replaced function's source hashes as pinned (else: review the override in tunnelgw.upstream, re-pin)."""
     assert _source_hash(dotted) == REPLACED[dotted], (
         f"{dotted} changed upstream (twisted {version('twisted')}, autobahn {version('autobahn')}): "
-        "review its override in tunnelgw/upstream.py (or tunnelgw/fastpath.py) and pin the new hash")
+        "review its override in tunnelgw/upstream.py and pin the new hash")
 
 
 def test_upper_bounds_in_setup_cfg() -> None:
@@ -50,11 +50,11 @@ def test_upper_bounds_in_setup_cfg() -> None:
 
 
 def test_no_private_overrides_outside_upstream() -> None:
-    """Outside tunnelgw/upstream.py (and fastpath's transports) no class defines an Autobahn or Twisted private method."""
+    """Outside tunnelgw/upstream.py no class defines an Autobahn or Twisted private method."""
     private = ("def _connectionMade", "def _connectionLost", "def _onOpen", "def _onConnect", "def _dataReceived",
                "def _actuallyStartHandshake", "def _flushSendBIO", "def _flushReceiveBIO")
     for path in (_ROOT / "tunnelgw").rglob("*.py"):
-        if path.name in ("upstream.py", "fastpath.py"):
+        if path.name == "upstream.py":
             continue
         text = path.read_text(encoding="utf-8")
         assert not [p for p in private if p in text], path

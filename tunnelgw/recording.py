@@ -37,7 +37,7 @@ from tunnelgw.core.config import Recording
 from tunnelgw.core.recording import FOOTER, HEADER, Frame, encode_frame, is_recording_name, recording_name
 from tunnelgw.core.relay import Close
 from tunnelgw.core.sessionrelay import Carries, Forward, Role, SessionRelay
-from tunnelgw.fastpath import unmask
+from tunnelgw.upstream import unmask
 
 __all__ = ["FLUSH_BYTES", "FLUSH_SECONDS", "LISTED", "MAX_PENDING", "Recorder", "Recordings", "RecordingLink",
            "foreign_entries", "newest_recordings"]

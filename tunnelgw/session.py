@@ -64,7 +64,7 @@ from tunnelgw.core.sessionrelay import (
     Write,
 )
 from tunnelgw.core.wsrelay import lost_close
-from tunnelgw.fastpath import unmask
+from tunnelgw.upstream import unmask
 from tunnelgw.logs import format_fields
 from tunnelgw.metrics import route_label
 from tunnelgw.sockopts import set_tcp_keepalive

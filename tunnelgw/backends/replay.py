@@ -111,6 +111,7 @@ class ReplayLink:
         self._next: Optional[defer.Deferred[tuple[list[Frame], bool]]] = None
         self._ended = False
         self._finished = False
+        self._unreadable = False  # a later batch could not be read: end (1011) once the earlier frames are played
         self._closed = False
         self._timer: Any = None
         self._start = 0.0
@@ -197,7 +198,9 @@ class ReplayLink:
         if self._batch and self._next is None and not self._ended and len(self._batch) < 64:
             self._fetch()
         if not self._batch:
-            if self._ended:
+            if self._unreadable:  # what was read before the unreadable part has been played
+                self._owner.backend_lost(Close(CLOSE_BACKEND_FAILED, UNREADABLE))
+            elif self._ended:
                 if not self._finished:
                     self._finished = True
                     _log.info("replay finished: the last screen stays until the viewer leaves ({recording})",
@@ -222,7 +225,10 @@ class ReplayLink:
             if not self._closed and self._owner is not None:
                 _log.warn("replay stopped: {recording} cannot be read: {why}", recording=self.description,
                           why=_why(failure.value))
-                self._owner.backend_lost(Close(CLOSE_BACKEND_FAILED, UNREADABLE))
+                # The frames read before are played first, then the session ends (1011).
+                self._unreadable = self._ended = True
+                if self._timer is None:
+                    self._play()
 
         self._next.addCallbacks(arrived, failed)
 

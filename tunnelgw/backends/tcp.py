@@ -20,8 +20,10 @@ from twisted.internet.interfaces import (
     IReactorTime,
     ISSLTransport,
     IStreamClientEndpoint,
+    ITCPTransport,
 )
 from twisted.internet.protocol import Factory, Protocol, connectionDone
+from twisted.protocols.policies import ProtocolWrapper
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -36,7 +38,7 @@ from tunnelgw.core.relay import (
     connect_rejection,
 )
 from tunnelgw.core.routing import Reject
-from tunnelgw.fastpath import immediate_writes
+from tunnelgw.upstream import immediate_writes
 
 __all__ = ["BackendConnection", "BackendSink", "BackendUnavailable", "EndpointCache", "TcpBackends", "TcpLink",
            "classify_connect_error"]
@@ -110,7 +112,17 @@ class BackendConnection(Protocol):
             self.transport.abortConnection()
 
     def connectionMade(self) -> None:
-        """Plain streams are ready now; TLS ones after :meth:`handshakeCompleted`."""
+        """
+        Plain streams are ready now; TLS ones after :meth:`handshakeCompleted`.
+        TCP_NODELAY is set (as nginx's ``tcp_nodelay`` and Autobahn's client
+        side do): a desktop's input events are small writes that must not
+        wait for the backend's delayed ACK.
+        """
+        stream = self.transport
+        while isinstance(stream, ProtocolWrapper):  # TLS: the TCP connection under it
+            stream = stream.transport
+        if ITCPTransport.providedBy(stream):
+            stream.setTcpNoDelay(True)
         immediate_writes(self.transport)
         if not ISSLTransport.providedBy(self.transport):
             self.ready.callback(self)

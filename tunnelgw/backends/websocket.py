@@ -67,7 +67,7 @@ from tunnelgw.core.sessionrelay import (
 )
 from tunnelgw.core.wsrelay import backend_target, forwarded_headers, handshake_refusal, lost_close
 from tunnelgw.core.wsurl import WebSocketTarget
-from tunnelgw.fastpath import immediate_writes, unmask
+from tunnelgw.upstream import immediate_writes, unmask
 from tunnelgw.upstream import QuietClientProtocol, SharedOptions, protocol_options
 
 __all__ = ["BackendWebSocket", "WebSocketBackends", "WebSocketLink", "load_trust_root"]
