@@ -104,6 +104,40 @@ def test_novnc_over_wss(browser: Browser, gateway: GatewayProcess, desktop: Xvnc
     use_desktop(browser, f"https://127.0.0.1:{gateway.port(1)}/novnc/vnc_lite.html", desktop, "novnc-wss")
 
 
+@pytest.fixture
+def h2_gateway(tmp_path: Path, desktop: Xvnc, pki: Pki) -> Iterator[GatewayProcess]:
+    """A gateway whose ssl: listeners offer HTTP/2 (the first) and do not (the second)."""
+    if not (NOVNC / "vnc_lite.html").exists():
+        require_tool("novnc")
+    tls = f"privateKey={pki.server_key}:certKey={pki.server_cert}:extraCertChain={pki.chain}"
+    config = f"""
+Listen ssl:port=0:interface=127.0.0.1:{tls} http2=on
+Listen ssl:port=0:interface=127.0.0.1:{tls}
+Alias /novnc {NOVNC}
+ProxyPass /websockify {desktop.endpoint}
+"""
+    with GatewayProcess(config, tmp_path) as gw:
+        yield gw
+
+
+def test_novnc_over_http2(browser: Browser, h2_gateway: GatewayProcess, desktop: Xvnc) -> None:
+    """
+    With http2=on Chromium loads noVNC over HTTP/2 and opens the desktop as an
+    extended CONNECT stream of that connection (the session line says via=http2):
+    pixels and keys.
+    """
+    use_desktop(browser, f"https://127.0.0.1:{h2_gateway.port(0)}/novnc/vnc_lite.html", desktop, "novnc-http2")
+    h2_gateway.wait_log(r"session start .*path=/websockify.*via=http2")
+    h2_gateway.wait_log(r"session end .*path=/websockify.*via=http2")
+
+
+def test_novnc_without_http2_falls_back(browser: Browser, h2_gateway: GatewayProcess, desktop: Xvnc) -> None:
+    """Without http2=on the same page and desktop work over HTTP/1.1 (an upgrade: no via=http2)."""
+    use_desktop(browser, f"https://127.0.0.1:{h2_gateway.port(1)}/novnc/vnc_lite.html", desktop, "novnc-http11")
+    started = h2_gateway.wait_log(r"session start .*path=/websockify.*")
+    assert "via=http2" not in started.group(0)
+
+
 def _example(name: str, replacements: dict[str, str]) -> str:
     """An example front-proxy snippet with its addresses and paths replaced; each must occur."""
     text = (EXAMPLES / name).read_text()

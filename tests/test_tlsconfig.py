@@ -69,9 +69,15 @@ class ListenOptionTests:
         assert parse_config("Listen ssl:port=1 clientca=/ca.pem\n").listeners[0].tls.client_cert == "optional"  # type: ignore[union-attr]
         assert parse_config("Listen tcp:port=1\n").listeners[0].tls is None
 
+    def test_http2_is_opt_in(self) -> None:
+        """http2=on turns HTTP/2 on for that ssl: listener only; it is off by default."""
+        config = parse_config("Listen ssl:port=1:privateKey=k.pem http2=on\nListen ssl:port=2:privateKey=k.pem\n")
+        assert [l.tls.http2 for l in config.listeners if l.tls is not None] == [True, False]
+
     @pytest.mark.parametrize("line, message", [
         ("Listen tcp:port=1 clientca=/ca.pem", "gw.conf:1: Listen options (certificates=, clientca=, clientcert=, "
-                                               "crl=) apply to ssl: endpoints only"),
+                                               "crl=, http2=) apply to ssl: endpoints only"),
+        ("Listen ssl:port=1 http2=yes", "gw.conf:1: http2 takes one of on, off"),
         ("Listen ssl:port=1 clientcert=required", "gw.conf:1: clientcert=required needs clientca=FILE"),
         ("Listen ssl:port=1 crl=/crl.pem", "gw.conf:1: crl= needs clientca=FILE"),
         ("Listen ssl:port=1 clientcert=maybe clientca=/c", "gw.conf:1: clientcert takes one of off, optional, required"),

@@ -37,6 +37,7 @@ from tunnelgw.core.http import find_head_end, header_line_problem, is_upgrade, p
 from tunnelgw.core.routing import Reject
 from tunnelgw.upstream import immediate_writes
 from tunnelgw.gateway import GatewayFactory, hand_over, refuse_connection
+from tunnelgw.http2 import Http2Connection, Http2Server, negotiated_h2
 from tunnelgw.session import log_refusal
 
 __all__ = ["BoundedChannel", "FrontFactory", "GatewayFront", "GatewaySite", "MAX_BODY"]
@@ -73,6 +74,9 @@ class GatewayFront(Protocol):
 
     def dataReceived(self, data: bytes) -> None:
         """Collect the head; once whole, hand the connection to a session or to twisted.web."""
+        if not self._spoke and self.factory.http2 is not None and negotiated_h2(self.transport):
+            self._http2(self.factory.http2, data)
+            return
         self._spoke = True
         scanned = len(self._buffer)
         buffer = self._buffer = self._buffer + data
@@ -101,6 +105,14 @@ class GatewayFront(Protocol):
         hand_over(transport, channel)
         channel.makeConnection(transport)
         channel.dataReceived(buffer)
+
+    def _http2(self, server: Http2Server, data: bytes) -> None:
+        """ALPN chose h2 (the handshake is done by the first bytes): the connection is HTTP/2's."""
+        self._disarm()
+        connection = Http2Connection(server)
+        hand_over(self.transport, connection)
+        connection.makeConnection(self.transport)
+        connection.dataReceived(data)
 
     def _refuse(self, reject: Reject, kind: str) -> None:
         self._disarm()
@@ -138,8 +150,10 @@ class FrontFactory(Factory):
     def __init__(self, gateway: GatewayFactory, site: "GatewaySite", reactor: Any, timeout: float, max_head: int,
                  on_timeout: Optional[Callable[[], None]] = None,
                  on_too_large: Optional[Callable[[], None]] = None,
-                 on_silent: Optional[Callable[[], None]] = None) -> None:
+                 on_silent: Optional[Callable[[], None]] = None, http2: Optional[Http2Server] = None) -> None:
         self.gateway = gateway
+        #: For an ``http2=on`` listener: what its HTTP/2 connections share (ALPN offers h2 first).
+        self.http2 = http2
         self.site = site
         self.reactor = reactor
         self.timeout = timeout
@@ -151,8 +165,8 @@ class FrontFactory(Factory):
         self.pending: set[Any] = set()
 
     def acceptableProtocols(self) -> list[bytes]:
-        """ALPN: HTTP/1.1 only (WebSockets here are HTTP/1.1 upgrades)."""
-        return [b"http/1.1"]
+        """ALPN: h2 then HTTP/1.1 on an ``http2=on`` listener, else HTTP/1.1 only."""
+        return [b"h2", b"http/1.1"] if self.http2 is not None else [b"http/1.1"]
 
     def expired(self, transport: Any, silent: bool = False) -> None:
         """

@@ -280,10 +280,14 @@ class GatewayFactory(SharedOptions, WebSocketServerFactory):  # type: ignore[mis
             return Reject(403, "this route needs a client certificate with another name")
         return None
 
-    def upgrade(self, transport: Any, head: RequestHead, early: bytes, request: Any = None) -> Optional[GatewaySession]:
+    def upgrade(self, transport: Any, head: RequestHead, early: bytes, request: Any = None,
+                via: str = "") -> Optional[GatewaySession]:
         """
         Answer or start the session of an upgrade request on transport (paused
         by the caller); early is what the client sent after the head.
+
+        :param via: ``"http2"`` for an extended CONNECT on an HTTP/2 stream
+            (:mod:`tunnelgw.http2`: transport is the stream's), shown in the session's lines.
         """
         request = request if request is not None else HeadRequest(head, transport)
         view = self.view(head)
@@ -338,6 +342,7 @@ class GatewayFactory(SharedOptions, WebSocketServerFactory):  # type: ignore[mis
         if authorised is not None:
             authorised.named_user = session.name_user
         session.tls_client = identity
+        session.via = via
         session.shown_path = view.shown_path
         hand_over(transport, session)
         session.makeConnection(transport)

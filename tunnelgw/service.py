@@ -32,6 +32,7 @@ from tunnelgw.core.config import (OPTIONAL_PACKAGES, Config, ConfigError, Locati
                                   needed_packages, parse_config, read_config)
 from tunnelgw.demo import demo_factory, demo_page
 from tunnelgw.front import FrontFactory, GatewaySite
+from tunnelgw.http2 import Http2Server
 from tunnelgw.metrics import GatewayMetrics
 from tunnelgw.recording import foreign_entries
 from tunnelgw.gateway import GatewayFactory
@@ -334,6 +335,13 @@ class GatewayService(Service):
                                   on_timeout=lambda: metrics.handshake_failed("", "handshake_timeout", None),
                                   on_too_large=lambda: metrics.handshake_failed("", "headers", 431),
                                   on_silent=metrics.silent_connections.inc)
+        # The same front for http2=on listeners, with ALPN offering h2 first.
+        self.http2 = Http2Server(self.factory, self.site, reactor, config.timeouts.handshake,
+                                 max_head=config.limits.headers)
+        self.front_h2 = FrontFactory(self.factory, self.site, reactor, config.timeouts.handshake, config.limits.headers,
+                                     on_timeout=lambda: metrics.handshake_failed("", "handshake_timeout", None),
+                                     on_too_large=lambda: metrics.handshake_failed("", "headers", 431),
+                                     on_silent=metrics.silent_connections.inc, http2=self.http2)
         self.audit = AuditTrail(reactor, config.audit_logs, metrics.registry)
         if config.pool is not None:
             from tunnelgw.pool import PoolRegistry
@@ -383,13 +391,15 @@ class GatewayService(Service):
         self._listening = True
         demo_kinds = {d.where: d.kind for d in self.config.demo_backends}
         admin_places = {a.where for a in self.config.admin_listeners}
+        http2_places = {l.where for l in self.config.listeners if l.tls is not None and l.tls.http2}
         for where, description, endpoint in self._servers:
             if where in admin_places:
                 from tunnelgw.admin import admin_site
 
                 factory: Any = admin_site(self.factory, lambda: self.draining, description, self.overview)
             else:
-                factory = demo_factory(demo_kinds[where]) if where in demo_kinds else self.front
+                factory = demo_factory(demo_kinds[where]) if where in demo_kinds else (
+                    self.front_h2 if where in http2_places else self.front)
             ports = self.admin_ports if where in admin_places else self.ports
             d: Deferred[IListeningPort] = endpoint.listen(factory)
             if not d.called:
@@ -431,6 +441,8 @@ class GatewayService(Service):
         ports, self.ports = self.ports, []
         await gatherResults([d for d in (p.stopListening() for p in ports) if d is not None])
         self.front.abort_pending()
+        self.front_h2.abort_pending()
+        self.http2.drain()
         counts = self.factory.session_counts
         timeout = self.config.shutdown_timeout
         if counts.live:

@@ -171,6 +171,8 @@ class GatewaySession(QuietServerProtocol):
     tls_client = ""
     #: The request path as logs and the admin list show it (the request's canonical view), set by the gateway.
     shown_path = ""
+    #: ``"http2"`` for a session on an HTTP/2 stream (RFC 8441), '' on its own connection; set by the gateway.
+    via = ""
 
     def __init__(self, factory: Any, route: Route, head: RequestHead, handshake: Handshake,
                  client: str, link: BackendLink, session_id: str, recording: str = "") -> None:
@@ -303,6 +305,8 @@ class GatewaySession(QuietServerProtocol):
             start_fields["user"] = record.user
         if self.tls_client:
             start_fields["tls_client"] = self.tls_client
+        if self.via:
+            start_fields["via"] = self.via
         _log.info("session start {details}", details=format_fields(start_fields), fields=start_fields,
                   audit="session.start")
         factory.sessions[record.session_id] = self
@@ -509,6 +513,8 @@ class GatewaySession(QuietServerProtocol):
         fields = self._record.fields(self.factory.reactor.seconds())
         if self._watch is not None and self._watch.round_trip is not None:
             fields["round_trip_ms"] = round(self._watch.round_trip * 1000, 1)
+        if self.via:
+            fields["via"] = self.via
         return fields
 
     def close_session(self, close: Close) -> None:
@@ -575,6 +581,8 @@ class GatewaySession(QuietServerProtocol):
         now = factory.reactor.seconds()
         record.end(now, code, reason)
         fields = record.fields(now)
+        if self.via:
+            fields["via"] = self.via
         if self._listed:
             self._listed = False
             factory.sessions.pop(record.session_id, None)

@@ -593,7 +593,8 @@ class Directive:
 
 #: Options after an ``ssl:`` Listen endpoint.
 _LISTEN_TLS_OPTIONS: dict[str, Reader] = {
-    "certificates": _file_name, "clientca": _file_name, "clientcert": choice(*CLIENT_CERT_MODES), "crl": _file_name}
+    "certificates": _file_name, "clientca": _file_name, "clientcert": choice(*CLIENT_CERT_MODES), "crl": _file_name,
+    "http2": choice("on", "off")}
 
 
 def _listen(p: _Parse, args: list[str], where: Location, problem: Problems) -> None:
@@ -602,7 +603,7 @@ def _listen(p: _Parse, args: list[str], where: Location, problem: Problems) -> N
         return
     if not args[0].lower().startswith("ssl:"):
         if len(args) != 1:
-            problem("Listen options (certificates=, clientca=, clientcert=, crl=) apply to ssl: endpoints only")
+            problem("Listen options (certificates=, clientca=, clientcert=, crl=, http2=) apply to ssl: endpoints only")
         else:
             p.listeners.append(Listener(args[0], where))
         return
@@ -618,7 +619,7 @@ def _listen(p: _Parse, args: list[str], where: Location, problem: Problems) -> N
     elif "crl" in found and "clientca" not in found:
         problem("crl= needs clientca=FILE (it revokes client certificates)")
     tls = replace(tls, certificates=found.get("certificates"), client_ca=found.get("clientca"),
-                  client_cert=mode, crl=found.get("crl"))
+                  client_cert=mode, crl=found.get("crl"), http2=found.get("http2") == "on")
     p.listeners.append(Listener(args[0], where, tls))
 
 
@@ -962,7 +963,9 @@ DIRECTIVES: tuple[Directive, ...] = (
                   "clientca": "FILE: CA certificates client certificates chain to (default: none)",
                   "clientcert": "optional|required: ask clients for a certificate "
                                 "(default: optional with clientca=, else off)",
-                  "crl": "FILE: revoked client certificates, PEM (default: none)"}),
+                  "crl": "FILE: revoked client certificates, PEM (default: none)",
+                  "http2": "on|off: offer HTTP/2 by ALPN (h2, then http/1.1): pages and WebSocket sessions "
+                           "(RFC 8441 extended CONNECT) as streams of one connection (default: off)"}),
     Directive("ProxyPass", "PATH TARGET [OPTIONS]",
               "sessions at PATH relayed to a tcp:/tls:/unix: endpoint, ws:// or wss:// URL, balancer://NAME "
               "or replay:FOLDER", _rule_reader("ProxyPass", "path"), options=ROUTE_OPTIONS, option_help=_ROUTE_HELP),

@@ -65,6 +65,7 @@ class ListenTLS:
     :ivar client_ca: ``clientca=FILE``: CA certificates that client certificates must chain to.
     :ivar client_cert: one of :data:`CLIENT_CERT_MODES`.
     :ivar crl: ``crl=FILE``: a PEM certificate revocation list checked for client certificates.
+    :ivar http2: ``http2=on``: ALPN offers h2 first (pages and RFC 8441 WebSockets on one connection).
     """
 
     stream: str
@@ -76,6 +77,7 @@ class ListenTLS:
     client_ca: Optional[str] = None
     client_cert: str = "off"
     crl: Optional[str] = None
+    http2: bool = False
 
 
 def _split(text: str) -> tuple[list[str], dict[str, str]]:

@@ -1,0 +1,789 @@
+"""
+HTTP/2 on an ``ssl:`` listener with ``http2=on``: one connection carries
+the page's requests and its WebSocket sessions (RFC 8441), each on a stream.
+
+The protocol is the sans-IO ``h2`` library (the one Twisted's own HTTP/2
+uses); this module is the glue: :class:`Http2Connection` feeds it the
+connection's bytes and carries its events out to streams.
+
+- An **extended CONNECT** (``:protocol websocket``) is checked and turned
+  into the HTTP/1.1 upgrade request it stands for
+  (:func:`tunnelgw.core.h2stream.stream_request`) and given to
+  :meth:`tunnelgw.gateway.GatewayFactory.upgrade` with a
+  :class:`StreamTransport`: the same view, handshake check, decision,
+  guards, limits and :class:`~tunnelgw.session.GatewaySession` as an
+  HTTP/1.1 upgrade.  The session's ``101`` (or its refusal, status and
+  reason) becomes the stream's response headers
+  (:func:`~tunnelgw.core.h2stream.response_head`), its writes DATA frames;
+  ``loseConnection`` ends the stream (``END_STREAM``), ``abortConnection``
+  resets it (``RST_STREAM``): the connection and its other sessions go on.
+- A **plain request** (a page, an Alias file, ``/lookup``, a redirect, the
+  HTTP proxy of a ws:// route) is a twisted.web ``Request`` on the gateway's
+  site, over a :class:`_RequestChannel` (twisted.web's channel interface:
+  ``writeHeaders``, ``write``, ``requestDone``), so the same resource and
+  decision answer it.
+
+**Flow control** (every buffer bounded):
+
+- Towards the client, a stream's writes wait in its own queue until the
+  client's stream and connection windows admit them; above
+  :data:`STREAM_BUFFER` bytes queued the stream's producer (the session's,
+  hence its backend) is paused until the queue drains.  When the TLS
+  connection's own buffer is full no stream's data is handed to h2.
+- From the client, a stream whose reader is paused (its backend does not
+  take data) keeps what arrives and does not acknowledge it: the client
+  can send at most the stream window (:data:`STREAM_WINDOW`) more.  The
+  connection window is sized for every stream's window at once, so a
+  stalled desktop never stalls the others.
+- At most :attr:`Http2Server.max_streams` concurrent streams per connection.
+
+**Errors.**  The request headers are checked by tunnelgw, not by h2
+(``validate_inbound_headers`` is off), so a malformed request is reset with
+``PROTOCOL_ERROR`` on its stream alone.  What h2 still raises from
+``receive_data`` (framing, HPACK, flow-control violations, a stream id out
+of order: errors RFC 9113 makes connection errors; and, because h2 raises
+them before the header block is decoded, which leaves the HPACK state
+unusable, a header block over HPACK's 64 KiB bound and a stream beyond
+``MAX_CONCURRENT_STREAMS``) ends the connection with a GOAWAY carrying
+h2's error code.  A header list over the gateway's head limit (which h2
+does not enforce) is answered 431 on its stream.  A client's GOAWAY ends the connection and its sessions:
+h2 sends nothing after it.  A drain sends GOAWAY without closing:
+h2 refuses to send anything after its own GOAWAY, so that frame is written
+with hyperframe between h2's outputs, and new streams are then refused
+(``REFUSED_STREAM``).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from io import BytesIO
+from typing import Any, Optional, Union
+
+from h2.config import H2Configuration
+from h2.connection import H2Connection
+from h2.errors import ErrorCodes
+from h2.events import (
+    ConnectionTerminated,
+    DataReceived,
+    RequestReceived,
+    StreamEnded,
+    StreamReset,
+    WindowUpdated,
+)
+from h2.exceptions import ProtocolError, StreamClosedError
+from h2.settings import SettingCodes, Settings
+from hyperframe.frame import GoAwayFrame
+from twisted.internet import error
+from twisted.internet.interfaces import IConsumer, INegotiated, IPushProducer, ISSLTransport, ITCPTransport, ITransport
+from twisted.internet.protocol import Protocol, connectionDone
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.http import Request
+from zope.interface import implementer
+
+from tunnelgw.core.clientaddr import format_address
+from tunnelgw.core.h2stream import Malformed, StreamRequest, response_head, stream_request
+from tunnelgw.core.http import find_head_end
+from tunnelgw.core.relay import CLOSE_TIMEOUT
+from tunnelgw.core.routing import Reject
+from tunnelgw.session import http_error, log_refusal
+
+__all__ = ["Http2Connection", "Http2Server", "negotiated_h2", "STREAM_BUFFER", "STREAM_WINDOW", "StreamTransport"]
+
+_log = Logger(namespace="tunnelgw")
+
+#: The flow-control window each stream gives the client (bytes the gateway may hold for a stalled stream).
+STREAM_WINDOW = 65535
+#: Bytes queued towards the client on one stream before its producer is paused.
+STREAM_BUFFER = 262144
+#: Largest request body of a plain request over a stream (as on HTTP/1.1).
+_MAX_BODY = 65536
+
+
+class Http2Server:
+    """
+    What an ``http2=on`` listener's connections share: the gateway, the
+    site, the bounds, and the live connections (for a drain).
+
+    :param gateway: the :class:`~tunnelgw.gateway.GatewayFactory`.
+    :param site: the :class:`~tunnelgw.front.GatewaySite` plain requests go to.
+    :param idle_timeout: seconds a connection without streams, or a plain
+        request not complete, is kept.
+    :param max_streams: concurrent streams per connection.
+    """
+
+    def __init__(self, gateway: Any, site: Any, reactor: Any, idle_timeout: float, max_streams: int = 100,
+                 max_head: int = 16384) -> None:
+        self.gateway = gateway
+        self.site = site
+        self.reactor = reactor
+        self.idle_timeout = idle_timeout
+        self.max_streams = max_streams
+        self.max_head = max_head
+        self.connections: set[Http2Connection] = set()
+        self.draining = False
+
+    def drain(self) -> None:
+        """GOAWAY to every connection: no new streams; live sessions go on; idle connections close."""
+        self.draining = True
+        for connection in list(self.connections):
+            connection.go_away()
+
+
+class Http2Connection(Protocol):
+    """One HTTP/2 connection (after ALPN chose ``h2``)."""
+
+    transport: Any
+
+    def __init__(self, server: Http2Server) -> None:
+        #: What this listener's connections share.
+        self.server = server
+        self._h2 = H2Connection(H2Configuration(client_side=False, header_encoding=None,
+                                                validate_inbound_headers=False, normalize_inbound_headers=False))
+        self._streams: dict[int, Union[StreamTransport, _RequestStream]] = {}
+        self._paused = False
+        self._going_away = False
+        self._closed = False
+        self._idle: Any = None
+        self._last_stream = 0
+
+    # The connection.
+
+    def connectionMade(self) -> None:
+        """Send our SETTINGS (extended CONNECT on, the stream limit) and open the connection window."""
+        server = self.server
+        self._h2.local_settings = Settings(client=False, initial_values={
+            SettingCodes.ENABLE_CONNECT_PROTOCOL: 1,
+            SettingCodes.MAX_CONCURRENT_STREAMS: server.max_streams,
+            SettingCodes.INITIAL_WINDOW_SIZE: STREAM_WINDOW,
+            SettingCodes.MAX_HEADER_LIST_SIZE: server.max_head,
+        })
+        self._h2.initiate_connection()
+        if ITCPTransport.providedBy(self.transport):
+            # Small frames (a session's 200, a key press) go out at once, as on an HTTP/1.1 session.
+            self.transport.setTcpNoDelay(True)
+        # Room for every stream's window at once: a stream that is not read never starves the others.
+        self._h2.increment_flow_control_window(STREAM_WINDOW * server.max_streams)
+        self.transport.registerProducer(self, True)
+        server.connections.add(self)
+        self._flush()
+        self._arm_idle()
+        if server.draining:
+            self.go_away()
+
+    def dataReceived(self, data: bytes) -> None:
+        """Bytes from the client, to h2; its events to the streams."""
+        if self._closed:
+            return
+        try:
+            events = self._h2.receive_data(data)
+        except ProtocolError as e:
+            self._fail(e)
+            return
+        for event in events:
+            if isinstance(event, DataReceived):
+                self._data(event)
+            elif isinstance(event, RequestReceived):
+                self._request(event.stream_id, event.headers or [])
+            elif isinstance(event, StreamEnded):
+                stream = self._streams.get(event.stream_id)
+                if stream is not None:
+                    stream.remote_ended()
+            elif isinstance(event, StreamReset):
+                stream = self._streams.pop(event.stream_id, None)
+                if stream is not None:
+                    stream.lost(error.ConnectionLost("the client reset the stream"))
+                    self._arm_idle()
+            elif isinstance(event, WindowUpdated):
+                if event.stream_id:
+                    target = self._streams.get(event.stream_id)
+                    if target is not None:
+                        target.push()
+                else:
+                    self._push_all()
+            elif isinstance(event, ConnectionTerminated):
+                # h2 sends nothing after the client's GOAWAY: the connection and its sessions end.
+                self._closed = True
+                self.transport.loseConnection()
+        if not self._closed:
+            self._flush()
+
+    def _fail(self, e: ProtocolError) -> None:
+        """A connection error from h2: GOAWAY with its code, then close."""
+        code = e.error_code
+        _log.info("http2 connection error client={client} error={error} reason={reason!r}",
+                  client=format_address(self.transport.getPeer()), error=ErrorCodes(code).name, reason=str(e))
+        try:
+            self._h2.close_connection(error_code=code, additional_data=str(e).encode("utf-8", "replace")[:200])
+        except ProtocolError:
+            pass  # h2 has already closed its side
+        self._flush()
+        self._closed = True
+        self.transport.loseConnection()
+
+    def go_away(self) -> None:
+        """
+        GOAWAY (``NO_ERROR``) naming the last stream taken: the client opens no
+        new stream here; live ones go on; without any the connection closes.
+        """
+        if self._going_away or self._closed:
+            return
+        self._going_away = True
+        self._flush()
+        frame = GoAwayFrame(0)
+        frame.last_stream_id = self._last_stream
+        frame.error_code = ErrorCodes.NO_ERROR
+        self.transport.write(frame.serialize())
+        self._arm_idle()
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        """The connection is gone: so is every stream."""
+        self._closed = True
+        self.server.connections.discard(self)
+        if self._idle is not None and self._idle.active():
+            self._idle.cancel()
+        self._idle = None
+        streams, self._streams = self._streams, {}
+        for stream in streams.values():
+            stream.lost(reason.value if isinstance(reason.value, BaseException) else error.ConnectionLost())
+
+    # IPushProducer: the TLS connection's write buffer.
+
+    def pauseProducing(self) -> None:
+        """
+        The client does not read: hand no more stream data to h2, and read
+        nothing more from it either (each frame read may make h2 answer:
+        PINGs, SETTINGS; a client that does not read could grow the buffer).
+        """
+        self._paused = True
+        self.transport.pauseProducing()
+
+    def resumeProducing(self) -> None:
+        """The client reads again: so do we."""
+        self._paused = False
+        self.transport.resumeProducing()
+        self._push_all()
+
+    def stopProducing(self) -> None:
+        """The connection is going; :meth:`connectionLost` ends the streams."""
+
+    # Streams.
+
+    def _request(self, stream_id: int, headers: list[tuple[bytes, bytes]]) -> None:
+        self._last_stream = max(self._last_stream, stream_id)
+        if self._going_away:
+            self._reset(stream_id, ErrorCodes.REFUSED_STREAM)
+            return
+        checked = stream_request(headers, True, self.server.max_head)
+        if isinstance(checked, Malformed):
+            reject = Reject(400, f"malformed, stream reset: {checked.reason}")
+            log_refusal(format_address(self.transport.getPeer()), "-", reject, "http2")
+            self._reset(stream_id, ErrorCodes.PROTOCOL_ERROR)
+            return
+        if self._idle is not None and self._idle.active():
+            self._idle.cancel()
+        self._idle = None
+        if checked.websocket and checked.refusal is None:
+            stream = StreamTransport(self, stream_id)
+            self._streams[stream_id] = stream
+            stream.pauseProducing()  # as the front pauses an upgrade: not read until its 101
+            self.server.gateway.upgrade(stream, checked.head, b"", via="http2")
+            return
+        request_stream = _RequestStream(self, stream_id, checked)
+        self._streams[stream_id] = request_stream
+        request_stream.start()
+
+    def _data(self, event: DataReceived) -> None:
+        stream = self._streams.get(event.stream_id)
+        length = event.flow_controlled_length or 0
+        if stream is None:
+            self.acknowledge(event.stream_id, length)
+            return
+        stream.received(event.data or b"", length)
+
+    def acknowledge(self, stream_id: int, length: int) -> None:
+        """Give the client its window back for length bytes taken from stream_id."""
+        if length and not self._closed:
+            try:
+                self._h2.acknowledge_received_data(length, stream_id)
+            except (StreamClosedError, ProtocolError):
+                pass  # the stream is gone; h2 gives the connection window back itself then
+            self._flush()
+
+    def send_headers(self, stream_id: int, headers: list[tuple[bytes, bytes]], end: bool = False) -> None:
+        """Response headers on a stream."""
+        if not self._closed:
+            try:
+                self._h2.send_headers(stream_id, headers, end_stream=end)
+            except (StreamClosedError, ProtocolError):
+                return
+            self._flush()
+
+    def send(self, stream_id: int, queue: deque[Union[bytes, memoryview]], end: bool) -> tuple[int, bool]:
+        """
+        Send what the windows admit of queue (taken from its left), then
+        END_STREAM if end and all was sent.
+
+        :returns: bytes sent and whether the stream was ended.
+        """
+        if self._closed or self._paused:
+            return 0, False
+        h2, sent = self._h2, 0
+        try:
+            while queue:
+                room = min(h2.local_flow_control_window(stream_id), h2.max_outbound_frame_size)
+                if room <= 0:
+                    break
+                chunk = queue.popleft()
+                if len(chunk) > room:
+                    # Views, not copies: a large write goes out as many frames.
+                    view = memoryview(chunk)
+                    queue.appendleft(view[room:])
+                    chunk = view[:room]
+                h2.send_data(stream_id, chunk)
+                sent += len(chunk)
+            ended = end and not queue
+            if ended:
+                h2.end_stream(stream_id)
+        except (StreamClosedError, ProtocolError):
+            queue.clear()
+            return sent, True
+        self._flush()
+        return sent, ended
+
+    def reset(self, stream_id: int, code: ErrorCodes = ErrorCodes.CANCEL) -> None:
+        """Reset a stream (and forget it)."""
+        self._streams.pop(stream_id, None)
+        self._reset(stream_id, code)
+        self._arm_idle()
+
+    def _reset(self, stream_id: int, code: ErrorCodes) -> None:
+        if not self._closed:
+            try:
+                self._h2.reset_stream(stream_id, code)
+            except (StreamClosedError, ProtocolError):
+                pass
+            self._flush()
+
+    def closed(self, stream_id: int) -> None:
+        """A stream ended both ways: forget it."""
+        self._streams.pop(stream_id, None)
+        self._arm_idle()
+
+    def _push_all(self) -> None:
+        for stream in list(self._streams.values()):
+            stream.push()
+
+    def _flush(self) -> None:
+        data = self._h2.data_to_send()
+        if data and not self._closed:
+            self.transport.write(data)
+
+    def _arm_idle(self) -> None:
+        """Without streams the connection lives idle_timeout seconds (at once when going away)."""
+        if self._streams or self._closed or (self._idle is not None and self._idle.active()):
+            return
+        if self._going_away:
+            self._closed = True
+            self.transport.loseConnection()
+            return
+        self._idle = self.server.reactor.callLater(self.server.idle_timeout, self._idle_expired)
+
+    def _idle_expired(self) -> None:
+        self._idle = None
+        if not self._streams and not self._closed:
+            self.go_away()
+
+    # What streams read of the connection.
+
+    def peer(self) -> Any:
+        """The client's address."""
+        return self.transport.getPeer()
+
+    def host(self) -> Any:
+        """The listener's address."""
+        return self.transport.getHost()
+
+    def peer_certificate(self) -> Any:
+        """The client's verified certificate (pyOpenSSL), None without one."""
+        return self.transport.getPeerCertificate() if ISSLTransport.providedBy(self.transport) else None
+
+
+class _Outgoing:
+    """A stream's side towards the client: the queue, its bound, the end."""
+
+    def __init__(self, connection: Http2Connection, stream_id: int) -> None:
+        self.connection = connection
+        self.stream_id = stream_id
+        self.queue: deque[Union[bytes, memoryview]] = deque()
+        self.queued = 0
+        self.ending = False
+        self.ended = False  # END_STREAM sent
+        self.remote_done = False  # the client's END_STREAM received
+        self.gone = False
+        self.producer: Any = None
+        self.producer_paused = False
+        #: The producer is a pull one (a file): asked for more while the queue is low.
+        self.pull = False
+        self._asking = False
+        self.limit = STREAM_BUFFER
+
+    def queue_data(self, data: bytes) -> None:
+        if self.ending or self.gone or not data:
+            return
+        self.queue.append(data)
+        self.queued += len(data)
+        self.push()
+        if self.queued > self.limit and self.producer is not None and not self.pull and not self.producer_paused:
+            self.producer_paused = True
+            self.producer.pauseProducing()
+
+    def push(self) -> None:
+        """Send what the windows admit; resume the producer once the queue is low again."""
+        if self.gone or self.ended:
+            return
+        sent, ended = self.connection.send(self.stream_id, self.queue, self.ending)
+        self.queued -= sent
+        if ended:
+            self.ended = True
+            self.queue.clear()
+            self.queued = 0
+            self.ended_here()
+            return
+        if self.queued > self.limit // 2 or self.producer is None:
+            return
+        if self.pull:
+            if not self._asking:
+                # Not from inside a write: the producer's next write would come back here.
+                self._asking = True
+                self.connection.server.reactor.callLater(0, self._ask)
+        elif self.producer_paused:
+            self.producer_paused = False
+            self.producer.resumeProducing()
+
+    def _ask(self) -> None:
+        self._asking = False
+        if self.producer is not None and self.pull and not self.gone:
+            self.producer.resumeProducing()
+
+    def end(self) -> None:
+        if not self.ending and not self.gone:
+            self.ending = True
+            self.push()
+
+    def ended_here(self) -> None:
+        """END_STREAM went out."""
+
+    # What a TCP transport has (the connection's; the stream has no socket of its own).
+
+    def getPeer(self) -> Any:
+        """The client's address (the connection's)."""
+        return self.connection.peer()
+
+    def getHost(self) -> Any:
+        """The listener's address (the connection's)."""
+        return self.connection.host()
+
+    def getPeerCertificate(self) -> Any:
+        """The client's verified TLS certificate (the connection's)."""
+        return self.connection.peer_certificate()
+
+    def setTcpNoDelay(self, enabled: bool) -> None:
+        """The connection's socket is the TLS listener's (TCP_NODELAY set there)."""
+
+    def getTcpNoDelay(self) -> bool:
+        """The listener sets TCP_NODELAY on its connections."""
+        return True
+
+    def setTcpKeepAlive(self, enabled: bool) -> None:
+        """Keepalive is the connection's, not a stream's."""
+
+    def getTcpKeepAlive(self) -> bool:
+        """Keepalive is the connection's, not a stream's."""
+        return False
+
+    def loseWriteConnection(self) -> None:
+        """End the stream our way (the client may still send until it ends its side)."""
+        self.end()
+
+
+
+@implementer(ITransport, IConsumer, IPushProducer, ISSLTransport)
+class StreamTransport(_Outgoing):
+    """
+    A WebSocket session's transport on one stream: writes are DATA frames
+    (the first head, the session's ``101`` or refusal, becomes the response
+    headers), ``loseConnection`` ends the stream, ``abortConnection``
+    resets it; addresses and the client certificate are the connection's.
+    """
+
+    def __init__(self, connection: Http2Connection, stream_id: int) -> None:
+        super().__init__(connection, stream_id)
+        self.protocol: Any = None
+        self.bufferSize = STREAM_BUFFER
+        self.disconnected = False
+        self._head = b""
+        self._answered = False
+        self._reading_paused = False
+        self._held: deque[tuple[bytes, int]] = deque()
+        self._linger: Any = None
+
+    # ITransport
+
+    def write(self, data: bytes) -> None:
+        """Bytes for the client (the first ones: the HTTP/1.1 response head, sent as headers)."""
+        if not self._answered:
+            self._head += data
+            end = find_head_end(self._head)
+            if end < 0:
+                return
+            head, data, self._head = self._head[:end], self._head[end:], b""
+            self._answered = True
+            try:
+                status, fields = response_head(head)
+            except ValueError:
+                self.abortConnection()
+                return
+            self.connection.send_headers(self.stream_id, [(b":status", b"%d" % status)] + fields)
+        self.limit = max(self.bufferSize, 1)
+        self.queue_data(data)
+
+    def writeSequence(self, data: Any) -> None:
+        """Several writes as one."""
+        self.write(b"".join(data))
+
+    def loseConnection(self) -> None:
+        """End the stream once what is queued is sent."""
+        self.end()
+
+    def abortConnection(self) -> None:
+        """Reset the stream now."""
+        if not self.gone:
+            self.connection.reset(self.stream_id)
+            self.lost(error.ConnectionAborted())
+
+    # IConsumer
+
+    def registerProducer(self, producer: Any, streaming: bool) -> None:
+        """The session's gate: paused while this stream's queue is over its bound."""
+        self.producer = producer
+        self.producer_paused = False
+
+    def unregisterProducer(self) -> None:
+        """No producer any more."""
+        self.producer = None
+
+    # IPushProducer: the session pauses reading the client.
+
+    def pauseProducing(self) -> None:
+        """Hold what the client sends (unacknowledged: the client's window closes)."""
+        self._reading_paused = True
+
+    def resumeProducing(self) -> None:
+        """Deliver what was held, and read on."""
+        self._reading_paused = False
+        while self._held and not self._reading_paused and not self.gone:
+            data, length = self._held.popleft()
+            self.protocol.dataReceived(data)
+            self.connection.acknowledge(self.stream_id, length)
+
+    def stopProducing(self) -> None:
+        """Reset the stream."""
+        self.abortConnection()
+
+    # From the connection.
+
+    def received(self, data: bytes, length: int) -> None:
+        """DATA from the client: to the session, or held while it is paused."""
+        if self.gone:
+            self.connection.acknowledge(self.stream_id, length)  # the connection's window, not lost with the stream
+            return
+        if self._reading_paused or self._held:
+            self._held.append((data, length))
+            return
+        self.protocol.dataReceived(data)
+        self.connection.acknowledge(self.stream_id, length)
+
+    def remote_ended(self) -> None:
+        """The client ended its side (after its close frame): done once ours is ended too."""
+        self.remote_done = True
+        if self.ended:
+            self.connection.closed(self.stream_id)
+            self.lost(error.ConnectionDone())
+
+    def ended_here(self) -> None:
+        """Our END_STREAM went out: the session is done; the client's end is awaited (bounded)."""
+        if self.remote_done:
+            self.connection.closed(self.stream_id)
+        self.lost(error.ConnectionDone())
+        if not self.remote_done:
+            self._linger = self.connection.server.reactor.callLater(CLOSE_TIMEOUT, self._linger_over)
+
+    def _linger_over(self) -> None:
+        self._linger = None
+        self.connection.reset(self.stream_id, ErrorCodes.NO_ERROR)
+
+    def lost(self, reason: BaseException) -> None:
+        """The stream is over for the session: its connectionLost, once (and no wait for the client's end)."""
+        if self._linger is not None:
+            if self._linger.active():
+                self._linger.cancel()
+            self._linger = None
+        if self.gone and self.protocol is None:
+            return
+        self.gone = True
+        self.disconnected = True
+        held, self._held = self._held, deque()
+        self.connection.acknowledge(self.stream_id, sum(length for _, length in held))
+        protocol, self.protocol = self.protocol, None
+        if protocol is not None:
+            protocol.connectionLost(Failure(reason))
+
+
+@implementer(ITransport, ISSLTransport)
+class _RequestStream(_Outgoing):
+    """
+    A plain request on one stream, answered by the gateway's twisted.web
+    site: the channel a ``Request`` writes to (``writeHeaders``, ``write``,
+    ``requestDone``; twisted.web's channel interface).
+    """
+
+    def __init__(self, connection: Http2Connection, stream_id: int, checked: StreamRequest) -> None:
+        super().__init__(connection, stream_id)
+        self._checked = checked
+        server = connection.server
+        self.site = self.factory = server.site
+        self.transport = self
+        self.request: Optional[Request] = None
+        self._body = BytesIO()
+        self._deadline: Any = server.reactor.callLater(server.idle_timeout, self._expired)
+
+    def start(self) -> None:
+        """The request head is here; a refusal of the head itself is answered now."""
+        if self._checked.refusal is not None:
+            self._answer_reject(self._checked.refusal)
+
+    def _answer_reject(self, reject: Reject) -> None:
+        self._stop_deadline()
+        log_refusal(format_address(self.connection.peer()), "-", reject, "request")
+        answer = http_error(reject.status, reject.reason)
+        head_end = find_head_end(answer)
+        status, fields = response_head(answer[:head_end])
+        self.connection.send_headers(self.stream_id, [(b":status", b"%d" % status)] + fields)
+        self.queue_data(answer[head_end:])
+        self.end()
+
+    def _expired(self) -> None:
+        self._deadline = None
+        if not self.remote_done:
+            self.connection.reset(self.stream_id, ErrorCodes.CANCEL)
+            self.lost(error.TimeoutError("the request was not complete in time"))
+
+    def _stop_deadline(self) -> None:
+        if self._deadline is not None and self._deadline.active():
+            self._deadline.cancel()
+        self._deadline = None
+
+    def received(self, data: bytes, length: int) -> None:
+        """Body bytes (bounded)."""
+        self.connection.acknowledge(self.stream_id, length)
+        if self.gone or self._checked.refusal is not None:
+            return
+        if self._body.tell() + len(data) > _MAX_BODY:
+            too_large = Reject(413, "request body too large for this gateway")
+            self._checked = StreamRequest(self._checked.head, refusal=too_large)
+            self._answer_reject(too_large)
+            return
+        self._body.write(data)
+
+    def remote_ended(self) -> None:
+        """The request is complete: answer it (twisted.web)."""
+        self.remote_done = True
+        if self.ended:
+            self.connection.closed(self.stream_id)
+            return
+        if self._checked.refusal is not None:
+            return
+        self._stop_deadline()
+        head = self._checked.head
+        request = self.request = self.site.requestFactory(self)
+        for name, value in head.headers:
+            request.requestHeaders.addRawHeader(name, value)
+        request.gotLength(None)
+        request.handleContentChunk(self._body.getvalue())
+        request.requestReceived(head.method, head.target, b"HTTP/2")
+
+    def ended_here(self) -> None:
+        """The answer is sent: a client still sending its request is told to stop (RFC 9113 8.1)."""
+        if self.remote_done:
+            self.connection.closed(self.stream_id)
+        else:
+            self.connection.reset(self.stream_id, ErrorCodes.NO_ERROR)
+            self.lost(error.ConnectionDone())
+
+    def lost(self, reason: BaseException) -> None:
+        """The stream or connection is gone before the answer was done."""
+        if self.gone:
+            return
+        self.gone = True
+        self._stop_deadline()
+        request, self.request = self.request, None
+        if request is not None and not request.finished:
+            request.connectionLost(Failure(reason))
+
+    # twisted.web's channel interface, for Request.
+
+    def writeHeaders(self, version: bytes, code: bytes, reason: bytes, headers: Any) -> None:
+        """The response headers (connection-specific ones left out)."""
+        fields = [(b":status", code)] + [(name.lower(), value) for name, values in headers.getAllRawHeaders()
+                                          for value in values
+                                          if name.lower() not in (b"connection", b"transfer-encoding", b"keep-alive")]
+        self.connection.send_headers(self.stream_id, fields)
+
+    def write(self, data: bytes) -> None:
+        """Body bytes."""
+        self.queue_data(data)
+
+    def writeSequence(self, data: Any) -> None:
+        """Body bytes."""
+        self.queue_data(b"".join(data))
+
+    def requestDone(self, request: Any) -> None:
+        """The answer is complete: END_STREAM once it is sent."""
+        self.request = None
+        self.end()
+
+    def registerProducer(self, producer: Any, streaming: bool) -> None:
+        """A producer of the answer (a file): paused while the stream's queue is over its bound."""
+        self.producer = producer
+        self.producer_paused = False
+        self.pull = not streaming
+        if self.pull:
+            self.push()
+
+    def unregisterProducer(self) -> None:
+        """No producer any more."""
+        self.producer = None
+
+    def isSecure(self) -> bool:
+        """Always TLS."""
+        return True
+
+    def loseConnection(self) -> None:
+        """End the stream (after the answer)."""
+        self.end()
+
+    def abortConnection(self) -> None:
+        """Reset the stream."""
+        self.connection.reset(self.stream_id)
+        self.lost(error.ConnectionAborted())
+
+    def _respondToBadRequestAndDisconnect(self) -> None:
+        """twisted.web found the request bad: 400."""
+        self._answer_reject(Reject(400, "bad request"))
+
+
+def negotiated_h2(transport: Any) -> bool:
+    """Whether ALPN chose ``h2`` on transport."""
+    return bool(INegotiated.providedBy(transport) and transport.negotiatedProtocol == b"h2")
+
