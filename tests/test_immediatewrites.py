@@ -70,9 +70,9 @@ class ImmediateWritesTests(TestCase):
 
     def test_installed_twisted_is_known(self) -> None:
         """The Twisted installed has the internals the subclasses use (else they would silently stay off)."""
-        from tunnelgw import upstream as fastpath
+        from tunnelgw import upstream
 
-        self.assertTrue(fastpath._TWISTED_KNOWN)
+        self.assertTrue(upstream._TWISTED_KNOWN)
 
     def test_class_swapped(self) -> None:
         """The accepted connection becomes an ImmediateServer, still a tcp.Server."""
