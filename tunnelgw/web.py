@@ -143,9 +143,10 @@ class GatewayResource(Resource):
                 return self._portal_first(request, view, client, decision,
                                           lambda: serve(alias, segments, request))
         if isinstance(decision, Reject):
-            if decision is view.route and decision.status == 404:
+            if decision is view.route and view.refusal is None and decision.status == 404:
                 # No route, page or Alias claims the path (a browser's /favicon.ico, a
-                # scanner): counted, not logged, so that real refusals stand out.
+                # scanner): counted, not logged, so that real refusals stand out.  A target
+                # the view refused (an encoded '/', '\\' or NUL is a 404 too) is logged.
                 factory.metrics.unrouted.inc()
                 return self._status(request, decision)
             return self._refuse(request, view, decision)
