@@ -721,3 +721,26 @@ def test_decision_table(guard: str, kind: str, request: pytest.FixtureRequest) -
         _REPLAY_CASES[guard](request.getfixturevalue("tls_world"))
     else:
         _memory_case(guard, kind)
+
+
+@pytest.mark.parametrize("target", [b"/desk/%zzdeskSecretAlpha01", b"/desk%2fdeskSecretAlpha01", b"/../desk"])
+def test_unreadable_targets_give_one_access_line_each_kind(folder: Path, target: bytes) -> None:
+    """An upgrade and a plain GET for a target the view refuses each give exactly one access-log line, with its status and no token."""
+    gw, sinks = _world(folder)
+    access = folder / "access.log"
+    from tunnelgw.core.config import AccessLog
+    from tunnelgw.core.errors import Location
+
+    gw.service.access.reconfigure((AccessLog(str(access), "combined", Location("t.conf", 1)),))
+    gw.service.access.start()
+    try:
+        for request in (handshake(target), b"GET " + target + b" HTTP/1.1\r\nHost: gw\r\n\r\n"):
+            client = Gateway.client(gw)[1]
+            client.protocol.dataReceived(request)
+        lines = access.read_text().splitlines()
+        status = b"404" if b"%2f" in target else b"400"
+        assert len(lines) == 2 and all(f'" {status.decode()} ' in line for line in lines), lines
+        assert all("(unparsed " in line for line in lines) and "deskSecretAlpha01" not in access.read_text()
+    finally:
+        gw.service.access.stop()
+        sinks.close()

@@ -31,7 +31,7 @@ __all__ = ["AccessLogs", "request_entry"]
 _log = Logger(namespace="tunnelgw.access")
 
 #: Refusal kinds of upgrade requests (plain requests reach the log through the Site).
-_UPGRADE_REFUSALS = ("handshake", "route", "rate", "hop")
+_UPGRADE_REFUSALS = ("target", "handshake", "route", "rate", "hop")
 
 
 def _header(request: Any, name: bytes) -> str:
