@@ -75,9 +75,7 @@ def test_example_config_starts_and_relays(tmp_path: Path) -> None:
     assert text.count("8081") == 3  # the comment, DemoBackend and ProxyPass
     text = (text.replace("tcp:port=8080:", "tcp:port=0:").replace("tcp:port=9090:", "tcp:port=0:")
             .replace("8081", str(echo_port)).replace("examples/topologies/", f"{REPO}/examples/topologies/")
-            .replace("Recording /var/tmp ", f"Recording {tmp_path / 'recordings'} ")
-            .replace("replay:/var/tmp ", f"replay:{tmp_path / 'recordings'} "))
-    (tmp_path / "recordings").mkdir()
+            .replace("/var/tmp/tunnelgw-recordings ", f"{tmp_path / 'recordings'} "))
     with GatewayProcess(text, tmp_path) as gw:
         with connect(f"ws://127.0.0.1:{gw.port()}/echo", open_timeout=5) as ws:
             ws.send(b"example")

@@ -43,7 +43,7 @@ from tunnelgw.core.redact import printable
 from tunnelgw.core.routing import Reject
 from tunnelgw.session import log_refusal
 
-__all__ = ["ADMIN_CLOSE", "AdminResource", "admin_site", "is_own_host"]
+__all__ = ["ADMIN_CLOSE", "AdminResource", "AdminSite", "admin_site", "is_own_host"]
 
 _log = Logger(namespace="tunnelgw")
 #: Bytes of a close request's form body read (the page's form sends about 40).
@@ -249,7 +249,7 @@ class AdminResource(Resource):
         return NOT_DONE_YET
 
 
-class _AdminSite(Site):
+class AdminSite(Site):
     """
     The admin listener's Site: no access line per request (a Prometheus
     scrape every few seconds would fill the log, and twisted.web's line
@@ -266,7 +266,7 @@ def admin_site(factory: Any, draining: Callable[[], bool], endpoint: str = "",
     if endpoint and not listener_is_local(endpoint):
         _log.warn("AdminListen {endpoint} serves the session list and close to the network (written 'public')",
                   endpoint=endpoint)
-    site = _AdminSite(AdminResource(factory, draining, overview), timeout=60)
+    site = AdminSite(AdminResource(factory, draining, overview), timeout=60)
     site.displayTracebacks = False
     site.noisy = False
     return site
