@@ -24,11 +24,14 @@ HOP_BY_HOP = frozenset({
 
 #: Request headers the gateway sets itself: the backend authority as Host, the
 #: body framing of the backend request, and the forwarded headers that follow
-#: the route's ``forward=`` option.
+#: the route's ``forward=`` option; and those no client may send a backend.
 _SET_BY_GATEWAY = frozenset({
     b"host", b"content-length", b"expect",
     b"origin", b"cookie", b"x-forwarded-for", b"x-forwarded-proto", b"forwarded",
     b"x-forwarded-tls-client",  # tunnelgw.core.tlsconfig.TLS_CLIENT_HEADER: only the gateway says who a client is
+    # A path a backend framework would route by instead of the request's (Symfony, IIS): it
+    # could leave the backend prefix the gateway routed to; and the pool's own hop header.
+    b"x-original-url", b"x-original-uri", b"x-rewrite-url", b"x-tunnelgw-hop",
 })
 
 RawHeaders = Sequence[tuple[bytes, Sequence[bytes]]]
