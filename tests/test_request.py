@@ -744,3 +744,19 @@ def test_unreadable_targets_give_one_access_line_each_kind(folder: Path, target:
     finally:
         gw.service.access.stop()
         sinks.close()
+
+
+@pytest.mark.parametrize("before", [b"\r\n", b"\r\n\r\n", b"\n"])
+def test_empty_lines_before_a_first_request_are_ignored(folder: Path, before: bytes) -> None:
+    """Empty lines before the request line (RFC 9112 section 2.2) are skipped on a first request as twisted.web skips them on a kept-alive one: the request is answered, plain or upgrade."""
+    gw, sinks = _world(folder)
+    try:
+        plain = Gateway.client(gw)[1]
+        plain.protocol.dataReceived(before + b"GET /echo HTTP/1.1\r\nHost: gw\r\n\r\n")
+        assert _status(plain) == 426
+        upgrade = Gateway.client(gw)[1]
+        upgrade.protocol.dataReceived(before)
+        upgrade.protocol.dataReceived(handshake(b"/desk/%zz"))
+        assert _status(upgrade) == 400 and b"bad percent escape" in upgrade.value()
+    finally:
+        sinks.close()
