@@ -34,7 +34,7 @@ from tunnelgw.core.clientaddr import format_address
 from tunnelgw.core.config import Alias, PrefixRule
 from tunnelgw.core.http import RequestHead, is_upgrade
 from tunnelgw.core.request import RequestView
-from tunnelgw.core.routing import Reject, Route
+from tunnelgw.core.routing import NO_ROUTE, Reject, Route
 from tunnelgw.core.targets import WebSocketURL
 from tunnelgw.certificates import client_certificate
 from tunnelgw.files import choose_alias, serve
@@ -143,10 +143,11 @@ class GatewayResource(Resource):
                 return self._portal_first(request, view, client, decision,
                                           lambda: serve(alias, segments, request))
         if isinstance(decision, Reject):
-            if decision is view.route and view.refusal is None and decision.status == 404:
+            if decision is view.route and decision == NO_ROUTE:
                 # No route, page or Alias claims the path (a browser's /favicon.ico, a
-                # scanner): counted, not logged, so that real refusals stand out.  A target
-                # the view refused (an encoded '/', '\\' or NUL is a 404 too) is logged.
+                # scanner): counted, not logged, so that real refusals stand out.  Other
+                # 404s (an encoded '/', '\\' or NUL; a ProxyPassMatch capture that would
+                # choose the backend host) are refusals of the client's doing: logged.
                 factory.metrics.unrouted.inc()
                 return self._status(request, decision)
             return self._refuse(request, view, decision)
