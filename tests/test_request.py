@@ -761,3 +761,19 @@ def test_empty_lines_before_a_first_request_are_ignored(folder: Path, before: by
         assert _status(upgrade) == 400 and b"bad percent escape" in upgrade.value()
     finally:
         sinks.close()
+
+
+def test_star_target_is_a_logged_refusal_but_for_options(folder: Path) -> None:
+    """GET * (first or kept-alive) is a 400 with its line and audit event, as every unreadable target; OPTIONS * is answered."""
+    gw, sinks = _world(folder)
+    try:
+        for first in (b"", b"GET /nothing-here HTTP/1.1\r\nHost: gw\r\n\r\n"):
+            client = Gateway.client(gw)[1]
+            client.protocol.dataReceived(first + b"GET * HTTP/1.1\r\nHost: gw\r\n\r\n")
+            assert re.findall(rb"HTTP/1.1 (\d{3}) ", client.value())[-1] == b"400", client.value()
+        options = Gateway.client(gw)[1]
+        options.protocol.dataReceived(b"OPTIONS * HTTP/1.1\r\nHost: gw\r\n\r\n")
+        assert _status(options) == 200
+        assert sinks.everything().count("the target * is for OPTIONS only") >= 4  # text and JSON lines, twice
+    finally:
+        sinks.close()
