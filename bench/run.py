@@ -26,6 +26,7 @@ import os
 import resource
 import shutil
 import signal
+import socket
 import statistics
 import sys
 import tempfile
@@ -93,6 +94,23 @@ def ws_backends_supported() -> bool:
         return True
     except ConfigError:
         return False
+
+
+#: The Redis timeout= of the redis_hung figure.
+REDIS_TIMEOUT = 0.5
+
+
+def _refusal_wait(port: int, path: str) -> float:
+    """Seconds from sending an upgrade for path to the gateway's answer (its status line), on a new connection."""
+    with socket.create_connection(("127.0.0.1", port), 10) as s:
+        started = time.monotonic()
+        s.sendall(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                  "Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n".encode())
+        answer = s.recv(64)
+        waited = time.monotonic() - started
+    if not answer.startswith(b"HTTP/1.1 503"):
+        raise RuntimeError(f"a Redis-route handshake with Redis hung got {answer[:40]!r}, not 503")
+    return waited
 
 
 def _target(kind: str, port: int, path: str = "/") -> dict[str, Any]:
@@ -291,6 +309,44 @@ class Suite:
         self.rows.append(Row(f"new sessions/s, {CONCURRENCY} concurrent, Redis token route", "sessions/s",
                              tunnelgw=from_redis, note=f"Redis/file {ratio:.2f} in this run (target >= 0.8)"))
         self.log(f"token routes: file {file:.0f}/s, redis {from_redis:.0f}/s ({ratio:.2f}x)")
+
+    def redis_hung(self) -> None:
+        """
+        With the token Redis hung (SIGSTOP): sessions/s on a plain route against the healthy figure, and the
+        longest wait of a Redis-route handshake for its 503 (issue 24: within 10 %, and timeout= + 0.2 s).
+        """
+        folder = self.tmp / "redis_hung"
+        folder.mkdir(exist_ok=True)
+        redis = Redis(folder / "redis", self.at.load)
+        try:
+            echo = self.backends.ports["echo"]
+            redis.set("bench:t", f"127.0.0.1:{echo}")
+            rules = (f"TokenSource redis redis redis://127.0.0.1:{redis.port}/0 namespace=bench timeout={REDIS_TIMEOUT} "
+                     f"allow=127.0.0.1:{echo}\nTokenRoute /tr redis\n")
+            gateway = Gateway(folder, {"echo": echo}, self.cert, tls=False, extra_rules=rules, cores=self.at.gateway)
+            try:
+                plain = _target("ws", gateway.ws_port, "/echo")
+                healthy = self._sessions(plain)
+                redis.proc.send_signal(signal.SIGSTOP)
+                try:
+                    waits = [_refusal_wait(gateway.ws_port, "/tr?token=t") for _ in range(5)]
+                    hung = self._sessions(plain)
+                finally:
+                    redis.proc.send_signal(signal.SIGCONT)
+            finally:
+                gateway.stop()
+        finally:
+            redis.stop()
+        if not healthy["per_second"] or not hung["per_second"]:
+            raise RuntimeError(f"the plain route opened no session: healthy {healthy}, hung {hung}")
+        ratio = hung["per_second"] / healthy["per_second"]
+        self.rows.append(Row(f"new sessions/s, {CONCURRENCY} concurrent, plain route, Redis hung", "sessions/s",
+                             tunnelgw=hung["per_second"],
+                             note=f"healthy {healthy['per_second']:.0f}/s: {ratio:.2f}x (target >= 0.9); Redis-route "
+                                  f"503 after {waits[0]:.3f} s then at most {max(waits[1:]):.3f} s "
+                                  f"(timeout={REDIS_TIMEOUT}; target <= timeout + 0.2 s)"))
+        self.log(f"redis hung: plain {hung['per_second']:.0f}/s vs healthy {healthy['per_second']:.0f}/s "
+                 f"({ratio:.2f}x); Redis-route waits " + ", ".join(f"{w:.3f}" for w in waits))
 
     def _idle_memory(self, pids: Callable[[], list[int]], target: dict[str, Any], count: int, key: str) -> tuple[float, int]:
         before = memory_of(pids())[key]
@@ -533,7 +589,8 @@ class Suite:
 
 
 #: The figures of one run, in order, by the name ``--only`` takes.
-FIGURES = ("throughput", "round_trip", "sessions", "tokens", "routes", "ws_backend", "memory", "workers", "desktops")
+FIGURES = ("throughput", "round_trip", "sessions", "tokens", "redis_hung", "routes", "ws_backend", "memory", "workers",
+           "desktops")
 
 
 #: What each figure measures, for ``--help``.
@@ -542,6 +599,7 @@ FIGURE_HELP = {
     "round_trip": "64 B echo round trips p50/p99",
     "sessions": "new sessions/s, ws:// -> TCP and WS->WS",
     "tokens": "new sessions/s on file and Redis token routes",
+    "redis_hung": "new sessions/s on a plain route with the Redis of a token route hung (SIGSTOP), and the 503 waits",
     "routes": "auth= (a real portal) and record=on routes beside the plain route: MB/s, gateway CPU per MB, "
               "sessions/s",
     "ws_backend": "WS->WS MB/s and round trips beside nginx",

@@ -68,6 +68,7 @@ def test_bench_smoke_writes_every_figure(tmp_path: Path) -> None:
         for peer in ("tunnelgw", "websockify"):
             assert figures[p99][peer] > 0 and figures[most][peer] is not None, (scheme, peer)
             assert cpu in figures
+    assert figures["new sessions/s, 32 concurrent, plain route, Redis hung"]["tunnelgw"] > 0
     assert data["meta"]["autobahn NVX"] is True
     assert data["meta"]["client"].startswith("fast: bench/fastclient.py, picows")
     assert data["meta"]["pinning"].startswith("none")

@@ -1,5 +1,5 @@
 """
-End-to-end tests of the direct data phase (:mod:`tunnelgw.fastpath`): a real
+End-to-end tests of the direct data phase (:mod:`tunnelgw.upstream`, its data phase): a real
 gateway process, a real echo backend, and frame streams written in one piece
 so that binary frames and frames Autobahn must see share a read.
 """

@@ -1,5 +1,5 @@
 """
-:func:`tunnelgw.fastpath.immediate_writes`: Twisted TCP transports whose
+:func:`tunnelgw.upstream.immediate_writes`: Twisted TCP transports whose
 writes go to the socket at once when nothing is queued.  A real socket pair
 under a MemoryReactor (which only records read/write registrations), so what
 reached the peer and what was queued can both be read off.
@@ -18,7 +18,7 @@ from twisted.protocols.tls import BufferingTLSTransport, TLSMemoryBIOFactory
 from twisted.test.iosim import FakeTransport, connect
 from twisted.trial.unittest import TestCase
 
-from tunnelgw.fastpath import ImmediateClient, ImmediateServer, ImmediateTLS, immediate_writes
+from tunnelgw.upstream import ImmediateClient, ImmediateServer, ImmediateTLS, immediate_writes
 
 
 class _Producer:
@@ -70,7 +70,7 @@ class ImmediateWritesTests(TestCase):
 
     def test_installed_twisted_is_known(self) -> None:
         """The Twisted installed has the internals the subclasses use (else they would silently stay off)."""
-        from tunnelgw import fastpath
+        from tunnelgw import upstream as fastpath
 
         self.assertTrue(fastpath._TWISTED_KNOWN)
 

@@ -27,6 +27,7 @@ from support import GatewayProcess, TcpServer, backend, free_port, require_tool,
 from tunnelgw.core.config import Recording
 from tunnelgw.core.errors import Location
 from tunnelgw.core.recording import FOOTER, HEADER, Frame, encode_frame, parse_recording
+from tunnelgw.core.sessionrelay import Carries
 from tunnelgw.recording import FLUSH_BYTES, MAX_PENDING, Recordings
 
 NOVNC = Path("/usr/share/novnc")
@@ -73,7 +74,7 @@ def recordings(folder: Path, max_bytes: int = 1 << 30, run: Callable[..., None] 
 class _Link:
     """A byte-stream link standing in for the backend side (its owner is what the test checks)."""
 
-    byte_stream = True
+    carries = Carries.PAYLOAD
     transport = None
     description = "tcp:host=10.0.0.1:port=5900"
 
@@ -87,9 +88,6 @@ class _Link:
 
     def client_payloads(self, payloads: list[bytes]) -> None:
         self.sent += payloads
-
-    def client_frame_data(self, payload: bytes) -> None:
-        self.sent.append(payload)
 
     def close(self, close: Any = None) -> None:
         self.closed = True

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import jwt
-from hypothesis import given
+from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from tunnelgw.core.redact import TokenPlace, fingerprint, redact_path, redact_uri, redact_url
@@ -22,6 +22,7 @@ def test_fingerprint_is_short_and_stable() -> None:
 @given(_TOKEN)
 def test_query_path_and_redirect_tokens_never_shown(token: str) -> None:
     """A token in a query, a path segment or a redirect Location is replaced by its fingerprint."""
+    assume(token not in "ws://gw2.example:8080/vnc?t=&x=1/desk/rest/other?token=tok:")  # not a piece of the text around it
     for shown in (redact_uri(f"/vnc?t={token}&x=1", PLACES), redact_uri(f"/desk/{token}/rest", PLACES),
                   redact_url(f"ws://gw2.example:8080/vnc?t={token}", PLACES), redact_uri(f"/other?token={token}")):
         assert token not in shown and fingerprint(token) in shown, shown

@@ -75,14 +75,16 @@ TokenRoute /vnc broker
 
             redis_server.stop()
             assert session_status(base + "?token=desk1") == 503
-            gw.wait_log(r"token lookup in broker failed")
+            gw.wait_log(r"Redis broker at 127.0.0.1:[0-9]+ unreachable")
+            assert session_status(base + "?token=desk1") == 503  # at once: the breaker is open
             metrics = gw_metrics(gw)
             assert re.search(r'tunnelgw_redis_lookup_seconds_count\{source="broker"\} [1-9]', metrics)
-            assert 'tunnelgw_redis_lookup_errors_total{source="broker"} 1.0' in metrics
+            assert 'tunnelgw_redis_lookup_errors_total{source="broker"} 2.0' in metrics
+            assert 'tunnelgw_redis_degraded{source="broker"} 1.0' in metrics
             redis_server.start()
             store = redis.Redis(host="127.0.0.1", port=redis_server.port)
             store.set("vdi:desk1", f"127.0.0.5:{first.port}")
-            assert wait_until(lambda: session_status(base + "?token=desk1") == 101, 10)
+            gw.wait_log(r"Redis broker at 127.0.0.1:[0-9]+ reachable again \(1 call\(s\) failed fast")
             assert echoes(base + "?token=desk1", b"back")
     finally:
         first.stop()

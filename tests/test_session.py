@@ -372,6 +372,39 @@ class SessionCoreTests(TestCase):
         self.assertEqual(gw.factory.session_counts.live, 0)
         self.assertEqual(gw.factory.sessions, {})
 
+    def test_backend_ends_while_a_client_frame_is_in_flight(self) -> None:
+        """The TCP backend ends while a client frame is half received: 1000 goes out, the frame's rest and the answer are read, the end is clean."""
+        gw, client, backend_protocol, backend = self.opened()
+        big = frame(2, b"u" * 3000)
+        client.protocol.dataReceived(big[:1000])
+        self.assertEqual(backend.value(), b"u" * (1000 - 8))
+        from twisted.internet.error import ConnectionDone
+        from twisted.python.failure import Failure
+
+        backend_protocol.connectionLost(Failure(ConnectionDone()))
+        closes = [f for f in server_frames(self.after_101(client)) if f[0] == 8]
+        self.assertEqual(struct.unpack("!H", closes[0][1][:2])[0], 1000)
+        self.assertFalse(client.disconnecting)
+        client.protocol.dataReceived(big[1000:] + frame(9, b"late ping") + frame(8, struct.pack("!H", 1000)))
+        self.assertTrue(client.disconnecting)
+        self.assertEqual([f[0] for f in server_frames(self.after_101(client))], [8])  # no pong after the close
+        record = client.protocol._record
+        lose(client)
+        self.assertEqual(record.close_code, 1000)
+        self.assertEqual(record.bytes_up, 992)
+        self.assertEqual((gw.factory.session_counts.live, gw.factory.sessions), (0, {}))
+
+    def test_ping_split_over_reads_between_client_frames(self) -> None:
+        """A ping whose header and payload arrive in separate reads between binary frames: answered once, data intact."""
+        gw, client, _, backend = self.opened()
+        stream = frame(2, b"one") + frame(9, b"split ping") + frame(2, b"two")
+        for i in range(len(stream)):
+            client.protocol.dataReceived(stream[i:i + 1])
+        self.assertEqual(backend.value(), b"onetwo")
+        self.assertEqual(server_frames(self.after_101(client)), [(10, b"split ping")])
+        lose(client)
+        gw.assert_released(self)
+
     def test_admin_close_and_shutdown_close_all(self) -> None:
         """close_all sends 1001 to every session; each is released once its client goes."""
         gw = Gateway("ProxyPass /echo tcp:host=10.0.0.1:port=5900\n")

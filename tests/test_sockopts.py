@@ -11,8 +11,11 @@ import socket
 from typing import Any, Optional
 
 from twisted.internet.address import IPv4Address
+from twisted.internet.interfaces import ITCPTransport
 from twisted.internet.protocol import Protocol
 from twisted.internet.testing import MemoryReactorClock, StringTransport
+
+from zope.interface import implementer
 
 from tunnelgw.core.config import parse_config
 from tunnelgw.service import GatewayService
@@ -76,3 +79,26 @@ def test_tcp_nodelay_on_client_and_websocket_backend() -> None:
     hop: Any = reactor.tcpClients[-1][2].buildProtocol(None)
     hop.makeConnection(backend)
     assert (client.nodelay, backend.nodelay) == (True, True)
+
+
+@implementer(ITCPTransport)
+class _TcpRecordingTransport(_RecordingTransport):
+    """A recording transport that says it is TCP (as a real backend connection is)."""
+
+
+def test_tcp_nodelay_on_byte_stream_backends() -> None:
+    """A tcp: backend connection gets TCP_NODELAY, so a desktop's small input events never wait for a delayed ACK."""
+    reactor = MemoryReactorClock()
+    service = GatewayService(parse_config("Listen tcp:port=0\nProxyPass /t tcp:host=127.0.0.1:port=9\n", "test.conf"),
+                             reactor)
+    client = _RecordingTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 40000))
+    protocol: Any = service.front.buildProtocol(client.getPeer())
+    protocol.makeConnection(client)
+    key = base64.b64encode(os.urandom(16))
+    protocol.dataReceived(b"GET /t HTTP/1.1\r\nHost: gw\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                          b"Sec-WebSocket-Key: " + key + b"\r\nSec-WebSocket-Version: 13\r\n\r\n")
+    backend = _TcpRecordingTransport()
+    link: Any = reactor.tcpClients[-1][2].buildProtocol(None)
+    link.makeConnection(backend)
+    assert backend.nodelay is True
+    assert b"101 Switching Protocols" in client.value()

@@ -13,6 +13,9 @@ Prometheus metrics and the live sessions, for operators only.
 - ``GET /sessions``: the live sessions as JSON.
 - ``POST /sessions/ID/close``: close one (the client gets 1008, the backend EOF);
   from the page's form the answer is a 303 back to the page.
+- ``GET /redis``: each Redis the gateway asks (the pool, token sources, the
+  owner source) as JSON: up or failing fast, since when, why (see
+  :func:`redis_health`); the page names the ones that are down.
 
 Nothing else is served: every other path is 404; no file is ever read.
 A request whose ``Host`` is not the listener's own address (the address the
@@ -26,12 +29,14 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
+from dataclasses import asdict
 from typing import Any, Callable, Optional
 
 from twisted.logger import Logger
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
+from tunnelgw.core.breaker import BreakerState
 from tunnelgw.core.hostpattern import listener_is_local
 from tunnelgw.core.relay import CLOSE_POLICY, Close
 from tunnelgw.logs import format_fields
@@ -43,7 +48,24 @@ from tunnelgw.core.redact import printable
 from tunnelgw.core.routing import Reject
 from tunnelgw.session import log_refusal
 
-__all__ = ["ADMIN_CLOSE", "AdminResource", "AdminSite", "admin_site", "is_own_host"]
+__all__ = ["ADMIN_CLOSE", "AdminResource", "AdminSite", "admin_site", "is_own_host", "redis_health", "redis_notice"]
+
+
+# The Redis state the operator's page and ``GET /redis`` read (kept apart from the page's own rendering).
+
+def redis_health(factory: Any) -> list[BreakerState]:
+    """The state of every Redis store the gateway uses: the pool's, then the topology's."""
+    states = [factory.pool.store.state()] if factory.pool is not None else []
+    if factory.topology is not None:
+        states.extend(factory.topology.redis_states())
+    return states
+
+
+def redis_notice(states: list[BreakerState], now: float) -> str:
+    """One line for the page naming each Redis store that is down ("" when all are up)."""
+    down = [f"{s.name} ({s.where}) unreachable for {max(0.0, now - s.since):.0f} s, {s.failed_fast} call(s) "
+            f"failed fast: {s.error}" for s in states if not s.up]
+    return ("Redis: " + "; ".join(down)) if down else ""
 
 _log = Logger(namespace="tunnelgw")
 #: Bytes of a close request's form body read (the page's form sends about 40).
@@ -134,6 +156,10 @@ class AdminResource(Resource):
             return json.dumps({"sessions": sessions}).encode("utf-8") + b"\n"
         if parts[:2] == [b"pool", b"sessions"]:
             return self._pool(request, parts[2:])
+        if parts == [b"redis"] and method in (b"GET", b"HEAD"):
+            request.setHeader(b"content-type", b"application/json")
+            request.setHeader(b"cache-control", b"no-store")
+            return json.dumps({"redis": [asdict(s) for s in redis_health(self._factory)]}).encode("utf-8") + b"\n"
         if len(parts) == 3 and parts[0] == b"sessions" and parts[2] == b"close":
             if method != b"POST":
                 request.setHeader(b"allow", b"POST")
@@ -215,7 +241,8 @@ class AdminResource(Resource):
         local = [s.describe() for s in list(self._factory.sessions.values())]
         for name, value in PAGE_HEADERS:
             request.setHeader(name.encode(), value.encode())
-        notice = f"closing session {closed}" if closed else ""
+        notice = "; ".join(n for n in (f"closing session {closed}" if closed else "",
+                                       redis_notice(redis_health(self._factory), self._factory.reactor.seconds())) if n)
         spec = self._factory.config.recording
         recordings = newest_recordings(spec.folder) if spec is not None else []
         viewer = spec.viewer if spec is not None else ""

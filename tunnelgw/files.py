@@ -92,7 +92,7 @@ class StaticFolder(File):
     indexNames = ["index.html"]
     childNotFound = pages.notFound("Not Found", "No such file.")  # type: ignore[assignment]
     forbidden = pages.forbidden("Forbidden", "Folders are not listed.")  # type: ignore[assignment]
-    processors: dict = {}  # type: ignore[type-arg]
+    processors: dict = {}
 
     def __init__(self, path: str, defaultType: str = "application/octet-stream",
                  ignoredExts: Sequence[str] = (), registry: object = None) -> None:
@@ -100,7 +100,7 @@ class StaticFolder(File):
 
     def directoryListing(self) -> IResource:
         """Folders without an ``index.html`` are refused (403), never listed."""
-        return self.forbidden  # type: ignore[no-any-return]
+        return self.forbidden
 
     def render_GET(self, request: Request) -> object:
         """Send the file with an ETag, Last-Modified and ``Cache-Control: no-cache``."""

@@ -26,7 +26,7 @@ _log = Logger(namespace="tunnelgw")
 _BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
 
-class _QuietClientFactory(_HTTP11ClientFactory):  # type: ignore[misc]
+class _QuietClientFactory(_HTTP11ClientFactory):
     noisy = False
 
 
@@ -99,7 +99,7 @@ class Portal:
 
         request.addCallback(answered)
         request.addTimeout(self.spec.timeout, reactor, onTimeoutCancel=timed_out)
-        return request.addErrback(unreachable).addCallback(decided)  # type: ignore[no-any-return]
+        return request.addErrback(unreachable).addCallback(decided)
 
 
 class ForwardAuthLink(WrappedLink):
@@ -139,4 +139,4 @@ class ForwardAuthLink(WrappedLink):
                     raise BackendRefused(refused, "subprotocol")
             return self._inner.connect()
 
-        return self._portal.ask(self._client, self._uri, self._headers).addCallback(decided)  # type: ignore[no-any-return]
+        return self._portal.ask(self._client, self._uri, self._headers).addCallback(decided)

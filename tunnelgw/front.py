@@ -35,7 +35,7 @@ from zope.interface import implementer
 from tunnelgw.core.clientaddr import format_address
 from tunnelgw.core.http import find_head_end, header_line_problem, is_upgrade, parse_head, request_line_problem
 from tunnelgw.core.routing import Reject
-from tunnelgw.fastpath import immediate_writes
+from tunnelgw.upstream import immediate_writes
 from tunnelgw.gateway import GatewayFactory, hand_over, refuse_connection
 from tunnelgw.session import log_refusal
 

@@ -29,7 +29,7 @@ from tunnelgw.core.clientaddr import format_address, is_trusted
 from tunnelgw.core.config import Config, RouteOptions
 from tunnelgw.certificates import client_certificate
 from tunnelgw.core.handshake import check_handshake
-from tunnelgw.core.hop import HOP_HEADER, check_hop, hop_value
+from tunnelgw.core.hop import HOP_HEADER, Hop
 from tunnelgw.core.http import RequestHead
 from tunnelgw.core.wsurl import parse_websocket_url
 from tunnelgw.core.limits import HandshakeRate, SessionCounts
@@ -40,12 +40,13 @@ from tunnelgw.core.routing import Reject, Route, RuleSet
 from tunnelgw.core.topoconfig import TokenRouteSpec
 from tunnelgw.core.targets import LookupTarget, PoolTarget, ReplayTarget, WebSocketURL
 from tunnelgw.forwardauth import ForwardAuthLink, Portals
+from tunnelgw.hops import HOP_REFUSED, RelayHops, certificate_of
 from tunnelgw.core.tlsconfig import ClientCertificate, admits
 from tunnelgw.metrics import GatewayMetrics
 from tunnelgw.pool import PoolLimitLink, SingleUseLink
 from tunnelgw.recording import Recordings
 from tunnelgw.session import GatewaySession, client_label, http_error, log_refusal
-from tunnelgw.wsstate import SharedOptions
+from tunnelgw.upstream import SharedOptions
 
 __all__ = ["GatewayFactory", "HeadRequest", "hand_over", "refuse_connection"]
 
@@ -181,6 +182,7 @@ class GatewayFactory(SharedOptions, WebSocketServerFactory):  # type: ignore[mis
         self.portals = Portals(reactor, self.metrics.registry)
         self.session_counts = SessionCounts(config.limits.sessions, config.limits.per_client)
         self.handshake_rate = HandshakeRate(config.limits.rate)
+        self.hops = RelayHops(reactor, lambda: self.pool)
         self.reconfigure(config)
 
     def reconfigure(self, config: Config) -> None:
@@ -297,15 +299,17 @@ class GatewayFactory(SharedOptions, WebSocketServerFactory):  # type: ignore[mis
             self._answer(transport, label, path, handshake, "handshake")
             return None
         hop = head.get(HOP_HEADER.encode("ascii"))
-        if hop is not None:
-            secret = self.topology.hop_secret if self.topology is not None else b""
-            relayed = check_hop(secret, hop.decode("latin-1"), head.target.decode("latin-1"),
-                                self.reactor.seconds()) if secret else None
-            if relayed is None:
-                self._answer(transport, label, path, Reject(403, "not a valid hop from a gateway of this pool"), "hop")
-                return None
-            client = relayed
+        received: Optional[Hop] = None
         certificate = client_certificate(transport) if ISSLTransport.providedBy(transport) else None
+        if hop is not None:
+            topology = self.topology
+            received = self.hops.check(topology.hop_secrets, hop.decode("latin-1"), topology.config.gateway_url or "",
+                                       head.target.decode("latin-1")) if topology is not None else None
+            if received is None:
+                self._answer(transport, label, path, HOP_REFUSED, "hop")
+                return None
+            # The client as the relaying gateway saw it: its address and its verified certificate.
+            client, certificate = received.client, certificate_of(received)
         decision = self.decide(view, request, client, True, hop is not None, certificate)
         if isinstance(decision, Reject):
             kind = "rate" if decision.status == 429 else "route"
@@ -324,7 +328,9 @@ class GatewayFactory(SharedOptions, WebSocketServerFactory):  # type: ignore[mis
         identity = certificate.identity if certificate is not None else ""
         link = self.link_for(decision, head, view, client, ISSLTransport.providedBy(transport), identity)
         link, authorised = self._with_steps(decision, head, view, client, link, hop is not None,
-                                            ISSLTransport.providedBy(transport))
+                                            ISSLTransport.providedBy(transport), certificate)
+        if received is not None:
+            link = self.hops.guard(link, received)  # outermost: a replayed hop is refused before anything
         recording = ""
         if decision.options.record and self.recordings.spec is not None:
             recorded = self.recordings.link(link, session_id)
@@ -340,7 +346,8 @@ class GatewayFactory(SharedOptions, WebSocketServerFactory):  # type: ignore[mis
         return session
 
     def _with_steps(self, decision: Route, head: RequestHead, view: RequestView, client: str, link: BackendLink,
-                    hopped: bool, secure: bool) -> tuple[BackendLink, Optional[ForwardAuthLink]]:
+                    hopped: bool, secure: bool, certificate: Optional[ClientCertificate] = None
+                    ) -> tuple[BackendLink, Optional[ForwardAuthLink]]:
         """
         The route's steps before its backend, wrapped around link innermost
         first; on connect the outermost runs first: the owner check (a redirect
@@ -369,24 +376,28 @@ class GatewayFactory(SharedOptions, WebSocketServerFactory):  # type: ignore[mis
         topology = self.topology
         if decision.desktop_host and not hopped and topology is not None and topology.owners_source is not None:
             relay: Optional[Callable[[str], BackendLink]] = None
-            if topology.hop_secret:
+            if topology.hop_secrets:
                 def relay(owner: str) -> BackendLink:
-                    return self._hop(decision, head, client, secure, owner, topology.hop_secret)
+                    return self._hop(decision, head, client, secure, owner, topology, certificate)
             link = OwnerCheckLink(link, topology, decision.desktop_host, uri, relay)
         return link, authorised
 
-    def _hop(self, decision: Route, head: RequestHead, client: str, secure: bool, owner: str,
-             secret: bytes) -> BackendLink:
+    def _hop(self, decision: Route, head: RequestHead, client: str, secure: bool, owner: str, topology: Any,
+             certificate: Optional[ClientCertificate]) -> BackendLink:
         """A WebSocket link carrying the session to the owning gateway, signed as a hop of this pool."""
         try:
             url = parse_websocket_url(owner + head.path.decode("latin-1"))
         except ValueError as e:
             raise BackendRefused(Reject(502, f"the owner's URL is not usable: {e}"), "owner") from None
-        route = Route(decision.rule, WebSocketURL(url.url, url), RouteOptions(connect_timeout=decision.options.connect_timeout))
+        options = RouteOptions(connect_timeout=decision.options.connect_timeout,
+                               cafile=topology.config.owner_source.hop_ca_file or None)
+        route = Route(decision.rule, WebSocketURL(url.url, url), options)
         headers = {name.decode("latin-1").lower(): value.decode("latin-1") for name, value in head.headers}
         uri = head.target.decode("latin-1")
+        signed = self.hops.sign(topology.hop_secrets[0], topology.config.gateway_url or "", client, certificate,
+                                owner, uri)
         return WebSocketLink(self.websocket_backends, route, head.query, client, secure, headers,
-                             extra={"X-Tunnelgw-Hop": hop_value(secret, client, uri, self.reactor.seconds())})
+                             extra={"X-Tunnelgw-Hop": signed})
 
     def _answer(self, transport: Any, client: str, path: str, reject: Reject, kind: str) -> None:
         log_refusal(client, path, reject, kind)

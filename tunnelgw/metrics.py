@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Any, Iterator, Optional, Protocol
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, Info, PlatformCollector, ProcessCollector
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, PlatformCollector, ProcessCollector
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -108,6 +108,8 @@ class GatewayMetrics:
                                        ["source"], buckets=_CONNECT_BUCKETS, registry=self.registry)
         self.redis_errors = Counter("tunnelgw_redis_lookup_errors", "Token and owner lookups Redis could not answer",
                                     ["source"], registry=self.registry)
+        self.redis_degraded = Gauge("tunnelgw_redis_degraded", "1 while a Redis token or owner source fails fast "
+                                    "(unreachable until a probe finds it back)", ["source"], registry=self.registry)
         # Labelled children by label values, looked up once each: prometheus_client's
         # labels() checks and joins the values under a lock on every call.  Bounded:
         # routes come from the configuration, reasons and statuses from the code.

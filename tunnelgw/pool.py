@@ -12,17 +12,20 @@ any of them (``POST /pool/sessions/ID/close``): the close is published on
 ``NS:close`` and the gateway holding the session closes it (1008) as soon as
 the message arrives.
 
-Redis is reached with redis-py (the maintained client: connection pooling,
-reconnection, TLS, Sentinel) on a thread pool of its own, never on the
-reactor thread; every call has a socket timeout of ``timeout`` seconds.
+Redis (a server, or a Sentinel service's primary) is reached through
+:class:`tunnelgw.redisstore.RedisStore`: each use (refresh, list, close,
+single-use claims, limits, the close listener) has threads of its own, every
+call is bounded by ``timeout`` seconds whatever Redis does, and after a
+failure calls fail at once until a probe finds Redis back.
 When Redis is unreachable the gateway keeps serving: live sessions are never
 cut, the registry is *degraded* (``tunnelgw_pool_degraded`` 1, one warning,
 ``tunnelgw_pool_errors_total``), the pool list answers 503, and everything
-is written again by the next refresh once Redis is back.
+is written again as soon as Redis is back.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from typing import Any, Callable, Optional
@@ -30,15 +33,15 @@ from typing import Any, Callable, Optional
 from prometheus_client import CollectorRegistry, Counter, Gauge
 from twisted.internet import defer
 from twisted.internet.task import LoopingCall
-from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
-from twisted.python.threadpool import ThreadPool
 
 from tunnelgw.backends import BackendLink, BackendRefused, WrappedLink
 from tunnelgw.core.config import PoolSpec
+from tunnelgw.core.hop import WINDOW
 from tunnelgw.core.routing import Reject
 from tunnelgw.core.tokens import INVALID_REASON
 from tunnelgw.core.relay import CLOSE_POLICY, Close
+from tunnelgw.redisstore import RedisStore, RedisUnavailable, redis_client
 
 __all__ = ["MAX_LISTED", "POOL_CLOSE", "PoolRegistry", "SingleUseLink"]
 
@@ -90,21 +93,10 @@ class PoolRegistry:
     """
 
     def __init__(self, reactor: Any, spec: PoolSpec, sessions: dict[str, Any], registry: CollectorRegistry,
-                 client: Any = None) -> None:
-        import redis
-
+                 client: Any = None, thread_pool: Optional[Callable[[str, int], Any]] = None) -> None:
         self._reactor = reactor
         self.spec = spec
         self._sessions = sessions
-        password = None
-        if spec.password_file:
-            with open(spec.password_file, encoding="utf-8") as f:
-                password = f.read().strip()
-        self._redis = client if client is not None else redis.Redis(
-            host=spec.host, port=spec.port, db=spec.db, password=password, ssl=spec.tls,
-            socket_timeout=spec.timeout, socket_connect_timeout=spec.timeout, health_check_interval=30)
-        self._errors = (redis.RedisError, OSError)
-        self._threads = ThreadPool(minthreads=1, maxthreads=2, name="tunnelgw-pool")
         self._written: set[str] = set()
         #: Pool-wide limit places: hold -> [channels here, its (key, member) pairs]; channels
         #: here per (key, member) of a limit set that hold a place (refreshed in Redis) and that
@@ -112,9 +104,10 @@ class PoolRegistry:
         self._held: dict[str, list[Any]] = {}
         self._places: dict[tuple[str, str], int] = {}
         self._pending: dict[tuple[str, str], int] = {}
-        self._acquire = self._redis.register_script(_ACQUIRE)
+        #: Places to take back from Redis that it could not be asked to when they were given back (or
+        #: whose acquire got no answer): the next refresh that reaches Redis removes them.
+        self._releasing: set[tuple[str, str]] = set()
         self._busy = False
-        self._degraded = False
         self._heartbeat: Optional[LoopingCall] = None
         self._listener: Any = None
         self.errors = Counter("tunnelgw_pool_errors", "Redis calls of the pool registry that failed", ["call"],
@@ -122,20 +115,41 @@ class PoolRegistry:
         self.degraded = Gauge("tunnelgw_pool_degraded", "1 while the pool registry cannot reach Redis",
                               registry=registry)
         self.latency = Gauge("tunnelgw_pool_refresh_seconds", "Time of the last registry refresh", registry=registry)
+        redis = client if client is not None else redis_client(spec.redis, spec.timeout, spec.password_file or "")
+        self.store = RedisStore(reactor, redis, "pool", spec.redis.where, spec.timeout, self.degraded,
+                                lambda call: self.errors.labels(call).inc(),
+                                "pool registry degraded: sessions go on, the pool list, pool-wide limits and "
+                                "single-use tokens answer 503 until it is back", self._back, thread_pool)
+        self._redis = redis
+        self._acquire = redis.register_script(_ACQUIRE)
+        self._refreshes = self.store.use("refresh", 1)
+        self._lists = self.store.use("list", 2)
+        self._closes = self.store.use("close", 2)
+        self._claims = self.store.use("claim", 4)
+        self._limits = self.store.use("limits", 4)
+        self._subscriber = self.store.use("subscribe", 1)
+        self._hops = self.store.use("hops", 2)
 
     def _key(self, *parts: str) -> str:
         return ":".join((self.spec.namespace, *parts))
 
-    def _call(self, work: Callable[..., Any], *args: Any) -> "defer.Deferred[Any]":
-        return deferToThreadPool(self._reactor, self._threads, work, *args)
-
     def start(self) -> None:
         """Start refreshing and listening for closes."""
-        self._threads.start()
         self._heartbeat = LoopingCall(self.refresh)
         self._heartbeat.clock = self._reactor
         self._heartbeat.start(self.spec.refresh, now=True)
-        self._call(self._subscribe).addErrback(lambda f: self._failed("subscribe", f.value))
+        self._listen()
+
+    def _listen(self) -> None:
+        """Subscribe to closes unless subscribed (once subscribed, redis-py's thread reconnects by itself)."""
+        if self._listener is None:
+            self._subscriber.call(self._subscribe).addErrback(lambda _: None)  # counted by the store
+
+    def _back(self) -> None:
+        """Redis answers again: write the registry now, and subscribe if Redis was away at start."""
+        self.refresh()
+        if self._heartbeat is not None:
+            self._listen()
 
     def stop(self) -> "defer.Deferred[None]":
         """Remove this gateway's keys (best effort, bounded by the timeout) and stop."""
@@ -149,9 +163,9 @@ class PoolRegistry:
             self._redis.delete(*keys)
 
         def done(_: object) -> None:
-            self._threads.stop()
+            self.store.stop()
 
-        return self._call(cleanup).addErrback(lambda f: None).addBoth(done)  # type: ignore[no-any-return]
+        return self._closes.call(cleanup).addErrback(lambda f: None).addBoth(done)
 
     # Refresh.
 
@@ -167,6 +181,7 @@ class PoolRegistry:
             live[sid] = json.dumps({**fields, "gateway": self.spec.name, "seen": now}, default=str)
         ended = self._written - set(live)
         places = list(self._places)
+        releasing = [p for p in self._releasing if p not in self._places and p not in self._pending]
         started = self._reactor.seconds()
 
         def write() -> None:
@@ -181,36 +196,21 @@ class PoolRegistry:
             for key, member in places:
                 pipe.zadd(key, {member: now + ttl})
                 pipe.expire(key, ttl)
+            for key, member in releasing:
+                pipe.zrem(key, member)
             pipe.execute()
 
         def written(_: object) -> None:
             self._written = set(live)
+            self._releasing.difference_update(releasing)
             self.latency.set(self._reactor.seconds() - started)
-            if self._degraded:
-                self._degraded = False
-                self.degraded.set(0)
-                _log.info("pool registry: Redis reachable again, {count} session(s) registered", count=len(live))
 
-        d = self._call(write)
-        d.addCallbacks(written, lambda f: self._failed("refresh", f.value))
+        d = self._refreshes.call(write)
+        d.addCallbacks(written, lambda _: None)  # counted by the store; the next refresh writes everything
         d.addBoth(self._idle)
 
     def _idle(self, _: object) -> None:
         self._busy = False
-
-    def _failed(self, call: str, error: object) -> None:
-        self.errors.labels(call).inc()
-        if not self._degraded:
-            self._degraded = True
-            self.degraded.set(1)
-            _log.warn("pool registry degraded: Redis at {host}:{port} unreachable ({error}); sessions go on, "
-                      "the pool list is unavailable until it is back", host=self.spec.host, port=self.spec.port,
-                      error=str(error))
-
-    def _noted(self, failure: Any, call: str) -> Any:
-        """Count a failed call and pass the failure on (the admin answers 503)."""
-        self._failed(call, failure.value)
-        return failure
 
     # Pool-wide views and closes.
 
@@ -225,9 +225,7 @@ class PoolRegistry:
             values = self._redis.mget(keys) if keys else []
             return [json.loads(v) for v in values if v is not None]
 
-        d = self._call(read)
-        d.addErrback(self._noted, "list")
-        return d
+        return self._lists.call(read)
 
     def request_close(self, session_id: str) -> "defer.Deferred[bool]":
         """Ask the pool to close a session; fires True when some gateway has it registered."""
@@ -237,24 +235,44 @@ class PoolRegistry:
             self._redis.publish(self._key("close"), session_id.encode("utf-8"))
             return True
 
-        d = self._call(publish)
-        d.addErrback(self._noted, "close")
-        return d
+        return self._closes.call(publish)
 
     def claim(self, jti: str, expires: float) -> "defer.Deferred[bool]":
         """
         Record a single-use token's ``jti`` until it expires; fires True when
         this is its first use anywhere in the pool (atomic: ``SET NX``).  A
-        broker revokes a token by setting ``NS:jti:JTI`` itself.
+        broker revokes a token by setting ``NS:jti:JTI`` itself.  With
+        ``waitreplicas=N`` the first use counts only once N replicas hold it
+        (else 503), so that a failover to a replica cannot forget it.
         """
         ttl = max(1, int(expires - time.time()) + 1)
 
-        def record() -> bool:
-            return bool(self._redis.set(self._key("jti", jti), self.spec.name, nx=True, ex=ttl))
+        replicas, wait_ms = self.spec.wait_replicas, max(1, int(self.spec.timeout * 1000 / 2))
 
-        d = self._call(record)
-        d.addErrback(self._noted, "claim")
-        return d
+        def record() -> bool:
+            first = bool(self._redis.set(self._key("jti", jti), self.spec.name, nx=True, ex=ttl))
+            if first and replicas:
+                # Within the call's own bound: WAIT answers by wait_ms whatever the replicas do.
+                acknowledged = int(self._redis.execute_command("WAIT", replicas, wait_ms))
+                if acknowledged < replicas:
+                    self._redis.delete(self._key("jti", jti))  # not burnt: the client may try again
+                    raise RedisUnavailable(f"the single-use token reached {acknowledged} of {replicas} replica(s)")
+            return first
+
+        return self._claims.call(record)
+
+    def first_hop(self, relayer: str, nonce: str, when: int) -> "defer.Deferred[bool]":
+        """
+        Record a relay hop's nonce for its validity window; fires True when
+        this is its first use anywhere in the pool (``SET NX``).
+        """
+        ttl = max(1, int(when + WINDOW - time.time()) + 1)
+        key = self._key("hop", hashlib.sha256(relayer.encode("utf-8", "surrogateescape")).hexdigest()[:16], nonce)
+
+        def record() -> bool:
+            return bool(self._redis.set(key, self.spec.name, nx=True, ex=ttl))
+
+        return self._hops.call(record)
 
     def acquire(self, hold: str, limits: list[tuple[str, int, str]]) -> "defer.Deferred[Optional[str]]":
         """
@@ -277,23 +295,30 @@ class PoolRegistry:
             args = [now, now + ttl, ttl, self.spec.name, *(x for _, n, group in limits for x in (n, group))]
             return int(self._acquire(keys=[key for key, _ in places], args=args))
 
+        def give_back_late(full: int) -> None:
+            # The session went away (cancelled) or was answered 503 (timed out) while Redis gave the
+            # places: give them straight back unless another channel here holds or waits for them.
+            if not full:
+                self._give_back(places)
+
         def taken(full: int) -> Optional[str]:
             _count(self._pending, places, -1)
             if full:
                 self._give_back(places)
                 return limits[full - 1][0]
+            self._releasing.difference_update(places)
             _count(self._places, places, 1)
             self._held.setdefault(hold, [0, places])[0] += 1
             return None
 
         def failed(failure: Any) -> Any:
+            # No answer (timed out, cancelled, connection dropped): Redis may have given the places all
+            # the same; they are given back now, or by the next refresh that reaches Redis.
             _count(self._pending, places, -1)
-            self._give_back(places)  # if the script ran all the same; else its places expire after ttl
-            return self._noted(failure, "acquire")
+            self._give_back(places)
+            return failure
 
-        d = self._call(take)
-        d.addCallbacks(taken, failed)
-        return d
+        return self._limits.call(take, late=give_back_late).addCallbacks(taken, failed)
 
     def release(self, hold: str) -> None:
         """Give back one channel's share of hold's places; a place goes with the last channel here that needs it."""
@@ -307,7 +332,7 @@ class PoolRegistry:
         self._give_back(entry[1])
 
     def _give_back(self, places: list[tuple[str, str]]) -> None:
-        """Remove from Redis those of places that no channel here holds or waits for."""
+        """Remove from Redis those of places that no channel here holds or waits for (later if Redis cannot)."""
         gone = [place for place in places if place not in self._places and place not in self._pending]
         if not gone:
             return
@@ -316,7 +341,13 @@ class PoolRegistry:
             for key, member in gone:
                 self._redis.zrem(key, member)
 
-        self._call(remove).addErrback(self._noted, "release").addErrback(lambda _: None)  # expires after ttl
+        def done(_: object) -> None:
+            self._releasing.difference_update(gone)
+
+        def later(_: object) -> None:  # counted by the store; the next refresh that reaches Redis removes them
+            self._releasing.update(gone)
+
+        self._limits.call(remove).addCallbacks(done, later)
 
     def _subscribe(self) -> None:
         """In a pool thread: listen for closes (redis-py's thread re-subscribes after a reconnect)."""
@@ -326,7 +357,7 @@ class PoolRegistry:
                                               exception_handler=self._listener_error)
 
     def _listener_error(self, error: BaseException, pubsub: Any, thread: Any) -> None:
-        self._reactor.callFromThread(self._failed, "subscribe", error)
+        self._reactor.callFromThread(self.store.failed, "subscribe", str(error) or type(error).__name__)
         time.sleep(self.spec.timeout)  # redis-py's listener thread: back off before it reconnects
 
     def _close_message(self, message: dict[str, Any]) -> None:
@@ -368,10 +399,12 @@ class SingleUseLink(WrappedLink):
             return self._inner.connect()
 
         def unavailable(failure: Any) -> None:
-            raise BackendRefused(Reject(503, "token check unavailable"), "token")
+            _log.info("token refused token=jti:{jti} status=503 detail={detail!r}", jti=self._jti[:16],
+                      detail=str(failure.value))
+            raise BackendRefused(Reject(503, "token check unavailable", str(failure.value)), "token")
 
         d = self._registry.claim(self._jti, self._expires)
-        return d.addCallbacks(claimed, unavailable)  # type: ignore[no-any-return]
+        return d.addCallbacks(claimed, unavailable)
 
 
 class PoolLimitLink(WrappedLink):
@@ -402,9 +435,9 @@ class PoolLimitLink(WrappedLink):
             return self._inner.connect()
 
         def unavailable(failure: Any) -> None:
-            raise BackendRefused(Reject(503, "the pool's limits cannot be checked"), "limit")
+            raise BackendRefused(Reject(503, "the pool's limits cannot be checked", str(failure.value)), "limit")
 
-        return self._registry.acquire(self._hold, self._limits).addCallbacks(  # type: ignore[no-any-return]
+        return self._registry.acquire(self._hold, self._limits).addCallbacks(
             decided, unavailable)
 
     def close(self, close: Optional[Close] = None) -> None:

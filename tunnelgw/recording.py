@@ -37,6 +37,8 @@ from tunnelgw.backends import BackendLink, LinkOwner, WrappedLink
 from tunnelgw.core.config import Recording
 from tunnelgw.core.recording import FOOTER, HEADER, Frame, encode_frame, is_recording_name, recording_name
 from tunnelgw.core.relay import Close
+from tunnelgw.core.sessionrelay import Carries, Forward, Role, SessionRelay
+from tunnelgw.upstream import unmask
 
 __all__ = ["FLUSH_BYTES", "FLUSH_SECONDS", "LISTED", "MAX_PENDING", "Recorder", "Recordings", "RecordingLink",
            "folder_problem", "foreign_entries", "make_folder", "newest_recordings"]
@@ -333,23 +335,43 @@ class Recorder:
                   file=self.path, outcome=outcome, why=why or "(the session goes on)")
 
 
+class _PayloadTap:
+    """
+    The payloads of a stream of whole frames relayed as they are (a
+    WebSocket hop's), read by a second :class:`~tunnelgw.core.sessionrelay.SessionRelay`
+    that only forwards payloads: what a recording keeps of frames.
+    """
+
+    def __init__(self, masked: bool) -> None:
+        self._relay = SessionRelay(Role.SERVER if masked else Role.CLIENT, Carries.PAYLOAD, unmask)
+
+    def payloads(self, frames: bytes) -> list[bytes]:
+        """The payload bytes in frames (a frame cut anywhere goes on in the next call)."""
+        got: list[bytes] = []
+        for action in self._relay.receive(frames, 0.0):
+            if isinstance(action, Forward):
+                got += action.chunks
+        return got
+
+
 class _RecordingOwner:
     """Between a link and its session: records what the backend sends, passes everything on."""
 
     def __init__(self, owner: LinkOwner, recorder: Recorder) -> None:
         self._owner = owner
         self._recorder = recorder
+        self._tap: Optional[_PayloadTap] = None
 
     def backend_data(self, data: bytes) -> None:
         self._recorder.add(True, data)
         self._owner.backend_data(data)
 
-    def backend_frame_begin(self, opcode: int, fin: bool, length: int) -> None:
-        self._owner.backend_frame_begin(opcode, fin, length)
-
-    def backend_frame_data(self, payload: bytes) -> None:
-        self._recorder.add(True, payload)
-        self._owner.backend_frame_data(payload)
+    def backend_frames(self, frames: bytes, payload: int, left: int) -> None:
+        if self._tap is None:
+            self._tap = _PayloadTap(masked=False)
+        for piece in self._tap.payloads(frames):
+            self._recorder.add(True, piece)
+        self._owner.backend_frames(frames, payload, left)
 
     def backend_close(self, code: Optional[int], reason: Optional[str]) -> None:
         self._owner.backend_close(code, reason)
@@ -359,11 +381,16 @@ class _RecordingOwner:
 
 
 class RecordingLink(WrappedLink):
-    """A backend link whose traffic both ways is recorded; the link itself is unchanged."""
+    """
+    A backend link whose traffic both ways is recorded; the link itself is
+    unchanged and carries what it carried (whole frames of a WebSocket hop
+    are read for their payloads on the side, never re-framed).
+    """
 
     def __init__(self, inner: BackendLink, recorder: Recorder) -> None:
         super().__init__(inner)
         self.recorder = recorder
+        self._tap: Optional[_PayloadTap] = None
 
     @property
     def recording(self) -> str:
@@ -371,17 +398,24 @@ class RecordingLink(WrappedLink):
         return self.recorder.name
 
     def start(self, owner: LinkOwner) -> None:
+        """Start the inner link, recording what it sends the session."""
         self._inner.start(_RecordingOwner(owner, self.recorder))
 
-    def client_frame_data(self, payload: bytes) -> None:
-        self.recorder.add(False, payload)
-        self._inner.client_frame_data(payload)
-
     def client_payloads(self, payloads: list[bytes]) -> None:
+        """Record, then pass on."""
         for payload in payloads:
             self.recorder.add(False, payload)
         self._inner.client_payloads(payloads)
 
+    def client_frames(self, frames: bytes, left: int) -> None:
+        """Record the payloads, then pass the frames on as they are."""
+        if self._tap is None:
+            self._tap = _PayloadTap(masked=True)
+        for piece in self._tap.payloads(frames):
+            self.recorder.add(False, piece)
+        self._inner.client_frames(frames, left)
+
     def close(self, close: Optional[Close] = None) -> None:
+        """Stop the recording, close the inner link."""
         self.recorder.stop("complete")
         self._inner.close(close)

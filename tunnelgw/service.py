@@ -459,6 +459,8 @@ class GatewayService(Service):
         await gatherResults([d for d in (p.stopListening() for p in admin) if d is not None])
         if self.factory.pool is not None:
             await self.factory.pool.stop()
+        if self.factory.topology is not None:
+            self.factory.topology.stop()
         self.factory.recordings.stop()
         self.audit.stop()
         self.access.stop()

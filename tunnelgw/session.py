@@ -1,78 +1,81 @@
 """
-The one server-side session: a client's WebSocket (Autobahn's server
-protocol, driven from the request head the front already parsed) that owns a
-backend link and a watch.
+The one server-side session: a client's WebSocket that owns a backend link
+and a watch.  Autobahn's server protocol answers the opening handshake
+(driven from the request head the front already parsed); after the 101
+every byte of the client goes through a
+:class:`~tunnelgw.core.sessionrelay.SessionRelay` (role server), and this
+class only carries out its actions: writes to the client, data for the
+link, closes, drops and one timer.
 
 - The **link** (:class:`BackendLink`: a byte stream in
   :mod:`tunnelgw.backends.tcp`, a balancer member through the same, a
   WebSocket hop in :mod:`tunnelgw.backends.websocket`) connects, relays and
-  ends the backend side.  A new backend kind is a new link, never a subclass
-  of the session.
+  ends the backend side; what it carries (payload bytes or whole frames) is
+  its :attr:`~BackendLink.carries`.  A new backend kind is a new link, never
+  a subclass of the session.
 - The **watch** (:class:`tunnelgw.watch.SessionWatch`) keeps the idle and
   ping/pong timers.
 
 The client is not read while its backend connects: the front paused its
 transport at the end of the head, and what arrived with the head (at most
-:data:`~tunnelgw.core.http.EARLY_DATA_LIMIT` bytes) waits in Autobahn's buffer
-and is read as frames only after the 101.  Nothing after the head is ever
-parsed as HTTP.
+:data:`~tunnelgw.core.http.EARLY_DATA_LIMIT` bytes) is held and read by the
+relay only after the 101.  Nothing after the head is ever parsed as HTTP.
 
 Every buffer is bounded: the two transports are each other's producers (a
 side that stops reading stops the other), at most one pong waits while the
-client does not read (RFC 6455 allows answering only the latest ping), and a
-close the client does not answer within :data:`~tunnelgw.core.relay.CLOSE_TIMEOUT`
-drops it.
+client does not read (the relay's rule), and a close the client does not
+answer within :data:`~tunnelgw.core.relay.CLOSE_TIMEOUT` drops it.
 
 Every resource a session takes (its slot, the pool member, the backend
 connection, the timers, its entry in the live list, its metrics) is released
-in :meth:`GatewaySession._finish`, which runs once, from Autobahn's
-``onClose`` (the client connection is gone), whatever happened before.
+in :meth:`GatewaySession._finish`, which runs once, when the client
+connection is gone, whatever happened before.
 """
 
 from __future__ import annotations
 
-import base64
-from collections import deque
 from typing import Any, Optional
 
-from autobahn.twisted.websocket import WebSocketServerProtocol
-from autobahn.websocket.protocol import WebSocketProtocol
 from twisted.internet import defer
 from twisted.internet.interfaces import IPushProducer
+from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from tunnelgw.backends import BackendLink, BackendRefused
 from tunnelgw.core.clientaddr import format_address
-from tunnelgw.core.frames import BinaryFrameReader, FrameScanner, frame_header
 from tunnelgw.core.handshake import Handshake
 from tunnelgw.core.http import EARLY_DATA_LIMIT, RequestHead
-from tunnelgw.core.relay import (
-    CLOSE_GOING_AWAY,
-    CLOSE_TIMEOUT,
-    CLOSE_INVALID_PAYLOAD,
-    RELAY_WINDOW,
-    Base64Decoder,
-    Close,
-    SessionRecord,
-    check_close_frame,
-    close_reason,
-    idle_close,
-)
+from tunnelgw.core.relay import CLOSE_TIMEOUT, RELAY_WINDOW, Close, SessionRecord, idle_close
 from tunnelgw.core.routing import Reject, Route
+from tunnelgw.core.sessionrelay import (
+    Action,
+    ArmTimer,
+    Carries,
+    CloseReceived,
+    Drop,
+    Failed,
+    Forward,
+    PongReceived,
+    RelayState,
+    Role,
+    SessionRelay,
+    Write,
+)
 from tunnelgw.core.wsrelay import lost_close
-from tunnelgw.fastpath import unmask
+from tunnelgw.upstream import unmask
 from tunnelgw.logs import format_fields
 from tunnelgw.metrics import route_label
 from tunnelgw.sockopts import set_tcp_keepalive
+from tunnelgw.upstream import QuietServerProtocol, parsed_handshake
 from tunnelgw.watch import SessionWatch
-from tunnelgw.wsstate import QuietAdapter, frame_fits, open_state
 
 __all__ = ["GatewaySession", "client_label", "http_error", "log_refusal"]
 
 _log = Logger(namespace="tunnelgw")
-_OPCODE_BINARY = 2
+#: The code a session records when its client vanished without a close (never sent).
+CLOSE_ABNORMAL = 1006
 
 
 def client_label(client: str, transport: Any) -> str:
@@ -113,6 +116,7 @@ class _ClientWriteGate:
         transport = self._session.backend_transport()
         if transport is not None:
             transport.pauseProducing()
+        self._session.writer_paused(True)
 
     def resumeProducing(self) -> None:
         """The client's write buffer drained."""
@@ -120,13 +124,39 @@ class _ClientWriteGate:
         transport = self._session.backend_transport()
         if transport is not None:
             transport.resumeProducing()
-        self._session.flush_pong()
+        self._session.writer_paused(False)
 
     def stopProducing(self) -> None:
         """The client connection is gone; :meth:`GatewaySession._finish` ends the rest."""
 
 
-class GatewaySession(QuietAdapter, WebSocketServerProtocol):  # type: ignore[misc]  # Autobahn's bases are untyped
+@implementer(IPushProducer)
+class _BackendWriteGate:
+    """
+    Registered as the backend transport's producer: when the backend stops
+    reading and its write buffer fills, the client is not read (and the
+    watch knows it: no pong can be read then).
+    """
+
+    def __init__(self, client: Any) -> None:
+        self._client = client
+        self.paused = False
+
+    def pauseProducing(self) -> None:
+        """The backend's write buffer is full."""
+        self.paused = True
+        self._client.pauseProducing()
+
+    def resumeProducing(self) -> None:
+        """The backend's write buffer drained."""
+        self.paused = False
+        self._client.resumeProducing()
+
+    def stopProducing(self) -> None:
+        """The backend connection is gone; the session ends the rest."""
+
+
+class GatewaySession(QuietServerProtocol):
     """
     One client session.  Built by :class:`tunnelgw.gateway.GatewayFactory`
     for a routed upgrade request; :meth:`begin` takes it from the parsed head.
@@ -159,29 +189,15 @@ class GatewaySession(QuietAdapter, WebSocketServerProtocol):  # type: ignore[mis
         self._connecting: Optional[defer.Deferred[Optional[str]]] = None
         self._watch: Optional[SessionWatch] = None
         self._gate = _ClientWriteGate(self)
-        self._reader: Optional[BinaryFrameReader] = None
-        self._scanner: Optional[FrameScanner] = None
-        self._direct = False
-        self._decoder: Optional[Base64Decoder] = None
+        self._backend_gate: Optional[_BackendWriteGate] = None
+        self._relay: Optional[SessionRelay] = None
         self._base64 = False
+        self._why = ""
         self._listed = False
         self._finished = False
         self._outcome = "abandoned"
         self._refusal_kind = "websocket"
         self._close_call: Any = None
-        self._send_left = 0
-        self._pending_pong: Optional[bytes] = None
-        self._received = 0
-
-    def _connectionMade(self) -> None:
-        """Autobahn's set-up of a server connection's state (:func:`tunnelgw.wsstate.open_state`)."""
-        open_state(self)
-        self.factory.countConnections += 1
-
-    def _connectionLost(self, reason: Any) -> None:
-        """Autobahn's tear-down (which calls :meth:`onClose`), without its debug formatting."""
-        WebSocketProtocol._connectionLost(self, reason)
-        self.factory.countConnections -= 1
 
     # The handshake, from the front's parse (Autobahn parses nothing).
 
@@ -193,17 +209,8 @@ class GatewaySession(QuietAdapter, WebSocketServerProtocol):  # type: ignore[mis
         head, handshake, factory = self._head, self._handshake, self.factory
         assert head is not None and handshake is not None, "a session begins once"
         self._head = self._handshake = None  # not kept for the session's life (memory per idle session)
-        # What Autobahn's own handshake parser would have set (and the handshake reads).
-        self.http_request_uri = head.target.decode("latin-1")
-        self.http_request_path = head.path.decode("latin-1")
-        self.http_request_host = handshake.host
-        self.http_request_params = {}
-        self.websocket_version = 13
-        self.websocket_origin = handshake.origin  # type: ignore[assignment]  # None when not sent
-        self.websocket_protocols = list(handshake.protocols)
-        self.websocket_extensions = []
-        self._wskey = handshake.key
-        self.data = early
+        parsed_handshake(self, head.target.decode("latin-1"), head.path.decode("latin-1"), handshake.host,
+                         handshake.origin, handshake.protocols, handshake.key, early)
         # Logs and the admin list never show a token.
         path = self.shown_path or factory.redact(self.http_request_path)
         self._record = SessionRecord(session_id=self._session_id, client=client_label(self._client, self.transport),
@@ -246,9 +253,9 @@ class GatewaySession(QuietAdapter, WebSocketServerProtocol):  # type: ignore[mis
             return
         self.factory.metrics.connected(self._label, self.factory.reactor.seconds() - started)
         # base64 is decoded for byte-stream backends only; WebSocket peers that agree on it keep their frames.
-        self._base64 = subprotocol == "base64" and self._link.byte_stream
+        self._base64 = subprotocol == "base64" and self._link.carries is Carries.PAYLOAD
         self.succeedHandshake(subprotocol)  # sends the 101, calls onOpen, reads the early frames
-        if self.state == self.STATE_OPEN:
+        if self._relay is not None and self._relay.state is RelayState.OPEN:
             self.transport.resumeProducing()
 
     def _backend_failed(self, failure: Failure) -> None:
@@ -278,7 +285,7 @@ class GatewaySession(QuietAdapter, WebSocketServerProtocol):  # type: ignore[mis
     # Open.
 
     def onOpen(self) -> None:
-        """The 101 went out: list and watch the session, wire producers, start the link."""
+        """The 101 went out: list and watch the session, wire producers, start the link and the relay."""
         record, factory, link = self._record, self.factory, self._link
         assert record is not None
         self._outcome = "ended"
@@ -313,167 +320,124 @@ class GatewaySession(QuietAdapter, WebSocketServerProtocol):  # type: ignore[mis
         # Read more per call and queue more before pausing the other side.
         transport.bufferSize = self.transport.bufferSize = RELAY_WINDOW
         self.transport.registerProducer(self._gate, True)
-        transport.registerProducer(self.transport, True)
-        self._decoder = Base64Decoder() if self._base64 else None
-        if not self._base64:
-            limits = [n for n in (self.maxFramePayloadSize, self.maxMessagePayloadSize) if n]
-            limit = min(limits) if limits else 0
-            if getattr(link, "byte_stream", False):
-                self._reader = BinaryFrameReader(unmask, limit)
-                self._direct = True
-            elif getattr(link, "frame_relay", False):
-                self._scanner = FrameScanner(True, limit)
+        self._backend_gate = _BackendWriteGate(self.transport)
+        transport.registerProducer(self._backend_gate, True)
+        # From here on every byte of the client goes through the relay, Autobahn's parser is done.
+        self._relay = SessionRelay(Role.SERVER, link.carries, unmask, self.maxFramePayloadSize,
+                                   self.maxMessagePayloadSize, base64=self._base64, close_timeout=CLOSE_TIMEOUT)
+        early, self.data = self.data, b""
         link.start(self)
+        if early:
+            self.dataReceived(early)
 
     def backend_transport(self) -> Any:
         """The backend's transport (None before it is connected)."""
         return self._link.transport
 
-    # Client -> backend.
-
     def dataReceived(self, data: bytes) -> None:
-        """Read final binary frames directly while possible; the rest is Autobahn's."""
-        reader = self._reader
-        if reader is None:
-            if self._scanner is not None:
-                self._scan(data)
+        """Before the 101 Autobahn's (bytes held, bounded); after it, the relay's."""
+        relay = self._relay
+        if relay is None:
+            super().dataReceived(data)
+            return
+        self._carry_out(relay.receive(data, self.factory.reactor.seconds()))
+
+    # Carrying out the relay's actions.
+
+    def _carry_out(self, actions: list[Action]) -> None:
+        for action in actions:
+            if isinstance(action, Forward):
+                self._forward(action)
+            elif isinstance(action, Write):
+                self._write(action)
             else:
-                self._dataReceived(data)
+                self._act(action)
+
+    def _forward(self, forward: Forward) -> None:
+        """Client data to the link: payloads, or frames as they are."""
+        record = self._record
+        assert record is not None
+        record.bytes_up += forward.payload
+        if self._link.carries is Carries.PAYLOAD:
+            if forward.chunks:
+                self._link.client_payloads(forward.chunks)
+        else:
+            chunks = forward.chunks
+            self._link.client_frames(chunks[0] if len(chunks) == 1 else b"".join(chunks), forward.left)
+
+    def _write(self, write: Write) -> None:
+        transport = self.transport
+        if transport is None:
             return
-        if self.state != self.STATE_OPEN:
-            self._dataReceived(data)
-            return
-        if not self._direct:
-            # The reader takes over only where Autobahn holds nothing.
-            if reader.at_boundary and not self._autobahn_idle():
-                self._dataReceived(data)
-                return
-            self._direct = True
-        payloads, rest = reader.feed(data)
-        if payloads:
-            self._record.bytes_up += sum(map(len, payloads))  # type: ignore[union-attr]
-            self._link.client_payloads(payloads)
-        if rest is not None:
-            self._direct = False
-            self._dataReceived(rest)
+        if write.payload:
+            transport.writeSequence((write.data, write.payload))
+        else:
+            transport.write(write.data)
 
-    def _autobahn_idle(self) -> bool:
-        """Whether Autobahn's parser is between frames and messages with nothing buffered."""
-        return self.current_frame is None and not self.inside_message and not self.data
+    def _act(self, action: Action) -> None:
+        """The rarer actions: closes, failures, pongs, drops and timers."""
+        record, now = self._record, self.factory.reactor.seconds()
+        if isinstance(action, CloseReceived):
+            if record is not None:
+                record.end(now, action.code, action.reason)
+            self._link.client_close(action.code, action.reason or None)
+        elif isinstance(action, Failed):
+            if record is not None:
+                record.end(now, action.close.code, action.close.reason)
+            self._link.close()
+        elif isinstance(action, PongReceived):
+            if self._watch is not None:
+                self._watch.pong_received()
+        elif isinstance(action, Drop):
+            if action.why:
+                self._why = action.why
+            if self.transport is not None:
+                if action.abort:
+                    self.transport.abortConnection()
+                else:
+                    self.transport.loseConnection()
+        elif isinstance(action, ArmTimer):
+            if self._close_call is not None and self._close_call.active():
+                self._close_call.cancel()
+            self._close_call = self.factory.reactor.callLater(max(0.0, action.at - now), self._timer)
 
-    def _scan(self, data: bytes) -> None:
-        """A WebSocket hop: pass final binary frames on as they are; the rest is Autobahn's."""
-        scanner = self._scanner
-        assert scanner is not None
-        # Between frames the scanner takes over only where Autobahn holds
-        # nothing; inside a frame it reads on (so a close sent meanwhile
-        # does not make Autobahn parse the frame's rest as a new frame).
-        if scanner.at_boundary and (self.state != self.STATE_OPEN or not self._autobahn_idle()):
-            self._dataReceived(data)
-            return
-        passed, payload, rest = scanner.feed(data)
-        if passed and self.state == self.STATE_OPEN:
-            self._record.bytes_up += payload  # type: ignore[union-attr]
-            self._link.client_frames(passed, scanner.inside_frame)  # type: ignore[attr-defined]  # a frame_relay link
-        if rest is not None:
-            self._dataReceived(rest)
-
-    def onMessageBegin(self, isBinary: bool) -> None:
-        """A message starts: count its size afresh (nothing is buffered)."""
-        self._received = 0
-
-    def onMessageFrameBegin(self, length: int) -> None:
-        """Apply the frame and message limits Autobahn's default would, then start the frame on the link."""
-        if frame_fits(self, length) and self.state == self.STATE_OPEN:
-            self._link.client_frame_begin(self.current_frame.opcode, self.current_frame.fin, length)
-
-    def onMessageFrameData(self, payload: bytes) -> None:
-        """Forward a piece of a client frame (decoding base64 for base64 sessions)."""
-        if self.state != self.STATE_OPEN or not payload:
-            # Failing (a protocol violation: Autobahn parses on to find the
-            # close reply) or closing: nothing more reaches the backend.
-            return
-        if self._decoder is not None:
-            try:
-                payload = self._decoder.feed(payload)
-            except ValueError as e:
-                self._bad_payload(str(e))
-                return
-        self._record.bytes_up += len(payload)  # type: ignore[union-attr]
-        self._link.client_frame_data(payload)
-
-    def onMessageFrameEnd(self) -> None:
-        """Nothing to do: the frame was forwarded as it streamed in."""
-
-    def onMessageEnd(self) -> None:
-        """A base64 message must end on a whole quantum."""
-        if self._decoder is not None:
-            try:
-                self._decoder.end_message()
-            except ValueError as e:
-                self._bad_payload(str(e))
-
-    def _bad_payload(self, reason: str) -> None:
-        self._link.close()
-        self.send_close(Close(CLOSE_INVALID_PAYLOAD, reason))
+    def _timer(self) -> None:
+        self._close_call = None
+        if self._relay is not None:
+            self._carry_out(self._relay.timer(self.factory.reactor.seconds()))
 
     # Backend -> client.
 
     def backend_data(self, data: bytes) -> None:
         """Send a chunk of a byte-stream backend to the client as one message."""
-        if self.state != self.STATE_OPEN:
+        relay, record = self._relay, self._record
+        if relay is None or record is None or relay.state is not RelayState.OPEN:
             self._link.close()
             return
-        self._record.bytes_down += len(data)  # type: ignore[union-attr]
-        if self._base64:
-            self.sendMessage(base64.b64encode(data), isBinary=False)
-        else:
-            # Hot path: a binary frame needs only a header ahead of the payload as is.
-            self.transport.writeSequence((frame_header(_OPCODE_BINARY, True, len(data)), data))
+        record.bytes_down += len(data)
+        write = relay.send_payload(data)
+        if write is not None:
+            self.transport.writeSequence((write.data, write.payload)) if write.payload else \
+                self.transport.write(write.data)
 
     def backend_frames(self, frames: bytes, payload: int, left: int) -> None:
         """
-        Whole final binary frames of a WebSocket backend (the last one may
-        go on: left payload bytes of it are still to come), written as they are.
+        Frames of a WebSocket backend (the last one may go on: left payload
+        bytes of it are still to come), written as they are.
         """
-        if self.state != self.STATE_OPEN:
+        relay, record = self._relay, self._record
+        if relay is None or record is None:
             return
-        self.transport.write(frames)
-        self._record.bytes_down += payload  # type: ignore[union-attr]
-        self._send_left = left
-        if not left:
-            self.flush_pong()
-
-    def backend_frame_begin(self, opcode: int, fin: bool, length: int) -> None:
-        """Start a frame relayed from a WebSocket backend; its payload follows."""
-        if self.state != self.STATE_OPEN:
-            return
-        self.transport.write(frame_header(opcode, fin, length))
-        self._send_left = length
-        if not length:
-            self.flush_pong()
-
-    def backend_frame_data(self, payload: bytes) -> None:
-        """A piece of the relayed frame under way."""
-        if self.state != self.STATE_OPEN or not self._send_left:
-            return
-        self.transport.write(payload)
-        self._record.bytes_down += len(payload)  # type: ignore[union-attr]
-        self._send_left -= len(payload)
-        if not self._send_left:
-            self.flush_pong()
+        record.bytes_down += payload
+        self._carry_out(relay.send_frames(frames, left))
 
     def backend_close(self, code: Optional[int], reason: Optional[str]) -> None:
         """The WebSocket backend closed: pass its code and reason on (no code: an empty close)."""
+        now = self.factory.reactor.seconds()
         if self._record is not None:
-            self._record.end(self.factory.reactor.seconds(), code, reason or "")
-        if self.state != self.STATE_OPEN:
-            return
-        if self._send_left:
-            # A close may not cut into a frame under way, whose rest will never come.
-            self.dropConnection(abort=True)
-            return
-        self.sendCloseFrame(code=code, reasonUtf8=close_reason(reason).encode("utf-8") if reason and code else None)
+            self._record.end(now, code, reason or "")
+        if self._relay is not None:
+            self._carry_out(self._relay.send_close(code, reason or "", now))
 
     def backend_lost(self, close: Close) -> None:
         """The backend connection ended: close the client with close (unless it is closing already)."""
@@ -483,88 +447,16 @@ class GatewaySession(QuietAdapter, WebSocketServerProtocol):  # type: ignore[mis
             # The client may be paused because the backend stopped reading:
             # read again so that its close reply arrives.
             transport.resumeProducing()
+        now = self.factory.reactor.seconds()
         if self._record is not None:
-            self._record.end(self.factory.reactor.seconds(), close.code, close.reason)
-        if self.state == self.STATE_OPEN:
-            if self._send_left:
-                self.dropConnection(abort=True)
-            else:
-                self.send_close(close)
+            self._record.end(now, close.code, close.reason)
+        if self._relay is not None:
+            self._carry_out(self._relay.send_close(close.code, close.reason, now))
 
-    # Control frames.
-
-    def onPing(self, payload: bytes) -> None:
-        """Answer, unless a relayed frame is under way or the client is not reading: then keep the latest."""
-        if self._send_left or self._gate.paused:
-            self._pending_pong = payload
-        else:
-            self.sendPong(payload)
-
-    def flush_pong(self) -> None:
-        """Send the pong held back, if any and if it can go now."""
-        if self._pending_pong is not None and not self._send_left and not self._gate.paused \
-                and self.state == self.STATE_OPEN:
-            pong, self._pending_pong = self._pending_pong, None
-            self.sendPong(pong)
-
-    def onPong(self, payload: bytes) -> None:
-        """Any pong proves the client still reads."""
-        if self._watch is not None:
-            self._watch.pong_received()
-
-    def onCloseFrame(self, code: Optional[int], reasonRaw: Optional[bytes]) -> Optional[bool]:
-        """Check the client's close; answer it (a bad code gets 1002, a bad reason 1007) and tell the link."""
-        was_open = self.state == self.STATE_OPEN
-        violation = check_close_frame(code, reasonRaw)
-        if violation is not None:
-            self.remoteCloseCode, self.remoteCloseReason = code, None
-            if self._record is not None:
-                self._record.end(self.factory.reactor.seconds(), violation.code, violation.reason)
-            self._link.close()
-            if self._send_left:
-                # No close frame can go inside the frame under way.
-                self.dropConnection(abort=True)
-                return True
-            if was_open:
-                self.failedByMe = True
-                self.send_close(violation)
-            self.dropConnection(abort=False)
-            return True
-        if was_open:
-            reason = reasonRaw.decode("utf-8") if reasonRaw else None
-            if self._record is not None:
-                self._record.end(self.factory.reactor.seconds(), code, reason or "")
-            self._link.client_close(code, reason)
-            if self._send_left:
-                # Our reply would land inside an unfinished frame.
-                self.dropConnection(abort=True)
-                return True
-        if self.state == self.STATE_CLOSING:
-            # The reply to our close: end the connection after what is queued
-            # (Autobahn would abort, and a reset can destroy our close frame).
-            self.remoteCloseCode = code
-            self.remoteCloseReason = reasonRaw.decode("utf-8") if reasonRaw else None
-            self.wasClean = True
-            self.dropConnection(abort=False)
-            return True
-        return super().onCloseFrame(code, reasonRaw)  # type: ignore[no-any-return, arg-type]
-
-    def sendCloseFrame(self, code: Optional[int] = None, reasonUtf8: Optional[bytes] = None,
-                       isReply: bool = False) -> None:
-        """Send a close; a client that does not answer within CLOSE_TIMEOUT is dropped."""
-        super().sendCloseFrame(code=code, reasonUtf8=reasonUtf8, isReply=isReply)
-        if not isReply and self._close_call is None and self.state == self.STATE_CLOSING:
-            self._close_call = self.factory.reactor.callLater(CLOSE_TIMEOUT, self._close_timed_out)
-
-    def _close_timed_out(self) -> None:
-        self._close_call = None
-        if self.state != self.STATE_CLOSED:
-            self.wasNotCleanReason = "the client did not answer the close in time"
-            self.dropConnection(abort=True)
-
-    def send_close(self, close: Close) -> None:
-        """Send a close frame with any code the gateway uses (Autobahn's sendClose allows only some)."""
-        self.sendCloseFrame(close.code, close_reason(close.reason).encode("utf-8"))
+    def writer_paused(self, paused: bool) -> None:
+        """The client's write buffer filled or drained (pongs wait meanwhile)."""
+        if self._relay is not None:
+            self._carry_out(self._relay.writer_paused(paused))
 
     # The watch's session side.
 
@@ -575,12 +467,12 @@ class GatewaySession(QuietAdapter, WebSocketServerProtocol):  # type: ignore[mis
 
     def reading_paused(self) -> bool:
         """Whether the client is not being read (its backend is not taking data)."""
-        return bool(getattr(self._link.transport, "producerPaused", False))
+        return self._backend_gate is not None and self._backend_gate.paused
 
     def send_ping(self) -> None:
-        """Ping the client."""
-        if self.state == self.STATE_OPEN:
-            self.sendPing(b"tunnelgw")
+        """Ping the client (after a frame under way, if any)."""
+        if self._relay is not None:
+            self._carry_out(self._relay.send_ping(b"tunnelgw"))
 
     def idle_expired(self, timeout: float) -> None:
         """No payload for timeout seconds: close with 1001."""
@@ -597,7 +489,7 @@ class GatewaySession(QuietAdapter, WebSocketServerProtocol):  # type: ignore[mis
                   session=record.session_id, client=record.client, seconds=deadline)
         record.end(self.factory.reactor.seconds(), None, "ping timeout: the client did not answer")
         self._link.close()
-        self.dropConnection(abort=True)
+        self.transport.abortConnection()
 
     # Operations.
 
@@ -622,22 +514,43 @@ class GatewaySession(QuietAdapter, WebSocketServerProtocol):  # type: ignore[mis
     def close_session(self, close: Close) -> None:
         """Close from the gateway's side: the client gets close, the backend its end."""
         self._link.close()
+        now = self.factory.reactor.seconds()
         if self._record is not None:
-            self._record.end(self.factory.reactor.seconds(), close.code, close.reason)
+            self._record.end(now, close.code, close.reason)
         # Read again so that the client's close reply can arrive.
         self.transport.resumeProducing()
-        if self.state == self.STATE_OPEN and not self._send_left:
-            self.send_close(close)
-        elif self.state != self.STATE_CLOSED:
-            self.dropConnection(abort=True)
+        relay = self._relay
+        if relay is None:
+            if self.state != self.STATE_CLOSED:
+                self.dropConnection(abort=True)
+            return
+        if relay.state is RelayState.OPEN:
+            self._carry_out(relay.send_close(close.code, close.reason, now))
+        elif relay.state is not RelayState.CLOSE_SENT:
+            self.transport.abortConnection()
 
     # The end: one path.
 
-    def onClose(self, wasClean: bool, code: Optional[int], reason: Optional[str]) -> None:
-        """The client connection is gone."""
-        self._finish(wasClean, code, reason)
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        """The client connection is gone: before the 101 Autobahn's tear-down, after it the relay's."""
+        relay = self._relay
+        if relay is None:
+            super().connectionLost(reason)
+            return
+        self.log_tls_error(reason)
+        relay.connection_lost()
+        self.factory.countConnections -= 1
+        if relay.clean and relay.remote_close is not None:
+            code, text = relay.remote_close
+            self._finish(True, code, text)
+        else:
+            self._finish(False, CLOSE_ABNORMAL, self._why or "client connection lost")
 
-    def _finish(self, clean: bool, code: Optional[int], reason: Optional[str]) -> None:
+    def onClose(self, wasClean: bool, code: Optional[int], reason: Optional[str]) -> None:
+        """The client connection is gone (before the 101: Autobahn reports it)."""
+        self._finish(wasClean, code, reason or ("" if wasClean else (self.wasNotCleanReason or "client connection lost")))
+
+    def _finish(self, clean: bool, code: Optional[int], reason: str) -> None:
         """Release everything the session took, once."""
         if self._finished:
             return
@@ -652,7 +565,6 @@ class GatewaySession(QuietAdapter, WebSocketServerProtocol):  # type: ignore[mis
             self._close_call.cancel()
         self._close_call = None
         self._link.close(None if clean else lost_close(True, ""))
-        self._reader = self._scanner = None
         factory = self.factory
         admission, self._admission = self._admission, None
         if admission is not None:
@@ -661,7 +573,7 @@ class GatewaySession(QuietAdapter, WebSocketServerProtocol):  # type: ignore[mis
         if record is None:
             return
         now = factory.reactor.seconds()
-        record.end(now, code, reason or ("" if clean else (self.wasNotCleanReason or "client connection lost")))
+        record.end(now, code, reason)
         fields = record.fields(now)
         if self._listed:
             self._listed = False

@@ -212,9 +212,9 @@ def makeService(options: Any) -> IService:
     if options["config"] is not None:
         from tunnelgw.reload import install_reload_signal
 
-        reactor.addSystemEventTrigger("after", "startup",  # type: ignore[arg-type]
+        reactor.addSystemEventTrigger("after", "startup",
                                       install_reload_signal, gateway, options["config"], reactor)
-    reactor.addSystemEventTrigger("after", "startup",  # type: ignore[arg-type]
+    reactor.addSystemEventTrigger("after", "startup",
                                   _install_stop_signals, gateway, reactor)
     top = _CommandLineService()
     top.log_format = gateway.config.log_format

@@ -20,7 +20,9 @@ from twisted.python.failure import Failure
 
 from tunnelgw.backends.tcp import BackendConnection, BackendUnavailable
 from tunnelgw.core.balancer import Member, Pool
+from tunnelgw.core.breaker import BreakerState
 from tunnelgw.core.clientaddr import is_trusted, resolve_client
+from tunnelgw.core.hop import parse_hop_secrets
 from tunnelgw.core.config import Problem, RouteOptions
 from tunnelgw.core.limits import HandshakeRate
 from tunnelgw.core.origin import origin_refusal
@@ -36,7 +38,7 @@ from tunnelgw.redistokens import RedisOwners, RedisTokens
 from tunnelgw.core.tokens import MIN_SECRET_BYTES, FileTokens, SignedTokens, TargetAddress, extract_token, make_token_source
 from tunnelgw.core.topoconfig import OriginRule, TokenRouteSpec, TopologyConfig
 
-__all__ = ["JsonAnswer", "Redirect", "Topology", "check_topology", "read_secret"]
+__all__ = ["JsonAnswer", "Redirect", "Topology", "check_topology", "read_hop_secrets", "read_secret"]
 
 _log = Logger(namespace="tunnelgw")
 
@@ -74,6 +76,19 @@ def read_secret(path: str) -> bytes:
     return secret
 
 
+def read_hop_secrets(path: str) -> tuple[bytes, ...]:
+    """The pool's hop secrets from a file, one per line (the first signs; see :mod:`tunnelgw.core.hop`).
+
+    :raises ValueError: when the file cannot be read or a secret is too short.
+    """
+    try:
+        with open(path, "rb") as f:
+            text = f.read()
+    except OSError as e:
+        raise ValueError(f"cannot read the hop secret: {e}") from None
+    return parse_hop_secrets(text, MIN_SECRET_BYTES)
+
+
 def check_topology(config: TopologyConfig, reactor: Any) -> list[Problem]:
     """Problems Twisted or the file system find: bad member endpoints, unreadable secrets."""
     problems: list[Problem] = []
@@ -82,13 +97,13 @@ def check_topology(config: TopologyConfig, reactor: Any) -> list[Problem]:
             try:
                 clientFromString(reactor, member.endpoint)
             except Exception as e:
-                problems.append(Problem(member.where, f"bad BalancerMember endpoint {member.endpoint!r}: {e}"))  # type: ignore[arg-type]
+                problems.append(Problem(member.where, f"bad BalancerMember endpoint {member.endpoint!r}: {e}"))
     for source in config.token_sources:
         if source.kind == "jwt":
             try:
                 load_key(source.algorithm, read_secret(source.path))
             except ValueError as e:
-                problems.append(Problem(source.where, str(e)))  # type: ignore[arg-type]
+                problems.append(Problem(source.where, str(e)))
         elif source.kind == "jwks":
             try:
                 with open(source.path, encoding="utf-8") as f:
@@ -96,17 +111,21 @@ def check_topology(config: TopologyConfig, reactor: Any) -> list[Problem]:
             except (OSError, UnicodeDecodeError) as e:
                 keys, bad = {}, [str(e)]
             if not keys:
-                problems.append(Problem(source.where, f"{source.path}: no usable key ({'; '.join(bad) or 'empty'})"))  # type: ignore[arg-type]
+                problems.append(Problem(source.where, f"{source.path}: no usable key ({'; '.join(bad) or 'empty'})"))
     for where, password in [(s.where, s.password_file) for s in config.token_sources if s.kind == "redis"] + (
             [(config.owner_source.where, config.owner_source.password_file)] if config.owner_source else []):
         if password and not os.access(password, os.R_OK):
-            problems.append(Problem(where, f"cannot read the Redis password file {password!r}"))  # type: ignore[arg-type]
+            problems.append(Problem(where, f"cannot read the Redis password file {password!r}"))
     owners = config.owner_source
     if owners is not None and owners.mode == "relay":
+        messages = []
         try:
-            read_secret(owners.hop_secret)
+            read_hop_secrets(owners.hop_secret)
         except ValueError as e:
-            problems.append(Problem(owners.where, f"hop secret: {e}"))  # type: ignore[arg-type]
+            messages.append(f"hop secret: {e}")
+        if owners.hop_ca_file and not os.access(owners.hop_ca_file, os.R_OK):
+            messages.append(f"cannot read hopcafile {owners.hop_ca_file!r}")
+        problems.extend(Problem(owners.where, message) for message in messages)
     return problems
 
 
@@ -126,7 +145,8 @@ class Topology:
 
     def __init__(self, config: TopologyConfig, reactor: Any, backends: Any,
                  previous: Optional["Topology"] = None,
-                 secret: Callable[[str], bytes] = read_secret, metrics: Any = None) -> None:
+                 secret: Callable[[str], bytes] = read_secret, metrics: Any = None,
+                 hop_secrets: Callable[[str], tuple[bytes, ...]] = read_hop_secrets) -> None:
         self.config = config
         self._reactor = reactor
         self._backends = backends
@@ -141,14 +161,41 @@ class Topology:
                                            else make_token_source(spec, secret))
         old_pools = previous.pools if previous else {}
         self.pools: dict[str, Pool] = {b.name: Pool.from_spec(b, old_pools.get(b.name)) for b in config.balancers}
-        self.owners_source = (RedisOwners(config.owner_source, reactor, metrics)
-                              if config.owner_source is not None else None)
-        #: The pool's hop secret (``OwnerSource mode=relay``): relayed sessions are signed and checked with it.
-        self.hop_secret = (secret(config.owner_source.hop_secret)
-                           if config.owner_source is not None and config.owner_source.mode == "relay" else b"")
+        kept_owners = previous.owners_source if previous else None
+        if kept_owners is not None and kept_owners.spec == config.owner_source:
+            self.owners_source: Optional[RedisOwners] = kept_owners
+        else:
+            self.owners_source = (RedisOwners(config.owner_source, reactor, metrics)
+                                  if config.owner_source is not None else None)
+        #: The pool's hop secrets (``OwnerSource mode=relay``), read again on each reload: the first signs
+        #: relayed sessions, each is accepted (two during a rotation).
+        self.hop_secrets: tuple[bytes, ...] = (
+            hop_secrets(config.owner_source.hop_secret)
+            if config.owner_source is not None and config.owner_source.mode == "relay" else ())
         self.token_places = tuple(TokenPlace(r.path, r.origin, r.param) for r in config.token_routes)
         #: The one redaction of this configuration (see :class:`tunnelgw.core.redact.Redaction`).
         self.redaction = Redaction(self.token_places)
+        # Built whole: now the Redis stores the new configuration dropped or changed can stop.
+        if kept_owners is not None and kept_owners is not self.owners_source:
+            kept_owners.store.stop()
+        for name, old in old_sources.items():
+            if isinstance(old, RedisTokens) and self.sources.get(name) is not old:
+                old.store.stop()
+
+    def redis_states(self) -> list[BreakerState]:
+        """The state of each Redis this topology asks (token sources, the owner source), for the operator."""
+        stores = [s.store for s in self.sources.values() if isinstance(s, RedisTokens)]
+        if self.owners_source is not None:
+            stores.append(self.owners_source.store)
+        return [store.state() for store in stores]
+
+    def stop(self) -> None:
+        """Stop the threads and probes of the Redis stores (at shutdown)."""
+        for source in self.sources.values():
+            if isinstance(source, RedisTokens):
+                source.store.stop()
+        if self.owners_source is not None:
+            self.owners_source.store.stop()
 
     def redact(self, uri: str) -> str:
         """A request URI or URL with every token this topology knows how to find fingerprinted."""
@@ -294,12 +341,12 @@ class Topology:
             return defer.succeed(None)
 
         def unavailable(failure: Failure) -> None:
-            _log.warn("owner lookup failed: {error}", error=str(failure.value))
+            _log.info("owner lookup failed: {error}", error=str(failure.value))  # the store warned once
             raise BackendRefused(Reject(503, "owner lookup unavailable"), "owner")
 
         d = owners.owner_of(host).addCallbacks(
             lambda owner: owner if owner is not None and owner != self.config.gateway_url else None, unavailable)
-        return d  # type: ignore[no-any-return]
+        return d
 
     def check_owner(self, host: str, uri: str) -> "defer.Deferred[None]":
         """Fail with a 307 to the owning gateway when another one owns host (redirect mode); else fire None."""
@@ -308,7 +355,7 @@ class Topology:
                 raise BackendRefused(Reject(307, f"desktop host {host} is served by {owner}"), "redirect",
                                      (("Location", redirect_location(owner, uri)),))
 
-        return self.other_owner(host).addCallback(decided)  # type: ignore[no-any-return]
+        return self.other_owner(host).addCallback(decided)
 
     def connect_token(self, route: Route, target: LookupTarget, client: str, uri: str,
                       found: Callable[[str], None]) -> "defer.Deferred[BackendConnection]":
@@ -328,7 +375,7 @@ class Topology:
             checked = self.check_owner(address.host, uri)
             return checked.addCallback(lambda _: self._backends.connect(address.endpoint, route.options.connect_timeout))
 
-        return source.lookup(target.token, client).addCallback(looked_up)  # type: ignore[no-any-return]
+        return source.lookup(target.token, client).addCallback(looked_up)
 
     def _lookup(self, route_path: str, query: str, request: Any, client: str) -> Union[Reject, JsonAnswer]:
         spec = next(r for r in self.config.token_routes if r.path == route_path)

@@ -45,7 +45,8 @@ class Watched(Protocol):
 
 class SessionWatch:
     """
-    Idle and ping/pong timers for one session.
+    Idle and ping/pong timers for one session, on one reactor timer (armed
+    for whichever check comes first: a session costs one ``callLater``, not two).
 
     :param idle: seconds without payload before closing (0: never).
     :param ping: seconds between pings (0: no pings).
@@ -59,61 +60,84 @@ class SessionWatch:
                  on_round_trip: Optional[Callable[[float], None]] = None) -> None:
         self._reactor = reactor
         self._session = session
-        self._idle = IdleWatch(idle, reactor.seconds()) if idle else None
+        self._idle_timeout = idle
+        self._idle: Optional[IdleWatch] = None
         self._heartbeat = Heartbeat(ping, pong) if ping else None
-        self._idle_call: Any = None
-        self._ping_call: Any = None
+        self._call: Any = None
+        self._next_idle: Optional[float] = None  # when the idle counters are next sampled
+        self._next_ping: Optional[float] = None  # when the next ping goes out, or the pong deadline is checked
+        self._pong_due = False  # whether _next_ping is a pong deadline
         self._ping_sent: Optional[float] = None
         self.round_trip: Optional[float] = None
         self.on_round_trip = on_round_trip
 
     def start(self) -> None:
         """Arm the timers (the session has just opened)."""
-        if self._idle is not None:
-            self._idle = IdleWatch(self._idle.timeout, self._reactor.seconds())
-            self._idle_call = self._reactor.callLater(self._idle_period(), self._check_idle)
+        now = self._reactor.seconds()
+        if self._idle_timeout:
+            self._idle = IdleWatch(self._idle_timeout, now)
+            self._next_idle = now + self._idle_period()
         if self._heartbeat is not None:
-            self._ping_call = self._reactor.callLater(self._heartbeat.interval, self._ping)
+            self._next_ping = now + self._heartbeat.interval
+        self._arm(now)
 
     def _idle_period(self) -> float:
-        assert self._idle is not None
-        return max(self._idle.timeout / 4, 0.05)
+        return max(self._idle_timeout / 4, 0.05)
 
-    def _check_idle(self) -> None:
-        self._idle_call = None
+    def _arm(self, now: float) -> None:
+        due = [t for t in (self._next_idle, self._next_ping) if t is not None]
+        if due:
+            self._call = self._reactor.callLater(max(0.0, min(due) - now), self._fire)
+
+    def _fire(self) -> None:
+        self._call = None
+        now = self._reactor.seconds()
+        if self._next_idle is not None and now >= self._next_idle:
+            self._next_idle = None
+            if not self._check_idle(now):
+                return
+        if self._next_ping is not None and now >= self._next_ping:
+            self._next_ping = None
+            if not self._check_ping(now):
+                return
+        self._arm(now)
+
+    def _check_idle(self, now: float) -> bool:
+        """Sample the counters; False when the session was closed for idleness."""
         idle = self._idle
         if idle is None:
-            return
-        wait = idle.check(self._session.payload_bytes(), self._reactor.seconds())
+            return True
+        wait = idle.check(self._session.payload_bytes(), now)
         if wait is None:
             self.stop()
             self._session.idle_expired(idle.timeout)
-            return
-        self._idle_call = self._reactor.callLater(min(wait, self._idle_period()), self._check_idle)
+            return False
+        self._next_idle = now + min(wait, self._idle_period())
+        return True
 
-    def _ping(self) -> None:
-        self._ping_call = None
+    def _check_ping(self, now: float) -> bool:
+        """Ping, or check the pong deadline; False when the client was dropped."""
         heartbeat = self._heartbeat
         if heartbeat is None:
-            return
-        heartbeat.ping_sent(self._reactor.seconds())
-        self._ping_sent = self._reactor.seconds()
-        self._session.send_ping()
-        self._ping_call = self._reactor.callLater(heartbeat.deadline, self._pong_due)
-
-    def _pong_due(self) -> None:
-        self._ping_call = None
-        heartbeat = self._heartbeat
-        if heartbeat is None:
-            return
-        wait = heartbeat.verdict(self._reactor.seconds(), self._session.reading_paused())
+            return True
+        if not self._pong_due:
+            heartbeat.ping_sent(now)
+            self._ping_sent = now
+            self._session.send_ping()
+            self._pong_due = True
+            self._next_ping = now + heartbeat.deadline
+            return True
+        wait = heartbeat.verdict(now, self._session.reading_paused())
         if wait is None:
             self.stop()
             self._session.pong_missing(heartbeat.deadline)
-        elif wait == 0.0:
-            self._ping_call = self._reactor.callLater(max(0.0, heartbeat.interval - heartbeat.deadline), self._ping)
+            return False
+        if wait == 0.0:
+            self._pong_due = False
+            self._next_ping = now + max(0.0, heartbeat.interval - heartbeat.deadline)
         else:
-            self._ping_call = self._reactor.callLater(wait, self._pong_due)
+            self._next_ping = now + wait
+        return True
 
     def pong_received(self) -> None:
         """Any pong proves the client still reads; the first after a ping measures the round trip."""
@@ -126,10 +150,10 @@ class SessionWatch:
                 self.on_round_trip(self.round_trip)
 
     def stop(self) -> None:
-        """Disarm every timer (the session is ending); safe to call again."""
-        for call in (self._idle_call, self._ping_call):
-            if call is not None and call.active():
-                call.cancel()
-        self._idle_call = self._ping_call = None
+        """Disarm the timer (the session is ending); safe to call again."""
+        call, self._call = self._call, None
+        if call is not None and call.active():
+            call.cancel()
         self._idle = None
         self._heartbeat = None
+        self._next_idle = self._next_ping = None

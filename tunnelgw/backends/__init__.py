@@ -15,11 +15,12 @@ from typing import TYPE_CHECKING, Any, Optional, Protocol
 from tunnelgw.core.handshake import Handshake
 from tunnelgw.core.relay import Close
 from tunnelgw.core.routing import Reject
+from tunnelgw.core.sessionrelay import Carries
 
 if TYPE_CHECKING:
     from twisted.internet.defer import Deferred
 
-__all__ = ["BackendLink", "BackendRefused", "LinkOwner", "WrappedLink"]
+__all__ = ["BackendLink", "BackendRefused", "Carries", "LinkOwner", "WrappedLink"]
 
 
 class BackendRefused(Exception):
@@ -39,13 +40,13 @@ class LinkOwner(Protocol):
     """What a link reports to: its session (:class:`tunnelgw.session.GatewaySession`)."""
 
     def backend_data(self, data: bytes) -> None:
-        """A chunk of a byte-stream backend, to send as one message."""
+        """A chunk of a byte-stream backend (:attr:`Carries.PAYLOAD`), to send as one message."""
 
-    def backend_frame_begin(self, opcode: int, fin: bool, length: int) -> None:
-        """A frame of a WebSocket backend starts; its payload follows."""
-
-    def backend_frame_data(self, payload: bytes) -> None:
-        """A piece of that frame."""
+    def backend_frames(self, frames: bytes, payload: int, left: int) -> None:
+        """
+        Whole frames of a WebSocket backend (:attr:`Carries.FRAMES`), as they
+        are: payload bytes in them, left bytes of the last one's payload still to come.
+        """
 
     def backend_close(self, code: Optional[int], reason: Optional[str]) -> None:
         """A WebSocket backend sent a close frame."""
@@ -61,8 +62,9 @@ class BackendLink(Protocol):
     :ivar transport: the backend's transport once connected (producer and
         consumer; None before).
     :ivar description: what the session's log lines name as its backend.
-    :ivar byte_stream: whether client frames may be read by the direct
-        binary-frame reader and handed over as payloads.
+    :ivar carries: what the link carries both ways: payload bytes
+        (:meth:`client_payloads`, :meth:`LinkOwner.backend_data`) or whole
+        WebSocket frames (:meth:`client_frames`, :meth:`LinkOwner.backend_frames`).
     """
 
     @property
@@ -74,8 +76,8 @@ class BackendLink(Protocol):
         """The backend as log lines name it."""
 
     @property
-    def byte_stream(self) -> bool:
-        """Whether client frames may be read directly and handed over as payloads."""
+    def carries(self) -> Carries:
+        """What the link carries: payload bytes or whole frames."""
 
     def check(self, handshake: Handshake) -> Optional[Reject]:
         """Refuse an offer this backend cannot serve, before any slot is taken."""
@@ -86,14 +88,11 @@ class BackendLink(Protocol):
     def start(self, owner: LinkOwner) -> None:
         """The client's WebSocket is open: relay to owner, first what the backend sent early."""
 
-    def client_frame_begin(self, opcode: int, fin: bool, length: int) -> None:
-        """A client frame starts (its payload follows)."""
-
-    def client_frame_data(self, payload: bytes) -> None:
-        """A piece of the client frame under way."""
-
     def client_payloads(self, payloads: list[bytes]) -> None:
-        """Payloads of whole binary client frames read directly (byte-stream links only)."""
+        """Payload bytes of client frames, in order (:attr:`Carries.PAYLOAD` links)."""
+
+    def client_frames(self, frames: bytes, left: int) -> None:
+        """Whole client frames as they are, the last one's payload going on for left bytes (:attr:`Carries.FRAMES`)."""
 
     def client_close(self, code: Optional[int], reason: Optional[str]) -> None:
         """The client sent a valid close frame."""
@@ -104,45 +103,53 @@ class BackendLink(Protocol):
 
 class WrappedLink:
     """
-    A link around another: every call goes to the inner link.  Subclasses
-    add one thing (recording, a single-use check) by overriding what they need.
+    A link around another: every call goes to the inner link, and it carries
+    what the inner link carries.  Subclasses add one thing (recording, a
+    single-use check) by overriding what they need.
     """
 
     def __init__(self, inner: BackendLink) -> None:
         self._inner = inner
 
     @property
-    def byte_stream(self) -> bool:
-        return self._inner.byte_stream
+    def carries(self) -> Carries:
+        """What the inner link carries (a wrapper never changes it)."""
+        return self._inner.carries
 
     @property
     def transport(self) -> Any:
+        """The inner link's transport."""
         return self._inner.transport
 
     @property
     def description(self) -> str:
+        """The inner link's description."""
         return self._inner.description
 
     def check(self, handshake: Handshake) -> Optional[Reject]:
+        """The inner link's check."""
         return self._inner.check(handshake)
 
     def connect(self) -> "Deferred[Optional[str]]":
+        """The inner link's connect."""
         return self._inner.connect()
 
     def start(self, owner: LinkOwner) -> None:
+        """Start the inner link."""
         self._inner.start(owner)
 
-    def client_frame_begin(self, opcode: int, fin: bool, length: int) -> None:
-        self._inner.client_frame_begin(opcode, fin, length)
-
-    def client_frame_data(self, payload: bytes) -> None:
-        self._inner.client_frame_data(payload)
-
     def client_payloads(self, payloads: list[bytes]) -> None:
+        """To the inner link."""
         self._inner.client_payloads(payloads)
 
+    def client_frames(self, frames: bytes, left: int) -> None:
+        """To the inner link."""
+        self._inner.client_frames(frames, left)
+
     def client_close(self, code: Optional[int], reason: Optional[str]) -> None:
+        """To the inner link."""
         self._inner.client_close(code, reason)
 
     def close(self, close: Optional[Close] = None) -> None:
+        """Close the inner link."""
         self._inner.close(close)

@@ -23,7 +23,7 @@ from typing import Any, Optional
 
 from twisted.internet import defer, error
 from twisted.internet.interfaces import IPushProducer, IStreamClientEndpoint
-from twisted.internet.protocol import Protocol
+from twisted.internet.protocol import Protocol, connectionDone
 from twisted.internet.task import Cooperator
 from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 from twisted.logger import Logger
@@ -105,14 +105,14 @@ class _SniffingEndpoint:
         protocolFactory.noisy = False
         factory = WrappingFactory(protocolFactory)
         factory.noisy = False
-        factory.protocol = _HeadSniffer  # type: ignore[assignment]
+        factory.protocol = _HeadSniffer
 
         def connected(sniffer: _HeadSniffer) -> Any:
             self.sniffers.append(sniffer)
             return sniffer.wrappedProtocol
 
         connecting: Any = self._endpoint.connect(factory)
-        return connecting.addCallback(connected)  # type: ignore[no-any-return]
+        return connecting.addCallback(connected)
 
 
 @implementer(IAgentEndpointFactory)
@@ -153,7 +153,7 @@ class _ResponseRelay(Protocol):
         if not _gone(self._request):
             self._request.write(data)
 
-    def connectionLost(self, reason: Failure = error.ConnectionDone()) -> None:  # type: ignore[assignment]
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         """Finish the client's response, or cut it if the backend broke off mid-body."""
         request = self._request
         if _gone(request):

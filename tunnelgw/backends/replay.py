@@ -32,7 +32,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 from twisted.internet.interfaces import IPushProducer
 
-from tunnelgw.backends import BackendRefused, LinkOwner
+from tunnelgw.backends import BackendRefused, Carries, LinkOwner
 from tunnelgw.core.handshake import Handshake
 from tunnelgw.core.recording import Frame, parse_recording, recording_name
 from tunnelgw.core.relay import CLOSE_BACKEND_FAILED, Close, choose_subprotocol
@@ -93,7 +93,7 @@ class ReplayLink:
     :param remainder: the request path after the route's prefix: ``/ID``.
     """
 
-    byte_stream = True
+    carries = Carries.PAYLOAD
 
     def __init__(self, reactor: Any, folder: str, remainder: str, speed: float) -> None:
         self._reactor = reactor
@@ -111,6 +111,7 @@ class ReplayLink:
         self._next: Optional[defer.Deferred[tuple[list[Frame], bool]]] = None
         self._ended = False
         self._finished = False
+        self._unreadable = False  # a later batch could not be read: end (1011) once the earlier frames are played
         self._closed = False
         self._timer: Any = None
         self._start = 0.0
@@ -151,7 +152,7 @@ class ReplayLink:
             raise BackendRefused(Reject(502, UNREADABLE), "backend_unreadable")
 
         d = self._in_thread(self._open_and_read)
-        return d.addCallbacks(opened, failed)  # type: ignore[no-any-return]
+        return d.addCallbacks(opened, failed)
 
     def _in_thread(self, work: Any) -> "defer.Deferred[tuple[list[Frame], bool]]":
         return deferToThreadPool(self._reactor, self._reactor.getThreadPool(), work)
@@ -197,7 +198,9 @@ class ReplayLink:
         if self._batch and self._next is None and not self._ended and len(self._batch) < 64:
             self._fetch()
         if not self._batch:
-            if self._ended:
+            if self._unreadable:  # what was read before the unreadable part has been played
+                self._owner.backend_lost(Close(CLOSE_BACKEND_FAILED, UNREADABLE))
+            elif self._ended:
                 if not self._finished:
                     self._finished = True
                     _log.info("replay finished: the last screen stays until the viewer leaves ({recording})",
@@ -222,7 +225,10 @@ class ReplayLink:
             if not self._closed and self._owner is not None:
                 _log.warn("replay stopped: {recording} cannot be read: {why}", recording=self.description,
                           why=_why(failure.value))
-                self._owner.backend_lost(Close(CLOSE_BACKEND_FAILED, UNREADABLE))
+                # The frames read before are played first, then the session ends (1011).
+                self._unreadable = self._ended = True
+                if self._timer is None:
+                    self._play()
 
         self._next.addCallbacks(arrived, failed)
 
@@ -242,14 +248,12 @@ class ReplayLink:
 
     # What the client sends is not the desktop's business: read and dropped.
 
-    def client_frame_begin(self, opcode: int, fin: bool, length: int) -> None:
-        """Ignored: a replay takes no input."""
-
-    def client_frame_data(self, payload: bytes) -> None:
-        """Ignored: a replay takes no input."""
-
     def client_payloads(self, payloads: list[bytes]) -> None:
         """Ignored: a replay takes no input."""
+
+    def client_frames(self, frames: bytes, left: int) -> None:
+        """Not used: a replay takes payloads."""
+        raise NotImplementedError("replay links take payloads")
 
     def client_close(self, code: Optional[int], reason: Optional[str]) -> None:
         """Nothing to pass on."""

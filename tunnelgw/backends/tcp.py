@@ -20,12 +20,14 @@ from twisted.internet.interfaces import (
     IReactorTime,
     ISSLTransport,
     IStreamClientEndpoint,
+    ITCPTransport,
 )
-from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.protocol import Factory, Protocol, connectionDone
+from twisted.protocols.policies import ProtocolWrapper
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from tunnelgw.backends import BackendRefused, LinkOwner
+from tunnelgw.backends import BackendRefused, Carries, LinkOwner
 from tunnelgw.core.handshake import Handshake
 from tunnelgw.core.relay import (
     BACKEND_CLOSE_GRACE,
@@ -36,7 +38,7 @@ from tunnelgw.core.relay import (
     connect_rejection,
 )
 from tunnelgw.core.routing import Reject
-from tunnelgw.fastpath import immediate_writes
+from tunnelgw.upstream import immediate_writes
 
 __all__ = ["BackendConnection", "BackendSink", "BackendUnavailable", "EndpointCache", "TcpBackends", "TcpLink",
            "classify_connect_error"]
@@ -110,7 +112,17 @@ class BackendConnection(Protocol):
             self.transport.abortConnection()
 
     def connectionMade(self) -> None:
-        """Plain streams are ready now; TLS ones after :meth:`handshakeCompleted`."""
+        """
+        Plain streams are ready now; TLS ones after :meth:`handshakeCompleted`.
+        TCP_NODELAY is set (as nginx's ``tcp_nodelay`` and Autobahn's client
+        side do): a desktop's input events are small writes that must not
+        wait for the backend's delayed ACK.
+        """
+        stream = self.transport
+        while isinstance(stream, ProtocolWrapper):  # TLS: the TCP connection under it
+            stream = stream.transport
+        if ITCPTransport.providedBy(stream):
+            stream.setTcpNoDelay(True)
         immediate_writes(self.transport)
         if not ISSLTransport.providedBy(self.transport):
             self.ready.callback(self)
@@ -128,7 +140,7 @@ class BackendConnection(Protocol):
             self._early.append(data)
             self.transport.pauseProducing()
 
-    def connectionLost(self, reason: Failure = error.ConnectionDone()) -> None:  # type: ignore[assignment]
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         """Report the end to the session, or fail the pending connect."""
         if self._abort_call is not None and self._abort_call.active():
             self._abort_call.cancel()
@@ -219,8 +231,7 @@ class TcpBackends:
         connection = BackendConnection(self._reactor)
         factory = Factory.forProtocol(lambda: connection)
         factory.noisy = False
-        d = endpoint.connect(factory)
-        d.addCallback(lambda _: connection.ready)
+        d: defer.Deferred[BackendConnection] = endpoint.connect(factory).addCallback(lambda _: connection.ready)
         d.addTimeout(timeout, self._reactor)
 
         def failed(failure: Failure) -> Failure:
@@ -229,7 +240,7 @@ class TcpBackends:
             return Failure(classify_connect_error(failure.value, timeout))
 
         d.addErrback(failed)
-        return d  # type: ignore[return-value]
+        return d
 
 
 class TcpLink:
@@ -244,8 +255,8 @@ class TcpLink:
         its member once chosen).
     """
 
-    #: Client frames may be read by the direct binary-frame reader.
-    byte_stream = True
+    #: Payload bytes both ways.
+    carries = Carries.PAYLOAD
 
     def __init__(self, connector: Callable[[], "defer.Deferred[BackendConnection]"], description: str) -> None:
         self._connector = connector
@@ -283,7 +294,7 @@ class TcpLink:
             return Failure(BackendRefused(connect_rejection(value.failure, value.detail),
                                           f"backend_{value.failure.value}"))
 
-        return d.addCallbacks(connected, failed)  # type: ignore[no-any-return]
+        return d.addCallbacks(connected, failed)
 
     def start(self, owner: LinkOwner) -> None:
         """Relay to owner: the backend's early bytes first."""
@@ -304,18 +315,17 @@ class TcpLink:
 
     # What the session sends.
 
-    def client_frame_begin(self, opcode: int, fin: bool, length: int) -> None:
-        """Frame boundaries mean nothing to a byte stream."""
-
-    def client_frame_data(self, payload: bytes) -> None:
-        """Write payload to the backend."""
-        if self.transport is not None and not self._closed:
-            self.transport.write(payload)
-
     def client_payloads(self, payloads: list[bytes]) -> None:
-        """Write the payloads of several frames in one call."""
+        """Write the payloads of client frames in one call."""
         if self.transport is not None and not self._closed:
-            self.transport.writeSequence(payloads)
+            if len(payloads) == 1:
+                self.transport.write(payloads[0])
+            else:
+                self.transport.writeSequence(payloads)
+
+    def client_frames(self, frames: bytes, left: int) -> None:
+        """Not used: a byte stream takes payloads."""
+        raise NotImplementedError("byte-stream links take payloads")
 
     def client_close(self, code: Optional[int], reason: Optional[str]) -> None:
         """The backend gets EOF when the session ends (queued bytes first)."""

@@ -17,49 +17,70 @@ over a Twisted endpoint (TCP, or TLS with certificate and host name checks).
   ``http://`` or ``https://`` URL (:mod:`tunnelgw.backends.http`), so that a
   backend's page and scripts load through the gateway.
 
-Decisions come from :mod:`tunnelgw.core.wsrelay`; this module moves events.
+Decisions come from :mod:`tunnelgw.core.wsrelay` (addresses, headers,
+refusals) and :class:`tunnelgw.core.sessionrelay.SessionRelay` (every frame
+after the handshake, the same relay as the client's side); this module
+carries out their actions.
 """
 
 from __future__ import annotations
 
-import os
 from typing import Any, Optional, Union
 
-from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
-from autobahn.websocket.protocol import WebSocketProtocol
+from autobahn.twisted.websocket import WebSocketClientFactory
 from autobahn.websocket.types import ConnectingRequest
-from autobahn.websocket.xormasker import create_xor_masker
 from twisted.internet import defer, error
 from twisted.internet.abstract import isIPAddress, isIPv6Address
 from twisted.internet.endpoints import HostnameEndpoint, TCP4ClientEndpoint, TCP6ClientEndpoint, wrapClientTLS
 from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.internet.ssl import optionsForClientTLS
+from twisted.internet.protocol import connectionDone
 from twisted.python.failure import Failure
 from twisted.web.server import Request
 
-from tunnelgw.backends import BackendRefused, LinkOwner
+from tunnelgw.backends import BackendRefused, Carries, LinkOwner
 from tunnelgw.backends.http import proxy_request
 from tunnelgw.backends.tcp import EndpointCache, classify_connect_error
 from tunnelgw.backends.tls import UnverifiedTLS, load_trust_root
 from tunnelgw.core.config import RouteOptions
-from tunnelgw.core.frames import FrameScanner, frame_header
 from tunnelgw.core.handshake import Handshake
-from tunnelgw.core.relay import BACKEND_CLOSE_GRACE, CLOSE_GOING_AWAY, Close, connect_rejection
+from tunnelgw.core.relay import (
+    BACKEND_CLOSE_GRACE,
+    CLOSE_BACKEND_FAILED,
+    CLOSE_GOING_AWAY,
+    Close,
+    close_reason,
+    connect_rejection,
+)
 from tunnelgw.core.routing import Reject, Route
+from tunnelgw.core.sessionrelay import (
+    Action,
+    ArmTimer,
+    CloseReceived,
+    Drop,
+    Failed,
+    Forward,
+    RelayState,
+    Role,
+    SessionRelay,
+    Write,
+)
 from tunnelgw.core.wsrelay import backend_target, forwarded_headers, handshake_refusal, lost_close
 from tunnelgw.core.wsurl import WebSocketTarget
-from tunnelgw.fastpath import immediate_writes
-from tunnelgw.wsstate import QuietAdapter, SharedOptions, frame_fits, open_state, protocol_options
+from tunnelgw.upstream import immediate_writes, unmask
+from tunnelgw.upstream import QuietClientProtocol, SharedOptions, protocol_options
 
 __all__ = ["BackendWebSocket", "WebSocketBackends", "WebSocketLink", "load_trust_root"]
 
 
-class BackendWebSocket(QuietAdapter, WebSocketClientProtocol):  # type: ignore[misc]
+class BackendWebSocket(QuietClientProtocol):
     """
     The gateway's WebSocket connection to a backend, owned by one
-    :class:`WebSocketLink`.  Received frames stream to the link's owner as
-    they arrive (held, with reading paused, until the session starts); the
-    client's frames are sent masked.
+    :class:`WebSocketLink`.  Autobahn runs the opening handshake; after it
+    every byte goes through a :class:`~tunnelgw.core.sessionrelay.SessionRelay`
+    (role client, carrying frames): the backend's frames stream to the link's
+    owner as they arrive (held, with reading paused, until the session
+    starts); the client's frames go to the backend as they are.
 
     :ivar opened: fires with this protocol when the backend's handshake
         succeeded, or fails with :class:`BackendRefused`; cancelling it aborts.
@@ -74,43 +95,30 @@ class BackendWebSocket(QuietAdapter, WebSocketClientProtocol):  # type: ignore[m
         super().__init__()
         self.opened: defer.Deferred[BackendWebSocket] = defer.Deferred(self._cancel)
         self.owner: Optional[LinkOwner] = None
-        self._held: Optional[list[tuple[str, tuple[Any, ...]]]] = []
+        self.relay: Optional[SessionRelay] = None
+        self._early = b""  # bytes after the 101 while no owner is attached (reading is paused meanwhile)
         self._refusal: Optional[tuple[int, str]] = None
         self._handshake_failure: Optional[str] = None
         self._lost: Optional[BaseException] = None
-        self._received = 0
-        self._send_left = 0
-        self._masker: Any = None
-        self._pending_pong: Optional[bytes] = None
-        self._scanner: Optional[FrameScanner] = None
-        self._frames_to: Any = None
+        self._timer_call: Any = None
+        self._gone: Optional[defer.Deferred[None]] = None
         self.bytes_in = 0
 
     def _cancel(self, _: object) -> None:
-        self._held = None
         if self.transport is not None:
             self.transport.abortConnection()
 
-    # Opening.
+    # Opening (Autobahn's).
 
-    def _connectionMade(self) -> None:
-        """Set up the WebSocket state and send the handshake request (no proxy, no Deferred, no debug formatting)."""
+    def connectionMade(self) -> None:
+        """Immediate writes on the backend connection, then Autobahn's handshake request."""
         immediate_writes(self.transport)
-        open_state(self)
-        self._actuallyStartHandshake(self.onConnecting(self._transport_details))
-
-    def _connectionLost(self, reason: Any) -> None:
-        """Autobahn's tear-down (which calls :meth:`onClose`), without its debug formatting."""
-        WebSocketProtocol._connectionLost(self, reason)
+        super().connectionMade()
 
     def onConnecting(self, transport_details: Any) -> ConnectingRequest:
         """The handshake request: this session's path, subprotocols and forwarded headers."""
         assert self.factory.request is not None
         return self.factory.request
-
-    def _onConnect(self, response: Any) -> Any:
-        """The backend's 101 is read: Autobahn's ``onConnect`` (without its debug formatting)."""
-        return self.onConnect(response)
 
     def failHandshake(self, reason: str) -> None:
         """Remember why the backend's handshake failed (its HTTP status, if any)."""
@@ -120,15 +128,14 @@ class BackendWebSocket(QuietAdapter, WebSocketClientProtocol):  # type: ignore[m
         self._handshake_failure = reason
         super().failHandshake(reason)
 
-    def connectionLost(self, reason: Failure = error.ConnectionDone()) -> None:  # type: ignore[assignment]
-        """Remember the transport's reason (a TLS error, say) before Autobahn reports the close."""
-        self._lost = reason.value
-        super().connectionLost(reason)
-
     def onOpen(self) -> None:
-        """The backend accepted: the session may now answer its client."""
+        """The backend accepted: from now on the relay reads; the session may answer its client."""
         # Autobahn keeps the handshake's request and response; nothing reads them again.
         self.http_request_data = self.http_response_data = b""
+        self.relay = SessionRelay(Role.CLIENT, Carries.FRAMES, unmask, self.maxFramePayloadSize,
+                                  self.maxMessagePayloadSize, close_timeout=BACKEND_CLOSE_GRACE)
+        self._early, self.data = self.data, b""
+        self.transport.pauseProducing()  # until the session attaches
         if not self.opened.called:
             self.opened.callback(self)
 
@@ -143,150 +150,112 @@ class BackendWebSocket(QuietAdapter, WebSocketClientProtocol):  # type: ignore[m
             return connect_rejection(unavailable.failure, unavailable.detail)
         return handshake_refusal(None, "the backend closed the connection")
 
-    # Receiving: final binary frames pass as they are; other frames go
-    # through Autobahn, whose buffering is skipped and size checks kept.
+    # Receiving.
 
     def dataReceived(self, data: bytes) -> None:
-        """Pass final binary frames to an owner that takes them whole, while Autobahn holds nothing; else parse."""
-        scanner = self._scanner
-        # Inside a frame the scanner reads on whatever happened meanwhile
-        # (Autobahn would parse the frame's rest as a new frame).
-        if scanner is None or scanner.at_boundary and (
-                self.state != self.STATE_OPEN or self.owner is None
-                or not (self.current_frame is None and not self.inside_message and not self.data)):
-            self._dataReceived(data)
-            return
-        passed, payload, rest = scanner.feed(data)
-        self.bytes_in += payload
-        if passed and self.owner is not None and self.state == self.STATE_OPEN:
-            self._frames_to(passed, payload, scanner.inside_frame)
-        if rest is not None:
-            self._dataReceived(rest)
-
-    def onMessageBegin(self, isBinary: bool) -> None:
-        """A message starts: count its size afresh (nothing is buffered)."""
-        self._received = 0
-
-    def onMessageFrameBegin(self, length: int) -> None:
-        """Check the limits Autobahn would, then start the same frame towards the client."""
-        if frame_fits(self, length):
-            self._to_owner("backend_frame_begin", self.current_frame.opcode, self.current_frame.fin, length)
-
-    def onMessageFrameData(self, payload: bytes) -> None:
-        """Relay a piece of a frame's payload as soon as it arrives."""
-        if self.failedByMe or not payload:
-            return
-        self.bytes_in += len(payload)
-        self._to_owner("backend_frame_data", payload)
-
-    def onMessageFrameEnd(self) -> None:
-        """Nothing to do: the frame's bytes were relayed as they came."""
-
-    def onMessageEnd(self) -> None:
-        """Nothing to do: the last frame carried FIN."""
-
-    def onCloseFrame(self, code: Optional[int], reasonRaw: Optional[bytes]) -> Optional[bool]:
-        """Answer a close as Autobahn does, then pass its code and reason on."""
-        was_open = self.state == self.STATE_OPEN
-        if was_open and self._send_left:
-            # Our reply would land inside an unfinished frame.
-            self.dropConnection(abort=True)
-            self._to_owner("backend_close", code, reasonRaw.decode("utf-8", "replace") if reasonRaw else None)
-            return True
-        result = super().onCloseFrame(code, reasonRaw)  # type: ignore[arg-type]
-        if was_open and not self.failedByMe:
-            self._to_owner("backend_close", self.remoteCloseCode, self.remoteCloseReason)
-        return result  # type: ignore[no-any-return]
-
-    def onClose(self, wasClean: bool, code: Optional[int], reason: Optional[str]) -> None:
-        """Before the handshake: fail :attr:`opened`.  After: the session closes its client."""
-        if not self.opened.called:
-            self._held = None
-            self.opened.errback(BackendRefused(self._why_not_opened(), "backend"))
-            return
-        self._to_owner("backend_lost", lost_close(False, ""))
-        self.owner = None
-
-    def _to_owner(self, name: str, *args: Any) -> None:
-        owner = self.owner
-        if owner is not None:
-            getattr(owner, name)(*args)
-        elif self._held is not None:
-            self._held.append((name, args))
-            self.transport.pauseProducing()
+        """Before the 101 Autobahn's; after it the relay's (kept while no owner is attached)."""
+        relay = self.relay
+        if relay is None:
+            super().dataReceived(data)
+        elif self.owner is None:
+            self._early += data
+        else:
+            self._carry_out(relay.receive(data, self.factory.reactor.seconds()))
 
     def attach(self, owner: LinkOwner) -> None:
-        """Relay to owner from now on, first what was held."""
+        """Relay to owner from now on, first what came early."""
         self.owner = owner
-        # An owner that writes frames as they are (a session, not a recording) gets them unparsed.
-        self._frames_to = getattr(owner, "backend_frames", None)
-        if self._frames_to is not None:
-            limits = [n for n in (self.maxFramePayloadSize, self.maxMessagePayloadSize) if n]
-            self._scanner = FrameScanner(False, min(limits) if limits else 0)
-        held, self._held = self._held, None
-        for name, args in held or ():
-            getattr(owner, name)(*args)
-        if held and self.transport is not None:
+        early, self._early = self._early, b""
+        if self.transport is not None and self.relay is not None and self.relay.state is RelayState.OPEN:
             self.transport.resumeProducing()
+        if early:
+            self.dataReceived(early)
+
+    def _carry_out(self, actions: list[Action]) -> None:
+        for action in actions:
+            if isinstance(action, Forward):
+                self.bytes_in += action.payload
+                if self.owner is not None and action.chunks:
+                    chunks = action.chunks
+                    self.owner.backend_frames(chunks[0] if len(chunks) == 1 else b"".join(chunks), action.payload,
+                                              action.left)
+            elif isinstance(action, Write):
+                if self.transport is not None:
+                    self.transport.write(action.data + action.payload if action.payload else action.data)
+            elif isinstance(action, CloseReceived):
+                if self.owner is not None:
+                    self.owner.backend_close(action.code, action.reason or None)
+            elif isinstance(action, Failed):
+                owner, self.owner = self.owner, None
+                if owner is not None:
+                    owner.backend_lost(Close(CLOSE_BACKEND_FAILED, close_reason(f"backend: {action.close.reason}")))
+            elif isinstance(action, Drop):
+                if self.transport is not None:
+                    if action.abort:
+                        self.transport.abortConnection()
+                    else:
+                        self.transport.loseConnection()
+            elif isinstance(action, ArmTimer):
+                if self._timer_call is not None and self._timer_call.active():
+                    self._timer_call.cancel()
+                reactor = self.factory.reactor
+                self._timer_call = reactor.callLater(max(0.0, action.at - reactor.seconds()), self._timer)
+            # PongReceived: the backend's pongs answer nothing of ours.
+
+    def _timer(self) -> None:
+        self._timer_call = None
+        if self.relay is not None:
+            self._carry_out(self.relay.timer(self.factory.reactor.seconds()))
 
     # Sending what the client relays.
 
-    def relay_frame_begin(self, opcode: int, fin: bool, length: int) -> None:
-        """Write a masked frame header; its payload follows through :meth:`relay_frame_data`."""
-        if self.state != self.STATE_OPEN:
-            return
-        mask = os.urandom(4)
-        self.sendData(frame_header(opcode, fin, length, mask))
-        self._masker = create_xor_masker(mask, length) if length else None
-        self._send_left = length
-        if not length:
-            self._frame_sent()
-
-    def relay_frame_data(self, payload: bytes) -> None:
-        """Write (masked) a piece of the frame under way."""
-        if self.state != self.STATE_OPEN or not self._send_left:
-            return
-        self.sendData(self._masker.process(payload))
-        self._send_left -= len(payload)
-        if not self._send_left:
-            self._frame_sent()
-
     def relay_frames(self, frames: bytes, left: int) -> None:
         """
-        Write whole masked final binary frames of the client as they are (the
-        client's own masking keys go on; the last frame may continue: left
-        payload bytes of it are still to come).
+        Write whole masked client frames as they are (the client's own masking
+        keys go on; the last frame may continue: left payload bytes of it are
+        still to come).
         """
-        if self.state != self.STATE_OPEN:
-            return
-        self.transport.write(frames)
-        self._send_left = left
-        if not left:
-            self._frame_sent()
-
-    def _frame_sent(self) -> None:
-        self._masker = None
-        pong, self._pending_pong = self._pending_pong, None
-        if pong is not None:
-            self.sendPong(pong)
-
-    def onPing(self, payload: bytes) -> None:
-        """Answer pings, but never inside a frame still being relayed (the latest waits)."""
-        if self._send_left:
-            self._pending_pong = payload
-        else:
-            super().onPing(payload)
+        if self.relay is not None:
+            self._carry_out(self.relay.send_frames(frames, left))
 
     def relay_close(self, code: Optional[int], reason: Optional[str]) -> None:
         """Close with the client's code and reason (no code: an empty close)."""
-        if self.state != self.STATE_OPEN:
+        if self.relay is not None:
+            self._carry_out(self.relay.send_close(code, reason or "", self.factory.reactor.seconds()))
+
+    # The end.
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        """Before the 101 Autobahn's tear-down (which fails :attr:`opened`); after it, tell the owner."""
+        self._lost = reason.value
+        relay = self.relay
+        if relay is None:
+            super().connectionLost(reason)
             return
-        if self._send_left:
-            # A close may not cut into a frame under way, whose rest will never come.
-            self.dropConnection(abort=True)
-            return
-        self.sendCloseFrame(code=code, reasonUtf8=reason.encode("utf-8") if reason and code else None,
-                            isReply=False)
+        self.log_tls_error(reason)
+        relay.connection_lost()
+        if self._timer_call is not None and self._timer_call.active():
+            self._timer_call.cancel()
+        self._timer_call = None
+        owner, self.owner = self.owner, None
+        if owner is not None:
+            owner.backend_lost(lost_close(False, ""))
+        gone, self._gone = self._gone, None
+        if gone is not None:
+            gone.callback(None)
+
+    def when_gone(self) -> "defer.Deferred[None]":
+        """Fires once the connection is gone."""
+        if self.transport is None or (self.relay is not None and self.relay.state is RelayState.GONE):
+            return defer.succeed(None)
+        if self._gone is None:
+            self._gone = defer.Deferred()
+        return self._gone
+
+    def onClose(self, wasClean: bool, code: Optional[int], reason: Optional[str]) -> None:
+        """Before the handshake completed: fail :attr:`opened`."""
+        if not self.opened.called:
+            self.opened.errback(BackendRefused(self._why_not_opened(), "backend"))
 
 
 class _BackendFactory(SharedOptions, WebSocketClientFactory):
@@ -297,20 +266,17 @@ class _BackendFactory(SharedOptions, WebSocketClientFactory):
     :meth:`for_request` copies it for each session's handshake request.
     """
 
-    protocol = BackendWebSocket  # type: ignore[assignment]
+    protocol = BackendWebSocket  # type: ignore[assignment]  # Twisted types it as a Protocol factory
 
     def __init__(self, reactor: Any, timeout: float) -> None:
         super().__init__(reactor=reactor, useragent=None)
         self.request: Optional[ConnectingRequest] = None
         self.timeout = timeout
         self.noisy = False
-        self.setProtocolOptions(
-            # The whole connect, handshake included, is bounded by the route's
-            # connect timeout (txaio's timers are too coarse for it).
-            openHandshakeTimeout=0,
-            echoCloseCodeReason=True,
-            closeHandshakeTimeout=BACKEND_CLOSE_GRACE,
-        )
+        # The whole connect, handshake included, is bounded by the route's
+        # connect timeout (txaio's timers are too coarse for it); closes are
+        # the relay's (SessionRelay echoes the backend's, within BACKEND_CLOSE_GRACE).
+        self.setProtocolOptions(openHandshakeTimeout=0)
 
     def for_request(self, request: ConnectingRequest) -> "_BackendFactory":
         """A copy of this factory (options and all) for one session's handshake request."""
@@ -355,7 +321,7 @@ class WebSocketBackends:
             else:
                 creator = optionsForClientTLS(host, trustRoot=load_trust_root(cafile) if cafile else None)
             endpoint = wrapClientTLS(creator, endpoint)
-        return endpoint  # type: ignore[no-any-return]
+        return endpoint
 
     def endpoint(self, target: WebSocketTarget, options: RouteOptions) -> IStreamClientEndpoint:
         """The client endpoint for a backend: TCP, wrapped in TLS for ``wss://``."""
@@ -391,7 +357,7 @@ class WebSocketBackends:
             return Failure(BackendRefused(connect_rejection(unavailable.failure, unavailable.detail), "backend"))
 
         d.addErrback(refused)
-        return d  # type: ignore[no-any-return]
+        return d
 
     def proxy_http(self, request: Request, route: Route, query: bytes, shown_path: str) -> Union[int, Reject]:
         """
@@ -420,9 +386,8 @@ class WebSocketLink:
     :param secure: whether the client came over TLS.
     """
 
-    byte_stream = False
-    #: Client frames may be passed on as they are (:meth:`client_frames`).
-    frame_relay = True
+    #: Whole frames both ways, as they are.
+    carries = Carries.FRAMES
 
     def __init__(self, backends: WebSocketBackends, route: Route, query: bytes, client_host: str,
                  secure: bool, headers: dict[str, str], tls_client: str = "",
@@ -442,7 +407,6 @@ class WebSocketLink:
         self._host: Optional[str] = None
         self._backend: Optional[BackendWebSocket] = None
         self._closed = False
-        self._abort_call: Any = None
 
     def check(self, handshake: Handshake) -> Optional[Reject]:
         """Resolve the backend URL with the client's path remainder and query (routing checked it)."""
@@ -466,25 +430,15 @@ class WebSocketLink:
             self._backend = backend
             self.transport = backend.transport
             if self._closed:
-                backend.dropConnection(abort=True)
-            return backend.websocket_protocol_in_use  # type: ignore[no-any-return]
+                backend.transport.abortConnection()
+            return backend.websocket_protocol_in_use
 
-        return d.addCallback(opened)  # type: ignore[no-any-return]
+        return d.addCallback(opened)
 
     def start(self, owner: LinkOwner) -> None:
         """Relay the backend's frames to owner, first those that came early."""
         assert self._backend is not None
         self._backend.attach(owner)
-
-    def client_frame_begin(self, opcode: int, fin: bool, length: int) -> None:
-        """Start the same frame towards the backend."""
-        if self._backend is not None and not self._closed:
-            self._backend.relay_frame_begin(opcode, fin, length)
-
-    def client_frame_data(self, payload: bytes) -> None:
-        """A piece of the frame under way."""
-        if self._backend is not None and not self._closed:
-            self._backend.relay_frame_data(payload)
 
     def client_frames(self, frames: bytes, left: int) -> None:
         """Whole masked final binary client frames (the last may go on for left payload bytes), relayed as they are."""
@@ -492,7 +446,7 @@ class WebSocketLink:
             self._backend.relay_frames(frames, left)
 
     def client_payloads(self, payloads: list[bytes]) -> None:
-        """Not used: a WebSocket hop relays frames, not payloads."""
+        """Not used: a WebSocket hop carries frames, not payloads."""
         raise NotImplementedError("WebSocket links relay frames")
 
     def client_close(self, code: Optional[int], reason: Optional[str]) -> None:
@@ -509,12 +463,13 @@ class WebSocketLink:
         if backend is None:
             return
         backend.owner = None
-        if backend.state == backend.STATE_OPEN:
+        relay = backend.relay
+        if relay is not None and relay.state is RelayState.OPEN:
             close = close if close is not None else Close(CLOSE_GOING_AWAY, "session closed by the gateway")
             backend.relay_close(close.code, close.reason)
         transport: Any = backend.transport
-        if transport is not None and backend.state != backend.STATE_CLOSED:
+        if transport is not None and relay is not None and relay.state is not RelayState.GONE:
             transport.unregisterProducer()
-            reactor = self._backends._reactor
-            self._abort_call = reactor.callLater(BACKEND_CLOSE_GRACE, transport.abortConnection)
-            backend.is_closed.addBoth(lambda _: self._abort_call.active() and self._abort_call.cancel())
+            # loseConnection waits for the queue to drain: a backend that does not read is aborted.
+            abort = self._backends._reactor.callLater(BACKEND_CLOSE_GRACE, transport.abortConnection)
+            backend.when_gone().addBoth(lambda _: abort.cancel() if abort.active() else None)

@@ -28,8 +28,8 @@ from tunnelgw.core.hostpattern import listener_is_local, target_host
 from tunnelgw.core.options import Reader, choice, matching, number, read_options, whole
 from tunnelgw.core.tlsconfig import CLIENT_CERT_MODES, CertPattern, ListenTLS, parse_cert_pattern, parse_ssl_endpoint
 from tunnelgw.core.targets import SUBSTITUTION, BackendTarget, PoolTarget, ReplayTarget, WebSocketURL, parse_target
-from tunnelgw.core.topoconfig import (OPTION_TABLES, AllowedTarget, Network, TopologyConfig, TopologyParser,
-                                      read_allowed, redis_address)
+from tunnelgw.core.topoconfig import (OPTION_TABLES, AllowedTarget, Network, RedisAddress, TopologyConfig,
+                                      TopologyParser, read_allowed, redis_address)
 
 __all__ = [
     "DEFAULT_CONFIG",
@@ -293,7 +293,7 @@ class Recording:
 class PoolSpec:
     """
     ``Pool redis://HOST:PORT/DB name=GATEWAY [ttl=S] [refresh=S] [timeout=S]
-    [namespace=NS] [passwordfile=FILE]`` (``rediss://`` for TLS): the shared
+    [namespace=NS] [passwordfile=FILE] [waitreplicas=N]`` (``rediss://`` for TLS, ``sentinel://...`` for a Sentinel service): the shared
     registry of a pool of gateways (see :mod:`tunnelgw.pool`).
     """
 
@@ -308,6 +308,17 @@ class PoolSpec:
     namespace: str
     password_file: Optional[str]
     where: Location
+    #: Sentinel form (``sentinel://HOST:PORT,.../SERVICE/DB``): the sentinels and the service name.
+    sentinels: tuple[tuple[str, int], ...] = ()
+    service: str = ""
+    #: ``waitreplicas=N``: a single-use token's claim counts only once N replicas hold it (Redis ``WAIT``),
+    #: so that a failover cannot forget it; 0: the primary's word is enough.
+    wait_replicas: int = 0
+
+    @property
+    def redis(self) -> RedisAddress:
+        """Where the registry's Redis is."""
+        return RedisAddress(self.host, self.port, self.db, self.tls, self.sentinels, self.service)
 
 
 @dataclass(frozen=True)
@@ -815,7 +826,7 @@ def _recording(p: _Parse, args: list[str], where: Location, problem: Problems) -
 
 _POOL_OPTIONS: dict[str, Reader] = {
     "name": matching(r"[A-Za-z0-9_.-]{1,64}", "1 to 64 letters, digits or _.-"),
-    "ttl": number(2, 3600), "refresh": number(0.1, 600), "timeout": number(0.05, 60),
+    "ttl": number(2, 3600), "refresh": number(0.1, 600), "timeout": number(0.05, 60), "waitreplicas": whole(0, 16),
     "namespace": matching(r"[A-Za-z0-9_.-]{1,64}", "1 to 64 letters, digits or _.-"),
     "passwordfile": matching(r"/.+", "an absolute file name"),
 }
@@ -827,7 +838,8 @@ def _pool(p: _Parse, args: list[str], where: Location, problem: Problems) -> Non
         return
     address = redis_address(args[0]) if args else None
     if address is None:
-        problem("Pool takes redis://HOST:PORT/DB (rediss:// for TLS; no password in the URL: passwordfile=), "
+        problem("Pool takes redis://HOST:PORT/DB (rediss:// for TLS; sentinel://HOST:PORT,.../SERVICE/DB for a "
+                "Sentinel service; no password in the URL: passwordfile=), "
                 "then name=GATEWAY ttl=S refresh=S timeout=S namespace=NS")
         return
     found = read_options(args[1:], _POOL_OPTIONS, problem, "Pool")
@@ -838,7 +850,8 @@ def _pool(p: _Parse, args: list[str], where: Location, problem: Problems) -> Non
     if refresh * 2 > ttl:
         problem(f"Pool refresh= ({refresh:g}) must be at most half of ttl= ({ttl:g}), or live sessions expire")
     p.pool = PoolSpec(address.host, address.port, address.db, address.tls, found["name"], ttl, refresh, found.get("timeout", 1.0), found.get("namespace", "tunnelgw"),
-                      found.get("passwordfile"), where)
+                      found.get("passwordfile"), where, address.sentinels, address.service,
+                      found.get("waitreplicas", 0))
 
 
 _PORTAL_OPTIONS: dict[str, Reader] = {"timeout": number(0.05, 30), "cache": number(0, 3600), "allow": read_allowed}
@@ -1004,7 +1017,7 @@ DIRECTIVES: tuple[Directive, ...] = (
                   "viewer": "URL: a player link on the admin page, holding {session} (default: none)",
                   "shared": "on|off: the folder may hold other files; retention deletes only recordings "
                             "(default: off, such a folder is refused with keepdays=)"}),
-    Directive("Pool", "redis://HOST:PORT/DB name=GATEWAY [OPTIONS]",
+    Directive("Pool", "redis://HOST:PORT/DB|sentinel://HOST:PORT,.../SERVICE/DB name=GATEWAY [OPTIONS]",
               "share the live-session list with a pool of gateways through Redis "
               "(needs: pip install 'tunnelgw[pool]')", _pool, options=_POOL_OPTIONS, option_help={
                   "name": "GATEWAY: this gateway's name in the pool (required)",
@@ -1012,7 +1025,8 @@ DIRECTIVES: tuple[Directive, ...] = (
                   "refresh": "S: between refreshes, at most ttl/2 (default: 2)",
                   "timeout": "S: each Redis call's deadline (default: 1)",
                   "namespace": "NS: prefix of the pool's keys (default: tunnelgw)",
-                  "passwordfile": "FILE: the Redis password, absolute path (default: none)"}),
+                  "passwordfile": "FILE: the Redis password, absolute path (default: none)",
+                  "waitreplicas": "N: a single-use token counts once N replicas hold it (default: 0)"}),
     Directive("AuditLog", "syslog udp://H:P|tcp://H:P|unix:///PATH [OPTIONS] | json FILE",
               "send audit events (sessions, refusals, admin actions) to syslog (RFC 5424) or a JSON lines file",
               _audit_log, options=_AUDIT_OPTIONS, option_help={
@@ -1059,14 +1073,17 @@ DIRECTIVES: tuple[Directive, ...] = (
               _topology(TopologyParser.read_gateway_url)),
     Directive("GatewayOwner", "URL HOST...", "the gateway that owns desktops on HOST",
               _topology(TopologyParser.read_gateway_owner)),
-    Directive("OwnerSource", "redis://HOST:PORT/DB [OPTIONS]",
+    Directive("OwnerSource", "redis://HOST:PORT/DB|sentinel://HOST:PORT,.../SERVICE/DB [OPTIONS]",
               "which gateway owns a desktop host, as a broker writes it in Redis (redirects follow at once; "
               "needs: pip install 'tunnelgw[pool]')", _topology(TopologyParser.read_owner_source),
               options=OPTION_TABLES["OwnerSource"], option_help={
                   "namespace": "NS: key prefix (default: tunnelgw)",
                   "timeout": "S: each lookup's deadline (default: 1)",
                   "mode": "redirect|relay: 307 to the owner, or relay through it (default: redirect)",
-                  "hopsecret": "FILE: the pool's shared hop secret, with mode=relay (default: none)",
+                  "hopsecret": "FILE: the pool's shared hop secrets, one per line (two while rotating), with "
+                                "mode=relay (default: none)",
+                  "hopcafile": "FILE: CA certificates of wss:// owners, with mode=relay (default: the "
+                               "platform's)",
                   "passwordfile": "FILE: the Redis password, absolute path (default: none)"}),
     Directive("TrustedProxy", "ADDRESS... [OPTIONS]", "front proxies whose forwarded client address is believed",
               _topology(TopologyParser.read_trusted_proxy), options=OPTION_TABLES["TrustedProxy"], option_help={

@@ -18,6 +18,7 @@ Directives::
     </Proxy>
     GatewayURL URL
     OwnerSource redis://HOST:PORT/DB [namespace=NS] [timeout=S] [mode=redirect|relay] ...
+        (each redis:// URL may also be sentinel://HOST:PORT,HOST:PORT,.../SERVICE[/DB])
     GatewayOwner URL HOST (CIDR block, address or exact name) ...
     TrustedProxy ADDRESS-OR-NETWORK ... [header=x-forwarded-for|forwarded]
     OriginAllow PATH ORIGIN ...
@@ -108,16 +109,53 @@ class TokenSourceSpec:
 
 @dataclass(frozen=True)
 class RedisAddress:
-    """``redis://HOST:PORT/DB`` (``rediss://``: TLS)."""
+    """
+    ``redis://HOST:PORT/DB`` (``rediss://``: TLS), or the primary of a
+    Sentinel service: ``sentinel://HOST:PORT,HOST:PORT,.../SERVICE[/DB]``
+    (``host`` and ``port`` are then the first sentinel's).
+    """
 
     host: str
     port: int
     db: int
     tls: bool
+    #: Sentinel form: the sentinels' (host, port), and the service (master) name.
+    sentinels: tuple[tuple[str, int], ...] = ()
+    service: str = ""
+
+    @property
+    def where(self) -> str:
+        """The address as messages name it."""
+        if self.sentinels:
+            return f"sentinel service {self.service} ({','.join(f'{h}:{p}' for h, p in self.sentinels)})"
+        return f"{self.host}:{self.port}"
+
+
+_SENTINEL = re.compile(r"sentinel://([^/?#@]+)/([A-Za-z0-9_.-]{1,64})(?:/([0-9]|1[0-5]))?/?")
+
+
+def _sentinel_address(text: str) -> Optional[RedisAddress]:
+    found = _SENTINEL.fullmatch(text)
+    if found is None:
+        return None
+    sentinels = []
+    for item in found.group(1).split(","):
+        host, _, port = item.rpartition(":")
+        host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            return None
+        sentinels.append((host, int(port)))
+    first = sentinels[0]
+    return RedisAddress(first[0], first[1], int(found.group(3) or 0), False, tuple(sentinels), found.group(2))
 
 
 def redis_address(text: str) -> Optional[RedisAddress]:
-    """A Redis URL without credentials (passwords go in files), or None when it is not one."""
+    """
+    A Redis URL without credentials (passwords go in files), in the plain or
+    the Sentinel form, or None when it is not one.
+    """
+    if text.startswith("sentinel://"):
+        return _sentinel_address(text)
     try:
         url = urlsplit(text)
         port = url.port
@@ -215,6 +253,9 @@ class OwnerSourceSpec:
     hop_secret: str = ""
     #: A file holding the Redis password ("": none).
     password_file: str = ""
+    #: For relay to ``wss://`` owners: a PEM file of the CA certificates their TLS certificates chain to
+    #: ("": the platform's trust store).
+    hop_ca_file: str = ""
 
     @property
     def redis(self) -> "RedisAddress":
@@ -273,6 +314,7 @@ _MEMBER_OPTIONS = {"status": choice("drain", "+n", "active")}
 _POOL_OPTIONS = {"lbmethod": choice(*LB_METHODS), "retry": _SECONDS}
 _OWNER_OPTIONS = {"namespace": matching(_NAME.pattern, "a plain name"), "timeout": number(0.05, 60),
                   "mode": choice("redirect", "relay"), "hopsecret": matching(r"/.+", "an absolute file name"),
+                  "hopcafile": matching(r"/.+", "an absolute file name"),
                   "passwordfile": matching(r"/.+", "an absolute file name")}
 _TRUSTED_PROXY_OPTIONS = {"header": choice(*PROXY_HEADERS)}
 #: The ``key=value`` readers of each topology directive (the reference lists their keys).
@@ -338,7 +380,8 @@ class TopologyParser:
             problem("alg= applies to jwt sources (a jwks file pins each key's algorithm itself)")
         algorithm = {a.lower(): a for a in ALGORITHMS}[found.get("alg", "hs256")]
         if kind == "redis" and redis_address(path) is None:
-            problem(f"a redis TokenSource takes redis://HOST:PORT/DB (rediss:// for TLS, no password in it), got {path!r}")
+            problem("a redis TokenSource takes redis://HOST:PORT/DB (rediss:// for TLS, sentinel://HOST:PORT,.../SERVICE/DB "
+                    f"for a Sentinel service, no password in it), got {path!r}")
         for key in ("namespace", "timeout", "passwordfile"):
             if key in found and kind != "redis":
                 problem(f"{key}= applies to redis token sources only")
@@ -421,7 +464,8 @@ class TopologyParser:
 
     def read_owner_source(self, args: list[str], where: Location, problem: Callable[[str], None], _: object) -> None:
         if not args or redis_address(args[0]) is None:
-            problem("OwnerSource takes redis://HOST:PORT/DB (rediss:// for TLS), then namespace=NS timeout=S")
+            problem("OwnerSource takes redis://HOST:PORT/DB (rediss:// for TLS; sentinel://HOST:PORT,.../SERVICE/DB "
+                    "for a Sentinel service), then namespace=NS timeout=S")
             return
         if self.owner_source is not None:
             problem(f"OwnerSource is given twice (first at {self.owner_source.where})")
@@ -430,8 +474,11 @@ class TopologyParser:
         mode = found.get("mode", "redirect")
         if (mode == "relay") != ("hopsecret" in found):
             problem("OwnerSource mode=relay and hopsecret=FILE go together (the pool's shared hop secret)")
+        if "hopcafile" in found and mode != "relay":
+            problem("OwnerSource hopcafile= applies to mode=relay (the CA of wss:// owners)")
         self.owner_source = OwnerSourceSpec(args[0], found.get("namespace", "tunnelgw"), found.get("timeout", 1.0),
-                                            where, mode, found.get("hopsecret", ""), found.get("passwordfile", ""))
+                                            where, mode, found.get("hopsecret", ""), found.get("passwordfile", ""),
+                                            found.get("hopcafile", ""))
 
     def read_gateway_url(self, args: list[str], where: Location, problem: Callable[[str], None], _: object) -> None:
         if len(args) != 1 or not _is_ws_url(args[0]):

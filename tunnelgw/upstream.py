@@ -1,0 +1,583 @@
+"""
+Every place where tunnelgw replaces Twisted's or Autobahn's internals, in
+one module (STYLE.md, "Other people's internals"): each replaced upstream
+function is named in :data:`REPLACED` with a hash of its source as
+installed, and ``tests/test_upstream.py`` fails when that source changes,
+so an upgrade shows what to look at again.  setup.cfg bounds both
+libraries from above.
+
+What is replaced, and why (measured on session set-up):
+
+- Autobahn's per-connection set-up and Twisted entry points
+  (:class:`QuietAdapter`, :func:`open_state`, :class:`QuietServerProtocol`,
+  :class:`QuietClientProtocol`), for the gateway's two WebSocket protocols
+  (the client's session, :class:`tunnelgw.session.GatewaySession`, and the
+  backend hop, :class:`tunnelgw.backends.websocket.BackendWebSocket`),
+  without the debug lines Autobahn builds eagerly even when debug logging
+  is off: a ``pformat`` of every protocol option and of the transport
+  details, and ``hltype`` (which styles a qualified name for a terminal) on
+  every connect, read, write and close.  Measured: about a quarter of the
+  gateway's CPU per session on a WS->WS route.  The transport details are
+  the few fields the gateway reads (peer, server or client, TLS or not): no
+  process and thread id lookups (two system calls per connection), no TLS
+  channel binding or peer certificate dictionary on open (a client
+  certificate is read where a route needs it,
+  :func:`tunnelgw.certificates.client_certificate`): about 1.5% of the CPU
+  per session.
+- Autobahn's handshake parser: the gateway parses the request head once
+  itself and gives Autobahn's server protocol the result
+  (:func:`parsed_handshake`; ``WebSocketServerProtocol.processHandshake``'s
+  fields, pinned below).
+- Autobahn's options shared per factory (:class:`SharedOptions`) instead
+  of some forty copied into every connection.
+
+After the opening handshake Autobahn is out of the way: frames go through
+:class:`tunnelgw.core.sessionrelay.SessionRelay`, so nothing of Autobahn's
+frame parser or close handling is replaced any more.
+
+The data phase's two shortcuts are here too, after the Autobahn part (the
+transports replace Twisted internals; their replaced functions are pinned
+above with the rest):
+
+- :data:`unmask`, the (un)masking function of
+  :class:`tunnelgw.core.sessionrelay.SessionRelay`: the optional
+  ``websockets`` C speedup when installed, else Autobahn's masker;
+- :func:`immediate_writes`: a TCP transport whose writes go to the socket at
+  once when nothing is queued, instead of waiting for the reactor's next
+  poll.  Twisted's own write queues every write, registers the socket for
+  writability, and sends on the next reactor iteration, then unregisters it:
+  two ``epoll_ctl`` calls, a poll and a copy of the queue per write.  Here a
+  write with nothing queued ahead of it is one ``send`` (``sendmsg`` for a
+  sequence); only what the kernel does not take is queued, and from then on
+  Twisted's path (and its producer pausing) runs as usual, so order and flow
+  control are Twisted's.  Under TLS (Twisted's ``TLSMemoryBIOProtocol``) a
+  write goes to OpenSSL whole (one ``SSL_write``, which cuts it into 16 KiB
+  records) and all the ciphertext comes out of the memory BIO at once, then
+  goes to the socket in one write; Twisted's own path makes one
+  ``SSL_write``, one ``bio_read`` and one socket write per 16 KiB record.
+  The records decrypted from one read reach the protocol in one
+  ``dataReceived`` (Twisted hands each 16 KiB record over on its own).
+  Kept in step with Twisted 26.x; with other internals (:data:`_TWISTED_KNOWN`)
+  transports are left as Twisted made them.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import TYPE_CHECKING, Any, Iterable, Optional
+
+from autobahn.twisted.util import peer2str
+from autobahn.twisted.websocket import WebSocketClientProtocol, WebSocketServerProtocol
+from autobahn.util import _is_tls_error, _maybe_tls_reason
+from autobahn.wamp.types import TransportDetails
+from autobahn.websocket.protocol import TrafficStats, WebSocketProtocol
+from OpenSSL.SSL import Error as TLSError
+from OpenSSL.SSL import WantReadError, ZeroReturnError
+from twisted.internet import tcp
+from twisted.internet.abstract import FileDescriptor
+from twisted.internet.interfaces import ISSLTransport
+from twisted.internet.protocol import connectionDone
+from twisted.protocols.policies import ProtocolWrapper
+from twisted.protocols.tls import BufferingTLSTransport, TLSMemoryBIOProtocol
+from twisted.python.failure import Failure
+
+from tunnelgw.core.frames import Unmask
+
+__all__ = ["CONNECTION_DEFAULTS", "ImmediateClient", "ImmediateServer", "ImmediateTLS", "QuietAdapter",
+           "QuietClientProtocol", "QuietServerProtocol", "REPLACED", "SharedOptions", "immediate_writes",
+           "open_state", "parsed_handshake", "protocol_options", "unmask"]
+
+#: Upstream functions replaced here, by dotted name, with the first 16 hex
+#: digits of the SHA-256 of their source
+#: (``inspect.getsource``) in the versions this was written against:
+#: Autobahn 26.11.1 and Twisted 26.10.0.
+REPLACED: dict[str, str] = {
+    # open_state copies this set-up; QuietServerProtocol and QuietClientProtocol replace the next four.
+    "autobahn.websocket.protocol.WebSocketProtocol._connectionMade": "7ac58d8bb6c3c752",
+    "autobahn.websocket.protocol.WebSocketProtocol._connectionLost": "8d53cb80c1e9f3de",
+    "autobahn.websocket.protocol.WebSocketServerProtocol._connectionMade": "213dadb6d12d3d48",
+    "autobahn.websocket.protocol.WebSocketServerProtocol._connectionLost": "1b616e8fc259d995",
+    "autobahn.websocket.protocol.WebSocketClientProtocol._connectionMade": "c2c336e7aa3c8f0a",
+    "autobahn.websocket.protocol.WebSocketClientProtocol._connectionLost": "a591407a5e142fa7",
+    "autobahn.twisted.websocket.WebSocketClientProtocol._onConnect": "f6dde986749b79ad",
+    # parsed_handshake sets what this parser sets, and succeedHandshake reads it.
+    "autobahn.websocket.protocol.WebSocketServerProtocol.processHandshake": "0055f4d349937673",
+    "autobahn.websocket.protocol.WebSocketServerProtocol.succeedHandshake": "fb43d387929cf206",
+    # QuietAdapter's Twisted entry points and its sendData.
+    "autobahn.websocket.protocol.WebSocketProtocol.sendData": "5dcca425b048b07e",
+    "autobahn.twisted.websocket.WebSocketAdapterProtocol.connectionMade": "63ceb64088e44552",
+    "autobahn.twisted.websocket.WebSocketAdapterProtocol.connectionLost": "cf4d8aab057cd161",
+    "autobahn.twisted.websocket.WebSocketAdapterProtocol.dataReceived": "7997f762de218433",
+    "autobahn.twisted.websocket.WebSocketAdapterProtocol._onOpen": "6cfc286602a22405",
+    # Immediate TCP writes, whole TLS writes and gathered TLS reads (the data phase, below).
+    "twisted.internet.abstract.FileDescriptor.write": "3e46c97fc173bc7e",
+    "twisted.internet.abstract.FileDescriptor.writeSequence": "1606f230d318191a",
+    "twisted.protocols.tls.TLSMemoryBIOProtocol._write": "b795cc8e83620d7d",
+    "twisted.protocols.tls.TLSMemoryBIOProtocol._flushSendBIO": "c034168e4f0faf2c",
+    "twisted.protocols.tls.TLSMemoryBIOProtocol._flushReceiveBIO": "b45e129f60c44862",
+    "twisted.protocols.tls.BufferingTLSTransport.write": "e029bcaebbb754c2",
+    "twisted.protocols.tls.BufferingTLSTransport.writeSequence": "ec75e8b6dcd82413",
+}
+
+
+#: Autobahn's send queue while nothing was ever queued (empty, so falsy and of length 0 as Autobahn reads it).
+_NO_QUEUE: Any = ()
+
+
+if TYPE_CHECKING:
+    class _FactoryOptions:
+        """What Autobahn's factories (after :class:`SharedOptions` in the MRO) supply."""
+
+        def setProtocolOptions(self, *args: Any, **kwargs: Any) -> None: ...
+
+        def resetProtocolOptions(self) -> None: ...
+else:
+    _FactoryOptions = object
+
+
+class SharedOptions(_FactoryOptions):
+    """
+    Mixed into a WebSocket factory ahead of Autobahn's: its protocol options
+    as one dict (:func:`protocol_options`), made again after each
+    ``setProtocolOptions``, so that connections share it instead of each
+    copying some forty options into its own ``__dict__``.
+    """
+
+    def setProtocolOptions(self, *args: Any, **kwargs: Any) -> None:
+        """Autobahn's, then the shared options are made again when next needed."""
+        super().setProtocolOptions(*args, **kwargs)
+        self._ws_options = None
+
+    def resetProtocolOptions(self) -> None:
+        """Autobahn's, then the shared options are made again when next needed."""
+        super().resetProtocolOptions()
+        self._ws_options = None
+
+
+def protocol_options(factory: Any) -> dict[str, Any]:
+    """The factory's Autobahn options now (``CONFIG_ATTRS`` of its protocol), made once until they change."""
+    options: Optional[dict[str, Any]] = factory.__dict__.get("_ws_options")
+    if options is None:
+        options = factory._ws_options = {name: getattr(factory, name) for name in factory.protocol.CONFIG_ATTRS}
+    return options
+
+
+#: What Autobahn's ``WebSocketProtocol._connectionMade`` sets to the same
+#: value on every connection: class attributes of the quiet protocols
+#: instead (a connection gets its own only when Autobahn changes one).
+#: Autobahn's frame parser never runs (after the handshake frames go
+#: through :class:`~tunnelgw.core.sessionrelay.SessionRelay`), so no UTF-8
+#: validator is made per connection.
+CONNECTION_DEFAULTS: dict[str, Any] = {
+    "_perMessageCompress": None, "trackedTimings": None, "state": WebSocketProtocol.STATE_CONNECTING,
+    "send_state": WebSocketProtocol.SEND_STATE_GROUND, "data": b"",
+    "send_queue": _NO_QUEUE,  # a deque (630 bytes) only once Autobahn queues a chopped or sync send
+    "triggered": False, "utf8validator": None, "wasMaxFramePayloadSizeExceeded": False,
+    "wasMaxMessagePayloadSizeExceeded": False, "closedByMe": False, "failedByMe": False, "droppedByMe": False,
+    "wasClean": False, "wasNotCleanReason": None, "wasServerConnectionDropTimeout": False,
+    "wasOpenHandshakeTimeout": False, "wasCloseHandshakeTimeout": False, "wasServingFlashSocketPolicyFile": False,
+    "localCloseCode": None, "localCloseReason": None, "remoteCloseCode": None, "remoteCloseReason": None,
+    "serverConnectionDropTimeoutCall": None, "openHandshakeTimeoutCall": None, "closeHandshakeTimeoutCall": None,
+    "autoPingTimeoutCall": None, "autoPingPending": None, "autoPingPendingCall": None, "autoPingPendingSeq": 0,
+    "autoPingPendingSent": None,
+}
+
+
+def open_state(protocol: Any) -> None:
+    """
+    Set up a new connection's WebSocket state on protocol as Autobahn's
+    ``WebSocketProtocol._connectionMade`` does: what is the same for every
+    connection is in :data:`CONNECTION_DEFAULTS` (class attributes); options
+    not set on the protocol (or its class) are read from the factory's
+    options of this moment (:class:`QuietAdapter`'s ``__getattr__``), not copied.
+    """
+    factory = protocol.factory
+    protocol._ws_options = protocol_options(factory)
+    if protocol.trackTimings:
+        protocol.setTrackTimings(True)
+    protocol.trafficStats = TrafficStats()
+    if protocol.openHandshakeTimeout > 0:
+        protocol.openHandshakeTimeoutCall = factory._batched_timer.call_later(
+            protocol.openHandshakeTimeout, protocol.onOpenHandshakeTimeout)
+
+
+if TYPE_CHECKING:
+    class _AutobahnProtocol:
+        """What Autobahn's protocol classes (after :class:`QuietAdapter` in the MRO) supply."""
+
+        _transport_details: Any
+        peer: Any
+        send_queue: Any
+        state: int
+        trafficStats: Any
+        logOctets: bool
+        is_server: Any
+
+        def logTxOctets(self, data: bytes, chopped: bool) -> None: ...
+
+        def onOpen(self) -> None: ...
+
+        def sendData(self, data: bytes, sync: bool = False, chopsize: Optional[int] = None) -> None: ...
+
+        def _connectionMade(self) -> None: ...
+
+        def _dataReceived(self, data: bytes) -> None: ...
+
+        def _connectionLost(self, reason: Any) -> None: ...
+else:
+    _AutobahnProtocol = object
+
+
+class QuietAdapter(_AutobahnProtocol):
+    """
+    Twisted's entry points of an Autobahn protocol without Autobahn's eager
+    debug formatting; mixed in ahead of Autobahn's Twisted protocol class,
+    which supplies the rest.  Subclasses set up their state in
+    ``_connectionMade`` (with :func:`open_state`): :class:`QuietServerProtocol`
+    and :class:`QuietClientProtocol`.
+    """
+
+    transport: Any
+    factory: Any
+    tcpNoDelay: bool
+    log: Any
+
+    if not TYPE_CHECKING:  # (the type checker keeps checking attribute names)
+        def __getattr__(self, name: str) -> Any:
+            """An Autobahn option this connection does not set: its factory's when the connection was made."""
+            try:
+                return self.__dict__["_ws_options"][name]
+            except KeyError:
+                raise AttributeError(name) from None
+
+    def connectionMade(self) -> None:
+        """Record the transport's details, set TCP_NODELAY as configured, set up the WebSocket state."""
+        secure = ISSLTransport.providedBy(self.transport)
+        details = self._transport_details = TransportDetails(
+            channel_type=TransportDetails.CHANNEL_TYPE_TLS if secure else TransportDetails.CHANNEL_TYPE_TCP,
+            channel_framing=TransportDetails.CHANNEL_FRAMING_WEBSOCKET, peer=peer2str(self.transport),
+            is_server=self.is_server, is_secure=secure)
+        self.peer = details.peer
+        # From the factory: this connection's option lookup (``__getattr__``) is only set up by
+        # ``_connectionMade`` below; read through it here, the option was never set (each frame
+        # written as header and payload then waited ~40 ms on Nagle and a delayed ACK).
+        try:
+            self.transport.setTcpNoDelay(protocol_options(self.factory)["tcpNoDelay"])
+        except Exception:  # as Autobahn: UNIX sockets and others have no such option
+            pass
+        self._connectionMade()
+
+    def _onOpen(self) -> None:
+        """The handshake completed: ``onOpen`` (Autobahn's adapter first fills TLS details nothing here reads)."""
+        self.onOpen()
+
+    def dataReceived(self, data: bytes) -> None:
+        """Bytes from the peer, to Autobahn's parser."""
+        self._dataReceived(data)
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        """The connection ended: log a TLS error as Autobahn does, then tear the WebSocket state down."""
+        self.log_tls_error(reason)
+        self._connectionLost(reason)
+
+    def log_tls_error(self, reason: Failure) -> None:
+        """Log why a connection ended when TLS ended it (as Autobahn does)."""
+        if _is_tls_error(reason.value):
+            self.log.error(_maybe_tls_reason(reason.value))
+
+    def sendData(self, data: bytes, sync: bool = False, chopsize: Optional[int] = None) -> None:
+        """Write data now (as Autobahn does when nothing is queued), counting it; chopped or queued sends are Autobahn's."""
+        if sync or chopsize or self.send_queue:
+            if self.send_queue is _NO_QUEUE:
+                self.send_queue = deque()
+            super().sendData(data, sync, chopsize)
+            return
+        self.transport.write(data)
+        state = self.state
+        if state == WebSocketProtocol.STATE_OPEN:
+            self.trafficStats.outgoingOctetsWireLevel += len(data)
+        elif state == WebSocketProtocol.STATE_CONNECTING or state == WebSocketProtocol.STATE_PROXY_CONNECTING:
+            self.trafficStats.preopenOutgoingOctetsWireLevel += len(data)
+        if self.logOctets:
+            self.logTxOctets(data, False)
+
+
+class QuietServerProtocol(QuietAdapter, WebSocketServerProtocol):  # Autobahn is untyped
+    """
+    Autobahn's server protocol with the quiet set-up and tear-down; the
+    gateway's session subclasses it and uses Autobahn's public API only
+    (``succeedHandshake``, ``failHandshake``, ``onOpen``, ``onClose``).
+    """
+
+    def _connectionMade(self) -> None:
+        """Autobahn's server set-up (:func:`open_state`), counting the connection as Autobahn does."""
+        open_state(self)
+        self.factory.countConnections += 1
+
+    def _connectionLost(self, reason: Any) -> None:
+        """Autobahn's tear-down (which calls ``onClose``), without its debug formatting."""
+        WebSocketProtocol._connectionLost(self, reason)
+        self.factory.countConnections -= 1
+
+
+def parsed_handshake(protocol: Any, uri: str, path: str, host: Optional[str], origin: Optional[str],
+                     protocols: "tuple[str, ...] | list[str]", key: str, early: bytes) -> None:
+    """
+    Give Autobahn's server protocol the opening handshake the gateway parsed
+    itself (:mod:`tunnelgw.core.handshake`): what Autobahn's own parser
+    would have set and its ``succeedHandshake`` reads; early is what the
+    client sent after its head (held until the 101).
+    """
+    protocol.http_request_uri = uri
+    protocol.http_request_path = path
+    protocol.http_request_host = host
+    protocol.http_request_params = {}
+    protocol.websocket_version = 13
+    protocol.websocket_origin = origin  # None when not sent
+    protocol.websocket_protocols = list(protocols)
+    protocol.websocket_extensions = []
+    protocol._wskey = key
+    protocol.data = early
+
+
+class QuietClientProtocol(QuietAdapter, WebSocketClientProtocol):  # Autobahn is untyped
+    """
+    Autobahn's client protocol with the quiet set-up and tear-down; it sends
+    the request ``onConnecting`` returns (no proxy, no Deferred, no debug
+    formatting).  The backend hop subclasses it.
+    """
+
+    def _connectionMade(self) -> None:
+        """Set up the WebSocket state and send the handshake request."""
+        open_state(self)
+        self._actuallyStartHandshake(self.onConnecting(self._transport_details))
+
+    def _connectionLost(self, reason: Any) -> None:
+        """Autobahn's tear-down (which calls ``onClose``), without its debug formatting."""
+        WebSocketProtocol._connectionLost(self, reason)
+
+    def _onConnect(self, response: Any) -> Any:
+        """The server's 101 is read: Autobahn's ``onConnect`` (without its debug formatting)."""
+        return self.onConnect(response)
+
+
+for _quiet in (QuietServerProtocol, QuietClientProtocol):
+    for _name, _value in CONNECTION_DEFAULTS.items():
+        setattr(_quiet, _name, _value)
+
+
+# The data phase: the unmasking function and Twisted transports that write at once.
+
+
+def _nvx_unmask() -> Unmask:
+    from autobahn.websocket.xormasker import create_xor_masker
+
+    def unmask(data: Any, mask: bytes) -> bytes:
+        """XOR with Autobahn's masker (native when its NVX extension is built)."""
+        return bytes(create_xor_masker(mask, len(data)).process(data))
+
+    return unmask
+
+
+def _choose_unmask() -> Unmask:
+    """websockets' C ``apply_mask`` (about 20x cheaper per 1 KiB frame than a masker object), else Autobahn's."""
+    try:
+        from websockets.speedups import apply_mask  # type: ignore[import-not-found]
+    except ImportError:
+        return _nvx_unmask()
+    return apply_mask  # type: ignore[no-any-return]
+
+
+#: The unmasking function the fast data phase uses.
+unmask: Unmask = _choose_unmask()
+
+#: More pieces than this in one write are joined first (the kernel's IOV_MAX is 1024).
+_MAX_PIECES = 64
+
+
+if TYPE_CHECKING:
+    _Connection = tcp.Connection
+else:
+    _Connection = object
+
+
+class _ImmediateWrites(_Connection):
+    """Mixed into Twisted's TCP connection classes: send at once what has nothing queued ahead of it."""
+
+    def _idle(self) -> bool:
+        """Nothing queued, connected, not closing, no TLS started on the connection itself."""
+        return bool(self.connected and not self.dataBuffer and not self._tempDataBuffer and not self.disconnecting
+                    and not self._writeDisconnected and not self.TLS)
+
+    def write(self, data: bytes) -> None:
+        if data and type(data) is bytes and self._idle():
+            try:
+                sent = self.socket.send(data)
+            except OSError:  # EAGAIN, or an error Twisted's own write path will meet and report
+                sent = 0
+            if sent == len(data):
+                return
+            data = data[sent:]
+        super().write(data)
+
+    def writeSequence(self, iovec: Iterable[bytes]) -> None:
+        pieces = list(iovec)
+        if not pieces or not self._idle() or not all(type(piece) is bytes for piece in pieces):
+            super().writeSequence(pieces)
+            return
+        if len(pieces) > _MAX_PIECES:
+            pieces = [b"".join(pieces)]
+        try:
+            sent = self.socket.sendmsg(pieces)
+        except OSError:
+            sent = 0
+        for i, piece in enumerate(pieces):
+            if sent < len(piece):
+                super().writeSequence([piece[sent:] if sent else piece] + pieces[i + 1:])
+                return
+            sent -= len(piece)
+
+
+class ImmediateServer(_ImmediateWrites, tcp.Server):
+    """An accepted TCP connection with :class:`_ImmediateWrites`."""
+
+
+class ImmediateClient(_ImmediateWrites, tcp.Client):
+    """An outgoing TCP connection with :class:`_ImmediateWrites`."""
+
+
+#: The most ciphertext taken out of the memory BIO per read (more is read on).
+_BIO_READ = 1 << 18
+
+
+#: Writes from this size on go to OpenSSL at once and whole; smaller ones are aggregated as Twisted does.
+_WHOLE = 16 * 1024
+
+
+class ImmediateTLS(BufferingTLSTransport):
+    """
+    Twisted's TLS protocol (the buffering one its factories build): a write of
+    :data:`_WHOLE` bytes or more goes to OpenSSL whole, after what was
+    aggregated before it, and its ciphertext to the connection in one write.
+    Twisted's path copies such a write five times in user space (join, its
+    aggregator's copy and join, a slice per 16 KiB record, the queue's join)
+    and makes one ``SSL_write``, ``bio_read`` and socket write per record.
+    A large ``writeSequence`` (a frame header and its payload) goes to OpenSSL
+    piece by piece without a join: the header becomes a small record of its
+    own (about 30 bytes on the wire per frame) and the payload is not copied.
+    """
+
+    def write(self, data: bytes) -> None:  # type: ignore[override]
+        if len(data) < _WHOLE:
+            self._aggregator.write(data)
+            return
+        self._aggregator.flush()
+        TLSMemoryBIOProtocol.write(self, data)
+
+    def writeSequence(self, iovec: Iterable[bytes]) -> None:
+        pieces = list(iovec)
+        if sum(map(len, pieces)) < _WHOLE or self.disconnecting:
+            self.write(b"".join(pieces))
+            return
+        self._aggregator.flush()
+        for piece in pieces:  # each to OpenSSL as it is (no join of a large payload), the ciphertext flushed once
+            if self._lostTLSConnection:
+                return
+            if self._appSendBuffer:  # OpenSSL wants to read first: keep the order behind what waits
+                self._bufferedWrite(piece)
+            elif piece:
+                self._write(piece, flush=False)
+        self._flushSendBIO()
+
+    def _write(self, bytes: bytes, flush: bool = True) -> None:  # noqa: A002  (Twisted's parameter name)
+        """As Twisted's: application bytes into the TLS connection (buffered while it wants to read), then flush."""
+        if self._lostTLSConnection:
+            return
+        sent, total = 0, len(bytes)
+        while sent < total:
+            try:
+                sent += self._tlsConnection.send(bytes[sent:] if sent else bytes)
+            except WantReadError:
+                self._bufferedWrite(bytes[sent:])
+                break
+            except TLSError:
+                self._tlsShutdownFinished(Failure())
+                return
+        if flush:
+            self._flushSendBIO()
+
+    def _flushReceiveBIO(self) -> None:
+        """
+        As Twisted's, but the records decrypted from one read reach the
+        protocol in one ``dataReceived`` (Twisted delivers each 16 KiB record
+        on its own, so a relay writes each on to its backend with a system
+        call of its own); what came before a TLS close or error is delivered first.
+        """
+        gathered: list[bytes] = []
+        while not self._lostTLSConnection:
+            try:
+                gathered.append(self._tlsConnection.recv(2**15))
+            except WantReadError:
+                break
+            except ZeroReturnError:
+                self._deliver(gathered)
+                self._shutdownTLS()
+                self._tlsShutdownFinished(None)
+            except TLSError:
+                self._deliver(gathered)
+                self._tlsShutdownFinished(Failure())
+        self._deliver(gathered)
+        self._flushSendBIO()
+
+    def _deliver(self, gathered: list[bytes]) -> None:
+        if gathered and not self._aborted:
+            ProtocolWrapper.dataReceived(self, gathered[0] if len(gathered) == 1 else b"".join(gathered))
+        gathered.clear()
+
+    def _flushSendBIO(self) -> None:
+        """Every byte waiting in the send BIO, to the connection in one write."""
+        chunks = []
+        while True:
+            try:
+                chunk = self._tlsConnection.bio_read(_BIO_READ)
+            except WantReadError:
+                break
+            chunks.append(chunk)
+            if len(chunk) < _BIO_READ:
+                break
+        if chunks and self.transport is not None:
+            self.transport.write(chunks[0] if len(chunks) == 1 else b"".join(chunks))
+
+
+_SWAPS: dict[type, type] = {tcp.Server: ImmediateServer, tcp.Client: ImmediateClient}
+
+
+def _whole_tls_writes(protocol: Any) -> None:
+    protocol.__class__ = ImmediateTLS
+    protocol.__dict__.pop("write", None)  # BufferingTLSTransport binds its aggregator's write on the instance
+
+
+#: What the subclasses above rely on in Twisted (checked once: another Twisted leaves transports as they are).
+_TWISTED_KNOWN = all(hasattr(FileDescriptor, name) for name in ("dataBuffer", "_writeDisconnected", "doWrite")) and all(
+    callable(getattr(TLSMemoryBIOProtocol, name, None))
+    for name in ("_write", "_flushSendBIO", "_flushReceiveBIO", "_bufferedWrite", "_tlsShutdownFinished", "_shutdownTLS"))
+
+
+def immediate_writes(transport: Any) -> None:
+    """
+    Give transport immediate writes: a TCP connection, or Twisted's TLS
+    protocol wrapped around one (``tls:`` and ``wss://`` backends; ``ssl:``
+    listeners are :mod:`tunnelgw.tlssocket`'s) and the connection under it.  Any other kind of transport
+    (``unix:``, ``ssl:`` client strings, which start TLS on the connection)
+    is left as it is, and every transport when Twisted's internals are not
+    the ones these classes know.
+    """
+    if not _TWISTED_KNOWN:
+        return
+    if type(transport) is BufferingTLSTransport:
+        _whole_tls_writes(transport)
+        transport = transport.transport
+    swap = _SWAPS.get(type(transport))
+    if swap is None:
+        return
+    transport.__class__ = swap
