@@ -163,8 +163,11 @@ class GatewayResource(Resource):
         if isinstance(decision, Route) and isinstance(decision.backend, WebSocketURL):
             route = decision
 
+            from_proxy = factory.topology is not None and factory.topology.from_proxy(request)
+
             def proxied() -> bytes | int:
-                outcome = factory.websocket_backends.proxy_http(request, route, view.query.encode("latin-1"), view.shown_path)
+                outcome = factory.websocket_backends.proxy_http(request, route, view.query.encode("latin-1"),
+                                                                view.shown_path, from_proxy)
                 return self._refuse(request, view, outcome) if isinstance(outcome, Reject) else outcome
 
             return self._portal_first(request, view, client, route, proxied)
