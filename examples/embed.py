@@ -23,6 +23,7 @@ from twisted.web.static import Data
 
 from tunnelgw.core.config import parse_config
 from tunnelgw.service import build_resource
+from tunnelgw.web import access_log_formatter
 
 PORT = int(sys.argv[1]) if len(sys.argv) > 1 else 8090
 
@@ -41,8 +42,12 @@ def main() -> None:
     root.putChild(b"", Data(b"<h1>My application</h1><p>Desktops at ws://host/desktops/echo</p>", "text/html"))
     # build_resource checks the rules (endpoint strings included) and raises
     # tunnelgw.core.config.ConfigError with FILE:LINE messages when they are wrong.
-    root.putChild(b"desktops", build_resource(parse_config(rules, "embed.py:RULES", require_listeners=False), reactor))
-    serverFromString(reactor, f"tcp:port={PORT}:interface=127.0.0.1").listen(Site(root))
+    gateway = build_resource(parse_config(rules, "embed.py:RULES", require_listeners=False), reactor)
+    root.putChild(b"desktops", gateway)
+    # The Site's access lines go through the gateway's redaction (tokens, query values),
+    # for the application's own pages too: twisted.web's default line names the raw URI.
+    site = Site(root, logFormatter=access_log_formatter(gateway.factory.redact))
+    serverFromString(reactor, f"tcp:port={PORT}:interface=127.0.0.1").listen(site)
     print(f"application listening on http://127.0.0.1:{PORT}/", flush=True)
     reactor.run()
 

@@ -86,7 +86,9 @@ def example_copy(tmp_path: Path, redis_port: int) -> str:
     for fixed in ("8080", "8081", "9090"):
         text = re.sub(rf"\b{fixed}\b", str(free_port()), text)
     text = text.replace(" examples/", f" {REPO}/examples/").replace(":6379/", f":{redis_port}/")
-    return text.replace("Recording /var/tmp ", f"Recording {tmp_path} ").replace("replay:/var/tmp ", f"replay:{tmp_path} ")
+    # The recordings' folder does not exist yet: the start makes it (as it makes /var/tmp/tunnelgw-recordings).
+    folder = tmp_path / "recordings"
+    return text.replace("/var/tmp/tunnelgw-recordings ", f"{folder} ")
 
 
 def test_main_example_starts_with_the_extra(tmp_path: Path) -> None:
@@ -98,6 +100,7 @@ def test_main_example_starts_with_the_extra(tmp_path: Path) -> None:
         with GatewayProcess(example_copy(tmp_path, redis.port), tmp_path) as gw:
             assert session_status(f"ws://127.0.0.1:{gw.port(0)}/echo") == 101
             assert "Traceback" not in gw.log()
+            assert ((tmp_path / "recordings").stat().st_mode & 0o777) == 0o700  # made by the start
     finally:
         redis.stop()
 
@@ -121,7 +124,7 @@ Lisen tcp:port=1
 Alias /files {tmp}/no-such-folder
 Limit sessions=abc
 ProxyPass /b tcp:host=127.0.0.1:port=5901 auth=nope
-Recording {tmp}/no-recordings
+Recording {tmp}/no-parent/recordings
 AccessLog {tmp}/no-folder/access.log
 """
 

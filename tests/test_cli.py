@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from websockets.sync.client import connect
 
 from support import REPO, GatewayProcess, subprocess_env, twistd_command, wait_until
@@ -75,9 +76,7 @@ def test_example_config_starts_and_relays(tmp_path: Path) -> None:
     assert text.count("8081") == 3  # the comment, DemoBackend and ProxyPass
     text = (text.replace("tcp:port=8080:", "tcp:port=0:").replace("tcp:port=9090:", "tcp:port=0:")
             .replace("8081", str(echo_port)).replace("examples/topologies/", f"{REPO}/examples/topologies/")
-            .replace("Recording /var/tmp ", f"Recording {tmp_path / 'recordings'} ")
-            .replace("replay:/var/tmp ", f"replay:{tmp_path / 'recordings'} "))
-    (tmp_path / "recordings").mkdir()
+            .replace("/var/tmp/tunnelgw-recordings ", f"{tmp_path / 'recordings'} "))
     with GatewayProcess(text, tmp_path) as gw:
         with connect(f"ws://127.0.0.1:{gw.port()}/echo", open_timeout=5) as ws:
             ws.send(b"example")
@@ -96,11 +95,20 @@ def test_embedding_example(tmp_path: Path) -> None:
         assert wait_until(lambda: "application listening" in (tmp_path / "embed.log").read_text(), 20)
         import urllib.request
 
-        assert b"My application" in urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5).read()
+        assert b"My application" in urllib.request.urlopen(f"http://127.0.0.1:{port}/?token=embedSECRET1",
+                                                           timeout=5).read()
         with connect(f"ws://127.0.0.1:{port}/desktops/echo", open_timeout=5) as ws:
             ws.send(b"embedded")
             assert ws.recv(timeout=5) == b"embedded"
+        import urllib.error
+
+        with pytest.raises(urllib.error.HTTPError):  # 426: a plain request on the WebSocket path
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/desktops/echo?token=embedSECRET2", timeout=5)
+        # The application's access lines go through the gateway's redaction (its own page's too).
+        assert wait_until(lambda: (tmp_path / "embed.log").read_text().count("GET /") >= 2, 10)
     finally:
         proc.terminate()
         proc.wait(15)
         log.close()
+    text = (tmp_path / "embed.log").read_text()
+    assert "embedSECRET" not in text and "GET /desktops/echo?token=tok:" in text, text

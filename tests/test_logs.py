@@ -163,3 +163,40 @@ ProxyPass /portal tcp:host=127.0.0.1:port={echo} auth=sso
     assert log.count("handshake timed out") == 1  # the stalled request only
     assert not re.search(r"Start(ing|ed) (protocol|factory)|Stopping (protocol|factory)", log), log
     assert len(re.findall(r"request refused .*path='/nowhere' status=404 reason='no route", log)) == 1, log
+
+
+def test_log_sinks_are_kept_by_key_and_observed_only_while_there_are_some() -> None:
+    """LogSinks: a keyed sink survives a reload that keeps its directive, a dropped one is closed once, an unkeyed one is made again; the publisher is observed only while there are sinks."""
+    from twisted.logger import LogPublisher
+
+    from tunnelgw.logs import LogSinks
+
+    class Sink:
+        """A sink that records its close."""
+
+        def __init__(self, spec: str) -> None:
+            self.spec = spec
+            self.closed = 0
+
+        def close(self) -> None:
+            self.closed += 1
+
+    publisher, seen = LogPublisher(), []
+    keyed: LogSinks[str, Sink] = LogSinks(publisher, seen.append, ("a", "b"), Sink, key=lambda spec: spec)
+    publisher({"n": 0})
+    keyed.start()
+    a, b = keyed.sinks
+    keyed.reconfigure(("a", "c"))
+    assert keyed.sinks[0] is a and b.closed == 1 and a.closed == 0 and keyed.sinks[1].spec == "c"
+    publisher({"n": 1})
+    keyed.reconfigure(())
+    publisher({"n": 2})
+    assert [e["n"] for e in seen] == [1] and a.closed == 1
+    unkeyed: LogSinks[str, Sink] = LogSinks(publisher, seen.append, ("a",), Sink)
+    unkeyed.start()
+    first = unkeyed.sinks[0]
+    unkeyed.reconfigure(("a",))
+    assert unkeyed.sinks[0] is not first and first.closed == 1
+    unkeyed.stop()
+    publisher({"n": 3})
+    assert unkeyed.sinks == [] and [e["n"] for e in seen] == [1]

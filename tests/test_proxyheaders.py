@@ -40,6 +40,22 @@ def test_backend_request_headers_set_host_and_forwarded() -> None:
                    (b"x-forwarded-for", [b"10.0.0.1, 127.0.0.1"])]
 
 
+def test_backend_never_gets_a_clients_path_override_or_hop() -> None:
+    """A client's X-Original-URL / X-Original-URI / X-Rewrite-URL (a path a backend framework would route by instead of the one the gateway routed) and X-Tunnelgw-Hop never reach a backend."""
+    headers = [(b"X-Original-URL", [b"/admin"]), (b"x-original-uri", [b"/admin"]), (b"X-Rewrite-URL", [b"/admin"]),
+               (b"X-Tunnelgw-Hop", [b"forged"]), (b"Accept", [b"*/*"])]
+    assert backend_request_headers(headers, "b:1", []) == [(b"accept", [b"*/*"]), (b"host", [b"b:1"])]
+
+
+def test_forwarded_host_and_real_ip_only_from_a_trusted_proxy() -> None:
+    """X-Forwarded-Host/-Port/-Server/-Prefix and X-Real-IP reach a backend from a TrustedProxy peer only; a client's own are dropped."""
+    headers = [(b"X-Forwarded-Host", [b"evil.example"]), (b"X-Forwarded-Port", [b"1"]), (b"X-Forwarded-Server", [b"x"]),
+               (b"X-Forwarded-Prefix", [b"/admin"]), (b"X-Real-IP", [b"10.9.9.1"]), (b"Accept", [b"*/*"])]
+    assert backend_request_headers(headers, "b:1", []) == [(b"accept", [b"*/*"]), (b"host", [b"b:1"])]
+    passed = dict(backend_request_headers(headers, "b:1", [], from_proxy=True))
+    assert passed[b"x-forwarded-host"] == [b"evil.example"] and passed[b"x-real-ip"] == [b"10.9.9.1"]
+
+
 def test_head_connection_names() -> None:
     """The Connection tokens of a raw response head are found, in any case, over several lines."""
     head = b"HTTP/1.1 200 OK\r\nConnection: X-One, close\r\nX-One: 1\r\nconnection: x-two\r\n"

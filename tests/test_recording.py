@@ -441,3 +441,58 @@ ProxyPass /replay replay:{folder}
             assert closed.value.rcvd is not None and (closed.value.rcvd.code, closed.value.rcvd.reason) == (1011, UNREADABLE)
         gw.wait_log(r"replay stopped: replay:\S+/0123456789ab cannot be read: not ASCII text")
         assert "\u00e9" not in gw.log()
+
+
+def test_a_missing_folder_is_made_at_start_when_its_parent_exists(tmp_path: Path) -> None:
+    """A Recording folder that does not exist yet passes the check when its parent does (a replay route on it too), and is made at start, mode 0700; a missing parent is a FILE:LINE problem."""
+    from tunnelgw.core.config import ConfigError, parse_config
+    from tunnelgw.service import check_config
+
+    folder = tmp_path / "tunnelgw-recordings"
+
+    def check(recording: Path) -> str:
+        config = parse_config(f"Listen tcp:port=0:interface=127.0.0.1\nRecording {recording} keepdays=30\n"
+                              f"ProxyPass /replay replay:{recording}\n", "gw.conf")
+        try:
+            check_config(config, MemoryReactorClock())
+        except ConfigError as e:
+            return str(e)
+        return ""
+
+    assert check(folder) == "" and not folder.exists()  # --check makes nothing
+    missing = check(tmp_path / "nowhere" / "recordings")
+    assert missing.startswith("gw.conf:2: Recording folder") and "its parent" in missing, missing
+    recordings = Recordings(MemoryReactorClock(), Recording(str(folder), 1000, 60.0, 30.0, Location("gw.conf", 2)),
+                            CollectorRegistry(), run_in_thread=lambda work, *args: work(*args))
+    recordings.start()
+    recordings.stop()
+    assert folder.is_dir() and (folder.stat().st_mode & 0o777) == 0o700
+
+
+def test_a_folder_in_a_parent_others_write_must_be_the_gateways_own(tmp_path: Path) -> None:
+    """In a parent every user may write to (/var/tmp), a Recording folder that is a link, another user's or open to others is refused: another user could read the desktops."""
+    from tunnelgw.core.config import ConfigError, parse_config
+    from tunnelgw.service import check_config
+
+    shared = tmp_path / "vartmp"
+    shared.mkdir()
+    shared.chmod(0o1777)
+
+    def check(recording: Path) -> str:
+        config = parse_config(f"Listen tcp:port=0:interface=127.0.0.1\nRecording {recording}\n", "gw.conf")
+        try:
+            check_config(config, MemoryReactorClock())
+        except ConfigError as e:
+            return str(e)
+        return ""
+
+    own = shared / "mine"
+    own.mkdir(mode=0o700)
+    own.chmod(0o700)
+    assert check(own) == ""
+    own.chmod(0o777)
+    assert "others can use" in check(own)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir(mode=0o700)
+    (shared / "link").symlink_to(elsewhere)
+    assert "is a symbolic link" in check(shared / "link")

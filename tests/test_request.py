@@ -321,6 +321,24 @@ def test_unreadable_targets_refused_with_line_and_event(folder: Path, target: by
         sinks.close()
 
 
+@pytest.mark.parametrize("target", [b"/desk%2fdeskSecretAlpha01", b"/echo%00", b"/static%5c..%5capp.js", b"/m/999"])
+def test_encoded_separators_refused_loudly_not_counted_as_unrouted(folder: Path, target: bytes) -> None:
+    """A plain GET with an encoded '/', '\\' or NUL, or whose ProxyPassMatch capture would choose the backend host, is a refusal (404 with its line and audit event), never quieted as an unrouted path."""
+    gw, sinks = _world(folder)
+    try:
+        for first in (b"", b"GET /nothing-here HTTP/1.1\r\nHost: gw\r\n\r\n"):
+            client = Gateway.client(gw)[1]
+            client.protocol.dataReceived(first + b"GET " + target + b" HTTP/1.1\r\nHost: gw\r\n\r\n")
+            assert re.findall(rb"HTTP/1.1 (\d{3}) ", client.value())[-1] == b"404"
+        shown = sinks.everything()
+        reason = "may not choose the backend host" if target.startswith(b"/m/") else "encoded '/'"
+        assert shown.count(reason) >= 2 and shown.count('"event": "request.refused"') >= 2
+        assert "tunnelgw_unrouted_requests_total 1.0" in shown  # /nothing-here only
+        assert "deskSecretAlpha01" not in shown
+    finally:
+        sinks.close()
+
+
 @pytest.mark.parametrize("second", [b"GET /a b HTTP/1.1\r\nHost: gw\r\n\r\n", b"GET /a HTTP/1.1\r\nHost : gw\r\n\r\n",
                                     b"GET /a HTTP/1.1\r\nHost: gw\r\nX: a\x01b\r\n\r\n", b"GET /a HTTP/2.0\r\n\r\n"])
 def test_kept_alive_requests_are_read_like_first_ones(folder: Path, second: bytes) -> None:
@@ -704,3 +722,58 @@ def test_decision_table(guard: str, kind: str, request: pytest.FixtureRequest) -
         _REPLAY_CASES[guard](request.getfixturevalue("tls_world"))
     else:
         _memory_case(guard, kind)
+
+
+@pytest.mark.parametrize("target", [b"/desk/%zzdeskSecretAlpha01", b"/desk%2fdeskSecretAlpha01", b"/../desk"])
+def test_unreadable_targets_give_one_access_line_each_kind(folder: Path, target: bytes) -> None:
+    """An upgrade and a plain GET for a target the view refuses each give exactly one access-log line, with its status and no token."""
+    gw, sinks = _world(folder)
+    access = folder / "access.log"
+    from tunnelgw.core.config import AccessLog
+    from tunnelgw.core.errors import Location
+
+    gw.service.access.reconfigure((AccessLog(str(access), "combined", Location("t.conf", 1)),))
+    gw.service.access.start()
+    try:
+        for request in (handshake(target), b"GET " + target + b" HTTP/1.1\r\nHost: gw\r\n\r\n"):
+            client = Gateway.client(gw)[1]
+            client.protocol.dataReceived(request)
+        lines = access.read_text().splitlines()
+        status = b"404" if b"%2f" in target else b"400"
+        assert len(lines) == 2 and all(f'" {status.decode()} ' in line for line in lines), lines
+        assert all("(unparsed " in line for line in lines) and "deskSecretAlpha01" not in access.read_text()
+    finally:
+        gw.service.access.stop()
+        sinks.close()
+
+
+@pytest.mark.parametrize("before", [b"\r\n", b"\r\n\r\n", b"\n"])
+def test_empty_lines_before_a_first_request_are_ignored(folder: Path, before: bytes) -> None:
+    """Empty lines before the request line (RFC 9112 section 2.2) are skipped on a first request as twisted.web skips them on a kept-alive one: the request is answered, plain or upgrade."""
+    gw, sinks = _world(folder)
+    try:
+        plain = Gateway.client(gw)[1]
+        plain.protocol.dataReceived(before + b"GET /echo HTTP/1.1\r\nHost: gw\r\n\r\n")
+        assert _status(plain) == 426
+        upgrade = Gateway.client(gw)[1]
+        upgrade.protocol.dataReceived(before)
+        upgrade.protocol.dataReceived(handshake(b"/desk/%zz"))
+        assert _status(upgrade) == 400 and b"bad percent escape" in upgrade.value()
+    finally:
+        sinks.close()
+
+
+def test_star_target_is_a_logged_refusal_but_for_options(folder: Path) -> None:
+    """GET * (first or kept-alive) is a 400 with its line and audit event, as every unreadable target; OPTIONS * is answered."""
+    gw, sinks = _world(folder)
+    try:
+        for first in (b"", b"GET /nothing-here HTTP/1.1\r\nHost: gw\r\n\r\n"):
+            client = Gateway.client(gw)[1]
+            client.protocol.dataReceived(first + b"GET * HTTP/1.1\r\nHost: gw\r\n\r\n")
+            assert re.findall(rb"HTTP/1.1 (\d{3}) ", client.value())[-1] == b"400", client.value()
+        options = Gateway.client(gw)[1]
+        options.protocol.dataReceived(b"OPTIONS * HTTP/1.1\r\nHost: gw\r\n\r\n")
+        assert _status(options) == 200
+        assert sinks.everything().count("the target * is for OPTIONS only") >= 4  # text and JSON lines, twice
+    finally:
+        sinks.close()

@@ -312,6 +312,30 @@ class AdminListenTests(TestCase):
         self.assertEqual(len([line for line in log if "serves the session list and close to the network" in line]), 1)
 
 
+    def test_admin_requests_are_not_logged_but_refusals_are(self) -> None:
+        """Scrapes and page loads on the admin listener write no line (no twisted.web access line with the raw URI); a foreign Host's 403 is one refusal line with its reason."""
+        config = parse_config("Listen tcp:port=0\nAdminListen tcp:port=9091:interface=127.0.0.1\n", "gw.conf")
+        site = admin_site(GatewayService(config, MemoryReactorClock()).factory, lambda: False,
+                          "tcp:port=9091:interface=127.0.0.1")
+        log = capture_log(self)
+        site.startFactory()
+        self.addCleanup(site.stopFactory)
+        for host, path in ((b"127.0.0.1:9091", b"/healthz?token=adminSECRET1"), (b"127.0.0.1:9091", b"/sessions"),
+                           (b"rebound.example", b"/sessions?token=adminSECRET2")):
+            transport = StringTransport(hostAddress=IPv4Address("TCP", "127.0.0.1", 9091),
+                                        peerAddress=IPv4Address("TCP", "127.0.0.1", 50000))
+            channel = site.buildProtocol(transport.getPeer())
+            channel.makeConnection(transport)
+            channel.dataReceived(b"GET " + path + b" HTTP/1.1\r\nHost: " + host + b"\r\n\r\n")
+            self.assertIn(b" 403 " if host == b"rebound.example" else b" 200 ", transport.value().split(b"\r\n")[0] + b" ")
+            channel.connectionLost(None)
+        self.assertEqual([line for line in log if "adminSECRET1" in line or "GET /" in line], [])
+        refused = [line for line in log if "refused" in line]
+        self.assertEqual(len(refused), 1, log)
+        self.assertIn("Host is not this admin listener's address", refused[0])
+        self.assertNotIn("adminSECRET2", "\n".join(log))
+
+
 def test_haproxy_listeners_are_documented_as_trusting_every_peer() -> None:
     """Point 10: the README's haproxy: example binds to loopback and says what such a listener believes."""
     from support import REPO

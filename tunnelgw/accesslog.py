@@ -25,13 +25,14 @@ from twisted.logger import Logger, globalLogPublisher
 
 from tunnelgw.core.accesslog import AccessEntry, format_entry, hide_query_values
 from tunnelgw.core.config import AccessLog
+from tunnelgw.logs import LogSinks
 
 __all__ = ["AccessLogs", "request_entry"]
 
 _log = Logger(namespace="tunnelgw.access")
 
 #: Refusal kinds of upgrade requests (plain requests reach the log through the Site).
-_UPGRADE_REFUSALS = ("handshake", "route", "rate", "hop")
+_UPGRADE_REFUSALS = ("target", "handshake", "route", "rate", "hop")
 
 
 def _header(request: Any, name: bytes) -> str:
@@ -127,56 +128,24 @@ class _Sink:
                 pass
 
 
-class AccessLogs:
+class AccessLogs(LogSinks[AccessLog, _Sink]):
     """
-    The gateway's access logs.
+    The gateway's access logs: :meth:`start`, :meth:`reconfigure` (reload;
+    every file is opened again, so SIGHUP follows a log rotation) and
+    :meth:`stop` come from :class:`~tunnelgw.logs.LogSinks`.
 
     :param redact: the gateway's redaction of request paths, URIs and URLs.
     """
 
     def __init__(self, reactor: Any, specs: tuple[AccessLog, ...], redact: Callable[[str], str],
                  publisher: Any = globalLogPublisher) -> None:
+        super().__init__(publisher, self, specs, _Sink)
         self._reactor = reactor
         self._redact = redact
-        self._publisher = publisher
-        self._specs = specs
-        self._sinks: list[_Sink] = []
-        self._observing = False
-        self._started = False
-
-    def start(self) -> None:
-        """Open the files and observe session and refusal events."""
-        self._started = True
-        self.reconfigure(self._specs)
-
-    def reconfigure(self, specs: tuple[AccessLog, ...]) -> None:
-        """Switch to new access logs (reload); every file is opened again, so SIGHUP follows a log rotation."""
-        self._specs = specs
-        if not self._started:
-            return
-        old, self._sinks = self._sinks, [_Sink(spec) for spec in specs]
-        for sink in old:
-            sink.close()
-        if self._sinks and not self._observing:
-            self._publisher.addObserver(self)
-            self._observing = True
-        elif not self._sinks and self._observing:
-            self._publisher.removeObserver(self)
-            self._observing = False
-
-    def stop(self) -> None:
-        """Stop observing and close the files."""
-        self._started = False
-        if self._observing:
-            self._publisher.removeObserver(self)
-            self._observing = False
-        for sink in self._sinks:
-            sink.close()
-        self._sinks = []
 
     def request(self, request: Any) -> None:
         """A plain HTTP request was answered (twisted.web's ``Site.log``)."""
-        if self._sinks:
+        if self.sinks:
             self._write(request_entry(request, self._redact, self._reactor.seconds()))
 
     def __call__(self, event: dict[str, Any]) -> None:
@@ -188,5 +157,5 @@ class AccessLogs:
             self._write(entry)
 
     def _write(self, entry: AccessEntry) -> None:
-        for sink in self._sinks:
+        for sink in self.sinks:
             sink.write(entry)

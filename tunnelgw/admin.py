@@ -44,8 +44,11 @@ from tunnelgw.overview import OverviewSource
 from tunnelgw.recording import newest_recordings
 from tunnelgw.core.adminpage import PAGE_HEADERS, csrf_refusal, render_page
 from tunnelgw.core.clientaddr import format_address
+from tunnelgw.core.redact import printable
+from tunnelgw.core.routing import Reject
+from tunnelgw.session import log_refusal
 
-__all__ = ["ADMIN_CLOSE", "AdminResource", "admin_site", "is_own_host", "redis_health", "redis_notice"]
+__all__ = ["ADMIN_CLOSE", "AdminResource", "AdminSite", "admin_site", "is_own_host", "redis_health", "redis_notice"]
 
 
 # The Redis state the operator's page and ``GET /redis`` read (kept apart from the page's own rendering).
@@ -127,10 +130,16 @@ class AdminResource(Resource):
 
         self._metrics = MetricsResource(registry=factory.metrics.registry)
 
+    def _refuse(self, request: Request, reason: str) -> bytes:
+        """A 403 with its one refusal line and audit event (the path redacted, no query): another site's doing."""
+        path = printable(self._factory.redact(request.path.decode("latin-1")))
+        log_refusal(format_address(request.getClientAddress()), path, Reject(403, reason), "admin")
+        return _plain(request, 403, reason)
+
     def render(self, request: Request) -> Any:
         """Dispatch on the exact path; everything unknown is 404, a foreign Host 403."""
         if not is_own_host(request.getHeader(b"host"), request.getHost()):
-            return _plain(request, 403, "Host is not this admin listener's address")
+            return self._refuse(request, "Host is not this admin listener's address")
         parts = request.path.split(b"/")[1:]
         method = request.method
         if parts == [b""] and method in (b"GET", b"HEAD"):
@@ -158,7 +167,7 @@ class AdminResource(Resource):
             session_id = parts[1].decode("latin-1")
             body, refused = self._guard(request, session_id)
             if refused is not None:
-                return _plain(request, 403, refused)
+                return self._refuse(request, refused)
             # A session of a desktop closes with every channel of that desktop (the id may be the desktop's).
             live = [(s, s.describe()) for s in list(self._factory.sessions.values())]
             chosen = next((d for _, d in live if d["session"] == session_id), None)
@@ -194,7 +203,7 @@ class AdminResource(Resource):
             session_id = rest[0].decode("latin-1")
             body, refused = self._guard(request, session_id)
             if refused is not None:
-                return _plain(request, 403, refused)
+                return self._refuse(request, refused)
             d = pool.request_close(session_id)
             _log.info("admin close session={session} (through the pool) admin={admin}", session=session_id,
                       admin=format_address(request.getClientAddress()),
@@ -267,13 +276,24 @@ class AdminResource(Resource):
         return NOT_DONE_YET
 
 
+class AdminSite(Site):
+    """
+    The admin listener's Site: no access line per request (a Prometheus
+    scrape every few seconds would fill the log, and twisted.web's line
+    names the raw URI); refusals are logged by :class:`AdminResource`.
+    """
+
+    def log(self, request: Any) -> None:
+        """twisted.web's access-log call: nothing to write."""
+
+
 def admin_site(factory: Any, draining: Callable[[], bool], endpoint: str = "",
                overview: Optional[OverviewSource] = None) -> Site:
     """A Site serving :class:`AdminResource` on endpoint; a warning when other hosts can reach it."""
     if endpoint and not listener_is_local(endpoint):
         _log.warn("AdminListen {endpoint} serves the session list and close to the network (written 'public')",
                   endpoint=endpoint)
-    site = Site(AdminResource(factory, draining, overview), timeout=60)
+    site = AdminSite(AdminResource(factory, draining, overview), timeout=60)
     site.displayTracebacks = False
     site.noisy = False
     return site

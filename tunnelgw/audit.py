@@ -31,6 +31,7 @@ from zope.interface import implementer
 
 from tunnelgw.core.audit import AUDIT_EVENTS, AuditEvent, json_record, octet_counted, rfc5424
 from tunnelgw.core.config import AuditLog
+from tunnelgw.logs import LogSinks
 
 __all__ = ["AuditTrail", "TCP_QUEUE", "UDP_MAX"]
 
@@ -222,9 +223,11 @@ def _key(spec: AuditLog) -> tuple[str, int, str, str]:
 _SINKS = {"udp": _UdpSink, "tcp": _TcpSink, "unix": _UnixSink, "file": _FileSink}
 
 
-class AuditTrail:
+class AuditTrail(LogSinks[AuditLog, _Sink]):
     """
-    Observes the log for audit events and sends each to every sink.
+    Observes the log for audit events and sends each to every sink; :meth:`start`,
+    :meth:`reconfigure` (reload: unchanged sinks are kept, with their connections) and
+    :meth:`stop` come from :class:`~tunnelgw.logs.LogSinks`.
 
     :param specs: the ``AuditLog`` directives.
     :param registry: where ``tunnelgw_audit_dropped_total`` is registered.
@@ -237,46 +240,8 @@ class AuditTrail:
         self.pid = os.getpid()
         self.dropped = Counter("tunnelgw_audit_dropped", "Audit events an audit sink could not take",
                                ["sink"], registry=registry)
-        self._publisher = publisher
-        self._specs = specs
-        self._sinks: list[_Sink] = []
-        self._observing = False
-        self._started = False
-
-    def start(self) -> None:
-        """Open the sinks and begin observing."""
-        self._started = True
-        self.reconfigure(self._specs)
-
-    def reconfigure(self, specs: tuple[AuditLog, ...]) -> None:
-        """Switch to new sinks (reload); unchanged ones are kept, with their connections."""
-        self._specs = specs
-        if not self._started:
-            return
-        old = {_key(sink.spec): sink for sink in self._sinks}
-        sinks = []
-        for spec in specs:
-            sink = old.pop(_key(spec), None)
-            sinks.append(sink if sink is not None else _SINKS[spec.transport](spec, self))
-        for sink in old.values():
-            sink.close()
-        self._sinks = sinks
-        if sinks and not self._observing:
-            self._publisher.addObserver(self)
-            self._observing = True
-        elif not sinks and self._observing:
-            self._publisher.removeObserver(self)
-            self._observing = False
-
-    def stop(self) -> None:
-        """Stop observing and close every sink."""
-        self._started = False
-        if self._observing:
-            self._publisher.removeObserver(self)
-            self._observing = False
-        for sink in self._sinks:
-            sink.close()
-        self._sinks = []
+        # An unchanged sink is kept across a reload, with its connection.
+        super().__init__(publisher, self, specs, lambda spec: _SINKS[spec.transport](spec, self), _key)
 
     def __call__(self, event: dict[str, Any]) -> None:
         kind = event.get("audit")
@@ -285,5 +250,5 @@ class AuditTrail:
         fields = event.get("fields")
         record = AuditEvent(kind, event.get("log_time") or self.reactor.seconds(),
                             fields if isinstance(fields, dict) else {})
-        for sink in self._sinks:
+        for sink in self.sinks:
             sink.send(record)

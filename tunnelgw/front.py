@@ -79,6 +79,10 @@ class GatewayFront(Protocol):
             return
         self._spoke = True
         scanned = len(self._buffer)
+        if not scanned:
+            # Empty lines before the request line are ignored (RFC 9112 section 2.2), as
+            # twisted.web ignores them before a kept-alive request; the deadline bounds them.
+            data = data.lstrip(b"\r\n")
         buffer = self._buffer = self._buffer + data
         end = find_head_end(buffer, scanned)
         limit = self.factory.max_head

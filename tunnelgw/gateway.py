@@ -295,7 +295,8 @@ class GatewayFactory(SharedOptions, WebSocketServerFactory):  # type: ignore[mis
         path = view.shown_path
         label = client_label(client, transport)
         if view.refusal is not None:
-            self._answer(transport, label, path, view.refusal, "request")
+            # kind "target": an upgrade refused for its target (the access log gives it a line, as any upgrade).
+            self._answer(transport, label, path, view.refusal, "target")
             return None
         handshake = check_handshake(head)
         if isinstance(handshake, Reject):

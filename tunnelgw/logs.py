@@ -17,11 +17,87 @@ from __future__ import annotations
 import json
 import re
 from datetime import datetime, timezone
-from typing import IO, Any
+from typing import IO, Any, Callable, Generic, Optional, Protocol, Sequence, TypeVar
 
 from twisted.logger import FileLogObserver, ILogObserver, formatEvent, formatEventAsClassicLogText, formatTime
 
-__all__ = ["format_fields", "json_lines_observer", "json_line", "text_line", "text_lines_observer"]
+__all__ = ["LogSinks", "format_fields", "json_lines_observer", "json_line", "text_line", "text_lines_observer"]
+
+
+class _Sink(Protocol):
+    """What :class:`LogSinks` holds: a writer made from one directive, closed once."""
+
+    @property
+    def spec(self) -> Any: ...
+
+    def close(self) -> None: ...
+
+
+_SpecT = TypeVar("_SpecT")
+_SinkT = TypeVar("_SinkT", bound=_Sink)
+
+
+class LogSinks(Generic[_SpecT, _SinkT]):
+    """
+    The sinks that log events feed (the audit trail's, the access log's):
+    made from their directives at start and on every reload, each closed when
+    a reload drops it or at stop; the publisher is observed only while there
+    are sinks.
+
+    :param observer: what the publisher calls with each event.
+    :param make: a new sink for a directive.
+    :param key: a sink whose directive has the same key is kept across a reload
+        (its connection stays up); without it, every reload makes every sink
+        again (files opened again after a log rotation).
+    """
+
+    def __init__(self, publisher: Any, observer: Callable[[dict[str, Any]], None], specs: Sequence[_SpecT],
+                 make: Callable[[_SpecT], _SinkT], key: Optional[Callable[[_SpecT], object]] = None) -> None:
+        self._publisher = publisher
+        self._observer = observer
+        self._specs = tuple(specs)
+        self._make = make
+        self._key = key
+        self.sinks: list[_SinkT] = []
+        self._observing = False
+        self._started = False
+
+    def start(self) -> None:
+        """Make the sinks and observe."""
+        self._started = True
+        self.reconfigure(self._specs)
+
+    def reconfigure(self, specs: Sequence[_SpecT]) -> None:
+        """Switch to specs' sinks (reload); before :meth:`start`, only remember them."""
+        self._specs = tuple(specs)
+        if not self._started:
+            return
+        key = self._key
+        kept = {key(sink.spec): sink for sink in self.sinks} if key is not None else {}
+        sinks = []
+        for spec in self._specs:
+            sink = kept.pop(key(spec), None) if key is not None else None
+            sinks.append(sink if sink is not None else self._make(spec))
+        for sink in self.sinks:
+            if not any(sink is new for new in sinks):
+                sink.close()
+        self.sinks = sinks
+        self._observe(bool(sinks))
+
+    def stop(self) -> None:
+        """Stop observing and close every sink."""
+        self._started = False
+        self._observe(False)
+        for sink in self.sinks:
+            sink.close()
+        self.sinks = []
+
+    def _observe(self, wanted: bool) -> None:
+        if wanted and not self._observing:
+            self._publisher.addObserver(self._observer)
+        elif not wanted and self._observing:
+            self._publisher.removeObserver(self._observer)
+        self._observing = wanted
 
 
 def json_line(event: dict[str, Any]) -> str:

@@ -23,6 +23,7 @@ never another file, link or folder; and the gateway refuses to start with
 from __future__ import annotations
 
 import os
+import stat
 import time
 from collections import deque
 from typing import Any, Callable, Optional
@@ -40,7 +41,7 @@ from tunnelgw.core.sessionrelay import Carries, Forward, Role, SessionRelay
 from tunnelgw.upstream import unmask
 
 __all__ = ["FLUSH_BYTES", "FLUSH_SECONDS", "LISTED", "MAX_PENDING", "Recorder", "Recordings", "RecordingLink",
-           "foreign_entries", "newest_recordings"]
+           "folder_problem", "foreign_entries", "make_folder", "newest_recordings"]
 
 _log = Logger(namespace="tunnelgw")
 #: A recorder submits its buffered chunks once this many bytes wait...
@@ -69,6 +70,57 @@ def newest_recordings(folder: str, count: int = LISTED) -> list[tuple[str, int, 
     except OSError:
         return []
     return sorted(found, key=lambda r: r[2], reverse=True)[:count]
+
+
+def _parent(folder: str) -> str:
+    return os.path.dirname(folder.rstrip("/")) or "/"
+
+
+def folder_problem(folder: str) -> Optional[str]:
+    """
+    Why folder cannot hold the gateway's recordings (the end of a sentence
+    about it), or None.  A folder that does not exist yet is fine when its
+    parent is a folder the gateway may write to: :func:`make_folder` makes
+    it at start.  In a parent every user may write to (``/var/tmp``) the
+    folder must be a real folder of the gateway's own user that no one else
+    can use: another user could have made it first, and read the desktops.
+    """
+    parent = _parent(folder)
+    try:
+        found = os.lstat(folder)
+        open_parent = bool(os.stat(parent).st_mode & stat.S_IWOTH)
+    except FileNotFoundError:
+        if not os.path.isdir(parent):
+            return f"does not exist, nor does its parent {parent!r}"
+        if not os.access(parent, os.W_OK | os.X_OK):
+            return f"does not exist, and its parent {parent!r} is not writable to make it"
+        return None
+    except OSError as e:
+        return f"cannot be read: {e.strerror}"
+    if open_parent:
+        if stat.S_ISLNK(found.st_mode):
+            return f"is a symbolic link in {parent!r}, which every user may write to"
+        if found.st_uid != os.geteuid():
+            return f"belongs to another user (uid {found.st_uid}) in {parent!r}, which every user may write to"
+        if found.st_mode & 0o077:
+            return (f"is in {parent!r}, which every user may write to, and others can use it "
+                    f"(mode {stat.S_IMODE(found.st_mode):04o}): chmod 700 it")
+    return None if os.path.isdir(folder) else "is not an existing folder"
+
+
+def make_folder(folder: str) -> None:
+    """
+    Make folder (mode 0700, one level: its parent exists) when it does not
+    exist; a failure is logged (each recording then stops with ``error``).
+    """
+    try:
+        os.mkdir(folder, 0o700)
+    except FileExistsError:
+        return
+    except OSError as e:
+        _log.error("Recording folder {folder!r} cannot be made: {why}", folder=folder, why=e.strerror)
+        return
+    _log.info("Recording folder {folder!r} made (mode 0700)", folder=folder)
 
 
 def foreign_entries(folder: str) -> list[str]:
@@ -104,7 +156,9 @@ class Recordings:
         self._retention: Optional[LoopingCall] = None
 
     def start(self) -> None:
-        """Start the writer thread and the retention sweep."""
+        """Make the folder if it is missing, start the writer thread and the retention sweep."""
+        if self.spec is not None:
+            make_folder(self.spec.folder)
         if self._run is None:
             self._pool = ThreadPool(minthreads=1, maxthreads=1, name="tunnelgw-recordings")
             self._pool.start()
@@ -121,7 +175,9 @@ class Recordings:
             self._pool = None
 
     def reconfigure(self, spec: Optional[Recording]) -> None:
-        """New recordings follow spec (reload); recordings under way keep their limits."""
+        """New recordings follow spec (reload; a new folder is made); recordings under way keep their limits."""
+        if spec is not None and self._retention is not None and (self.spec is None or spec.folder != self.spec.folder):
+            make_folder(spec.folder)
         self.spec = spec
 
     def call_from_thread(self, work: Callable[..., None], *args: Any) -> None:

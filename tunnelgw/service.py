@@ -34,7 +34,7 @@ from tunnelgw.demo import demo_factory, demo_page
 from tunnelgw.front import FrontFactory, GatewaySite
 from tunnelgw.http2 import Http2Server
 from tunnelgw.metrics import GatewayMetrics
-from tunnelgw.recording import foreign_entries
+from tunnelgw.recording import folder_problem, foreign_entries
 from tunnelgw.gateway import GatewayFactory
 from tunnelgw.core.relay import CLOSE_GOING_AWAY, Close
 from tunnelgw.core.routing import RuleSet
@@ -241,7 +241,8 @@ def check_config(config: Config, reactor: Any, without_sockets: bool = False) ->
                 except ValueError as e:
                     problems.append(Problem(rule.where, str(e)))
         elif isinstance(backend, ReplayTarget):
-            if not os.path.isdir(backend.folder):
+            made = config.recording is not None and _same_folder(backend.folder, config.recording.folder)
+            if not os.path.isdir(backend.folder) and not made:  # the Recording folder is made at start
                 problems.append(Problem(rule.where, f"replay folder {backend.folder!r} is not an existing folder"))
         elif isinstance(backend, EndpointTarget):
             try:
@@ -268,11 +269,19 @@ def check_config(config: Config, reactor: Any, without_sockets: bool = False) ->
     return servers
 
 
+def _same_folder(a: str, b: str) -> bool:
+    return os.path.normpath(a) == os.path.normpath(b)
+
+
 def _check_recording_folder(spec: Recording) -> list[Problem]:
-    """The Recording folder exists; with ``keepdays`` and without ``shared=on``, it holds only recordings."""
-    if not os.path.isdir(spec.folder):
-        return [Problem(spec.where, f"Recording folder {spec.folder!r} is not an existing folder")]
-    if not spec.keep_days or spec.shared:
+    """
+    The Recording folder can hold recordings (see :func:`~tunnelgw.recording.folder_problem`;
+    a missing one is made at start); with ``keepdays`` and without ``shared=on``, it holds only recordings.
+    """
+    why = folder_problem(spec.folder)
+    if why is not None:
+        return [Problem(spec.where, f"Recording folder {spec.folder!r} {why}")]
+    if not os.path.isdir(spec.folder) or not spec.keep_days or spec.shared:
         return []
     try:
         foreign = foreign_entries(spec.folder)

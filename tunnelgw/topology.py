@@ -293,6 +293,11 @@ class Topology:
         why = origin_refusal(None if origin is None else origin.decode("latin-1"), host, secure, allowed, show)
         return Reject(403, why) if why is not None else None
 
+    def from_proxy(self, request: Any) -> bool:
+        """Whether request's peer is a ``TrustedProxy`` (whose forwarded headers are believed)."""
+        peer = getattr(request.getClientAddress(), "host", None) or ""
+        return is_trusted(peer, self.config.trusted_proxies)
+
     def _seen_by_client(self, request: Any) -> tuple[str, bool]:
         """
         The Host the client asked for and whether its connection was TLS: ours,
@@ -300,8 +305,7 @@ class Topology:
         (their last element: the one our peer wrote; Apache appends to a client's).
         """
         host, secure = _header(request, b"host"), bool(request.isSecure())
-        peer = getattr(request.getClientAddress(), "host", None) or ""
-        if is_trusted(peer, self.config.trusted_proxies):
+        if self.from_proxy(request):
             forwarded_host = _header(request, b"x-forwarded-host").split(",")[-1].strip()
             proto = _header(request, b"x-forwarded-proto").split(",")[-1].strip().lower()
             host = forwarded_host or host

@@ -34,7 +34,7 @@ from tunnelgw.core.clientaddr import format_address
 from tunnelgw.core.config import Alias, PrefixRule
 from tunnelgw.core.http import RequestHead, is_upgrade
 from tunnelgw.core.request import RequestView
-from tunnelgw.core.routing import Reject, Route
+from tunnelgw.core.routing import NO_ROUTE, Reject, Route
 from tunnelgw.core.targets import WebSocketURL
 from tunnelgw.certificates import client_certificate
 from tunnelgw.files import choose_alias, serve
@@ -143,9 +143,11 @@ class GatewayResource(Resource):
                 return self._portal_first(request, view, client, decision,
                                           lambda: serve(alias, segments, request))
         if isinstance(decision, Reject):
-            if decision is view.route and decision.status == 404:
+            if decision is view.route and decision == NO_ROUTE:
                 # No route, page or Alias claims the path (a browser's /favicon.ico, a
-                # scanner): counted, not logged, so that real refusals stand out.
+                # scanner): counted, not logged, so that real refusals stand out.  Other
+                # 404s (an encoded '/', '\\' or NUL; a ProxyPassMatch capture that would
+                # choose the backend host) are refusals of the client's doing: logged.
                 factory.metrics.unrouted.inc()
                 return self._status(request, decision)
             return self._refuse(request, view, decision)
@@ -161,8 +163,11 @@ class GatewayResource(Resource):
         if isinstance(decision, Route) and isinstance(decision.backend, WebSocketURL):
             route = decision
 
+            from_proxy = factory.topology is not None and factory.topology.from_proxy(request)
+
             def proxied() -> bytes | int:
-                outcome = factory.websocket_backends.proxy_http(request, route, view.query.encode("latin-1"), view.shown_path)
+                outcome = factory.websocket_backends.proxy_http(request, route, view.query.encode("latin-1"),
+                                                                view.shown_path, from_proxy)
                 return self._refuse(request, view, outcome) if isinstance(outcome, Reject) else outcome
 
             return self._portal_first(request, view, client, route, proxied)

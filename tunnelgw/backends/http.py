@@ -233,12 +233,13 @@ def _body(reactor: Any, request: Request) -> Optional[FileBodyProducer]:
 
 
 def proxy_request(reactor: Any, request: Request, target: WebSocketTarget, options: RouteOptions,
-                  endpoint: IStreamClientEndpoint, shown_path: str) -> int:
+                  endpoint: IStreamClientEndpoint, shown_path: str, from_proxy: bool = False) -> int:
     """
     Reverse-proxy a plain HTTP request to the backend's ``http(s)://`` URL
     through endpoint; the response is written to request as it streams in.
 
     :param shown_path: the request's path as logs show it (from its canonical view).
+    :param from_proxy: the request came from a ``TrustedProxy`` peer (its forwarded headers pass).
 
     :return: ``NOT_DONE_YET``; the request is finished when the backend's
         response has been relayed, or answered 502/504 when none came.
@@ -250,7 +251,7 @@ def proxy_request(reactor: Any, request: Request, target: WebSocketTarget, optio
                                   incoming.get("host"), incoming)
     headers = Headers()
     for name, values in backend_request_headers(list(request.requestHeaders.getAllRawHeaders()),
-                                                target.authority, forwarded.items()):
+                                                target.authority, forwarded.items(), from_proxy):
         headers.setRawHeaders(name, values)
     timeout = options.connect_timeout
     sniffing = _SniffingEndpoint(endpoint)

@@ -359,7 +359,8 @@ class WebSocketBackends:
         d.addErrback(refused)
         return d
 
-    def proxy_http(self, request: Request, route: Route, query: bytes, shown_path: str) -> Union[int, Reject]:
+    def proxy_http(self, request: Request, route: Route, query: bytes, shown_path: str,
+                   from_proxy: bool = False) -> Union[int, Reject]:
         """
         Reverse-proxy a plain HTTP request on a WebSocket route to the backend's
         ``http(s)://`` URL over the same endpoint as the route's WebSockets
@@ -367,13 +368,14 @@ class WebSocketBackends:
 
         :param query: the request's query; the path is the route's remainder.
         :param shown_path: the request's path as logs show it.
+        :param from_proxy: the request came from a ``TrustedProxy`` peer (its forwarded headers pass).
         """
         target = backend_target(route, query)
         try:
             endpoint = self.endpoint(target, route.options)
         except ValueError as e:
             return Reject(502, f"backend TLS settings: {e}")
-        return proxy_request(self._reactor, request, target, route.options, endpoint, shown_path)
+        return proxy_request(self._reactor, request, target, route.options, endpoint, shown_path, from_proxy)
 
 
 class WebSocketLink:

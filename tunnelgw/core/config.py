@@ -1012,7 +1012,7 @@ DIRECTIVES: tuple[Directive, ...] = (
                   "cache": "S: how long an answer is reused (default: 5)",
                   "allow": "HOST:PORTS: a target the portal may name, repeatable (default: none)"}),
     Directive("Recording", "FOLDER [OPTIONS]",
-              "where record=on routes write their sessions, with size, age and retention limits", _recording,
+              "where record=on routes write their sessions, with size, age and retention limits (a missing folder is made at start, mode 0700)", _recording,
               options=_RECORDING_OPTIONS, option_help={
                   "maxbytes": "B: a recording stops at this size (default: 268435456)",
                   "maxseconds": "S: a recording stops at this age (default: 86400)",

@@ -92,9 +92,9 @@ def parse_head(data: bytes) -> Union[RequestHead, Reject]:
     lines = data.split(b"\r\n")
     if len(lines) < 3 or lines[-1] != b"" or lines[-2] != b"":
         return Reject(400, "the request head must end with an empty line")
-    request_line = _REQUEST_LINE.fullmatch(lines[0])
-    if request_line is None:
-        return request_line_problem(lines[0]) or Reject(400, "bad request line")
+    request_line, problem = _REQUEST_LINE.fullmatch(lines[0]), request_line_problem(lines[0])
+    if request_line is None or problem is not None:
+        return problem or Reject(400, "bad request line")
     headers: list[tuple[bytes, bytes]] = []
     for line in lines[1:-2]:
         problem = header_line_problem(line)
@@ -109,9 +109,13 @@ def parse_head(data: bytes) -> Union[RequestHead, Reject]:
 
 
 def request_line_problem(line: bytes) -> Optional[Reject]:
-    """Why line is not a request line this gateway serves (400, or 505 for another HTTP version); None when it is."""
-    if _REQUEST_LINE.fullmatch(line) is not None:
-        return None
+    """
+    Why line is not a request line this gateway serves (400, or 505 for another HTTP version); None when it is.
+    The target ``*`` is served to ``OPTIONS`` only (twisted.web answers it itself, without a route).
+    """
+    found = _REQUEST_LINE.fullmatch(line)
+    if found is not None:
+        return Reject(400, "the target * is for OPTIONS only") if found[2] == b"*" and found[1] != b"OPTIONS" else None
     if line.startswith((b"PRI * HTTP/2", b"GET ")) or b" HTTP/" in line:
         version = line.rpartition(b" HTTP/")[2]
         if version and version not in (b"1.0", b"1.1") and re.fullmatch(rb"\d(\.\d)?", version):

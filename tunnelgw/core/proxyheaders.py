@@ -24,11 +24,21 @@ HOP_BY_HOP = frozenset({
 
 #: Request headers the gateway sets itself: the backend authority as Host, the
 #: body framing of the backend request, and the forwarded headers that follow
-#: the route's ``forward=`` option.
+#: the route's ``forward=`` option; and those no client may send a backend.
 _SET_BY_GATEWAY = frozenset({
     b"host", b"content-length", b"expect",
     b"origin", b"cookie", b"x-forwarded-for", b"x-forwarded-proto", b"forwarded",
     b"x-forwarded-tls-client",  # tunnelgw.core.tlsconfig.TLS_CLIENT_HEADER: only the gateway says who a client is
+    # A path a backend framework would route by instead of the request's (Symfony, IIS): it
+    # could leave the backend prefix the gateway routed to; and the pool's own hop header.
+    b"x-original-url", b"x-original-uri", b"x-rewrite-url", b"x-tunnelgw-hop",
+})
+
+#: Headers a front proxy writes about the client's request: believed from a
+#: ``TrustedProxy`` peer only, dropped from anyone else (the gateway does not write
+#: them, so a backend that trusts its proxy would take a client's own as the truth).
+_FROM_PROXIES_ONLY = frozenset({
+    b"x-forwarded-host", b"x-forwarded-port", b"x-forwarded-server", b"x-forwarded-prefix", b"x-real-ip",
 })
 
 RawHeaders = Sequence[tuple[bytes, Sequence[bytes]]]
@@ -70,15 +80,19 @@ def end_to_end(headers: RawHeaders, named: frozenset[bytes] = frozenset()) -> li
     return list(out.items())
 
 
-def backend_request_headers(headers: RawHeaders, authority: str,
-                            forwarded: Iterable[tuple[str, str]]) -> list[tuple[bytes, list[bytes]]]:
+def backend_request_headers(headers: RawHeaders, authority: str, forwarded: Iterable[tuple[str, str]],
+                            from_proxy: bool = False) -> list[tuple[bytes, list[bytes]]]:
     """
     What a backend is sent for a client's request headers: the end-to-end
     ones, minus those the gateway sets itself, plus ``Host`` (the backend's
     authority) and the forwarded headers chosen by the route
     (:func:`tunnelgw.core.wsrelay.forwarded_headers`).
+
+    :param from_proxy: the request came from a ``TrustedProxy`` peer, whose
+        ``X-Forwarded-Host``, ``X-Real-IP`` and the like are passed on.
     """
-    out = [(name, values) for name, values in end_to_end(headers) if name not in _SET_BY_GATEWAY]
+    dropped = _SET_BY_GATEWAY if from_proxy else _SET_BY_GATEWAY | _FROM_PROXIES_ONLY
+    out = [(name, values) for name, values in end_to_end(headers) if name not in dropped]
     out.append((b"host", [authority.encode("ascii")]))
     out.extend((name.lower().encode("latin-1"), [value.encode("latin-1")]) for name, value in forwarded)
     return out

@@ -19,7 +19,7 @@ from tunnelgw.core.config import Config, PatternRule, PrefixRule, RouteOptions
 from tunnelgw.core.hostpattern import substituted_host_problem, target_host
 from tunnelgw.core.targets import SUBSTITUTION, BackendTarget, substitute
 
-__all__ = ["Reject", "Route", "RuleSet", "choose_route", "normalise_path"]
+__all__ = ["NO_ROUTE", "Reject", "Route", "RuleSet", "choose_route", "normalise_path"]
 
 
 @dataclass(frozen=True)
@@ -66,6 +66,10 @@ class Reject:
     #: for the operator's log only, never sent: why exactly (the reason may be deliberately vague).
     detail: str = field(default="", compare=False)
 
+
+#: The refusal of a path no rule takes (and no other): what plain requests may answer
+#: without a log line (see :mod:`tunnelgw.web`); every other 404 is a refusal that is logged.
+NO_ROUTE = Reject(404, "no route for this path")
 
 # Values captured by ProxyPassMatch may only hold these characters, so that a
 # request path can never add parameters to an endpoint string (":" and "=" are
@@ -115,7 +119,7 @@ class RuleSet:
             if isinstance(backend, str):
                 return Reject(400, backend)
             return Route(pattern_rule, backend, pattern_rule.options)
-        return Reject(404, "no route for this path")
+        return NO_ROUTE
 
 
 def normalise_path(raw: bytes) -> Union[str, Reject]:
