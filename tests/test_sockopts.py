@@ -65,19 +65,26 @@ class _RecordingTransport(StringTransport):
         self.streaming = None
 
 
-def test_tcp_nodelay_on_client_and_websocket_backend() -> None:
-    """A session's client connection and its ws:// backend hop both get TCP_NODELAY (Autobahn's default option)."""
+def _session_to(backend_url: str, backend: _RecordingTransport) -> _RecordingTransport:
+    """The client connection of a session on ``ProxyPass /s backend_url``, its backend connected on backend."""
     reactor = MemoryReactorClock()
-    service = GatewayService(parse_config("Listen tcp:port=0\nProxyPass /w ws://127.0.0.1:9/\n", "test.conf"), reactor)
+    config = parse_config(f"Listen tcp:port=0\nProxyPass /s {backend_url}\n", "test.conf")
+    service = GatewayService(config, reactor)
     client = _RecordingTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 40000))
     protocol: Any = service.front.buildProtocol(client.getPeer())
     protocol.makeConnection(client)
     key = base64.b64encode(os.urandom(16))
-    protocol.dataReceived(b"GET /w HTTP/1.1\r\nHost: gw\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+    protocol.dataReceived(b"GET /s HTTP/1.1\r\nHost: gw\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
                           b"Sec-WebSocket-Key: " + key + b"\r\nSec-WebSocket-Version: 13\r\n\r\n")
+    link: Any = reactor.tcpClients[-1][2].buildProtocol(None)
+    link.makeConnection(backend)
+    return client
+
+
+def test_tcp_nodelay_on_client_and_websocket_backend() -> None:
+    """A session's client connection and its ws:// backend hop both get TCP_NODELAY (Autobahn's default option)."""
     backend = _RecordingTransport()
-    hop: Any = reactor.tcpClients[-1][2].buildProtocol(None)
-    hop.makeConnection(backend)
+    client = _session_to("ws://127.0.0.1:9/", backend)
     assert (client.nodelay, backend.nodelay) == (True, True)
 
 
@@ -88,17 +95,7 @@ class _TcpRecordingTransport(_RecordingTransport):
 
 def test_tcp_nodelay_on_byte_stream_backends() -> None:
     """A tcp: backend connection gets TCP_NODELAY, so a desktop's small input events never wait for a delayed ACK."""
-    reactor = MemoryReactorClock()
-    service = GatewayService(parse_config("Listen tcp:port=0\nProxyPass /t tcp:host=127.0.0.1:port=9\n", "test.conf"),
-                             reactor)
-    client = _RecordingTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 40000))
-    protocol: Any = service.front.buildProtocol(client.getPeer())
-    protocol.makeConnection(client)
-    key = base64.b64encode(os.urandom(16))
-    protocol.dataReceived(b"GET /t HTTP/1.1\r\nHost: gw\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-                          b"Sec-WebSocket-Key: " + key + b"\r\nSec-WebSocket-Version: 13\r\n\r\n")
     backend = _TcpRecordingTransport()
-    link: Any = reactor.tcpClients[-1][2].buildProtocol(None)
-    link.makeConnection(backend)
+    client = _session_to("tcp:host=127.0.0.1:port=9", backend)
     assert backend.nodelay is True
     assert b"101 Switching Protocols" in client.value()
