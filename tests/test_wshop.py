@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import struct
+import tracemalloc
 from typing import Any
 
 import txaio
@@ -201,6 +202,36 @@ class HopTests(TestCase):
         backend_protocol.connectionLost(Failure(ConnectionDone()))
         self.assertEqual(gw.reactor.getDelayedCalls(), [])
         gw.assert_released(self)
+
+    def test_client_gone_backend_streams_then_answers_the_close(self) -> None:
+        """
+        The client vanishes while the backend streams: the backend is read
+        again, its frames are dropped (memory held stays flat), its close
+        reply is found and the end is clean, never an abort.
+        """
+        gw, client, backend_protocol, backend = self.opened()
+        hop = client.protocol._link._backend
+        client.producer.pauseProducing()  # the client had stopped reading: the backend is paused
+        self.assertEqual(backend.producerState, "paused")
+        lose(client)
+        self.assertEqual(backend.producerState, "producing")
+        chunk = unmasked(2, b"d" * 65536)
+        tracemalloc.start()
+        try:
+            before = tracemalloc.get_traced_memory()[0]
+            for _ in range(128):  # 8 MiB
+                backend_protocol.dataReceived(chunk)
+            held = tracemalloc.get_traced_memory()[0] - before
+        finally:
+            tracemalloc.stop()
+        self.assertLess(held, 256 * 1024)
+        backend_protocol.dataReceived(unmasked(8, struct.pack("!H", 1001)))
+        self.assertTrue(hop.relay.clean)
+        gw.reactor.advance(BACKEND_CLOSE_GRACE - 0.1)
+        self.assertFalse(backend.disconnected)  # never aborted: the backend ends its connection
+        backend_protocol.connectionLost(Failure(ConnectionDone()))
+        self.assertFalse(backend.disconnected)
+        released(self, gw)
 
     def test_backend_protocol_error_fails_both(self) -> None:
         """A backend that masks its frames is sent 1002 and the client 1011."""
