@@ -104,7 +104,7 @@ class PayloadPlaybookTests:
         relay = session()
         actions = relay.receive(client_frame(Opcode.CLOSE, close_payload(1001, "bye")), 0)
         assert actions == [CloseReceived(1001, "bye"), Write(server_frame(Opcode.CLOSE, close_payload(1000))),
-                           Drop(False)]
+                           Drop(False), ArmTimer(3.0)]
         assert relay.clean and relay.state is RelayState.CLOSING
         assert relay.receive(client_frame(Opcode.BINARY, b"late"), 1) == []
 
@@ -112,7 +112,7 @@ class PayloadPlaybookTests:
         """A close without a code is passed on without one and answered with an empty close."""
         relay = session()
         assert relay.receive(client_frame(Opcode.CLOSE, b""), 0) == [
-            CloseReceived(None, ""), Write(server_frame(Opcode.CLOSE, b"")), Drop(False)]
+            CloseReceived(None, ""), Write(server_frame(Opcode.CLOSE, b"")), Drop(False), ArmTimer(3.0)]
 
     def test_bad_close_codes_and_reasons(self) -> None:
         """5000, 999 and 1005 get 1002; a reason that is not UTF-8 gets 1007; one byte gets 1002."""
@@ -123,7 +123,8 @@ class PayloadPlaybookTests:
             actions = relay.receive(client_frame(Opcode.CLOSE, payload), 0)
             assert isinstance(actions[0], Failed) and actions[0].close.code == code
             assert actions[1] == Write(server_frame(Opcode.CLOSE, close_payload(code, actions[0].close.reason)))
-            assert actions[2] == Drop(False, actions[0].close.reason)
+            assert actions[2:] == [Drop(False, actions[0].close.reason), ArmTimer(3.0)]
+            assert relay.timer(3.0) == [Drop(True, "the peer did not end the connection after the close handshake")]
 
     def test_protocol_violations_after_good_frames(self) -> None:
         """Reserved bits, an unmasked frame, a new message inside a fragmented one, a bad opcode: data first, then 1002."""
@@ -176,8 +177,10 @@ class PayloadPlaybookTests:
             Write(server_frame(Opcode.CLOSE, close_payload(1001, "going"))), ArmTimer(13.0)]
         assert relay.send_close(1000, "again", 10.0) == []
         assert relay.timer(12.9) == []
-        assert relay.receive(client_frame(Opcode.CLOSE, close_payload(1001)), 11) == [Drop(False)]
+        assert relay.receive(client_frame(Opcode.CLOSE, close_payload(1001)), 11) == [Drop(False), ArmTimer(14.0)]
         assert relay.clean and relay.timer(13.0) == []
+        # The end itself is bounded too: a client that reads nothing keeps the queue (and the TCP end) waiting.
+        assert relay.timer(14.0) == [Drop(True, "the peer did not end the connection after the close handshake")]
         relay = session()
         relay.send_close(1001, "going", 10.0)
         assert relay.timer(13.0) == [Drop(True, "the peer did not answer the close in time")]
@@ -264,7 +267,8 @@ class FramesPlaybookTests:
         relay.receive(frame[:100], 0)
         assert relay.send_close(1001, "bye", 0)[1] == ArmTimer(3.0)
         # The rest of the frame and the answer: the frame's rest is not mistaken for a new frame.
-        assert relay.receive(frame[100:] + client_frame(Opcode.CLOSE, close_payload(1001)), 1)[-1] == Drop(False)
+        assert relay.receive(frame[100:] + client_frame(Opcode.CLOSE, close_payload(1001)), 1)[-2:] == [
+            Drop(False), ArmTimer(4.0)]
         assert relay.clean
 
     def test_hop_masks_what_it_makes_and_echoes_closes(self) -> None:
@@ -350,7 +354,8 @@ def test_any_order_and_split_payload(events: list[tuple[Opcode, bytes]], close: 
         assert pongs == [pong(p) for p in pings]
     assert sum(isinstance(a, PongReceived) for a in actions) == sum(op == Opcode.PONG for op, _ in events)
     if close:
-        assert actions[-3:][0] == CloseReceived(1000, "end") and actions[-1] == Drop(False)
+        assert actions[-4:] == [CloseReceived(1000, "end"), Write(server_frame(Opcode.CLOSE, close_payload(1000))),
+                                Drop(False), ArmTimer(3.0)]
     assert not any(isinstance(a, Failed) for a in actions)
 
 
@@ -443,7 +448,7 @@ class InFlightPlaybookTests:
         assert relay.receive(frame[:200], 0) == [Forward([b"r" * 192], 192, 308)]
         assert relay.send_close(1000, "backend closed the connection", 1.0)[1] == ArmTimer(4.0)
         rest = frame[200:] + client_frame(Opcode.PING, b"late") + client_frame(Opcode.CLOSE, close_payload(1000))
-        assert relay.receive(rest, 2.0) == [Drop(False)]
+        assert relay.receive(rest, 2.0) == [Drop(False), ArmTimer(5.0)]
         assert relay.clean and relay.remote_close == (1000, "")
 
     def test_hop_close_from_the_client_while_a_backend_frame_is_half_received(self) -> None:

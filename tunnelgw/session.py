@@ -399,6 +399,8 @@ class GatewaySession(QuietServerProtocol):
                 if action.abort:
                     self.transport.abortConnection()
                 else:
+                    # With a producer still registered, a drained queue resumes it instead of closing.
+                    self.transport.unregisterProducer()
                     self.transport.loseConnection()
         elif isinstance(action, ArmTimer):
             if self._close_call is not None and self._close_call.active():
