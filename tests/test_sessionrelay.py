@@ -323,6 +323,26 @@ _events = st.lists(st.one_of(
 ), max_size=8)
 
 
+def unfinished(stream: bytes) -> int:
+    """Payload bytes still to come of the last frame in stream (which must not end inside a header)."""
+    pos = 0
+    while pos < len(stream):
+        assert pos + 2 <= len(stream), "a partial header was forwarded"
+        length = stream[pos + 1] & 0x7F
+        head = pos + 2
+        if length == 126:
+            length = int.from_bytes(stream[head:head + 2], "big")
+            head += 2
+        elif length == 127:
+            length = int.from_bytes(stream[head:head + 8], "big")
+            head += 8
+        if stream[pos + 1] & 0x80:
+            head += 4
+        assert head <= len(stream), "a partial header was forwarded"
+        pos = head + length
+    return pos - len(stream)
+
+
 def _replay(relay: SessionRelay, stream: bytes, cuts: list[int]) -> list[Action]:
     actions: list[Action] = []
     start = 0
@@ -379,16 +399,25 @@ def test_any_order_and_split_frames(events: list[tuple[Opcode, bytes]], cuts: li
         actions = _replay(relay, stream, cuts)
         data_before = [f for f, (op, _) in zip(before, events) if op in (Opcode.BINARY, Opcode.TEXT)]
         assert forwarded(actions) == b"".join(data_before)
-        # The other side's relay, fed what was forwarded, agrees on where frames end.
+        # After each Forward, left is exactly the unfinished payload of the last
+        # frame forwarded so far; the other side's relay, fed it, agrees: a
+        # ping waits inside a frame and goes out at its end, never inside it.
         other = hop() if role is Role.SERVER else session(Carries.FRAMES)
-        left = 0
+        so_far = b""
+        held = False
         for action in actions:
             if isinstance(action, Forward):
-                assert action.left >= 0
-                for chunk in action.chunks:
-                    other.send_frames(chunk, 0)
-                left = action.left
-        assert left == 0
+                joined = b"".join(action.chunks)
+                so_far += joined
+                assert unfinished(so_far) == action.left
+                out = other.send_frames(joined, action.left)
+                assert out[0] == Write(joined)
+                assert len(out) == (2 if held and not action.left else 1)
+                held = held and action.left > 0
+                ping = other.send_ping(b"p")
+                assert (ping == []) is (action.left > 0)
+                held = held or action.left > 0
+        assert unfinished(so_far) == 0 and not held
         assert not any(isinstance(a, Failed) for a in actions)
         received = [a for a in actions if isinstance(a, CloseReceived)]
         assert received == ([CloseReceived(4000, "x")] if closing else [])
