@@ -68,6 +68,7 @@ from tunnelgw.core.sessionrelay import (
 )
 from tunnelgw.core.wsrelay import backend_target, forwarded_headers, handshake_refusal, lost_close
 from tunnelgw.core.wsurl import WebSocketTarget
+from tunnelgw.relayend import RelayTimer, drop
 from tunnelgw.upstream import immediate_writes, unmask
 from tunnelgw.upstream import QuietClientProtocol, SharedOptions, protocol_options
 
@@ -105,7 +106,7 @@ class BackendWebSocket(QuietClientProtocol):
         self._refusal: Optional[tuple[int, str]] = None
         self._handshake_failure: Optional[str] = None
         self._lost: Optional[BaseException] = None
-        self._timer_call: Any = None
+        self._relay_timer: Optional[RelayTimer] = None
         self._gone: Optional[defer.Deferred[None]] = None
 
     def _cancel(self, _: object) -> None:
@@ -138,6 +139,7 @@ class BackendWebSocket(QuietClientProtocol):
         self.http_request_data = self.http_response_data = b""
         self.relay = SessionRelay(Role.CLIENT, Carries.FRAMES, unmask, self.maxFramePayloadSize,
                                   self.maxMessagePayloadSize, close_timeout=BACKEND_CLOSE_GRACE)
+        self._relay_timer = RelayTimer(self.factory.reactor, self.relay, self._carry_out)
         early, self.data = self.data, b""
         self.transport.pauseProducing()  # until the session attaches
         if early:
@@ -225,22 +227,11 @@ class BackendWebSocket(QuietClientProtocol):
                 if owner is not None:
                     owner.backend_lost(Close(CLOSE_BACKEND_FAILED, close_reason(f"backend: {action.close.reason}")))
             elif isinstance(action, Drop):
-                if self.transport is not None:
-                    if action.abort:
-                        self.transport.abortConnection()
-                    else:
-                        self.transport.loseConnection()
+                drop(self.transport, action)
             elif isinstance(action, ArmTimer):
-                if self._timer_call is not None and self._timer_call.active():
-                    self._timer_call.cancel()
-                reactor = self.factory.reactor
-                self._timer_call = reactor.callLater(max(0.0, action.at - reactor.seconds()), self._timer)
+                if self._relay_timer is not None:
+                    self._relay_timer.arm(action.at)
             # PongReceived: the backend's pongs answer nothing of ours.
-
-    def _timer(self) -> None:
-        self._timer_call = None
-        if self.relay is not None:
-            self._carry_out(self.relay.timer(self.factory.reactor.seconds()))
 
     # Sending what the client relays.
 
@@ -269,9 +260,8 @@ class BackendWebSocket(QuietClientProtocol):
             return
         self.log_tls_error(reason)
         relay.connection_lost()
-        if self._timer_call is not None and self._timer_call.active():
-            self._timer_call.cancel()
-        self._timer_call = None
+        if self._relay_timer is not None:
+            self._relay_timer.cancel()
         owner, self.owner = self.owner, None
         if owner is not None:
             owner.backend_lost(lost_close(False, ""))
