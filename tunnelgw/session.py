@@ -109,11 +109,9 @@ class _ClientWriteGate:
 
     def __init__(self, session: "GatewaySession") -> None:
         self._session = session
-        self.paused = False
 
     def pauseProducing(self) -> None:
         """The client's write buffer is full."""
-        self.paused = True
         transport = self._session.backend_transport()
         if transport is not None:
             transport.pauseProducing()
@@ -121,7 +119,6 @@ class _ClientWriteGate:
 
     def resumeProducing(self) -> None:
         """The client's write buffer drained."""
-        self.paused = False
         transport = self._session.backend_transport()
         if transport is not None:
             transport.resumeProducing()

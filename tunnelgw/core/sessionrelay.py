@@ -231,18 +231,6 @@ class SessionRelay:
         #: The peer's close (code, reason), once received.
         self.remote_close: Optional[tuple[Optional[int], str]] = None
 
-    # What the glue asks.
-
-    @property
-    def sending_frame(self) -> bool:
-        """Whether a frame relayed towards the peer is still under way."""
-        return self._send_left > 0
-
-    @property
-    def receiving_frame(self) -> bool:
-        """Whether a frame from the peer is half read (a header or payload still to come)."""
-        return bool(self._need or self._carry)
-
     # Bytes from the peer.
 
     def receive(self, data: bytes, now: float) -> list[Action]:
