@@ -182,11 +182,12 @@ class BackendWebSocket(QuietClientProtocol):
 
     def attach(self, owner: LinkOwner) -> None:
         """Relay to owner from now on, first what came early."""
+        if self._lost_detail or (self.relay is not None and self.relay.state is RelayState.GONE):
+            self._attached = True
+            owner.backend_lost(lost_close(False, self._lost_detail))
+            return
         self.owner = owner
         self._read()
-        if self.relay is not None and self.relay.state is RelayState.GONE:
-            self.owner = None
-            owner.backend_lost(lost_close(False, self._lost_detail))
 
     def detach(self) -> None:
         """
@@ -195,7 +196,8 @@ class BackendWebSocket(QuietClientProtocol):
         would forward is dropped.
         """
         self.owner = None
-        self._read()
+        if not self._lost_detail:
+            self._read()
 
     def _read(self) -> None:
         """Let the relay read, first what came early (the client may have paused this backend: resume)."""
