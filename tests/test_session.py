@@ -296,6 +296,36 @@ class SessionCoreTests(TestCase):
         lose(client)
         gw.assert_released(self)
 
+    def test_close_handshake_with_a_client_that_does_not_read_is_bounded(self) -> None:
+        """
+        The close handshake completes while the client reads nothing: its
+        producer is unregistered (so the end is not a resume) and the
+        connection is aborted CLOSE_TIMEOUT later, even with no ping and no idle timer.
+        """
+        gw, client, _, backend = self.opened("KeepAlive ping=0\nProxyPass /echo tcp:host=10.0.0.1:port=5900 idletimeout=0\n")
+        client.producer.pauseProducing()  # its write buffer is over its bound
+        client.protocol.dataReceived(frame(8, struct.pack("!H", 1000)))
+        self.assertTrue(client.disconnecting)
+        self.assertIsNone(client.producer)
+        gw.reactor.advance(CLOSE_TIMEOUT - 0.01)
+        self.assertFalse(client.disconnected)
+        gw.reactor.advance(0.02)
+        self.assertTrue(client.disconnected)  # aborted
+        lose(client)
+        gw.assert_released(self)
+
+    def test_failed_client_is_aborted_at_the_close_deadline(self) -> None:
+        """A client that breaks the protocol and reads nothing is sent 1002, then aborted CLOSE_TIMEOUT later."""
+        gw, client, _, backend = self.opened("KeepAlive ping=0\nProxyPass /echo tcp:host=10.0.0.1:port=5900 idletimeout=0\n")
+        client.producer.pauseProducing()
+        client.protocol.dataReceived(b"\x83\x80" + b"mask")  # opcode 3: reserved
+        self.assertTrue(client.disconnecting)
+        self.assertIsNone(client.producer)
+        gw.reactor.advance(CLOSE_TIMEOUT + 0.01)
+        self.assertTrue(client.disconnected)
+        lose(client)
+        gw.assert_released(self)
+
     def test_pong_deadline(self) -> None:
         """ping=10 pong=5: a client that never answers is dropped 5 s after the ping."""
         gw, client, _, backend = self.opened("KeepAlive ping=10 pong=5\nProxyPass /echo tcp:host=10.0.0.1:port=5900\n")

@@ -104,7 +104,7 @@ class PayloadPlaybookTests:
         relay = session()
         actions = relay.receive(client_frame(Opcode.CLOSE, close_payload(1001, "bye")), 0)
         assert actions == [CloseReceived(1001, "bye"), Write(server_frame(Opcode.CLOSE, close_payload(1000))),
-                           Drop(False)]
+                           Drop(False), ArmTimer(3.0)]
         assert relay.clean and relay.state is RelayState.CLOSING
         assert relay.receive(client_frame(Opcode.BINARY, b"late"), 1) == []
 
@@ -112,7 +112,7 @@ class PayloadPlaybookTests:
         """A close without a code is passed on without one and answered with an empty close."""
         relay = session()
         assert relay.receive(client_frame(Opcode.CLOSE, b""), 0) == [
-            CloseReceived(None, ""), Write(server_frame(Opcode.CLOSE, b"")), Drop(False)]
+            CloseReceived(None, ""), Write(server_frame(Opcode.CLOSE, b"")), Drop(False), ArmTimer(3.0)]
 
     def test_bad_close_codes_and_reasons(self) -> None:
         """5000, 999 and 1005 get 1002; a reason that is not UTF-8 gets 1007; one byte gets 1002."""
@@ -123,7 +123,8 @@ class PayloadPlaybookTests:
             actions = relay.receive(client_frame(Opcode.CLOSE, payload), 0)
             assert isinstance(actions[0], Failed) and actions[0].close.code == code
             assert actions[1] == Write(server_frame(Opcode.CLOSE, close_payload(code, actions[0].close.reason)))
-            assert actions[2] == Drop(False, actions[0].close.reason)
+            assert actions[2:] == [Drop(False, actions[0].close.reason), ArmTimer(3.0)]
+            assert relay.timer(3.0) == [Drop(True, "the peer did not end the connection after the close handshake")]
 
     def test_protocol_violations_after_good_frames(self) -> None:
         """Reserved bits, an unmasked frame, a new message inside a fragmented one, a bad opcode: data first, then 1002."""
@@ -176,8 +177,10 @@ class PayloadPlaybookTests:
             Write(server_frame(Opcode.CLOSE, close_payload(1001, "going"))), ArmTimer(13.0)]
         assert relay.send_close(1000, "again", 10.0) == []
         assert relay.timer(12.9) == []
-        assert relay.receive(client_frame(Opcode.CLOSE, close_payload(1001)), 11) == [Drop(False)]
+        assert relay.receive(client_frame(Opcode.CLOSE, close_payload(1001)), 11) == [Drop(False), ArmTimer(14.0)]
         assert relay.clean and relay.timer(13.0) == []
+        # The end itself is bounded too: a client that reads nothing keeps the queue (and the TCP end) waiting.
+        assert relay.timer(14.0) == [Drop(True, "the peer did not end the connection after the close handshake")]
         relay = session()
         relay.send_close(1001, "going", 10.0)
         assert relay.timer(13.0) == [Drop(True, "the peer did not answer the close in time")]
@@ -264,7 +267,8 @@ class FramesPlaybookTests:
         relay.receive(frame[:100], 0)
         assert relay.send_close(1001, "bye", 0)[1] == ArmTimer(3.0)
         # The rest of the frame and the answer: the frame's rest is not mistaken for a new frame.
-        assert relay.receive(frame[100:] + client_frame(Opcode.CLOSE, close_payload(1001)), 1)[-1] == Drop(False)
+        assert relay.receive(frame[100:] + client_frame(Opcode.CLOSE, close_payload(1001)), 1)[-2:] == [
+            Drop(False), ArmTimer(4.0)]
         assert relay.clean
 
     def test_hop_masks_what_it_makes_and_echoes_closes(self) -> None:
@@ -319,6 +323,26 @@ _events = st.lists(st.one_of(
 ), max_size=8)
 
 
+def unfinished(stream: bytes) -> int:
+    """Payload bytes still to come of the last frame in stream (which must not end inside a header)."""
+    pos = 0
+    while pos < len(stream):
+        assert pos + 2 <= len(stream), "a partial header was forwarded"
+        length = stream[pos + 1] & 0x7F
+        head = pos + 2
+        if length == 126:
+            length = int.from_bytes(stream[head:head + 2], "big")
+            head += 2
+        elif length == 127:
+            length = int.from_bytes(stream[head:head + 8], "big")
+            head += 8
+        if stream[pos + 1] & 0x80:
+            head += 4
+        assert head <= len(stream), "a partial header was forwarded"
+        pos = head + length
+    return pos - len(stream)
+
+
 def _replay(relay: SessionRelay, stream: bytes, cuts: list[int]) -> list[Action]:
     actions: list[Action] = []
     start = 0
@@ -350,7 +374,8 @@ def test_any_order_and_split_payload(events: list[tuple[Opcode, bytes]], close: 
         assert pongs == [pong(p) for p in pings]
     assert sum(isinstance(a, PongReceived) for a in actions) == sum(op == Opcode.PONG for op, _ in events)
     if close:
-        assert actions[-3:][0] == CloseReceived(1000, "end") and actions[-1] == Drop(False)
+        assert actions[-4:] == [CloseReceived(1000, "end"), Write(server_frame(Opcode.CLOSE, close_payload(1000))),
+                                Drop(False), ArmTimer(3.0)]
     assert not any(isinstance(a, Failed) for a in actions)
 
 
@@ -374,16 +399,25 @@ def test_any_order_and_split_frames(events: list[tuple[Opcode, bytes]], cuts: li
         actions = _replay(relay, stream, cuts)
         data_before = [f for f, (op, _) in zip(before, events) if op in (Opcode.BINARY, Opcode.TEXT)]
         assert forwarded(actions) == b"".join(data_before)
-        # The other side's relay, fed what was forwarded, agrees on where frames end.
+        # After each Forward, left is exactly the unfinished payload of the last
+        # frame forwarded so far; the other side's relay, fed it, agrees: a
+        # ping waits inside a frame and goes out at its end, never inside it.
         other = hop() if role is Role.SERVER else session(Carries.FRAMES)
-        left = 0
+        so_far = b""
+        held = False
         for action in actions:
             if isinstance(action, Forward):
-                assert action.left >= 0
-                for chunk in action.chunks:
-                    other.send_frames(chunk, 0)
-                left = action.left
-        assert left == 0
+                joined = b"".join(action.chunks)
+                so_far += joined
+                assert unfinished(so_far) == action.left
+                out = other.send_frames(joined, action.left)
+                assert out[0] == Write(joined)
+                assert len(out) == (2 if held and not action.left else 1)
+                held = held and action.left > 0
+                ping = other.send_ping(b"p")
+                assert (ping == []) is (action.left > 0)
+                held = held or action.left > 0
+        assert unfinished(so_far) == 0 and not held
         assert not any(isinstance(a, Failed) for a in actions)
         received = [a for a in actions if isinstance(a, CloseReceived)]
         assert received == ([CloseReceived(4000, "x")] if closing else [])
@@ -443,7 +477,7 @@ class InFlightPlaybookTests:
         assert relay.receive(frame[:200], 0) == [Forward([b"r" * 192], 192, 308)]
         assert relay.send_close(1000, "backend closed the connection", 1.0)[1] == ArmTimer(4.0)
         rest = frame[200:] + client_frame(Opcode.PING, b"late") + client_frame(Opcode.CLOSE, close_payload(1000))
-        assert relay.receive(rest, 2.0) == [Drop(False)]
+        assert relay.receive(rest, 2.0) == [Drop(False), ArmTimer(5.0)]
         assert relay.clean and relay.remote_close == (1000, "")
 
     def test_hop_close_from_the_client_while_a_backend_frame_is_half_received(self) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import struct
+import tracemalloc
 from typing import Any
 
 import txaio
@@ -22,7 +23,7 @@ from twisted.trial.unittest import TestCase
 
 from test_session import Gateway, frame, handshake, lose, server_frames
 from tunnelgw.backends import Carries
-from tunnelgw.core.relay import BACKEND_CLOSE_GRACE
+from tunnelgw.core.relay import BACKEND_CLOSE_GRACE, BACKEND_EARLY_LIMIT
 
 txaio.use_twisted()
 
@@ -202,6 +203,36 @@ class HopTests(TestCase):
         self.assertEqual(gw.reactor.getDelayedCalls(), [])
         gw.assert_released(self)
 
+    def test_client_gone_backend_streams_then_answers_the_close(self) -> None:
+        """
+        The client vanishes while the backend streams: the backend is read
+        again, its frames are dropped (memory held stays flat), its close
+        reply is found and the end is clean, never an abort.
+        """
+        gw, client, backend_protocol, backend = self.opened()
+        hop = client.protocol._link._backend
+        client.producer.pauseProducing()  # the client had stopped reading: the backend is paused
+        self.assertEqual(backend.producerState, "paused")
+        lose(client)
+        self.assertEqual(backend.producerState, "producing")
+        chunk = unmasked(2, b"d" * 65536)
+        tracemalloc.start()
+        try:
+            before = tracemalloc.get_traced_memory()[0]
+            for _ in range(128):  # 8 MiB
+                backend_protocol.dataReceived(chunk)
+            held = tracemalloc.get_traced_memory()[0] - before
+        finally:
+            tracemalloc.stop()
+        self.assertLess(held, 256 * 1024)
+        backend_protocol.dataReceived(unmasked(8, struct.pack("!H", 1001)))
+        self.assertTrue(hop.relay.clean)
+        gw.reactor.advance(BACKEND_CLOSE_GRACE - 0.1)
+        self.assertFalse(backend.disconnected)  # never aborted: the backend ends its connection
+        backend_protocol.connectionLost(Failure(ConnectionDone()))
+        self.assertFalse(backend.disconnected)
+        released(self, gw)
+
     def test_backend_protocol_error_fails_both(self) -> None:
         """A backend that masks its frames is sent 1002 and the client 1011."""
         gw, client, backend_protocol, backend = self.opened()
@@ -227,6 +258,28 @@ class HopTests(TestCase):
         self.assertTrue(head.startswith(b"HTTP/1.1 101 "))
         self.assertEqual(server_frames(rest), [(2, b"hello")])
         end(self, gw, client, backend_protocol, backend)
+
+    def test_early_backend_bytes_over_their_bound_fail_the_backend(self) -> None:
+        """More than BACKEND_EARLY_LIMIT bytes before the session relays them: the backend is aborted, the client gets 1011."""
+        gw = Gateway("ProxyPass /echo ws://10.0.0.1:8080/\n")
+        _, client = gw.client()
+        client.protocol.dataReceived(handshake())
+        backend_protocol, backend = gw.connect_backend()
+        key = [line.split(b":", 1)[1].strip() for line in backend.value().split(b"\r\n")
+               if line.lower().startswith(b"sec-websocket-key:")][0]
+        accept = base64.b64encode(hashlib.sha1(key + _GUID).digest())
+        backend_protocol.dataReceived(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+                                      b"Connection: Upgrade\r\nSec-WebSocket-Accept: " + accept + b"\r\n\r\n"
+                                      + unmasked(2, b"x" * BACKEND_EARLY_LIMIT))
+        self.assertTrue(backend.disconnected)
+        head, _, rest = client.value().partition(b"\r\n\r\n")
+        [(opcode, payload)] = server_frames(rest)
+        self.assertEqual((opcode, struct.unpack("!H", payload[:2])[0]), (8, 1011))
+        self.assertIn(str(BACKEND_EARLY_LIMIT).encode(), payload)
+        backend_protocol.connectionLost(Failure(ConnectionLost()))
+        client.protocol.dataReceived(frame(8, struct.pack("!H", 1011)))
+        lose(client)
+        gw.assert_released(self)
 
 
 class _Link:

@@ -67,6 +67,7 @@ from tunnelgw.core.wsrelay import lost_close
 from tunnelgw.upstream import unmask
 from tunnelgw.logs import format_fields
 from tunnelgw.metrics import route_label
+from tunnelgw.relayend import RelayTimer, drop
 from tunnelgw.sockopts import set_tcp_keepalive
 from tunnelgw.upstream import QuietServerProtocol, parsed_handshake
 from tunnelgw.watch import SessionWatch
@@ -108,11 +109,9 @@ class _ClientWriteGate:
 
     def __init__(self, session: "GatewaySession") -> None:
         self._session = session
-        self.paused = False
 
     def pauseProducing(self) -> None:
         """The client's write buffer is full."""
-        self.paused = True
         transport = self._session.backend_transport()
         if transport is not None:
             transport.pauseProducing()
@@ -120,7 +119,6 @@ class _ClientWriteGate:
 
     def resumeProducing(self) -> None:
         """The client's write buffer drained."""
-        self.paused = False
         transport = self._session.backend_transport()
         if transport is not None:
             transport.resumeProducing()
@@ -199,7 +197,7 @@ class GatewaySession(QuietServerProtocol):
         self._finished = False
         self._outcome = "abandoned"
         self._refusal_kind = "websocket"
-        self._close_call: Any = None
+        self._relay_timer: Optional[RelayTimer] = None
 
     # The handshake, from the front's parse (Autobahn parses nothing).
 
@@ -329,6 +327,7 @@ class GatewaySession(QuietServerProtocol):
         # From here on every byte of the client goes through the relay, Autobahn's parser is done.
         self._relay = SessionRelay(Role.SERVER, link.carries, unmask, self.maxFramePayloadSize,
                                    self.maxMessagePayloadSize, base64=self._base64, close_timeout=CLOSE_TIMEOUT)
+        self._relay_timer = RelayTimer(factory.reactor, self._relay, self._carry_out)
         early, self.data = self.data, b""
         link.start(self)
         if early:
@@ -395,20 +394,10 @@ class GatewaySession(QuietServerProtocol):
         elif isinstance(action, Drop):
             if action.why:
                 self._why = action.why
-            if self.transport is not None:
-                if action.abort:
-                    self.transport.abortConnection()
-                else:
-                    self.transport.loseConnection()
+            drop(self.transport, action)
         elif isinstance(action, ArmTimer):
-            if self._close_call is not None and self._close_call.active():
-                self._close_call.cancel()
-            self._close_call = self.factory.reactor.callLater(max(0.0, action.at - now), self._timer)
-
-    def _timer(self) -> None:
-        self._close_call = None
-        if self._relay is not None:
-            self._carry_out(self._relay.timer(self.factory.reactor.seconds()))
+            if self._relay_timer is not None:
+                self._relay_timer.arm(action.at)
 
     # Backend -> client.
 
@@ -567,9 +556,8 @@ class GatewaySession(QuietServerProtocol):
             connecting.cancel()
         if self._watch is not None:
             self._watch.stop()
-        if self._close_call is not None and self._close_call.active():
-            self._close_call.cancel()
-        self._close_call = None
+        if self._relay_timer is not None:
+            self._relay_timer.cancel()
         self._link.close(None if clean else lost_close(True, ""))
         factory = self.factory
         admission, self._admission = self._admission, None

@@ -46,6 +46,7 @@ from tunnelgw.core.config import RouteOptions
 from tunnelgw.core.handshake import Handshake
 from tunnelgw.core.relay import (
     BACKEND_CLOSE_GRACE,
+    BACKEND_EARLY_LIMIT,
     CLOSE_BACKEND_FAILED,
     CLOSE_GOING_AWAY,
     Close,
@@ -67,6 +68,7 @@ from tunnelgw.core.sessionrelay import (
 )
 from tunnelgw.core.wsrelay import backend_target, forwarded_headers, handshake_refusal, lost_close
 from tunnelgw.core.wsurl import WebSocketTarget
+from tunnelgw.relayend import RelayTimer, drop
 from tunnelgw.upstream import immediate_writes, unmask
 from tunnelgw.upstream import QuietClientProtocol, SharedOptions, protocol_options
 
@@ -96,13 +98,16 @@ class BackendWebSocket(QuietClientProtocol):
         self.opened: defer.Deferred[BackendWebSocket] = defer.Deferred(self._cancel)
         self.owner: Optional[LinkOwner] = None
         self.relay: Optional[SessionRelay] = None
-        self._early = b""  # bytes after the 101 while no owner is attached (reading is paused meanwhile)
+        # Until attach() (or detach()) the relay does not read: bytes after the 101
+        # are held, reading paused, at most BACKEND_EARLY_LIMIT of them.
+        self._attached = False
+        self._early = b""
+        self._lost_detail = ""
         self._refusal: Optional[tuple[int, str]] = None
         self._handshake_failure: Optional[str] = None
         self._lost: Optional[BaseException] = None
-        self._timer_call: Any = None
+        self._relay_timer: Optional[RelayTimer] = None
         self._gone: Optional[defer.Deferred[None]] = None
-        self.bytes_in = 0
 
     def _cancel(self, _: object) -> None:
         if self.transport is not None:
@@ -134,8 +139,11 @@ class BackendWebSocket(QuietClientProtocol):
         self.http_request_data = self.http_response_data = b""
         self.relay = SessionRelay(Role.CLIENT, Carries.FRAMES, unmask, self.maxFramePayloadSize,
                                   self.maxMessagePayloadSize, close_timeout=BACKEND_CLOSE_GRACE)
-        self._early, self.data = self.data, b""
+        self._relay_timer = RelayTimer(self.factory.reactor, self.relay, self._carry_out)
+        early, self.data = self.data, b""
         self.transport.pauseProducing()  # until the session attaches
+        if early:
+            self._hold(early)
         if not self.opened.called:
             self.opened.callback(self)
 
@@ -153,28 +161,59 @@ class BackendWebSocket(QuietClientProtocol):
     # Receiving.
 
     def dataReceived(self, data: bytes) -> None:
-        """Before the 101 Autobahn's; after it the relay's (kept while no owner is attached)."""
+        """Before the 101 Autobahn's; after it the relay's (held, bounded, until the session attaches)."""
         relay = self.relay
         if relay is None:
             super().dataReceived(data)
-        elif self.owner is None:
-            self._early += data
+        elif not self._attached:
+            self._hold(data)
         else:
             self._carry_out(relay.receive(data, self.factory.reactor.seconds()))
 
+    def _hold(self, data: bytes) -> None:
+        """Keep bytes until the session attaches; more than BACKEND_EARLY_LIMIT fail the backend."""
+        early = self._early + data
+        if len(early) > BACKEND_EARLY_LIMIT:
+            self._early = b""
+            self._lost_detail = f"more than {BACKEND_EARLY_LIMIT} bytes before the session started"
+            self.transport.abortConnection()
+            return
+        self._early = early
+
     def attach(self, owner: LinkOwner) -> None:
         """Relay to owner from now on, first what came early."""
+        if self._lost_detail or (self.relay is not None and self.relay.state is RelayState.GONE):
+            self._attached = True
+            owner.backend_lost(lost_close(False, self._lost_detail))
+            return
         self.owner = owner
+        self._read()
+
+    def detach(self) -> None:
+        """
+        The session is gone: from now on the relay still reads (so the
+        backend's close reply is found and nothing piles up), and what it
+        would forward is dropped.
+        """
+        self.owner = None
+        if not self._lost_detail:
+            self._read()
+
+    def _read(self) -> None:
+        """Let the relay read, first what came early (the client may have paused this backend: resume)."""
+        self._attached = True
         early, self._early = self._early, b""
-        if self.transport is not None and self.relay is not None and self.relay.state is RelayState.OPEN:
+        relay = self.relay
+        if relay is None or (relay.state is not RelayState.OPEN and relay.state is not RelayState.CLOSE_SENT):
+            return
+        if self.transport is not None:
             self.transport.resumeProducing()
         if early:
-            self.dataReceived(early)
+            self._carry_out(relay.receive(early, self.factory.reactor.seconds()))
 
     def _carry_out(self, actions: list[Action]) -> None:
         for action in actions:
             if isinstance(action, Forward):
-                self.bytes_in += action.payload
                 if self.owner is not None and action.chunks:
                     chunks = action.chunks
                     self.owner.backend_frames(chunks[0] if len(chunks) == 1 else b"".join(chunks), action.payload,
@@ -190,22 +229,11 @@ class BackendWebSocket(QuietClientProtocol):
                 if owner is not None:
                     owner.backend_lost(Close(CLOSE_BACKEND_FAILED, close_reason(f"backend: {action.close.reason}")))
             elif isinstance(action, Drop):
-                if self.transport is not None:
-                    if action.abort:
-                        self.transport.abortConnection()
-                    else:
-                        self.transport.loseConnection()
+                drop(self.transport, action)
             elif isinstance(action, ArmTimer):
-                if self._timer_call is not None and self._timer_call.active():
-                    self._timer_call.cancel()
-                reactor = self.factory.reactor
-                self._timer_call = reactor.callLater(max(0.0, action.at - reactor.seconds()), self._timer)
+                if self._relay_timer is not None:
+                    self._relay_timer.arm(action.at)
             # PongReceived: the backend's pongs answer nothing of ours.
-
-    def _timer(self) -> None:
-        self._timer_call = None
-        if self.relay is not None:
-            self._carry_out(self.relay.timer(self.factory.reactor.seconds()))
 
     # Sending what the client relays.
 
@@ -234,9 +262,8 @@ class BackendWebSocket(QuietClientProtocol):
             return
         self.log_tls_error(reason)
         relay.connection_lost()
-        if self._timer_call is not None and self._timer_call.active():
-            self._timer_call.cancel()
-        self._timer_call = None
+        if self._relay_timer is not None:
+            self._relay_timer.cancel()
         owner, self.owner = self.owner, None
         if owner is not None:
             owner.backend_lost(lost_close(False, ""))
@@ -464,7 +491,7 @@ class WebSocketLink:
         backend = self._backend
         if backend is None:
             return
-        backend.owner = None
+        backend.detach()
         relay = backend.relay
         if relay is not None and relay.state is RelayState.OPEN:
             close = close if close is not None else Close(CLOSE_GOING_AWAY, "session closed by the gateway")

@@ -18,6 +18,7 @@ from tunnelgw.core.routing import Reject
 
 __all__ = [
     "BACKEND_CLOSE_GRACE",
+    "BACKEND_EARLY_LIMIT",
     "CLOSE_BACKEND_FAILED",
     "CLOSE_NORMAL",
     "CLOSE_GOING_AWAY",
@@ -49,6 +50,11 @@ BACKEND_CLOSE_GRACE = 5.0
 #: side before it pauses the reading side (per direction; Twisted's default
 #: is 64 KiB).  Larger reads mean fewer frames and fewer reactor turns.
 RELAY_WINDOW = 128 * 1024
+
+#: Bytes a WebSocket backend may send after its 101 before the session has
+#: started relaying them (its reading is paused meanwhile, so one or two
+#: reads at most); more fail the backend.
+BACKEND_EARLY_LIMIT = 2 * RELAY_WINDOW
 
 CLOSE_NORMAL = 1000
 CLOSE_GOING_AWAY = 1001

@@ -27,7 +27,8 @@ The rules written once here:
   instead (the frame's rest will never come);
 - a received close is checked (1002 for a bad code or length, 1007 for a
   reason that is not UTF-8), answered, and passed on; a sent close that is
-  not answered within ``close_timeout`` drops the connection;
+  not answered within ``close_timeout`` drops the connection, and so does a
+  TCP end (after the close handshake or a failure) not over within it;
 - the frame and message limits (1009), RSV bits, opcodes, masking,
   fragmentation and UTF-8 of text messages are checked (1002, 1007).
 """
@@ -184,8 +185,8 @@ class SessionRelay:
     :param max_frame: the largest frame payload taken (0: no limit); max_message likewise.
     :param base64: decode received data frames as base64 text, and send
         payloads as base64 text messages (``base64`` sessions on byte streams).
-    :param close_timeout: seconds the peer has to answer a close (and, for
-        :attr:`Role.CLIENT`, to end the connection after the close handshake).
+    :param close_timeout: seconds the peer has to answer a close, and the
+        connection has to end after the close handshake or a failure (then it is aborted).
     :param mask_key: makes the masking key of each frame the gateway makes (Role.CLIENT).
     """
 
@@ -229,18 +230,6 @@ class SessionRelay:
         self.clean = False
         #: The peer's close (code, reason), once received.
         self.remote_close: Optional[tuple[Optional[int], str]] = None
-
-    # What the glue asks.
-
-    @property
-    def sending_frame(self) -> bool:
-        """Whether a frame relayed towards the peer is still under way."""
-        return self._send_left > 0
-
-    @property
-    def receiving_frame(self) -> bool:
-        """Whether a frame from the peer is half read (a header or payload still to come)."""
-        return bool(self._need or self._carry)
 
     # Bytes from the peer.
 
@@ -299,7 +288,7 @@ class SessionRelay:
                         try:
                             text.decode(piece)
                         except UnicodeDecodeError:
-                            return self._fail(actions, chunks, payload, data, start, pos,
+                            return self._fail(actions, now, chunks, payload, data, start, pos,
                                               Close(CLOSE_INVALID_PAYLOAD, "text message is not UTF-8"),
                                               take + self._need)
                     if not frames:
@@ -307,7 +296,7 @@ class SessionRelay:
                             try:
                                 piece = self._decoder.feed(piece)
                             except ValueError as e:
-                                return self._fail(actions, chunks, payload, data, start, pos,
+                                return self._fail(actions, now, chunks, payload, data, start, pos,
                                                   Close(CLOSE_INVALID_PAYLOAD, str(e)))
                         if piece:
                             chunks.append(piece)
@@ -316,7 +305,7 @@ class SessionRelay:
                 if not self._need and self._fin:
                     failed = self._message_end()
                     if failed is not None:
-                        return self._fail(actions, chunks, payload, data, start, pos, failed)
+                        return self._fail(actions, now, chunks, payload, data, start, pos, failed)
                 continue
             # A frame header (kept whole before anything of it is forwarded).
             if end - pos < 2:
@@ -352,7 +341,7 @@ class SessionRelay:
             fin = first & 0x80 != 0
             violation = self._check_header(first, second, opcode, fin, length)
             if violation is not None:
-                return self._fail(actions, chunks, payload, data, start, pos, violation)
+                return self._fail(actions, now, chunks, payload, data, start, pos, violation)
             if masked_in:
                 self._mask = data[head - 4:head]
             if opcode >= 8:
@@ -378,14 +367,14 @@ class SessionRelay:
             self._message_size += length
             too_big = size_violation(length, self._message_size, self._max_frame, self._max_message)
             if too_big is not None:
-                return self._fail(actions, chunks, payload, data, start, pos, Close(CLOSE_TOO_BIG, too_big))
+                return self._fail(actions, now, chunks, payload, data, start, pos, Close(CLOSE_TOO_BIG, too_big))
             self._fin = fin
             self._need = length
             pos = head
             if not length and fin:
                 failed = self._message_end()
                 if failed is not None:
-                    return self._fail(actions, chunks, payload, data, start, pos, failed)
+                    return self._fail(actions, now, chunks, payload, data, start, pos, failed)
         if pos < end:
             self._carry = data[pos:]
         if frames and start < pos:
@@ -444,12 +433,12 @@ class SessionRelay:
             return True
         # A close.
         if len(payload) == 1:
-            return self._fail_close(actions, Close(CLOSE_PROTOCOL_ERROR, "close frame of one byte"))
+            return self._fail_close(actions, now, Close(CLOSE_PROTOCOL_ERROR, "close frame of one byte"))
         code: Optional[int] = struct.unpack("!H", payload[:2])[0] if payload else None
         raw_reason = payload[2:]
         violation = check_close_frame(code, raw_reason)
         if violation is not None:
-            return self._fail_close(actions, violation)
+            return self._fail_close(actions, now, violation)
         reason = raw_reason.decode("utf-8")
         self.remote_close = (code, reason)
         if self.state is RelayState.CLOSE_SENT:
@@ -477,16 +466,17 @@ class SessionRelay:
     def _end_after_handshake(self, actions: list[Action], now: float) -> None:
         if self.role is Role.SERVER:
             actions.append(Drop(False))  # a server ends the TCP connection (RFC 6455 7.1.1)
-        else:
-            self._deadline = now + self._close_timeout  # the server should end it; if not, we do
-            actions.append(ArmTimer(self._deadline))
+        # A client waits for the server to end it; a server's end waits for a
+        # queue the peer may never read: either way, at the deadline it is aborted.
+        self._deadline = now + self._close_timeout
+        actions.append(ArmTimer(self._deadline))
 
-    def _fail_close(self, actions: list[Action], close: Close) -> bool:
-        self._fail_now(actions, close)
+    def _fail_close(self, actions: list[Action], now: float, close: Close) -> bool:
+        self._fail_now(actions, now, close)
         return False
 
-    def _fail(self, actions: list[Action], chunks: list[bytes], payload: int, data: bytes, start: int, pos: int,
-              close: Close, left: int = 0) -> list[Action]:
+    def _fail(self, actions: list[Action], now: float, chunks: list[bytes], payload: int, data: bytes, start: int,
+              pos: int, close: Close, left: int = 0) -> list[Action]:
         """
         The peer broke the protocol at pos: forward what came before it (left:
         payload bytes of the last forwarded frame that will never come), then fail.
@@ -496,10 +486,10 @@ class SessionRelay:
             chunks.append(data[start:pos])
         if (chunks or payload) and self.state is RelayState.OPEN:
             actions.append(Forward(chunks, payload, left if self.carries is Carries.FRAMES else 0))
-        self._fail_now(actions, close)
+        self._fail_now(actions, now, close)
         return actions
 
-    def _fail_now(self, actions: list[Action], close: Close) -> None:
+    def _fail_now(self, actions: list[Action], now: float, close: Close) -> None:
         was = self.state
         self.state = RelayState.CLOSING
         self._need = 0
@@ -513,6 +503,9 @@ class SessionRelay:
             return
         actions.append(Write(self._frame(_CLOSE, _close_payload(close.code, close.reason))))
         actions.append(Drop(False, close.reason))
+        # The close may sit behind a queue the peer never reads: a bound of its own.
+        self._deadline = now + self._close_timeout
+        actions.append(ArmTimer(self._deadline))
 
     def _pong(self, payload: bytes, actions: list[Action]) -> None:
         if self._send_left or self._writer_paused:
