@@ -31,15 +31,20 @@ from h2.events import (
     StreamEnded,
     StreamReset,
 )
+from h2.errors import ErrorCodes
 from h2.settings import SettingCodes
 from hyperframe.frame import DataFrame, Frame
 
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
+from twisted.web.resource import Resource
+from twisted.web.server import Site
+from twisted.web.static import Data
 from zope.interface import implementer
 
 from rawws import frame_bytes, raw_handshake
+from tunnelgw.core.relay import CLOSE_TIMEOUT
 from tunnelgw.http2 import STREAM_BUFFER, STREAM_WINDOW, Http2Connection, Http2Server, StreamTransport
 from support import GatewayProcess, Pki, TcpServer, echo, free_port, make_client_cert, make_pki, silent, wait_until
 
@@ -706,6 +711,73 @@ class Http2FlowControlTests:
         events = client.receive_data(transport.value())
         assert [e.error_code for e in events if isinstance(e, ConnectionTerminated)] == [0]
         assert transport.disconnecting
+
+    def test_a_closing_connection_the_client_does_not_read_is_aborted(self) -> None:
+        """After the idle GOAWAY, a protocol error or the client's GOAWAY, the close waits CLOSE_TIMEOUT, then aborts."""
+        for cause in ("idle", "error", "goaway"):
+            clock = Clock()
+            client, connection, transport, gateway = self._connect(clock)
+            if cause == "idle":
+                clock.advance(10)
+            elif cause == "error":
+                connection.dataReceived(b"\x00\x00\x04\x08\x00\x00\x00\x00\x00\x00\x00\x00\x00")  # zero increment
+            else:
+                client.close_connection()
+                connection.dataReceived(client.data_to_send())
+            assert transport.disconnecting and not transport.disconnected, cause
+            clock.advance(CLOSE_TIMEOUT - 0.5)
+            assert not transport.disconnected, cause
+            clock.advance(0.5)
+            assert transport.disconnected, cause  # StringTransport.abortConnection
+            connection.connectionLost()
+            assert not clock.getDelayedCalls(), cause
+
+    def test_a_connection_lost_in_time_cancels_the_abort(self) -> None:
+        """A connection that closes before CLOSE_TIMEOUT leaves no abort pending."""
+        clock = Clock()
+        client, connection, transport, gateway = self._connect(clock)
+        clock.advance(10)
+        assert clock.getDelayedCalls()
+        connection.connectionLost()
+        assert not clock.getDelayedCalls()
+
+    def test_an_answer_the_client_does_not_take_is_reset(self) -> None:
+        """A complete request whose answer waits on a closed stream window is reset (CANCEL) after idle_timeout."""
+        clock = Clock()
+        root = Resource()
+        root.putChild(b"f", Data(b"x" * 300000, "text/plain"))
+        site = Site(root)
+        server = Http2Server(_Gateway(), site=site, reactor=clock, idle_timeout=10)
+        transport = StringTransport()
+        connection = Http2Connection(server)
+        connection.makeConnection(transport)
+        client = H2Connection(H2Configuration(client_side=True))
+        client.initiate_connection()
+        client.receive_data(transport.value())
+        transport.clear()
+        stream_id = client.get_next_available_stream_id()
+        client.send_headers(stream_id, [(":method", "GET"), (":scheme", "https"), (":path", "/f"),
+                                        (":authority", "a")], end_stream=True)
+        connection.dataReceived(client.data_to_send())
+        received = sum(len(e.data or b"") for e in client.receive_data(transport.value())
+                       if isinstance(e, DataReceived))
+        transport.clear()
+        assert received == STREAM_WINDOW  # the rest waits for a window the client never gives
+        clock.advance(9)
+        # The client reads a little: the deadline starts again.
+        client.increment_flow_control_window(1000, stream_id)
+        client.increment_flow_control_window(1000)
+        connection.dataReceived(client.data_to_send())
+        assert sum(len(e.data or b"") for e in client.receive_data(transport.value())
+                   if isinstance(e, DataReceived)) == 1000
+        transport.clear()
+        clock.advance(9)
+        assert not transport.value()
+        clock.advance(1)
+        events = client.receive_data(transport.value())
+        assert [e.error_code for e in events if isinstance(e, StreamReset)] == [ErrorCodes.CANCEL]
+        assert not connection._streams
+        assert not transport.disconnecting  # the connection goes on
 
     def test_a_stream_keeps_the_connection(self) -> None:
         """A live stream keeps the connection past idle_timeout; its end starts the wait again."""

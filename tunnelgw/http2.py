@@ -36,6 +36,9 @@ connection's bytes and carries its events out to streams.
   connection window is sized for every stream's window at once, so a
   stalled desktop never stalls the others.
 - At most :attr:`Http2Server.max_streams` concurrent streams per connection.
+- A closing connection whose client does not read is aborted after
+  :data:`~tunnelgw.core.relay.CLOSE_TIMEOUT`; a plain request's answer that
+  the client takes nothing of for ``idle_timeout`` is reset (``CANCEL``).
 
 **Errors.**  The request headers are checked by tunnelgw, not by h2
 (``validate_inbound_headers`` is off), so a malformed request is reset with
@@ -108,7 +111,8 @@ class Http2Server:
     :param gateway: the :class:`~tunnelgw.gateway.GatewayFactory`.
     :param site: the :class:`~tunnelgw.front.GatewaySite` plain requests go to.
     :param idle_timeout: seconds a connection without streams, or a plain
-        request not complete, is kept.
+        request not complete, is kept; and seconds a plain request's answer
+        may wait without the client taking a byte of it.
     :param max_streams: concurrent streams per connection.
     """
 
@@ -145,6 +149,7 @@ class Http2Connection(Protocol):
         self._going_away = False
         self._closed = False
         self._idle: Any = None
+        self._abort: Any = None
         self._last_stream = 0
 
     # The connection.
@@ -203,8 +208,7 @@ class Http2Connection(Protocol):
                     self._push_all()
             elif isinstance(event, ConnectionTerminated):
                 # h2 sends nothing after the client's GOAWAY: the connection and its sessions end.
-                self._closed = True
-                self.transport.loseConnection()
+                self._close()
         if not self._closed:
             self._flush()
 
@@ -218,8 +222,21 @@ class Http2Connection(Protocol):
         except ProtocolError:
             pass  # h2 has already closed its side
         self._flush()
+        self._close()
+
+    def _close(self) -> None:
+        """
+        Close once what is written is sent; a client that does not read it
+        (its zero window keeps TCP alive) is aborted after CLOSE_TIMEOUT.
+        """
         self._closed = True
         self.transport.loseConnection()
+        if self._abort is None:
+            self._abort = self.server.reactor.callLater(CLOSE_TIMEOUT, self._abort_now)
+
+    def _abort_now(self) -> None:
+        self._abort = None
+        self.transport.abortConnection()
 
     def go_away(self) -> None:
         """
@@ -243,6 +260,9 @@ class Http2Connection(Protocol):
         if self._idle is not None and self._idle.active():
             self._idle.cancel()
         self._idle = None
+        if self._abort is not None and self._abort.active():
+            self._abort.cancel()
+        self._abort = None
         streams, self._streams = self._streams, {}
         for stream in streams.values():
             stream.lost(reason.value if isinstance(reason.value, BaseException) else error.ConnectionLost())
@@ -384,8 +404,7 @@ class Http2Connection(Protocol):
         if self._streams or self._closed or (self._idle is not None and self._idle.active()):
             return
         if self._going_away:
-            self._closed = True
-            self.transport.loseConnection()
+            self._close()
             return
         self._idle = self.server.reactor.callLater(self.server.idle_timeout, self._idle_expired)
 
@@ -444,6 +463,8 @@ class _Outgoing:
             return
         sent, ended = self.connection.send(self.stream_id, self.queue, self.ending)
         self.queued -= sent
+        if sent:
+            self.progressed()
         if ended:
             self.ended = True
             self.queue.clear()
@@ -473,6 +494,9 @@ class _Outgoing:
 
     def ended_here(self) -> None:
         """END_STREAM went out."""
+
+    def progressed(self) -> None:
+        """Some of the queue went out to the client."""
 
     # What a TCP transport has (the connection's; the stream has no socket of its own).
 
@@ -664,7 +688,7 @@ class _RequestStream(_Outgoing):
             self._answer_reject(self._checked.refusal)
 
     def _answer_reject(self, reject: Reject) -> None:
-        self._stop_deadline()
+        # The deadline goes on: it bounds the wait for the client to take the answer.
         log_refusal(format_address(self.connection.peer()), "-", reject, "request")
         answer = http_error(reject.status, reject.reason)
         head_end = find_head_end(answer)
@@ -675,9 +699,22 @@ class _RequestStream(_Outgoing):
 
     def _expired(self) -> None:
         self._deadline = None
-        if not self.remote_done:
-            self.connection.reset(self.stream_id, ErrorCodes.CANCEL)
+        if self.gone or self.ended:
+            return
+        self.connection.reset(self.stream_id, ErrorCodes.CANCEL)
+        if self.remote_done:
+            self.lost(error.TimeoutError("the client took nothing of the answer in time"))
+        else:
             self.lost(error.TimeoutError("the request was not complete in time"))
+
+    def _restart_deadline(self) -> None:
+        self._stop_deadline()
+        self._deadline = self.connection.server.reactor.callLater(self.connection.server.idle_timeout, self._expired)
+
+    def progressed(self) -> None:
+        """Bytes of the answer went out: the client reads, the stall deadline starts again."""
+        if self.remote_done and self._deadline is not None:
+            self._restart_deadline()
 
     def _stop_deadline(self) -> None:
         if self._deadline is not None and self._deadline.active():
@@ -704,7 +741,8 @@ class _RequestStream(_Outgoing):
             return
         if self._checked.refusal is not None:
             return
-        self._stop_deadline()
+        # From here the answer's deadline: idle_timeout without a byte taken by the client.
+        self._restart_deadline()
         head = self._checked.head
         request = self.request = self.site.requestFactory(self)
         for name, value in head.headers:
@@ -715,6 +753,7 @@ class _RequestStream(_Outgoing):
 
     def ended_here(self) -> None:
         """The answer is sent: a client still sending its request is told to stop (RFC 9113 8.1)."""
+        self._stop_deadline()
         if self.remote_done:
             self.connection.closed(self.stream_id)
         else:
