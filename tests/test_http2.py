@@ -35,9 +35,11 @@ from h2.errors import ErrorCodes
 from h2.settings import SettingCodes
 from hyperframe.frame import DataFrame, Frame
 
+from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
+from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 from twisted.web.static import Data
@@ -381,6 +383,26 @@ class Http2SessionTests:
                 finally:
                     client.close()
 
+    def test_end_stream_on_a_live_session_ends_it(self, tmp_path: Path, pki: Pki) -> None:
+        """The client's END_STREAM is the session's FIN: it ends (one end line), its perclient slot is free again."""
+        with TcpServer(echo) as echoing:
+            with GatewayProcess(_config(pki, echoing.endpoint, echoing.endpoint, extra="Limit perclient=1\n"),
+                                tmp_path) as gw:
+                client = H2Client(gw.port(), pki.ca_cert)
+                try:
+                    first = client.websocket("/echo")
+                    assert client.streams[first].status == 200
+                    client.conn.end_stream(first)
+                    client.flush()
+                    client.until(lambda: client.streams[first].ended or client.streams[first].reset is not None)
+                    gw.wait_log(r"session end ")
+                    again = client.websocket("/echo")
+                    assert client.streams[again].status == 200
+                    client.send_message(again, b"after")
+                    assert client.messages(again, 1) == [b"after"]
+                finally:
+                    client.close()
+
     @pytest.mark.parametrize("headers, why", [
         ([(":method", "GET"), (":protocol", "websocket"), (":scheme", "https"), (":path", "/echo"),
           (":authority", "localhost")], ":protocol on a GET"),
@@ -621,6 +643,21 @@ class _Producer:
         pass
 
 
+class _Session:
+    """A session as the stream sees it: what it received and how it was lost."""
+
+    def __init__(self) -> None:
+        self.received = b""
+        self.lost: Optional[Failure] = None
+
+    def dataReceived(self, data: bytes) -> None:
+        self.received += data
+
+    def connectionLost(self, reason: Failure) -> None:
+        assert self.lost is None
+        self.lost = reason
+
+
 class Http2FlowControlTests:
     """The glue in memory (StringTransport, Clock): windows, bounds and the producer chain."""
 
@@ -778,6 +815,50 @@ class Http2FlowControlTests:
         assert [e.error_code for e in events if isinstance(e, StreamReset)] == [ErrorCodes.CANCEL]
         assert not connection._streams
         assert not transport.disconnecting  # the connection goes on
+
+    def test_the_clients_end_stream_ends_a_live_session(self) -> None:
+        """END_STREAM on a live session is its FIN: connectionLost(ConnectionDone), our side ended, the stream slot free."""
+        client, connection, transport, gateway = self._connect()
+        stream_id = client.get_next_available_stream_id()
+        client.send_headers(stream_id, [(":method", "CONNECT"), (":protocol", "websocket"), (":scheme", "https"),
+                                        (":path", "/x"), (":authority", "a"), ("sec-websocket-version", "13")])
+        connection.dataReceived(client.data_to_send())
+        [stream] = gateway.streams
+        session = _Session()
+        stream.protocol = session
+        stream.write(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n")
+        stream.resumeProducing()  # the session is live
+        client.receive_data(transport.value())
+        transport.clear()
+        client.send_data(stream_id, b"last", end_stream=True)
+        connection.dataReceived(client.data_to_send())
+        assert session.received == b"last"
+        assert session.lost is not None and session.lost.check(ConnectionDone)
+        events = client.receive_data(transport.value())
+        assert any(isinstance(e, StreamEnded) and e.stream_id == stream_id for e in events)
+        assert not connection._streams and connection._h2.open_inbound_streams == 0
+
+    def test_the_clients_end_stream_waits_for_what_a_paused_session_holds(self) -> None:
+        """A paused session gets what was held first, then the end."""
+        client, connection, transport, gateway = self._connect()
+        stream_id = client.get_next_available_stream_id()
+        client.send_headers(stream_id, [(":method", "CONNECT"), (":protocol", "websocket"), (":scheme", "https"),
+                                        (":path", "/x"), (":authority", "a"), ("sec-websocket-version", "13")])
+        connection.dataReceived(client.data_to_send())
+        [stream] = gateway.streams
+        session = _Session()
+        stream.protocol = session
+        stream.write(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n")
+        stream.write(b"z" * (STREAM_WINDOW + 10))  # more than the client's window: our side cannot end at once
+        client.send_data(stream_id, b"held", end_stream=True)
+        connection.dataReceived(client.data_to_send())
+        assert session.lost is None and session.received == b""
+        transport.clear()
+        stream.resumeProducing()
+        assert session.received == b"held" and session.lost is not None and session.lost.check(ConnectionDone)
+        events = client.receive_data(transport.value())
+        assert [e.error_code for e in events if isinstance(e, StreamReset)] == [ErrorCodes.NO_ERROR]
+        assert not connection._streams and connection._h2.open_inbound_streams == 0
 
     def test_a_stream_keeps_the_connection(self) -> None:
         """A live stream keeps the connection past idle_timeout; its end starts the wait again."""

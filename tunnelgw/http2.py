@@ -604,12 +604,14 @@ class StreamTransport(_Outgoing):
         self._reading_paused = True
 
     def resumeProducing(self) -> None:
-        """Deliver what was held, and read on."""
+        """Deliver what was held, and read on (then the client's end, if it came)."""
         self._reading_paused = False
         while self._held and not self._reading_paused and not self.gone:
             data, length = self._held.popleft()
             self.protocol.dataReceived(data)
             self.connection.acknowledge(self.stream_id, length)
+        if self.remote_done and not self._held:
+            self._remote_fin()
 
     def stopProducing(self) -> None:
         """Reset the stream."""
@@ -629,11 +631,29 @@ class StreamTransport(_Outgoing):
         self.connection.acknowledge(self.stream_id, length)
 
     def remote_ended(self) -> None:
-        """The client ended its side (after its close frame): done once ours is ended too."""
+        """
+        The client ended its side: after our END_STREAM the stream is done; on
+        a live session it is the FIN of RFC 8441 and ends the session as a
+        connection loss does (once what was held for a paused session is read).
+        """
         self.remote_done = True
         if self.ended:
             self.connection.closed(self.stream_id)
             self.lost(error.ConnectionDone())
+        elif not self._held:
+            self._remote_fin()
+
+    def _remote_fin(self) -> None:
+        if self.ending or self.gone:
+            return  # our END_STREAM follows what is queued (the session bounds that wait), or all is over
+        # Our side ends too: END_STREAM if what is queued goes out now, else a reset (NO_ERROR).
+        _, ended = self.connection.send(self.stream_id, self.queue, True)
+        self.ended = ended
+        if ended:
+            self.connection.closed(self.stream_id)
+        else:
+            self.connection.reset(self.stream_id, ErrorCodes.NO_ERROR)
+        self.lost(error.ConnectionDone("the client ended the stream"))
 
     def ended_here(self) -> None:
         """Our END_STREAM went out: the session is done; the client's end is awaited (bounded)."""
