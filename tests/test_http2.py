@@ -47,7 +47,7 @@ from zope.interface import implementer
 
 from rawws import frame_bytes, raw_handshake
 from tunnelgw.core.relay import CLOSE_TIMEOUT
-from tunnelgw.http2 import STREAM_BUFFER, STREAM_WINDOW, Http2Connection, Http2Server, StreamTransport
+from tunnelgw.http2 import RESET_AGE, RESET_WINDOW, STREAM_BUFFER, STREAM_WINDOW, Http2Connection, Http2Server, StreamTransport
 from support import GatewayProcess, Pki, TcpServer, echo, free_port, make_client_cert, make_pki, silent, wait_until
 
 Headers = list[tuple[str, str]]
@@ -859,6 +859,46 @@ class Http2FlowControlTests:
         events = client.receive_data(transport.value())
         assert [e.error_code for e in events if isinstance(e, StreamReset)] == [ErrorCodes.NO_ERROR]
         assert not connection._streams and connection._h2.open_inbound_streams == 0
+
+    def test_rapid_reset_ends_the_connection(self) -> None:
+        """More than max_streams resets of young streams within RESET_WINDOW: GOAWAY ENHANCE_YOUR_CALM, then closed."""
+        clock = Clock()
+        client, connection, transport, gateway = self._connect(clock)
+        connect = [(":method", "CONNECT"), (":protocol", "websocket"), (":scheme", "https"), (":path", "/x"),
+                   (":authority", "a"), ("sec-websocket-version", "13")]
+        transport.clear()
+        for n in range(101):
+            stream_id = client.get_next_available_stream_id()
+            client.send_headers(stream_id, connect)
+            client.reset_stream(stream_id)
+            connection.dataReceived(client.data_to_send())
+            clock.advance(0.1)
+            if n < 100:
+                assert not transport.disconnecting, n
+        assert len(gateway.streams) == 101 and transport.disconnecting
+        events = client.receive_data(transport.value())
+        assert [e.error_code for e in events if isinstance(e, ConnectionTerminated)] == [ErrorCodes.ENHANCE_YOUR_CALM]
+
+    def test_resets_of_older_streams_or_spread_out_are_allowed(self) -> None:
+        """Resets of streams older than RESET_AGE, or of young ones spread over more than RESET_WINDOW, are fine."""
+        clock = Clock()
+        client, connection, transport, gateway = self._connect(clock)
+        connect = [(":method", "CONNECT"), (":protocol", "websocket"), (":scheme", "https"), (":path", "/x"),
+                   (":authority", "a"), ("sec-websocket-version", "13")]
+        for n in range(150):
+            stream_id = client.get_next_available_stream_id()
+            client.send_headers(stream_id, connect)
+            connection.dataReceived(client.data_to_send())
+            clock.advance(RESET_AGE)  # old enough
+            client.reset_stream(stream_id)
+            connection.dataReceived(client.data_to_send())
+        for n in range(150):
+            stream_id = client.get_next_available_stream_id()
+            client.send_headers(stream_id, connect)
+            client.reset_stream(stream_id)
+            connection.dataReceived(client.data_to_send())
+            clock.advance(RESET_WINDOW / 90)  # young, but at most 90 of them within a window
+        assert not transport.disconnecting
 
     def test_a_stream_keeps_the_connection(self) -> None:
         """A live stream keeps the connection past idle_timeout; its end starts the wait again."""

@@ -36,6 +36,9 @@ connection's bytes and carries its events out to streams.
   connection window is sized for every stream's window at once, so a
   stalled desktop never stalls the others.
 - At most :attr:`Http2Server.max_streams` concurrent streams per connection.
+- "Rapid reset" (CVE-2023-44487): a client that resets more than
+  ``max_streams`` streams within :data:`RESET_WINDOW` seconds, each younger
+  than :data:`RESET_AGE`, gets GOAWAY ``ENHANCE_YOUR_CALM`` and is closed.
 - A closing connection whose client does not read is aborted after
   :data:`~tunnelgw.core.relay.CLOSE_TIMEOUT`; a plain request's answer that
   the client takes nothing of for ``idle_timeout`` is reset (``CANCEL``).
@@ -91,7 +94,8 @@ from tunnelgw.core.relay import CLOSE_TIMEOUT
 from tunnelgw.core.routing import Reject
 from tunnelgw.session import http_error, log_refusal
 
-__all__ = ["Http2Connection", "Http2Server", "negotiated_h2", "STREAM_BUFFER", "STREAM_WINDOW", "StreamTransport"]
+__all__ = ["Http2Connection", "Http2Server", "negotiated_h2", "RESET_AGE", "RESET_WINDOW", "STREAM_BUFFER",
+           "STREAM_WINDOW", "StreamTransport"]
 
 _log = Logger(namespace="tunnelgw")
 
@@ -99,6 +103,10 @@ _log = Logger(namespace="tunnelgw")
 STREAM_WINDOW = 65535
 #: Bytes queued towards the client on one stream before its producer is paused.
 STREAM_BUFFER = 262144
+#: A stream the client resets younger than this (seconds) counts as a rapid reset.
+RESET_AGE = 5.0
+#: Seconds over which rapid resets are counted; more than ``max_streams`` of them end the connection.
+RESET_WINDOW = 30.0
 #: Largest request body of a plain request over a stream (as on HTTP/1.1).
 _MAX_BODY = 65536
 
@@ -151,6 +159,8 @@ class Http2Connection(Protocol):
         self._idle: Any = None
         self._abort: Any = None
         self._last_stream = 0
+        self._opened: dict[int, float] = {}
+        self._resets: deque[float] = deque()
 
     # The connection.
 
@@ -198,6 +208,8 @@ class Http2Connection(Protocol):
                 stream = self._streams.pop(event.stream_id, None)
                 if stream is not None:
                     stream.lost(error.ConnectionLost("the client reset the stream"))
+                    if self._rapid_reset(event.stream_id):
+                        return
                     self._arm_idle()
             elif isinstance(event, WindowUpdated):
                 if event.stream_id:
@@ -211,6 +223,34 @@ class Http2Connection(Protocol):
                 self._close()
         if not self._closed:
             self._flush()
+
+    def _rapid_reset(self, stream_id: int) -> bool:
+        """
+        Count a client's reset of a young stream (each cost a decision, an
+        admission, maybe a backend connect: CVE-2023-44487); over the bound
+        the connection ends with GOAWAY ``ENHANCE_YOUR_CALM``.
+
+        :returns: whether the connection ended.
+        """
+        now = self.server.reactor.seconds()
+        if now - self._opened.pop(stream_id, now) >= RESET_AGE:
+            return False
+        resets = self._resets
+        resets.append(now)
+        while resets and resets[0] <= now - RESET_WINDOW:
+            resets.popleft()
+        if len(resets) <= self.server.max_streams:
+            return False
+        _log.info("http2 connection error client={client} error=ENHANCE_YOUR_CALM reason={reason!r}",
+                  client=format_address(self.transport.getPeer()),
+                  reason=f"more than {self.server.max_streams} streams reset within {RESET_WINDOW:g}s of opening")
+        try:
+            self._h2.close_connection(error_code=ErrorCodes.ENHANCE_YOUR_CALM, additional_data=b"rapid reset")
+        except ProtocolError:
+            pass
+        self._flush()
+        self._close()
+        return True
 
     def _fail(self, e: ProtocolError) -> None:
         """A connection error from h2: GOAWAY with its code, then close."""
@@ -263,6 +303,7 @@ class Http2Connection(Protocol):
         if self._abort is not None and self._abort.active():
             self._abort.cancel()
         self._abort = None
+        self._opened.clear()
         streams, self._streams = self._streams, {}
         for stream in streams.values():
             stream.lost(reason.value if isinstance(reason.value, BaseException) else error.ConnectionLost())
@@ -303,6 +344,7 @@ class Http2Connection(Protocol):
         if self._idle is not None and self._idle.active():
             self._idle.cancel()
         self._idle = None
+        self._opened[stream_id] = self.server.reactor.seconds()
         if checked.websocket and checked.refusal is None:
             stream = StreamTransport(self, stream_id)
             self._streams[stream_id] = stream
@@ -374,6 +416,7 @@ class Http2Connection(Protocol):
     def reset(self, stream_id: int, code: ErrorCodes = ErrorCodes.CANCEL) -> None:
         """Reset a stream (and forget it)."""
         self._streams.pop(stream_id, None)
+        self._opened.pop(stream_id, None)
         self._reset(stream_id, code)
         self._arm_idle()
 
@@ -388,6 +431,7 @@ class Http2Connection(Protocol):
     def closed(self, stream_id: int) -> None:
         """A stream ended both ways: forget it."""
         self._streams.pop(stream_id, None)
+        self._opened.pop(stream_id, None)
         self._arm_idle()
 
     def _push_all(self) -> None:
