@@ -493,12 +493,14 @@ class ImmediateTLS(BufferingTLSTransport):
         """As Twisted's: application bytes into the TLS connection (buffered while it wants to read), then flush."""
         if self._lostTLSConnection:
             return
-        sent, total = 0, len(bytes)
+        # A view: each SSL_write takes one record of a large write, and slicing bytes would copy the rest each time.
+        view = memoryview(bytes)
+        sent, total = 0, len(view)
         while sent < total:
             try:
-                sent += self._tlsConnection.send(bytes[sent:] if sent else bytes)
+                sent += self._tlsConnection.send(view[sent:] if sent else bytes)
             except WantReadError:
-                self._bufferedWrite(bytes[sent:])
+                self._bufferedWrite(view[sent:].tobytes() if sent else bytes)
                 break
             except TLSError:
                 self._tlsShutdownFinished(Failure())
