@@ -117,6 +117,13 @@ REPLACED: dict[str, str] = {
     "twisted.protocols.tls.TLSMemoryBIOProtocol._flushReceiveBIO": "b45e129f60c44862",
     "twisted.protocols.tls.BufferingTLSTransport.write": "e029bcaebbb754c2",
     "twisted.protocols.tls.BufferingTLSTransport.writeSequence": "ec75e8b6dcd82413",
+    # _whole_tls_writes pops the instance's ``write`` this binds, and ImmediateTLS uses the ``_aggregator`` it makes
+    # (its write and flush).
+    "twisted.protocols.tls.BufferingTLSTransport.__init__": "2d7152b65488afb9",
+    "twisted.protocols.tls._AggregateSmallWrites.write": "6353c884a8ca58c5",
+    "twisted.protocols.tls._AggregateSmallWrites.flush": "e6fa7826d714e369",
+    # _ImmediateWrites._idle reads dataBuffer and _tempDataBuffer as this flushes them.
+    "twisted.internet.abstract.FileDescriptor.doWrite": "a986d7b1b1054e43",
 }
 
 
