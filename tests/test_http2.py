@@ -26,6 +26,7 @@ from h2.connection import H2Connection
 from h2.events import (
     ConnectionTerminated,
     DataReceived,
+    PingAckReceived,
     RemoteSettingsChanged,
     ResponseReceived,
     StreamEnded,
@@ -643,6 +644,19 @@ class _Producer:
         pass
 
 
+class _FullAt(StringTransport):
+    """A transport that pauses its producer once more than bound bytes wait, as Twisted's do above bufferSize."""
+
+    def __init__(self, bound: int) -> None:
+        super().__init__()
+        self.bound = bound
+
+    def write(self, data: bytes) -> None:
+        super().write(data)
+        if len(self.value()) > self.bound and self.producer is not None and self.producerState == "producing":
+            self.producer.pauseProducing()
+
+
 class _Session:
     """A session as the stream sees it: what it received and how it was lost."""
 
@@ -661,11 +675,11 @@ class _Session:
 class Http2FlowControlTests:
     """The glue in memory (StringTransport, Clock): windows, bounds and the producer chain."""
 
-    def _connect(self, clock: Optional[Clock] = None
+    def _connect(self, clock: Optional[Clock] = None, transport: Optional[StringTransport] = None
                  ) -> tuple[H2Connection, Http2Connection, StringTransport, _Gateway]:
         gateway = _Gateway()
         server = Http2Server(gateway, site=None, reactor=clock or Clock(), idle_timeout=10)
-        transport = StringTransport()
+        transport = transport or StringTransport()
         connection = Http2Connection(server)
         connection.makeConnection(transport)
         client = H2Connection(H2Configuration(client_side=True))
@@ -730,13 +744,33 @@ class Http2FlowControlTests:
         assert any(isinstance(e, StreamReset) and e.stream_id == stream_id for e in events)
 
     def test_a_client_that_does_not_read_is_not_read(self) -> None:
-        """When the connection's write buffer is full nothing more is read (no PING or SETTINGS answers pile up)."""
-        client, connection, transport, gateway = self._connect()
+        """While the write buffer is full nothing is read or answered; then the answers stop at the buffer's bound."""
+        transport = _FullAt(4096)
+        client, connection, _, gateway = self._connect(transport=transport)
+        client.receive_data(transport.value())  # the SETTINGS ACK
+        transport.clear()
         assert transport.producer is connection
         connection.pauseProducing()  # what the TLS transport does when its buffer is full
         assert transport.producerState == "paused"
-        connection.resumeProducing()
-        assert transport.producerState == "producing"
+        for n in range(1000):
+            client.ping(b"%08d" % n)
+        pings = client.data_to_send()
+        for at in range(0, len(pings), 1000):  # what the transport still hands over after the pause
+            connection.dataReceived(pings[at:at + 1000])
+        assert transport.value() == b""  # not one PING read, so none answered
+        answered = rounds = 0
+        while answered < 1000:
+            rounds += 1
+            connection.resumeProducing()  # the client read what was written
+            assert transport.producerState == "paused" or answered + len(transport.value()) // 17 == 1000
+            written = transport.value()
+            # At most one step of held input read past the bound: 4096 bytes of PINGs, 17 bytes each.
+            assert len(written) <= 4096 + (4096 // 17 + 1) * 17
+            acks = [e for e in client.receive_data(written) if isinstance(e, PingAckReceived)]
+            assert [a.ping_data for a in acks] == [b"%08d" % n for n in range(answered, answered + len(acks))]
+            answered += len(acks)
+            transport.clear()
+        assert rounds >= 4 and connection._input_size == 0  # 17,000 bytes of answers, at most ~8 KiB per round
 
     def test_an_idle_connection_is_closed_with_goaway(self) -> None:
         """Without streams for idle_timeout seconds the connection gets GOAWAY (NO_ERROR) and is closed."""

@@ -94,7 +94,7 @@ from tunnelgw.core.relay import CLOSE_TIMEOUT
 from tunnelgw.core.routing import Reject
 from tunnelgw.session import http_error, log_refusal
 
-__all__ = ["Http2Connection", "Http2Server", "negotiated_h2", "RESET_AGE", "RESET_WINDOW", "STREAM_BUFFER",
+__all__ = ["HELD_INPUT", "Http2Connection", "Http2Server", "negotiated_h2", "RESET_AGE", "RESET_WINDOW", "STREAM_BUFFER",
            "STREAM_WINDOW", "StreamTransport"]
 
 _log = Logger(namespace="tunnelgw")
@@ -107,6 +107,11 @@ STREAM_BUFFER = 262144
 RESET_AGE = 5.0
 #: Seconds over which rapid resets are counted; more than ``max_streams`` of them end the connection.
 RESET_WINDOW = 30.0
+#: Bytes the transport may still hand over after the connection paused reading (the rest of one read);
+#: beyond them the connection is aborted.
+HELD_INPUT = 262144
+#: Held bytes given to h2 at a time once reading resumes, so that a pause their answers cause takes effect.
+_INPUT_STEP = 4096
 #: Largest request body of a plain request over a stream (as on HTTP/1.1).
 _MAX_BODY = 65536
 
@@ -160,6 +165,9 @@ class Http2Connection(Protocol):
         self._abort: Any = None
         self._last_stream = 0
         self._opened: dict[int, float] = {}
+        #: What arrived while reading was paused (read on resumeProducing), and its size.
+        self._input: deque[bytes] = deque()
+        self._input_size = 0
         self._resets: deque[float] = deque()
 
     # The connection.
@@ -187,9 +195,31 @@ class Http2Connection(Protocol):
             self.go_away()
 
     def dataReceived(self, data: bytes) -> None:
-        """Bytes from the client, to h2; its events to the streams."""
-        if self._closed:
+        """Bytes from the client, to h2 (held while reading is paused); its events to the streams."""
+        if self._closed or not data:
             return
+        if self._paused or self._input:
+            self._input.append(data)
+            self._input_size += len(data)
+            if self._input_size > HELD_INPUT:
+                _log.info("http2 connection aborted client={client}: {size} bytes arrived while reading was paused",
+                          client=format_address(self.transport.getPeer()), size=self._input_size)
+                self._closed = True
+                self.transport.abortConnection()
+            return
+        self._receive(data)
+
+    def _take_input(self) -> None:
+        """Read what was held, a step at a time, until it is all read or reading is paused again."""
+        while self._input and not self._paused and not self._closed:
+            data = self._input.popleft()
+            if len(data) > _INPUT_STEP:
+                self._input.appendleft(data[_INPUT_STEP:])
+                data = data[:_INPUT_STEP]
+            self._input_size -= len(data)
+            self._receive(data)
+
+    def _receive(self, data: bytes) -> None:
         try:
             events = self._h2.receive_data(data)
         except ProtocolError as e:
@@ -315,6 +345,7 @@ class Http2Connection(Protocol):
         The client does not read: hand no more stream data to h2, and read
         nothing more from it either (each frame read may make h2 answer:
         PINGs, SETTINGS; a client that does not read could grow the buffer).
+        What the transport still hands over is held, up to :data:`HELD_INPUT`.
         """
         self._paused = True
         self.transport.pauseProducing()
@@ -323,7 +354,9 @@ class Http2Connection(Protocol):
         """The client reads again: so do we."""
         self._paused = False
         self.transport.resumeProducing()
-        self._push_all()
+        self._take_input()
+        if not self._paused:
+            self._push_all()
 
     def stopProducing(self) -> None:
         """The connection is going; :meth:`connectionLost` ends the streams."""
