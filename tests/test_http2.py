@@ -872,6 +872,25 @@ class Http2FlowControlTests:
         assert any(isinstance(e, StreamEnded) and e.stream_id == stream_id for e in events)
         assert not connection._streams and connection._h2.open_inbound_streams == 0
 
+    def test_the_clients_end_stream_before_the_answer_resets_the_stream(self) -> None:
+        """An extended CONNECT ended before the session answers: the session is lost, the stream reset (CANCEL)."""
+        client, connection, transport, gateway = self._connect()
+        stream_id = client.get_next_available_stream_id()
+        client.send_headers(stream_id, [(":method", "CONNECT"), (":protocol", "websocket"), (":scheme", "https"),
+                                        (":path", "/x"), (":authority", "a"), ("sec-websocket-version", "13")])
+        connection.dataReceived(client.data_to_send())
+        [stream] = gateway.streams
+        session = _Session()
+        stream.protocol = session
+        client.receive_data(transport.value())
+        transport.clear()
+        client.end_stream(stream_id)
+        connection.dataReceived(client.data_to_send())
+        assert session.lost is not None and session.lost.check(ConnectionDone)
+        events = client.receive_data(transport.value())
+        assert [e.error_code for e in events if isinstance(e, StreamReset)] == [ErrorCodes.CANCEL]
+        assert not connection._streams and connection._h2.open_inbound_streams == 0
+
     def test_the_clients_end_stream_waits_for_what_a_paused_session_holds(self) -> None:
         """A paused session gets what was held first, then the end."""
         client, connection, transport, gateway = self._connect()

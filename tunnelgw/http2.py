@@ -698,7 +698,7 @@ class StreamTransport(_Outgoing):
 
     def received(self, data: bytes, length: int) -> None:
         """DATA from the client: to the session, or held while it is paused."""
-        if self.gone:
+        if self.gone or not data:  # (an empty frame, END_STREAM's or padding only, holds nothing back)
             self.connection.acknowledge(self.stream_id, length)  # the connection's window, not lost with the stream
             return
         if self._reading_paused or self._held:
@@ -723,7 +723,12 @@ class StreamTransport(_Outgoing):
     def _remote_fin(self) -> None:
         if self.ending or self.gone:
             return  # our END_STREAM follows what is queued (the session bounds that wait), or all is over
-        # Our side ends too: END_STREAM if what is queued goes out now, else a reset (NO_ERROR).
+        # Our side ends too: END_STREAM if what is queued goes out now, else a reset (NO_ERROR; CANCEL
+        # before the session answered, when there are no response headers to end).
+        if not self._answered:
+            self.connection.reset(self.stream_id, ErrorCodes.CANCEL)
+            self.lost(error.ConnectionDone("the client ended the stream before its answer"))
+            return
         _, ended = self.connection.send(self.stream_id, self.queue, True)
         self.ended = ended
         if ended:
