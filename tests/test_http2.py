@@ -26,21 +26,29 @@ from h2.connection import H2Connection
 from h2.events import (
     ConnectionTerminated,
     DataReceived,
+    PingAckReceived,
     RemoteSettingsChanged,
     ResponseReceived,
     StreamEnded,
     StreamReset,
 )
+from h2.errors import ErrorCodes
 from h2.settings import SettingCodes
 from hyperframe.frame import DataFrame, Frame
 
+from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
+from twisted.python.failure import Failure
+from twisted.web.resource import Resource
+from twisted.web.server import Site
+from twisted.web.static import Data
 from zope.interface import implementer
 
 from rawws import frame_bytes, raw_handshake
-from tunnelgw.http2 import STREAM_BUFFER, STREAM_WINDOW, Http2Connection, Http2Server, StreamTransport
+from tunnelgw.core.relay import CLOSE_TIMEOUT
+from tunnelgw.http2 import RESET_AGE, RESET_WINDOW, STREAM_BUFFER, STREAM_WINDOW, Http2Connection, Http2Server, StreamTransport
 from support import GatewayProcess, Pki, TcpServer, echo, free_port, make_client_cert, make_pki, silent, wait_until
 
 Headers = list[tuple[str, str]]
@@ -376,6 +384,26 @@ class Http2SessionTests:
                 finally:
                     client.close()
 
+    def test_end_stream_on_a_live_session_ends_it(self, tmp_path: Path, pki: Pki) -> None:
+        """The client's END_STREAM is the session's FIN: it ends (one end line), its perclient slot is free again."""
+        with TcpServer(echo) as echoing:
+            with GatewayProcess(_config(pki, echoing.endpoint, echoing.endpoint, extra="Limit perclient=1\n"),
+                                tmp_path) as gw:
+                client = H2Client(gw.port(), pki.ca_cert)
+                try:
+                    first = client.websocket("/echo")
+                    assert client.streams[first].status == 200
+                    client.conn.end_stream(first)
+                    client.flush()
+                    client.until(lambda: client.streams[first].ended or client.streams[first].reset is not None)
+                    gw.wait_log(r"session end ")
+                    again = client.websocket("/echo")
+                    assert client.streams[again].status == 200
+                    client.send_message(again, b"after")
+                    assert client.messages(again, 1) == [b"after"]
+                finally:
+                    client.close()
+
     @pytest.mark.parametrize("headers, why", [
         ([(":method", "GET"), (":protocol", "websocket"), (":scheme", "https"), (":path", "/echo"),
           (":authority", "localhost")], ":protocol on a GET"),
@@ -616,14 +644,42 @@ class _Producer:
         pass
 
 
+class _FullAt(StringTransport):
+    """A transport that pauses its producer once more than bound bytes wait, as Twisted's do above bufferSize."""
+
+    def __init__(self, bound: int) -> None:
+        super().__init__()
+        self.bound = bound
+
+    def write(self, data: bytes) -> None:
+        super().write(data)
+        if len(self.value()) > self.bound and self.producer is not None and self.producerState == "producing":
+            self.producer.pauseProducing()
+
+
+class _Session:
+    """A session as the stream sees it: what it received and how it was lost."""
+
+    def __init__(self) -> None:
+        self.received = b""
+        self.lost: Optional[Failure] = None
+
+    def dataReceived(self, data: bytes) -> None:
+        self.received += data
+
+    def connectionLost(self, reason: Failure) -> None:
+        assert self.lost is None
+        self.lost = reason
+
+
 class Http2FlowControlTests:
     """The glue in memory (StringTransport, Clock): windows, bounds and the producer chain."""
 
-    def _connect(self, clock: Optional[Clock] = None
+    def _connect(self, clock: Optional[Clock] = None, transport: Optional[StringTransport] = None
                  ) -> tuple[H2Connection, Http2Connection, StringTransport, _Gateway]:
         gateway = _Gateway()
         server = Http2Server(gateway, site=None, reactor=clock or Clock(), idle_timeout=10)
-        transport = StringTransport()
+        transport = transport or StringTransport()
         connection = Http2Connection(server)
         connection.makeConnection(transport)
         client = H2Connection(H2Configuration(client_side=True))
@@ -688,13 +744,33 @@ class Http2FlowControlTests:
         assert any(isinstance(e, StreamReset) and e.stream_id == stream_id for e in events)
 
     def test_a_client_that_does_not_read_is_not_read(self) -> None:
-        """When the connection's write buffer is full nothing more is read (no PING or SETTINGS answers pile up)."""
-        client, connection, transport, gateway = self._connect()
+        """While the write buffer is full nothing is read or answered; then the answers stop at the buffer's bound."""
+        transport = _FullAt(4096)
+        client, connection, _, gateway = self._connect(transport=transport)
+        client.receive_data(transport.value())  # the SETTINGS ACK
+        transport.clear()
         assert transport.producer is connection
         connection.pauseProducing()  # what the TLS transport does when its buffer is full
         assert transport.producerState == "paused"
-        connection.resumeProducing()
-        assert transport.producerState == "producing"
+        for n in range(1000):
+            client.ping(b"%08d" % n)
+        pings = client.data_to_send()
+        for at in range(0, len(pings), 1000):  # what the transport still hands over after the pause
+            connection.dataReceived(pings[at:at + 1000])
+        assert transport.value() == b""  # not one PING read, so none answered
+        answered = rounds = 0
+        while answered < 1000:
+            rounds += 1
+            connection.resumeProducing()  # the client read what was written
+            assert transport.producerState == "paused" or answered + len(transport.value()) // 17 == 1000
+            written = transport.value()
+            # At most one step of held input read past the bound: 4096 bytes of PINGs, 17 bytes each.
+            assert len(written) <= 4096 + (4096 // 17 + 1) * 17
+            acks = [e for e in client.receive_data(written) if isinstance(e, PingAckReceived)]
+            assert [a.ping_data for a in acks] == [b"%08d" % n for n in range(answered, answered + len(acks))]
+            answered += len(acks)
+            transport.clear()
+        assert rounds >= 4 and connection._input_size == 0  # 17,000 bytes of answers, at most ~8 KiB per round
 
     def test_an_idle_connection_is_closed_with_goaway(self) -> None:
         """Without streams for idle_timeout seconds the connection gets GOAWAY (NO_ERROR) and is closed."""
@@ -706,6 +782,176 @@ class Http2FlowControlTests:
         events = client.receive_data(transport.value())
         assert [e.error_code for e in events if isinstance(e, ConnectionTerminated)] == [0]
         assert transport.disconnecting
+
+    def test_a_closing_connection_the_client_does_not_read_is_aborted(self) -> None:
+        """After the idle GOAWAY, a protocol error or the client's GOAWAY, the close waits CLOSE_TIMEOUT, then aborts."""
+        for cause in ("idle", "error", "goaway"):
+            clock = Clock()
+            client, connection, transport, gateway = self._connect(clock)
+            if cause == "idle":
+                clock.advance(10)
+            elif cause == "error":
+                connection.dataReceived(b"\x00\x00\x04\x08\x00\x00\x00\x00\x00\x00\x00\x00\x00")  # zero increment
+            else:
+                client.close_connection()
+                connection.dataReceived(client.data_to_send())
+            assert transport.disconnecting and not transport.disconnected, cause
+            clock.advance(CLOSE_TIMEOUT - 0.5)
+            assert not transport.disconnected, cause
+            clock.advance(0.5)
+            assert transport.disconnected, cause  # StringTransport.abortConnection
+            connection.connectionLost()
+            assert not clock.getDelayedCalls(), cause
+
+    def test_a_connection_lost_in_time_cancels_the_abort(self) -> None:
+        """A connection that closes before CLOSE_TIMEOUT leaves no abort pending."""
+        clock = Clock()
+        client, connection, transport, gateway = self._connect(clock)
+        clock.advance(10)
+        assert clock.getDelayedCalls()
+        connection.connectionLost()
+        assert not clock.getDelayedCalls()
+
+    def test_an_answer_the_client_does_not_take_is_reset(self) -> None:
+        """A complete request whose answer waits on a closed stream window is reset (CANCEL) after idle_timeout."""
+        clock = Clock()
+        root = Resource()
+        root.putChild(b"f", Data(b"x" * 300000, "text/plain"))
+        site = Site(root)
+        server = Http2Server(_Gateway(), site=site, reactor=clock, idle_timeout=10)
+        transport = StringTransport()
+        connection = Http2Connection(server)
+        connection.makeConnection(transport)
+        client = H2Connection(H2Configuration(client_side=True))
+        client.initiate_connection()
+        client.receive_data(transport.value())
+        transport.clear()
+        stream_id = client.get_next_available_stream_id()
+        client.send_headers(stream_id, [(":method", "GET"), (":scheme", "https"), (":path", "/f"),
+                                        (":authority", "a")], end_stream=True)
+        connection.dataReceived(client.data_to_send())
+        received = sum(len(e.data or b"") for e in client.receive_data(transport.value())
+                       if isinstance(e, DataReceived))
+        transport.clear()
+        assert received == STREAM_WINDOW  # the rest waits for a window the client never gives
+        clock.advance(9)
+        # The client reads a little: the deadline starts again.
+        client.increment_flow_control_window(1000, stream_id)
+        client.increment_flow_control_window(1000)
+        connection.dataReceived(client.data_to_send())
+        assert sum(len(e.data or b"") for e in client.receive_data(transport.value())
+                   if isinstance(e, DataReceived)) == 1000
+        transport.clear()
+        clock.advance(9)
+        assert not transport.value()
+        clock.advance(1)
+        events = client.receive_data(transport.value())
+        assert [e.error_code for e in events if isinstance(e, StreamReset)] == [ErrorCodes.CANCEL]
+        assert not connection._streams
+        assert not transport.disconnecting  # the connection goes on
+
+    def test_the_clients_end_stream_ends_a_live_session(self) -> None:
+        """END_STREAM on a live session is its FIN: connectionLost(ConnectionDone), our side ended, the stream slot free."""
+        client, connection, transport, gateway = self._connect()
+        stream_id = client.get_next_available_stream_id()
+        client.send_headers(stream_id, [(":method", "CONNECT"), (":protocol", "websocket"), (":scheme", "https"),
+                                        (":path", "/x"), (":authority", "a"), ("sec-websocket-version", "13")])
+        connection.dataReceived(client.data_to_send())
+        [stream] = gateway.streams
+        session = _Session()
+        stream.protocol = session
+        stream.write(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n")
+        stream.resumeProducing()  # the session is live
+        client.receive_data(transport.value())
+        transport.clear()
+        client.send_data(stream_id, b"last", end_stream=True)
+        connection.dataReceived(client.data_to_send())
+        assert session.received == b"last"
+        assert session.lost is not None and session.lost.check(ConnectionDone)
+        events = client.receive_data(transport.value())
+        assert any(isinstance(e, StreamEnded) and e.stream_id == stream_id for e in events)
+        assert not connection._streams and connection._h2.open_inbound_streams == 0
+
+    def test_the_clients_end_stream_before_the_answer_resets_the_stream(self) -> None:
+        """An extended CONNECT ended before the session answers: the session is lost, the stream reset (CANCEL)."""
+        client, connection, transport, gateway = self._connect()
+        stream_id = client.get_next_available_stream_id()
+        client.send_headers(stream_id, [(":method", "CONNECT"), (":protocol", "websocket"), (":scheme", "https"),
+                                        (":path", "/x"), (":authority", "a"), ("sec-websocket-version", "13")])
+        connection.dataReceived(client.data_to_send())
+        [stream] = gateway.streams
+        session = _Session()
+        stream.protocol = session
+        client.receive_data(transport.value())
+        transport.clear()
+        client.end_stream(stream_id)
+        connection.dataReceived(client.data_to_send())
+        assert session.lost is not None and session.lost.check(ConnectionDone)
+        events = client.receive_data(transport.value())
+        assert [e.error_code for e in events if isinstance(e, StreamReset)] == [ErrorCodes.CANCEL]
+        assert not connection._streams and connection._h2.open_inbound_streams == 0
+
+    def test_the_clients_end_stream_waits_for_what_a_paused_session_holds(self) -> None:
+        """A paused session gets what was held first, then the end."""
+        client, connection, transport, gateway = self._connect()
+        stream_id = client.get_next_available_stream_id()
+        client.send_headers(stream_id, [(":method", "CONNECT"), (":protocol", "websocket"), (":scheme", "https"),
+                                        (":path", "/x"), (":authority", "a"), ("sec-websocket-version", "13")])
+        connection.dataReceived(client.data_to_send())
+        [stream] = gateway.streams
+        session = _Session()
+        stream.protocol = session
+        stream.write(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n")
+        stream.write(b"z" * (STREAM_WINDOW + 10))  # more than the client's window: our side cannot end at once
+        client.send_data(stream_id, b"held", end_stream=True)
+        connection.dataReceived(client.data_to_send())
+        assert session.lost is None and session.received == b""
+        transport.clear()
+        stream.resumeProducing()
+        assert session.received == b"held" and session.lost is not None and session.lost.check(ConnectionDone)
+        events = client.receive_data(transport.value())
+        assert [e.error_code for e in events if isinstance(e, StreamReset)] == [ErrorCodes.NO_ERROR]
+        assert not connection._streams and connection._h2.open_inbound_streams == 0
+
+    def test_rapid_reset_ends_the_connection(self) -> None:
+        """More than max_streams resets of young streams within RESET_WINDOW: GOAWAY ENHANCE_YOUR_CALM, then closed."""
+        clock = Clock()
+        client, connection, transport, gateway = self._connect(clock)
+        connect = [(":method", "CONNECT"), (":protocol", "websocket"), (":scheme", "https"), (":path", "/x"),
+                   (":authority", "a"), ("sec-websocket-version", "13")]
+        transport.clear()
+        for n in range(101):
+            stream_id = client.get_next_available_stream_id()
+            client.send_headers(stream_id, connect)
+            client.reset_stream(stream_id)
+            connection.dataReceived(client.data_to_send())
+            clock.advance(0.1)
+            if n < 100:
+                assert not transport.disconnecting, n
+        assert len(gateway.streams) == 101 and transport.disconnecting
+        events = client.receive_data(transport.value())
+        assert [e.error_code for e in events if isinstance(e, ConnectionTerminated)] == [ErrorCodes.ENHANCE_YOUR_CALM]
+
+    def test_resets_of_older_streams_or_spread_out_are_allowed(self) -> None:
+        """Resets of streams older than RESET_AGE, or of young ones spread over more than RESET_WINDOW, are fine."""
+        clock = Clock()
+        client, connection, transport, gateway = self._connect(clock)
+        connect = [(":method", "CONNECT"), (":protocol", "websocket"), (":scheme", "https"), (":path", "/x"),
+                   (":authority", "a"), ("sec-websocket-version", "13")]
+        for n in range(150):
+            stream_id = client.get_next_available_stream_id()
+            client.send_headers(stream_id, connect)
+            connection.dataReceived(client.data_to_send())
+            clock.advance(RESET_AGE)  # old enough
+            client.reset_stream(stream_id)
+            connection.dataReceived(client.data_to_send())
+        for n in range(150):
+            stream_id = client.get_next_available_stream_id()
+            client.send_headers(stream_id, connect)
+            client.reset_stream(stream_id)
+            connection.dataReceived(client.data_to_send())
+            clock.advance(RESET_WINDOW / 90)  # young, but at most 90 of them within a window
+        assert not transport.disconnecting
 
     def test_a_stream_keeps_the_connection(self) -> None:
         """A live stream keeps the connection past idle_timeout; its end starts the wait again."""

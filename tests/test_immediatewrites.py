@@ -173,6 +173,17 @@ class _Swapping(_Collect):
         immediate_writes(self.transport)
 
 
+class _Counted(bytes):
+    """Application bytes that count the slices copied out of them."""
+
+    copies = 0
+
+    def __getitem__(self, index: Any) -> Any:
+        if isinstance(index, slice):
+            self.copies += 1
+        return super().__getitem__(index)
+
+
 class ImmediateTLSTests(TestCase):
     """Whole TLS writes between two of Twisted's TLS protocols in memory (iosim), real certificates."""
 
@@ -225,6 +236,14 @@ class ImmediateTLSTests(TestCase):
         transport.writeSequence([b"\x82\x7e\x40\x00", b"y" * 16384])
         transport.write(b"small-3")
         self.assertEqual(self.flush(), b"small-1 small-2 " + big + b"\x82\x7e\x40\x00" + b"y" * 16384 + b"small-3")
+
+    def test_a_large_write_goes_whole_without_copies(self) -> None:
+        """A 4 MiB write arrives whole and in order, and is never sliced into copies (one per 16 KiB record)."""
+        big = _Counted(bytes(range(256)) * 16384)
+        self.server_app.transport.write(b"head ")
+        self.server_app.transport.write(big)
+        self.assertEqual(self.flush(), b"head " + big)
+        self.assertEqual(big.copies, 0)
 
     def test_bytes_the_other_way_and_close(self) -> None:
         """The client's bytes reach the server's protocol; a close after a large write delivers it first."""

@@ -11,14 +11,16 @@ from __future__ import annotations
 import socket
 import tempfile
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence, cast
 
 from OpenSSL import SSL
-from twisted.internet import error, interfaces
+from twisted.internet import error, interfaces, main
+from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint, wrapClientTLS
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.ssl import Certificate, PrivateCertificate, optionsForClientTLS
+from twisted.internet.testing import MemoryReactorClock
 from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 from zope.interface import implementer
@@ -349,3 +351,119 @@ def _turn(reactor: Any) -> "Deferred[None]":
     d: Deferred[None] = Deferred()
     reactor.callLater(0, d.callback, None)
     return d
+
+
+class _ScriptedTLS:
+    """
+    Stands in for the OpenSSL connection to drive TLSSocketConnection's own
+    state machine through a write that needs a read (``WantReadError``), which
+    a real peer cannot be made to cause on demand: send() raises what is
+    scripted, then takes all; recv() gives what is scripted, then WantReadError.
+    """
+
+    def __init__(self) -> None:
+        self.send_script: list[type[Exception]] = []
+        self.recv_script: list[Any] = []
+        self.sent = bytearray()
+        self.reads = 0
+        self.shutdowns = 0
+
+    def set_app_data(self, data: Any) -> None:
+        pass
+
+    def set_accept_state(self) -> None:
+        pass
+
+    def do_handshake(self) -> None:
+        pass
+
+    def send(self, data: Any) -> int:
+        if self.send_script:
+            raise self.send_script.pop(0)()
+        self.sent += bytes(data)
+        return len(data)
+
+    def recv(self, size: int) -> bytes:
+        self.reads += 1
+        if self.recv_script:
+            item = self.recv_script.pop(0)
+            if isinstance(item, type):
+                raise item()
+            return bytes(item)
+        raise SSL.WantReadError()
+
+    def pending(self) -> int:
+        return 0
+
+    def shutdown(self) -> bool:
+        self.shutdowns += 1
+        return True
+
+
+class TLSSocketStateTests(TestCase):
+    """A write retried after WantReadError, a read after WantWriteError, against the protocol's pause and close."""
+
+    def _connection(self) -> tuple[TLSSocketConnection, _ScriptedTLS, _Peer, MemoryReactorClock]:
+        reactor = MemoryReactorClock()
+        ours, theirs = socket.socketpair()
+        self.addCleanup(theirs.close)
+        self.addCleanup(ours.close)
+        tls = _ScriptedTLS()
+        peer = _Peer()
+        address = IPv4Address("TCP", "127.0.0.1", 1)
+        connection = TLSSocketConnection(ours, cast(Any, tls), peer, address, address, reactor)
+        connection.start()
+        self.assertIsNone(connection.doRead())  # the handshake
+        self.assertTrue(peer.handshake.called)
+        tls.reads = 0
+        return connection, tls, peer, reactor
+
+    def test_a_retried_write_resumes_the_producer_and_keeps_a_paused_protocol_paused(self) -> None:
+        """After a write that needed a read completes: the producer is resumed, reading stops, nothing is delivered."""
+        connection, tls, peer, reactor = self._connection()
+        producer = _Producer()
+        connection.registerProducer(producer, True)
+        connection.bufferSize = 10
+        connection.pauseProducing()  # the protocol takes nothing more
+        self.assertNotIn(connection, reactor.getReaders())
+        tls.send_script = [SSL.WantReadError]
+        connection.write(b"x" * 100)
+        self.assertEqual(producer.events, ["pause"])
+        self.assertIn(connection, reactor.getReaders())  # the write needs the socket readable
+        tls.recv_script = [b"not for a paused protocol"]
+        self.assertIsNone(connection.doRead())
+        self.assertEqual(bytes(tls.sent), b"x" * 100)
+        self.assertEqual(producer.events, ["pause", "resume"])
+        self.assertNotIn(connection, reactor.getReaders())
+        self.assertEqual((tls.reads, bytes(peer.received)), (0, b""))
+        connection.resumeProducing()
+        self.assertIn(connection, reactor.getReaders())
+        self.assertIsNone(connection.doRead())
+        self.assertEqual(bytes(peer.received), b"not for a paused protocol")
+
+    def test_a_retried_write_then_sends_a_pending_close_notify(self) -> None:
+        """loseConnection while a write waits for a read: once it completes, close_notify goes out and the end comes."""
+        connection, tls, peer, reactor = self._connection()
+        tls.send_script = [SSL.WantReadError]
+        connection.write(b"last words")
+        connection.loseConnection()
+        self.assertEqual(tls.shutdowns, 0)
+        tls.recv_script = [b"after the close"]
+        self.assertIs(connection.doRead(), main.CONNECTION_DONE)
+        self.assertEqual((bytes(tls.sent), tls.shutdowns, tls.reads), (b"last words", 1, 0))
+
+    def test_a_read_waiting_for_writability_waits_for_a_paused_protocol(self) -> None:
+        """A read that needed the socket writable does not deliver to a paused protocol; resuming it goes on."""
+        connection, tls, peer, reactor = self._connection()
+        tls.recv_script = [SSL.WantWriteError]
+        self.assertIsNone(connection.doRead())
+        self.assertIn(connection, reactor.getWriters())
+        connection.pauseProducing()
+        tls.recv_script = [b"held in OpenSSL"]
+        self.assertIsNone(connection.doWrite())
+        self.assertEqual(bytes(peer.received), b"")
+        self.assertNotIn(connection, reactor.getWriters())  # no busy wake-ups while paused
+        connection.resumeProducing()
+        self.assertIn(connection, reactor.getWriters())
+        self.assertIsNone(connection.doWrite())
+        self.assertEqual(bytes(peer.received), b"held in OpenSSL")

@@ -36,6 +36,12 @@ connection's bytes and carries its events out to streams.
   connection window is sized for every stream's window at once, so a
   stalled desktop never stalls the others.
 - At most :attr:`Http2Server.max_streams` concurrent streams per connection.
+- "Rapid reset" (CVE-2023-44487): a client that resets more than
+  ``max_streams`` streams within :data:`RESET_WINDOW` seconds, each younger
+  than :data:`RESET_AGE`, gets GOAWAY ``ENHANCE_YOUR_CALM`` and is closed.
+- A closing connection whose client does not read is aborted after
+  :data:`~tunnelgw.core.relay.CLOSE_TIMEOUT`; a plain request's answer that
+  the client takes nothing of for ``idle_timeout`` is reset (``CANCEL``).
 
 **Errors.**  The request headers are checked by tunnelgw, not by h2
 (``validate_inbound_headers`` is off), so a malformed request is reset with
@@ -88,7 +94,8 @@ from tunnelgw.core.relay import CLOSE_TIMEOUT
 from tunnelgw.core.routing import Reject
 from tunnelgw.session import http_error, log_refusal
 
-__all__ = ["Http2Connection", "Http2Server", "negotiated_h2", "STREAM_BUFFER", "STREAM_WINDOW", "StreamTransport"]
+__all__ = ["HELD_INPUT", "Http2Connection", "Http2Server", "negotiated_h2", "RESET_AGE", "RESET_WINDOW", "STREAM_BUFFER",
+           "STREAM_WINDOW", "StreamTransport"]
 
 _log = Logger(namespace="tunnelgw")
 
@@ -96,6 +103,15 @@ _log = Logger(namespace="tunnelgw")
 STREAM_WINDOW = 65535
 #: Bytes queued towards the client on one stream before its producer is paused.
 STREAM_BUFFER = 262144
+#: A stream the client resets younger than this (seconds) counts as a rapid reset.
+RESET_AGE = 5.0
+#: Seconds over which rapid resets are counted; more than ``max_streams`` of them end the connection.
+RESET_WINDOW = 30.0
+#: Bytes the transport may still hand over after the connection paused reading (the rest of one read);
+#: beyond them the connection is aborted.
+HELD_INPUT = 262144
+#: Held bytes given to h2 at a time once reading resumes, so that a pause their answers cause takes effect.
+_INPUT_STEP = 4096
 #: Largest request body of a plain request over a stream (as on HTTP/1.1).
 _MAX_BODY = 65536
 
@@ -108,7 +124,8 @@ class Http2Server:
     :param gateway: the :class:`~tunnelgw.gateway.GatewayFactory`.
     :param site: the :class:`~tunnelgw.front.GatewaySite` plain requests go to.
     :param idle_timeout: seconds a connection without streams, or a plain
-        request not complete, is kept.
+        request not complete, is kept; and seconds a plain request's answer
+        may wait without the client taking a byte of it.
     :param max_streams: concurrent streams per connection.
     """
 
@@ -145,7 +162,13 @@ class Http2Connection(Protocol):
         self._going_away = False
         self._closed = False
         self._idle: Any = None
+        self._abort: Any = None
         self._last_stream = 0
+        self._opened: dict[int, float] = {}
+        #: What arrived while reading was paused (read on resumeProducing), and its size.
+        self._input: deque[bytes] = deque()
+        self._input_size = 0
+        self._resets: deque[float] = deque()
 
     # The connection.
 
@@ -172,9 +195,31 @@ class Http2Connection(Protocol):
             self.go_away()
 
     def dataReceived(self, data: bytes) -> None:
-        """Bytes from the client, to h2; its events to the streams."""
-        if self._closed:
+        """Bytes from the client, to h2 (held while reading is paused); its events to the streams."""
+        if self._closed or not data:
             return
+        if self._paused or self._input:
+            self._input.append(data)
+            self._input_size += len(data)
+            if self._input_size > HELD_INPUT:
+                _log.info("http2 connection aborted client={client}: {size} bytes arrived while reading was paused",
+                          client=format_address(self.transport.getPeer()), size=self._input_size)
+                self._closed = True
+                self.transport.abortConnection()
+            return
+        self._receive(data)
+
+    def _take_input(self) -> None:
+        """Read what was held, a step at a time, until it is all read or reading is paused again."""
+        while self._input and not self._paused and not self._closed:
+            data = self._input.popleft()
+            if len(data) > _INPUT_STEP:
+                self._input.appendleft(data[_INPUT_STEP:])
+                data = data[:_INPUT_STEP]
+            self._input_size -= len(data)
+            self._receive(data)
+
+    def _receive(self, data: bytes) -> None:
         try:
             events = self._h2.receive_data(data)
         except ProtocolError as e:
@@ -193,6 +238,8 @@ class Http2Connection(Protocol):
                 stream = self._streams.pop(event.stream_id, None)
                 if stream is not None:
                     stream.lost(error.ConnectionLost("the client reset the stream"))
+                    if self._rapid_reset(event.stream_id):
+                        return
                     self._arm_idle()
             elif isinstance(event, WindowUpdated):
                 if event.stream_id:
@@ -203,10 +250,37 @@ class Http2Connection(Protocol):
                     self._push_all()
             elif isinstance(event, ConnectionTerminated):
                 # h2 sends nothing after the client's GOAWAY: the connection and its sessions end.
-                self._closed = True
-                self.transport.loseConnection()
+                self._close()
         if not self._closed:
             self._flush()
+
+    def _rapid_reset(self, stream_id: int) -> bool:
+        """
+        Count a client's reset of a young stream (each cost a decision, an
+        admission, maybe a backend connect: CVE-2023-44487); over the bound
+        the connection ends with GOAWAY ``ENHANCE_YOUR_CALM``.
+
+        :returns: whether the connection ended.
+        """
+        now = self.server.reactor.seconds()
+        if now - self._opened.pop(stream_id, now) >= RESET_AGE:
+            return False
+        resets = self._resets
+        resets.append(now)
+        while resets and resets[0] <= now - RESET_WINDOW:
+            resets.popleft()
+        if len(resets) <= self.server.max_streams:
+            return False
+        _log.info("http2 connection error client={client} error=ENHANCE_YOUR_CALM reason={reason!r}",
+                  client=format_address(self.transport.getPeer()),
+                  reason=f"more than {self.server.max_streams} streams reset within {RESET_WINDOW:g}s of opening")
+        try:
+            self._h2.close_connection(error_code=ErrorCodes.ENHANCE_YOUR_CALM, additional_data=b"rapid reset")
+        except ProtocolError:
+            pass
+        self._flush()
+        self._close()
+        return True
 
     def _fail(self, e: ProtocolError) -> None:
         """A connection error from h2: GOAWAY with its code, then close."""
@@ -218,8 +292,21 @@ class Http2Connection(Protocol):
         except ProtocolError:
             pass  # h2 has already closed its side
         self._flush()
+        self._close()
+
+    def _close(self) -> None:
+        """
+        Close once what is written is sent; a client that does not read it
+        (its zero window keeps TCP alive) is aborted after CLOSE_TIMEOUT.
+        """
         self._closed = True
         self.transport.loseConnection()
+        if self._abort is None:
+            self._abort = self.server.reactor.callLater(CLOSE_TIMEOUT, self._abort_now)
+
+    def _abort_now(self) -> None:
+        self._abort = None
+        self.transport.abortConnection()
 
     def go_away(self) -> None:
         """
@@ -243,6 +330,10 @@ class Http2Connection(Protocol):
         if self._idle is not None and self._idle.active():
             self._idle.cancel()
         self._idle = None
+        if self._abort is not None and self._abort.active():
+            self._abort.cancel()
+        self._abort = None
+        self._opened.clear()
         streams, self._streams = self._streams, {}
         for stream in streams.values():
             stream.lost(reason.value if isinstance(reason.value, BaseException) else error.ConnectionLost())
@@ -254,6 +345,7 @@ class Http2Connection(Protocol):
         The client does not read: hand no more stream data to h2, and read
         nothing more from it either (each frame read may make h2 answer:
         PINGs, SETTINGS; a client that does not read could grow the buffer).
+        What the transport still hands over is held, up to :data:`HELD_INPUT`.
         """
         self._paused = True
         self.transport.pauseProducing()
@@ -262,7 +354,9 @@ class Http2Connection(Protocol):
         """The client reads again: so do we."""
         self._paused = False
         self.transport.resumeProducing()
-        self._push_all()
+        self._take_input()
+        if not self._paused:
+            self._push_all()
 
     def stopProducing(self) -> None:
         """The connection is going; :meth:`connectionLost` ends the streams."""
@@ -283,6 +377,7 @@ class Http2Connection(Protocol):
         if self._idle is not None and self._idle.active():
             self._idle.cancel()
         self._idle = None
+        self._opened[stream_id] = self.server.reactor.seconds()
         if checked.websocket and checked.refusal is None:
             stream = StreamTransport(self, stream_id)
             self._streams[stream_id] = stream
@@ -354,6 +449,7 @@ class Http2Connection(Protocol):
     def reset(self, stream_id: int, code: ErrorCodes = ErrorCodes.CANCEL) -> None:
         """Reset a stream (and forget it)."""
         self._streams.pop(stream_id, None)
+        self._opened.pop(stream_id, None)
         self._reset(stream_id, code)
         self._arm_idle()
 
@@ -368,6 +464,7 @@ class Http2Connection(Protocol):
     def closed(self, stream_id: int) -> None:
         """A stream ended both ways: forget it."""
         self._streams.pop(stream_id, None)
+        self._opened.pop(stream_id, None)
         self._arm_idle()
 
     def _push_all(self) -> None:
@@ -384,8 +481,7 @@ class Http2Connection(Protocol):
         if self._streams or self._closed or (self._idle is not None and self._idle.active()):
             return
         if self._going_away:
-            self._closed = True
-            self.transport.loseConnection()
+            self._close()
             return
         self._idle = self.server.reactor.callLater(self.server.idle_timeout, self._idle_expired)
 
@@ -444,6 +540,8 @@ class _Outgoing:
             return
         sent, ended = self.connection.send(self.stream_id, self.queue, self.ending)
         self.queued -= sent
+        if sent:
+            self.progressed()
         if ended:
             self.ended = True
             self.queue.clear()
@@ -473,6 +571,9 @@ class _Outgoing:
 
     def ended_here(self) -> None:
         """END_STREAM went out."""
+
+    def progressed(self) -> None:
+        """Some of the queue went out to the client."""
 
     # What a TCP transport has (the connection's; the stream has no socket of its own).
 
@@ -580,12 +681,14 @@ class StreamTransport(_Outgoing):
         self._reading_paused = True
 
     def resumeProducing(self) -> None:
-        """Deliver what was held, and read on."""
+        """Deliver what was held, and read on (then the client's end, if it came)."""
         self._reading_paused = False
         while self._held and not self._reading_paused and not self.gone:
             data, length = self._held.popleft()
             self.protocol.dataReceived(data)
             self.connection.acknowledge(self.stream_id, length)
+        if self.remote_done and not self._held:
+            self._remote_fin()
 
     def stopProducing(self) -> None:
         """Reset the stream."""
@@ -595,7 +698,7 @@ class StreamTransport(_Outgoing):
 
     def received(self, data: bytes, length: int) -> None:
         """DATA from the client: to the session, or held while it is paused."""
-        if self.gone:
+        if self.gone or not data:  # (an empty frame, END_STREAM's or padding only, holds nothing back)
             self.connection.acknowledge(self.stream_id, length)  # the connection's window, not lost with the stream
             return
         if self._reading_paused or self._held:
@@ -605,11 +708,34 @@ class StreamTransport(_Outgoing):
         self.connection.acknowledge(self.stream_id, length)
 
     def remote_ended(self) -> None:
-        """The client ended its side (after its close frame): done once ours is ended too."""
+        """
+        The client ended its side: after our END_STREAM the stream is done; on
+        a live session it is the FIN of RFC 8441 and ends the session as a
+        connection loss does (once what was held for a paused session is read).
+        """
         self.remote_done = True
         if self.ended:
             self.connection.closed(self.stream_id)
             self.lost(error.ConnectionDone())
+        elif not self._held:
+            self._remote_fin()
+
+    def _remote_fin(self) -> None:
+        if self.ending or self.gone:
+            return  # our END_STREAM follows what is queued (the session bounds that wait), or all is over
+        # Our side ends too: END_STREAM if what is queued goes out now, else a reset (NO_ERROR; CANCEL
+        # before the session answered, when there are no response headers to end).
+        if not self._answered:
+            self.connection.reset(self.stream_id, ErrorCodes.CANCEL)
+            self.lost(error.ConnectionDone("the client ended the stream before its answer"))
+            return
+        _, ended = self.connection.send(self.stream_id, self.queue, True)
+        self.ended = ended
+        if ended:
+            self.connection.closed(self.stream_id)
+        else:
+            self.connection.reset(self.stream_id, ErrorCodes.NO_ERROR)
+        self.lost(error.ConnectionDone("the client ended the stream"))
 
     def ended_here(self) -> None:
         """Our END_STREAM went out: the session is done; the client's end is awaited (bounded)."""
@@ -664,7 +790,7 @@ class _RequestStream(_Outgoing):
             self._answer_reject(self._checked.refusal)
 
     def _answer_reject(self, reject: Reject) -> None:
-        self._stop_deadline()
+        # The deadline goes on: it bounds the wait for the client to take the answer.
         log_refusal(format_address(self.connection.peer()), "-", reject, "request")
         answer = http_error(reject.status, reject.reason)
         head_end = find_head_end(answer)
@@ -675,9 +801,22 @@ class _RequestStream(_Outgoing):
 
     def _expired(self) -> None:
         self._deadline = None
-        if not self.remote_done:
-            self.connection.reset(self.stream_id, ErrorCodes.CANCEL)
+        if self.gone or self.ended:
+            return
+        self.connection.reset(self.stream_id, ErrorCodes.CANCEL)
+        if self.remote_done:
+            self.lost(error.TimeoutError("the client took nothing of the answer in time"))
+        else:
             self.lost(error.TimeoutError("the request was not complete in time"))
+
+    def _restart_deadline(self) -> None:
+        self._stop_deadline()
+        self._deadline = self.connection.server.reactor.callLater(self.connection.server.idle_timeout, self._expired)
+
+    def progressed(self) -> None:
+        """Bytes of the answer went out: the client reads, the stall deadline starts again."""
+        if self.remote_done and self._deadline is not None:
+            self._restart_deadline()
 
     def _stop_deadline(self) -> None:
         if self._deadline is not None and self._deadline.active():
@@ -704,7 +843,8 @@ class _RequestStream(_Outgoing):
             return
         if self._checked.refusal is not None:
             return
-        self._stop_deadline()
+        # From here the answer's deadline: idle_timeout without a byte taken by the client.
+        self._restart_deadline()
         head = self._checked.head
         request = self.request = self.site.requestFactory(self)
         for name, value in head.headers:
@@ -715,6 +855,7 @@ class _RequestStream(_Outgoing):
 
     def ended_here(self) -> None:
         """The answer is sent: a client still sending its request is told to stop (RFC 9113 8.1)."""
+        self._stop_deadline()
         if self.remote_done:
             self.connection.closed(self.stream_id)
         else:

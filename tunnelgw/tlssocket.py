@@ -97,6 +97,8 @@ class TLSSocketConnection(FileDescriptor):
         self._read_needs_write = False
         self._write_needs_read = False
         self._closing = False  # close_notify being sent
+        #: The protocol paused reading (pauseProducing): reading is on only for a write that waits for it.
+        self._reading_paused = False
         #: Why the handshake failed, while the alert is given time to reach the client.
         self._lingering: Optional[BaseException] = None
         self._linger_call: Any = None
@@ -123,8 +125,19 @@ class TLSSocketConnection(FileDescriptor):
             failed = self._send_queue()
             if failed is not None:
                 return failed
+            if not self._write_needs_read:
+                # The retried write is done: reading goes back to what the protocol (or a close) asked for,
+                # and what follows a flush (a paused producer resumed, a pending close_notify) happens now.
+                if self._reading_paused or self.disconnecting:
+                    self.stopReading()
+                if not self._retry:
+                    failed = self._drained()
+                    if failed is not None:
+                        return failed
         if not self._handshaken:
             return self._handshake()
+        if self._reading_paused or self.disconnecting:
+            return None  # reading was on only for the write: nothing is delivered to a paused protocol
         return self._read()
 
     def doWrite(self) -> Optional[BaseException]:
@@ -132,7 +145,8 @@ class TLSSocketConnection(FileDescriptor):
         if not self._handshaken:
             self.stopWriting()
             return self._handshake()
-        if self._read_needs_write:
+        if self._read_needs_write and not self._reading_paused:
+            # (While the protocol is paused the read waits: resumeProducing asks for writability again.)
             self._read_needs_write = False
             failed = self._read()
             if failed is not None:
@@ -143,7 +157,8 @@ class TLSSocketConnection(FileDescriptor):
         failed = self._send_queue()
         if failed is not None:
             return failed
-        if not (self._retry and not self._write_needs_read) and not self._read_needs_write:
+        if not (self._retry and not self._write_needs_read) and not (self._read_needs_write
+                                                                    and not self._reading_paused):
             # Nothing waits for writability any more (while the socket stays full, the reactor keeps
             # watching it, without two epoll_ctl calls per turn).
             self.stopWriting()
@@ -345,6 +360,20 @@ class TLSSocketConnection(FileDescriptor):
         return main.CONNECTION_DONE
 
     # --- ITransport, ITCPTransport
+
+    def pauseProducing(self) -> None:
+        """The protocol takes no more data: stop reading (but for a queued write that needs a read)."""
+        self._reading_paused = True
+        if not self._write_needs_read:
+            self.stopReading()
+
+    def resumeProducing(self) -> None:
+        """The protocol reads again (and a read that waited for writability goes on)."""
+        self._reading_paused = False
+        if self.connected and not self.disconnecting:
+            self.startReading()
+            if self._read_needs_write:
+                self.startWriting()
 
     def loseConnection(self) -> None:
         """Close after the queued data, with a close_notify (once a producer still registered is unregistered)."""

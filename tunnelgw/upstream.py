@@ -117,6 +117,13 @@ REPLACED: dict[str, str] = {
     "twisted.protocols.tls.TLSMemoryBIOProtocol._flushReceiveBIO": "b45e129f60c44862",
     "twisted.protocols.tls.BufferingTLSTransport.write": "e029bcaebbb754c2",
     "twisted.protocols.tls.BufferingTLSTransport.writeSequence": "ec75e8b6dcd82413",
+    # _whole_tls_writes pops the instance's ``write`` this binds, and ImmediateTLS uses the ``_aggregator`` it makes
+    # (its write and flush).
+    "twisted.protocols.tls.BufferingTLSTransport.__init__": "2d7152b65488afb9",
+    "twisted.protocols.tls._AggregateSmallWrites.write": "6353c884a8ca58c5",
+    "twisted.protocols.tls._AggregateSmallWrites.flush": "e6fa7826d714e369",
+    # _ImmediateWrites._idle reads dataBuffer and _tempDataBuffer as this flushes them.
+    "twisted.internet.abstract.FileDescriptor.doWrite": "a986d7b1b1054e43",
 }
 
 
@@ -493,12 +500,14 @@ class ImmediateTLS(BufferingTLSTransport):
         """As Twisted's: application bytes into the TLS connection (buffered while it wants to read), then flush."""
         if self._lostTLSConnection:
             return
-        sent, total = 0, len(bytes)
+        # A view: each SSL_write takes one record of a large write, and slicing bytes would copy the rest each time.
+        view = memoryview(bytes)
+        sent, total = 0, len(view)
         while sent < total:
             try:
-                sent += self._tlsConnection.send(bytes[sent:] if sent else bytes)
+                sent += self._tlsConnection.send(view[sent:] if sent else bytes)
             except WantReadError:
-                self._bufferedWrite(bytes[sent:])
+                self._bufferedWrite(view[sent:].tobytes() if sent else bytes)
                 break
             except TLSError:
                 self._tlsShutdownFinished(Failure())
