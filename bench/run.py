@@ -71,7 +71,7 @@ QUICK = Counts(big=2000, small=30_000, repeats=1, rtt=3000, sessions=2000, sessi
 FULL = Counts(big=5000, small=100_000, repeats=3, rtt=10_000, sessions=5000, session_seconds=20, idle=10_000,
               idle_websockify=200)
 #: How long a ``--quick`` run takes, as measured (docs/benchmarks.rst says the same; a test checks).
-QUICK_TIME = "about 3.5 minutes a run on 2 busy cores: 197 s measured, load average 6"
+QUICK_TIME = "about 3 minutes a run on 2 idle cores: 171 s measured, every figure"
 #: Tiny counts for the test that keeps the suite from rotting.
 SMOKE = Counts(big=20, small=200, repeats=1, rtt=50, sessions=20, session_seconds=5, idle=20, idle_websockify=4,
                desktop_steps=(2, 4), desktop_seconds=1.0, desktop_cpu_at=2, desktop_p99_at=4)
@@ -307,7 +307,7 @@ class Suite:
         ratio = from_redis / file if file else float("nan")
         self.rows.append(Row(f"new sessions/s, {CONCURRENCY} concurrent, file token route", "sessions/s", tunnelgw=file))
         self.rows.append(Row(f"new sessions/s, {CONCURRENCY} concurrent, Redis token route", "sessions/s",
-                             tunnelgw=from_redis, note=f"Redis/file {ratio:.2f} in this run (target >= 0.8)"))
+                             tunnelgw=from_redis, note=f"Redis/file {ratio:.2f} in this run (target >= 0.9)"))
         self.log(f"token routes: file {file:.0f}/s, redis {from_redis:.0f}/s ({ratio:.2f}x)")
 
     def redis_hung(self) -> None:
