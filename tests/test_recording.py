@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import urllib.request
@@ -26,20 +27,62 @@ from desktops import BACKGROUND, RECORDER, TEXT_SHOWN, Browser, Xvnc, canvas_pix
 from support import GatewayProcess, TcpServer, backend, free_port, require_tool, wait_until
 from tunnelgw.core.config import Recording
 from tunnelgw.core.errors import Location
-from tunnelgw.core.recording import FOOTER, HEADER, Frame, encode_frame, parse_recording
+from tunnelgw.core.recording import FOOTER, HEADER, Frame, encode_frame, encode_frames, parse_recording
 from tunnelgw.core.sessionrelay import Carries
-from tunnelgw.recording import FLUSH_BYTES, MAX_PENDING, Recordings
+from tunnelgw.recording import FLUSH_BYTES, MAX_PENDING, Recordings, write_all
 
 NOVNC = Path("/usr/share/novnc")
 
 frames = st.lists(st.builds(Frame, st.booleans(), st.integers(0, 10**9), st.binary(max_size=300)), max_size=20)
 
 
+def _lines(data: bytes) -> list[str]:
+    """A recording's lines as the replay reads them (ASCII text)."""
+    return data.decode("ascii").splitlines(True)
+
+
+def _binary_line(frame: Frame) -> str:
+    """A frame in websockify's ``binary`` encoding, as websockify writes it (and the gateway did before)."""
+    mark = "{" if frame.to_client else "}"
+    text = frame.data.decode("latin-1").encode("unicode_escape").decode("ascii").replace("'", "\\'")
+    return f"'{mark}{frame.ms}{mark}{text}',\n"
+
+
 @given(frames)
 @settings(max_examples=200, deadline=None)
 def test_format_round_trip(recorded: list[Frame]) -> None:
-    text = HEADER + "".join(encode_frame(f) for f in recorded) + FOOTER
+    data = HEADER + b"".join(encode_frames(recorded)) + FOOTER
+    assert data == HEADER + b"".join(encode_frame(f) for f in recorded) + FOOTER
+    assert list(parse_recording(_lines(data))) == recorded
+
+
+@given(frames)
+@settings(max_examples=100, deadline=None)
+def test_binary_recordings_still_replay(recorded: list[Frame]) -> None:
+    """Files in the binary encoding (websockify's default, the gateway's before) read back the same bytes."""
+    text = "var VNC_frame_encoding = 'binary';\nvar VNC_frame_data = [\n" + "".join(map(_binary_line, recorded)) + "'EOF'];\n"
     assert list(parse_recording(text.splitlines(True))) == recorded
+
+
+def test_encoding_guessed_as_novnc_guesses_it_without_its_line() -> None:
+    """Old websockify files have no encoding line: base64 when the first frame starts with UkZC (RFB)."""
+    rfb = [Frame(True, 0, b"RFB 003.008\n"), Frame(False, 3, b"RFB 003.008\n")]
+    b64 = "var VNC_frame_data = [\n" + b"".join(encode_frame(f) for f in rfb).decode() + "'EOF'];\n"
+    assert list(parse_recording(b64.splitlines(True))) == rfb
+    binary = "var VNC_frame_data = [\n" + "".join(map(_binary_line, rfb)) + "'EOF'];\n"
+    assert list(parse_recording(binary.splitlines(True))) == rfb
+
+
+@pytest.mark.parametrize("text, problem", [
+    ("var VNC_frame_encoding = 'hex';\n'{0{00',\n", "line 1: frame encoding 'hex' is not one of base64, binary"),
+    ("var VNC_frame_encoding = 'base64';\n'{0{UkZC*',\n", "line 2 is not a recorded frame"),
+    ("var VNC_frame_encoding = 'base64';\n'{0{UkZ',\n", "line 2 is not a recorded frame"),
+    ("var VNC_frame_encoding = 'binary';\n'{0{\\xZZ',\n", "line 2 is not a recorded frame"),
+    ("var VNC_frame_encoding = 'base64';\nalert(1)\n", "line 2 is not a recorded frame"),
+])
+def test_a_frame_not_in_its_encoding_names_its_line(text: str, problem: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(problem)):
+        list(parse_recording(text.splitlines(True)))
 
 
 def test_javascript_reads_the_same_bytes(tmp_path: Path) -> None:
@@ -47,16 +90,17 @@ def test_javascript_reads_the_same_bytes(tmp_path: Path) -> None:
     node = require_tool("node")
     recorded = [Frame(True, 0, bytes(range(256))), Frame(False, 7, b"it's \\ 'quoted'\n"), Frame(True, 9, b"\x00'\\")]
     path = tmp_path / "r.js"
-    path.write_text(HEADER + "".join(encode_frame(f) for f in recorded) + FOOTER)
+    path.write_bytes(HEADER + b"".join(encode_frames(recorded)) + FOOTER)
+    # As noVNC's playback page reads a frame: the text after the second mark, base64-decoded.
     script = (f"const fs = require('fs'); eval(fs.readFileSync({json.dumps(str(path))}, 'ascii') + "
               "'; globalThis.d = VNC_frame_data; globalThis.e = VNC_frame_encoding;');"
-              "console.log(JSON.stringify({e, d: d.map(f => Array.from(f, c => c.charCodeAt(0)))}));")
+              "console.log(JSON.stringify({e, d: d.slice(0, -1).map(f => { const s = f.indexOf(f[0], 1) + 1; "
+              "return [f.slice(0, s), Array.from(Buffer.from(f.slice(s), 'base64'))]; }), last: d[d.length - 1]}));")
     out = json.loads(subprocess.run([node, "-e", script], capture_output=True, check=True, timeout=30).stdout)
-    assert out["e"] == "binary" and out["d"][-1] == [ord(c) for c in "EOF"]
-    for line, frame in zip(out["d"], recorded):
+    assert out["e"] == "base64" and out["last"] == "EOF" and len(out["d"]) == len(recorded)
+    for (head, data), frame in zip(out["d"], recorded):
         mark = "{" if frame.to_client else "}"
-        head = f"{mark}{frame.ms}{mark}"
-        assert bytes(line[len(head):]) == frame.data and bytes(line[:len(head)]).decode() == head
+        assert head == f"{mark}{frame.ms}{mark}" and bytes(data) == frame.data
 
 
 # The recorder in memory (the writer thread is a direct call, or a queue the test empties).
@@ -113,9 +157,9 @@ def test_size_limit_stops_the_recording_not_the_session(tmp_path: Path) -> None:
     assert len(owner.got) == 10 and len(inner.sent) == 10  # everything relayed
     reactor.advance(1)
     assert link.recorder.outcome == "size_limit"
-    text = (tmp_path / "0123456789ab.js").read_text()
-    assert text.startswith(HEADER) and text.endswith(FOOTER)
-    kept = list(parse_recording(text.splitlines(True)))
+    data = (tmp_path / "0123456789ab.js").read_bytes()
+    assert data.startswith(HEADER) and data.endswith(FOOTER)
+    kept = list(parse_recording(_lines(data)))
     assert sum(len(f.data) for f in kept) <= 4096 and kept[0] == Frame(True, 10, b"d" * 1000)
     assert stat_mode(tmp_path / "0123456789ab.js") == 0o600
     link.close()
@@ -146,8 +190,36 @@ def test_unwritable_folder_and_slow_disk_drop_the_recording(tmp_path: Path) -> N
     assert link.recorder.outcome == "too_slow" and len(owner.got) == MAX_PENDING // FLUSH_BYTES + 2
     for work, args in queued:
         work(*args)
-    assert (tmp_path / "bbbbbbbbbbbb.js").read_text().endswith(FOOTER)
+    assert (tmp_path / "bbbbbbbbbbbb.js").read_bytes().endswith(FOOTER)
     assert registry.get_sample_value("tunnelgw_recordings_total", {"outcome": "too_slow"}) == 1
+
+
+def test_write_all_resumes_short_writes_and_raises_on_a_full_disk(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """A vectored write that takes part of a piece, or fewer pieces than IOV_MAX, goes on where it stopped."""
+    real = os.writev
+    calls: list[int] = []
+
+    def short(fd: int, views: list[memoryview]) -> int:
+        calls.append(len(views))
+        return real(fd, views[:2]) if len(calls) % 2 else os.write(fd, bytes(views[0])[:3])
+
+    monkeypatch.setattr(os, "writev", short)
+    parts = [b"head", b"", b"x" * 10, b"y"] + [b"%d," % i for i in range(3000)]
+    path = tmp_path / "f"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        write_all(fd, parts)
+    finally:
+        os.close(fd)
+    assert path.read_bytes() == b"".join(parts) and max(calls) == 1024
+    monkeypatch.setattr(os, "writev", real)
+    full = os.open("/dev/full", os.O_WRONLY)
+    try:
+        with pytest.raises(OSError):
+            write_all(full, [b"data"])
+    finally:
+        os.close(full)
 
 
 def test_refused_session_leaves_no_file(tmp_path: Path) -> None:
@@ -236,9 +308,9 @@ ProxyPass /replay replay:{folder} speed=4 allowclients=127.0.0.0/8
         session, name = found.group(1), found.group(2)
         assert name == f"{session}.js"
         path = folder / name
-        assert wait_until(lambda: path.read_text().endswith(FOOTER), 10)
+        assert wait_until(lambda: path.read_bytes().endswith(FOOTER), 10)
         assert stat_mode(path) == 0o600
-        recorded = list(parse_recording(path.read_text().splitlines(True)))
+        recorded = list(parse_recording(_lines(path.read_bytes())))
         typed = b"".join(f.data for f in recorded if not f.to_client)
         for key in b"tunnelgw 7":  # a key press: RFB KeyEvent (4) or QEMU's extended key event (255, 0)
             assert bytes([4, 1, 0, 0, 0, 0, 0, key]) in typed or bytes([255, 0, 0, 1, 0, 0, 0, key]) in typed
@@ -286,10 +358,10 @@ def test_retention_deletes_only_old_recordings(tmp_path: Path) -> None:
     folder.mkdir()
     elsewhere.mkdir()
     old = folder / "0123456789ab.js"
-    old.write_text(HEADER)
+    old.write_bytes(HEADER)
     _aged(old, 40)
     young = folder / "ba9876543210.js"
-    young.write_text(HEADER)
+    young.write_bytes(HEADER)
     foreign = [folder / "app.js", folder / "0123456789AB.js", folder / "0123456789ab.js.bak", folder / "notes.txt"]
     for path in foreign:
         path.write_text("not a recording")
@@ -315,7 +387,7 @@ def test_a_folder_holding_other_files_is_refused_unless_shared(tmp_path: Path) -
 
     folder = tmp_path / "recordings"
     folder.mkdir()
-    (folder / "0123456789ab.js").write_text(HEADER)
+    (folder / "0123456789ab.js").write_bytes(HEADER)
 
     def problems(options: str) -> str:
         try:
@@ -373,10 +445,10 @@ def test_replay_refuses_links_and_hides_unreadable_bytes(tmp_path: Path) -> None
     folder.mkdir()
     elsewhere.mkdir()
     recorded = HEADER + encode_frame(Frame(True, 0, b"RFB 003.008\n")) + FOOTER
-    (folder / "0123456789ab.js").write_text(recorded)
-    (elsewhere / "private.js").write_text(HEADER + encode_frame(Frame(True, 0, b"PRIVATE")) + FOOTER)
+    (folder / "0123456789ab.js").write_bytes(recorded)
+    (elsewhere / "private.js").write_bytes(HEADER + encode_frame(Frame(True, 0, b"PRIVATE")) + FOOTER)
     (folder / "abcdef012345.js").symlink_to(elsewhere / "private.js")
-    (elsewhere / "latin.js").write_bytes(HEADER.encode() + "'{0{s\u00e9cr\u00e8t',\n".encode("utf-8"))
+    (elsewhere / "latin.js").write_bytes(HEADER + "'{0{s\u00e9cr\u00e8t',\n".encode("utf-8"))
     (folder / "aaaaaaaaaaaa.js").symlink_to(elsewhere / "latin.js")
     (folder / "bbbbbbbbbbbb.js").write_bytes((elsewhere / "latin.js").read_bytes())
     config = f"""
@@ -426,7 +498,7 @@ def test_a_recording_unreadable_after_its_first_batch_closes_with_a_generic_reas
     # The third frame keeps the bad bytes out of the text buffer that the first batch decodes.
     text = (HEADER + encode_frame(Frame(True, 0, chunk)) + encode_frame(Frame(True, 1, chunk))
             + encode_frame(Frame(True, 2, b"b" * 65536)))
-    (folder / "0123456789ab.js").write_bytes(text.encode() + "'{2{s\u00e9cret',\n".encode("utf-8") + FOOTER.encode())
+    (folder / "0123456789ab.js").write_bytes(text + "'{2{s\u00e9cret',\n".encode("utf-8") + FOOTER)
     config = f"""
 Listen tcp:port=0:interface=127.0.0.1
 ProxyPass /replay replay:{folder}

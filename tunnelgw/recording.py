@@ -35,13 +35,13 @@ from twisted.python.threadpool import ThreadPool
 
 from tunnelgw.backends import BackendLink, LinkOwner, WrappedLink
 from tunnelgw.core.config import Recording
-from tunnelgw.core.recording import FOOTER, HEADER, Frame, encode_frame, is_recording_name, recording_name
+from tunnelgw.core.recording import FOOTER, HEADER, Frame, encode_frames, is_recording_name, recording_name
 from tunnelgw.core.relay import Close
 from tunnelgw.core.sessionrelay import Carries, Forward, Role, SessionRelay
 from tunnelgw.upstream import unmask
 
 __all__ = ["FLUSH_BYTES", "FLUSH_SECONDS", "LISTED", "MAX_PENDING", "Recorder", "Recordings", "RecordingLink",
-           "folder_problem", "foreign_entries", "make_folder", "newest_recordings"]
+           "folder_problem", "write_all", "foreign_entries", "make_folder", "newest_recordings"]
 
 _log = Logger(namespace="tunnelgw")
 #: A recorder submits its buffered chunks once this many bytes wait...
@@ -214,6 +214,27 @@ class Recordings:
         return RecordingLink(inner, Recorder(self, self.spec, session_id))
 
 
+#: Pieces one vectored write takes (Linux's IOV_MAX).
+_IOV_MAX = 1024
+
+
+def write_all(fd: int, parts: list[bytes]) -> None:
+    """
+    Write parts one after another with ``writev``, all of them: a regular
+    file takes less than asked only when the disk is full, and then the
+    next write raises (ENOSPC) rather than loop.
+    """
+    views = [memoryview(p) for p in parts if p]
+    first = 0
+    while first < len(views):
+        written = os.writev(fd, views[first:first + _IOV_MAX])
+        while first < len(views) and written >= len(views[first]):
+            written -= len(views[first])
+            first += 1
+        if written:
+            views[first] = views[first][written:]
+
+
 class Recorder:
     """
     One session's recording.
@@ -237,7 +258,7 @@ class Recorder:
         self._total = 0
         self._timer: Any = None
         # Used on the writer thread only.
-        self._file: Any = None
+        self._fd: Optional[int] = None
         self._broken = False
 
     def add(self, to_client: bool, data: bytes) -> None:
@@ -278,13 +299,11 @@ class Recorder:
         """On the writer thread: append frames (creating the file first)."""
         try:
             if not self._broken:
-                if self._file is None:
-                    fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-                    self._file = os.fdopen(fd, "w", encoding="ascii")
-                    self._file.write(HEADER)
-                self._file.write("".join(encode_frame(f) for f in frames))
-                self._file.flush()
-        except (OSError, ValueError) as e:
+                if self._fd is None:
+                    self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+                    write_all(self._fd, [HEADER])
+                write_all(self._fd, encode_frames(frames))
+        except OSError as e:
             self._broken = True
             self._close_file()
             self._recordings.call_from_thread(self.stop, "error", str(e))
@@ -296,18 +315,18 @@ class Recorder:
 
     def _finish(self) -> None:
         """On the writer thread: end the JavaScript array and close the file."""
-        if self._file is not None and not self._broken:
+        if self._fd is not None and not self._broken:
             try:
-                self._file.write(FOOTER)
-            except (OSError, ValueError):
+                write_all(self._fd, [FOOTER])
+            except OSError:
                 pass
         self._close_file()
 
     def _close_file(self) -> None:
-        file, self._file = self._file, None
-        if file is not None:
+        fd, self._fd = self._fd, None
+        if fd is not None:
             try:
-                file.close()
+                os.close(fd)
             except OSError:
                 pass
 
