@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import json
 import os
 import socket
@@ -81,8 +82,10 @@ def handshake_request(host: str, port: int, path: str, secure: bool = False) -> 
             f"Sec-WebSocket-Protocol: binary\r\nOrigin: {scheme}://{host}:{port}\r\n\r\n").encode()
 
 
+@functools.lru_cache(maxsize=1)
 def _tls_context() -> ssl.SSLContext:
-    context = ssl.create_default_context()
+    """Made once (``create_default_context`` would load the system's CA bundle for every connection)."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     context.check_hostname = False
     context.verify_mode = ssl.CERT_NONE
     return context

@@ -49,7 +49,8 @@ def test_bench_smoke_writes_every_figure(tmp_path: Path) -> None:
         for peer in ("tunnelgw", "websockify", "bridge", "direct"):
             assert figures[name][peer] > 0, (name, peer)
         assert len(figures[name]["per_run_ratios"]["bridge"]) == 2
-    assert figures["new sessions/s, 32 concurrent"]["nginx"] > 0
+    wss_sessions = figures["new sessions/s, 32 concurrent, wss, ws:// backend"]  # TLS handshakes, both gateways
+    assert wss_sessions["tunnelgw"] > 0 and wss_sessions["nginx"] > 0 and wss_sessions["ratios"]["nginx"] > 0
     assert figures["new sessions/s, 32 concurrent"]["floor"] > 0  # the Twisted floor relay
     assert data["meta"]["ws:// backend figures"] is True
     for name in ("new sessions/s, 32 concurrent, ws:// backend", "client->backend 64 KiB ws, ws:// backend",
