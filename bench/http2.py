@@ -1,20 +1,36 @@
 """
 WebSockets over HTTP/2 (RFC 8441) against wss over HTTP/1.1, same gateway,
-same backends, same run: ``python -m bench.http2 [--sessions N] [--mib M]``.
+same backends, same run: ``python -m bench.http2 [--sessions N]
+[--concurrency C] [--seconds S] [--mib M]``.
 
-- **new sessions per second**: each session opens, relays one 16-byte
-  message both ways and closes (close frame, answer), one after another;
-  over HTTP/2 all on one existing connection (an extended CONNECT stream
-  each), over HTTP/1.1 a new TLS connection and upgrade each.
+- **new sessions per second, C at once** (default 32, as the other session
+  figures of ``bench``): each session opens, relays one 16-byte message both
+  ways and closes (close frame and answer; over HTTP/2 END_STREAM both
+  ways, over HTTP/1.1 the gateway's end of the connection).  Over HTTP/2
+  the C sessions are streams of one existing connection (an extended
+  CONNECT each); over HTTP/1.1 each is a new TLS connection and upgrade.
+  Bounded by N sessions and S seconds per path, each session by 10 s;
+  errors are counted and shown.  ``--concurrency 1`` gives the earlier
+  one-after-another figure, which is bound by round trips, not by the
+  gateway.
 - **desktop direction**: one session reads M MiB that the backend writes in
   64 KiB chunks (``bench.servers``' source), MiB/s from the request to the
-  last byte.
-- the gateway's CPU time (from /proc) per session and per MiB of each.
+  last byte (over HTTP/2 on a connection already set up, as a page's).
+- the gateway's CPU time (from /proc) per session and per MiB of each, and
+  the bench client's own CPU per session.
 
-Both clients are single-threaded Python over ``ssl`` sockets (the ``h2``
-library for HTTP/2, hand-made frames for HTTP/1.1), so the figures include
-the client's own cost; they compare the two paths, they are not the
-gateway's ceiling (see docs/benchmarks.rst for those).
+Both clients do the same work with the same tools: Python on the ``ssl``
+module (uvloop for the sessions, blocking sockets for the desktop
+direction), WebSocket frames made and parsed by hand.  The HTTP/2 client
+frames HTTP/2 itself (:class:`_H2Client`: struct-parsed frames, the
+``hpack`` library for header blocks) and behaves as Chromium does: its
+SETTINGS (no ``MAX_FRAME_SIZE``, so the gateway sends at most 16 KiB per
+DATA frame), its 6 MiB stream and 15 MiB connection windows, a
+WINDOW_UPDATE once half a window is consumed.  The Python ``h2`` library as
+a client cost more CPU per MiB than the gateway did, so the earlier
+figures measured the client.  The clients share the machine with the
+gateway: the figures compare the two paths in one run; the gateway CPU per
+session and per MiB are what an operator plans with.
 """
 
 from __future__ import annotations
@@ -64,7 +80,7 @@ class _Frames:
         self.payload = 0
         self.opcodes: list[int] = []
 
-    def feed(self, data: bytes) -> None:
+    def feed(self, data: "bytes | memoryview") -> None:
         buffer = self.buffer
         buffer += data
         while len(buffer) >= 2:
@@ -191,7 +207,7 @@ class _H2Client:
         self.out += _h2_frame(_RST_STREAM, 0, stream_id, struct.pack("!I", 8))
         self.streams.pop(stream_id, None)
 
-    def feed(self, data: bytes) -> None:
+    def feed(self, data: "bytes | memoryview") -> None:
         """The server's bytes: frames parsed, streams updated, answers put in :attr:`out`."""
         buffer = self._buffer
         if buffer:
@@ -435,6 +451,10 @@ async def _wss_sessions(port: int, cert: Path, concurrency: int, count: int, sec
     return await session_loop(lambda source: _wss_session(port, context, source), concurrency, count, seconds)
 
 
+#: The desktop direction's reads: into one buffer (``recv`` would allocate this much for every TLS record).
+_READ = 262144
+
+
 def _connect(port: int, cert: Path, alpn: str) -> ssl.SSLSocket:
     raw = socket.create_connection(("127.0.0.1", port), timeout=60)
     raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -447,15 +467,16 @@ def _h2_desktop(port: int, cert: Path, total: int) -> float:
     """Seconds to read total bytes from /source on a stream of an HTTP/2 connection (from the stream's opening)."""
     sock = _connect(port, cert, "h2")
     client = _H2Client()
+    into = memoryview(bytearray(_READ))
 
     def exchange() -> None:
         if client.out:
             sock.sendall(client.out)
             client.out.clear()
-        data = sock.recv(262144)
-        if not data:
+        size = sock.recv_into(into)
+        if not size:
             raise ConnectionError("the gateway closed the connection")
-        client.feed(data)
+        client.feed(into[:size])
 
     try:
         while not client.settings:
@@ -494,11 +515,12 @@ def _wss_desktop(port: int, cert: Path, total: int) -> float:
         frames = _Frames()
         frames.feed(rest)
         sock.sendall(_frame(2, f"65536 {total // 65536}\n".encode()))
+        into = memoryview(bytearray(_READ))
         while frames.payload < total:
-            chunk = sock.recv(262144)
-            if not chunk:
+            size = sock.recv_into(into)
+            if not size:
                 raise ConnectionError("the gateway closed the connection")
-            frames.feed(chunk)
+            frames.feed(into[:size])
         return time.perf_counter() - started
     finally:
         sock.close()
