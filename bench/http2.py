@@ -1,7 +1,7 @@
 """
 WebSockets over HTTP/2 (RFC 8441) against wss over HTTP/1.1, same gateway,
 same backends, same run: ``python -m bench.http2 [--sessions N]
-[--concurrency C] [--seconds S] [--mib M]``.
+[--concurrency C] [--seconds S] [--mib M] [--rsa BITS]``.
 
 - **new sessions per second, C at once** (default 32, as the other session
   figures of ``bench``): each session opens, relays one 16-byte message both
@@ -18,6 +18,10 @@ same backends, same run: ``python -m bench.http2 [--sessions N]
   last byte (over HTTP/2 on a connection already set up, as a page's).
 - the gateway's CPU time (from /proc) per session and per MiB of each, and
   the bench client's own CPU per session.
+
+The listener's certificate is ECDSA P-256 (a cheap handshake: what the
+HTTP/1.1 path pays per session beyond an HTTP/2 stream is smallest), or RSA
+with ``--rsa 2048``.
 
 Both clients do the same work with the same tools: Python on the ``ssl``
 module (uvloop for the sessions, blocking sockets for the desktop
@@ -537,10 +541,12 @@ def main(argv: Optional[list[str]] = None) -> None:
                         help="sessions at once (default 32; 1: one after another)")
     parser.add_argument("--seconds", type=float, default=60.0, help="most seconds per path's sessions (default 60)")
     parser.add_argument("--mib", type=int, default=64, help="MiB for the desktop direction (default 64)")
+    parser.add_argument("--rsa", type=int, default=0, metavar="BITS",
+                        help="an RSA certificate of BITS (e.g. 2048) instead of ECDSA P-256")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as folder:
         tmp = Path(folder)
-        cert, key = self_signed(tmp)
+        cert, key = self_signed(tmp, args.rsa)
         backends = Backends()
         extra = f"Listen ssl:port=0:interface=127.0.0.1:backlog=4096:certKey={cert}:privateKey={key} http2=on"
         gateway = Gateway(tmp, backends.ports, (cert, key), extra_rules=extra)
@@ -574,6 +580,7 @@ def main(argv: Optional[list[str]] = None) -> None:
             backends.stop()
     h2, h1 = figures["h2"], figures["h1"]
     errors = f" (errors: h2 {h2['errors']:.0f}, wss {h1['errors']:.0f})" if h2["errors"] or h1["errors"] else ""
+    print(f"certificate: {f'RSA-{args.rsa}' if args.rsa else 'ECDSA P-256'}")
     print(f"new sessions/s, {args.concurrency} at once: h2 streams on one connection {h2['rate']:.0f}, "
           f"wss HTTP/1.1 {h1['rate']:.0f} (ratio {h2['rate'] / h1['rate']:.2f}){errors}")
     print(f"desktop direction MiB/s: h2 stream {h2['mib']:.0f}, wss HTTP/1.1 {h1['mib']:.0f} "
