@@ -1,7 +1,7 @@
 """
 WebSockets over HTTP/2 (RFC 8441) against wss over HTTP/1.1, same gateway,
 same backends, same run: ``python -m bench.http2 [--sessions N]
-[--concurrency C] [--seconds S] [--mib M] [--rsa BITS]``.
+[--concurrency C] [--seconds S] [--mib M] [--rounds R] [--rsa BITS]``.
 
 - **new sessions per second, C at once** (default 32, as the other session
   figures of ``bench``): each session opens, relays one 16-byte message both
@@ -18,6 +18,10 @@ same backends, same run: ``python -m bench.http2 [--sessions N]
   last byte (over HTTP/2 on a connection already set up, as a page's).
 - the gateway's CPU time (from /proc) per session and per MiB of each, and
   the bench client's own CPU per session.
+
+Each figure is taken R times (default 3), the two paths in turn in each
+round, and the medians are printed with each round's ratio: on a shared
+machine the ratio of two measurements minutes apart says little.
 
 The listener's certificate is ECDSA P-256 (a cheap handshake: what the
 HTTP/1.1 path pays per session beyond an HTTP/2 stream is smallest), or RSA
@@ -533,17 +537,24 @@ def _wss_desktop(port: int, cert: Path, total: int) -> float:
 _LISTENING = re.compile(r"\S+:(\d+): listening on .* port=(\d+)\)")
 
 
+def _median(values: list[float]) -> float:
+    return sorted(values)[len(values) // 2]
+
+
 def main(argv: Optional[list[str]] = None) -> None:
-    """Run both figures once and print them."""
+    """Run both figures, rounds times each path in turn, and print the medians."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sessions", type=int, default=3000, help="sessions per path (default 3000)")
+    parser.add_argument("--sessions", type=int, default=3000, help="sessions per path (default 3000, over all rounds)")
     parser.add_argument("--concurrency", type=int, default=32,
                         help="sessions at once (default 32; 1: one after another)")
     parser.add_argument("--seconds", type=float, default=60.0, help="most seconds per path's sessions (default 60)")
-    parser.add_argument("--mib", type=int, default=64, help="MiB for the desktop direction (default 64)")
+    parser.add_argument("--mib", type=int, default=64, help="MiB for the desktop direction, per round (default 64)")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="rounds, each path in turn in each (default 3): ratios from the same minutes")
     parser.add_argument("--rsa", type=int, default=0, metavar="BITS",
                         help="an RSA certificate of BITS (e.g. 2048) instead of ECDSA P-256")
     args = parser.parse_args(argv)
+    rounds = max(args.rounds, 1)
     with tempfile.TemporaryDirectory() as folder:
         tmp = Path(folder)
         cert, key = self_signed(tmp, args.rsa)
@@ -560,34 +571,48 @@ def main(argv: Optional[list[str]] = None) -> None:
             h1_port = gateway.wss_port
             total = args.mib * 1024 * 1024
             cpu = gateway.pids
-            figures: dict[str, dict[str, float]] = {}
-            for name, sessions, desktop, port in (("h2", _h2_sessions, _h2_desktop, h2_port),
-                                                  ("h1", _wss_sessions, _wss_desktop, h1_port)):
-                used, own = cpu_seconds(cpu), time.process_time()
-                result = uvloop.run(sessions(port, cert, args.concurrency, args.sessions, args.seconds))
-                done = max(result["sessions"], 1)
-                figures[name] = {"rate": result["per_second"], "errors": result["errors"],
-                                 "cpu_session": (cpu_seconds(cpu) - used) / done,
-                                 "client_session": (time.process_time() - own) / done}
-                used = cpu_seconds(cpu)
-                figures[name]["mib"] = args.mib / desktop(port, cert, total)
-                figures[name]["cpu_mib"] = (cpu_seconds(cpu) - used) / args.mib
+            figures: dict[str, dict[str, list[float]]] = {
+                name: {"rate": [], "errors": [], "cpu_session": [], "client_session": [], "mib": [], "cpu_mib": []}
+                for name in ("h2", "h1")}
+            for _ in range(rounds):
+                for name, sessions, desktop, port in (("h2", _h2_sessions, _h2_desktop, h2_port),
+                                                      ("h1", _wss_sessions, _wss_desktop, h1_port)):
+                    figure = figures[name]
+                    used, own = cpu_seconds(cpu), time.process_time()
+                    result = uvloop.run(sessions(port, cert, args.concurrency, max(args.sessions // rounds, 1),
+                                                 args.seconds / rounds))
+                    done = max(result["sessions"], 1)
+                    figure["rate"].append(result["per_second"])
+                    figure["errors"].append(result["errors"])
+                    figure["cpu_session"].append((cpu_seconds(cpu) - used) / done)
+                    figure["client_session"].append((time.process_time() - own) / done)
+                    used = cpu_seconds(cpu)
+                    figure["mib"].append(args.mib / desktop(port, cert, total))
+                    figure["cpu_mib"].append((cpu_seconds(cpu) - used) / args.mib)
         except BaseException:
             print(gateway.log()[-3000:])
             raise
         finally:
             gateway.stop()
             backends.stop()
-    h2, h1 = figures["h2"], figures["h1"]
-    errors = f" (errors: h2 {h2['errors']:.0f}, wss {h1['errors']:.0f})" if h2["errors"] or h1["errors"] else ""
-    print(f"certificate: {f'RSA-{args.rsa}' if args.rsa else 'ECDSA P-256'}")
+    h2 = {key: _median(values) for key, values in figures["h2"].items()}
+    h1 = {key: _median(values) for key, values in figures["h1"].items()}
+    errors = sum(figures["h2"]["errors"]) + sum(figures["h1"]["errors"])
+
+    def each(key: str) -> str:
+        return " / ".join(f"{a / b:.2f}" for a, b in zip(figures["h2"][key], figures["h1"][key]))
+
+    print(f"certificate: {f'RSA-{args.rsa}' if args.rsa else 'ECDSA P-256'}; medians of {rounds} rounds")
     print(f"new sessions/s, {args.concurrency} at once: h2 streams on one connection {h2['rate']:.0f}, "
-          f"wss HTTP/1.1 {h1['rate']:.0f} (ratio {h2['rate'] / h1['rate']:.2f}){errors}")
+          f"wss HTTP/1.1 {h1['rate']:.0f} (ratio {h2['rate'] / h1['rate']:.2f}; rounds {each('rate')})"
+          + (f" errors: h2 {sum(figures['h2']['errors']):.0f}, wss {sum(figures['h1']['errors']):.0f}"
+             if errors else ""))
     print(f"desktop direction MiB/s: h2 stream {h2['mib']:.0f}, wss HTTP/1.1 {h1['mib']:.0f} "
-          f"(ratio {h2['mib'] / h1['mib']:.2f})")
+          f"(ratio {h2['mib'] / h1['mib']:.2f}; rounds {each('mib')})")
     print(f"gateway CPU ms per session: h2 {h2['cpu_session'] * 1000:.2f}, wss HTTP/1.1 {h1['cpu_session'] * 1000:.2f} "
-          f"(ratio {h1['cpu_session'] / h2['cpu_session']:.2f}); "
-          f"per MiB: h2 {h2['cpu_mib'] * 1000:.2f}, wss HTTP/1.1 {h1['cpu_mib'] * 1000:.2f}")
+          f"(wss/h2 {h1['cpu_session'] / h2['cpu_session']:.2f}); "
+          f"per MiB: h2 {h2['cpu_mib'] * 1000:.2f}, wss HTTP/1.1 {h1['cpu_mib'] * 1000:.2f} "
+          f"(wss/h2 {h1['cpu_mib'] / h2['cpu_mib']:.2f})")
     print(f"bench client CPU ms per session: h2 {h2['client_session'] * 1000:.2f}, "
           f"wss HTTP/1.1 {h1['client_session'] * 1000:.2f}")
 
