@@ -94,16 +94,21 @@ def _stop(proc: Optional[subprocess.Popen[Any]], timeout: float = 10.0) -> None:
         proc.wait(5)
 
 
-def self_signed(folder: Path) -> tuple[Path, Path]:
-    """Write a self-signed certificate for 127.0.0.1/localhost; return (cert, key)."""
+def self_signed(folder: Path, rsa_bits: int = 0) -> tuple[Path, Path]:
+    """
+    Write a self-signed certificate for 127.0.0.1/localhost; return (cert, key).
+
+    :param rsa_bits: an RSA key of this size instead of ECDSA P-256 (0).
+    """
     import ipaddress
 
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.hazmat.primitives.asymmetric import ec, rsa
     from cryptography.x509.oid import NameOID
 
-    key = ec.generate_private_key(ec.SECP256R1())
+    key: Any = rsa.generate_private_key(public_exponent=65537, key_size=rsa_bits) if rsa_bits \
+        else ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
     now = datetime.datetime.now(datetime.timezone.utc)
     cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())

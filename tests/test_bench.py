@@ -125,3 +125,58 @@ def test_quick_duration_is_told_the_same_way() -> None:
     assert f"--quick     # small counts, {QUICK_TIME}" in docs
     seconds = re.search(r"(\d+) s measured", QUICK_TIME)
     assert seconds and f"timed at {seconds.group(1)} s" in docs
+
+
+@pytest.mark.timeout(120)
+def test_http2_bench_smoke(capsys: pytest.CaptureFixture[str]) -> None:
+    """``bench.http2`` with tiny counts measures both paths' sessions and desktop direction, no error, nothing left running."""
+    import re
+
+    require_module("uvloop")
+    from bench.http2 import main
+
+    before = _pids_of_children()
+    main(["--sessions", "64", "--mib", "2", "--rounds", "2", "--seconds", "30"])
+    assert _pids_of_children() <= before, "the bench left processes running"
+    out = capsys.readouterr().out
+    assert re.search(r"new sessions/s, 32 at once: h2 streams on one connection \d+, wss HTTP/1.1 \d+ \(ratio [\d.]+; "
+                     r"rounds [\d.]+ / [\d.]+\)\n", out), out
+    assert re.search(r"desktop direction MiB/s: h2 stream \d+, wss HTTP/1.1 \d+", out), out
+
+
+def test_http2_bench_client_speaks_http2() -> None:
+    """The bench's hand-framed HTTP/2 client against the h2 library's server: SETTINGS, PING, padding, windows."""
+    from h2.config import H2Configuration
+    from h2.connection import H2Connection
+    from h2.events import PingAckReceived, RequestReceived, SettingsAcknowledged, WindowUpdated
+
+    from bench.http2 import CLIENT_SETTINGS, _H2Client
+
+    server = H2Connection(H2Configuration(client_side=False, header_encoding=None))
+    server.initiate_connection()
+    client = _H2Client()
+    events = server.receive_data(bytes(client.out))
+    client.out.clear()
+    assert dict(server.remote_settings).get(4) == CLIENT_SETTINGS[2][1]
+    client.feed(server.data_to_send())
+    assert client.settings
+    stream_id = client.open("/x")
+    events = server.receive_data(bytes(client.out))
+    client.out.clear()
+    [request] = [e for e in events if isinstance(e, RequestReceived)]
+    assert (b":protocol", b"websocket") in (request.headers or [])
+    assert any(isinstance(e, SettingsAcknowledged) for e in events)
+    server.send_headers(stream_id, [(b":status", b"200")])
+    server.ping(b"12345678")
+    half = CLIENT_SETTINGS[2][1] // 2
+    for _ in range(half // 16000 + 1):
+        server.send_data(stream_id, b"\x82\x7e\x3e\x7a" + b"p" * 15994, pad_length=2)  # one 15994-byte frame each
+    data = server.data_to_send()
+    for at in range(0, len(data), 1000):  # bytes arrive in any split
+        client.feed(data[at:at + 1000])
+    stream = client.streams[stream_id]
+    assert stream.status == 200 and stream.frames.payload == (half // 16000 + 1) * 15994
+    events = server.receive_data(bytes(client.out))
+    assert any(isinstance(e, PingAckReceived) and e.ping_data == b"12345678" for e in events)
+    # One WINDOW_UPDATE for the stream once half its window is read, not one per frame.
+    assert len([e for e in events if isinstance(e, WindowUpdated) and e.stream_id == stream_id]) == 1

@@ -18,7 +18,7 @@ import time
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, Optional
+from typing import Callable, Iterable, Iterator, Optional
 
 import pytest
 from h2.config import H2Configuration
@@ -48,7 +48,8 @@ from zope.interface import implementer
 
 from rawws import frame_bytes, raw_handshake
 from tunnelgw.core.relay import CLOSE_TIMEOUT
-from tunnelgw.http2 import RESET_AGE, RESET_WINDOW, STREAM_BUFFER, STREAM_WINDOW, Http2Connection, Http2Server, StreamTransport
+from tunnelgw.http2 import (RESET_AGE, RESET_WINDOW, STREAM_BUFFER, STREAM_WINDOW, WRITE_BATCH, Http2Connection, Http2Server,
+                            StreamTransport)
 from support import GatewayProcess, Pki, TcpServer, echo, free_port, make_client_cert, make_pki, silent, wait_until
 
 Headers = list[tuple[str, str]]
@@ -657,6 +658,22 @@ class _FullAt(StringTransport):
             self.producer.pauseProducing()
 
 
+class _Writes(StringTransport):
+    """A transport that counts write calls (writeSequence is one)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes = 0
+
+    def write(self, data: bytes) -> None:
+        self.writes += 1
+        super().write(data)
+
+    def writeSequence(self, data: Iterable[bytes]) -> None:
+        self.writes += 1
+        super().write(b"".join(data))
+
+
 class _Session:
     """A session as the stream sees it: what it received and how it was lost."""
 
@@ -670,6 +687,12 @@ class _Session:
     def connectionLost(self, reason: Failure) -> None:
         assert self.lost is None
         self.lost = reason
+
+
+def _written(connection: Http2Connection, transport: StringTransport) -> bytes:
+    """What the connection has written once this turn of its reactor (a Clock) is over."""
+    connection.server.reactor.advance(0)
+    return transport.value()
 
 
 class Http2FlowControlTests:
@@ -688,6 +711,74 @@ class Http2FlowControlTests:
         transport.clear()
         connection.dataReceived(client.data_to_send())
         return client, connection, transport, gateway
+
+    def _sessions(self, client: H2Connection, connection: Http2Connection, gateway: _Gateway, count: int
+                  ) -> list[tuple[int, StreamTransport]]:
+        """count extended CONNECT streams, each answered 101 by its session."""
+        opened = []
+        for _ in range(count):
+            stream_id = client.get_next_available_stream_id()
+            client.send_headers(stream_id, [(":method", "CONNECT"), (":protocol", "websocket"), (":scheme", "https"),
+                                            (":path", "/x"), (":authority", "a"), ("sec-websocket-version", "13")])
+            connection.dataReceived(client.data_to_send())
+            stream = gateway.streams[-1]
+            stream.write(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n")
+            opened.append((stream_id, stream))
+        return opened
+
+    def test_the_answers_of_one_turn_go_out_in_one_write(self) -> None:
+        """Small writes of several streams in one reactor turn are one transport write at the turn's end, in order."""
+        transport = _Writes()
+        client, connection, _, gateway = self._connect(transport=transport)
+        opened = self._sessions(client, connection, gateway, 3)
+        client.receive_data(_written(connection, transport))
+        transport.clear()
+        transport.writes = 0
+        for n, (_, stream) in enumerate(opened):
+            stream.write(b"key %d" % n)
+        assert transport.writes == 0
+        connection.server.reactor.advance(0)
+        assert transport.writes == 1
+        events = client.receive_data(transport.value())
+        assert [(e.stream_id, e.data) for e in events if isinstance(e, DataReceived)] == \
+            [(stream_id, b"key %d" % n) for n, (stream_id, _) in enumerate(opened)]
+
+    def test_a_write_batch_goes_at_once_and_a_goaway_after_what_waits(self) -> None:
+        """From WRITE_BATCH bytes the output is written at once; a drain's GOAWAY follows what was waiting."""
+        client, connection, transport, gateway = self._connect()
+        [(stream_id, stream)] = self._sessions(client, connection, gateway, 1)
+        client.receive_data(_written(connection, transport))
+        transport.clear()
+        stream.write(b"k" * 100)
+        assert transport.value() == b""
+        stream.write(b"x" * WRITE_BATCH)
+        assert len(transport.value()) > WRITE_BATCH  # not waiting for the turn's end
+        stream.write(b"last")
+        connection.go_away()
+        events = client.receive_data(transport.value())
+        data = b"".join(e.data or b"" for e in events if isinstance(e, DataReceived))
+        assert data == b"k" * 100 + b"x" * WRITE_BATCH + b"last"
+        assert isinstance(events[-1], ConnectionTerminated) and events[-1].error_code == 0
+
+    def test_queued_writes_fill_data_frames(self) -> None:
+        """Writes that waited for the window go out in full DATA frames; a header and its payload share one."""
+        client, connection, transport, gateway = self._connect()
+        client.update_settings({SettingCodes.INITIAL_WINDOW_SIZE: 0})
+        connection.dataReceived(client.data_to_send())
+        [(stream_id, stream)] = self._sessions(client, connection, gateway, 1)
+        client.receive_data(_written(connection, transport))
+        transport.clear()
+        for n in range(10):
+            stream.write(b"%d" % n * 1000)
+        stream.writeSequence([b"\x82\x7f" + (40000).to_bytes(8, "big"), b"p" * 40000])
+        client.increment_flow_control_window(1 << 20, stream_id)
+        connection.dataReceived(client.data_to_send())
+        sizes, data = [], _written(connection, transport)
+        for event in client.receive_data(data):
+            if isinstance(event, DataReceived):
+                sizes.append(len(event.data or b""))
+        assert sizes == [16384, 16384, 16384, 858]  # 50,010 bytes, not 12 frames of 1000s, 10 and 40000
+        assert stream.queued == 0
 
     def test_writes_wait_for_the_window_and_pause_the_producer(self) -> None:
         """Beyond the client's window a stream queues; beyond STREAM_BUFFER its producer is paused until acks."""
@@ -726,7 +817,7 @@ class Http2FlowControlTests:
         client.send_headers(stream_id, [(":method", "CONNECT"), (":protocol", "websocket"), (":scheme", "https"),
                                         (":path", "/x"), (":authority", "a"), ("sec-websocket-version", "13")])
         connection.dataReceived(client.data_to_send())
-        client.receive_data(transport.value())
+        client.receive_data(_written(connection, transport))
         transport.clear()
         # Paused since the upgrade (as the front pauses an HTTP/1.1 upgrade): nothing acknowledged.
         sent = 0
@@ -735,12 +826,12 @@ class Http2FlowControlTests:
             client.send_data(stream_id, b"y" * size)
             sent += size
         connection.dataReceived(client.data_to_send())
-        client.receive_data(transport.value())
+        client.receive_data(_written(connection, transport))
         assert sent == STREAM_WINDOW and client.local_flow_control_window(stream_id) == 0
         # A stream reset by the server's session ends it alone.
         stream = gateway.streams[0]
         stream.abortConnection()
-        events = client.receive_data(transport.value())
+        events = client.receive_data(_written(connection, transport))
         assert any(isinstance(e, StreamReset) and e.stream_id == stream_id for e in events)
 
     def test_a_client_that_does_not_read_is_not_read(self) -> None:
@@ -824,13 +915,13 @@ class Http2FlowControlTests:
         connection.makeConnection(transport)
         client = H2Connection(H2Configuration(client_side=True))
         client.initiate_connection()
-        client.receive_data(transport.value())
+        client.receive_data(_written(connection, transport))
         transport.clear()
         stream_id = client.get_next_available_stream_id()
         client.send_headers(stream_id, [(":method", "GET"), (":scheme", "https"), (":path", "/f"),
                                         (":authority", "a")], end_stream=True)
         connection.dataReceived(client.data_to_send())
-        received = sum(len(e.data or b"") for e in client.receive_data(transport.value())
+        received = sum(len(e.data or b"") for e in client.receive_data(_written(connection, transport))
                        if isinstance(e, DataReceived))
         transport.clear()
         assert received == STREAM_WINDOW  # the rest waits for a window the client never gives
@@ -839,13 +930,13 @@ class Http2FlowControlTests:
         client.increment_flow_control_window(1000, stream_id)
         client.increment_flow_control_window(1000)
         connection.dataReceived(client.data_to_send())
-        assert sum(len(e.data or b"") for e in client.receive_data(transport.value())
+        assert sum(len(e.data or b"") for e in client.receive_data(_written(connection, transport))
                    if isinstance(e, DataReceived)) == 1000
         transport.clear()
         clock.advance(9)
-        assert not transport.value()
+        assert not _written(connection, transport)
         clock.advance(1)
-        events = client.receive_data(transport.value())
+        events = client.receive_data(_written(connection, transport))
         assert [e.error_code for e in events if isinstance(e, StreamReset)] == [ErrorCodes.CANCEL]
         assert not connection._streams
         assert not transport.disconnecting  # the connection goes on
@@ -862,13 +953,13 @@ class Http2FlowControlTests:
         stream.protocol = session
         stream.write(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n")
         stream.resumeProducing()  # the session is live
-        client.receive_data(transport.value())
+        client.receive_data(_written(connection, transport))
         transport.clear()
         client.send_data(stream_id, b"last", end_stream=True)
         connection.dataReceived(client.data_to_send())
         assert session.received == b"last"
         assert session.lost is not None and session.lost.check(ConnectionDone)
-        events = client.receive_data(transport.value())
+        events = client.receive_data(_written(connection, transport))
         assert any(isinstance(e, StreamEnded) and e.stream_id == stream_id for e in events)
         assert not connection._streams and connection._h2.open_inbound_streams == 0
 
@@ -882,12 +973,12 @@ class Http2FlowControlTests:
         [stream] = gateway.streams
         session = _Session()
         stream.protocol = session
-        client.receive_data(transport.value())
+        client.receive_data(_written(connection, transport))
         transport.clear()
         client.end_stream(stream_id)
         connection.dataReceived(client.data_to_send())
         assert session.lost is not None and session.lost.check(ConnectionDone)
-        events = client.receive_data(transport.value())
+        events = client.receive_data(_written(connection, transport))
         assert [e.error_code for e in events if isinstance(e, StreamReset)] == [ErrorCodes.CANCEL]
         assert not connection._streams and connection._h2.open_inbound_streams == 0
 
@@ -909,7 +1000,7 @@ class Http2FlowControlTests:
         transport.clear()
         stream.resumeProducing()
         assert session.received == b"held" and session.lost is not None and session.lost.check(ConnectionDone)
-        events = client.receive_data(transport.value())
+        events = client.receive_data(_written(connection, transport))
         assert [e.error_code for e in events if isinstance(e, StreamReset)] == [ErrorCodes.NO_ERROR]
         assert not connection._streams and connection._h2.open_inbound_streams == 0
 

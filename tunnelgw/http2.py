@@ -35,6 +35,12 @@ connection's bytes and carries its events out to streams.
   can send at most the stream window (:data:`STREAM_WINDOW`) more.  The
   connection window is sized for every stream's window at once, so a
   stalled desktop never stalls the others.
+- What h2 gives to send is written to the TLS connection once per turn of
+  the reactor (every stream's answers in it: one TLS record and one system
+  call for many small frames), at once from :data:`WRITE_BATCH` bytes, and
+  after each step of held input (so a pause it causes stops the reading).
+  A stream's queued writes fill DATA frames (a WebSocket header shares its
+  payload's frame).
 - At most :attr:`Http2Server.max_streams` concurrent streams per connection.
 - "Rapid reset" (CVE-2023-44487): a client that resets more than
   ``max_streams`` streams within :data:`RESET_WINDOW` seconds, each younger
@@ -95,7 +101,7 @@ from tunnelgw.core.routing import Reject
 from tunnelgw.session import http_error, log_refusal
 
 __all__ = ["HELD_INPUT", "Http2Connection", "Http2Server", "negotiated_h2", "RESET_AGE", "RESET_WINDOW", "STREAM_BUFFER",
-           "STREAM_WINDOW", "StreamTransport"]
+           "STREAM_WINDOW", "StreamTransport", "WRITE_BATCH"]
 
 _log = Logger(namespace="tunnelgw")
 
@@ -112,6 +118,9 @@ RESET_WINDOW = 30.0
 HELD_INPUT = 262144
 #: Held bytes given to h2 at a time once reading resumes, so that a pause their answers cause takes effect.
 _INPUT_STEP = 4096
+#: Bytes of output kept to go to the TLS connection in one write at the end of the reactor's turn (the answers
+#: of every stream that had news in it); at this many they are written at once.
+WRITE_BATCH = 16384
 #: Largest request body of a plain request over a stream (as on HTTP/1.1).
 _MAX_BODY = 65536
 
@@ -169,6 +178,10 @@ class Http2Connection(Protocol):
         self._input: deque[bytes] = deque()
         self._input_size = 0
         self._resets: deque[float] = deque()
+        #: Output not yet written (at most WRITE_BATCH bytes), and the call that writes it.
+        self._out: list[bytes] = []
+        self._out_size = 0
+        self._write_call: Any = None
 
     # The connection.
 
@@ -218,6 +231,8 @@ class Http2Connection(Protocol):
                 data = data[:_INPUT_STEP]
             self._input_size -= len(data)
             self._receive(data)
+            # The answers go out now, so that the transport's pause they may cause stops the next step.
+            self._write_out()
 
     def _receive(self, data: bytes) -> None:
         try:
@@ -299,6 +314,7 @@ class Http2Connection(Protocol):
         Close once what is written is sent; a client that does not read it
         (its zero window keeps TCP alive) is aborted after CLOSE_TIMEOUT.
         """
+        self._write_out()
         self._closed = True
         self.transport.loseConnection()
         if self._abort is None:
@@ -317,6 +333,7 @@ class Http2Connection(Protocol):
             return
         self._going_away = True
         self._flush()
+        self._write_out()
         frame = GoAwayFrame(0)
         frame.last_stream_id = self._last_stream
         frame.error_code = ErrorCodes.NO_ERROR
@@ -327,6 +344,9 @@ class Http2Connection(Protocol):
         """The connection is gone: so is every stream."""
         self._closed = True
         self.server.connections.discard(self)
+        if self._write_call is not None and self._write_call.active():
+            self._write_call.cancel()
+        self._write_call, self._out = None, []
         if self._idle is not None and self._idle.active():
             self._idle.cancel()
         self._idle = None
@@ -425,18 +445,32 @@ class Http2Connection(Protocol):
             return 0, False
         h2, sent = self._h2, 0
         try:
-            while queue:
-                room = min(h2.local_flow_control_window(stream_id), h2.max_outbound_frame_size)
-                if room <= 0:
-                    break
+            # Only these sends lower the window while this runs.
+            window, most = h2.local_flow_control_window(stream_id), h2.max_outbound_frame_size
+            while queue and window > 0:
+                room = min(window, most)
                 chunk = queue.popleft()
-                if len(chunk) > room:
+                if len(chunk) < room and queue:
+                    # Several writes fill one frame (a WebSocket header is not a frame of its own); views of the
+                    # pieces, so only one frame's worth is copied.
+                    pieces, size = [chunk], len(chunk)
+                    while queue and size < room:
+                        piece = queue.popleft()
+                        if len(piece) > room - size:
+                            view = memoryview(piece)
+                            queue.appendleft(view[room - size:])
+                            piece = view[:room - size]
+                        pieces.append(piece)
+                        size += len(piece)
+                    chunk = b"".join(pieces)
+                elif len(chunk) > room:
                     # Views, not copies: a large write goes out as many frames.
                     view = memoryview(chunk)
                     queue.appendleft(view[room:])
                     chunk = view[:room]
                 h2.send_data(stream_id, chunk)
                 sent += len(chunk)
+                window -= len(chunk)
             ended = end and not queue
             if ended:
                 h2.end_stream(stream_id)
@@ -472,9 +506,31 @@ class Http2Connection(Protocol):
             stream.push()
 
     def _flush(self) -> None:
+        """
+        Take h2's output: written at the end of this turn of the reactor with
+        whatever else the connection's streams answer in it (one TLS record
+        and one system call for many small frames), at once from WRITE_BATCH bytes.
+        """
         data = self._h2.data_to_send()
-        if data and not self._closed:
-            self.transport.write(data)
+        if not data or self._closed:
+            return
+        self._out.append(data)
+        self._out_size += len(data)
+        if self._out_size >= WRITE_BATCH:
+            self._write_out()
+        elif self._write_call is None:
+            self._write_call = self.server.reactor.callLater(0, self._write_out)
+
+    def _write_out(self) -> None:
+        if self._write_call is not None:
+            if self._write_call.active():
+                self._write_call.cancel()
+            self._write_call = None
+        out, self._out, self._out_size = self._out, [], 0
+        if len(out) == 1:
+            self.transport.write(out[0])
+        elif out:
+            self.transport.writeSequence(out)
 
     def _arm_idle(self) -> None:
         """Without streams the connection lives idle_timeout seconds (at once when going away)."""
@@ -524,11 +580,13 @@ class _Outgoing:
         self._asking = False
         self.limit = STREAM_BUFFER
 
-    def queue_data(self, data: bytes) -> None:
-        if self.ending or self.gone or not data:
+    def queue_data(self, *pieces: bytes) -> None:
+        if self.ending or self.gone:
             return
-        self.queue.append(data)
-        self.queued += len(data)
+        for data in pieces:
+            if data:
+                self.queue.append(data)
+                self.queued += len(data)
         self.push()
         if self.queued > self.limit and self.producer is not None and not self.pull and not self.producer_paused:
             self.producer_paused = True
@@ -650,8 +708,12 @@ class StreamTransport(_Outgoing):
         self.queue_data(data)
 
     def writeSequence(self, data: Any) -> None:
-        """Several writes as one."""
-        self.write(b"".join(data))
+        """Several writes as one (a WebSocket frame's header and payload: queued as they are, not joined)."""
+        if not self._answered:
+            self.write(b"".join(data))
+            return
+        self.limit = max(self.bufferSize, 1)
+        self.queue_data(*data)
 
     def loseConnection(self) -> None:
         """End the stream once what is queued is sent."""
