@@ -749,6 +749,12 @@ class Http2FlowControlTests:
         [(stream_id, stream)] = self._sessions(client, connection, gateway, 1)
         client.receive_data(_written(connection, transport))
         transport.clear()
+        # Windows for all of it (WRITE_BATCH is more than the default 64 KiB stream window).
+        client.increment_flow_control_window(1 << 20)
+        client.increment_flow_control_window(1 << 20, stream_id)
+        connection.dataReceived(client.data_to_send())
+        client.receive_data(_written(connection, transport))
+        transport.clear()
         stream.write(b"k" * 100)
         assert transport.value() == b""
         stream.write(b"x" * WRITE_BATCH)
@@ -793,7 +799,7 @@ class Http2FlowControlTests:
         stream.write(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n")
         stream.write(b"x" * (STREAM_BUFFER + 100000))
         received = 0
-        for event in client.receive_data(transport.value()):
+        for event in client.receive_data(_written(connection, transport)):
             if isinstance(event, DataReceived):
                 received += len(event.data or b"")
         transport.clear()
@@ -804,7 +810,7 @@ class Http2FlowControlTests:
             client.increment_flow_control_window(65535, stream_id)
             client.increment_flow_control_window(65535)
             connection.dataReceived(client.data_to_send())
-            for event in client.receive_data(transport.value()):
+            for event in client.receive_data(_written(connection, transport)):
                 if isinstance(event, DataReceived):
                     received += len(event.data or b"")
             transport.clear()

@@ -119,8 +119,9 @@ HELD_INPUT = 262144
 #: Held bytes given to h2 at a time once reading resumes, so that a pause their answers cause takes effect.
 _INPUT_STEP = 4096
 #: Bytes of output kept to go to the TLS connection in one write at the end of the reactor's turn (the answers
-#: of every stream that had news in it); at this many they are written at once.
-WRITE_BATCH = 16384
+#: of every stream that had news in it); at this many they are written at once.  Four full DATA frames (16 KiB
+#: and a 9-byte header each): written one frame at a time, each would be a full TLS record and a 9-byte one.
+WRITE_BATCH = 4 * (16384 + 9)
 #: Largest request body of a plain request over a stream (as on HTTP/1.1).
 _MAX_BODY = 65536
 
