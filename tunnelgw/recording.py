@@ -22,6 +22,7 @@ never another file, link or folder; and the gateway refuses to start with
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 import time
@@ -41,7 +42,7 @@ from tunnelgw.core.sessionrelay import Carries, Forward, Role, SessionRelay
 from tunnelgw.upstream import unmask
 
 __all__ = ["FLUSH_BYTES", "FLUSH_SECONDS", "LISTED", "MAX_PENDING", "Recorder", "Recordings", "RecordingLink",
-           "folder_problem", "write_all", "foreign_entries", "make_folder", "newest_recordings"]
+           "folder_problem", "foreign_entries", "make_folder", "newest_recordings", "write_all"]
 
 _log = Logger(namespace="tunnelgw")
 #: A recorder submits its buffered chunks once this many bytes wait...
@@ -222,12 +223,15 @@ def write_all(fd: int, parts: list[bytes]) -> None:
     """
     Write parts one after another with ``writev``, all of them: a regular
     file takes less than asked only when the disk is full, and then the
-    next write raises (ENOSPC) rather than loop.
+    next write raises (ENOSPC) rather than loop; a write that takes nothing
+    raises too.
     """
     views = [memoryview(p) for p in parts if p]
     first = 0
     while first < len(views):
         written = os.writev(fd, views[first:first + _IOV_MAX])
+        if written <= 0:
+            raise OSError(errno.ENOSPC, "the recording's file took no bytes")
         while first < len(views) and written >= len(views[first]):
             written -= len(views[first])
             first += 1
