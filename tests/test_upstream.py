@@ -67,3 +67,18 @@ def test_what_the_tls_swap_and_immediate_writes_rely_on_is_pinned() -> None:
                    "twisted.protocols.tls._AggregateSmallWrites.flush",
                    "twisted.internet.abstract.FileDescriptor.doWrite"):
         assert dotted in REPLACED, dotted
+
+
+def test_autobahn_traffic_counters_cost_no_memory_per_connection() -> None:
+    """Autobahn's per-connection TrafficStats is one shared object that reads 0 and keeps nothing."""
+    from autobahn.websocket.protocol import TrafficStats
+
+    from tunnelgw.upstream import QuietClientProtocol, QuietServerProtocol
+
+    stats = QuietServerProtocol.trafficStats
+    assert stats is QuietClientProtocol.trafficStats
+    for name in vars(TrafficStats()):  # every counter Autobahn increments: stats.name += n
+        setattr(stats, name, getattr(stats, name) + 1000)
+        assert getattr(stats, name) == 0
+    stats.reset()
+    assert not hasattr(stats, "__dict__")

@@ -13,6 +13,7 @@ and either answers it (a refusal or a redirect) or starts a
 
 from __future__ import annotations
 
+import functools
 import os
 from typing import Any, Callable, Optional
 
@@ -444,4 +445,4 @@ class GatewayFactory(SharedOptions, WebSocketServerFactory):  # type: ignore[mis
             return WebSocketLink(self.websocket_backends, route, view.query.encode("latin-1"), client, secure, headers,
                                  tls_client)
         endpoint, timeout = backend.endpoint, route.options.connect_timeout
-        return TcpLink(lambda: self.backends.connect(endpoint, timeout), endpoint)
+        return TcpLink(functools.partial(self.backends.connect, endpoint, timeout), endpoint)

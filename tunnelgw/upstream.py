@@ -70,7 +70,7 @@ from autobahn.twisted.util import peer2str
 from autobahn.twisted.websocket import WebSocketClientProtocol, WebSocketServerProtocol
 from autobahn.util import _is_tls_error, _maybe_tls_reason
 from autobahn.wamp.types import TransportDetails
-from autobahn.websocket.protocol import TrafficStats, WebSocketProtocol
+from autobahn.websocket.protocol import WebSocketProtocol
 from OpenSSL.SSL import Error as TLSError
 from OpenSSL.SSL import WantReadError, ZeroReturnError
 from twisted.internet import tcp
@@ -169,6 +169,29 @@ def protocol_options(factory: Any) -> dict[str, Any]:
     return options
 
 
+class _UncountedTraffic:
+    """
+    Autobahn's per-connection ``TrafficStats`` (twelve counters, about 350
+    bytes per session), which nothing here reads: after the handshake the
+    relay carries the bytes and the gateway counts them itself (metrics,
+    session lines).  One shared object that reads 0 and keeps nothing, so
+    Autobahn's ``stats.field += n`` costs no memory per connection.
+    """
+
+    __slots__ = ()
+
+    def __getattr__(self, name: str) -> int:
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return 0
+
+    def __setattr__(self, name: str, value: object) -> None:
+        pass
+
+    def reset(self) -> None:
+        """Nothing is kept."""
+
+
 #: What Autobahn's ``WebSocketProtocol._connectionMade`` sets to the same
 #: value on every connection: class attributes of the quiet protocols
 #: instead (a connection gets its own only when Autobahn changes one).
@@ -187,6 +210,7 @@ CONNECTION_DEFAULTS: dict[str, Any] = {
     "serverConnectionDropTimeoutCall": None, "openHandshakeTimeoutCall": None, "closeHandshakeTimeoutCall": None,
     "autoPingTimeoutCall": None, "autoPingPending": None, "autoPingPendingCall": None, "autoPingPendingSeq": 0,
     "autoPingPendingSent": None,
+    "trafficStats": _UncountedTraffic(),
 }
 
 
@@ -202,7 +226,6 @@ def open_state(protocol: Any) -> None:
     protocol._ws_options = protocol_options(factory)
     if protocol.trackTimings:
         protocol.setTrackTimings(True)
-    protocol.trafficStats = TrafficStats()
     if protocol.openHandshakeTimeout > 0:
         protocol.openHandshakeTimeoutCall = factory._batched_timer.call_later(
             protocol.openHandshakeTimeout, protocol.onOpenHandshakeTimeout)
