@@ -695,6 +695,15 @@ def _written(connection: Http2Connection, transport: StringTransport) -> bytes:
     return transport.value()
 
 
+def _extended_connect(client: H2Connection, connection: Http2Connection) -> int:
+    """A WebSocket opened by extended CONNECT (RFC 8441) on /x, given to the connection; its stream id."""
+    stream_id: int = client.get_next_available_stream_id()
+    client.send_headers(stream_id, [(":method", "CONNECT"), (":protocol", "websocket"), (":scheme", "https"),
+                                    (":path", "/x"), (":authority", "a"), ("sec-websocket-version", "13")])
+    connection.dataReceived(client.data_to_send())
+    return stream_id
+
+
 class Http2FlowControlTests:
     """The glue in memory (StringTransport, Clock): windows, bounds and the producer chain."""
 
@@ -717,10 +726,7 @@ class Http2FlowControlTests:
         """count extended CONNECT streams, each answered 101 by its session."""
         opened = []
         for _ in range(count):
-            stream_id = client.get_next_available_stream_id()
-            client.send_headers(stream_id, [(":method", "CONNECT"), (":protocol", "websocket"), (":scheme", "https"),
-                                            (":path", "/x"), (":authority", "a"), ("sec-websocket-version", "13")])
-            connection.dataReceived(client.data_to_send())
+            stream_id = _extended_connect(client, connection)
             stream = gateway.streams[-1]
             stream.write(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n")
             opened.append((stream_id, stream))
@@ -789,10 +795,7 @@ class Http2FlowControlTests:
     def test_writes_wait_for_the_window_and_pause_the_producer(self) -> None:
         """Beyond the client's window a stream queues; beyond STREAM_BUFFER its producer is paused until acks."""
         client, connection, transport, gateway = self._connect()
-        stream_id = client.get_next_available_stream_id()
-        client.send_headers(stream_id, [(":method", "CONNECT"), (":protocol", "websocket"), (":scheme", "https"),
-                                        (":path", "/x"), (":authority", "a"), ("sec-websocket-version", "13")])
-        connection.dataReceived(client.data_to_send())
+        stream_id = _extended_connect(client, connection)
         [stream] = gateway.streams
         producer = _Producer()
         stream.registerProducer(producer, True)
@@ -819,10 +822,7 @@ class Http2FlowControlTests:
     def test_a_paused_reader_holds_at_most_its_window(self) -> None:
         """A stream whose reader is paused acknowledges nothing: the client cannot send past the stream window."""
         client, connection, transport, gateway = self._connect()
-        stream_id = client.get_next_available_stream_id()
-        client.send_headers(stream_id, [(":method", "CONNECT"), (":protocol", "websocket"), (":scheme", "https"),
-                                        (":path", "/x"), (":authority", "a"), ("sec-websocket-version", "13")])
-        connection.dataReceived(client.data_to_send())
+        stream_id = _extended_connect(client, connection)
         client.receive_data(_written(connection, transport))
         transport.clear()
         # Paused since the upgrade (as the front pauses an HTTP/1.1 upgrade): nothing acknowledged.
@@ -950,10 +950,7 @@ class Http2FlowControlTests:
     def test_the_clients_end_stream_ends_a_live_session(self) -> None:
         """END_STREAM on a live session is its FIN: connectionLost(ConnectionDone), our side ended, the stream slot free."""
         client, connection, transport, gateway = self._connect()
-        stream_id = client.get_next_available_stream_id()
-        client.send_headers(stream_id, [(":method", "CONNECT"), (":protocol", "websocket"), (":scheme", "https"),
-                                        (":path", "/x"), (":authority", "a"), ("sec-websocket-version", "13")])
-        connection.dataReceived(client.data_to_send())
+        stream_id = _extended_connect(client, connection)
         [stream] = gateway.streams
         session = _Session()
         stream.protocol = session
@@ -972,10 +969,7 @@ class Http2FlowControlTests:
     def test_the_clients_end_stream_before_the_answer_resets_the_stream(self) -> None:
         """An extended CONNECT ended before the session answers: the session is lost, the stream reset (CANCEL)."""
         client, connection, transport, gateway = self._connect()
-        stream_id = client.get_next_available_stream_id()
-        client.send_headers(stream_id, [(":method", "CONNECT"), (":protocol", "websocket"), (":scheme", "https"),
-                                        (":path", "/x"), (":authority", "a"), ("sec-websocket-version", "13")])
-        connection.dataReceived(client.data_to_send())
+        stream_id = _extended_connect(client, connection)
         [stream] = gateway.streams
         session = _Session()
         stream.protocol = session
@@ -991,10 +985,7 @@ class Http2FlowControlTests:
     def test_the_clients_end_stream_waits_for_what_a_paused_session_holds(self) -> None:
         """A paused session gets what was held first, then the end."""
         client, connection, transport, gateway = self._connect()
-        stream_id = client.get_next_available_stream_id()
-        client.send_headers(stream_id, [(":method", "CONNECT"), (":protocol", "websocket"), (":scheme", "https"),
-                                        (":path", "/x"), (":authority", "a"), ("sec-websocket-version", "13")])
-        connection.dataReceived(client.data_to_send())
+        stream_id = _extended_connect(client, connection)
         [stream] = gateway.streams
         session = _Session()
         stream.protocol = session
@@ -1054,10 +1045,7 @@ class Http2FlowControlTests:
         """A live stream keeps the connection past idle_timeout; its end starts the wait again."""
         clock = Clock()
         client, connection, transport, gateway = self._connect(clock)
-        stream_id = client.get_next_available_stream_id()
-        client.send_headers(stream_id, [(":method", "CONNECT"), (":protocol", "websocket"), (":scheme", "https"),
-                                        (":path", "/x"), (":authority", "a"), ("sec-websocket-version", "13")])
-        connection.dataReceived(client.data_to_send())
+        stream_id = _extended_connect(client, connection)
         clock.advance(60)
         assert not transport.disconnecting
         gateway.streams[0].abortConnection()

@@ -63,6 +63,15 @@ def masked_frames(data: bytes) -> list[tuple[int, bytes]]:
     return frames
 
 
+def backend_101(backend: StringTransport) -> bytes:
+    """The backend's 101 answering the hop's handshake request written to backend (its key accepted)."""
+    key = [line.split(b":", 1)[1].strip() for line in backend.value().split(b"\r\n")
+           if line.lower().startswith(b"sec-websocket-key:")][0]
+    accept = base64.b64encode(hashlib.sha1(key + _GUID).digest())
+    return (b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Accept: " + accept + b"\r\n\r\n")
+
+
 def end(case: TestCase, gw: Gateway, client: StringTransport, backend_protocol: Any, backend: StringTransport) -> None:
     """The client goes; the backend, sent its close, is aborted after the grace; nothing is left."""
     lose(client)
@@ -93,13 +102,9 @@ class HopTests(TestCase):
         _, client = gw.client()
         client.protocol.dataReceived(handshake())
         backend_protocol, backend = gw.connect_backend()
-        request = backend.value()
-        key = [line.split(b":", 1)[1].strip() for line in request.split(b"\r\n")
-               if line.lower().startswith(b"sec-websocket-key:")][0]
-        accept = base64.b64encode(hashlib.sha1(key + _GUID).digest())
+        answer = backend_101(backend)
         backend.clear()
-        backend_protocol.dataReceived(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
-                                      b"Connection: Upgrade\r\nSec-WebSocket-Accept: " + accept + b"\r\n\r\n")
+        backend_protocol.dataReceived(answer)
         self.assertTrue(client.value().startswith(b"HTTP/1.1 101 "))
         client.clear()
         return gw, client, backend_protocol, backend
@@ -248,12 +253,7 @@ class HopTests(TestCase):
         _, client = gw.client()
         client.protocol.dataReceived(handshake())
         backend_protocol, backend = gw.connect_backend()
-        key = [line.split(b":", 1)[1].strip() for line in backend.value().split(b"\r\n")
-               if line.lower().startswith(b"sec-websocket-key:")][0]
-        accept = base64.b64encode(hashlib.sha1(key + _GUID).digest())
-        backend_protocol.dataReceived(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
-                                      b"Connection: Upgrade\r\nSec-WebSocket-Accept: " + accept + b"\r\n\r\n"
-                                      + unmasked(2, b"hello"))
+        backend_protocol.dataReceived(backend_101(backend) + unmasked(2, b"hello"))
         head, _, rest = client.value().partition(b"\r\n\r\n")
         self.assertTrue(head.startswith(b"HTTP/1.1 101 "))
         self.assertEqual(server_frames(rest), [(2, b"hello")])
@@ -265,12 +265,7 @@ class HopTests(TestCase):
         _, client = gw.client()
         client.protocol.dataReceived(handshake())
         backend_protocol, backend = gw.connect_backend()
-        key = [line.split(b":", 1)[1].strip() for line in backend.value().split(b"\r\n")
-               if line.lower().startswith(b"sec-websocket-key:")][0]
-        accept = base64.b64encode(hashlib.sha1(key + _GUID).digest())
-        backend_protocol.dataReceived(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
-                                      b"Connection: Upgrade\r\nSec-WebSocket-Accept: " + accept + b"\r\n\r\n"
-                                      + unmasked(2, b"x" * BACKEND_EARLY_LIMIT))
+        backend_protocol.dataReceived(backend_101(backend) + unmasked(2, b"x" * BACKEND_EARLY_LIMIT))
         self.assertTrue(backend.disconnected)
         head, _, rest = client.value().partition(b"\r\n\r\n")
         [(opcode, payload)] = server_frames(rest)
