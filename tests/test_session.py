@@ -153,6 +153,18 @@ class SessionCoreTests(TestCase):
         with self.assertRaises(AttributeError):
             first.no_such_option
 
+    def test_an_open_session_keeps_everything_in_slots(self) -> None:
+        """
+        No instance dict: what Autobahn sets on an open connection is in
+        SERVER_CONNECTION_SLOTS (this fails when Autobahn sets something new,
+        which would give every session a dict of its own again).
+        """
+        gw, client, _, _ = self.opened()
+        session = gw.session_of(client)
+        session.dataReceived(frame(2, b"x"))
+        self.assertEqual(vars(session), {})
+        self.assertEqual(session.state, session.STATE_OPEN)
+
     def test_send_queue_made_when_first_needed(self) -> None:
         """No deque per session until Autobahn queues a chopped send; then the bytes go out in order."""
         from collections import deque

@@ -13,6 +13,7 @@ class _Session:
     def __init__(self) -> None:
         self.pings = 0
         self.dropped = False
+        self.round_trips: list[float] = []
 
     def payload_bytes(self) -> int:
         return 0
@@ -29,13 +30,17 @@ class _Session:
     def pong_missing(self, deadline: float) -> None:
         self.dropped = True
 
+    def round_trip_measured(self, seconds: float) -> None:
+        self.round_trips.append(seconds)
+
 
 class RoundTripTests:
     """Each pong after a ping measures one round trip; a pong with no ping outstanding measures nothing."""
 
     def test_round_trips_are_measured_and_reported(self) -> None:
-        clock, session, seen = Clock(), _Session(), []
-        watch = SessionWatch(clock, session, 0, 10, 5, seen.append)
+        clock, session = Clock(), _Session()
+        seen = session.round_trips
+        watch = SessionWatch(clock, session, 0, 10, 5)
         watch.start()
         watch.pong_received()  # unsolicited: nothing to measure
         assert watch.round_trip is None and seen == []

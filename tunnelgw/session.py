@@ -69,7 +69,7 @@ from tunnelgw.logs import format_fields
 from tunnelgw.metrics import route_label
 from tunnelgw.relayend import RelayTimer, drop
 from tunnelgw.sockopts import set_tcp_keepalive
-from tunnelgw.upstream import QuietServerProtocol, parsed_handshake
+from tunnelgw.upstream import SERVER_CONNECTION_SLOTS, QuietServerProtocol, parsed_handshake, slot_defaults
 from tunnelgw.watch import SessionWatch
 
 __all__ = ["GatewaySession", "client_label", "http_error", "log_refusal"]
@@ -107,6 +107,8 @@ class _ClientWriteGate:
     held); when it drains, both go on.
     """
 
+    __slots__ = ("_session",)
+
     def __init__(self, session: "GatewaySession") -> None:
         self._session = session
 
@@ -135,6 +137,8 @@ class _BackendWriteGate:
     reading and its write buffer fills, the client is not read (and the
     watch knows it: no pong can be read then).
     """
+
+    __slots__ = ("_client", "paused")
 
     def __init__(self, client: Any) -> None:
         self._client = client
@@ -165,15 +169,24 @@ class GatewaySession(QuietServerProtocol):
     maxFramePayloadSize: int
     maxMessagePayloadSize: int
 
+    # Everything a session keeps is in slots, Autobahn's connection state included: no instance dict (see
+    # SERVER_CONNECTION_SLOTS: the dict each session had was 1.6 KB).
+    __slots__ = SERVER_CONNECTION_SLOTS + (
+        "_session_id", "_recording", "factory", "route", "_head", "_handshake", "_client", "_link", "_label",
+        "_record", "_admission", "_connecting", "_watch", "_gate", "_backend_gate", "_relay", "_base64", "_why",
+        "_listed", "_finished", "_outcome", "_refusal_kind", "_relay_timer", "tls_client", "shown_path", "via")
+
     #: The verified client certificate's identity ('' without one), set by the gateway.
-    tls_client = ""
+    tls_client: str
     #: The request path as logs and the admin list show it (the request's canonical view), set by the gateway.
-    shown_path = ""
+    shown_path: str
     #: ``"http2"`` for a session on an HTTP/2 stream (RFC 8441), '' on its own connection; set by the gateway.
-    via = ""
+    via: str
 
     def __init__(self, factory: Any, route: Route, head: RequestHead, handshake: Handshake,
                  client: str, link: BackendLink, session_id: str, recording: str = "") -> None:
+        for name, value in _SLOT_DEFAULTS:
+            setattr(self, name, value)
         super().__init__()
         self._session_id = session_id
         self._recording = recording
@@ -198,6 +211,7 @@ class GatewaySession(QuietServerProtocol):
         self._outcome = "abandoned"
         self._refusal_kind = "websocket"
         self._relay_timer: Optional[RelayTimer] = None
+        self.tls_client = self.shown_path = self.via = ""
 
     # The handshake, from the front's parse (Autobahn parses nothing).
 
@@ -314,10 +328,8 @@ class GatewaySession(QuietServerProtocol):
         if keepalive.tcp_idle:
             set_tcp_keepalive(transport, keepalive.tcp_idle, keepalive.tcp_interval, keepalive.tcp_count)
         idle = self.route.options.idle_timeout
-        label = self._label
         self._watch = SessionWatch(factory.reactor, self, factory.config.timeouts.idle if idle is None else idle,
-                                   keepalive.ping, keepalive.pong,
-                                   lambda seconds: factory.metrics.round_trip(label, seconds))
+                                   keepalive.ping, keepalive.pong)
         self._watch.start()
         # Read more per call and queue more before pausing the other side.
         transport.bufferSize = self.transport.bufferSize = RELAY_WINDOW
@@ -474,6 +486,10 @@ class GatewaySession(QuietServerProtocol):
                   session=self._record.session_id, seconds=timeout)
         self.close_session(idle_close(timeout))
 
+    def round_trip_measured(self, seconds: float) -> None:
+        """A ping's pong came back: the route's round-trip histogram."""
+        self.factory.metrics.round_trip(self._label, seconds)
+
     def pong_missing(self, deadline: float) -> None:
         """The client stopped answering pings: drop it."""
         assert self._record is not None
@@ -579,6 +595,10 @@ class GatewaySession(QuietServerProtocol):
         elif self._outcome == "abandoned":
             factory.metrics.handshake_failed(self._label, "abandoned", None)
             _log.info("handshake abandoned {details}", details=format_fields(fields), fields=fields)
+
+
+#: Class-level defaults of the slotted Autobahn attributes (``state``, ``data``, ``peer``...), set on each session.
+_SLOT_DEFAULTS = slot_defaults(QuietServerProtocol, SERVER_CONNECTION_SLOTS)
 
 
 def http_error(code: int, reason: str, headers: Any = ()) -> bytes:

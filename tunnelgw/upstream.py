@@ -84,8 +84,8 @@ from twisted.python.failure import Failure
 from tunnelgw.core.frames import Unmask
 
 __all__ = ["CONNECTION_DEFAULTS", "ImmediateClient", "ImmediateServer", "ImmediateTLS", "QuietAdapter",
-           "QuietClientProtocol", "QuietServerProtocol", "REPLACED", "SharedOptions", "immediate_writes",
-           "open_state", "parsed_handshake", "protocol_options", "unmask"]
+           "QuietClientProtocol", "QuietServerProtocol", "REPLACED", "SERVER_CONNECTION_SLOTS", "SharedOptions",
+           "immediate_writes", "open_state", "parsed_handshake", "protocol_options", "slot_defaults", "unmask"]
 
 #: Upstream functions replaced here, by dotted name, with the first 16 hex
 #: digits of the SHA-256 of their source
@@ -214,6 +214,34 @@ CONNECTION_DEFAULTS: dict[str, Any] = {
 }
 
 
+#: What Autobahn's server protocol (with txaio's ObservableMixin and Twisted's Protocol) sets on each connection
+#: that stays open, in the order it sets them: :class:`tunnelgw.session.GatewaySession` keeps these in slots.
+#: CPython shares the keys of instance dicts only while a class's first instances add them before many more are
+#: made (each new instance lowers the number of keys that may still be added), which a busy gateway never
+#: allows: each session then had a dict of its own, 1.6 KB.  ``tests/test_upstream.py`` fails when an open
+#: session sets anything else.
+SERVER_CONNECTION_SLOTS: tuple[str, ...] = (
+    "is_closed", "is_open", "_valid_events", "_results", "_transport_details", "connected", "transport", "peer",
+    "_ws_options", "http_request_uri", "http_request_path", "http_request_host", "http_request_params",
+    "websocket_version", "websocket_origin", "websocket_protocols", "websocket_extensions", "_wskey", "data",
+    "websocket_protocol_in_use", "websocket_extensions_in_use", "http_response_data", "state", "inside_message",
+    "current_frame")
+
+
+def slot_defaults(cls: type, names: Iterable[str]) -> tuple[tuple[str, Any], ...]:
+    """
+    The class-level defaults (in cls's bases) of names that a subclass keeps
+    in slots: a slot hides them, so the subclass sets them on each instance.
+    """
+    found = []
+    for name in names:
+        for base in cls.__mro__:
+            if name in vars(base):
+                found.append((name, vars(base)[name]))
+                break
+    return tuple(found)
+
+
 def open_state(protocol: Any) -> None:
     """
     Set up a new connection's WebSocket state on protocol as Autobahn's
@@ -275,8 +303,10 @@ class QuietAdapter(_AutobahnProtocol):
     if not TYPE_CHECKING:  # (the type checker keeps checking attribute names)
         def __getattr__(self, name: str) -> Any:
             """An Autobahn option this connection does not set: its factory's when the connection was made."""
+            # Never through ``self.__dict__``: reading it makes CPython give the instance a dict of its own
+            # (about 1.3 KB more per session) instead of the attribute values it shares keys for.
             try:
-                return self.__dict__["_ws_options"][name]
+                return object.__getattribute__(self, "_ws_options")[name]
             except KeyError:
                 raise AttributeError(name) from None
 

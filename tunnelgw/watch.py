@@ -17,7 +17,7 @@ Bounds, from the event each measures:
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional, Protocol
+from typing import Any, Optional, Protocol
 
 from tunnelgw.core.relay import Heartbeat, IdleWatch
 
@@ -42,6 +42,9 @@ class Watched(Protocol):
     def pong_missing(self, deadline: float) -> None:
         """The client did not answer a ping within deadline seconds: drop it."""
 
+    def round_trip_measured(self, seconds: float) -> None:
+        """A pong came seconds after its ping (metrics)."""
+
 
 class SessionWatch:
     """
@@ -53,11 +56,12 @@ class SessionWatch:
     :param pong: seconds a pong may take.
     :ivar round_trip: seconds from the last ping to its pong (None until
         one is measured): the client's round trip, as the gateway sees it.
-    :ivar on_round_trip: called with each round trip measured (metrics).
     """
 
-    def __init__(self, reactor: Any, session: Watched, idle: float, ping: float, pong: float,
-                 on_round_trip: Optional[Callable[[float], None]] = None) -> None:
+    __slots__ = ("_reactor", "_session", "_idle_timeout", "_idle", "_heartbeat", "_call", "_next_idle", "_next_ping",
+                 "_pong_due", "_ping_sent", "round_trip")
+
+    def __init__(self, reactor: Any, session: Watched, idle: float, ping: float, pong: float) -> None:
         self._reactor = reactor
         self._session = session
         self._idle_timeout = idle
@@ -69,7 +73,6 @@ class SessionWatch:
         self._pong_due = False  # whether _next_ping is a pong deadline
         self._ping_sent: Optional[float] = None
         self.round_trip: Optional[float] = None
-        self.on_round_trip = on_round_trip
 
     def start(self) -> None:
         """Arm the timers (the session has just opened)."""
@@ -146,8 +149,7 @@ class SessionWatch:
         if self._ping_sent is not None:
             self.round_trip = self._reactor.seconds() - self._ping_sent
             self._ping_sent = None
-            if self.on_round_trip is not None:
-                self.on_round_trip(self.round_trip)
+            self._session.round_trip_measured(self.round_trip)
 
     def stop(self) -> None:
         """Disarm the timer (the session is ending); safe to call again."""

@@ -206,6 +206,21 @@ class EndpointCache(Generic[K]):
         return endpoint
 
 
+class _OneConnection(Factory):
+    """The factory of one backend connection, which it builds (kept as long as the connection: slots, no closure)."""
+
+    __slots__ = ("_connection", "numPorts")
+    noisy = False
+
+    def __init__(self, connection: BackendConnection) -> None:
+        self._connection = connection
+        self.numPorts = 0
+
+    def buildProtocol(self, addr: Any) -> BackendConnection:
+        """The connection, once."""
+        return self._connection
+
+
 class TcpBackends:
     """Connects sessions to byte-stream backends named by endpoint strings (parsed once each)."""
 
@@ -229,9 +244,7 @@ class TcpBackends:
         except Exception as e:
             return defer.fail(BackendUnavailable(ConnectFailure.UNREACHABLE, f"bad target: {_describe(e)}"))
         connection = BackendConnection(self._reactor)
-        factory = Factory.forProtocol(lambda: connection)
-        factory.noisy = False
-        d: defer.Deferred[BackendConnection] = endpoint.connect(factory).addCallback(lambda _: connection.ready)
+        d: defer.Deferred[BackendConnection] = endpoint.connect(_OneConnection(connection)).addCallback(lambda _: connection.ready)
         d.addTimeout(timeout, self._reactor)
 
         def failed(failure: Failure) -> Failure:
@@ -257,6 +270,9 @@ class TcpLink:
 
     #: Payload bytes both ways.
     carries = Carries.PAYLOAD
+
+    __slots__ = ("_connector", "description", "transport", "_connection", "_session", "_subprotocol", "_closed",
+                 "release")
 
     def __init__(self, connector: Callable[[], "defer.Deferred[BackendConnection]"], description: str) -> None:
         self._connector = connector

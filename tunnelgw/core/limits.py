@@ -22,7 +22,7 @@ __all__ = ["MAX_CHANNELS", "Admission", "HandshakeRate", "SessionCounts"]
 MAX_CHANNELS = 32
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Admission:
     """A granted session slot; give it back with :meth:`SessionCounts.release`."""
 

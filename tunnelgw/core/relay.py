@@ -201,7 +201,7 @@ def backend_ended(clean: bool, detail: str) -> Close:
     return Close(CLOSE_BACKEND_FAILED, close_reason(f"backend connection lost: {detail}"))
 
 
-@dataclass
+@dataclass(slots=True)
 class SessionRecord:
     """
     What a session's log lines report; counters are updated by the glue.
@@ -263,6 +263,8 @@ class IdleWatch:
     ``1.25 * timeout`` seconds after its last byte.
     """
 
+    __slots__ = ("timeout", "_seen", "_since")
+
     def __init__(self, timeout: float, now: float) -> None:
         self.timeout = timeout
         self._seen = 0
@@ -291,6 +293,8 @@ class Heartbeat:
     paused reading from the client (its backend is not taking data) a pong
     cannot be read, so the deadline starts over instead of condemning it.
     """
+
+    __slots__ = ("interval", "deadline", "awaiting")
 
     def __init__(self, interval: float, deadline: float) -> None:
         self.interval = interval

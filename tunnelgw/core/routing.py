@@ -22,7 +22,7 @@ from tunnelgw.core.targets import SUBSTITUTION, BackendTarget, substitute
 __all__ = ["NO_ROUTE", "Reject", "Route", "RuleSet", "choose_route", "normalise_path"]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Route:
     """
     The outcome of routing: where to connect and with which options.
