@@ -69,6 +69,8 @@ def test_trailing_slash_is_the_same_path() -> None:
     ("ProxyPassMatch ^/x$ tcp:host=a:port=$1", "target uses $1 but the expression has 0 group(s)"),
     ('ProxyPass "/a tcp:host=a:port=1', "unterminated double quote"),
     ("DemoBackend chargen tcp:port=1", "DemoBackend takes a kind"),
+    ("Limit streams=0", "streams must be from 1 to 1000, got '0'"),
+    ("Limit streams=5000", "streams must be from 1 to 1000, got '5000'"),
 ])
 def test_each_mistake_is_reported_at_its_line(line: str, message: str) -> None:
     """Every kind of mistake is named with the file and the line it is on."""

@@ -385,6 +385,41 @@ class Http2SessionTests:
                 finally:
                     client.close()
 
+    def test_stream_limit_is_a_directive_and_reloads(self, tmp_path: Path, pki: Pki) -> None:
+        """
+        ``Limit streams=N`` is the SETTINGS a connection gets: a stream beyond
+        it ends the connection with GOAWAY while the sessions below it had
+        relayed; a reload gives new connections the new limit.
+        """
+        with TcpServer(echo) as echoing:
+            with GatewayProcess(_config(pki, echoing.endpoint, echoing.endpoint, extra="Limit streams=2\n"),
+                                tmp_path) as gw:
+                client = H2Client(gw.port(), pki.ca_cert)
+                try:
+                    assert client.settings[SettingCodes.MAX_CONCURRENT_STREAMS] == 2
+                    ids = [client.websocket("/echo") for _ in range(2)]
+                    for stream_id in ids:
+                        client.send_message(stream_id, b"in")
+                        assert client.messages(stream_id, 1) == [b"in"]
+                    # A client that ignores the limit (h2 would not let this one open a third stream).
+                    client.conn.remote_settings[SettingCodes.MAX_CONCURRENT_STREAMS] = 100
+                    client.conn.remote_settings.acknowledge()
+                    client.request([(":method", "CONNECT"), (":protocol", "websocket"), (":scheme", "https"),
+                                    (":path", "/echo"), (":authority", "localhost"), ("sec-websocket-version", "13")],
+                                   end=False)
+                    client.until(lambda: client.goaway is not None)
+                    assert client.goaway is not None and client.goaway.error_code == 1  # PROTOCOL_ERROR
+                finally:
+                    client.close()
+                gw.config_path.write_text(gw.config_path.read_text().replace("Limit streams=2", "Limit streams=3"))
+                gw.proc.send_signal(signal.SIGHUP)  # type: ignore[union-attr]
+                gw.wait_log("reload: configuration .* in force")
+                client = H2Client(gw.port(), pki.ca_cert)
+                try:
+                    assert client.settings[SettingCodes.MAX_CONCURRENT_STREAMS] == 3
+                finally:
+                    client.close()
+
     def test_end_stream_on_a_live_session_ends_it(self, tmp_path: Path, pki: Pki) -> None:
         """The client's END_STREAM is the session's FIN: it ends (one end line), its perclient slot is free again."""
         with TcpServer(echo) as echoing:

@@ -41,7 +41,8 @@ connection's bytes and carries its events out to streams.
   after each step of held input (so a pause it causes stops the reading).
   A stream's queued writes fill DATA frames (a WebSocket header shares its
   payload's frame).
-- At most :attr:`Http2Server.max_streams` concurrent streams per connection.
+- At most :attr:`Http2Server.max_streams` concurrent streams per connection
+  (``Limit streams=``).
 - "Rapid reset" (CVE-2023-44487): a client that resets more than
   ``max_streams`` streams within :data:`RESET_WINDOW` seconds, each younger
   than :data:`RESET_AGE`, gets GOAWAY ``ENHANCE_YOUR_CALM`` and is closed.

@@ -56,6 +56,7 @@ def apply_config(service: GatewayService, config: Config, reactor: Any) -> list[
     service.front.timeout = service.front_h2.timeout = service.site.timeOut = config.timeouts.handshake
     service.front.max_head = service.front_h2.max_head = service.site.max_head = config.limits.headers
     service.http2.idle_timeout, service.http2.max_head = config.timeouts.handshake, config.limits.headers
+    service.http2.max_streams = config.limits.streams  # new connections' SETTINGS; open ones keep theirs
     service.audit.reconfigure(config.audit_logs)
     service.access.reconfigure(config.access_logs)
     taken = service.take_certificates(servers, config)

@@ -346,7 +346,7 @@ class GatewayService(Service):
                                   on_silent=metrics.silent_connections.inc)
         # The same front for http2=on listeners, with ALPN offering h2 first.
         self.http2 = Http2Server(self.factory, self.site, reactor, config.timeouts.handshake,
-                                 max_head=config.limits.headers)
+                                 max_streams=config.limits.streams, max_head=config.limits.headers)
         self.front_h2 = FrontFactory(self.factory, self.site, reactor, config.timeouts.handshake, config.limits.headers,
                                      on_timeout=lambda: metrics.handshake_failed("", "handshake_timeout", None),
                                      on_too_large=lambda: metrics.handshake_failed("", "headers", 431),

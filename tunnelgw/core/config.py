@@ -170,11 +170,13 @@ class KeepAlive:
 
 @dataclass(frozen=True)
 class Limits:
-    """``Limit sessions=N perclient=N rate=N/s headers=B frame=B message=B`` (0: no limit).
+    """``Limit sessions=N perclient=N rate=N/s headers=B frame=B message=B streams=N`` (0: no limit).
 
     :ivar rate: handshakes per second allowed to one client address (a token
         bucket holding ``max(rate, 1)`` tokens).
     :ivar headers: bytes of request line plus headers.
+    :ivar streams: concurrent streams per HTTP/2 connection (``http2=on``
+        listeners; never unlimited).
     """
 
     sessions: int = 10000
@@ -183,6 +185,7 @@ class Limits:
     headers: int = 16384
     frame: int = 1048576
     message: int = 0
+    streams: int = 100
 
 
 @dataclass(frozen=True)
@@ -525,7 +528,7 @@ _KEEPALIVE_SETTINGS: dict[str, Reader] = {
     "tcpinterval": whole(1, 3600), "tcpcount": whole(1, 100)}
 _LIMIT_SETTINGS: dict[str, Reader] = {
     "sessions": whole(0, 10**7), "perclient": whole(0, 10**7), "rate": _rate, "headers": whole(1024, 1 << 20),
-    "frame": whole(0, 1 << 40), "message": whole(0, 1 << 50)}
+    "frame": whole(0, 1 << 40), "message": whole(0, 1 << 50), "streams": whole(1, 1000)}
 #: Option and setting keys whose dataclass field is spelt otherwise.
 _FIELD_NAMES = {"connecttimeout": "connect_timeout", "idletimeout": "idle_timeout", "maxsessions": "max_sessions",
                 "allowclients": "allow_clients", "certname": "cert_names",
@@ -994,7 +997,10 @@ DIRECTIVES: tuple[Directive, ...] = (
                   "rate": "N[/s|/m]: new sessions per client address (default: 20/s)",
                   "headers": "B: request line plus headers (default: 16384)",
                   "frame": "B: one WebSocket frame (default: 1048576)",
-                  "message": "B: one WebSocket message (default: 0, no limit)"}),
+                  "message": "B: one WebSocket message (default: 0, no limit)",
+                  "streams": "N: concurrent streams per HTTP/2 connection (http2=on listeners), 1 to 1000; "
+                             "more resets of young streams than this within 30 s end the connection "
+                             "(default: 100)"}),
     Directive("ShutdownTimeout", "SECONDS", "how long a drain lets live sessions run (default 30)",
               _shutdown_timeout),
     Directive("AdminListen", "ENDPOINT [public]",
