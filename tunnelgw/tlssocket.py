@@ -152,7 +152,7 @@ class TLSSocketConnection(FileDescriptor):
 
     def _handshake_too_long(self) -> None:
         self._handshake_call = None
-        self._lose_later(error.TimeoutError(f"TLS handshake not done within {self._handshake_timeout:g} s"))
+        self._lose_later(error.TimeoutError(string=f"TLS handshake not done within {self._handshake_timeout:g} s"))
 
     def doRead(self) -> Optional[BaseException]:
         """The socket is readable: go on with a write that waited for it, the handshake, or read records."""
@@ -558,7 +558,7 @@ def _handshake_error(e: SSL.Error) -> BaseException:
         return e
     code = e.args[0] if e.args and isinstance(e.args[0], int) else -1
     why = os.strerror(code) if code > 0 else "the peer closed the connection"
-    return SSL.Error([("SSL routines", "", f"unexpected eof while reading ({why})")])
+    return SSL.Error([("SSL routines", "", f"unexpected eof while reading: {why}")])
 
 
 def _lost(e: SSL.Error, what: str) -> BaseException:

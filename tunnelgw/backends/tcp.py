@@ -15,6 +15,7 @@ from typing import Any, Callable, Generic, Optional, Protocol as TypingProtocol,
 
 from OpenSSL import SSL
 from service_identity import CertificateError, VerificationError
+from service_identity.hazmat import DNS_ID, IPAddress_ID
 from twisted.internet import defer, error
 from twisted.internet.interfaces import (
     IHandshakeListener,
@@ -66,8 +67,20 @@ class BackendSink(TypingProtocol):
         """The backend connection ended; clean is False for resets and errors."""
 
 
+def _identity(mismatch: Any) -> str:
+    """The name or address of a service_identity mismatch."""
+    wanted = mismatch.mismatched_id
+    if isinstance(wanted, DNS_ID):
+        return wanted.hostname.decode("ascii") if isinstance(wanted.hostname, bytes) else str(wanted.hostname)
+    if isinstance(wanted, IPAddress_ID):
+        return str(wanted.ip)
+    return repr(wanted)
+
+
 def _describe(reason: BaseException) -> str:
     """A short human description of a connection error."""
+    if isinstance(reason, VerificationError):  # the backend's certificate is valid, but for other names
+        return f"certificate is not valid for {', '.join(_identity(e) for e in reason.errors)}"
     if isinstance(reason, SSL.Error):
         parts = [p for arg in reason.args for p in (arg if isinstance(arg, list) else [arg])]
         return "; ".join(str(p[-1]) if isinstance(p, tuple) else str(p) for p in parts) or "TLS error"
