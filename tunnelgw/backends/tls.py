@@ -100,13 +100,11 @@ def load_client_certificate(certificate: str, private_key: Optional[str]) -> Pri
     :raises ValueError: naming the file and what is wrong with it.
     """
     data = _read(certificate, "certificate")
+    key = _read(private_key, "privateKey") if private_key is not None else None
     try:
-        if private_key is None:
+        if key is None:
             return PrivateCertificate.loadPEM(data)
-        return PrivateCertificate.fromCertificateAndKeyPair(
-            Certificate.loadPEM(data), KeyPair.load(_read(private_key, "privateKey"), SSL.FILETYPE_PEM))
-    except ValueError:
-        raise
+        return PrivateCertificate.fromCertificateAndKeyPair(Certificate.loadPEM(data), KeyPair.load(key, SSL.FILETYPE_PEM))
     except Exception as e:
         raise ValueError(f"bad client certificate or key in {certificate!r}"
                          f"{'' if private_key is None else f' / {private_key!r}'}: {e}") from None
@@ -151,8 +149,14 @@ def tls_endpoint(reactor: Any, stream: IStreamClientEndpoint, host: str, timeout
     certificate checked against trust_root (the platform's when None) and
     host unless verify is False, certificate presented when asked; the
     handshake bounded by timeout seconds.
+
+    :raises ValueError: when OpenSSL refuses the client certificate (a key that does not match it).
     """
-    context = _context(verify, trust_root, certificate)
+    try:
+        context = _context(verify, trust_root, certificate)
+    except SSL.Error as e:  # a client certificate whose key does not match it, a key OpenSSL refuses
+        reasons = [str(p[-1]) for arg in e.args if isinstance(arg, list) for p in arg if isinstance(p, tuple)]
+        raise ValueError(f"cannot use the client certificate: {'; '.join(reasons) or e}") from None
     ip = isIPAddress(host) or isIPv6Address(host)
     server_name = None if ip else host.encode("idna")
 
