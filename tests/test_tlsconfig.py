@@ -67,12 +67,14 @@ class ParseTlsClientStringTests:
         named = parse_tls_client_string(r"tls:\:\:1:443:bindAddress=\:\:1:certificate=C\:\\c.pem:privateKey=k.pem"
                                         ":trustRoots=/etc/ca:endpoint=tcp\:127.0.0.1\:443")
         assert named == TLSClientString("::1", 443, 30.0, "::1", r"C:\c.pem", "k.pem", "/etc/ca", "tcp:127.0.0.1:443")
+        assert parse_tls_client_string(r"tls:h:0:endpoint=unix\:/s").port == 0  # the port is not used then
 
     @pytest.mark.parametrize("text, message", [
         ("tls:desk.example", "missing parameter 'port'"),
         ("tls:port=1", "missing parameter 'host'"),
         ("tls:h:http", "bad port 'http'"),
         ("tls:h:70000", "bad port '70000'"),
+        ("tls:h:0", "bad port '0': a number from 1"),
         ("tls:h:1:timeout=soon", "bad timeout 'soon'"),
         ("tls:h:1:timeout=0", "bad timeout '0'"),
         ("tls:h:1:hst=x", "unknown parameter 'hst'"),

@@ -647,6 +647,34 @@ class TLSSocketClientTests(TestCase):
         client.tls.write(b"over tls:")
         self.assertEqual(await server.until(9), b"over tls:")
 
+    async def test_tls_over_a_unix_socket(self) -> None:
+        """tls:HOST:0:endpoint=unix\\:PATH: TLS over a UNIX socket, HOST for SNI and the name check."""
+        from twisted.internet.endpoints import UNIXServerEndpoint
+        from twisted.protocols.tls import TLSMemoryBIOFactory
+
+        from twisted.internet.ssl import CertificateOptions
+
+        from tunnelgw.backends.tls import client_endpoint
+
+        key = PrivateCertificate.loadPEM(self.pki.server_key.read_bytes() + self.pki.server_cert.read_bytes())
+        options = CertificateOptions(privateKey=key.privateKey.original, certificate=key.original,
+                                     extraCertChain=[Certificate.loadPEM(self.pki.chain.read_bytes()).original])
+        server = _Peer()
+        path = self.folder / "tls.sock"
+        port = await UNIXServerEndpoint(self.reactor, str(path)).listen(
+            TLSMemoryBIOFactory(options, False, Factory.forProtocol(lambda: server)))
+        self.addCleanup(port.stopListening)
+        self.servers.append(server)
+        roots = self.folder / "roots"
+        roots.mkdir()
+        (roots / "ca.pem").write_bytes(self.pki.ca_cert.read_bytes())
+        client = await self.connect(client_endpoint(self.reactor, f"tls:localhost:0:trustRoots={roots}:"
+                                                                  f"endpoint=unix\\:{path}"))
+        await client.handshake
+        client.tls.setTcpNoDelay(True)  # a UNIX socket has no Nagle: nothing to do, no error
+        client.tls.write(b"over unix")
+        self.assertEqual(await server.until(9), b"over unix")
+
     async def test_wrong_host_name_refused(self) -> None:
         """A certificate of the trusted CA for another name: service_identity's error, nothing the protocol wrote sent."""
         from service_identity import VerificationError

@@ -22,7 +22,7 @@ Twisted's: :class:`~twisted.internet.interfaces.ISSLTransport`
 ``ITCPTransport``, producer and consumer flow control, ``abortConnection``.
 
 Towards backends the same class runs in connect state
-(:func:`tunnelgw.backends.tls.TLSClientEndpoint` takes each connected
+(:class:`TLSSocketClientEndpoint`, made by :mod:`tunnelgw.backends.tls`, takes each connected
 socket over in the same way): the handshake is started at once, bounded in
 time, and the peer's certificate name is checked (``check``) before the
 protocol hears :meth:`~twisted.internet.interfaces.IHandshakeListener.handshakeCompleted`
@@ -653,7 +653,7 @@ class _ClientTakeover(Factory):
 
     noisy = False
 
-    def __init__(self, wrapped: Any, start: Callable[[Any, interfaces.IProtocol], None]) -> None:
+    def __init__(self, wrapped: Any, start: Callable[["_ClientTakeover", Any, interfaces.IProtocol], None]) -> None:
         self._wrapped = wrapped
         self._start = start
         #: The application's protocol, once built.
@@ -667,7 +667,7 @@ class _ClientTakeover(Factory):
         if protocol is None:
             return None
         self.built = protocol
-        return _Takeover(lambda transport: self._start(transport, protocol))
+        return _Takeover(lambda transport: self._start(self, transport, protocol))
 
 
 @implementer(interfaces.IStreamClientEndpoint)
@@ -700,8 +700,7 @@ class TLSSocketClientEndpoint:
 
     def connect(self, protocolFactory: Any) -> "defer.Deferred[Any]":
         """Connect the stream, take its socket over and start the handshake; fires with the application's protocol."""
-        takeover = _ClientTakeover(protocolFactory, lambda transport, protocol: self._take_over(takeover, transport,
-                                                                                                  protocol))
+        takeover = _ClientTakeover(protocolFactory, self._take_over)
 
         def connected(_: object) -> Any:
             if takeover.failed is not None:

@@ -204,8 +204,9 @@ def parse_tls_client_string(description: str) -> TLSClientString:
         if not named.get(key):
             raise ValueError(f"missing parameter {key!r}")
     port = named["port"]
-    if not port.isdigit() or not 0 < int(port) <= 65535:
-        raise ValueError(f"bad port {port!r}: a number from 1 to 65535 is expected")
+    lowest = 0 if named.get("endpoint") else 1  # with endpoint= the port is not used (as in Twisted)
+    if not port.isdigit() or not lowest <= int(port) <= 65535:
+        raise ValueError(f"bad port {port!r}: a number from {lowest} to 65535 is expected")
     timeout_text = named.get("timeout", "30")
     try:
         timeout = float(timeout_text)
