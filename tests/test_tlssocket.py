@@ -629,16 +629,21 @@ class TLSSocketClientTests(TestCase):
         (await client.end()).trap(error.ConnectionDone)
 
     async def test_a_tls_string(self) -> None:
-        """tls:HOST:PORT with trustRoots= (a folder of PEMs) and certificate=: verified, and the certificate presented."""
+        """tls:HOST:PORT with trustRoots= (a folder of PEMs), certificate= and privateKey=: verified, the certificate presented."""
         from tunnelgw.backends.tls import client_endpoint
 
         roots = self.folder / "roots"
         roots.mkdir()
         (roots / "ca.pem").write_bytes(self.pki.ca_cert.read_bytes())
         (roots / "README").write_text("not a certificate, and not a .pem")
-        cert = make_client_cert(self.pki, self.folder / "clients", "gateway")
+        both = make_client_cert(self.pki, self.folder / "clients", "gateway").read_text()
+        split = both.index("-----BEGIN PRIVATE KEY-----")
+        cert, key = self.folder / "gateway.crt", self.folder / "gateway.key"
+        cert.write_text(both[:split])
+        key.write_text(both[split:])
         port = await self.tls_server(client_ca=True)
-        endpoint = client_endpoint(self.reactor, f"tls:localhost:{port}:timeout=5:trustRoots={roots}:certificate={cert}")
+        endpoint = client_endpoint(self.reactor, f"tls:localhost:{port}:timeout=5:trustRoots={roots}:certificate={cert}"
+                                                 f":privateKey={key}")
         client = await self.connect(endpoint)
         await client.handshake
         server = await self.server_made
@@ -711,6 +716,15 @@ class TLSSocketClientTests(TestCase):
         server = await self.server_made
         client.tls.write(b"unchecked")
         self.assertEqual(await server.until(9), b"unchecked")
+
+    async def test_client_certificate_in_one_file(self) -> None:
+        """A client certificate with its key in one PEM file is presented to a server that requires one."""
+        cert = make_client_cert(self.pki, self.folder / "clients", "gateway-one")
+        client = await self.connect(self.endpoint(await self.tls_server(client_ca=True), certificate=cert))
+        await client.handshake
+        server = await self.server_made
+        await server.handshake
+        self.assertIn("gateway-one", server.transport.getPeerCertificate().to_cryptography().subject.rfc4514_string())
 
     async def test_server_asking_for_a_certificate_we_lack(self) -> None:
         """A server that requires a client certificate, and none configured: the connection fails with a TLS error."""
