@@ -629,7 +629,11 @@ class TLSSocketClientTests(TestCase):
         (await client.end()).trap(error.ConnectionDone)
 
     async def test_a_tls_string(self) -> None:
-        """tls:HOST:PORT with trustRoots= (a folder of PEMs), certificate= and privateKey=: verified, the certificate presented."""
+        """
+        tls:HOST:PORT with trustRoots= (a folder of PEMs), certificate=,
+        privateKey= and bindAddress=: verified, the certificate presented,
+        the connection made from the given address.
+        """
         from tunnelgw.backends.tls import client_endpoint
 
         roots = self.folder / "roots"
@@ -643,12 +647,14 @@ class TLSSocketClientTests(TestCase):
         key.write_text(both[split:])
         port = await self.tls_server(client_ca=True)
         endpoint = client_endpoint(self.reactor, f"tls:localhost:{port}:timeout=5:trustRoots={roots}:certificate={cert}"
-                                                 f":privateKey={key}")
+                                                 f":privateKey={key}:bindAddress=127.0.0.2")
         client = await self.connect(endpoint)
         await client.handshake
         server = await self.server_made
         await server.handshake
         self.assertEqual(server.transport.getPeerCertificate().to_cryptography().subject.rfc4514_string(), "CN=gateway")
+        self.assertEqual(server.transport.getPeer().host, "127.0.0.2")  # bindAddress=
+        self.assertEqual(client.tls.getHost().host, "127.0.0.2")
         client.tls.write(b"over tls:")
         self.assertEqual(await server.until(9), b"over tls:")
 
