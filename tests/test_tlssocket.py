@@ -365,6 +365,8 @@ class _ScriptedTLS:
         self.send_script: list[type[Exception]] = []
         self.recv_script: list[Any] = []
         self.sent = bytearray()
+        #: What each send() was given, as given.
+        self.given: list[Any] = []
         self.reads = 0
         self.shutdowns = 0
 
@@ -380,6 +382,7 @@ class _ScriptedTLS:
     def send(self, data: Any) -> int:
         if self.send_script:
             raise self.send_script.pop(0)()
+        self.given.append(data)
         self.sent += bytes(data)
         return len(data)
 
@@ -417,6 +420,21 @@ class TLSSocketStateTests(TestCase):
         self.assertTrue(peer.handshake.called)
         tls.reads = 0
         return connection, tls, peer, reactor
+
+    def test_a_header_and_its_payload_copy_one_record_at_most(self) -> None:
+        """
+        writeSequence of a frame header and a 64 KiB payload: the header and
+        the payload's first bytes make one full record (a copy of 16 KiB at
+        most); the rest of the payload goes to OpenSSL as a view of it, not copied.
+        """
+        connection, tls, _, _ = self._connection()
+        header, payload = b"\x82\x7f" + (65536).to_bytes(8, "big"), bytes(range(256)) * 256
+        connection.writeSequence([header, payload])
+        self.assertEqual(bytes(tls.sent), header + payload)
+        first, rest = tls.given
+        self.assertEqual((type(first), len(first)), (bytes, 16384))
+        self.assertIsInstance(rest, memoryview)
+        self.assertIs(rest.obj, payload)
 
     def test_a_retried_write_resumes_the_producer_and_keeps_a_paused_protocol_paused(self) -> None:
         """After a write that needed a read completes: the producer is resumed, reading stops, nothing is delivered."""
