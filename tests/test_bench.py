@@ -144,6 +144,25 @@ def test_http2_bench_smoke(capsys: pytest.CaptureFixture[str]) -> None:
     assert re.search(r"desktop direction MiB/s: h2 stream \d+, wss HTTP/1.1 \d+", out), out
 
 
+@pytest.mark.timeout(120)
+def test_wss_hop_bench_smoke(capsys: pytest.CaptureFixture[str]) -> None:
+    """``bench.wsshop`` with tiny counts measures both hops both ways through nginx's TLS, nothing left running."""
+    import re
+
+    require_tool("nginx")
+    require_module("uvloop")
+    from bench.wsshop import main
+
+    before = _pids_of_children()
+    figures = main(["--count", "20", "--rounds", "2"])
+    assert _pids_of_children() <= before, "the bench left processes running"
+    assert sorted(figures) == ["ws-sink", "ws-source", "wss-sink", "wss-source"]
+    assert all(len(runs) == 2 and all(mbps > 0 for _, mbps in runs) for runs in figures.values()), figures
+    out = capsys.readouterr().out
+    for label in ("client->backend", "backend->client"):
+        assert re.search(rf"gateway CPU-ms per MB, {label} 64 KiB: ws:// hop [\d.]+ .*, wss:// hop [\d.]+ ", out), out
+
+
 def test_http2_bench_client_speaks_http2() -> None:
     """The bench's hand-framed HTTP/2 client against the h2 library's server: SETTINGS, PING, padding, windows."""
     from h2.config import H2Configuration

@@ -149,6 +149,30 @@ def test_mixed_problems_come_in_one_pass_in_line_order(tmp_path: Path) -> None:
     assert out.returncode == 1 and out.stderr.strip().splitlines() == lines
 
 
+def test_tls_backend_strings_checked_with_their_files(tmp_path: Path) -> None:
+    """tls: backends: bad parameters, a missing trustRoots folder and an unreadable client certificate, each at its line."""
+    roots = tmp_path / "roots"
+    roots.mkdir()
+    (roots / "bad.pem").write_text("-----BEGIN CERTIFICATE-----\nnot base64\n-----END CERTIFICATE-----\n")
+    conf = tmp_path / "tls.conf"
+    conf.write_text("Listen tcp:port=18080:interface=127.0.0.1\n"
+                    "ProxyPass /a tls:desk.example:5901\n"
+                    "ProxyPass /b tls:desk.example:5901:hst=1\n"
+                    f"ProxyPass /c tls:desk.example:5901:trustRoots={tmp_path}/none\n"
+                    f"ProxyPass /d tls:desk.example:5901:trustRoots={roots}\n"
+                    f"ProxyPass /e tls:desk.example:5901:certificate={tmp_path}/gw.pem\n"
+                    "ProxyPass /f tls:desk.example\n")
+    with pytest.raises(ConfigError) as caught:
+        load_config(str(conf), MemoryReactorClock(), without_sockets=True)
+    lines = str(caught.value).splitlines()
+    assert [int(l.split(":")[1]) for l in lines] == [3, 4, 5, 6, 7], lines
+    assert "unknown parameter 'hst'" in lines[0] and "expected tls:HOST:PORT" in lines[0]
+    assert "cannot read trustRoots folder" in lines[1] and "No such file" in lines[1]
+    assert "bad.pem" in lines[2] and "bad certificate" in lines[2]
+    assert "cannot read certificate" in lines[3] and "gw.pem" in lines[3]
+    assert "missing parameter 'port'" in lines[4]
+
+
 def test_unreachable_redis_is_a_warning(tmp_path: Path) -> None:
     """--check warns (exit 0) for a Redis server that refuses, naming its line."""
     port = free_port()

@@ -49,6 +49,33 @@ def servers() -> Iterator[dict[str, TcpServer]]:
         server.stop()
 
 
+class TlsEcho:
+    """Backend handler: TLS (Python's ssl module, the test PKI's certificate), then echo until the client closes."""
+
+    def __init__(self, context: ssl.SSLContext) -> None:
+        self.context = context
+
+    def __call__(self, conn: socket.socket) -> None:
+        with self.context.wrap_socket(conn, server_side=True) as tls:
+            while data := tls.recv(65536):
+                tls.sendall(data)
+
+
+@pytest.fixture(scope="module")
+def tls_echo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[TcpServer, Path]]:
+    """A TLS echo backend, and a trustRoots= folder holding its CA."""
+    folder = tmp_path_factory.mktemp("tls-backend")
+    pki = make_pki(folder / "pki")
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(pki.fullchain, pki.server_key)
+    roots = folder / "roots"
+    roots.mkdir()
+    (roots / "ca.pem").write_bytes(pki.ca_cert.read_bytes())
+    server = TcpServer(TlsEcho(context))
+    yield server, roots
+    server.stop()
+
+
 @pytest.fixture(scope="module")
 def refusing_port() -> Iterator[int]:
     """A port bound but not listening: connections to it are refused."""
@@ -79,8 +106,9 @@ def full_backlog() -> Iterator[int]:
 
 @pytest.fixture(scope="module")
 def gateway(tmp_path_factory: pytest.TempPathFactory, servers: dict[str, TcpServer], refusing_port: int,
-            full_backlog: int) -> Iterator[GatewayProcess]:
+            full_backlog: int, tls_echo: tuple[TcpServer, Path]) -> Iterator[GatewayProcess]:
     tmp = tmp_path_factory.mktemp("gw")
+    tls_port, roots = tls_echo[0].port, tls_echo[1]
     config = f"""
 Listen tcp:port=0:interface=127.0.0.1
 ProxyPass /echo {servers['echo'].endpoint} connecttimeout=3
@@ -90,6 +118,9 @@ ProxyPass /reset {servers['reset'].endpoint}
 ProxyPass /refused tcp:host=127.0.0.1:port={refusing_port}
 ProxyPass /hang tcp:host=127.0.0.1:port={full_backlog} connecttimeout=1
 ProxyPass /tlshang tls:127.0.0.1:{servers['silent'].port} connecttimeout=1
+ProxyPass /tlsecho tls:localhost:{tls_port}:trustRoots={roots}
+ProxyPass /tlswrongname tls:desk.example:{tls_port}:trustRoots={roots}:endpoint=tcp\\:127.0.0.1\\:{tls_port}
+ProxyPass /tlsplatform tls:localhost:{tls_port}
 ProxyPass /nosocket unix:path={tmp}/missing.sock
 ProxyPassMatch ^/port/(\\d+)$ tcp:host=127.0.0.1:port=$1
 """
@@ -197,6 +228,27 @@ def test_tls_backend_that_never_handshakes_is_504(gateway: GatewayProcess) -> No
     """A tls: backend is connected only after its TLS handshake: a silent one times out with 504."""
     status, body = refused(gateway, "/tlshang")
     assert status == 504
+
+
+def test_tls_backend_relays_both_ways(gateway: GatewayProcess) -> None:
+    """A tls: backend verified against trustRoots=: a megabyte goes there and back through its TLS."""
+    payload = os.urandom(MiB)
+    with connect(url(gateway, "/tlsecho"), open_timeout=5, max_size=None) as ws:
+        for start in range(0, MiB, 64 * 1024):
+            ws.send(payload[start:start + 64 * 1024])
+        received = b""
+        while len(received) < MiB:
+            message = ws.recv(timeout=10)
+            assert isinstance(message, bytes)
+            received += message
+    assert received == payload
+
+
+def test_tls_backend_certificate_refusals_are_502(gateway: GatewayProcess) -> None:
+    """A tls: backend whose certificate names another host, or chains to a CA the platform does not trust: 502 saying so."""
+    assert refused(gateway, "/tlswrongname") == (
+        502, "502 backend TLS handshake failed (certificate is not valid for desk.example)\n")
+    assert refused(gateway, "/tlsplatform") == (502, "502 backend TLS handshake failed (certificate verify failed)\n")
 
 
 def test_pattern_route_reaches_substituted_port(gateway: GatewayProcess, servers: dict[str, TcpServer]) -> None:

@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, strategies as st
 
 from tunnelgw.core.config import ConfigError, parse_config
-from tunnelgw.core.tlsconfig import (CertPattern, ClientCertificate, ListenTLS, admits, parse_cert_pattern,
-                                     parse_ssl_endpoint)
+from tunnelgw.core.tlsconfig import (CertPattern, ClientCertificate, ListenTLS, TLSClientString, admits,
+                                     parse_cert_pattern, parse_ssl_endpoint, parse_tls_client_string)
 from tunnelgw.core.wsrelay import forwarded_headers
 from tunnelgw.core.proxyheaders import backend_request_headers
 
@@ -52,6 +52,40 @@ class ParseSslEndpointTests:
         """Any file name written with Twisted's escapes is read back as it was."""
         escaped = name.replace("\\", "\\\\").replace(":", "\\:").replace("=", "\\=")
         assert parse_ssl_endpoint(f"ssl:port=1:privateKey={escaped}").private_key == name
+
+
+class ParseTlsClientStringTests:
+    """parse_tls_client_string reads what Twisted's tls: client parser accepts."""
+
+    def test_positional_and_named(self) -> None:
+        """host and port positional or named; every other parameter by name or in Twisted's positional order."""
+        assert parse_tls_client_string("tls:desk.example:5901") == TLSClientString("desk.example", 5901)
+        assert parse_tls_client_string("TLS:host=desk.example:port=5901:timeout=5") == \
+            TLSClientString("desk.example", 5901, 5.0)
+        full = parse_tls_client_string(r"tls:h:1:9:10.0.0.1:c.pem:k.pem:/roots:unix\:/run/s.sock")
+        assert full == TLSClientString("h", 1, 9.0, "10.0.0.1", "c.pem", "k.pem", "/roots", "unix:/run/s.sock")
+        named = parse_tls_client_string(r"tls:\:\:1:443:bindAddress=\:\:1:certificate=C\:\\c.pem:privateKey=k.pem"
+                                        ":trustRoots=/etc/ca:endpoint=tcp\:127.0.0.1\:443")
+        assert named == TLSClientString("::1", 443, 30.0, "::1", r"C:\c.pem", "k.pem", "/etc/ca", "tcp:127.0.0.1:443")
+        assert parse_tls_client_string(r"tls:h:0:endpoint=unix\:/s").port == 0  # the port is not used then
+
+    @pytest.mark.parametrize("text, message", [
+        ("tls:desk.example", "missing parameter 'port'"),
+        ("tls:port=1", "missing parameter 'host'"),
+        ("tls:h:http", "bad port 'http'"),
+        ("tls:h:70000", "bad port '70000'"),
+        ("tls:h:0", "bad port '0': a number from 1"),
+        ("tls:h:1:timeout=soon", "bad timeout 'soon'"),
+        ("tls:h:1:timeout=0", "bad timeout '0'"),
+        ("tls:h:1:hst=x", "unknown parameter 'hst'"),
+        ("tls:h:1:host=x", "parameter 'host' given twice"),
+        ("tls:1:2:3:4:5:6:7:8:9", "too many parameters"),
+        ("tcp:h:1", "not a tls: endpoint"),
+    ])
+    def test_mistakes(self, text: str, message: str) -> None:
+        """Unknown, repeated and missing parameters and bad numbers are refused with what is wrong."""
+        with pytest.raises(ValueError, match=message):
+            parse_tls_client_string(text)
 
 
 class ListenOptionTests:

@@ -365,6 +365,8 @@ class _ScriptedTLS:
         self.send_script: list[type[Exception]] = []
         self.recv_script: list[Any] = []
         self.sent = bytearray()
+        #: What each send() was given, as given.
+        self.given: list[Any] = []
         self.reads = 0
         self.shutdowns = 0
 
@@ -380,6 +382,7 @@ class _ScriptedTLS:
     def send(self, data: Any) -> int:
         if self.send_script:
             raise self.send_script.pop(0)()
+        self.given.append(data)
         self.sent += bytes(data)
         return len(data)
 
@@ -417,6 +420,21 @@ class TLSSocketStateTests(TestCase):
         self.assertTrue(peer.handshake.called)
         tls.reads = 0
         return connection, tls, peer, reactor
+
+    def test_a_header_and_its_payload_copy_one_record_at_most(self) -> None:
+        """
+        writeSequence of a frame header and a 64 KiB payload: the header and
+        the payload's first bytes make one full record (a copy of 16 KiB at
+        most); the rest of the payload goes to OpenSSL as a view of it, not copied.
+        """
+        connection, tls, _, _ = self._connection()
+        header, payload = b"\x82\x7f" + (65536).to_bytes(8, "big"), bytes(range(256)) * 256
+        connection.writeSequence([header, payload])
+        self.assertEqual(bytes(tls.sent), header + payload)
+        first, rest = tls.given
+        self.assertEqual((type(first), len(first)), (bytes, 16384))
+        self.assertIsInstance(rest, memoryview)
+        self.assertIs(rest.obj, payload)
 
     def test_a_retried_write_resumes_the_producer_and_keeps_a_paused_protocol_paused(self) -> None:
         """After a write that needed a read completes: the producer is resumed, reading stops, nothing is delivered."""
@@ -467,3 +485,293 @@ class TLSSocketStateTests(TestCase):
         self.assertIn(connection, reactor.getWriters())
         self.assertIsNone(connection.doWrite())
         self.assertEqual(bytes(peer.received), b"held in OpenSSL")
+
+
+class _Client(_Peer):
+    """A client-side peer that writes early on connectionMade, before the handshake has happened."""
+
+    def __init__(self, early: bytes) -> None:
+        super().__init__()
+        self.early = early
+
+    def connectionMade(self) -> None:
+        if self.early:
+            self.transport.write(self.early)
+
+
+class _Silent(Protocol):
+    """A plain TCP server that reads and answers nothing (a backend hanging in the handshake)."""
+
+
+class _Garbage(Protocol):
+    """A plain TCP server that answers the ClientHello with an HTTP error, not TLS."""
+
+    def dataReceived(self, data: bytes) -> None:
+        self.transport.write(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
+
+
+class _Hangup(Protocol):
+    """A plain TCP server that closes once the ClientHello arrives (a backend dying mid-handshake)."""
+
+    def dataReceived(self, data: bytes) -> None:
+        self.transport.loseConnection()
+
+
+class TLSSocketClientTests(TestCase):
+    """
+    The client side (:func:`tunnelgw.backends.tls.tls_endpoint`, and ``tls:``
+    strings through :func:`tunnelgw.backends.tls.client_endpoint`) against
+    Twisted's own TLS server and against plain TCP servers that misbehave,
+    over real loopback sockets.
+    """
+
+    timeout = 20
+
+    def setUp(self) -> None:
+        from twisted.internet import reactor
+
+        self.reactor: Any = reactor
+        self.folder = Path(tempfile.mkdtemp())
+        self.pki: Pki = make_pki(self.folder / "pki")
+        self.servers: list[_Peer] = []
+        self.server_made: Deferred[_Peer] = Deferred()
+        self.server_names: list[Optional[bytes]] = []
+
+    async def tls_server(self, client_ca: bool = False) -> int:
+        """Twisted's TLS server (memory BIO) with the test certificate, asking for a client certificate if told; its port."""
+        from twisted.internet.endpoints import SSL4ServerEndpoint
+        from twisted.internet.ssl import CertificateOptions
+
+        key = PrivateCertificate.loadPEM(self.pki.server_key.read_bytes() + self.pki.server_cert.read_bytes())
+        ca = Certificate.loadPEM(self.pki.ca_cert.read_bytes())
+        options = CertificateOptions(privateKey=key.privateKey.original, certificate=key.original,
+                                     extraCertChain=[Certificate.loadPEM(self.pki.chain.read_bytes()).original],
+                                     **({"verify": True, "caCerts": [ca.original], "requireCertificate": True}
+                                        if client_ca else {}))
+        context = options.getContext()
+        context.set_tlsext_servername_callback(lambda connection: self.server_names.append(connection.get_servername()))
+
+        @implementer(interfaces.IOpenSSLContextFactory)
+        class _Options:
+            def getContext(self) -> SSL.Context:
+                return context
+
+        def build() -> _Peer:
+            server = _Peer()
+            self.servers.append(server)
+            if not self.server_made.called:
+                self.server_made.callback(server)
+            return server
+
+        port = await SSL4ServerEndpoint(self.reactor, 0, _Options(), interface="127.0.0.1").listen(
+            Factory.forProtocol(build))
+        self.addCleanup(port.stopListening)
+        address: Any = port.getHost()
+        return int(address.port)
+
+    async def plain_server(self, protocol: type[Protocol]) -> int:
+        """A plain TCP server speaking protocol; its port (its connections are aborted at the end)."""
+        made: list[Protocol] = []
+
+        def build() -> Protocol:
+            made.append(protocol())
+            return made[-1]
+
+        port = await TCP4ServerEndpoint(self.reactor, 0, interface="127.0.0.1").listen(Factory.forProtocol(build))
+        self.addCleanup(port.stopListening)
+        self.addCleanup(lambda: [p.transport.abortConnection() for p in made if p.transport is not None])
+        address: Any = port.getHost()
+        return int(address.port)
+
+    def endpoint(self, port: int, host: str = "localhost", verify: bool = True, trust: Optional[Path] = None,
+                 certificate: Optional[Path] = None, timeout: float = 5) -> Any:
+        from tunnelgw.backends.tls import load_client_certificate, load_trust_root, tls_endpoint
+
+        stream = TCP4ClientEndpoint(self.reactor, "127.0.0.1", port, timeout=timeout)
+        return tls_endpoint(self.reactor, stream, host, timeout, verify=verify,
+                            trust_root=load_trust_root(str(trust or self.pki.ca_cert)) if verify else None,
+                            certificate=load_client_certificate(str(certificate), None) if certificate else None)
+
+    async def connect(self, endpoint: Any, early: bytes = b"") -> _Peer:
+        """A client protocol connected through endpoint, writing early on connectionMade (before the handshake)."""
+        client = _Client(early)
+        protocol = await endpoint.connect(Factory.forProtocol(lambda: client))
+        self.assertIs(protocol, client)
+        self.addCleanup(self._close, client)
+        return client
+
+    async def _close(self, peer: _Peer) -> None:
+        if not peer.lost.called:
+            peer.tls.abortConnection()
+            await peer.lost
+        for server in self.servers:
+            if not server.lost.called:
+                server.transport.abortConnection()
+                await server.lost
+
+    async def refused(self, endpoint: Any) -> tuple[Failure, str]:
+        """Connect through endpoint expecting the handshake to fail: the reason, and the gateway's 502/504 text for it."""
+        from tunnelgw.backends.tcp import classify_connect_error
+        from tunnelgw.core.relay import connect_rejection
+
+        client = await self.connect(endpoint, early=b"secret")
+        reason = await client.end()
+        self.assertFalse(client.handshake.called)
+        unavailable = classify_connect_error(reason.value, 1)
+        return reason, connect_rejection(unavailable.failure, unavailable.detail).reason
+
+    async def test_handshake_and_megabytes_both_ways(self) -> None:
+        """
+        The handshake completes (handshakeCompleted, SNI sent, the transport
+        ours), then 4 MiB of header-and-payload writeSequence calls reach the
+        server and 4 MiB come back, in order; a loseConnection ends both sides cleanly.
+        """
+        from tunnelgw.tlssocket import TLSSocketConnection
+
+        client = await self.connect(self.endpoint(await self.tls_server()), early=b"hello ")
+        await client.handshake
+        server = await self.server_made
+        self.assertIsInstance(client.transport, TLSSocketConnection)
+        self.assertEqual(self.server_names, [b"localhost"])
+        self.assertIn("localhost", str(client.tls.getPeerCertificate().to_cryptography().subject))
+        payload = bytes(range(256)) * 256  # 64 KiB
+        for n in range(64):
+            client.tls.writeSequence([b"\x82\x7f" + n.to_bytes(8, "big"), payload])
+        expected = b"hello " + b"".join(b"\x82\x7f" + n.to_bytes(8, "big") + payload for n in range(64))
+        self.assertEqual(await server.until(len(expected)), expected)
+        back = payload[::-1] * 64
+        server.transport.write(back)
+        self.assertEqual(await client.until(len(back)), back)
+        client.tls.loseConnection()
+        (await server.end()).trap(error.ConnectionDone)
+        (await client.end()).trap(error.ConnectionDone)
+
+    async def test_a_tls_string(self) -> None:
+        """
+        tls:HOST:PORT with trustRoots= (a folder of PEMs), certificate=,
+        privateKey= and bindAddress=: verified, the certificate presented,
+        the connection made from the given address.
+        """
+        from tunnelgw.backends.tls import client_endpoint
+
+        roots = self.folder / "roots"
+        roots.mkdir()
+        (roots / "ca.pem").write_bytes(self.pki.ca_cert.read_bytes())
+        (roots / "README").write_text("not a certificate, and not a .pem")
+        both = make_client_cert(self.pki, self.folder / "clients", "gateway").read_text()
+        split = both.index("-----BEGIN PRIVATE KEY-----")
+        cert, key = self.folder / "gateway.crt", self.folder / "gateway.key"
+        cert.write_text(both[:split])
+        key.write_text(both[split:])
+        port = await self.tls_server(client_ca=True)
+        endpoint = client_endpoint(self.reactor, f"tls:localhost:{port}:timeout=5:trustRoots={roots}:certificate={cert}"
+                                                 f":privateKey={key}:bindAddress=127.0.0.2")
+        client = await self.connect(endpoint)
+        await client.handshake
+        server = await self.server_made
+        await server.handshake
+        self.assertEqual(server.transport.getPeerCertificate().to_cryptography().subject.rfc4514_string(), "CN=gateway")
+        self.assertEqual(server.transport.getPeer().host, "127.0.0.2")  # bindAddress=
+        self.assertEqual(client.tls.getHost().host, "127.0.0.2")
+        client.tls.write(b"over tls:")
+        self.assertEqual(await server.until(9), b"over tls:")
+
+    async def test_tls_over_a_unix_socket(self) -> None:
+        """tls:HOST:0:endpoint=unix\\:PATH: TLS over a UNIX socket, HOST for SNI and the name check."""
+        from twisted.internet.endpoints import UNIXServerEndpoint
+        from twisted.protocols.tls import TLSMemoryBIOFactory
+
+        from twisted.internet.ssl import CertificateOptions
+
+        from tunnelgw.backends.tls import client_endpoint
+
+        key = PrivateCertificate.loadPEM(self.pki.server_key.read_bytes() + self.pki.server_cert.read_bytes())
+        options = CertificateOptions(privateKey=key.privateKey.original, certificate=key.original,
+                                     extraCertChain=[Certificate.loadPEM(self.pki.chain.read_bytes()).original])
+        server = _Peer()
+        path = self.folder / "tls.sock"
+        port = await UNIXServerEndpoint(self.reactor, str(path)).listen(
+            TLSMemoryBIOFactory(options, False, Factory.forProtocol(lambda: server)))
+        self.addCleanup(port.stopListening)
+        self.servers.append(server)
+        roots = self.folder / "roots"
+        roots.mkdir()
+        (roots / "ca.pem").write_bytes(self.pki.ca_cert.read_bytes())
+        client = await self.connect(client_endpoint(self.reactor, f"tls:localhost:0:trustRoots={roots}:"
+                                                                  f"endpoint=unix\\:{path}"))
+        await client.handshake
+        client.tls.setTcpNoDelay(True)  # a UNIX socket has no Nagle: nothing to do, no error
+        client.tls.write(b"over unix")
+        self.assertEqual(await server.until(9), b"over unix")
+
+    async def test_wrong_host_name_refused(self) -> None:
+        """A certificate of the trusted CA for another name: service_identity's error, nothing the protocol wrote sent."""
+        from service_identity import VerificationError
+
+        reason, text = await self.refused(self.endpoint(await self.tls_server(), host="desk.example"))
+        reason.trap(VerificationError)
+        self.assertIn("desk.example", str(reason.value))
+        self.assertTrue(text.startswith("backend TLS handshake failed ("), text)
+        self.assertIn("desk.example", text)
+        server = await self.server_made
+        await server.end()
+        self.assertEqual(bytes(server.received), b"")
+
+    async def test_address_checked_against_ip_names(self) -> None:
+        """An address as host is checked against the certificate's IP names (127.0.0.1 is one), and no SNI is sent."""
+        client = await self.connect(self.endpoint(await self.tls_server(), host="127.0.0.1"))
+        await client.handshake
+        self.assertEqual(self.server_names, [None])
+        reason, _ = await self.refused(self.endpoint(await self.tls_server(), host="127.0.0.2"))
+        self.assertIn("127.0.0.2", str(reason.value))
+
+    async def test_unknown_ca_refused(self) -> None:
+        """A certificate from a CA the trust root does not hold: OpenSSL's 'certificate verify failed', as a TLS failure."""
+        other = make_pki(self.folder / "other")
+        reason, text = await self.refused(self.endpoint(await self.tls_server(), trust=other.ca_cert))
+        reason.trap(SSL.Error)
+        self.assertEqual(text, "backend TLS handshake failed (certificate verify failed)")
+
+    async def test_verify_off_accepts_but_sends_sni(self) -> None:
+        """verify=off: an unknown CA and another name are accepted, and the server name is still sent."""
+        client = await self.connect(self.endpoint(await self.tls_server(), host="desk.example", verify=False))
+        await client.handshake
+        self.assertEqual(self.server_names, [b"desk.example"])
+        server = await self.server_made
+        client.tls.write(b"unchecked")
+        self.assertEqual(await server.until(9), b"unchecked")
+
+    async def test_client_certificate_in_one_file(self) -> None:
+        """A client certificate with its key in one PEM file is presented to a server that requires one."""
+        cert = make_client_cert(self.pki, self.folder / "clients", "gateway-one")
+        client = await self.connect(self.endpoint(await self.tls_server(client_ca=True), certificate=cert))
+        await client.handshake
+        server = await self.server_made
+        await server.handshake
+        self.assertIn("gateway-one", server.transport.getPeerCertificate().to_cryptography().subject.rfc4514_string())
+
+    async def test_server_asking_for_a_certificate_we_lack(self) -> None:
+        """A server that requires a client certificate, and none configured: the connection fails with a TLS error."""
+        client = await self.connect(self.endpoint(await self.tls_server(client_ca=True)))
+        # Under TLS 1.3 our handshake ends first; the server's alert then ends the connection with OpenSSL's error.
+        (await client.end()).trap(SSL.Error, error.ConnectionLost)
+
+    async def test_hanging_server_bounded_by_the_timeout(self) -> None:
+        """A server that accepts and never answers: the handshake ends after its timeout, a 504 for the gateway."""
+        port = await self.plain_server(_Silent)
+        reason, text = await self.refused(self.endpoint(port, timeout=0.3))
+        reason.trap(error.TimeoutError)
+        self.assertEqual(text, "backend connect timed out (1 s)")
+
+    async def test_garbage_answer_refused(self) -> None:
+        """A server that answers the ClientHello with HTTP: OpenSSL's error, a clear TLS failure."""
+        reason, text = await self.refused(self.endpoint(await self.plain_server(_Garbage)))
+        reason.trap(SSL.Error)
+        self.assertTrue(text.startswith("backend TLS handshake failed ("), text)
+        self.assertRegex(text, "wrong version number|packet length too long|record layer failure")
+
+    async def test_server_closing_mid_handshake(self) -> None:
+        """A server that closes after the ClientHello: a TLS failure saying the connection ended."""
+        reason, text = await self.refused(self.endpoint(await self.plain_server(_Hangup)))
+        reason.trap(SSL.Error)
+        self.assertTrue(text.startswith("backend TLS handshake failed (unexpected eof"), text)

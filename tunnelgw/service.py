@@ -21,7 +21,7 @@ from typing import Any, Optional, Union
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, ensureDeferred, gatherResults
 from twisted.internet.task import deferLater
-from twisted.internet.endpoints import clientFromString, serverFromString
+from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -40,7 +40,7 @@ from tunnelgw.core.relay import CLOSE_GOING_AWAY, Close
 from tunnelgw.core.routing import RuleSet
 from tunnelgw.topology import Topology, check_topology
 from tunnelgw.web import GatewayResource
-from tunnelgw.backends.tls import load_trust_root
+from tunnelgw.backends.tls import client_endpoint, load_trust_root
 from tunnelgw.accesslog import AccessLogs
 from tunnelgw.overview import OverviewSource
 from tunnelgw.audit import AuditTrail
@@ -191,7 +191,9 @@ def _check_systemd(description: str) -> None:
 
 def check_config(config: Config, reactor: Any, without_sockets: bool = False) -> list[tuple[Location, str, IStreamServerEndpoint]]:
     """
-    Check every endpoint string against Twisted's parsers.
+    Check every endpoint string against Twisted's parsers (``tls:`` backend
+    strings against :func:`tunnelgw.backends.tls.client_endpoint`'s, which
+    reads their trust roots and client certificates).
 
     ``ProxyPassMatch`` targets are checked with each ``$N`` replaced by ``1``.
     Certificate and key files of ``ssl:`` listeners (with their SNI folders
@@ -246,7 +248,7 @@ def check_config(config: Config, reactor: Any, without_sockets: bool = False) ->
                 problems.append(Problem(rule.where, f"replay folder {backend.folder!r} is not an existing folder"))
         elif isinstance(backend, EndpointTarget):
             try:
-                clientFromString(reactor, SUBSTITUTION.sub("1", backend.endpoint))
+                client_endpoint(reactor, SUBSTITUTION.sub("1", backend.endpoint))
             except Exception as e:
                 problems.append(Problem(rule.where, f"bad backend endpoint {rule.target!r}: "
                                                     f"{_explain(e, backend.endpoint, client=True)}"))

@@ -1,5 +1,6 @@
 """
-TLS on the socket itself: the transport of ``ssl:`` listeners' connections.
+TLS on the socket itself: the transport of ``ssl:`` listeners' connections
+and of the gateway's TLS connections to backends (``tls:``, ``wss://``).
 
 Twisted's TLS (:class:`~twisted.protocols.tls.TLSMemoryBIOProtocol`) puts
 OpenSSL between two memory buffers: every encrypted byte is copied out of
@@ -20,6 +21,17 @@ Twisted's: :class:`~twisted.internet.interfaces.ISSLTransport`
 (``getPeerCertificate``, so client certificates and ``certname=`` work),
 ``ITCPTransport``, producer and consumer flow control, ``abortConnection``.
 
+Towards backends the same class runs in connect state
+(:class:`TLSSocketClientEndpoint`, made by :mod:`tunnelgw.backends.tls`, takes each connected
+socket over in the same way): the handshake is started at once, bounded in
+time, and the peer's certificate name is checked (``check``) before the
+protocol hears :meth:`~twisted.internet.interfaces.IHandshakeListener.handshakeCompleted`
+and before any byte it wrote goes out.  A failed handshake ends the
+connection with OpenSSL's :class:`OpenSSL.SSL.Error` (as Twisted's TLS
+does), a name that does not match with service_identity's
+``VerificationError``, a handshake that takes too long with
+:class:`~twisted.internet.error.TimeoutError`.
+
 OpenSSL's rules on a non-blocking socket, kept here:
 
 - a write that OpenSSL could not finish (``WantWriteError``, or
@@ -35,12 +47,13 @@ OpenSSL's rules on a non-blocking socket, kept here:
 
 from __future__ import annotations
 
+import os
 import socket
 from collections import deque
 from typing import Any, Callable, Iterable, Optional, Sequence, Union, cast
 
 from OpenSSL import SSL
-from twisted.internet import error, interfaces, main
+from twisted.internet import defer, error, interfaces, main
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.abstract import FileDescriptor
 from twisted.internet.protocol import Factory, Protocol
@@ -48,7 +61,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-__all__ = ["TLSSocketConnection", "TLSSocketServerFactory", "select_protocol"]
+__all__ = ["TLSSocketClientEndpoint", "TLSSocketConnection", "TLSSocketServerFactory", "select_protocol", "take_over"]
 
 _log = Logger()
 
@@ -66,17 +79,28 @@ _LINGER = 2.0
 @implementer(interfaces.ISSLTransport, interfaces.ITCPTransport, interfaces.ISystemHandle, interfaces.INegotiated)
 class TLSSocketConnection(FileDescriptor):
     """
-    One server-side TLS connection whose OpenSSL object reads and writes the socket.
+    One TLS connection whose OpenSSL object reads and writes the socket:
+    server side (accept state), or with connect set the client side.
 
     The protocol is connected at once (as under Twisted's TLS); what it
     writes before the handshake ends waits in the queue.
 
+    :param connect: the client side: the handshake starts at once (the
+        ClientHello goes out when the socket is writable).
+    :param check: for the client side, run on the OpenSSL connection once the
+        handshake succeeded (the peer's name against its certificate); what it
+        raises ends the connection, before the protocol hears
+        ``handshakeCompleted`` and before any of its bytes is sent.
+    :param handshake_timeout: for the client side, the seconds the handshake
+        may take (then the connection ends with ``TimeoutError``).
     :ivar protocol: the application protocol.
     """
 
     def __init__(self, sock: socket.socket, tls: SSL.Connection, protocol: interfaces.IProtocol,
                  host: _Address, peer: _Address, reactor: Any,
-                 protocols: Sequence[bytes] = ()) -> None:
+                 protocols: Sequence[bytes] = (), connect: bool = False,
+                 check: Optional[Callable[[SSL.Connection], None]] = None,
+                 handshake_timeout: Optional[float] = None) -> None:
         FileDescriptor.__init__(self, reactor)
         self._clock: interfaces.IReactorTime = reactor
         self.socket = sock
@@ -102,6 +126,10 @@ class TLSSocketConnection(FileDescriptor):
         #: Why the handshake failed, while the alert is given time to reach the client.
         self._lingering: Optional[BaseException] = None
         self._linger_call: Any = None
+        self._connect = connect
+        self._check = check
+        self._handshake_timeout = handshake_timeout
+        self._handshake_call: Any = None
         self.connected = 1
 
     # --- the reactor's side
@@ -111,10 +139,20 @@ class TLSSocketConnection(FileDescriptor):
         return self._fd
 
     def start(self) -> None:
-        """Connect the protocol and start the handshake (it needs the client's hello first)."""
-        self._tls.set_accept_state()
+        """Connect the protocol and start the handshake (a server's needs the client's hello first)."""
+        if self._connect:
+            self._tls.set_connect_state()
+            if self._handshake_timeout is not None:
+                self._handshake_call = self._clock.callLater(self._handshake_timeout, self._handshake_too_long)
+            self.startWriting()  # doWrite sends the ClientHello
+        else:
+            self._tls.set_accept_state()
         self.startReading()  # first, so that a protocol pausing or closing in connectionMade has the last word
         self.protocol.makeConnection(self)
+
+    def _handshake_too_long(self) -> None:
+        self._handshake_call = None
+        self._lose_later(error.TimeoutError(string=f"TLS handshake not done within {self._handshake_timeout:g} s"))
 
     def doRead(self) -> Optional[BaseException]:
         """The socket is readable: go on with a write that waited for it, the handshake, or read records."""
@@ -174,8 +212,17 @@ class TLSSocketConnection(FileDescriptor):
             self.startWriting()
             return None
         except SSL.Error as e:
+            if self._connect:
+                # A backend needs no time to read our alert: OpenSSL's error is the reason, as under Twisted's TLS.
+                return _handshake_error(e)
             return self._linger(_lost(e, "TLS handshake failed"))
         self._handshaken = True
+        self._stop_handshake_timer()
+        if self._check is not None:
+            try:
+                self._check(self._tls)
+            except Exception as e:  # service_identity's VerificationError: nothing was sent yet
+                return e
         if interfaces.IHandshakeListener.providedBy(self.protocol):
             self.protocol.handshakeCompleted()
         if not self.connected:
@@ -412,10 +459,17 @@ class TLSSocketConnection(FileDescriptor):
         if not self.disconnected:
             self.connectionLost(Failure(self._ending))
 
+    def _stop_handshake_timer(self) -> None:
+        if self._handshake_call is not None:
+            if self._handshake_call.active():
+                self._handshake_call.cancel()
+            self._handshake_call = None
+
     def connectionLost(self, reason: Failure) -> None:
         """Close the socket (with a reset when aborted) and tell the protocol, once."""
         if self.disconnected:
             return
+        self._stop_handshake_timer()
         if self._lingering is not None:
             reason = Failure(self._lingering)  # not the client's close that ended the wait
             if self._linger_call is not None and self._linger_call.active():
@@ -433,11 +487,11 @@ class TLSSocketConnection(FileDescriptor):
         self.protocol.connectionLost(reason)
 
     def getHost(self) -> _Address:
-        """The listener's address."""
+        """This side's address (a listener's, or the connection's own towards a backend)."""
         return self._host
 
     def getPeer(self) -> _Address:
-        """The client's address."""
+        """The other side's address."""
         return self._peer
 
     def getHandle(self) -> socket.socket:
@@ -449,8 +503,9 @@ class TLSSocketConnection(FileDescriptor):
         return bool(self.socket.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
 
     def setTcpNoDelay(self, enabled: bool) -> None:
-        """Turn Nagle's algorithm off (True) or on."""
-        self.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, enabled)
+        """Turn Nagle's algorithm off (True) or on (a ``unix:`` stream under ``tls:`` has none: nothing to do)."""
+        if self.socket.family != socket.AF_UNIX:
+            self.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, enabled)
 
     def getTcpKeepAlive(self) -> bool:
         """Whether TCP keepalive is on."""
@@ -463,7 +518,7 @@ class TLSSocketConnection(FileDescriptor):
     # --- ISSLTransport, INegotiated
 
     def getPeerCertificate(self) -> Any:
-        """The client's verified certificate (pyOpenSSL ``X509``), None without one."""
+        """The peer's certificate (pyOpenSSL ``X509``; verified unless ``verify=off``), None without one."""
         return self._tls.get_peer_certificate()
 
     @property
@@ -491,11 +546,45 @@ def select_protocol(connection: SSL.Connection, offered: list[bytes]) -> Any:
     return SSL.NO_OVERLAPPING_PROTOCOLS
 
 
+def _handshake_error(e: SSL.Error) -> BaseException:
+    """
+    Why a client-side handshake failed: OpenSSL's error as it is; a system
+    call error (the peer reset or closed the socket) as an ``SSL.Error`` of
+    OpenSSL's shape, ``[(library, function, reason)]``, which is what Twisted's
+    TLS reports for a connection lost mid-handshake and what the gateway's
+    and Autobahn's TLS error messages read.
+    """
+    if not isinstance(e, SSL.SysCallError):
+        return e
+    code = e.args[0] if e.args and isinstance(e.args[0], int) else -1
+    why = os.strerror(code) if code > 0 else "the peer closed the connection"
+    return SSL.Error([("SSL routines", "", f"unexpected eof while reading: {why}")])
+
+
 def _lost(e: SSL.Error, what: str) -> BaseException:
     """The reason a connection ended on an OpenSSL error: ConnectionLost with OpenSSL's words."""
     if isinstance(e, SSL.SysCallError):
         return error.ConnectionLost(f"{what}: {e.args[1] if len(e.args) > 1 else e}")
     return error.ConnectionLost(f"{what}: {e}")
+
+
+def take_over(transport: Any) -> Optional[tuple[socket.socket, Any, Any]]:
+    """
+    Detach the socket of a stream transport that has just connected (and has
+    read nothing) from Twisted: (socket, host address, peer address), or None
+    when the transport has no socket (it is then left as it is).  The
+    transport keeps a closed socket object and is dropped: no
+    ``connectionLost`` reaches it.
+    """
+    handle = transport.getHandle() if interfaces.ISystemHandle.providedBy(transport) else None
+    if not isinstance(handle, socket.socket):
+        return None
+    host, peer = transport.getHost(), transport.getPeer()
+    transport.stopReading()
+    transport.stopWriting()
+    sock = socket.socket(fileno=handle.detach())
+    sock.setblocking(False)
+    return sock, host, peer
 
 
 class _Takeover(Protocol):
@@ -543,18 +632,13 @@ class TLSSocketServerFactory(Factory):
 
     def _take_over(self, transport: Any, protocol: interfaces.IProtocol) -> None:
         """Detach the accepted socket from Twisted's TCP transport (which has read nothing) and serve TLS on it."""
-        handle = transport.getHandle() if interfaces.ISystemHandle.providedBy(transport) else None
-        if not isinstance(handle, socket.socket):  # ListenTLS streams are tcp: or systemd:, which have sockets
+        taken = take_over(transport)
+        if taken is None:  # ListenTLS streams are tcp: or systemd:, which have sockets
             _log.error("ssl: listener: the stream transport {transport!r} has no socket to serve TLS on",
                        transport=transport)
             transport.abortConnection()
             return
-        host, peer = transport.getHost(), transport.getPeer()
-        transport.stopReading()
-        transport.stopWriting()
-        # The TCP transport keeps a closed socket object and is dropped: no connectionLost reaches it.
-        sock = socket.socket(fileno=handle.detach())
-        sock.setblocking(False)
+        sock, host, peer = taken
         try:
             tls = self._connection_for(sock)
         except SSL.Error:
@@ -562,3 +646,82 @@ class TLSSocketServerFactory(Factory):
             sock.close()
             return
         TLSSocketConnection(sock, tls, protocol, host, peer, self._reactor, self._protocols).start()
+
+
+class _ClientTakeover(Factory):
+    """The factory a backend's plain stream endpoint connects with: the application's protocol, taken over."""
+
+    noisy = False
+
+    def __init__(self, wrapped: Any, start: Callable[["_ClientTakeover", Any, interfaces.IProtocol], None]) -> None:
+        self._wrapped = wrapped
+        self._start = start
+        #: The application's protocol, once built.
+        self.built: Optional[interfaces.IProtocol] = None
+        #: Why the connected socket could not be taken over, if it could not.
+        self.failed: Optional[BaseException] = None
+
+    def buildProtocol(self, addr: Optional[interfaces.IAddress]) -> Optional[Protocol]:
+        """The take-over protocol, or None (no connection) when the application's factory refuses."""
+        protocol = self._wrapped.buildProtocol(addr)
+        if protocol is None:
+            return None
+        self.built = protocol
+        return _Takeover(lambda transport: self._start(self, transport, protocol))
+
+
+@implementer(interfaces.IStreamClientEndpoint)
+class TLSSocketClientEndpoint:
+    """
+    TLS to a server over a plain stream endpoint (``tcp:``, a host name, or
+    ``unix:``): each connected socket is taken over before any byte is read
+    and driven by a :class:`TLSSocketConnection` in connect state.
+
+    As with Twisted's ``wrapClientTLS``, :meth:`connect` fires once the stream
+    is connected, with the application's protocol already connected; the
+    protocol hears ``handshakeCompleted`` (``IHandshakeListener``) once the
+    handshake and check succeeded, or ``connectionLost`` with why not.
+
+    :param connection_for: makes the client-side OpenSSL connection of a
+        socket (context, server name).
+    :param check: run after the handshake (:class:`TLSSocketConnection`).
+    :param handshake_timeout: the seconds the handshake may take.
+    """
+
+    def __init__(self, stream: interfaces.IStreamClientEndpoint,
+                 connection_for: Callable[[socket.socket], SSL.Connection], reactor: Any,
+                 check: Optional[Callable[[SSL.Connection], None]] = None,
+                 handshake_timeout: Optional[float] = None) -> None:
+        self._stream = stream
+        self._connection_for = connection_for
+        self._reactor = reactor
+        self._check = check
+        self._handshake_timeout = handshake_timeout
+
+    def connect(self, protocolFactory: Any) -> "defer.Deferred[Any]":
+        """Connect the stream, take its socket over and start the handshake; fires with the application's protocol."""
+        takeover = _ClientTakeover(protocolFactory, self._take_over)
+
+        def connected(_: object) -> Any:
+            if takeover.failed is not None:
+                raise takeover.failed
+            return takeover.built
+
+        connecting: defer.Deferred[Any] = self._stream.connect(takeover)
+        return connecting.addCallback(connected)
+
+    def _take_over(self, takeover: _ClientTakeover, transport: Any, protocol: interfaces.IProtocol) -> None:
+        taken = take_over(transport)
+        if taken is None:
+            takeover.failed = error.ConnectError(string=f"the stream transport {transport!r} has no socket for TLS")
+            transport.abortConnection()
+            return
+        sock, host, peer = taken
+        try:
+            tls = self._connection_for(sock)
+        except SSL.Error as e:
+            sock.close()
+            takeover.failed = e
+            return
+        TLSSocketConnection(sock, tls, protocol, host, peer, self._reactor, connect=True, check=self._check,
+                            handshake_timeout=self._handshake_timeout).start()

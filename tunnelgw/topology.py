@@ -14,11 +14,11 @@ from dataclasses import dataclass
 from typing import Any, Callable, Optional, Union
 
 from twisted.internet import defer
-from twisted.internet.endpoints import clientFromString
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from tunnelgw.backends.tcp import BackendConnection, BackendUnavailable
+from tunnelgw.backends.tls import client_endpoint
 from tunnelgw.core.balancer import Member, Pool
 from tunnelgw.core.breaker import BreakerState
 from tunnelgw.core.clientaddr import is_trusted, resolve_client
@@ -95,7 +95,7 @@ def check_topology(config: TopologyConfig, reactor: Any) -> list[Problem]:
     for pool in config.balancers:
         for member in pool.members:
             try:
-                clientFromString(reactor, member.endpoint)
+                client_endpoint(reactor, member.endpoint)
             except Exception as e:
                 problems.append(Problem(member.where, f"bad BalancerMember endpoint {member.endpoint!r}: {e}"))
     for source in config.token_sources:

@@ -50,13 +50,8 @@ above with the rest):
   write with nothing queued ahead of it is one ``send`` (``sendmsg`` for a
   sequence); only what the kernel does not take is queued, and from then on
   Twisted's path (and its producer pausing) runs as usual, so order and flow
-  control are Twisted's.  Under TLS (Twisted's ``TLSMemoryBIOProtocol``) a
-  write goes to OpenSSL whole (one ``SSL_write``, which cuts it into 16 KiB
-  records) and all the ciphertext comes out of the memory BIO at once, then
-  goes to the socket in one write; Twisted's own path makes one
-  ``SSL_write``, one ``bio_read`` and one socket write per 16 KiB record.
-  The records decrypted from one read reach the protocol in one
-  ``dataReceived`` (Twisted hands each 16 KiB record over on its own).
+  control are Twisted's.  TLS connections, listeners' and backends', are
+  :mod:`tunnelgw.tlssocket`'s own transport and need nothing here.
   Kept in step with Twisted 26.x; with other internals (:data:`_TWISTED_KNOWN`)
   transports are left as Twisted made them.
 """
@@ -71,19 +66,15 @@ from autobahn.twisted.websocket import WebSocketClientProtocol, WebSocketServerP
 from autobahn.util import _is_tls_error, _maybe_tls_reason
 from autobahn.wamp.types import TransportDetails
 from autobahn.websocket.protocol import WebSocketProtocol
-from OpenSSL.SSL import Error as TLSError
-from OpenSSL.SSL import WantReadError, ZeroReturnError
 from twisted.internet import tcp
 from twisted.internet.abstract import FileDescriptor
 from twisted.internet.interfaces import ISSLTransport
 from twisted.internet.protocol import connectionDone
-from twisted.protocols.policies import ProtocolWrapper
-from twisted.protocols.tls import BufferingTLSTransport, TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
 
 from tunnelgw.core.frames import Unmask
 
-__all__ = ["CONNECTION_DEFAULTS", "ImmediateClient", "ImmediateServer", "ImmediateTLS", "QuietAdapter",
+__all__ = ["CONNECTION_DEFAULTS", "ImmediateClient", "ImmediateServer", "QuietAdapter",
            "QuietClientProtocol", "QuietServerProtocol", "REPLACED", "SERVER_CONNECTION_SLOTS", "SharedOptions",
            "immediate_writes", "open_state", "parsed_handshake", "protocol_options", "slot_defaults", "unmask"]
 
@@ -109,19 +100,9 @@ REPLACED: dict[str, str] = {
     "autobahn.twisted.websocket.WebSocketAdapterProtocol.connectionLost": "cf4d8aab057cd161",
     "autobahn.twisted.websocket.WebSocketAdapterProtocol.dataReceived": "7997f762de218433",
     "autobahn.twisted.websocket.WebSocketAdapterProtocol._onOpen": "6cfc286602a22405",
-    # Immediate TCP writes, whole TLS writes and gathered TLS reads (the data phase, below).
+    # Immediate TCP writes (the data phase, below).
     "twisted.internet.abstract.FileDescriptor.write": "3e46c97fc173bc7e",
     "twisted.internet.abstract.FileDescriptor.writeSequence": "1606f230d318191a",
-    "twisted.protocols.tls.TLSMemoryBIOProtocol._write": "b795cc8e83620d7d",
-    "twisted.protocols.tls.TLSMemoryBIOProtocol._flushSendBIO": "c034168e4f0faf2c",
-    "twisted.protocols.tls.TLSMemoryBIOProtocol._flushReceiveBIO": "b45e129f60c44862",
-    "twisted.protocols.tls.BufferingTLSTransport.write": "e029bcaebbb754c2",
-    "twisted.protocols.tls.BufferingTLSTransport.writeSequence": "ec75e8b6dcd82413",
-    # _whole_tls_writes pops the instance's ``write`` this binds, and ImmediateTLS uses the ``_aggregator`` it makes
-    # (its write and flush).
-    "twisted.protocols.tls.BufferingTLSTransport.__init__": "2d7152b65488afb9",
-    "twisted.protocols.tls._AggregateSmallWrites.write": "6353c884a8ca58c5",
-    "twisted.protocols.tls._AggregateSmallWrites.flush": "e6fa7826d714e369",
     # _ImmediateWrites._idle reads dataBuffer and _tempDataBuffer as this flushes them.
     "twisted.internet.abstract.FileDescriptor.doWrite": "a986d7b1b1054e43",
 }
@@ -506,139 +487,23 @@ class ImmediateClient(_ImmediateWrites, tcp.Client):
     """An outgoing TCP connection with :class:`_ImmediateWrites`."""
 
 
-#: The most ciphertext taken out of the memory BIO per read (more is read on).
-_BIO_READ = 1 << 18
-
-
-#: Writes from this size on go to OpenSSL at once and whole; smaller ones are aggregated as Twisted does.
-_WHOLE = 16 * 1024
-
-
-class ImmediateTLS(BufferingTLSTransport):
-    """
-    Twisted's TLS protocol (the buffering one its factories build): a write of
-    :data:`_WHOLE` bytes or more goes to OpenSSL whole, after what was
-    aggregated before it, and its ciphertext to the connection in one write.
-    Twisted's path copies such a write five times in user space (join, its
-    aggregator's copy and join, a slice per 16 KiB record, the queue's join)
-    and makes one ``SSL_write``, ``bio_read`` and socket write per record.
-    A large ``writeSequence`` (a frame header and its payload) goes to OpenSSL
-    piece by piece without a join: the header becomes a small record of its
-    own (about 30 bytes on the wire per frame) and the payload is not copied.
-    """
-
-    def write(self, data: bytes) -> None:  # type: ignore[override]
-        if len(data) < _WHOLE:
-            self._aggregator.write(data)
-            return
-        self._aggregator.flush()
-        TLSMemoryBIOProtocol.write(self, data)
-
-    def writeSequence(self, iovec: Iterable[bytes]) -> None:
-        pieces = list(iovec)
-        if sum(map(len, pieces)) < _WHOLE or self.disconnecting:
-            self.write(b"".join(pieces))
-            return
-        self._aggregator.flush()
-        for piece in pieces:  # each to OpenSSL as it is (no join of a large payload), the ciphertext flushed once
-            if self._lostTLSConnection:
-                return
-            if self._appSendBuffer:  # OpenSSL wants to read first: keep the order behind what waits
-                self._bufferedWrite(piece)
-            elif piece:
-                self._write(piece, flush=False)
-        self._flushSendBIO()
-
-    def _write(self, bytes: bytes, flush: bool = True) -> None:  # noqa: A002  (Twisted's parameter name)
-        """As Twisted's: application bytes into the TLS connection (buffered while it wants to read), then flush."""
-        if self._lostTLSConnection:
-            return
-        # A view: each SSL_write takes one record of a large write, and slicing bytes would copy the rest each time.
-        view = memoryview(bytes)
-        sent, total = 0, len(view)
-        while sent < total:
-            try:
-                sent += self._tlsConnection.send(view[sent:] if sent else bytes)
-            except WantReadError:
-                self._bufferedWrite(view[sent:].tobytes() if sent else bytes)
-                break
-            except TLSError:
-                self._tlsShutdownFinished(Failure())
-                return
-        if flush:
-            self._flushSendBIO()
-
-    def _flushReceiveBIO(self) -> None:
-        """
-        As Twisted's, but the records decrypted from one read reach the
-        protocol in one ``dataReceived`` (Twisted delivers each 16 KiB record
-        on its own, so a relay writes each on to its backend with a system
-        call of its own); what came before a TLS close or error is delivered first.
-        """
-        gathered: list[bytes] = []
-        while not self._lostTLSConnection:
-            try:
-                gathered.append(self._tlsConnection.recv(2**15))
-            except WantReadError:
-                break
-            except ZeroReturnError:
-                self._deliver(gathered)
-                self._shutdownTLS()
-                self._tlsShutdownFinished(None)
-            except TLSError:
-                self._deliver(gathered)
-                self._tlsShutdownFinished(Failure())
-        self._deliver(gathered)
-        self._flushSendBIO()
-
-    def _deliver(self, gathered: list[bytes]) -> None:
-        if gathered and not self._aborted:
-            ProtocolWrapper.dataReceived(self, gathered[0] if len(gathered) == 1 else b"".join(gathered))
-        gathered.clear()
-
-    def _flushSendBIO(self) -> None:
-        """Every byte waiting in the send BIO, to the connection in one write."""
-        chunks = []
-        while True:
-            try:
-                chunk = self._tlsConnection.bio_read(_BIO_READ)
-            except WantReadError:
-                break
-            chunks.append(chunk)
-            if len(chunk) < _BIO_READ:
-                break
-        if chunks and self.transport is not None:
-            self.transport.write(chunks[0] if len(chunks) == 1 else b"".join(chunks))
-
-
 _SWAPS: dict[type, type] = {tcp.Server: ImmediateServer, tcp.Client: ImmediateClient}
 
 
-def _whole_tls_writes(protocol: Any) -> None:
-    protocol.__class__ = ImmediateTLS
-    protocol.__dict__.pop("write", None)  # BufferingTLSTransport binds its aggregator's write on the instance
-
-
 #: What the subclasses above rely on in Twisted (checked once: another Twisted leaves transports as they are).
-_TWISTED_KNOWN = all(hasattr(FileDescriptor, name) for name in ("dataBuffer", "_writeDisconnected", "doWrite")) and all(
-    callable(getattr(TLSMemoryBIOProtocol, name, None))
-    for name in ("_write", "_flushSendBIO", "_flushReceiveBIO", "_bufferedWrite", "_tlsShutdownFinished", "_shutdownTLS"))
+_TWISTED_KNOWN = all(hasattr(FileDescriptor, name) for name in ("dataBuffer", "_writeDisconnected", "doWrite"))
 
 
 def immediate_writes(transport: Any) -> None:
     """
-    Give transport immediate writes: a TCP connection, or Twisted's TLS
-    protocol wrapped around one (``tls:`` and ``wss://`` backends; ``ssl:``
-    listeners are :mod:`tunnelgw.tlssocket`'s) and the connection under it.  Any other kind of transport
-    (``unix:``, ``ssl:`` client strings, which start TLS on the connection)
-    is left as it is, and every transport when Twisted's internals are not
-    the ones these classes know.
+    Give transport immediate writes when it is a TCP connection.  Any other
+    kind of transport (``unix:``; ``ssl:`` client strings, which start TLS on
+    the connection; the TLS transports of :mod:`tunnelgw.tlssocket`) is left
+    as it is, and every transport when Twisted's internals are not the ones
+    these classes know.
     """
     if not _TWISTED_KNOWN:
         return
-    if type(transport) is BufferingTLSTransport:
-        _whole_tls_writes(transport)
-        transport = transport.transport
     swap = _SWAPS.get(type(transport))
     if swap is None:
         return

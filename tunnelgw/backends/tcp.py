@@ -1,6 +1,7 @@
 """
-Backend connections: byte streams reached through Twisted client endpoint
-strings (``tcp:``, ``tls:``, ``unix:`` and any endpoint plugin).
+Backend connections: byte streams reached through client endpoint strings
+(``tcp:``, ``unix:`` and any endpoint plugin through Twisted's parser;
+``tls:`` through :func:`tunnelgw.backends.tls.client_endpoint`, TLS on the socket).
 
 A backend counts as connected once it can carry bytes: for ``tls:`` that is
 after its TLS handshake (and certificate check) has completed, so a client's
@@ -13,8 +14,9 @@ from collections import OrderedDict
 from typing import Any, Callable, Generic, Optional, Protocol as TypingProtocol, TypeVar
 
 from OpenSSL import SSL
+from service_identity import CertificateError, VerificationError
+from service_identity.hazmat import DNS_ID, IPAddress_ID
 from twisted.internet import defer, error
-from twisted.internet.endpoints import clientFromString
 from twisted.internet.interfaces import (
     IHandshakeListener,
     IReactorTime,
@@ -23,11 +25,11 @@ from twisted.internet.interfaces import (
     ITCPTransport,
 )
 from twisted.internet.protocol import Factory, Protocol, connectionDone
-from twisted.protocols.policies import ProtocolWrapper
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from tunnelgw.backends import BackendRefused, Carries, LinkOwner
+from tunnelgw.backends.tls import client_endpoint
 from tunnelgw.core.handshake import Handshake
 from tunnelgw.core.relay import (
     BACKEND_CLOSE_GRACE,
@@ -65,8 +67,20 @@ class BackendSink(TypingProtocol):
         """The backend connection ended; clean is False for resets and errors."""
 
 
+def _identity(mismatch: Any) -> str:
+    """The name or address of a service_identity mismatch."""
+    wanted = mismatch.mismatched_id
+    if isinstance(wanted, DNS_ID):
+        return wanted.hostname.decode("ascii") if isinstance(wanted.hostname, bytes) else str(wanted.hostname)
+    if isinstance(wanted, IPAddress_ID):
+        return str(wanted.ip)
+    return repr(wanted)
+
+
 def _describe(reason: BaseException) -> str:
     """A short human description of a connection error."""
+    if isinstance(reason, VerificationError):  # the backend's certificate is valid, but for other names
+        return f"certificate is not valid for {', '.join(_identity(e) for e in reason.errors)}"
     if isinstance(reason, SSL.Error):
         parts = [p for arg in reason.args for p in (arg if isinstance(arg, list) else [arg])]
         return "; ".join(str(p[-1]) if isinstance(p, tuple) else str(p) for p in parts) or "TLS error"
@@ -81,7 +95,7 @@ def classify_connect_error(reason: BaseException, timeout: float) -> BackendUnav
         return BackendUnavailable(ConnectFailure.TIMEOUT, f"{timeout:g} s")
     if isinstance(reason, error.ConnectionRefusedError):
         return BackendUnavailable(ConnectFailure.REFUSED, "connection refused")
-    if isinstance(reason, SSL.Error):
+    if isinstance(reason, (SSL.Error, VerificationError, CertificateError)):
         return BackendUnavailable(ConnectFailure.TLS, _describe(reason))
     if isinstance(reason, error.DNSLookupError):
         return BackendUnavailable(ConnectFailure.UNREACHABLE, "host name not found")
@@ -118,11 +132,8 @@ class BackendConnection(Protocol):
         side do): a desktop's input events are small writes that must not
         wait for the backend's delayed ACK.
         """
-        stream = self.transport
-        while isinstance(stream, ProtocolWrapper):  # TLS: the TCP connection under it
-            stream = stream.transport
-        if ITCPTransport.providedBy(stream):
-            stream.setTcpNoDelay(True)
+        if ITCPTransport.providedBy(self.transport):  # TCP, or TLS on a TCP socket (tunnelgw.tlssocket)
+            self.transport.setTcpNoDelay(True)
         immediate_writes(self.transport)
         if not ISSLTransport.providedBy(self.transport):
             self.ready.callback(self)
@@ -225,7 +236,7 @@ class TcpBackends:
     """Connects sessions to byte-stream backends named by endpoint strings (parsed once each)."""
 
     def __init__(self, reactor: Any, cache_size: int = 1024,
-                 parse: Callable[[Any, str], IStreamClientEndpoint] = clientFromString) -> None:
+                 parse: Callable[[Any, str], IStreamClientEndpoint] = client_endpoint) -> None:
         self._reactor = reactor
         self._endpoints: EndpointCache[str] = EndpointCache(lambda target: parse(reactor, target), cache_size)
 

@@ -1,22 +1,65 @@
 """
-TLS towards backends: trust roots from PEM files (``cafile=``) and the
-unverified client connection of ``verify=off`` (SNI still sent).
+TLS towards backends, on the socket (:mod:`tunnelgw.tlssocket`, no memory
+BIO): the endpoints of ``tls:`` backend strings and of ``wss://`` backends,
+their trust roots (``cafile=``, ``trustRoots=``), client certificates, and the
+unverified connection of ``verify=off`` (SNI still sent).
+
+Verification is Twisted's ``optionsForClientTLS``'s, with public API: the
+context comes from :class:`~twisted.internet.ssl.CertificateOptions` (the
+given trust root, else :func:`~twisted.internet.ssl.platformTrust`), and
+after the handshake the peer's certificate must name the host
+(service_identity's ``verify_hostname``, or ``verify_ip_address`` for an
+address) before the application hears ``handshakeCompleted`` or sends a byte.
+
+Every endpoint string other than ``tls:`` goes to Twisted's
+``clientFromString`` (:func:`client_endpoint`).
 """
 
 from __future__ import annotations
 
+import os
 import re
-from typing import Any
+from typing import Any, Callable, Optional
 
 from OpenSSL import SSL
+from service_identity.pyopenssl import verify_hostname, verify_ip_address
 from twisted.internet.abstract import isIPAddress, isIPv6Address
-from twisted.internet.interfaces import IOpenSSLClientConnectionCreator
-from twisted.internet.ssl import Certificate, CertificateOptions, trustRootFromCertificates
-from zope.interface import implementer
+from twisted.internet.endpoints import HostnameEndpoint, TCP4ClientEndpoint, TCP6ClientEndpoint, clientFromString
+from twisted.internet.interfaces import IStreamClientEndpoint
+from twisted.internet.ssl import (
+    Certificate,
+    CertificateOptions,
+    KeyPair,
+    PrivateCertificate,
+    platformTrust,
+    trustRootFromCertificates,
+)
 
-__all__ = ["UnverifiedTLS", "load_trust_root"]
+from tunnelgw.core.tlsconfig import TLSClientString, parse_tls_client_string
+from tunnelgw.tlssocket import TLSSocketClientEndpoint
+
+__all__ = ["client_endpoint", "load_client_certificate", "load_trust_root", "load_trust_roots_folder",
+           "stream_endpoint", "tls_endpoint"]
 
 _PEM_CERTIFICATE = re.compile(rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", re.S)
+
+
+def _certificates(data: bytes, what: str) -> list[Certificate]:
+    blocks = _PEM_CERTIFICATE.findall(data)
+    if not blocks:
+        raise ValueError(f"{what} holds no PEM certificate")
+    try:
+        return [Certificate.loadPEM(block) for block in blocks]
+    except Exception as e:
+        raise ValueError(f"{what} holds a bad certificate: {e}") from None
+
+
+def _read(path: str, what: str) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as e:
+        raise ValueError(f"cannot read {what} {path!r}: {e.strerror or e}") from None
 
 
 def load_trust_root(path: str) -> Any:
@@ -25,33 +68,127 @@ def load_trust_root(path: str) -> Any:
 
     :raises ValueError: naming the file and what is wrong with it.
     """
+    return trustRootFromCertificates(_certificates(_read(path, "cafile"), f"cafile {path!r}"))
+
+
+def load_trust_roots_folder(path: str) -> Any:
+    """
+    The CA certificates of the ``*.pem`` files of a folder (``trustRoots=`` of
+    a ``tls:`` string, as Twisted reads it) as a Twisted trust root.
+
+    :raises ValueError: naming the folder or file and what is wrong with it.
+    """
     try:
-        with open(path, "rb") as f:
-            data = f.read()
+        names = sorted(os.listdir(path))
     except OSError as e:
-        raise ValueError(f"cannot read cafile {path!r}: {e.strerror or e}") from None
-    blocks = _PEM_CERTIFICATE.findall(data)
-    if not blocks:
-        raise ValueError(f"cafile {path!r} holds no PEM certificate")
+        raise ValueError(f"cannot read trustRoots folder {path!r}: {e.strerror or e}") from None
+    certificates: list[Certificate] = []
+    for name in names:
+        if name.lower().endswith(".pem") and os.path.isfile(os.path.join(path, name)):
+            file = os.path.join(path, name)
+            certificates += _certificates(_read(file, "trust root"), f"trust root {file!r}")
+    if not certificates:
+        raise ValueError(f"trustRoots folder {path!r} holds no .pem certificate")
+    return trustRootFromCertificates(certificates)
+
+
+def load_client_certificate(certificate: str, private_key: Optional[str]) -> PrivateCertificate:
+    """
+    The gateway's client certificate: a PEM file with certificate and key, or
+    the key in its own file (``certificate=``, ``privateKey=`` of ``tls:``).
+
+    :raises ValueError: naming the file and what is wrong with it.
+    """
+    data = _read(certificate, "certificate")
+    key = _read(private_key, "privateKey") if private_key is not None else None
     try:
-        return trustRootFromCertificates([Certificate.loadPEM(block) for block in blocks])
+        if key is None:
+            return PrivateCertificate.loadPEM(data)
+        return PrivateCertificate.fromCertificateAndKeyPair(Certificate.loadPEM(data), KeyPair.load(key, SSL.FILETYPE_PEM))
     except Exception as e:
-        raise ValueError(f"cafile {path!r} holds a bad certificate: {e}") from None
+        raise ValueError(f"bad client certificate or key in {certificate!r}"
+                         f"{'' if private_key is None else f' / {private_key!r}'}: {e}") from None
 
 
-@implementer(IOpenSSLClientConnectionCreator)
-class UnverifiedTLS:
-    """TLS to a backend without any certificate check (``verify=off``); SNI is still sent."""
+def _context(verify: bool, trust_root: Any, certificate: Optional[PrivateCertificate]) -> SSL.Context:
+    """The client context: Twisted's CertificateOptions as optionsForClientTLS makes them (or unverified)."""
+    extra: dict[str, Any] = {}
+    if certificate is not None:
+        extra = {"privateKey": certificate.privateKey.original, "certificate": certificate.original}
+    if not verify:
+        return CertificateOptions(verify=False, **extra).getContext()
+    return CertificateOptions(trustRoot=trust_root if trust_root is not None else platformTrust(), **extra).getContext()
 
-    def __init__(self, hostname: str) -> None:
-        self._context = CertificateOptions(verify=False).getContext()
-        ip = isIPAddress(hostname) or isIPv6Address(hostname)
-        self._server_name = None if ip else hostname.encode("idna")
 
-    def clientConnectionForTLS(self, tlsProtocol: Any) -> SSL.Connection:
-        """A client connection that checks nothing."""
-        connection = SSL.Connection(self._context, None)
-        if self._server_name:
-            connection.set_tlsext_host_name(self._server_name)
-        connection.set_app_data(tlsProtocol)
+def _name_check(host: str) -> Callable[[SSL.Connection], None]:
+    """The peer-name check after the handshake: the certificate must name host (a DNS name or an address)."""
+    if isIPAddress(host) or isIPv6Address(host):
+        return lambda connection: verify_ip_address(connection, host)
+    name = host.encode("idna").decode("ascii")
+    return lambda connection: verify_hostname(connection, name)
+
+
+def stream_endpoint(reactor: Any, host: str, port: int, timeout: float,
+                    bind_address: Optional[str] = None) -> IStreamClientEndpoint:
+    """
+    The plain TCP endpoint to host: an address needs no name resolution
+    (``HostnameEndpoint`` would ask a thread for ``getaddrinfo`` on every connect).
+    """
+    bind = None if bind_address is None else (bind_address, 0)
+    if isIPAddress(host):
+        return TCP4ClientEndpoint(reactor, host, port, timeout=timeout, bindAddress=bind)
+    if isIPv6Address(host):
+        return TCP6ClientEndpoint(reactor, host, port, timeout=timeout, bindAddress=bind)
+    return HostnameEndpoint(reactor, host.encode("idna"), port, timeout=timeout, bindAddress=bind)
+
+
+def tls_endpoint(reactor: Any, stream: IStreamClientEndpoint, host: str, timeout: float, verify: bool = True,
+                 trust_root: Any = None, certificate: Optional[PrivateCertificate] = None) -> TLSSocketClientEndpoint:
+    """
+    TLS to host over stream: SNI (unless host is an address), the
+    certificate checked against trust_root (the platform's when None) and
+    host unless verify is False, certificate presented when asked; the
+    handshake bounded by timeout seconds.
+
+    :raises ValueError: when OpenSSL refuses the client certificate (a key that does not match it).
+    """
+    try:
+        context = _context(verify, trust_root, certificate)
+    except SSL.Error as e:  # a client certificate whose key does not match it, a key OpenSSL refuses
+        reasons = [str(p[-1]) for arg in e.args if isinstance(arg, list) for p in arg if isinstance(p, tuple)]
+        raise ValueError(f"cannot use the client certificate: {'; '.join(reasons) or e}") from None
+    ip = isIPAddress(host) or isIPv6Address(host)
+    server_name = None if ip else host.encode("idna")
+
+    def connection_for(sock: Any) -> SSL.Connection:
+        connection = SSL.Connection(context, sock)
+        if server_name:
+            connection.set_tlsext_host_name(server_name)
         return connection
+
+    return TLSSocketClientEndpoint(stream, connection_for, reactor, check=_name_check(host) if verify else None,
+                                   handshake_timeout=timeout)
+
+
+def _tls_string_endpoint(reactor: Any, parsed: TLSClientString) -> IStreamClientEndpoint:
+    trust_root = load_trust_roots_folder(parsed.trust_roots) if parsed.trust_roots is not None else None
+    certificate = load_client_certificate(parsed.certificate, parsed.private_key) \
+        if parsed.certificate is not None else None
+    if parsed.endpoint is not None:
+        stream = clientFromString(reactor, parsed.endpoint)
+    else:
+        stream = stream_endpoint(reactor, parsed.host, parsed.port, parsed.timeout, parsed.bind_address)
+    return tls_endpoint(reactor, stream, parsed.host, parsed.timeout, trust_root=trust_root, certificate=certificate)
+
+
+def client_endpoint(reactor: Any, description: str) -> IStreamClientEndpoint:
+    """
+    The client endpoint of a backend string: ``tls:`` parsed here (TLS on the
+    socket), every other kind by Twisted's ``clientFromString``.  Files named
+    by the string (trust roots, client certificate) are read now.
+
+    :raises ValueError: (or Twisted's parser's errors) saying what is wrong.
+    """
+    if description.split(":", 1)[0].lower() == "tls":
+        return _tls_string_endpoint(reactor, parse_tls_client_string(description))
+    return clientFromString(reactor, description)

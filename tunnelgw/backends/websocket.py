@@ -30,10 +30,7 @@ from typing import Any, Optional, Union
 from autobahn.twisted.websocket import WebSocketClientFactory
 from autobahn.websocket.types import ConnectingRequest
 from twisted.internet import defer, error
-from twisted.internet.abstract import isIPAddress, isIPv6Address
-from twisted.internet.endpoints import HostnameEndpoint, TCP4ClientEndpoint, TCP6ClientEndpoint, wrapClientTLS
 from twisted.internet.interfaces import IStreamClientEndpoint
-from twisted.internet.ssl import optionsForClientTLS
 from twisted.internet.protocol import connectionDone
 from twisted.python.failure import Failure
 from twisted.web.server import Request
@@ -41,7 +38,7 @@ from twisted.web.server import Request
 from tunnelgw.backends import BackendRefused, Carries, LinkOwner
 from tunnelgw.backends.http import proxy_request
 from tunnelgw.backends.tcp import EndpointCache, classify_connect_error
-from tunnelgw.backends.tls import UnverifiedTLS, load_trust_root
+from tunnelgw.backends.tls import load_trust_root, stream_endpoint, tls_endpoint
 from tunnelgw.core.config import RouteOptions
 from tunnelgw.core.handshake import Handshake
 from tunnelgw.core.relay import (
@@ -220,7 +217,10 @@ class BackendWebSocket(QuietClientProtocol):
                                               action.left)
             elif isinstance(action, Write):
                 if self.transport is not None:
-                    self.transport.write(action.data + action.payload if action.payload else action.data)
+                    if action.payload:  # a header and its payload, not joined (writeSequence copies neither)
+                        self.transport.writeSequence((action.data, action.payload))
+                    else:
+                        self.transport.write(action.data)
             elif isinstance(action, CloseReceived):
                 if self.owner is not None:
                     self.owner.backend_close(action.code, action.reason or None)
@@ -332,22 +332,10 @@ class WebSocketBackends:
 
     def _make_endpoint(self, key: tuple[Any, ...]) -> IStreamClientEndpoint:
         secure, host, port, timeout, cafile, verify = key
-        endpoint: Any
-        # An address needs no name resolution (HostnameEndpoint would ask a
-        # thread for getaddrinfo on every connect).
-        if isIPAddress(host):
-            endpoint = TCP4ClientEndpoint(self._reactor, host, port, timeout=timeout)
-        elif isIPv6Address(host):
-            endpoint = TCP6ClientEndpoint(self._reactor, host, port, timeout=timeout)
-        else:
-            endpoint = HostnameEndpoint(self._reactor, host, port, timeout=timeout)
-        if secure:
-            creator: Any
-            if not verify:
-                creator = UnverifiedTLS(host)
-            else:
-                creator = optionsForClientTLS(host, trustRoot=load_trust_root(cafile) if cafile else None)
-            endpoint = wrapClientTLS(creator, endpoint)
+        endpoint = stream_endpoint(self._reactor, host, port, timeout)
+        if secure:  # TLS on the socket (tunnelgw.tlssocket): cafile= or the platform's trust, verify=off
+            endpoint = tls_endpoint(self._reactor, endpoint, host, timeout, verify=verify,
+                                    trust_root=load_trust_root(cafile) if verify and cafile else None)
         return endpoint
 
     def endpoint(self, target: WebSocketTarget, options: RouteOptions) -> IStreamClientEndpoint:

@@ -1,5 +1,10 @@
 """
-TLS settings of ``ssl:`` listeners and client-certificate rules of routes, as values.
+TLS settings of ``ssl:`` listeners, of ``tls:`` backend strings and
+client-certificate rules of routes, as values.
+
+``tls:`` client strings are read with the grammar of Twisted's ``tls:``
+parser (:func:`parse_tls_client_string`), so that the gateway builds their
+endpoint itself (TLS on the socket, :mod:`tunnelgw.backends.tls`).
 
 This module is pure: it splits an ``ssl:`` server endpoint string the way
 Twisted's parser does (``:`` separates, ``=`` names, ``\\`` escapes) into the
@@ -36,8 +41,8 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Optional
 
-__all__ = ["CERT_NAME_KINDS", "CLIENT_CERT_MODES", "CertPattern", "ClientCertificate", "ListenTLS", "TLS_CLIENT_HEADER",
-           "admits", "parse_cert_pattern", "parse_ssl_endpoint"]
+__all__ = ["CERT_NAME_KINDS", "CLIENT_CERT_MODES", "CertPattern", "ClientCertificate", "ListenTLS", "TLSClientString",
+           "TLS_CLIENT_HEADER", "admits", "parse_cert_pattern", "parse_ssl_endpoint", "parse_tls_client_string"]
 
 #: The header that carries a verified client certificate's identity to ws:// backends
 #: (``forward=`` choice ``tlsclient``); the gateway sets it and never passes on a client's own.
@@ -142,6 +147,76 @@ def parse_ssl_endpoint(description: str) -> ListenTLS:
     private_key = named.get("privateKey", "server.pem")
     return ListenTLS(stream, private_key, named.get("certKey", private_key), named.get("extraCertChain"),
                      named.get("dhParameters"))
+
+
+#: ``tls:`` client parameters, in the order Twisted's parser takes them positionally.
+_TLS_KEYS = ("host", "port", "timeout", "bindAddress", "certificate", "privateKey", "trustRoots", "endpoint")
+
+@dataclass(frozen=True)
+class TLSClientString:
+    """
+    A ``tls:`` backend string.
+
+    :ivar host: the server's name (SNI, and what its certificate must name) or address.
+    :ivar port: its port.
+    :ivar timeout: seconds for the TCP connect (and for the TLS handshake).
+    :ivar bind_address: the local address to connect from.
+    :ivar certificate: a PEM file of the gateway's client certificate (and its key, without private_key).
+    :ivar private_key: a PEM file of that certificate's key.
+    :ivar trust_roots: a folder of ``*.pem`` CA certificates (else the platform's trust store).
+    :ivar endpoint: another client endpoint string to carry the TLS (then host is for SNI and the check only).
+    """
+
+    host: str
+    port: int
+    timeout: float = 30.0
+    bind_address: Optional[str] = None
+    certificate: Optional[str] = None
+    private_key: Optional[str] = None
+    trust_roots: Optional[str] = None
+    endpoint: Optional[str] = None
+
+
+def parse_tls_client_string(description: str) -> TLSClientString:
+    """
+    A ``tls:`` client endpoint string, as Twisted's parser reads it:
+    ``host`` and ``port`` positional or named, then ``timeout=``,
+    ``bindAddress=``, ``certificate=``, ``privateKey=``, ``trustRoots=``,
+    ``endpoint=`` (each also positional, in that order).
+
+    :raises ValueError: for another kind, unknown, repeated or missing
+        parameters and bad numbers, saying which.
+    """
+    kind, _, rest = description.partition(":")
+    if kind.lower() != "tls":
+        raise ValueError(f"not a tls: endpoint: {description!r}")
+    positional, named = _split(rest)
+    if len(positional) > len(_TLS_KEYS):
+        raise ValueError(f"too many parameters: {len(positional)} positional, at most {len(_TLS_KEYS)}")
+    for key, value in zip(_TLS_KEYS, positional):
+        if key in named:
+            raise ValueError(f"parameter {key!r} given twice")
+        named[key] = value
+    unknown = sorted(set(named) - set(_TLS_KEYS))
+    if unknown:
+        raise ValueError(f"unknown parameter {unknown[0]!r} (known: {', '.join(_TLS_KEYS)})")
+    for key in ("host", "port"):
+        if not named.get(key):
+            raise ValueError(f"missing parameter {key!r}")
+    port = named["port"]
+    lowest = 0 if named.get("endpoint") else 1  # with endpoint= the port is not used (as in Twisted)
+    if not port.isdigit() or not lowest <= int(port) <= 65535:
+        raise ValueError(f"bad port {port!r}: a number from {lowest} to 65535 is expected")
+    timeout_text = named.get("timeout", "30")
+    try:
+        timeout = float(timeout_text)
+    except ValueError:
+        timeout = -1.0
+    if not timeout > 0 or timeout == float("inf"):
+        raise ValueError(f"bad timeout {timeout_text!r}: a number of seconds above 0 is expected")
+    return TLSClientString(named["host"], int(port), timeout, named.get("bindAddress") or None,
+                           named.get("certificate") or None, named.get("privateKey") or None,
+                           named.get("trustRoots") or None, named.get("endpoint") or None)
 
 
 #: The name types of a client certificate that ``certname=`` patterns name: the subject's
