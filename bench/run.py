@@ -474,8 +474,14 @@ class Suite:
                                  plain=per_mb["plain"], higher=False, goals=(("plain", 2.0),),
                                  note="the writer thread included"))
             self.log(f"routes {figure}: " + ", ".join(f"{k} {values[k]:.0f} MB/s ({cpu[k]:.2f} CPU-s)" for k in prefixes))
-        sessions = {kind: self._sessions(_target("ws", gateway.ws_port, f"{prefixes[kind]}echo"))
-                    for kind in ("plain", "auth")}
+        # Each route first once (plain, auth, auth, plain): the second of two back-to-back session runs meets the
+        # first one's TIME_WAIT sockets and the gateway's grown heap, so a fixed order favours one route.
+        done: dict[str, list[float]] = {"plain": [0.0, 0.0], "auth": [0.0, 0.0]}
+        for kind in ("plain", "auth", "auth", "plain"):
+            result = self._sessions(_target("ws", gateway.ws_port, f"{prefixes[kind]}echo"))
+            done[kind][0] += result["sessions"]
+            done[kind][1] += result["seconds"]
+        sessions = {kind: {"per_second": n / seconds if seconds else 0.0} for kind, (n, seconds) in done.items()}
         asked = portal.asked()
         if not asked:
             raise RuntimeError("the auth= route never asked its portal")
