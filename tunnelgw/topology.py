@@ -211,6 +211,8 @@ class Topology:
         """
         peer = request.getClientAddress()
         host = getattr(peer, "host", None) or str(getattr(peer, "name", "") or peer)
+        if not self.config.trusted_proxies:  # no proxy's header counts: the peer, without reading the headers
+            return host
         header = self.config.proxy_header
         values = [v.decode("latin-1") for name, vs in request.requestHeaders.getAllRawHeaders()
                   if name.lower() == header.encode("ascii") for v in vs]
