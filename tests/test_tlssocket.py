@@ -112,8 +112,8 @@ class _Negotiating(Factory):
         return list(self._protocols)
 
 
-class TLSSocketConnectionTests(TestCase):
-    """An ``ssl:`` listener's connections over real loopback sockets."""
+class _RealSockets(TestCase):
+    """Real loopback sockets on the global reactor, a test PKI, and the server-side peers the test makes."""
 
     timeout = 20
 
@@ -125,6 +125,13 @@ class TLSSocketConnectionTests(TestCase):
         self.pki: Pki = make_pki(self.folder / "pki")
         self.servers: list[_Peer] = []
         self.server_made: Deferred[_Peer] = Deferred()
+
+
+class TLSSocketConnectionTests(_RealSockets):
+    """An ``ssl:`` listener's connections over real loopback sockets."""
+
+    def setUp(self) -> None:
+        super().setUp()
         self.addCleanup(self._servers_closed)  # runs last: after the clients are gone
 
     async def _servers_closed(self) -> None:
@@ -517,7 +524,7 @@ class _Hangup(Protocol):
         self.transport.loseConnection()
 
 
-class TLSSocketClientTests(TestCase):
+class TLSSocketClientTests(_RealSockets):
     """
     The client side (:func:`tunnelgw.backends.tls.tls_endpoint`, and ``tls:``
     strings through :func:`tunnelgw.backends.tls.client_endpoint`) against
@@ -525,16 +532,8 @@ class TLSSocketClientTests(TestCase):
     over real loopback sockets.
     """
 
-    timeout = 20
-
     def setUp(self) -> None:
-        from twisted.internet import reactor
-
-        self.reactor: Any = reactor
-        self.folder = Path(tempfile.mkdtemp())
-        self.pki: Pki = make_pki(self.folder / "pki")
-        self.servers: list[_Peer] = []
-        self.server_made: Deferred[_Peer] = Deferred()
+        super().setUp()
         self.server_names: list[Optional[bytes]] = []
 
     async def tls_server(self, client_ca: bool = False) -> int:

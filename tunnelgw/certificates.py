@@ -43,17 +43,22 @@ from zope.interface import implementer
 from tunnelgw.core.tlsconfig import ClientCertificate, ListenTLS
 from tunnelgw.tlssocket import TLSSocketServerFactory, select_protocol
 
-__all__ = ["ServerCertificates", "TLSServerEndpoint", "client_certificate", "load_contexts"]
+__all__ = ["ServerCertificates", "TLSServerEndpoint", "client_certificate", "load_contexts", "read_file"]
 
 _PEM_CERTIFICATE = re.compile(rb"-----BEGIN CERTIFICATE-----\r?\n.+?\r?\n-----END CERTIFICATE-----", re.DOTALL)
 
 
-def _read(path: str, what: str) -> bytes:
+def read_file(path: str, what: str) -> bytes:
+    """
+    The bytes of a file the configuration names (a certificate, a key, a CA file).
+
+    :raises ValueError: ``cannot read WHAT 'PATH': REASON``.
+    """
     try:
         with open(path, "rb") as f:
             return f.read()
     except OSError as e:
-        raise ValueError(f"cannot read the {what} {path!r}: {e.strerror or e}") from None
+        raise ValueError(f"cannot read {what} {path!r}: {e.strerror or e}") from None
 
 
 def _certificates(data: bytes, path: str, what: str) -> list[Any]:
@@ -137,19 +142,19 @@ def load_contexts(tls: ListenTLS) -> _Contexts:
     """
     verify = _Verify()
     if tls.client_ca is not None and tls.client_cert != "off":
-        cas = _certificates(_read(tls.client_ca, "client CA file"), tls.client_ca, "client CA file")
+        cas = _certificates(read_file(tls.client_ca, "the client CA file"), tls.client_ca, "client CA file")
         if not cas:
             raise ValueError(f"no PEM certificate in the client CA file {tls.client_ca!r}")
         crl = None
         if tls.crl is not None:
             try:
-                crl = x509.load_pem_x509_crl(_read(tls.crl, "CRL file"))
+                crl = x509.load_pem_x509_crl(read_file(tls.crl, "the CRL file"))
             except ValueError as e:
                 raise ValueError(f"bad CRL file {tls.crl!r}: {e}") from None
         verify = _Verify(tuple(cas), tls.client_cert == "required", crl)
     names = f"{tls.certificate!r} and {tls.private_key!r}"
-    default = _context(_read(tls.private_key, "private key file"), _read(tls.certificate, "certificate file"),
-                       _read(tls.chain, "chain file") if tls.chain else b"", verify, tls.dh_parameters, names)
+    default = _context(read_file(tls.private_key, "the private key file"), read_file(tls.certificate, "the certificate file"),
+                       read_file(tls.chain, "the chain file") if tls.chain else b"", verify, tls.dh_parameters, names)
     by_name: dict[bytes, SSL.Context] = {}
     if tls.certificates is not None:
         try:
@@ -158,7 +163,7 @@ def load_contexts(tls: ListenTLS) -> _Contexts:
             raise ValueError(f"cannot read the certificates folder {tls.certificates!r}: {e.strerror or e}") from None
         for name in files:
             path = os.path.join(tls.certificates, name)
-            data = _read(path, "certificate file")
+            data = read_file(path, "the certificate file")
             by_name[name[:-4].lower().encode("idna")] = _context(data, data, b"", verify, tls.dh_parameters, repr(path))
     return _Contexts(default, by_name)
 

@@ -35,6 +35,7 @@ from twisted.internet.ssl import (
     trustRootFromCertificates,
 )
 
+from tunnelgw.certificates import read_file
 from tunnelgw.core.tlsconfig import TLSClientString, parse_tls_client_string
 from tunnelgw.tlssocket import TLSSocketClientEndpoint
 
@@ -54,21 +55,13 @@ def _certificates(data: bytes, what: str) -> list[Certificate]:
         raise ValueError(f"{what} holds a bad certificate: {e}") from None
 
 
-def _read(path: str, what: str) -> bytes:
-    try:
-        with open(path, "rb") as f:
-            return f.read()
-    except OSError as e:
-        raise ValueError(f"cannot read {what} {path!r}: {e.strerror or e}") from None
-
-
 def load_trust_root(path: str) -> Any:
     """
     The CA certificates of a PEM file as a Twisted trust root.
 
     :raises ValueError: naming the file and what is wrong with it.
     """
-    return trustRootFromCertificates(_certificates(_read(path, "cafile"), f"cafile {path!r}"))
+    return trustRootFromCertificates(_certificates(read_file(path, "cafile"), f"cafile {path!r}"))
 
 
 def load_trust_roots_folder(path: str) -> Any:
@@ -86,7 +79,7 @@ def load_trust_roots_folder(path: str) -> Any:
     for name in names:
         if name.lower().endswith(".pem") and os.path.isfile(os.path.join(path, name)):
             file = os.path.join(path, name)
-            certificates += _certificates(_read(file, "trust root"), f"trust root {file!r}")
+            certificates += _certificates(read_file(file, "trust root"), f"trust root {file!r}")
     if not certificates:
         raise ValueError(f"trustRoots folder {path!r} holds no .pem certificate")
     return trustRootFromCertificates(certificates)
@@ -99,8 +92,8 @@ def load_client_certificate(certificate: str, private_key: Optional[str]) -> Pri
 
     :raises ValueError: naming the file and what is wrong with it.
     """
-    data = _read(certificate, "certificate")
-    key = _read(private_key, "privateKey") if private_key is not None else None
+    data = read_file(certificate, "certificate")
+    key = read_file(private_key, "privateKey") if private_key is not None else None
     try:
         if key is None:
             return PrivateCertificate.loadPEM(data)
