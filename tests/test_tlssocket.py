@@ -126,6 +126,12 @@ class _RealSockets(TestCase):
         self.servers: list[_Peer] = []
         self.server_made: Deferred[_Peer] = Deferred()
 
+    async def _close(self, peer: _Peer) -> None:
+        """Abort a client the test left open and wait for its end."""
+        if not peer.lost.called:
+            peer.tls.abortConnection()
+            await peer.lost
+
 
 class TLSSocketConnectionTests(_RealSockets):
     """An ``ssl:`` listener's connections over real loopback sockets."""
@@ -169,11 +175,6 @@ class TLSSocketConnectionTests(_RealSockets):
         await endpoint.connect(Factory.forProtocol(lambda: client))
         self.addCleanup(self._close, client)
         return client
-
-    async def _close(self, peer: _Peer) -> None:
-        if not peer.lost.called:
-            peer.tls.abortConnection()
-            await peer.lost
 
     async def pair(self) -> tuple[_Peer, _Peer]:
         """A handshaken client and the server protocol it reached."""
@@ -600,9 +601,7 @@ class TLSSocketClientTests(_RealSockets):
         return client
 
     async def _close(self, peer: _Peer) -> None:
-        if not peer.lost.called:
-            peer.tls.abortConnection()
-            await peer.lost
+        await super()._close(peer)
         for server in self.servers:
             if not server.lost.called:
                 server.transport.abortConnection()
