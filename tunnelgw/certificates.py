@@ -153,7 +153,8 @@ def load_contexts(tls: ListenTLS) -> _Contexts:
                 raise ValueError(f"bad CRL file {tls.crl!r}: {e}") from None
         verify = _Verify(tuple(cas), tls.client_cert == "required", crl)
     names = f"{tls.certificate!r} and {tls.private_key!r}"
-    default = _context(read_file(tls.private_key, "the private key file"), read_file(tls.certificate, "the certificate file"),
+    default = _context(read_file(tls.private_key, "the private key file"),
+                       read_file(tls.certificate, "the certificate file"),
                        read_file(tls.chain, "the chain file") if tls.chain else b"", verify, tls.dh_parameters, names)
     by_name: dict[bytes, SSL.Context] = {}
     if tls.certificates is not None:

@@ -255,7 +255,8 @@ class TcpBackends:
         except Exception as e:
             return defer.fail(BackendUnavailable(ConnectFailure.UNREACHABLE, f"bad target: {_describe(e)}"))
         connection = BackendConnection(self._reactor)
-        d: defer.Deferred[BackendConnection] = endpoint.connect(_OneConnection(connection)).addCallback(lambda _: connection.ready)
+        connecting = endpoint.connect(_OneConnection(connection))
+        d: defer.Deferred[BackendConnection] = connecting.addCallback(lambda _: connection.ready)
         d.addTimeout(timeout, self._reactor)
 
         def failed(failure: Failure) -> Failure:

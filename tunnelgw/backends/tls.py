@@ -97,7 +97,8 @@ def load_client_certificate(certificate: str, private_key: Optional[str]) -> Pri
     try:
         if key is None:
             return PrivateCertificate.loadPEM(data)
-        return PrivateCertificate.fromCertificateAndKeyPair(Certificate.loadPEM(data), KeyPair.load(key, SSL.FILETYPE_PEM))
+        return PrivateCertificate.fromCertificateAndKeyPair(Certificate.loadPEM(data),
+                                                            KeyPair.load(key, SSL.FILETYPE_PEM))
     except Exception as e:
         raise ValueError(f"bad client certificate or key in {certificate!r}"
                          f"{'' if private_key is None else f' / {private_key!r}'}: {e}") from None
