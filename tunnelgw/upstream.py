@@ -199,7 +199,7 @@ CONNECTION_DEFAULTS: dict[str, Any] = {
 #: that stays open, in the order it sets them: :class:`tunnelgw.session.GatewaySession` keeps these in slots.
 #: CPython shares the keys of instance dicts only while a class's first instances add them before many more are
 #: made (each new instance lowers the number of keys that may still be added), which a busy gateway never
-#: allows: each session then had a dict of its own, 1.6 KB.  ``tests/test_upstream.py`` fails when an open
+#: allows: each session then had a dict of its own, 1.6 KB.  ``tests/test_session.py`` fails when an open
 #: session sets anything else.
 SERVER_CONNECTION_SLOTS: tuple[str, ...] = (
     "is_closed", "is_open", "_valid_events", "_results", "_transport_details", "connected", "transport", "peer",
