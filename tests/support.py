@@ -258,9 +258,22 @@ def worker_group(config: Path, count: int = 2) -> Iterator[tuple["subprocess.Pop
 
 def free_port(host: str = "127.0.0.1") -> int:
     """A port with nothing listening on host right now (bound, then released)."""
-    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
+    return free_ports(1, host)[0]
+
+
+def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
+    """
+    count distinct free ports on host: all are held bound until every one is
+    chosen, since the kernel may hand a just-released port out again (two
+    ``free_port()`` calls in a row can return the same number).
+    """
+    with contextlib.ExitStack() as held:
+        ports = []
+        for _ in range(count):
+            s = held.enter_context(socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET))
+            s.bind((host, 0))
+            ports.append(int(s.getsockname()[1]))
+        return ports
 
 
 def silent(conn: socket.socket) -> None:

@@ -18,7 +18,7 @@ from twisted.logger import LogPublisher, Logger
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect
 
-from support import GatewayProcess, TcpServer, backend, free_port, require_tool, stop_process, wait_until
+from support import GatewayProcess, TcpServer, backend, free_ports, require_tool, stop_process, wait_until
 from tunnelgw.audit import TCP_QUEUE, AuditTrail
 from tunnelgw.core.audit import AuditEvent, json_record, octet_counted, rfc5424
 from tunnelgw.core.config import ConfigError, parse_config
@@ -111,7 +111,7 @@ class Rsyslog:
     def __init__(self, folder: Path) -> None:
         self.folder = folder
         folder.mkdir(exist_ok=True)
-        self.udp, self.tcp = free_port(), free_port()
+        self.udp, self.tcp = free_ports(2)
         (folder / "rsyslog.conf").write_text(_RSYSLOG_CONF.format(folder=folder, udp=self.udp, tcp=self.tcp))
         self.proc: Optional[subprocess.Popen[bytes]] = None
 

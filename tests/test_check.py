@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from twisted.internet.testing import MemoryReactorClock
 
-from support import REPO, GatewayProcess, RedisServer, free_port, subprocess_env, twistd_command
+from support import REPO, GatewayProcess, RedisServer, free_port, free_ports, subprocess_env, twistd_command
 from tunnelgw.core.config import ConfigError
 from tunnelgw.service import load_config
 
@@ -83,8 +83,8 @@ def test_every_example_checks_or_names_the_extra(config: Path, redis: bool, tmp_
 def example_copy(tmp_path: Path, redis_port: int) -> str:
     """examples/tunnelgw.conf with free ports for its fixed ones and absolute paths for its relative ones."""
     text = (REPO / "examples/tunnelgw.conf").read_text()
-    for fixed in ("8080", "8081", "9090"):
-        text = re.sub(rf"\b{fixed}\b", str(free_port()), text)
+    for fixed, port in zip(("8080", "8081", "9090"), free_ports(3)):
+        text = re.sub(rf"\b{fixed}\b", str(port), text)
     text = text.replace(" examples/", f" {REPO}/examples/").replace(":6379/", f":{redis_port}/")
     # The recordings' folder does not exist yet: the start makes it (as it makes /var/tmp/tunnelgw-recordings).
     folder = tmp_path / "recordings"
@@ -188,8 +188,9 @@ def test_unreachable_redis_is_a_warning(tmp_path: Path) -> None:
 def test_every_other_example_starts(config: Path, tmp_path: Path) -> None:
     """Each topology example starts as written (its fixed ports moved to free ones, its files found from the checkout)."""
     text = config.read_text()
-    for port in sorted(set(re.findall(r"port=(\d+)", text))):
-        text = re.sub(rf"\b{port}\b", str(free_port()), text)
+    fixed = sorted(set(re.findall(r"port=(\d+)", text)))
+    for port, free in zip(fixed, free_ports(len(fixed))):
+        text = re.sub(rf"\b{port}\b", str(free), text)
     text = text.replace(" examples/", f" {REPO}/examples/")
     with GatewayProcess(text, tmp_path) as gw:
         assert len(gw.ports) == len(re.findall(r"^(Listen|DemoBackend) ", text, re.M))

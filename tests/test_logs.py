@@ -107,12 +107,12 @@ def test_quiet_by_default_loud_where_it_matters(tmp_path: Path) -> None:
     import urllib.error
     import urllib.request
 
-    from support import GatewayProcess, free_port, session_status, wait_until
+    from support import GatewayProcess, free_ports, session_status, wait_until
 
     syslog = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     syslog.bind(("127.0.0.1", 0))
     syslog.settimeout(10)
-    echo = free_port()
+    echo, refusing_syslog, refusing_portal = free_ports(3)
     config = f"""
 Listen tcp:port=0:interface=127.0.0.1
 DemoBackend echo tcp:port={echo}:interface=127.0.0.1
@@ -121,8 +121,8 @@ ProxyPass /echo tcp:host=127.0.0.1:port={echo}
 DemoPage / /echo
 Timeout handshake=0.5
 AuditLog syslog udp://127.0.0.1:{syslog.getsockname()[1]}
-AuditLog syslog tcp://127.0.0.1:{free_port()}
-AuthPortal sso http://127.0.0.1:{free_port()}/auth timeout=1
+AuditLog syslog tcp://127.0.0.1:{refusing_syslog}
+AuthPortal sso http://127.0.0.1:{refusing_portal}/auth timeout=1
 ProxyPass /portal tcp:host=127.0.0.1:port={echo} auth=sso
 """
     try:

@@ -22,7 +22,7 @@ from typing import Iterator, Optional
 import pytest
 from websockets.sync.client import connect
 
-from support import (GatewayProcess, TcpServer, backend, free_port, require_tool, session_status, stop_process,
+from support import (GatewayProcess, TcpServer, backend, free_ports, require_tool, session_status, stop_process,
                      wait_until)
 from tunnelgw.core.config import parse_config
 
@@ -40,8 +40,7 @@ class SentinelSet:
     def __init__(self, folder: Path) -> None:
         self.folder = folder
         folder.mkdir(exist_ok=True)
-        self.primary_port, self.replica_port = free_port(), free_port()
-        self.sentinel_ports = [free_port() for _ in range(3)]
+        self.primary_port, self.replica_port, *self.sentinel_ports = free_ports(5)
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
 
     def _redis(self, name: str, *args: str) -> None:
