@@ -65,7 +65,7 @@ class ParseTlsClientStringTests:
         full = parse_tls_client_string(r"tls:h:1:9:10.0.0.1:c.pem:k.pem:/roots:unix\:/run/s.sock")
         assert full == TLSClientString("h", 1, 9.0, "10.0.0.1", "c.pem", "k.pem", "/roots", "unix:/run/s.sock")
         named = parse_tls_client_string(r"tls:\:\:1:443:bindAddress=\:\:1:certificate=C\:\\c.pem:privateKey=k.pem"
-                                        ":trustRoots=/etc/ca:endpoint=tcp\:127.0.0.1\:443")
+                                        r":trustRoots=/etc/ca:endpoint=tcp\:127.0.0.1\:443")
         assert named == TLSClientString("::1", 443, 30.0, "::1", r"C:\c.pem", "k.pem", "/etc/ca", "tcp:127.0.0.1:443")
         assert parse_tls_client_string(r"tls:h:0:endpoint=unix\:/s").port == 0  # the port is not used then
 
