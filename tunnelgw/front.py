@@ -35,7 +35,6 @@ from zope.interface import implementer
 from tunnelgw.core.clientaddr import format_address
 from tunnelgw.core.http import find_head_end, header_line_problem, is_upgrade, parse_head, request_line_problem
 from tunnelgw.core.routing import Reject
-from tunnelgw.upstream import immediate_writes
 from tunnelgw.gateway import GatewayFactory, hand_over, refuse_connection
 from tunnelgw.http2 import Http2Connection, Http2Server, negotiated_h2
 from tunnelgw.session import log_refusal
@@ -62,7 +61,6 @@ class GatewayFront(Protocol):
 
     def connectionMade(self) -> None:
         """Arm the head deadline."""
-        immediate_writes(self.transport)
         self.factory.pending.add(self.transport)
         self._deadline = self.factory.reactor.callLater(self.factory.timeout, self._expired)
 

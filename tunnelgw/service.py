@@ -39,6 +39,7 @@ from tunnelgw.gateway import GatewayFactory
 from tunnelgw.core.relay import CLOSE_GOING_AWAY, Close
 from tunnelgw.core.routing import RuleSet
 from tunnelgw.topology import Topology, check_topology
+from tunnelgw.sockettransport import SocketServerEndpoint
 from tunnelgw.web import GatewayResource
 from tunnelgw.backends.tls import client_endpoint, load_trust_root
 from tunnelgw.accesslog import AccessLogs
@@ -220,7 +221,11 @@ def check_config(config: Config, reactor: Any, without_sockets: bool = False) ->
                 # validates the string's arguments without adopting a socket.
                 _check_systemd(description)
                 continue
-            if listener_tls is None:
+            if kind == "Listen" and listener_tls is None:
+                # Clients' plain TCP connections run on the gateway's own transport (immediate writes).
+                servers.append((where, description, SocketServerEndpoint(serverFromString(reactor, description),
+                                                                         reactor)))
+            elif listener_tls is None:
                 servers.append((where, description, serverFromString(reactor, description)))
             else:
                 stream = serverFromString(reactor, listener_tls.stream)

@@ -61,7 +61,9 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-__all__ = ["TLSSocketClientEndpoint", "TLSSocketConnection", "TLSSocketServerFactory", "select_protocol", "take_over"]
+from tunnelgw.sockettransport import SocketTransport, take_over
+
+__all__ = ["TLSSocketClientEndpoint", "TLSSocketConnection", "TLSSocketServerFactory", "select_protocol"]
 
 _log = Logger()
 
@@ -77,7 +79,7 @@ _RECORD = 1 << 14
 _LINGER = 2.0
 
 @implementer(interfaces.ISSLTransport, interfaces.ITCPTransport, interfaces.ISystemHandle, interfaces.INegotiated)
-class TLSSocketConnection(FileDescriptor):
+class TLSSocketConnection(SocketTransport):
     """
     One TLS connection whose OpenSSL object reads and writes the socket:
     server side (accept state), or with connect set the client side.
@@ -101,17 +103,11 @@ class TLSSocketConnection(FileDescriptor):
                  protocols: Sequence[bytes] = (), connect: bool = False,
                  check: Optional[Callable[[SSL.Connection], None]] = None,
                  handshake_timeout: Optional[float] = None) -> None:
-        FileDescriptor.__init__(self, reactor)
-        self._clock: interfaces.IReactorTime = reactor
-        self.socket = sock
-        self._fd = sock.fileno()
+        SocketTransport.__init__(self, sock, protocol, host, peer, reactor)
         self._tls = tls
         tls.set_app_data(self)  # for select_protocol
         #: The ALPN protocols offered, preferred first.
         self.protocols = protocols
-        self.protocol = protocol
-        self._host = host
-        self._peer = peer
         #: Application bytes not yet taken by OpenSSL, in order; the head is retried as it is when _retry is set.
         self._queue: deque[Union[bytes, memoryview]] = deque()
         self._queued = 0
@@ -130,13 +126,8 @@ class TLSSocketConnection(FileDescriptor):
         self._check = check
         self._handshake_timeout = handshake_timeout
         self._handshake_call: Any = None
-        self.connected = 1
 
     # --- the reactor's side
-
-    def fileno(self) -> int:
-        """The socket's descriptor (-1 once closed)."""
-        return self._fd
 
     def start(self) -> None:
         """Connect the protocol and start the handshake (a server's needs the client's hello first)."""
@@ -435,29 +426,8 @@ class TLSSocketConnection(FileDescriptor):
         """TLS has no half-close that the gateway's peers rely on: close whole."""
         self.loseConnection()
 
-    def abortConnection(self) -> None:
-        """Close now: no close_notify, queued data dropped; connectionLost on the next reactor turn."""
-        self._lose_later(error.ConnectionAborted())
-
-    #: Why the connection is being ended on the next reactor turn (an abort, a failed write).
-    _ending: Optional[BaseException] = None
-
     def _aborted(self) -> bool:
         return self._ending is not None
-
-    def _lose_later(self, reason: BaseException) -> None:
-        """Stop all I/O now and end the connection on the next reactor turn (not inside the protocol's call)."""
-        if self.disconnected or self._ending is not None:
-            return
-        self._ending = reason
-        self.stopReading()
-        self.stopWriting()
-        self.disconnecting = 1
-        self._clock.callLater(0, self._end)
-
-    def _end(self) -> None:
-        if not self.disconnected:
-            self.connectionLost(Failure(self._ending))
 
     def _stop_handshake_timer(self) -> None:
         if self._handshake_call is not None:
@@ -477,43 +447,8 @@ class TLSSocketConnection(FileDescriptor):
         FileDescriptor.connectionLost(self, reason)
         self._queue.clear()
         self._queued = 0
-        try:
-            if reason.check(error.ConnectionAborted):
-                self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
-            self.socket.close()
-        except OSError:
-            pass
-        self._fd = -1
+        self._close_socket(reason)
         self.protocol.connectionLost(reason)
-
-    def getHost(self) -> _Address:
-        """This side's address (a listener's, or the connection's own towards a backend)."""
-        return self._host
-
-    def getPeer(self) -> _Address:
-        """The other side's address."""
-        return self._peer
-
-    def getHandle(self) -> socket.socket:
-        """The socket (for socket options; reading or writing it would break the TLS stream)."""
-        return self.socket
-
-    def getTcpNoDelay(self) -> bool:
-        """Whether Nagle's algorithm is off."""
-        return bool(self.socket.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
-
-    def setTcpNoDelay(self, enabled: bool) -> None:
-        """Turn Nagle's algorithm off (True) or on (a ``unix:`` stream under ``tls:`` has none: nothing to do)."""
-        if self.socket.family != socket.AF_UNIX:
-            self.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, enabled)
-
-    def getTcpKeepAlive(self) -> bool:
-        """Whether TCP keepalive is on."""
-        return bool(self.socket.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE))
-
-    def setTcpKeepAlive(self, enabled: bool) -> None:
-        """Turn TCP keepalive on or off."""
-        self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, enabled)
 
     # --- ISSLTransport, INegotiated
 
@@ -566,25 +501,6 @@ def _lost(e: SSL.Error, what: str) -> BaseException:
     if isinstance(e, SSL.SysCallError):
         return error.ConnectionLost(f"{what}: {e.args[1] if len(e.args) > 1 else e}")
     return error.ConnectionLost(f"{what}: {e}")
-
-
-def take_over(transport: Any) -> Optional[tuple[socket.socket, Any, Any]]:
-    """
-    Detach the socket of a stream transport that has just connected (and has
-    read nothing) from Twisted: (socket, host address, peer address), or None
-    when the transport has no socket (it is then left as it is).  The
-    transport keeps a closed socket object and is dropped: no
-    ``connectionLost`` reaches it.
-    """
-    handle = transport.getHandle() if interfaces.ISystemHandle.providedBy(transport) else None
-    if not isinstance(handle, socket.socket):
-        return None
-    host, peer = transport.getHost(), transport.getPeer()
-    transport.stopReading()
-    transport.stopWriting()
-    sock = socket.socket(fileno=handle.detach())
-    sock.setblocking(False)
-    return sock, host, peer
 
 
 class _Takeover(Protocol):

@@ -35,25 +35,13 @@ After the opening handshake Autobahn is out of the way: frames go through
 :class:`tunnelgw.core.sessionrelay.SessionRelay`, so nothing of Autobahn's
 frame parser or close handling is replaced any more.
 
-The data phase's two shortcuts are here too, after the Autobahn part (the
-transports replace Twisted internals; their replaced functions are pinned
-above with the rest):
-
-- :data:`unmask`, the (un)masking function of
-  :class:`tunnelgw.core.sessionrelay.SessionRelay`: the optional
-  ``websockets`` C speedup when installed, else Autobahn's masker;
-- :func:`immediate_writes`: a TCP transport whose writes go to the socket at
-  once when nothing is queued, instead of waiting for the reactor's next
-  poll.  Twisted's own write queues every write, registers the socket for
-  writability, and sends on the next reactor iteration, then unregisters it:
-  two ``epoll_ctl`` calls, a poll and a copy of the queue per write.  Here a
-  write with nothing queued ahead of it is one ``send`` (``sendmsg`` for a
-  sequence); only what the kernel does not take is queued, and from then on
-  Twisted's path (and its producer pausing) runs as usual, so order and flow
-  control are Twisted's.  TLS connections, listeners' and backends', are
-  :mod:`tunnelgw.tlssocket`'s own transport and need nothing here.
-  Kept in step with Twisted 26.x; with other internals (:data:`_TWISTED_KNOWN`)
-  transports are left as Twisted made them.
+The data phase's shortcut is here too, after the Autobahn part:
+:data:`unmask`, the (un)masking function of
+:class:`tunnelgw.core.sessionrelay.SessionRelay`: the optional ``websockets``
+C speedup when installed, else Autobahn's masker.  Nothing of Twisted's
+transports is replaced: the gateway's connections run on transports of its
+own (:mod:`tunnelgw.sockettransport`, :mod:`tunnelgw.tlssocket`), subclasses
+of Twisted's public :class:`~twisted.internet.abstract.FileDescriptor`.
 """
 
 from __future__ import annotations
@@ -66,17 +54,15 @@ from autobahn.twisted.websocket import WebSocketClientProtocol, WebSocketServerP
 from autobahn.util import _is_tls_error, _maybe_tls_reason
 from autobahn.wamp.types import TransportDetails
 from autobahn.websocket.protocol import WebSocketProtocol
-from twisted.internet import tcp
-from twisted.internet.abstract import FileDescriptor
 from twisted.internet.interfaces import ISSLTransport
 from twisted.internet.protocol import connectionDone
 from twisted.python.failure import Failure
 
 from tunnelgw.core.frames import Unmask
 
-__all__ = ["CONNECTION_DEFAULTS", "ImmediateClient", "ImmediateServer", "QuietAdapter",
-           "QuietClientProtocol", "QuietServerProtocol", "REPLACED", "SERVER_CONNECTION_SLOTS", "SharedOptions",
-           "immediate_writes", "open_state", "parsed_handshake", "protocol_options", "slot_defaults", "unmask"]
+__all__ = ["CONNECTION_DEFAULTS", "QuietAdapter", "QuietClientProtocol", "QuietServerProtocol", "REPLACED",
+           "SERVER_CONNECTION_SLOTS", "SharedOptions", "open_state", "parsed_handshake", "protocol_options",
+           "slot_defaults", "unmask"]
 
 #: Upstream functions replaced here, by dotted name, with the first 16 hex
 #: digits of the SHA-256 of their source
@@ -100,11 +86,6 @@ REPLACED: dict[str, str] = {
     "autobahn.twisted.websocket.WebSocketAdapterProtocol.connectionLost": "cf4d8aab057cd161",
     "autobahn.twisted.websocket.WebSocketAdapterProtocol.dataReceived": "7997f762de218433",
     "autobahn.twisted.websocket.WebSocketAdapterProtocol._onOpen": "6cfc286602a22405",
-    # Immediate TCP writes (the data phase, below).
-    "twisted.internet.abstract.FileDescriptor.write": "3e46c97fc173bc7e",
-    "twisted.internet.abstract.FileDescriptor.writeSequence": "1606f230d318191a",
-    # _ImmediateWrites._idle reads dataBuffer and _tempDataBuffer as this flushes them.
-    "twisted.internet.abstract.FileDescriptor.doWrite": "a986d7b1b1054e43",
 }
 
 
@@ -431,80 +412,3 @@ def _choose_unmask() -> Unmask:
 
 #: The unmasking function the fast data phase uses.
 unmask: Unmask = _choose_unmask()
-
-#: More pieces than this in one write are joined first (the kernel's IOV_MAX is 1024).
-_MAX_PIECES = 64
-
-
-if TYPE_CHECKING:
-    _Connection = tcp.Connection
-else:
-    _Connection = object
-
-
-class _ImmediateWrites(_Connection):
-    """Mixed into Twisted's TCP connection classes: send at once what has nothing queued ahead of it."""
-
-    def _idle(self) -> bool:
-        """Nothing queued, connected, not closing, no TLS started on the connection itself."""
-        return bool(self.connected and not self.dataBuffer and not self._tempDataBuffer and not self.disconnecting
-                    and not self._writeDisconnected and not self.TLS)
-
-    def write(self, data: bytes) -> None:
-        if data and type(data) is bytes and self._idle():
-            try:
-                sent = self.socket.send(data)
-            except OSError:  # EAGAIN, or an error Twisted's own write path will meet and report
-                sent = 0
-            if sent == len(data):
-                return
-            data = data[sent:]
-        super().write(data)
-
-    def writeSequence(self, iovec: Iterable[bytes]) -> None:
-        pieces = list(iovec)
-        if not pieces or not self._idle() or not all(type(piece) is bytes for piece in pieces):
-            super().writeSequence(pieces)
-            return
-        if len(pieces) > _MAX_PIECES:
-            pieces = [b"".join(pieces)]
-        try:
-            sent = self.socket.sendmsg(pieces)
-        except OSError:
-            sent = 0
-        for i, piece in enumerate(pieces):
-            if sent < len(piece):
-                super().writeSequence([piece[sent:] if sent else piece] + pieces[i + 1:])
-                return
-            sent -= len(piece)
-
-
-class ImmediateServer(_ImmediateWrites, tcp.Server):
-    """An accepted TCP connection with :class:`_ImmediateWrites`."""
-
-
-class ImmediateClient(_ImmediateWrites, tcp.Client):
-    """An outgoing TCP connection with :class:`_ImmediateWrites`."""
-
-
-_SWAPS: dict[type, type] = {tcp.Server: ImmediateServer, tcp.Client: ImmediateClient}
-
-
-#: What the subclasses above rely on in Twisted (checked once: another Twisted leaves transports as they are).
-_TWISTED_KNOWN = all(hasattr(FileDescriptor, name) for name in ("dataBuffer", "_writeDisconnected", "doWrite"))
-
-
-def immediate_writes(transport: Any) -> None:
-    """
-    Give transport immediate writes when it is a TCP connection.  Any other
-    kind of transport (``unix:``; ``ssl:`` client strings, which start TLS on
-    the connection; the TLS transports of :mod:`tunnelgw.tlssocket`) is left
-    as it is, and every transport when Twisted's internals are not the ones
-    these classes know.
-    """
-    if not _TWISTED_KNOWN:
-        return
-    swap = _SWAPS.get(type(transport))
-    if swap is None:
-        return
-    transport.__class__ = swap

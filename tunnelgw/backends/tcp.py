@@ -40,7 +40,6 @@ from tunnelgw.core.relay import (
     connect_rejection,
 )
 from tunnelgw.core.routing import Reject
-from tunnelgw.upstream import immediate_writes
 
 __all__ = ["BackendConnection", "BackendSink", "BackendUnavailable", "EndpointCache", "TcpBackends", "TcpLink",
            "classify_connect_error"]
@@ -134,7 +133,6 @@ class BackendConnection(Protocol):
         """
         if ITCPTransport.providedBy(self.transport):  # TCP, or TLS on a TCP socket (tunnelgw.tlssocket)
             self.transport.setTcpNoDelay(True)
-        immediate_writes(self.transport)
         if not ISSLTransport.providedBy(self.transport):
             self.ready.callback(self)
 

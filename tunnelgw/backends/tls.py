@@ -37,6 +37,7 @@ from twisted.internet.ssl import (
 
 from tunnelgw.certificates import read_file
 from tunnelgw.core.tlsconfig import TLSClientString, parse_tls_client_string
+from tunnelgw.sockettransport import SocketClientEndpoint
 from tunnelgw.tlssocket import TLSSocketClientEndpoint
 
 __all__ = ["client_endpoint", "load_client_certificate", "load_trust_root", "load_trust_roots_folder",
@@ -185,4 +186,4 @@ def client_endpoint(reactor: Any, description: str) -> IStreamClientEndpoint:
     """
     if description.split(":", 1)[0].lower() == "tls":
         return _tls_string_endpoint(reactor, parse_tls_client_string(description))
-    return clientFromString(reactor, description)
+    return SocketClientEndpoint(clientFromString(reactor, description), reactor)

@@ -66,7 +66,8 @@ from tunnelgw.core.sessionrelay import (
 from tunnelgw.core.wsrelay import backend_target, forwarded_headers, handshake_refusal, lost_close
 from tunnelgw.core.wsurl import WebSocketTarget
 from tunnelgw.relayend import RelayTimer, drop
-from tunnelgw.upstream import immediate_writes, unmask
+from tunnelgw.sockettransport import SocketClientEndpoint
+from tunnelgw.upstream import unmask
 from tunnelgw.upstream import QuietClientProtocol, SharedOptions, protocol_options
 
 __all__ = ["BackendWebSocket", "WebSocketBackends", "WebSocketLink", "load_trust_root"]
@@ -111,11 +112,6 @@ class BackendWebSocket(QuietClientProtocol):
             self.transport.abortConnection()
 
     # Opening (Autobahn's).
-
-    def connectionMade(self) -> None:
-        """Immediate writes on the backend connection, then Autobahn's handshake request."""
-        immediate_writes(self.transport)
-        super().connectionMade()
 
     def onConnecting(self, transport_details: Any) -> ConnectingRequest:
         """The handshake request: this session's path, subprotocols and forwarded headers."""
@@ -334,9 +330,9 @@ class WebSocketBackends:
         secure, host, port, timeout, cafile, verify = key
         endpoint = stream_endpoint(self._reactor, host, port, timeout)
         if secure:  # TLS on the socket (tunnelgw.tlssocket): cafile= or the platform's trust, verify=off
-            endpoint = tls_endpoint(self._reactor, endpoint, host, timeout, verify=verify,
-                                    trust_root=load_trust_root(cafile) if verify and cafile else None)
-        return endpoint
+            return tls_endpoint(self._reactor, endpoint, host, timeout, verify=verify,
+                                trust_root=load_trust_root(cafile) if verify and cafile else None)
+        return SocketClientEndpoint(endpoint, self._reactor)  # plain TCP on the gateway's own transport
 
     def endpoint(self, target: WebSocketTarget, options: RouteOptions) -> IStreamClientEndpoint:
         """The client endpoint for a backend: TCP, wrapped in TLS for ``wss://``."""

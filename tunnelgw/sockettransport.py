@@ -1,0 +1,466 @@
+"""
+Plain TCP on the gateway's own transport: the connections of ``Listen``
+lines without TLS, of ``tcp:`` backends and of ``ws://`` hops.
+
+Twisted's TCP transport queues every write: it registers the socket for
+writability and sends on the reactor's next turn, then unregisters it (two
+``epoll_ctl`` calls, a poll and a copy of the queue per write).  A relay
+writes once per read, so on the desktop direction that is the cost of every
+update.  :class:`SocketConnection` sends a write at once when nothing is
+queued ahead of it (one ``send``, ``sendmsg`` for a sequence), queues only
+what the kernel did not take, and watches for writability only while
+something is queued.
+
+It is a :class:`~twisted.internet.abstract.FileDescriptor` of our own, not a
+change to Twisted's classes: each connection is made by Twisted's endpoints as
+usual and taken over as soon as it is connected, before a byte is read (as
+:mod:`tunnelgw.tlssocket` does for TLS): :class:`SocketServerEndpoint` for
+listeners, :class:`SocketClientEndpoint` for backends.  A connection that has
+no TCP socket of Twisted's under it (``unix:``, a ``haproxy:`` listener's
+PROXY header parser) stays on the transport it was made with.
+
+What the gateway uses of Twisted's TCP transport is provided the same way:
+``ITCPTransport`` (addresses, ``TCP_NODELAY``, keepalive, half-close),
+``ISystemHandle``, producer and consumer flow control with ``bufferSize`` as
+the bound, ``loseConnection`` after the queued data, ``abortConnection`` with
+a reset, ``connectionLost`` on the next reactor turn after an abort.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections import deque
+from itertools import islice
+from typing import Any, Iterable, Optional, Union, cast
+
+from twisted.internet import defer, error, interfaces, main
+from twisted.internet.abstract import FileDescriptor
+from twisted.internet.address import IPv4Address, IPv6Address
+from twisted.internet.protocol import Factory, Protocol, connectionDone
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+__all__ = ["SocketClientEndpoint", "SocketConnection", "SocketServerEndpoint", "SocketTransport", "take_over"]
+
+Address = Union[IPv4Address, IPv6Address]
+
+#: More pieces than this in one write are joined first (the kernel's IOV_MAX is 1024).
+_MAX_PIECES = 64
+
+_RESET = b"\x01\x00\x00\x00\x00\x00\x00\x00"  # struct linger {on, 0 s}: close with a reset
+
+
+def take_over(transport: Any, tcp_only: bool = False) -> Optional[tuple[socket.socket, Any, Any]]:
+    """
+    Detach the socket of a stream transport that has just connected (and has
+    read nothing) from Twisted: (socket, host address, peer address), or None
+    when the transport is not a socket transport of Twisted's (a wrapper, a
+    test transport), or with tcp_only not a TCP one; it is then left as it is.
+    A transport taken over keeps a closed socket object and is dropped: no
+    ``connectionLost`` reaches it.
+    """
+    if not isinstance(transport, FileDescriptor) or not interfaces.ISystemHandle.providedBy(transport):
+        return None
+    handle = transport.getHandle()
+    if not isinstance(handle, socket.socket) or (tcp_only and handle.family not in (socket.AF_INET, socket.AF_INET6)):
+        return None
+    host = None if tcp_only else transport.getHost()  # TCP: asked of the socket when wanted (a system call)
+    peer = transport.getPeer()
+    transport.stopReading()
+    transport.stopWriting()
+    family, kind, proto = handle.family, handle.type, handle.proto  # given, so that socket() asks the kernel nothing
+    sock = socket.socket(family, kind, proto, fileno=handle.detach())
+    sock.setblocking(False)
+    return sock, host, peer
+
+
+class SocketTransport(FileDescriptor):
+    """
+    What :class:`SocketConnection` and :class:`tunnelgw.tlssocket.TLSSocketConnection`
+    share: a socket taken over from Twisted, its addresses and options, and an
+    end on the next reactor turn.
+
+    :param host: this side's address, or None to ask the socket when wanted.
+    """
+
+    def __init__(self, sock: socket.socket, protocol: interfaces.IProtocol, host: Optional[Any], peer: Any,
+                 reactor: Any) -> None:
+        FileDescriptor.__init__(self, reactor)
+        self._clock: interfaces.IReactorTime = reactor
+        self.socket = sock
+        self._fd = sock.fileno()
+        self.protocol = protocol
+        self._host = host
+        self._peer = peer
+        self.connected = 1
+
+    #: Why the connection is being ended on the next reactor turn (an abort, a failed write).
+    _ending: Optional[BaseException] = None
+
+    def fileno(self) -> int:
+        """The socket's descriptor (-1 once closed)."""
+        return self._fd
+
+    def abortConnection(self) -> None:
+        """Close now, queued data dropped, with a reset; connectionLost on the next reactor turn."""
+        self._lose_later(error.ConnectionAborted())
+
+    def _lose_later(self, reason: BaseException) -> None:
+        """Stop all I/O now and end the connection on the next reactor turn (not inside the protocol's call)."""
+        if self.disconnected or self._ending is not None:
+            return
+        self._ending = reason
+        self.stopReading()
+        self.stopWriting()
+        self.disconnecting = 1
+        self._clock.callLater(0, self._end)
+
+    def _end(self) -> None:
+        if not self.disconnected:
+            self.connectionLost(Failure(self._ending))
+
+    def _close_socket(self, reason: Failure) -> None:
+        """Close the socket: with a reset when the connection was aborted."""
+        try:
+            if reason.check(error.ConnectionAborted):
+                self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _RESET)
+            self.socket.close()
+        except OSError:
+            pass
+        self._fd = -1
+
+    def getHost(self) -> Any:
+        """This side's address (a listener's, or the connection's own towards a backend)."""
+        if self._host is None:
+            address = self.socket.getsockname()
+            self._host = (IPv6Address if self.socket.family == socket.AF_INET6 else IPv4Address)(
+                "TCP", address[0], address[1])
+        return self._host
+
+    def getPeer(self) -> Any:
+        """The other side's address."""
+        return self._peer
+
+    def getHandle(self) -> socket.socket:
+        """The socket (for socket options)."""
+        return self.socket
+
+    def getTcpNoDelay(self) -> bool:
+        """Whether Nagle's algorithm is off."""
+        return bool(self.socket.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+
+    def setTcpNoDelay(self, enabled: bool) -> None:
+        """Turn Nagle's algorithm off (True) or on (a ``unix:`` stream has none: nothing to do)."""
+        if self.socket.family != socket.AF_UNIX:
+            self.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, enabled)
+
+    def getTcpKeepAlive(self) -> bool:
+        """Whether TCP keepalive is on."""
+        return bool(self.socket.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE))
+
+    def setTcpKeepAlive(self, enabled: bool) -> None:
+        """Turn TCP keepalive on or off."""
+        self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, enabled)
+
+    def logPrefix(self) -> str:
+        """The protocol's class name, as Twisted's transports log it."""
+        return type(self.protocol).__name__
+
+
+@implementer(interfaces.ITCPTransport, interfaces.ISystemHandle)
+class SocketConnection(SocketTransport):
+    """
+    One plain TCP connection: writes go to the socket at once when nothing
+    is queued ahead of them; what the kernel does not take is queued in order
+    and sent as the socket becomes writable.
+    """
+
+    #: What the kernel has not taken yet, in order: a deque once something was queued (most
+    #: connections of an idle gateway never queue, and a deque is some 600 bytes).
+    _queue: Any = ()
+    _queued = 0
+    #: loseWriteConnection: shut the sending side once the queue is sent.
+    _write_closing = False
+    _write_closed = False
+
+    def _pending(self) -> "deque[Union[bytes, memoryview]]":
+        """The queue, made on first use."""
+        if not isinstance(self._queue, deque):
+            self._queue = deque()
+        return self._queue
+
+    def start(self) -> None:
+        """Read, and connect the protocol."""
+        self.startReading()  # first, so that a protocol pausing or closing in connectionMade has the last word
+        self.protocol.makeConnection(self)
+
+    # --- reading
+
+    def doRead(self) -> Optional[BaseException]:
+        """The socket is readable: up to bufferSize bytes, to the protocol."""
+        try:
+            data = self.socket.recv(self.bufferSize)
+        except BlockingIOError:
+            return None
+        except OSError:
+            return main.CONNECTION_LOST
+        if data:
+            self.protocol.dataReceived(data)
+            return None
+        half = interfaces.IHalfCloseableProtocol(self.protocol, None)
+        if half is None:
+            return main.CONNECTION_DONE
+        self.stopReading()
+        half.readConnectionLost()
+        return None
+
+    # --- writing
+
+    def write(self, data: bytes) -> None:
+        """Send data now if nothing is queued ahead of it; queue what the kernel does not take."""
+        if isinstance(data, str):
+            raise TypeError("Data must not be string")
+        if not data or not self.connected or self._write_closing or self._ending is not None:
+            return
+        if not self._queue:
+            try:
+                sent = self.socket.send(data)
+            except BlockingIOError:
+                sent = 0
+            except OSError as e:
+                self._lose_later(error.ConnectionLost(str(e)))
+                return
+            if sent == len(data):
+                return
+            self.startWriting()
+            rest: Union[bytes, memoryview] = memoryview(data)[sent:] if sent else data
+            self._pending().append(rest)
+            self._queued += len(rest)
+        else:
+            self._queue.append(data)
+            self._queued += len(data)
+        self._pause_producer()
+
+    def writeSequence(self, iovec: Iterable[bytes]) -> None:
+        """As :meth:`write` for the pieces together (one ``sendmsg`` when nothing is queued)."""
+        pieces: list[Union[bytes, memoryview]] = []
+        for given in iovec:
+            if isinstance(given, str):
+                raise TypeError("Data must not be string")
+            if given:
+                pieces.append(given)
+        if not pieces or not self.connected or self._write_closing or self._ending is not None:
+            return
+        if not self._queue:
+            if len(pieces) > _MAX_PIECES:
+                pieces = [b"".join(pieces)]
+            try:
+                sent = self.socket.sendmsg(pieces)
+            except BlockingIOError:
+                sent = 0
+            except OSError as e:
+                self._lose_later(error.ConnectionLost(str(e)))
+                return
+            for i, piece in enumerate(pieces):
+                if sent < len(piece):
+                    self.startWriting()
+                    pieces = [memoryview(piece)[sent:] if sent else piece] + pieces[i + 1:]
+                    break
+                sent -= len(piece)
+            else:
+                return
+        self._pending().extend(pieces)
+        self._queued += sum(len(piece) for piece in pieces)
+        self._pause_producer()
+
+    def _pause_producer(self) -> None:
+        # The bound is bufferSize, as for Twisted's transports (a session raises it to its relay window).
+        if self.producer is not None and self.streamingProducer and self._queued > self.bufferSize \
+                and not self.producerPaused:
+            self.producerPaused = True
+            cast(interfaces.IPushProducer, self.producer).pauseProducing()
+
+    def doWrite(self) -> Optional[BaseException]:
+        """The socket is writable: send the queue; once it is empty, resume a producer or go on closing."""
+        queue = self._queue
+        while queue:
+            pieces = list(islice(queue, _MAX_PIECES))
+            try:
+                sent = self.socket.send(pieces[0]) if len(pieces) == 1 else self.socket.sendmsg(pieces)
+            except BlockingIOError:
+                return None
+            except OSError as e:
+                return error.ConnectionLost(str(e))
+            self._queued -= sent
+            for piece in pieces:
+                if sent < len(piece):
+                    if sent:
+                        queue[0] = memoryview(piece)[sent:]
+                    return None  # the kernel is full: the reactor says when it takes more
+                sent -= len(piece)
+                queue.popleft()
+        self.stopWriting()
+        if self.producer is not None and (not self.streamingProducer or self.producerPaused):
+            self.producerPaused = False
+            cast(interfaces.IPushProducer, self.producer).resumeProducing()  # a pull producer has it too
+        elif self.disconnecting:
+            return main.CONNECTION_DONE
+        elif self._write_closing and not self._write_closed:
+            return self._shut_write()
+        return None
+
+    def _shut_write(self) -> Optional[BaseException]:
+        self._write_closed = True
+        try:
+            self.socket.shutdown(socket.SHUT_WR)
+        except OSError as e:
+            return error.ConnectionLost(str(e))
+        half = interfaces.IHalfCloseableProtocol(self.protocol, None)
+        if half is not None:
+            half.writeConnectionLost()
+        return None
+
+    # --- ITransport, ITCPTransport
+
+    def pauseProducing(self) -> None:
+        """The protocol takes no more data: stop reading."""
+        self.stopReading()
+
+    def resumeProducing(self) -> None:
+        """The protocol reads again."""
+        if self.connected and not self.disconnecting:
+            self.startReading()
+
+    def loseConnection(self) -> None:
+        """Close after the queued data (once a producer still registered is unregistered, as Twisted's)."""
+        if not self.connected or self.disconnecting:
+            return
+        self.disconnecting = 1
+        self.stopReading()
+        self.startWriting()  # doWrite flushes and closes
+
+    def loseWriteConnection(self) -> None:
+        """Shut the sending side after the queued data; reading goes on."""
+        if not self.connected or self._write_closing:
+            return
+        self._write_closing = True
+        self.startWriting()
+
+    def connectionLost(self, reason: Failure) -> None:
+        """Close the socket (with a reset when aborted) and tell the protocol, once."""
+        if self.disconnected:
+            return
+        FileDescriptor.connectionLost(self, reason)
+        self._queue = ()
+        self._queued = 0
+        self._close_socket(reason)
+        self.protocol.connectionLost(reason)
+
+
+class _Handover(Protocol):
+    """
+    The first protocol of a new connection: it hands the socket to a
+    :class:`SocketConnection` with the application's protocol; a connection
+    that cannot be taken over keeps its transport, and this passes its events
+    through.
+
+    Once the socket is taken, Twisted's transport may still be called once by
+    the reactor: a connect that completes on a readable and writable event runs
+    ``doConnect`` (where the take-over happens) and then ``doWrite`` in the same
+    turn, which fails on the detached socket and ends that transport.  What
+    it reports is not the application's: it is dropped here.
+    """
+
+    def __init__(self, protocol: interfaces.IProtocol, reactor: Any) -> None:
+        self.protocol = protocol
+        self._reactor = reactor
+        self._taken = False
+
+    def connectionMade(self) -> None:
+        transport: Any = self.transport
+        taken = take_over(transport, tcp_only=True)
+        if taken is None:
+            self.protocol.makeConnection(transport)
+            return
+        sock, host, peer = taken
+        self._taken = True
+        self.transport = None  # Twisted's transport, dropped (it still refers to this, not this to it)
+        SocketConnection(sock, self.protocol, host, peer, self._reactor).start()
+
+    def dataReceived(self, data: bytes) -> None:
+        if not self._taken:
+            self.protocol.dataReceived(data)
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        if not self._taken:
+            self.protocol.connectionLost(reason)
+
+
+class _HandoverFactory(Factory):
+    """
+    Wraps the application's factory: its protocols, handed over as they
+    connect.  One per outgoing connection, as the TLS one
+    (:class:`tunnelgw.tlssocket.TLSSocketClientEndpoint`): the application's
+    factory is not started or stopped per connection (Twisted's connector never
+    sees a taken connection end).
+    """
+
+    noisy = False
+
+    def __init__(self, wrapped: Any, reactor: Any) -> None:
+        self.wrapped = wrapped
+        self._reactor = reactor
+
+    def buildProtocol(self, addr: Optional[interfaces.IAddress]) -> Optional[Protocol]:
+        """The hand-over protocol, or None (no connection) when the application's factory refuses addr."""
+        protocol = self.wrapped.buildProtocol(addr)
+        return None if protocol is None else _Handover(protocol, self._reactor)
+
+
+class _ListeningHandoverFactory(_HandoverFactory):
+    """A listener's: the application's factory starts and stops with the listening port, and names it in logs."""
+
+    def logPrefix(self) -> str:
+        """The application factory's (Twisted's "... starting on PORT" line names it)."""
+        prefix = getattr(self.wrapped, "logPrefix", None)
+        return prefix() if prefix is not None else type(self.wrapped).__name__
+
+    def doStart(self) -> None:
+        """Start the application's factory with this one."""
+        self.wrapped.doStart()
+
+    def doStop(self) -> None:
+        """Stop the application's factory with this one."""
+        self.wrapped.doStop()
+
+
+@implementer(interfaces.IStreamServerEndpoint)
+class SocketServerEndpoint:
+    """A listener (any stream server endpoint) whose TCP connections run on :class:`SocketConnection`."""
+
+    def __init__(self, stream: interfaces.IStreamServerEndpoint, reactor: Any) -> None:
+        self.stream = stream
+        self._reactor = reactor
+
+    def listen(self, protocolFactory: Any) -> "defer.Deferred[interfaces.IListeningPort]":
+        """Listen with the stream endpoint."""
+        return self.stream.listen(_ListeningHandoverFactory(protocolFactory, self._reactor))
+
+
+@implementer(interfaces.IStreamClientEndpoint)
+class SocketClientEndpoint:
+    """A client endpoint (any stream client endpoint) whose TCP connections run on :class:`SocketConnection`."""
+
+    def __init__(self, stream: interfaces.IStreamClientEndpoint, reactor: Any) -> None:
+        self.stream = stream
+        self._reactor = reactor
+
+    def connect(self, protocolFactory: Any) -> "defer.Deferred[Any]":
+        """Connect the stream; fires with the application's protocol, connected."""
+        connecting: defer.Deferred[Any] = self.stream.connect(_HandoverFactory(protocolFactory, self._reactor))
+        return connecting.addCallback(_application_protocol)
+
+
+def _application_protocol(handover: _Handover) -> Any:
+    return handover.protocol
+
