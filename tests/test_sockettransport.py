@@ -86,6 +86,15 @@ class _Producer:
         self.stopped = True
 
 
+def _tcp_pair() -> tuple[socket.socket, socket.socket]:
+    """A connected loopback TCP pair (blocking sockets)."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+        ours = socket.create_connection(listener.getsockname())
+        return ours, listener.accept()[0]
+
+
 class SocketConnectionTests(TestCase):
     """
     One connection over a real socket pair (ours with a small send buffer, so
@@ -154,11 +163,7 @@ class SocketConnectionTests(TestCase):
 
     def test_tcp_addresses_and_options(self) -> None:
         """On TCP: this side's address from the socket when asked, the peer's as given; TCP_NODELAY and keepalive."""
-        with socket.socket() as listener:
-            listener.bind(("127.0.0.1", 0))
-            listener.listen(1)
-            ours = socket.create_connection(listener.getsockname())
-            peer, _ = listener.accept()
+        ours, peer = _tcp_pair()
         self.addCleanup(peer.close)
         given = IPv4Address("TCP", *peer.getsockname())
         transport = SocketConnection(ours, _Recorder(), None, given, self.reactor)
@@ -341,11 +346,7 @@ class HandoverTests(TestCase):
         backend sessions whose desktop greeted at once), and the connection
         goes on.
         """
-        with socket.socket() as listener:
-            listener.bind(("127.0.0.1", 0))
-            listener.listen(1)
-            ours = socket.create_connection(listener.getsockname())
-            peer, _ = listener.accept()
+        ours, peer = _tcp_pair()
         self.addCleanup(peer.close)
         reactor = MemoryReactorClock()
         application = _Recorder()

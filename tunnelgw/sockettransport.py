@@ -70,7 +70,7 @@ def take_over(transport: Any, tcp_only: bool = False) -> Optional[tuple[socket.s
     transport.stopWriting()
     family, kind, proto = handle.family, handle.type, handle.proto  # given, so that socket() asks the kernel nothing
     sock = socket.socket(family, kind, proto, fileno=handle.detach())
-    sock.setblocking(False)
+    sock.setblocking(False)  # (the descriptor is non-blocking already; this tells the socket object)
     return sock, host, peer
 
 
@@ -96,6 +96,24 @@ class SocketTransport(FileDescriptor):
 
     #: Why the connection is being ended on the next reactor turn (an abort, a failed write).
     _ending: Optional[BaseException] = None
+    #: Bytes written and not yet taken by the kernel (or OpenSSL).
+    _queued = 0
+
+    def _pause_producer(self) -> None:
+        """After a write: pause a streaming producer once more than bufferSize waits."""
+        # The bound is bufferSize, as for Twisted's transports (a session raises it to its relay window).
+        if self.producer is not None and self.streamingProducer and self._queued > self.bufferSize \
+                and not self.producerPaused:
+            self.producerPaused = True
+            cast(interfaces.IPushProducer, self.producer).pauseProducing()
+
+    def _resume_producer(self) -> bool:
+        """Once the queue is sent: resume a paused (or pull) producer; whether there was one to resume."""
+        if self.producer is not None and (not self.streamingProducer or self.producerPaused):
+            self.producerPaused = False
+            cast(interfaces.IPushProducer, self.producer).resumeProducing()  # a pull producer has it too
+            return True
+        return False
 
     def fileno(self) -> int:
         """The socket's descriptor (-1 once closed)."""
@@ -178,7 +196,6 @@ class SocketConnection(SocketTransport):
     #: What the kernel has not taken yet, in order: a deque once something was queued (most
     #: connections of an idle gateway never queue, and a deque is some 600 bytes).
     _queue: Any = ()
-    _queued = 0
     #: loseWriteConnection: shut the sending side once the queue is sent.
     _write_closing = False
     _write_closed = False
@@ -273,13 +290,6 @@ class SocketConnection(SocketTransport):
         self._queued += sum(len(piece) for piece in pieces)
         self._pause_producer()
 
-    def _pause_producer(self) -> None:
-        # The bound is bufferSize, as for Twisted's transports (a session raises it to its relay window).
-        if self.producer is not None and self.streamingProducer and self._queued > self.bufferSize \
-                and not self.producerPaused:
-            self.producerPaused = True
-            cast(interfaces.IPushProducer, self.producer).pauseProducing()
-
     def doWrite(self) -> Optional[BaseException]:
         """The socket is writable: send the queue; once it is empty, resume a producer or go on closing."""
         queue = self._queue
@@ -300,12 +310,11 @@ class SocketConnection(SocketTransport):
                 sent -= len(piece)
                 queue.popleft()
         self.stopWriting()
-        if self.producer is not None and (not self.streamingProducer or self.producerPaused):
-            self.producerPaused = False
-            cast(interfaces.IPushProducer, self.producer).resumeProducing()  # a pull producer has it too
-        elif self.disconnecting:
+        if self._resume_producer():
+            return None  # a close waits until the producer is unregistered, as under Twisted
+        if self.disconnecting:
             return main.CONNECTION_DONE
-        elif self._write_closing and not self._write_closed:
+        if self._write_closing and not self._write_closed:
             return self._shut_write()
         return None
 

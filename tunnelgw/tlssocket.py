@@ -327,11 +327,7 @@ class TLSSocketConnection(SocketTransport):
                 self._lose_later(failed)
                 return
         if self._queue:
-            # The bound is bufferSize, as for Twisted's transports (a session raises it to its relay window).
-            if self.producer is not None and self.streamingProducer and self._queued > self.bufferSize \
-                    and not self.producerPaused:
-                self.producerPaused = True
-                cast(interfaces.IPushProducer, self.producer).pauseProducing()
+            self._pause_producer()
 
     def _send_queue(self) -> Optional[BaseException]:
         """SSL_write the queue until it is empty or the socket is full; an exception when the connection failed."""
@@ -377,12 +373,9 @@ class TLSSocketConnection(SocketTransport):
         """After a flush: resume a paused producer, or go on closing."""
         if self._queue:
             return None
-        if self.producer is not None and (not self.streamingProducer or self.producerPaused):
-            self.producerPaused = False
-            cast(interfaces.IPushProducer, self.producer).resumeProducing()  # a pull producer has it too
-        elif self.disconnecting:
-            return self._send_close_notify()
-        return None
+        if self._resume_producer() or not self.disconnecting:
+            return None  # (a close waits until the producer is unregistered, as under Twisted)
+        return self._send_close_notify()
 
     def _send_close_notify(self) -> Optional[BaseException]:
         if not self._handshaken:
