@@ -152,6 +152,7 @@ def parse_ssl_endpoint(description: str) -> ListenTLS:
 #: ``tls:`` client parameters, in the order Twisted's parser takes them positionally.
 _TLS_KEYS = ("host", "port", "timeout", "bindAddress", "certificate", "privateKey", "trustRoots", "endpoint")
 
+
 @dataclass(frozen=True)
 class TLSClientString:
     """
