@@ -42,8 +42,6 @@ from zope.interface import implementer
 
 __all__ = ["SocketClientEndpoint", "SocketConnection", "SocketServerEndpoint", "SocketTransport", "take_over"]
 
-Address = Union[IPv4Address, IPv6Address]
-
 #: More pieces than this in one write are joined first (the kernel's IOV_MAX is 1024).
 _MAX_PIECES = 64
 
@@ -56,8 +54,9 @@ def take_over(transport: Any, tcp_only: bool = False) -> Optional[tuple[socket.s
     read nothing) from Twisted: (socket, host address, peer address), or None
     when the transport is not a socket transport of Twisted's (a wrapper, a
     test transport), or with tcp_only not a TCP one; it is then left as it is.
-    A transport taken over keeps a closed socket object and is dropped: no
-    ``connectionLost`` reaches it.
+    A transport taken over keeps a detached socket object and is dropped; the
+    reactor may still call it once in the same turn (see :class:`_Handover`),
+    and what it then reports is not about the socket any more.
     """
     if not isinstance(transport, FileDescriptor) or not interfaces.ISystemHandle.providedBy(transport):
         return None
@@ -139,9 +138,12 @@ class SocketTransport(FileDescriptor):
 
     def _close_socket(self, reason: Failure) -> None:
         """Close the socket: with a reset when the connection was aborted."""
-        try:
-            if reason.check(error.ConnectionAborted):
+        if reason.check(error.ConnectionAborted):
+            try:
                 self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _RESET)
+            except OSError:
+                pass  # (the peer reset first): closed all the same
+        try:
             self.socket.close()
         except OSError:
             pass

@@ -67,8 +67,7 @@ from tunnelgw.core.wsrelay import backend_target, forwarded_headers, handshake_r
 from tunnelgw.core.wsurl import WebSocketTarget
 from tunnelgw.relayend import RelayTimer, drop
 from tunnelgw.sockettransport import SocketClientEndpoint
-from tunnelgw.upstream import unmask
-from tunnelgw.upstream import QuietClientProtocol, SharedOptions, protocol_options
+from tunnelgw.upstream import QuietClientProtocol, SharedOptions, protocol_options, unmask
 
 __all__ = ["BackendWebSocket", "WebSocketBackends", "WebSocketLink", "load_trust_root"]
 
