@@ -27,7 +27,8 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 from zope.interface import implementer
 
-from tunnelgw.sockettransport import SocketClientEndpoint, SocketConnection, SocketServerEndpoint, _HandoverFactory
+from tunnelgw.sockettransport import (HandoverFactory, ListeningHandoverFactory, SocketClientEndpoint, SocketConnection,
+                                      SocketServerEndpoint, connect_handed_over, plain_adopter)
 
 
 class _Recorder(Protocol):
@@ -350,7 +351,7 @@ class HandoverTests(TestCase):
         self.addCleanup(peer.close)
         reactor = MemoryReactorClock()
         application = _Recorder()
-        handover = _HandoverFactory(Factory.forProtocol(lambda: application), reactor).buildProtocol(None)
+        handover = HandoverFactory(Factory.forProtocol(lambda: application), plain_adopter(reactor)).buildProtocol(None)
         assert handover is not None
         twisted_transport = tcp.Server(ours, handover, ("127.0.0.1", 1), None, 1, reactor)
         handover.makeConnection(twisted_transport)
@@ -365,6 +366,27 @@ class HandoverTests(TestCase):
         application.transport.abortConnection()
         reactor.advance(0)
         self.assertTrue(application.reason.check(error.ConnectionAborted))
+
+
+    def test_a_listeners_failed_hand_over_is_logged_and_aborted(self) -> None:
+        """An adopt that raises on an accepted connection: logged, the connection aborted, the application not told."""
+        ours, peer = _tcp_pair()
+        self.addCleanup(peer.close)
+        reactor = MemoryReactorClock()
+        application = _Recorder()
+
+        def broken(transport: Any, protocol: Any) -> bool:
+            raise RuntimeError("broken adopt")
+
+        handover = ListeningHandoverFactory(Factory.forProtocol(lambda: application), broken).buildProtocol(None)
+        assert handover is not None
+        twisted_transport = tcp.Server(ours, handover, ("127.0.0.1", 1), None, 1, reactor)
+        handover.makeConnection(twisted_transport)
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+        self.assertIsNone(application.transport)
+        reactor.advance(0)  # Twisted's abort ends its transport on the next turn
+        self.assertEqual(ours.fileno(), -1)
+        self.assertIsNone(application.reason)
 
 
 class EndpointTests(TestCase):
@@ -417,6 +439,20 @@ class EndpointTests(TestCase):
         with self.assertRaises(error.ConnectionRefusedError):
             await SocketClientEndpoint(TCP4ClientEndpoint(self.reactor, "127.0.0.1", where),
                                        self.reactor).connect(Factory.forProtocol(_Recorder))
+
+    async def test_a_failed_hand_over_fails_the_connect(self) -> None:
+        """What an outgoing connection's adopt raises fails the connect with it; the connection is aborted."""
+        port = await TCP4ServerEndpoint(self.reactor, 0, interface="127.0.0.1").listen(self.factory())
+        self.addCleanup(port.stopListening)
+
+        def refusing(transport: Any, protocol: Any) -> bool:
+            raise error.ConnectError(string="not this one")
+
+        with self.assertRaises(error.ConnectError):
+            await connect_handed_over(TCP4ClientEndpoint(self.reactor, "127.0.0.1", port.getHost().port),
+                                      Factory.forProtocol(_Recorder), refusing)
+        server = await self.server_made
+        await server.lost  # the server side sees the abort
 
     async def test_unix_connections_stay_on_twisted(self) -> None:
         """A unix: stream has no TCP socket to take over: its events pass through to the protocol."""

@@ -13,9 +13,11 @@ something is queued.
 
 It is a :class:`~twisted.internet.abstract.FileDescriptor` of our own, not a
 change to Twisted's classes: each connection is made by Twisted's endpoints as
-usual and taken over as soon as it is connected, before a byte is read (as
-:mod:`tunnelgw.tlssocket` does for TLS): :class:`SocketServerEndpoint` for
-listeners, :class:`SocketClientEndpoint` for backends.  A connection that has
+usual and taken over as soon as it is connected, before a byte is read:
+:class:`SocketServerEndpoint` for listeners, :class:`SocketClientEndpoint` for
+backends.  The hand-over (:class:`Handover` and its factories) is the one
+:mod:`tunnelgw.tlssocket` uses for TLS too; only what is done with the socket
+(an :data:`Adopt`) differs.  A connection that has
 no TCP socket of Twisted's under it (``unix:``, a ``haproxy:`` listener's
 PROXY header parser) stays on the transport it was made with.
 
@@ -31,19 +33,24 @@ from __future__ import annotations
 import socket
 from collections import deque
 from itertools import islice
-from typing import Any, Iterable, Optional, Union, cast
+from typing import Any, Callable, Iterable, Optional, Union, cast
 
 from twisted.internet import defer, error, interfaces, main
 from twisted.internet.abstract import FileDescriptor
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.protocol import Factory, Protocol, connectionDone
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-__all__ = ["SocketClientEndpoint", "SocketConnection", "SocketServerEndpoint", "SocketTransport", "take_over"]
+__all__ = ["Adopt", "Handover", "HandoverFactory", "ListeningHandoverFactory", "SocketClientEndpoint",
+           "SocketConnection", "SocketServerEndpoint", "SocketTransport", "connect_handed_over", "plain_adopter",
+           "take_over"]
 
 #: More pieces than this in one write are joined first (the kernel's IOV_MAX is 1024).
 _MAX_PIECES = 64
+
+_log = Logger()
 
 _RESET = b"\x01\x00\x00\x00\x00\x00\x00\x00"  # struct linger {on, 0 s}: close with a reset
 
@@ -55,7 +62,7 @@ def take_over(transport: Any, tcp_only: bool = False) -> Optional[tuple[socket.s
     when the transport is not a socket transport of Twisted's (a wrapper, a
     test transport), or with tcp_only not a TCP one; it is then left as it is.
     A transport taken over keeps a detached socket object and is dropped; the
-    reactor may still call it once in the same turn (see :class:`_Handover`),
+    reactor may still call it once in the same turn (see :class:`Handover`),
     and what it then reports is not about the socket any more.
     """
     if not isinstance(transport, FileDescriptor) or not interfaces.ISystemHandle.providedBy(transport):
@@ -368,35 +375,61 @@ class SocketConnection(SocketTransport):
         self.protocol.connectionLost(reason)
 
 
-class _Handover(Protocol):
+#: What a hand-over does with a connected stream transport and the application's protocol:
+#: True once it took the connection over (or ended it), False to leave it on that transport
+#: with the protocol connected to it; what it raises fails a client endpoint's connect.
+Adopt = Callable[[Any, interfaces.IProtocol], bool]
+
+
+def plain_adopter(reactor: Any) -> Adopt:
+    """The plain hand-over: a TCP socket goes to a :class:`SocketConnection`; anything else stays."""
+    def adopt(transport: Any, protocol: interfaces.IProtocol) -> bool:
+        taken = take_over(transport, tcp_only=True)
+        if taken is None:
+            return False
+        sock, host, peer = taken
+        SocketConnection(sock, protocol, host, peer, reactor).start()
+        return True
+    return adopt
+
+
+class Handover(Protocol):
     """
-    The first protocol of a new connection: it hands the socket to a
-    :class:`SocketConnection` with the application's protocol; a connection
-    that cannot be taken over keeps its transport, and this passes its events
-    through.
+    The first protocol of a new connection, for this module's plain transport
+    and :mod:`tunnelgw.tlssocket`'s TLS one: once connected it hands the
+    transport and the application's protocol to an :data:`Adopt`; a connection
+    left where it is keeps its transport, and this passes its events through.
 
     Once the socket is taken, Twisted's transport may still be called once by
     the reactor: a connect that completes on a readable and writable event runs
     ``doConnect`` (where the take-over happens) and then ``doWrite`` in the same
     turn, which fails on the detached socket and ends that transport.  What
     it reports is not the application's: it is dropped here.
+
+    :ivar failed: what the adopt raised, for a client endpoint's connect (a
+        listener's is logged); the connection is aborted then.
     """
 
-    def __init__(self, protocol: interfaces.IProtocol, reactor: Any) -> None:
+    def __init__(self, protocol: interfaces.IProtocol, adopt: Adopt, listening: bool) -> None:
         self.protocol = protocol
-        self._reactor = reactor
+        self._adopt = adopt
+        self._listening = listening
         self._taken = False
+        self.failed: Optional[BaseException] = None
 
     def connectionMade(self) -> None:
         transport: Any = self.transport
-        taken = take_over(transport, tcp_only=True)
-        if taken is None:
+        try:
+            self._taken = self._adopt(transport, self.protocol)
+        except Exception as e:  # nothing was connected: a client's connect fails with it
+            self._taken, self.failed = True, e
+            if self._listening:
+                _log.failure("cannot take over an accepted connection from {transport!r}", transport=transport)
+            transport.abortConnection()
+        if self._taken:
+            self.transport = None  # Twisted's transport, dropped (it still refers to this, not this to it)
+        else:
             self.protocol.makeConnection(transport)
-            return
-        sock, host, peer = taken
-        self._taken = True
-        self.transport = None  # Twisted's transport, dropped (it still refers to this, not this to it)
-        SocketConnection(sock, self.protocol, host, peer, self._reactor).start()
 
     def dataReceived(self, data: bytes) -> None:
         if not self._taken:
@@ -407,29 +440,31 @@ class _Handover(Protocol):
             self.protocol.connectionLost(reason)
 
 
-class _HandoverFactory(Factory):
+class HandoverFactory(Factory):
     """
     Wraps the application's factory: its protocols, handed over as they
-    connect.  One per outgoing connection, as the TLS one
-    (:class:`tunnelgw.tlssocket.TLSSocketClientEndpoint`): the application's
-    factory is not started or stopped per connection (Twisted's connector never
-    sees a taken connection end).
+    connect.  One per outgoing connection: the application's factory is not
+    started or stopped per connection (Twisted's connector never sees a taken
+    connection end).
     """
 
     noisy = False
+    listening = False
 
-    def __init__(self, wrapped: Any, reactor: Any) -> None:
+    def __init__(self, wrapped: Any, adopt: Adopt) -> None:
         self.wrapped = wrapped
-        self._reactor = reactor
+        self._adopt = adopt
 
     def buildProtocol(self, addr: Optional[interfaces.IAddress]) -> Optional[Protocol]:
         """The hand-over protocol, or None (no connection) when the application's factory refuses addr."""
         protocol = self.wrapped.buildProtocol(addr)
-        return None if protocol is None else _Handover(protocol, self._reactor)
+        return None if protocol is None else Handover(protocol, self._adopt, self.listening)
 
 
-class _ListeningHandoverFactory(_HandoverFactory):
+class ListeningHandoverFactory(HandoverFactory):
     """A listener's: the application's factory starts and stops with the listening port, and names it in logs."""
+
+    listening = True
 
     def logPrefix(self) -> str:
         """The application factory's (Twisted's "... starting on PORT" line names it)."""
@@ -445,17 +480,30 @@ class _ListeningHandoverFactory(_HandoverFactory):
         self.wrapped.doStop()
 
 
+def connect_handed_over(stream: interfaces.IStreamClientEndpoint, protocolFactory: Any,
+                        adopt: Adopt) -> "defer.Deferred[Any]":
+    """Connect stream with protocolFactory's protocols handed over; fires with the application's protocol."""
+    connecting: defer.Deferred[Any] = stream.connect(HandoverFactory(protocolFactory, adopt))
+    return connecting.addCallback(_application_protocol)
+
+
+def _application_protocol(handover: Handover) -> Any:
+    if handover.failed is not None:
+        raise handover.failed
+    return handover.protocol
+
+
 @implementer(interfaces.IStreamServerEndpoint)
 class SocketServerEndpoint:
     """A listener (any stream server endpoint) whose TCP connections run on :class:`SocketConnection`."""
 
     def __init__(self, stream: interfaces.IStreamServerEndpoint, reactor: Any) -> None:
         self.stream = stream
-        self._reactor = reactor
+        self._adopt = plain_adopter(reactor)
 
     def listen(self, protocolFactory: Any) -> "defer.Deferred[interfaces.IListeningPort]":
         """Listen with the stream endpoint."""
-        return self.stream.listen(_ListeningHandoverFactory(protocolFactory, self._reactor))
+        return self.stream.listen(ListeningHandoverFactory(protocolFactory, self._adopt))
 
 
 @implementer(interfaces.IStreamClientEndpoint)
@@ -464,14 +512,8 @@ class SocketClientEndpoint:
 
     def __init__(self, stream: interfaces.IStreamClientEndpoint, reactor: Any) -> None:
         self.stream = stream
-        self._reactor = reactor
+        self._adopt = plain_adopter(reactor)
 
     def connect(self, protocolFactory: Any) -> "defer.Deferred[Any]":
         """Connect the stream; fires with the application's protocol, connected."""
-        connecting: defer.Deferred[Any] = self.stream.connect(_HandoverFactory(protocolFactory, self._reactor))
-        return connecting.addCallback(_application_protocol)
-
-
-def _application_protocol(handover: _Handover) -> Any:
-    return handover.protocol
-
+        return connect_handed_over(self.stream, protocolFactory, self._adopt)

@@ -50,18 +50,17 @@ from __future__ import annotations
 import os
 import socket
 from collections import deque
-from typing import Any, Callable, Iterable, Optional, Sequence, Union, cast
+from typing import Any, Callable, Iterable, Optional, Sequence, Union
 
 from OpenSSL import SSL
 from twisted.internet import defer, error, interfaces, main
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.abstract import FileDescriptor
-from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from tunnelgw.sockettransport import SocketTransport, take_over
+from tunnelgw.sockettransport import ListeningHandoverFactory, SocketTransport, connect_handed_over, take_over
 
 __all__ = ["TLSSocketClientEndpoint", "TLSSocketConnection", "TLSSocketServerFactory", "select_protocol"]
 
@@ -496,17 +495,7 @@ def _lost(e: SSL.Error, what: str) -> BaseException:
     return error.ConnectionLost(f"{what}: {e}")
 
 
-class _Takeover(Protocol):
-    """The protocol the stream endpoint connects first: it hands the socket to a :class:`TLSSocketConnection`."""
-
-    def __init__(self, start: Callable[[Any], None]) -> None:
-        self._start = start
-
-    def connectionMade(self) -> None:
-        self._start(self.transport)
-
-
-class TLSSocketServerFactory(Factory):
+class TLSSocketServerFactory(ListeningHandoverFactory):
     """
     The factory a plain stream endpoint listens with to serve TLS on its sockets.
 
@@ -515,68 +504,30 @@ class TLSSocketServerFactory(Factory):
     :param wrapped: the application's factory.
     """
 
-    noisy = False
-
     def __init__(self, connection_for: Callable[[socket.socket], SSL.Connection], wrapped: Any, reactor: Any) -> None:
+        super().__init__(wrapped, self._adopt_tls)
         self._connection_for = connection_for
-        self.wrapped = wrapped
         self._reactor = reactor
         negotiation = interfaces.IProtocolNegotiationFactory(wrapped, None)
         self._protocols: Sequence[bytes] = tuple(negotiation.acceptableProtocols()) if negotiation is not None else ()
 
-    def doStart(self) -> None:
-        """Start the application's factory with this one."""
-        self.wrapped.doStart()
-
-    def doStop(self) -> None:
-        """Stop the application's factory with this one."""
-        self.wrapped.doStop()
-
-    def buildProtocol(self, addr: Optional[interfaces.IAddress]) -> Optional[Protocol]:
-        """The take-over protocol, or None (the connection closed) when the application refuses addr."""
-        protocol = self.wrapped.buildProtocol(addr)
-        if protocol is None:
-            return None
-        return _Takeover(lambda transport: self._take_over(transport, protocol))
-
-    def _take_over(self, transport: Any, protocol: interfaces.IProtocol) -> None:
+    def _adopt_tls(self, transport: Any, protocol: interfaces.IProtocol) -> bool:
         """Detach the accepted socket from Twisted's TCP transport (which has read nothing) and serve TLS on it."""
         taken = take_over(transport)
         if taken is None:  # ListenTLS streams are tcp: or systemd:, which have sockets
             _log.error("ssl: listener: the stream transport {transport!r} has no socket to serve TLS on",
                        transport=transport)
             transport.abortConnection()
-            return
+            return True
         sock, host, peer = taken
         try:
             tls = self._connection_for(sock)
         except SSL.Error:
             _log.failure("ssl: listener: cannot make a TLS connection for an accepted socket")
             sock.close()
-            return
+            return True
         TLSSocketConnection(sock, tls, protocol, host, peer, self._reactor, self._protocols).start()
-
-
-class _ClientTakeover(Factory):
-    """The factory a backend's plain stream endpoint connects with: the application's protocol, taken over."""
-
-    noisy = False
-
-    def __init__(self, wrapped: Any, start: Callable[["_ClientTakeover", Any, interfaces.IProtocol], None]) -> None:
-        self._wrapped = wrapped
-        self._start = start
-        #: The application's protocol, once built.
-        self.built: Optional[interfaces.IProtocol] = None
-        #: Why the connected socket could not be taken over, if it could not.
-        self.failed: Optional[BaseException] = None
-
-    def buildProtocol(self, addr: Optional[interfaces.IAddress]) -> Optional[Protocol]:
-        """The take-over protocol, or None (no connection) when the application's factory refuses."""
-        protocol = self._wrapped.buildProtocol(addr)
-        if protocol is None:
-            return None
-        self.built = protocol
-        return _Takeover(lambda transport: self._start(self, transport, protocol))
+        return True
 
 
 @implementer(interfaces.IStreamClientEndpoint)
@@ -609,28 +560,19 @@ class TLSSocketClientEndpoint:
 
     def connect(self, protocolFactory: Any) -> "defer.Deferred[Any]":
         """Connect the stream, take its socket over and start the handshake; fires with the application's protocol."""
-        takeover = _ClientTakeover(protocolFactory, self._take_over)
+        return connect_handed_over(self._stream, protocolFactory, self._adopt_tls)
 
-        def connected(_: object) -> Any:
-            if takeover.failed is not None:
-                raise takeover.failed
-            return takeover.built
-
-        connecting: defer.Deferred[Any] = self._stream.connect(takeover)
-        return connecting.addCallback(connected)
-
-    def _take_over(self, takeover: _ClientTakeover, transport: Any, protocol: interfaces.IProtocol) -> None:
+    def _adopt_tls(self, transport: Any, protocol: interfaces.IProtocol) -> bool:
         taken = take_over(transport)
         if taken is None:
-            takeover.failed = error.ConnectError(string=f"the stream transport {transport!r} has no socket for TLS")
             transport.abortConnection()
-            return
+            raise error.ConnectError(string=f"the stream transport {transport!r} has no socket for TLS")
         sock, host, peer = taken
         try:
             tls = self._connection_for(sock)
-        except SSL.Error as e:
+        except SSL.Error:
             sock.close()
-            takeover.failed = e
-            return
+            raise
         TLSSocketConnection(sock, tls, protocol, host, peer, self._reactor, connect=True, check=self._check,
                             handshake_timeout=self._handshake_timeout).start()
+        return True
