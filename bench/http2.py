@@ -572,7 +572,8 @@ def main(argv: Optional[list[str]] = None) -> None:
             total = args.mib * 1024 * 1024
             cpu = gateway.pids
             figures: dict[str, dict[str, list[float]]] = {
-                name: {"rate": [], "errors": [], "cpu_session": [], "client_session": [], "mib": [], "cpu_mib": []}
+                name: {"rate": [], "errors": [], "cpu_session": [], "client_session": [], "mib": [], "cpu_mib": [],
+                       "client_mib": []}
                 for name in ("h2", "h1")}
             for _ in range(rounds):
                 for name, sessions, desktop, port in (("h2", _h2_sessions, _h2_desktop, h2_port),
@@ -586,9 +587,10 @@ def main(argv: Optional[list[str]] = None) -> None:
                     figure["errors"].append(result["errors"])
                     figure["cpu_session"].append((cpu_seconds(cpu) - used) / done)
                     figure["client_session"].append((time.process_time() - own) / done)
-                    used = cpu_seconds(cpu)
+                    used, own = cpu_seconds(cpu), time.process_time()
                     figure["mib"].append(args.mib / desktop(port, cert, total))
                     figure["cpu_mib"].append((cpu_seconds(cpu) - used) / args.mib)
+                    figure["client_mib"].append((time.process_time() - own) / args.mib)
         except BaseException:
             print(gateway.log()[-3000:])
             raise
@@ -614,7 +616,8 @@ def main(argv: Optional[list[str]] = None) -> None:
           f"per MiB: h2 {h2['cpu_mib'] * 1000:.2f}, wss HTTP/1.1 {h1['cpu_mib'] * 1000:.2f} "
           f"(wss/h2 {h1['cpu_mib'] / h2['cpu_mib']:.2f})")
     print(f"bench client CPU ms per session: h2 {h2['client_session'] * 1000:.2f}, "
-          f"wss HTTP/1.1 {h1['client_session'] * 1000:.2f}")
+          f"wss HTTP/1.1 {h1['client_session'] * 1000:.2f}; per MiB: h2 {h2['client_mib'] * 1000:.2f}, "
+          f"wss HTTP/1.1 {h1['client_mib'] * 1000:.2f}")
 
 
 if __name__ == "__main__":

@@ -40,7 +40,10 @@ connection's bytes and carries its events out to streams.
   call for many small frames), at once from :data:`WRITE_BATCH` bytes, and
   after each step of held input (so a pause it causes stops the reading).
   A stream's queued writes fill DATA frames (a WebSocket header shares its
-  payload's frame).
+  payload's frame).  h2 keeps every stream's state and window, but a DATA
+  frame's header and payload are written beside it, after what h2 has
+  buffered (:func:`tunnelgw.upstream.data_frame_head`: no frame objects,
+  and the payload is not copied until the TLS transport fills its records).
 - At most :attr:`Http2Server.max_streams` concurrent streams per connection
   (``Limit streams=``).
 - "Rapid reset" (CVE-2023-44487): a client that resets more than
@@ -100,6 +103,7 @@ from tunnelgw.core.http import find_head_end
 from tunnelgw.core.relay import CLOSE_TIMEOUT
 from tunnelgw.core.routing import Reject
 from tunnelgw.session import http_error, log_refusal
+from tunnelgw.upstream import data_frame_head
 
 __all__ = ["HELD_INPUT", "Http2Connection", "Http2Server", "negotiated_h2", "RESET_AGE", "RESET_WINDOW", "STREAM_BUFFER",
            "STREAM_WINDOW", "StreamTransport", "WRITE_BATCH"]
@@ -181,7 +185,7 @@ class Http2Connection(Protocol):
         self._input_size = 0
         self._resets: deque[float] = deque()
         #: Output not yet written (at most WRITE_BATCH bytes), and the call that writes it.
-        self._out: list[bytes] = []
+        self._out: list[Union[bytes, memoryview]] = []
         self._out_size = 0
         self._write_call: Any = None
 
@@ -348,7 +352,7 @@ class Http2Connection(Protocol):
         self.server.connections.discard(self)
         if self._write_call is not None and self._write_call.active():
             self._write_call.cancel()
-        self._write_call, self._out = None, []
+        self._write_call, self._out, self._out_size = None, [], 0
         if self._idle is not None and self._idle.active():
             self._idle.cancel()
         self._idle = None
@@ -449,30 +453,30 @@ class Http2Connection(Protocol):
         try:
             # Only these sends lower the window while this runs.
             window, most = h2.local_flow_control_window(stream_id), h2.max_outbound_frame_size
+            if queue and window > 0:
+                self._take_output()  # h2's frames so far go out before these
+            out = self._out
             while queue and window > 0:
-                room = min(window, most)
-                chunk = queue.popleft()
-                if len(chunk) < room and queue:
-                    # Several writes fill one frame (a WebSocket header is not a frame of its own); views of the
-                    # pieces, so only one frame's worth is copied.
-                    pieces, size = [chunk], len(chunk)
-                    while queue and size < room:
-                        piece = queue.popleft()
-                        if len(piece) > room - size:
-                            view = memoryview(piece)
-                            queue.appendleft(view[room - size:])
-                            piece = view[:room - size]
-                        pieces.append(piece)
-                        size += len(piece)
-                    chunk = b"".join(pieces)
-                elif len(chunk) > room:
-                    # Views, not copies: a large write goes out as many frames.
-                    view = memoryview(chunk)
-                    queue.appendleft(view[room:])
-                    chunk = view[:room]
-                h2.send_data(stream_id, chunk)
-                sent += len(chunk)
-                window -= len(chunk)
+                # One DATA frame: its header and the pieces that fill it (views, not copies; the TLS transport
+                # joins them into records).
+                room, size, start = min(window, most), 0, len(out) + 1
+                out.append(b"")
+                while queue and size < room:
+                    piece = queue.popleft()
+                    if len(piece) > room - size:
+                        view = memoryview(piece)
+                        queue.appendleft(view[room - size:])
+                        piece = view[:room - size]
+                    out.append(piece)
+                    size += len(piece)
+                try:
+                    out[start - 1] = data_frame_head(h2, stream_id, size)
+                except BaseException:
+                    del out[start - 1:]
+                    raise
+                self._out_size += size + 9
+                sent += size
+                window -= size
             ended = end and not queue
             if ended:
                 h2.end_stream(stream_id)
@@ -513,15 +517,20 @@ class Http2Connection(Protocol):
         whatever else the connection's streams answer in it (one TLS record
         and one system call for many small frames), at once from WRITE_BATCH bytes.
         """
-        data = self._h2.data_to_send()
-        if not data or self._closed:
+        self._take_output()
+        if not self._out or self._closed:
             return
-        self._out.append(data)
-        self._out_size += len(data)
         if self._out_size >= WRITE_BATCH:
             self._write_out()
         elif self._write_call is None:
             self._write_call = self.server.reactor.callLater(0, self._write_out)
+
+    def _take_output(self) -> None:
+        """h2's output so far, to what is written next (before any DATA frame sent beside h2)."""
+        data = self._h2.data_to_send()
+        if data and not self._closed:
+            self._out.append(data)
+            self._out_size += len(data)
 
     def _write_out(self) -> None:
         if self._write_call is not None:
@@ -532,7 +541,9 @@ class Http2Connection(Protocol):
         if len(out) == 1:
             self.transport.write(out[0])
         elif out:
-            self.transport.writeSequence(out)
+            # One buffer, one copy: OpenSSL makes its records from it in one call (handed over as pieces, the TLS
+            # transport would join each record's pieces and make a call per record).
+            self.transport.write(b"".join(out))
 
     def _arm_idle(self) -> None:
         """Without streams the connection lives idle_timeout seconds (at once when going away)."""
