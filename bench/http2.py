@@ -537,6 +537,11 @@ def _wss_desktop(port: int, cert: Path, total: int) -> float:
 _LISTENING = re.compile(r"\S+:(\d+): listening on .* port=(\d+)\)")
 
 
+def _ratio(a: float, b: float) -> str:
+    """a/b to two places; "n/a" when b is 0 (CPU time is counted in ticks: a short smoke run may see none)."""
+    return f"{a / b:.2f}" if b else "n/a"
+
+
 def _median(values: list[float]) -> float:
     return sorted(values)[len(values) // 2]
 
@@ -612,9 +617,9 @@ def main(argv: Optional[list[str]] = None) -> None:
     print(f"desktop direction MiB/s: h2 stream {h2['mib']:.0f}, wss HTTP/1.1 {h1['mib']:.0f} "
           f"(ratio {h2['mib'] / h1['mib']:.2f}; rounds {each('mib')})")
     print(f"gateway CPU ms per session: h2 {h2['cpu_session'] * 1000:.2f}, wss HTTP/1.1 {h1['cpu_session'] * 1000:.2f} "
-          f"(wss/h2 {h1['cpu_session'] / h2['cpu_session']:.2f}); "
+          f"(wss/h2 {_ratio(h1['cpu_session'], h2['cpu_session'])}); "
           f"per MiB: h2 {h2['cpu_mib'] * 1000:.2f}, wss HTTP/1.1 {h1['cpu_mib'] * 1000:.2f} "
-          f"(wss/h2 {h1['cpu_mib'] / h2['cpu_mib']:.2f})")
+          f"(wss/h2 {_ratio(h1['cpu_mib'], h2['cpu_mib'])})")
     print(f"bench client CPU ms per session: h2 {h2['client_session'] * 1000:.2f}, "
           f"wss HTTP/1.1 {h1['client_session'] * 1000:.2f}; per MiB: h2 {h2['client_mib'] * 1000:.2f}, "
           f"wss HTTP/1.1 {h1['client_mib'] * 1000:.2f}")

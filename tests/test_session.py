@@ -9,8 +9,10 @@ live list and the backend connections agree (all zero).
 from __future__ import annotations
 
 import base64
+import gc
 import os
 import struct
+import weakref
 from typing import Any, Optional
 
 import txaio
@@ -413,6 +415,37 @@ class SessionCoreTests(TestCase):
         lose(client)
         self.assertEqual(gw.factory.session_counts.live, 0)
         self.assertEqual(gw.factory.sessions, {})
+
+    def test_an_ended_session_is_freed_without_the_cycle_collector(self) -> None:
+        """
+        With the cyclic collector off, an ended session (its write gates,
+        watch, relay timer, relay, link and request) is freed once its
+        transports forget it, as the gateway's transports do once they told it
+        (``SocketTransport._tell_lost``): nothing of a session is left for the
+        cycle collector.
+        """
+        from tunnelgw.gateway import HeadRequest
+
+        gc.collect()
+        gc.disable()
+        self.addCleanup(gc.enable)
+        gw, client, backend_protocol, backend = self.opened(
+            "ProxyPass /echo tcp:host=10.0.0.1:port=5900\nTimeout idle=60\nKeepAlive ping=20\n")
+        session = gw.session_of(client)
+        backend_protocol.dataReceived(b"screen")
+        session.dataReceived(frame(2, b"keys"))
+        from twisted.internet.error import ConnectionDone
+        from twisted.python.failure import Failure
+
+        backend_protocol.connectionLost(Failure(ConnectionDone()))
+        lose(client)
+        self.assertEqual(gw.factory.session_counts.live, 0)
+        self.assertEqual(gw.factory.sessions, {})
+        refs = [weakref.ref(session), weakref.ref(backend_protocol)]
+        client.protocol = backend.protocol = None  # (what the gateway's transports do once they told the protocol)
+        del session, backend_protocol
+        self.assertEqual([ref() for ref in refs], [None, None])
+        self.assertEqual([o for o in gc.get_objects() if isinstance(o, HeadRequest)], [])
 
     def test_backend_ends_while_a_client_frame_is_in_flight(self) -> None:
         """The TCP backend ends while a client frame is half received: 1000 goes out, the frame's rest and the answer are read, the end is clean."""

@@ -11,12 +11,14 @@ listener's PROXY header parser).
 
 from __future__ import annotations
 
+import gc
 import socket
 import tempfile
+import weakref
 from pathlib import Path
 from typing import Any, Optional
 
-from twisted.internet import error, interfaces, main, tcp
+from twisted.internet import error, interfaces, main, task, tcp
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import (TCP4ClientEndpoint, TCP4ServerEndpoint, UNIXClientEndpoint,
@@ -430,6 +432,33 @@ class EndpointTests(TestCase):
         await client.lost
         await server.lost
         self.assertTrue(server.reason.check(error.ConnectionDone))
+
+    async def test_ended_connections_are_freed_without_the_cycle_collector(self) -> None:
+        """
+        With the cyclic collector off, both ends' transports and protocols are
+        freed once the test drops them: a lost transport forgets its protocol,
+        and what Twisted keeps of a taken-over connect (its connector's cycles)
+        no longer refers to the application's factory or protocol.
+        """
+        gc.disable()
+        self.addCleanup(gc.enable)
+        port = await SocketServerEndpoint(TCP4ServerEndpoint(self.reactor, 0, interface="127.0.0.1"),
+                                          self.reactor).listen(self.factory())
+        self.addCleanup(port.stopListening)
+        client: _Recorder = await SocketClientEndpoint(
+            TCP4ClientEndpoint(self.reactor, "127.0.0.1", port.getHost().port), self.reactor
+        ).connect(Factory.forProtocol(_Recorder))
+        client.transport.write(b"hello")
+        server = await self.server_made
+        self.assertEqual(await server.received(5), b"hello")
+        client.transport.loseConnection()
+        await client.lost
+        await server.lost
+        refs = [weakref.ref(o) for o in (client, server, client.transport, server.transport)]
+        del client, server
+        self.server_made = Deferred()
+        await task.deferLater(self.reactor, 0, lambda: None)  # out of the reactor call that ended the server
+        self.assertEqual([ref() for ref in refs], [None] * 4)
 
     async def test_connection_refused(self) -> None:
         """A refused connect fails the Deferred with Twisted's error, as the stream endpoint's own."""

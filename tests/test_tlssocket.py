@@ -8,13 +8,15 @@ client; every wait is on an event, bounded by the test's timeout.
 
 from __future__ import annotations
 
+import gc
 import socket
 import tempfile
+import weakref
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence, cast
 
 from OpenSSL import SSL
-from twisted.internet import error, interfaces, main
+from twisted.internet import error, interfaces, main, task
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint, wrapClientTLS
@@ -196,6 +198,25 @@ class TLSSocketConnectionTests(_RealSockets):
         server.tls.write(b"world")
         self.assertEqual(await client.until(5), b"world")
         self.assertIsNone(server.tls.getPeerCertificate())
+
+    async def test_an_ended_connection_is_freed_without_the_cycle_collector(self) -> None:
+        """
+        With the cyclic collector off, the server's TLS transport and protocol
+        are freed once the test drops them: the OpenSSL connection no longer
+        refers to the transport, nor the transport to its protocol.
+        """
+        gc.disable()
+        self.addCleanup(gc.enable)
+        client, server = await self.pair()
+        server.tls.loseConnection()
+        (await server.end()).trap(error.ConnectionDone)
+        await client.end()
+        refs = [weakref.ref(server), weakref.ref(server.transport)]
+        del server
+        self.servers.clear()
+        self.server_made = Deferred()
+        await task.deferLater(self.reactor, 0, lambda: None)  # out of the reactor call that ended the server
+        self.assertEqual([ref() for ref in refs], [None, None])
 
     async def test_alpn_from_the_listener_factory(self) -> None:
         """The factory's ALPN list is served: h2 and http/1.1 offered gets http/1.1; only h2 offered still connects, without ALPN."""

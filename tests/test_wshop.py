@@ -10,9 +10,11 @@ session releases.
 from __future__ import annotations
 
 import base64
+import gc
 import hashlib
 import struct
 import tracemalloc
+import weakref
 from typing import Any
 
 import txaio
@@ -23,6 +25,7 @@ from twisted.trial.unittest import TestCase
 
 from test_session import Gateway, frame, handshake, lose, server_frames
 from tunnelgw.backends import Carries
+from tunnelgw.backends.websocket import BackendWebSocket
 from tunnelgw.core.relay import BACKEND_CLOSE_GRACE, BACKEND_EARLY_LIMIT
 
 txaio.use_twisted()
@@ -160,6 +163,27 @@ class HopTests(TestCase):
         self.assertEqual((record.close_code, record.close_reason), (4000, "bye"))
         backend_protocol.connectionLost(Failure(ConnectionDone()))
         released(self, gw)
+
+    def test_an_ended_hop_is_freed_without_the_cycle_collector(self) -> None:
+        """
+        With the cyclic collector off, the session and its WebSocket hop are
+        freed once their transports forget them (as the gateway's do once they
+        told the protocol): the hop's relay timer no longer refers back to it.
+        """
+        gc.collect()
+        gc.disable()
+        self.addCleanup(gc.enable)
+        gw, client, backend_protocol, backend = self.opened()
+        client.protocol.dataReceived(frame(8, struct.pack("!H", 1000)))
+        backend_protocol.dataReceived(unmasked(8, struct.pack("!H", 1000)))
+        lose(client)
+        backend_protocol.connectionLost(Failure(ConnectionDone()))
+        released(self, gw)
+        [hop] = [o for o in gc.get_objects() if isinstance(o, BackendWebSocket)]
+        refs = [weakref.ref(client.protocol), weakref.ref(hop)]
+        client.protocol = backend.protocol = None  # (what the gateway's transports do once they told the protocol)
+        del backend_protocol, hop
+        self.assertEqual([ref() for ref in refs], [None, None])
 
     def test_client_close_while_a_backend_frame_is_in_flight(self) -> None:
         """No close reply fits inside the frame under way to the client: the client is dropped, the backend told."""

@@ -133,7 +133,11 @@ class HeadRequest:
         self.method = head.method
         self.uri = head.target
         self.path = head.path
-        self.requestHeaders = self
+
+    @property
+    def requestHeaders(self) -> "HeadRequest":
+        """The headers (this: not an attribute, which would make each request a reference cycle)."""
+        return self
 
     def getHeader(self, name: bytes) -> Optional[bytes]:
         """A header's value (its values joined), or None."""

@@ -34,6 +34,7 @@ connection is gone, whatever happened before.
 
 from __future__ import annotations
 
+import weakref
 from typing import Any, Optional
 
 from twisted.internet import defer
@@ -110,21 +111,28 @@ class _ClientWriteGate:
     __slots__ = ("_session",)
 
     def __init__(self, session: "GatewaySession") -> None:
-        self._session = session
+        # Weak: the session holds the gate (and the transport it is registered with), not the other way round.
+        self._session = weakref.ref(session)
 
     def pauseProducing(self) -> None:
         """The client's write buffer is full."""
-        transport = self._session.backend_transport()
-        if transport is not None:
-            transport.pauseProducing()
-        self._session.writer_paused(True)
+        self._paused(True)
 
     def resumeProducing(self) -> None:
         """The client's write buffer drained."""
-        transport = self._session.backend_transport()
+        self._paused(False)
+
+    def _paused(self, paused: bool) -> None:
+        session = self._session()
+        if session is None:
+            return
+        transport = session.backend_transport()
         if transport is not None:
-            transport.resumeProducing()
-        self._session.writer_paused(False)
+            if paused:
+                transport.pauseProducing()
+            else:
+                transport.resumeProducing()
+        session.writer_paused(paused)
 
     def stopProducing(self) -> None:
         """The client connection is gone; :meth:`GatewaySession._finish` ends the rest."""
@@ -566,6 +574,13 @@ class GatewaySession(QuietServerProtocol):
         if self._finished:
             return
         self._finished = True
+        try:
+            self._release(clean, code, reason)
+        finally:
+            # The timers refer back to the session: dropped, so that nothing of it is a reference cycle.
+            self._watch = self._relay_timer = None
+
+    def _release(self, clean: bool, code: Optional[int], reason: str) -> None:
         connecting, self._connecting = self._connecting, None
         if connecting is not None:
             self._outcome = "abandoned"

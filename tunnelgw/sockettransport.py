@@ -80,6 +80,10 @@ def take_over(transport: Any, tcp_only: bool = False) -> Optional[tuple[socket.s
     return sock, host, peer
 
 
+#: A lost transport's protocol: the application's is dropped once told.
+_LOST = Protocol()
+
+
 class SocketTransport(FileDescriptor):
     """
     What :class:`SocketConnection` and :class:`tunnelgw.tlssocket.TLSSocketConnection`
@@ -155,6 +159,16 @@ class SocketTransport(FileDescriptor):
         except OSError:
             pass
         self._fd = -1
+
+    def _tell_lost(self, reason: Failure) -> None:
+        """
+        The protocol's connectionLost; then the transport forgets it (as
+        Twisted's do), so that transport and protocol are no reference cycle:
+        a session's objects are freed when it ends, not by a collection of
+        the cyclic garbage collector.
+        """
+        protocol, self.protocol = self.protocol, _LOST
+        protocol.connectionLost(reason)
 
     def getHost(self) -> Any:
         """This side's address (a listener's, or the connection's own towards a backend)."""
@@ -372,7 +386,7 @@ class SocketConnection(SocketTransport):
         self._queue = ()
         self._queued = 0
         self._close_socket(reason)
-        self.protocol.connectionLost(reason)
+        self._tell_lost(reason)
 
 
 #: What a hand-over does with a connected stream transport and the application's protocol:
@@ -417,6 +431,11 @@ class Handover(Protocol):
         self._taken = False
         self.failed: Optional[BaseException] = None
 
+    @property
+    def taken(self) -> bool:
+        """Whether the connection left Twisted's transport (or ended)."""
+        return self._taken
+
     def connectionMade(self) -> None:
         transport: Any = self.transport
         try:
@@ -428,6 +447,9 @@ class Handover(Protocol):
             transport.abortConnection()
         if self._taken:
             self.transport = None  # Twisted's transport, dropped (it still refers to this, not this to it)
+            if self._listening:
+                # Twisted's transport is not told of the end and may keep this in a cycle: not the application's.
+                self.protocol = _LOST
         else:
             self.protocol.makeConnection(transport)
 
@@ -483,14 +505,27 @@ class ListeningHandoverFactory(HandoverFactory):
 def connect_handed_over(stream: interfaces.IStreamClientEndpoint, protocolFactory: Any,
                         adopt: Adopt) -> "defer.Deferred[Any]":
     """Connect stream with protocolFactory's protocols handed over; fires with the application's protocol."""
-    connecting: defer.Deferred[Any] = stream.connect(HandoverFactory(protocolFactory, adopt))
-    return connecting.addCallback(_application_protocol)
+    factory = HandoverFactory(protocolFactory, adopt)
+    connecting: defer.Deferred[Any] = stream.connect(factory)
+    return connecting.addBoth(_application_protocol, factory)
 
 
-def _application_protocol(handover: Handover) -> Any:
+def _application_protocol(handover: Any, factory: HandoverFactory) -> Any:
+    """
+    The connect's result: the application's protocol, or the failure.  What
+    Twisted's connector keeps (its transport and wrapping factory, in cycles
+    its own end would break, which a taken-over connection never reaches)
+    no longer refers to the application's factory or protocol.
+    """
+    factory.wrapped = None
+    if isinstance(handover, Failure):
+        return handover
     if handover.failed is not None:
         raise handover.failed
-    return handover.protocol
+    protocol = handover.protocol
+    if handover.taken:
+        handover.protocol = _LOST
+    return protocol
 
 
 @implementer(interfaces.IStreamServerEndpoint)

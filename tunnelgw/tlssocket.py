@@ -440,7 +440,8 @@ class TLSSocketConnection(SocketTransport):
         self._queue.clear()
         self._queued = 0
         self._close_socket(reason)
-        self.protocol.connectionLost(reason)
+        self._tls.set_app_data(None)  # (the connection referred to this: a cycle)
+        self._tell_lost(reason)
 
     # --- ISSLTransport, INegotiated
 

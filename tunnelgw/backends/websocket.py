@@ -257,8 +257,9 @@ class BackendWebSocket(QuietClientProtocol):
             return
         self.log_tls_error(reason)
         relay.connection_lost()
-        if self._relay_timer is not None:
-            self._relay_timer.cancel()
+        timer, self._relay_timer = self._relay_timer, None  # (it refers back to this: no cycle left)
+        if timer is not None:
+            timer.cancel()
         owner, self.owner = self.owner, None
         if owner is not None:
             owner.backend_lost(lost_close(False, ""))
