@@ -112,3 +112,26 @@ def test_embedding_example(tmp_path: Path) -> None:
         log.close()
     text = (tmp_path / "embed.log").read_text()
     assert "embedSECRET" not in text and "GET /desktops/echo?token=tok:" in text, text
+
+
+
+def test_startup_heap_is_frozen_once_the_reactor_runs(monkeypatch: pytest.MonkeyPatch) -> None:
+    """twistd tunnelgw collects and freezes what start-up made, once the reactor runs (after every listener)."""
+    import gc
+
+    from twisted.internet import reactor
+
+    from tunnelgw import tap
+
+    triggers: list[tuple[str, str, object]] = []
+    monkeypatch.setattr(reactor, "addSystemEventTrigger",
+                        lambda phase, event, f, *args: triggers.append((phase, event, f)))
+    options = tap.Options()
+    options.parseOptions([])
+    tap.makeService(options)
+    assert ("after", "startup", tap.freeze_startup_heap) in triggers
+    try:
+        tap.freeze_startup_heap()
+        assert gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()
