@@ -410,14 +410,18 @@ class EndpointTests(TestCase):
             return server
         return Factory.forProtocol(build)
 
-    async def test_both_sides_on_the_socket_transport(self) -> None:
-        """A listener's and a client's TCP connections are SocketConnections; 4 MiB each way; both ends close."""
-        port = await SocketServerEndpoint(TCP4ServerEndpoint(self.reactor, 0, interface="127.0.0.1"),
-                                          self.reactor).listen(self.factory())
+    async def connected(self, stream: interfaces.IStreamServerEndpoint) -> tuple[Any, _Recorder]:
+        """A listener on stream (SocketServerEndpoint), and a client connected to it (SocketClientEndpoint)."""
+        port = await SocketServerEndpoint(stream, self.reactor).listen(self.factory())
         self.addCleanup(port.stopListening)
         client: _Recorder = await SocketClientEndpoint(
             TCP4ClientEndpoint(self.reactor, "127.0.0.1", port.getHost().port), self.reactor
         ).connect(Factory.forProtocol(_Recorder))
+        return port, client
+
+    async def test_both_sides_on_the_socket_transport(self) -> None:
+        """A listener's and a client's TCP connections are SocketConnections; 4 MiB each way; both ends close."""
+        port, client = await self.connected(TCP4ServerEndpoint(self.reactor, 0, interface="127.0.0.1"))
         self.assertIsInstance(client.transport, SocketConnection)
         self.assertEqual(client.transport.getPeer().port, port.getHost().port)
         payload = bytes(range(256)) * 16384
@@ -442,12 +446,7 @@ class EndpointTests(TestCase):
         """
         gc.disable()
         self.addCleanup(gc.enable)
-        port = await SocketServerEndpoint(TCP4ServerEndpoint(self.reactor, 0, interface="127.0.0.1"),
-                                          self.reactor).listen(self.factory())
-        self.addCleanup(port.stopListening)
-        client: _Recorder = await SocketClientEndpoint(
-            TCP4ClientEndpoint(self.reactor, "127.0.0.1", port.getHost().port), self.reactor
-        ).connect(Factory.forProtocol(_Recorder))
+        _, client = await self.connected(TCP4ServerEndpoint(self.reactor, 0, interface="127.0.0.1"))
         client.transport.write(b"hello")
         server = await self.server_made
         self.assertEqual(await server.received(5), b"hello")
@@ -503,12 +502,7 @@ class EndpointTests(TestCase):
         parser: the protocol sees the address the header gives, and only
         what follows the header.
         """
-        port = await SocketServerEndpoint(serverFromString(self.reactor, "haproxy:tcp:0:interface=127.0.0.1"),
-                                          self.reactor).listen(self.factory())
-        self.addCleanup(port.stopListening)
-        client: _Recorder = await SocketClientEndpoint(
-            TCP4ClientEndpoint(self.reactor, "127.0.0.1", port.getHost().port), self.reactor
-        ).connect(Factory.forProtocol(_Recorder))
+        _, client = await self.connected(serverFromString(self.reactor, "haproxy:tcp:0:interface=127.0.0.1"))
         client.transport.write(b"PROXY TCP4 203.0.113.7 127.0.0.1 4321 80\r\nafter the header")
         server = await self.server_made
         self.assertEqual(await server.received(16), b"after the header")
