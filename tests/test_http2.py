@@ -16,6 +16,7 @@ import ssl
 import struct
 import time
 import urllib.request
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Optional
@@ -783,6 +784,25 @@ class Http2FlowControlTests:
         events = client.receive_data(transport.value())
         assert [(e.stream_id, e.data) for e in events if isinstance(e, DataReceived)] == \
             [(stream_id, b"key %d" % n) for n, (stream_id, _) in enumerate(opened)]
+
+    def test_data_for_a_stream_h2_has_closed_is_dropped_whole(self) -> None:
+        """
+        Writes that reach a stream h2 has already closed (the DATA frame's
+        header refused) leave no payload on the wire: the client reads what
+        went before and the connection goes on.
+        """
+        client, connection, transport, gateway = self._connect()
+        [(stream_id, stream), (other_id, other)] = self._sessions(client, connection, gateway, 2)
+        client.receive_data(_written(connection, transport))
+        transport.clear()
+        connection._h2.reset_stream(stream_id)  # (as if h2 had ended it behind the stream's back)
+        queue = deque([b"a" * 100, b"b" * 100])
+        assert connection.send(stream_id, queue, False) == (0, True)
+        assert not queue
+        other.write(b"still here")
+        events = client.receive_data(_written(connection, transport))
+        assert [type(e).__name__ for e in events] == ["StreamReset", "DataReceived"]
+        assert events[1].stream_id == other_id and events[1].data == b"still here"
 
     def test_a_write_batch_goes_at_once_and_a_goaway_after_what_waits(self) -> None:
         """From WRITE_BATCH bytes the output is written at once; a drain's GOAWAY follows what was waiting."""

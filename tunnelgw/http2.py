@@ -459,8 +459,8 @@ class Http2Connection(Protocol):
             while queue and window > 0:
                 # One DATA frame: its header and the pieces that fill it (views, not copies; the TLS transport
                 # joins them into records).
-                room, size, start = min(window, most), 0, len(out) + 1
-                out.append(b"")
+                room, size, head_at = min(window, most), 0, len(out)
+                out.append(b"")  # (the header, once the size is known)
                 while queue and size < room:
                     piece = queue.popleft()
                     if len(piece) > room - size:
@@ -470,9 +470,9 @@ class Http2Connection(Protocol):
                     out.append(piece)
                     size += len(piece)
                 try:
-                    out[start - 1] = data_frame_head(h2, stream_id, size)
+                    out[head_at] = data_frame_head(h2, stream_id, size)
                 except BaseException:
-                    del out[start - 1:]
+                    del out[head_at:]  # no payload without its header on the wire
                     raise
                 self._out_size += size + 9
                 sent += size
