@@ -172,8 +172,14 @@ def check_back(gw: GatewayProcess, token_url: str, plain: ClientConnection) -> N
     gw.wait_log(r"Redis broker at 127.0.0.1:[0-9]+ reachable again", 10)
     gw.wait_log(r"Redis pool at 127.0.0.1:[0-9]+ reachable again", 10)
     assert session_status(token_url) == 101
-    status, body = admin(gw, "/pool/sessions")
-    assert status == 200 and json.loads(body)["sessions"]
+
+    def listed() -> bool:
+        status, body = admin(gw, "/pool/sessions")
+        return status == 200 and bool(json.loads(body)["sessions"])
+
+    # The registry is written again by the refresh that "reachable again" starts (in a Redis thread), or at the
+    # latest by the next one (refresh=1): listed within a few refreshes, not at the instant of the log line.
+    assert wait_until(listed, 5), admin(gw, "/pool/sessions")
     assert relays(plain, b"after")
     assert all(s["up"] for s in json.loads(admin(gw, "/redis")[1])["redis"])
     assert "Redis: " not in admin(gw, "/")[1]
