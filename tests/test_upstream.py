@@ -13,7 +13,6 @@ import importlib
 import inspect
 from importlib.metadata import version
 from pathlib import Path
-
 from typing import Any
 
 import pytest
