@@ -12,6 +12,7 @@ import os
 import re
 import shutil
 import subprocess
+import threading
 import urllib.request
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -21,6 +22,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 from twisted.internet.testing import MemoryReactorClock
+from twisted.logger import globalLogPublisher
 from websockets.sync.client import connect
 
 from desktops import BACKGROUND, RECORDER, TEXT_SHOWN, Browser, Xvnc, canvas_pixel, wait_for
@@ -29,7 +31,7 @@ from tunnelgw.core.config import Recording
 from tunnelgw.core.errors import Location
 from tunnelgw.core.recording import FOOTER, HEADER, Frame, encode_frame, encode_frames, parse_recording
 from tunnelgw.core.sessionrelay import Carries
-from tunnelgw.recording import FLUSH_BYTES, MAX_PENDING, Recordings, write_all
+from tunnelgw.recording import FLUSH_BYTES, MAX_PENDING, Recordings, Writer, write_all
 
 NOVNC = Path("/usr/share/novnc")
 
@@ -192,6 +194,60 @@ def test_unwritable_folder_and_slow_disk_drop_the_recording(tmp_path: Path) -> N
         work(*args)
     assert (tmp_path / "bbbbbbbbbbbb.js").read_bytes().endswith(FOOTER)
     assert registry.get_sample_value("tunnelgw_recordings_total", {"outcome": "too_slow"}) == 1
+
+
+def test_only_bytes_the_writer_has_not_written_count_against_the_bound(tmp_path: Path) -> None:
+    """What waits for the disk is what was handed over less what the writer is done with, without a call back per batch."""
+    queued: list[Any] = []
+    rec, _, _ = recordings(tmp_path, run=lambda work, *args: queued.append((work, args)))
+    inner, owner = _Link(), _Owner()
+    link = rec.link(inner, "dddddddddddd")  # type: ignore[arg-type]
+    link.start(owner)  # type: ignore[arg-type]
+    for _ in range(2):
+        for _ in range(MAX_PENDING // FLUSH_BYTES):  # exactly the bound, each round
+            inner.owner.backend_data(b"w" * FLUSH_BYTES)
+        assert link.recorder.outcome is None
+        for work, args in queued:  # the disk catches up
+            work(*args)
+        queued.clear()
+    inner.owner.backend_data(b"w")
+    link.close()
+    for work, args in queued:
+        work(*args)
+    kept = list(parse_recording(_lines((tmp_path / "dddddddddddd.js").read_bytes())))
+    assert sum(len(f.data) for f in kept) == 2 * (MAX_PENDING // FLUSH_BYTES) * FLUSH_BYTES + 1
+
+
+def test_writer_runs_work_in_order_survives_a_failure_and_stops_bounded() -> None:
+    """The writer thread: submission order, a raising piece of work logged and passed, stop() waits at most its bound."""
+    done: list[int] = []
+    failed: list[str] = []
+
+    def observe(event: dict[str, Any]) -> None:
+        if event.get("log_format", "").startswith("recording writer"):
+            failed.append(event["log_format"])
+
+    def boom() -> None:
+        raise OSError("disk gone")
+
+    globalLogPublisher.addObserver(observe)
+    try:
+        writer = Writer("test-writer")
+        writer.start()
+        for i in range(100):
+            writer.submit(done.append, i)
+            if i == 50:
+                writer.submit(boom)
+        assert writer.stop(timeout=30)
+    finally:
+        globalLogPublisher.removeObserver(observe)
+    assert done == list(range(100)) and len(failed) == 1
+    hung, release = Writer("test-hung"), threading.Event()
+    hung.start()
+    hung.submit(release.wait, 30)  # a disk that does not answer
+    assert not hung.stop(timeout=0.05)  # the bound, not the disk, ends the wait
+    release.set()
+    assert hung.stop(timeout=30)
 
 
 def test_write_all_resumes_short_writes_and_raises_on_a_full_disk(tmp_path: Path,

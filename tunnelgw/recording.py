@@ -4,8 +4,10 @@ Session recording (``Recording FOLDER ...`` and ``record=on`` on a route).
 A recorded session's backend link is wrapped in a :class:`RecordingLink`:
 what the client sends and what the backend sends pass through it to a
 :class:`Recorder`, which timestamps the chunks and hands them in batches to
-one writer thread (a Twisted :class:`~twisted.python.threadpool.ThreadPool`
-of one).  The relay never waits for the disk: a batch is submitted every
+one writer thread (:class:`Writer`: a thread and the standard library's
+C-implemented :class:`queue.SimpleQueue`; Twisted's ``ThreadPool`` of one
+took the GIL for its Python queue, context and coordinator on every batch,
+and answered each on the reactor's waker).  The relay never waits for the disk: a batch is submitted every
 :data:`FLUSH_BYTES` or :data:`FLUSH_SECONDS`; when more than
 :data:`MAX_PENDING` bytes are waiting for the disk, or a write fails (disk
 full, folder gone), the *recording* stops, the session goes on, and the log
@@ -25,14 +27,15 @@ from __future__ import annotations
 import errno
 import os
 import stat
+import threading
 import time
 from collections import deque
+from queue import SimpleQueue
 from typing import Any, Callable, Optional
 
 from prometheus_client import CollectorRegistry, Counter
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
-from twisted.python.threadpool import ThreadPool
 
 from tunnelgw.backends import BackendLink, LinkOwner, WrappedLink
 from tunnelgw.core.config import Recording
@@ -41,8 +44,9 @@ from tunnelgw.core.relay import Close
 from tunnelgw.core.sessionrelay import Carries, Forward, Role, SessionRelay
 from tunnelgw.upstream import unmask
 
-__all__ = ["FLUSH_BYTES", "FLUSH_SECONDS", "LISTED", "MAX_PENDING", "Recorder", "Recordings", "RecordingLink",
-           "folder_problem", "foreign_entries", "make_folder", "newest_recordings", "write_all"]
+__all__ = ["FLUSH_BYTES", "FLUSH_SECONDS", "LISTED", "MAX_PENDING", "STOP_SECONDS", "Recorder", "Recordings",
+           "RecordingLink", "Writer", "folder_problem", "foreign_entries", "make_folder", "newest_recordings",
+           "write_all"]
 
 _log = Logger(namespace="tunnelgw")
 #: A recorder submits its buffered chunks once this many bytes wait...
@@ -51,6 +55,8 @@ FLUSH_BYTES = 256 * 1024
 FLUSH_SECONDS = 0.5
 #: Bytes of one recording submitted to the writer and not yet written; beyond it the recording stops.
 MAX_PENDING = 16 * 1024 * 1024
+#: How long stopping the gateway waits for the writer to write what is queued (a hung disk).
+STOP_SECONDS = 10.0
 
 
 #: How many recordings the operator's page lists (the newest).
@@ -135,6 +141,42 @@ def foreign_entries(folder: str) -> list[str]:
         return sorted(e.name for e in entries if not (is_recording_name(e.name) and e.is_file(follow_symlinks=False)))
 
 
+class Writer:
+    """
+    One thread that runs work in submission order: the recordings' writer.
+    Handing work over is a C-level queue put; the thread takes the GIL only
+    to run the work (whose writes release it).  Work that raises is logged;
+    the thread goes on.
+    """
+
+    def __init__(self, name: str) -> None:
+        self._queue: SimpleQueue[Optional[tuple[Callable[..., None], tuple[Any, ...]]]] = SimpleQueue()
+        self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def submit(self, work: Callable[..., None], *args: Any) -> None:
+        self._queue.put((work, args))
+
+    def stop(self, timeout: float = STOP_SECONDS) -> bool:
+        """Run what is queued, then end the thread; False if that took longer than timeout (the thread is left)."""
+        self._queue.put(None)
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+    def _loop(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            work, args = item
+            try:
+                work(*args)
+            except Exception:
+                _log.failure("recording writer: {work!r} failed", work=work)
+
+
 class Recordings:
     """
     The recordings of one gateway: the writer thread, retention and metrics.
@@ -151,7 +193,7 @@ class Recordings:
         #: The latest recordings that stopped before their session ended:
         #: (time, session, file, outcome, why), for the operator's page.
         self.stopped: deque[tuple[float, str, str, str, str]] = deque(maxlen=STOPPED_LISTED)
-        self._pool: Optional[ThreadPool] = None
+        self._writer: Optional[Writer] = None
         self._run = run_in_thread
         self._call_from_thread = call_from_thread
         self._retention: Optional[LoopingCall] = None
@@ -161,8 +203,8 @@ class Recordings:
         if self.spec is not None:
             make_folder(self.spec.folder)
         if self._run is None:
-            self._pool = ThreadPool(minthreads=1, maxthreads=1, name="tunnelgw-recordings")
-            self._pool.start()
+            self._writer = Writer("tunnelgw-recordings")
+            self._writer.start()
         self._retention = LoopingCall(lambda: self.run(self._sweep, self.spec))
         self._retention.clock = self.reactor
         self._retention.start(3600, now=True)
@@ -171,9 +213,10 @@ class Recordings:
         """Write what is queued, then stop the thread (called after the sessions ended)."""
         if self._retention is not None and self._retention.running:
             self._retention.stop()
-        if self._pool is not None:
-            self._pool.stop()
-            self._pool = None
+        writer, self._writer = self._writer, None
+        if writer is not None and not writer.stop():
+            _log.error("Recordings: the disk took more than {seconds:g} s to write what was queued; "
+                       "recordings under way may be cut short (they still replay)", seconds=STOP_SECONDS)
 
     def reconfigure(self, spec: Optional[Recording]) -> None:
         """New recordings follow spec (reload; a new folder is made); recordings under way keep their limits."""
@@ -189,8 +232,8 @@ class Recordings:
         """Run work on the writer thread, in submission order."""
         if self._run is not None:
             self._run(work, *args)
-        elif self._pool is not None:
-            self._pool.callInThread(work, *args)
+        elif self._writer is not None:
+            self._writer.submit(work, *args)
 
     def _sweep(self, spec: Optional[Recording]) -> None:
         """In the writer thread: delete the gateway's recordings older than ``keepdays`` (no other file)."""
@@ -258,7 +301,10 @@ class Recorder:
         self._start = self._reactor.seconds()
         self._frames: list[Frame] = []
         self._buffered = 0
-        self._pending = 0
+        # Bytes handed to the writer, and (written by the writer thread only) bytes it is done with: what
+        # waits for the disk is their difference, read here without a call back to the reactor per batch.
+        self._submitted = 0
+        self._done = 0
         self._total = 0
         self._timer: Any = None
         # Used on the writer thread only.
@@ -293,10 +339,10 @@ class Recorder:
         self._frames, self._buffered = [], 0
         if not frames:
             return
-        if self._pending + size > MAX_PENDING:
+        if self._submitted - self._done + size > MAX_PENDING:
             self.stop("too_slow", f"more than {MAX_PENDING} bytes wait for the disk")
             return
-        self._pending += size
+        self._submitted += size
         self._recordings.run(self._write, frames, size)
 
     def _write(self, frames: list[Frame], size: int) -> None:
@@ -312,10 +358,7 @@ class Recorder:
             self._close_file()
             self._recordings.call_from_thread(self.stop, "error", str(e))
         finally:
-            self._recordings.call_from_thread(self._written, size)
-
-    def _written(self, size: int) -> None:
-        self._pending -= size
+            self._done += size  # this thread's only write to the recorder (an int: the reactor reads it whole)
 
     def _finish(self) -> None:
         """On the writer thread: end the JavaScript array and close the file."""
