@@ -103,6 +103,7 @@ ProxyPass /vnc {backend.endpoint} auth=sso
             assert portal.asked[0]["x-forwarded-for"] == "127.0.0.1" and portal.asked[0]["cookie"] == "session=good"
             assert status("session=good") == 101 and len(portal.asked) == 1  # cached admission
             assert status("session=there") == 101 and other.accepted == 1  # the portal named the desktop
+            assert status("session=there") == 101 and other.accepted == 2 and len(portal.asked) == 2  # cached too
             assert status("session=bad") == 403
             assert status("") == 401
             assert status("session=weird") == 503
@@ -110,7 +111,7 @@ ProxyPass /vnc {backend.endpoint} auth=sso
             assert status("session=slow") == 503
             assert time.monotonic() - started < 4  # bounded by timeout=0.5, never the portal's 10 s
             assert len(portal.asked) == 6 and backend.accepted == 2
-            assert re.search(r"session start .*user=alice", gw.log())
+            assert len(re.findall(r"session start .*user=alice", gw.log())) == 2
             assert "forward auth refused" in gw.log() and "timed out" in gw.log()
     finally:
         portal.stop()
