@@ -398,6 +398,9 @@ class _ScriptedTLS:
         self.given: list[Any] = []
         self.reads = 0
         self.shutdowns = 0
+        #: Whether the socket was corked at each send() (when the test gives the socket).
+        self.sock: Optional[socket.socket] = None
+        self.corked: list[int] = []
 
     def set_app_data(self, data: Any) -> None:
         pass
@@ -411,6 +414,8 @@ class _ScriptedTLS:
     def send(self, data: Any) -> int:
         if self.send_script:
             raise self.send_script.pop(0)()
+        if self.sock is not None:
+            self.corked.append(self.sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_CORK))
         self.given.append(data)
         self.sent += bytes(data)
         return len(data)
@@ -435,12 +440,18 @@ class _ScriptedTLS:
 class TLSSocketStateTests(TestCase):
     """A write retried after WantReadError, a read after WantWriteError, against the protocol's pause and close."""
 
-    def _connection(self) -> tuple[TLSSocketConnection, _ScriptedTLS, _Peer, MemoryReactorClock]:
+    def _connection(self, tcp: bool = False) -> tuple[TLSSocketConnection, _ScriptedTLS, _Peer, MemoryReactorClock]:
         reactor = MemoryReactorClock()
-        ours, theirs = socket.socketpair()
+        if tcp:
+            with socket.create_server(("127.0.0.1", 0)) as listener:
+                ours = socket.create_connection(listener.getsockname())
+                theirs = listener.accept()[0]
+        else:
+            ours, theirs = socket.socketpair()
         self.addCleanup(theirs.close)
         self.addCleanup(ours.close)
         tls = _ScriptedTLS()
+        tls.sock = ours if tcp else None
         peer = _Peer()
         address = IPv4Address("TCP", "127.0.0.1", 1)
         connection = TLSSocketConnection(ours, cast(Any, tls), peer, address, address, reactor)
@@ -464,6 +475,29 @@ class TLSSocketStateTests(TestCase):
         self.assertEqual((type(first), len(first)), (bytes, 16384))
         self.assertIsInstance(rest, memoryview)
         self.assertIs(rest.obj, payload)
+
+    def test_more_than_a_record_is_written_corked_and_uncorked_after(self) -> None:
+        """
+        Over TCP a flush of more than one record is written corked (the
+        kernel sends full segments), a record or less is not, and the socket
+        is uncorked after every flush: also one that stops on a full socket.
+        """
+        connection, tls, _, _ = self._connection(tcp=True)
+        sock = tls.sock
+        assert sock is not None
+        connection.writeSequence([b"\x82\x7f" + (65536).to_bytes(8, "big"), bytes(65536)])
+        self.assertEqual(tls.corked, [1, 1])  # a record of the header and the payload's start, then the rest
+        self.assertEqual(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_CORK), 0)
+        tls.corked.clear()
+        connection.write(b"k" * 100)  # an input event: sent at once, never corked
+        self.assertEqual(tls.corked, [0])
+        tls.send_script = [SSL.WantWriteError]
+        connection.write(bytes(40000))
+        self.assertEqual(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_CORK), 0)
+        tls.corked.clear()
+        connection.doWrite()  # the socket has room again: the rest, corked, then uncorked
+        self.assertEqual((tls.corked, bytes(tls.sent[-40000:])), ([1], bytes(40000)))
+        self.assertEqual(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_CORK), 0)
 
     def test_a_retried_write_resumes_the_producer_and_keeps_a_paused_protocol_paused(self) -> None:
         """After a write that needed a read completes: the producer is resumed, reading stops, nothing is delivered."""
