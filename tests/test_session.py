@@ -20,9 +20,10 @@ from twisted.internet.address import IPv4Address
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.trial.unittest import TestCase
 
-from tunnelgw.core.config import parse_config
+from tunnelgw.core.config import RouteOptions, parse_config
 from tunnelgw.core.http import EARLY_DATA_LIMIT, find_head_end
 from tunnelgw.core.relay import CLOSE_TIMEOUT
+from tunnelgw.core.wsurl import parse_websocket_url
 from tunnelgw.service import GatewayService
 
 txaio.use_twisted()
@@ -534,6 +535,26 @@ class SessionCoreTests(TestCase):
         lose(first)
         lose(second)
         gw.assert_released(self)
+
+
+class ReloadEndpointTests(TestCase):
+    """A reload makes backend endpoints anew (trust roots and client certificates read again, TLS sessions dropped)."""
+
+    def setUp(self) -> None:
+        self.patch(txaio.config, "loop", MemoryReactorClock())
+
+    def test_reconfigure_forgets_the_endpoints_made(self) -> None:
+        """Endpoints are made once per string (and wss:// host and options) until a reload, then once again."""
+        gw = Gateway("ProxyPass /echo tcp:host=10.0.0.1:port=5900\n")
+        factory = gw.factory
+        target, options = parse_websocket_url("wss://desk.example:8443/"), RouteOptions()
+        tcp, ws = factory.backends.endpoint("tcp:host=10.0.0.1:port=5900"), factory.websocket_backends.endpoint(
+            target, options)
+        self.assertIs(factory.backends.endpoint("tcp:host=10.0.0.1:port=5900"), tcp)
+        self.assertIs(factory.websocket_backends.endpoint(target, options), ws)
+        factory.reconfigure(parse_config("Listen tcp:port=0\nProxyPass /echo tcp:host=10.0.0.1:port=5900\n", "new.conf"))
+        self.assertIsNot(factory.backends.endpoint("tcp:host=10.0.0.1:port=5900"), tcp)
+        self.assertIsNot(factory.websocket_backends.endpoint(target, options), ws)
 
 
 class RouteNameTests(TestCase):

@@ -10,12 +10,16 @@ from __future__ import annotations
 
 import gc
 import socket
+import ssl
 import tempfile
 import weakref
 from pathlib import Path
+from queue import Queue
 from typing import Any, Callable, Optional, Sequence, cast
 
 from OpenSSL import SSL
+from service_identity import VerificationError
+from service_identity.pyopenssl import verify_hostname
 from twisted.internet import error, interfaces, main, task
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred
@@ -27,10 +31,10 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 from zope.interface import implementer
 
-from support import Pki, make_client_cert, make_pki
+from support import Pki, TcpServer, make_client_cert, make_pki
 from tunnelgw.certificates import ServerCertificates, TLSServerEndpoint, client_certificate, load_contexts
 from tunnelgw.core.tlsconfig import ListenTLS
-from tunnelgw.tlssocket import TLSSocketConnection
+from tunnelgw.tlssocket import TLSSocketClientEndpoint, TLSSocketConnection
 
 
 @implementer(interfaces.IHandshakeListener)
@@ -698,6 +702,78 @@ class TLSSocketClientTests(_RealSockets):
         client.tls.loseConnection()
         (await server.end()).trap(error.ConnectionDone)
         (await client.end()).trap(error.ConnectionDone)
+
+    def resuming_server(self, version: ssl.TLSVersion) -> tuple[TcpServer, "Queue[bool]"]:
+        """
+        A TLS server of the standard library (it says whether a connection
+        resumed a session) up to version: it writes ``hi``, then reads to the
+        end; with whether each connection was resumed, in order, as each
+        handshake ends (in the server's threads).
+        """
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(str(self.pki.fullchain), str(self.pki.server_key))
+        context.maximum_version = version
+        resumed: Queue[bool] = Queue()
+
+        def serve(conn: socket.socket) -> None:
+            with context.wrap_socket(conn, server_side=True) as tls:
+                resumed.put(tls.session_reused)
+                tls.sendall(b"hi")
+                while tls.recv(1024):
+                    pass
+
+        server = TcpServer(serve)
+        self.addCleanup(server.stop)
+        return server, resumed
+
+    async def test_the_last_session_is_resumed(self) -> None:
+        """
+        Each connection of an endpoint offers the last session: under TLS 1.3
+        (its tickets come after the handshake) and 1.2 the server resumes it
+        from the second connection on; a server that forgot it (other ticket
+        keys) gets a full handshake, then resumes the new session; with
+        reuse=False every handshake is a full one; the check after the
+        handshake runs on a resumed connection too.
+        """
+        from tunnelgw.backends.tls import load_trust_root, tls_endpoint
+
+        async def sessions(endpoint: Any, count: int) -> None:
+            for _ in range(count):
+                client = await self.connect(endpoint)
+                await client.handshake
+                self.assertEqual(await client.until(2), b"hi")
+                client.tls.loseConnection()
+                (await client.end()).trap(error.ConnectionDone)
+
+        def endpoint(port: int, reuse: bool = True) -> Any:
+            return tls_endpoint(self.reactor, TCP4ClientEndpoint(self.reactor, "127.0.0.1", port, timeout=5),
+                                "localhost", 5, trust_root=load_trust_root(str(self.pki.ca_cert)), reuse=reuse)
+
+        def handshakes(resumed: "Queue[bool]", count: int) -> list[bool]:
+            return [resumed.get(timeout=5) for _ in range(count)]
+
+        for version in (ssl.TLSVersion.TLSv1_3, ssl.TLSVersion.TLSv1_2):
+            server, resumed = self.resuming_server(version)
+            ours = endpoint(server.port)
+            await sessions(ours, 3)
+            self.assertEqual(handshakes(resumed, 3), [False, True, True], version)
+            other, resumed_there = self.resuming_server(version)  # the same certificate, new ticket keys
+            ours._stream = TCP4ClientEndpoint(self.reactor, "127.0.0.1", other.port, timeout=5)
+            await sessions(ours, 2)
+            self.assertEqual(handshakes(resumed_there, 2), [False, True], version)
+            await sessions(endpoint(server.port, reuse=False), 2)
+            self.assertEqual(handshakes(resumed, 2), [False, False], version)
+        # The same context and session, checked for another name: refused after a resumed handshake.
+        server, resumed = self.resuming_server(ssl.TLSVersion.TLSv1_3)
+        good = endpoint(server.port)
+        await sessions(good, 1)
+        wrong = TLSSocketClientEndpoint(good._stream, good._connection_for, self.reactor,
+                                        check=lambda connection: verify_hostname(connection, "example.com"),
+                                        keep_session=good._keep_session)
+        client = await self.connect(wrong)
+        (await client.end()).trap(VerificationError)
+        self.assertEqual(handshakes(resumed, 2), [False, True])
+        self.assertFalse(client.handshake.called)
 
     async def test_a_tls_string(self) -> None:
         """

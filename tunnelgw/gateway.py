@@ -196,6 +196,10 @@ class GatewayFactory(SharedOptions, WebSocketServerFactory):  # type: ignore[mis
         sessions and their slots are kept.
         """
         self.config = config
+        # Backend endpoints are made anew: trust roots and client certificates named by the configuration are
+        # read again (a replaced cafile= or trustRoots= file applies), and the TLS sessions kept with them go.
+        self.backends.forget_endpoints()
+        self.websocket_backends.forget_endpoints()
         self.recordings.reconfigure(config.recording)
         self.portals.reconfigure(config.auth_portals)
         self.session_counts.total_limit = config.limits.sessions

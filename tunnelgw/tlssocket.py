@@ -94,6 +94,10 @@ class TLSSocketConnection(SocketTransport):
         ``handshakeCompleted`` and before any of its bytes is sent.
     :param handshake_timeout: for the client side, the seconds the handshake
         may take (then the connection ends with ``TimeoutError``).
+    :param keep_session: for the client side, given the connection's TLS
+        session once it can resume a later connection (see :class:`LastSession`):
+        after the handshake and check under TLS 1.2, after the first read
+        of data under TLS 1.3 (the server's tickets come before its data).
     :ivar protocol: the application protocol.
     """
 
@@ -101,7 +105,8 @@ class TLSSocketConnection(SocketTransport):
                  host: _Address, peer: _Address, reactor: Any,
                  protocols: Sequence[bytes] = (), connect: bool = False,
                  check: Optional[Callable[[SSL.Connection], None]] = None,
-                 handshake_timeout: Optional[float] = None) -> None:
+                 handshake_timeout: Optional[float] = None,
+                 keep_session: Optional[Callable[[SSL.Session], None]] = None) -> None:
         SocketTransport.__init__(self, sock, protocol, host, peer, reactor)
         self._tls = tls
         tls.set_app_data(self)  # for select_protocol
@@ -127,6 +132,9 @@ class TLSSocketConnection(SocketTransport):
         self._check = check
         self._handshake_timeout = handshake_timeout
         self._handshake_call: Any = None
+        #: Set once the handshake and check passed, until the session is given to it.
+        self._keep_session = keep_session
+        self._session_due = False
 
     # --- the reactor's side
 
@@ -215,6 +223,11 @@ class TLSSocketConnection(SocketTransport):
                 self._check(self._tls)
             except Exception as e:  # service_identity's VerificationError: nothing was sent yet
                 return e
+        if self._keep_session is not None:
+            if self._tls.get_protocol_version_name() == "TLSv1.3":
+                self._session_due = True  # its tickets come after the handshake
+            else:
+                self._give_session()
         if interfaces.IHandshakeListener.providedBy(self.protocol):
             self.protocol.handshakeCompleted()
         if not self.connected:
@@ -226,6 +239,11 @@ class TLSSocketConnection(SocketTransport):
             return self._drained()
         # A client may send its first records with its Finished message.
         return self._read()
+
+    def _give_session(self) -> None:
+        session = self._tls.get_session()
+        if session is not None and self._keep_session is not None:
+            self._keep_session(session)
 
     def _linger(self, reason: BaseException) -> Optional[BaseException]:
         """
@@ -283,6 +301,9 @@ class TLSSocketConnection(SocketTransport):
                 break
             chunks.append(chunk)
             got += len(chunk)
+            if self._session_due:
+                self._session_due = False
+                self._give_session()
         if chunks and not self.disconnected and not self._aborted():
             self.protocol.dataReceived(chunks[0] if len(chunks) == 1 else b"".join(chunks))
         if end is main.CONNECTION_DONE and self.connected:
@@ -574,13 +595,16 @@ class TLSSocketClientEndpoint:
         socket (context, server name).
     :param check: run after the handshake (:class:`TLSSocketConnection`).
     :param handshake_timeout: the seconds the handshake may take.
+    :param keep_session: given each connection's resumable TLS session (:class:`TLSSocketConnection`).
     """
 
     def __init__(self, stream: interfaces.IStreamClientEndpoint,
                  connection_for: Callable[[socket.socket], SSL.Connection], reactor: Any,
                  check: Optional[Callable[[SSL.Connection], None]] = None,
-                 handshake_timeout: Optional[float] = None) -> None:
+                 handshake_timeout: Optional[float] = None,
+                 keep_session: Optional[Callable[[SSL.Session], None]] = None) -> None:
         self._stream = stream
+        self._keep_session = keep_session
         self._connection_for = connection_for
         self._reactor = reactor
         self._check = check
@@ -602,5 +626,5 @@ class TLSSocketClientEndpoint:
             sock.close()
             raise
         TLSSocketConnection(sock, tls, protocol, host, peer, self._reactor, connect=True, check=self._check,
-                            handshake_timeout=self._handshake_timeout).start()
+                            handshake_timeout=self._handshake_timeout, keep_session=self._keep_session).start()
         return True

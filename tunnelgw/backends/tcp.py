@@ -214,6 +214,10 @@ class EndpointCache(Generic[K]):
             self._cache.move_to_end(key)
         return endpoint
 
+    def clear(self) -> None:
+        """Forget every endpoint (a reload: files named by the keys are read again on next use)."""
+        self._cache.clear()
+
 
 class _OneConnection(Factory):
     """The factory of one backend connection, which it builds (kept as long as the connection: slots, no closure)."""
@@ -241,6 +245,10 @@ class TcpBackends:
     def endpoint(self, target: str) -> IStreamClientEndpoint:
         """The client endpoint for a target string, parsed once."""
         return self._endpoints.get(target)
+
+    def forget_endpoints(self) -> None:
+        """A reload: strings are parsed, and the files they name read, again (TLS sessions kept with them go too)."""
+        self._endpoints.clear()
 
     def connect(self, target: str, timeout: float) -> "defer.Deferred[BackendConnection]":
         """

@@ -334,6 +334,10 @@ class WebSocketBackends:
                                 trust_root=load_trust_root(cafile) if verify and cafile else None)
         return SocketClientEndpoint(endpoint, self._reactor)  # plain TCP on the gateway's own transport
 
+    def forget_endpoints(self) -> None:
+        """A reload: endpoints are made, and ``cafile=`` read, again (TLS sessions kept with them go too)."""
+        self._endpoints.clear()
+
     def endpoint(self, target: WebSocketTarget, options: RouteOptions) -> IStreamClientEndpoint:
         """The client endpoint for a backend: TCP, wrapped in TLS for ``wss://``."""
         return self._endpoints.get((target.secure, target.host, target.port, options.connect_timeout,
