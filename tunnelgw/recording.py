@@ -7,8 +7,9 @@ what the client sends and what the backend sends pass through it to a
 one writer thread (:class:`Writer`: a thread and the standard library's
 C-implemented :class:`queue.SimpleQueue`; Twisted's ``ThreadPool`` of one
 took the GIL for its Python queue, context and coordinator on every batch,
-and answered each on the reactor's waker).  The relay never waits for the disk: a batch is submitted every
-:data:`FLUSH_BYTES` or :data:`FLUSH_SECONDS`; when more than
+and answered each on the reactor's waker).  The relay never waits for the
+disk: a batch is submitted every :data:`FLUSH_BYTES` or
+:data:`FLUSH_SECONDS`; when more than
 :data:`MAX_PENDING` bytes are waiting for the disk, or a write fails (disk
 full, folder gone), the *recording* stops, the session goes on, and the log
 and ``tunnelgw_recordings_total{outcome}`` say why.  Recordings stop cleanly

@@ -95,7 +95,8 @@ class TLSSocketConnection(SocketTransport):
     :param handshake_timeout: for the client side, the seconds the handshake
         may take (then the connection ends with ``TimeoutError``).
     :param keep_session: for the client side, given the connection's TLS
-        session once it can resume a later connection (see :class:`LastSession`):
+        session once it can resume a later connection (see
+        :class:`tunnelgw.backends.tls.LastSession`):
         after the handshake and check under TLS 1.2, after the first read
         of data under TLS 1.3 (the server's tickets come before its data).
     :ivar protocol: the application protocol.
@@ -132,8 +133,8 @@ class TLSSocketConnection(SocketTransport):
         self._check = check
         self._handshake_timeout = handshake_timeout
         self._handshake_call: Any = None
-        #: Set once the handshake and check passed, until the session is given to it.
         self._keep_session = keep_session
+        #: TLS 1.3: set once the handshake and check passed, until the session is given to keep_session.
         self._session_due = False
 
     # --- the reactor's side
