@@ -250,6 +250,29 @@ def test_writer_runs_work_in_order_survives_a_failure_and_stops_bounded() -> Non
     assert hung.stop(timeout=30)
 
 
+def test_stopping_with_a_hung_disk_is_bounded_and_said(tmp_path: Path) -> None:
+    """The gateway's stop waits for the writer at most its bound, then says the recordings may be cut short."""
+    said: list[str] = []
+
+    def observe(event: dict[str, Any]) -> None:
+        if event.get("log_format", "").startswith("Recordings: the disk took"):
+            said.append(event["log_format"].format(**event))
+
+    rec = Recordings(MemoryReactorClock(), Recording(str(tmp_path), 1 << 30, 3600, 30, Location("t", 1)),
+                     CollectorRegistry())
+    rec.start()
+    release = threading.Event()
+    rec.run(release.wait, 30)  # a disk that does not answer
+    globalLogPublisher.addObserver(observe)
+    try:
+        rec.stop(timeout=0.05)
+    finally:
+        globalLogPublisher.removeObserver(observe)
+        release.set()
+    assert said == ["Recordings: the disk took more than 0.05 s to write what was queued; "
+                    "recordings under way may be cut short (they still replay)"]
+
+
 def test_write_all_resumes_short_writes_and_raises_on_a_full_disk(tmp_path: Path,
                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     """A vectored write that takes part of a piece, or fewer pieces than IOV_MAX, goes on where it stopped."""

@@ -210,14 +210,17 @@ class Recordings:
         self._retention.clock = self.reactor
         self._retention.start(3600, now=True)
 
-    def stop(self) -> None:
-        """Write what is queued, then stop the thread (called after the sessions ended)."""
+    def stop(self, timeout: float = STOP_SECONDS) -> None:
+        """
+        Write what is queued, then stop the thread (called after the sessions
+        ended); a disk that takes longer than timeout seconds is left behind, said in the log.
+        """
         if self._retention is not None and self._retention.running:
             self._retention.stop()
         writer, self._writer = self._writer, None
-        if writer is not None and not writer.stop():
+        if writer is not None and not writer.stop(timeout):
             _log.error("Recordings: the disk took more than {seconds:g} s to write what was queued; "
-                       "recordings under way may be cut short (they still replay)", seconds=STOP_SECONDS)
+                       "recordings under way may be cut short (they still replay)", seconds=timeout)
 
     def reconfigure(self, spec: Optional[Recording]) -> None:
         """New recordings follow spec (reload; a new folder is made); recordings under way keep their limits."""
