@@ -25,17 +25,20 @@ def _problems(text: str) -> list[str]:
 
 
 def test_websocket_routes_and_options() -> None:
-    """ws:// and wss:// targets parse, with forward=, cafile= and verify= read into RouteOptions."""
+    """ws:// and wss:// targets parse, with forward=, cafile=, verify= and sessionreuse= read into RouteOptions."""
     config = parse_config(LISTEN + (
         "ProxyPass /broadway ws://127.0.0.1:8085/socket\n"
         "ProxyPass /secure wss://desk.example/ws cafile=/etc/ca.pem forward=xff,proto\n"
         "ProxyPass /lab wss://lab.example/ verify=off forward=none connecttimeout=3\n"
+        "ProxyPass /old wss://old.example/ sessionreuse=off\n"
         "ProxyPassMatch ^/vm/(\\d+)$ ws://10.0.0.$1:5700/websockify\n"), "gw.conf")
     options = {rule.target: rule.options for rule in config.rules}
     assert options["ws://127.0.0.1:8085/socket"] == RouteOptions(forward=DEFAULT_FORWARD)
     assert options["wss://desk.example/ws"] == RouteOptions(forward=frozenset({"xff", "proto"}), cafile="/etc/ca.pem")
     assert options["wss://lab.example/"] == RouteOptions(connect_timeout=3.0, forward=frozenset(), verify=False)
     assert options["ws://10.0.0.$1:5700/websockify"].verify
+    assert options["wss://old.example/"] == RouteOptions(session_reuse=False)
+    assert options["wss://desk.example/ws"].session_reuse
 
 
 @pytest.mark.parametrize("line, message", [
@@ -49,6 +52,8 @@ def test_websocket_routes_and_options() -> None:
     ("ProxyPass /a wss://h/ cafile=", "gw.conf:2: cafile must name a PEM file"),
     ("ProxyPass /a ws://h/ cafile=/ca.pem", "gw.conf:2: cafile= applies to wss:// targets only"),
     ("ProxyPass /a ws://h/ verify=off", "gw.conf:2: verify= applies to wss:// targets only"),
+    ("ProxyPass /a ws://h/ sessionreuse=off", "gw.conf:2: sessionreuse= applies to wss:// targets only"),
+    ("ProxyPass /a wss://h/ sessionreuse=no", "gw.conf:2: sessionreuse takes one of on, off, got 'no'"),
     ("ProxyPass /a tcp:host=h:port=1 forward=xff", "gw.conf:2: forward= applies to ws:// and wss:// targets only"),
     ("ProxyPass /a wss://h/ cafile=/ca.pem verify=off", "gw.conf:2: cafile= and verify=off contradict"),
 ])

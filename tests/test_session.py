@@ -538,7 +538,10 @@ class SessionCoreTests(TestCase):
 
 
 class ReloadEndpointTests(TestCase):
-    """A reload makes backend endpoints anew (trust roots and client certificates read again, TLS sessions dropped)."""
+    """
+    Backend endpoints: made once, anew after a reload (trust roots and client
+    certificates read again, TLS sessions dropped); TLS session reuse as the route says.
+    """
 
     def setUp(self) -> None:
         self.patch(txaio.config, "loop", MemoryReactorClock())
@@ -555,6 +558,13 @@ class ReloadEndpointTests(TestCase):
         factory.reconfigure(parse_config("Listen tcp:port=0\nProxyPass /echo tcp:host=10.0.0.1:port=5900\n", "new.conf"))
         self.assertIsNot(factory.backends.endpoint("tcp:host=10.0.0.1:port=5900"), tcp)
         self.assertIsNot(factory.websocket_backends.endpoint(target, options), ws)
+
+    def test_sessionreuse_off_reaches_the_wss_endpoint(self) -> None:
+        """A wss:// route's sessionreuse=off makes an endpoint that keeps no TLS session; the default keeps one."""
+        backends = Gateway("ProxyPass /echo tcp:host=10.0.0.1:port=5900\n").factory.websocket_backends
+        target = parse_websocket_url("wss://desk.example/")
+        self.assertIsNotNone(backends.endpoint(target, RouteOptions())._keep_session)
+        self.assertIsNone(backends.endpoint(target, RouteOptions(session_reuse=False))._keep_session)
 
 
 class RouteNameTests(TestCase):

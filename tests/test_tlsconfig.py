@@ -68,6 +68,8 @@ class ParseTlsClientStringTests:
                                         r":trustRoots=/etc/ca:endpoint=tcp\:127.0.0.1\:443")
         assert named == TLSClientString("::1", 443, 30.0, "::1", r"C:\c.pem", "k.pem", "/etc/ca", "tcp:127.0.0.1:443")
         assert parse_tls_client_string(r"tls:h:0:endpoint=unix\:/s").port == 0  # the port is not used then
+        assert parse_tls_client_string("tls:h:1:sessionReuse=off").session_reuse is False
+        assert parse_tls_client_string("tls:h:1:sessionReuse=on").session_reuse is True
 
     @pytest.mark.parametrize("text, message", [
         ("tls:desk.example", "missing parameter 'port'"),
@@ -80,6 +82,7 @@ class ParseTlsClientStringTests:
         ("tls:h:1:hst=x", "unknown parameter 'hst'"),
         ("tls:h:1:host=x", "parameter 'host' given twice"),
         ("tls:1:2:3:4:5:6:7:8:9", "too many parameters"),
+        ("tls:h:1:sessionReuse=no", "bad sessionReuse 'no': on or off"),
         ("tcp:h:1", "not a tls: endpoint"),
     ])
     def test_mistakes(self, text: str, message: str) -> None:

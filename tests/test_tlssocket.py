@@ -732,10 +732,15 @@ class TLSSocketClientTests(_RealSockets):
         (its tickets come after the handshake) and 1.2 the server resumes it
         from the second connection on; a server that forgot it (other ticket
         keys) gets a full handshake, then resumes the new session; with
-        reuse=False every handshake is a full one; the check after the
-        handshake runs on a resumed connection too.
+        reuse=False (``sessionReuse=off`` on a tls: string) every handshake
+        is a full one; the check after the handshake runs on a resumed
+        connection too.
         """
-        from tunnelgw.backends.tls import load_trust_root, tls_endpoint
+        from tunnelgw.backends.tls import client_endpoint, load_trust_root, tls_endpoint
+
+        roots = self.folder / "resume-roots"
+        roots.mkdir()
+        (roots / "ca.pem").write_bytes(self.pki.ca_cert.read_bytes())
 
         async def sessions(endpoint: Any, count: int) -> None:
             for _ in range(count):
@@ -762,6 +767,10 @@ class TLSSocketClientTests(_RealSockets):
             await sessions(ours, 2)
             self.assertEqual(handshakes(resumed_there, 2), [False, True], version)
             await sessions(endpoint(server.port, reuse=False), 2)
+            self.assertEqual(handshakes(resumed, 2), [False, False], version)
+            off = client_endpoint(self.reactor, f"tls:localhost:{server.port}:timeout=5:trustRoots={roots}"
+                                                f":sessionReuse=off")
+            await sessions(off, 2)
             self.assertEqual(handshakes(resumed, 2), [False, False], version)
         # The same context and session, checked for another name: refused after a resumed handshake.
         server, resumed = self.resuming_server(ssl.TLSVersion.TLSv1_3)

@@ -211,7 +211,8 @@ def _tls_string_endpoint(reactor: Any, parsed: TLSClientString) -> IStreamClient
         stream = clientFromString(reactor, parsed.endpoint)
     else:
         stream = stream_endpoint(reactor, parsed.host, parsed.port, parsed.timeout, parsed.bind_address)
-    return tls_endpoint(reactor, stream, parsed.host, parsed.timeout, trust_root=trust_root, certificate=certificate)
+    return tls_endpoint(reactor, stream, parsed.host, parsed.timeout, trust_root=trust_root, certificate=certificate,
+                        reuse=parsed.session_reuse)
 
 
 def client_endpoint(reactor: Any, description: str) -> IStreamClientEndpoint:

@@ -327,11 +327,11 @@ class WebSocketBackends:
         self._factories: dict[float, _BackendFactory] = {}
 
     def _make_endpoint(self, key: tuple[Any, ...]) -> IStreamClientEndpoint:
-        secure, host, port, timeout, cafile, verify = key
+        secure, host, port, timeout, cafile, verify, reuse = key
         endpoint = stream_endpoint(self._reactor, host, port, timeout)
         if secure:  # TLS on the socket (tunnelgw.tlssocket): cafile= or the platform's trust, verify=off
             return tls_endpoint(self._reactor, endpoint, host, timeout, verify=verify,
-                                trust_root=load_trust_root(cafile) if verify and cafile else None)
+                                trust_root=load_trust_root(cafile) if verify and cafile else None, reuse=reuse)
         return SocketClientEndpoint(endpoint, self._reactor)  # plain TCP on the gateway's own transport
 
     def forget_endpoints(self) -> None:
@@ -341,7 +341,7 @@ class WebSocketBackends:
     def endpoint(self, target: WebSocketTarget, options: RouteOptions) -> IStreamClientEndpoint:
         """The client endpoint for a backend: TCP, wrapped in TLS for ``wss://``."""
         return self._endpoints.get((target.secure, target.host, target.port, options.connect_timeout,
-                                    options.cafile, options.verify))
+                                    options.cafile, options.verify, options.session_reuse))
 
     def connect(self, target: WebSocketTarget, options: RouteOptions, protocols: tuple[str, ...],
                 headers: dict[str, str], origin: Optional[str]) -> "defer.Deferred[BackendWebSocket]":

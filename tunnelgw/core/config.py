@@ -106,6 +106,8 @@ class RouteOptions:
         instead of the platform's trust store.
     :ivar verify: for wss:// targets, False only with ``verify=off``: no
         certificate or host name check.
+    :ivar session_reuse: for wss:// targets, False only with
+        ``sessionreuse=off``: no TLS session offered for resumption.
     :ivar idle_timeout: seconds without payload either way before the session
         is closed (0: never); None takes ``Timeout idle=``.
     :ivar max_sessions: concurrent sessions on this route; None: no own limit.
@@ -126,6 +128,7 @@ class RouteOptions:
     forward: frozenset[str] = DEFAULT_FORWARD
     cafile: Optional[str] = None
     verify: bool = True
+    session_reuse: bool = True
     idle_timeout: Optional[float] = None
     max_sessions: Optional[int] = None
     name: Optional[str] = None
@@ -512,14 +515,15 @@ ROUTE_OPTIONS: dict[str, Reader] = {
     "forward": _forward,
     "cafile": _file_name,
     "verify": choice("on", "off"),
+    "sessionreuse": choice("on", "off"),
     "record": choice("on", "off"),
     "speed": number(0.01, 100),
     "allowclients": _networks,
     "auth": matching(r"[A-Za-z0-9_.-]{1,64}", "the name of an AuthPortal"),
     "certname": _cert_names,
 }
-_WEBSOCKET_ONLY = ("forward", "cafile", "verify")
-_SECURE_ONLY = ("cafile", "verify")
+_WEBSOCKET_ONLY = ("forward", "cafile", "verify", "sessionreuse")
+_SECURE_ONLY = ("cafile", "verify", "sessionreuse")
 
 _TIMEOUT_SETTINGS: dict[str, Reader] = {
     "handshake": number(0.5, 3600), "connect": number(0.1, 3600), "idle": number(0, 7 * 86400)}
@@ -533,7 +537,7 @@ _LIMIT_SETTINGS: dict[str, Reader] = {
 _FIELD_NAMES = {"connecttimeout": "connect_timeout", "idletimeout": "idle_timeout", "maxsessions": "max_sessions",
                 "allowclients": "allow_clients", "certname": "cert_names",
                 "tcpidle": "tcp_idle", "tcpinterval": "tcp_interval", "tcpcount": "tcp_count",
-                "perclient": "per_client"}
+                "perclient": "per_client", "sessionreuse": "session_reuse"}
 
 
 @dataclass
@@ -647,7 +651,7 @@ def _rule_parts(directive: str, args: list[str], problem: Problems) -> Optional[
         problem(str(e))
         return None
     found = read_options(extra, ROUTE_OPTIONS, problem, directive)
-    for flag in ("verify", "record"):
+    for flag in ("verify", "record", "sessionreuse"):
         if flag in found:
             found[flag] = found[flag] == "on"
     if "speed" in found and not isinstance(backend, ReplayTarget):
@@ -949,6 +953,7 @@ _ROUTE_HELP = {
     "forward": "xff,proto,forwarded,origin,cookie,tlsclient|none: headers a ws:// target is sent (default: all)",
     "cafile": "FILE: PEM trust roots of a wss:// target (default: the platform's)",
     "verify": "on|off: check a wss:// target's certificate and name (default: on)",
+    "sessionreuse": "on|off: offer a wss:// target the last TLS session to resume (default: on)",
     "record": "on|off: record sessions into the Recording folder (default: off)",
     "speed": "F: playback speed of a replay: target (default: 1)",
     "allowclients": "CIDR,...: client networks admitted (default: every client)",

@@ -151,6 +151,8 @@ def parse_ssl_endpoint(description: str) -> ListenTLS:
 
 #: ``tls:`` client parameters, in the order Twisted's parser takes them positionally.
 _TLS_KEYS = ("host", "port", "timeout", "bindAddress", "certificate", "privateKey", "trustRoots", "endpoint")
+#: ``tls:`` client parameters of the gateway's own, by name only.
+_TLS_NAMED_ONLY = ("sessionReuse",)
 
 
 @dataclass(frozen=True)
@@ -166,6 +168,7 @@ class TLSClientString:
     :ivar private_key: a PEM file of that certificate's key.
     :ivar trust_roots: a folder of ``*.pem`` CA certificates (else the platform's trust store).
     :ivar endpoint: another client endpoint string to carry the TLS (then host is for SNI and the check only).
+    :ivar session_reuse: offer the server the last session to resume (``sessionReuse=off``: never).
     """
 
     host: str
@@ -176,6 +179,7 @@ class TLSClientString:
     private_key: Optional[str] = None
     trust_roots: Optional[str] = None
     endpoint: Optional[str] = None
+    session_reuse: bool = True
 
 
 def parse_tls_client_string(description: str) -> TLSClientString:
@@ -183,7 +187,8 @@ def parse_tls_client_string(description: str) -> TLSClientString:
     A ``tls:`` client endpoint string, as Twisted's parser reads it:
     ``host`` and ``port`` positional or named, then ``timeout=``,
     ``bindAddress=``, ``certificate=``, ``privateKey=``, ``trustRoots=``,
-    ``endpoint=`` (each also positional, in that order).
+    ``endpoint=`` (each also positional, in that order); and the gateway's
+    own ``sessionReuse=on|off``, by name only.
 
     :raises ValueError: for another kind, unknown, repeated or missing
         parameters and bad numbers, saying which.
@@ -198,9 +203,12 @@ def parse_tls_client_string(description: str) -> TLSClientString:
         if key in named:
             raise ValueError(f"parameter {key!r} given twice")
         named[key] = value
-    unknown = sorted(set(named) - set(_TLS_KEYS))
+    unknown = sorted(set(named) - set(_TLS_KEYS) - set(_TLS_NAMED_ONLY))
     if unknown:
-        raise ValueError(f"unknown parameter {unknown[0]!r} (known: {', '.join(_TLS_KEYS)})")
+        raise ValueError(f"unknown parameter {unknown[0]!r} (known: {', '.join(_TLS_KEYS + _TLS_NAMED_ONLY)})")
+    reuse = named.get("sessionReuse", "on")
+    if reuse not in ("on", "off"):
+        raise ValueError(f"bad sessionReuse {reuse!r}: on or off is expected")
     for key in ("host", "port"):
         if not named.get(key):
             raise ValueError(f"missing parameter {key!r}")
@@ -217,7 +225,7 @@ def parse_tls_client_string(description: str) -> TLSClientString:
         raise ValueError(f"bad timeout {timeout_text!r}: a number of seconds above 0 is expected")
     return TLSClientString(named["host"], int(port), timeout, named.get("bindAddress") or None,
                            named.get("certificate") or None, named.get("privateKey") or None,
-                           named.get("trustRoots") or None, named.get("endpoint") or None)
+                           named.get("trustRoots") or None, named.get("endpoint") or None, reuse == "on")
 
 
 #: The name types of a client certificate that ``certname=`` patterns name: the subject's
