@@ -114,7 +114,6 @@ def test_embedding_example(tmp_path: Path) -> None:
     assert "embedSECRET" not in text and "GET /desktops/echo?token=tok:" in text, text
 
 
-
 def test_startup_heap_is_frozen_once_the_reactor_runs(monkeypatch: pytest.MonkeyPatch) -> None:
     """twistd tunnelgw collects and freezes what start-up made, once the reactor runs (after every listener)."""
     import gc

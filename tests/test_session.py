@@ -563,8 +563,8 @@ class ReloadEndpointTests(TestCase):
         """A wss:// route's sessionreuse=off makes an endpoint that keeps no TLS session; the default keeps one."""
         backends = Gateway("ProxyPass /echo tcp:host=10.0.0.1:port=5900\n").factory.websocket_backends
         target = parse_websocket_url("wss://desk.example/")
-        self.assertIsNotNone(backends.endpoint(target, RouteOptions())._keep_session)
-        self.assertIsNone(backends.endpoint(target, RouteOptions(session_reuse=False))._keep_session)
+        self.assertIsNotNone(backends.endpoint(target, RouteOptions()).keep_session)
+        self.assertIsNone(backends.endpoint(target, RouteOptions(session_reuse=False)).keep_session)
 
 
 class RouteNameTests(TestCase):

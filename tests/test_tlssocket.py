@@ -584,6 +584,18 @@ class _Hangup(Protocol):
         self.transport.loseConnection()
 
 
+@implementer(interfaces.IStreamClientEndpoint)
+class _Retargeted:
+    """A TCP client endpoint to 127.0.0.1 whose port the test may change: a server replaced behind one name."""
+
+    def __init__(self, reactor: Any, port: int) -> None:
+        self.reactor = reactor
+        self.port = port
+
+    def connect(self, factory: Any) -> "Deferred[Any]":
+        return TCP4ClientEndpoint(self.reactor, "127.0.0.1", self.port, timeout=5).connect(factory)
+
+
 class TLSSocketClientTests(_RealSockets):
     """
     The client side (:func:`tunnelgw.backends.tls.tls_endpoint`, and ``tls:``
@@ -736,7 +748,7 @@ class TLSSocketClientTests(_RealSockets):
         is a full one; the check after the handshake runs on a resumed
         connection too.
         """
-        from tunnelgw.backends.tls import client_endpoint, load_trust_root, tls_endpoint
+        from tunnelgw.backends.tls import LastSession, client_endpoint, load_trust_root, tls_endpoint
 
         roots = self.folder / "resume-roots"
         roots.mkdir()
@@ -750,36 +762,50 @@ class TLSSocketClientTests(_RealSockets):
                 client.tls.loseConnection()
                 (await client.end()).trap(error.ConnectionDone)
 
-        def endpoint(port: int, reuse: bool = True) -> Any:
-            return tls_endpoint(self.reactor, TCP4ClientEndpoint(self.reactor, "127.0.0.1", port, timeout=5),
-                                "localhost", 5, trust_root=load_trust_root(str(self.pki.ca_cert)), reuse=reuse)
+        def endpoint(stream: Any, reuse: bool = True) -> Any:
+            return tls_endpoint(self.reactor, stream, "localhost", 5, trust_root=load_trust_root(str(self.pki.ca_cert)),
+                                reuse=reuse)
 
         def handshakes(resumed: "Queue[bool]", count: int) -> list[bool]:
             return [resumed.get(timeout=5) for _ in range(count)]
 
         for version in (ssl.TLSVersion.TLSv1_3, ssl.TLSVersion.TLSv1_2):
             server, resumed = self.resuming_server(version)
-            ours = endpoint(server.port)
+            stream = _Retargeted(self.reactor, server.port)
+            ours = endpoint(stream)
             await sessions(ours, 3)
             self.assertEqual(handshakes(resumed, 3), [False, True, True], version)
             other, resumed_there = self.resuming_server(version)  # the same certificate, new ticket keys
-            ours._stream = TCP4ClientEndpoint(self.reactor, "127.0.0.1", other.port, timeout=5)
+            stream.port = other.port
             await sessions(ours, 2)
             self.assertEqual(handshakes(resumed_there, 2), [False, True], version)
-            await sessions(endpoint(server.port, reuse=False), 2)
+            await sessions(endpoint(_Retargeted(self.reactor, server.port), reuse=False), 2)
             self.assertEqual(handshakes(resumed, 2), [False, False], version)
             off = client_endpoint(self.reactor, f"tls:localhost:{server.port}:timeout=5:trustRoots={roots}"
                                                 f":sessionReuse=off")
             await sessions(off, 2)
             self.assertEqual(handshakes(resumed, 2), [False, False], version)
-        # The same context and session, checked for another name: refused after a resumed handshake.
+        # The check after the handshake runs on a resumed connection too: one endpoint whose second check is
+        # for another name refuses the resumed connection.
         server, resumed = self.resuming_server(ssl.TLSVersion.TLSv1_3)
-        good = endpoint(server.port)
-        await sessions(good, 1)
-        wrong = TLSSocketClientEndpoint(good._stream, good._connection_for, self.reactor,
-                                        check=lambda connection: verify_hostname(connection, "example.com"),
-                                        keep_session=good._keep_session)
-        client = await self.connect(wrong)
+        context = SSL.Context(SSL.TLS_CLIENT_METHOD)
+        context.load_verify_locations(str(self.pki.ca_cert))
+        context.set_verify(SSL.VERIFY_PEER, lambda connection, x509, errno, depth, ok: bool(ok))
+        last = LastSession()
+
+        def connection_for(sock: socket.socket) -> SSL.Connection:
+            connection = SSL.Connection(context, sock)
+            connection.set_tlsext_host_name(b"localhost")
+            if last.session is not None:
+                connection.set_session(last.session)
+            return connection
+
+        names = iter(["localhost", "example.com"])
+        checked = TLSSocketClientEndpoint(_Retargeted(self.reactor, server.port), connection_for, self.reactor,
+                                          check=lambda connection: verify_hostname(connection, next(names)),
+                                          keep_session=last.keep)
+        await sessions(checked, 1)
+        client = await self.connect(checked)
         (await client.end()).trap(VerificationError)
         self.assertEqual(handshakes(resumed, 2), [False, True])
         self.assertFalse(client.handshake.called)

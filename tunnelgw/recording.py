@@ -305,9 +305,8 @@ class Recorder:
         self._start = self._reactor.seconds()
         self._frames: list[Frame] = []
         self._buffered = 0
-        # Bytes handed to the writer, and (written by the writer thread only) bytes it is done with: what
-        # waits for the disk is their difference, read here without a call back to the reactor per batch.
-        self._submitted = 0
+        # Bytes the writer is done with, written by the writer thread only: what waits for the disk is
+        # _total less the buffered bytes less _done, read here without a call back to the reactor per batch.
         self._done = 0
         self._total = 0
         self._timer: Any = None
@@ -343,10 +342,9 @@ class Recorder:
         self._frames, self._buffered = [], 0
         if not frames:
             return
-        if self._submitted - self._done + size > MAX_PENDING:
+        if self._total - self._done > MAX_PENDING:  # every byte recorded so far is this batch or handed over
             self.stop("too_slow", f"more than {MAX_PENDING} bytes wait for the disk")
             return
-        self._submitted += size
         self._recordings.run(self._write, frames, size)
 
     def _write(self, frames: list[Frame], size: int) -> None:

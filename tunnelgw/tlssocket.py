@@ -302,9 +302,9 @@ class TLSSocketConnection(SocketTransport):
                 break
             chunks.append(chunk)
             got += len(chunk)
-            if self._session_due:
-                self._session_due = False
-                self._give_session()
+        if self._session_due and chunks:
+            self._session_due = False
+            self._give_session()
         if chunks and not self.disconnected and not self._aborted():
             self.protocol.dataReceived(chunks[0] if len(chunks) == 1 else b"".join(chunks))
         if end is main.CONNECTION_DONE and self.connected:
@@ -597,6 +597,7 @@ class TLSSocketClientEndpoint:
     :param check: run after the handshake (:class:`TLSSocketConnection`).
     :param handshake_timeout: the seconds the handshake may take.
     :param keep_session: given each connection's resumable TLS session (:class:`TLSSocketConnection`).
+    :ivar keep_session: that callable, or None: this endpoint offers no session for resumption.
     """
 
     def __init__(self, stream: interfaces.IStreamClientEndpoint,
@@ -605,7 +606,7 @@ class TLSSocketClientEndpoint:
                  handshake_timeout: Optional[float] = None,
                  keep_session: Optional[Callable[[SSL.Session], None]] = None) -> None:
         self._stream = stream
-        self._keep_session = keep_session
+        self.keep_session = keep_session
         self._connection_for = connection_for
         self._reactor = reactor
         self._check = check
@@ -627,5 +628,5 @@ class TLSSocketClientEndpoint:
             sock.close()
             raise
         TLSSocketConnection(sock, tls, protocol, host, peer, self._reactor, connect=True, check=self._check,
-                            handshake_timeout=self._handshake_timeout, keep_session=self._keep_session).start()
+                            handshake_timeout=self._handshake_timeout, keep_session=self.keep_session).start()
         return True
