@@ -378,13 +378,15 @@ async def _desktops(job: dict[str, Any]) -> dict[str, Any]:
     each sending INPUT_HZ input events a second (one ticker for all, the
     viewers' phases spread); after a second's warm-up, ``seconds`` of
     measurement: the input round trips' p50/p99, the screen bytes that
-    arrived against those sent, and the CPU of the processes under test
-    (``cpu_of`` and their descendants) and of this client.  After a step of
+    arrived against those sent, the CPU of the processes under test
+    (``cpu_of`` and their descendants) and of this client, and the system
+    calls of the processes under test per message relayed
+    (:class:`bench.procs.SyscallCount`; None without ``perf``).  After a step of
     at least ``report_up_to`` viewers that misses ``p99_limit_ms`` or
     ``cpu_limit`` cores, no larger step is run; the job ends by
     ``max_seconds`` in any case.
     """
-    from bench.procs import cpu_seconds, process_tree
+    from bench.procs import SyscallCount, cpu_seconds, process_tree
 
     target, seconds = job["target"], float(job["seconds"])
     deadline = time.monotonic() + float(job.get("max_seconds", 600))
@@ -431,9 +433,11 @@ async def _desktops(job: dict[str, Any]) -> dict[str, Any]:
             for v in viewers:
                 v.screen_bytes, v.measuring = 0, True
             pids = process_tree(job["cpu_of"])
+            calls = SyscallCount(pids, seconds)
             cpu0, own0, t0 = cpu_seconds(pids), time.process_time(), time.monotonic()
             await asyncio.sleep(seconds)
             elapsed = time.monotonic() - t0
+            syscalls = calls.result()
             cores, own = (cpu_seconds(pids) - cpu0) / elapsed, (time.process_time() - own0) / elapsed
             for v in viewers:
                 v.measuring = False
@@ -441,9 +445,12 @@ async def _desktops(job: dict[str, Any]) -> dict[str, Any]:
             screens = sum(v.screen_bytes for v in viewers) / (
                 max(1, len(viewers)) * desktop.SCREEN_BYTES * desktop.SCREEN_HZ * elapsed)
             p99 = samples[min(len(samples) - 1, int(len(samples) * 0.99))] if samples else float("inf")
+            # Messages relayed: the screens delivered, each input and its answer (one per round trip timed).
+            messages = screens * len(viewers) * desktop.SCREEN_HZ * elapsed + 2 * len(samples)
             step = {"desktops": len(viewers), "asked": count, "errors": errors - step_errors, "samples": len(samples),
                     "p50_ms": samples[len(samples) // 2] if samples else float("inf"), "p99_ms": p99,
-                    "cores": cores, "client_cores": own, "screens_delivered": screens}
+                    "cores": cores, "client_cores": own, "screens_delivered": screens,
+                    "syscalls_per_message": syscalls / messages if syscalls is not None and messages else None}
             step["carried"] = (len(viewers) >= count and p99 <= job["p99_limit_ms"] and cores <= job["cpu_limit"]
                                and len(samples) > 0)
             steps.append(step)

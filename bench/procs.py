@@ -26,7 +26,7 @@ from typing import Any, Callable, Optional
 
 REPO = Path(__file__).resolve().parent.parent
 
-__all__ = ["Backends", "Bridge", "CLIENTS", "cores_named", "cpu_seconds", "DesktopServer", "Floor", "Portal", "Gateway", "Nginx", "Placement", "WsBackend", "Websockify", "memory_of",
+__all__ = ["Backends", "Bridge", "CLIENTS", "cores_named", "cpu_seconds", "DesktopServer", "Floor", "Portal", "Gateway", "Nginx", "Placement", "SyscallCount", "WsBackend", "Websockify", "memory_of",
            "process_tree", "run_client", "run_clients", "self_signed", "start_idle_client"]
 
 #: The load clients by the name ``--client`` takes: the module run for each job.
@@ -519,6 +519,50 @@ def cpu_seconds(pids: list[int]) -> float:
             continue
         total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of stat)
     return total / tick
+
+
+class SyscallCount:
+    """
+    The system calls that processes make over a stretch of time, counted by
+    Linux ``perf stat`` on the ``raw_syscalls:sys_enter`` tracepoint (every
+    thread of each process): how many calls a relayed message costs, the
+    figure that says how close a relay is to the kernel's own floor (one
+    read and one write per message).  Without ``perf`` (Debian's
+    ``linux-perf``) or the right to trace, :meth:`result` is None.
+    """
+
+    def __init__(self, pids: list[int], seconds: float) -> None:
+        perf = shutil.which("perf")
+        self._out = Path(os.environ.get("TMPDIR", "/tmp")) / f"bench-syscalls-{os.getpid()}-{pids[0] if pids else 0}"
+        self._proc: Optional[subprocess.Popen[bytes]] = None
+        self._seconds = seconds
+        if perf is not None and pids:
+            self._proc = subprocess.Popen(
+                [perf, "stat", "-x", ",", "-o", str(self._out), "-e", "raw_syscalls:sys_enter",
+                 "-p", ",".join(str(pid) for pid in pids), "--", "sleep", f"{seconds:.3f}"],
+                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def result(self) -> Optional[int]:
+        """The count once the stretch is over (waiting at most 10 s more for perf), or None."""
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return None
+        try:
+            if proc.wait(timeout=self._seconds + 10) != 0:
+                return None
+            for line in self._out.read_text().splitlines():
+                fields = line.split(",")
+                if len(fields) > 2 and fields[2].startswith("raw_syscalls:sys_enter"):
+                    if fields[0] == "<not counted>":  # the processes never ran while counted
+                        return 0
+                    return int(fields[0]) if fields[0].isdigit() else None
+            return None
+        except (subprocess.TimeoutExpired, OSError, ValueError):
+            proc.kill()
+            proc.wait()
+            return None
+        finally:
+            self._out.unlink(missing_ok=True)
 
 
 def memory_of(pids: list[int]) -> dict[str, int]:

@@ -534,22 +534,29 @@ class Suite:
             return next((s for s in found[peer]["steps"] if s["asked"] == count and s["desktops"] == count), None)
 
         cpu: dict[str, Optional[float]] = {}
+        calls: dict[str, Optional[float]] = {}
         p99: dict[str, Optional[float]] = {}
         carried: dict[str, Optional[float]] = {}
         for peer in found:
             at = step(peer, self.c.desktop_cpu_at)
             cpu[peer] = at["cores"] * 1000 / at["desktops"] if at and at["cores"] else None
+            calls[peer] = at.get("syscalls_per_message") if at else None
             at = step(peer, self.c.desktop_p99_at)
             p99[peer] = at["p99_ms"] if at else None
             carried[peer] = float(max((s["desktops"] for s in found[peer]["steps"] if s["carried"]), default=0))
             self.log(f"desktops {scheme} {peer}: " + "; ".join(
                 f"{s['desktops']}: p99 {s['p99_ms']:.1f} ms, {s['cores']:.2f} cores (client {s['client_cores']:.2f}), "
-                f"screens {s['screens_delivered']:.2f}" for s in found[peer]["steps"])
+                f"screens {s['screens_delivered']:.2f}"
+                + (f", {s['syscalls_per_message']:.2f} system calls per message"
+                   if s.get("syscalls_per_message") is not None else "") for s in found[peer]["steps"])
                 + (f"; {found[peer]['errors']} errors ({found[peer]['last_error']})" if found[peer]["errors"] else ""))
         steps = ", ".join(str(n) for n in self.c.desktop_steps)
         self.rows.append(Row(f"desktops {scheme}: CPU per desktop at {self.c.desktop_cpu_at} desktops", "CPU-ms/s",
                              tunnelgw=cpu["tunnelgw"], websockify=cpu["websockify"], higher=False,
                              goals=(("websockify", 0.25),)))
+        self.rows.append(Row(f"desktops {scheme}: system calls per message relayed at {self.c.desktop_cpu_at} desktops",
+                             "calls", tunnelgw=calls["tunnelgw"], websockify=calls["websockify"], higher=False,
+                             note="perf stat (linux-perf); at least 2: one read and one write per message"))
         self.rows.append(Row(f"desktops {scheme}: most desktops under one core, input p99 <= {DESKTOP_P99_MS:g} ms",
                              "desktops", tunnelgw=carried["tunnelgw"], websockify=carried["websockify"],
                              note=f"the largest step carried of {steps}"))

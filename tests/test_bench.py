@@ -7,6 +7,10 @@ rot.  No timing is asserted here; speed targets live in bench/ only.
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -74,6 +78,9 @@ def test_bench_smoke_writes_every_figure(tmp_path: Path) -> None:
         for peer in ("tunnelgw", "websockify"):
             assert figures[p99][peer] > 0 and figures[most][peer] is not None, (scheme, peer)
             assert cpu in figures
+            if shutil.which("perf") or os.environ.get("CI") == "true":  # .ci/run installs linux-perf
+                calls = f"desktops {scheme}: system calls per message relayed at 2 desktops"
+                assert figures[calls][peer] > 0, (scheme, peer)
     assert figures["new sessions/s, 32 concurrent, plain route, Redis hung"]["tunnelgw"] > 0
     assert data["meta"]["autobahn NVX"] is True
     assert data["meta"]["client"].startswith("fast: bench/fastclient.py, picows")
@@ -199,3 +206,33 @@ def test_http2_bench_client_speaks_http2() -> None:
     assert any(isinstance(e, PingAckReceived) and e.ping_data == b"12345678" for e in events)
     # One WINDOW_UPDATE for the stream once half its window is read, not one per frame.
     assert len([e for e in events if isinstance(e, WindowUpdated) and e.stream_id == stream_id]) == 1
+
+
+_BUSY = "import os, select, sys\nwhile not select.select([sys.stdin], [], [], 0)[0]: os.stat('/')\n"
+
+
+def test_syscall_count_counts_the_processes_named(tmp_path: Path) -> None:
+    """perf counts the system calls of the processes named (a busy one: many; one blocked in a read: few), not the machine's."""
+    require_tool("perf")
+    from bench.procs import SyscallCount
+
+    busy = subprocess.Popen([sys.executable, "-c", _BUSY], stdin=subprocess.PIPE)
+    idle = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE)
+    try:
+        counts = [SyscallCount([busy.pid], 0.5), SyscallCount([idle.pid], 0.5)]
+        busy_calls, idle_calls = (count.result() for count in counts)
+    finally:
+        for proc in (busy, idle):
+            assert proc.stdin is not None
+            proc.stdin.close()
+            proc.wait(10)
+    assert busy_calls is not None and busy_calls > 10_000  # a stat and a select per turn, for half a second
+    assert idle_calls is not None and idle_calls < 100  # blocked in read: (almost) nothing
+
+
+def test_syscall_count_without_perf_is_none(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Without perf on PATH nothing is started and the count is None (the row then shows '-')."""
+    from bench.procs import SyscallCount
+
+    monkeypatch.setenv("PATH", str(tmp_path))
+    assert SyscallCount([os.getpid()], 0.1).result() is None
