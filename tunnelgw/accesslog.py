@@ -21,6 +21,7 @@ from __future__ import annotations
 import os
 from typing import IO, Any, Callable, Optional
 
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger, globalLogPublisher
 
 from tunnelgw.core.accesslog import AccessEntry, format_entry, hide_query_values
@@ -137,7 +138,7 @@ class AccessLogs(LogSinks[AccessLog, _Sink]):
     :param redact: the gateway's redaction of request paths, URIs and URLs.
     """
 
-    def __init__(self, reactor: Any, specs: tuple[AccessLog, ...], redact: Callable[[str], str],
+    def __init__(self, reactor: IReactorTime, specs: tuple[AccessLog, ...], redact: Callable[[str], str],
                  publisher: Any = globalLogPublisher) -> None:
         super().__init__(publisher, self, specs, _Sink)
         self._reactor = reactor

@@ -25,8 +25,9 @@ from prometheus_client import CollectorRegistry, Counter
 from twisted.application.internet import ClientService
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint
 from twisted.internet.interfaces import IPushProducer
-from twisted.internet.protocol import DatagramProtocol, Factory, Protocol
+from twisted.internet.protocol import DatagramProtocol, Factory, Protocol, connectionDone
 from twisted.logger import Logger, globalLogPublisher
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from tunnelgw.core.audit import AUDIT_EVENTS, AuditEvent, json_record, octet_counted, rfc5424
@@ -165,7 +166,7 @@ class _SyslogStream(Protocol):
         self.transport.registerProducer(self, True)
         self._sink.connected(self)
 
-    def connectionLost(self, reason: Any = None) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._sink.disconnected(self)
 
     def pauseProducing(self) -> None:

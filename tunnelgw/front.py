@@ -26,8 +26,9 @@ from __future__ import annotations
 from typing import Any, Callable, Optional
 
 from twisted.internet.interfaces import IProtocolNegotiationFactory
-from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.web.http import HTTPChannel
 from twisted.web.server import Site
 from zope.interface import implementer
@@ -131,7 +132,7 @@ class GatewayFront(Protocol):
             self._deadline.cancel()
         self._deadline = None
 
-    def connectionLost(self, reason: Any = None) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         """Disarm and forget the connection; one that closes without a byte is counted."""
         if not self._spoke and self._deadline is not None and self.factory.on_silent is not None:
             self.factory.on_silent()
@@ -301,7 +302,7 @@ class BoundedChannel(HTTPChannel):
         log_refusal(format_address(self.transport.getPeer()), "-", reject, "request")
         refuse_connection(self.site.reactor, self.transport, reject)
 
-    def connectionLost(self, reason: Any = None) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         """The connection ended: its deadline too."""
         if self.deadline is not None and self.deadline.active():
             self.deadline.cancel()

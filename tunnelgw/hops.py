@@ -11,6 +11,7 @@ import os
 from typing import Any, Callable, Optional, cast
 
 from twisted.internet import defer
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from tunnelgw.backends import BackendLink, BackendRefused, WrappedLink
@@ -33,7 +34,7 @@ class RelayHops:
     :param random: bytes for nonces (tests pass a fixed source).
     """
 
-    def __init__(self, reactor: Any, pool: Callable[[], Any], random: Callable[[int], bytes] = os.urandom) -> None:
+    def __init__(self, reactor: IReactorTime, pool: Callable[[], Any], random: Callable[[int], bytes] = os.urandom) -> None:
         self._reactor = reactor
         self._pool = pool
         self._random = random

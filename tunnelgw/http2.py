@@ -90,7 +90,8 @@ from h2.exceptions import ProtocolError, StreamClosedError
 from h2.settings import SettingCodes, Settings
 from hyperframe.frame import GoAwayFrame
 from twisted.internet import error
-from twisted.internet.interfaces import IConsumer, INegotiated, IPushProducer, ISSLTransport, ITCPTransport, ITransport
+from twisted.internet.interfaces import (IConsumer, INegotiated, IPushProducer, IReactorTime, ISSLTransport, ITCPTransport,
+                                         ITransport)
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -144,7 +145,7 @@ class Http2Server:
     :param max_streams: concurrent streams per connection.
     """
 
-    def __init__(self, gateway: Any, site: Any, reactor: Any, idle_timeout: float, max_streams: int = 100,
+    def __init__(self, gateway: Any, site: Any, reactor: IReactorTime, idle_timeout: float, max_streams: int = 100,
                  max_head: int = 16384) -> None:
         self.gateway = gateway
         self.site = site

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping, Optional, Sequence
 
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import globalLogPublisher
 
 from tunnelgw.core.overview import (Health, HealthTracker, Overview, RefusalWindow, StoppedRecording, Traffic,
@@ -89,7 +90,7 @@ class OverviewSource:
     :param factory: the gateway factory (sessions, metrics, pool, portals, recordings).
     """
 
-    def __init__(self, factory: Any, reactor: Any, publisher: Any = globalLogPublisher) -> None:
+    def __init__(self, factory: Any, reactor: IReactorTime, publisher: Any = globalLogPublisher) -> None:
         self._factory = factory
         self._reactor = reactor
         self._publisher = publisher

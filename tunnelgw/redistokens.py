@@ -17,6 +17,7 @@ from __future__ import annotations
 from typing import Any, Optional, Union
 
 from twisted.internet import defer
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -35,7 +36,7 @@ UNAVAILABLE = Reject(503, "token lookup unavailable")
 class _Timed:
     """Observes each lookup's time (``tunnelgw_redis_lookup_seconds{source}``) and failures (``..._errors``)."""
 
-    def __init__(self, reactor: Any, metrics: Any, source: str) -> None:
+    def __init__(self, reactor: IReactorTime, metrics: Any, source: str) -> None:
         self._reactor = reactor
         self._seconds = metrics.redis_seconds.labels(source) if metrics is not None else None
         self._errors = metrics.redis_errors.labels(source) if metrics is not None else None
@@ -64,7 +65,7 @@ class _Batches:
     included (an MGET's own bound starts when it is sent).
     """
 
-    def __init__(self, reactor: Any, use: RedisUse, redis: Any, timeout: float) -> None:
+    def __init__(self, reactor: IReactorTime, use: RedisUse, redis: Any, timeout: float) -> None:
         self._reactor = reactor
         self._use = use
         self._redis = redis

@@ -19,6 +19,8 @@ from __future__ import annotations
 
 from typing import Any, Optional, Protocol
 
+from twisted.internet.interfaces import IReactorTime
+
 from tunnelgw.core.relay import Heartbeat, IdleWatch
 
 __all__ = ["SessionWatch", "Watched"]
@@ -61,7 +63,7 @@ class SessionWatch:
     __slots__ = ("_reactor", "_session", "_idle_timeout", "_idle", "_heartbeat", "_call", "_next_idle", "_next_ping",
                  "_pong_due", "_ping_sent", "round_trip")
 
-    def __init__(self, reactor: Any, session: Watched, idle: float, ping: float, pong: float) -> None:
+    def __init__(self, reactor: IReactorTime, session: Watched, idle: float, ping: float, pong: float) -> None:
         self._reactor = reactor
         self._session = session
         self._idle_timeout = idle
