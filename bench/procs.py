@@ -543,7 +543,7 @@ class SyscallCount:
                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
     def result(self) -> Optional[int]:
-        """The count once the stretch is over (waiting at most 10 s more for perf), or None."""
+        """The count once the stretch is over (waiting for perf at most the stretch and 10 s more), or None."""
         proc, self._proc = self._proc, None
         if proc is None:
             return None
