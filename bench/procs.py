@@ -507,8 +507,13 @@ def process_tree(pids: list[int]) -> list[int]:
     return [p for pid in pids for p in [pid, *_children(pid)]]
 
 
-def cpu_seconds(pids: list[int]) -> float:
-    """Summed user + system CPU time (seconds) of live processes, from /proc/PID/stat."""
+def cpu_seconds(pids: list[int], reaped: bool = False) -> float:
+    """
+    Summed user + system CPU time (seconds) of live processes, from
+    /proc/PID/stat; with reaped, also that of the children they have waited
+    for, which /proc charges to their parent (``cutime``, ``cstime``):
+    websockify's per-session processes end with their session.
+    """
     tick = os.sysconf("SC_CLK_TCK")
     total = 0
     for pid in pids:
@@ -518,6 +523,8 @@ def cpu_seconds(pids: list[int]) -> float:
         except OSError:
             continue
         total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of stat)
+        if reaped:
+            total += int(fields[13]) + int(fields[14])  # cutime, cstime
     return total / tick
 
 

@@ -236,3 +236,58 @@ def test_syscall_count_without_perf_is_none(monkeypatch: pytest.MonkeyPatch, tmp
 
     monkeypatch.setenv("PATH", str(tmp_path))
     assert SyscallCount([os.getpid()], 0.1).result() is None
+
+
+_REAPED_CHILD = """import os, sys, time
+pid = os.fork()
+if pid == 0:
+    end = time.process_time() + 0.3
+    while time.process_time() < end:
+        pass
+    os._exit(0)
+os.waitpid(pid, 0)
+sys.stdout.write("reaped\\n")
+sys.stdout.flush()
+sys.stdin.read()
+"""
+
+
+def test_cpu_seconds_counts_children_already_reaped() -> None:
+    """With reaped, a child that worked, ended and was reaped still counts for its parent (websockify's sessions)."""
+    from bench.procs import cpu_seconds
+
+    parent = subprocess.Popen([sys.executable, "-c", _REAPED_CHILD], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              text=True)
+    try:
+        assert parent.stdout is not None and parent.stdout.readline() == "reaped\n"
+        own, tree = cpu_seconds([parent.pid]), cpu_seconds([parent.pid], reaped=True)
+    finally:
+        assert parent.stdin is not None
+        parent.stdin.close()
+        parent.wait(10)
+    assert tree - own >= 0.25, (own, tree)  # the child's 0.3 s, charged to its parent once reaped
+
+
+@pytest.mark.timeout(180)
+def test_cpu_bench_smoke(capsys: pytest.CaptureFixture[str]) -> None:
+    """``bench.cpu`` with tiny counts measures both gateways both ways over wss, says the bounds, leaves nothing running."""
+    import re
+
+    require_tool("websockify")
+    require_module("uvloop")
+    from bench.cpu import main
+
+    before = _pids_of_children()
+    figures = main(["--count", "200", "--rounds", "1", "--scheme", "wss"])
+    assert _pids_of_children() <= before, "the bench left processes running"
+    assert sorted(figures) == ["wss download", "wss upload"]
+    for found in figures.values():
+        for peer in ("tunnelgw", "websockify"):
+            (run,) = found[peer]
+            assert run["mbps"] > 0 and run["machine"] > 0, (peer, run)
+    out = capsys.readouterr().out
+    for label in ("backend->client", "client->backend"):
+        assert f"{label} 64 KiB wss, CPU-ms per MB" in out, out
+    number = r"(?:[\d.]+|inf)"  # inf: a job shorter than the clock's ticks
+    assert len(re.findall(rf"tunnelgw / websockify: measured [\d.]+; the machine's CPU per MB gives {number}; "
+                          rf"with tunnelgw's gateway share at zero {number}", out)) == 2, out
