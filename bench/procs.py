@@ -19,6 +19,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -540,10 +541,13 @@ class SyscallCount:
 
     def __init__(self, pids: list[int], seconds: float) -> None:
         perf = shutil.which("perf")
-        self._out = Path(os.environ.get("TMPDIR", "/tmp")) / f"bench-syscalls-{os.getpid()}-{pids[0] if pids else 0}"
+        self._out: Optional[Path] = None
         self._proc: Optional[subprocess.Popen[bytes]] = None
         self._seconds = seconds
         if perf is not None and pids:
+            handle, name = tempfile.mkstemp(prefix="bench-syscalls-")
+            os.close(handle)
+            self._out = Path(name)
             self._proc = subprocess.Popen(
                 [perf, "stat", "-x", ",", "-o", str(self._out), "-e", "raw_syscalls:sys_enter",
                  "-p", ",".join(str(pid) for pid in pids), "--", "sleep", f"{seconds:.3f}"],
@@ -551,13 +555,13 @@ class SyscallCount:
 
     def result(self) -> Optional[int]:
         """The count once the stretch is over (waiting for perf at most the stretch and 10 s more), or None."""
-        proc, self._proc = self._proc, None
-        if proc is None:
+        proc, self._proc, out = self._proc, None, self._out
+        if proc is None or out is None:
             return None
         try:
             if proc.wait(timeout=self._seconds + 10) != 0:
                 return None
-            for line in self._out.read_text().splitlines():
+            for line in out.read_text().splitlines():
                 fields = line.split(",")
                 if len(fields) > 2 and fields[2].startswith("raw_syscalls:sys_enter"):
                     if fields[0] == "<not counted>":  # the processes never ran while counted
@@ -569,7 +573,7 @@ class SyscallCount:
             proc.wait()
             return None
         finally:
-            self._out.unlink(missing_ok=True)
+            out.unlink(missing_ok=True)
 
 
 def memory_of(pids: list[int]) -> dict[str, int]:

@@ -556,7 +556,7 @@ class Suite:
                              goals=(("websockify", 0.25),)))
         self.rows.append(Row(f"desktops {scheme}: system calls per message relayed at {self.c.desktop_cpu_at} desktops",
                              "calls", tunnelgw=calls["tunnelgw"], websockify=calls["websockify"], higher=False,
-                             note="perf stat (linux-perf); at least 2: one read and one write per message"))
+                             note="perf stat (linux-perf); 2 when each message is read once and written once"))
         self.rows.append(Row(f"desktops {scheme}: most desktops under one core, input p99 <= {DESKTOP_P99_MS:g} ms",
                              "desktops", tunnelgw=carried["tunnelgw"], websockify=carried["websockify"],
                              note=f"the largest step carried of {steps}"))

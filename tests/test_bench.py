@@ -211,7 +211,7 @@ def test_http2_bench_client_speaks_http2() -> None:
 _BUSY = "import os, select, sys\nwhile not select.select([sys.stdin], [], [], 0)[0]: os.stat('/')\n"
 
 
-def test_syscall_count_counts_the_processes_named(tmp_path: Path) -> None:
+def test_syscall_count_counts_the_processes_named() -> None:
     """perf counts the system calls of the processes named (a busy one: many; one blocked in a read: few), not the machine's."""
     require_tool("perf")
     from bench.procs import SyscallCount
